@@ -1,0 +1,8 @@
+"""mpsim: design, simulate and validate MPTCP proxies (RFC 8803 transport converters).
+
+Layers, importing only downward (see docs and DESIGN notes):
+``mpsim.wire`` (bytes <-> frozen dataclasses), ``mpsim.proto`` (sans-I/O state machines),
+``mpsim.sim`` (SimPy models), and the experiment layer (scenarios, sweeps, CLI).
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Byte-exact wire formats: bytes to frozen dataclasses and back. No state, no time, no I/O."""
