@@ -1,0 +1,414 @@
+"""TCP segments in IPv4 and IPv6 packets, with their checksums: what pcap traces and captures hold.
+
+Layouts: the TCP header of RFC 9293 section 3.1, the IPv4 header of RFC 791 section 3.1, the
+IPv6 fixed header of RFC 8200 section 3; the TCP checksum covers the pseudo-header of RFC 9293
+section 3.1 (IPv4) or RFC 8200 section 8.1 (IPv6); all checksums are the Internet checksum of
+RFC 1071.
+
+Byte-exact both ways: every header bit the decoder accepts is kept in the value (the reserved
+TCP bits, bytes after an End of Option List, raw IPv4 options), so decoding a packet and
+encoding the result gives the same bytes. The checksums are the exception: they are not kept
+but recomputed, which gives the same bytes whenever the received checksums were correct (and
+not the 0xFFFF spelling of a zero checksum, which RFC 1071 also accepts).
+
+The decoder reads TCP only: IPv4 fragments and other protocols, IPv6 extension headers and
+other next headers raise :class:`~mpsim.wire.errors.MalformedError` naming what was found.
+"""
+
+import struct
+from dataclasses import dataclass
+from enum import IntFlag
+from ipaddress import IPv4Address, IPv6Address
+
+from mpsim.wire.errors import InvalidValueError, MalformedError, OptionSpaceError, TruncatedError, WireError
+from mpsim.wire.options import TCP_OPTION_SPACE_BYTES, EndOfOptionList, decode_options, encode_options
+
+IpAddress = IPv4Address | IPv6Address
+
+PROTOCOL_TCP = 6  # IANA protocol number: IPv4 protocol field, IPv6 next header
+TCP_HEADER_MIN_BYTES = 20
+IPV4_HEADER_MIN_BYTES = 20
+IPV6_HEADER_BYTES = 40
+MAX_IPV4_OPTIONS_BYTES = 40  # a 4-bit IHL counts at most 15 words, 5 of them fixed
+_TCP_CHECKSUM_OFFSET = 16
+_IPV4_CHECKSUM_OFFSET = 10
+_IPV4_DONT_FRAGMENT = 0x4000
+_IPV4_RESERVED_FLAG = 0x8000
+_TCP_FIXED = struct.Struct("!HHIIHHHH")
+_IPV4_FIXED = struct.Struct("!BBHHHBBH4s4s")
+_IPV6_FIXED = struct.Struct("!IHBB16s16s")
+
+
+class ChecksumError(MalformedError):
+    """A checksum that does not verify; ``checksum_name`` says which ("TCP", "IPv4 header").
+
+    ``expected`` is the value a correct sender would have written, ``actual`` the one found.
+    """
+
+    def __init__(self, checksum_name: str, expected: int, actual: int, offset: int | None = None) -> None:
+        self.checksum_name = checksum_name
+        self.expected = expected
+        self.actual = actual
+        super().__init__(f"{checksum_name} checksum 0x{actual:04x}, expected 0x{expected:04x}", offset)
+
+
+class TcpFlags(IntFlag):
+    """The TCP control bits: RFC 9293 section 3.1, ECE and CWR from RFC 3168, AE from RFC 9768.
+
+    Values are as in the 12 bits after the data offset; AE (0x100) was the ECN-nonce NS bit of
+    RFC 3540 (historic since RFC 8311).
+    """
+
+    FIN = 0x01
+    SYN = 0x02
+    RST = 0x04
+    PSH = 0x08
+    ACK = 0x10
+    URG = 0x20
+    ECE = 0x40
+    CWR = 0x80
+    AE = 0x100
+
+
+def _check_uint(field: str, value: int, bits: int) -> None:
+    if type(value) is not int or not 0 <= value < 1 << bits:
+        raise InvalidValueError(f"{field} must be an int in 0..{(1 << bits) - 1}, got {value!r}")
+
+
+def _check_address_pair(src: IpAddress, dst: IpAddress) -> None:
+    if not isinstance(src, IpAddress) or not isinstance(dst, IpAddress) or src.version != dst.version:
+        raise InvalidValueError(f"src and dst must be two IPv4Address or two IPv6Address, got {src!r} and {dst!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class TcpSegment:
+    """The TCP part of a packet: header fields, options and payload (RFC 9293 section 3.1).
+
+    The data offset and the checksum are derived when encoding. ``reserved_bits`` are the three
+    header bits between the data offset and AE (zero on the wire today). ``option_padding`` is
+    empty for the usual zero padding after the options; it holds the bytes between an
+    :class:`~mpsim.wire.options.EndOfOptionList` and the end of the header only when they are
+    something else (nonzero bytes, or more than the next 4-byte boundary), which the decoder
+    keeps so that re-encoding gives the same header.
+    """
+
+    src_port: int
+    dst_port: int
+    seq: int
+    ack: int
+    flags: TcpFlags
+    window: int
+    options: tuple = ()
+    payload: bytes = b""
+    urgent_pointer: int = 0
+    reserved_bits: int = 0
+    option_padding: bytes = b""
+
+    def __post_init__(self) -> None:
+        _check_uint("src_port", self.src_port, 16)
+        _check_uint("dst_port", self.dst_port, 16)
+        _check_uint("seq", self.seq, 32)
+        _check_uint("ack", self.ack, 32)
+        if not isinstance(self.flags, int) or isinstance(self.flags, bool) or not 0 <= self.flags <= 0x1FF:
+            raise InvalidValueError(f"flags must be TcpFlags (or an int in 0..0x1ff), got {self.flags!r}")
+        object.__setattr__(self, "flags", TcpFlags(self.flags))
+        _check_uint("window", self.window, 16)
+        _check_uint("urgent_pointer", self.urgent_pointer, 16)
+        _check_uint("reserved_bits", self.reserved_bits, 3)
+        if type(self.options) is not tuple or not all(
+            hasattr(option, "kind") and hasattr(option, "encode") for option in self.options
+        ):
+            raise InvalidValueError(f"options must be a tuple of option values, got {self.options!r}")
+        unpadded_bytes = len(encode_options(self.options, limit_bytes=None, pad=False))  # refuses a non-final EOL
+        if type(self.payload) is not bytes:
+            raise InvalidValueError(f"payload must be bytes, got {type(self.payload).__name__}")
+        if type(self.option_padding) is not bytes:
+            raise InvalidValueError(f"option_padding must be bytes, got {type(self.option_padding).__name__}")
+        if self.option_padding:
+            if not self.options or not isinstance(self.options[-1], EndOfOptionList):
+                raise InvalidValueError("option_padding needs options ending with EndOfOptionList")
+            if (unpadded_bytes + len(self.option_padding)) % 4:
+                raise InvalidValueError(
+                    f"options ({unpadded_bytes} bytes) and option_padding ({len(self.option_padding)} bytes) "
+                    "must end on a 4-byte boundary"
+                )
+            if self.option_padding == bytes(-unpadded_bytes % 4):
+                raise InvalidValueError("option_padding equal to the default zero padding must be left empty")
+
+    @property
+    def sequence_space_bytes(self) -> int:
+        """Sequence numbers the segment occupies: payload bytes, plus one each for SYN and FIN."""
+        return len(self.payload) + bool(self.flags & TcpFlags.SYN) + bool(self.flags & TcpFlags.FIN)
+
+    @property
+    def header_length_bytes(self) -> int:
+        """The header length with options and padding; raises OptionSpaceError beyond 60."""
+        return TCP_HEADER_MIN_BYTES + len(self._option_bytes())
+
+    def _option_bytes(self) -> bytes:
+        if not self.option_padding:
+            return encode_options(self.options)
+        option_bytes = encode_options(self.options, limit_bytes=None, pad=False) + self.option_padding
+        if len(option_bytes) > TCP_OPTION_SPACE_BYTES:
+            raise OptionSpaceError(len(option_bytes))
+        return option_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class IpPacket:
+    """An IPv4 or IPv6 packet carrying one TCP segment (RFC 791 section 3.1, RFC 8200 section 3).
+
+    Lengths, the protocol / next header and the IPv4 header checksum are derived when encoding.
+    ``dscp_ecn`` is the whole IPv4 type-of-service / IPv6 traffic class byte, ``ttl_hops`` the
+    TTL or hop limit. IPv4 only: ``identification``, ``dont_fragment`` and ``ipv4_options``
+    (raw option bytes, a multiple of 4 up to 40). IPv6 only: ``flow_label``. The fields of the
+    other family must keep their defaults, so that each packet has one value. The lengths are
+    checked on construction, so options beyond 40 bytes raise OptionSpaceError here already.
+    """
+
+    src: IpAddress
+    dst: IpAddress
+    segment: TcpSegment
+    ttl_hops: int = 64
+    identification: int = 0
+    dont_fragment: bool = True
+    dscp_ecn: int = 0
+    flow_label: int = 0
+    ipv4_options: bytes = b""
+
+    def __post_init__(self) -> None:
+        _check_address_pair(self.src, self.dst)
+        if not isinstance(self.segment, TcpSegment):
+            raise InvalidValueError(f"segment must be a TcpSegment, got {type(self.segment).__name__}")
+        _check_uint("ttl_hops", self.ttl_hops, 8)
+        _check_uint("identification", self.identification, 16)
+        if type(self.dont_fragment) is not bool:
+            raise InvalidValueError(f"dont_fragment must be a bool, got {self.dont_fragment!r}")
+        _check_uint("dscp_ecn", self.dscp_ecn, 8)
+        _check_uint("flow_label", self.flow_label, 20)
+        if type(self.ipv4_options) is not bytes:
+            raise InvalidValueError(f"ipv4_options must be bytes, got {type(self.ipv4_options).__name__}")
+        tcp_bytes = self.segment.header_length_bytes + len(self.segment.payload)
+        if self.src.version == 4:
+            if self.flow_label:
+                raise InvalidValueError("flow_label exists only in IPv6; it must be 0 for IPv4")
+            if len(self.ipv4_options) % 4 or len(self.ipv4_options) > MAX_IPV4_OPTIONS_BYTES:
+                raise InvalidValueError(
+                    f"ipv4_options must be a multiple of 4 bytes up to {MAX_IPV4_OPTIONS_BYTES}, "
+                    f"got {len(self.ipv4_options)}"
+                )
+            total_bytes = IPV4_HEADER_MIN_BYTES + len(self.ipv4_options) + tcp_bytes
+            if total_bytes > 0xFFFF:
+                raise InvalidValueError(f"IPv4 total length {total_bytes} bytes exceeds 65535")
+        else:
+            if self.identification or not self.dont_fragment or self.ipv4_options:
+                raise InvalidValueError(
+                    "identification, dont_fragment and ipv4_options exist only in IPv4; "
+                    "keep them at 0, True and b'' for IPv6"
+                )
+            if tcp_bytes > 0xFFFF:
+                raise InvalidValueError(f"IPv6 payload length {tcp_bytes} bytes exceeds 65535 (no jumbograms)")
+
+
+def internet_checksum(data: bytes | memoryview) -> int:
+    """The Internet checksum of RFC 1071: the one's complement of the one's complement sum of
+    the 16-bit big-endian words of ``data`` (an odd last byte padded with a zero byte).
+
+    Over data that includes a correct checksum field, the result is 0 (RFC 1071 section 1).
+    """
+    data = bytes(data)
+    if len(data) % 2:
+        data += b"\x00"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def tcp_checksum(src: IpAddress, dst: IpAddress, tcp_bytes: bytes | memoryview) -> int:
+    """The Internet checksum over the TCP pseudo-header and ``tcp_bytes`` (header and payload).
+
+    The pseudo-header is that of RFC 9293 section 3.1 for IPv4 and RFC 8200 section 8.1 for
+    IPv6. With the checksum field of ``tcp_bytes`` zeroed, this is the value to write there;
+    with a correct checksum in place, it is 0.
+    """
+    _check_address_pair(src, dst)
+    length_bytes = len(tcp_bytes)
+    if src.version == 4:
+        if length_bytes > 0xFFFF:
+            raise InvalidValueError(f"TCP length {length_bytes} bytes does not fit the IPv4 pseudo-header")
+        pseudo = src.packed + dst.packed + struct.pack("!BBH", 0, PROTOCOL_TCP, length_bytes)
+    else:
+        if length_bytes > 0xFFFFFFFF:
+            raise InvalidValueError(f"TCP length {length_bytes} bytes does not fit the IPv6 pseudo-header")
+        pseudo = src.packed + dst.packed + struct.pack("!I3xB", length_bytes, PROTOCOL_TCP)
+    return internet_checksum(pseudo + bytes(tcp_bytes))
+
+
+def encode_segment(segment: TcpSegment, src: IpAddress, dst: IpAddress) -> bytes:
+    """The TCP header, options and payload, with the checksum for this address pair."""
+    option_bytes = segment._option_bytes()
+    header_words = (TCP_HEADER_MIN_BYTES + len(option_bytes)) // 4
+    offset_and_flags = header_words << 12 | segment.reserved_bits << 9 | segment.flags
+    header = _TCP_FIXED.pack(
+        segment.src_port, segment.dst_port, segment.seq, segment.ack,
+        offset_and_flags, segment.window, 0, segment.urgent_pointer,
+    )
+    unsummed = header + option_bytes + segment.payload
+    checksum = tcp_checksum(src, dst, unsummed)
+    return unsummed[:_TCP_CHECKSUM_OFFSET] + checksum.to_bytes(2, "big") + unsummed[_TCP_CHECKSUM_OFFSET + 2 :]
+
+
+def decode_segment(
+    data: bytes | memoryview, src: IpAddress, dst: IpAddress, *, verify_checksum: bool = True
+) -> TcpSegment:
+    """Decode a whole TCP segment (header and payload, nothing after it).
+
+    Raises TruncatedError when ``data`` ends inside the header, MalformedError for a data offset
+    below 5 or bad options, and :class:`ChecksumError` for a checksum that does not verify
+    (unless ``verify_checksum`` is False, e.g. for captures taken before checksum offload).
+    """
+    data = bytes(data)
+    if len(data) < TCP_HEADER_MIN_BYTES:
+        raise TruncatedError(
+            f"TCP header needs {TCP_HEADER_MIN_BYTES} bytes, got {len(data)}", len(data), TCP_HEADER_MIN_BYTES
+        )
+    src_port, dst_port, seq, ack, offset_and_flags, window, checksum, urgent = _TCP_FIXED.unpack_from(data)
+    header_words = offset_and_flags >> 12
+    header_bytes = header_words * 4
+    if header_bytes < TCP_HEADER_MIN_BYTES:
+        raise MalformedError(f"TCP data offset {header_words} words, the minimum is 5", 12)
+    if header_bytes > len(data):
+        raise TruncatedError(
+            f"TCP data offset {header_words} words ({header_bytes} bytes) runs past the {len(data)}-byte segment",
+            12, header_bytes,
+        )
+    if verify_checksum and tcp_checksum(src, dst, data) != 0:
+        unsummed = data[:_TCP_CHECKSUM_OFFSET] + b"\x00\x00" + data[_TCP_CHECKSUM_OFFSET + 2 :]
+        raise ChecksumError("TCP", tcp_checksum(src, dst, unsummed), checksum, _TCP_CHECKSUM_OFFSET)
+    option_area = data[TCP_HEADER_MIN_BYTES:header_bytes]
+    try:
+        options = decode_options(option_area)
+    except WireError as err:
+        raise err.shifted(TCP_HEADER_MIN_BYTES) from None
+    # Bytes after an EOL are kept only when re-encoding would not restore them (see TcpSegment).
+    unpadded_bytes = len(encode_options(options, limit_bytes=None, pad=False))
+    padding = option_area[unpadded_bytes:]
+    if padding == bytes(-unpadded_bytes % 4):
+        padding = b""
+    return TcpSegment(
+        src_port, dst_port, seq, ack, TcpFlags(offset_and_flags & 0x1FF), window, options,
+        data[header_bytes:], urgent, (offset_and_flags >> 9) & 0x7, padding,
+    )
+
+
+def encode_packet(packet: IpPacket) -> bytes:
+    """The IP header (with its checksum for IPv4) followed by the TCP segment."""
+    tcp = encode_segment(packet.segment, packet.src, packet.dst)
+    if packet.src.version == 6:
+        first_word = 6 << 28 | packet.dscp_ecn << 20 | packet.flow_label
+        return _IPV6_FIXED.pack(
+            first_word, len(tcp), PROTOCOL_TCP, packet.ttl_hops, packet.src.packed, packet.dst.packed
+        ) + tcp
+    header_bytes = IPV4_HEADER_MIN_BYTES + len(packet.ipv4_options)
+    header = _IPV4_FIXED.pack(
+        4 << 4 | header_bytes // 4, packet.dscp_ecn, header_bytes + len(tcp), packet.identification,
+        _IPV4_DONT_FRAGMENT if packet.dont_fragment else 0, packet.ttl_hops, PROTOCOL_TCP, 0,
+        packet.src.packed, packet.dst.packed,
+    ) + packet.ipv4_options
+    checksum = internet_checksum(header)
+    return header[:_IPV4_CHECKSUM_OFFSET] + checksum.to_bytes(2, "big") + header[_IPV4_CHECKSUM_OFFSET + 2 :] + tcp
+
+
+def decode_packet(data: bytes | memoryview, *, verify_checksums: bool = True) -> IpPacket:
+    """Decode an IPv4 or IPv6 packet carrying TCP; the version comes from the first nibble.
+
+    Bytes after the length the IP header states (e.g. Ethernet padding) are ignored; a buffer
+    shorter than that length raises TruncatedError. With ``verify_checksums`` False neither the
+    IPv4 header checksum nor the TCP checksum is checked (captures on a host with checksum
+    offload show partial checksums on outgoing packets).
+    """
+    data = bytes(data)
+    if not data:
+        raise TruncatedError("IP packet is empty", 0, 1)
+    version = data[0] >> 4
+    if version == 4:
+        return _decode_ipv4(data, verify_checksums)
+    if version == 6:
+        return _decode_ipv6(data, verify_checksums)
+    raise MalformedError(f"IP version {version}, expected 4 or 6", 0)
+
+
+def _decode_ipv4(data: bytes, verify_checksums: bool) -> IpPacket:
+    if len(data) < IPV4_HEADER_MIN_BYTES:
+        raise TruncatedError(
+            f"IPv4 header needs {IPV4_HEADER_MIN_BYTES} bytes, got {len(data)}", len(data), IPV4_HEADER_MIN_BYTES
+        )
+    (version_ihl, dscp_ecn, total_bytes, identification, flags_fragment, ttl, protocol, checksum,
+     src, dst) = _IPV4_FIXED.unpack_from(data)
+    header_bytes = (version_ihl & 0xF) * 4
+    if header_bytes < IPV4_HEADER_MIN_BYTES:
+        raise MalformedError(f"IPv4 IHL {header_bytes // 4} words, the minimum is 5", 0)
+    if total_bytes < header_bytes:
+        raise MalformedError(f"IPv4 total length {total_bytes} is shorter than its {header_bytes}-byte header", 2)
+    if flags_fragment & _IPV4_RESERVED_FLAG:
+        raise MalformedError("IPv4 reserved flag bit is set (RFC 791: must be zero)", 6)
+    if flags_fragment & ~_IPV4_DONT_FRAGMENT:
+        raise MalformedError(
+            f"IPv4 fragment (more-fragments {flags_fragment >> 13 & 1}, fragment offset "
+            f"{flags_fragment & 0x1FFF} words) not supported",
+            6,
+        )
+    if protocol != PROTOCOL_TCP:
+        raise MalformedError(f"IPv4 protocol {protocol} not supported, only TCP ({PROTOCOL_TCP})", 9)
+    if len(data) < header_bytes:
+        raise TruncatedError(
+            f"IPv4 header with IHL {header_bytes // 4} needs {header_bytes} bytes", len(data), header_bytes
+        )
+    if verify_checksums and internet_checksum(data[:header_bytes]) != 0:
+        unsummed = data[:_IPV4_CHECKSUM_OFFSET] + b"\x00\x00" + data[_IPV4_CHECKSUM_OFFSET + 2 : header_bytes]
+        raise ChecksumError("IPv4 header", internet_checksum(unsummed), checksum, _IPV4_CHECKSUM_OFFSET)
+    if len(data) < total_bytes:
+        raise TruncatedError(f"IPv4 total length {total_bytes} bytes, got {len(data)}", len(data), total_bytes)
+    src_address, dst_address = IPv4Address(src), IPv4Address(dst)
+    segment = _decode_tcp_within(data, header_bytes, total_bytes, src_address, dst_address, verify_checksums)
+    return IpPacket(
+        src_address, dst_address, segment, ttl, identification, bool(flags_fragment & _IPV4_DONT_FRAGMENT),
+        dscp_ecn, 0, data[IPV4_HEADER_MIN_BYTES:header_bytes],
+    )
+
+
+def _decode_ipv6(data: bytes, verify_checksums: bool) -> IpPacket:
+    if len(data) < IPV6_HEADER_BYTES:
+        raise TruncatedError(
+            f"IPv6 header needs {IPV6_HEADER_BYTES} bytes, got {len(data)}", len(data), IPV6_HEADER_BYTES
+        )
+    first_word, payload_bytes, next_header, hop_limit, src, dst = _IPV6_FIXED.unpack_from(data)
+    if next_header == 44:
+        raise MalformedError("IPv6 next header 44 (fragment header) not supported", 6)
+    if next_header != PROTOCOL_TCP:
+        raise MalformedError(
+            f"IPv6 next header {next_header} not supported, only TCP ({PROTOCOL_TCP}) right after the fixed header", 6
+        )
+    total_bytes = IPV6_HEADER_BYTES + payload_bytes
+    if len(data) < total_bytes:
+        raise TruncatedError(
+            f"IPv6 payload length {payload_bytes} bytes, got {len(data) - IPV6_HEADER_BYTES}", len(data), total_bytes
+        )
+    src_address, dst_address = IPv6Address(src), IPv6Address(dst)
+    segment = _decode_tcp_within(data, IPV6_HEADER_BYTES, total_bytes, src_address, dst_address, verify_checksums)
+    return IpPacket(
+        src_address, dst_address, segment, hop_limit, dscp_ecn=first_word >> 20 & 0xFF, flow_label=first_word & 0xFFFFF
+    )
+
+
+def _decode_tcp_within(
+    data: bytes, start: int, end: int, src: IpAddress, dst: IpAddress, verify_checksum: bool
+) -> TcpSegment:
+    try:
+        return decode_segment(data[start:end], src, dst, verify_checksum=verify_checksum)
+    except TruncatedError as err:
+        # The IP length fixed where the segment ends, so no further bytes can complete it.
+        raise MalformedError(f"{err.message}, as the IP length field sets it", start + err.offset) from None
+    except WireError as err:
+        raise err.shifted(start) from None

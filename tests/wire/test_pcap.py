@@ -1,0 +1,181 @@
+"""Classic pcap files: hand-checked headers, both byte orders and units, truncation, tshark."""
+
+import math
+import shutil
+import struct
+import subprocess
+from ipaddress import IPv4Address
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mpsim.wire.errors import InvalidValueError, MalformedError, TruncatedError, WireError
+from mpsim.wire.options import MaximumSegmentSize, SackPermitted
+from mpsim.wire.pcap import LINKTYPE_ETHERNET, LINKTYPE_RAW, pcap_file_bytes, read_pcap
+from mpsim.wire.segment import IpPacket, TcpFlags, TcpSegment, decode_packet, encode_packet
+
+SYN = encode_packet(IpPacket(
+    IPv4Address("192.0.2.1"), IPv4Address("198.51.100.7"),
+    TcpSegment(49152, 443, 1, 0, TcpFlags.SYN, 64240, (MaximumSegmentSize(1460), SackPermitted())),
+))
+
+# draft-ietf-opsawg-pcap section 4 (File Header), written little-endian: magic, major, minor,
+# two reserved words, snapshot length, link type.
+EMPTY_FILE = bytes.fromhex(
+    "d4c3b2a1"  # magic 0xa1b2c3d4: microsecond timestamps
+    "0200 0400"  # version 2.4
+    "00000000 00000000"  # reserved (formerly thiszone and sigfigs)
+    "00000400"  # snapshot length 262144
+    "65000000"  # link type 101, LINKTYPE_RAW
+)
+
+
+def test_file_header_is_hand_checked():
+    assert pcap_file_bytes([]) == EMPTY_FILE
+    assert pcap_file_bytes([], linktype=LINKTYPE_ETHERNET)[20:] == b"\x01\x00\x00\x00"
+
+
+def test_record_header_is_hand_checked():
+    # Section 5 (Packet Record): seconds, microseconds, captured length, original length.
+    data = pcap_file_bytes([(1.5, b"\x45\x00\x00\x14")])
+    assert data[24:] == bytes.fromhex("01000000 20a10700 04000000 04000000 45000014")  # 500000 = 0x7a120
+
+
+def test_write_then_read():
+    records = [(0.0, SYN), (1.25, b""), (3600.000001, SYN[:7])]
+    assert read_pcap(pcap_file_bytes(records)) == records
+
+
+def test_timestamps_round_to_the_microsecond_with_carry():
+    data = pcap_file_bytes([(1.9999996, b""), (0.0000004, b"")])
+    assert struct.unpack_from("<II", data, 24) == (2, 0)
+    assert struct.unpack_from("<II", data, 40) == (0, 0)
+
+
+def file_header(order: str, magic: int, linktype: int = LINKTYPE_RAW, major: int = 2) -> bytes:
+    return struct.pack(order + "IHHiIII", magic, major, 4, 0, 0, 65535, linktype)
+
+
+@pytest.mark.parametrize(
+    ("order", "magic", "fraction", "expected_s"),
+    [
+        (">", 0xA1B2C3D4, 250_000, 7.25),  # big-endian, microseconds
+        ("<", 0xA1B23C4D, 250_000_000, 7.25),  # little-endian, nanoseconds
+        (">", 0xA1B23C4D, 1, 7.000000001),  # big-endian, nanoseconds
+    ],
+)
+def test_reads_both_byte_orders_and_nanosecond_files(order, magic, fraction, expected_s):
+    data = file_header(order, magic) + struct.pack(order + "IIII", 7, fraction, 3, 60) + b"abc"
+    assert read_pcap(data) == [(expected_s, b"abc")]
+
+
+@pytest.mark.parametrize(
+    ("data", "message", "offset"),
+    [
+        (bytes.fromhex("0a0d0d0a") + bytes(20), "pcapng file, which is not supported", 0),
+        (b"GIF89a" + bytes(18), "not a pcap file", 0),
+        (file_header("<", 0xA1B2C3D4, major=3), "pcap version 3.4, expected 2.x", 4),
+        (file_header("<", 0xA1B2C3D4, linktype=LINKTYPE_ETHERNET), "pcap link type 1, expected 101", 20),
+        (EMPTY_FILE + struct.pack("<IIII", 0, 1_000_000, 0, 0), "microseconds 1000000 out of range", 28),
+        (file_header(">", 0xA1B23C4D) + struct.pack(">IIII", 0, 10**9, 0, 0), "nanoseconds", 28),
+    ],
+)
+def test_malformed_files(data, message, offset):
+    with pytest.raises(MalformedError, match=message) as info:
+        read_pcap(data)
+    assert info.value.offset == offset
+
+
+def test_link_type_check_can_be_relaxed_and_ignores_fcs_bits():
+    ethernet = file_header("<", 0xA1B2C3D4, linktype=LINKTYPE_ETHERNET)
+    assert read_pcap(ethernet, linktype=None) == []
+    assert read_pcap(ethernet, linktype=LINKTYPE_ETHERNET) == []
+    # The upper 16 bits of the link type field describe the FCS, not the link type.
+    assert read_pcap(file_header("<", 0xA1B2C3D4, linktype=0x1400_0000 | LINKTYPE_RAW)) == []
+
+
+def test_truncation_at_every_offset():
+    data = pcap_file_bytes([(1.0, SYN), (2.0, SYN[:20])])
+    first_end = 24 + 16 + len(SYN)
+    for length in range(len(data)):
+        if length in (24, first_end):  # a record boundary: a shorter but complete file
+            assert len(read_pcap(data[:length])) == (0 if length == 24 else 1)
+            continue
+        with pytest.raises(TruncatedError) as info:
+            read_pcap(data[:length])
+        assert info.value.needed_bytes > length
+
+
+@pytest.mark.parametrize(
+    ("records", "linktype"),
+    [
+        ([(-0.5, b"")], LINKTYPE_RAW),
+        ([(math.nan, b"")], LINKTYPE_RAW),
+        ([(math.inf, b"")], LINKTYPE_RAW),
+        ([(2.0**32, b"")], LINKTYPE_RAW),
+        ([(2.0**32 - 1e-7, b"")], LINKTYPE_RAW),  # rounds up to 2**32 seconds
+        ([("1.0", b"")], LINKTYPE_RAW),
+        ([(1.0, "packet")], LINKTYPE_RAW),
+        ([(1.0, bytes(262145))], LINKTYPE_RAW),
+        ([], 65536),
+    ],
+)
+def test_invalid_records_are_refused(records, linktype):
+    with pytest.raises(InvalidValueError):
+        pcap_file_bytes(records, linktype)
+
+
+micro_timestamps = st.integers(0, 2**32 * 10**6 - 1).map(lambda micros: micros / 10**6)
+
+
+@given(st.lists(st.tuples(micro_timestamps, st.binary(max_size=80)), max_size=5))
+def test_round_trip_of_microsecond_timestamps(records):
+    assert read_pcap(pcap_file_bytes(records)) == records
+
+
+@given(st.floats(0, 2**31, exclude_max=True))
+def test_any_timestamp_comes_back_within_half_a_microsecond(timestamp_s):
+    [(read_s, _)] = read_pcap(pcap_file_bytes([(timestamp_s, b"")]))
+    assert abs(read_s - timestamp_s) <= 0.5e-6 + 1e-15 * timestamp_s
+
+
+@given(st.one_of(st.binary(max_size=80), st.binary(max_size=60).map(lambda tail: EMPTY_FILE + tail)))
+def test_read_pcap_is_total(data):
+    try:
+        records = read_pcap(data)
+    except WireError:
+        return
+    assert all(isinstance(t, float) and isinstance(p, bytes) for t, p in records)
+
+
+def run_tshark(path, *args: str) -> str:
+    return subprocess.run(
+        ["tshark", "-r", str(path), *args], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+
+
+def test_tshark_dissects_the_written_file(tmp_path):
+    if shutil.which("tshark") is None:
+        pytest.skip("tshark is not installed; the pcap format is checked byte by byte above")
+    path = tmp_path / "syn.pcap"
+    path.write_bytes(pcap_file_bytes([(12.5, SYN)]))
+    output = run_tshark(
+        path, "-o", "ip.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE", "-T", "fields", "-E", "separator=,",
+        "-e", "frame.time_epoch", "-e", "ip.src", "-e", "tcp.dstport", "-e", "tcp.flags.syn",
+        "-e", "tcp.options.mss_val", "-e", "ip.checksum.status", "-e", "tcp.checksum.status",
+    )
+    # Wireshark checksum status 1 is "Good".
+    assert output.split() == ["12.500000000,192.0.2.1,443,1,1460,1,1"]
+
+
+def test_reads_a_nanosecond_file_written_by_tshark(tmp_path):
+    if shutil.which("tshark") is None:
+        pytest.skip("tshark is not installed; nanosecond files are checked with hand-built bytes above")
+    source, converted = tmp_path / "us.pcap", tmp_path / "ns.pcap"
+    source.write_bytes(pcap_file_bytes([(12.5, SYN), (13.000001, SYN)]))
+    run_tshark(source, "-F", "nsecpcap", "-w", str(converted))
+    data = converted.read_bytes()
+    assert data[:4] == bytes.fromhex("4d3cb2a1")  # little-endian nanosecond magic
+    assert read_pcap(data) == [(12.5, SYN), (13.000001, SYN)]
+    assert decode_packet(read_pcap(data)[0][1]).segment.options[0] == MaximumSegmentSize(1460)
