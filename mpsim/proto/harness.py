@@ -1,0 +1,121 @@
+"""A deterministic event loop that runs machines against each other without SimPy.
+
+This is the third driver of DESIGN.md section 1 (the one tests and the truth table use): a
+virtual clock, point-to-point hops with a fixed one-way delay, and optional per-hop packet
+filters (a middlebox policy, a scripted loss). Everything is ordered by (time, sequence number),
+so the same inputs give the same run. The simulator in mpsim.sim adds rates, queues and random
+loss; this harness has none of them on purpose.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from mpsim.wire.segment import IpPacket
+
+#: A filter sees each packet entering a hop and returns the packets to deliver (none = dropped).
+PacketFilter = Callable[[IpPacket, float], list[IpPacket]]
+
+
+class Machine(Protocol):
+    def receive(self, port: str, packet: IpPacket, now: float) -> None: ...
+
+    def handle_timer(self, now: float) -> None: ...
+
+    def get_timer(self) -> float | None: ...
+
+    def outgoing(self, now: float) -> list: ...
+
+    def next_event(self) -> Any | None: ...
+
+
+@dataclass
+class Hop:
+    """One direction of a link: packets leaving ``src``'s ``src_port`` reach ``dst``'s ``dst_port``."""
+
+    dst: str
+    dst_port: str
+    delay_s: float
+    filters: list[PacketFilter] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A packet that crossed a hop (or was dropped on it), for traces and assertions."""
+
+    time_s: float
+    src: str
+    dst: str
+    packet: IpPacket
+    dropped: bool = False
+
+
+class Harness:
+    """Machines by name, hops between their ports, and a virtual clock."""
+
+    def __init__(self) -> None:
+        self.machines: dict[str, Machine] = {}
+        self.hops: dict[tuple[str, str], Hop] = {}
+        self.now = 0.0
+        self.log: list[Delivery] = []
+        self.events: list[tuple[float, str, Any]] = []
+        self._queue: list[tuple[float, int, str, str, IpPacket]] = []
+        self._seq = 0
+
+    def add(self, name: str, machine: Machine) -> Machine:
+        self.machines[name] = machine
+        return machine
+
+    def link(self, a: str, a_port: str, b: str, b_port: str, delay_s: float,
+             a_to_b: list[PacketFilter] | None = None, b_to_a: list[PacketFilter] | None = None) -> None:
+        """A bidirectional link with the same one-way delay both ways and per-direction filters."""
+        self.hops[(a, a_port)] = Hop(b, b_port, delay_s, list(a_to_b or []))
+        self.hops[(b, b_port)] = Hop(a, a_port, delay_s, list(b_to_a or []))
+
+    def flush(self) -> None:
+        """Move every machine's pending packets onto their hops and collect their events."""
+        for name, machine in self.machines.items():
+            for transmit in machine.outgoing(self.now):
+                hop = self.hops.get((name, transmit.port))
+                if hop is None:
+                    raise KeyError(f"{name} sent on port {transmit.port!r}, which is not linked")
+                packets = [transmit.packet]
+                for packet_filter in hop.filters:
+                    packets = [out for p in packets for out in packet_filter(p, self.now)]
+                if not packets:
+                    self.log.append(Delivery(self.now, name, hop.dst, transmit.packet, dropped=True))
+                for packet in packets:
+                    self._seq += 1
+                    heapq.heappush(self._queue, (self.now + hop.delay_s, self._seq, name, hop.dst + "\0" + hop.dst_port, packet))
+            while (event := machine.next_event()) is not None:
+                self.events.append((self.now, name, event))
+
+    def run(self, until_s: float, max_steps: int = 1_000_000) -> None:
+        """Advance the clock, delivering packets and firing timers, up to ``until_s``."""
+        self.flush()
+        for _ in range(max_steps):
+            timers = [(t, name) for name, m in self.machines.items() if (t := m.get_timer()) is not None]
+            next_packet = self._queue[0][0] if self._queue else None
+            next_timer = min(timers)[0] if timers else None
+            candidates = [t for t in (next_packet, next_timer) if t is not None]
+            if not candidates or min(candidates) > until_s:
+                self.now = max(self.now, until_s)
+                return
+            self.now = min(candidates)
+            if next_packet is not None and next_packet <= self.now:
+                _, _, src, target, packet = heapq.heappop(self._queue)
+                dst, dst_port = target.split("\0")
+                self.log.append(Delivery(self.now, src, dst, packet))
+                self.machines[dst].receive(dst_port, packet, self.now)
+            else:
+                for t, name in timers:
+                    if t <= self.now:
+                        self.machines[name].handle_timer(self.now)
+            self.flush()
+        raise RuntimeError(f"harness did not reach t={until_s} within {max_steps} steps")
+
+    def events_of(self, name: str, kind: type | None = None) -> list[Any]:
+        return [e for _, n, e in self.events if n == name and (kind is None or isinstance(e, kind))]

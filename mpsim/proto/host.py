@@ -1,0 +1,260 @@
+"""A host: the connections behind one or more interfaces, demultiplexed by 4-tuple.
+
+The host is the machine a driver talks to (DESIGN.md section 3): ``receive(port, packet, now)``,
+``handle_timer(now)``, and the pulled outputs ``outgoing(now)``, ``next_event()``, ``get_timer()``.
+It owns what outlives a single connection: the ephemeral port allocator, the 4-tuples that must
+not be reused yet (TIME-WAIT, and pairs we just reset whose RST may have been lost), the
+listeners, and the RST answer for segments that match nothing (RFC 9293 3.10.7.1).
+
+What a connection means to the application lives in its *owner* (a client signalling scheme, a
+server application, a converter session): the host hands every connection event to the owner,
+and owners append application-level facts with :meth:`Host.emit`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from mpsim.proto.errors import LocalProtocolError
+from mpsim.proto.seqnum import seq_lt
+from mpsim.proto.tcp import (
+    Closed,
+    IpAddress,
+    Rng,
+    SynDataMode,
+    TcpConnection,
+    TcpEvent,
+    TcpExtension,
+    TcpPolicy,
+    TcpState,
+    reset_for,
+)
+from mpsim.wire.segment import IpPacket, TcpFlags
+
+FourTuple = tuple[IpAddress, int, IpAddress, int]
+
+#: Linux net.ipv4.ip_local_port_range default.
+EPHEMERAL_PORTS = (32768, 60999)
+
+
+@dataclass(frozen=True, slots=True)
+class Transmit:
+    """A packet to put on the link behind interface ``port``."""
+
+    port: str
+    packet: IpPacket
+
+
+class ConnectionOwner(Protocol):
+    """Whoever gives a connection its meaning; told of every event of the connections it owns."""
+
+    def on_tcp_event(self, host: Host, conn: TcpConnection, event: TcpEvent, now: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Acceptance:
+    """A listener's answer to a SYN: how to open the passive connection and who owns it."""
+
+    owner: ConnectionOwner
+    syn_data_mode: SynDataMode = SynDataMode.DROP
+    withhold_synack: bool = False
+    extensions: tuple[TcpExtension, ...] = ()
+
+
+class Listener(Protocol):
+    """A passive opener on one port. Returns None to refuse (the host then answers RST)."""
+
+    def on_syn(self, host: Host, packet: IpPacket, now: float) -> Acceptance | None: ...
+
+
+class PortAllocator:
+    """Ephemeral source ports that never reuse a 4-tuple still in use, in TIME-WAIT or just reset.
+
+    Like Linux, the search starts at a random offset and walks the range; unlike Linux it keeps
+    walking from where it stopped, so consecutive connections get consecutive ports (readable traces).
+    """
+
+    def __init__(self, rng: Rng, low: int = EPHEMERAL_PORTS[0], high: int = EPHEMERAL_PORTS[1]) -> None:
+        if not 1 <= low <= high <= 65535:
+            raise ValueError(f"bad ephemeral port range {low}..{high}")
+        self.low, self.high = low, high
+        self._next = low + rng.getrandbits(16) % (high - low + 1)
+        self._quarantine: dict[FourTuple, float] = {}
+        self.allocated = 0
+
+    def quarantine(self, four_tuple: FourTuple, until_s: float) -> None:
+        """Do not hand out ``four_tuple`` again before ``until_s``."""
+        self._quarantine[four_tuple] = max(until_s, self._quarantine.get(four_tuple, until_s))
+
+    def is_quarantined(self, four_tuple: FourTuple, now: float) -> bool:
+        until_s = self._quarantine.get(four_tuple)
+        if until_s is None:
+            return False
+        if until_s <= now:
+            del self._quarantine[four_tuple]
+            return False
+        return True
+
+    def allocate(self, local_addr: IpAddress, remote_addr: IpAddress, remote_port: int, now: float,
+                 in_use: Any) -> int:
+        span = self.high - self.low + 1
+        for _ in range(span):
+            port = self._next
+            self._next = self.low + (self._next - self.low + 1) % span
+            four_tuple = (local_addr, port, remote_addr, remote_port)
+            if four_tuple not in in_use and not self.is_quarantined(four_tuple, now):
+                self.allocated += 1
+                return port
+        raise LocalProtocolError(f"no free ephemeral port towards {remote_addr}:{remote_port}")
+
+
+class Host:
+    """Connections, listeners and ports of one host. Subclasses add owners and caches."""
+
+    def __init__(self, name: str, interfaces: dict[str, IpAddress], *, rng: Rng,
+                 policy: TcpPolicy | None = None) -> None:
+        if not interfaces:
+            raise ValueError(f"host {name!r} needs at least one interface")
+        self.name = name
+        self.interfaces = dict(interfaces)
+        self.rng = rng
+        self.policy = policy or TcpPolicy()
+        self.ports = PortAllocator(rng)
+        self.connections: dict[FourTuple, TcpConnection] = {}
+        self.owners: dict[int, ConnectionOwner] = {}  # id(conn) -> owner
+        self.listeners: dict[int, Listener] = {}
+        self._out: list[Transmit] = []
+        self._events: deque[Any] = deque()
+        self.rsts_for_unknown = 0
+
+    # --- the machine contract ----------------------------------------------------------------
+
+    def receive(self, port: str, packet: IpPacket, now: float) -> None:
+        """A packet arrived on interface ``port``."""
+        if packet.dst not in self.interfaces.values():
+            return  # not ours: hosts do not forward
+        seg = packet.segment
+        key = (packet.dst, seg.dst_port, packet.src, seg.src_port)
+        conn = self.connections.get(key)
+        if conn is not None and conn.state is TcpState.TIME_WAIT and seg.flags & TcpFlags.SYN \
+                and not seg.flags & TcpFlags.ACK and seq_lt(conn.rcv_nxt, seg.seq) and seg.dst_port in self.listeners:
+            # RFC 1122 4.2.2.13 / RFC 9293 MAY-2: a new SYN above the old sequence space may
+            # reopen a pair in TIME-WAIT (Linux does so too).
+            self._drop(conn)
+            conn = None
+        if conn is not None:
+            conn.receive(packet, now)
+            self._collect(conn, now)
+            return
+        listener = self.listeners.get(seg.dst_port)
+        if listener is not None and seg.flags & TcpFlags.SYN and not seg.flags & (TcpFlags.ACK | TcpFlags.RST):
+            acceptance = listener.on_syn(self, packet, now)
+            if acceptance is not None:
+                conn = TcpConnection.passive(packet, iss=self.rng.getrandbits(32), policy=self.policy, now=now,
+                                             syn_data_mode=acceptance.syn_data_mode,
+                                             withhold_synack=acceptance.withhold_synack,
+                                             extensions=acceptance.extensions)
+                self._adopt(conn, acceptance.owner)
+                self._collect(conn, now)
+                return
+        rst = reset_for(packet)
+        if rst is not None:
+            self.rsts_for_unknown += 1
+            self._transmit(rst)
+
+    def handle_timer(self, now: float) -> None:
+        for conn in list(self.connections.values()):
+            deadline = conn.get_timer()
+            if deadline is not None and deadline <= now:
+                conn.handle_timer(now)
+                self._collect(conn, now)
+
+    def get_timer(self) -> float | None:
+        deadlines = [d for c in self.connections.values() if (d := c.get_timer()) is not None]
+        return min(deadlines, default=None)
+
+    def outgoing(self, now: float) -> list[Transmit]:
+        out, self._out = self._out, []
+        return out
+
+    def next_event(self) -> Any | None:
+        return self._events.popleft() if self._events else None
+
+    # --- for owners and subclasses ------------------------------------------------------------
+
+    def emit(self, event: Any) -> None:
+        """Record an application-level fact for the driver and the trace."""
+        self._events.append(event)
+
+    def listen(self, port: int, listener: Listener) -> None:
+        if port in self.listeners:
+            raise LocalProtocolError(f"{self.name}: port {port} already has a listener")
+        self.listeners[port] = listener
+
+    def open(self, owner: ConnectionOwner, local_addr: IpAddress, remote_addr: IpAddress, remote_port: int,
+             now: float, *, syn_payload: bytes = b"", extensions: tuple[TcpExtension, ...] = (),
+             policy: TcpPolicy | None = None) -> TcpConnection:
+        """Actively open a connection from a fresh ephemeral port."""
+        if local_addr not in self.interfaces.values():
+            raise LocalProtocolError(f"{self.name} has no address {local_addr}")
+        port = self.ports.allocate(local_addr, remote_addr, remote_port, now, self.connections)
+        conn = TcpConnection.active(local_addr, port, remote_addr, remote_port, iss=self.rng.getrandbits(32),
+                                    policy=policy or self.policy, now=now, syn_payload=syn_payload,
+                                    extensions=extensions)
+        self._adopt(conn, owner)
+        self._collect(conn, now)
+        return conn
+
+    def abort(self, conn: TcpConnection, now: float) -> None:
+        """Reset a connection (its 4-tuple is then quarantined, see :meth:`_collect`)."""
+        if conn.four_tuple not in self.connections:
+            return
+        conn.abort(now)
+        self._collect(conn, now)
+
+    def collect(self, conn: TcpConnection, now: float) -> None:
+        """Flush a connection's packets and events after an owner acted on it directly."""
+        self._collect(conn, now)
+
+    def interface_of(self, address: IpAddress) -> str:
+        for port, addr in self.interfaces.items():
+            if addr == address:
+                return port
+        raise LocalProtocolError(f"{self.name} has no interface with address {address}")
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _adopt(self, conn: TcpConnection, owner: ConnectionOwner) -> None:
+        self.connections[conn.four_tuple] = conn
+        self.owners[id(conn)] = owner
+
+    def _drop(self, conn: TcpConnection) -> None:
+        self.connections.pop(conn.four_tuple, None)
+        self.owners.pop(id(conn), None)
+
+    def _transmit(self, packet: IpPacket) -> None:
+        self._out.append(Transmit(self.interface_of(packet.src), packet))
+
+    def _collect(self, conn: TcpConnection, now: float) -> None:
+        # An owner may act on the connection while handling an event (send, abort), which can
+        # produce more packets and events: loop until the connection is quiet.
+        for _ in range(64):
+            packets = conn.pull_packets()
+            events = conn.pull_events()
+            if not packets and not events:
+                return
+            for packet in packets:
+                self._transmit(packet)
+            owner = self.owners.get(id(conn))
+            for event in events:
+                if isinstance(event, Closed):
+                    self._drop(conn)
+                    if not event.clean:
+                        # Reset, aborted or timed out: the peer may still hold the old connection
+                        # (a lost RST), so the pair waits as long as TIME-WAIT would have.
+                        self.ports.quarantine(conn.four_tuple, now + conn.policy.time_wait_s)
+                if owner is not None:
+                    owner.on_tcp_event(self, conn, event, now)
+        raise RuntimeError(f"{self.name}: connection {conn.four_tuple} did not settle")  # a bug, not input

@@ -1,0 +1,776 @@
+"""One TCP connection as a sans-I/O state machine (RFC 9293, with Linux choices as policy).
+
+What it models, because the negotiation depends on it: the three-way handshake with options and
+SYN data (in the SYN and in the SYN-ACK), SYN and SYN-ACK retransmission with exponential
+back-off, RST generation and acceptance (RFC 9293 3.10.7 with the RFC 5961 challenge ACK), FIN
+close in every order, TIME-WAIT, and reliable in-order data with cumulative ACKs and an RFC 6298
+retransmission timer.
+
+What it simplifies, because bulk transfer is the simulator's business (mpsim.sim has congestion
+control, SACK recovery and delayed ACKs): no congestion window (the sender is limited by the peer's
+window only), out-of-order segments are dropped and answered with a duplicate ACK, every data
+segment is ACKed at once, SACK-Permitted is negotiated but no SACK blocks are sent, simultaneous
+open is not supported (a SYN without ACK in SYN-SENT is ignored).
+
+Protocol extensions (MPTCP, TFO, the signalling schemes) plug in as :class:`TcpExtension` objects
+that add options and inspect segments; the connection calls them at fixed points.
+
+Inputs: :meth:`TcpConnection.connect` / :meth:`TcpConnection.passive` (opens), :meth:`receive`,
+:meth:`send`, :meth:`close`, :meth:`abort`, :meth:`handle_timer`. Outputs, pulled: :meth:`pull_packets`
+(IP packets to emit), :meth:`pull_events` (past-tense facts), :meth:`get_timer` (one deadline).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address
+from typing import Protocol
+
+from mpsim.proto.errors import LocalProtocolError
+from mpsim.proto.seqnum import seq_add, seq_diff, seq_in_window, seq_le, seq_lt
+from mpsim.wire.options import (
+    TCP_OPTION_SPACE_BYTES,
+    MaximumSegmentSize,
+    NoOperation,
+    SackPermitted,
+    Timestamps,
+    WindowScale,
+    option_space_bytes,
+)
+from mpsim.wire.segment import IpPacket, TcpFlags, TcpSegment
+
+IpAddress = IPv4Address | IPv6Address
+
+
+class Rng(Protocol):
+    """The random source a machine is handed (a seeded ``random.Random`` in practice)."""
+
+    def getrandbits(self, k: int, /) -> int: ...
+
+    def random(self) -> float: ...
+
+
+class TcpState(enum.Enum):
+    """RFC 9293 section 3.3.2 connection states."""
+
+    CLOSED = "CLOSED"
+    SYN_SENT = "SYN_SENT"
+    SYN_RECEIVED = "SYN_RECEIVED"
+    ESTABLISHED = "ESTABLISHED"
+    FIN_WAIT_1 = "FIN_WAIT_1"
+    FIN_WAIT_2 = "FIN_WAIT_2"
+    CLOSE_WAIT = "CLOSE_WAIT"
+    CLOSING = "CLOSING"
+    LAST_ACK = "LAST_ACK"
+    TIME_WAIT = "TIME_WAIT"
+
+
+SYNCHRONIZED = frozenset({TcpState.ESTABLISHED, TcpState.FIN_WAIT_1, TcpState.FIN_WAIT_2, TcpState.CLOSE_WAIT,
+                          TcpState.CLOSING, TcpState.LAST_ACK, TcpState.TIME_WAIT})
+_CAN_SEND = frozenset({TcpState.SYN_SENT, TcpState.SYN_RECEIVED, TcpState.ESTABLISHED, TcpState.CLOSE_WAIT})
+
+
+class SynDataMode(enum.Enum):
+    """What a passive opener does with data carried in a SYN (protocols.md 8.6 item 5)."""
+
+    DROP = "drop"  # Linux without TFO: the SYN-ACK ACKs ISN+1 only and the data is discarded
+    QUEUE = "queue"  # RFC 793 as some stacks read it: ACKed in the SYN-ACK, delivered once ESTABLISHED
+    ACCEPT = "accept"  # TFO with a valid cookie (or cookie-less): ACKed and delivered at once
+
+
+@dataclass(frozen=True, slots=True)
+class TcpPolicy:
+    """The knobs where RFCs leave a choice; defaults follow Linux 6.x (protocols.md 5, 8.4)."""
+
+    initial_rto_s: float = 1.0  # TCP_TIMEOUT_INIT
+    min_rto_s: float = 0.2  # TCP_RTO_MIN
+    max_rto_s: float = 120.0  # TCP_RTO_MAX
+    syn_retries: int = 6  # net.ipv4.tcp_syn_retries: SYNs at 0, 1, 3, 7, 15, 31, 63 s
+    synack_retries: int = 5  # net.ipv4.tcp_synack_retries
+    data_retries: int = 15  # net.ipv4.tcp_retries2
+    time_wait_s: float = 60.0  # TCP_TIMEWAIT_LEN; RFC 9293 says 2*MSL = 240 s
+    mss_bytes: int = 1460
+    receive_window_bytes: int = 65535 * 4
+    window_scale_shift: int | None = 7  # None: do not offer window scaling
+    timestamps: bool = True
+    sack_permitted: bool = True
+    resend_unacked_syn_data: bool = True  # Linux TFO client: unACKed SYN data goes out after the handshake
+    retransmit_syn_data: bool = False  # Linux: a retransmitted SYN carries no data (RFC 7413 4.2.2)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_rto_s <= self.initial_rto_s <= self.max_rto_s:
+            raise ValueError("need 0 < min_rto_s <= initial_rto_s <= max_rto_s")
+        if self.syn_retries < 0 or self.synack_retries < 0 or self.data_retries < 0:
+            raise ValueError("retry counts must be >= 0")
+        if self.time_wait_s < 0 or not 88 <= self.mss_bytes <= 65495:
+            raise ValueError("time_wait_s must be >= 0 and mss_bytes in 88..65495")
+
+
+# --- events: past-tense facts the connection reports to its owner --------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Established:
+    """The handshake completed. ``syn_data_acked_bytes``: how much of our SYN data the peer ACKed."""
+
+    syn_data_acked_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class DataReceived:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PeerClosed:
+    """The peer sent FIN: no more data will arrive."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResetReceived:
+    """An acceptable RST arrived. ``refused``: in SYN-SENT, i.e. nobody listens there."""
+
+    refused: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TimedOut:
+    """Retransmissions ran out (``what`` is "syn", "synack" or "data")."""
+
+    what: str
+
+
+@dataclass(frozen=True, slots=True)
+class SynRetransmissionReceived:
+    """The peer retransmitted its SYN while our SYN-ACK was withheld (RFC 8803 9.3 needs this)."""
+
+
+class CloseReason(enum.Enum):
+    TIME_WAIT_EXPIRED = "time_wait_expired"  # we closed first; 2*MSL (policy) has passed
+    LAST_ACK = "last_ack"  # the peer closed first and ACKed our FIN
+    RESET_RECEIVED = "reset_received"
+    ABORTED = "aborted"  # we sent RST (or gave up in SYN-SENT)
+    TIMED_OUT = "timed_out"
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """The connection is gone; ``reason`` says how."""
+
+    reason: CloseReason
+
+    @property
+    def clean(self) -> bool:
+        """Closed by the FIN exchange: the 4-tuple may be reused at once."""
+        return self.reason in (CloseReason.TIME_WAIT_EXPIRED, CloseReason.LAST_ACK)
+
+
+TcpEvent = Established | DataReceived | PeerClosed | ResetReceived | TimedOut | SynRetransmissionReceived | Closed
+
+
+class TcpExtension:
+    """Hooks through which a protocol extension shapes a connection. Defaults do nothing.
+
+    ``on_synack`` may return a reason string: the connection then aborts with an RST (the way a
+    client refuses a SYN-ACK that ACKed what it should not have).
+    """
+
+    def syn_options(self, conn: TcpConnection, retransmission: int) -> tuple:
+        return ()
+
+    def synack_options(self, conn: TcpConnection, syn: TcpSegment) -> tuple:
+        return ()
+
+    def segment_options(self, conn: TcpConnection, flags: TcpFlags, payload_bytes: int) -> tuple:
+        return ()
+
+    def on_syn(self, conn: TcpConnection, syn: TcpSegment) -> None:
+        return None
+
+    def on_synack(self, conn: TcpConnection, synack: TcpSegment) -> str | None:
+        return None
+
+    def on_segment(self, conn: TcpConnection, segment: TcpSegment) -> None:
+        return None
+
+
+def reset_for(packet: IpPacket) -> IpPacket | None:
+    """The RST a host sends for a segment that matches no connection (RFC 9293 3.10.7.1)."""
+    seg = packet.segment
+    if seg.flags & TcpFlags.RST:
+        return None
+    if seg.flags & TcpFlags.ACK:
+        rst = TcpSegment(seg.dst_port, seg.src_port, seg.ack, 0, TcpFlags.RST, 0)
+    else:
+        rst = TcpSegment(seg.dst_port, seg.src_port, 0, seq_add(seg.seq, seg.sequence_space_bytes),
+                         TcpFlags.RST | TcpFlags.ACK, 0)
+    return IpPacket(packet.dst, packet.src, rst)
+
+
+def _fit_options(base: list, extra: tuple) -> tuple:
+    """Base TCP options plus extension options within 40 bytes. Like Linux with MPTCP+TFO on a
+    SYN-ACK (RFC 8684 appendix B), Timestamps go first when space runs out; if it still does not
+    fit, the OptionSpaceError surfaces when the packet is built."""
+    options = tuple(base) + tuple(extra)
+    if option_space_bytes(options) > TCP_OPTION_SPACE_BYTES:
+        trimmed = tuple(o for o in options if not isinstance(o, Timestamps))
+        if option_space_bytes(trimmed) <= TCP_OPTION_SPACE_BYTES:
+            return trimmed
+    return options
+
+
+@dataclass
+class _Peer:
+    mss_bytes: int = 536  # RFC 9293 3.7.1 default when no MSS option arrives
+    window_shift: int | None = None
+    timestamps: bool = False
+    sack_permitted: bool = False
+    ts_recent: int = 0
+
+
+class TcpConnection:
+    """One connection, active or passive. Create with :meth:`active` or :meth:`passive`."""
+
+    def __init__(self, local_addr: IpAddress, local_port: int, remote_addr: IpAddress, remote_port: int, *,
+                 iss: int, policy: TcpPolicy, extensions: tuple[TcpExtension, ...] = ()) -> None:
+        self.local_addr, self.local_port = local_addr, local_port
+        self.remote_addr, self.remote_port = remote_addr, remote_port
+        self.policy = policy
+        self.extensions = list(extensions)
+        self.state = TcpState.CLOSED
+        self.iss = iss
+        self.irs = 0
+        self.snd_una = iss
+        self.snd_nxt = iss
+        self.rcv_nxt = 0
+        self.peer_window_bytes = 0
+        self.peer = _Peer()
+        self._tx = bytearray()  # unACKed and unsent stream bytes, from snd_una's first data byte
+        self._fin_queued = False
+        self._syn_payload_bytes = 0
+        self._queued_syn_data = b""  # SynDataMode.QUEUE: delivered once ESTABLISHED
+        self._synack_withheld = False
+        self._synack_payload = b""
+        self._packets: list[IpPacket] = []
+        self._events: list[TcpEvent] = []
+        self._deadline: float | None = None
+        self._rto_s = policy.initial_rto_s
+        self._srtt_s: float | None = None
+        self._rttvar_s = 0.0
+        self._rtt_probe: tuple[int, float] | None = None  # (seq that must be ACKed, send time)
+        self._retransmissions_in_row = 0
+        # Counters the results tables report.
+        self.syns_sent = 0
+        self.rsts_sent = 0
+        self.retransmissions = 0
+        self.bytes_sent = 0  # application bytes put on the wire, first transmissions only
+        self.bytes_received = 0  # application bytes delivered in order
+        self.syn_options_sent: tuple = ()
+        self.synack: TcpSegment | None = None  # the SYN-ACK as received (active side)
+        self.syn: TcpSegment | None = None  # the SYN as received (passive side)
+
+    # --- opening ----------------------------------------------------------------------------
+
+    @classmethod
+    def active(cls, local_addr: IpAddress, local_port: int, remote_addr: IpAddress, remote_port: int, *,
+               iss: int, policy: TcpPolicy, now: float, syn_payload: bytes = b"",
+               extensions: tuple[TcpExtension, ...] = ()) -> TcpConnection:
+        """Send a SYN (with ``syn_payload`` as SYN data) and enter SYN-SENT."""
+        conn = cls(local_addr, local_port, remote_addr, remote_port, iss=iss, policy=policy, extensions=extensions)
+        conn._tx += syn_payload
+        conn._syn_payload_bytes = len(syn_payload)
+        conn.state = TcpState.SYN_SENT
+        conn._send_syn(now, retransmission=0)
+        return conn
+
+    @classmethod
+    def passive(cls, syn_packet: IpPacket, *, iss: int, policy: TcpPolicy, now: float,
+                syn_data_mode: SynDataMode = SynDataMode.DROP, withhold_synack: bool = False,
+                extensions: tuple[TcpExtension, ...] = ()) -> TcpConnection:
+        """Answer a SYN and enter SYN-RECEIVED. With ``withhold_synack`` the SYN-ACK waits for
+        :meth:`send_synack` (a converter that answers only once the server has, RFC 8803 4.2)."""
+        syn = syn_packet.segment
+        conn = cls(syn_packet.dst, syn.dst_port, syn_packet.src, syn.src_port, iss=iss, policy=policy,
+                   extensions=extensions)
+        conn.syn = syn
+        conn.state = TcpState.SYN_RECEIVED
+        conn.irs = syn.seq
+        conn._learn_peer_options(syn)
+        conn.peer_window_bytes = syn.window  # never scaled on a SYN (RFC 7323 2.2)
+        for ext in conn.extensions:
+            ext.on_syn(conn, syn)
+        conn.rcv_nxt = seq_add(syn.seq, 1)
+        if syn.payload and syn_data_mode is not SynDataMode.DROP:
+            conn.rcv_nxt = seq_add(conn.rcv_nxt, len(syn.payload))
+            if syn_data_mode is SynDataMode.ACCEPT:
+                conn._deliver(syn.payload)
+            else:
+                conn._queued_syn_data = syn.payload
+        conn.snd_nxt = seq_add(iss, 1)
+        conn._synack_withheld = withhold_synack
+        if not withhold_synack:
+            conn._send_synack(now, retransmission=0)
+        return conn
+
+    def send_synack(self, now: float, payload: bytes = b"") -> None:
+        """Release a withheld SYN-ACK, optionally carrying data (the Convert reply)."""
+        if self.state is not TcpState.SYN_RECEIVED or not self._synack_withheld:
+            raise LocalProtocolError(f"no withheld SYN-ACK to send in state {self.state.name}")
+        self._synack_withheld = False
+        self._synack_payload = payload
+        self.snd_nxt = seq_add(self.iss, 1 + len(payload))
+        self.bytes_sent += len(payload)
+        self._send_synack(now, retransmission=0)
+
+    # --- commands ---------------------------------------------------------------------------
+
+    def send(self, data: bytes, now: float) -> None:
+        """Queue application bytes; they go out as the peer's window allows."""
+        if self.state not in _CAN_SEND or self._fin_queued:
+            raise LocalProtocolError(f"cannot send in state {self.state.name}" + (" after close" if self._fin_queued else ""))
+        self._tx += data
+        if self.state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT):
+            self._transmit_new(now)
+
+    def close(self, now: float) -> None:
+        """Send FIN after the queued data (graceful close)."""
+        if self.state in (TcpState.SYN_SENT, TcpState.CLOSED):
+            self._finish(now, CloseReason.ABORTED)
+            return
+        if self._fin_queued:
+            return
+        self._fin_queued = True
+        if self.state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT):
+            self.state = TcpState.FIN_WAIT_1 if self.state is TcpState.ESTABLISHED else TcpState.LAST_ACK
+            self._transmit_new(now)
+
+    def abort(self, now: float) -> None:
+        """Send RST (if the peer can know us) and forget the connection."""
+        if self.state in (TcpState.SYN_SENT, TcpState.CLOSED, TcpState.TIME_WAIT):
+            self._finish(now, CloseReason.ABORTED)
+            return
+        if not (self.state is TcpState.SYN_RECEIVED and self._synack_withheld):
+            self._send_rst(self.snd_nxt)
+        self._finish(now, CloseReason.ABORTED)
+
+    # --- outputs ----------------------------------------------------------------------------
+
+    def pull_packets(self) -> list[IpPacket]:
+        packets, self._packets = self._packets, []
+        return packets
+
+    def pull_events(self) -> list[TcpEvent]:
+        events, self._events = self._events, []
+        return events
+
+    def get_timer(self) -> float | None:
+        return self._deadline
+
+    @property
+    def four_tuple(self) -> tuple[IpAddress, int, IpAddress, int]:
+        return (self.local_addr, self.local_port, self.remote_addr, self.remote_port)
+
+    @property
+    def syn_data_acked_bytes(self) -> int:
+        """SYN data (ours) that the SYN-ACK acknowledged; meaningful once past SYN-SENT."""
+        if self.synack is None:
+            return 0
+        return max(0, min(self._syn_payload_bytes, seq_diff(self.synack.ack, self.iss) - 1))
+
+    # --- timer ------------------------------------------------------------------------------
+
+    def handle_timer(self, now: float) -> None:
+        if self._deadline is None or now < self._deadline:
+            return
+        self._deadline = None
+        if self.state is TcpState.TIME_WAIT:
+            self._finish(now, CloseReason.TIME_WAIT_EXPIRED)
+            return
+        self._retransmissions_in_row += 1
+        self._rto_s = min(self._rto_s * 2, self.policy.max_rto_s)
+        self._rtt_probe = None  # Karn: no RTT sample from a retransmitted segment
+        if self.state is TcpState.SYN_SENT:
+            if self._retransmissions_in_row > self.policy.syn_retries:
+                self._time_out(now, "syn")
+            else:
+                self._send_syn(now, retransmission=self._retransmissions_in_row)
+        elif self.state is TcpState.SYN_RECEIVED:
+            if self._retransmissions_in_row > self.policy.synack_retries:
+                self._time_out(now, "synack")
+            else:
+                self._send_synack(now, retransmission=self._retransmissions_in_row)
+        elif self._retransmissions_in_row > self.policy.data_retries:
+            self._time_out(now, "data")
+        else:
+            self._retransmit_head(now)
+
+    def _time_out(self, now: float, what: str) -> None:
+        self._events.append(TimedOut(what))
+        self._finish(now, CloseReason.TIMED_OUT)
+
+    def _arm(self, now: float, delay_s: float) -> None:
+        self._deadline = now + delay_s
+
+    # --- receiving --------------------------------------------------------------------------
+
+    def receive(self, packet: IpPacket, now: float) -> None:
+        """Process one segment addressed to this connection's 4-tuple."""
+        seg = packet.segment
+        handler = _HANDLERS.get(self.state)
+        if handler is not None:
+            handler(self, seg, now)
+
+    def _on_syn_sent(self, seg: TcpSegment, now: float) -> None:
+        flags = seg.flags
+        ack_ok = bool(flags & TcpFlags.ACK) and seq_lt(self.iss, seg.ack) and seq_le(seg.ack, self.snd_nxt)
+        if flags & TcpFlags.ACK and not ack_ok:
+            if not flags & TcpFlags.RST:
+                self._send_rst(seg.ack)  # RFC 9293 3.10.7.3: an unacceptable ACK draws a RST
+            return
+        if flags & TcpFlags.RST:
+            if ack_ok:
+                self._events.append(ResetReceived(refused=True))
+                self._finish(now, CloseReason.RESET_RECEIVED)
+            return
+        if not (flags & TcpFlags.SYN and ack_ok):
+            return  # a bare SYN (simultaneous open) is not modelled; nothing else is acceptable
+        self.synack = seg
+        self.irs = seg.seq
+        self.rcv_nxt = seq_add(seg.seq, 1)
+        self._learn_peer_options(seg)
+        self.peer_window_bytes = seg.window
+        self._sample_rtt(seg.ack, now)
+        for ext in self.extensions:
+            reason = ext.on_synack(self, seg)
+            if reason is not None:
+                self.snd_nxt = seg.ack
+                self._send_rst(seg.ack)
+                self._finish(now, CloseReason.ABORTED)
+                return
+        acked = self.syn_data_acked_bytes
+        del self._tx[:acked]
+        self.snd_una = seg.ack
+        if self.policy.resend_unacked_syn_data or acked == self._syn_payload_bytes:
+            self.snd_nxt = seg.ack
+        else:
+            del self._tx[: self._syn_payload_bytes - acked]
+            self.snd_nxt = seg.ack
+        self.state = TcpState.ESTABLISHED
+        self._retransmissions_in_row = 0
+        self._rto_s = self._computed_rto()
+        self._deadline = None
+        self._events.append(Established(syn_data_acked_bytes=acked))
+        if seg.payload:
+            self.rcv_nxt = seq_add(self.rcv_nxt, len(seg.payload))
+            self._deliver(seg.payload)
+        for ext in self.extensions:
+            ext.on_segment(self, seg)
+        self._send_ack()
+        if self._fin_queued:
+            self.state = TcpState.FIN_WAIT_1
+        self._transmit_new(now)
+
+    def _on_syn_received(self, seg: TcpSegment, now: float) -> None:
+        flags = seg.flags
+        if flags & TcpFlags.RST:
+            if seq_in_window(seg.seq, self.rcv_nxt, self._rcv_wnd()) or seg.seq == self.rcv_nxt:
+                self._events.append(ResetReceived(refused=False))
+                self._finish(now, CloseReason.RESET_RECEIVED)
+            return
+        if flags & TcpFlags.SYN:
+            if seg.seq == self.irs and not flags & TcpFlags.ACK:
+                if self._synack_withheld:
+                    self._events.append(SynRetransmissionReceived())
+                else:
+                    self._send_synack(now, retransmission=self._retransmissions_in_row)
+            return
+        if not flags & TcpFlags.ACK or self._synack_withheld:
+            return
+        if not (seq_lt(self.snd_una, seg.ack) and seq_le(seg.ack, self.snd_nxt)):
+            self._send_rst(seg.ack)
+            return
+        self.state = TcpState.ESTABLISHED
+        self._retransmissions_in_row = 0
+        self._sample_rtt(seg.ack, now)
+        self._rto_s = self._computed_rto()
+        self._deadline = None
+        self._events.append(Established(syn_data_acked_bytes=0))
+        if self._queued_syn_data:
+            self._deliver(self._queued_syn_data)
+            self._queued_syn_data = b""
+        self._on_synchronized(seg, now)
+
+    def _on_synchronized(self, seg: TcpSegment, now: float) -> None:
+        flags = seg.flags
+        if flags & TcpFlags.RST:
+            self._on_rst(seg, now)
+            return
+        if flags & TcpFlags.SYN:
+            # RFC 5961 4.2: a SYN on a synchronized connection draws a challenge ACK, never a
+            # reset (in TIME-WAIT, Linux answers a SYN it does not accept the same way; the host
+            # decides beforehand whether the SYN may reopen the pair).
+            self._send_ack()
+            return
+        if not flags & TcpFlags.ACK:
+            return
+        if self.state is TcpState.TIME_WAIT:
+            if flags & TcpFlags.FIN:
+                self._send_ack()
+                self._arm(now, self.policy.time_wait_s)
+            return
+        if seq_lt(self.snd_nxt, seg.ack):
+            self._send_ack()  # ACKs something not yet sent (RFC 9293 3.10.7.4)
+            return
+        if seq_lt(self.snd_una, seg.ack):
+            self._on_ack_advance(seg, now)
+        if self.state not in SYNCHRONIZED:
+            return
+        if self.state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT):
+            self.peer_window_bytes = seg.window << (self.peer.window_shift or 0)
+        for ext in self.extensions:
+            ext.on_segment(self, seg)
+        self._on_payload_and_fin(seg, now)
+        if self.state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT, TcpState.FIN_WAIT_1, TcpState.LAST_ACK):
+            self._transmit_new(now)
+
+    def _on_rst(self, seg: TcpSegment, now: float) -> None:
+        if seg.seq == self.rcv_nxt:
+            self._events.append(ResetReceived(refused=False))
+            self._finish(now, CloseReason.RESET_RECEIVED)
+        elif seq_in_window(seg.seq, self.rcv_nxt, self._rcv_wnd()):
+            self._send_ack()  # RFC 5961 3.2: in window but not exact: challenge ACK
+
+    def _on_ack_advance(self, seg: TcpSegment, now: float) -> None:
+        acked = seq_diff(seg.ack, self.snd_una)
+        fin_seq = self._fin_seq()
+        data_acked = min(acked, len(self._tx))
+        del self._tx[:data_acked]
+        self.snd_una = seg.ack
+        self._sample_rtt(seg.ack, now)
+        self._retransmissions_in_row = 0
+        self._rto_s = self._computed_rto()
+        fin_acked = self._fin_queued and fin_seq is not None and seq_lt(fin_seq, seg.ack)
+        if fin_acked:
+            if self.state is TcpState.FIN_WAIT_1:
+                self.state = TcpState.FIN_WAIT_2
+            elif self.state is TcpState.CLOSING:
+                self._enter_time_wait(now)
+            elif self.state is TcpState.LAST_ACK:
+                self._finish(now, CloseReason.LAST_ACK)
+                return
+        self._deadline = None if self.snd_una == self.snd_nxt else now + self._rto_s
+
+    def _on_payload_and_fin(self, seg: TcpSegment, now: float) -> None:
+        payload = seg.payload
+        offset = seq_diff(self.rcv_nxt, seg.seq)
+        if payload:
+            if offset < 0:
+                self._send_ack()  # out of order: dropped here, a duplicate ACK asks for the gap
+                return
+            fresh = payload[offset:]
+            if fresh and self.state in (TcpState.ESTABLISHED, TcpState.FIN_WAIT_1, TcpState.FIN_WAIT_2):
+                self.rcv_nxt = seq_add(self.rcv_nxt, len(fresh))
+                self._deliver(fresh)
+            if not seg.flags & TcpFlags.FIN:
+                self._send_ack()
+                return
+        if seg.flags & TcpFlags.FIN:
+            if seq_add(seg.seq, len(payload)) != self.rcv_nxt:
+                self._send_ack()
+                return
+            self.rcv_nxt = seq_add(self.rcv_nxt, 1)
+            self._events.append(PeerClosed())
+            self._send_ack()
+            if self.state is TcpState.ESTABLISHED:
+                self.state = TcpState.CLOSE_WAIT
+            elif self.state is TcpState.FIN_WAIT_1:
+                self.state = TcpState.CLOSING
+            elif self.state is TcpState.FIN_WAIT_2:
+                self._enter_time_wait(now)
+
+    # --- sending ----------------------------------------------------------------------------
+
+    def _base_options(self, syn: bool) -> list:
+        p = self.policy
+        options: list = []
+        if syn:
+            options.append(MaximumSegmentSize(p.mss_bytes))
+            offer_sack = p.sack_permitted and (self.state is TcpState.SYN_SENT or self.peer.sack_permitted)
+            offer_ts = p.timestamps and (self.state is TcpState.SYN_SENT or self.peer.timestamps)
+            offer_ws = p.window_scale_shift is not None and (
+                self.state is TcpState.SYN_SENT or self.peer.window_shift is not None)
+            # Linux's order: mss, sackOK, TS, nop, wscale (or mss, nop, nop, sackOK, nop, wscale)
+            if offer_sack and offer_ts:
+                options.append(SackPermitted())
+            if offer_ts:
+                options.append(Timestamps(0, 0))  # values filled in by _stamp
+            elif offer_sack:
+                options += [NoOperation(), NoOperation(), SackPermitted()]
+            if offer_ws:
+                options += [NoOperation(), WindowScale(p.window_scale_shift)]
+        elif self.peer.timestamps and p.timestamps:
+            options += [NoOperation(), NoOperation(), Timestamps(0, 0)]
+        return options
+
+    def _stamp(self, options: tuple, now: float) -> tuple:
+        ts_value = int(now * 1000) % (1 << 32)  # a 1 kHz timestamp clock, like Linux
+        return tuple(Timestamps(ts_value, self.peer.ts_recent) if isinstance(o, Timestamps) else o for o in options)
+
+    def _window_field(self, syn: bool) -> int:
+        shift = 0 if syn or self.peer.window_shift is None else (self.policy.window_scale_shift or 0)
+        return min(self._rcv_wnd() >> shift, 0xFFFF)
+
+    def _rcv_wnd(self) -> int:
+        return self.policy.receive_window_bytes
+
+    def _emit(self, seq: int, flags: TcpFlags, payload: bytes = b"", options: tuple = (), *, now: float = 0.0) -> None:
+        syn = bool(flags & TcpFlags.SYN)
+        ack = self.rcv_nxt if flags & TcpFlags.ACK else 0
+        segment = TcpSegment(self.local_port, self.remote_port, seq, ack, flags, self._window_field(syn),
+                             self._stamp(options, now), payload)
+        self._packets.append(IpPacket(self.local_addr, self.remote_addr, segment))
+
+    def _send_syn(self, now: float, retransmission: int) -> None:
+        extra = tuple(o for ext in self.extensions for o in ext.syn_options(self, retransmission))
+        options = _fit_options(self._base_options(syn=True), extra)
+        with_data = retransmission == 0 or self.policy.retransmit_syn_data
+        payload = bytes(self._tx[: self._syn_payload_bytes]) if with_data else b""
+        self.snd_nxt = seq_add(self.iss, 1 + len(payload))
+        self.syn_options_sent = options
+        self._emit(self.iss, TcpFlags.SYN, payload, options, now=now)
+        self.syns_sent += 1
+        if retransmission:
+            self.retransmissions += 1
+        elif payload:
+            self.bytes_sent += len(payload)
+        if retransmission == 0:
+            self._rtt_probe = (seq_add(self.iss, 1), now)
+        self._arm(now, self._rto_s)
+
+    def _send_synack(self, now: float, retransmission: int) -> None:
+        assert self.syn is not None
+        extra = tuple(o for ext in self.extensions for o in ext.synack_options(self, self.syn))
+        options = _fit_options(self._base_options(syn=True), extra)
+        self._emit(self.iss, TcpFlags.SYN | TcpFlags.ACK, self._synack_payload, options, now=now)
+        if retransmission:
+            self.retransmissions += 1
+        else:
+            self._rtt_probe = (seq_add(self.iss, 1), now)
+        self._arm(now, self._rto_s)
+
+    def _send_ack(self) -> None:
+        self._emit_with_extensions(self.snd_nxt, TcpFlags.ACK)
+
+    def _emit_with_extensions(self, seq: int, flags: TcpFlags, payload: bytes = b"", now: float = 0.0) -> None:
+        extra = tuple(o for ext in self.extensions for o in ext.segment_options(self, flags, len(payload)))
+        self._emit(seq, flags, payload, _fit_options(self._base_options(syn=False), extra), now=now)
+
+    def _send_rst(self, seq: int) -> None:
+        self._packets.append(IpPacket(self.local_addr, self.remote_addr,
+                                      TcpSegment(self.local_port, self.remote_port, seq, 0, TcpFlags.RST, 0)))
+        self.rsts_sent += 1
+
+    def _effective_mss(self) -> int:
+        return min(self.policy.mss_bytes, self.peer.mss_bytes)
+
+    def _fin_seq(self) -> int | None:
+        """The sequence number of our FIN, once everything queued before it is known."""
+        if not self._fin_queued:
+            return None
+        return seq_add(self.snd_una, len(self._tx))
+
+    def _transmit_new(self, now: float) -> None:
+        """Send what the peer's window allows, then the FIN when everything else is out."""
+        mss = self._effective_mss()
+        while True:
+            sent = seq_diff(self.snd_nxt, self.snd_una)
+            unsent = len(self._tx) - sent
+            room = self.peer_window_bytes - sent
+            if unsent <= 0 or room <= 0:
+                break
+            size = min(mss, unsent, room)
+            chunk = bytes(self._tx[sent: sent + size])
+            last = size == unsent
+            flags = TcpFlags.ACK | TcpFlags.PSH if last else TcpFlags.ACK
+            self._emit_with_extensions(self.snd_nxt, flags, chunk, now)
+            if self._rtt_probe is None:
+                self._rtt_probe = (seq_add(self.snd_nxt, size), now)
+            self.snd_nxt = seq_add(self.snd_nxt, size)
+            self.bytes_sent += size
+        fin_seq = self._fin_seq()
+        if fin_seq is not None and self.snd_nxt == fin_seq and self.state in (TcpState.FIN_WAIT_1, TcpState.LAST_ACK):
+            self._emit_with_extensions(self.snd_nxt, TcpFlags.FIN | TcpFlags.ACK, now=now)
+            self.snd_nxt = seq_add(self.snd_nxt, 1)
+        if self.snd_nxt != self.snd_una and self._deadline is None:
+            self._arm(now, self._rto_s)
+
+    def _retransmit_head(self, now: float) -> None:
+        """Go back to snd_una: resend one segment (or the FIN) and back off the timer."""
+        self.retransmissions += 1
+        size = min(self._effective_mss(), len(self._tx))
+        fin_seq = self._fin_seq()
+        if size:
+            flags = TcpFlags.ACK | TcpFlags.PSH
+            self._emit_with_extensions(self.snd_una, flags, bytes(self._tx[:size]), now)
+        elif fin_seq is not None and self.snd_nxt != self.snd_una:
+            self._emit_with_extensions(fin_seq, TcpFlags.FIN | TcpFlags.ACK, now=now)
+        self._arm(now, self._rto_s)
+
+    # --- bookkeeping ------------------------------------------------------------------------
+
+    def _learn_peer_options(self, seg: TcpSegment) -> None:
+        for option in seg.options:
+            if isinstance(option, MaximumSegmentSize):
+                self.peer.mss_bytes = option.mss_bytes
+            elif isinstance(option, WindowScale):
+                self.peer.window_shift = min(option.shift_count, 14)  # RFC 7323 2.3
+            elif isinstance(option, Timestamps):
+                self.peer.timestamps = True
+                self.peer.ts_recent = option.ts_value
+            elif isinstance(option, SackPermitted):
+                self.peer.sack_permitted = True
+        if self.state is TcpState.SYN_SENT and self.policy.window_scale_shift is None:
+            self.peer.window_shift = None
+        if not self.policy.timestamps:
+            self.peer.timestamps = False
+
+    def _deliver(self, data: bytes) -> None:
+        self.bytes_received += len(data)
+        self._events.append(DataReceived(bytes(data)))
+
+    def _sample_rtt(self, ack: int, now: float) -> None:
+        if self._rtt_probe is None or seq_lt(ack, self._rtt_probe[0]):
+            return
+        sample_s = now - self._rtt_probe[1]
+        self._rtt_probe = None
+        if self._srtt_s is None:  # RFC 6298 2.2
+            self._srtt_s, self._rttvar_s = sample_s, sample_s / 2
+        else:  # RFC 6298 2.3
+            self._rttvar_s = 0.75 * self._rttvar_s + 0.25 * abs(self._srtt_s - sample_s)
+            self._srtt_s = 0.875 * self._srtt_s + 0.125 * sample_s
+
+    def _computed_rto(self) -> float:
+        if self._srtt_s is None:
+            return self.policy.initial_rto_s
+        return min(max(self._srtt_s + 4 * self._rttvar_s, self.policy.min_rto_s), self.policy.max_rto_s)
+
+    @property
+    def srtt_s(self) -> float | None:
+        return self._srtt_s
+
+    def _enter_time_wait(self, now: float) -> None:
+        self.state = TcpState.TIME_WAIT
+        self._arm(now, self.policy.time_wait_s)
+
+    def _finish(self, now: float, reason: CloseReason) -> None:
+        self.state = TcpState.CLOSED
+        self._deadline = None
+        self._events.append(Closed(reason))
+
+
+_HANDLERS = {
+    TcpState.SYN_SENT: TcpConnection._on_syn_sent,
+    TcpState.SYN_RECEIVED: TcpConnection._on_syn_received,
+    **{state: TcpConnection._on_synchronized for state in SYNCHRONIZED},
+}
