@@ -13,7 +13,7 @@ and owners append application-level facts with :meth:`Host.emit`.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -128,6 +128,8 @@ class Host:
         self._out: list[Transmit] = []
         self._events: deque[Any] = deque()
         self.rsts_for_unknown = 0
+        #: Counters named like Linux's MPTcpExt / TcpExt MIB where one exists (MPCapableSYNTX, ...).
+        self.mib: Counter[str] = Counter()
 
     # --- the machine contract ----------------------------------------------------------------
 
