@@ -62,7 +62,7 @@ class Harness:
         self.now = 0.0
         self.log: list[Delivery] = []
         self.events: list[tuple[float, str, Any]] = []
-        self._queue: list[tuple[float, int, str, str, IpPacket]] = []
+        self._queue: list[tuple[float, int, str, str, str, IpPacket]] = []  # (time, seq, src, dst, dst_port, packet)
         self._seq = 0
 
     def add(self, name: str, machine: Machine) -> Machine:
@@ -89,7 +89,7 @@ class Harness:
                     self.log.append(Delivery(self.now, name, hop.dst, transmit.packet, dropped=True))
                 for packet in packets:
                     self._seq += 1
-                    heapq.heappush(self._queue, (self.now + hop.delay_s, self._seq, name, hop.dst + "\0" + hop.dst_port, packet))
+                    heapq.heappush(self._queue, (self.now + hop.delay_s, self._seq, name, hop.dst, hop.dst_port, packet))
             while (event := machine.next_event()) is not None:
                 self.events.append((self.now, name, event))
 
@@ -104,10 +104,10 @@ class Harness:
             if not candidates or min(candidates) > until_s:
                 self.now = max(self.now, until_s)
                 return
-            self.now = min(candidates)
+            # A deadline a machine left in the past fires late; the clock never runs backwards.
+            self.now = max(self.now, min(candidates))
             if next_packet is not None and next_packet <= self.now:
-                _, _, src, target, packet = heapq.heappop(self._queue)
-                dst, dst_port = target.split("\0")
+                _, _, src, dst, dst_port, packet = heapq.heappop(self._queue)
                 self.log.append(Delivery(self.now, src, dst, packet))
                 self.machines[dst].receive(dst_port, packet, self.now)
             else:
@@ -118,4 +118,20 @@ class Harness:
         raise RuntimeError(f"harness did not reach t={until_s} within {max_steps} steps")
 
     def events_of(self, name: str, kind: type | None = None) -> list[Any]:
+        """The events machine ``name`` reported, optionally only those of type ``kind``."""
         return [e for _, n, e in self.events if n == name and (kind is None or isinstance(e, kind))]
+
+
+def drop_matching(predicate: Callable[[IpPacket], bool], count: int | None = None) -> PacketFilter:
+    """A filter that drops the packets ``predicate`` selects: all of them, or the first ``count``
+    (a scripted loss, e.g. ``drop_matching(lambda p: p.segment.flags & TcpFlags.RST)``)."""
+    dropped = 0
+
+    def packet_filter(packet: IpPacket, now: float) -> list[IpPacket]:
+        nonlocal dropped
+        if predicate(packet) and (count is None or dropped < count):
+            dropped += 1
+            return []
+        return [packet]
+
+    return packet_filter

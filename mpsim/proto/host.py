@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mpsim.proto.errors import LocalProtocolError
-from mpsim.proto.seqnum import seq_lt
 from mpsim.proto.tcp import (
     Closed,
     IpAddress,
@@ -28,7 +27,6 @@ from mpsim.proto.tcp import (
     TcpEvent,
     TcpExtension,
     TcpPolicy,
-    TcpState,
     reset_for,
 )
 from mpsim.wire.segment import IpPacket, TcpFlags
@@ -135,16 +133,18 @@ class Host:
 
     def receive(self, port: str, packet: IpPacket, now: float) -> None:
         """A packet arrived on interface ``port``."""
+        if not isinstance(packet, IpPacket):
+            self.on_icmp(port, packet, now)  # an ICMP error (middlebox.IcmpUnreachable), not a segment
+            return
         if packet.dst not in self.interfaces.values():
             return  # not ours: hosts do not forward
         seg = packet.segment
         key = (packet.dst, seg.dst_port, packet.src, seg.src_port)
         conn = self.connections.get(key)
-        if conn is not None and conn.state is TcpState.TIME_WAIT and seg.flags & TcpFlags.SYN \
-                and not seg.flags & TcpFlags.ACK and seq_lt(conn.rcv_nxt, seg.seq) and seg.dst_port in self.listeners:
-            # RFC 1122 4.2.2.13 / RFC 9293 MAY-2: a new SYN above the old sequence space may
-            # reopen a pair in TIME-WAIT (Linux does so too).
-            self._drop(conn)
+        if conn is not None and seg.dst_port in self.listeners and conn.may_reopen(seg):
+            # A new SYN may end TIME-WAIT early and reach the listener (RFC 1122 4.2.2.13, RFC 6191).
+            conn.end_time_wait(now)
+            self._collect(conn, now)
             conn = None
         if conn is not None:
             conn.receive(packet, now)
@@ -184,6 +184,12 @@ class Host:
     def next_event(self) -> Any | None:
         return self._events.popleft() if self._events else None
 
+    def on_icmp(self, port: str, message: Any, now: float) -> None:
+        """An ICMP error arrived (:class:`mpsim.proto.middlebox.IcmpUnreachable`). Counted and
+        otherwise ignored, so connections retransmit until they time out; subclasses (a converter,
+        a client scheme) may react, e.g. abort the quoted connection as Linux does in SYN-SENT."""
+        self.mib["IcmpInDestUnreachs"] += 1
+
     # --- for owners and subclasses ------------------------------------------------------------
 
     def emit(self, event: Any) -> None:
@@ -197,11 +203,18 @@ class Host:
 
     def open(self, owner: ConnectionOwner, local_addr: IpAddress, remote_addr: IpAddress, remote_port: int,
              now: float, *, syn_payload: bytes = b"", extensions: tuple[TcpExtension, ...] = (),
-             policy: TcpPolicy | None = None) -> TcpConnection:
-        """Actively open a connection from a fresh ephemeral port."""
+             policy: TcpPolicy | None = None, local_port: int | None = None) -> TcpConnection:
+        """Actively open a connection from a fresh ephemeral port, or from ``local_port`` (like
+        bind() with SO_REUSEADDR: only a live connection on the same 4-tuple is refused, a
+        quarantined pair is not, which is how tests recreate a 4-tuple collision)."""
         if local_addr not in self.interfaces.values():
             raise LocalProtocolError(f"{self.name} has no address {local_addr}")
-        port = self.ports.allocate(local_addr, remote_addr, remote_port, now, self.connections)
+        if local_port is None:
+            port = self.ports.allocate(local_addr, remote_addr, remote_port, now, self.connections)
+        elif (local_addr, local_port, remote_addr, remote_port) in self.connections:
+            raise LocalProtocolError(f"{self.name}: {local_addr}:{local_port} -> {remote_addr}:{remote_port} is in use")
+        else:
+            port = local_port
         conn = TcpConnection.active(local_addr, port, remote_addr, remote_port, iss=self.rng.getrandbits(32),
                                     policy=policy or self.policy, now=now, syn_payload=syn_payload,
                                     extensions=extensions)

@@ -7,15 +7,28 @@ close in every order, TIME-WAIT, and reliable in-order data with cumulative ACKs
 retransmission timer.
 
 What it simplifies, because bulk transfer is the simulator's business (mpsim.sim has congestion
-control, SACK recovery and delayed ACKs): no congestion window (the sender is limited by the peer's
-window only), out-of-order segments are dropped and answered with a duplicate ACK, every data
-segment is ACKed at once, SACK-Permitted is negotiated but no SACK blocks are sent, simultaneous
-open is not supported (a SYN without ACK in SYN-SENT is ignored).
+control, SACK recovery and delayed ACKs):
+
+- no congestion window: the sender is limited by the peer's window only;
+- out-of-order segments are dropped and answered with a duplicate ACK; a retransmission timeout
+  resends one segment from SND.UNA, so every lost data segment costs one RTO (no fast retransmit);
+- every segment carrying data or a FIN is ACKed at once; SACK-Permitted is negotiated but no
+  SACK blocks are sent;
+- data is delivered as soon as it is in order, so the advertised window never shrinks: no
+  persist timer, no zero-window probes, no SND.WL1/WL2 check; no keepalive, no urgent data;
+- timestamps are sent and echoed (and decide a TIME-WAIT reopen, RFC 6191) but no PAWS check;
+- the MSS is reduced by the Timestamps option (1448-byte segments, like Linux) but not by
+  extension options;
+- simultaneous open is not supported (a SYN without ACK in SYN-SENT is ignored); in SYN-RECEIVED
+  only the retransmitted SYN is answered (a SYN-ACK at once), other SYNs are ignored;
+- challenge ACKs are not rate-limited; SYN-ACK retransmissions repeat their payload;
+- :meth:`close` shuts our sending side: data still arriving in FIN-WAIT is delivered, and
+  FIN-WAIT-2 ends after ``fin_wait_2_timeout_s`` of silence from the peer (Linux's orphan rule).
 
 Protocol extensions (MPTCP, TFO, the signalling schemes) plug in as :class:`TcpExtension` objects
 that add options and inspect segments; the connection calls them at fixed points.
 
-Inputs: :meth:`TcpConnection.connect` / :meth:`TcpConnection.passive` (opens), :meth:`receive`,
+Inputs: :meth:`TcpConnection.active` / :meth:`TcpConnection.passive` (opens), :meth:`receive`,
 :meth:`send`, :meth:`close`, :meth:`abort`, :meth:`handle_timer`. Outputs, pulled: :meth:`pull_packets`
 (IP packets to emit), :meth:`pull_events` (past-tense facts), :meth:`get_timer` (one deadline).
 """
@@ -41,6 +54,8 @@ from mpsim.wire.options import (
 from mpsim.wire.segment import IpPacket, TcpFlags, TcpSegment
 
 IpAddress = IPv4Address | IPv6Address
+
+_MIN_SND_MSS_BYTES = 48  # Linux net.ipv4.tcp_min_snd_mss: a smaller advertised MSS is raised to this
 
 
 class Rng(Protocol):
@@ -68,6 +83,11 @@ class TcpState(enum.Enum):
 
 SYNCHRONIZED = frozenset({TcpState.ESTABLISHED, TcpState.FIN_WAIT_1, TcpState.FIN_WAIT_2, TcpState.CLOSE_WAIT,
                           TcpState.CLOSING, TcpState.LAST_ACK, TcpState.TIME_WAIT})
+# States in which queued data and our FIN may still have to go out (CLOSING: the peer's FIN came
+# before ours was sent, e.g. while the window held our data back).
+_SENDS_DATA = frozenset({TcpState.ESTABLISHED, TcpState.CLOSE_WAIT, TcpState.FIN_WAIT_1, TcpState.CLOSING,
+                         TcpState.LAST_ACK})
+_SENDS_FIN = frozenset({TcpState.FIN_WAIT_1, TcpState.CLOSING, TcpState.LAST_ACK})
 _CAN_SEND = frozenset({TcpState.SYN_SENT, TcpState.SYN_RECEIVED, TcpState.ESTABLISHED, TcpState.CLOSE_WAIT})
 
 
@@ -97,6 +117,14 @@ class TcpPolicy:
     sack_permitted: bool = True
     resend_unacked_syn_data: bool = True  # Linux TFO client: unACKed SYN data goes out after the handshake
     retransmit_syn_data: bool = False  # Linux: a retransmitted SYN carries no data (RFC 7413 4.2.2)
+    # RFC 6298 5.7 (Linux TCP_TIMEOUT_FALLBACK): the RTO once data flows when the handshake gave no RTT sample
+    unsampled_handshake_rto_s: float = 3.0
+    # Linux net.ipv4.tcp_fin_timeout: FIN-WAIT-2 ends after this long without a segment from the peer
+    # (None: wait for the peer's FIN forever, as RFC 9293 does)
+    fin_wait_2_timeout_s: float | None = 60.0
+    # False: the SYN is resent only by retransmit_syn(), never by the timer, and the owner bounds
+    # the wait (a converter mirroring its client's SYN retransmissions, RFC 8803 9.3)
+    syn_retransmission_timer: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.min_rto_s <= self.initial_rto_s <= self.max_rto_s:
@@ -105,6 +133,8 @@ class TcpPolicy:
             raise ValueError("retry counts must be >= 0")
         if self.time_wait_s < 0 or not 88 <= self.mss_bytes <= 65495:
             raise ValueError("time_wait_s must be >= 0 and mss_bytes in 88..65495")
+        if self.unsampled_handshake_rto_s <= 0 or (self.fin_wait_2_timeout_s or 0) < 0:
+            raise ValueError("unsampled_handshake_rto_s must be > 0 and fin_wait_2_timeout_s >= 0")
 
 
 # --- events: past-tense facts the connection reports to its owner --------------------------------
@@ -136,7 +166,8 @@ class ResetReceived:
 
 @dataclass(frozen=True, slots=True)
 class TimedOut:
-    """Retransmissions ran out (``what`` is "syn", "synack" or "data")."""
+    """Retransmissions ran out (``what`` is "syn", "synack" or "data"), or the peer stayed silent
+    in FIN-WAIT-2 for ``TcpPolicy.fin_wait_2_timeout_s`` (``what`` is "fin_wait_2")."""
 
     what: str
 
@@ -152,6 +183,7 @@ class CloseReason(enum.Enum):
     RESET_RECEIVED = "reset_received"
     ABORTED = "aborted"  # we sent RST (or gave up in SYN-SENT)
     TIMED_OUT = "timed_out"
+    REOPENED = "reopened"  # in TIME-WAIT, a new SYN took the 4-tuple over (RFC 1122 4.2.2.13)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +195,7 @@ class Closed:
     @property
     def clean(self) -> bool:
         """Closed by the FIN exchange: the 4-tuple may be reused at once."""
-        return self.reason in (CloseReason.TIME_WAIT_EXPIRED, CloseReason.LAST_ACK)
+        return self.reason in (CloseReason.TIME_WAIT_EXPIRED, CloseReason.LAST_ACK, CloseReason.REOPENED)
 
 
 TcpEvent = Established | DataReceived | PeerClosed | ResetReceived | TimedOut | SynRetransmissionReceived | Closed
@@ -173,7 +205,8 @@ class TcpExtension:
     """Hooks through which a protocol extension shapes a connection. Defaults do nothing.
 
     ``on_synack`` may return a reason string: the connection then aborts with an RST (the way a
-    client refuses a SYN-ACK that ACKed what it should not have).
+    client refuses a SYN-ACK that ACKed what it should not have). So may ``on_segment`` on a
+    synchronized connection (MPTCP: an MP_FASTCLOSE carrying our key resets the connection).
     """
 
     def syn_options(self, conn: TcpConnection, retransmission: int) -> tuple:
@@ -185,13 +218,19 @@ class TcpExtension:
     def segment_options(self, conn: TcpConnection, flags: TcpFlags, payload_bytes: int) -> tuple:
         return ()
 
+    def options_for_segment(self, conn: TcpConnection, seq: int, flags: TcpFlags, payload: bytes) -> tuple:
+        """What the connection calls for every non-SYN segment it sends. Extensions that need the
+        sequence number and the bytes (an MPTCP DSS mapping and its checksum) override this one;
+        the default defers to :meth:`segment_options`."""
+        return self.segment_options(conn, flags, len(payload))
+
     def on_syn(self, conn: TcpConnection, syn: TcpSegment) -> None:
         return None
 
     def on_synack(self, conn: TcpConnection, synack: TcpSegment) -> str | None:
         return None
 
-    def on_segment(self, conn: TcpConnection, segment: TcpSegment) -> None:
+    def on_segment(self, conn: TcpConnection, segment: TcpSegment) -> str | None:
         return None
 
 
@@ -243,6 +282,7 @@ class TcpConnection:
         self.irs = 0
         self.snd_una = iss
         self.snd_nxt = iss
+        self._snd_max = iss  # the highest SND.NXT so far: bytes below it were sent before
         self.rcv_nxt = 0
         self.peer_window_bytes = 0
         self.peer = _Peer()
@@ -251,10 +291,11 @@ class TcpConnection:
         self._syn_payload_bytes = 0
         self._queued_syn_data = b""  # SynDataMode.QUEUE: delivered once ESTABLISHED
         self._synack_withheld = False
-        self._synack_payload = b""
+        self._synack_payload_bytes = 0  # data our SYN-ACK carries; it heads _tx until ACKed
         self._packets: list[IpPacket] = []
         self._events: list[TcpEvent] = []
         self._deadline: float | None = None
+        self._now_s = 0.0  # the latest time an input brought, for segments sent without one at hand
         self._rto_s = policy.initial_rto_s
         self._srtt_s: float | None = None
         self._rttvar_s = 0.0
@@ -280,6 +321,7 @@ class TcpConnection:
         conn = cls(local_addr, local_port, remote_addr, remote_port, iss=iss, policy=policy, extensions=extensions)
         conn._tx += syn_payload
         conn._syn_payload_bytes = len(syn_payload)
+        conn._now_s = now
         conn.state = TcpState.SYN_SENT
         conn._send_syn(now, retransmission=0)
         return conn
@@ -294,6 +336,7 @@ class TcpConnection:
         conn = cls(syn_packet.dst, syn.dst_port, syn_packet.src, syn.src_port, iss=iss, policy=policy,
                    extensions=extensions)
         conn.syn = syn
+        conn._now_s = now
         conn.state = TcpState.SYN_RECEIVED
         conn.irs = syn.seq
         conn._learn_peer_options(syn)
@@ -307,7 +350,7 @@ class TcpConnection:
                 conn._deliver(syn.payload)
             else:
                 conn._queued_syn_data = syn.payload
-        conn.snd_nxt = seq_add(iss, 1)
+        conn.snd_nxt = conn._snd_max = seq_add(iss, 1)
         conn._synack_withheld = withhold_synack
         if not withhold_synack:
             conn._send_synack(now, retransmission=0)
@@ -317,9 +360,13 @@ class TcpConnection:
         """Release a withheld SYN-ACK, optionally carrying data (the Convert reply)."""
         if self.state is not TcpState.SYN_RECEIVED or not self._synack_withheld:
             raise LocalProtocolError(f"no withheld SYN-ACK to send in state {self.state.name}")
+        self._now_s = now
         self._synack_withheld = False
-        self._synack_payload = payload
-        self.snd_nxt = seq_add(self.iss, 1 + len(payload))
+        # The payload goes before anything the owner queued meanwhile; kept in _tx until ACKed, it
+        # is resent as ordinary data if the peer's ACK covers the SYN only.
+        self._tx[:0] = payload
+        self._synack_payload_bytes = len(payload)
+        self.snd_nxt = self._snd_max = seq_add(self.iss, 1 + len(payload))
         self.bytes_sent += len(payload)
         self._send_synack(now, retransmission=0)
 
@@ -329,13 +376,19 @@ class TcpConnection:
         """Queue application bytes; they go out as the peer's window allows."""
         if self.state not in _CAN_SEND or self._fin_queued:
             raise LocalProtocolError(f"cannot send in state {self.state.name}" + (" after close" if self._fin_queued else ""))
+        self._now_s = now
         self._tx += data
         if self.state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT):
             self._transmit_new(now)
 
     def close(self, now: float) -> None:
-        """Send FIN after the queued data (graceful close)."""
-        if self.state in (TcpState.SYN_SENT, TcpState.CLOSED):
+        """Send FIN after the queued data (graceful close). In SYN-SENT the attempt is simply
+        dropped (RFC 9293 3.10.4); in SYN-RECEIVED the FIN waits for the handshake. Closing twice
+        is harmless; closing a CLOSED connection is an error (the state does not change)."""
+        if self.state is TcpState.CLOSED:
+            raise LocalProtocolError("cannot close: the connection is already closed")
+        self._now_s = now
+        if self.state is TcpState.SYN_SENT:
             self._finish(now, CloseReason.ABORTED)
             return
         if self._fin_queued:
@@ -346,13 +399,24 @@ class TcpConnection:
             self._transmit_new(now)
 
     def abort(self, now: float) -> None:
-        """Send RST (if the peer can know us) and forget the connection."""
-        if self.state in (TcpState.SYN_SENT, TcpState.CLOSED, TcpState.TIME_WAIT):
+        """Send RST (if the peer can know us) and forget the connection. Does nothing on a
+        CLOSED connection, so that owners may abort unconditionally when cleaning up."""
+        if self.state is TcpState.CLOSED:
+            return
+        self._now_s = now
+        if self.state in (TcpState.SYN_SENT, TcpState.TIME_WAIT):
             self._finish(now, CloseReason.ABORTED)
             return
         if not (self.state is TcpState.SYN_RECEIVED and self._synack_withheld):
             self._send_rst(self.snd_nxt)
         self._finish(now, CloseReason.ABORTED)
+
+    def send_ack(self, now: float) -> None:
+        """Send a bare ACK now, with the extensions' options (MPTCP MP_FASTCLOSE rides on one)."""
+        if self.state not in SYNCHRONIZED or self.state is TcpState.TIME_WAIT:
+            raise LocalProtocolError(f"cannot send an ACK in state {self.state.name}")
+        self._now_s = now
+        self._emit_with_extensions(self.snd_nxt, TcpFlags.ACK, now=now)
 
     # --- outputs ----------------------------------------------------------------------------
 
@@ -366,6 +430,26 @@ class TcpConnection:
 
     def get_timer(self) -> float | None:
         return self._deadline
+
+    def may_reopen(self, syn: TcpSegment) -> bool:
+        """Whether a SYN arriving in TIME-WAIT may start a new incarnation of this 4-tuple: its
+        sequence number lies above the old RCV.NXT (RFC 1122 4.2.2.13, RFC 9293 MAY-2) or, with
+        timestamps, its TSval is newer than the last one seen (RFC 6191, as Linux does)."""
+        if self.state is not TcpState.TIME_WAIT or syn.flags & (TcpFlags.ACK | TcpFlags.RST) \
+                or not syn.flags & TcpFlags.SYN:
+            return False
+        if seq_lt(self.rcv_nxt, syn.seq):
+            return True
+        ts_values = [o.ts_value for o in syn.options if isinstance(o, Timestamps)]
+        return self.peer.timestamps and bool(ts_values) and seq_lt(self.peer.ts_recent, ts_values[0])
+
+    def end_time_wait(self, now: float) -> None:
+        """Leave TIME-WAIT early because a SYN that :meth:`may_reopen` accepted starts a new
+        connection on this 4-tuple (Closed(REOPENED) tells the owner)."""
+        if self.state is not TcpState.TIME_WAIT:
+            raise LocalProtocolError(f"not in TIME-WAIT but {self.state.name}")
+        self._now_s = now
+        self._finish(now, CloseReason.REOPENED)
 
     @property
     def four_tuple(self) -> tuple[IpAddress, int, IpAddress, int]:
@@ -383,9 +467,13 @@ class TcpConnection:
     def handle_timer(self, now: float) -> None:
         if self._deadline is None or now < self._deadline:
             return
+        self._now_s = now
         self._deadline = None
         if self.state is TcpState.TIME_WAIT:
             self._finish(now, CloseReason.TIME_WAIT_EXPIRED)
+            return
+        if self.state is TcpState.FIN_WAIT_2:
+            self._time_out(now, "fin_wait_2")
             return
         self._retransmissions_in_row += 1
         self._rto_s = min(self._rto_s * 2, self.policy.max_rto_s)
@@ -405,6 +493,25 @@ class TcpConnection:
         else:
             self._retransmit_head(now)
 
+    def retransmit_syn(self, now: float) -> None:
+        """Retransmit the SYN now, as a timer expiry would (back-off, no RTT sample), for an owner
+        that paces SYNs itself: a converter mirroring its client (RFC 8803 9.3)."""
+        if self.state is not TcpState.SYN_SENT:
+            raise LocalProtocolError(f"no SYN to retransmit in state {self.state.name}")
+        self._now_s = now
+        self._retransmissions_in_row += 1
+        self._rto_s = min(self._rto_s * 2, self.policy.max_rto_s)
+        self._rtt_probe = None  # Karn
+        self._send_syn(now, retransmission=self._retransmissions_in_row)
+
+    def _handshake_done(self) -> None:
+        """Enter ESTABLISHED; without an RTT sample (a SYN or SYN-ACK was retransmitted) the RTO
+        starts at the RFC 6298 5.7 fallback rather than the initial 1 s."""
+        self.state = TcpState.ESTABLISHED
+        self._retransmissions_in_row = 0
+        self._rto_s = self._computed_rto() if self._srtt_s is not None else self.policy.unsampled_handshake_rto_s
+        self._deadline = None
+
     def _time_out(self, now: float, what: str) -> None:
         self._events.append(TimedOut(what))
         self._finish(now, CloseReason.TIMED_OUT)
@@ -417,6 +524,7 @@ class TcpConnection:
     def receive(self, packet: IpPacket, now: float) -> None:
         """Process one segment addressed to this connection's 4-tuple."""
         seg = packet.segment
+        self._now_s = now
         handler = _HANDLERS.get(self.state)
         if handler is not None:
             handler(self, seg, now)
@@ -449,27 +557,21 @@ class TcpConnection:
                 self._finish(now, CloseReason.ABORTED)
                 return
         acked = self.syn_data_acked_bytes
+        if not self.policy.resend_unacked_syn_data:
+            del self._tx[acked: self._syn_payload_bytes]  # given up: the owner resends what it needs
         del self._tx[:acked]
-        self.snd_una = seg.ack
-        if self.policy.resend_unacked_syn_data or acked == self._syn_payload_bytes:
-            self.snd_nxt = seg.ack
-        else:
-            del self._tx[: self._syn_payload_bytes - acked]
-            self.snd_nxt = seg.ack
-        self.state = TcpState.ESTABLISHED
-        self._retransmissions_in_row = 0
-        self._rto_s = self._computed_rto()
-        self._deadline = None
+        self.snd_una = self.snd_nxt = seg.ack
+        self._handshake_done()
         self._events.append(Established(syn_data_acked_bytes=acked))
         if seg.payload:
             self.rcv_nxt = seq_add(self.rcv_nxt, len(seg.payload))
             self._deliver(seg.payload)
         for ext in self.extensions:
             ext.on_segment(self, seg)
-        self._send_ack()
-        if self._fin_queued:
-            self.state = TcpState.FIN_WAIT_1
-        self._transmit_new(now)
+        # Like Linux (tcp_send_syn_data), unACKed SYN data and queued data ride on the ACK of the
+        # SYN-ACK; a pure ACK goes out only when there is nothing to send.
+        if not self._transmit_new(now):
+            self._send_ack()
 
     def _on_syn_received(self, seg: TcpSegment, now: float) -> None:
         flags = seg.flags
@@ -483,22 +585,26 @@ class TcpConnection:
                 if self._synack_withheld:
                     self._events.append(SynRetransmissionReceived())
                 else:
-                    self._send_synack(now, retransmission=self._retransmissions_in_row)
+                    # The peer's SYN timer fired first: answer at once, like Linux (inet_rtx_syn_ack),
+                    # as a retransmission (Karn: no RTT sample) that leaves our own timer alone.
+                    deadline_s = self._deadline
+                    self._send_synack(now, retransmission=self._retransmissions_in_row + 1)
+                    self._deadline, self._rtt_probe = deadline_s, None
             return
         if not flags & TcpFlags.ACK or self._synack_withheld:
             return
         if not (seq_lt(self.snd_una, seg.ack) and seq_le(seg.ack, self.snd_nxt)):
             self._send_rst(seg.ack)
             return
-        self.state = TcpState.ESTABLISHED
-        self._retransmissions_in_row = 0
         self._sample_rtt(seg.ack, now)
-        self._rto_s = self._computed_rto()
-        self._deadline = None
+        self.snd_una = seq_add(self.iss, 1)  # only the SYN: SYN-ACK data is ACKed like any data below
+        self._handshake_done()
         self._events.append(Established(syn_data_acked_bytes=0))
         if self._queued_syn_data:
             self._deliver(self._queued_syn_data)
             self._queued_syn_data = b""
+        if self._fin_queued:
+            self.state = TcpState.FIN_WAIT_1  # close() came during the handshake: the FIN goes now
         self._on_synchronized(seg, now)
 
     def _on_synchronized(self, seg: TcpSegment, now: float) -> None:
@@ -526,13 +632,19 @@ class TcpConnection:
             self._on_ack_advance(seg, now)
         if self.state not in SYNCHRONIZED:
             return
-        if self.state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT):
-            self.peer_window_bytes = seg.window << (self.peer.window_shift or 0)
+        # No SND.WL1/WL2 check: our receive window never shrinks, so a reordered old segment
+        # cannot close the window it opened.
+        self.peer_window_bytes = seg.window << (self.peer.window_shift or 0)
+        self._note_timestamp(seg)
         for ext in self.extensions:
-            ext.on_segment(self, seg)
+            if ext.on_segment(self, seg) is not None:
+                self.abort(now)  # the extension refused the connection (MP_FASTCLOSE with our key)
+                return
         self._on_payload_and_fin(seg, now)
-        if self.state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT, TcpState.FIN_WAIT_1, TcpState.LAST_ACK):
+        if self.state in _SENDS_DATA:
             self._transmit_new(now)
+        elif self.state is TcpState.FIN_WAIT_2:
+            self._arm_fin_wait_2(now)  # the timeout counts from the peer's last segment
 
     def _on_rst(self, seg: TcpSegment, now: float) -> None:
         if seg.seq == self.rcv_nxt:
@@ -551,14 +663,15 @@ class TcpConnection:
         self._retransmissions_in_row = 0
         self._rto_s = self._computed_rto()
         fin_acked = self._fin_queued and fin_seq is not None and seq_lt(fin_seq, seg.ack)
-        if fin_acked:
+        if fin_acked:  # everything we sent is ACKed: the timer now guards the close, not data
             if self.state is TcpState.FIN_WAIT_1:
                 self.state = TcpState.FIN_WAIT_2
+                self._arm_fin_wait_2(now)
             elif self.state is TcpState.CLOSING:
                 self._enter_time_wait(now)
             elif self.state is TcpState.LAST_ACK:
                 self._finish(now, CloseReason.LAST_ACK)
-                return
+            return
         self._deadline = None if self.snd_una == self.snd_nxt else now + self._rto_s
 
     def _on_payload_and_fin(self, seg: TcpSegment, now: float) -> None:
@@ -600,10 +713,10 @@ class TcpConnection:
             offer_ts = p.timestamps and (self.state is TcpState.SYN_SENT or self.peer.timestamps)
             offer_ws = p.window_scale_shift is not None and (
                 self.state is TcpState.SYN_SENT or self.peer.window_shift is not None)
-            # Linux's order: mss, sackOK, TS, nop, wscale (or mss, nop, nop, sackOK, nop, wscale)
-            if offer_sack and offer_ts:
-                options.append(SackPermitted())
+            # Linux's order (tcp_options_write): mss, sackOK, TS, nop, wscale; without TS
+            # mss, nop, nop, sackOK, nop, wscale; without SACK mss, nop, nop, TS, nop, wscale
             if offer_ts:
+                options += [SackPermitted()] if offer_sack else [NoOperation(), NoOperation()]
                 options.append(Timestamps(0, 0))  # values filled in by _stamp
             elif offer_sack:
                 options += [NoOperation(), NoOperation(), SackPermitted()]
@@ -624,7 +737,9 @@ class TcpConnection:
     def _rcv_wnd(self) -> int:
         return self.policy.receive_window_bytes
 
-    def _emit(self, seq: int, flags: TcpFlags, payload: bytes = b"", options: tuple = (), *, now: float = 0.0) -> None:
+    def _emit(self, seq: int, flags: TcpFlags, payload: bytes = b"", options: tuple = (), *,
+              now: float | None = None) -> None:
+        now = self._now_s if now is None else now
         syn = bool(flags & TcpFlags.SYN)
         ack = self.rcv_nxt if flags & TcpFlags.ACK else 0
         segment = TcpSegment(self.local_port, self.remote_port, seq, ack, flags, self._window_field(syn),
@@ -636,7 +751,11 @@ class TcpConnection:
         options = _fit_options(self._base_options(syn=True), extra)
         with_data = retransmission == 0 or self.policy.retransmit_syn_data
         payload = bytes(self._tx[: self._syn_payload_bytes]) if with_data else b""
-        self.snd_nxt = seq_add(self.iss, 1 + len(payload))
+        # SND.NXT never moves back: a SYN-ACK may still ACK the data of the first SYN when a
+        # data-less retransmission went out meanwhile (a slow path, not a lost SYN).
+        end = seq_add(self.iss, 1 + len(payload))
+        if seq_lt(self.snd_nxt, end):
+            self.snd_nxt = self._snd_max = end
         self.syn_options_sent = options
         self._emit(self.iss, TcpFlags.SYN, payload, options, now=now)
         self.syns_sent += 1
@@ -646,13 +765,15 @@ class TcpConnection:
             self.bytes_sent += len(payload)
         if retransmission == 0:
             self._rtt_probe = (seq_add(self.iss, 1), now)
-        self._arm(now, self._rto_s)
+        if self.policy.syn_retransmission_timer:
+            self._arm(now, self._rto_s)
 
     def _send_synack(self, now: float, retransmission: int) -> None:
         assert self.syn is not None
         extra = tuple(o for ext in self.extensions for o in ext.synack_options(self, self.syn))
         options = _fit_options(self._base_options(syn=True), extra)
-        self._emit(self.iss, TcpFlags.SYN | TcpFlags.ACK, self._synack_payload, options, now=now)
+        payload = bytes(self._tx[: self._synack_payload_bytes])
+        self._emit(self.iss, TcpFlags.SYN | TcpFlags.ACK, payload, options, now=now)
         if retransmission:
             self.retransmissions += 1
         else:
@@ -662,8 +783,8 @@ class TcpConnection:
     def _send_ack(self) -> None:
         self._emit_with_extensions(self.snd_nxt, TcpFlags.ACK)
 
-    def _emit_with_extensions(self, seq: int, flags: TcpFlags, payload: bytes = b"", now: float = 0.0) -> None:
-        extra = tuple(o for ext in self.extensions for o in ext.segment_options(self, flags, len(payload)))
+    def _emit_with_extensions(self, seq: int, flags: TcpFlags, payload: bytes = b"", now: float | None = None) -> None:
+        extra = tuple(o for ext in self.extensions for o in ext.options_for_segment(self, seq, flags, payload))
         self._emit(seq, flags, payload, _fit_options(self._base_options(syn=False), extra), now=now)
 
     def _send_rst(self, seq: int) -> None:
@@ -672,7 +793,10 @@ class TcpConnection:
         self.rsts_sent += 1
 
     def _effective_mss(self) -> int:
-        return min(self.policy.mss_bytes, self.peer.mss_bytes)
+        """Payload bytes per segment: the smaller MSS less the options every segment carries
+        (Linux sends 1448-byte segments with Timestamps on a 1500-byte path)."""
+        options_bytes = option_space_bytes(self._base_options(syn=False))
+        return min(self.policy.mss_bytes, self.peer.mss_bytes) - options_bytes
 
     def _fin_seq(self) -> int | None:
         """The sequence number of our FIN, once everything queued before it is known."""
@@ -680,9 +804,12 @@ class TcpConnection:
             return None
         return seq_add(self.snd_una, len(self._tx))
 
-    def _transmit_new(self, now: float) -> None:
-        """Send what the peer's window allows, then the FIN when everything else is out."""
+    def _transmit_new(self, now: float) -> bool:
+        """Send what the peer's window allows, then the FIN when everything else is out. Bytes
+        below the highest sequence number sent so far (SYN data the SYN-ACK did not ACK) count
+        as retransmissions. Returns whether anything was sent."""
         mss = self._effective_mss()
+        emitted = False
         while True:
             sent = seq_diff(self.snd_nxt, self.snd_una)
             unsent = len(self._tx) - sent
@@ -694,21 +821,31 @@ class TcpConnection:
             last = size == unsent
             flags = TcpFlags.ACK | TcpFlags.PSH if last else TcpFlags.ACK
             self._emit_with_extensions(self.snd_nxt, flags, chunk, now)
-            if self._rtt_probe is None:
-                self._rtt_probe = (seq_add(self.snd_nxt, size), now)
-            self.snd_nxt = seq_add(self.snd_nxt, size)
-            self.bytes_sent += size
+            emitted = True
+            end = seq_add(self.snd_nxt, size)
+            fresh_bytes = max(0, seq_diff(end, self._snd_max))
+            if fresh_bytes < size:
+                self.retransmissions += 1
+            elif self._rtt_probe is None:  # Karn: time only first transmissions
+                self._rtt_probe = (end, now)
+            self.bytes_sent += fresh_bytes
+            self.snd_nxt = end
+            if seq_lt(self._snd_max, end):
+                self._snd_max = end
         fin_seq = self._fin_seq()
-        if fin_seq is not None and self.snd_nxt == fin_seq and self.state in (TcpState.FIN_WAIT_1, TcpState.LAST_ACK):
+        if fin_seq is not None and self.snd_nxt == fin_seq and self.state in _SENDS_FIN:
             self._emit_with_extensions(self.snd_nxt, TcpFlags.FIN | TcpFlags.ACK, now=now)
-            self.snd_nxt = seq_add(self.snd_nxt, 1)
+            emitted = True
+            self.snd_nxt = self._snd_max = seq_add(self.snd_nxt, 1)
         if self.snd_nxt != self.snd_una and self._deadline is None:
             self._arm(now, self._rto_s)
+        return emitted
 
     def _retransmit_head(self, now: float) -> None:
         """Go back to snd_una: resend one segment (or the FIN) and back off the timer."""
         self.retransmissions += 1
-        size = min(self._effective_mss(), len(self._tx))
+        # Only what was sent: bytes beyond SND.NXT (held back by the window) wait for _transmit_new.
+        size = min(self._effective_mss(), len(self._tx), seq_diff(self.snd_nxt, self.snd_una))
         fin_seq = self._fin_seq()
         if size:
             flags = TcpFlags.ACK | TcpFlags.PSH
@@ -722,7 +859,7 @@ class TcpConnection:
     def _learn_peer_options(self, seg: TcpSegment) -> None:
         for option in seg.options:
             if isinstance(option, MaximumSegmentSize):
-                self.peer.mss_bytes = option.mss_bytes
+                self.peer.mss_bytes = max(option.mss_bytes, _MIN_SND_MSS_BYTES)
             elif isinstance(option, WindowScale):
                 self.peer.window_shift = min(option.shift_count, 14)  # RFC 7323 2.3
             elif isinstance(option, Timestamps):
@@ -730,8 +867,8 @@ class TcpConnection:
                 self.peer.ts_recent = option.ts_value
             elif isinstance(option, SackPermitted):
                 self.peer.sack_permitted = True
-        if self.state is TcpState.SYN_SENT and self.policy.window_scale_shift is None:
-            self.peer.window_shift = None
+        if self.policy.window_scale_shift is None:
+            self.peer.window_shift = None  # scaling needs both sides' option (RFC 7323 2.2)
         if not self.policy.timestamps:
             self.peer.timestamps = False
 
@@ -757,7 +894,30 @@ class TcpConnection:
 
     @property
     def srtt_s(self) -> float | None:
+        """The smoothed RTT (RFC 6298), None before the first sample."""
         return self._srtt_s
+
+    @property
+    def rto_s(self) -> float:
+        """The current retransmission timeout, back-off included."""
+        return self._rto_s
+
+    @property
+    def now_s(self) -> float:
+        """The time of the latest input; extension hooks take no clock and read it here (TFO
+        time-stamps a SYN loss with it)."""
+        return self._now_s
+
+    def _arm_fin_wait_2(self, now: float) -> None:
+        timeout_s = self.policy.fin_wait_2_timeout_s
+        self._deadline = None if timeout_s is None else now + timeout_s
+
+    def _note_timestamp(self, seg: TcpSegment) -> None:
+        """RFC 7323 4.3: remember the TSval of an in-sequence segment, to echo it back."""
+        if self.peer.timestamps and seq_le(seg.seq, self.rcv_nxt):
+            for option in seg.options:
+                if isinstance(option, Timestamps) and seq_le(self.peer.ts_recent, option.ts_value):
+                    self.peer.ts_recent = option.ts_value
 
     def _enter_time_wait(self, now: float) -> None:
         self.state = TcpState.TIME_WAIT

@@ -1,0 +1,1106 @@
+"""RFC 8803 Transport Converter machines: the converter's logic, the client's exchange, the host.
+
+Three layers, so that the socket daemon and the simulator run the same decisions:
+
+* :class:`ConverterSession` is the converter's logic for one client on the *byte stream*: bytes
+  from the client and the outcome of the downstream connection go in, :class:`ConverterDecision`
+  values come out (open the downstream connection, send these bytes upstream, close with FIN,
+  ...). No segments and no sockets: a socket daemon applies the decisions to sockets, and
+  :class:`ConverterHost` applies them to :class:`~mpsim.proto.tcp.TcpConnection` objects.
+  :class:`Converter` holds what the sessions of one converter share (policy, cookie secret,
+  session count, counters).
+* :class:`ConvertClientExchange` is the client's side of one Convert attempt: it builds the SYN
+  payload, judges the SYN-ACK's acknowledgement (RFC 8803 section 8), reads the reply and turns
+  it into a :class:`ConvertReply` whose :class:`ConvertAdvice` is protocols.md 8.3 as data.
+* :class:`ConverterHost` is the segment-level converter of the simulator, in two timings
+  (:class:`ConverterTiming`): the RFC's (the client's SYN-ACK waits for the server's and carries
+  the reply) and the one Linux sockets allow (the kernel answers the SYN at once; the reply is the
+  first data).
+
+Processing order of a Convert request (protocols.md 1.7; each rule is RFC 8803's, the order is
+ours): framing and header (:func:`~mpsim.wire.convert.parse_convert_prefix`: incomplete = wait,
+bad magic = not Convert, version = Error 0, Total Length 0 = reset, framing or duplicate =
+Error 1, type 0 = Error 2), then TLV types the client may not send (Error 2), a request with
+neither Connect nor Info (Error 1), the cookie (Error 3 / 32), authorization (32), resources (64),
+the Connect address (1), the Connect options (33), and only then the downstream connection.
+Errors go in the bytestream, then FIN, never an immediate RST (section 6.2.8).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Network, IPv6Network, ip_network
+
+from mpsim.proto.errors import LocalProtocolError
+from mpsim.proto.events import FallbackReason
+from mpsim.proto.host import Acceptance, Host
+from mpsim.proto.tcp import (
+    DataReceived,
+    Established,
+    IpAddress,
+    PeerClosed,
+    ResetReceived,
+    Rng,
+    SynDataMode,
+    SynRetransmissionReceived,
+    TcpConnection,
+    TcpEvent,
+    TcpExtension,
+    TcpPolicy,
+    TcpState,
+    TimedOut,
+    reset_for,
+)
+from mpsim.wire.convert import (
+    CONVERT_VERSION,
+    HEADER_BYTES,
+    MAX_TOTAL_LENGTH_WORDS,
+    BadMagicError,
+    ConnectOption,
+    ConnectTlv,
+    ConvertErrorCode,
+    ConvertMessage,
+    CookieTlv,
+    ErrorTlv,
+    ExtendedTcpHeaderTlv,
+    InfoTlv,
+    SupportedTcpExtensionsTlv,
+    UnsupportedTlvError,
+    UnsupportedVersionError,
+    ZeroTotalLengthError,
+    connect_address_problem,
+    encode_convert,
+    parse_convert_prefix,
+)
+from mpsim.wire.errors import InvalidValueError, MalformedError, TruncatedError
+from mpsim.wire.options import EndOfOptionList, Experimental, FastOpen, TcpOptionKind, UnknownOption
+from mpsim.wire.segment import IpPacket, TcpSegment
+
+#: The converter's cookie: an HMAC of the client address cut to two words (like a TFO cookie, and
+#: a whole number of words, as the Cookie TLV needs: RFC 8803 6.2.7).
+COOKIE_BYTES = 8
+#: Section 7: MSS, Window Scale and SACK in a Connect TLV MUST be ignored (EOL cannot be encoded;
+#: NOP MUST NOT be sent but is ignored too).
+IGNORED_CONNECT_KINDS = frozenset({TcpOptionKind.NOP, TcpOptionKind.MSS, TcpOptionKind.WINDOW_SCALE,
+                                   TcpOptionKind.SACK})
+#: Section 7: TCP-AO MUST NOT be announced, and a Connect asking for it MUST get Error 33.
+NEVER_SUPPORTED_KINDS = frozenset({TcpOptionKind.TCP_AO})
+#: A reply echoing a request: 1020 bytes minus the reply's header and the Error TLV's first word.
+_MAX_ECHO_BYTES = MAX_TOTAL_LENGTH_WORDS * 4 - HEADER_BYTES - 4
+#: TLVs a client sends (section 6.2.2 table); any other type from a client is Error 2.
+_CLIENT_TLVS = (InfoTlv, ConnectTlv, CookieTlv)
+#: TLVs a converter sends in a reply; anything else makes the reply invalid.
+_CONVERTER_TLVS = (ExtendedTcpHeaderTlv, SupportedTcpExtensionsTlv, ErrorTlv)
+
+
+def _echo(message: bytes) -> bytes:
+    """The offending message as Error 1/2 echo it: cut to what fits a reply, zero padded to a word."""
+    echo = message[:_MAX_ECHO_BYTES]
+    return echo + bytes(-len(echo) % 4)
+
+
+# --- converter policy and shared state ----------------------------------------------------------
+
+
+class ConverterTiming(enum.Enum):
+    """When the converter answers the client's SYN."""
+
+    RFC = "rfc"  # RFC 8803 4.2: the SYN-ACK waits for the server's and carries the reply
+    SOCKET = "socket"  # Linux sockets: the kernel answers at once; the reply is the first data
+
+
+@dataclass(frozen=True, slots=True)
+class ConverterPolicy:
+    """A converter's knobs where RFC 8803 leaves the choice to the deployment.
+
+    ``allowed_client_prefixes`` is the internal realm (section 9.1: never an open relay): empty
+    means nobody is served. Prefixes may be given as strings; they are stored as networks.
+    """
+
+    allowed_client_prefixes: tuple[IPv4Network | IPv6Network | str, ...] = ()
+    allow_hairpin: bool = True  # section 9.1: allowed unless configured otherwise (then Error 32)
+    require_cookie: bool = False  # section 6.2.7
+    issue_cookies: bool = True  # a missing cookie gets Error 3 with one; False: Error 32
+    max_sessions: int = 1024  # beyond it: Error 64
+    resource_backoff_s: int = 0  # Error 64 Value; 0 asks the client for its default (>= 30 s)
+    network_failure_backoff_s: int = 0  # Error 65 Value
+    supported_kinds: tuple[int, ...] = (TcpOptionKind.SACK_PERMITTED, TcpOptionKind.TIMESTAMPS, TcpOptionKind.TFO)
+    connect_timeout_s: float = 30.0  # no SYN-ACK from the server by then: Error 65 (RFC sets no value)
+    message_timeout_s: float = 10.0  # no complete Convert message by then: give up on the client
+    timing: ConverterTiming = ConverterTiming.RFC
+    # RFC timing, a SYN without a Convert header (its payload lost, or a Linux SYN retransmission
+    # after a lost first SYN): False ignores it silently (section 6 SHOULD); True answers it and
+    # waits for the message in the data (protocols.md 9.6 leaves this open).
+    accept_syn_without_message: bool = False
+
+    def __post_init__(self) -> None:
+        prefixes = tuple(ip_network(p) for p in self.allowed_client_prefixes)
+        object.__setattr__(self, "allowed_client_prefixes", prefixes)
+        try:
+            SupportedTcpExtensionsTlv(tuple(self.supported_kinds))  # refuses kinds 0, 1, 2, 3, 5 (6.2.4, 7)
+        except InvalidValueError as err:
+            raise ValueError(f"supported_kinds: {err.message}") from None
+        if set(self.supported_kinds) & NEVER_SUPPORTED_KINDS:
+            raise ValueError("supported_kinds must not list TCP-AO (kind 29): RFC 8803 7 forbids converting it")
+        if not 0 <= self.resource_backoff_s <= 255 or not 0 <= self.network_failure_backoff_s <= 255:
+            raise ValueError("back-off values travel in one byte: 0..255 s")
+        if self.max_sessions < 0 or self.connect_timeout_s <= 0 or self.message_timeout_s <= 0:
+            raise ValueError("need max_sessions >= 0 and positive timeouts")
+
+    def client_allowed(self, address: IpAddress) -> bool:
+        return any(address in prefix for prefix in self.allowed_client_prefixes)
+
+
+class Converter:
+    """What the sessions of one converter share: policy, cookie secret, session count, counters.
+
+    ``counters`` (a Counter) names: ``sessions`` (requests seen), ``ignored`` (not Convert data,
+    dropped silently or closed), ``message_timeouts``, ``error_<name>`` per Error code sent,
+    ``resets_sent`` (Total Length 0), ``info_answered``, ``downstream_opened``, ``converted``
+    (server accepted), ``connect_timeouts``, ``bytes_to_server``, ``bytes_to_client``.
+    """
+
+    def __init__(self, policy: ConverterPolicy, rng: Rng) -> None:
+        self.policy = policy
+        self._cookie_secret = rng.getrandbits(128).to_bytes(16, "big")
+        self.active_sessions = 0  # sessions holding a downstream connection (the Error 64 limit)
+        self.counters: Counter[str] = Counter()
+
+    def session(self, client_address: IpAddress, now: float) -> ConverterSession:
+        """A session for a new upstream connection from ``client_address``."""
+        return ConverterSession(self, client_address, now)
+
+    def cookie_for(self, client_address: IpAddress) -> bytes:
+        """The cookie bound to ``client_address`` (RFC 8803 6.2.7, like RFC 7413's)."""
+        return hmac.new(self._cookie_secret, client_address.packed, hashlib.sha256).digest()[:COOKIE_BYTES]
+
+    def cookie_valid(self, cookie: bytes, client_address: IpAddress) -> bool:
+        return hmac.compare_digest(cookie, self.cookie_for(client_address))
+
+
+# --- decisions: what a session asks its driver to do --------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptUpstream:
+    """Answer the client's SYN now, with no Convert reply yet (RFC timing; sockets: nothing to do)."""
+
+
+@dataclass(frozen=True, slots=True)
+class IgnoreUpstream:
+    """Drop the client's SYN silently: no SYN-ACK, no RST (RFC timing; not Convert data)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OpenDownstream:
+    """Connect to the server. ``requested_options`` are the client's Connect options minus the
+    kinds section 7 says to ignore: an empty value asks the converter for a value of its own (a TFO
+    cookie request, "use MPTCP"), a value is copied verbatim (a TFO cookie). ``syn_payload`` is
+    user data for the SYN: only with a TFO cookie, which is what makes SYN data acceptable."""
+
+    address: IpAddress
+    port: int
+    requested_options: tuple[ConnectOption, ...] = ()
+    syn_payload: bytes = b""
+
+    def requested(self, kind: int) -> ConnectOption | None:
+        return next((o for o in self.requested_options if o.kind == kind), None)
+
+    @property
+    def mptcp(self) -> bool:
+        """The client asked for MPTCP towards the server (kind 30)."""
+        return self.requested(TcpOptionKind.MPTCP) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class RetransmitDownstreamSyn:
+    """The client retransmitted its SYN: retransmit the downstream SYN (RFC 8803 9.3, RFC timing)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendUpstream:
+    """Bytes for the client. ``reply`` is the Convert message they start with, if they do."""
+
+    data: bytes
+    reply: ConvertMessage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SendDownstream:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CloseUpstream:
+    """FIN towards the client (after an error: the client sends the RST, section 6.2.8)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CloseDownstream:
+    """FIN towards the server."""
+
+
+class UpstreamResetReason(enum.Enum):
+    ZERO_TOTAL_LENGTH = "zero_total_length"  # RFC 8803 6.1: MUST reset
+    DOWNSTREAM_RESET = "downstream_reset"  # the server reset a relayed connection (MPTCP: MP_FASTCLOSE)
+    DOWNSTREAM_FAILED = "downstream_failed"  # the server's connection timed out or became unreachable
+
+
+@dataclass(frozen=True, slots=True)
+class ResetUpstream:
+    reason: UpstreamResetReason
+
+
+@dataclass(frozen=True, slots=True)
+class ResetDownstream:
+    """Abort the downstream connection or attempt (RST if the server knows it)."""
+
+
+ConverterDecision = (AcceptUpstream | IgnoreUpstream | OpenDownstream | RetransmitDownstreamSyn | SendUpstream
+                     | SendDownstream | CloseUpstream | CloseDownstream | ResetUpstream | ResetDownstream)
+
+
+# --- the converter session ----------------------------------------------------------------------
+
+
+class SessionState(enum.Enum):
+    EXPECT_CONVERT_MESSAGE = "expect_convert_message"
+    CONNECTING_DOWNSTREAM = "connecting_downstream"
+    RELAYING = "relaying"
+    DONE = "done"  # replied with an error or Info, ignored, reset, or both sides closed
+
+
+_S = SessionState
+_LIVE = frozenset({_S.EXPECT_CONVERT_MESSAGE, _S.CONNECTING_DOWNSTREAM, _S.RELAYING})
+#: The states in which each input is legal (h11 style: transitions as data). In DONE every input
+#: is ignored, since a driver may still report events of connections the session has given up on.
+_LEGAL_INPUTS = {
+    "receive_upstream": _LIVE,
+    "upstream_syn_retransmitted": _LIVE,
+    "upstream_closed": _LIVE,
+    "upstream_reset": _LIVE,
+    "downstream_connected": frozenset({_S.CONNECTING_DOWNSTREAM}),
+    "downstream_reset": frozenset({_S.CONNECTING_DOWNSTREAM, _S.RELAYING}),
+    "downstream_unreachable": frozenset({_S.CONNECTING_DOWNSTREAM, _S.RELAYING}),
+    "downstream_failed": frozenset({_S.CONNECTING_DOWNSTREAM, _S.RELAYING}),
+    "downstream_data": frozenset({_S.RELAYING}),
+    "downstream_closed": frozenset({_S.RELAYING}),
+}
+
+
+class ConverterSession:
+    """The converter's logic for one upstream connection, on the byte stream (see the module doc).
+
+    Inputs: :meth:`receive_upstream` (first call: the SYN payload, possibly empty; then the bytes
+    that follow), :meth:`upstream_syn_retransmitted`, :meth:`upstream_closed`,
+    :meth:`upstream_reset`, the downstream outcomes (:meth:`downstream_connected`,
+    :meth:`downstream_reset`, :meth:`downstream_unreachable`, :meth:`downstream_timeout`,
+    :meth:`downstream_failed`, :meth:`downstream_data`, :meth:`downstream_closed`) and
+    :meth:`handle_timer`. Outputs: :meth:`next_decision`, :meth:`get_timer`; ``error`` (the Error
+    TLV sent, if any), ``request`` (the client's Convert message, once parsed).
+    """
+
+    def __init__(self, converter: Converter, client_address: IpAddress, now: float) -> None:
+        self.converter = converter
+        self.policy = converter.policy
+        self.client_address = client_address
+        self.state = SessionState.EXPECT_CONVERT_MESSAGE
+        self.request: ConvertMessage | None = None
+        self.error: ErrorTlv | None = None
+        self._buffer = bytearray()  # the stream until the message is complete
+        self._syn_seen = False
+        # RFC timing holds the SYN-ACK back until the session answers; sockets answered already.
+        self._upstream_answered = self.policy.timing is ConverterTiming.SOCKET
+        self._pending_downstream = bytearray()  # user data waiting for the server's SYN-ACK
+        self._upstream_fin = False
+        self._downstream_fin = False
+        self._holds_slot = False
+        self._deadline: float | None = now + self.policy.message_timeout_s
+        self._decisions: deque[ConverterDecision] = deque()
+        converter.counters["sessions"] += 1
+
+    # --- outputs --------------------------------------------------------------------------------
+
+    def next_decision(self) -> ConverterDecision | None:
+        return self._decisions.popleft() if self._decisions else None
+
+    def get_timer(self) -> float | None:
+        return self._deadline
+
+    @property
+    def destination(self) -> tuple[IpAddress, int] | None:
+        connect = self.request.tlv(ConnectTlv) if self.request else None
+        return (connect.address, connect.port) if connect else None
+
+    # --- inputs from the client side -------------------------------------------------------------
+
+    def receive_upstream(self, data: bytes, now: float) -> None:
+        """Bytes from the client; the first call carries the SYN payload (``b""`` if it had none)."""
+        if not self._legal("receive_upstream"):
+            return
+        if self._upstream_fin:
+            raise LocalProtocolError("bytes from the client after its FIN")
+        if self.state is SessionState.EXPECT_CONVERT_MESSAGE:
+            from_syn, self._syn_seen = not self._syn_seen, True
+            self._buffer += data
+            self._parse(now, from_syn)
+        elif self.state is SessionState.CONNECTING_DOWNSTREAM:
+            self._pending_downstream += data
+        elif data:
+            self._to_server(bytes(data))
+
+    def upstream_syn_retransmitted(self, now: float) -> None:
+        """The client sent its SYN again while its SYN-ACK was withheld."""
+        if self._legal("upstream_syn_retransmitted") and self.state is SessionState.CONNECTING_DOWNSTREAM \
+                and self.policy.timing is ConverterTiming.RFC:
+            self._decisions.append(RetransmitDownstreamSyn())
+
+    def upstream_closed(self, now: float) -> None:
+        """The client sent FIN."""
+        if not self._legal("upstream_closed"):
+            return
+        self._upstream_fin = True
+        if self.state is SessionState.EXPECT_CONVERT_MESSAGE:
+            self._incomplete_message()  # nothing more can complete it
+        elif self.state is SessionState.RELAYING:
+            self._decisions.append(CloseDownstream())
+            self._end_if_both_closed()
+        # CONNECTING: the FIN is passed on once the buffered data has gone to the server
+
+    def upstream_reset(self, now: float) -> None:
+        """The client's connection was reset or timed out: tear the downstream down too (4.2)."""
+        if not self._legal("upstream_reset"):
+            return
+        if self.state is not SessionState.EXPECT_CONVERT_MESSAGE:
+            self._decisions.append(ResetDownstream())
+        self._end()
+
+    # --- inputs from the server side -------------------------------------------------------------
+
+    def downstream_connected(self, now: float, server_synack_options: tuple) -> None:
+        """The server's SYN-ACK arrived: reply with its options as received (6.2.6)."""
+        if not self._legal("downstream_connected"):
+            return
+        assert self.request is not None
+        options = tuple(o for o in server_synack_options if not isinstance(o, EndOfOptionList))  # padding
+        tlvs: tuple = (ExtendedTcpHeaderTlv(options),)
+        if self.request.tlv(InfoTlv) is not None:
+            tlvs += (SupportedTcpExtensionsTlv(tuple(self.policy.supported_kinds)),)
+        reply = ConvertMessage(tlvs)
+        self._send_reply(reply)
+        self.converter.counters["converted"] += 1
+        self.state = SessionState.RELAYING
+        self._deadline = None
+        if self._pending_downstream:
+            self._to_server(bytes(self._pending_downstream))
+            self._pending_downstream.clear()
+        if self._upstream_fin:
+            self._decisions.append(CloseDownstream())
+
+    def downstream_reset(self, now: float) -> None:
+        """The server answered RST (Error 96), or reset a relayed connection."""
+        if not self._legal("downstream_reset"):
+            return
+        if self.state is SessionState.CONNECTING_DOWNSTREAM:
+            self._refuse(ErrorTlv(ConvertErrorCode.CONNECTION_RESET))
+        else:
+            self._decisions.append(ResetUpstream(UpstreamResetReason.DOWNSTREAM_RESET))
+            self._end()
+
+    def downstream_unreachable(self, now: float, icmp_code: int) -> None:
+        """An ICMP hard error for the downstream connection (Error 97 with its Code)."""
+        if not self._legal("downstream_unreachable"):
+            return
+        self._decisions.append(ResetDownstream())
+        if self.state is SessionState.CONNECTING_DOWNSTREAM:
+            self._refuse(ErrorTlv(ConvertErrorCode.DESTINATION_UNREACHABLE, icmp_code))
+        else:
+            self._decisions.append(ResetUpstream(UpstreamResetReason.DOWNSTREAM_FAILED))
+            self._end()
+
+    def downstream_failed(self, now: float) -> None:
+        """The downstream connection timed out or cannot be forwarded (Error 65 while connecting)."""
+        if not self._legal("downstream_failed"):
+            return
+        self._decisions.append(ResetDownstream())
+        if self.state is SessionState.CONNECTING_DOWNSTREAM:
+            self._refuse(ErrorTlv(ConvertErrorCode.NETWORK_FAILURE, self.policy.network_failure_backoff_s))
+        else:
+            self._decisions.append(ResetUpstream(UpstreamResetReason.DOWNSTREAM_FAILED))
+            self._end()
+
+    downstream_timeout = downstream_failed
+
+    def downstream_data(self, data: bytes) -> None:
+        if self._legal("downstream_data") and data:
+            self.converter.counters["bytes_to_client"] += len(data)
+            self._decisions.append(SendUpstream(bytes(data)))
+
+    def downstream_closed(self) -> None:
+        """The server sent FIN: close upstream gracefully (4.2 SHOULD)."""
+        if not self._legal("downstream_closed"):
+            return
+        self._downstream_fin = True
+        self._decisions.append(CloseUpstream())
+        self._end_if_both_closed()
+
+    def handle_timer(self, now: float) -> None:
+        if self._deadline is None or now < self._deadline:
+            return
+        self._deadline = None
+        if self.state is SessionState.EXPECT_CONVERT_MESSAGE:
+            self.converter.counters["message_timeouts"] += 1
+            self._incomplete_message()
+        elif self.state is SessionState.CONNECTING_DOWNSTREAM:
+            self.converter.counters["connect_timeouts"] += 1
+            self.downstream_failed(now)
+
+    # --- processing order -------------------------------------------------------------------------
+
+    def _legal(self, name: str) -> bool:
+        if self.state is SessionState.DONE:
+            return False
+        if self.state not in _LEGAL_INPUTS[name]:
+            raise LocalProtocolError(f"{name} is not legal in session state {self.state.name}")
+        return True
+
+    def _parse(self, now: float, from_syn: bool) -> None:
+        """Step 1-2 of the order: the header and the framing, judged by the wire parser."""
+        try:
+            request, used_bytes = parse_convert_prefix(self._buffer)
+        except TruncatedError:
+            self._wait_for_more(from_syn)
+            return
+        except BadMagicError:
+            self._not_convert()
+            return
+        except UnsupportedVersionError:
+            self._refuse(ErrorTlv.with_list(ConvertErrorCode.UNSUPPORTED_VERSION, (CONVERT_VERSION,)))
+            return
+        except ZeroTotalLengthError:
+            self.converter.counters["resets_sent"] += 1
+            self._decisions.append(ResetUpstream(UpstreamResetReason.ZERO_TOTAL_LENGTH))
+            self._end()
+            return
+        except UnsupportedTlvError:
+            self._refuse(self._echo_error(ConvertErrorCode.UNSUPPORTED_MESSAGE))
+            return
+        except MalformedError:  # framing, a bad value, a duplicate TLV
+            self._refuse(self._echo_error(ConvertErrorCode.MALFORMED_MESSAGE))
+            return
+        self.request = request
+        raw, user_data = bytes(self._buffer[:used_bytes]), bytes(self._buffer[used_bytes:])
+        self._buffer.clear()
+        self._validate(request, raw, user_data, now)
+
+    def _wait_for_more(self, from_syn: bool) -> None:
+        """An incomplete message: wait (the message timer runs). Under RFC timing the SYN-ACK must
+        go now, or the rest can never arrive, unless the SYN held no Convert header at all."""
+        if not from_syn or self._upstream_answered:
+            return
+        if len(self._buffer) < HEADER_BYTES and not self.policy.accept_syn_without_message:
+            self._not_convert()
+            return
+        self._upstream_answered = True
+        self._decisions.append(AcceptUpstream())
+
+    def _not_convert(self) -> None:
+        """No Convert data (section 6: silently ignored). A socket converter has answered the SYN
+        already, so for it "ignore" can only mean closing."""
+        self.converter.counters["ignored"] += 1
+        self._decisions.append(CloseUpstream() if self._upstream_answered else IgnoreUpstream())
+        self._end()
+
+    def _incomplete_message(self) -> None:
+        """The message cannot complete (timeout or FIN). A valid header says it was Convert: Error 1."""
+        if len(self._buffer) >= HEADER_BYTES:
+            self._refuse(self._echo_error(ConvertErrorCode.MALFORMED_MESSAGE))
+        else:
+            self._not_convert()
+
+    def _echo_error(self, code: ConvertErrorCode) -> ErrorTlv:
+        total_bytes = self._buffer[1] * 4 if len(self._buffer) >= 2 else len(self._buffer)
+        return ErrorTlv(code, 0, _echo(bytes(self._buffer[:total_bytes])))
+
+    def _validate(self, request: ConvertMessage, raw: bytes, user_data: bytes, now: float) -> None:
+        """Steps 2-6 of the order on a well-framed request (``raw``: its bytes as received, for the
+        echo); the first failing check answers."""
+        if any(not isinstance(tlv, _CLIENT_TLVS) for tlv in request.tlvs):
+            self._refuse(ErrorTlv(ConvertErrorCode.UNSUPPORTED_MESSAGE, 0, _echo(raw)))
+            return
+        connect = request.tlv(ConnectTlv)
+        info = request.tlv(InfoTlv)
+        if connect is None and info is None:  # nothing asked: the request cannot be acted on
+            self._refuse(ErrorTlv(ConvertErrorCode.MALFORMED_MESSAGE, 0, _echo(raw)))
+            return
+        if self.policy.require_cookie:
+            cookie = request.tlv(CookieTlv)
+            if cookie is None:
+                if self.policy.issue_cookies:
+                    self._refuse(ErrorTlv(ConvertErrorCode.MISSING_COOKIE, 0,
+                                          self.converter.cookie_for(self.client_address)))
+                else:
+                    self._refuse(ErrorTlv(ConvertErrorCode.NOT_AUTHORIZED))
+                return
+            if not self.converter.cookie_valid(cookie.cookie, self.client_address):
+                self._refuse(ErrorTlv(ConvertErrorCode.NOT_AUTHORIZED))
+                return
+        if not self.policy.client_allowed(self.client_address) or (
+                connect is not None and not self.policy.allow_hairpin and self.policy.client_allowed(connect.address)):
+            self._refuse(ErrorTlv(ConvertErrorCode.NOT_AUTHORIZED))
+            return
+        if connect is None:  # Info alone: tell the client what we convert, then close (6.2.2)
+            self.converter.counters["info_answered"] += 1
+            self._send_reply(ConvertMessage((SupportedTcpExtensionsTlv(tuple(self.policy.supported_kinds)),)))
+            self._decisions.append(CloseUpstream())
+            self._end()
+            return
+        if self.converter.active_sessions >= self.policy.max_sessions:
+            self._refuse(ErrorTlv(ConvertErrorCode.RESOURCE_EXCEEDED, self.policy.resource_backoff_s))
+            return
+        if connect_address_problem(connect.address) is not None:
+            self._refuse(ErrorTlv(ConvertErrorCode.MALFORMED_MESSAGE, 0, _echo(raw)))
+            return
+        requested = tuple(o for o in connect.options if o.kind not in IGNORED_CONNECT_KINDS)
+        unsupported = tuple(dict.fromkeys(o.kind for o in requested if o.kind not in self.policy.supported_kinds))
+        if unsupported:
+            self._refuse(ErrorTlv.with_list(ConvertErrorCode.UNSUPPORTED_TCP_OPTION, unsupported))
+            return
+        self._open_downstream(connect, requested, user_data, now)
+
+    def _open_downstream(self, connect: ConnectTlv, requested: tuple, user_data: bytes, now: float) -> None:
+        tfo = next((o for o in requested if o.kind == TcpOptionKind.TFO), None)
+        syn_payload = user_data if tfo is not None and tfo.value else b""  # a relayed cookie vouches for SYN data
+        self._pending_downstream += user_data[len(syn_payload):]
+        self.converter.counters["bytes_to_server"] += len(syn_payload)
+        self.converter.active_sessions += 1
+        self._holds_slot = True
+        self.converter.counters["downstream_opened"] += 1
+        self.state = SessionState.CONNECTING_DOWNSTREAM
+        self._deadline = now + self.policy.connect_timeout_s
+        self._decisions.append(OpenDownstream(connect.address, connect.port, requested, syn_payload))
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def _send_reply(self, reply: ConvertMessage) -> None:
+        self._upstream_answered = True
+        self._decisions.append(SendUpstream(encode_convert(reply), reply))
+
+    def _refuse(self, error: ErrorTlv) -> None:
+        """Send the Error TLV (in the SYN-ACK under RFC timing), then FIN (section 6.2.8)."""
+        self.error = error
+        self.converter.counters[f"error_{error.known_code.name.lower()}"] += 1  # type: ignore[union-attr]
+        self._send_reply(ConvertMessage((error,)))
+        self._decisions.append(CloseUpstream())
+        self._end()
+
+    def _to_server(self, data: bytes) -> None:
+        self.converter.counters["bytes_to_server"] += len(data)
+        self._decisions.append(SendDownstream(data))
+
+    def _end_if_both_closed(self) -> None:
+        if self._upstream_fin and self._downstream_fin:
+            self._end()
+
+    def _end(self) -> None:
+        self.state = SessionState.DONE
+        self._deadline = None
+        if self._holds_slot:
+            self._holds_slot = False
+            self.converter.active_sessions -= 1
+
+
+# --- the client side ----------------------------------------------------------------------------
+
+
+class SynAckVerdict(enum.Enum):
+    """What the client makes of the SYN-ACK's acknowledgement of its SYN payload (RFC 8803 8)."""
+
+    PAYLOAD_ACKED = "payload_acked"
+    RESET_STOP_USING_CONVERTER = "reset_stop_using_converter"  # ISN+1 only, or part of the payload
+
+
+class ReplyStatus(enum.Enum):
+    CONVERTED = "converted"  # the server accepted: its SYN-ACK options are known
+    INFO = "info"  # the answer to an Info-only request: the converter's supported kinds
+    ERROR = "error"  # an Error TLV: the client MUST reset (6.2.8)
+    INVALID = "invalid"  # no valid reply: the client resets
+
+
+class ConvertReaction(enum.Enum):
+    """The client's reaction to a failed attempt (protocols.md 8.3); the arguments are in
+    :class:`ConvertAdvice`. Every reaction starts with resetting the connection."""
+
+    RETRY_WITH_COOKIE = "retry_with_cookie"  # Error 3: cache the cookie, retry at once
+    RETRY_WITHOUT_OPTIONS = "retry_without_options"  # Error 33: retry without ``kinds``
+    RETRY_OTHER_VERSION = "retry_other_version"  # Error 0: ``versions`` are the converter's
+    BACK_OFF = "back_off"  # Error 64/65: do not use the converter for ``back_off_s``
+    CONVERTER_OFF = "converter_off"  # Error 32, or not a converter at all: stop using it
+    REPORT_REFUSED = "report_refused"  # Error 96: the server refused (ECONNREFUSED)
+    REPORT_UNREACHABLE = "report_unreachable"  # Error 97: ``icmp_code``
+    RESET_LOG = "reset_log"  # Error 1/2, an invalid reply: a bug somewhere; log it
+
+
+@dataclass(frozen=True, slots=True)
+class ConvertAdvice:
+    reaction: ConvertReaction
+    cookie: bytes = b""
+    kinds: tuple[int, ...] = ()
+    versions: tuple[int, ...] = ()
+    back_off_s: float = 0.0
+    icmp_code: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConvertReply:
+    """What the client learned from the converter's reply. ``app_data``: the server's bytes that
+    came after the Convert message in the same read (later bytes are plain application data)."""
+
+    status: ReplyStatus
+    server_options: tuple = ()
+    supported_kinds: tuple[int, ...] | None = None  # present when the converter answered Info
+    error: ErrorTlv | None = None
+    advice: ConvertAdvice | None = None
+    fallback_reason: FallbackReason | None = None
+    app_data: bytes = b""
+
+    @property
+    def must_reset(self) -> bool:
+        return self.status in (ReplyStatus.ERROR, ReplyStatus.INVALID)
+
+    @property
+    def server_mptcp_capable(self) -> bool:
+        """The server's SYN-ACK held MPTCP (kind 30): the client may bypass the converter (5, Fig. 11)."""
+        return any(o.kind == TcpOptionKind.MPTCP for o in self.server_options)
+
+    @property
+    def server_tfo_cookie(self) -> bytes | None:
+        """The TFO cookie the server handed out through the converter (7, kind 34)."""
+        return next((o.cookie for o in self.server_options if isinstance(o, FastOpen) and o.cookie), None)
+
+
+@dataclass(frozen=True, slots=True)
+class ConvertClientPolicy:
+    # libconvert takes a header-only reply as success; RFC 8803 6.2.2/6.2.6 expects the Extended
+    # TCP Header TLV (a MUST only after an Extended Connect). False: such a reply is invalid.
+    accept_header_only_reply: bool = True
+    default_back_off_s: float = 30.0  # Error 64/65 with Value 0: "at least 30 s" (6.2.8)
+
+    def __post_init__(self) -> None:
+        if self.default_back_off_s < 30.0:
+            raise ValueError("RFC 8803 6.2.8: the default back-off is at least 30 s")
+
+
+def _invalid(reaction: ConvertReaction,
+             reason: FallbackReason = FallbackReason.CONVERTER_REPLY_INVALID) -> ConvertReply:
+    return ConvertReply(ReplyStatus.INVALID, advice=ConvertAdvice(reaction), fallback_reason=reason)
+
+
+class ConvertClientExchange:
+    """The client's side of one Convert attempt, on the byte stream.
+
+    :meth:`syn_payload` builds the SYN payload; :meth:`check_synack` judges the SYN-ACK's
+    acknowledgement; :meth:`receive` reads the converter's bytes until the reply is complete and
+    returns it (None: more bytes needed); :meth:`reply_missing` closes the attempt when the
+    connection ended or the wait timed out first. The result stays in ``reply``.
+    """
+
+    def __init__(self, policy: ConvertClientPolicy | None = None) -> None:
+        self.policy = policy or ConvertClientPolicy()
+        self.request: ConvertMessage | None = None
+        self.payload_bytes = 0
+        self.reply: ConvertReply | None = None
+        self._buffer = bytearray()
+
+    def syn_payload(self, dest: IpAddress | None, port: int = 0, *, info: bool = False, cookie: bytes | None = None,
+                    options: tuple[ConnectOption, ...] = (), app_data: bytes = b"") -> bytes:
+        """Header, [Info], [Cookie], Connect (no Connect when ``dest`` is None: an Info-only
+        request), then ``app_data`` (6: user data follows the TLVs)."""
+        if self.request is not None:
+            raise LocalProtocolError("this exchange has built its SYN payload already")
+        if dest is None and (not info or options or app_data):
+            raise LocalProtocolError("a request without Connect can only ask for Info")
+        tlvs: tuple = ()
+        if info:
+            tlvs += (InfoTlv(),)
+        if cookie is not None:
+            tlvs += (CookieTlv(cookie),)
+        if dest is not None:
+            tlvs += (ConnectTlv(port, dest, tuple(options)),)
+        self.request = ConvertMessage(tlvs)
+        payload = encode_convert(self.request) + app_data
+        self.payload_bytes = len(payload)
+        return payload
+
+    def check_synack(self, ack_covers_payload_bytes: int, payload_bytes: int) -> SynAckVerdict:
+        """RFC 8803 8: a SYN-ACK that ACKs less than the whole SYN payload means a middlebox took it
+        (or the converter is none): reset and stop using this converter."""
+        if ack_covers_payload_bytes >= payload_bytes:
+            return SynAckVerdict.PAYLOAD_ACKED
+        self.reply = ConvertReply(ReplyStatus.INVALID, advice=ConvertAdvice(ConvertReaction.CONVERTER_OFF),
+                                  fallback_reason=FallbackReason.SIGNAL_NOT_ACKED)
+        return SynAckVerdict.RESET_STOP_USING_CONVERTER
+
+    def receive(self, data: bytes) -> ConvertReply | None:
+        """Bytes from the converter; the reply once its message is complete, else None."""
+        if self.reply is not None:
+            raise LocalProtocolError("the Convert reply is complete; later bytes are application data")
+        self._buffer += data
+        try:
+            reply, used_bytes = parse_convert_prefix(self._buffer)
+        except TruncatedError:
+            return None
+        except UnsupportedVersionError:
+            return self._other_version()
+        except (BadMagicError, ZeroTotalLengthError):  # not a converter speaking Convert
+            return self._finish(_invalid(ConvertReaction.CONVERTER_OFF))
+        except MalformedError:  # bad framing, a duplicate or type-0 TLV: MUST reset (6.2.1, 6.2.2)
+            return self._finish(_invalid(ConvertReaction.RESET_LOG))
+        result = self._classify(reply)
+        return self._finish(replace(result, app_data=bytes(self._buffer[used_bytes:])))
+
+    def reply_missing(self) -> ConvertReply:
+        """The connection closed, or the client's wait ended, before a complete reply (8: a
+        middlebox may remove the SYN-ACK payload)."""
+        if self.reply is not None:
+            raise LocalProtocolError("the Convert reply is complete already")
+        return self._finish(_invalid(ConvertReaction.CONVERTER_OFF, FallbackReason.CONVERTER_REPLY_MISSING))
+
+    def _finish(self, reply: ConvertReply) -> ConvertReply:
+        self.reply = reply
+        return reply
+
+    def _other_version(self) -> ConvertReply | None:
+        """A reply in another version can still be an Error 0 listing the converter's versions;
+        its TLV layout is read as version 1's, since Error 0 exists to negotiate versions."""
+        try:
+            reply, _ = parse_convert_prefix(bytes((CONVERT_VERSION,)) + bytes(self._buffer[1:]))
+        except TruncatedError:
+            return None
+        except MalformedError:
+            return self._finish(_invalid(ConvertReaction.CONVERTER_OFF))
+        error = reply.tlv(ErrorTlv)
+        if error is None or error.code != ConvertErrorCode.UNSUPPORTED_VERSION:
+            return self._finish(_invalid(ConvertReaction.CONVERTER_OFF))
+        return self._finish(self._error_reply(error))
+
+    def _classify(self, reply: ConvertMessage) -> ConvertReply:
+        if any(not isinstance(tlv, _CONVERTER_TLVS) for tlv in reply.tlvs):
+            return _invalid(ConvertReaction.RESET_LOG)  # a type a converter does not send, or unknown
+        error = reply.tlv(ErrorTlv)
+        if error is not None:
+            return self._error_reply(error)
+        supported = reply.tlv(SupportedTcpExtensionsTlv)
+        kinds = supported.kinds if supported is not None else None
+        extended = reply.tlv(ExtendedTcpHeaderTlv)
+        asked_connect = self.request is None or self.request.tlv(ConnectTlv) is not None
+        if extended is not None:
+            return ConvertReply(ReplyStatus.CONVERTED, extended.options, kinds)
+        if not asked_connect:
+            return ConvertReply(ReplyStatus.INFO, supported_kinds=kinds or ())
+        if self.policy.accept_header_only_reply:
+            return ConvertReply(ReplyStatus.CONVERTED, (), kinds)
+        return _invalid(ConvertReaction.RESET_LOG)
+
+    def _error_reply(self, error: ErrorTlv) -> ConvertReply:
+        return ConvertReply(ReplyStatus.ERROR, error=error, advice=self.advice_for(error),
+                            fallback_reason=FallbackReason.CONVERTER_ERROR)
+
+    def advice_for(self, error: ErrorTlv) -> ConvertAdvice:
+        """protocols.md 8.3; an unknown code is read by its class (6.2.8: 0-31 message, 32-63
+        client, 64-95 converter, 96-127 server; beyond 127 nothing is known: log it)."""
+        code = error.code
+        if code == ConvertErrorCode.UNSUPPORTED_VERSION:
+            return ConvertAdvice(ConvertReaction.RETRY_OTHER_VERSION, versions=error.listed_values)
+        if code == ConvertErrorCode.MISSING_COOKIE:
+            cookie = error.data
+            return ConvertAdvice(ConvertReaction.RETRY_WITH_COOKIE, cookie=cookie) if cookie \
+                else ConvertAdvice(ConvertReaction.CONVERTER_OFF)  # asked for a cookie it did not give
+        if code == ConvertErrorCode.UNSUPPORTED_TCP_OPTION:
+            return ConvertAdvice(ConvertReaction.RETRY_WITHOUT_OPTIONS, kinds=error.listed_values)
+        if code == ConvertErrorCode.DESTINATION_UNREACHABLE:
+            return ConvertAdvice(ConvertReaction.REPORT_UNREACHABLE, icmp_code=error.value)
+        if code < 32 or code > 127:
+            return ConvertAdvice(ConvertReaction.RESET_LOG)
+        if code < 64:
+            return ConvertAdvice(ConvertReaction.CONVERTER_OFF)
+        if code < 96:
+            back_off_s = float(error.value or self.policy.default_back_off_s)
+            return ConvertAdvice(ConvertReaction.BACK_OFF, back_off_s=back_off_s)
+        return ConvertAdvice(ConvertReaction.REPORT_REFUSED)
+
+
+class ConvertSynAckCheck(TcpExtension):
+    """Puts :meth:`ConvertClientExchange.check_synack` on the client's connection: a SYN-ACK that
+    did not ACK the whole payload is answered with RST before any data goes out (RFC 8803 8), so
+    the Linux habit of resending unACKed SYN data does not leak the Convert message as data."""
+
+    def __init__(self, exchange: ConvertClientExchange) -> None:
+        self.exchange = exchange
+
+    def on_synack(self, conn: TcpConnection, synack: TcpSegment) -> str | None:
+        verdict = self.exchange.check_synack(conn.syn_data_acked_bytes, self.exchange.payload_bytes)
+        return None if verdict is SynAckVerdict.PAYLOAD_ACKED else "convert payload not acknowledged"
+
+
+# --- the segment-level converter ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConverterReplied:
+    """A converter answered a Convert request (``error_code`` None: the server accepted, or Info)."""
+
+    client: tuple[IpAddress, int]
+    destination: tuple[IpAddress, int] | None
+    error_code: int | None
+
+
+class RelayConnectOptions(TcpExtension):
+    """Puts the Connect options a converter copies verbatim into its downstream SYN (7): a TFO
+    cookie or cookie request, and any other kind the policy converts but the stack does not offer
+    itself. SACK-Permitted and Timestamps come from the converter's own TcpPolicy; MPTCP needs a
+    real extension (``downstream_extensions`` of :class:`ConverterHost`)."""
+
+    _STACK_KINDS = frozenset({TcpOptionKind.SACK_PERMITTED, TcpOptionKind.TIMESTAMPS, TcpOptionKind.MPTCP})
+
+    def __init__(self, requested_options: Sequence[ConnectOption]) -> None:
+        self.options = tuple(self._as_tcp_option(o) for o in requested_options if o.kind not in self._STACK_KINDS)
+
+    @staticmethod
+    def _as_tcp_option(option: ConnectOption):
+        """The entry as the TCP option with the same bytes (a TFO option of a bad length stays raw)."""
+        if option.kind == TcpOptionKind.TFO:
+            try:
+                return FastOpen(option.value)
+            except InvalidValueError:
+                return UnknownOption(option.kind, option.value)
+        if option.kind in (TcpOptionKind.EXPERIMENTAL_1, TcpOptionKind.EXPERIMENTAL_2):
+            return Experimental(option.kind, option.value)
+        return UnknownOption(option.kind, option.value)
+
+    def syn_options(self, conn: TcpConnection, retransmission: int) -> tuple:
+        return self.options
+
+
+class _ConvertRelay:
+    """Owner of one upstream connection and its downstream connection: feeds the session the
+    events of both and applies its decisions to them."""
+
+    def __init__(self, host: ConverterHost, session: ConverterSession, syn_packet: IpPacket) -> None:
+        self.host = host
+        self.session = session
+        seg = syn_packet.segment
+        self.upstream_key = (syn_packet.dst, seg.dst_port, syn_packet.src, seg.src_port)
+        self.client = (syn_packet.src, seg.src_port)
+        self.upstream: TcpConnection | None = None
+        self.downstream: TcpConnection | None = None
+        self.synack_withheld = host.converter.policy.timing is ConverterTiming.RFC
+        self.syn_fed = False
+
+    def start(self, now: float) -> None:
+        """After the host created the upstream connection: an empty SYN payload produced no
+        DataReceived, but the session must still see its (empty) SYN payload."""
+        self.upstream = self.upstream or self.host.connections.get(self.upstream_key)
+        if not self.syn_fed and self.upstream is not None:
+            self.syn_fed = True
+            self.session.receive_upstream(b"", now)
+            self.apply(now, current=None)
+
+    def on_tcp_event(self, host: Host, conn: TcpConnection, event: TcpEvent, now: float) -> None:
+        if self.upstream is None:
+            self.upstream = conn
+        s = self.session
+        if conn is self.upstream:
+            if isinstance(event, DataReceived):
+                self.syn_fed = True
+                s.receive_upstream(event.data, now)
+            elif isinstance(event, PeerClosed):
+                s.upstream_closed(now)
+            elif isinstance(event, (ResetReceived, TimedOut)):
+                s.upstream_reset(now)
+            elif isinstance(event, SynRetransmissionReceived):
+                s.upstream_syn_retransmitted(now)
+        elif isinstance(event, Established):
+            assert conn.synack is not None
+            s.downstream_connected(now, conn.synack.options)
+        elif isinstance(event, DataReceived):
+            s.downstream_data(event.data)
+        elif isinstance(event, PeerClosed):
+            s.downstream_closed()
+        elif isinstance(event, ResetReceived):
+            s.downstream_reset(now)
+        elif isinstance(event, TimedOut):
+            s.downstream_timeout(now)
+        self.apply(now, current=conn)
+
+    def apply(self, now: float, current: TcpConnection | None) -> None:
+        """Carry out the session's decisions, then flush the connections acted on (the host
+        flushes ``current``, whose event it is delivering, itself)."""
+        host, up = self.host, self.upstream
+        assert up is not None
+        while (decision := self.session.next_decision()) is not None:
+            match decision:
+                case AcceptUpstream():
+                    self._release_synack(now, b"")
+                case IgnoreUpstream():
+                    host.abort(up, now)  # a withheld SYN-ACK: the abort sends nothing
+                case SendUpstream(data=data, reply=reply):
+                    if reply is not None:
+                        error = reply.tlv(ErrorTlv)
+                        host.emit(ConverterReplied(self.client, self.session.destination,
+                                                   None if error is None else error.code))
+                    if self.synack_withheld:
+                        self._release_synack(now, data)
+                    elif up.state is not TcpState.CLOSED:
+                        up.send(data, now)
+                case CloseUpstream():
+                    if up.state is not TcpState.CLOSED:
+                        up.close(now)
+                case ResetUpstream(reason=reason):
+                    self._reset_upstream(reason, now)
+                case OpenDownstream():
+                    self._open_downstream(decision, now)
+                case RetransmitDownstreamSyn():
+                    if self.downstream is not None and self.downstream.state is TcpState.SYN_SENT:
+                        self.downstream.retransmit_syn(now)
+                case SendDownstream(data=data):
+                    assert self.downstream is not None
+                    self.downstream.send(data, now)
+                case CloseDownstream():
+                    if self.downstream is not None and self.downstream.state is not TcpState.CLOSED:
+                        self.downstream.close(now)
+                case ResetDownstream():
+                    if self.downstream is not None:
+                        host.abort(self.downstream, now)
+        for conn in (up, self.downstream):
+            if conn is not None and conn is not current:
+                host.collect(conn, now)
+        if self.session.state is SessionState.DONE:
+            host.relays.pop(self, None)
+
+    def _release_synack(self, now: float, payload: bytes) -> None:
+        if self.synack_withheld and self.upstream is not None:
+            self.synack_withheld = False
+            self.upstream.send_synack(now, payload)
+
+    def _reset_upstream(self, reason: UpstreamResetReason, now: float) -> None:
+        up = self.upstream
+        assert up is not None and up.syn is not None
+        if self.synack_withheld:
+            # A withheld SYN-ACK cannot be followed by an RST on the connection: answer the SYN itself.
+            self.host.abort(up, now)
+            self.host.send_rst_for_syn(IpPacket(up.remote_addr, up.local_addr, up.syn))
+        elif reason is UpstreamResetReason.DOWNSTREAM_RESET and self.host.on_downstream_reset is not None:
+            self.host.on_downstream_reset(self.host, up, now)
+        else:
+            self.host.abort(up, now)
+
+    def _open_downstream(self, request: OpenDownstream, now: float) -> None:
+        host = self.host
+        source = next((host.interfaces[i] for i in host.server_interfaces
+                       if host.interfaces[i].version == request.address.version), None)
+        if source is None:  # no route for this address family: a forwarding failure (Error 65)
+            self.session.downstream_failed(now)
+            return
+        extensions = (RelayConnectOptions(request.requested_options),) + host.downstream_extensions(request)
+        self.downstream = host.open(self, source, request.address, request.port, now,
+                                    syn_payload=request.syn_payload, extensions=extensions,
+                                    policy=host.downstream_policy)
+
+
+class ConverterHost(Host):
+    """A converter in the simulator: a :class:`Host` listening on ``convert_port``, one
+    :class:`ConverterSession` per upstream SYN, downstream connections from its server-facing
+    interfaces (``server_interfaces``: the first of the destination's address family is used).
+
+    Timing (``policy.timing``): RFC timing withholds the upstream SYN-ACK until the session
+    replies, and the downstream SYN has no retransmission timer of its own: it is retransmitted
+    when (and only when) the client retransmits its SYN (RFC 8803 9.3), the session's connect
+    timer bounding the wait. Socket timing answers the SYN at once (SYN data accepted, as the
+    TFO_NO_COOKIE listener of Appendix A.2 does) and leaves the downstream SYN to the stack.
+
+    Hooks: ``upstream_extensions(syn_packet)`` and ``downstream_extensions(open_downstream)`` add
+    TcpExtensions per connection (MPTCP on either leg); ``on_downstream_reset(host, upstream, now)``
+    replaces the upstream RST after a server reset (an MPTCP upstream sends MP_FASTCLOSE instead).
+    """
+
+    def __init__(self, name: str, interfaces: dict[str, IpAddress], *, rng: Rng, convert_port: int,
+                 server_interfaces: Sequence[str], policy: ConverterPolicy, tcp_policy: TcpPolicy | None = None,
+                 upstream_extensions: Callable[[IpPacket], tuple[TcpExtension, ...]] | None = None,
+                 downstream_extensions: Callable[[OpenDownstream], tuple[TcpExtension, ...]] | None = None,
+                 on_downstream_reset: Callable[[ConverterHost, TcpConnection, float], None] | None = None) -> None:
+        super().__init__(name, interfaces, rng=rng, policy=tcp_policy)
+        unknown = [i for i in server_interfaces if i not in interfaces]
+        if unknown or not server_interfaces:
+            raise ValueError(f"{name}: server_interfaces {list(server_interfaces)} must name interfaces")
+        if TcpOptionKind.MPTCP in policy.supported_kinds and downstream_extensions is None:
+            raise ValueError(f"{name}: converting MPTCP (kind 30) needs downstream_extensions that provide it")
+        self.converter = Converter(policy, rng)
+        self.convert_port = convert_port
+        self.server_interfaces = tuple(server_interfaces)
+        self.upstream_extensions = upstream_extensions or (lambda packet: ())
+        self.downstream_extensions = downstream_extensions or (lambda request: ())
+        self.on_downstream_reset = on_downstream_reset
+        self.downstream_policy = (replace(self.policy, syn_retransmission_timer=False)
+                                  if policy.timing is ConverterTiming.RFC else self.policy)
+        self.relays: dict[_ConvertRelay, None] = {}  # live sessions, in arrival order (determinism)
+        self._starting: list[_ConvertRelay] = []
+        self.listen(convert_port, self)
+
+    def on_syn(self, host: Host, packet: IpPacket, now: float) -> Acceptance:
+        relay = _ConvertRelay(self, self.converter.session(packet.src, now), packet)
+        self.relays[relay] = None
+        self._starting.append(relay)
+        return Acceptance(relay, syn_data_mode=SynDataMode.ACCEPT,
+                          withhold_synack=self.converter.policy.timing is ConverterTiming.RFC,
+                          extensions=self.upstream_extensions(packet))
+
+    def receive(self, port: str, packet: IpPacket, now: float) -> None:
+        super().receive(port, packet, now)
+        starting, self._starting = self._starting, []
+        for relay in starting:
+            relay.start(now)
+
+    def get_timer(self) -> float | None:
+        deadlines = [d for r in self.relays if (d := r.session.get_timer()) is not None]
+        own = super().get_timer()
+        return min(deadlines + ([own] if own is not None else []), default=None)
+
+    def handle_timer(self, now: float) -> None:
+        super().handle_timer(now)
+        for relay in list(self.relays):
+            deadline = relay.session.get_timer()
+            if deadline is not None and deadline <= now:
+                relay.session.handle_timer(now)
+                relay.apply(now, current=None)
+
+    def on_icmp(self, port: str, message, now: float) -> None:
+        """A Destination Unreachable quoting one of our downstream segments (``message.original``,
+        ``.code``, ``.hard``, as :class:`mpsim.proto.middlebox.IcmpUnreachable` has them). While
+        connecting, any code ends the attempt (RFC 8803 4.2 counts network, host and port
+        unreachable as hard; Linux aborts SYN-SENT on any); once relaying, only hard errors do
+        (RFC 5461: soft errors are retransmitted through)."""
+        super().on_icmp(port, message, now)
+        original = message.original
+        key = (original.src, original.segment.src_port, original.dst, original.segment.dst_port)
+        conn = self.connections.get(key)
+        if conn is not None and (conn.state is TcpState.SYN_SENT or message.hard):
+            self.downstream_unreachable(conn, message.code, now)
+
+    def downstream_unreachable(self, conn: TcpConnection, icmp_code: int, now: float) -> None:
+        """An ICMP error that ends downstream connection ``conn`` (Error 97 while connecting)."""
+        relay = self.owners.get(id(conn))
+        if isinstance(relay, _ConvertRelay) and conn is relay.downstream:
+            relay.session.downstream_unreachable(now, icmp_code)
+            relay.apply(now, current=None)
+
+    def send_rst_for_syn(self, syn_packet: IpPacket) -> None:
+        """Answer a SYN with RST (RFC 9293 3.10.7.1), for a connection whose SYN-ACK never left."""
+        rst = reset_for(syn_packet)
+        if rst is not None:
+            self._transmit(rst)

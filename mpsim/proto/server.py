@@ -1,0 +1,227 @@
+"""Server kinds: the far end a client or converter meets, from legacy stacks to MPTCP and TFO.
+
+The kinds differ in what the SYN meets (protocols.md 4.3, 5 and 8.6 items 5, 6 and 8):
+
+=================  =============================================================================
+LEGACY_DROP        Linux without TFO: the SYN-ACK ACKs ISN+1 and SYN data is discarded
+LEGACY_QUEUE       RFC 793 as some stacks read it: SYN data ACKed in the SYN-ACK, queued, and given
+                   to the application once ESTABLISHED, so signalling bytes become application data
+TFO                a TFO listener (RFC 7413): SYN data accepted with a valid cookie
+MPTCP_V1           an MPTCP v1 listener (RFC 8684)
+MPTCP_V0           an MPTCP v0-only listener (RFC 6824), which ignores a v1 MP_CAPABLE
+CLOSED             the host is up, nothing listens: RST
+UNREACHABLE        no host: the last router answers every packet with ICMP destination unreachable
+=================  =============================================================================
+
+The application behind the listeners records every byte it is given, per connection, so tests
+and results can see signalling that leaked into the application stream.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mpsim.proto.host import Acceptance, ConnectionOwner, FourTuple, Host
+from mpsim.proto.middlebox import IcmpUnreachable, IcmpUnreachableCode
+from mpsim.proto.tfo import TfoServer
+from mpsim.proto.tcp import (
+    Closed,
+    DataReceived,
+    IpAddress,
+    PeerClosed,
+    Rng,
+    SynDataMode,
+    TcpConnection,
+    TcpEvent,
+    TcpExtension,
+    TcpPolicy,
+    TcpState,
+)
+from mpsim.wire.segment import IpPacket
+
+
+class ServerKind(enum.Enum):
+    LEGACY_DROP = "legacy_drop"
+    LEGACY_QUEUE = "legacy_queue"
+    TFO = "tfo"
+    MPTCP_V1 = "mptcp_v1"
+    MPTCP_V0 = "mptcp_v0"
+    CLOSED = "closed"
+    UNREACHABLE = "unreachable"
+
+
+#: Per-SYN hooks a listener is built from: the extensions of the new connection, and what it does
+#: with the SYN's data. MPTCP and TFO listeners plug theirs in here.
+ExtensionFactory = Callable[[IpPacket, float], tuple[TcpExtension, ...]]
+SynDataPolicy = Callable[[IpPacket, float], SynDataMode]
+
+
+def no_extensions(syn: IpPacket, now: float) -> tuple[TcpExtension, ...]:
+    return ()
+
+
+def fixed_syn_data_mode(mode: SynDataMode) -> SynDataPolicy:
+    return lambda syn, now: mode
+
+
+# --- applications --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RequestServed:
+    """The responder answered one request on ``four_tuple`` (the server's view of the tuple)."""
+
+    four_tuple: FourTuple
+    request_bytes: int
+    response_bytes: int
+
+
+_PATTERN = bytes(range(256))
+
+
+def response_payload(size_bytes: int) -> bytes:
+    """The bytes a :class:`ResponderApp` sends: a counting pattern, so corruption shows."""
+    return (_PATTERN * (size_bytes // len(_PATTERN) + 1))[:size_bytes]
+
+
+class ServerApp:
+    """The owner of every connection a server accepts. Records, per connection, the bytes the
+    application was given in ``received``; closes its side once the peer has closed."""
+
+    def __init__(self) -> None:
+        self.received: dict[FourTuple, bytearray] = {}
+        self.closes: dict[FourTuple, Closed] = {}
+
+    def on_tcp_event(self, host: Host, conn: TcpConnection, event: TcpEvent, now: float) -> None:
+        key = conn.four_tuple
+        self.received.setdefault(key, bytearray())
+        if isinstance(event, DataReceived):
+            self.received[key] += event.data
+            self.on_data(host, conn, event.data, now)
+        elif isinstance(event, PeerClosed) and conn.state is TcpState.CLOSE_WAIT:
+            conn.close(now)
+        elif isinstance(event, Closed):
+            self.closes[key] = event
+
+    def on_data(self, host: Host, conn: TcpConnection, data: bytes, now: float) -> None:
+        """What the application does with new bytes; a sink does nothing."""
+
+    def stream(self, four_tuple: FourTuple | None = None) -> bytes:
+        """What the application received on ``four_tuple`` (default: the only connection, if any)."""
+        if four_tuple is None:
+            if len(self.received) > 1:
+                raise ValueError(f"{len(self.received)} connections: name the four_tuple")
+            four_tuple = next(iter(self.received), None)
+        return bytes(self.received.get(four_tuple, b""))
+
+
+class SinkApp(ServerApp):
+    """Reads and records everything, never answers."""
+
+
+class ResponderApp(ServerApp):
+    """Answers each request with ``response_size_bytes`` of :func:`response_payload`.
+
+    A request is ``request_size_bytes`` bytes, or, when that is None, everything up to and
+    including a ``b"\\n"``. With ``close_after_response`` the server closes after the first
+    response (HTTP/1.0 style); otherwise it serves requests until the client closes.
+    """
+
+    def __init__(self, response_size_bytes: int, *, request_size_bytes: int | None = None,
+                 close_after_response: bool = False) -> None:
+        super().__init__()
+        if response_size_bytes < 0 or (request_size_bytes is not None and request_size_bytes < 1):
+            raise ValueError("need response_size_bytes >= 0 and request_size_bytes >= 1 (or None)")
+        self.response_size_bytes = response_size_bytes
+        self.request_size_bytes = request_size_bytes
+        self.close_after_response = close_after_response
+        self._unparsed: dict[FourTuple, bytes] = {}
+        self._done: set[FourTuple] = set()
+
+    def _request_length(self, buffer: bytes) -> int | None:
+        if self.request_size_bytes is not None:
+            return self.request_size_bytes if len(buffer) >= self.request_size_bytes else None
+        end = buffer.find(b"\n")
+        return None if end < 0 else end + 1
+
+    def on_data(self, host: Host, conn: TcpConnection, data: bytes, now: float) -> None:
+        key = conn.four_tuple
+        if key in self._done:
+            return
+        buffer = self._unparsed.get(key, b"") + data
+        while (request_bytes := self._request_length(buffer)) is not None:
+            buffer = buffer[request_bytes:]
+            conn.send(response_payload(self.response_size_bytes), now)
+            host.emit(RequestServed(key, request_bytes, self.response_size_bytes))
+            if self.close_after_response:
+                conn.close(now)
+                self._done.add(key)
+                break
+        self._unparsed[key] = buffer
+
+
+# --- listeners and hosts ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServerListener:
+    """Accepts every SYN for ``owner``; extensions and the SYN-data mode are decided per SYN."""
+
+    owner: ConnectionOwner
+    syn_data_mode: SynDataPolicy = fixed_syn_data_mode(SynDataMode.DROP)
+    extensions: ExtensionFactory = no_extensions
+
+    def on_syn(self, host: Host, packet: IpPacket, now: float) -> Acceptance:
+        return Acceptance(self.owner, self.syn_data_mode(packet, now), extensions=self.extensions(packet, now))
+
+
+_LEGACY_MODES = {ServerKind.LEGACY_DROP: SynDataMode.DROP, ServerKind.LEGACY_QUEUE: SynDataMode.QUEUE}
+
+
+class ServerHost(Host):
+    """A server of one :class:`ServerKind`, listening on ``ports`` with ``app`` (default a sink).
+
+    MPTCP and TFO kinds take their hooks as ``extensions`` (and, for TFO, ``syn_data_mode``):
+    the protocol machines live in their own modules. A TFO server without hooks uses
+    ``tfo_server`` (default: a cookie-requiring :class:`~mpsim.proto.tfo.TfoServer` counting into
+    this host's MIB). MPTCP listeners drop SYN data, as Linux does without TFO. For UNREACHABLE, ``address`` is the last router's: it answers every TCP
+    packet, whatever its destination, with an :class:`IcmpUnreachable` of ``icmp_code``.
+    """
+
+    def __init__(self, name: str, address: IpAddress, kind: ServerKind, *, rng: Rng,
+                 app: ServerApp | None = None, ports: tuple[int, ...] = (80,), interface: str = "eth0",
+                 policy: TcpPolicy | None = None, extensions: ExtensionFactory | None = None,
+                 syn_data_mode: SynDataPolicy | None = None, tfo_server: TfoServer | None = None,
+                 icmp_code: int = IcmpUnreachableCode.HOST_UNREACHABLE) -> None:
+        super().__init__(name, {interface: address}, rng=rng, policy=policy)
+        self.kind = kind
+        self.app = app if app is not None else SinkApp()
+        self.icmp_code = icmp_code
+        self.icmp_sent = 0
+        self.tfo_server: TfoServer | None = None
+        if kind in (ServerKind.CLOSED, ServerKind.UNREACHABLE):
+            return
+        if kind is ServerKind.TFO and extensions is None and syn_data_mode is None:
+            self.tfo_server = tfo_server if tfo_server is not None else TfoServer(rng, mib=self.mib)
+            extensions, syn_data_mode = self.tfo_server.extensions_for, self.tfo_server.syn_data_mode
+        if kind in _LEGACY_MODES:
+            if extensions is not None or syn_data_mode is not None:
+                raise ValueError(f"{kind.value} servers take no extensions or SYN-data policy")
+            syn_data_mode = fixed_syn_data_mode(_LEGACY_MODES[kind])
+        elif extensions is None or (kind is ServerKind.TFO and syn_data_mode is None):
+            needs = "extensions and syn_data_mode" if kind is ServerKind.TFO else "extensions"
+            raise ValueError(f"a {kind.value} server needs {needs}")
+        for port in ports:
+            self.listen(port, ServerListener(self.app, syn_data_mode or fixed_syn_data_mode(SynDataMode.DROP),
+                                             extensions or no_extensions))
+
+    def receive(self, port: str, packet: Any, now: float) -> None:
+        if self.kind is ServerKind.UNREACHABLE:
+            if isinstance(packet, IpPacket):
+                self.icmp_sent += 1
+                self._transmit(IcmpUnreachable(packet, self.icmp_code, reporter=self.interfaces[port]))  # type: ignore[arg-type]
+            return
+        super().receive(port, packet, now)
