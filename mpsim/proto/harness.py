@@ -12,8 +12,10 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from ipaddress import ip_network
 from typing import Any, Protocol
 
+from mpsim.proto.host import Transmit
 from mpsim.wire.segment import IpPacket
 
 #: A filter sees each packet entering a hop and returns the packets to deliver (none = dropped).
@@ -89,7 +91,8 @@ class Harness:
                     self.log.append(Delivery(self.now, name, hop.dst, transmit.packet, dropped=True))
                 for packet in packets:
                     self._seq += 1
-                    heapq.heappush(self._queue, (self.now + hop.delay_s, self._seq, name, hop.dst, hop.dst_port, packet))
+                    arrival_s = self.now + hop.delay_s
+                    heapq.heappush(self._queue, (arrival_s, self._seq, name, hop.dst, hop.dst_port, packet))
             while (event := machine.next_event()) is not None:
                 self.events.append((self.now, name, event))
 
@@ -135,3 +138,35 @@ def drop_matching(predicate: Callable[[IpPacket], bool], count: int | None = Non
         return [packet]
 
     return packet_filter
+
+
+class Router:
+    """A forwarding node for harness topologies: each packet leaves on the port whose networks
+    contain its destination (longest prefix first). It forwards IP packets and ICMP messages
+    alike (anything with a ``dst``) and drops what no route covers."""
+
+    def __init__(self, routes: dict[str, list[str]]) -> None:
+        self.routes = sorted(((ip_network(net), port) for port, nets in routes.items() for net in nets),
+                             key=lambda route: -route[0].prefixlen)
+        self._out: list[Any] = []
+        self.unroutable = 0
+
+    def receive(self, port: str, packet: Any, now: float) -> None:
+        for network, out_port in self.routes:
+            if packet.dst.version == network.version and packet.dst in network:
+                self._out.append(Transmit(out_port, packet))
+                return
+        self.unroutable += 1
+
+    def outgoing(self, now: float) -> list:
+        out, self._out = self._out, []
+        return out
+
+    def handle_timer(self, now: float) -> None:
+        return None
+
+    def get_timer(self) -> float | None:
+        return None
+
+    def next_event(self) -> Any | None:
+        return None

@@ -247,6 +247,27 @@ def reset_for(packet: IpPacket) -> IpPacket | None:
     return IpPacket(packet.dst, packet.src, rst)
 
 
+def _syn_options(policy: TcpPolicy, *, sack: bool, timestamps: bool, window_scale: bool) -> tuple:
+    """The base options of a SYN or SYN-ACK, offering what ``policy`` allows and the flags permit.
+    Linux's order (tcp_options_write): mss, sackOK, TS, nop, wscale; without TS mss, nop, nop,
+    sackOK, nop, wscale; without SACK mss, nop, nop, TS, nop, wscale."""
+    options: list = [MaximumSegmentSize(policy.mss_bytes)]
+    offer_sack = policy.sack_permitted and sack
+    if policy.timestamps and timestamps:
+        options += [SackPermitted()] if offer_sack else [NoOperation(), NoOperation()]
+        options.append(Timestamps(0, 0))  # the values are filled in when the segment is sent
+    elif offer_sack:
+        options += [NoOperation(), NoOperation(), SackPermitted()]
+    if policy.window_scale_shift is not None and window_scale:
+        options += [NoOperation(), WindowScale(policy.window_scale_shift)]
+    return tuple(options)
+
+
+def syn_base_options(policy: TcpPolicy) -> tuple:
+    """The options an active opener's SYN carries before any extension adds its own."""
+    return _syn_options(policy, sack=True, timestamps=True, window_scale=True)
+
+
 def _fit_options(base: list, extra: tuple) -> tuple:
     """Base TCP options plus extension options within 40 bytes. Like Linux with MPTCP+TFO on a
     SYN-ACK (RFC 8684 appendix B), Timestamps go first when space runs out; if it still does not
@@ -375,7 +396,8 @@ class TcpConnection:
     def send(self, data: bytes, now: float) -> None:
         """Queue application bytes; they go out as the peer's window allows."""
         if self.state not in _CAN_SEND or self._fin_queued:
-            raise LocalProtocolError(f"cannot send in state {self.state.name}" + (" after close" if self._fin_queued else ""))
+            after_close = " after close" if self._fin_queued else ""
+            raise LocalProtocolError(f"cannot send in state {self.state.name}{after_close}")
         self._now_s = now
         self._tx += data
         if self.state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT):
@@ -708,20 +730,9 @@ class TcpConnection:
         p = self.policy
         options: list = []
         if syn:
-            options.append(MaximumSegmentSize(p.mss_bytes))
-            offer_sack = p.sack_permitted and (self.state is TcpState.SYN_SENT or self.peer.sack_permitted)
-            offer_ts = p.timestamps and (self.state is TcpState.SYN_SENT or self.peer.timestamps)
-            offer_ws = p.window_scale_shift is not None and (
-                self.state is TcpState.SYN_SENT or self.peer.window_shift is not None)
-            # Linux's order (tcp_options_write): mss, sackOK, TS, nop, wscale; without TS
-            # mss, nop, nop, sackOK, nop, wscale; without SACK mss, nop, nop, TS, nop, wscale
-            if offer_ts:
-                options += [SackPermitted()] if offer_sack else [NoOperation(), NoOperation()]
-                options.append(Timestamps(0, 0))  # values filled in by _stamp
-            elif offer_sack:
-                options += [NoOperation(), NoOperation(), SackPermitted()]
-            if offer_ws:
-                options += [NoOperation(), WindowScale(p.window_scale_shift)]
+            active = self.state is TcpState.SYN_SENT
+            return list(_syn_options(p, sack=active or self.peer.sack_permitted, timestamps=active or self.peer.timestamps,
+                                     window_scale=active or self.peer.window_shift is not None))
         elif self.peer.timestamps and p.timestamps:
             options += [NoOperation(), NoOperation(), Timestamps(0, 0)]
         return options

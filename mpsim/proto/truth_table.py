@@ -1,0 +1,153 @@
+"""Client scheme x middlebox x server -> outcome: every combination run on the real machines.
+
+One small topology, run by the deterministic harness: a client behind an access link (where the
+middlebox sits, in both directions), a router, a proxy (RFC 8803 converter, MP_CONVERT proxy or
+SOCKS5 proxy, depending on the scheme) and a server of the chosen kind. One-way delays are fixed
+so that times convert exactly to round trips: client-router 10 ms, router-server 20 ms, router-proxy
+0 ms, so the client-proxy RTT is 20 ms, the proxy-server RTT 40 ms and the client-server RTT 60 ms.
+
+Each case runs one request (100 bytes up, 1000 bytes down) and reports the client's
+:class:`~mpsim.proto.client.ConnectionRecord` plus the first-byte time in client-server RTTs.
+``python -m mpsim.proto.truth_table`` prints the whole table as Markdown (docs/truth-table.md is
+that output).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from mpsim.proto.client import ClientHost, ClientPolicy, ConnectionRecord, Request, Scheme
+from mpsim.proto.convert import ConverterHost, ConverterPolicy, ConverterTiming
+from mpsim.proto.harness import Harness, PacketFilter, Router
+from mpsim.proto.middlebox import (
+    PASS,
+    BASIC_OPTION_KINDS,
+    DropUnknownOptionSyns,
+    Policy,
+    SegmentClass,
+    StripOptions,
+    StripPayload,
+    drop_syns_with_data,
+)
+from mpsim.proto.mptcp import MptcpPolicy, MptcpServerExtension
+from mpsim.proto.server import ResponderApp, ServerHost, ServerKind
+from mpsim.wire.options import TcpOptionKind
+
+CLIENT = IPv4Address("198.18.0.1")
+PROXY_UP = IPv4Address("198.18.1.1")
+PROXY_DOWN = IPv4Address("198.18.2.1")
+SERVER = IPv4Address("198.18.3.1")
+PROXY_PORT = 1234
+SERVER_PORT = 80
+ACCESS_DELAY_S = 0.010
+SERVER_DELAY_S = 0.020
+CLIENT_SERVER_RTT_S = 2 * (ACCESS_DELAY_S + SERVER_DELAY_S)
+REQUEST = Request(SERVER, SERVER_PORT, request_size_bytes=100, response_size_bytes=1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Middlebox:
+    """A named middlebox for the access link: a policy per direction."""
+
+    name: str
+    description: str
+    build: Callable[[], tuple[PacketFilter, PacketFilter]]
+
+
+def _both(policy_factory: Callable[[], Policy]) -> Callable[[], tuple[PacketFilter, PacketFilter]]:
+    return lambda: (policy_factory(), policy_factory())
+
+
+def _up(policy_factory: Callable[[], Policy]) -> Callable[[], tuple[PacketFilter, PacketFilter]]:
+    return lambda: (policy_factory(), PASS)
+
+
+MIDDLEBOXES = (
+    Middlebox("none", "a clean path", lambda: (PASS, PASS)),
+    Middlebox("strip-mptcp", "removes MPTCP options from every segment, both ways",
+              _both(lambda: StripOptions({TcpOptionKind.MPTCP}))),
+    Middlebox("strip-mptcp-synack", "removes MPTCP options from SYN-ACKs",
+              lambda: (PASS, StripOptions({TcpOptionKind.MPTCP}, classes={SegmentClass.SYN_ACK}))),
+    Middlebox("drop-unknown-option-syns", "drops SYNs carrying options it does not know (MPTCP)",
+              _up(lambda: DropUnknownOptionSyns(BASIC_OPTION_KINDS))),
+    Middlebox("drop-syn-data", "drops SYNs that carry data", _up(drop_syns_with_data)),
+    Middlebox("strip-syn-payload", "delivers SYNs without their data", _up(lambda: StripPayload({SegmentClass.SYN}))),
+)
+
+SERVERS = (ServerKind.LEGACY_DROP, ServerKind.LEGACY_QUEUE, ServerKind.MPTCP_V1, ServerKind.MPTCP_V0,
+           ServerKind.CLOSED)
+
+
+@dataclass(frozen=True, slots=True)
+class CaseResult:
+    scheme: Scheme
+    middlebox: str
+    server: ServerKind
+    record: ConnectionRecord | None
+
+    @property
+    def first_byte_rtts(self) -> float | None:
+        """First-byte time in client-server RTTs (1 RTT handshake + 1 RTT request = 2.0 for TCP)."""
+        t = None if self.record is None else self.record.first_byte_time_s
+        return None if t is None else round(t / CLIENT_SERVER_RTT_S, 3)
+
+
+def _server(kind: ServerKind, rng: random.Random) -> ServerHost:
+    app = ResponderApp(REQUEST.response_size_bytes, request_size_bytes=REQUEST.request_size_bytes)
+    extensions = None
+    if kind in (ServerKind.MPTCP_V1, ServerKind.MPTCP_V0):
+        version = 1 if kind is ServerKind.MPTCP_V1 else 0
+        extensions = lambda syn, now: (MptcpServerExtension(rng=rng, mib=server.mib,  # noqa: E731
+                                                            policy=MptcpPolicy(version=version)),)
+    server = ServerHost("server", SERVER, kind, rng=rng, app=app, ports=(SERVER_PORT,), extensions=extensions)
+    return server
+
+
+def build(scheme: Scheme, middlebox: Middlebox, server_kind: ServerKind, *, seed: int = 1,
+          client_policy: ClientPolicy | None = None,
+          timing: ConverterTiming = ConverterTiming.RFC) -> tuple[Harness, ClientHost]:
+    """The topology for one case; the caller runs it."""
+    rng = random.Random(seed)
+    harness = Harness()
+    policy = client_policy or ClientPolicy(scheme=scheme)
+    client = harness.add("client", ClientHost("client", {"eth0": CLIENT}, rng=rng, policy=policy,
+                                              proxies=((PROXY_UP, PROXY_PORT),)))
+    harness.add("router", Router({"c": ["198.18.0.0/24"], "p_up": ["198.18.1.0/24"], "p_down": ["198.18.2.0/24"],
+                                  "s": ["198.18.3.0/24"]}))
+    harness.add("proxy", _proxy(scheme, rng, timing))
+    harness.add("server", _server(server_kind, rng))
+    up, down = middlebox.build()
+    harness.link("client", "eth0", "router", "c", ACCESS_DELAY_S, a_to_b=[up], b_to_a=[down])
+    harness.link("proxy", "up", "router", "p_up", 0.0)
+    harness.link("proxy", "down", "router", "p_down", 0.0)
+    harness.link("server", "eth0", "router", "s", SERVER_DELAY_S)
+    return harness, client
+
+
+def _proxy(scheme: Scheme, rng: random.Random, timing: ConverterTiming):
+    interfaces = {"up": PROXY_UP, "down": PROXY_DOWN}
+    holder: dict = {}
+
+    def upstream(packet):
+        return (MptcpServerExtension(rng=rng, mib=holder["host"].mib),)
+
+    def downstream(request):
+        from mpsim.proto.mptcp import MptcpClientExtension
+
+        return (MptcpClientExtension(rng=rng, mib=holder["host"].mib),) if request.mptcp else ()
+
+    policy = ConverterPolicy(allowed_client_prefixes=("198.18.0.0/24",), timing=timing)
+    host = ConverterHost("proxy", interfaces, rng=rng, convert_port=PROXY_PORT, server_interfaces=("down",),
+                         policy=policy, upstream_extensions=upstream, downstream_extensions=downstream)
+    holder["host"] = host
+    return host
+
+
+def run_case(scheme: Scheme, middlebox: Middlebox, server_kind: ServerKind, **kwargs) -> CaseResult:
+    harness, client = build(scheme, middlebox, server_kind, **kwargs)
+    client.connect(REQUEST, 0.0)
+    harness.run(300.0)
+    return CaseResult(scheme, middlebox.name, server_kind, client.finished[0] if client.finished else None)
