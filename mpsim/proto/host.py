@@ -80,6 +80,7 @@ class PortAllocator:
         self.low, self.high = low, high
         self._next = low + rng.getrandbits(16) % (high - low + 1)
         self._quarantine: dict[FourTuple, float] = {}
+        self._prune_above = 1024  # expired entries of other destinations are swept past this size
         self.allocated = 0
 
     def quarantine(self, four_tuple: FourTuple, until_s: float) -> None:
@@ -97,6 +98,10 @@ class PortAllocator:
 
     def allocate(self, local_addr: IpAddress, remote_addr: IpAddress, remote_port: int, now: float,
                  in_use: Any) -> int:
+        """A local port for a new connection; LocalProtocolError when every 4-tuple is taken."""
+        if len(self._quarantine) > self._prune_above:
+            self._quarantine = {t: until_s for t, until_s in self._quarantine.items() if until_s > now}
+            self._prune_above = max(1024, 2 * len(self._quarantine))
         span = self.high - self.low + 1
         for _ in range(span):
             port = self._next

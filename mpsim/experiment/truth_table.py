@@ -8,7 +8,7 @@ so that times convert exactly to round trips: client-router 10 ms, router-server
 
 Each case runs one request (100 bytes up, 1000 bytes down) and reports the client's
 :class:`~mpsim.proto.client.ConnectionRecord` plus the first-byte time in client-server RTTs.
-``python -m mpsim.proto.truth_table`` prints the whole table as Markdown (docs/truth-table.md is
+``python -m mpsim.experiment.truth_table`` prints the whole table as Markdown (docs/truth-table.md is
 that output).
 """
 
