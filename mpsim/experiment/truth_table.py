@@ -82,7 +82,25 @@ SERVERS = (ServerKind.LEGACY_DROP, ServerKind.LEGACY_QUEUE, ServerKind.MPTCP_V1,
 
 
 @dataclass(frozen=True, slots=True)
+class Variant:
+    """A client configuration the table compares: a scheme with its policy, and the converter timing."""
+
+    label: str
+    policy: ClientPolicy
+    timing: ConverterTiming = ConverterTiming.RFC
+
+
+VARIANTS = (
+    Variant("plain", ClientPolicy(scheme=Scheme.PLAIN)),
+    Variant("mptcp", ClientPolicy(scheme=Scheme.MPTCP)),
+    Variant("convert", ClientPolicy(scheme=Scheme.CONVERT)),
+    Variant("convert (socket timing)", ClientPolicy(scheme=Scheme.CONVERT), ConverterTiming.SOCKET),
+)
+
+
+@dataclass(frozen=True, slots=True)
 class CaseResult:
+    label: str
     scheme: Scheme
     middlebox: str
     server: ServerKind
@@ -146,8 +164,19 @@ def _proxy(scheme: Scheme, rng: random.Random, timing: ConverterTiming):
     return host
 
 
-def run_case(scheme: Scheme, middlebox: Middlebox, server_kind: ServerKind, **kwargs) -> CaseResult:
+def run_case(scheme: Scheme, middlebox: Middlebox, server_kind: ServerKind, *, label: str = "", **kwargs) -> CaseResult:
     harness, client = build(scheme, middlebox, server_kind, **kwargs)
     client.connect(REQUEST, 0.0)
     harness.run(300.0)
-    return CaseResult(scheme, middlebox.name, server_kind, client.finished[0] if client.finished else None)
+    return CaseResult(label or scheme.value, scheme, middlebox.name, server_kind,
+                      client.finished[0] if client.finished else None)
+
+
+def run_variant(variant: Variant, middlebox: Middlebox, server_kind: ServerKind, *, seed: int = 1) -> CaseResult:
+    return run_case(variant.policy.scheme, middlebox, server_kind, label=variant.label, seed=seed,
+                    client_policy=variant.policy, timing=variant.timing)
+
+
+def all_cases(seed: int = 1) -> list[CaseResult]:
+    """Every variant x middlebox x server, in table order."""
+    return [run_variant(v, m, s, seed=seed) for v in VARIANTS for m in MIDDLEBOXES for s in SERVERS]

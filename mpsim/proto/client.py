@@ -447,8 +447,9 @@ class LogicalConnection:
                 attempt.failed = True
                 self._attempt_failed(attempt, now, reason, refused=isinstance(event, ResetReceived) and
                                      attempt.kind is AttemptKind.DIRECT)
-        elif isinstance(event, Closed) and event.reason is CloseReason.ABORTED and attempt.failed \
+        elif isinstance(event, Closed) and event.reason is CloseReason.ABORTED \
                 and not attempt.ready and not attempt.aborting:
+            # An extension refused the SYN-ACK (RFC 8803 8 payload check, signalling check, MPTCP v0 retry).
             self._attempt_failed(attempt, now, attempt.reason or self._exchange_reason(attempt))
 
     def _failure_reason(self, attempt: _Attempt, event: TcpEvent) -> FallbackReason:

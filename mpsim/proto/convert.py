@@ -276,6 +276,18 @@ class SessionState(enum.Enum):
 
 
 _S = SessionState
+#: The session's state changes and their causes; ``ConverterSession._move`` enforces it and the
+#: state diagram in docs/state-diagrams.md is generated from it.
+SESSION_TRANSITIONS: dict[SessionState, dict[SessionState, str]] = {
+    _S.EXPECT_CONVERT_MESSAGE: {
+        _S.CONNECTING_DOWNSTREAM: "valid Connect: open the downstream connection",
+        _S.DONE: "Error TLV, Info answered, not Convert (ignored), zero Total Length (reset), or timeout"},
+    _S.CONNECTING_DOWNSTREAM: {
+        _S.RELAYING: "server SYN-ACK: reply with the Extended TCP Header",
+        _S.DONE: "server RST (Error 96), ICMP (Error 97), timeout (Error 65), or the client left"},
+    _S.RELAYING: {_S.DONE: "both directions closed, or a reset on either side"},
+    _S.DONE: {},
+}
 _LIVE = frozenset({_S.EXPECT_CONVERT_MESSAGE, _S.CONNECTING_DOWNSTREAM, _S.RELAYING})
 #: The states in which each input is legal (h11 style: transitions as data). In DONE every input
 #: is ignored, since a driver may still report events of connections the session has given up on.
@@ -394,7 +406,7 @@ class ConverterSession:
         reply = ConvertMessage(tlvs)
         self._send_reply(reply)
         self.converter.counters["converted"] += 1
-        self.state = SessionState.RELAYING
+        self._move(SessionState.RELAYING)
         self._deadline = None
         if self._pending_downstream:
             self._to_server(bytes(self._pending_downstream))
@@ -581,7 +593,7 @@ class ConverterSession:
         self.converter.active_sessions += 1
         self._holds_slot = True
         self.converter.counters["downstream_opened"] += 1
-        self.state = SessionState.CONNECTING_DOWNSTREAM
+        self._move(SessionState.CONNECTING_DOWNSTREAM)
         self._deadline = now + self.policy.connect_timeout_s
         self._decisions.append(OpenDownstream(connect.address, connect.port, requested, syn_payload))
 
@@ -607,8 +619,15 @@ class ConverterSession:
         if self._upstream_fin and self._downstream_fin:
             self._end()
 
+    def _move(self, state: SessionState) -> None:
+        if state not in SESSION_TRANSITIONS[self.state]:
+            raise RuntimeError(f"illegal session transition {self.state.value} -> {state.value}")  # a bug
+        self.state = state
+
     def _end(self) -> None:
-        self.state = SessionState.DONE
+        if self.state is SessionState.DONE:
+            return
+        self._move(SessionState.DONE)
         self._deadline = None
         if self._holds_slot:
             self._holds_slot = False

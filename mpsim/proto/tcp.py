@@ -343,7 +343,7 @@ class TcpConnection:
         conn._tx += syn_payload
         conn._syn_payload_bytes = len(syn_payload)
         conn._now_s = now
-        conn.state = TcpState.SYN_SENT
+        conn._move(TcpState.SYN_SENT)
         conn._send_syn(now, retransmission=0)
         return conn
 
@@ -358,7 +358,7 @@ class TcpConnection:
                    extensions=extensions)
         conn.syn = syn
         conn._now_s = now
-        conn.state = TcpState.SYN_RECEIVED
+        conn._move(TcpState.SYN_RECEIVED)
         conn.irs = syn.seq
         conn._learn_peer_options(syn)
         conn.peer_window_bytes = syn.window  # never scaled on a SYN (RFC 7323 2.2)
@@ -417,7 +417,7 @@ class TcpConnection:
             return
         self._fin_queued = True
         if self.state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT):
-            self.state = TcpState.FIN_WAIT_1 if self.state is TcpState.ESTABLISHED else TcpState.LAST_ACK
+            self._move(TcpState.FIN_WAIT_1 if self.state is TcpState.ESTABLISHED else TcpState.LAST_ACK)
             self._transmit_new(now)
 
     def abort(self, now: float) -> None:
@@ -529,7 +529,7 @@ class TcpConnection:
     def _handshake_done(self) -> None:
         """Enter ESTABLISHED; without an RTT sample (a SYN or SYN-ACK was retransmitted) the RTO
         starts at the RFC 6298 5.7 fallback rather than the initial 1 s."""
-        self.state = TcpState.ESTABLISHED
+        self._move(TcpState.ESTABLISHED)
         self._retransmissions_in_row = 0
         self._rto_s = self._computed_rto() if self._srtt_s is not None else self.policy.unsampled_handshake_rto_s
         self._deadline = None
@@ -626,7 +626,7 @@ class TcpConnection:
             self._deliver(self._queued_syn_data)
             self._queued_syn_data = b""
         if self._fin_queued:
-            self.state = TcpState.FIN_WAIT_1  # close() came during the handshake: the FIN goes now
+            self._move(TcpState.FIN_WAIT_1)  # close() came during the handshake: the FIN goes now
         self._on_synchronized(seg, now)
 
     def _on_synchronized(self, seg: TcpSegment, now: float) -> None:
@@ -687,7 +687,7 @@ class TcpConnection:
         fin_acked = self._fin_queued and fin_seq is not None and seq_lt(fin_seq, seg.ack)
         if fin_acked:  # everything we sent is ACKed: the timer now guards the close, not data
             if self.state is TcpState.FIN_WAIT_1:
-                self.state = TcpState.FIN_WAIT_2
+                self._move(TcpState.FIN_WAIT_2)
                 self._arm_fin_wait_2(now)
             elif self.state is TcpState.CLOSING:
                 self._enter_time_wait(now)
@@ -718,9 +718,9 @@ class TcpConnection:
             self._events.append(PeerClosed())
             self._send_ack()
             if self.state is TcpState.ESTABLISHED:
-                self.state = TcpState.CLOSE_WAIT
+                self._move(TcpState.CLOSE_WAIT)
             elif self.state is TcpState.FIN_WAIT_1:
-                self.state = TcpState.CLOSING
+                self._move(TcpState.CLOSING)
             elif self.state is TcpState.FIN_WAIT_2:
                 self._enter_time_wait(now)
 
@@ -930,14 +930,42 @@ class TcpConnection:
                 if isinstance(option, Timestamps) and seq_le(self.peer.ts_recent, option.ts_value):
                     self.peer.ts_recent = option.ts_value
 
+    def _move(self, state: TcpState) -> None:
+        if state not in TCP_TRANSITIONS[self.state]:
+            raise RuntimeError(f"illegal TCP transition {self.state.name} -> {state.name}")  # a bug, not input
+        self.state = state
+
     def _enter_time_wait(self, now: float) -> None:
-        self.state = TcpState.TIME_WAIT
+        self._move(TcpState.TIME_WAIT)
         self._arm(now, self.policy.time_wait_s)
 
     def _finish(self, now: float, reason: CloseReason) -> None:
-        self.state = TcpState.CLOSED
+        self._move(TcpState.CLOSED)
         self._deadline = None
         self._events.append(Closed(reason))
+
+
+#: The legal state changes and what causes them (RFC 9293 Figure 5; LISTEN is the host's
+#: listener, not a connection state here). ``TcpConnection._move`` enforces it, and the state
+#: diagram in docs/state-diagrams.md is generated from it.
+TCP_TRANSITIONS: dict[TcpState, dict[TcpState, str]] = {
+    TcpState.CLOSED: {TcpState.SYN_SENT: "connect: send SYN", TcpState.SYN_RECEIVED: "SYN at a listener: send SYN-ACK"},
+    TcpState.SYN_SENT: {TcpState.ESTABLISHED: "acceptable SYN-ACK: send ACK",
+                        TcpState.CLOSED: "RST, SYN retries exhausted, abort, or close"},
+    TcpState.SYN_RECEIVED: {TcpState.ESTABLISHED: "ACK of our SYN",
+                            TcpState.FIN_WAIT_1: "ACK of our SYN after close(): send FIN",
+                            TcpState.CLOSED: "RST, SYN-ACK retries exhausted, or abort"},
+    TcpState.ESTABLISHED: {TcpState.FIN_WAIT_1: "close: send FIN", TcpState.CLOSE_WAIT: "FIN: ACK it",
+                           TcpState.CLOSED: "RST, data retries exhausted, or abort"},
+    TcpState.FIN_WAIT_1: {TcpState.FIN_WAIT_2: "ACK of our FIN", TcpState.CLOSING: "FIN: ACK it",
+                          TcpState.TIME_WAIT: "FIN and ACK of our FIN", TcpState.CLOSED: "RST, retries, or abort"},
+    TcpState.FIN_WAIT_2: {TcpState.TIME_WAIT: "FIN: ACK it",
+                          TcpState.CLOSED: "RST, FIN-WAIT-2 timeout, or abort"},
+    TcpState.CLOSE_WAIT: {TcpState.LAST_ACK: "close: send FIN", TcpState.CLOSED: "RST, retries, or abort"},
+    TcpState.CLOSING: {TcpState.TIME_WAIT: "ACK of our FIN", TcpState.CLOSED: "RST, retries, or abort"},
+    TcpState.LAST_ACK: {TcpState.CLOSED: "ACK of our FIN, RST, retries, or abort"},
+    TcpState.TIME_WAIT: {TcpState.CLOSED: "2*MSL (policy time_wait_s) elapsed, or reopened by a new SYN"},
+}
 
 
 _HANDLERS = {
