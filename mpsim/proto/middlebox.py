@@ -212,6 +212,10 @@ class _Side(Policy):
     def description(self) -> str:  # type: ignore[override]
         return f"{self._owner.description} ({self._direction} side)"
 
+    @property
+    def hits(self) -> int:  # type: ignore[override]
+        return self._owner.hits
+
     def apply(self, packet: Any, now: float) -> list:
         return self._apply(packet, now)
 
@@ -244,10 +248,6 @@ class Chain(Policy):
         for policy in self.policies:
             packets = policy.forward.process(packets, now)
         return packets
-
-    @property
-    def forward(self) -> Policy:
-        return self
 
     @property
     def backward(self) -> Policy:

@@ -26,6 +26,7 @@ from typing import Any
 
 from mpsim.proto.host import Acceptance, ConnectionOwner, FourTuple, Host
 from mpsim.proto.middlebox import IcmpUnreachable, IcmpUnreachableCode
+from mpsim.proto.mptcp import MptcpPolicy, MptcpServerExtension
 from mpsim.proto.tfo import TfoServer
 from mpsim.proto.tcp import (
     Closed,
@@ -80,6 +81,13 @@ class RequestServed:
 
 
 _PATTERN = bytes(range(256))
+
+
+def emit_extension_facts(host: Host, conn: TcpConnection) -> None:
+    """Pass on what the connection's extensions concluded (MPTCP's ``MptcpNegotiated``, ...)."""
+    for ext in conn.extensions:
+        for fact in getattr(ext, "pull_events", list)():
+            host.emit(fact)
 
 
 def response_payload(size_bytes: int) -> bytes:
@@ -179,22 +187,26 @@ class ServerListener:
 
 
 _LEGACY_MODES = {ServerKind.LEGACY_DROP: SynDataMode.DROP, ServerKind.LEGACY_QUEUE: SynDataMode.QUEUE}
+_MPTCP_VERSIONS = {ServerKind.MPTCP_V1: 1, ServerKind.MPTCP_V0: 0}
 
 
 class ServerHost(Host):
     """A server of one :class:`ServerKind`, listening on ``ports`` with ``app`` (default a sink).
 
-    MPTCP and TFO kinds take their hooks as ``extensions`` (and, for TFO, ``syn_data_mode``):
-    the protocol machines live in their own modules. A TFO server without hooks uses
-    ``tfo_server`` (default: a cookie-requiring :class:`~mpsim.proto.tfo.TfoServer` counting into
-    this host's MIB). MPTCP listeners drop SYN data, as Linux does without TFO. For UNREACHABLE, ``address`` is the last router's: it answers every TCP
-    packet, whatever its destination, with an :class:`IcmpUnreachable` of ``icmp_code``.
+    TFO and MPTCP kinds may be given their per-SYN hooks (``extensions``, ``syn_data_mode``);
+    without them a TFO server uses ``tfo_server`` (default: a cookie-requiring
+    :class:`~mpsim.proto.tfo.TfoServer` counting into this host's MIB), and an MPTCP server puts a
+    fresh :class:`~mpsim.proto.mptcp.MptcpServerExtension` with ``mptcp_policy`` (whose version
+    must match the kind) on each connection and drops SYN data, as Linux does without TFO. For
+    UNREACHABLE, ``address`` is the last router's: it answers every TCP packet, whatever its
+    destination, with an :class:`IcmpUnreachable` of ``icmp_code``.
     """
 
     def __init__(self, name: str, address: IpAddress, kind: ServerKind, *, rng: Rng,
                  app: ServerApp | None = None, ports: tuple[int, ...] = (80,), interface: str = "eth0",
                  policy: TcpPolicy | None = None, extensions: ExtensionFactory | None = None,
                  syn_data_mode: SynDataPolicy | None = None, tfo_server: TfoServer | None = None,
+                 mptcp_policy: MptcpPolicy | None = None,
                  icmp_code: int = IcmpUnreachableCode.HOST_UNREACHABLE) -> None:
         super().__init__(name, {interface: address}, rng=rng, policy=policy)
         self.kind = kind
@@ -202,26 +214,44 @@ class ServerHost(Host):
         self.icmp_code = icmp_code
         self.icmp_sent = 0
         self.tfo_server: TfoServer | None = None
+        self.mptcp_policy: MptcpPolicy | None = None
         if kind in (ServerKind.CLOSED, ServerKind.UNREACHABLE):
             return
-        if kind is ServerKind.TFO and extensions is None and syn_data_mode is None:
-            self.tfo_server = tfo_server if tfo_server is not None else TfoServer(rng, mib=self.mib)
-            extensions, syn_data_mode = self.tfo_server.extensions_for, self.tfo_server.syn_data_mode
         if kind in _LEGACY_MODES:
             if extensions is not None or syn_data_mode is not None:
                 raise ValueError(f"{kind.value} servers take no extensions or SYN-data policy")
             syn_data_mode = fixed_syn_data_mode(_LEGACY_MODES[kind])
-        elif extensions is None or (kind is ServerKind.TFO and syn_data_mode is None):
-            needs = "extensions and syn_data_mode" if kind is ServerKind.TFO else "extensions"
-            raise ValueError(f"a {kind.value} server needs {needs}")
+        elif kind is ServerKind.TFO:
+            if (extensions is None) != (syn_data_mode is None):
+                raise ValueError("a tfo server takes both extensions and syn_data_mode, or neither")
+            if extensions is None:
+                self.tfo_server = tfo_server if tfo_server is not None else TfoServer(rng, mib=self.mib)
+                extensions, syn_data_mode = self.tfo_server.extensions_for, self.tfo_server.syn_data_mode
+        elif extensions is None:  # MPTCP
+            version = _MPTCP_VERSIONS[kind]
+            if mptcp_policy is not None and mptcp_policy.version != version:
+                raise ValueError(f"a {kind.value} server needs an MptcpPolicy with version {version}")
+            self.mptcp_policy = mptcp_policy or MptcpPolicy(version=version)
+            extensions = self._mptcp_extensions
         for port in ports:
             self.listen(port, ServerListener(self.app, syn_data_mode or fixed_syn_data_mode(SynDataMode.DROP),
                                              extensions or no_extensions))
+
+    def _mptcp_extensions(self, syn: IpPacket, now: float) -> tuple[TcpExtension, ...]:
+        return (MptcpServerExtension(rng=self.rng, mib=self.mib, policy=self.mptcp_policy),)
 
     def receive(self, port: str, packet: Any, now: float) -> None:
         if self.kind is ServerKind.UNREACHABLE:
             if isinstance(packet, IpPacket):
                 self.icmp_sent += 1
-                self._transmit(IcmpUnreachable(packet, self.icmp_code, reporter=self.interfaces[port]))  # type: ignore[arg-type]
+                icmp = IcmpUnreachable(packet, self.icmp_code, reporter=self.interfaces[port])
+                self._transmit(icmp)  # type: ignore[arg-type]
             return
         super().receive(port, packet, now)
+
+    def _collect(self, conn: TcpConnection, now: float) -> None:
+        # Every input of a connection ends here, also those that raise no TCP event (a fallback
+        # seen on a pure ACK) and those that close it. The facts go before the application's
+        # reactions, which raise none (sending only reads the MPTCP state).
+        emit_extension_facts(self, conn)
+        super()._collect(conn, now)

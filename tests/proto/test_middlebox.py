@@ -6,6 +6,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 
+from mpsim.proto.events import FallbackReason, FellBackToTcp
 from mpsim.proto.harness import Harness
 from mpsim.proto.host import Host
 from mpsim.proto.middlebox import (
@@ -30,6 +31,7 @@ from mpsim.proto.middlebox import (
     drop_syns_with_data,
     segment_classes,
 )
+from mpsim.proto.mptcp import MptcpClientExtension
 from mpsim.proto.server import ResponderApp, ServerHost, ServerKind, SinkApp, response_payload
 from mpsim.proto.tcp import (
     Closed,
@@ -52,7 +54,15 @@ from mpsim.wire.options import (
     Timestamps,
     WindowScale,
 )
-from mpsim.wire.segment import IpPacket, TcpFlags, TcpSegment, decode_packet, encode_packet, encode_segment, tcp_checksum
+from mpsim.wire.segment import (
+    IpPacket,
+    TcpFlags,
+    TcpSegment,
+    decode_packet,
+    encode_packet,
+    encode_segment,
+    tcp_checksum,
+)
 
 C = IPv4Address("192.0.2.1")
 S = IPv4Address("198.51.100.1")
@@ -358,6 +368,7 @@ def test_chain_backward_runs_two_way_boxes_in_reverse_order():
     # tuple, i.e. before the NAT maps it back.
     (back,) = chain.backward(synack, 0.0)
     assert (back.dst, back.segment.dst_port, back.segment.ack) == (C, 40000, 2)
+    assert chain.backward.hits == chain.hits == nat.hits + seq.hits == 4  # a side counts on its box
 
 
 def test_every_policy_has_a_distinct_name_and_a_description():
@@ -428,15 +439,17 @@ def test_harness_strip_mpc_on_syn_nop_vs_remove():
         assert server_conn(server).syn.options == conn.syn_options_sent[:-1] + expected
 
 
-def test_harness_unknown_option_syns_dropped_until_the_client_sends_a_plain_syn():
+def test_harness_unknown_option_syns_dropped_until_mptcp_gives_up():
     box = DropUnknownOptionSyns()
     harness, client, server = setup([box])
+    ext = MptcpClientExtension(rng=random.Random(7), mib=client.mib)
     app = Client()
-    client.open(app, C, S, 80, 0.0, extensions=(AddOptions(MPC_SYN, syn_attempts=2),))
-    harness.run(10.0)
-    # SYNs at 0 and 1 s carry MP_CAPABLE and die; the third at 3 s is plain and gets through.
-    assert box.hits == 2
-    assert app.of(Established)[0][0] == pytest.approx(3.0 + RTT_S)
+    client.open(app, C, S, 80, 0.0, extensions=(ext,))
+    harness.run(20.0)
+    # Linux: SYN+MP_CAPABLE at 0, 1 and 3 s die on the path; the plain SYN at 7 s gets through.
+    assert box.hits == 3
+    assert app.of(Established)[0][0] == pytest.approx(7.0 + RTT_S)
+    assert ext.fallback_reason is FallbackReason.MP_CAPABLE_SYN_DROPPED
 
 
 def test_harness_syn_with_data_dropped_then_plain_syn_retransmitted():
@@ -519,14 +532,37 @@ def test_harness_first_synack_dropped_costs_one_syn_timeout():
     assert app.of(Established)[0][0] == pytest.approx(1.0 + RTT_S)
 
 
-def test_harness_mirror_makes_a_legacy_server_look_mptcp_capable():
+def test_harness_mirror_makes_a_legacy_server_look_mptcp_capable_until_data_flows():
     box = MirrorMpCapable(random.Random(4))
     harness, client, server = setup([box.forward], [box.backward])
-    conn = client.open(Client(request=b""), C, S, 80, 0.0, extensions=(AddOptions(MPC_SYN),))
-    harness.run(1.0)
+    ext = MptcpClientExtension(rng=random.Random(7), mib=client.mib)
+    conn = client.open(Client(), C, S, 80, 0.0, extensions=(ext,))
+    harness.run(RTT_S)
     (mpc,) = [o for o in conn.synack.options if isinstance(o, MpCapable)]
-    assert mpc.version == 1 and mpc.sender_key is not None
-    assert conn.state is TcpState.ESTABLISHED and box.hits == 1
+    assert mpc.sender_key is not None and ext.negotiated and box.hits == 1
+    # The request goes out with a DSS, the legacy server ACKs it without one: infinite mapping.
+    harness.run(1.0)
+    assert ext.fallback_reason is FallbackReason.DSS_MISSING and client.mib["InfiniteMapTx"] == 1
+    assert server.app.stream() == b"GET /\n"
+
+
+@pytest.mark.parametrize("where, client_reason, server_reason", [
+    (SegmentClass.SYN, FallbackReason.MP_CAPABLE_MISSING_SYNACK, None),
+    (SegmentClass.SYN_ACK, FallbackReason.MP_CAPABLE_MISSING_SYNACK, FallbackReason.MP_CAPABLE_MISSING_ACK),
+    (SegmentClass.THIRD_ACK, FallbackReason.DSS_MISSING, FallbackReason.MP_CAPABLE_MISSING_ACK),
+    (SegmentClass.DATA, FallbackReason.DSS_MISSING, FallbackReason.DSS_MISSING),
+])
+def test_harness_mptcp_option_stripped_on_one_segment_class(where, client_reason, server_reason):
+    strip = StripOptions({TcpOptionKind.MPTCP}, {where})
+    forward, backward = ([], [strip]) if where is SegmentClass.SYN_ACK else ([strip], [])
+    harness, client, server = setup(forward, backward, kind=ServerKind.MPTCP_V1, app=ResponderApp(3000))
+    ext = MptcpClientExtension(rng=random.Random(7), mib=client.mib)
+    app = Client()
+    client.open(app, C, S, 80, 0.0, extensions=(ext,))
+    harness.run(1.0)
+    assert strip.hits >= 1 and ext.fallback_reason is client_reason
+    assert [f.reason for f in harness.events_of("server", FellBackToTcp)] == ([server_reason] if server_reason else [])
+    assert bytes(app.data) == response_payload(3000)  # whatever the path did, TCP still works
 
 
 def test_harness_unreachable_server_answers_every_syn_with_icmp():

@@ -1,13 +1,23 @@
 """Server kinds and applications: what a SYN (with data) meets at the far end (protocols.md 4.3, 5, 8.6)."""
 
 import random
+from dataclasses import replace
 from ipaddress import IPv4Address
 
 import pytest
 
+from mpsim.proto.events import FallbackReason, FellBackToTcp, MptcpNegotiated
 from mpsim.proto.harness import Harness
 from mpsim.proto.host import Host
-from mpsim.proto.middlebox import IcmpUnreachable, IcmpUnreachableCode, Nat
+from mpsim.proto.middlebox import (
+    IcmpUnreachable,
+    IcmpUnreachableCode,
+    Nat,
+    SegmentClass,
+    SegmentClassifier,
+    StripOptions,
+)
+from mpsim.proto.mptcp import MptcpClientExtension, MptcpPolicy
 from mpsim.proto.server import (
     RequestServed,
     ResponderApp,
@@ -16,7 +26,6 @@ from mpsim.proto.server import (
     SinkApp,
     response_payload,
 )
-from mpsim.proto.tfo import TfoClient
 from mpsim.proto.tcp import (
     Closed,
     DataReceived,
@@ -28,6 +37,8 @@ from mpsim.proto.tcp import (
     TcpPolicy,
     TcpState,
 )
+from mpsim.proto.tfo import TfoClient
+from mpsim.wire.options import TcpOptionKind
 
 C = IPv4Address("192.0.2.1")
 S = IPv4Address("198.51.100.1")
@@ -39,7 +50,7 @@ SIGNAL = b"\x01\x02SIGNAL"
 class Client:
     """Sends ``requests`` (one after the other as soon as established), records events and data."""
 
-    def __init__(self, *requests, close_after_s=None):
+    def __init__(self, *requests):
         self.requests = requests
         self.events = []
         self.data = bytearray()
@@ -117,12 +128,70 @@ class Marker(TcpExtension):
         self.syn = syn
 
 
-def test_protocol_kinds_need_their_hooks():
-    for kind in (ServerKind.MPTCP_V1, ServerKind.MPTCP_V0):
-        with pytest.raises(ValueError):
-            ServerHost("s", S, kind, rng=random.Random(1))
+def test_protocol_hooks_must_fit_the_kind():
     with pytest.raises(ValueError):  # TFO hooks come in pairs: per-SYN data mode and extensions
         ServerHost("s", S, ServerKind.TFO, rng=random.Random(1), extensions=lambda syn, now: ())
+    with pytest.raises(ValueError):
+        ServerHost("s", S, ServerKind.MPTCP_V0, rng=random.Random(1), mptcp_policy=MptcpPolicy(version=1))
+
+
+def mptcp_client(client, version=1):
+    return MptcpClientExtension(rng=random.Random(7), mib=client.mib, policy=MptcpPolicy(version=version))
+
+
+@pytest.mark.parametrize("version", [1, 0])
+def test_mptcp_server_negotiates_its_own_version(version):
+    kind = ServerKind.MPTCP_V1 if version == 1 else ServerKind.MPTCP_V0
+    harness, client, server = setup(kind, app=ResponderApp(3000))
+    ext = mptcp_client(client, version)
+    client_app = Client(b"GET /\n")
+    client.open(client_app, C, S, 80, 0.0, extensions=(ext,))
+    harness.run(1.0)
+    assert ext.negotiated and ext.version == version
+    server_facts = [e for e in harness.events_of("server") if isinstance(e, (MptcpNegotiated, RequestServed))]
+    assert [type(e) for e in server_facts] == [MptcpNegotiated, RequestServed]
+    assert server_facts[0].version == version
+    assert bytes(client_app.data) == response_payload(3000)
+
+
+def test_mptcp_server_reports_a_fallback_seen_on_a_pure_ack():
+    # A box strips MPTCP options from the client's later pure ACKs only: the server sees its
+    # response ACKed without a Data ACK, on a segment that raises no TCP event at all.
+    classifier = SegmentClassifier()
+
+    def strip_from_later_pure_acks(packet, now):
+        if classifier.classify(packet) != {SegmentClass.ANY}:
+            return [packet]
+        return [replace(packet, segment=replace(packet.segment, options=()))]
+
+    harness, client, server = setup(ServerKind.MPTCP_V1, app=ResponderApp(3000),
+                                    forward=[strip_from_later_pure_acks])
+    client.open(Client(b"GET /\n"), C, S, 80, 0.0, extensions=(mptcp_client(client),))
+    harness.run(1.0)
+    ((time_s, _, fact),) = [(t, n, e) for t, n, e in harness.events if n == "server" and isinstance(e, FellBackToTcp)]
+    assert fact.reason is FallbackReason.DSS_MISSING and time_s == pytest.approx(5 * ONE_WAY_S)
+
+
+def test_mptcp_server_facts_precede_the_applications_reaction_to_the_same_segment():
+    # The request arrives without a DSS (stripped on data): the fallback and the response are
+    # both caused by that one segment; the trace must read cause first.
+    harness, client, server = setup(ServerKind.MPTCP_V1, app=ResponderApp(100),
+                                    forward=[StripOptions({TcpOptionKind.MPTCP}, {SegmentClass.DATA})])
+    client.open(Client(b"GET /\n"), C, S, 80, 0.0, extensions=(mptcp_client(client),))
+    harness.run(1.0)
+    facts = [e for e in harness.events_of("server") if isinstance(e, (FellBackToTcp, RequestServed))]
+    assert [type(e) for e in facts] == [FellBackToTcp, RequestServed]
+
+
+def test_mptcp_v0_only_server_ignores_a_v1_syn_which_looks_like_stripping():
+    harness, client, server = setup(ServerKind.MPTCP_V0, app=ResponderApp(100))
+    ext = mptcp_client(client, version=1)
+    client_app = Client(b"GET /\n")
+    client.open(client_app, C, S, 80, 0.0, extensions=(ext,))
+    harness.run(1.0)
+    assert ext.fallback_reason is FallbackReason.MP_CAPABLE_MISSING_SYNACK
+    assert [f.reason for f in harness.events_of("server", FellBackToTcp)] == [FallbackReason.MPTCP_VERSION_UNSUPPORTED]
+    assert bytes(client_app.data) == response_payload(100)  # plain TCP works
 
 
 def test_tfo_server_issues_a_cookie_then_accepts_syn_data_before_the_handshake_ends():
