@@ -39,22 +39,28 @@ from ipaddress import IPv4Network, IPv6Network, ip_network
 from mpsim.proto.errors import LocalProtocolError
 from mpsim.proto.events import FallbackReason
 from mpsim.proto.host import Acceptance, Host
+from mpsim.proto.relay import (
+    AcceptUpstream,
+    CloseDownstream,
+    CloseUpstream,
+    ConverterTiming,
+    IgnoreUpstream,
+    OpenDownstream,
+    RelayDecision,
+    RelayHost,
+    ResetDownstream,
+    ResetUpstream,
+    RetransmitDownstreamSyn,
+    SendDownstream,
+    SendUpstream,
+    UpstreamResetReason,
+)
 from mpsim.proto.tcp import (
-    DataReceived,
-    Established,
     IpAddress,
-    PeerClosed,
-    ResetReceived,
     Rng,
-    SynDataMode,
-    SynRetransmissionReceived,
     TcpConnection,
-    TcpEvent,
     TcpExtension,
     TcpPolicy,
-    TcpState,
-    TimedOut,
-    reset_for,
 )
 from mpsim.wire.convert import (
     CONVERT_VERSION,
@@ -81,6 +87,12 @@ from mpsim.wire.errors import InvalidValueError, MalformedError, TruncatedError
 from mpsim.wire.options import EndOfOptionList, Experimental, FastOpen, TcpOptionKind, UnknownOption
 from mpsim.wire.segment import IpPacket, TcpSegment
 
+__all__ = [  # the relay names this module re-exports, besides its own
+    "AcceptUpstream", "CloseDownstream", "CloseUpstream", "ConverterTiming", "IgnoreUpstream", "OpenDownstream",
+    "ResetDownstream", "ResetUpstream", "RetransmitDownstreamSyn", "SendDownstream", "SendUpstream",
+    "UpstreamResetReason",
+]
+
 #: The converter's cookie: an HMAC of the client address cut to two words (like a TFO cookie, and
 #: a whole number of words, as the Cookie TLV needs: RFC 8803 6.2.7).
 COOKIE_BYTES = 8
@@ -105,13 +117,6 @@ def _echo(message: bytes) -> bytes:
 
 
 # --- converter policy and shared state ----------------------------------------------------------
-
-
-class ConverterTiming(enum.Enum):
-    """When the converter answers the client's SYN."""
-
-    RFC = "rfc"  # RFC 8803 4.2: the SYN-ACK waits for the server's and carries the reply
-    SOCKET = "socket"  # Linux sockets: the kernel answers at once; the reply is the first data
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,86 +188,9 @@ class Converter:
         return hmac.compare_digest(cookie, self.cookie_for(client_address))
 
 
-# --- decisions: what a session asks its driver to do --------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class AcceptUpstream:
-    """Answer the client's SYN now, with no Convert reply yet (RFC timing; sockets: nothing to do)."""
-
-
-@dataclass(frozen=True, slots=True)
-class IgnoreUpstream:
-    """Drop the client's SYN silently: no SYN-ACK, no RST (RFC timing; not Convert data)."""
-
-
-@dataclass(frozen=True, slots=True)
-class OpenDownstream:
-    """Connect to the server. ``requested_options`` are the client's Connect options minus the
-    kinds section 7 says to ignore: an empty value asks the converter for a value of its own (a TFO
-    cookie request, "use MPTCP"), a value is copied verbatim (a TFO cookie). ``syn_payload`` is
-    user data for the SYN: only with a TFO cookie, which is what makes SYN data acceptable."""
-
-    address: IpAddress
-    port: int
-    requested_options: tuple[ConnectOption, ...] = ()
-    syn_payload: bytes = b""
-
-    def requested(self, kind: int) -> ConnectOption | None:
-        return next((o for o in self.requested_options if o.kind == kind), None)
-
-    @property
-    def mptcp(self) -> bool:
-        """The client asked for MPTCP towards the server (kind 30)."""
-        return self.requested(TcpOptionKind.MPTCP) is not None
-
-
-@dataclass(frozen=True, slots=True)
-class RetransmitDownstreamSyn:
-    """The client retransmitted its SYN: retransmit the downstream SYN (RFC 8803 9.3, RFC timing)."""
-
-
-@dataclass(frozen=True, slots=True)
-class SendUpstream:
-    """Bytes for the client. ``reply`` is the Convert message they start with, if they do."""
-
-    data: bytes
-    reply: ConvertMessage | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SendDownstream:
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class CloseUpstream:
-    """FIN towards the client (after an error: the client sends the RST, section 6.2.8)."""
-
-
-@dataclass(frozen=True, slots=True)
-class CloseDownstream:
-    """FIN towards the server."""
-
-
-class UpstreamResetReason(enum.Enum):
-    ZERO_TOTAL_LENGTH = "zero_total_length"  # RFC 8803 6.1: MUST reset
-    DOWNSTREAM_RESET = "downstream_reset"  # the server reset a relayed connection (MPTCP: MP_FASTCLOSE)
-    DOWNSTREAM_FAILED = "downstream_failed"  # the server's connection timed out or became unreachable
-
-
-@dataclass(frozen=True, slots=True)
-class ResetUpstream:
-    reason: UpstreamResetReason
-
-
-@dataclass(frozen=True, slots=True)
-class ResetDownstream:
-    """Abort the downstream connection or attempt (RST if the server knows it)."""
-
-
-ConverterDecision = (AcceptUpstream | IgnoreUpstream | OpenDownstream | RetransmitDownstreamSyn | SendUpstream
-                     | SendDownstream | CloseUpstream | CloseDownstream | ResetUpstream | ResetDownstream)
+#: What a :class:`ConverterSession` asks its driver to do (the decisions live in
+#: :mod:`mpsim.proto.relay`, shared by every proxy, and are re-exported here).
+ConverterDecision = RelayDecision
 
 
 # --- the converter session ----------------------------------------------------------------------
@@ -906,136 +834,11 @@ class RelayConnectOptions(TcpExtension):
         return self.options
 
 
-class _ConvertRelay:
-    """Owner of one upstream connection and its downstream connection: feeds the session the
-    events of both and applies its decisions to them."""
-
-    def __init__(self, host: ConverterHost, session: ConverterSession, syn_packet: IpPacket) -> None:
-        self.host = host
-        self.session = session
-        seg = syn_packet.segment
-        self.upstream_key = (syn_packet.dst, seg.dst_port, syn_packet.src, seg.src_port)
-        self.client = (syn_packet.src, seg.src_port)
-        self.upstream: TcpConnection | None = None
-        self.downstream: TcpConnection | None = None
-        self.synack_withheld = host.converter.policy.timing is ConverterTiming.RFC
-        self.syn_fed = False
-
-    def start(self, now: float) -> None:
-        """After the host created the upstream connection: an empty SYN payload produced no
-        DataReceived, but the session must still see its (empty) SYN payload."""
-        self.upstream = self.upstream or self.host.connections.get(self.upstream_key)
-        if not self.syn_fed and self.upstream is not None:
-            self.syn_fed = True
-            self.session.receive_upstream(b"", now)
-            self.apply(now, current=None)
-
-    def on_tcp_event(self, host: Host, conn: TcpConnection, event: TcpEvent, now: float) -> None:
-        if self.upstream is None:
-            self.upstream = conn
-        s = self.session
-        if conn is self.upstream:
-            if isinstance(event, DataReceived):
-                self.syn_fed = True
-                s.receive_upstream(event.data, now)
-            elif isinstance(event, PeerClosed):
-                s.upstream_closed(now)
-            elif isinstance(event, (ResetReceived, TimedOut)):
-                s.upstream_reset(now)
-            elif isinstance(event, SynRetransmissionReceived):
-                s.upstream_syn_retransmitted(now)
-        elif isinstance(event, Established):
-            assert conn.synack is not None
-            s.downstream_connected(now, conn.synack.options)
-        elif isinstance(event, DataReceived):
-            s.downstream_data(event.data)
-        elif isinstance(event, PeerClosed):
-            s.downstream_closed()
-        elif isinstance(event, ResetReceived):
-            s.downstream_reset(now)
-        elif isinstance(event, TimedOut):
-            s.downstream_timeout(now)
-        self.apply(now, current=conn)
-
-    def apply(self, now: float, current: TcpConnection | None) -> None:
-        """Carry out the session's decisions, then flush the connections acted on (the host
-        flushes ``current``, whose event it is delivering, itself)."""
-        host, up = self.host, self.upstream
-        assert up is not None
-        while (decision := self.session.next_decision()) is not None:
-            match decision:
-                case AcceptUpstream():
-                    self._release_synack(now, b"")
-                case IgnoreUpstream():
-                    host.abort(up, now)  # a withheld SYN-ACK: the abort sends nothing
-                case SendUpstream(data=data, reply=reply):
-                    if reply is not None:
-                        error = reply.tlv(ErrorTlv)
-                        host.emit(ConverterReplied(self.client, self.session.destination,
-                                                   None if error is None else error.code))
-                    if self.synack_withheld:
-                        self._release_synack(now, data)
-                    elif up.state is not TcpState.CLOSED:
-                        up.send(data, now)
-                case CloseUpstream():
-                    if up.state is not TcpState.CLOSED:
-                        up.close(now)
-                case ResetUpstream(reason=reason):
-                    self._reset_upstream(reason, now)
-                case OpenDownstream():
-                    self._open_downstream(decision, now)
-                case RetransmitDownstreamSyn():
-                    if self.downstream is not None and self.downstream.state is TcpState.SYN_SENT:
-                        self.downstream.retransmit_syn(now)
-                case SendDownstream(data=data):
-                    assert self.downstream is not None
-                    self.downstream.send(data, now)
-                case CloseDownstream():
-                    if self.downstream is not None and self.downstream.state is not TcpState.CLOSED:
-                        self.downstream.close(now)
-                case ResetDownstream():
-                    if self.downstream is not None:
-                        host.abort(self.downstream, now)
-        for conn in (up, self.downstream):
-            if conn is not None and conn is not current:
-                host.collect(conn, now)
-        if self.session.state is SessionState.DONE:
-            host.relays.pop(self, None)
-
-    def _release_synack(self, now: float, payload: bytes) -> None:
-        if self.synack_withheld and self.upstream is not None:
-            self.synack_withheld = False
-            self.upstream.send_synack(now, payload)
-
-    def _reset_upstream(self, reason: UpstreamResetReason, now: float) -> None:
-        up = self.upstream
-        assert up is not None and up.syn is not None
-        if self.synack_withheld:
-            # A withheld SYN-ACK cannot be followed by an RST on the connection: answer the SYN itself.
-            self.host.abort(up, now)
-            self.host.send_rst_for_syn(IpPacket(up.remote_addr, up.local_addr, up.syn))
-        elif reason is UpstreamResetReason.DOWNSTREAM_RESET and self.host.on_downstream_reset is not None:
-            self.host.on_downstream_reset(self.host, up, now)
-        else:
-            self.host.abort(up, now)
-
-    def _open_downstream(self, request: OpenDownstream, now: float) -> None:
-        host = self.host
-        source = next((host.interfaces[i] for i in host.server_interfaces
-                       if host.interfaces[i].version == request.address.version), None)
-        if source is None:  # no route for this address family: a forwarding failure (Error 65)
-            self.session.downstream_failed(now)
-            return
-        extensions = (RelayConnectOptions(request.requested_options),) + host.downstream_extensions(request)
-        self.downstream = host.open(self, source, request.address, request.port, now,
-                                    syn_payload=request.syn_payload, extensions=extensions,
-                                    policy=host.downstream_policy)
-
-
-class ConverterHost(Host):
-    """A converter in the simulator: a :class:`Host` listening on ``convert_port``, one
-    :class:`ConverterSession` per upstream SYN, downstream connections from its server-facing
-    interfaces (``server_interfaces``: the first of the destination's address family is used).
+class ConverterHost(RelayHost):
+    """A converter in the simulator: a :class:`~mpsim.proto.relay.RelayHost` listening on
+    ``convert_port``, one :class:`ConverterSession` per upstream SYN, downstream connections from
+    its server-facing interfaces (``server_interfaces``: the first of the destination's address
+    family is used).
 
     Timing (``policy.timing``): RFC timing withholds the upstream SYN-ACK until the session
     replies, and the downstream SYN has no retransmission timer of its own: it is retransmitted
@@ -1053,73 +856,21 @@ class ConverterHost(Host):
                  upstream_extensions: Callable[[IpPacket], tuple[TcpExtension, ...]] | None = None,
                  downstream_extensions: Callable[[OpenDownstream], tuple[TcpExtension, ...]] | None = None,
                  on_downstream_reset: Callable[[ConverterHost, TcpConnection, float], None] | None = None) -> None:
-        super().__init__(name, interfaces, rng=rng, policy=tcp_policy)
-        unknown = [i for i in server_interfaces if i not in interfaces]
-        if unknown or not server_interfaces:
-            raise ValueError(f"{name}: server_interfaces {list(server_interfaces)} must name interfaces")
+        super().__init__(name, interfaces, rng=rng, server_interfaces=server_interfaces, timing=policy.timing,
+                         tcp_policy=tcp_policy, upstream_extensions=upstream_extensions,
+                         downstream_extensions=downstream_extensions, on_downstream_reset=on_downstream_reset)
         if TcpOptionKind.MPTCP in policy.supported_kinds and downstream_extensions is None:
             raise ValueError(f"{name}: converting MPTCP (kind 30) needs downstream_extensions that provide it")
         self.converter = Converter(policy, rng)
         self.convert_port = convert_port
-        self.server_interfaces = tuple(server_interfaces)
-        self.upstream_extensions = upstream_extensions or (lambda packet: ())
-        self.downstream_extensions = downstream_extensions or (lambda request: ())
-        self.on_downstream_reset = on_downstream_reset
-        self.downstream_policy = (replace(self.policy, syn_retransmission_timer=False)
-                                  if policy.timing is ConverterTiming.RFC else self.policy)
-        self.relays: dict[_ConvertRelay, None] = {}  # live sessions, in arrival order (determinism)
-        self._starting: list[_ConvertRelay] = []
         self.listen(convert_port, self)
 
     def on_syn(self, host: Host, packet: IpPacket, now: float) -> Acceptance:
-        relay = _ConvertRelay(self, self.converter.session(packet.src, now), packet)
-        self.relays[relay] = None
-        self._starting.append(relay)
-        return Acceptance(relay, syn_data_mode=SynDataMode.ACCEPT,
-                          withhold_synack=self.converter.policy.timing is ConverterTiming.RFC,
-                          extensions=self.upstream_extensions(packet))
+        return self.accept(self.converter.session(packet.src, now), packet)
 
-    def receive(self, port: str, packet: IpPacket, now: float) -> None:
-        super().receive(port, packet, now)
-        starting, self._starting = self._starting, []
-        for relay in starting:
-            relay.start(now)
+    def downstream_extensions_for(self, request: OpenDownstream) -> tuple[TcpExtension, ...]:
+        return (RelayConnectOptions(request.requested_options),) + self.downstream_extensions(request)
 
-    def get_timer(self) -> float | None:
-        deadlines = [d for r in self.relays if (d := r.session.get_timer()) is not None]
-        own = super().get_timer()
-        return min(deadlines + ([own] if own is not None else []), default=None)
-
-    def handle_timer(self, now: float) -> None:
-        super().handle_timer(now)
-        for relay in list(self.relays):
-            deadline = relay.session.get_timer()
-            if deadline is not None and deadline <= now:
-                relay.session.handle_timer(now)
-                relay.apply(now, current=None)
-
-    def on_icmp(self, port: str, message, now: float) -> None:
-        """A Destination Unreachable quoting one of our downstream segments (``message.original``,
-        ``.code``, ``.hard``, as :class:`mpsim.proto.middlebox.IcmpUnreachable` has them). While
-        connecting, any code ends the attempt (RFC 8803 4.2 counts network, host and port
-        unreachable as hard; Linux aborts SYN-SENT on any); once relaying, only hard errors do
-        (RFC 5461: soft errors are retransmitted through)."""
-        super().on_icmp(port, message, now)
-        original = message.original
-        key = (original.src, original.segment.src_port, original.dst, original.segment.dst_port)
-        conn = self.connections.get(key)
-        if conn is not None and (conn.state is TcpState.SYN_SENT or message.hard):
-            self.downstream_unreachable(conn, message.code, now)
-
-    def downstream_unreachable(self, conn: TcpConnection, icmp_code: int, now: float) -> None:
-        """An ICMP error that ends downstream connection ``conn`` (Error 97 while connecting)."""
-        relay = self.owners.get(id(conn))
-        if isinstance(relay, _ConvertRelay) and conn is relay.downstream:
-            relay.session.downstream_unreachable(now, icmp_code)
-            relay.apply(now, current=None)
-
-    def send_rst_for_syn(self, syn_packet: IpPacket) -> None:
-        """Answer a SYN with RST (RFC 9293 3.10.7.1), for a connection whose SYN-ACK never left."""
-        rst = reset_for(syn_packet)
-        if rst is not None:
-            self._transmit(rst)
+    def on_upstream_reply(self, relay, reply: ConvertMessage, now: float) -> None:
+        error = reply.tlv(ErrorTlv)
+        self.emit(ConverterReplied(relay.client, relay.session.destination, None if error is None else error.code))

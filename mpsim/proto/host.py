@@ -190,10 +190,20 @@ class Host:
         return self._events.popleft() if self._events else None
 
     def on_icmp(self, port: str, message: Any, now: float) -> None:
-        """An ICMP error arrived (:class:`mpsim.proto.middlebox.IcmpUnreachable`). Counted and
-        otherwise ignored, so connections retransmit until they time out; subclasses (a converter,
-        a client scheme) may react, e.g. abort the quoted connection as Linux does in SYN-SENT."""
+        """An ICMP error arrived (:class:`mpsim.proto.middlebox.IcmpUnreachable`): counted, and
+        handed to :meth:`connection_unreachable` when it quotes one of our connections."""
         self.mib["IcmpInDestUnreachs"] += 1
+        original = message.original
+        conn = self.connections.get((original.src, original.segment.src_port, original.dst,
+                                     original.segment.dst_port))
+        if conn is not None:
+            self.connection_unreachable(conn, message, now)
+
+    def connection_unreachable(self, conn: TcpConnection, message: Any, now: float) -> None:
+        """An ICMP error quoted a segment of ``conn``; by default the connection decides (it ends
+        an attempt in SYN-SENT, as Linux does)."""
+        conn.icmp_unreachable(message.code, now)
+        self._collect(conn, now)
 
     # --- for owners and subclasses ------------------------------------------------------------
 

@@ -58,6 +58,9 @@ IpAddress = IPv4Address | IPv6Address
 _MIN_SND_MSS_BYTES = 48  # Linux net.ipv4.tcp_min_snd_mss: a smaller advertised MSS is raised to this
 
 
+_ICMP_FRAGMENTATION_NEEDED = 4  # RFC 792; the codes themselves live with the ICMP message in middlebox.py
+
+
 class Rng(Protocol):
     """The random source a machine is handed (a seeded ``random.Random`` in practice)."""
 
@@ -173,6 +176,13 @@ class TimedOut:
 
 
 @dataclass(frozen=True, slots=True)
+class Unreachable:
+    """An ICMP Destination Unreachable ended the connection attempt (``icmp_code``, RFC 792)."""
+
+    icmp_code: int
+
+
+@dataclass(frozen=True, slots=True)
 class SynRetransmissionReceived:
     """The peer retransmitted its SYN while our SYN-ACK was withheld (RFC 8803 9.3 needs this)."""
 
@@ -183,6 +193,7 @@ class CloseReason(enum.Enum):
     RESET_RECEIVED = "reset_received"
     ABORTED = "aborted"  # we sent RST (or gave up in SYN-SENT)
     TIMED_OUT = "timed_out"
+    UNREACHABLE = "unreachable"  # an ICMP error while connecting
     REOPENED = "reopened"  # in TIME-WAIT, a new SYN took the 4-tuple over (RFC 1122 4.2.2.13)
 
 
@@ -198,7 +209,8 @@ class Closed:
         return self.reason in (CloseReason.TIME_WAIT_EXPIRED, CloseReason.LAST_ACK, CloseReason.REOPENED)
 
 
-TcpEvent = Established | DataReceived | PeerClosed | ResetReceived | TimedOut | SynRetransmissionReceived | Closed
+TcpEvent = (Established | DataReceived | PeerClosed | ResetReceived | TimedOut | Unreachable
+            | SynRetransmissionReceived | Closed)
 
 
 class TcpExtension:
@@ -432,6 +444,16 @@ class TcpConnection:
         if not (self.state is TcpState.SYN_RECEIVED and self._synack_withheld):
             self._send_rst(self.snd_nxt)
         self._finish(now, CloseReason.ABORTED)
+
+    def icmp_unreachable(self, icmp_code: int, now: float) -> None:
+        """An ICMP Destination Unreachable quoting our segment. Linux (tcp_v4_err) ends a connection
+        in SYN-SENT on it, whatever the code except Fragmentation Needed (a PMTU matter);
+        synchronized connections keep retransmitting (RFC 5461: the errors are soft there)."""
+        if self.state is not TcpState.SYN_SENT or icmp_code == _ICMP_FRAGMENTATION_NEEDED:
+            return
+        self._now_s = now
+        self._events.append(Unreachable(icmp_code))
+        self._finish(now, CloseReason.UNREACHABLE)
 
     def send_ack(self, now: float) -> None:
         """Send a bare ACK now, with the extensions' options (MPTCP MP_FASTCLOSE rides on one)."""
@@ -951,7 +973,7 @@ class TcpConnection:
 TCP_TRANSITIONS: dict[TcpState, dict[TcpState, str]] = {
     TcpState.CLOSED: {TcpState.SYN_SENT: "connect: send SYN", TcpState.SYN_RECEIVED: "SYN at a listener: send SYN-ACK"},
     TcpState.SYN_SENT: {TcpState.ESTABLISHED: "acceptable SYN-ACK: send ACK",
-                        TcpState.CLOSED: "RST, SYN retries exhausted, abort, or close"},
+                        TcpState.CLOSED: "RST, ICMP unreachable, SYN retries exhausted, abort, or close"},
     TcpState.SYN_RECEIVED: {TcpState.ESTABLISHED: "ACK of our SYN",
                             TcpState.FIN_WAIT_1: "ACK of our SYN after close(): send FIN",
                             TcpState.CLOSED: "RST, SYN-ACK retries exhausted, or abort"},

@@ -42,6 +42,7 @@ from mpsim.proto.tcp import (
     TcpExtension,
     TcpPolicy,
     TcpState,
+    Unreachable,
 )
 from mpsim.wire.mptcp import MpCapable, MpCapableFlags
 from mpsim.wire.options import (
@@ -567,10 +568,13 @@ def test_harness_mptcp_option_stripped_on_one_segment_class(where, client_reason
 
 def test_harness_unreachable_server_answers_every_syn_with_icmp():
     harness, client, _ = setup(kind=ServerKind.UNREACHABLE)
-    conn = client.open(Client(), C, S, 80, 0.0, policy=TcpPolicy(syn_retries=2))
+    app = Client()
+    conn = client.open(app, C, S, 80, 0.0, policy=TcpPolicy(syn_retries=2))
     harness.run(10.0)
-    assert client.mib["IcmpInDestUnreachs"] == conn.syns_sent == 3
-    assert client.connections == {}  # ICMP ignored: the SYN retransmissions ran out instead
+    # Linux (tcp_v4_err) ends a connection in SYN-SENT on the first Destination Unreachable.
+    assert client.mib["IcmpInDestUnreachs"] == conn.syns_sent == 1
+    assert [event for _, event in app.of(Unreachable)] == [Unreachable(IcmpUnreachableCode.HOST_UNREACHABLE)]
+    assert client.connections == {}
 
 
 def test_harness_closed_port_refuses():
