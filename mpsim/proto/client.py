@@ -37,7 +37,6 @@ from mpsim.proto.convert import (
     ConvertClientPolicy,
     ConvertReaction,
     ConvertSynAckCheck,
-    ReplyStatus,
 )
 from mpsim.proto.events import FallbackReason, Outcome
 from mpsim.proto.host import Host
@@ -59,15 +58,21 @@ from mpsim.proto.tcp import (
     TimedOut,
     syn_base_options,
 )
+from mpsim.proto.socks5_proxy import Socks5ClientExchange, Socks5Result
 from mpsim.proto.tfo import TfoClient, TfoPolicy
 from mpsim.wire.convert import ConnectOption
 from mpsim.wire.mp_convert import MpConvert, mp_convert_from_option
 from mpsim.wire.mptcp import MpCapable
 from mpsim.wire.options import TCP_OPTION_SPACE_BYTES, TcpOptionKind, option_space_bytes
 from mpsim.wire.segment import TcpSegment
+from mpsim.wire.socks5 import Socks5Reply
 from mpsim.wire.syn_payload import SynPayloadSignal, encode_syn_payload
 
 Proxy = tuple[IpAddress, int]
+#: SOCKS5 replies that report the server's answer, not the proxy's state: network or host
+#: unreachable, connection refused (RFC 1928 6). Like Convert's Error 96/97 they end the request.
+_SOCKS5_SERVER_ANSWERS = frozenset({Socks5Reply.NETWORK_UNREACHABLE, Socks5Reply.HOST_UNREACHABLE,
+                                    Socks5Reply.CONNECTION_REFUSED})
 
 
 class Scheme(enum.Enum):
@@ -107,6 +112,11 @@ class ClientPolicy:
     bypass_mptcp_servers: bool = True  # go direct to servers learned MPTCP-capable (RFC 8803 5)
     convert_info_first: bool = False  # send an Info TLV on the first connection to each converter
     tfo_to_server: bool = False  # use TFO towards servers: directly, or through the converter's Connect TLV
+    # Ask the converter for MPTCP towards the server (an empty kind-30 entry in the Connect TLV, RFC
+    # 8803 7): the server's MP_CAPABLE then comes back in the Extended TCP Header, which is how a
+    # client learns it may bypass the converter (section 5, Figure 11). Off by default because a
+    # converter that does not convert MPTCP answers Error 33 and costs a retry.
+    mptcp_to_server: bool = False
     proxy_syn_retries: int = 2  # SYNs to a proxy at 0, 1, 3 s; then give up on it (RFC silent)
     reply_timeout_s: float = 10.0  # wait for the Convert / SOCKS5 reply after the handshake
     max_attempts: int = 6  # a bound on fallbacks and retries for one request
@@ -125,8 +135,11 @@ class Request:
     request_size_bytes: int = 100
     response_size_bytes: int = 1000
     scheme: Scheme | None = None  # None: the client policy's scheme
+    data: bytes = b""  # the request's bytes; empty: a generated one of request_size_bytes
 
     def payload(self) -> bytes:
+        if self.data:
+            return self.data
         # A recognisable request the far end can measure; its content does not matter.
         return (b"REQ " + str(self.response_size_bytes).encode() + b"\n").ljust(self.request_size_bytes, b".")
 
@@ -178,7 +191,7 @@ class _Attempt:
     mptcp: MptcpClientExtension | None = None
     exchange: Any = None  # ConvertClientExchange or Socks5ClientExchange
     syn_payload: bytes = b""
-    signal_payload_bytes: int = 0  # of the SYN payload, the signalling (not the request)
+    signal_bytes: int = 0  # signalling this attempt sent (Convert TLVs, EOL options, SOCKS5), not the request
     ready: bool = False
     failed: bool = False
     reason: FallbackReason | None = None  # why the attempt failed, once it has
@@ -196,14 +209,17 @@ class _SignalCheck(TcpExtension):
         return self.logical._judge_signal_synack(self.attempt, conn, synack)
 
 
-class _AddOptions(TcpExtension):
-    """Adds fixed options to the first SYN only (retransmissions drop them, like TFO's)."""
+class _MpConvertOption(TcpExtension):
+    """Puts MP_CONVERT on every SYN that carries MP_CAPABLE: a SYN without MP_CAPABLE cannot ask
+    for an MPTCP conversion, and one without MP_CONVERT is refused by the explicit proxy (so the
+    option may not be dropped from retransmissions the way TFO's is). Must follow ``mptcp`` in
+    the connection's extensions, which decides per SYN first."""
 
-    def __init__(self, options: tuple) -> None:
-        self.options = options
+    def __init__(self, option: Any, mptcp: MptcpClientExtension) -> None:
+        self.option, self.mptcp = option, mptcp
 
     def syn_options(self, conn: TcpConnection, retransmission: int) -> tuple:
-        return self.options if retransmission == 0 else ()
+        return (self.option,) if self.mptcp.fallback_reason is None else ()
 
 
 class LogicalConnection:
@@ -229,7 +245,6 @@ class LogicalConnection:
         self.deadline: float | None = None
         self.finished = False
         self.detail = ""
-        self._connect_options: tuple[ConnectOption, ...] = ()
 
     # --- planning -----------------------------------------------------------------------------
 
@@ -258,7 +273,7 @@ class LogicalConnection:
         proxy = self._next_proxy(now)
         if proxy is None:
             self._fall_back(now, FallbackReason.CONVERTER_CACHED_OFF if self.host.proxies else
-                            FallbackReason.PROXY_FAILED, after_proxy=False)
+                            FallbackReason.PROXY_FAILED)
             return
         self.proxies_tried.append(proxy)
         if self.scheme is Scheme.CONVERT:
@@ -268,7 +283,7 @@ class LogicalConnection:
         else:
             self._open_signalled(now, proxy)
 
-    def _fall_back(self, now: float, reason: FallbackReason, *, after_proxy: bool = True) -> None:
+    def _fall_back(self, now: float, reason: FallbackReason) -> None:
         """The proxy path failed for ``reason``: try the configured fallback on a new port."""
         self.fallback_reason = self.fallback_reason or reason
         if len(self.attempts) >= self.host.client_policy.max_attempts:
@@ -285,6 +300,9 @@ class LogicalConnection:
     # --- opening attempts ----------------------------------------------------------------------
 
     def _new_attempt(self, kind: AttemptKind, proxy: Proxy | None = None) -> _Attempt:
+        # The reply deadline belongs to the attempt that set it: left armed, it would cut a
+        # fallback attempt short (a direct SYN still retrying when the old deadline passes).
+        self.deadline = None
         attempt = _Attempt(kind, proxy=proxy)
         self.attempts.append(attempt)
         return attempt
@@ -335,7 +353,7 @@ class LogicalConnection:
                                        info=self.host.client_policy.convert_info_first and first_time,
                                        cookie=entry.cookie, options=options, app_data=self.payload)
         self.host.converters_seen.add(proxy)
-        attempt.signal_payload_bytes = len(payload) - len(self.payload)
+        attempt.signal_bytes = len(payload) - len(self.payload)
         extensions = (ConvertSynAckCheck(exchange),)
         if self.host.client_policy.upstream_mptcp:
             extensions += self._mptcp_extension(attempt)
@@ -344,12 +362,16 @@ class LogicalConnection:
         self.host.collect(attempt.conn, now)
 
     def _connect_options_for(self, proxy: Proxy, unsupported: tuple[int, ...]) -> tuple[ConnectOption, ...]:
-        """Extended Connect entries: the server's TFO through the converter (RFC 8803 7: an empty
-        option asks for a cookie, a cookie is copied verbatim), unless the converter refused TFO."""
-        if not self.host.client_policy.tfo_to_server or TcpOptionKind.TFO in unsupported:
-            return ()
-        cookie = self.host.converter_tfo_cookies.get((proxy, self.request.destination), b"")
-        return (ConnectOption(TcpOptionKind.TFO, cookie),)
+        """Extended Connect entries (RFC 8803 7), minus the kinds the converter refused (Error 33):
+        MPTCP towards the server, and the server's TFO (an empty option asks for a cookie, a cookie
+        learned through this converter is copied verbatim)."""
+        policy, options = self.host.client_policy, ()
+        if policy.mptcp_to_server and TcpOptionKind.MPTCP not in unsupported:
+            options += (ConnectOption(TcpOptionKind.MPTCP),)
+        if policy.tfo_to_server and TcpOptionKind.TFO not in unsupported:
+            cookie = self.host.converter_tfo_cookies.get((proxy, self.request.destination), b"")
+            options += (ConnectOption(TcpOptionKind.TFO, cookie),)
+        return options
 
     def _open_signalled(self, now: float, proxy: Proxy | None) -> None:
         """mp-convert-option or syn-payload-eol, explicit (to ``proxy``) or implicit (proxy None:
@@ -372,10 +394,11 @@ class LogicalConnection:
                 self.detail = f"MP_CONVERT needs {needed} option bytes of {TCP_OPTION_SPACE_BYTES}"
                 self._fall_back(now, FallbackReason.SIGNAL_DOES_NOT_FIT)
                 return
-            extensions += (_AddOptions((signal,)),)
+            # As it travels: the MP_EXPERIMENTAL option (a proxy reads it with mp_convert_from_option).
+            extensions += (_MpConvertOption(signal.to_option(), attempt.mptcp),)
         else:
             syn_payload = encode_syn_payload(SynPayloadSignal((signal,), self.payload))
-            attempt.signal_payload_bytes = len(syn_payload) - len(self.payload)
+            attempt.signal_bytes = len(syn_payload) - len(self.payload)
         self._open(attempt, remote, port, now, syn_payload=syn_payload, extensions=extensions,
                    policy=self._proxy_tcp_policy() if not implicit else None)
         if kind is AttemptKind.MP_CONVERT_OPTION:
@@ -383,8 +406,6 @@ class LogicalConnection:
         self.host.collect(attempt.conn, now)
 
     def _open_socks5(self, now: float, proxy: Proxy) -> None:
-        from mpsim.proto.socks5_proxy import Socks5ClientExchange  # the proxy module owns the SOCKS5 client side
-
         attempt = self._new_attempt(AttemptKind.SOCKS5, proxy)
         attempt.exchange = Socks5ClientExchange(self.request.destination, self.request.port)
         extensions = self._mptcp_extension(attempt) if self.host.client_policy.upstream_mptcp else ()
@@ -394,34 +415,32 @@ class LogicalConnection:
     # --- judging what came back ------------------------------------------------------------------
 
     def _judge_signal_synack(self, attempt: _Attempt, conn: TcpConnection, synack: TcpSegment) -> str | None:
-        """Who answered a signalled SYN, and what became of the signalling (protocols.md 2.4, 2.6)."""
-        has_mpc = any(isinstance(o, MpCapable) for o in synack.options)
-        echoed = any(mp_convert_from_option(o) is not None for o in synack.options)
+        """Who answered a signalled SYN, and what became of the signalling (protocols.md 2.4, 2.6).
+
+        What the proxy does is mpsim/proto/mp_convert_proxy.py's: the explicit proxy answers only
+        once the server has (RFC timing), ACKs the whole SYN payload, signalling included, and
+        refuses with RST; the on-path proxy answers as the server, drops SYN data and echoes
+        nothing, so an implicit client cannot tell it from an MPTCP server.
+        """
         acked_all = conn.syn_data_acked_bytes >= len(attempt.syn_payload)
         if attempt.kind is AttemptKind.SYN_PAYLOAD_EOL and not acked_all:
             # The signalling was not taken: Linux would resend it as data after the handshake,
             # where it would reach the server application. Reset instead (RFC 8803 8 does the same).
-            attempt.failed = True
             attempt.reason = FallbackReason.SIGNAL_NOT_ACKED
             return "signalling not acknowledged"
-        if echoed or (attempt.proxy is not None and has_mpc):
-            return None  # a converting proxy answered
-        if has_mpc:
-            return None  # implicit mode, no proxy on the path, but the server itself speaks MPTCP
+        if attempt.proxy is not None or any(mp_convert_from_option(o) is not None for o in synack.options):
+            # A proxy took the request (without MP_CAPABLE in its SYN-ACK our leg is plain TCP,
+            # which a proxy relays when the I flag is clear: the MPTCP extension records why).
+            return None
         if attempt.kind is AttemptKind.SYN_PAYLOAD_EOL and conn.syn_data_acked_bytes:
-            # A legacy host queued the signalling as data: it is in the server's stream now.
+            # Implicit, and the server's own stack ACKed the payload (an on-path proxy drops SYN
+            # data): it queued the signalling as data, MPTCP server or not (RFC 793 / TFO).
             if self.host.client_policy.signal_acked_as_data is SignalAckedAsData.RESET:
-                attempt.failed = True
                 attempt.reason = FallbackReason.SIGNAL_ACKED_AS_DATA
                 return "signalling acknowledged as data"
             self.signal_leaked = True
             self.fallback_reason = FallbackReason.SIGNAL_ACKED_AS_DATA
-            return None
-        if attempt.proxy is not None:
-            attempt.failed = True  # explicit mode: the proxy did not convert (MP_CAPABLE stripped?)
-            attempt.reason = FallbackReason.MP_CAPABLE_MISSING_SYNACK
-            return "proxy answered without MP_CAPABLE"
-        return None  # implicit, nobody converted: the connection simply is plain TCP
+        return None  # implicit: a proxy or the server answered; the connection is what MPTCP made of it
 
     # --- the owner interface -----------------------------------------------------------------------
 
@@ -437,26 +456,48 @@ class LogicalConnection:
         elif isinstance(event, DataReceived):
             self._on_data(attempt, event.data, now)
         elif isinstance(event, PeerClosed):
-            if not attempt.ready:
-                self._attempt_failed(attempt, now, self._reply_missing(attempt))
+            if attempt.ready:  # the far end has said all it will: a short response ends the request too
+                self._complete(attempt, now)
             else:
-                conn.close(now)
+                self._attempt_failed(attempt, now, self._reply_missing(attempt))
         elif isinstance(event, (ResetReceived, TimedOut)):
-            if not attempt.ready or self.first_byte_s is None or self.delivered_bytes < self.request.response_size_bytes:
-                reason = self._failure_reason(attempt, event)
-                attempt.failed = True
-                self._attempt_failed(attempt, now, reason, refused=isinstance(event, ResetReceived) and
-                                     attempt.kind is AttemptKind.DIRECT)
-        elif isinstance(event, Closed) and event.reason is CloseReason.ABORTED \
-                and not attempt.ready and not attempt.aborting:
-            # An extension refused the SYN-ACK (RFC 8803 8 payload check, signalling check, MPTCP v0 retry).
-            self._attempt_failed(attempt, now, attempt.reason or self._exchange_reason(attempt))
+            detail = "refused" if isinstance(event, ResetReceived) and event.refused else \
+                "reset" if isinstance(event, ResetReceived) else f"timed out ({event.what})"
+            self._connection_lost(attempt, now, self._failure_reason(attempt, event), detail)
+        elif isinstance(event, Closed) and event.reason is CloseReason.ABORTED and not attempt.aborting \
+                and not attempt.failed:
+            # An extension aborted the connection: it refused the SYN-ACK (RFC 8803 8 payload
+            # check, signalling check, MPTCP v0 retry), or an MP_FASTCLOSE came (a proxy's reset).
+            self._connection_lost(attempt, now, attempt.reason or self._exchange_reason(attempt),
+                                  "reset (MP_FASTCLOSE)" if attempt.ready else "SYN-ACK refused")
 
-    def _failure_reason(self, attempt: _Attempt, event: TcpEvent) -> FallbackReason:
-        if attempt.kind is AttemptKind.DIRECT:
-            return FallbackReason.PROXY_FAILED
+    def _connection_lost(self, attempt: _Attempt, now: float, reason: FallbackReason | None, detail: str) -> None:
+        if self._reverted_by_proxy(attempt):
+            self._attempt_failed(attempt, now, attempt.mptcp.fallback_reason, detail=detail)
+        elif attempt.ready:
+            # The request was under way: the application sees ECONNRESET or ETIMEDOUT. Replaying
+            # it on another path is not the transport's call, nor is blaming the proxy.
+            self._finish(now, Outcome.FAILED, detail)
+        else:
+            self._attempt_failed(attempt, now, reason, detail=detail)
+
+    def _reverted_by_proxy(self, attempt: _Attempt) -> bool:
+        """An implicit signalled attempt whose MPTCP fell back, reset before any answer came: an
+        on-path proxy enforcing the I flag ("do not revert to TCP") resets both legs, so the
+        request may go again, unsignalled, on a new port (mp_convert_proxy.py, reset_on_revert)."""
+        return attempt.proxy is None and attempt.kind in (AttemptKind.MP_CONVERT_OPTION, AttemptKind.SYN_PAYLOAD_EOL) \
+            and self.first_byte_s is None and attempt.mptcp is not None and attempt.mptcp.fallback_reason is not None
+
+    @staticmethod
+    def _failure_reason(attempt: _Attempt, event: TcpEvent) -> FallbackReason | None:
+        if attempt.kind is AttemptKind.DIRECT or (attempt.proxy is None and isinstance(event, ResetReceived)):
+            # Nothing to fall back from: the server itself refused or stayed silent (implicit: the
+            # SYN went to the server, and an on-path proxy answers for it as the server would).
+            return None
         if isinstance(event, TimedOut):
             return FallbackReason.CONVERTER_SYN_TIMEOUT if event.what == "syn" else FallbackReason.CONVERTER_REPLY_MISSING
+        if attempt.kind is AttemptKind.SOCKS5:
+            return FallbackReason.PROXY_FAILED
         return FallbackReason.CONVERTER_REFUSED
 
     def _exchange_reason(self, attempt: _Attempt) -> FallbackReason:
@@ -470,7 +511,9 @@ class LogicalConnection:
         if attempt.kind in (AttemptKind.DIRECT, AttemptKind.MP_CONVERT_OPTION, AttemptKind.SYN_PAYLOAD_EOL):
             self._path_ready(attempt, now)
         elif attempt.kind is AttemptKind.SOCKS5:
-            attempt.conn.send(attempt.exchange.greeting(), now)
+            greeting = attempt.exchange.greeting()
+            attempt.signal_bytes += len(greeting)
+            attempt.conn.send(greeting, now)
             self.deadline = now + self.host.client_policy.reply_timeout_s
         else:  # CONVERT: the reply comes in the SYN-ACK (RFC timing) or as the first bytes (socket timing)
             self.deadline = now + self.host.client_policy.reply_timeout_s
@@ -503,20 +546,19 @@ class LogicalConnection:
                 self._path_ready(attempt, now)
                 data = reply.app_data
             elif attempt.kind is AttemptKind.SOCKS5:
-                step = attempt.exchange.receive(data)
-                if step.send:
-                    attempt.conn.send(step.send, now)
-                if step.failed:
-                    self.converter_error = step.reply_code
-                    attempt.failed = True
-                    self._abort(attempt, now)
-                    self._attempt_failed(attempt, now, FallbackReason.PROXY_FAILED, refused=step.refused)
+                request = attempt.exchange.receive(data)  # the CONNECT, once the method is agreed
+                if request:
+                    attempt.signal_bytes += len(request)
+                    attempt.conn.send(request, now)
+                result = attempt.exchange.result
+                if result is None:
                     return
-                if not step.ready:
+                if not result.succeeded:
+                    self._react_to_socks5_result(attempt, result, now)
                     return
                 self._path_ready(attempt, now)
                 attempt.conn.send(self.payload, now)
-                data = step.app_data
+                data = result.app_data
             if not data:
                 return
         if self.first_byte_s is None:
@@ -562,6 +604,27 @@ class LogicalConnection:
                 caches.mark_off(proxy, now, reply.fallback_reason or FallbackReason.CONVERTER_REPLY_INVALID)
             self._fall_back(now, reply.fallback_reason or FallbackReason.CONVERTER_REPLY_INVALID)
 
+    def _react_to_socks5_result(self, attempt: _Attempt, result: Socks5Result, now: float) -> None:
+        """A failure reply (RFC 1928 6), read the way RFC 8803 error classes are (protocols.md 8.3):
+        what the server answered ends the request; a ruleset refusal is "not authorized"; a general
+        failure or a timeout is a transient proxy problem (back off); the rest means the proxy
+        cannot serve us (off). RFC 1928 has no Error TLV to carry more."""
+        attempt.failed = True
+        self._abort(attempt, now)
+        code, caches, proxy = result.reply_code, self.host.caches, attempt.proxy
+        self.converter_error = code
+        if code in _SOCKS5_SERVER_ANSWERS:
+            self.fallback_reason = FallbackReason.PROXY_FAILED
+            self._finish(now, Outcome.FAILED, f"socks5 reply {code:#04x}")
+            return
+        if code == Socks5Reply.CONNECTION_NOT_ALLOWED:
+            caches.mark_not_authorized(proxy, now)
+        elif code in (Socks5Reply.GENERAL_FAILURE, Socks5Reply.TTL_EXPIRED):
+            caches.mark_backoff(proxy, now, 0.0)
+        else:  # unsupported command or address type, no acceptable method, not SOCKS5 at all
+            caches.mark_off(proxy, now, FallbackReason.PROXY_FAILED)
+        self._fall_back(now, FallbackReason.PROXY_FAILED)
+
     def _abort(self, attempt: _Attempt, now: float) -> None:
         attempt.aborting = True
         if attempt.conn is not None and attempt.conn.four_tuple in self.host.connections:
@@ -579,20 +642,21 @@ class LogicalConnection:
         return FallbackReason.CONVERTER_REPLY_MISSING
 
     def _attempt_failed(self, attempt: _Attempt, now: float, reason: FallbackReason | None, *,
-                        refused: bool = False) -> None:
-        if self.finished or attempt is not self.attempts[-1]:
+                        detail: str = "") -> None:
+        """The current attempt cannot carry the request: reset it, then retry, fall back or give up."""
+        if self.finished or attempt.failed or attempt is not self.attempts[-1]:
             return
-        reason = reason or FallbackReason.CONVERTER_REPLY_INVALID
-        if attempt.conn is not None:
-            self._abort(attempt, now)
-        if attempt.kind is AttemptKind.DIRECT:
+        attempt.failed = True
+        self._abort(attempt, now)
+        if attempt.kind is AttemptKind.DIRECT or (attempt.proxy is None and reason is None):
             retry = attempt.mptcp.retry_policy if attempt.mptcp is not None else None
             if retry is not None and len(self.attempts) < self.host.client_policy.max_attempts:
-                self.fallback_reason = FallbackReason.MP_CAPABLE_MISSING_SYNACK
+                self.fallback_reason = self.fallback_reason or FallbackReason.MP_CAPABLE_MISSING_SYNACK
                 self._open_direct(now, mptcp=True, mptcp_policy=retry)
                 return
-            self._finish(now, Outcome.FAILED, "refused" if refused else reason.value)
+            self._finish(now, Outcome.FAILED, detail or (reason.value if reason else "failed"))
             return
+        reason = reason or FallbackReason.CONVERTER_REPLY_INVALID
         if attempt.proxy is not None:
             self.host.caches.mark_off(attempt.proxy, now, reason)
         self._fall_back(now, reason)
@@ -605,7 +669,6 @@ class LogicalConnection:
         self.deadline = None
         attempt = self.attempts[-1]
         if not attempt.ready and attempt.conn is not None:
-            attempt.failed = True
             self._attempt_failed(attempt, now, self._reply_missing(attempt))
 
     def _complete(self, attempt: _Attempt, now: float) -> None:
@@ -621,9 +684,11 @@ class LogicalConnection:
             outcome = Outcome.FALLBACK_TCP
             if self.fallback_reason is None and mptcp_ext is not None:
                 self.fallback_reason = mptcp_ext.fallback_reason
-        attempt.conn.close(now)
-        self.host.collect(attempt.conn, now)
-        self._finish(now, outcome)
+        if attempt.conn.state is not TcpState.CLOSED:
+            attempt.conn.close(now)
+            self.host.collect(attempt.conn, now)
+        short = self.delivered_bytes < self.request.response_size_bytes
+        self._finish(now, outcome, f"peer closed after {self.delivered_bytes} response bytes" if short else "")
 
     def _finish(self, now: float, outcome: Outcome, detail: str = "") -> None:
         if self.finished:
@@ -665,7 +730,7 @@ class LogicalConnection:
         total = 0
         for attempt in self.attempts:
             if attempt.conn is not None:
-                total += max(0, attempt.conn.bytes_sent - attempt.signal_payload_bytes)
+                total += max(0, attempt.conn.bytes_sent - attempt.signal_bytes)
         return total
 
 
@@ -709,11 +774,14 @@ class ClientHost(Host):
 
     def reboot(self, now: float) -> None:
         """Volatile state is lost: connections vanish without a RST, caches and TIME-WAIT are gone."""
+        # Forget the connections first, so that ending their requests sends nothing: a host
+        # that lost its memory cannot reset what it no longer knows (the peers find out later).
+        self.connections.clear()
+        self.owners.clear()
+        self._out.clear()
         for logical in self.logical.values():
             if not logical.finished:
                 logical._finish(now, Outcome.FAILED, "host rebooted")
-        self.connections.clear()
-        self.owners.clear()
         self.ports = type(self.ports)(self.rng, self.ports.low, self.ports.high)
         self.caches.host_rebooted()
         self.tfo.cache.clear()

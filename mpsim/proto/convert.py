@@ -31,7 +31,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Network, IPv6Network, ip_network
@@ -44,10 +44,12 @@ from mpsim.proto.relay import (
     CloseDownstream,
     CloseUpstream,
     ConverterTiming,
+    DownstreamFailure,
     IgnoreUpstream,
     OpenDownstream,
     RelayDecision,
     RelayHost,
+    RelaySession,
     ResetDownstream,
     ResetUpstream,
     RetransmitDownstreamSyn,
@@ -216,25 +218,12 @@ SESSION_TRANSITIONS: dict[SessionState, dict[SessionState, str]] = {
     _S.RELAYING: {_S.DONE: "both directions closed, or a reset on either side"},
     _S.DONE: {},
 }
-_LIVE = frozenset({_S.EXPECT_CONVERT_MESSAGE, _S.CONNECTING_DOWNSTREAM, _S.RELAYING})
-#: The states in which each input is legal (h11 style: transitions as data). In DONE every input
-#: is ignored, since a driver may still report events of connections the session has given up on.
-_LEGAL_INPUTS = {
-    "receive_upstream": _LIVE,
-    "upstream_syn_retransmitted": _LIVE,
-    "upstream_closed": _LIVE,
-    "upstream_reset": _LIVE,
-    "downstream_connected": frozenset({_S.CONNECTING_DOWNSTREAM}),
-    "downstream_reset": frozenset({_S.CONNECTING_DOWNSTREAM, _S.RELAYING}),
-    "downstream_unreachable": frozenset({_S.CONNECTING_DOWNSTREAM, _S.RELAYING}),
-    "downstream_failed": frozenset({_S.CONNECTING_DOWNSTREAM, _S.RELAYING}),
-    "downstream_data": frozenset({_S.RELAYING}),
-    "downstream_closed": frozenset({_S.RELAYING}),
-}
-
-
-class ConverterSession:
+class ConverterSession(RelaySession):
     """The converter's logic for one upstream connection, on the byte stream (see the module doc).
+
+    The request phase (EXPECT_CONVERT_MESSAGE) is Convert's; connecting and relaying are the
+    shared :class:`~mpsim.proto.relay.RelaySession`'s, with Convert's answers: the reply with
+    the server's options, or Error 96 (RST), 97 (ICMP, with its Code) or 65 (timeout, no route).
 
     Inputs: :meth:`receive_upstream` (first call: the SYN payload, possibly empty; then the bytes
     that follow), :meth:`upstream_syn_retransmitted`, :meth:`upstream_closed`,
@@ -245,169 +234,69 @@ class ConverterSession:
     TLV sent, if any), ``request`` (the client's Convert message, once parsed).
     """
 
+    CONNECTING = _S.CONNECTING_DOWNSTREAM
+    RELAYING = _S.RELAYING
+    DONE = _S.DONE
+    TRANSITIONS = SESSION_TRANSITIONS
+
     def __init__(self, converter: Converter, client_address: IpAddress, now: float) -> None:
+        super().__init__(_S.EXPECT_CONVERT_MESSAGE, timing=converter.policy.timing,
+                         deadline_s=now + converter.policy.message_timeout_s)
         self.converter = converter
         self.policy = converter.policy
         self.client_address = client_address
-        self.state = SessionState.EXPECT_CONVERT_MESSAGE
         self.request: ConvertMessage | None = None
         self.error: ErrorTlv | None = None
         self._buffer = bytearray()  # the stream until the message is complete
         self._syn_seen = False
         # RFC timing holds the SYN-ACK back until the session answers; sockets answered already.
         self._upstream_answered = self.policy.timing is ConverterTiming.SOCKET
-        self._pending_downstream = bytearray()  # user data waiting for the server's SYN-ACK
-        self._upstream_fin = False
-        self._downstream_fin = False
         self._holds_slot = False
-        self._deadline: float | None = now + self.policy.message_timeout_s
-        self._decisions: deque[ConverterDecision] = deque()
         converter.counters["sessions"] += 1
-
-    # --- outputs --------------------------------------------------------------------------------
-
-    def next_decision(self) -> ConverterDecision | None:
-        return self._decisions.popleft() if self._decisions else None
-
-    def get_timer(self) -> float | None:
-        return self._deadline
 
     @property
     def destination(self) -> tuple[IpAddress, int] | None:
         connect = self.request.tlv(ConnectTlv) if self.request else None
         return (connect.address, connect.port) if connect else None
 
-    # --- inputs from the client side -------------------------------------------------------------
+    # --- the request phase and the answers (RelaySession hooks) ------------------------------------
 
-    def receive_upstream(self, data: bytes, now: float) -> None:
-        """Bytes from the client; the first call carries the SYN payload (``b""`` if it had none)."""
-        if not self._legal("receive_upstream"):
-            return
-        if self._upstream_fin:
-            raise LocalProtocolError("bytes from the client after its FIN")
-        if self.state is SessionState.EXPECT_CONVERT_MESSAGE:
-            from_syn, self._syn_seen = not self._syn_seen, True
-            self._buffer += data
-            self._parse(now, from_syn)
-        elif self.state is SessionState.CONNECTING_DOWNSTREAM:
-            self._pending_downstream += data
-        elif data:
-            self._to_server(bytes(data))
+    def _on_request_bytes(self, data: bytes, now: float) -> None:
+        from_syn, self._syn_seen = not self._syn_seen, True
+        self._buffer += data
+        self._parse(now, from_syn)
 
-    def upstream_syn_retransmitted(self, now: float) -> None:
-        """The client sent its SYN again while its SYN-ACK was withheld."""
-        if self._legal("upstream_syn_retransmitted") and self.state is SessionState.CONNECTING_DOWNSTREAM \
-                and self.policy.timing is ConverterTiming.RFC:
-            self._decisions.append(RetransmitDownstreamSyn())
+    def _on_request_incomplete(self, now: float) -> None:
+        self._incomplete_message()  # the client's FIN: nothing more can complete it
 
-    def upstream_closed(self, now: float) -> None:
-        """The client sent FIN."""
-        if not self._legal("upstream_closed"):
-            return
-        self._upstream_fin = True
-        if self.state is SessionState.EXPECT_CONVERT_MESSAGE:
-            self._incomplete_message()  # nothing more can complete it
-        elif self.state is SessionState.RELAYING:
-            self._decisions.append(CloseDownstream())
-            self._end_if_both_closed()
-        # CONNECTING: the FIN is passed on once the buffered data has gone to the server
+    def _on_request_timeout(self, now: float) -> None:
+        self.converter.counters["message_timeouts"] += 1
+        self._incomplete_message()
 
-    def upstream_reset(self, now: float) -> None:
-        """The client's connection was reset or timed out: tear the downstream down too (4.2)."""
-        if not self._legal("upstream_reset"):
-            return
-        if self.state is not SessionState.EXPECT_CONVERT_MESSAGE:
-            self._decisions.append(ResetDownstream())
-        self._end()
+    def _on_connect_timeout(self, now: float) -> None:
+        self.converter.counters["connect_timeouts"] += 1
+        super()._on_connect_timeout(now)
 
-    # --- inputs from the server side -------------------------------------------------------------
-
-    def downstream_connected(self, now: float, server_synack_options: tuple) -> None:
+    def _on_connected(self, server_synack_options: tuple) -> None:
         """The server's SYN-ACK arrived: reply with its options as received (6.2.6)."""
-        if not self._legal("downstream_connected"):
-            return
         assert self.request is not None
         options = tuple(o for o in server_synack_options if not isinstance(o, EndOfOptionList))  # padding
         tlvs: tuple = (ExtendedTcpHeaderTlv(options),)
         if self.request.tlv(InfoTlv) is not None:
             tlvs += (SupportedTcpExtensionsTlv(tuple(self.policy.supported_kinds)),)
-        reply = ConvertMessage(tlvs)
-        self._send_reply(reply)
+        self._send_reply(ConvertMessage(tlvs))
         self.converter.counters["converted"] += 1
-        self._move(SessionState.RELAYING)
-        self._deadline = None
-        if self._pending_downstream:
-            self._to_server(bytes(self._pending_downstream))
-            self._pending_downstream.clear()
-        if self._upstream_fin:
-            self._decisions.append(CloseDownstream())
 
-    def downstream_reset(self, now: float) -> None:
-        """The server answered RST (Error 96), or reset a relayed connection."""
-        if not self._legal("downstream_reset"):
-            return
-        if self.state is SessionState.CONNECTING_DOWNSTREAM:
+    def _on_refused(self, failure: DownstreamFailure, icmp_code: int | None) -> None:
+        """Error 96 for a server RST, 97 with the ICMP Code, 65 for a timeout or no route (4.2)."""
+        if failure is DownstreamFailure.RESET:
             self._refuse(ErrorTlv(ConvertErrorCode.CONNECTION_RESET))
+        elif failure is DownstreamFailure.UNREACHABLE:
+            self._refuse(ErrorTlv(ConvertErrorCode.DESTINATION_UNREACHABLE, icmp_code or 0))
         else:
-            self._decisions.append(ResetUpstream(UpstreamResetReason.DOWNSTREAM_RESET))
-            self._end()
-
-    def downstream_unreachable(self, now: float, icmp_code: int) -> None:
-        """An ICMP hard error for the downstream connection (Error 97 with its Code)."""
-        if not self._legal("downstream_unreachable"):
-            return
-        self._decisions.append(ResetDownstream())
-        if self.state is SessionState.CONNECTING_DOWNSTREAM:
-            self._refuse(ErrorTlv(ConvertErrorCode.DESTINATION_UNREACHABLE, icmp_code))
-        else:
-            self._decisions.append(ResetUpstream(UpstreamResetReason.DOWNSTREAM_FAILED))
-            self._end()
-
-    def downstream_failed(self, now: float) -> None:
-        """The downstream connection timed out or cannot be forwarded (Error 65 while connecting)."""
-        if not self._legal("downstream_failed"):
-            return
-        self._decisions.append(ResetDownstream())
-        if self.state is SessionState.CONNECTING_DOWNSTREAM:
             self._refuse(ErrorTlv(ConvertErrorCode.NETWORK_FAILURE, self.policy.network_failure_backoff_s))
-        else:
-            self._decisions.append(ResetUpstream(UpstreamResetReason.DOWNSTREAM_FAILED))
-            self._end()
-
-    downstream_timeout = downstream_failed
-
-    def downstream_data(self, data: bytes) -> None:
-        if self._legal("downstream_data") and data:
-            self.converter.counters["bytes_to_client"] += len(data)
-            self._decisions.append(SendUpstream(bytes(data)))
-
-    def downstream_closed(self) -> None:
-        """The server sent FIN: close upstream gracefully (4.2 SHOULD)."""
-        if not self._legal("downstream_closed"):
-            return
-        self._downstream_fin = True
-        self._decisions.append(CloseUpstream())
-        self._end_if_both_closed()
-
-    def handle_timer(self, now: float) -> None:
-        if self._deadline is None or now < self._deadline:
-            return
-        self._deadline = None
-        if self.state is SessionState.EXPECT_CONVERT_MESSAGE:
-            self.converter.counters["message_timeouts"] += 1
-            self._incomplete_message()
-        elif self.state is SessionState.CONNECTING_DOWNSTREAM:
-            self.converter.counters["connect_timeouts"] += 1
-            self.downstream_failed(now)
 
     # --- processing order -------------------------------------------------------------------------
-
-    def _legal(self, name: str) -> bool:
-        if self.state is SessionState.DONE:
-            return False
-        if self.state not in _LEGAL_INPUTS[name]:
-            raise LocalProtocolError(f"{name} is not legal in session state {self.state.name}")
-        return True
 
     def _parse(self, now: float, from_syn: bool) -> None:
         """Step 1-2 of the order: the header and the framing, judged by the wire parser."""
@@ -541,22 +430,14 @@ class ConverterSession:
 
     def _to_server(self, data: bytes) -> None:
         self.converter.counters["bytes_to_server"] += len(data)
-        self._decisions.append(SendDownstream(data))
+        super()._to_server(data)
 
-    def _end_if_both_closed(self) -> None:
-        if self._upstream_fin and self._downstream_fin:
-            self._end()
-
-    def _move(self, state: SessionState) -> None:
-        if state not in SESSION_TRANSITIONS[self.state]:
-            raise RuntimeError(f"illegal session transition {self.state.value} -> {state.value}")  # a bug
-        self.state = state
+    def _to_client(self, data: bytes) -> None:
+        self.converter.counters["bytes_to_client"] += len(data)
+        super()._to_client(data)
 
     def _end(self) -> None:
-        if self.state is SessionState.DONE:
-            return
-        self._move(SessionState.DONE)
-        self._deadline = None
+        super()._end()
         if self._holds_slot:
             self._holds_slot = False
             self.converter.active_sessions -= 1

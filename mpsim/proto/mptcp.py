@@ -590,6 +590,11 @@ class MptcpServerExtension(_MptcpExtension):
             self._negotiate(conn)
         return super().on_segment(conn, segment)
 
+    def allows_early_data(self, conn: TcpConnection) -> bool:
+        # The data sequence space is fixed by the third ACK (the SSN offsets above), so data sent
+        # before it would carry no mapping and make the client fall back.
+        return self.state is not MptcpState.EXPECT_ACK
+
     def _third_ack_problem(self, mpc: MpCapable | None) -> FallbackReason | None:
         if mpc is None:
             return FallbackReason.MP_CAPABLE_MISSING_ACK

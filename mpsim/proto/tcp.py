@@ -245,6 +245,10 @@ class TcpExtension:
     def on_segment(self, conn: TcpConnection, segment: TcpSegment) -> str | None:
         return None
 
+    def allows_early_data(self, conn: TcpConnection) -> bool:
+        """Whether a passive connection that accepted SYN data may send before the third ACK."""
+        return True
+
 
 def reset_for(packet: IpPacket) -> IpPacket | None:
     """The RST a host sends for a segment that matches no connection (RFC 9293 3.10.7.1)."""
@@ -325,6 +329,7 @@ class TcpConnection:
         self._queued_syn_data = b""  # SynDataMode.QUEUE: delivered once ESTABLISHED
         self._synack_withheld = False
         self._synack_payload_bytes = 0  # data our SYN-ACK carries; it heads _tx until ACKed
+        self._fast_opened = False  # passive, SYN data accepted (TFO, a converter): may answer before the third ACK
         self._packets: list[IpPacket] = []
         self._events: list[TcpEvent] = []
         self._deadline: float | None = None
@@ -380,6 +385,7 @@ class TcpConnection:
         if syn.payload and syn_data_mode is not SynDataMode.DROP:
             conn.rcv_nxt = seq_add(conn.rcv_nxt, len(syn.payload))
             if syn_data_mode is SynDataMode.ACCEPT:
+                conn._fast_opened = True
                 conn._deliver(syn.payload)
             else:
                 conn._queued_syn_data = syn.payload
@@ -402,6 +408,8 @@ class TcpConnection:
         self.snd_nxt = self._snd_max = seq_add(self.iss, 1 + len(payload))
         self.bytes_sent += len(payload)
         self._send_synack(now, retransmission=0)
+        if self._may_send_early():
+            self._transmit_new(now)  # what the owner queued while the SYN-ACK was held back
 
     # --- commands ---------------------------------------------------------------------------
 
@@ -412,8 +420,15 @@ class TcpConnection:
             raise LocalProtocolError(f"cannot send in state {self.state.name}{after_close}")
         self._now_s = now
         self._tx += data
-        if self.state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT):
+        if self.state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT) or self._may_send_early():
             self._transmit_new(now)
+
+    def _may_send_early(self) -> bool:
+        """RFC 7413 4.2.2 (Linux: a Fast Open child socket is writable in SYN-RECV): once the SYN-ACK
+        is out, a connection that accepted SYN data may send before the handshake completes, which
+        is where TFO saves its round trip; an extension that cannot map such data yet vetoes it."""
+        return self.state is TcpState.SYN_RECEIVED and self._fast_opened and not self._synack_withheld \
+            and all(ext.allows_early_data(self) for ext in self.extensions)
 
     def close(self, now: float) -> None:
         """Send FIN after the queued data (graceful close). In SYN-SENT the attempt is simply
@@ -843,8 +858,10 @@ class TcpConnection:
         as retransmissions. Returns whether anything was sent."""
         mss = self._effective_mss()
         emitted = False
+        # In SYN-RECEIVED (early data) our unACKed SYN still holds the first sequence number.
+        syn_unacked = 1 if self.state is TcpState.SYN_RECEIVED else 0
         while True:
-            sent = seq_diff(self.snd_nxt, self.snd_una)
+            sent = seq_diff(self.snd_nxt, self.snd_una) - syn_unacked
             unsent = len(self._tx) - sent
             room = self.peer_window_bytes - sent
             if unsent <= 0 or room <= 0:
