@@ -2,7 +2,8 @@
 
 One small topology, run by the deterministic harness: a client behind an access link (where the
 middlebox sits, in both directions), a router, a proxy (RFC 8803 converter, MP_CONVERT proxy or
-SOCKS5 proxy, depending on the scheme) and a server of the chosen kind. One-way delays are fixed
+SOCKS5 proxy, depending on the scheme; beside the router, or on the client's path for implicit
+mode) and a server of the chosen kind. One-way delays are fixed
 so that times convert exactly to round trips: client-router 10 ms, router-server 20 ms, router-proxy
 0 ms, so the client-proxy RTT is 20 ms, the proxy-server RTT 40 ms and the client-server RTT 60 ms.
 
@@ -14,12 +15,13 @@ that output).
 
 from __future__ import annotations
 
+import enum
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from mpsim.proto.client import ClientHost, ClientPolicy, ConnectionRecord, Request, Scheme
+from mpsim.proto.client import ClientHost, ClientPolicy, ConnectionRecord, Request, Scheme, SignalAckedAsData
 from mpsim.proto.convert import ConverterHost, ConverterPolicy, ConverterTiming
 from mpsim.proto.harness import Harness, PacketFilter, Router
 from mpsim.proto.middlebox import (
@@ -32,12 +34,15 @@ from mpsim.proto.middlebox import (
     StripPayload,
     drop_syns_with_data,
 )
-from mpsim.proto.mptcp import MptcpPolicy, MptcpServerExtension
+from mpsim.proto.mp_convert_proxy import MpConvertProxyHost, MpConvertProxyPolicy
+from mpsim.proto.mptcp import MptcpClientExtension, MptcpServerExtension
 from mpsim.proto.server import ResponderApp, ServerHost, ServerKind
+from mpsim.proto.socks5_proxy import Socks5ProxyHost, Socks5ProxyPolicy
 from mpsim.wire.options import TcpOptionKind
 
 CLIENT = IPv4Address("198.18.0.1")
 PROXY_UP = IPv4Address("198.18.1.1")
+PROXY_IN = IPv4Address("198.18.4.1")  # an on-path proxy's client-side interface
 PROXY_DOWN = IPv4Address("198.18.2.1")
 SERVER = IPv4Address("198.18.3.1")
 PROXY_PORT = 1234
@@ -77,17 +82,27 @@ MIDDLEBOXES = (
     Middlebox("strip-syn-payload", "delivers SYNs without their data", _up(lambda: StripPayload({SegmentClass.SYN}))),
 )
 
-SERVERS = (ServerKind.LEGACY_DROP, ServerKind.LEGACY_QUEUE, ServerKind.MPTCP_V1, ServerKind.MPTCP_V0,
-           ServerKind.CLOSED)
+SERVERS = (ServerKind.LEGACY_DROP, ServerKind.LEGACY_QUEUE, ServerKind.TFO, ServerKind.MPTCP_V1,
+           ServerKind.MPTCP_V0, ServerKind.CLOSED, ServerKind.UNREACHABLE)
+
+
+class Placement(enum.Enum):
+    """Where the proxy sits: beside the router (the client addresses it), or on the client's path
+    (an implicit MP_CONVERT proxy intercepting SYNs addressed to the server)."""
+
+    BESIDE = "beside"
+    ON_PATH = "on_path"
 
 
 @dataclass(frozen=True, slots=True)
 class Variant:
-    """A client configuration the table compares: a scheme with its policy, and the converter timing."""
+    """A client configuration the table compares: a scheme with its policy, the proxy's timing and
+    where the proxy sits."""
 
     label: str
     policy: ClientPolicy
     timing: ConverterTiming = ConverterTiming.RFC
+    placement: Placement = Placement.BESIDE
 
 
 VARIANTS = (
@@ -95,6 +110,16 @@ VARIANTS = (
     Variant("mptcp", ClientPolicy(scheme=Scheme.MPTCP)),
     Variant("convert", ClientPolicy(scheme=Scheme.CONVERT)),
     Variant("convert (socket timing)", ClientPolicy(scheme=Scheme.CONVERT), ConverterTiming.SOCKET),
+    Variant("mp-convert-option", ClientPolicy(scheme=Scheme.MP_CONVERT_OPTION)),
+    Variant("mp-convert-option (implicit, proxy on path)",
+            ClientPolicy(scheme=Scheme.MP_CONVERT_OPTION, implicit=True), placement=Placement.ON_PATH),
+    Variant("syn-payload-eol", ClientPolicy(scheme=Scheme.SYN_PAYLOAD_EOL)),
+    Variant("syn-payload-eol (implicit, no proxy on path)",
+            ClientPolicy(scheme=Scheme.SYN_PAYLOAD_EOL, implicit=True)),
+    Variant("syn-payload-eol (implicit, no proxy, continue)",
+            ClientPolicy(scheme=Scheme.SYN_PAYLOAD_EOL, implicit=True,
+                         signal_acked_as_data=SignalAckedAsData.CONTINUE)),
+    Variant("socks5", ClientPolicy(scheme=Scheme.SOCKS5)),
 )
 
 
@@ -115,18 +140,40 @@ class CaseResult:
 
 def _server(kind: ServerKind, rng: random.Random) -> ServerHost:
     app = ResponderApp(REQUEST.response_size_bytes, request_size_bytes=REQUEST.request_size_bytes)
-    extensions = None
-    if kind in (ServerKind.MPTCP_V1, ServerKind.MPTCP_V0):
-        version = 1 if kind is ServerKind.MPTCP_V1 else 0
-        extensions = lambda syn, now: (MptcpServerExtension(rng=rng, mib=server.mib,  # noqa: E731
-                                                            policy=MptcpPolicy(version=version)),)
-    server = ServerHost("server", SERVER, kind, rng=rng, app=app, ports=(SERVER_PORT,), extensions=extensions)
-    return server
+    return ServerHost("server", SERVER, kind, rng=rng, app=app, ports=(SERVER_PORT,))
+
+
+def _proxy(scheme: Scheme, rng: random.Random, timing: ConverterTiming, placement: Placement):
+    """The proxy the scheme talks to: an RFC 8803 converter unless the scheme needs another."""
+    if placement is Placement.ON_PATH:
+        return MpConvertProxyHost("proxy", {"in": PROXY_IN, "up": PROXY_UP, "down": PROXY_DOWN}, rng=rng,
+                                  client_interface="in", server_interfaces=("down",),
+                                  policy=MpConvertProxyPolicy(implicit=True, timing=timing))
+    interfaces = {"up": PROXY_UP, "down": PROXY_DOWN}
+    if scheme in (Scheme.MP_CONVERT_OPTION, Scheme.SYN_PAYLOAD_EOL):
+        return MpConvertProxyHost("proxy", interfaces, rng=rng, client_interface="up", server_interfaces=("down",),
+                                  policy=MpConvertProxyPolicy(explicit_ports=(PROXY_PORT,), timing=timing))
+    if scheme is Scheme.SOCKS5:
+        return Socks5ProxyHost("proxy", interfaces, rng=rng, server_interfaces=("down",),
+                               policy=Socks5ProxyPolicy(port=PROXY_PORT))
+    mib = None
+
+    def upstream(packet):
+        return (MptcpServerExtension(rng=rng, mib=mib),)
+
+    def downstream(request):
+        return (MptcpClientExtension(rng=rng, mib=mib),) if request.mptcp else ()
+
+    host = ConverterHost("proxy", interfaces, rng=rng, convert_port=PROXY_PORT, server_interfaces=("down",),
+                         policy=ConverterPolicy(allowed_client_prefixes=("198.18.0.0/24",), timing=timing),
+                         upstream_extensions=upstream, downstream_extensions=downstream)
+    mib = host.mib
+    return host
 
 
 def build(scheme: Scheme, middlebox: Middlebox, server_kind: ServerKind, *, seed: int = 1,
-          client_policy: ClientPolicy | None = None,
-          timing: ConverterTiming = ConverterTiming.RFC) -> tuple[Harness, ClientHost]:
+          client_policy: ClientPolicy | None = None, timing: ConverterTiming = ConverterTiming.RFC,
+          placement: Placement = Placement.BESIDE) -> tuple[Harness, ClientHost]:
     """The topology for one case; the caller runs it."""
     rng = random.Random(seed)
     harness = Harness()
@@ -135,46 +182,29 @@ def build(scheme: Scheme, middlebox: Middlebox, server_kind: ServerKind, *, seed
                                               proxies=((PROXY_UP, PROXY_PORT),)))
     harness.add("router", Router({"c": ["198.18.0.0/24"], "p_up": ["198.18.1.0/24"], "p_down": ["198.18.2.0/24"],
                                   "s": ["198.18.3.0/24"]}))
-    harness.add("proxy", _proxy(scheme, rng, timing))
+    harness.add("proxy", _proxy(scheme, rng, timing, placement))
     harness.add("server", _server(server_kind, rng))
     up, down = middlebox.build()
-    harness.link("client", "eth0", "router", "c", ACCESS_DELAY_S, a_to_b=[up], b_to_a=[down])
-    harness.link("proxy", "up", "router", "p_up", 0.0)
+    if placement is Placement.ON_PATH:
+        # client - access link - proxy "in" | proxy "up" - router: every packet crosses the proxy.
+        harness.link("client", "eth0", "proxy", "in", ACCESS_DELAY_S, a_to_b=[up], b_to_a=[down])
+        harness.link("proxy", "up", "router", "c", 0.0)
+    else:
+        harness.link("client", "eth0", "router", "c", ACCESS_DELAY_S, a_to_b=[up], b_to_a=[down])
+        harness.link("proxy", "up", "router", "p_up", 0.0)
     harness.link("proxy", "down", "router", "p_down", 0.0)
     harness.link("server", "eth0", "router", "s", SERVER_DELAY_S)
     return harness, client
 
 
-def _proxy(scheme: Scheme, rng: random.Random, timing: ConverterTiming):
-    interfaces = {"up": PROXY_UP, "down": PROXY_DOWN}
-    holder: dict = {}
-
-    def upstream(packet):
-        return (MptcpServerExtension(rng=rng, mib=holder["host"].mib),)
-
-    def downstream(request):
-        from mpsim.proto.mptcp import MptcpClientExtension
-
-        return (MptcpClientExtension(rng=rng, mib=holder["host"].mib),) if request.mptcp else ()
-
-    policy = ConverterPolicy(allowed_client_prefixes=("198.18.0.0/24",), timing=timing)
-    host = ConverterHost("proxy", interfaces, rng=rng, convert_port=PROXY_PORT, server_interfaces=("down",),
-                         policy=policy, upstream_extensions=upstream, downstream_extensions=downstream)
-    holder["host"] = host
-    return host
-
-
-def run_case(scheme: Scheme, middlebox: Middlebox, server_kind: ServerKind, *, label: str = "", **kwargs) -> CaseResult:
-    harness, client = build(scheme, middlebox, server_kind, **kwargs)
+def run_variant(variant: Variant, middlebox: Middlebox, server_kind: ServerKind, *, seed: int = 1) -> CaseResult:
+    """One request through one case."""
+    harness, client = build(variant.policy.scheme, middlebox, server_kind, seed=seed, client_policy=variant.policy,
+                            timing=variant.timing, placement=variant.placement)
     client.connect(REQUEST, 0.0)
     harness.run(300.0)
-    return CaseResult(label or scheme.value, scheme, middlebox.name, server_kind,
+    return CaseResult(variant.label, variant.policy.scheme, middlebox.name, server_kind,
                       client.finished[0] if client.finished else None)
-
-
-def run_variant(variant: Variant, middlebox: Middlebox, server_kind: ServerKind, *, seed: int = 1) -> CaseResult:
-    return run_case(variant.policy.scheme, middlebox, server_kind, label=variant.label, seed=seed,
-                    client_policy=variant.policy, timing=variant.timing)
 
 
 def all_cases(seed: int = 1) -> list[CaseResult]:
