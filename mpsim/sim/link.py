@@ -1,0 +1,334 @@
+"""Simulated links: one :class:`LinkDirection` per direction, two of them make a :class:`Link`.
+
+A packet offered to a direction goes through, in order:
+
+1. the middlebox **filters** (``(packet, now) -> list[packet]``, e.g. the policies of
+   :mod:`mpsim.proto.middlebox`), for ``IpPacket``\\ s and ICMP messages only;
+2. the **loss** model (:mod:`mpsim.sim.loss`);
+3. a **drop-tail queue** bounded in packets or bytes;
+4. **serialization** at ``rate_bps``: ``size_bytes * 8 / rate_bps`` seconds, first in first out,
+   the link busy until the last bit of the previous packet has left;
+5. **propagation**: arrival = departure + ``delay_s`` (+ a uniform draw in ``[0, jitter_s)``);
+6. **delivery** to the ``deliver`` callback (the receiving node's port), at the arrival time.
+
+Simplifications: the queue is computed, not simulated: each accepted packet's departure time is
+known when it is offered (``max(now, busy_until) + size * 8 / rate``), so a direction costs one
+SimPy event per delivered packet and no process. The packet being serialized does not count
+towards the queue limit (as in Linux qdiscs and ns-3, where it has left the queue for the
+device). Jitter is drawn per packet, independently, so packets may be **reordered** and may
+arrive closer together than the rate allows; ``jitter_s = 0`` keeps the order. No link-layer
+framing: a packet occupies its IP length on the wire. An infinite rate (``rate_bps=None``)
+never queues. Packet sizes: see :func:`packet_size_bytes`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields
+from functools import partial
+from typing import Any, Protocol
+
+import simpy
+from simpy.events import NORMAL, Event
+
+from mpsim.proto.middlebox import IcmpUnreachable
+from mpsim.sim.loss import LossModel, NoLoss
+from mpsim.wire.options import EndOfOptionList, MaximumSegmentSize, NoOperation, SackPermitted, Timestamps, WindowScale
+from mpsim.wire.segment import IPV4_HEADER_MIN_BYTES, IPV6_HEADER_BYTES, TCP_HEADER_MIN_BYTES, IpPacket
+
+#: A middlebox stage: the packets that continue (none: dropped). Same shape as the harness's.
+PacketFilter = Callable[[Any, float], list]
+
+ICMP_HEADER_BYTES = 8
+#: RFC 792: an ICMPv4 error quotes the original IP header and its first 64 bits of data.
+ICMPV4_QUOTED_DATA_BYTES = 8
+#: RFC 4443 2.4(c): an ICMPv6 error quotes as much of the original as fits in the minimum MTU.
+IPV6_MIN_MTU_BYTES = 1280
+
+# Options whose encoding has one length, so the size of the usual segments costs no encoding.
+_FIXED_OPTION_BYTES: dict[type, int] = {
+    EndOfOptionList: 1, NoOperation: 1, MaximumSegmentSize: 4, WindowScale: 3, SackPermitted: 2, Timestamps: 10,
+}
+
+
+def tcp_header_bytes(segment: Any) -> int:
+    """The TCP header length of ``segment`` (a ``TcpSegment``), options and padding included."""
+    raw_bytes = 0
+    for option in segment.options:
+        length = _FIXED_OPTION_BYTES.get(type(option))
+        raw_bytes += length if length is not None else len(option.encode())
+    if segment.option_padding:
+        return TCP_HEADER_MIN_BYTES + raw_bytes + len(segment.option_padding)
+    return TCP_HEADER_MIN_BYTES + raw_bytes + (-raw_bytes % 4)
+
+
+def packet_size_bytes(packet: Any) -> int:
+    """The bytes ``packet`` occupies on a link.
+
+    * ``IpPacket``: its exact encoded length (``len(encode_packet(packet))``), from the header
+      lengths: IPv4 20 + options or IPv6 40, TCP 20 + options padded to 4, the payload.
+    * ``IcmpUnreachable``: IPv4 20 + ICMP 8 + the quoted IP header + 8 bytes of it (56 bytes for
+      an original without IP options, RFC 792; Linux would quote up to 576 bytes in all);
+      IPv6 40 + 8 + as much of the original as fits in 1280 bytes (RFC 4443).
+    * anything else: its ``size_bytes`` attribute (the light packets of :mod:`mpsim.sim.transfer`).
+    """
+    if isinstance(packet, IpPacket):
+        segment = packet.segment
+        tcp_bytes = tcp_header_bytes(segment) + len(segment.payload)
+        if packet.src.version == 4:
+            return IPV4_HEADER_MIN_BYTES + len(packet.ipv4_options) + tcp_bytes
+        return IPV6_HEADER_BYTES + tcp_bytes
+    if isinstance(packet, IcmpUnreachable):
+        original = packet.original
+        if original.src.version == 4:
+            quoted = IPV4_HEADER_MIN_BYTES + len(original.ipv4_options) + ICMPV4_QUOTED_DATA_BYTES
+            return IPV4_HEADER_MIN_BYTES + ICMP_HEADER_BYTES + quoted
+        room = IPV6_MIN_MTU_BYTES - IPV6_HEADER_BYTES - ICMP_HEADER_BYTES
+        return IPV6_HEADER_BYTES + ICMP_HEADER_BYTES + min(packet_size_bytes(original), room)
+    return packet.size_bytes
+
+
+def schedule_call(env: simpy.Environment, delay_s: float, callback: Callable[[Event], None],
+                  priority: int = NORMAL) -> Event:
+    """Run ``callback(event)`` after ``delay_s`` simulated seconds, without a SimPy process.
+
+    What ``env.timeout(delay_s).callbacks.append(callback)`` does, with a choice of priority
+    (at equal times, lower values run first; SimPy's own events use URGENT 0 and NORMAL 1).
+    """
+    event = Event(env)
+    # A triggered event: SimPy checks _ok after the callbacks and raises _value when it is False.
+    event._ok = True
+    event._value = None
+    event.callbacks.append(callback)
+    env.schedule(event, priority, delay_s)
+    return event
+
+
+class PacketTracer(Protocol):
+    """What a direction needs from a trace (see :class:`mpsim.sim.trace.Trace`)."""
+
+    record_packets: bool
+
+    def packet(self, time_s: float, direction: LinkDirection, kind: str, packet: Any, packet_id: int,
+               reason: str | None = None) -> None: ...
+
+
+@dataclass(slots=True)
+class LinkCounters:
+    """Packets and bytes per fate. ``sent``: offered by the sending node; a filter that splits
+    one packet makes ``delivered`` exceed ``sent``. ``dropped_filter`` counts offered packets of
+    which the filters let nothing through."""
+
+    packets_sent: int = 0
+    bytes_sent: int = 0
+    packets_delivered: int = 0
+    bytes_delivered: int = 0
+    packets_dropped_filter: int = 0
+    bytes_dropped_filter: int = 0
+    packets_dropped_loss: int = 0
+    bytes_dropped_loss: int = 0
+    packets_dropped_queue: int = 0
+    bytes_dropped_queue: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class DropReason:
+    """Why a direction dropped a packet (the ``reason`` of a trace record)."""
+
+    FILTER = "filter"
+    LOSS = "loss"
+    QUEUE = "queue"
+
+
+class LinkDirection:
+    """One direction of a link: filters -> loss -> drop-tail queue -> serialization -> delay.
+
+    ``send(packet)`` offers a packet at ``env.now``; ``deliver(packet)`` is called at its arrival
+    (a :class:`Link` sets it to the receiving node's port). ``rng`` drives the jitter only; the
+    loss model has its own. ``counters`` holds the totals; ``trace`` (set directly or by
+    :class:`Link`) records every packet when its ``record_packets`` is on.
+    """
+
+    def __init__(self, env: simpy.Environment, name: str, *, delay_s: float, rate_bps: float | None = None,
+                 queue_limit_bytes: int | None = None, queue_limit_packets: int | None = None,
+                 jitter_s: float = 0.0, rng: Any = None, loss: LossModel | None = None,
+                 filters: Iterable[PacketFilter] = (), deliver: Callable[[Any], None] | None = None,
+                 trace: PacketTracer | None = None) -> None:
+        if not delay_s >= 0:
+            raise ValueError(f"{name}: delay_s must be >= 0, got {delay_s!r}")
+        if rate_bps is not None and not rate_bps > 0:
+            raise ValueError(f"{name}: rate_bps must be > 0 (None: infinite), got {rate_bps!r}")
+        if queue_limit_bytes is not None and queue_limit_packets is not None:
+            raise ValueError(f"{name}: give queue_limit_bytes or queue_limit_packets, not both")
+        for field_name, limit in (("queue_limit_bytes", queue_limit_bytes),
+                                  ("queue_limit_packets", queue_limit_packets)):
+            if limit is not None and (type(limit) is not int or limit < 0):
+                raise ValueError(f"{name}: {field_name} must be an int >= 0 (None: unbounded), got {limit!r}")
+        if not jitter_s >= 0:
+            raise ValueError(f"{name}: jitter_s must be >= 0, got {jitter_s!r}")
+        if jitter_s > 0 and rng is None:
+            raise ValueError(f"{name}: jitter_s > 0 needs an rng of its own (see mpsim.sim.seeds)")
+        self.env = env
+        self.name = name
+        self.delay_s = float(delay_s)
+        self.rate_bps = None if rate_bps is None else float(rate_bps)
+        self.queue_limit_bytes = queue_limit_bytes
+        self.queue_limit_packets = queue_limit_packets
+        self.jitter_s = float(jitter_s)
+        self.rng = rng
+        self.loss = loss if loss is not None else NoLoss()
+        self.filters = list(filters)
+        self.deliver = deliver
+        self.trace = trace
+        self.counters = LinkCounters()
+        # Where the direction sits, for traces: set by Link; a lone direction is its own link.
+        self.link_name = name
+        self.label = "forward"
+        self.src_node: str | None = None
+        self.dst_node: str | None = None
+        self.busy_until_s = 0.0  # when the last bit of the last accepted packet leaves
+        self._waiting: deque[tuple[float, int]] = deque()  # (start of serialization, size) of queued packets
+        self._waiting_bytes = 0
+        self._ids = itertools.count(1)
+
+    def __repr__(self) -> str:
+        return f"<LinkDirection {self.name}>"
+
+    # --- the queue ------------------------------------------------------------------------------
+
+    def _dequeue_started(self, now: float) -> None:
+        waiting = self._waiting
+        while waiting and waiting[0][0] <= now:
+            self._waiting_bytes -= waiting.popleft()[1]
+
+    def queued_packets(self) -> int:
+        """Packets waiting for the link at ``env.now`` (the one being serialized excluded)."""
+        self._dequeue_started(self.env.now)
+        return len(self._waiting)
+
+    def queued_bytes(self) -> int:
+        self._dequeue_started(self.env.now)
+        return self._waiting_bytes
+
+    # --- packets ----------------------------------------------------------------------------------
+
+    def send(self, packet: Any) -> bool:
+        """Offer ``packet`` at ``env.now``; True if it (or a packet a filter made of it) will arrive."""
+        now = self.env.now
+        size_bytes = packet_size_bytes(packet)
+        counters = self.counters
+        counters.packets_sent += 1
+        counters.bytes_sent += size_bytes
+        packet_id = next(self._ids)
+        trace = self.trace
+        recording = trace is not None and trace.record_packets
+        if recording:
+            trace.packet(now, self, "sent", packet, packet_id)
+        packets = [packet]
+        if self.filters and isinstance(packet, (IpPacket, IcmpUnreachable)):
+            for packet_filter in self.filters:
+                packets = [out for p in packets for out in packet_filter(p, now)]
+            if not packets:
+                counters.packets_dropped_filter += 1
+                counters.bytes_dropped_filter += size_bytes
+                if recording:
+                    trace.packet(now, self, "dropped", packet, packet_id, DropReason.FILTER)
+                return False
+        accepted = False
+        for out in packets:
+            out_bytes = size_bytes if out is packet else packet_size_bytes(out)
+            if self.loss.drops(out, now):
+                counters.packets_dropped_loss += 1
+                counters.bytes_dropped_loss += out_bytes
+                if recording:
+                    trace.packet(now, self, "dropped", out, packet_id, DropReason.LOSS)
+                continue
+            arrival_s = self._depart(now, out_bytes)
+            if arrival_s is None:
+                counters.packets_dropped_queue += 1
+                counters.bytes_dropped_queue += out_bytes
+                if recording:
+                    trace.packet(now, self, "dropped", out, packet_id, DropReason.QUEUE)
+                continue
+            arrival_s += self.delay_s
+            if self.jitter_s:
+                arrival_s += self.rng.random() * self.jitter_s
+            schedule_call(self.env, arrival_s - now, partial(self._arrive, out, out_bytes, packet_id))
+            accepted = True
+        return accepted
+
+    def _depart(self, now: float, size_bytes: int) -> float | None:
+        """When the packet's last bit leaves, or None if the queue is full (drop-tail)."""
+        if self.rate_bps is None:
+            return now
+        start_s = self.busy_until_s if self.busy_until_s > now else now
+        if start_s > now:  # the link is busy: the packet waits in the queue
+            self._dequeue_started(now)
+            if self.queue_limit_packets is not None and len(self._waiting) >= self.queue_limit_packets:
+                return None
+            if self.queue_limit_bytes is not None and self._waiting_bytes + size_bytes > self.queue_limit_bytes:
+                return None
+            self._waiting.append((start_s, size_bytes))
+            self._waiting_bytes += size_bytes
+        self.busy_until_s = start_s + size_bytes * 8 / self.rate_bps
+        return self.busy_until_s
+
+    def _arrive(self, packet: Any, size_bytes: int, packet_id: int, _event: Event) -> None:
+        self.counters.packets_delivered += 1
+        self.counters.bytes_delivered += size_bytes
+        trace = self.trace
+        if trace is not None and trace.record_packets:
+            trace.packet(self.env.now, self, "delivered", packet, packet_id)
+        if self.deliver is None:
+            raise RuntimeError(f"link direction {self.name!r} delivered a packet but is connected to nothing")
+        self.deliver(packet)
+
+
+class LinkEnd(Protocol):
+    """What a :class:`Link` connects: a :class:`~mpsim.sim.node.SimNode` or anything alike."""
+
+    name: str
+
+    def attach(self, port: str, direction: LinkDirection) -> None: ...
+
+    def receive(self, port: str, packet: Any) -> None: ...
+
+
+class Link:
+    """Two directions between ``a_node``'s ``a_port`` and ``b_node``'s ``b_port``.
+
+    ``forward`` carries a -> b, ``backward`` b -> a. The link names both directions for traces
+    (``name``, default ``"a:a_port-b:b_port"``) and gives them ``trace`` (default the a-node's
+    trace, else the b-node's) unless they have one already.
+    """
+
+    def __init__(self, env: simpy.Environment, a_node: LinkEnd, a_port: str, b_node: LinkEnd, b_port: str, *,
+                 forward: LinkDirection, backward: LinkDirection, name: str | None = None,
+                 trace: PacketTracer | None = None) -> None:
+        if forward is backward:
+            raise ValueError("forward and backward must be two LinkDirection objects")
+        self.env = env
+        self.name = name or f"{a_node.name}:{a_port}-{b_node.name}:{b_port}"
+        self.forward, self.backward = forward, backward
+        if trace is None:
+            trace = getattr(a_node, "trace", None)
+        if trace is None:
+            trace = getattr(b_node, "trace", None)
+        for direction, label, src, dst, dst_port in ((forward, "forward", a_node, b_node, b_port),
+                                                     (backward, "backward", b_node, a_node, a_port)):
+            if direction.deliver is not None:
+                raise ValueError(f"link direction {direction.name!r} is already connected")
+            direction.link_name, direction.label = self.name, label
+            direction.src_node, direction.dst_node = src.name, dst.name
+            direction.deliver = partial(dst.receive, dst_port)
+            if direction.trace is None:
+                direction.trace = trace
+        a_node.attach(a_port, forward)
+        b_node.attach(b_port, backward)
+
+    def __repr__(self) -> str:
+        return f"<Link {self.name}>"

@@ -1,0 +1,128 @@
+"""SimNode: drives one sans-I/O machine (a proto Host, converter, server, Router) under SimPy.
+
+The same job as :class:`mpsim.proto.harness.Harness` does for all machines at once, done per
+node (DESIGN.md section 3): after every input (a packet from a link, the timer, a command through
+:meth:`SimNode.call`) the node
+
+* puts each ``Transmit`` of ``machine.outgoing(now)`` on the link attached to its port,
+* drains ``machine.next_event()`` into the trace (and the node's event handlers),
+* keeps exactly one pending SimPy event for ``machine.get_timer()``.
+
+No protocol logic lives here. Timer events are scheduled with a priority after packet
+deliveries, so at equal times a packet arrives before a timer fires, as in the harness. SimPy
+cannot cancel an event: when the deadline moves, the old event stays in SimPy's queue but is
+stale (its generation number is old) and does nothing when it comes up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any, TypeVar
+
+import simpy
+from simpy.events import NORMAL, Event
+
+from mpsim.sim.link import LinkDirection, schedule_call
+
+T = TypeVar("T")
+
+#: Timer events run after packet deliveries (NORMAL) scheduled for the same instant.
+TIMER_PRIORITY = NORMAL + 1
+#: A machine whose timer keeps firing at one instant without its deadline moving is broken.
+MAX_TIMER_FIRES_PER_INSTANT = 10_000
+
+
+class SimNode:
+    """One machine, its ports and its single timer. ``trace`` (a :class:`mpsim.sim.trace.Trace`)
+    receives ``(env.now, name, event)`` for every event the machine reports."""
+
+    def __init__(self, env: simpy.Environment, name: str, machine: Any, trace: Any = None) -> None:
+        self.env = env
+        self.name = name
+        self.machine = machine
+        self.trace = trace
+        self.ports: dict[str, LinkDirection] = {}  # outgoing direction per port
+        #: Called as ``handler(now, event)`` for each event, after the trace got it.
+        self.event_handlers: list[Callable[[float, Any], None]] = []
+        self.timer_deadline_s: float | None = None  # the deadline of the live timer event
+        self.timers_scheduled = 0
+        self.timers_fired = 0
+        self.stale_timers = 0
+        self._timer_generation = 0
+        self._fires_at_instant = (None, 0)  # (instant, fires) to catch a machine that never moves on
+
+    def __repr__(self) -> str:
+        return f"<SimNode {self.name}>"
+
+    def attach(self, port: str, direction: LinkDirection) -> None:
+        """Send what the machine transmits on ``port`` over ``direction``."""
+        if port in self.ports:
+            raise ValueError(f"node {self.name!r}: port {port!r} already has a link ({self.ports[port].name!r})")
+        self.ports[port] = direction
+
+    # --- inputs -------------------------------------------------------------------------------
+
+    def receive(self, port: str, packet: Any) -> None:
+        """A packet arrived on ``port`` (links call this at the arrival time)."""
+        self.machine.receive(port, packet, self.env.now)
+        self.flush()
+
+    def call(self, command: Callable[[float], T]) -> T:
+        """Run ``command(now)`` on the machine at ``env.now``, then flush; returns its result.
+
+        For workload processes: ``node.call(lambda now: client.connect(request, now))``.
+        """
+        result = command(self.env.now)
+        self.flush()
+        return result
+
+    def _on_timer(self, generation: int, _event: Event) -> None:
+        if generation != self._timer_generation:
+            self.stale_timers += 1
+            return
+        now = self.env.now
+        instant, fires = self._fires_at_instant
+        fires = fires + 1 if instant == now else 1
+        if fires > MAX_TIMER_FIRES_PER_INSTANT:
+            raise RuntimeError(f"node {self.name!r}: timer fired {fires} times at t={now} without its deadline moving")
+        self._fires_at_instant = (now, fires)
+        self.timer_deadline_s = None  # this event is spent: a deadline still due needs a new one
+        self.timers_fired += 1
+        self.machine.handle_timer(now)
+        self.flush()
+
+    # --- outputs ------------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Move the machine's packets onto links, its events into the trace, and re-arm its timer."""
+        now = self.env.now
+        machine = self.machine
+        for transmit in machine.outgoing(now):
+            direction = self.ports.get(transmit.port)
+            if direction is None:
+                raise KeyError(f"node {self.name!r} sent on port {transmit.port!r}, which has no link "
+                               f"(linked ports: {', '.join(map(repr, self.ports)) or 'none'})")
+            direction.send(transmit.packet)
+        while (event := machine.next_event()) is not None:
+            if self.trace is not None:
+                self.trace.event(now, self.name, event)
+            for handler in self.event_handlers:
+                handler(now, event)
+        self._arm_timer(machine.get_timer())
+
+    def _arm_timer(self, deadline_s: float | None) -> None:
+        if deadline_s == self.timer_deadline_s:
+            return  # the live event (or the absence of one) already matches
+        self._timer_generation += 1  # whatever event was live is stale from now on
+        self.timer_deadline_s = deadline_s
+        if deadline_s is None:
+            return
+        delay_s = max(0.0, deadline_s - self.env.now)  # a deadline in the past fires at once
+        schedule_call(self.env, delay_s, partial(self._on_timer, self._timer_generation), TIMER_PRIORITY)
+        self.timers_scheduled += 1
+
+    @property
+    def live_timers(self) -> int:
+        """Timer events that will act when they come up: 0 or 1, by construction."""
+        return int(self.timer_deadline_s is not None)
