@@ -13,6 +13,7 @@ and owners append application-level facts with :meth:`Host.emit`.
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -129,6 +130,8 @@ class Host:
         self.owners: dict[int, ConnectionOwner] = {}  # id(conn) -> owner
         self.listeners: dict[int, Listener] = {}
         self._out: list[Transmit] = []
+        self._timers: list[tuple[float, int, TcpConnection]] = []  # (deadline, arm order, connection)
+        self._timer_seq = 0
         self._events: deque[Any] = deque()
         self.rsts_for_unknown = 0
         #: Counters named like Linux's MPTcpExt / TcpExt MIB where one exists (MPCapableSYNTX, ...).
@@ -172,15 +175,22 @@ class Host:
             self._transmit(rst)
 
     def handle_timer(self, now: float) -> None:
-        for conn in list(self.connections.values()):
-            deadline = conn.get_timer()
-            if deadline is not None and deadline <= now:
-                conn.handle_timer(now)
-                self._collect(conn, now)
+        due: dict[int, TcpConnection] = {}
+        while self._timers and self._timers[0][0] <= now:
+            deadline, _, conn = heapq.heappop(self._timers)
+            if self._timer_is_live(deadline, conn):
+                due.setdefault(id(conn), conn)
+        for conn in due.values():  # in deadline order, ties in the order they were armed
+            conn.handle_timer(now)
+            self._collect(conn, now)
 
     def get_timer(self) -> float | None:
-        deadlines = [d for c in self.connections.values() if (d := c.get_timer()) is not None]
-        return min(deadlines, default=None)
+        while self._timers and not self._timer_is_live(*self._timers[0][::2]):
+            heapq.heappop(self._timers)
+        return self._timers[0][0] if self._timers else None
+
+    def _timer_is_live(self, deadline: float, conn: TcpConnection) -> bool:
+        return self.connections.get(conn.four_tuple) is conn and conn.get_timer() == deadline
 
     def outgoing(self, now: float) -> list[Transmit]:
         out, self._out = self._out, []
@@ -256,6 +266,15 @@ class Host:
 
     # --- internals --------------------------------------------------------------------------
 
+    def _arm(self, conn: TcpConnection) -> None:
+        # Every input of a connection ends in _collect, so its deadline is noted here; entries
+        # that went stale (the deadline moved, the connection left) are skipped when popped.
+        # A heap keeps get_timer cheap with thousands of connections in TIME-WAIT.
+        deadline = conn.get_timer()
+        if deadline is not None and conn.four_tuple in self.connections:
+            self._timer_seq += 1
+            heapq.heappush(self._timers, (deadline, self._timer_seq, conn))
+
     def _adopt(self, conn: TcpConnection, owner: ConnectionOwner) -> None:
         self.connections[conn.four_tuple] = conn
         self.owners[id(conn)] = owner
@@ -274,6 +293,7 @@ class Host:
             packets = conn.pull_packets()
             events = conn.pull_events()
             if not packets and not events:
+                self._arm(conn)
                 return
             for packet in packets:
                 self._transmit(packet)
