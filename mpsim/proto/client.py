@@ -23,6 +23,22 @@ socks5                RFC 1928 through a proxy: greeting and CONNECT after the h
 Fallback after a failed proxy attempt goes to a named target (:class:`FallbackTarget`): direct
 MPTCP, direct plain TCP, or the next configured proxy. A fallback always uses a new source port:
 the old 4-tuple is quarantined by the host (the RST may be lost, protocols.md 5).
+
+How answers are read (the proxies are mpsim/proto/convert.py, mp_convert_proxy.py, socks5_proxy.py):
+
+* Before the path is ready (Convert reply, SOCKS5 success, the SYN-ACK of a signalled attempt),
+  a failure is the proxy path's: the proxy is marked off, backed off or not authorized as the
+  answer says, and the request falls back. What reports the *server's* answer (Convert Error
+  96/97, SOCKS5 replies 3-5, an RST to an implicit SYN, which went to the server) ends the
+  request instead: trying the server directly would be refused again.
+* The MP_CONVERT proxy has no error message: its RST looks the same whether it or the server
+  refused, so a refused server costs an explicit client a fallback (and the proxy its verdict).
+  The on-path proxy answers as the server and echoes nothing: an implicit conversion is recorded
+  as the MPTCP connection the client sees (``outcome`` mptcp, ``via_proxy`` False).
+* Once the path is ready, a reset or timeout ends the request as failed (the application sees
+  ECONNRESET; replaying the request elsewhere is not the transport's call), except after an
+  implicit attempt's MPTCP fell back: an on-path proxy enforcing the I flag resets both legs, and
+  the request goes again, unsignalled. A FIN before the whole response ends it as it stands.
 """
 
 from __future__ import annotations
@@ -56,6 +72,7 @@ from mpsim.proto.tcp import (
     TcpPolicy,
     TcpState,
     TimedOut,
+    Unreachable,
     syn_base_options,
 )
 from mpsim.proto.socks5_proxy import Socks5ClientExchange, Socks5Result
@@ -119,11 +136,16 @@ class ClientPolicy:
     mptcp_to_server: bool = False
     proxy_syn_retries: int = 2  # SYNs to a proxy at 0, 1, 3 s; then give up on it (RFC silent)
     reply_timeout_s: float = 10.0  # wait for the Convert / SOCKS5 reply after the handshake
+    # The application's idle timeout once the path is ready: with the request ACKed, nothing is
+    # outstanding, so TCP itself never notices a response that stopped coming (None: wait forever).
+    response_timeout_s: float | None = 300.0
     max_attempts: int = 6  # a bound on fallbacks and retries for one request
 
     def __post_init__(self) -> None:
-        if self.proxy_syn_retries < 0 or self.max_attempts < 1 or self.reply_timeout_s <= 0:
-            raise ValueError("proxy_syn_retries >= 0, max_attempts >= 1 and reply_timeout_s > 0 are required")
+        if self.proxy_syn_retries < 0 or self.max_attempts < 1 or self.reply_timeout_s <= 0 \
+                or (self.response_timeout_s is not None and self.response_timeout_s <= 0):
+            raise ValueError("proxy_syn_retries >= 0, max_attempts >= 1, reply_timeout_s > 0 and "
+                             "response_timeout_s > 0 (or None) are required")
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,8 +215,8 @@ class _Attempt:
     syn_payload: bytes = b""
     signal_bytes: int = 0  # signalling this attempt sent (Convert TLVs, EOL options, SOCKS5), not the request
     ready: bool = False
-    failed: bool = False
-    reason: FallbackReason | None = None  # why the attempt failed, once it has
+    failed: bool = False  # its failure has been dealt with (retry, fallback or the end)
+    reason: FallbackReason | None = None  # why the SYN-ACK was refused, for the Closed event that follows
     aborting: bool = False  # we reset it ourselves: its Closed event is no news
 
 
@@ -382,7 +404,6 @@ class LogicalConnection:
         signal = MpConvert(None, None, implicit=True) if implicit else \
             MpConvert(self.request.destination, self.request.port, implicit=False)
         remote, port = (self.request.destination, self.request.port) if implicit else proxy
-        attempt.mptcp = None
         extensions: tuple[TcpExtension, ...] = (_SignalCheck(self, attempt),)
         extensions += self._mptcp_extension(attempt)
         syn_payload = b""
@@ -460,6 +481,9 @@ class LogicalConnection:
                 self._complete(attempt, now)
             else:
                 self._attempt_failed(attempt, now, self._reply_missing(attempt))
+        elif isinstance(event, Unreachable):  # an ICMP error ended the attempt in SYN-SENT (Linux)
+            self._connection_lost(attempt, now, None if attempt.proxy is None else FallbackReason.CONVERTER_UNREACHABLE,
+                                  f"unreachable (ICMP code {event.icmp_code})")
         elif isinstance(event, (ResetReceived, TimedOut)):
             detail = "refused" if isinstance(event, ResetReceived) and event.refused else \
                 "reset" if isinstance(event, ResetReceived) else f"timed out ({event.what})"
@@ -520,7 +544,7 @@ class LogicalConnection:
 
     def _path_ready(self, attempt: _Attempt, now: float) -> None:
         attempt.ready = True
-        self.deadline = None
+        self._await_response(now)
         if self.setup_s is None:
             self.setup_s = now - self.start_s
         self.via_proxy = attempt.proxy is not None or attempt.kind in (AttemptKind.MP_CONVERT_OPTION,
@@ -528,6 +552,10 @@ class LogicalConnection:
             self._implicit_converted(attempt)
         if attempt.proxy is not None:
             self.host.caches.mark_usable(attempt.proxy)
+
+    def _await_response(self, now: float) -> None:
+        timeout_s = self.host.client_policy.response_timeout_s
+        self.deadline = None if timeout_s is None else now + timeout_s
 
     def _implicit_converted(self, attempt: _Attempt) -> bool:
         synack = attempt.conn.synack
@@ -563,6 +591,7 @@ class LogicalConnection:
                 return
         if self.first_byte_s is None:
             self.first_byte_s = now - self.start_s
+        self._await_response(now)
         self.delivered_bytes += len(data)
         if self.delivered_bytes >= self.request.response_size_bytes:
             self._complete(attempt, now)
@@ -668,7 +697,9 @@ class LogicalConnection:
             return
         self.deadline = None
         attempt = self.attempts[-1]
-        if not attempt.ready and attempt.conn is not None:
+        if attempt.ready:
+            self._finish(now, Outcome.FAILED, f"no response for {self.host.client_policy.response_timeout_s:g} s")
+        elif attempt.conn is not None:
             self._attempt_failed(attempt, now, self._reply_missing(attempt))
 
     def _complete(self, attempt: _Attempt, now: float) -> None:
@@ -755,6 +786,9 @@ class ClientHost(Host):
         self.tfo = TfoClient(tfo_policy, mib=self.mib)
         self.caches = ClientCaches(cache_policy or CachePolicy())
         self.convert_policy = convert_policy or ConvertClientPolicy()
+        # Server TFO cookies learned through a converter, per (converter, server): the server binds a
+        # cookie to the address it sees, the converter's, so one learned directly (self.tfo, per
+        # client address) is never offered through a converter, nor one of these directly.
         self.converter_tfo_cookies: dict[tuple[Proxy, IpAddress], bytes] = {}
         self.converters_seen: set[Proxy] = set()
         self.logical: dict[int, LogicalConnection] = {}
@@ -790,9 +824,17 @@ class ClientHost(Host):
         self.mptcp_blackhole = MptcpBlackholeState(self.mptcp_policy)
 
     def attach_network(self, now: float, interfaces: dict[str, IpAddress] | None = None) -> None:
-        """The host moved to another network (other middleboxes): cached verdicts are re-probed."""
+        """The host moved to another network (other middleboxes): cached verdicts are re-probed.
+        With new ``interfaces``, connections bound to an address the host no longer has are gone
+        with the old network (nothing can leave from it, not even an RST): their requests fail."""
         if interfaces is not None:
             self.interfaces = dict(interfaces)
+            stale = [c for c in self.connections.values() if c.local_addr not in self.interfaces.values()]
+            for conn in stale:
+                self._drop(conn)
+            for logical in self.logical.values():
+                if not logical.finished and any(a.conn in stale for a in logical.attempts):
+                    logical._finish(now, Outcome.FAILED, "network changed")
         self.caches.network_attached()
 
     def discover_proxy(self, proxy: Proxy, now: float) -> None:

@@ -31,6 +31,7 @@ class FallbackReason(enum.Enum):
     SIGNAL_DOES_NOT_FIT = "signal_does_not_fit"  # the option does not fit in 40 bytes
     CONVERTER_SYN_TIMEOUT = "converter_syn_timeout"  # no SYN-ACK from the converter
     CONVERTER_REFUSED = "converter_refused"  # RST from the converter address
+    CONVERTER_UNREACHABLE = "converter_unreachable"  # ICMP destination unreachable for the converter
     CONVERTER_REPLY_MISSING = "converter_reply_missing"  # no valid Convert message came back
     CONVERTER_REPLY_INVALID = "converter_reply_invalid"  # malformed reply, duplicate or type-0 TLV
     CONVERTER_ERROR = "converter_error"  # an Error TLV (the code is in the event)

@@ -1,16 +1,20 @@
 """The client host (mpsim/proto/client.py) end to end: one named test per situation of the seed
-discussion (DESIGN.md 4, protocols.md 2.6 and 8), per-scheme first-byte times, the converter's
-error codes, and invariants over random truth-table cases.
+discussion (DESIGN.md 4, protocols.md 2.6 and 8, numbered as in the brief), per-scheme first-byte
+times, the converter's error codes, what the MP_CONVERT and SOCKS5 proxies' answers cost, and
+invariants over random truth-table cases.
 
 Topology (the truth table's, built here with every knob exposed): client -10 ms- router -0 ms-
-proxy, router -20 ms- server. Round trips: client-proxy 20 ms, proxy-server 40 ms, client-server
-60 ms. One request is 100 bytes up, 1000 bytes down. Times below are exact sums of those delays.
+proxy, router -20 ms- server; the MP_CONVERT proxy sits on the path instead (client -10 ms- proxy
+-0 ms- router), with the same delays. Round trips: client-proxy 20 ms, proxy-server 40 ms,
+client-server 60 ms. One request is 100 bytes up, 1000 bytes down. Times are exact sums of these
+delays; the harness logs a packet when it reaches the next hop, ``Net.sent`` gives send times.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, replace
+from ipaddress import IPv4Address, IPv6Address, ip_network
 from typing import Any
 
 import pytest
@@ -41,7 +45,7 @@ from mpsim.proto.client import (
 from mpsim.proto.convert import ConverterHost, ConverterPolicy, ConverterTiming
 from mpsim.proto.events import Outcome
 from mpsim.proto.harness import Harness, Router, drop_matching
-from mpsim.proto.middlebox import PASS, SegmentClass, StripOptions, StripPayload
+from mpsim.proto.middlebox import PASS, DropSegments, SegmentClass, StripOptions, StripPayload
 from mpsim.proto.mptcp import MptcpClientExtension, MptcpServerExtension
 from mpsim.proto.mp_convert_proxy import (
     MpConvertProxied,
@@ -57,7 +61,7 @@ from mpsim.proto.tcp import Established, TcpState
 from mpsim.wire.convert import ConnectTlv, parse_convert_prefix
 from mpsim.wire.mp_convert import MpConvert
 from mpsim.wire.options import FastOpen, TcpOptionKind
-from mpsim.wire.segment import TcpFlags
+from mpsim.wire.segment import IpPacket, TcpFlags
 from mpsim.wire.syn_payload import SynPayloadSignal, decode_syn_payload
 
 PROXY = (PROXY_UP, PROXY_PORT)
@@ -104,7 +108,7 @@ class DeadlineChecked:
 class Net:
     harness: Harness
     client: ClientHost
-    proxy: ConverterHost
+    proxy: Any  # ConverterHost, MpConvertProxyHost or Socks5ProxyHost
     server: ServerHost
 
     def request(self, at_s: float, request: Request = REQUEST, run_s: float = 10.0) -> ConnectionRecord:
@@ -124,7 +128,8 @@ class Net:
         field values (e.g. ``src_port=``). The harness logs arrivals at the next hop."""
         delay_s = {"client": 0.010, "server": 0.020, "proxy": 0.0}[src]
         return [(d.time_s - delay_s, d.packet.segment) for d in self.harness.log
-                if d.src == src and all(getattr(d.packet.segment, k) == v for k, v in segment_fields.items())]
+                if d.src == src and isinstance(d.packet, IpPacket)
+                and all(getattr(d.packet.segment, k) == v for k, v in segment_fields.items())]
 
 
 def build_net(policy: ClientPolicy, server_kind: ServerKind = ServerKind.LEGACY_DROP, *, up: Any = PASS,
@@ -196,7 +201,8 @@ def test_legacy_queue_acks_signalling_continue_leaks_it_into_the_stream():
     # stream opens with the signalling bytes: MP_CONVERT(implicit) 1e 04 f8 c0, then the EOL.
     net = build_net(replace(IMPLICIT_EOL, signal_acked_as_data=SignalAckedAsData.CONTINUE), ServerKind.LEGACY_QUEUE)
     record = net.request(0.0)
-    assert (record.outcome, record.fallback_reason, record.signal_leaked) == ("fallback_tcp", "signal_acked_as_data", True)
+    assert (record.outcome, record.fallback_reason, record.signal_leaked) == \
+        ("fallback_tcp", "signal_acked_as_data", True)
     assert (record.syns_sent, record.rsts_sent, record.source_ports_used, record.attempts) == (1, 0, 1, 1)
     (port,) = client_ports(net)
     assert server_stream(net, port) == bytes.fromhex("1e04f8c0") + b"\x00" + REQUEST.payload()
@@ -209,7 +215,8 @@ def test_legacy_queue_acks_signalling_continue_leaks_it_into_the_stream():
 def test_legacy_queue_acks_signalling_reset_falls_back_on_a_new_port():
     net = build_net(IMPLICIT_EOL, ServerKind.LEGACY_QUEUE)  # policy RESET is the default
     record = net.request(0.0)
-    assert (record.outcome, record.fallback_reason, record.signal_leaked) == ("fallback_tcp", "signal_acked_as_data", False)
+    assert (record.outcome, record.fallback_reason, record.signal_leaked) == \
+        ("fallback_tcp", "signal_acked_as_data", False)
     assert (record.syns_sent, record.rsts_sent, record.source_ports_used, record.attempts) == (2, 1, 2, 2)
     first, second = client_ports(net)
     assert first != second
@@ -554,6 +561,26 @@ def test_explicit_proxy_without_mp_capable_in_its_synack_relays_plain_tcp():
     assert record.first_byte_time_s == pytest.approx(2 * CLIENT_SERVER_RTT_S)
 
 
+def test_mp_convert_option_with_an_ipv6_destination_does_not_fit_and_goes_direct():
+    # Beside a Linux SYN (20 bytes) and MP_CAPABLE (4), MP_CONVERT(IPv6, port) needs 22 more: 46,
+    # padded 48, of 40 (docs/mp-convert.md 1). The client does not even try the proxy.
+    server6 = IPv6Address("2001:db8:3::1")
+    net = build_net(ClientPolicy(scheme=Scheme.MP_CONVERT_OPTION), proxy_kind="mp_convert")
+    net.client.interfaces["eth6"] = IPv6Address("2001:db8::1")
+    net.harness.add("server6", ServerHost("server6", server6, ServerKind.LEGACY_DROP, rng=random.Random(4),
+                                          app=ResponderApp(RESPONSE_BYTES, request_size_bytes=100)))
+    net.harness.machines["router"].routes.insert(0, (ip_network("2001:db8::/64"), "c6"))
+    net.harness.machines["router"].routes.insert(0, (ip_network("2001:db8:3::/64"), "s6"))
+    net.harness.link("client", "eth6", "router", "c6", 0.010)
+    net.harness.link("server6", "eth0", "router", "s6", 0.020)
+    record = net.request(0.0, replace(REQUEST, destination=server6))
+    assert (record.outcome, record.fallback_reason, record.detail) == \
+        ("fallback_tcp", "signal_does_not_fit", "MP_CONVERT needs 48 option bytes of 40")
+    assert (record.syns_sent, record.source_ports_used, record.attempts) == (1, 1, 1)
+    assert record.first_byte_time_s == pytest.approx(2 * CLIENT_SERVER_RTT_S)
+    assert net.proxy.relays == {} and net.sent("client", dst_port=PROXY_PORT) == []
+
+
 def test_mp_convert_option_is_kept_on_syn_retransmissions():
     # The first SYN is lost: the retransmission must still name the destination, or the explicit
     # proxy (which needs it) would refuse it. MP_CONVERT travels with MP_CAPABLE.
@@ -631,7 +658,8 @@ def test_error_3_cookie_required_retry_with_the_cookie_on_a_new_port():
 def test_error_64_backs_off_then_uses_the_converter_again():
     net = build_net(ClientPolicy(scheme=Scheme.CONVERT), converter={"max_sessions": 0, "resource_backoff_s": 30})
     refused = net.request(0.0)
-    assert (refused.outcome, refused.fallback_reason, refused.converter_error) == ("fallback_tcp", "converter_error", 64)
+    assert (refused.outcome, refused.fallback_reason, refused.converter_error) == \
+        ("fallback_tcp", "converter_error", 64)
     assert (refused.rsts_sent, refused.source_ports_used, refused.via_proxy) == (1, 2, False)
     assert net.client.proxy_state(PROXY, 1.0) is ProxyState.BACKOFF
     net.proxy.converter.policy = replace(net.proxy.converter.policy, max_sessions=1024)  # load gone
@@ -737,8 +765,67 @@ def test_short_response_then_fin_ends_the_request():
     app = ResponderApp(400, request_size_bytes=REQUEST.request_size_bytes, close_after_response=True)
     net = build_net(ClientPolicy(scheme=Scheme.PLAIN), ServerKind.LEGACY_DROP, app=app)
     record = net.request(0.0)
-    assert (record.outcome, record.bytes_delivered, record.detail) == ("tcp", 400, "peer closed after 400 response bytes")
+    assert (record.outcome, record.bytes_delivered, record.detail) == \
+        ("tcp", 400, "peer closed after 400 response bytes")
     assert record.completion_time_s == pytest.approx(2 * CLIENT_SERVER_RTT_S)
+
+
+def test_a_blackholed_response_times_out_at_the_application():
+    # Every data segment from the server is lost. The request was ACKed, so the client has nothing
+    # outstanding and TCP never notices: only the application's idle timeout ends the request.
+    net = build_net(ClientPolicy(scheme=Scheme.PLAIN, response_timeout_s=30.0), ServerKind.LEGACY_DROP,
+                    down=DropSegments(SegmentClass.DATA))
+    record = net.request(0.0, run_s=60.0)
+    assert (record.outcome, record.detail, record.bytes_delivered) == ("failed", "no response for 30 s", 0)
+    assert record.rsts_sent == 1  # the client aborts
+    (rst_s,) = [t for t, seg in net.sent("client") if seg.flags & TcpFlags.RST]
+    assert rst_s == pytest.approx(CLIENT_SERVER_RTT_S + 30.0)  # 30 s after the path was ready
+
+
+def test_the_response_timeout_counts_idle_time_not_the_whole_transfer():
+    # 300 kB: a window's worth arrives at 120 ms, the rest at 180 ms. Never 100 ms without a byte,
+    # although the transfer takes longer than that after setup (60 ms).
+    size_bytes = 300_000
+    net = build_net(ClientPolicy(scheme=Scheme.PLAIN, response_timeout_s=0.1), ServerKind.LEGACY_DROP,
+                    app=ResponderApp(size_bytes, request_size_bytes=REQUEST.request_size_bytes))
+    record = net.request(0.0, replace(REQUEST, response_size_bytes=size_bytes))
+    assert (record.outcome, record.bytes_delivered) == ("tcp", size_bytes)
+    assert record.completion_time_s == pytest.approx(3 * CLIENT_SERVER_RTT_S)
+
+
+def test_icmp_unreachable_server_ends_the_request():
+    net = build_net(ClientPolicy(scheme=Scheme.PLAIN), ServerKind.UNREACHABLE)
+    record = net.request(0.0)
+    assert (record.outcome, record.detail, record.source_ports_used) == ("failed", "unreachable (ICMP code 1)", 1)
+    assert record.completion_time_s is None
+
+
+def test_icmp_unreachable_converter_is_marked_off_and_the_request_goes_direct():
+    net = build_net(ClientPolicy(scheme=Scheme.CONVERT), ServerKind.LEGACY_DROP)
+    # In the converter's place, a router that answers everything with ICMP host unreachable.
+    net.harness.add("proxy", ServerHost("proxy", PROXY_UP, ServerKind.UNREACHABLE, rng=random.Random(3),
+                                        interface="up"))
+    record = net.request(0.0)
+    assert (record.outcome, record.fallback_reason, record.source_ports_used) == \
+        ("fallback_tcp", "converter_unreachable", 2)
+    assert record.first_byte_time_s == pytest.approx(CLIENT_PROXY_RTT_S + 2 * CLIENT_SERVER_RTT_S)
+    assert net.client.proxy_state(PROXY, 1.0) is ProxyState.OFF
+
+
+def test_attaching_to_a_new_address_ends_requests_bound_to_the_old_one():
+    net = build_net(ClientPolicy(scheme=Scheme.PLAIN), ServerKind.LEGACY_DROP,
+                    down=DropSegments(SegmentClass.DATA))  # the answer never comes: the request is in flight
+    net.client.connect(REQUEST, 0.0)
+    net.harness.run(1.0)
+    new_address = IPv4Address("198.18.0.2")
+    net.client.attach_network(1.0, {"eth0": new_address})
+    net.harness.run(400.0)  # the old connection's timers are gone with it: nothing tries to send
+    (record,) = net.client.finished
+    assert (record.outcome, record.detail, record.rsts_sent) == ("failed", "network changed", 0)
+    net.harness.hops[("router", "c")].filters.clear()
+    later = net.request(400.0)
+    assert later.outcome == "tcp"
+    assert [key[2] for key in net.server.app.received] == [CLIENT, new_address]
 
 
 class _ResettingApp(ServerApp):
@@ -779,7 +866,8 @@ RANDOM_SCHEMES = (
 
 
 @given(scheme=st.sampled_from(RANDOM_SCHEMES), middlebox=st.sampled_from(MIDDLEBOXES),
-       server=st.sampled_from(SERVERS + (ServerKind.TFO,)), timing=st.sampled_from(list(ConverterTiming)),
+       server=st.sampled_from(SERVERS + (ServerKind.TFO, ServerKind.UNREACHABLE)),
+       timing=st.sampled_from(list(ConverterTiming)),
        seed=st.integers(0, 2**16), fallback=st.sampled_from(list(FallbackTarget)),
        leak=st.sampled_from(list(SignalAckedAsData)), tfo=st.booleans(), mptcp_to_server=st.booleans(),
        second_at_s=st.sampled_from([1.0, 20.0, 400.0]))
