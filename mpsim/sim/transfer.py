@@ -1,0 +1,961 @@
+"""Packet-level bulk transfer: TCP or MPTCP from a sender to a receiver over simulated links.
+
+One :class:`BulkTransfer` moves ``size_bytes`` of application data over one path (TCP) or one
+subflow per path (MPTCP). A path is a pair of :class:`~mpsim.sim.link.LinkDirection`\\ s:
+``forward`` carries data from the sender, ``backward`` carries the receiver's ACKs. The transfer
+attaches its own endpoints to the links: each segment names the endpoint it is for, so several
+transfers (and several subflows) may share a direction, which is how a shared bottleneck is
+built. The result is a :class:`TransferRecord`.
+
+What each side does
+-------------------
+Sender, per subflow (Linux as the reference where the RFCs leave a choice):
+
+* congestion control from :mod:`mpsim.sim.congestion` (Reno, CUBIC, or LIA coupling across
+  the subflows); the window grows only when the subflow was cwnd-limited (Linux
+  ``tcp_is_cwnd_limited``: in slow start while cwnd < 2 x in flight);
+* an RFC 6675-style SACK scoreboard, simplified: a segment is lost once more than
+  (DupThresh - 1) = 2 segments' worth of bytes above it are SACKed (the byte rule of IsLost; the
+  "DupThresh discontiguous blocks" rule and rescue retransmissions are left out); pipe is
+  Linux's ``packets_out - sacked_out - lost_out + retrans_out``; lost segments are
+  retransmitted before new data (NextSeg rules 1 and 2); a retransmission is itself declared
+  lost when data sent after it is SACKed (Linux's pre-RACK ``tcp_mark_lost_retrans``). No RACK,
+  no D-SACK, no undo of spurious reductions;
+* fast recovery with Proportional Rate Reduction (RFC 6937, as Linux ``tcp_cwnd_reduction``),
+  cwnd = ssthresh when recovery ends;
+* RTO per RFC 6298 with Linux's formula ``RTO = SRTT + max(4 RTTVAR, 200 ms)``, initial 1 s,
+  exponential back-off to 120 s; RTT samples from the oldest newly acknowledged segment that
+  was neither retransmitted (Karn) nor SACKed before, else from the oldest newly SACKed one
+  (Linux ``seq_rtt``/``sack_rtt``); on expiry every unSACKed segment is marked lost, cwnd = 1,
+  and ssthresh is reduced only by the first expiry of a back-off series and not when fast
+  recovery already reduced it (Linux ``tcp_enter_loss``);
+* a send buffer: the data the application has written and the peer has not acknowledged
+  (DATA_ACK for MPTCP) never exceeds ``snd_buf_bytes``; the application writes as fast as the
+  buffer allows.
+
+Receiver, per subflow: in-order data goes up at once (an application that reads instantly);
+out-of-order segments wait in an interval list and are reported in SACK blocks (the block
+holding the segment just received first, then the others from the highest down, as many as
+the option space allows). ACKs: quick ACK for the first 16 segments (Linux
+``TCP_MAX_QUICKACKS``), then one ACK per two full segments or after 40 ms (Linux
+``TCP_DELACK_MIN``); immediate ACKs while out-of-order data is held, when a hole is filled and
+for duplicates. The advertised window is ``rcv_buf_bytes`` minus the bytes held out of order
+(subflow- and connection-level), relative to the cumulative (DATA_)ACK, and its right edge
+never moves back (RFC 9293 3.8.6, Linux ``tcp_select_window``).
+
+MPTCP (RFC 8684): one connection-level sequence space; new data goes to the subflow with the
+lowest smoothed RTT among those with cwnd space (subflows without a sample count as RTT 0; the
+scheduler of the out-of-tree Linux MPTCP, which upstream Linux replaced by one choosing the
+lowest "linger time", queued bytes over pacing rate); a segment is retransmitted only on its
+own subflow with its original mapping; the receiver reassembles by DSN into the shared buffer
+and every ACK carries the DATA_ACK and the connection-level window.
+
+Header accounting (``size_bytes`` is the IP packet; the links add no framing)
+------------------------------------------------------------------------------
+* every segment: IPv4 20 + TCP 20 + NOP NOP Timestamps 12 = 52 bytes;
+* TCP data: 52 + ``mss_bytes`` payload (1448: a 1500-byte packet, the Linux MSS with
+  timestamps on a 1500-byte MTU);
+* MPTCP data: 52 + DSS 28 (4 base + Data ACK 8 + DSN 8 + SSN 4 + data-level length 2 = 26,
+  padded to 28; no checksum, Linux's defaults: 64-bit DSN and Data ACK) and a payload of
+  ``mss_bytes - 28`` (Linux reserves the full DSS when it computes the MSS, so packets still
+  fit the MTU: 1420 bytes of payload in a 1500-byte packet);
+* pure ACKs: 52, + 12 for the MPTCP DSS Data ACK, + 4 + 8 per SACK block (NOP NOP kind
+  length); 40 bytes of option space allow 3 SACK blocks on TCP but only 1 on MPTCP (Linux puts
+  the DSS before SACK and trims the blocks to what fits).
+
+The kernel testbed shapes with tbf, which counts Ethernet framing (14 bytes more per packet):
+compare goodput as a fraction of the shaped rate with 1448/1514 there and 1448/1500 here.
+
+Simplifications
+---------------
+* No connection setup or teardown: every subflow starts established when the transfer
+  starts, with the full windows (no MP_JOIN delay, no receive-window auto-tuning, which Linux
+  starts from about 10 segments); no FIN/DATA_FIN. Handshakes are the negotiation models' job.
+* Buffers count payload bytes; Linux counts skb truesize and advertises only part of
+  ``tcp_rmem`` (``tcp_adv_win_scale`` / ``scaling_ratio``), so a kernel buffer of B bytes
+  corresponds to a smaller model buffer.
+* The receiving application reads instantly; no zero-window probing (a window never closes
+  with nothing in flight when the reader is instant).
+* MPTCP: no reinjection of a failed subflow's data on another subflow (a dead path stalls the
+  connection), no DATA_ACK-only window updates on idle subflows, no subflow that joins late or
+  leaves; one ACK path per subflow (the reverse of its forward path).
+* No pacing, no TSO/GSO, no ECN, no HyStart, no BBR (the kernel benchmark pins CUBIC).
+* The transfer itself draws no random numbers: loss and jitter live in the links, each with
+  its own rng (:mod:`mpsim.sim.seeds`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from operator import attrgetter
+from typing import Any
+
+import simpy
+from simpy.events import NORMAL
+
+from mpsim.sim.congestion import INITIAL_CWND_SEGMENTS, CongestionControl, LiaCoupling, make_congestion_control
+from mpsim.sim.link import LinkDirection, schedule_call
+
+# --- header accounting (module docstring) ------------------------------------------------------
+#: IPv4 20 + TCP 20 + NOP NOP Timestamps 12.
+BASE_HEADER_BYTES = 52
+TIMESTAMPS_OPTION_BYTES = 12
+TCP_OPTION_SPACE_BYTES = 40
+#: DSS with Data ACK (64-bit), DSN (64-bit), SSN and data-level length, no checksum: 26 + 2 padding.
+DSS_DATA_OPTION_BYTES = 28
+#: DSS with a 64-bit Data ACK only.
+DSS_ACK_OPTION_BYTES = 12
+SACK_BASE_BYTES = 4  # NOP NOP kind length
+SACK_BLOCK_BYTES = 8
+DEFAULT_MSS_BYTES = 1448
+
+# --- Linux constants --------------------------------------------------------------------------
+RTO_MIN_S = 0.2  # TCP_RTO_MIN
+RTO_MAX_S = 120.0  # TCP_RTO_MAX
+RTO_INITIAL_S = 1.0  # RFC 6298 2.1
+DELAYED_ACK_S = 0.04  # TCP_DELACK_MIN
+QUICKACK_SEGMENTS = 16  # TCP_MAX_QUICKACKS
+DUPTHRESH = 3
+#: Linux's default tcp_wmem / tcp_rmem maxima: what auto-tuning may reach.
+DEFAULT_SND_BUF_BYTES = 4 * 1024 * 1024
+DEFAULT_RCV_BUF_BYTES = 6 * 1024 * 1024
+
+#: Timers run after packet deliveries scheduled for the same instant (as SimNode's).
+TIMER_PRIORITY = NORMAL + 1
+FLAG_PSH = 0x08
+FLAG_ACK = 0x10
+
+_OPEN, _RECOVERY, _LOSS = 0, 1, 2  # Linux TCP_CA_Open / TCP_CA_Recovery / TCP_CA_Loss
+_SEQ = attrgetter("seq")
+
+
+def sack_capacity(mptcp: bool) -> int:
+    """SACK blocks that fit beside the timestamps (and the MPTCP Data ACK) in 40 option bytes."""
+    room = TCP_OPTION_SPACE_BYTES - TIMESTAMPS_OPTION_BYTES - (DSS_ACK_OPTION_BYTES if mptcp else 0)
+    return max(0, (room - SACK_BASE_BYTES) // SACK_BLOCK_BYTES)
+
+
+class Segment:
+    """A light TCP segment for the transfer model (plain attributes: thousands per second).
+
+    ``seq`` is the subflow sequence number of the first payload byte, counted from 0 (the SYN
+    is not modelled); ``ack`` the cumulative subflow ACK; ``sack_blocks`` a tuple of
+    ``(left, right)`` or None; ``dsn``/``data_ack`` the MPTCP data sequence number and DATA_ACK
+    (for TCP they equal ``seq``/``ack``); ``window_bytes`` the window advertised from
+    ``data_ack``; ``payload`` the data itself (a memoryview) when the transfer carries real
+    bytes, else None. ``dst_endpoint`` is the object whose ``receive(segment)`` the link
+    delivers it to. Treat a segment as immutable once sent.
+    """
+
+    __slots__ = ("size_bytes", "dst_endpoint", "subflow_id", "seq", "payload_bytes", "ack", "sack_blocks",
+                 "dsn", "data_ack", "window_bytes", "flags", "sent_s", "payload", "mptcp")
+
+    def __init__(self, size_bytes: int, dst_endpoint: Any, subflow_id: int, seq: int, payload_bytes: int, ack: int,
+                 sack_blocks: tuple | None, dsn: int, data_ack: int, window_bytes: int, flags: int, sent_s: float,
+                 payload: memoryview | None, mptcp: bool) -> None:
+        self.size_bytes = size_bytes
+        self.dst_endpoint = dst_endpoint
+        self.subflow_id = subflow_id
+        self.seq = seq
+        self.payload_bytes = payload_bytes
+        self.ack = ack
+        self.sack_blocks = sack_blocks
+        self.dsn = dsn
+        self.data_ack = data_ack
+        self.window_bytes = window_bytes
+        self.flags = flags
+        self.sent_s = sent_s
+        self.payload = payload
+        self.mptcp = mptcp
+
+    def __repr__(self) -> str:
+        kind = f"data seq={self.seq} len={self.payload_bytes}" if self.payload_bytes else f"ack={self.ack}"
+        return f"<Segment sf{self.subflow_id} {kind} dsn={self.dsn} data_ack={self.data_ack} {self.size_bytes}B>"
+
+    def to_ip_packet(self):
+        """The segment as a wire ``IpPacket`` (for pcap files), with the header accounted above.
+
+        Addresses and ports come from the endpoints; sequence numbers are offset by one for the
+        SYN (ISN 0) and taken modulo 2**32; the window is scaled by 2**7; TSval is the send time
+        in milliseconds; the payload is zeros when the transfer carries no real bytes.
+        """
+        from mpsim.wire.mptcp import Dss
+        from mpsim.wire.options import NoOperation, Sack, Timestamps
+        from mpsim.wire.segment import IpPacket, TcpFlags, TcpSegment
+
+        mask = 0xFFFFFFFF
+        endpoint = self.dst_endpoint
+        options: list = [NoOperation(), NoOperation(), Timestamps(int(self.sent_s * 1000) & mask, 0)]
+        if self.mptcp:
+            if self.payload_bytes:
+                options.append(Dss(data_ack=self.data_ack + 1, dsn=self.dsn + 1, ssn=self.seq + 1,
+                                   data_level_length_bytes=self.payload_bytes, data_ack_64_bit=True, dsn_64_bit=True))
+            else:
+                options.append(Dss(data_ack=self.data_ack + 1, data_ack_64_bit=True))
+        if self.sack_blocks:
+            blocks = tuple(((left + 1) & mask, (right + 1) & mask) for left, right in self.sack_blocks)
+            options += [NoOperation(), NoOperation(), Sack(blocks)]
+        if self.payload is not None:
+            payload = bytes(self.payload)
+        else:
+            payload = bytes(self.payload_bytes)
+        segment = TcpSegment(endpoint.remote_port, endpoint.local_port, (self.seq + 1) & mask, (self.ack + 1) & mask,
+                             TcpFlags(self.flags), min(self.window_bytes >> 7, 0xFFFF), tuple(options), payload)
+        return IpPacket(endpoint.remote_ip, endpoint.local_ip, segment)
+
+
+def deliver_segment(segment: Segment) -> None:
+    """The ``deliver`` callback of every direction a transfer uses: hand the segment to its endpoint."""
+    segment.dst_endpoint.receive(segment)
+
+
+class _Timer:
+    """One restartable deadline on one SimPy event at a time.
+
+    SimPy events cannot be cancelled, and RTO deadlines move later on almost every ACK, so a
+    later deadline keeps the pending event (which re-arms itself when it comes up early) and
+    only an earlier one schedules a new event; superseded events do nothing.
+    """
+
+    __slots__ = ("env", "callback", "deadline_s", "_event", "_armed_s")
+
+    def __init__(self, env: simpy.Environment, callback: Callable[[float], None]) -> None:
+        self.env = env
+        self.callback = callback
+        self.deadline_s: float | None = None
+        self._event = None
+        self._armed_s = 0.0
+
+    def set(self, deadline_s: float) -> None:
+        self.deadline_s = deadline_s
+        if self._event is None or deadline_s < self._armed_s:
+            self._armed_s = deadline_s
+            self._event = schedule_call(self.env, deadline_s - self.env.now, self._fire, TIMER_PRIORITY)
+
+    def cancel(self) -> None:
+        self.deadline_s = None
+
+    def _fire(self, event) -> None:
+        if event is not self._event:
+            return  # superseded by an earlier deadline
+        self._event = None
+        deadline_s = self.deadline_s
+        if deadline_s is None:
+            return
+        now = self.env.now
+        if deadline_s > now:  # moved later since this event was scheduled
+            self._armed_s = deadline_s
+            self._event = schedule_call(self.env, deadline_s - now, self._fire, TIMER_PRIORITY)
+            return
+        self.deadline_s = None
+        self.callback(now)
+
+
+class _TxRecord:
+    """A sent, not yet cumulatively acknowledged segment on the sender's scoreboard."""
+
+    __slots__ = ("seq", "end", "dsn", "payload", "sent_s", "sacked", "lost", "retrans", "ever_retrans",
+                 "rtx_high_seq")
+
+    def __init__(self, seq: int, end: int, dsn: int, payload: memoryview | None, sent_s: float) -> None:
+        self.seq = seq
+        self.end = end
+        self.dsn = dsn
+        self.payload = payload
+        self.sent_s = sent_s
+        self.sacked = False
+        self.lost = False
+        self.retrans = False  # a retransmission of it is in flight (Linux TCPCB_SACKED_RETRANS)
+        self.ever_retrans = False
+        self.rtx_high_seq = 0  # snd_nxt when last retransmitted
+
+
+def _add_range(ranges: list[list[int]], left: int, right: int) -> list[tuple[int, int]]:
+    """Merge [left, right) into sorted disjoint ``ranges`` in place; returns the newly covered pieces."""
+    i = len(ranges)
+    while i > 0 and ranges[i - 1][1] >= left:  # SACK news is usually at the right end: scan from there
+        i -= 1
+    j = i
+    cursor = new_left = left
+    new_right = right
+    pieces = []
+    while j < len(ranges) and ranges[j][0] <= right:
+        range_left, range_right = ranges[j]
+        if range_left > cursor:
+            pieces.append((cursor, range_left))
+        if range_right > cursor:
+            cursor = range_right
+        if range_left < new_left:
+            new_left = range_left
+        if range_right > new_right:
+            new_right = range_right
+        j += 1
+    if cursor < right:
+        pieces.append((cursor, right))
+    ranges[i:j] = [[new_left, new_right]]
+    return pieces
+
+
+class _SubflowSender:
+    """The sending side of one subflow: scoreboard, loss recovery, RTO, congestion control."""
+
+    def __init__(self, conn: _ConnectionSender, subflow_id: int, forward: LinkDirection, cc: CongestionControl,
+                 payload_max_bytes: int, rto_min_s: float, local_ip: IPv4Address, remote_ip: IPv4Address,
+                 local_port: int, remote_port: int) -> None:
+        self.conn = conn
+        self.env = conn.env
+        self.subflow_id = subflow_id
+        self.forward = forward
+        self.cc = cc
+        self.payload_max_bytes = payload_max_bytes
+        self.rto_min_s = rto_min_s
+        self.local_ip, self.remote_ip, self.local_port, self.remote_port = local_ip, remote_ip, local_port, remote_port
+        self.receiver: _SubflowReceiver | None = None  # set by BulkTransfer
+        self.data_header_bytes = BASE_HEADER_BYTES + (DSS_DATA_OPTION_BYTES if conn.mptcp else 0)
+        self.snd_una = 0
+        self.snd_nxt = 0
+        self.rtx: list[_TxRecord] = []  # sent and not cumulatively acknowledged from index head on
+        self.head = 0
+        self.sacked_out = 0
+        self.lost_out = 0
+        self.retrans_out = 0
+        self.sacked_ranges: list[list[int]] = []
+        self.highest_sacked_end = 0
+        self.lost_scan = 0  # records below this index are SACKed or marked lost
+        self.retransmit_queue: deque[_TxRecord] = deque()
+        self.retransmitted: deque[_TxRecord] = deque()  # in retransmission order, for lost-retransmit detection
+        self.state = _OPEN
+        self.recover_seq = 0
+        self.prior_cwnd = 0.0
+        self.prr_delivered = 0
+        self.prr_out = 0
+        self.srtt_s: float | None = None
+        self.rttvar_s = 0.0
+        self.min_rtt_s = float("inf")
+        self.rto_base_s = RTO_INITIAL_S
+        self.rto_s = RTO_INITIAL_S
+        self.backoffs = 0
+        self.rto_timer = _Timer(self.env, self._on_rto)
+        # counters
+        self.segments_sent = 0
+        self.retransmissions = 0
+        self.timeouts = 0
+        self.fast_recoveries = 0
+
+    # --- bookkeeping --------------------------------------------------------------------------
+
+    def pipe(self) -> int:
+        """Segments in flight, as Linux ``tcp_packets_in_flight``."""
+        return len(self.rtx) - self.head - self.sacked_out - self.lost_out + self.retrans_out
+
+    def _rtt_sample(self, rtt_s: float) -> None:
+        if rtt_s < self.min_rtt_s:
+            self.min_rtt_s = rtt_s
+        if self.srtt_s is None:
+            self.srtt_s = rtt_s
+            self.rttvar_s = rtt_s / 2
+        else:
+            self.rttvar_s = 0.75 * self.rttvar_s + 0.25 * abs(self.srtt_s - rtt_s)
+            self.srtt_s = 0.875 * self.srtt_s + 0.125 * rtt_s
+        self.rto_base_s = min(self.srtt_s + max(4 * self.rttvar_s, self.rto_min_s), RTO_MAX_S)
+
+    # --- sending ------------------------------------------------------------------------------
+
+    def _emit(self, record: _TxRecord, now: float) -> None:
+        conn = self.conn
+        length = record.end - record.seq
+        self.forward.send(Segment(self.data_header_bytes + length, self.receiver, self.subflow_id, record.seq, length,
+                                  0, None, record.dsn, 0, 0, FLAG_ACK | FLAG_PSH, now, record.payload, conn.mptcp))
+        self.segments_sent += 1
+        if self.state == _RECOVERY:
+            self.prr_out += 1
+        if self.rto_timer.deadline_s is None:
+            self.rto_timer.set(now + self.rto_s)
+
+    def send_new(self, dsn: int, length: int, payload: memoryview | None, now: float) -> None:
+        seq = self.snd_nxt
+        record = _TxRecord(seq, seq + length, dsn, payload, now)
+        self.rtx.append(record)
+        self.snd_nxt = seq + length
+        self._emit(record, now)
+
+    def send_retransmissions(self, now: float) -> None:
+        """Lost segments first (RFC 6675 NextSeg rule 1), as far as cwnd allows."""
+        queue = self.retransmit_queue
+        while queue:
+            if self.pipe() >= int(self.cc.cwnd_segments):
+                return
+            record = queue.popleft()
+            if record.sacked or record.retrans or not record.lost or record.end <= self.snd_una:
+                continue  # acknowledged meanwhile, or already on its way again
+            record.retrans = True
+            record.ever_retrans = True
+            record.rtx_high_seq = self.snd_nxt
+            record.sent_s = now
+            self.retrans_out += 1
+            self.retransmissions += 1
+            self.retransmitted.append(record)
+            self._emit(record, now)
+
+    # --- acknowledgements ---------------------------------------------------------------------
+
+    def receive(self, segment: Segment) -> None:
+        """An ACK from the receiver."""
+        now = self.env.now
+        conn = self.conn
+        conn.on_data_ack(segment.data_ack, segment.window_bytes)
+        prior_pipe = self.pipe()
+        delivered = 0
+        rtt_s = None
+        ack = segment.ack
+        una_advanced = ack > self.snd_una
+        if una_advanced:
+            rtx = self.rtx
+            i = self.head
+            end = len(rtx)
+            while i < end:
+                record = rtx[i]
+                if record.end > ack:
+                    break
+                if record.sacked:
+                    self.sacked_out -= 1
+                else:
+                    delivered += 1
+                    if record.lost:
+                        self.lost_out -= 1
+                    if record.retrans:
+                        self.retrans_out -= 1
+                        record.retrans = False
+                    elif rtt_s is None and not record.ever_retrans:
+                        rtt_s = now - record.sent_s
+                i += 1
+            self.head = i
+            self.snd_una = ack
+            if i > self.lost_scan:
+                self.lost_scan = i
+            ranges = self.sacked_ranges
+            while ranges and ranges[0][1] <= ack:
+                ranges.pop(0)
+            if ranges and ranges[0][0] < ack:
+                ranges[0][0] = ack
+            if i > 4096 and 2 * i > end:  # drop acknowledged records now and then, not per ACK
+                del rtx[:i]
+                self.lost_scan -= i
+                self.head = 0
+        if segment.sack_blocks:
+            newly_sacked, sack_rtt_s = self._process_sack(segment.sack_blocks, now)
+            delivered += newly_sacked
+            if rtt_s is None:
+                rtt_s = sack_rtt_s
+        if rtt_s is not None:
+            self._rtt_sample(rtt_s)
+        if una_advanced:  # RFC 6298 5.3 (and the back-off ends: Linux clears icsk_backoff)
+            self.backoffs = 0
+            self.rto_s = self.rto_base_s
+            if self.head < len(self.rtx):
+                self.rto_timer.set(now + self.rto_s)
+            else:
+                self.rto_timer.cancel()
+        if self.sacked_out:
+            self._mark_losses()
+        cc = self.cc
+        state = self.state
+        if state != _OPEN and self.snd_una >= self.recover_seq:
+            if state == _RECOVERY:
+                cc.cwnd_segments = cc.ssthresh_segments  # Linux tcp_end_cwnd_reduction
+            self.state = state = _OPEN
+        if state == _OPEN and self.lost_out:
+            self._enter_recovery(now)
+            state = _RECOVERY
+        if state == _RECOVERY:
+            self._prr(delivered, una_advanced)
+        elif delivered:
+            cwnd = cc.cwnd_segments
+            # Grow only a window that limited the sending (Linux tcp_is_cwnd_limited).
+            limited = 2 * prior_pipe > cwnd if cwnd < cc.ssthresh_segments else prior_pipe >= int(cwnd)
+            if limited:
+                cc.on_ack(delivered, now, self.srtt_s or 0.0, self.min_rtt_s if self.srtt_s else 0.0)
+        if self.retransmit_queue:
+            self.send_retransmissions(now)
+        conn.push(now)
+
+    def _process_sack(self, blocks: tuple, now: float) -> tuple[int, float | None]:
+        newly = 0
+        oldest_sent_s = None
+        snd_una = self.snd_una
+        rtx = self.rtx
+        end_index = len(rtx)
+        for left, right in blocks:
+            if right <= snd_una:
+                continue
+            if left < snd_una:
+                left = snd_una
+            for piece_left, piece_right in _add_range(self.sacked_ranges, left, right):
+                i = bisect_left(rtx, piece_left, self.head, end_index, key=_SEQ)
+                while i < end_index:
+                    record = rtx[i]
+                    if record.seq >= piece_right:
+                        break
+                    if not record.sacked:
+                        record.sacked = True
+                        self.sacked_out += 1
+                        newly += 1
+                        if record.lost:
+                            record.lost = False
+                            self.lost_out -= 1
+                        if record.retrans:
+                            record.retrans = False
+                            self.retrans_out -= 1
+                        elif not record.ever_retrans and (oldest_sent_s is None or record.sent_s < oldest_sent_s):
+                            oldest_sent_s = record.sent_s
+                    i += 1
+            if right > self.highest_sacked_end:
+                self.highest_sacked_end = right
+        retransmitted = self.retransmitted
+        while retransmitted and retransmitted[0].rtx_high_seq < self.highest_sacked_end:
+            record = retransmitted.popleft()
+            if record.retrans:  # data sent after this retransmission arrived, so it is lost too
+                record.retrans = False
+                self.retrans_out -= 1
+                self.retransmit_queue.append(record)
+        return newly, None if oldest_sent_s is None else now - oldest_sent_s
+
+    def _mark_losses(self) -> None:
+        """RFC 6675 IsLost, byte rule: lost once more than (DupThresh - 1) * SMSS bytes above are SACKed."""
+        need = (DUPTHRESH - 1) * self.payload_max_bytes
+        for left, right in reversed(self.sacked_ranges):
+            if right - left > need:
+                threshold = right - need - 1  # more than `need` SACKed bytes lie above this point
+                break
+            need -= right - left
+        else:
+            return
+        rtx = self.rtx
+        i = max(self.lost_scan, self.head)
+        end = len(rtx)
+        while i < end:
+            record = rtx[i]
+            if record.end > threshold:
+                break
+            if not record.sacked and not record.lost:
+                record.lost = True
+                self.lost_out += 1
+                self.retransmit_queue.append(record)
+            i += 1
+        self.lost_scan = i
+
+    def _enter_recovery(self, now: float) -> None:
+        self.state = _RECOVERY
+        self.recover_seq = self.snd_nxt
+        self.prior_cwnd = self.cc.cwnd_segments
+        self.prr_delivered = 0
+        self.prr_out = 0
+        self.fast_recoveries += 1
+        self.cc.on_congestion(now)
+
+    def _prr(self, delivered: int, una_advanced: bool) -> None:
+        """Proportional Rate Reduction (RFC 6937), as Linux ``tcp_cwnd_reduction``."""
+        self.prr_delivered += delivered
+        pipe = self.pipe()
+        ssthresh = self.cc.ssthresh_segments
+        delta = ssthresh - pipe
+        if delta < 0:
+            send_count = -(-ssthresh * self.prr_delivered // self.prior_cwnd) - self.prr_out
+        else:
+            send_count = max(self.prr_delivered - self.prr_out, delivered)
+            if una_advanced:
+                send_count += 1
+            send_count = min(delta, send_count)
+        send_count = max(send_count, 0 if self.prr_out else 1)  # the fast retransmit goes out at once
+        self.cc.cwnd_segments = float(pipe + int(send_count))
+
+    def _on_rto(self, now: float) -> None:
+        if self.head >= len(self.rtx):
+            return
+        self.cc.on_timeout(now, reduce_ssthresh=self.backoffs == 0 and self.state != _RECOVERY)
+        self.timeouts += 1
+        self.backoffs += 1
+        queue = self.retransmit_queue
+        queue.clear()
+        self.retransmitted.clear()
+        for i in range(self.head, len(self.rtx)):
+            record = self.rtx[i]
+            if record.sacked:
+                continue
+            record.retrans = False
+            if not record.lost:
+                record.lost = True
+                self.lost_out += 1
+            queue.append(record)
+        self.retrans_out = 0
+        self.lost_scan = len(self.rtx)
+        self.state = _LOSS
+        self.recover_seq = self.snd_nxt
+        self.rto_s = min(self.rto_s * 2, RTO_MAX_S)
+        self.rto_timer.set(now + self.rto_s)
+        self.send_retransmissions(now)
+        self.conn.push(now)
+
+
+class _ConnectionSender:
+    """The data-level sender: send buffer, connection window and the scheduler."""
+
+    def __init__(self, env: simpy.Environment, size_bytes: int, mptcp: bool, snd_buf_bytes: int,
+                 initial_window_bytes: int, payload: bytes | None) -> None:
+        self.env = env
+        self.size_bytes = size_bytes
+        self.mptcp = mptcp
+        self.snd_buf_bytes = snd_buf_bytes
+        self.next_dsn = 0
+        self.data_una = 0
+        self.right_edge = initial_window_bytes
+        self.payload = memoryview(payload) if payload is not None else None
+        self.subflows: list[_SubflowSender] = []
+
+    def on_data_ack(self, data_ack: int, window_bytes: int) -> None:
+        if data_ack > self.data_una:
+            self.data_una = data_ack
+        edge = data_ack + window_bytes
+        if edge > self.right_edge:
+            self.right_edge = edge
+
+    def push(self, now: float) -> None:
+        """Hand new data to the lowest-RTT subflow with cwnd space, while windows and buffer allow."""
+        subflows = self.subflows
+        payload = self.payload
+        while True:
+            remaining = self.size_bytes - self.next_dsn
+            if remaining <= 0:
+                return
+            best = None
+            best_rtt_s = 0.0
+            for subflow in subflows:
+                # pipe() < int(cwnd), inlined: this loop runs once per segment sent.
+                if (len(subflow.rtx) - subflow.head - subflow.sacked_out - subflow.lost_out + subflow.retrans_out + 1
+                        <= subflow.cc.cwnd_segments):
+                    rtt_s = subflow.srtt_s or 0.0
+                    if best is None or rtt_s < best_rtt_s:
+                        best, best_rtt_s = subflow, rtt_s
+            if best is None:
+                return
+            length = best.payload_max_bytes if remaining > best.payload_max_bytes else remaining
+            dsn = self.next_dsn
+            end = dsn + length
+            # No partial segments to fit a window (sender-side silly window avoidance).
+            if end > self.right_edge or end - self.data_una > self.snd_buf_bytes:
+                return
+            self.next_dsn = end
+            best.send_new(dsn, length, None if payload is None else payload[dsn:end], now)
+
+
+class _SubflowReceiver:
+    """The receiving side of one subflow: reordering, SACK blocks, delayed ACKs."""
+
+    def __init__(self, conn: _ConnectionReceiver, subflow_id: int, backward: LinkDirection, sender: _SubflowSender,
+                 delayed_ack_s: float, quickack_segments: int, local_ip: IPv4Address, remote_ip: IPv4Address,
+                 local_port: int, remote_port: int) -> None:
+        self.conn = conn
+        self.env = conn.env
+        self.subflow_id = subflow_id
+        self.backward = backward
+        self.sender = sender
+        self.delayed_ack_s = delayed_ack_s
+        self.quickacks_left = quickack_segments
+        self.local_ip, self.remote_ip, self.local_port, self.remote_port = local_ip, remote_ip, local_port, remote_port
+        self.mptcp = conn.mptcp
+        self.sack_capacity = sack_capacity(conn.mptcp)
+        self.ack_header_bytes = BASE_HEADER_BYTES + (DSS_ACK_OPTION_BYTES if conn.mptcp else 0)
+        self.full_segment_bytes = sender.payload_max_bytes
+        self.rcv_nxt = 0
+        self.ooo: list[list[int]] = []  # out-of-order [left, right) ranges, sorted
+        self.ooo_segments: dict[int, Segment] = {}  # by seq
+        self.unacked_full_segments = 0
+        self.delack_timer = _Timer(self.env, self._on_delayed_ack)
+        # counters
+        self.bytes_in_order = 0
+        self.duplicate_segments = 0
+        self.acks_sent = 0
+
+    def receive(self, segment: Segment) -> None:
+        """A data segment from the sender."""
+        seq = segment.seq
+        conn = self.conn
+        latest = None
+        if seq == self.rcv_nxt:
+            self.rcv_nxt = seq + segment.payload_bytes
+            self.bytes_in_order += segment.payload_bytes
+            conn.deliver(segment)
+            ooo = self.ooo
+            if ooo and ooo[0][0] == self.rcv_nxt:  # a hole filled: take the range behind it
+                range_end = ooo.pop(0)[1]
+                waiting = self.ooo_segments
+                while self.rcv_nxt < range_end:
+                    queued = waiting.pop(self.rcv_nxt)
+                    conn.held_bytes -= queued.payload_bytes
+                    self.rcv_nxt += queued.payload_bytes
+                    self.bytes_in_order += queued.payload_bytes
+                    conn.deliver(queued)
+                immediate = True
+            elif ooo:
+                immediate = True  # Linux ACKs every segment while out-of-order data is held
+            elif self.quickacks_left > 0:
+                self.quickacks_left -= 1
+                immediate = True
+            else:
+                if segment.payload_bytes >= self.full_segment_bytes:
+                    self.unacked_full_segments += 1
+                immediate = self.unacked_full_segments >= 2
+        elif seq > self.rcv_nxt and seq not in self.ooo_segments:
+            self.ooo_segments[seq] = segment
+            conn.held_bytes += segment.payload_bytes
+            latest = self._insert_ooo(seq, seq + segment.payload_bytes)
+            immediate = True
+        else:
+            self.duplicate_segments += 1
+            immediate = True
+        if immediate:
+            self.send_ack(latest)
+        elif self.delack_timer.deadline_s is None:
+            self.delack_timer.set(self.env.now + self.delayed_ack_s)
+
+    def _insert_ooo(self, left: int, right: int) -> int:
+        """Add [left, right) to the out-of-order ranges; returns the index of the range holding it."""
+        ooo = self.ooo
+        if ooo and ooo[-1][1] == left:  # the usual case: the newest data extends the last range
+            ooo[-1][1] = right
+            return len(ooo) - 1
+        i = bisect_left(ooo, [left, right])
+        if i > 0 and ooo[i - 1][1] == left:
+            i -= 1
+            ooo[i][1] = right
+        else:
+            ooo.insert(i, [left, right])
+        if i + 1 < len(ooo) and ooo[i + 1][0] == ooo[i][1]:
+            ooo[i][1] = ooo.pop(i + 1)[1]
+        return i
+
+    def _sack_blocks(self, latest: int | None) -> tuple | None:
+        ooo = self.ooo
+        if not ooo or not self.sack_capacity:
+            return None
+        blocks = []
+        if latest is not None:
+            blocks.append(tuple(ooo[latest]))
+        for i in range(len(ooo) - 1, -1, -1):
+            if len(blocks) >= self.sack_capacity:
+                break
+            if i != latest:
+                blocks.append(tuple(ooo[i]))
+        return tuple(blocks)
+
+    def send_ack(self, latest: int | None = None) -> None:
+        self.unacked_full_segments = 0
+        self.delack_timer.cancel()
+        conn = self.conn
+        blocks = self._sack_blocks(latest)
+        size_bytes = self.ack_header_bytes
+        if blocks:
+            size_bytes += SACK_BASE_BYTES + SACK_BLOCK_BYTES * len(blocks)
+        data_ack = conn.data_rcv_nxt
+        self.backward.send(Segment(size_bytes, self.sender, self.subflow_id, 0, 0, self.rcv_nxt, blocks, 0,
+                                   data_ack, conn.window_bytes(), FLAG_ACK, self.env.now, None, self.mptcp))
+        self.acks_sent += 1
+
+    def _on_delayed_ack(self, now: float) -> None:
+        self.send_ack()
+
+
+class _ConnectionReceiver:
+    """Data-level reassembly into the shared receive buffer, and the application reading it."""
+
+    def __init__(self, env: simpy.Environment, size_bytes: int, mptcp: bool, rcv_buf_bytes: int,
+                 hash_payload: bool) -> None:
+        self.env = env
+        self.size_bytes = size_bytes
+        self.mptcp = mptcp
+        self.rcv_buf_bytes = rcv_buf_bytes
+        self.data_rcv_nxt = 0
+        self.held_bytes = 0  # out of order, subflow- or connection-level
+        self.right_edge = rcv_buf_bytes
+        self.pending: dict[int, Segment] = {}  # by DSN
+        self.duplicate_bytes = 0
+        self.finish_s: float | None = None
+        self.hasher = hashlib.sha256() if hash_payload else None
+        self.done = env.event()
+
+    def window_bytes(self) -> int:
+        edge = self.data_rcv_nxt + self.rcv_buf_bytes - self.held_bytes
+        if edge > self.right_edge:
+            self.right_edge = edge
+        return self.right_edge - self.data_rcv_nxt
+
+    def deliver(self, segment: Segment) -> None:
+        """Subflow-level in-order data: pass it up in DSN order."""
+        dsn = segment.dsn
+        if dsn == self.data_rcv_nxt:
+            self._read(segment)
+            pending = self.pending
+            while pending:
+                queued = pending.pop(self.data_rcv_nxt, None)
+                if queued is None:
+                    break
+                self.held_bytes -= queued.payload_bytes
+                self._read(queued)
+        elif dsn > self.data_rcv_nxt and dsn not in self.pending:
+            self.pending[dsn] = segment
+            self.held_bytes += segment.payload_bytes
+        else:
+            self.duplicate_bytes += segment.payload_bytes
+
+    def _read(self, segment: Segment) -> None:
+        self.data_rcv_nxt += segment.payload_bytes
+        if self.hasher is not None:
+            self.hasher.update(segment.payload)
+        if self.data_rcv_nxt >= self.size_bytes and self.finish_s is None:
+            self.finish_s = self.env.now
+            self.done.succeed(self.finish_s)
+
+
+@dataclass(frozen=True)
+class TransferRecord:
+    """The outcome of one bulk transfer (one table row; ``dataclasses.asdict`` gives the dict).
+
+    ``duration_s`` runs from the start to the delivery of the last byte to the receiving
+    application, or to the time of the query if the transfer is unfinished; ``goodput_bps`` is
+    ``bytes_delivered * 8 / duration_s``. ``subflow_bytes`` counts the payload each subflow
+    delivered in order at subflow level. ``payload_sha256`` is the hash of the delivered bytes
+    when the transfer carried a payload. ``duplicate_bytes`` counts data the connection
+    received twice at data level (zero without reinjection: subflow duplicates are discarded
+    below it).
+    """
+
+    size_bytes: int
+    bytes_delivered: int
+    completed: bool
+    start_s: float
+    duration_s: float
+    goodput_bps: float
+    mptcp: bool
+    subflows: int
+    cc: str
+    coupled: str
+    snd_buf_bytes: int
+    rcv_buf_bytes: int
+    mss_bytes: int
+    segments_sent: int
+    retransmissions: int
+    timeouts: int
+    fast_recoveries: int
+    duplicate_bytes: int
+    acks_sent: int
+    subflow_bytes: tuple[int, ...]
+    subflow_retransmissions: tuple[int, ...]
+    subflow_srtt_s: tuple[float | None, ...]
+    payload_sha256: str | None
+
+
+def _attach(direction: LinkDirection) -> None:
+    if direction.deliver is None:
+        direction.deliver = deliver_segment
+    elif direction.deliver is not deliver_segment:
+        raise ValueError(f"link direction {direction.name!r} already delivers to {direction.deliver!r}; "
+                         "a transfer needs directions of its own or shared with other transfers only")
+
+
+class BulkTransfer:
+    """Send ``size_bytes`` from a sender to a receiver over ``paths``, starting at ``env.now``.
+
+    ``paths``: ``(forward, backward)`` LinkDirection pairs; one for TCP, one per subflow for
+    MPTCP. ``cc``: "cubic" (the kernel benchmark's pinned choice) or "reno"; ``coupled``:
+    "none" (per-subflow CC, upstream Linux) or "lia" (RFC 6356, needs ``cc="reno"``).
+    ``payload``: optional bytes of length ``size_bytes`` carried for real, so the receiver can
+    hash what it delivers (slower; for tests and pcaps). ``done`` is a SimPy event that
+    succeeds when the last byte reaches the receiving application.
+    """
+
+    def __init__(self, env: simpy.Environment, paths: Sequence[tuple[LinkDirection, LinkDirection]], size_bytes: int,
+                 *, cc: str = "cubic", coupled: str = "none", mptcp: bool = False,
+                 snd_buf_bytes: int = DEFAULT_SND_BUF_BYTES, rcv_buf_bytes: int = DEFAULT_RCV_BUF_BYTES,
+                 mss_bytes: int = DEFAULT_MSS_BYTES, initial_cwnd_segments: int = INITIAL_CWND_SEGMENTS,
+                 rto_min_s: float = RTO_MIN_S, delayed_ack_s: float = DELAYED_ACK_S,
+                 quickack_segments: int = QUICKACK_SEGMENTS, payload: bytes | None = None,
+                 name: str = "transfer") -> None:
+        paths = list(paths)
+        if not paths:
+            raise ValueError("a transfer needs at least one path")
+        if not mptcp and len(paths) != 1:
+            raise ValueError(f"plain TCP uses one path, got {len(paths)}; pass mptcp=True for subflows")
+        if type(size_bytes) is not int or size_bytes <= 0:
+            raise ValueError(f"size_bytes must be a positive int, got {size_bytes!r}")
+        if coupled not in ("none", "lia"):
+            raise ValueError(f"coupled must be 'none' or 'lia', got {coupled!r}")
+        payload_max_bytes = mss_bytes - (DSS_DATA_OPTION_BYTES if mptcp else 0)
+        if type(mss_bytes) is not int or payload_max_bytes <= 0:
+            raise ValueError(f"mss_bytes must be an int leaving room for payload, got {mss_bytes!r}")
+        for field_name, value in (("snd_buf_bytes", snd_buf_bytes), ("rcv_buf_bytes", rcv_buf_bytes)):
+            if type(value) is not int or value < payload_max_bytes:
+                raise ValueError(f"{field_name} must be an int of at least one segment ({payload_max_bytes}), "
+                                 f"got {value!r}")
+        if payload is not None and len(payload) != size_bytes:
+            raise ValueError(f"payload holds {len(payload)} bytes, size_bytes is {size_bytes}")
+        self.env = env
+        self.name = name
+        self.size_bytes = size_bytes
+        self.cc = cc
+        self.coupled = coupled
+        self.mptcp = mptcp
+        self.snd_buf_bytes = snd_buf_bytes
+        self.rcv_buf_bytes = rcv_buf_bytes
+        self.mss_bytes = mss_bytes
+        self.start_s = env.now
+        self.sender = _ConnectionSender(env, size_bytes, mptcp, snd_buf_bytes, rcv_buf_bytes, payload)
+        self.receiver = _ConnectionReceiver(env, size_bytes, mptcp, rcv_buf_bytes, payload is not None)
+        coupling = LiaCoupling() if coupled == "lia" else None
+        server_ip = IPv4Address("198.19.0.2")
+        for index, (forward, backward) in enumerate(paths):
+            _attach(forward)
+            _attach(backward)
+            client_ip = IPv4Address(f"198.18.{index}.2")
+            client_port = 40000 + index
+            subflow = _SubflowSender(self.sender, index, forward,
+                                     make_congestion_control(cc, coupling, initial_cwnd_segments), payload_max_bytes,
+                                     rto_min_s, client_ip, server_ip, client_port, 5201)
+            subflow.receiver = _SubflowReceiver(self.receiver, index, backward, subflow, delayed_ack_s,
+                                                quickack_segments, server_ip, client_ip, 5201, client_port)
+            self.sender.subflows.append(subflow)
+        self.sender.push(env.now)
+
+    @property
+    def done(self) -> simpy.Event:
+        """Succeeds (with the finish time) when the last byte reaches the receiving application."""
+        return self.receiver.done
+
+    def result(self) -> TransferRecord:
+        """The record so far: complete once ``done`` has triggered."""
+        receiver = self.receiver
+        subflows = self.sender.subflows
+        completed = receiver.finish_s is not None
+        end_s = receiver.finish_s if completed else self.env.now
+        duration_s = end_s - self.start_s
+        delivered = receiver.data_rcv_nxt
+        return TransferRecord(
+            size_bytes=self.size_bytes, bytes_delivered=delivered, completed=completed, start_s=self.start_s,
+            duration_s=duration_s, goodput_bps=delivered * 8 / duration_s if duration_s > 0 else 0.0,
+            mptcp=self.mptcp, subflows=len(subflows), cc=self.cc, coupled=self.coupled,
+            snd_buf_bytes=self.snd_buf_bytes, rcv_buf_bytes=self.rcv_buf_bytes, mss_bytes=self.mss_bytes,
+            segments_sent=sum(s.segments_sent for s in subflows),
+            retransmissions=sum(s.retransmissions for s in subflows),
+            timeouts=sum(s.timeouts for s in subflows),
+            fast_recoveries=sum(s.fast_recoveries for s in subflows),
+            duplicate_bytes=receiver.duplicate_bytes,
+            acks_sent=sum(s.receiver.acks_sent for s in subflows),
+            subflow_bytes=tuple(s.receiver.bytes_in_order for s in subflows),
+            subflow_retransmissions=tuple(s.retransmissions for s in subflows),
+            subflow_srtt_s=tuple(s.srtt_s for s in subflows),
+            payload_sha256=receiver.hasher.hexdigest() if receiver.hasher is not None else None,
+        )
