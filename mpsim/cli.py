@@ -1,13 +1,18 @@
 """The ``mpsim`` command line.
 
-* ``mpsim run``: the main job. Until the simulator exists it is the codec demonstration of
-  :mod:`mpsim.syn_budget`: what each signalling scheme puts in the SYN, and one real Convert SYN.
+* ``mpsim run [SCENARIO|FILE]``: the main job. Runs a scenario (models/NAME.toml or a file; default
+  ``default``) in the simulator, prints a summary and writes the result tables (``--out DIR``) or
+  prints them as JSON (``--json``).
+* ``mpsim ladder SCENARIO``: the ladder diagram of one request's connections.
+* ``mpsim scenarios``: the named scenarios, one line each.
 * ``mpsim wire decode KIND HEX...``: bytes (as pasted from Wireshark) to JSON on stdout.
 * ``mpsim wire encode KIND JSON``: JSON back to a hex stream.
-* ``mpsim wire budget``: the SYN budget table for chosen destinations.
+* ``mpsim wire budget``: the codec demonstration of :mod:`mpsim.syn_budget`: what each signalling
+  scheme puts in the SYN, and (without ``--destination``) one real Convert SYN, dumped and decoded.
 
-Exit status: 0 on success, 2 for anything the user can fix (usage, bytes that do not decode, JSON
-that does not describe a value), with one line on stderr naming the problem and where it is.
+Exit status: 0 on success, 2 for anything the user can fix (usage, a scenario that does not load,
+bytes that do not decode, JSON that does not describe a value), with one line on stderr naming
+the problem and where it is.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mpsim import __version__, syn_budget
@@ -112,17 +118,110 @@ def parse_destination(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6
 # --- commands -----------------------------------------------------------------------------------
 
 
+def _load(args: argparse.Namespace):
+    """The scenario named on the command line, with --set and --seed applied (--seed wins)."""
+    from mpsim.experiment import scenario  # the simulator stack loads only for the commands that need it
+
+    overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
+    loaded = scenario.load(args.scenario, overrides)
+    for name in getattr(args, "variants", None) or ():
+        if name not in loaded.variants:
+            raise CliError(f"--variant {name}: scenario {loaded.name} has variants {', '.join(loaded.variants)}")
+    return loaded
+
+
 def _run(args: argparse.Namespace) -> int:
-    print(f"mpsim {__version__}: codec demonstration (the simulator will take over `mpsim run`).")
-    print("What each signalling scheme puts in the client's first SYN, as the wire codecs encode it.\n")
-    print(syn_budget.format_budget())
+    from mpsim.experiment import results
+
+    if args.pcap and args.out is None:
+        raise CliError("--pcap writes files: give --out DIR too")
+    loaded = _load(args)
+    outcome = results.run(loaded, variants=args.variants, record_packets=args.pcap)
+    try:
+        written = outcome.write(args.out, pcap=args.pcap) if args.out is not None else []
+    except OSError as err:  # a directory that cannot be made or written: the user's to fix
+        raise CliError(f"--out {args.out}: {err.strerror or err}") from None
+    if args.json:
+        sys.stdout.write(outcome.json_text())
+        return 0
+    print(outcome.summary())
     print()
-    print(syn_budget.format_convert_syn())
+    if written:
+        print(f"Tables written to {args.out}: " + ", ".join(p.name for p in written if p.parent == args.out) +
+              (f", and {sum(p.suffix == '.pcap' for p in written)} pcap files in {args.out / 'pcap'}" if args.pcap
+               else ""))
+    else:
+        print("Save the tables (CSV, JSON, manifest) with --out DIR; print them as JSON with --json.")
+    return 0
+
+
+def _ladder(args: argparse.Namespace) -> int:
+    from mpsim.experiment.simulation import Simulation
+    from mpsim.sim.trace import ladder_figure, ladder_rows, ladder_text
+
+    if args.variants and len(args.variants) > 1:
+        raise CliError("ladder draws one variant: give --variant once")
+    loaded = _load(args)
+    variant = args.variants[0] if args.variants else next(iter(loaded.variants))
+    if not 0 <= args.run < loaded.base.runs:
+        raise CliError(f"--run {args.run}: scenario {loaded.name} has runs 0..{loaded.base.runs - 1}")
+    simulation = Simulation(loaded.variants[variant], variant=variant, run_index=args.run, record_packets=True)
+    result = simulation.run()
+    requests = [row["request_id"] for row in result.connections]
+    if args.conn not in requests:
+        raise CliError(f"--conn {args.conn}: the run has requests {_ranges(requests) or 'none'}")
+    row = next(r for r in result.connections if r["request_id"] == args.conn)
+    print(f"Scenario {loaded.name}, variant {variant}, run {args.run}, request {args.conn}: {row['outcome']}"
+          + (f" ({row['fallback_reason']})" if row["fallback_reason"] else "")
+          + f", {row['attempts']} attempt(s), networks {row['network']}")
+    flows = simulation.request_flows(args.conn)
+    for title, flow, nodes in flows:
+        print(f"\n{title}")
+        print(ladder_text(simulation.trace, flow, nodes))
+    if args.png is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        heights = [1.2 + 0.32 * max(4, len(ladder_rows(simulation.trace, flow, nodes))) for _, flow, nodes in flows]
+        figure, axes = plt.subplots(len(flows), 1, figsize=(12, sum(heights)), squeeze=False,
+                                    gridspec_kw={"height_ratios": heights})
+        for ax, (title, flow, nodes) in zip(axes[:, 0], flows):
+            ladder_figure(simulation.trace, flow, nodes, ax=ax)
+            ax.set_title(title, fontsize=9)
+        figure.tight_layout()
+        try:
+            figure.savefig(args.png, dpi=120)
+        except OSError as err:
+            raise CliError(f"--png {args.png}: {err.strerror or err}") from None
+        finally:
+            plt.close(figure)
+        print(f"\nLadder saved to {args.png}")
+    return 0
+
+
+def _ranges(numbers: list[int]) -> str:
+    return f"{min(numbers)}..{max(numbers)}" if numbers else ""
+
+
+def _scenarios(args: argparse.Namespace) -> int:
+    from mpsim.experiment import scenario
+
+    entries = scenario.describe_all()
+    if not entries:
+        raise CliError(f"no scenario files in {scenario.models_dir()}")
+    width = max(len(name) for name, _ in entries)
+    for name, description in entries:
+        print(f"{name.ljust(width)}  {description}")
     return 0
 
 
 def _budget(args: argparse.Namespace) -> int:
     print(syn_budget.format_budget(args.destinations or syn_budget.DEFAULT_DESTINATIONS))
+    if not args.destinations:  # the whole demonstration: one real Convert SYN, dumped and decoded
+        print()
+        print(syn_budget.format_convert_syn())
     return 0
 
 
@@ -167,6 +266,12 @@ def _encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scenario_error() -> type[MpsimError]:
+    """ScenarioError, imported only if a command got that far (``mpsim wire`` stays light)."""
+    module = sys.modules.get("mpsim.experiment.scenario")
+    return module.ScenarioError if module is not None else CliError
+
+
 # --- parser -------------------------------------------------------------------------------------
 
 
@@ -180,11 +285,40 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
-        "run", help="the main job (for now: the codec demonstration)",
-        description="The main job. Until the simulator lands: what each signalling scheme puts in the SYN, "
-                    "computed by the codecs, then one real RFC 8803 Convert SYN, dumped and decoded.",
+        "run", help="the main job: run a scenario, print a summary, write the result tables",
+        formatter_class=raw,
+        description="Run a scenario in the simulator: the named scenario models/SCENARIO.toml or a TOML file\n"
+                    "(default: default). Prints the outcomes, setup times and throughput; --out DIR writes the\n"
+                    "tables (connections, transfers, counters, events as CSV; results.json; manifest.json).\n"
+                    "A scenario that does not load exits with status 2 and one line naming the file, the key\n"
+                    "and what was expected.",
+        epilog="examples:\n"
+               "  mpsim run\n"
+               "  mpsim run scheme_comparison --json\n"
+               "  mpsim run default --seed 7 --set client.scheme=mptcp --set workload.rate_per_s=2 --out results/\n"
+               "  mpsim run my-scenario.toml --out results/ --pcap",
     )
+    _scenario_arguments(run, default="default")
+    run.add_argument("--out", type=Path, metavar="DIR", help="write the result tables (and pcap files) here")
+    run.add_argument("--pcap", action="store_true", help="also write a pcap file per link into DIR/pcap")
+    run.add_argument("--json", action="store_true",
+                     help="print the results as one JSON object (connections, transfers, counters) instead")
     run.set_defaults(handler=_run)
+
+    ladder = commands.add_parser(
+        "ladder", help="the ladder diagram of one request's connections",
+        description="Run a scenario and draw the ladder diagram of request N (the request_id of the connections "
+                    "table): every attempt's connection and, through a proxy, the proxy's connection to the server.",
+    )
+    _scenario_arguments(ladder, default=None)
+    ladder.add_argument("--conn", type=int, default=0, metavar="N", help="the request to draw (default 0)")
+    ladder.add_argument("--run", type=int, default=0, metavar="I", help="the run index (default 0)")
+    ladder.add_argument("--png", type=Path, metavar="FILE", help="also save the diagram as an image")
+    ladder.set_defaults(handler=_ladder)
+
+    scenarios = commands.add_parser("scenarios", help="list the named scenarios",
+                                    description="The scenario files in models/, with their description.")
+    scenarios.set_defaults(handler=_scenarios)
 
     wire = commands.add_parser("wire", help="decode and encode wire formats; the SYN budget",
                                description="Byte-exact wire formats: decode, encode, and the SYN budget.")
@@ -223,9 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     encode.set_defaults(handler=_encode)
 
     budget = wire_commands.add_parser(
-        "budget", help="what each signalling scheme puts in the SYN",
+        "budget", help="what each signalling scheme puts in the SYN (the codec demonstration)",
         description="For each signalling scheme: the SYN's option bytes out of 40, its payload bytes, "
-                    "whether it fits, and the round trips to the first response byte.",
+                    "whether it fits, and the round trips to the first response byte; without --destination, "
+                    "then one real RFC 8803 Convert SYN, dumped and decoded.",
     )
     budget.add_argument("--destination", dest="destinations", action="append", type=parse_destination,
                         metavar="ADDRESS:PORT",
@@ -233,6 +368,19 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: both of these)")
     budget.set_defaults(handler=_budget)
     return parser
+
+
+def _scenario_arguments(parser: argparse.ArgumentParser, *, default: str | None) -> None:
+    if default is None:
+        parser.add_argument("scenario", metavar="SCENARIO", help="a scenario name (mpsim scenarios) or a TOML file")
+    else:
+        parser.add_argument("scenario", nargs="?", default=default, metavar="SCENARIO",
+                            help=f"a scenario name (mpsim scenarios) or a TOML file (default: {default})")
+    parser.add_argument("--seed", type=int, metavar="N", help="the root seed (default: the scenario's seed)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a scenario value by its dotted key, e.g. client.scheme=convert (repeatable)")
+    parser.add_argument("--variant", dest="variants", action="append", metavar="NAME",
+                        help="only this variant of the scenario (repeatable; ladder: the one to draw)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -243,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_.code or 0)
     try:
         return args.handler(args)
-    except CliError as err:
+    except (CliError, _scenario_error()) as err:
         print(f"mpsim: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
         return EXIT_USER_ERROR
     except BrokenPipeError:

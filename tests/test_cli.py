@@ -1,4 +1,4 @@
-"""The ``mpsim`` command line and the SYN budget demonstration behind ``mpsim run``.
+"""The ``mpsim`` command line and the SYN budget demonstration behind ``mpsim wire budget``.
 
 Most tests call ``main(argv)`` in-process (fast); a few run ``python -m mpsim`` as users do.
 """
@@ -258,8 +258,8 @@ def test_ipv6_mp_convert_note_says_what_would_fit():
     assert "without timestamps 40 bytes, fits" in row.note  # docs/mp-convert.md: 38 padded to 40
 
 
-def test_run_prints_the_table_and_a_real_convert_syn(capsys):
-    status, out, err = run(capsys, "run")
+def test_budget_prints_the_table_and_a_real_convert_syn(capsys):
+    status, out, err = run(capsys, "wire", "budget")
     assert (status, err) == (0, "")
     assert "Destination 192.0.2.1:80" in out and "Destination [2001:db8::1]:443" in out
     table_rows = [line.split()[:5] for line in out.splitlines() if line.split()[:1] in ([s.value] for s in Scheme)]
@@ -299,7 +299,7 @@ def test_budget_refuses_bad_destinations(capsys, destination, fragment):
 
 def test_run_rejects_unknown_arguments(capsys):
     status, out, err = run(capsys, "run", "--scenario", "x")
-    assert status == 2 and out == "" and "unrecognized arguments: --scenario x" in err
+    assert status == 2 and out == "" and "unrecognized arguments: --scenario" in err
 
 
 @pytest.mark.parametrize("argv,fragment", [
@@ -330,7 +330,7 @@ def python_m_mpsim(*argv: str, stdin: str = "") -> subprocess.CompletedProcess:
 
 
 def test_python_m_mpsim_runs_the_demonstration():
-    result = python_m_mpsim("run")
+    result = python_m_mpsim("wire", "budget")
     assert result.returncode == 0 and result.stderr == ""
     assert "Destination [2001:db8::1]:443" in result.stdout and "One RFC 8803 Convert SYN" in result.stdout
 

@@ -1,0 +1,731 @@
+"""Scenario files: the named TOML files in ``models/`` that users read, edit and run.
+
+A scenario is one TOML document. Its tables are the parts of a simulation (the schema below, one
+frozen dataclass per table): the ``client`` and its signalling scheme, the ``converter`` (the
+proxy), the ``server``, the client's access ``paths`` (each a network with its own rates, delay,
+loss and middleboxes), the ``middlebox_mix`` drawn per network at each attachment, the
+``workload`` (connection arrivals), bulk ``transfers``, timed ``events`` (reboot, new network, new
+proxy, converter outages, TFO switched on or off) and ``variants`` (named partial scenarios merged
+over the base one, to compare schemes or orderings side by side).
+
+Loading is strict, because a misspelt key that is silently ignored gives a plausible and wrong
+result: every key must be in the schema (an unknown one is an error with a did-you-mean
+suggestion), every value must have the schema's type and lie in its range, and each error is one
+line naming the file (or the ``--set`` argument), the dotted key and what was expected::
+
+    models/default.toml: client.schem: unknown key (did you mean client.scheme?)
+    --set client.proxy_syn_retries=-1: client.proxy_syn_retries: expected an integer >= 0, got -1
+
+``--set KEY=VALUE`` overrides any value by its dotted key (list items by index:
+``transfers.0.size_bytes=1e6`` is refused as a float, ``transfers.0.size_bytes=1000000`` works). The
+VALUE is read as a TOML value (``3``, ``2.5``, ``true``, ``["a", "b"]``, ``{model = "none"}``); what
+does not parse as TOML is taken as a string, so ``client.scheme=convert`` needs no quotes, and a
+list of names may be written ``a,b``. Overrides apply to every variant too (they win over it).
+
+Defaults come from the proto layer's own policy defaults (``ClientPolicy()``, ``TcpPolicy()``, ...),
+so a scenario that leaves a knob out gets exactly what the machines do by default.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import enum
+import math
+import random
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mpsim.errors import MpsimError
+from mpsim.proto.cache import CachePolicy
+from mpsim.proto.client import ClientPolicy, FallbackTarget, Scheme, SignalAckedAsData
+from mpsim.proto.convert import ConverterPolicy
+from mpsim.proto.relay import ConverterTiming
+from mpsim.proto.server import ServerKind
+from mpsim.proto.tcp import TcpPolicy
+from mpsim.sim.loss import LossSpecError, loss_from_spec
+
+#: Where named scenarios live: the repository's models/ directory, next to the package.
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+#: Access networks a client may have (each gets a /24 of its own in the simulation).
+MAX_PATHS = 16
+#: The variant name of a scenario that has no [variants] table.
+BASE_VARIANT = "base"
+_VARIANT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+class ScenarioError(MpsimError):
+    """A scenario that cannot be loaded: ``source`` (file or --set argument), ``key``, ``expected``."""
+
+    def __init__(self, source: str, key: str, message: str) -> None:
+        super().__init__(f"{source}: {key}: {message}" if key else f"{source}: {message}")
+        self.source, self.key, self.message = source, key, message
+
+
+# --- enums only scenarios use (the proto layer's enums are used as they are) -------------------------
+
+
+class ProxyKind(enum.Enum):
+    """Which proxy the converter node runs."""
+
+    AUTO = "auto"  # the one the client's scheme talks to (convert: RFC 8803, socks5: SOCKS5, else MP_CONVERT)
+    CONVERT = "convert"
+    MP_CONVERT = "mp-convert"
+    SOCKS5 = "socks5"
+
+
+class Placement(enum.Enum):
+    """Where the converter node sits."""
+
+    BESIDE = "beside"  # beside the access router: the client addresses it
+    ON_PATH = "on_path"  # on the primary access path, between the client and the router (implicit MP_CONVERT)
+
+
+class Middlebox(enum.Enum):
+    """Named middleboxes an access network can hold (mpsim.experiment.simulation builds them)."""
+
+    STRIP_MPTCP = "strip-mptcp"
+    STRIP_MPTCP_SYNACK = "strip-mptcp-synack"
+    DROP_UNKNOWN_OPTION_SYNS = "drop-unknown-option-syns"
+    DROP_SYN_DATA = "drop-syn-data"
+    DROP_SYN_DATA_OR_UNKNOWN_OPTIONS = "drop-syn-data-or-unknown-options"
+    STRIP_SYN_PAYLOAD = "strip-syn-payload"
+    STRIP_TFO = "strip-tfo"
+    DROP_RST = "drop-rst"
+    MIRROR_MP_CAPABLE = "mirror-mp-capable"
+
+
+class Arrivals(enum.Enum):
+    NONE = "none"  # no requests (a transfer-only scenario)
+    ONE = "one"  # one request at start_s
+    COUNT = "count"  # count requests, every interval_s from start_s
+    POISSON = "poisson"  # a Poisson process of rate_per_s from start_s (seeded), at most count if count > 0
+    TIMES = "times"  # one request at each of at_s
+
+
+class Action(enum.Enum):
+    """What an event does at its time."""
+
+    REBOOT = "reboot"  # the client reboots: connections and volatile caches are lost (a re-probe trigger)
+    ATTACH_NETWORK = "attach_network"  # new networks: middleboxes drawn again, caches re-probed (a trigger)
+    DISCOVER_PROXY = "discover_proxy"  # the converter is announced afresh (DHCP): its cache entry dropped
+    CONVERTER_DOWN = "converter_down"  # the converter stops answering (every packet to or from it is lost)
+    CONVERTER_UP = "converter_up"
+    TFO_ON = "tfo_on"  # the application turns TFO towards servers on (ClientPolicy.tfo_to_server)
+    TFO_OFF = "tfo_off"
+
+
+class Direction(enum.Enum):
+    DOWNLOAD = "download"  # server to client (the bytes cross the paths' down directions)
+    UPLOAD = "upload"
+
+
+class CongestionControl(enum.Enum):
+    RENO = "reno"
+    CUBIC = "cubic"
+    LIA = "lia"  # RFC 6356 coupled increase (MPTCP only; a single path falls back to Reno)
+
+
+# --- schema helpers ------------------------------------------------------------------------------
+
+
+def knob(default: Any = dataclasses.MISSING, *, ge: float | None = None, gt: float | None = None,
+         le: float | None = None, check: Callable[[Any], None] | None = None) -> Any:
+    """A schema field: its default (none: the key is required), its range, an extra ``check``
+    (raises ValueError or LossSpecError with what was expected)."""
+    meta = {"ge": ge, "gt": gt, "le": le, "check": check}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+_NO_META: Mapping[str, Any] = {"ge": None, "gt": None, "le": None, "check": None}
+
+
+def _check_loss(spec: Any) -> None:
+    loss_from_spec(spec, random.Random(0))  # builds a throw-away model: the builder is the validator
+
+
+# --- the schema ------------------------------------------------------------------------------------
+
+_CP, _TP, _CV, _CONV = ClientPolicy(), TcpPolicy(), CachePolicy(), ConverterPolicy()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientSpec:
+    """The client host: ClientPolicy, and the TcpPolicy / CachePolicy knobs scenarios vary."""
+
+    scheme: Scheme = knob(_CP.scheme)
+    fallback: FallbackTarget = knob(_CP.fallback)
+    upstream_mptcp: bool = knob(_CP.upstream_mptcp)
+    implicit: bool = knob(_CP.implicit)
+    signal_acked_as_data: SignalAckedAsData = knob(_CP.signal_acked_as_data)
+    bypass_mptcp_servers: bool = knob(_CP.bypass_mptcp_servers)
+    convert_info_first: bool = knob(_CP.convert_info_first)
+    tfo_to_server: bool = knob(_CP.tfo_to_server)
+    mptcp_to_server: bool = knob(_CP.mptcp_to_server)
+    proxy_syn_retries: int = knob(_CP.proxy_syn_retries, ge=0, le=10)
+    reply_timeout_s: float = knob(_CP.reply_timeout_s, gt=0)
+    max_attempts: int = knob(_CP.max_attempts, ge=1, le=50)
+    syn_retries: int = knob(_TP.syn_retries, ge=0, le=20)
+    time_wait_s: float = knob(_TP.time_wait_s, ge=0)
+    off_reprobe_s: float | None = knob(_CV.off_reprobe_s, gt=0)
+    keep_cookies_on_new_network: bool = knob(_CV.keep_cookies_on_new_network)
+    primary_path: str = knob("")  # the path negotiation (and plain TCP) uses; "" = the first of [paths]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConverterSpec:
+    """The proxy: which one, its policy, and where it sits (one-way delay from the access router)."""
+
+    enabled: bool = knob(True)  # false: the client knows no proxy
+    kind: ProxyKind = knob(ProxyKind.AUTO)
+    timing: ConverterTiming = knob(_CONV.timing)
+    require_cookie: bool = knob(_CONV.require_cookie)
+    max_sessions: int = knob(_CONV.max_sessions, ge=0)
+    connect_timeout_s: float = knob(_CONV.connect_timeout_s, gt=0)
+    convert_mptcp: bool = knob(False)  # the RFC 8803 converter also offers MPTCP towards servers
+    placement: Placement = knob(Placement.BESIDE)
+    delay_s: float = knob(0.0, ge=0, le=10)
+    rate_bps: float = knob(1e9, gt=0)
+    port: int = knob(1234, ge=1, le=65535)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerSpec:
+    kind: ServerKind = knob(ServerKind.LEGACY_DROP)
+    port: int = knob(80, ge=1, le=65535)
+    delay_s: float = knob(0.020, ge=0, le=10)  # one-way, access router to server
+    rate_bps: float = knob(1e9, gt=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PathSpec:
+    """One access network of the client: its link to the access router, both directions."""
+
+    rate_up_bps: float = knob(10e6, gt=0)
+    rate_down_bps: float = knob(50e6, gt=0)
+    delay_s: float = knob(0.010, ge=0, le=10)  # one-way propagation
+    jitter_s: float = knob(0.0, ge=0, le=1)  # up to this much extra delay per packet (reorders)
+    queue_bytes: int = knob(256_000, ge=1500)
+    loss: dict = knob({}, check=_check_loss)  # mpsim.sim.loss.loss_from_spec form, each direction
+    middleboxes: tuple[Middlebox, ...] = knob(())  # always there, besides what the mix draws
+
+
+@dataclass(frozen=True, kw_only=True)
+class MixEntry:
+    """A middlebox that each access network holds with probability ``prob``, drawn afresh (seeded)
+    at every attachment: at the start and at each attach_network event."""
+
+    middlebox: Middlebox = knob()
+    prob: float = knob(ge=0, le=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkloadSpec:
+    """Connection arrivals: each is one request (request_size_bytes up, response_size_bytes down)."""
+
+    arrivals: Arrivals = knob(Arrivals.ONE)
+    start_s: float = knob(0.0, ge=0)
+    count: int = knob(0, ge=0)  # arrivals "count": how many; "poisson": at most this many (0: no limit)
+    interval_s: float = knob(1.0, gt=0)
+    rate_per_s: float = knob(1.0, gt=0)
+    at_s: tuple[float, ...] = knob(())
+    schemes: tuple[Scheme, ...] = knob(())  # request i uses schemes[i % len]; () = client.scheme
+    request_size_bytes: int = knob(100, ge=1, le=1_000_000)
+    response_size_bytes: int = knob(1000, ge=0, le=100_000_000)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransferSpec:
+    """A bulk transfer: negotiated like a request, then moved by mpsim.sim.transfer. A converted or
+    mptcp outcome moves it with MPTCP over every path; any other outcome with TCP on the primary path."""
+
+    start_s: float = knob(0.0, ge=0)
+    size_bytes: int = knob(ge=1, le=10_000_000_000)
+    direction: Direction = knob(Direction.DOWNLOAD)
+    congestion_control: CongestionControl = knob(CongestionControl.CUBIC)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventSpec:
+    at_s: float = knob(ge=0)
+    action: Action = knob()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Scenario:
+    """One scenario, as the simulation builds it (a variant already merged in)."""
+
+    description: str = knob()
+    duration_s: float = knob(60.0, gt=0, le=1e6)  # arrivals, transfers and events happen before it
+    drain_s: float = knob(300.0, ge=0, le=1e6)  # then at most this long for what is under way to finish
+    seed: int = knob(1, ge=0)  # the root seed; every component's seed derives from it
+    runs: int = knob(1, ge=1, le=10_000)  # independent runs (run index 0..runs-1), each with its own draws
+    client: ClientSpec = knob(ClientSpec())
+    converter: ConverterSpec = knob(ConverterSpec())
+    server: ServerSpec = knob(ServerSpec())
+    paths: dict[str, PathSpec] = knob({"dsl": {}})
+    middlebox_mix: tuple[MixEntry, ...] = knob(())
+    workload: WorkloadSpec = knob(WorkloadSpec())
+    transfers: tuple[TransferSpec, ...] = knob(())
+    events: tuple[EventSpec, ...] = knob(())
+    variants: dict[str, dict] = knob({})  # name -> a partial scenario merged over this one
+
+    @property
+    def primary_path(self) -> str:
+        return self.client.primary_path or next(iter(self.paths))
+
+    @property
+    def proxy_kind(self) -> ProxyKind:
+        """The proxy the converter node runs; AUTO is the one the client's scheme talks to."""
+        kind = self.converter.kind
+        if kind is not ProxyKind.AUTO:
+            return kind
+        if self.client.scheme in (Scheme.MP_CONVERT_OPTION, Scheme.SYN_PAYLOAD_EOL) or \
+                self.converter.placement is Placement.ON_PATH:
+            return ProxyKind.MP_CONVERT
+        return ProxyKind.SOCKS5 if self.client.scheme is Scheme.SOCKS5 else ProxyKind.CONVERT
+
+
+# --- coercion: a TOML tree into the schema -----------------------------------------------------------
+
+
+def _type_name(tp: Any, meta: Mapping[str, Any] = _NO_META) -> str:
+    """What a value of ``tp`` must be, in words (the 'expected ...' of an error)."""
+    bounds = " and ".join(f"{op} {meta[name]:g}" for name, op in (("ge", ">="), ("gt", ">"), ("le", "<="))
+                          if meta.get(name) is not None)
+    bounds = f" {bounds}" if bounds else ""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (types.UnionType, typing.Union):
+        inner = next(a for a in args if a is not type(None))
+        return f"{_type_name(inner, meta)}, or \"none\""
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return f"an integer{bounds}"
+    if tp is float:
+        return f"a number{bounds}"
+    if tp is str:
+        return "a string"
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return "one of " + ", ".join(m.value for m in tp)
+    if origin is tuple:
+        return f"a list of {_plural(args[0])}"
+    if origin is dict or tp is dict or dataclasses.is_dataclass(tp):
+        return "a table"
+    return str(tp)
+
+
+def _plural(tp: Any) -> str:
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return "names (" + ", ".join(m.value for m in tp) + ")"
+    return {float: "numbers", int: "integers", str: "strings"}.get(tp, "tables")
+
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else \
+        repr(value) if not isinstance(value, (dict, list)) else "a table" if isinstance(value, dict) else "a list"
+
+
+def _fields(cls: type) -> dict[str, tuple[Any, dataclasses.Field]]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: (hints[f.name], f) for f in dataclasses.fields(cls)}
+
+
+def _unknown(key: str, name: str, allowed: Sequence[str]) -> str:
+    # A unit left off ("delay" for delay_s, "size" for size_bytes) is the commonest slip.
+    close = [a for a in allowed if a.startswith(name + "_")][:1] or difflib.get_close_matches(name, allowed, n=1)
+    prefix = key.rpartition(".")[0]
+    hint = f" (did you mean {prefix + '.' if prefix else ''}{close[0]}?)" if close else \
+        f" (allowed: {', '.join(allowed)})"
+    return f"unknown key{hint}"
+
+
+class _Invalid(Exception):
+    """Raised inside coercion with the dotted key; turned into a ScenarioError with the source."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key, self.message = key, message
+
+
+def _coerce(value: Any, tp: Any, key: str, meta: Mapping[str, Any] = _NO_META) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    expected = f"expected {_type_name(tp, meta)}, got {_show(value)}"
+    if origin in (types.UnionType, typing.Union):
+        if value == "none":
+            return None
+        try:
+            return _coerce(value, next(a for a in args if a is not type(None)), key, meta)
+        except _Invalid as err:
+            raise _Invalid(err.key, expected) from None
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise _Invalid(key, expected)
+        return _build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _Invalid(key, expected)
+        result: Any = value
+    elif tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid(key, expected)
+        result = value
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            raise _Invalid(key, expected)
+        result = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise _Invalid(key, expected)
+        result = value
+    elif isinstance(tp, type) and issubclass(tp, enum.Enum):
+        members = {m.value: m for m in tp}
+        if value not in members:
+            close = difflib.get_close_matches(str(value), list(members), n=1) if isinstance(value, str) else []
+            raise _Invalid(key, expected + (f" (did you mean {close[0]}?)" if close else ""))
+        result = members[value]
+    elif origin is tuple:
+        if not isinstance(value, list):
+            raise _Invalid(key, expected)
+        return tuple(_coerce(item, args[0], f"{key}.{i}") for i, item in enumerate(value))
+    elif origin is dict:
+        if not isinstance(value, dict):
+            raise _Invalid(key, expected)
+        return {name: _coerce(item, args[1], f"{key}.{name}") for name, item in value.items()}
+    elif tp is dict:
+        if not isinstance(value, dict):
+            raise _Invalid(key, expected)
+        result = value
+    else:  # pragma: no cover - a schema field of a type this function does not know
+        raise TypeError(f"schema type {tp!r} at {key} is not supported")
+    _check_range(result, key, meta, expected)
+    return result
+
+
+def _check_range(value: Any, key: str, meta: Mapping[str, Any], expected: str) -> None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if (meta["ge"] is not None and not value >= meta["ge"]) or (meta["gt"] is not None and not value > meta["gt"]) \
+                or (meta["le"] is not None and not value <= meta["le"]):
+            raise _Invalid(key, expected)
+    if meta["check"] is not None:
+        try:
+            meta["check"](value)
+        except LossSpecError as err:
+            raise _Invalid(f"{key}.{err.key}" if err.key else key, str(err)) from None
+        except ValueError as err:
+            raise _Invalid(key, str(err)) from None
+
+
+def _build(cls: type, table: dict, prefix: str) -> Any:
+    fields = _fields(cls)
+    dotted = (prefix + ".") if prefix else ""
+    for name in table:
+        if name not in fields:
+            raise _Invalid(dotted + name, _unknown(dotted + name, name, list(fields)))
+    values = {}
+    for name, (tp, f) in fields.items():
+        if name in table:
+            values[name] = _coerce(table[name], tp, dotted + name, f.metadata or _NO_META)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise _Invalid(dotted + name, f"missing key (expected {_type_name(tp, f.metadata)})")
+        elif dataclasses.is_dataclass(tp) or typing.get_origin(tp) is dict and dataclasses.is_dataclass(
+                typing.get_args(tp)[1]):
+            # Nested tables are coerced from their raw defaults, so defaults pass the same checks.
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            values[name] = default if dataclasses.is_dataclass(default) else _coerce(default, tp, dotted + name)
+    return cls(**values)
+
+
+def _cross_check(scenario: Scenario) -> None:
+    """Rules that involve more than one key."""
+    if not 1 <= len(scenario.paths) <= MAX_PATHS:
+        raise _Invalid("paths", f"expected 1 to {MAX_PATHS} paths (a table per access network), "
+                                f"got {len(scenario.paths)}")
+    if scenario.client.primary_path and scenario.client.primary_path not in scenario.paths:
+        raise _Invalid("client.primary_path", f"expected one of the paths ({', '.join(scenario.paths)}), "
+                                              f"got {scenario.client.primary_path!r}")
+    if scenario.converter.placement is Placement.ON_PATH and scenario.proxy_kind is not ProxyKind.MP_CONVERT:
+        raise _Invalid("converter.placement", "expected \"beside\": only the MP_CONVERT proxy (converter.kind = "
+                                              "\"mp-convert\") intercepts on the path, "
+                                              f"not {scenario.proxy_kind.value}")
+    w = scenario.workload
+    if w.arrivals is Arrivals.COUNT and w.count < 1:
+        raise _Invalid("workload.count", "expected an integer >= 1 when arrivals is \"count\"")
+    if w.arrivals is Arrivals.TIMES and not w.at_s:
+        raise _Invalid("workload.at_s", "expected a non-empty list of times when arrivals is \"times\"")
+    for name, times in (("workload.at_s", w.at_s), ("events", [e.at_s for e in scenario.events]),
+                        ("transfers", [t.start_s for t in scenario.transfers])):
+        for i, t in enumerate(times):
+            if not 0 <= t < scenario.duration_s:
+                key = name if name == "workload.at_s" else f"{name}.{i}.{'at_s' if name == 'events' else 'start_s'}"
+                raise _Invalid(key, f"expected a time in [0, duration_s = {scenario.duration_s:g}), got {t:g}")
+
+
+# --- loading -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadedScenario:
+    """A scenario file as loaded: where it came from, its text, the overrides, and each variant built."""
+
+    name: str
+    path: Path | None
+    source: str  # how errors and the manifest name it: models/NAME.toml for a named scenario
+    text: str
+    overrides: tuple[str, ...]
+    tree: dict  # the raw TOML tree with the overrides applied (variants not merged)
+    variants: dict[str, Scenario]  # variant name -> scenario; {BASE_VARIANT: ...} without [variants]
+
+    @property
+    def base(self) -> Scenario:
+        return next(iter(self.variants.values()))
+
+    @property
+    def description(self) -> str:
+        return self.base.description
+
+
+def models_dir() -> Path:
+    return MODELS_DIR
+
+
+def scenario_names() -> list[str]:
+    """The named scenarios in models/, sorted."""
+    return sorted(p.stem for p in models_dir().glob("*.toml"))
+
+
+def resolve(name_or_file: str) -> Path:
+    """A scenario name (``default``) or a file path (``my.toml``, ``models/x.toml``) to its file."""
+    candidate = Path(name_or_file)
+    if candidate.suffix == ".toml" or len(candidate.parts) > 1:
+        if not candidate.is_file():
+            raise ScenarioError(name_or_file, "", "no such scenario file")
+        return candidate
+    path = models_dir() / f"{name_or_file}.toml"
+    if not path.is_file():
+        names = scenario_names()
+        close = difflib.get_close_matches(name_or_file, names, n=1)
+        hint = f"did you mean {close[0]}?" if close else f"named scenarios: {', '.join(names) or 'none'}"
+        raise ScenarioError(name_or_file, "", f"no scenario of that name in {_display(models_dir())} ({hint})")
+    return path
+
+
+def _display(path: Path) -> str:
+    """A path as a user would type it: relative to the working directory when under it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``KEY=VALUE`` to (key parts, value): a TOML value, else the raw string."""
+    key, eq, raw = text.partition("=")
+    if not eq or not key.strip():
+        raise ScenarioError(f"--set {text}", "", "expected KEY=VALUE, e.g. client.scheme=convert")
+    parts = key.strip().split(".")
+    if any(not p for p in parts):
+        raise ScenarioError(f"--set {text}", key, "empty component in the dotted key")
+    try:
+        value = tomllib.loads(f"value = {raw}")["value"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return parts, value
+
+
+def _schema_at(parts: list[str], source: str) -> Any:
+    """The schema type at a dotted key (unknown components are errors with a suggestion)."""
+    tp: Any = Scenario
+    for depth, part in enumerate(parts):
+        key = ".".join(parts[: depth + 1])
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if origin in (types.UnionType, typing.Union):
+            tp = next(a for a in args if a is not type(None))
+            origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if dataclasses.is_dataclass(tp):
+            fields = _fields(tp)
+            if part not in fields:
+                raise ScenarioError(source, key, _unknown(key, part, list(fields)))
+            tp = fields[part][0]
+            if tp == dict[str, dict] and depth + 1 < len(parts):  # variants.NAME.<a scenario key>
+                return _schema_at(parts[depth + 2:], source) if depth + 2 < len(parts) else dict
+        elif origin is tuple:
+            if not part.isdigit():
+                raise ScenarioError(source, key, f"expected a list index (0, 1, ...), got {part!r}")
+            tp = args[0]
+        elif origin is dict:
+            tp = args[1]
+        else:
+            raise ScenarioError(source, key, f"{'.'.join(parts[:depth])} is {_type_name(tp)}, not a table")
+    return tp
+
+
+def _set_in(tree: dict, parts: list[str], value: Any, source: str) -> None:
+    node: Any = tree
+    for depth, part in enumerate(parts[:-1]):
+        key = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            index = int(part)
+            if index >= len(node):
+                raise ScenarioError(source, key, f"no item {index}: the list has {len(node)}")
+            node = node[index]
+        else:
+            if part not in node and parts[depth + 1].isdigit():
+                raise ScenarioError(source, key, f"has no item {parts[depth + 1]}: the file gives none (write the "
+                                                 "whole list, e.g. --set 'events=[{at_s = 1, action = \"reboot\"}]')")
+            node = node.setdefault(part, {})
+        if not isinstance(node, (dict, list)):
+            raise ScenarioError(source, key, "is a value, not a table")
+    last = parts[-1]
+    if isinstance(node, list):
+        if int(last) >= len(node):
+            raise ScenarioError(source, ".".join(parts), f"no item {last}: the list has {len(node)}")
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def apply_override(tree: dict, text: str) -> None:
+    """Apply one ``--set KEY=VALUE`` to a raw tree, checking the key against the schema."""
+    source = f"--set {text}"
+    parts, value = parse_override(text)
+    tp = _schema_at(parts, source)
+    if typing.get_origin(tp) is tuple and isinstance(value, str):
+        value = [item.strip() for item in value.split(",") if item.strip()]  # a,b for a list of names
+    _set_in(tree, parts, value, source)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """``over`` merged into a copy of ``base``: tables merge key by key, anything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        # A loss table is one model: a variant's {model = "none"} replaces the base's Bernoulli
+        # rather than inheriting its loss_prob.
+        mergeable = isinstance(value, dict) and isinstance(out.get(key), dict) and key != "loss"
+        out[key] = _merge(out[key], value) if mergeable else copy.deepcopy(value)
+    return out
+
+
+def _within(tree: dict, key: str) -> bool:
+    """Whether ``key`` (or a table above it) is written in ``tree``."""
+    node: Any = tree
+    for part in key.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False
+    return True
+
+
+def build(tree: dict, source: str) -> Scenario:
+    """Validate a whole tree (variants not merged) into a Scenario; errors name ``source``."""
+    try:
+        scenario = _build(Scenario, tree, "")
+        _cross_check(scenario)
+    except _Invalid as err:
+        raise ScenarioError(source, err.key, err.message) from None
+    return scenario
+
+
+def _blame(overrides: Sequence[str], key: str, source: str) -> str:
+    """The --set that wrote ``key`` (or a table above or below it), else the file with its overrides."""
+    for text_set in reversed(overrides):
+        written = text_set.partition("=")[0].strip()
+        if key == written or key.startswith(written + ".") or written.startswith(key + "."):
+            return f"--set {text_set}"
+    return f"{source} with " + " ".join(f"--set {o}" for o in overrides)
+
+
+def load_text(text: str, *, name: str, source: str, overrides: Sequence[str] = (), path: Path | None = None
+              ) -> LoadedScenario:
+    """Load a scenario from TOML text; ``source`` names it in errors (a file path)."""
+    try:
+        tree = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ScenarioError(source, "", f"invalid TOML: {err}") from None
+    build(tree, source)  # the file alone first, so that its own mistakes are reported against it
+    overrides = tuple(overrides)
+    for text_set in overrides:
+        apply_override(tree, text_set)  # the key must exist and the value parse
+    if overrides:  # then all of them together: one may need another (duration_s and the times in it)
+        try:
+            _cross_check(_build(Scenario, tree, ""))
+        except _Invalid as err:
+            raise ScenarioError(_blame(overrides, err.key, source), err.key, err.message) from None
+    variants_tree = tree.get("variants") or {}
+    variants: dict[str, Scenario] = {}
+    if not variants_tree:
+        variants[BASE_VARIANT] = build(tree, source)
+    base_tree = {k: v for k, v in tree.items() if k != "variants"}
+    for variant, partial in variants_tree.items():
+        if not _VARIANT_NAME.fullmatch(variant):
+            raise ScenarioError(source, f"variants.{variant}", "expected a name of letters, digits, '-', '_' or '.' "
+                                                              "(it names result rows and files)")
+        if not isinstance(partial, dict):
+            raise ScenarioError(source, f"variants.{variant}", f"expected a table, got {_show(partial)}")
+        for forbidden in ("variants", "description", "runs", "seed"):
+            if forbidden in partial:
+                raise ScenarioError(source, f"variants.{variant}.{forbidden}",
+                                    "a variant cannot change this (it belongs to the whole scenario)")
+        merged = _merge(base_tree, partial)
+        for text_set in overrides:  # the command line wins over the file, variants included
+            if not text_set.startswith("variants."):
+                apply_override(merged, text_set)
+        try:
+            scenario = _build(Scenario, merged, "")
+            _cross_check(scenario)
+        except _Invalid as err:
+            if _within(partial, err.key):
+                raise ScenarioError(source, f"variants.{variant}.{err.key}", err.message) from None
+            where = _blame(overrides, err.key, source) if overrides else source
+            raise ScenarioError(f"{where} (variant {variant})", err.key, err.message) from None
+        variants[variant] = scenario
+    return LoadedScenario(name=name, path=path, source=source, text=text, overrides=overrides, tree=tree,
+                          variants=variants)
+
+
+def load(name_or_file: str, overrides: Sequence[str] = ()) -> LoadedScenario:
+    """Load a named scenario (models/NAME.toml) or a file, with ``--set`` overrides."""
+    path = resolve(name_or_file)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ScenarioError(_display(path), "", f"cannot read: {err}") from None
+    source = f"models/{path.name}" if path.resolve().parent == models_dir().resolve() else _display(path)
+    return load_text(text, name=path.stem, source=source, overrides=overrides, path=path)
+
+
+def describe_all() -> list[tuple[str, str]]:
+    """(name, description) of every named scenario; a file that does not load says why."""
+    out = []
+    for name in scenario_names():
+        try:
+            description = load(name).description
+        except ScenarioError as err:
+            description = f"(does not load: {err})"
+        out.append((name, " ".join(description.split())))
+    return out
+
+
+def as_plain(value: Any) -> Any:
+    """A scenario (or part of it) as plain JSON-able data: enums by value, tuples as lists."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: as_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: as_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [as_plain(v) for v in value]
+    return value
