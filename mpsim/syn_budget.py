@@ -6,8 +6,8 @@ bytes: option bytes out of the 40 a TCP header holds, SYN payload bytes, whether
 the round trips to the first response byte that follow. Nothing here is a typed-in size: change
 a codec and the table changes with it.
 
-``mpsim run`` shows this (until the simulator replaces it) with one real RFC 8803 SYN packet;
-``mpsim wire budget`` shows the table alone.
+``mpsim wire budget`` shows the table with one real RFC 8803 SYN packet; with ``--destination``
+it shows the table alone.
 
 Assumptions, shared by every scheme so that the rows compare (each is a knob of the future
 simulator, not a claim about every network):
