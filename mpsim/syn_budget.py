@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from ipaddress import IPv4Address, IPv6Address
 
+from mpsim.proto.client import Scheme
 from mpsim.wire import jsonform
 from mpsim.wire.convert import HEADER_BYTES, ConnectTlv, ConvertMessage, decode_convert, encode_convert
 from mpsim.wire.mp_convert import (
@@ -53,17 +53,6 @@ DEFAULT_DESTINATIONS: tuple[tuple[IpAddress, int], ...] = (V4_DESTINATION, V6_DE
 DEFAULT_SEND_MSS_BYTES = 536
 HANDSHAKE_RTTS = 1  # SYN out, SYN-ACK back
 REQUEST_RTTS = 1  # the application's request out, the first response byte back
-
-
-class Scheme(StrEnum):
-    """The signalling schemes of DESIGN.md section 4, by their scenario names."""
-
-    PLAIN = "plain"
-    MPTCP = "mptcp"
-    MP_CONVERT_OPTION = "mp-convert-option"
-    SYN_PAYLOAD_EOL = "syn-payload-eol"
-    CONVERT = "convert"
-    SOCKS5 = "socks5"
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +165,7 @@ def format_budget(destinations: Iterable[tuple[IpAddress, int]] = DEFAULT_DESTIN
     for address, port in destinations:
         rows = [
             (
-                str(row.scheme),
+                row.scheme.value,
                 f"{row.syn_option_bytes}/{TCP_OPTION_SPACE_BYTES}",
                 str(row.syn_payload_bytes),
                 "yes" if row.fits else "NO",
