@@ -25,13 +25,18 @@ from mpsim.proto.client import ClientHost, ClientPolicy, ConnectionRecord, Reque
 from mpsim.proto.convert import ConverterHost, ConverterPolicy, ConverterTiming
 from mpsim.proto.harness import Harness, PacketFilter, Router
 from mpsim.proto.middlebox import (
-    PASS,
     BASIC_OPTION_KINDS,
+    PASS,
     DropUnknownOptionSyns,
+    MirrorMpCapable,
+    Nat,
     Policy,
     SegmentClass,
+    SequenceRewriter,
+    SplitSegments,
     StripOptions,
     StripPayload,
+    drop_rsts,
     drop_syns_with_data,
 )
 from mpsim.proto.mp_convert_proxy import MpConvertProxyHost, MpConvertProxyPolicy
@@ -45,6 +50,7 @@ PROXY_UP = IPv4Address("198.18.1.1")
 PROXY_IN = IPv4Address("198.18.4.1")  # an on-path proxy's client-side interface
 PROXY_DOWN = IPv4Address("198.18.2.1")
 SERVER = IPv4Address("198.18.3.1")
+NAT_PUBLIC = IPv4Address("198.18.0.200")  # inside the client's prefix, so the converter still serves it
 PROXY_PORT = 1234
 SERVER_PORT = 80
 ACCESS_DELAY_S = 0.010
@@ -70,6 +76,17 @@ def _up(policy_factory: Callable[[], Policy]) -> Callable[[], tuple[PacketFilter
     return lambda: (policy_factory(), PASS)
 
 
+def _two_way(box_factory: Callable[[], object]) -> Callable[[], tuple[PacketFilter, PacketFilter]]:
+    def build() -> tuple[PacketFilter, PacketFilter]:
+        box = box_factory()
+        return box.forward, box.backward
+
+    return build
+
+
+# Two-way boxes draw from their own generator: the same seed gives the same table.
+MIDDLEBOX_SEED = 7
+
 MIDDLEBOXES = (
     Middlebox("none", "a clean path", lambda: (PASS, PASS)),
     Middlebox("strip-mptcp", "removes MPTCP options from every segment, both ways",
@@ -80,6 +97,14 @@ MIDDLEBOXES = (
               _up(lambda: DropUnknownOptionSyns(BASIC_OPTION_KINDS))),
     Middlebox("drop-syn-data", "drops SYNs that carry data", _up(drop_syns_with_data)),
     Middlebox("strip-syn-payload", "delivers SYNs without their data", _up(lambda: StripPayload({SegmentClass.SYN}))),
+    Middlebox("drop-rst", "drops RSTs both ways", _both(drop_rsts)),
+    Middlebox("seq-rewrite", "shifts sequence numbers by a random offset per flow (and back)",
+              _two_way(lambda: SequenceRewriter(random.Random(MIDDLEBOX_SEED)))),
+    Middlebox("nat", "translates the client's address and port (a CGN)",
+              _two_way(lambda: Nat([NAT_PUBLIC]))),
+    Middlebox("split-data", "splits every data segment in two, both ways", _both(SplitSegments)),
+    Middlebox("mirror-mpc", "copies the SYN's MP_CAPABLE into a SYN-ACK that has none (with a key)",
+              _two_way(lambda: MirrorMpCapable(random.Random(MIDDLEBOX_SEED)))),
 )
 
 SERVERS = (ServerKind.LEGACY_DROP, ServerKind.LEGACY_QUEUE, ServerKind.TFO, ServerKind.MPTCP_V1,
