@@ -47,7 +47,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import ClassVar
 
 from mpsim.wire.errors import InvalidValueError, MalformedError, TruncatedError, WireError
@@ -578,12 +578,18 @@ def _decode_connect_options(buf: bytes, base: int) -> tuple[ConnectOption, ...]:
     return tuple(entries)
 
 
+_THIS_NETWORK = IPv4Network("0.0.0.0/8")
+
+
 def connect_address_problem(address: IPv4Address | IPv6Address) -> str | None:
     """Why a converter must refuse this Connect address, or None if it may use it.
 
     RFC 8803 section 6.2.5: multicast, broadcast and host loopback addresses (RFC 6890) MUST NOT
-    be used; the converter answers Error 1 (Malformed Message). Directed broadcast addresses depend
-    on a prefix length the converter knows and this function does not.
+    be used; the converter answers Error 1 (Malformed Message). The unspecified addresses and the
+    IPv4 "this network" block 0.0.0.0/8 (RFC 6890: not forwardable) are refused too: a connect to
+    them reaches the converter host's own services, which no client should be able to ask for.
+    Directed broadcast addresses depend on a prefix length the converter knows and this function
+    does not.
     """
     if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
@@ -593,4 +599,6 @@ def connect_address_problem(address: IPv4Address | IPv6Address) -> str | None:
         return f"{address} is a host loopback address"
     if address == IPv4Address("255.255.255.255"):
         return f"{address} is the limited broadcast address"
+    if address.is_unspecified or (isinstance(address, IPv4Address) and address in _THIS_NETWORK):
+        return f"{address} is an unspecified or 'this network' address"
     return None

@@ -1,0 +1,823 @@
+"""The RFC 8803 Transport Converter on Linux sockets: ``mpsim converter serve``.
+
+A single-threaded :mod:`selectors` loop. Every Convert decision (framing, authorization, cookies,
+the connection limit, destination checks, which Error TLV, the FIN/RST coupling of the two legs)
+is :class:`mpsim.proto.convert.ConverterSession`'s, the same object the simulator runs, in its
+SOCKET timing; this module only carries the session's decisions out on sockets and feeds it what
+the sockets report. The exceptions are the two things sockets cannot leave to the session:
+
+* relaying: once the session is RELAYING the bytes flow through :class:`mpsim.live.relay.Pump`
+  (splice or copy) without passing through the session; only the ends of each direction (EOF,
+  reset) are handed to it, and its Close decisions become ``shutdown(SHUT_WR)`` once the
+  direction is drained;
+* what the kernel decides alone: it answers the client's SYN before the server was reached, and
+  retransmits the downstream SYN on its own timer (docs/live-converter.md lists every deviation).
+
+Listeners are MPTCP sockets (plain TCP clients are accepted by them too) with the Fast Open
+server side on in cookie-less mode (``TCP_FASTOPEN`` + ``TCP_FASTOPEN_NO_COOKIE``; the sysctl needs
+the server bit 0x2), so the Convert message is read from the SYN payload.
+
+Log lines go to stderr as ``key=value``; :meth:`ConverterDaemon.counters` has the counters,
+printed at exit too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import heapq
+import json
+import random
+import resource
+import selectors
+import signal
+import socket
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address, ip_network
+from typing import TextIO
+
+from mpsim.errors import MpsimError
+from mpsim.live.relay import BufferPool, PipePool, Pump, PumpEvent, RelayMode, mode_for
+from mpsim.live.sockets import (
+    TCP_FASTOPEN,
+    TCP_FASTOPEN_NO_COOKIE,
+    KernelSettingError,
+    converter_kernel_problems,
+    family_of,
+    icmp_code_for_errno,
+    mptcp_info,
+    parse_endpoint,
+    peer_address,
+    read_sysctl,
+    reconstruct_synack_options,
+    reset_close,
+    stream_socket,
+    tcp_info,
+)
+from mpsim.proto.convert import Converter, ConverterPolicy, ConverterSession
+from mpsim.proto.relay import (
+    AcceptUpstream,
+    CloseDownstream,
+    CloseUpstream,
+    ConverterTiming,
+    IgnoreUpstream,
+    OpenDownstream,
+    Report,
+    ResetDownstream,
+    ResetUpstream,
+    RetransmitDownstreamSyn,
+    SendDownstream,
+    SendUpstream,
+)
+from mpsim.wire.convert import MAX_TOTAL_LENGTH_WORDS, ErrorTlv
+from mpsim.wire.options import TcpOptionKind
+
+EXIT_OK = 0
+EXIT_RUNTIME_ERROR = 1  # could not listen, or the loop failed
+EXIT_USER_ERROR = 2  # usage or kernel settings: something the operator can fix
+
+#: Request-phase reads: at most one whole Convert message (255 words); bytes after it wait in the session.
+_REQUEST_READ_BYTES = MAX_TOTAL_LENGTH_WORDS * 4
+_ACCEPTS_PER_WAKEUP = 64
+_MAX_LOOP_WAIT_S = 1.0
+_ACCEPT_ERROR_PAUSE_S = 0.5
+#: Upstream connections without a downstream one (reading the request, or closing after an
+#: error) beyond the sessions that hold one: past this the listeners pause and the kernel's backlog waits.
+_MIN_PENDING_CONNS = 64
+_DESCRIPTORS_PER_CONN = 6  # two sockets, and two pipes of two ends while splicing both ways
+
+
+class ConfigError(MpsimError):
+    """A converter setting that cannot work; the message says which and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServeConfig:
+    """What ``mpsim converter serve`` takes (see :func:`serve_main` for the options)."""
+
+    listen: tuple[tuple[IPv4Address | IPv6Address, int], ...]
+    allowed_prefixes: tuple[str, ...] = ()
+    require_cookie: bool = False
+    max_conns: int = 1024
+    relay: RelayMode = RelayMode.AUTO
+    mptcp: bool = True  # MPTCP listeners, and MPTCP attempted downstream
+    message_timeout_s: float = 10.0
+    connect_timeout_s: float = 30.0
+    shutdown_grace_s: float = 5.0
+    close_linger_s: float = 2.0  # after an error reply: how long to wait for the client's RST or FIN
+    tfo_queue_len: int = 1024
+    log_connections: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.listen:
+            raise ConfigError("give at least one --listen ADDR:PORT")
+        if self.max_conns < 1:
+            raise ConfigError("--max-conns must be at least 1")
+        for name in ("message_timeout_s", "connect_timeout_s", "shutdown_grace_s", "close_linger_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        for prefix in self.allowed_prefixes:
+            try:
+                ip_network(prefix)
+            except ValueError as err:
+                raise ConfigError(f"--allow {prefix}: {err}") from None
+
+    @property
+    def max_open_conns(self) -> int:
+        return self.max_conns + max(_MIN_PENDING_CONNS, self.max_conns)
+
+
+def supported_kinds(mptcp: bool) -> tuple[int, ...]:
+    """The Connect options this converter honours (Supported TCP Extensions TLV): what its own
+    SYNs carry. SACK-Permitted and Timestamps follow the sysctls (Linux adds them to every SYN or
+    to none); MPTCP when downstream MPTCP is attempted. TFO (34) is absent: a client's cookie
+    cannot be put in a SYN through the socket API, and a cookie request's answer lands in the
+    kernel's cache, not with us (Error 33)."""
+    kinds = []
+    if read_sysctl("net.ipv4.tcp_sack") != "0":
+        kinds.append(TcpOptionKind.SACK_PERMITTED)
+    if read_sysctl("net.ipv4.tcp_timestamps") not in ("0", None):
+        kinds.append(TcpOptionKind.TIMESTAMPS)
+    if mptcp:
+        kinds.append(TcpOptionKind.MPTCP)
+    return tuple(kinds)
+
+
+def _kv(value: object) -> str:
+    text = str(value)
+    return json.dumps(text) if not text or any(c.isspace() or c in '="' for c in text) else text
+
+
+class _Conn:
+    """One client: its upstream socket, its session, and what the driver keeps around them."""
+
+    __slots__ = ("id", "up", "down", "client", "session", "phase", "to_client", "to_server", "up2down",
+                 "down2up", "closing_deadline", "scheduled", "started", "down_family", "events", "eof_seen",
+                 "fin_sent", "reset_sent")
+
+    def __init__(self, conn_id: int, up: socket.socket, client: str, session: ConverterSession, now: float) -> None:
+        self.id = conn_id
+        self.up: socket.socket | None = up
+        self.down: socket.socket | None = None
+        self.client = client
+        self.session = session
+        self.phase = "request"  # request, connecting, relaying, closing, closed
+        self.to_client = bytearray()  # before the relay exists: error replies
+        self.to_server = bytearray()
+        self.up2down: Pump | None = None
+        self.down2up: Pump | None = None
+        self.closing_deadline: float | None = None
+        self.scheduled: float | None = None
+        self.started = now
+        self.down_family = socket.AF_INET
+        self.events: dict[int, int] = {}  # fd -> registered selector events
+        self.eof_seen = False  # the client's FIN (or reset) was read
+        self.fin_sent = False  # closing: our FIN after the reply
+        self.reset_sent = False  # a leg was closed with RST
+
+
+class ConverterDaemon:
+    """The converter: :meth:`start` opens the listeners, :meth:`run` serves until :meth:`stop`
+    (or SIGTERM/SIGINT with :meth:`install_signal_handlers`), then returns the exit status."""
+
+    def __init__(self, config: ServeConfig, *, log: TextIO | None = None) -> None:
+        self.config = config
+        self.policy = ConverterPolicy(
+            allowed_client_prefixes=config.allowed_prefixes, require_cookie=config.require_cookie,
+            max_sessions=config.max_conns, supported_kinds=supported_kinds(config.mptcp),
+            connect_timeout_s=config.connect_timeout_s, message_timeout_s=config.message_timeout_s,
+            timing=ConverterTiming.SOCKET)
+        self.converter = Converter(self.policy, random.SystemRandom())  # the cookie secret
+        self._counters: Counter[str] = self.converter.counters  # the session's and ours, one table
+        self._log_stream = log if log is not None else sys.stderr
+        self._selector = selectors.DefaultSelector()
+        self._listeners: list[socket.socket] = []
+        self._accepting = False
+        self._conns: dict[int, _Conn] = {}
+        self._by_fd: dict[int, tuple[_Conn, str]] = {}
+        self._timers: list[tuple[float, int, int]] = []  # (deadline, seq, conn id); stale entries skipped
+        self._timer_seq = 0
+        self._next_id = 1
+        self._pipes = PipePool()
+        self._buffers = BufferPool()
+        self._stop_requested = False
+        self._stop_deadline: float | None = None
+        self._accept_resume_at: float | None = None  # after an accept() error
+        self._wakeup: tuple[socket.socket, socket.socket] | None = None
+        self.addresses: list[tuple[str, int]] = []
+
+    # --- life cycle ------------------------------------------------------------------------------
+
+    def start(self) -> list[tuple[str, int]]:
+        """Check the kernel, open the listeners; the (address, port) pairs listened on."""
+        problems = converter_kernel_problems(mptcp=self.config.mptcp)
+        if problems:
+            raise KernelSettingError("; ".join(problems))
+        self._raise_descriptor_limit()
+        for address, port in self.config.listen:
+            self._listeners.append(self._listener(address, port))
+        for listener in self._listeners:
+            self._selector.register(listener, selectors.EVENT_READ, ("listener", listener))
+        self._accepting = True
+        self.addresses = [listener.getsockname()[:2] for listener in self._listeners]
+        for host, port in self.addresses:
+            self._log("listening", addr=host, port=port, mptcp=int(self.config.mptcp), relay=self.config.relay.value,
+                      max_conns=self.config.max_conns, supported_kinds=",".join(map(str, self.policy.supported_kinds)))
+        if not self.config.allowed_prefixes:
+            self._log("warning", msg="no --allow given: every client will be refused with Error 32 "
+                                     "(never an open relay, RFC 8803 9.1)")
+        return self.addresses
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT stop gracefully; the wakeup socket ends a select() at once."""
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        writer.setblocking(False)
+        self._wakeup = (reader, writer)
+        self._selector.register(reader, selectors.EVENT_READ, ("wakeup", reader))
+        signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda num, frame: self.stop())
+
+    def stop(self) -> None:
+        """Stop accepting; relays get ``shutdown_grace_s`` to finish, then are reset."""
+        self._stop_requested = True
+
+    def counters(self) -> dict[str, int]:
+        """Counters so far: the sessions' (mpsim.proto.convert.Converter) and the driver's."""
+        snapshot = dict(self._counters)
+        snapshot["open_conns"] = len(self._conns)
+        snapshot["active_sessions"] = self.converter.active_sessions
+        snapshot["pipes_created"] = self._pipes.created
+        snapshot["buffers_created"] = self._buffers.created
+        return snapshot
+
+    def run(self) -> int:
+        try:
+            while True:
+                now = time.monotonic()
+                if self._stop_requested and self._stop_deadline is None:
+                    self._begin_stop(now)
+                if self._stop_deadline is not None and (not self._conns or now >= self._stop_deadline):
+                    break
+                for key, mask in self._selector.select(self._wait_s(now)):
+                    self._dispatch(key.data, mask)
+                now = time.monotonic()
+                self._run_timers(now)
+                if self._accept_resume_at is not None and now >= self._accept_resume_at:
+                    self._accept_resume_at = None
+                    self._resume_accepting()
+        finally:
+            self._close_everything()
+        self._log("counters", **self.counters())
+        return EXIT_OK
+
+    # --- setup helpers ------------------------------------------------------------------------------
+
+    def _listener(self, address: IPv4Address | IPv6Address, port: int) -> socket.socket:
+        sock = stream_socket(family_of(address), mptcp=self.config.mptcp)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if address.version == 6 and address.is_unspecified:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # [::] takes IPv4 clients too
+            # Fast Open server side, cookie-less: the Convert message arrives in the SYN (RFC 8803 4.2).
+            sock.setsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN, self.config.tfo_queue_len)
+            sock.setsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN_NO_COOKIE, 1)
+            sock.bind((str(address), port))
+            sock.listen(socket.SOMAXCONN)
+            sock.setblocking(False)
+        except OSError as err:
+            sock.close()
+            raise OSError(err.errno, f"cannot listen on {address}:{port}: {err.strerror}") from None
+        return sock
+
+    def _raise_descriptor_limit(self) -> None:
+        needed = self.config.max_open_conns + _DESCRIPTORS_PER_CONN * self.config.max_conns + 256
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft >= needed:
+            return
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            raise ConfigError(f"--max-conns {self.config.max_conns} needs about {needed} file descriptors; the hard "
+                              f"limit is {hard} (raise it with ulimit -Hn, or lower --max-conns)")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+    # --- the loop --------------------------------------------------------------------------------------
+
+    def _wait_s(self, now: float) -> float:
+        deadline = self._timers[0][0] if self._timers else now + _MAX_LOOP_WAIT_S
+        for other in (self._stop_deadline, self._accept_resume_at):
+            if other is not None:
+                deadline = min(deadline, other)
+        return min(max(deadline - now, 0.0), _MAX_LOOP_WAIT_S)
+
+    def _dispatch(self, data: tuple, mask: int) -> None:
+        kind, obj = data
+        if kind == "listener":
+            self._accept(obj)
+        elif kind == "wakeup":
+            try:
+                while obj.recv(4096):
+                    pass
+            except BlockingIOError:
+                pass
+        else:
+            conn, side = obj
+            if conn.phase != "closed":
+                try:
+                    self._on_ready(conn, side, mask)
+                except Exception as err:  # a bug must cost one connection, not the converter
+                    self._internal_error(conn, err)
+
+    def _begin_stop(self, now: float) -> None:
+        self._stop_deadline = now + self.config.shutdown_grace_s
+        for listener in self._listeners:
+            self._selector.unregister(listener)
+            listener.close()
+        self._listeners.clear()
+        self._accepting = False
+        self._log("stopping", open_conns=len(self._conns), grace_s=self.config.shutdown_grace_s)
+
+    def _close_everything(self) -> None:
+        if self._conns:
+            self._log("stopped_relays", count=len(self._conns), msg="grace period over: reset")
+        for conn in list(self._conns.values()):
+            self._counters["reset_at_shutdown"] += 1
+            self._finish(conn, reset=True)
+        for listener in self._listeners:
+            listener.close()
+        if self._wakeup is not None:
+            signal.set_wakeup_fd(-1)
+            for sock in self._wakeup:
+                sock.close()
+        self._selector.close()
+        self._pipes.close()
+        self._buffers.close()
+
+    # --- accepting -----------------------------------------------------------------------------------
+
+    def _accept(self, listener: socket.socket) -> None:
+        now = time.monotonic()
+        for _ in range(_ACCEPTS_PER_WAKEUP):
+            if len(self._conns) >= self.config.max_open_conns:
+                self._pause_accepting()
+                return
+            try:
+                sock, sockaddr = listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as err:  # EMFILE and the like: the listener stays readable, so pause, not spin
+                self._counters["accept_errors"] += 1
+                self._log("accept_error", error=errno.errorcode.get(err.errno, err.errno))
+                self._pause_accepting()
+                self._accept_resume_at = now + _ACCEPT_ERROR_PAUSE_S
+                return
+            sock.setblocking(False)
+            conn_id, self._next_id = self._next_id, self._next_id + 1
+            session = self.converter.session(peer_address(sockaddr), now)
+            conn = _Conn(conn_id, sock, f"{sockaddr[0]}:{sockaddr[1]}", session, now)
+            self._conns[conn_id] = conn
+            self._counters["accepted"] += 1
+            try:
+                if self.config.log_connections:
+                    info = tcp_info(sock)  # was the Convert message in the SYN? (RFC 8803 8)
+                    self._log("accept", conn=conn_id, client=conn.client, mptcp=int(mptcp_info(sock) is not None),
+                              syn_data=int(info.syn_data), syn_bytes=info.bytes_received if info.syn_data else 0)
+                self._read_request(conn, now)  # the SYN payload is already there
+            except Exception as err:
+                self._internal_error(conn, err)
+
+    def _pause_accepting(self) -> None:
+        if self._accepting:
+            self._accepting = False
+            for listener in self._listeners:
+                self._selector.unregister(listener)
+            self._counters["accept_paused"] += 1
+            self._log("accept_paused", open_conns=len(self._conns))
+
+    def _resume_accepting(self) -> None:
+        if (not self._accepting and self._listeners and self._accept_resume_at is None
+                and len(self._conns) < self.config.max_open_conns):
+            self._accepting = True
+            for listener in self._listeners:
+                self._selector.register(listener, selectors.EVENT_READ, ("listener", listener))
+
+    # --- one connection: readiness ----------------------------------------------------------------
+
+    def _on_ready(self, conn: _Conn, side: str, mask: int) -> None:
+        now = time.monotonic()
+        if conn.phase == "request":
+            self._read_request(conn, now)
+        elif conn.phase == "connecting":
+            self._downstream_ready(conn, now)
+        elif conn.phase == "relaying":
+            self._pump(conn, now)
+        elif conn.phase == "closing":
+            self._closing_step(conn, now)
+
+    def _read_request(self, conn: _Conn, now: float) -> None:
+        assert conn.up is not None
+        try:
+            data = conn.up.recv(_REQUEST_READ_BYTES)
+        except BlockingIOError:
+            self._settle(conn, now)
+            return
+        except OSError:
+            conn.session.upstream_reset(now)
+        else:
+            if data:
+                conn.session.receive_upstream(data, now)
+            else:
+                conn.eof_seen = True
+                conn.session.upstream_closed(now)
+        self._apply(conn, now)
+
+    def _downstream_ready(self, conn: _Conn, now: float) -> None:
+        """The non-blocking connect() finished: SYN-ACK (the reply), or why not (the Error TLV)."""
+        down = conn.down
+        assert down is not None and conn.up is not None
+        error = down.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            self._drop_socket(conn, "down", reset=False)
+            self._downstream_error(conn, error, now)
+        else:
+            info, mptcp = tcp_info(down), mptcp_info(down)
+            relay = self.config.relay
+            conn.up2down = Pump(conn.up, down, mode_for(conn.up, relay), pipes=self._pipes, buffers=self._buffers)
+            conn.down2up = Pump(down, conn.up, mode_for(down, relay), pipes=self._pipes, buffers=self._buffers)
+            conn.down2up.prefix += conn.to_client
+            conn.up2down.prefix += conn.to_server
+            conn.to_client.clear()
+            conn.to_server.clear()
+            conn.phase = "relaying"
+            self._counters["downstream_mptcp" if mptcp is not None else "downstream_tcp"] += 1
+            if self.config.log_connections:
+                self._log("connected", conn=conn.id, dest=_dest(conn), mptcp=int(mptcp is not None),
+                          relay_up=conn.up2down.mode.value, relay_down=conn.down2up.mode.value)
+            conn.session.downstream_connected(now, reconstruct_synack_options(info, mptcp))
+        self._apply(conn, now)
+        if conn.phase == "relaying":
+            self._pump(conn, now)  # the reply and any early client bytes go at once
+
+    def _downstream_error(self, conn: _Conn, error: int, now: float) -> None:
+        """A connect() errno, to the session's words for it (which pick the Error TLV)."""
+        self._counters[f"connect_{errno.errorcode.get(error, error)}"] += 1
+        if error == errno.ECONNREFUSED:  # a RST (or an ICMP port unreachable: the same errno)
+            conn.session.downstream_reset(now)
+        elif (code := icmp_code_for_errno(conn.down_family, error)) is not None:
+            conn.session.downstream_unreachable(now, code)
+        elif error == errno.ETIMEDOUT:
+            conn.session.downstream_timeout(now)
+        else:
+            conn.session.downstream_failed(now)
+
+    def _pump(self, conn: _Conn, now: float) -> None:
+        session = conn.session
+        for pump, source in ((conn.up2down, "up"), (conn.down2up, "down")):
+            if pump is None or conn.phase != "relaying":
+                continue
+            event = pump.pump()
+            if event is PumpEvent.SOURCE_EOF:
+                if source == "up":
+                    session.upstream_closed(now)
+                else:
+                    session.downstream_closed()
+            elif event is not None:
+                upstream_side = (source == "up") == (event is PumpEvent.SOURCE_RESET)
+                self._counters["relay_resets_up" if upstream_side else "relay_resets_down"] += 1
+                if upstream_side:
+                    session.upstream_reset(now)
+                else:
+                    session.downstream_reset(now)
+            self._apply(conn, now)
+
+    # --- one connection: the session's decisions -------------------------------------------------------
+
+    def _apply(self, conn: _Conn, now: float) -> None:
+        session = conn.session
+        while (decision := session.next_decision()) is not None:
+            match decision:
+                case OpenDownstream():
+                    self._open_downstream(conn, decision, now)
+                case SendUpstream(data=data, reply=reply):
+                    if reply is not None:
+                        self._log_reply(conn, reply)
+                    (conn.down2up.prefix if conn.down2up is not None else conn.to_client).extend(data)
+                case SendDownstream(data=data):
+                    (conn.up2down.prefix if conn.up2down is not None else conn.to_server).extend(data)
+                case CloseUpstream():
+                    if conn.down2up is not None:
+                        conn.down2up.request_shutdown()
+                    else:
+                        self._start_closing(conn, now)
+                case CloseDownstream():
+                    if conn.up2down is not None:
+                        conn.up2down.request_shutdown()
+                case ResetUpstream(reason=reason):
+                    self._counters[f"upstream_reset_{reason.value}"] += 1
+                    self._drop_socket(conn, "up", reset=True)
+                case ResetDownstream():
+                    self._drop_socket(conn, "down", reset=True)
+                case IgnoreUpstream():
+                    self._drop_socket(conn, "up", reset=True)  # the kernel answered the SYN: closing is all we can do
+                case AcceptUpstream() | RetransmitDownstreamSyn():
+                    pass  # RFC timing only: the kernel answered the SYN, and retransmits the downstream SYN itself
+                case Report(event=event):
+                    self._log("report", conn=conn.id, event_type=type(event).__name__)
+        self._settle(conn, now)
+
+    def _open_downstream(self, conn: _Conn, request: OpenDownstream, now: float) -> None:
+        family = family_of(request.address)
+        conn.down_family = family
+        conn.phase = "connecting"
+        if request.syn_payload:  # only with a relayed TFO cookie, which supported_kinds never offers
+            conn.to_server += request.syn_payload
+        try:
+            down = stream_socket(family, mptcp=self.config.mptcp)  # MPTCP attempted; the kernel falls back
+        except OSError as err:
+            self._counters["downstream_socket_errors"] += 1
+            self._log("downstream_socket_error", conn=conn.id, error=errno.errorcode.get(err.errno, err.errno))
+            conn.session.downstream_failed(now)
+            return
+        down.setblocking(False)
+        error = down.connect_ex((str(request.address), request.port))
+        if error in (0, errno.EINPROGRESS):
+            conn.down = down
+        else:  # a local route said no at once (unreachable, prohibit, no route): same words as an ICMP error
+            down.close()
+            self._downstream_error(conn, error, now)
+
+    def _start_closing(self, conn: _Conn, now: float) -> None:
+        """After an error reply (or bytes that are not Convert): the reply, then FIN (RFC 8803
+        6.2.8: never an immediate RST), then wait a little for the client's RST or FIN."""
+        conn.phase = "closing"
+        conn.closing_deadline = now + self.config.close_linger_s
+        self._closing_step(conn, now)
+
+    def _closing_step(self, conn: _Conn, now: float) -> None:
+        up = conn.up
+        if up is None:
+            self._settle(conn, now)
+            return
+        try:
+            while conn.to_client:
+                del conn.to_client[:up.send(conn.to_client)]
+            if not conn.fin_sent:
+                conn.fin_sent = True
+                up.shutdown(socket.SHUT_WR)
+            while not conn.eof_seen:  # the client's bytes are not wanted any more: drop them until its FIN
+                conn.eof_seen = not up.recv(65536)
+        except BlockingIOError:
+            pass
+        except OSError:  # reset by the client, as RFC 8803 expects after an Error TLV
+            self._finish(conn, reset=True)
+            return
+        if conn.eof_seen and conn.fin_sent:
+            self._finish(conn, reset=False)
+        else:
+            self._settle(conn, now)
+
+    # --- bookkeeping -------------------------------------------------------------------------------------
+
+    def _settle(self, conn: _Conn, now: float) -> None:
+        """After anything happened to ``conn``: finish it, or update its selector events and timer."""
+        if conn.phase == "closed":
+            return
+        if self._finished(conn):
+            self._finish(conn, reset=conn.up2down is not None and not (conn.up2down.finished and conn.down2up.finished))
+            return
+        self._register(conn, "up", conn.up, self._events_up(conn))
+        self._register(conn, "down", conn.down, self._events_down(conn))
+        deadlines = [d for d in (conn.session.get_timer(), conn.closing_deadline) if d is not None]
+        deadline = min(deadlines, default=None)
+        if deadline is not None and deadline != conn.scheduled:
+            conn.scheduled = deadline
+            self._timer_seq += 1
+            heapq.heappush(self._timers, (deadline, self._timer_seq, conn.id))
+
+    def _finished(self, conn: _Conn) -> bool:
+        if conn.phase == "closing":
+            return conn.up is None
+        if not conn.session.done:
+            return False
+        if conn.up2down is None or conn.down2up is None:
+            return True  # never relayed: nothing left to flush
+        if conn.up is None or conn.down is None:
+            return True  # a side was reset
+        return conn.up2down.finished and conn.down2up.finished
+
+    def _events_up(self, conn: _Conn) -> int:
+        if conn.phase == "request":
+            return selectors.EVENT_READ
+        if conn.phase == "closing":
+            return selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.to_client else 0)
+        if conn.phase == "relaying":
+            assert conn.up2down is not None and conn.down2up is not None
+            return ((selectors.EVENT_READ if conn.up2down.wants_read else 0)
+                    | (selectors.EVENT_WRITE if conn.down2up.wants_write else 0))
+        return 0  # connecting: the request is read; more client bytes wait in the kernel (bounded)
+
+    def _events_down(self, conn: _Conn) -> int:
+        if conn.phase == "connecting":
+            return selectors.EVENT_WRITE
+        if conn.phase == "relaying":
+            assert conn.up2down is not None and conn.down2up is not None
+            return ((selectors.EVENT_READ if conn.down2up.wants_read else 0)
+                    | (selectors.EVENT_WRITE if conn.up2down.wants_write else 0))
+        return 0
+
+    def _register(self, conn: _Conn, side: str, sock: socket.socket | None, events: int) -> None:
+        if sock is None:
+            return
+        fd = sock.fileno()
+        current = conn.events.get(fd, 0)
+        if events == current:
+            return
+        if not current:
+            self._selector.register(sock, events, ("conn", (conn, side)))
+        elif not events:
+            self._selector.unregister(sock)
+        else:
+            self._selector.modify(sock, events, ("conn", (conn, side)))
+        conn.events[fd] = events
+
+    def _drop_socket(self, conn: _Conn, side: str, *, reset: bool) -> None:
+        sock = conn.up if side == "up" else conn.down
+        if sock is None:
+            return
+        fd = sock.fileno()
+        if conn.events.pop(fd, 0):
+            self._selector.unregister(sock)
+        for pump in (conn.up2down, conn.down2up):
+            if pump is not None and not pump.finished:
+                pump.fail()
+        if reset:
+            conn.reset_sent = True
+            reset_close(sock)
+        else:
+            sock.close()
+        if side == "up":
+            conn.up = None
+        else:
+            conn.down = None
+
+    def _finish(self, conn: _Conn, *, reset: bool) -> None:
+        """Close what is left of ``conn`` (RST if ``reset``: an abandoned relay) and forget it."""
+        if conn.phase == "closed":
+            return
+        for pump in (conn.up2down, conn.down2up):
+            if pump is not None:
+                if not pump.finished:
+                    pump.fail()
+        if conn.up is not None and conn.phase == "closing" and not conn.eof_seen:
+            reset = True  # the client never answered our FIN: do not let the socket linger
+        self._drop_socket(conn, "up", reset=reset)
+        self._drop_socket(conn, "down", reset=reset)
+        if not conn.session.done:
+            conn.session.upstream_reset(time.monotonic())  # releases its slot in the converter
+            while conn.session.next_decision() is not None:
+                pass
+        conn.phase = "closed"
+        self._conns.pop(conn.id, None)
+        up_bytes = conn.up2down.relayed_bytes if conn.up2down else 0
+        down_bytes = conn.down2up.relayed_bytes if conn.down2up else 0
+        self._counters["bytes_to_server"] += up_bytes
+        self._counters["bytes_to_client"] += down_bytes
+        self._counters["closed"] += 1
+        if self.config.log_connections:
+            self._log("closed", conn=conn.id, duration_s=f"{time.monotonic() - conn.started:.3f}",
+                      bytes_to_server=up_bytes, bytes_to_client=down_bytes, reset=int(conn.reset_sent))
+        if not self._stop_requested:
+            self._resume_accepting()
+
+    def _internal_error(self, conn: _Conn, err: Exception) -> None:
+        self._counters["internal_errors"] += 1
+        self._log("internal_error", conn=conn.id, error=f"{type(err).__name__}: {err}")
+        self._finish(conn, reset=True)
+
+    def _run_timers(self, now: float) -> None:
+        while self._timers and self._timers[0][0] <= now:
+            deadline, _, conn_id = heapq.heappop(self._timers)
+            conn = self._conns.get(conn_id)
+            if conn is None or conn.scheduled != deadline:
+                continue  # stale: the connection is gone or has another deadline now
+            conn.scheduled = None
+            if conn.phase == "closing" and conn.closing_deadline is not None and conn.closing_deadline <= now:
+                self._counters["closing_timeouts"] += 1
+                self._finish(conn, reset=True)
+                continue
+            timer = conn.session.get_timer()
+            if timer is not None and timer <= now:
+                if conn.phase == "connecting":
+                    self._log("connect_timeout", conn=conn.id, dest=_dest(conn))
+                elif conn.phase == "request" and self.config.log_connections:
+                    self._log("message_timeout", conn=conn.id, client=conn.client)
+                try:
+                    conn.session.handle_timer(now)
+                    self._apply(conn, now)
+                except Exception as err:
+                    self._internal_error(conn, err)
+            else:
+                self._settle(conn, now)
+
+    # --- logging ---------------------------------------------------------------------------------------
+
+    def _log_reply(self, conn: _Conn, reply) -> None:
+        error = reply.tlv(ErrorTlv)
+        if error is not None:
+            name = error.known_code.name if error.known_code is not None else "UNKNOWN"
+            self._log("refused", conn=conn.id, client=conn.client, error=error.code, name=name,
+                      value=error.value, dest=_dest(conn))
+        elif self.config.log_connections:
+            self._log("replied", conn=conn.id, client=conn.client, dest=_dest(conn))
+
+    def _log(self, event: str, **fields: object) -> None:
+        line = f"ts={time.time():.3f} event={event}" + "".join(f" {k}={_kv(v)}" for k, v in fields.items())
+        try:
+            print(line, file=self._log_stream, flush=True)
+        except (BrokenPipeError, ValueError):
+            pass  # nobody reads the log any more; serving goes on
+
+
+def _dest(conn: _Conn) -> str:
+    destination = conn.session.destination
+    if destination is None:
+        return "-"
+    address, port = destination
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+
+
+# --- the command line ---------------------------------------------------------------------------------
+
+
+def _endpoint(text: str) -> tuple[IPv4Address | IPv6Address, int]:
+    try:
+        return parse_endpoint(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def serve_parser(prog: str = "mpsim converter serve") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Run an RFC 8803 Transport Converter on Linux sockets (MPTCP and TCP clients, "
+                               "the Convert message in the SYN payload). Needs net.ipv4.tcp_fastopen with the "
+                               "server bit 0x2 in this network namespace.")
+    parser.add_argument("--listen", action="append", type=_endpoint, required=True, metavar="ADDR:PORT",
+                        help="address and port to listen on ([::]:PORT takes IPv4 clients too); repeatable")
+    parser.add_argument("--allow", action="append", default=[], metavar="PREFIX",
+                        help="client prefix to serve (RFC 8803 9.1); repeatable; none: everybody is refused")
+    parser.add_argument("--require-cookie", action="store_true",
+                        help="clients must send a Cookie TLV; those without get Error 3 with their cookie")
+    parser.add_argument("--max-conns", type=int, default=1024, metavar="N",
+                        help="converted connections at once; beyond: Error 64 (default 1024)")
+    parser.add_argument("--relay", choices=[m.value for m in RelayMode], default=RelayMode.AUTO.value,
+                        help="splice, copy, or auto: per direction, copy from MPTCP sockets and splice from "
+                             "TCP ones (default auto)")
+    parser.add_argument("--no-mptcp", action="store_true",
+                        help="plain TCP listeners and downstream connections (kernels without MPTCP)")
+    parser.add_argument("--message-timeout", type=_positive_float, default=10.0, metavar="S",
+                        help="drop a client whose Convert message is not complete by then (default 10)")
+    parser.add_argument("--connect-timeout", type=_positive_float, default=30.0, metavar="S",
+                        help="give up on a server that has not answered by then: Error 65 (default 30)")
+    parser.add_argument("--shutdown-grace", type=_positive_float, default=5.0, metavar="S",
+                        help="on SIGTERM: how long running relays may go on before they are reset (default 5)")
+    parser.add_argument("--quiet", action="store_true", help="no per-connection log lines")
+    return parser
+
+
+def serve_main(argv: list[str] | None = None, *, prog: str = "mpsim converter serve") -> int:
+    """``mpsim converter serve``: exit 0 after a clean stop, 2 for settings the operator must
+    fix (one line on stderr), 1 when listening or serving failed."""
+    args = serve_parser(prog).parse_args(argv)
+    try:
+        config = ServeConfig(
+            listen=tuple(args.listen), allowed_prefixes=tuple(args.allow), require_cookie=args.require_cookie,
+            max_conns=args.max_conns, relay=RelayMode(args.relay), mptcp=not args.no_mptcp,
+            message_timeout_s=args.message_timeout, connect_timeout_s=args.connect_timeout,
+            shutdown_grace_s=args.shutdown_grace, log_connections=not args.quiet)
+        daemon = ConverterDaemon(config)
+        daemon.start()
+    except (ConfigError, KernelSettingError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as err:
+        print(f"{prog}: error: {err.strerror or err}", file=sys.stderr)
+        return EXIT_RUNTIME_ERROR
+    daemon.install_signal_handlers()
+    return daemon.run()
+
+
+if __name__ == "__main__":
+    sys.exit(serve_main(sys.argv[1:]))

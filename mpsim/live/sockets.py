@@ -1,0 +1,307 @@
+"""Linux socket constants and helpers for the live converter and its client.
+
+What Python's :mod:`socket` module lacks (MPTCP and TFO numbers, ``struct tcp_info`` and
+``struct mptcp_info`` parsing), the kernel-setting checks with messages that say which value is
+needed and why, and the reconstruction of a server's SYN-ACK options from what the socket API
+reveals (RFC 8803 6.2.6 asks for them "as received"; see docs/live-converter.md for what cannot
+be known). Numbers are from the Linux uapi headers and were checked on Linux 6.18
+(docs/live-converter.md, "Measured").
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from pathlib import Path
+
+from mpsim.errors import MpsimError
+from mpsim.wire.mptcp import MpCapable, MpCapableFlags
+from mpsim.wire.options import MaximumSegmentSize, SackPermitted, Timestamps, WindowScale
+
+IPPROTO_MPTCP = 262
+SOL_MPTCP = 284
+MPTCP_INFO = 1  # getsockopt(SOL_MPTCP): struct mptcp_info; EOPNOTSUPP once the socket fell back to TCP
+MPTCP_INFO_FLAG_FALLBACK = 0x1
+MPTCP_INFO_FLAG_REMOTE_KEY_RECEIVED = 0x2
+
+TCP_FASTOPEN = 23  # listener: the TFO queue length
+TCP_FASTOPEN_CONNECT = 30  # not in Python's socket module
+TCP_FASTOPEN_NO_COOKIE = 34  # per socket: SYN data without a cookie (client) / accept it (listener)
+MSG_FASTOPEN = 0x20000000
+
+# struct tcp_info, tcpi_options bits (include/uapi/linux/tcp.h)
+TCPI_OPT_TIMESTAMPS = 0x01
+TCPI_OPT_SACK = 0x02
+TCPI_OPT_WSCALE = 0x04
+TCPI_OPT_ECN = 0x08
+TCPI_OPT_ECN_SEEN = 0x10
+TCPI_OPT_SYN_DATA = 0x20  # client: the SYN-ACK ACKed all SYN data; server: SYN data was accepted
+TCPI_OPT_USEC_TS = 0x40
+TCPI_OPT_TFO_CHILD = 0x80  # server: this socket was created by a Fast Open SYN
+
+# net.ipv4.tcp_fastopen bits (Documentation/networking/ip-sysctl.rst)
+TFO_CLIENT_ENABLE = 0x1
+TFO_SERVER_ENABLE = 0x2
+TFO_CLIENT_NO_COOKIE = 0x4
+TFO_SERVER_COOKIE_NOT_REQD = 0x200
+
+SPLICE_F_MOVE = 0x1
+SPLICE_F_NONBLOCK = 0x2
+F_SETPIPE_SZ = 1031
+
+#: The Timestamps option's 10 bytes padded to 12: what Linux takes off the MSS when TS is on.
+TIMESTAMPS_ALIGNED_BYTES = 12
+#: tcpi_fastopen_client_fail values (enum tcp_fastopen_client_fail), for messages.
+FASTOPEN_CLIENT_FAIL = {0: "unspecified", 1: "no cookie available and cookie-less mode off",
+                        2: "the SYN-ACK did not ACK the SYN data", 3: "the SYN was retransmitted (without its data)"}
+
+_TCP_INFO_BYTES = 256  # more than any kernel's struct; the kernel returns what it has
+_MPTCP_INFO_BYTES = 96
+
+
+class KernelSettingError(MpsimError):
+    """The kernel (its sysctls or its build) does not allow what was asked; the message says
+    which setting, which value is needed and why."""
+
+
+# --- struct tcp_info / struct mptcp_info ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TcpInfo:
+    """The fields of ``struct tcp_info`` mpsim reads (offsets of the uapi layout, stable since 4.x)."""
+
+    state: int
+    options: int
+    snd_wscale: int  # the peer's Window Scale shift (valid with TCPI_OPT_WSCALE)
+    rcv_wscale: int
+    fastopen_client_fail: int
+    snd_mss: int  # the MSS we send with: min(peer MSS, our route's), less aligned options, <= half the peer's window
+    rcv_mss: int
+    pmtu: int
+    advmss: int
+    bytes_received: int  # on a just-accepted Fast Open socket: the SYN payload
+    bytes_acked: int
+
+    @property
+    def syn_data(self) -> bool:
+        return bool(self.options & TCPI_OPT_SYN_DATA)
+
+
+def parse_tcp_info(raw: bytes) -> TcpInfo:
+    """``struct tcp_info`` bytes -> :class:`TcpInfo`. The first byte fields, then u32 from offset 8;
+    tcpi_bytes_acked/received (u64 at 120/128) exist since Linux 4.1 (0 when shorter)."""
+    if len(raw) < 88:
+        raise ValueError(f"struct tcp_info is at least 88 bytes on any kernel mpsim supports, got {len(raw)}")
+    state, _ca, _retrans, _probes, _backoff, options, wscale, flags7 = raw[:8]
+    snd_mss, rcv_mss = struct.unpack_from("=II", raw, 16)
+    pmtu = struct.unpack_from("=I", raw, 60)[0]
+    advmss = struct.unpack_from("=I", raw, 84)[0]
+    bytes_acked, bytes_received = struct.unpack_from("=QQ", raw, 120) if len(raw) >= 136 else (0, 0)
+    return TcpInfo(state=state, options=options, snd_wscale=wscale & 0xF, rcv_wscale=wscale >> 4,
+                   fastopen_client_fail=(flags7 >> 1) & 0x3, snd_mss=snd_mss, rcv_mss=rcv_mss, pmtu=pmtu,
+                   advmss=advmss, bytes_received=bytes_received, bytes_acked=bytes_acked)
+
+
+def tcp_info(sock: socket.socket) -> TcpInfo:
+    """TCP_INFO of a TCP socket, or of an MPTCP socket's first subflow (the kernel forwards it)."""
+    return parse_tcp_info(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_BYTES))
+
+
+@dataclass(frozen=True, slots=True)
+class MptcpInfo:
+    """The fields of ``struct mptcp_info`` mpsim reads."""
+
+    subflows: int  # additional subflows (the initial one is not counted)
+    flags: int
+    csum_enabled: bool
+    bytes_sent: int
+    bytes_received: int
+
+    @property
+    def remote_key_received(self) -> bool:
+        return bool(self.flags & MPTCP_INFO_FLAG_REMOTE_KEY_RECEIVED)
+
+
+def parse_mptcp_info(raw: bytes) -> MptcpInfo:
+    """``struct mptcp_info`` bytes: six u8, u32 flags at 8, ..., u8 csum_enabled at 42, u64
+    bytes_sent/received at 56/64 (Linux 6.5+; 0 when shorter)."""
+    if len(raw) < 43:
+        raise ValueError(f"struct mptcp_info is at least 43 bytes, got {len(raw)}")
+    flags = struct.unpack_from("=I", raw, 8)[0]
+    sent, received = struct.unpack_from("=QQ", raw, 56) if len(raw) >= 72 else (0, 0)
+    return MptcpInfo(subflows=raw[0], flags=flags, csum_enabled=bool(raw[42]), bytes_sent=sent,
+                     bytes_received=received)
+
+
+def mptcp_info(sock: socket.socket) -> MptcpInfo | None:
+    """MPTCP_INFO, or None when the connection is not MPTCP: a TCP socket, or an MPTCP socket
+    that fell back to TCP (the kernel then answers EOPNOTSUPP; measured on 6.18)."""
+    if sock.proto != IPPROTO_MPTCP:
+        return None
+    try:
+        info = parse_mptcp_info(sock.getsockopt(SOL_MPTCP, MPTCP_INFO, _MPTCP_INFO_BYTES))
+    except OSError as err:
+        if err.errno in (errno.EOPNOTSUPP, errno.ENOPROTOOPT):
+            return None
+        raise
+    return None if info.flags & MPTCP_INFO_FLAG_FALLBACK else info
+
+
+# --- the server's SYN-ACK options, rebuilt ------------------------------------------------------
+
+
+def reconstruct_synack_options(info: TcpInfo, mptcp: MptcpInfo | None) -> tuple:
+    """The server's SYN-ACK options as far as TCP_INFO and MPTCP_INFO reveal them (RFC 8803 6.2.6
+    wants them as received; the socket API does not keep them). Canonical order, no NOP padding.
+
+    * MSS: ``snd_mss`` plus the 12 bytes Linux takes off for Timestamps. That is the server's MSS
+      unless our route's MTU or half the server's window is smaller (loopback: 32768 + 12).
+    * SACK-Permitted, Window Scale (with the server's shift): present when both SYNs carried them,
+      so only known when our own SYN offered them (net.ipv4.tcp_sack / tcp_window_scaling).
+    * Timestamps: presence as above; TSval and TSecr are not exposed: sent as 0.
+    * MP_CAPABLE: when the downstream connection is MPTCP (the server's key was received), in its
+      4-byte form: the server's key is not exposed; the A flag from csum_enabled, H (HMAC-SHA256)
+      as RFC 8684 v1 requires.
+    * Anything else the server sent (TFO cookie, experimental options, ...) cannot be known.
+    """
+    timestamps = bool(info.options & TCPI_OPT_TIMESTAMPS)
+    mss_bytes = min(info.snd_mss + (TIMESTAMPS_ALIGNED_BYTES if timestamps else 0), 0xFFFF)
+    options: list = [MaximumSegmentSize(mss_bytes)]
+    if info.options & TCPI_OPT_SACK:
+        options.append(SackPermitted())
+    if timestamps:
+        options.append(Timestamps(0, 0))
+    if info.options & TCPI_OPT_WSCALE:
+        options.append(WindowScale(info.snd_wscale))
+    if mptcp is not None and mptcp.remote_key_received:
+        flags = MpCapableFlags.H | (MpCapableFlags.A if mptcp.csum_enabled else 0)
+        options.append(MpCapable(1, flags))
+    return tuple(options)
+
+
+# --- errno -> Convert error ---------------------------------------------------------------------
+
+#: What a connect() errno says about the ICMP Destination Unreachable behind it (inverting
+#: icmp_err_convert / icmpv6_err_convert; the Code itself is not exposed): the lowest code that
+#: maps to the errno. The same errnos come from local routes (unreachable, prohibit).
+_ICMP_CODE_FOR_ERRNO = {
+    socket.AF_INET: {errno.ENETUNREACH: 0, errno.EHOSTUNREACH: 1, errno.ENOPROTOOPT: 2, errno.EHOSTDOWN: 7,
+                     errno.ENONET: 8, errno.EACCES: 13, errno.EPERM: 13},
+    socket.AF_INET6: {errno.ENETUNREACH: 0, errno.EACCES: 1, errno.EPERM: 1, errno.EHOSTUNREACH: 3},
+}
+
+
+def icmp_code_for_errno(family: int, error: int) -> int | None:
+    """The Error 97 Value for a connect() failure, or None if the errno is no unreachability."""
+    return _ICMP_CODE_FOR_ERRNO.get(family, {}).get(error)
+
+
+# --- sysctls --------------------------------------------------------------------------------------
+
+
+def read_sysctl(name: str) -> str | None:
+    """A sysctl of the caller's network namespace (``net.ipv4.tcp_fastopen``), None if absent."""
+    try:
+        return Path("/proc/sys", *name.split(".")).read_text().strip()
+    except (FileNotFoundError, PermissionError):
+        return None
+
+
+def _int_sysctl(name: str) -> int | None:
+    value = read_sysctl(name)
+    return int(value, 0) if value is not None else None
+
+
+def converter_kernel_problems(*, mptcp: bool = True) -> list[str]:
+    """What in this network namespace stops a converter from taking Convert messages in SYNs."""
+    problems = []
+    tfo = _int_sysctl("net.ipv4.tcp_fastopen")
+    if tfo is None:
+        problems.append("net.ipv4.tcp_fastopen is missing: this kernel has no TCP Fast Open, so a Convert "
+                        "message in the SYN payload (RFC 8803 4.2) cannot be accepted")
+    elif not tfo & TFO_SERVER_ENABLE:
+        problems.append(
+            f"net.ipv4.tcp_fastopen={tfo:#x} lacks the server bit 0x2: the kernel then ACKs only the SYN of a "
+            f"Convert request and every client must reset and stop using this converter (RFC 8803 8); run "
+            f"`sysctl -w net.ipv4.tcp_fastopen={tfo | TFO_SERVER_ENABLE:#x}` in the converter's network namespace "
+            f"(cookie-less mode comes from the listener's TCP_FASTOPEN_NO_COOKIE, so 0x200 is not needed)")
+    if mptcp and _int_sysctl("net.mptcp.enabled") != 1:
+        problems.append("net.mptcp.enabled is not 1: MPTCP sockets cannot be created, so MPTCP clients cannot "
+                        "be converted; run `sysctl -w net.mptcp.enabled=1` (or pass --no-mptcp)")
+    return problems
+
+
+def client_kernel_problems(*, mptcp: bool) -> list[str]:
+    """What in this network namespace stops a Convert client from sending SYN data."""
+    problems = []
+    tfo = _int_sysctl("net.ipv4.tcp_fastopen")
+    if tfo is None or not tfo & TFO_CLIENT_ENABLE:
+        shown = "missing" if tfo is None else f"{tfo:#x}"
+        problems.append(
+            f"net.ipv4.tcp_fastopen={shown} lacks the client bit 0x1: without it no data goes in a SYN, and the "
+            f"Convert message must (RFC 8803 4.2); run `sysctl -w net.ipv4.tcp_fastopen="
+            f"{(tfo or 0) | TFO_CLIENT_ENABLE:#x}` (cookie-less sending, 0x4, is set per socket by mpsim)")
+    if mptcp and _int_sysctl("net.mptcp.enabled") != 1:
+        problems.append("net.mptcp.enabled is not 1: an MPTCP socket cannot be created; run "
+                        "`sysctl -w net.mptcp.enabled=1` or connect without --mptcp")
+    return problems
+
+
+# --- addresses and sockets ----------------------------------------------------------------------
+
+
+def parse_endpoint(text: str) -> tuple[IPv4Address | IPv6Address, int]:
+    """``A.B.C.D:PORT`` or ``[V6]:PORT`` -> (address, port). Addresses only: RFC 8803 signals no names."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{text!r} is not ADDR:PORT (IPv6: [ADDR]:PORT)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{text!r}: put an IPv6 address in brackets, [ADDR]:PORT")
+    try:
+        address = ip_address(host)
+    except ValueError:
+        raise ValueError(f"{text!r}: {host!r} is not an IP address (RFC 8803 carries addresses, not names)") from None
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 0xFFFF:
+        raise ValueError(f"{text!r}: the port must be 0..65535")
+    return address, int(port_text)
+
+
+def peer_address(sockaddr: tuple) -> IPv4Address | IPv6Address:
+    """A peer's address as the converter's policy sees it: IPv4 clients of a dual-stack listener
+    arrive as ::ffff:a.b.c.d and are checked against IPv4 prefixes."""
+    address = ip_address(sockaddr[0])
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def family_of(address: IPv4Address | IPv6Address) -> int:
+    return socket.AF_INET if address.version == 4 else socket.AF_INET6
+
+
+def stream_socket(family: int, *, mptcp: bool) -> socket.socket:
+    """A TCP or MPTCP stream socket; a missing MPTCP is a :class:`KernelSettingError`."""
+    try:
+        return socket.socket(family, socket.SOCK_STREAM, IPPROTO_MPTCP if mptcp else 0)
+    except OSError as err:
+        if mptcp and err.errno in (errno.EPROTONOSUPPORT, errno.ENOPROTOOPT, errno.EINVAL):
+            raise KernelSettingError(f"cannot create an MPTCP socket ({err.strerror}): is net.mptcp.enabled 1 "
+                                     f"and MPTCP built into this kernel?") from None
+        raise
+
+
+def reset_close(sock: socket.socket) -> None:
+    """Close with RST (SO_LINGER 0): what RFC 8803 asks of a client after an Error TLV, and what a
+    converter sends upstream when the server reset. On MPTCP this is MP_FASTCLOSE, and it avoids
+    the ~60 s an MPTCP socket with unread data otherwise lingers."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass  # already reset by the peer: close() sends nothing more anyway
+    sock.close()
