@@ -1,0 +1,222 @@
+"""Per-path link emulation for the namespace testbed: rate, random loss and middlebox rules.
+
+Everything here builds command lines or rule text and parses counter output; :mod:`netns` runs
+them in the right namespace. The methods follow docs/testbed.md and the measured kernel notes:
+
+- rate: an ingress qdisc on the receiving veth redirects every packet (u32 + mirred) to an IFB
+  device whose root tbf qdisc does the shaping. Shaping at the receiver keeps the sender's own
+  qdisc out of it, so the sender's TCP sees the queue only through its ACK clock. tbf counts L2
+  bytes (1514 per full-size segment), so the TCP goodput ceiling is rate x 1448/1514.
+- loss: nftables `numgen random mod 100000 < N drop` in an ip-family prerouting hook at priority
+  -300, with named counters of packets seen and dropped. (A netdev ingress hook drops nothing
+  once the IFB redirect is in place.) Only IPv4 packets are lost; ARP never is.
+- middlebox: xt TCPOPTSTRIP (iptables, mangle PREROUTING) strips the MPTCP option (kind 30);
+  nftables drops MP_CAPABLE SYNs and SYNs with payload and clamps the MSS option. iptables'
+  mangle hook (priority -150) runs before the nft middlebox chain (-140): a stripped SYN is not
+  then dropped as an MP_CAPABLE SYN.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from mpsim.testbed.probe import TestbedError
+
+LOSS_RESOLUTION = 100_000  # numgen draws 0..99999, so loss_prob is applied in steps of 1e-5
+MIN_BURST_BYTES = 15_000   # smaller tbf bursts undershoot the configured rate
+MTU_FRAME_BYTES = 1514     # one full-size Ethernet frame as tbf counts it
+MPTCP_OPTION_KIND = 30
+DIRECTIONS = ("up", "down")  # up: client -> converter (towards the server); down: the reverse
+
+
+@dataclasses.dataclass(frozen=True)
+class Middlebox:
+    """Interference by a middlebox on one path, applied to packets in both directions.
+
+    strip_mptcp_syn / strip_mptcp_synack: remove the MPTCP option (kind 30) from SYNs (without ACK)
+    or SYN-ACKs, as TCPOPTSTRIP does (the option bytes become NOPs).
+    drop_mp_capable_syn: silently drop SYNs carrying MP_CAPABLE (MP_JOIN SYNs pass).
+    drop_syn_data: silently drop SYNs carrying payload (IPv4 without IP options).
+    clamp_mss_bytes: lower the MSS option of every SYN and SYN-ACK to this value.
+    """
+
+    strip_mptcp_syn: bool = False
+    strip_mptcp_synack: bool = False
+    drop_mp_capable_syn: bool = False
+    drop_syn_data: bool = False
+    clamp_mss_bytes: int | None = None
+
+    def __post_init__(self):
+        if self.clamp_mss_bytes is not None and not 88 <= self.clamp_mss_bytes <= 65495:
+            raise ValueError(f"clamp_mss_bytes={self.clamp_mss_bytes}: expected 88..65495")
+
+    @property
+    def uses_iptables(self) -> bool:
+        return self.strip_mptcp_syn or self.strip_mptcp_synack
+
+    @property
+    def uses_nft(self) -> bool:
+        return self.drop_mp_capable_syn or self.drop_syn_data or self.clamp_mss_bytes is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class PathSpec:
+    """One client-converter path. Rate and loss apply to both directions, independently.
+
+    rate_bps: tbf rate in L2 bits per second, or None for an unshaped veth.
+    loss_prob: probability that each IPv4 packet is dropped, in steps of 1e-5.
+    queue_s: the shaper's queue, as time at rate_bps (limit = rate x queue_s, at least 2 frames
+      above the burst).
+    burst_bytes: tbf bucket; None picks max(15 KB, 1 ms at rate_bps).
+    middlebox: interference on this path, or None.
+    """
+
+    rate_bps: int | None = None
+    loss_prob: float = 0.0
+    queue_s: float = 0.05
+    burst_bytes: int | None = None
+    middlebox: Middlebox | None = None
+
+    def __post_init__(self):
+        if self.rate_bps is not None and not 8_000 <= self.rate_bps <= 100_000_000_000:
+            raise ValueError(f"rate_bps={self.rate_bps}: expected None or 8e3..1e11 bit/s")
+        if not 0.0 <= self.loss_prob < 1.0:
+            raise ValueError(f"loss_prob={self.loss_prob}: expected 0 <= loss_prob < 1")
+        if 0 < self.loss_prob and loss_threshold(self.loss_prob) == 0:
+            raise ValueError(f"loss_prob={self.loss_prob}: below the rule's resolution of {1 / LOSS_RESOLUTION}")
+        if not 0.0 < self.queue_s <= 10.0:
+            raise ValueError(f"queue_s={self.queue_s}: expected 0 < queue_s <= 10")
+        if self.burst_bytes is not None and self.burst_bytes < MTU_FRAME_BYTES:
+            raise ValueError(f"burst_bytes={self.burst_bytes}: at least one frame ({MTU_FRAME_BYTES} bytes)")
+
+    def tbf_sizes(self) -> tuple[int, int]:
+        """(burst_bytes, limit_bytes) for this path's tbf qdisc."""
+        assert self.rate_bps is not None
+        bytes_per_s = self.rate_bps / 8
+        burst = self.burst_bytes or max(MIN_BURST_BYTES, int(bytes_per_s * 0.001))
+        limit = max(int(bytes_per_s * self.queue_s), burst + 2 * MTU_FRAME_BYTES)
+        return burst, limit
+
+
+def loss_threshold(loss_prob: float) -> int:
+    """N in `numgen random mod 100000 < N`."""
+    return round(loss_prob * LOSS_RESOLUTION)
+
+
+def ifb_name(dev: str) -> str:
+    name = f"ifb-{dev}"
+    if len(name) > 15:
+        raise TestbedError(f"interface name {name!r} is longer than 15 characters")
+    return name
+
+
+def rate_commands(dev: str, spec: PathSpec) -> list[list[str]]:
+    """ip/tc argv lists (run inside the receiving namespace) that shape `dev`'s ingress."""
+    ifb = ifb_name(dev)
+    burst, limit = spec.tbf_sizes()
+    return [
+        ["ip", "link", "add", ifb, "type", "ifb"],
+        ["ip", "link", "set", ifb, "up"],
+        ["tc", "qdisc", "add", "dev", dev, "handle", "ffff:", "ingress"],
+        ["tc", "filter", "add", "dev", dev, "parent", "ffff:", "protocol", "all", "u32", "match", "u32", "0", "0",
+         "action", "mirred", "egress", "redirect", "dev", ifb],
+        ["tc", "qdisc", "add", "dev", ifb, "root", "tbf", "rate", f"{spec.rate_bps}bit",
+         "burst", str(burst), "limit", str(limit)],
+    ]
+
+
+def counter_name(kind: str, path_index: int, direction: str, what: str) -> str:
+    return f"{kind}_path{path_index}_{direction}_{what}"
+
+
+def loss_rules(dev: str, path_index: int, direction: str, loss_prob: float) -> tuple[list[str], list[str]]:
+    """(counter names, rule lines) for the loss chain: count every packet, drop N in 100000."""
+    seen = counter_name("loss", path_index, direction, "seen")
+    dropped = counter_name("loss", path_index, direction, "dropped")
+    rules = [f'iifname "{dev}" counter name "{seen}"',
+             f'iifname "{dev}" numgen random mod {LOSS_RESOLUTION} < {loss_threshold(loss_prob)} '
+             f'counter name "{dropped}" drop']
+    return [seen, dropped], rules
+
+
+SYN_ONLY = "tcp flags & (syn|ack) == syn"
+
+
+def nft_middlebox_rules(dev: str, path_index: int, direction: str, box: Middlebox) -> tuple[list[str], list[str]]:
+    """(counter names, rule lines) for the nft part of a middlebox on ingress device `dev`."""
+    counters, rules = [], []
+
+    def add(what: str, lines: list[str]):
+        name = counter_name("mb", path_index, direction, what)
+        counters.append(name)
+        rules.extend(line.format(counter=f'counter name "{name}"') for line in lines)
+
+    if box.drop_mp_capable_syn:
+        # Subtype 0 is MP_CAPABLE; MP_JOIN SYNs (subtype 1) pass.
+        add("drop_mpc_syn", [f'iifname "{dev}" {SYN_ONLY} tcp option mptcp subtype 0 {{counter}} drop'])
+    if box.drop_syn_data:
+        # nft cannot subtract header lengths, so one rule per TCP data offset: payload exists when
+        # the IP total length exceeds 20 (no IP options) + 4 x doff.
+        add("drop_syn_data", [f'iifname "{dev}" {SYN_ONLY} ip hdrlength 5 tcp doff {doff} '
+                              f'ip length > {20 + 4 * doff} {{counter}} drop' for doff in range(5, 16)])
+    if box.clamp_mss_bytes is not None:
+        mss = box.clamp_mss_bytes
+        add("clamp_mss", [f'iifname "{dev}" tcp flags syn tcp option maxseg size > {mss} '
+                          f'tcp option maxseg size set {mss} {{counter}}'])
+    return counters, rules
+
+
+def iptables_middlebox_rules(dev: str, path_index: int, direction: str, box: Middlebox) -> list[list[str]]:
+    """iptables argv lists for the TCPOPTSTRIP part; each rule's comment names its counter."""
+    out = []
+    for wanted, flags, what in ((box.strip_mptcp_syn, "SYN", "strip_syn"),
+                                (box.strip_mptcp_synack, "SYN,ACK", "strip_synack")):
+        if wanted:
+            out.append(["iptables", "-t", "mangle", "-A", "PREROUTING", "-i", dev, "-p", "tcp",
+                        "--tcp-flags", "SYN,ACK", flags, "-m", "comment", "--comment",
+                        counter_name("mb", path_index, direction, what),
+                        "-j", "TCPOPTSTRIP", "--strip-options", str(MPTCP_OPTION_KIND)])
+    return out
+
+
+NFT_TABLE = "mpsim"
+LOSS_PRIORITY = -300        # before conntrack (-200) and before any mangling
+MIDDLEBOX_PRIORITY = -140   # after iptables' mangle (-150): strip first, then drop or clamp
+
+
+def nft_ruleset(counters: list[str], loss_lines: list[str], middlebox_lines: list[str]) -> str:
+    """The namespace's whole `table ip mpsim`, ready for `nft -f -`."""
+    chains = []
+    for chain, priority, lines in (("loss", LOSS_PRIORITY, loss_lines),
+                                   ("middlebox", MIDDLEBOX_PRIORITY, middlebox_lines)):
+        if lines:
+            chains.append(f"  chain {chain} {{\n    type filter hook prerouting priority {priority}; policy accept;\n"
+                          + "".join(f"    {line}\n" for line in lines) + "  }\n")
+    declared = "".join(f"  counter {name} {{ }}\n" for name in counters)
+    return f"table ip {NFT_TABLE} {{\n{declared}{''.join(chains)}}}\n"
+
+
+def parse_nft_counters(json_text: str) -> dict[str, int]:
+    """`nft -j list counters table ip mpsim` as {"<name>.packets": n, "<name>.bytes": n}."""
+    out = {}
+    for item in json.loads(json_text).get("nftables", []):
+        counter = item.get("counter")
+        if counter:
+            out[f"{counter['name']}.packets"] = counter["packets"]
+            out[f"{counter['name']}.bytes"] = counter["bytes"]
+    return out
+
+
+def parse_iptables_counters(save_text: str) -> dict[str, int]:
+    """`iptables-save -c -t mangle` lines with an mpsim comment, as {"<comment>.packets": n, ...}."""
+    out = {}
+    for line in save_text.splitlines():
+        if not line.startswith("[") or "--comment" not in line:
+            continue
+        packets, _, rest = line[1:].partition(":")
+        nbytes = rest.partition("]")[0]
+        name = line.split("--comment", 1)[1].split()[0].strip('"')
+        out[f"{name}.packets"] = int(packets)
+        out[f"{name}.bytes"] = int(nbytes)
+    return out
