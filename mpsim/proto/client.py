@@ -509,8 +509,11 @@ class LogicalConnection:
         """An implicit signalled attempt whose MPTCP fell back, reset before any answer came: an
         on-path proxy enforcing the I flag ("do not revert to TCP") resets both legs, so the
         request may go again, unsignalled, on a new port (mp_convert_proxy.py, reset_on_revert)."""
+        # A SYN-ACK must have come: a RST to the SYN itself is the server refusing (the proxy, if
+        # any, only intercepts SYNs that still carry MP_CAPABLE and answers them with a SYN-ACK).
         return attempt.proxy is None and attempt.kind in (AttemptKind.MP_CONVERT_OPTION, AttemptKind.SYN_PAYLOAD_EOL) \
-            and self.first_byte_s is None and attempt.mptcp is not None and attempt.mptcp.fallback_reason is not None
+            and self.first_byte_s is None and attempt.conn is not None and attempt.conn.synack is not None \
+            and attempt.mptcp is not None and attempt.mptcp.fallback_reason is not None
 
     @staticmethod
     def _failure_reason(attempt: _Attempt, event: TcpEvent) -> FallbackReason | None:

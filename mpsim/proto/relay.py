@@ -295,16 +295,24 @@ class RelaySession:
             self._downstream_lost(DownstreamFailure.NO_ROUTE)
 
     def downstream_data(self, data: bytes) -> None:
-        if self._legal("downstream_data", self.RELAYING) and data:
-            self._to_client(bytes(data))
+        if self._legal("downstream_data", self.RELAYING):
+            self._refuse_after_server_fin("bytes from the server after its FIN")
+            if data:
+                self._to_client(bytes(data))
 
     def downstream_closed(self) -> None:
         """The server sent FIN: close upstream gracefully (RFC 8803 4.2 SHOULD)."""
         if not self._legal("downstream_closed", self.RELAYING):
             return
+        self._refuse_after_server_fin("a second FIN from the server")
         self._downstream_fin = True
         self._decide(CloseUpstream())
         self._end_if_both_closed()
+
+    def _refuse_after_server_fin(self, what: str) -> None:
+        # Mirrors the client side: a driver that reports these has lost track of the connection.
+        if self._downstream_fin:
+            raise LocalProtocolError(what)
 
     def handle_timer(self, now: float) -> None:
         if self._deadline is None or now < self._deadline:

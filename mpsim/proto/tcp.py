@@ -284,11 +284,19 @@ def syn_base_options(policy: TcpPolicy) -> tuple:
     return _syn_options(policy, sack=True, timestamps=True, window_scale=True)
 
 
-def _fit_options(base: list, extra: tuple) -> tuple:
+# The options of every segment after the handshake when both sides use timestamps (values filled
+# in when the segment is sent); option values are immutable, so one tuple serves every connection.
+_TIMESTAMPED_OPTIONS = (NoOperation(), NoOperation(), Timestamps(0, 0))
+_TIMESTAMPED_OPTIONS_BYTES = option_space_bytes(_TIMESTAMPED_OPTIONS)
+
+
+def _fit_options(base: tuple, extra: tuple) -> tuple:
     """Base TCP options plus extension options within 40 bytes. Like Linux with MPTCP+TFO on a
     SYN-ACK (RFC 8684 appendix B), Timestamps go first when space runs out; if it still does not
     fit, the OptionSpaceError surfaces when the packet is built."""
-    options = tuple(base) + tuple(extra)
+    if not extra:
+        return base  # the base options take 20 bytes at most (a SYN's MSS, SACK-Permitted, TS, WS)
+    options = base + extra
     if option_space_bytes(options) > TCP_OPTION_SPACE_BYTES:
         trimmed = tuple(o for o in options if not isinstance(o, Timestamps))
         if option_space_bytes(trimmed) <= TCP_OPTION_SPACE_BYTES:
@@ -763,20 +771,17 @@ class TcpConnection:
 
     # --- sending ----------------------------------------------------------------------------
 
-    def _base_options(self, syn: bool) -> list:
+    def _base_options(self, syn: bool) -> tuple:
         p = self.policy
-        options: list = []
         if syn:
             active = self.state is TcpState.SYN_SENT
-            return list(_syn_options(p, sack=active or self.peer.sack_permitted, timestamps=active or self.peer.timestamps,
-                                     window_scale=active or self.peer.window_shift is not None))
-        elif self.peer.timestamps and p.timestamps:
-            options += [NoOperation(), NoOperation(), Timestamps(0, 0)]
-        return options
+            return _syn_options(p, sack=active or self.peer.sack_permitted, timestamps=active or self.peer.timestamps,
+                                window_scale=active or self.peer.window_shift is not None)
+        return _TIMESTAMPED_OPTIONS if self.peer.timestamps and p.timestamps else ()
 
     def _stamp(self, options: tuple, now: float) -> tuple:
         ts_value = int(now * 1000) % (1 << 32)  # a 1 kHz timestamp clock, like Linux
-        return tuple(Timestamps(ts_value, self.peer.ts_recent) if isinstance(o, Timestamps) else o for o in options)
+        return tuple([Timestamps(ts_value, self.peer.ts_recent) if isinstance(o, Timestamps) else o for o in options])
 
     def _window_field(self, syn: bool) -> int:
         shift = 0 if syn or self.peer.window_shift is None else (self.policy.window_scale_shift or 0)
@@ -843,7 +848,8 @@ class TcpConnection:
     def _effective_mss(self) -> int:
         """Payload bytes per segment: the smaller MSS less the options every segment carries
         (Linux sends 1448-byte segments with Timestamps on a 1500-byte path)."""
-        options_bytes = option_space_bytes(self._base_options(syn=False))
+        base = self._base_options(syn=False)
+        options_bytes = _TIMESTAMPED_OPTIONS_BYTES if base is _TIMESTAMPED_OPTIONS else option_space_bytes(base)
         return min(self.policy.mss_bytes, self.peer.mss_bytes) - options_bytes
 
     def _fin_seq(self) -> int | None:
@@ -991,13 +997,16 @@ TCP_TRANSITIONS: dict[TcpState, dict[TcpState, str]] = {
     TcpState.CLOSED: {TcpState.SYN_SENT: "connect: send SYN", TcpState.SYN_RECEIVED: "SYN at a listener: send SYN-ACK"},
     TcpState.SYN_SENT: {TcpState.ESTABLISHED: "acceptable SYN-ACK: send ACK",
                         TcpState.CLOSED: "RST, ICMP unreachable, SYN retries exhausted, abort, or close"},
+    # close() in SYN-RECEIVED queues the FIN: the ACK of our SYN moves to ESTABLISHED, then at
+    # once to FIN-WAIT-1 (RFC 9293 Figure 5 draws that as one edge).
     TcpState.SYN_RECEIVED: {TcpState.ESTABLISHED: "ACK of our SYN",
-                            TcpState.FIN_WAIT_1: "ACK of our SYN after close(): send FIN",
                             TcpState.CLOSED: "RST, SYN-ACK retries exhausted, or abort"},
     TcpState.ESTABLISHED: {TcpState.FIN_WAIT_1: "close: send FIN", TcpState.CLOSE_WAIT: "FIN: ACK it",
                            TcpState.CLOSED: "RST, data retries exhausted, or abort"},
+    # A segment with the peer's FIN and the ACK of ours passes through FIN-WAIT-2 (the ACK is
+    # processed before the FIN, RFC 9293 3.10.7.4), so there is no direct edge to TIME-WAIT.
     TcpState.FIN_WAIT_1: {TcpState.FIN_WAIT_2: "ACK of our FIN", TcpState.CLOSING: "FIN: ACK it",
-                          TcpState.TIME_WAIT: "FIN and ACK of our FIN", TcpState.CLOSED: "RST, retries, or abort"},
+                          TcpState.CLOSED: "RST, retries, or abort"},
     TcpState.FIN_WAIT_2: {TcpState.TIME_WAIT: "FIN: ACK it",
                           TcpState.CLOSED: "RST, FIN-WAIT-2 timeout, or abort"},
     TcpState.CLOSE_WAIT: {TcpState.LAST_ACK: "close: send FIN", TcpState.CLOSED: "RST, retries, or abort"},

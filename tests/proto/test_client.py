@@ -882,7 +882,8 @@ def test_invariants_over_random_cases(scheme, middlebox, server, timing, seed, f
     net.client.connect(REQUEST, 0.0)
     net.harness.run(second_at_s)
     net.client.connect(REQUEST, net.harness.now)  # a second request meets the caches the first left
-    net.harness.run(second_at_s + 300.0)
+    # Long enough for the slowest ending: a blackholed response gives up after response_timeout_s.
+    net.harness.run(second_at_s + policy.response_timeout_s + 60.0)
     finished = [e.record for _, n, e in net.harness.events if n == "client" and isinstance(e, ConnectionFinished)]
     assert sorted(r.request_id for r in finished) == [0, 1]  # exactly one record per request
     assert finished == net.client.finished
