@@ -205,8 +205,10 @@ def build(scheme: Scheme, middlebox: Middlebox, server_kind: ServerKind, *, seed
     policy = client_policy or ClientPolicy(scheme=scheme)
     client = harness.add("client", ClientHost("client", {"eth0": CLIENT}, rng=rng, policy=policy,
                                               proxies=((PROXY_UP, PROXY_PORT),)))
-    harness.add("router", Router({"c": ["198.18.0.0/24"], "p_up": ["198.18.1.0/24"], "p_down": ["198.18.2.0/24"],
-                                  "s": ["198.18.3.0/24"]}))
+    routes = {"c": ["198.18.0.0/24"], "p_up": ["198.18.1.0/24"], "p_down": ["198.18.2.0/24"], "s": ["198.18.3.0/24"]}
+    if placement is Placement.ON_PATH:
+        routes["c"] += routes.pop("p_up")  # the proxy's client side sits behind port "c" with the client
+    harness.add("router", Router(routes))
     harness.add("proxy", _proxy(scheme, rng, timing, placement))
     harness.add("server", _server(server_kind, rng))
     up, down = middlebox.build()

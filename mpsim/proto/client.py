@@ -706,6 +706,14 @@ class LogicalConnection:
             self._attempt_failed(attempt, now, self._reply_missing(attempt))
 
     def _complete(self, attempt: _Attempt, now: float) -> None:
+        if self.delivered_bytes < self.request.response_size_bytes:
+            # The peer closed before the whole response: the application got less than it asked
+            # for, which is no success whatever path carried it.
+            if attempt.conn.state is not TcpState.CLOSED:
+                attempt.conn.close(now)
+                self.host.collect(attempt.conn, now)
+            self._finish(now, Outcome.FAILED, f"peer closed after {self.delivered_bytes} response bytes")
+            return
         mptcp_ext = attempt.mptcp
         mptcp_on = mptcp_ext is not None and mptcp_ext.negotiated
         if self.via_proxy and (mptcp_on or not self.host.client_policy.upstream_mptcp):
@@ -721,13 +729,13 @@ class LogicalConnection:
         if attempt.conn.state is not TcpState.CLOSED:
             attempt.conn.close(now)
             self.host.collect(attempt.conn, now)
-        short = self.delivered_bytes < self.request.response_size_bytes
-        self._finish(now, outcome, f"peer closed after {self.delivered_bytes} response bytes" if short else "")
+        self._finish(now, outcome)
 
     def _finish(self, now: float, outcome: Outcome, detail: str = "") -> None:
         if self.finished:
             return
         self.finished = True
+        self.host.unfinished.pop(self.request_id, None)
         self.outcome = outcome
         self.deadline = None
         conns = [a.conn for a in self.attempts if a.conn is not None]
@@ -795,6 +803,8 @@ class ClientHost(Host):
         self.converter_tfo_cookies: dict[tuple[Proxy, IpAddress], bytes] = {}
         self.converters_seen: set[Proxy] = set()
         self.logical: dict[int, LogicalConnection] = {}
+        #: The logical connections not finished yet, in request order: the timer scans these only.
+        self.unfinished: dict[int, LogicalConnection] = {}
         self.finished: list[ConnectionRecord] = []
         self._next_request_id = 0
 
@@ -806,6 +816,7 @@ class ClientHost(Host):
         self._next_request_id += 1
         logical = LogicalConnection(self, request_id, request, now)
         self.logical[request_id] = logical
+        self.unfinished[request_id] = logical
         logical.start(now)
         return request_id
 
@@ -857,7 +868,7 @@ class ClientHost(Host):
 
     def get_timer(self) -> float | None:
         deadlines = [d for d in (super().get_timer(), self.caches.get_timer()) if d is not None]
-        deadlines += [lc.deadline for lc in self.logical.values() if lc.deadline is not None and not lc.finished]
+        deadlines += [lc.deadline for lc in self.unfinished.values() if lc.deadline is not None]
         return min(deadlines, default=None)
 
     def handle_timer(self, now: float) -> None:
@@ -866,7 +877,7 @@ class ClientHost(Host):
         for event in self.caches.events:
             self.emit(event)
         self.caches.events.clear()
-        for logical in list(self.logical.values()):
+        for logical in list(self.unfinished.values()):
             if not logical.finished:
                 logical.handle_timer(now)
 

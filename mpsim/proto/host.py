@@ -190,7 +190,12 @@ class Host:
         return self._timers[0][0] if self._timers else None
 
     def _timer_is_live(self, deadline: float, conn: TcpConnection) -> bool:
-        return self.connections.get(conn.four_tuple) is conn and conn.get_timer() == deadline
+        return self._is_ours(conn) and conn.get_timer() == deadline
+
+    def _is_ours(self, conn: TcpConnection) -> bool:
+        """``self.connections.get(conn.four_tuple) is conn``, without hashing two addresses:
+        ``owners`` holds exactly the connections in ``connections`` (see _adopt and _drop)."""
+        return id(conn) in self.owners
 
     def outgoing(self, now: float) -> list[Transmit]:
         out, self._out = self._out, []
@@ -271,7 +276,7 @@ class Host:
         # that went stale (the deadline moved, the connection left) are skipped when popped.
         # A heap keeps get_timer cheap with thousands of connections in TIME-WAIT.
         deadline = conn.get_timer()
-        if deadline is not None and conn.four_tuple in self.connections:
+        if deadline is not None and self._is_ours(conn):
             self._timer_seq += 1
             heapq.heappush(self._timers, (deadline, self._timer_seq, conn))
 

@@ -35,8 +35,7 @@ from simpy.events import NORMAL, Event
 
 from mpsim.proto.middlebox import IcmpUnreachable
 from mpsim.sim.loss import LossModel, NoLoss
-from mpsim.wire.options import EndOfOptionList, MaximumSegmentSize, NoOperation, SackPermitted, Timestamps, WindowScale
-from mpsim.wire.segment import IPV4_HEADER_MIN_BYTES, IPV6_HEADER_BYTES, TCP_HEADER_MIN_BYTES, IpPacket
+from mpsim.wire.segment import IPV4_HEADER_MIN_BYTES, IPV6_HEADER_BYTES, IpPacket
 
 #: A middlebox stage: the packets that continue (none: dropped). Same shape as the harness's.
 PacketFilter = Callable[[Any, float], list]
@@ -47,39 +46,18 @@ ICMPV4_QUOTED_DATA_BYTES = 8
 #: RFC 4443 2.4(c): an ICMPv6 error quotes as much of the original as fits in the minimum MTU.
 IPV6_MIN_MTU_BYTES = 1280
 
-# Options whose encoding has one length, so the size of the usual segments costs no encoding.
-_FIXED_OPTION_BYTES: dict[type, int] = {
-    EndOfOptionList: 1, NoOperation: 1, MaximumSegmentSize: 4, WindowScale: 3, SackPermitted: 2, Timestamps: 10,
-}
-
-
-def tcp_header_bytes(segment: Any) -> int:
-    """The TCP header length of ``segment`` (a ``TcpSegment``), options and padding included."""
-    raw_bytes = 0
-    for option in segment.options:
-        length = _FIXED_OPTION_BYTES.get(type(option))
-        raw_bytes += length if length is not None else len(option.encode())
-    if segment.option_padding:
-        return TCP_HEADER_MIN_BYTES + raw_bytes + len(segment.option_padding)
-    return TCP_HEADER_MIN_BYTES + raw_bytes + (-raw_bytes % 4)
-
-
 def packet_size_bytes(packet: Any) -> int:
     """The bytes ``packet`` occupies on a link.
 
-    * ``IpPacket``: its exact encoded length (``len(encode_packet(packet))``), from the header
-      lengths: IPv4 20 + options or IPv6 40, TCP 20 + options padded to 4, the payload.
+    * ``IpPacket``: its exact encoded length (``len(encode_packet(packet))``, worked out when the
+      packet was built): IPv4 20 + options or IPv6 40, TCP 20 + options padded to 4, the payload.
     * ``IcmpUnreachable``: IPv4 20 + ICMP 8 + the quoted IP header + 8 bytes of it (56 bytes for
       an original without IP options, RFC 792; Linux would quote up to 576 bytes in all);
       IPv6 40 + 8 + as much of the original as fits in 1280 bytes (RFC 4443).
     * anything else: its ``size_bytes`` attribute (the light packets of :mod:`mpsim.sim.transfer`).
     """
     if isinstance(packet, IpPacket):
-        segment = packet.segment
-        tcp_bytes = tcp_header_bytes(segment) + len(segment.payload)
-        if packet.src.version == 4:
-            return IPV4_HEADER_MIN_BYTES + len(packet.ipv4_options) + tcp_bytes
-        return IPV6_HEADER_BYTES + tcp_bytes
+        return packet.length_bytes
     if isinstance(packet, IcmpUnreachable):
         original = packet.original
         if original.src.version == 4:

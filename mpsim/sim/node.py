@@ -109,11 +109,11 @@ class SimNode:
                 self.trace.event(now, self.name, event)
             for handler in self.event_handlers:
                 handler(now, event)
-        self._arm_timer(machine.get_timer())
+        deadline_s = machine.get_timer()
+        if deadline_s != self.timer_deadline_s:  # else the live event (or the absence of one) matches
+            self._arm_timer(deadline_s)
 
     def _arm_timer(self, deadline_s: float | None) -> None:
-        if deadline_s == self.timer_deadline_s:
-            return  # the live event (or the absence of one) already matches
         self._timer_generation += 1  # whatever event was live is stale from now on
         self.timer_deadline_s = deadline_s
         if deadline_s is None:

@@ -181,8 +181,11 @@ class Timestamps:
     name: ClassVar[str] = "timestamps"
 
     def __post_init__(self) -> None:
-        _check_uint("ts_value", self.ts_value, 32)
-        _check_uint("ts_echo_reply", self.ts_echo_reply, 32)
+        # One test for the usual values (every segment carries a new pair), the checks one by one otherwise.
+        if not (type(self.ts_value) is int and 0 <= self.ts_value <= 0xFFFFFFFF
+                and type(self.ts_echo_reply) is int and 0 <= self.ts_echo_reply <= 0xFFFFFFFF):
+            _check_uint("ts_value", self.ts_value, 32)
+            _check_uint("ts_echo_reply", self.ts_echo_reply, 32)
 
     def encode(self) -> bytes:
         """``08 0a``, TSval, TSecr."""
@@ -310,9 +313,30 @@ def encode_options(options: Sequence, *, limit_bytes: int | None = TCP_OPTION_SP
     return raw.ljust(padded_bytes, b"\x00") if pad else raw
 
 
+# The options whose encoding has one length whatever their fields: sizing them costs no encoding.
+_FIXED_LENGTH_BYTES: dict[type, int] = {
+    EndOfOptionList: 1, NoOperation: 1, MaximumSegmentSize: 4, WindowScale: 3, SackPermitted: 2, Timestamps: 10,
+}
+
+
+def options_length_bytes(options: Sequence) -> int:
+    """``len(encode_options(options, limit_bytes=None, pad=False))``, with the same errors, encoding
+    only the options whose length their type does not fix (the simulator sizes every segment)."""
+    for option in options[:-1]:
+        if isinstance(option, EndOfOptionList):
+            raise InvalidValueError("EndOfOptionList must be the last option: the receiver stops reading there")
+    total = 0
+    for option in options:
+        length = _FIXED_LENGTH_BYTES.get(type(option))
+        # Any bytes-like encoding counts, as encode_options's b"".join takes it; anything else raises.
+        total += length if length is not None else memoryview(option.encode()).nbytes
+    return total
+
+
 def option_space_bytes(options: Sequence) -> int:
     """The padded length :func:`encode_options` would produce, whatever the limit."""
-    return len(encode_options(options, limit_bytes=None))
+    length = options_length_bytes(options)
+    return length + -length % 4
 
 
 def canonical_options(options: Sequence) -> tuple:

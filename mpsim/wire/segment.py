@@ -21,7 +21,13 @@ from enum import IntFlag
 from ipaddress import IPv4Address, IPv6Address
 
 from mpsim.wire.errors import InvalidValueError, MalformedError, OptionSpaceError, TruncatedError, WireError
-from mpsim.wire.options import TCP_OPTION_SPACE_BYTES, EndOfOptionList, decode_options, encode_options
+from mpsim.wire.options import (
+    TCP_OPTION_SPACE_BYTES,
+    EndOfOptionList,
+    decode_options,
+    encode_options,
+    options_length_bytes,
+)
 
 IpAddress = IPv4Address | IPv6Address
 
@@ -69,6 +75,48 @@ class TcpFlags(IntFlag):
     CWR = 0x80
     AE = 0x100
 
+    # Flag arithmetic goes through the enum machinery (microseconds a call) and the machines test
+    # flags on every segment: the results for TcpFlags and plain ints are looked up instead.
+    def __and__(self, other):
+        if type(other) is TcpFlags or type(other) is int:
+            value = int.__and__(self, other)
+            flags = _FLAGS_BY_VALUE.get(value)
+            return flags if flags is not None else _flags_of(value)
+        return IntFlag.__and__(self, other)
+
+    def __or__(self, other):
+        if type(other) is TcpFlags or type(other) is int:
+            value = int.__or__(self, other)
+            flags = _FLAGS_BY_VALUE.get(value)
+            return flags if flags is not None else _flags_of(value)
+        return IntFlag.__or__(self, other)
+
+    __rand__ = __and__
+    __ror__ = __or__
+
+
+_FLAGS_BY_VALUE: dict[int, TcpFlags] = {}
+
+
+def _flags_of(value: int) -> TcpFlags:
+    """``TcpFlags(value)``: the same object, remembered for the 512 values of the nine bits."""
+    flags = _FLAGS_BY_VALUE.get(value)
+    if flags is None:
+        flags = TcpFlags(value)
+        if 0 <= value <= 0x1FF:
+            _FLAGS_BY_VALUE[value] = flags
+    return flags
+
+
+class _KnownLength:
+    """One slot beside a frozen dataclass's fields for a length worked out when the value was
+    built (a TcpSegment's options before padding, an IpPacket's whole encoding), which never goes
+    stale: the fields cannot change. Not a field, so equality, hashing, repr and
+    ``dataclasses.fields`` do not see it; a copy made without ``__init__`` (pickle, ``copy``)
+    lacks it and works the length out again."""
+
+    __slots__ = ("_known_bytes",)
+
 
 def _check_uint(field: str, value: int, bits: int) -> None:
     if type(value) is not int or not 0 <= value < 1 << bits:
@@ -81,7 +129,7 @@ def _check_address_pair(src: IpAddress, dst: IpAddress) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class TcpSegment:
+class TcpSegment(_KnownLength):
     """The TCP part of a packet: header fields, options and payload (RFC 9293 section 3.1).
 
     The data offset and the checksum are derived when encoding. ``reserved_bits`` are the three
@@ -105,21 +153,21 @@ class TcpSegment:
     option_padding: bytes = b""
 
     def __post_init__(self) -> None:
-        _check_uint("src_port", self.src_port, 16)
-        _check_uint("dst_port", self.dst_port, 16)
-        _check_uint("seq", self.seq, 32)
-        _check_uint("ack", self.ack, 32)
-        if not isinstance(self.flags, int) or isinstance(self.flags, bool) or not 0 <= self.flags <= 0x1FF:
-            raise InvalidValueError(f"flags must be TcpFlags (or an int in 0..0x1ff), got {self.flags!r}")
-        object.__setattr__(self, "flags", TcpFlags(self.flags))
-        _check_uint("window", self.window, 16)
-        _check_uint("urgent_pointer", self.urgent_pointer, 16)
-        _check_uint("reserved_bits", self.reserved_bits, 3)
-        if type(self.options) is not tuple or not all(
-            hasattr(option, "kind") and hasattr(option, "encode") for option in self.options
-        ):
+        # The usual segment passes one test; anything else gets the checks one by one, with their messages.
+        if not (type(self.src_port) is int and 0 <= self.src_port <= 0xFFFF and type(self.dst_port) is int
+                and 0 <= self.dst_port <= 0xFFFF and type(self.seq) is int and 0 <= self.seq <= 0xFFFFFFFF
+                and type(self.ack) is int and 0 <= self.ack <= 0xFFFFFFFF and type(self.flags) is TcpFlags
+                and 0 <= self.flags <= 0x1FF and type(self.window) is int and 0 <= self.window <= 0xFFFF
+                and self.urgent_pointer == 0 == self.reserved_bits and type(self.urgent_pointer) is int
+                and type(self.reserved_bits) is int):
+            self._check_header_fields()
+        if type(self.options) is not tuple:
             raise InvalidValueError(f"options must be a tuple of option values, got {self.options!r}")
-        unpadded_bytes = len(encode_options(self.options, limit_bytes=None, pad=False))  # refuses a non-final EOL
+        for option in self.options:
+            if not (hasattr(option, "kind") and hasattr(option, "encode")):
+                raise InvalidValueError(f"options must be a tuple of option values, got {self.options!r}")
+        unpadded_bytes = options_length_bytes(self.options)  # encodes what it must; refuses a non-final EOL
+        object.__setattr__(self, "_known_bytes", unpadded_bytes)
         if type(self.payload) is not bytes:
             raise InvalidValueError(f"payload must be bytes, got {type(self.payload).__name__}")
         if type(self.option_padding) is not bytes:
@@ -135,6 +183,18 @@ class TcpSegment:
             if self.option_padding == bytes(-unpadded_bytes % 4):
                 raise InvalidValueError("option_padding equal to the default zero padding must be left empty")
 
+    def _check_header_fields(self) -> None:
+        _check_uint("src_port", self.src_port, 16)
+        _check_uint("dst_port", self.dst_port, 16)
+        _check_uint("seq", self.seq, 32)
+        _check_uint("ack", self.ack, 32)
+        if not isinstance(self.flags, int) or isinstance(self.flags, bool) or not 0 <= self.flags <= 0x1FF:
+            raise InvalidValueError(f"flags must be TcpFlags (or an int in 0..0x1ff), got {self.flags!r}")
+        object.__setattr__(self, "flags", _flags_of(int(self.flags)))
+        _check_uint("window", self.window, 16)
+        _check_uint("urgent_pointer", self.urgent_pointer, 16)
+        _check_uint("reserved_bits", self.reserved_bits, 3)
+
     @property
     def sequence_space_bytes(self) -> int:
         """Sequence numbers the segment occupies: payload bytes, plus one each for SYN and FIN."""
@@ -143,7 +203,19 @@ class TcpSegment:
     @property
     def header_length_bytes(self) -> int:
         """The header length with options and padding; raises OptionSpaceError beyond 60."""
-        return TCP_HEADER_MIN_BYTES + len(self._option_bytes())
+        try:
+            unpadded_bytes = self._known_bytes  # the options without padding
+        except AttributeError:
+            unpadded_bytes = options_length_bytes(self.options)
+        if self.option_padding:
+            option_bytes = unpadded_bytes + len(self.option_padding)
+            if option_bytes > TCP_OPTION_SPACE_BYTES:
+                raise OptionSpaceError(option_bytes)
+        else:
+            option_bytes = unpadded_bytes + -unpadded_bytes % 4
+            if option_bytes > TCP_OPTION_SPACE_BYTES:
+                raise OptionSpaceError(requested_bytes=option_bytes, limit_bytes=TCP_OPTION_SPACE_BYTES)
+        return TCP_HEADER_MIN_BYTES + option_bytes
 
     def _option_bytes(self) -> bytes:
         if not self.option_padding:
@@ -155,7 +227,7 @@ class TcpSegment:
 
 
 @dataclass(frozen=True, slots=True)
-class IpPacket:
+class IpPacket(_KnownLength):
     """An IPv4 or IPv6 packet carrying one TCP segment (RFC 791 section 3.1, RFC 8200 section 3).
 
     Lengths, the protocol / next header and the IPv4 header checksum are derived when encoding.
@@ -177,19 +249,15 @@ class IpPacket:
     ipv4_options: bytes = b""
 
     def __post_init__(self) -> None:
-        _check_address_pair(self.src, self.dst)
-        if not isinstance(self.segment, TcpSegment):
-            raise InvalidValueError(f"segment must be a TcpSegment, got {type(self.segment).__name__}")
-        _check_uint("ttl_hops", self.ttl_hops, 8)
-        _check_uint("identification", self.identification, 16)
-        if type(self.dont_fragment) is not bool:
-            raise InvalidValueError(f"dont_fragment must be a bool, got {self.dont_fragment!r}")
-        _check_uint("dscp_ecn", self.dscp_ecn, 8)
-        _check_uint("flow_label", self.flow_label, 20)
-        if type(self.ipv4_options) is not bytes:
-            raise InvalidValueError(f"ipv4_options must be bytes, got {type(self.ipv4_options).__name__}")
+        # The usual packet passes one test; anything else gets the checks one by one, with their messages.
+        if not (type(self.src) is type(self.dst) and (type(self.src) is IPv4Address or type(self.src) is IPv6Address)
+                and type(self.segment) is TcpSegment and type(self.ttl_hops) is int and 0 <= self.ttl_hops <= 0xFF
+                and type(self.identification) is int and 0 <= self.identification <= 0xFFFF
+                and type(self.dont_fragment) is bool and type(self.dscp_ecn) is int and 0 <= self.dscp_ecn <= 0xFF
+                and self.flow_label == 0 and type(self.flow_label) is int and type(self.ipv4_options) is bytes):
+            self._check_fields()
         tcp_bytes = self.segment.header_length_bytes + len(self.segment.payload)
-        if self.src.version == 4:
+        if isinstance(self.src, IPv4Address):
             if self.flow_label:
                 raise InvalidValueError("flow_label exists only in IPv6; it must be 0 for IPv4")
             if len(self.ipv4_options) % 4 or len(self.ipv4_options) > MAX_IPV4_OPTIONS_BYTES:
@@ -208,6 +276,31 @@ class IpPacket:
                 )
             if tcp_bytes > 0xFFFF:
                 raise InvalidValueError(f"IPv6 payload length {tcp_bytes} bytes exceeds 65535 (no jumbograms)")
+            total_bytes = IPV6_HEADER_BYTES + tcp_bytes
+        object.__setattr__(self, "_known_bytes", total_bytes)
+
+    @property
+    def length_bytes(self) -> int:
+        """The encoded length, ``len(encode_packet(packet))``: IP header, TCP header, payload."""
+        try:
+            return self._known_bytes
+        except AttributeError:
+            ip_header_bytes = IPV4_HEADER_MIN_BYTES + len(self.ipv4_options) if isinstance(self.src, IPv4Address) \
+                else IPV6_HEADER_BYTES
+            return ip_header_bytes + self.segment.header_length_bytes + len(self.segment.payload)
+
+    def _check_fields(self) -> None:
+        _check_address_pair(self.src, self.dst)
+        if not isinstance(self.segment, TcpSegment):
+            raise InvalidValueError(f"segment must be a TcpSegment, got {type(self.segment).__name__}")
+        _check_uint("ttl_hops", self.ttl_hops, 8)
+        _check_uint("identification", self.identification, 16)
+        if type(self.dont_fragment) is not bool:
+            raise InvalidValueError(f"dont_fragment must be a bool, got {self.dont_fragment!r}")
+        _check_uint("dscp_ecn", self.dscp_ecn, 8)
+        _check_uint("flow_label", self.flow_label, 20)
+        if type(self.ipv4_options) is not bytes:
+            raise InvalidValueError(f"ipv4_options must be bytes, got {type(self.ipv4_options).__name__}")
 
 
 def internet_checksum(data: bytes | memoryview) -> int:
@@ -292,7 +385,7 @@ def decode_segment(
     except WireError as err:
         raise err.shifted(TCP_HEADER_MIN_BYTES) from None
     # Bytes after an EOL are kept only when re-encoding would not restore them (see TcpSegment).
-    unpadded_bytes = len(encode_options(options, limit_bytes=None, pad=False))
+    unpadded_bytes = options_length_bytes(options)
     padding = option_area[unpadded_bytes:]
     if padding == bytes(-unpadded_bytes % 4):
         padding = b""

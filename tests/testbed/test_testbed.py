@@ -131,11 +131,13 @@ def test_loss_rule_drops_the_configured_share_and_counts_it():
             after = tb.loss_counters()[1][direction]
             seen = after["seen_packets"] - before["seen_packets"]
             dropped = after["dropped_packets"] - before["dropped_packets"]
-            assert seen >= count, (direction, seen)
+            # A loaded machine may lose a few datagrams before the hook (socket and backlog queues);
+            # what the hook saw is what the rule must account for exactly.
+            assert seen >= 0.98 * count, (direction, seen)
             # Within 4.5 standard deviations of the binomial: fails by chance once in 10^5 runs.
             assert abs(dropped / seen - loss_prob) < 4.5 * math.sqrt(loss_prob * (1 - loss_prob) / seen), \
                 (direction, dropped, seen)
-            assert received == count - dropped, (direction, received, count, dropped)
+            assert received == seen - dropped, (direction, received, seen, dropped)
 
 
 # --- middleboxes -----------------------------------------------------------------------------------

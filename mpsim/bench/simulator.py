@@ -1,0 +1,625 @@
+"""How fast the simulator runs, beside bare SimPy and ns.py, measured side by side in one run.
+
+Measurements (each repeated in interleaved rounds; wall time from ``time.perf_counter``):
+
+* ``bulk_flow``: one bulk TCP flow (:class:`mpsim.sim.transfer.BulkTransfer`, CUBIC) over a
+  3-hop path, client - router - router - server: three :class:`~mpsim.sim.link.LinkDirection`
+  hops per direction, each ``HOP_RATE_BPS`` and ``HOP_DELAY_S``, unbounded queues, the routers
+  forwarding at once. The sender is limited by the receive window (``BULK_WINDOW_BYTES``),
+  so nothing is lost. Counted: packets delivered end to end (data and ACKs).
+* ``nspy_flow``: the closest ns.py equivalent, if ns.py is installed: its
+  ``TCPPacketGenerator`` (Reno, window capped at the same bytes) and ``TCPSink`` through three
+  ``Port`` (same rate, unbounded) + ``Wire`` (same delay) hops each way. How it differs:
+  ns.py ACKs every segment (40-byte ACKs; mpsim delays ACKs, 52 bytes and up); its packets are
+  ``PACKET_BYTES`` on the wire without header accounting; Reno slow start instead of CUBIC
+  (both run loss-free up to the same window); one SimPy process per link element and per
+  segment timer. Counted the same way: data packets and ACKs delivered end to end.
+* ``simpy_pipeline``: the bare SimPy rate: a source offers one packet object every
+  ``HOP_DELAY_S`` to three ``simpy.Store`` hops, each a process that gets a packet, holds it
+  ``HOP_DELAY_S`` and puts it into the next store (unbounded stores, the puts not yielded on:
+  the least SimPy lets a model do per packet and hop). Counted: packets out of the last hop.
+* ``negotiations_*``: complete requests (handshake, 100-byte request, 1000-byte response, close)
+  of a :class:`~mpsim.proto.client.ClientHost` against a :class:`~mpsim.proto.server.ServerHost`
+  with a :class:`~mpsim.proto.server.ResponderApp`, one after the other: the next request
+  starts at the instant the previous one finished. Schemes ``plain`` (TCP over one link, the
+  3-hop path's 15 ms one way) and ``convert`` (RFC 8803 through a
+  :class:`~mpsim.proto.convert.ConverterHost` between them, 10 ms from the client and 5 ms from
+  the server, MPTCP on the client's leg); no routers, so every packet is one a negotiating
+  machine sent or received. Drivers ``sim`` (:class:`~mpsim.sim.node.SimNode`, links with
+  rates, a trace of events) and ``harness`` (:class:`~mpsim.proto.harness.Harness`, fixed delays).
+* ``two_path_transfer``: 16 MiB over MPTCP on the two paths of ``models/bulk_two_path.toml``
+  (DSL 20 Mb/s and LTE 30 Mb/s down, drop-tail queues, CUBIC, losses and recoveries
+  included), as :mod:`mpsim.experiment.simulation` builds a transfer path. Counted: wall
+  seconds for the whole transfer.
+
+Ratios are computed per round (the two rates of a ratio measured next to each other) and
+reported as min and median over the rounds. Targets: bulk flow at least 3x ns.py and 0.5x the
+bare pipeline, at least 10,000 negotiations per wall-second (one core: everything runs in this
+process), the 16 MiB two-path transfer under 1 wall-second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import gc
+import importlib.metadata
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+import simpy
+
+from mpsim import __version__
+from mpsim.proto.client import ClientHost, ClientPolicy, ConnectionFinished, Request, Scheme
+from mpsim.proto.convert import ConverterHost, ConverterPolicy
+from mpsim.proto.harness import Harness
+from mpsim.proto.mptcp import MptcpClientExtension, MptcpServerExtension
+from mpsim.proto.server import ResponderApp, ServerHost, ServerKind
+from mpsim.sim.link import Link, LinkDirection
+from mpsim.sim.node import SimNode
+from mpsim.sim.trace import Trace
+from mpsim.sim.transfer import BulkTransfer
+
+HOPS = 3
+HOP_RATE_BPS = 100e6
+HOP_DELAY_S = 0.005
+MSS_BYTES = 1448
+PACKET_BYTES = 1500  # a full data packet on the wire (mpsim: 52 header + 1448 payload bytes)
+BULK_WINDOW_BYTES = 512 * 1024  # above the path's 375 kB bandwidth-delay product: a small standing queue
+MIB = 1024 * 1024
+
+TARGET_NSPY_RATIO = 3.0
+TARGET_PIPELINE_RATIO = 0.5
+TARGET_NEGOTIATIONS_PER_WALL_S = 10_000
+TARGET_TWO_PATH_WALL_S = 1.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BenchConfig:
+    """How much each round simulates."""
+
+    rounds: int = 5
+    bulk_size_bytes: int = 16 * MIB  # ns.py sends as many full packets as mpsim's flow
+    pipeline_packets: int = 40_000
+    negotiations: int = 1000
+    two_path_size_bytes: int = 16 * MIB
+
+    @classmethod
+    def quick(cls) -> BenchConfig:
+        return cls(rounds=2, bulk_size_bytes=4 * MIB, pipeline_packets=10_000, negotiations=300,
+                   two_path_size_bytes=16 * MIB)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Sample:
+    """One timed run: ``count`` things (packets, negotiations, bytes) in ``wall_s`` seconds."""
+
+    count: int
+    wall_s: float
+
+
+# --- the bulk flow over three hops -----------------------------------------------------------------
+
+
+class HopChain:
+    """Link directions in series (routers that forward at once), offered to a BulkTransfer as one
+    direction: ``send`` enters the first hop, ``deliver`` is the last hop's."""
+
+    def __init__(self, hops: Sequence[LinkDirection]) -> None:
+        for hop, next_hop in zip(hops, hops[1:]):
+            hop.deliver = next_hop.send
+        self.hops = list(hops)
+        self.name = "+".join(hop.name for hop in hops)
+        self.send = hops[0].send
+
+    @property
+    def deliver(self) -> Callable[[Any], None] | None:
+        return self.hops[-1].deliver
+
+    @deliver.setter
+    def deliver(self, callback: Callable[[Any], None]) -> None:
+        self.hops[-1].deliver = callback
+
+    @property
+    def packets_delivered(self) -> int:
+        return self.hops[-1].counters.packets_delivered
+
+
+def _three_hops(env: simpy.Environment, name: str) -> HopChain:
+    return HopChain([LinkDirection(env, f"{name}{i}", delay_s=HOP_DELAY_S, rate_bps=HOP_RATE_BPS)
+                     for i in range(HOPS)])
+
+
+def bulk_flow(size_bytes: int) -> Sample:
+    """One window-limited CUBIC flow of ``size_bytes`` over three hops; packets delivered end to end."""
+    env = simpy.Environment()
+    forward, backward = _three_hops(env, "up"), _three_hops(env, "down")
+    start_s = time.perf_counter()
+    transfer = BulkTransfer(env, [(forward, backward)], size_bytes, rcv_buf_bytes=BULK_WINDOW_BYTES)
+    env.run()
+    wall_s = time.perf_counter() - start_s
+    record = transfer.result()
+    if not record.completed or record.retransmissions:
+        raise RuntimeError(f"the benchmark flow should complete without loss: {record}")
+    return Sample(forward.packets_delivered + backward.packets_delivered, wall_s)
+
+
+def nspy_available() -> bool:
+    try:
+        import ns.packet.tcp_generator  # noqa: F401  (the ns.py distribution's import name is ns)
+    except ImportError:
+        return False
+    return True
+
+
+def nspy_flow(packets: int) -> Sample:
+    """ns.py's TCP generator and sink over three Port + Wire hops each way (see the module docstring)."""
+    from ns.flow.cc import TCPReno
+    from ns.flow.flow import Flow
+    from ns.packet.tcp_generator import TCPPacketGenerator
+    from ns.packet.tcp_sink import TCPSink
+    from ns.port.port import Port
+    from ns.port.wire import Wire
+
+    window_bytes = BULK_WINDOW_BYTES // MSS_BYTES * PACKET_BYTES
+
+    class WindowCappedReno(TCPReno):
+        def ack_received(self, rtt: float = 0, current_time: float = 0) -> None:
+            super().ack_received(rtt, current_time)
+            self.cwnd = min(self.cwnd, window_bytes)
+
+    env = simpy.Environment()
+    flow = Flow(fid=0, src="client", dst="server", size=packets * PACKET_BYTES, start_time=0,
+                finish_time=float("inf"))
+    cc = WindowCappedReno(mss=PACKET_BYTES, cwnd=10 * PACKET_BYTES, ssthresh=2**62)
+    start_s = time.perf_counter()
+    sender = TCPPacketGenerator(env, flow, cc, element_id="client")
+    sender.mss = PACKET_BYTES
+    sink = TCPSink(env, rec_arrivals=False, rec_waits=False)
+
+    def chain(source: Any, destination: Any) -> Any:
+        for _ in range(HOPS):
+            port, wire = Port(env, rate=HOP_RATE_BPS), Wire(env, delay_dist=lambda: HOP_DELAY_S)
+            source.out, port.out = port, wire
+            source = wire
+        source.out = destination
+        return source
+
+    last_data_wire = chain(sender, sink)
+    last_ack_wire = chain(sink, sender)
+    env.run()
+    wall_s = time.perf_counter() - start_s
+    if sink.packets_received[0] != packets:
+        raise RuntimeError(f"ns.py delivered {sink.packets_received[0]} of {packets} packets")
+    return Sample(last_data_wire.packets_rec + last_ack_wire.packets_rec, wall_s)
+
+
+# --- bare SimPy --------------------------------------------------------------------------------------
+
+
+class _Packet:
+    __slots__ = ("seq", "size_bytes")
+
+    def __init__(self, seq: int, size_bytes: int) -> None:
+        self.seq = seq
+        self.size_bytes = size_bytes
+
+
+def simpy_pipeline(packets: int) -> Sample:
+    """``packets`` packet objects through three Store hops (see the module docstring)."""
+    env = simpy.Environment()
+    stores = [simpy.Store(env) for _ in range(HOPS)]
+    delivered = 0
+
+    def source():
+        inbox = stores[0]
+        for seq in range(packets):
+            yield env.timeout(HOP_DELAY_S)
+            inbox.put(_Packet(seq, PACKET_BYTES))
+
+    def hop(index: int):
+        nonlocal delivered
+        inbox = stores[index]
+        outbox = stores[index + 1] if index + 1 < HOPS else None
+        while True:
+            packet = yield inbox.get()
+            yield env.timeout(HOP_DELAY_S)
+            if outbox is not None:
+                outbox.put(packet)
+            else:
+                delivered += 1
+
+    start_s = time.perf_counter()
+    env.process(source())
+    for index in range(HOPS):
+        env.process(hop(index))
+    env.run()
+    wall_s = time.perf_counter() - start_s
+    if delivered != packets:
+        raise RuntimeError(f"the pipeline delivered {delivered} of {packets} packets")
+    return Sample(delivered, wall_s)
+
+
+# --- negotiations ------------------------------------------------------------------------------------
+
+CLIENT = IPv4Address("198.18.0.1")
+CONVERTER_UP = IPv4Address("198.18.1.1")
+CONVERTER_DOWN = IPv4Address("198.18.2.1")
+SERVER = IPv4Address("198.18.3.1")
+CONVERTER_PORT = 1234
+REQUEST = Request(SERVER, 80, request_size_bytes=100, response_size_bytes=1000)
+EXPECTED_OUTCOME = {Scheme.PLAIN: "tcp", Scheme.CONVERT: "converted"}
+
+
+class BackToBack:
+    """A workload machine around a ClientHost: ``count`` requests one after the other, the next
+    started at the instant the previous one finished (as a timer due at once, so any driver
+    runs it). Everything else goes to the client."""
+
+    def __init__(self, client: ClientHost, request: Request, count: int) -> None:
+        self.client = client
+        self.request = request
+        self.count = count
+        self.started = 0
+        self.start_due_s: float | None = 0.0
+        self._now_s = 0.0
+
+    def receive(self, port: str, packet: Any, now: float) -> None:
+        self.client.receive(port, packet, now)
+
+    def handle_timer(self, now: float) -> None:
+        if self.start_due_s is not None and self.start_due_s <= now:
+            self.start_due_s = None
+            self.started += 1
+            self.client.connect(self.request, now)
+        self.client.handle_timer(now)
+
+    def get_timer(self) -> float | None:
+        deadline = self.client.get_timer()
+        if self.start_due_s is not None and (deadline is None or self.start_due_s < deadline):
+            return self.start_due_s
+        return deadline
+
+    def outgoing(self, now: float) -> list:
+        self._now_s = now
+        return self.client.outgoing(now)
+
+    def next_event(self) -> Any | None:
+        event = self.client.next_event()
+        if isinstance(event, ConnectionFinished) and self.started < self.count:
+            self.start_due_s = self._now_s
+        return event
+
+
+def _machines(scheme: Scheme, count: int, seed: int = 1) -> dict[str, Any]:
+    rng = random.Random(seed)
+    client = ClientHost("client", {"eth0": CLIENT}, rng=rng, policy=ClientPolicy(scheme=scheme),
+                        proxies=((CONVERTER_UP, CONVERTER_PORT),))
+    machines: dict[str, Any] = {
+        "client": BackToBack(client, REQUEST, count),
+        "server": ServerHost("server", SERVER, ServerKind.LEGACY_DROP, rng=rng,
+                             app=ResponderApp(REQUEST.response_size_bytes,
+                                              request_size_bytes=REQUEST.request_size_bytes)),
+    }
+    if scheme is Scheme.CONVERT:
+        mib = None
+
+        def upstream(packet: Any) -> tuple:
+            return (MptcpServerExtension(rng=rng, mib=mib),)
+
+        def downstream(request: Any) -> tuple:
+            return (MptcpClientExtension(rng=rng, mib=mib),) if request.mptcp else ()
+
+        converter = ConverterHost("converter", {"up": CONVERTER_UP, "down": CONVERTER_DOWN}, rng=rng,
+                                  convert_port=CONVERTER_PORT, server_interfaces=("down",),
+                                  policy=ConverterPolicy(allowed_client_prefixes=("198.18.0.0/24",)),
+                                  upstream_extensions=upstream, downstream_extensions=downstream)
+        mib = converter.mib
+        machines["converter"] = converter
+    return machines
+
+
+# (a, a_port, b, b_port, one-way delay) per scheme
+_LINKS = {
+    Scheme.PLAIN: [("client", "eth0", "server", "eth0", HOPS * HOP_DELAY_S)],
+    Scheme.CONVERT: [("client", "eth0", "converter", "up", (HOPS - 1) * HOP_DELAY_S),
+                     ("converter", "down", "server", "eth0", HOP_DELAY_S)],
+}
+
+
+def _check_records(client: ClientHost, scheme: Scheme, count: int) -> None:
+    outcomes = {record.outcome for record in client.finished}
+    if len(client.finished) != count or outcomes != {EXPECTED_OUTCOME[scheme]}:
+        raise RuntimeError(f"{scheme.value}: {len(client.finished)} of {count} requests finished, outcomes {outcomes}")
+
+
+def negotiations_sim(scheme: Scheme, count: int) -> Sample:
+    """``count`` back-to-back requests with SimNodes and links (rates, queues, a trace of events)."""
+    env = simpy.Environment()
+    trace = Trace()
+    start_s = time.perf_counter()
+    machines = _machines(scheme, count)
+    nodes = {name: SimNode(env, name, machine, trace) for name, machine in machines.items()}
+    for a, a_port, b, b_port, delay_s in _LINKS[scheme]:
+        Link(env, nodes[a], a_port, nodes[b], b_port,
+             forward=LinkDirection(env, f"{a}-{b}", delay_s=delay_s, rate_bps=HOP_RATE_BPS),
+             backward=LinkDirection(env, f"{b}-{a}", delay_s=delay_s, rate_bps=HOP_RATE_BPS))
+    nodes["client"].flush()  # arms the workload's first start
+    env.run()
+    wall_s = time.perf_counter() - start_s
+    _check_records(machines["client"].client, scheme, count)
+    return Sample(count, wall_s)
+
+
+def negotiations_harness(scheme: Scheme, count: int) -> Sample:
+    """``count`` back-to-back requests in the deterministic harness (fixed delays, no rates)."""
+    harness = Harness()
+    start_s = time.perf_counter()
+    machines = _machines(scheme, count)
+    for name, machine in machines.items():
+        harness.add(name, machine)
+    for a, a_port, b, b_port, delay_s in _LINKS[scheme]:
+        harness.link(a, a_port, b, b_port, delay_s)
+    harness.run(float("inf"), max_steps=10**9)
+    wall_s = time.perf_counter() - start_s
+    _check_records(machines["client"].client, scheme, count)
+    return Sample(count, wall_s)
+
+
+# --- the two-path transfer -------------------------------------------------------------------------
+
+# models/bulk_two_path.toml: (name, down rate, up rate, one-way delay, queue bytes); the server's
+# 15 ms and the converter's 2 x 2 ms are added to each path, as the scenario's transfer path does.
+TWO_PATHS = [("dsl", 20e6, 2e6, 0.010, 150_000), ("lte", 30e6, 8e6, 0.030, 300_000)]
+TWO_PATH_EXTRA_DELAY_S = 0.015 + 2 * 0.002
+
+
+def two_path_transfer(size_bytes: int) -> Sample:
+    """An MPTCP download of ``size_bytes`` over DSL and LTE (CUBIC per subflow); counts bytes."""
+    env = simpy.Environment()
+    start_s = time.perf_counter()
+    paths = []
+    for name, down_bps, up_bps, delay_s, queue_bytes in TWO_PATHS:
+        delay_s += TWO_PATH_EXTRA_DELAY_S
+        paths.append((LinkDirection(env, f"{name}-down", delay_s=delay_s, rate_bps=down_bps,
+                                    queue_limit_bytes=queue_bytes),
+                      LinkDirection(env, f"{name}-up", delay_s=delay_s, rate_bps=up_bps,
+                                    queue_limit_bytes=queue_bytes)))
+    transfer = BulkTransfer(env, paths, size_bytes, mptcp=True)
+    env.run()
+    wall_s = time.perf_counter() - start_s
+    record = transfer.result()
+    if not record.completed:
+        raise RuntimeError(f"the two-path transfer did not complete: {record}")
+    return Sample(record.bytes_delivered, wall_s)
+
+
+# --- running the rounds ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Measurement:
+    name: str
+    unit: str  # what ``count`` counts
+    run: Callable[[], Sample]
+
+
+def measurements(config: BenchConfig, *, with_nspy: bool = True) -> list[Measurement]:
+    found = [
+        Measurement("bulk_flow", "packets", lambda: bulk_flow(config.bulk_size_bytes)),
+        Measurement("simpy_pipeline", "packets", lambda: simpy_pipeline(config.pipeline_packets)),
+    ]
+    if with_nspy and nspy_available():
+        data_packets = -(-config.bulk_size_bytes // MSS_BYTES)
+        found.append(Measurement("nspy_flow", "packets", lambda: nspy_flow(data_packets)))
+    for scheme in (Scheme.PLAIN, Scheme.CONVERT):
+        found.append(Measurement(f"negotiations_{scheme.value}_sim", "negotiations",
+                                 lambda scheme=scheme: negotiations_sim(scheme, config.negotiations)))
+        found.append(Measurement(f"negotiations_{scheme.value}_harness", "negotiations",
+                                 lambda scheme=scheme: negotiations_harness(scheme, config.negotiations)))
+    found.append(Measurement("two_path_transfer", "bytes", lambda: two_path_transfer(config.two_path_size_bytes)))
+    return found
+
+
+def run_rounds(config: BenchConfig, *, with_nspy: bool = True, progress: Callable[[str], None] | None = None
+               ) -> dict[str, list[Sample]]:
+    """Every measurement once per round, in an order rotated each round; samples by measurement."""
+    todo = measurements(config, with_nspy=with_nspy)
+    samples: dict[str, list[Sample]] = {m.name: [] for m in todo}
+    for round_index in range(config.rounds):
+        shift = round_index % len(todo)
+        for measurement in todo[shift:] + todo[:shift]:
+            gc.collect()
+            sample = measurement.run()
+            samples[measurement.name].append(sample)
+            if progress is not None:
+                progress(f"round {round_index + 1}/{config.rounds} {measurement.name}: {sample.count} "
+                         f"{measurement.unit} in {sample.wall_s:.3f} s")
+    return samples
+
+
+def _spread(values: Sequence[float]) -> dict[str, float]:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def summarize(config: BenchConfig, samples: dict[str, list[Sample]], units: dict[str, str]) -> dict[str, Any]:
+    """The results dict: per measurement the wall times and rates, the per-round ratios, the targets."""
+    results: dict[str, Any] = {"machine": machine_facts(), "config": {
+        **dataclasses.asdict(config), "hops": HOPS, "hop_rate_bps": HOP_RATE_BPS, "hop_delay_s": HOP_DELAY_S,
+        "bulk_window_bytes": BULK_WINDOW_BYTES}}
+    per_measurement = {}
+    for name, runs in samples.items():
+        rates = [s.count / s.wall_s for s in runs]
+        per_measurement[name] = {"unit": units[name], "count": runs[0].count,
+                                 "wall_s": [s.wall_s for s in runs], "wall_s_spread": _spread([s.wall_s for s in runs]),
+                                 "per_wall_s": rates, "per_wall_s_spread": _spread(rates)}
+    results["measurements"] = per_measurement
+
+    def ratio(numerator: str, denominator: str, target: float) -> dict[str, Any] | None:
+        if numerator not in samples or denominator not in samples:
+            return None
+        values = [a.count / a.wall_s / (b.count / b.wall_s) for a, b in zip(samples[numerator], samples[denominator])]
+        spread = _spread(values)
+        return {"numerator": numerator, "denominator": denominator, "per_round": values, **spread,
+                "target": target, "met": spread["median"] >= target}
+
+    results["ratios"] = {key: value for key, value in {
+        "bulk_flow_vs_nspy": ratio("bulk_flow", "nspy_flow", TARGET_NSPY_RATIO),
+        "bulk_flow_vs_simpy_pipeline": ratio("bulk_flow", "simpy_pipeline", TARGET_PIPELINE_RATIO),
+    }.items() if value is not None}
+    targets = {}
+    for name, spread in per_measurement.items():
+        if name.startswith("negotiations_"):
+            median = spread["per_wall_s_spread"]["median"]
+            targets[name] = {"target_per_wall_s": TARGET_NEGOTIATIONS_PER_WALL_S, "median_per_wall_s": median,
+                             "met": median >= TARGET_NEGOTIATIONS_PER_WALL_S}
+    if "two_path_transfer" in per_measurement:
+        median = per_measurement["two_path_transfer"]["wall_s_spread"]["median"]
+        targets["two_path_transfer"] = {"target_wall_s": TARGET_TWO_PATH_WALL_S, "median_wall_s": median,
+                                        "met": median < TARGET_TWO_PATH_WALL_S}
+    for name, ratio_result in results["ratios"].items():
+        targets[name] = {"target_ratio": ratio_result["target"], "median_ratio": ratio_result["median"],
+                         "met": ratio_result["met"]}
+    results["targets"] = targets
+    return results
+
+
+def run(config: BenchConfig, *, with_nspy: bool = True, progress: Callable[[str], None] | None = None
+        ) -> dict[str, Any]:
+    """Run every measurement ``config.rounds`` times and summarize (see :func:`summarize`)."""
+    units = {m.name: m.unit for m in measurements(config, with_nspy=with_nspy)}
+    return summarize(config, run_rounds(config, with_nspy=with_nspy, progress=progress), units)
+
+
+def results_table(results: dict[str, Any]):
+    """One row per measurement and round: ``measurement, round, unit, count, wall_s, per_wall_s``."""
+    import pandas as pd
+
+    rows = [{"measurement": name, "round": index, "unit": m["unit"], "count": m["count"], "wall_s": wall_s,
+             "per_wall_s": rate}
+            for name, m in results["measurements"].items()
+            for index, (wall_s, rate) in enumerate(zip(m["wall_s"], m["per_wall_s"]))]
+    return pd.DataFrame(rows)
+
+
+# --- reporting ---------------------------------------------------------------------------------------
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def machine_facts() -> dict[str, Any]:
+    return {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "mpsim": __version__,
+        "git_revision": _git_revision(),
+        "packages": {name: _version(name) for name in ("simpy", "numpy", "ns.py")},
+    }
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """A short report: the machine, a table of rates, the ratios and the targets."""
+    machine = results["machine"]
+    packages = ", ".join(f"{name} {version or 'absent'}" for name, version in machine["packages"].items())
+    lines = [
+        "# Simulator benchmark",
+        "",
+        f"{machine['date_utc']}, {machine['cpu_model']} ({machine['cpu_count']} CPUs), "
+        f"Python {machine['python']}, mpsim {machine['mpsim']} ({machine['git_revision'] or 'no git'}), {packages}.",
+        f"{results['config']['rounds']} interleaved rounds; wall time from time.perf_counter, one process.",
+        "",
+        "| measurement | count | unit | wall s (min / median) | per wall-second (median / max) |",
+        "|---|---:|---|---:|---:|",
+    ]
+    for name, m in results["measurements"].items():
+        wall, rate = m["wall_s_spread"], m["per_wall_s_spread"]
+        lines.append(f"| {name} | {m['count']} | {m['unit']} | {wall['min']:.3f} / {wall['median']:.3f} | "
+                     f"{rate['median']:,.0f} / {rate['max']:,.0f} |")
+    lines += ["", "| target | required | measured (median) | met |", "|---|---:|---:|---|"]
+    for name, target in results["targets"].items():
+        if "target_ratio" in target:
+            required, measured = f">= {target['target_ratio']:g}x", f"{target['median_ratio']:.2f}x"
+            spread = results["ratios"][name]
+            measured += f" (min {spread['min']:.2f}x)"
+        elif "target_wall_s" in target:
+            required, measured = f"< {target['target_wall_s']:g} s", f"{target['median_wall_s']:.3f} s"
+        else:
+            required, measured = f">= {target['target_per_wall_s']:,}/s", f"{target['median_per_wall_s']:,.0f}/s"
+        lines.append(f"| {name} | {required} | {measured} | {'yes' if target['met'] else 'no'} |")
+    if "bulk_flow_vs_nspy" not in results["ratios"]:
+        lines += ["", "ns.py is not installed (`pip install mpsim[bench]`): no ns.py comparison."]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(results: dict[str, Any], out_dir: Path, stem: str = "simulator") -> tuple[Path, Path]:
+    """``out_dir/stem.json`` (everything) and ``out_dir/stem.md`` (the short table)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    md_path.write_text(markdown(results))
+    return json_path, md_path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mpsim bench sim", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes and 2 rounds: a few seconds")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 5, quick 2)")
+    parser.add_argument("--no-nspy", action="store_true", help="skip the ns.py comparison")
+    parser.add_argument("--out", type=Path, help="write simulator.json and simulator.md into this directory")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    args = parser.parse_args(argv)
+    config = BenchConfig.quick() if args.quick else BenchConfig()
+    if args.rounds is not None:
+        if args.rounds < 1:
+            parser.error("--rounds must be at least 1")
+        config = dataclasses.replace(config, rounds=args.rounds)
+    progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    results = run(config, with_nspy=not args.no_nspy, progress=progress)
+    print(markdown(results), end="")
+    if args.out is not None:
+        for path in write_results(results, args.out):
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
