@@ -4,6 +4,9 @@
   ``default``) in the simulator, prints a summary and writes the result tables (``--out DIR``) or
   prints them as JSON (``--json``).
 * ``mpsim ladder SCENARIO``: the ladder diagram of one request's connections.
+* ``mpsim sweep SCENARIO --grid KEY=VALUES ... --out DIR``: the scenario over a grid of values times
+  N seeds, locally in parallel or on Dask; resumable; result tables, a summary and a manifest.
+* ``mpsim plot DIR --x KEY --y METRIC``: a plot of a sweep's results, saved as PNG or SVG.
 * ``mpsim scenarios``: the named scenarios, one line each.
 * ``mpsim wire decode KIND HEX...``: bytes (as pasted from Wireshark) to JSON on stdout.
 * ``mpsim wire encode KIND JSON``: JSON back to a hex stream.
@@ -12,7 +15,8 @@
 
 Exit status: 0 on success, 2 for anything the user can fix (usage, a scenario that does not load,
 bytes that do not decode, JSON that does not describe a value), with one line on stderr naming
-the problem and where it is.
+the problem and where it is. ``mpsim sweep`` exits with 1 when points failed (it prints how many)
+or a worker died, and 130 when interrupted (the same command resumes).
 """
 
 from __future__ import annotations
@@ -201,6 +205,108 @@ def _ladder(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from mpsim.experiment import sweep
+
+    try:
+        plan = sweep.plan_sweep(args.scenario, args.grid, seeds=args.seeds, root_seed=args.seed,
+                                overrides=args.overrides, variants=args.variants or ())
+    except sweep.SweepError as err:
+        raise CliError(str(err)) from None
+    grid = " x ".join(f"{axis.key} ({len(axis.texts)})" for axis in plan.axes) or "no grid"
+    print(f"mpsim {__version__}: sweep of scenario {plan.loaded.name}: {grid}, {plan.seeds} seed"
+          f"{'s' if plan.seeds != 1 else ''} each: {len(plan.points)} point{'s' if len(plan.points) != 1 else ''} "
+          f"(root seed {plan.root_seed})",
+          flush=True)
+
+    def terminate(signum: int, frame: Any) -> None:  # kill(1): stop workers and close clusters as Ctrl-C does
+        raise KeyboardInterrupt
+
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    previous = signal.signal(signal.SIGTERM, terminate) if main_thread else None
+    try:
+        report = sweep.run_sweep(plan, args.out, workers=args.workers, dask=args.dask, csv=args.csv,
+                                 retry_failed=args.retry_failed, progress=sys.stderr)
+    except sweep.WorkerLost as err:
+        print(f"mpsim: error: {err}", file=sys.stderr)
+        return 1
+    except sweep.SweepError as err:
+        raise CliError(str(err)) from None
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    if report.interrupted:
+        return sweep.EXIT_INTERRUPTED
+    print(f"{report.ran} points run now, {report.reused} already in {args.out}; "
+          f"{report.total - report.failed} of {report.total} ran without error")
+    print()
+    print(sweep.format_summary(report.summary, plan.grid_keys))
+    print()
+    print(f"Tables written to {args.out}: " + ", ".join(path.name for path in report.tables.values()) +
+          ", manifest.json; point files in points/")
+    if report.failed:
+        print(f"mpsim: {report.failed} of {report.total} points failed: their errors are in "
+              f"{args.out / 'points.parquet'} (error_type, error_message) and in each point's file", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from mpsim.experiment import plots, scenario, sweep
+
+    kind_function, data_kind = plots.KINDS[args.kind]
+    out = args.output or args.dir / f"plot-{args.y}-vs-{args.x}.png"
+    if out.suffix.lower() not in (".png", ".svg"):
+        raise CliError(f"-o {out}: expected a file name ending in .png or .svg")
+    try:
+        tables, keys = sweep.load_tables(args.dir)
+    except sweep.SweepError as err:
+        raise CliError(str(err)) from None
+    columns = [*keys, "variant"]
+    for option, column in (("--x", args.x), ("--hue", args.hue)):
+        if column is not None and column not in columns:
+            raise CliError(f"{option} {column}: not a column of the sweep's results; available: {', '.join(columns)}")
+    for text in args.where:
+        key, eq, raw = text.partition("=")
+        if not eq or key.strip() not in columns:
+            raise CliError(f"--where {text}: expected KEY=VALUE with KEY one of {', '.join(columns)}")
+        key = key.strip()
+        value = scenario.parse_override(f"{key}={raw}")[1]  # a number, a boolean, else the text
+        for name, frame in tables.items():
+            tables[name] = frame[(frame[key] == value) | (frame[key].astype(str) == raw.strip())]
+        if tables["connections"].empty and tables["transfers"].empty:
+            raise CliError(f"--where {text}: no rows match")
+    try:
+        data = sweep.metric_samples(tables, args.y, keys) if data_kind == "samples" else \
+            sweep.summarize(tables, keys, [args.y])
+    except sweep.SweepError as err:
+        raise CliError(f"--y {args.y}: {err}") from None
+    if data.empty or (data_kind == "summary" and data["mean"].isna().all()):
+        raise CliError(f"--y {args.y}: the sweep has no values of this metric to plot")
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed, and the same pixels everywhere
+    import matplotlib.pyplot as plt
+
+    figure, ax = plt.subplots(figsize=(8, 5))
+    try:
+        kind_function(data, x=args.x, y=args.y, hue=args.hue, ax=ax)
+        ax.set_title(f"{sweep.load_plan_record(args.dir)['scenario']['name']}: {args.y} vs {args.x}", fontsize=10)
+        figure.tight_layout()
+        figure.savefig(out, dpi=120)
+    except plots.PlotError as err:
+        raise CliError(str(err)) from None
+    except OSError as err:
+        raise CliError(f"-o {out}: {err.strerror or err}") from None
+    finally:
+        plt.close(figure)
+    print(f"Plot saved to {out}")
+    return 0
+
+
 def _ranges(numbers: list[int]) -> str:
     return f"{min(numbers)}..{max(numbers)}" if numbers else ""
 
@@ -315,6 +421,63 @@ def build_parser() -> argparse.ArgumentParser:
     ladder.add_argument("--run", type=int, default=0, metavar="I", help="the run index (default 0)")
     ladder.add_argument("--png", type=Path, metavar="FILE", help="also save the diagram as an image")
     ladder.set_defaults(handler=_ladder)
+
+    sweep = commands.add_parser(
+        "sweep", help="run a scenario over a grid of values and seeds; result tables and a summary",
+        formatter_class=raw,
+        description="Run a scenario for every combination of the --grid values, N seeds each; every point is\n"
+                    "a whole mpsim run (the --set overrides, the point's values, a seed of its own derived\n"
+                    "from the root seed). Points run in parallel on every core, or on Dask. Writes DIR/points/\n"
+                    "(one file per point), connections, transfers, points and summary tables (Parquet; CSV with\n"
+                    "--csv) and manifest.json. Running the same command again runs only the missing points.\n\n"
+                    "VALUES: V1,V2,... read as --set reads a value (a list value as a TOML list: '[\"a\", \"b\"]'),\n"
+                    "or START:STOP:STEP: START, START+STEP, ... up to STOP, which is included only when it\n"
+                    "lands exactly on a step (0:1:0.25 gives 0, 0.25, 0.5, 0.75, 1).\n\n"
+                    "Exit status: 0 when every point ran; 1 when some failed (the count is printed; errors are\n"
+                    "in DIR/points.parquet); 2 for a grid or scenario that does not load; 130 if interrupted.",
+        epilog="examples:\n"
+               "  mpsim sweep default --set runs=1 --grid paths.lte.delay_s=0.01:0.05:0.01 --seeds 5 --out sweeps/lte\n"
+               "  mpsim sweep scheme_comparison --grid paths.access.delay_s=0.005,0.01,0.02 "
+               "--grid server.kind=legacy_drop,legacy_queue --out sweeps/schemes --csv\n"
+               "  mpsim sweep default --grid converter.delay_s=0:0.02:0.005 --seeds 10 --dask local --out sweeps/conv",
+    )
+    _scenario_arguments(sweep, default=None)
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=VALUES",
+                       help="a key and its values: V1,V2,... or START:STOP:STEP (repeatable: the product)")
+    sweep.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds per grid point (default 1)")
+    sweep.add_argument("--workers", type=int, metavar="K",
+                       help="processes (default: every core; with --dask local: its workers)")
+    sweep.add_argument("--dask", metavar="ADDRESS|local",
+                       help="run the points on a dask.distributed scheduler, or on a LocalCluster started here")
+    sweep.add_argument("--out", type=Path, required=True, metavar="DIR", help="where the points and tables go")
+    sweep.add_argument("--csv", action="store_true", help="also write the tables as CSV")
+    sweep.add_argument("--retry-failed", action="store_true",
+                       help="run again the points that failed before (a finished point is otherwise kept)")
+    sweep.set_defaults(handler=_sweep)
+
+    plot = commands.add_parser(
+        "plot", help="plot a sweep's results (PNG or SVG)", formatter_class=raw,
+        description="Plot metric Y of a sweep against grid key X: line, bar and heatmap show the mean over seeds\n"
+                    "with its 95% confidence interval; cdf shows the distribution of every value, a curve per\n"
+                    "value of X. METRIC: setup_time_s, first_byte_time_s, fallback_rate, failure_rate,\n"
+                    "goodput_bps, or any numeric column of the connections or transfers tables.",
+        epilog="examples:\n"
+               "  mpsim plot sweeps/lte --x paths.lte.delay_s --y goodput_bps\n"
+               "  mpsim plot sweeps/schemes --x paths.access.delay_s --y first_byte_time_s --hue variant -o fb.svg\n"
+               "  mpsim plot sweeps/schemes --kind heatmap --x paths.access.delay_s --hue server.kind "
+               "--y setup_time_s --where variant=convert",
+    )
+    plot.add_argument("dir", type=Path, metavar="DIR", help="the --out DIR of a sweep")
+    plot.add_argument("--x", required=True, metavar="KEY", help="a grid key, or variant")
+    plot.add_argument("--y", required=True, metavar="METRIC", help="what to plot (see above)")
+    plot.add_argument("--hue", metavar="KEY", help="a grid key or variant: a series per value (heatmap: rows)")
+    plot.add_argument("--kind", choices=("line", "cdf", "bar", "heatmap"), default="line",
+                      help="the kind of plot (default line)")
+    plot.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                      help="keep only the rows where a grid key (or variant) has this value (repeatable)")
+    plot.add_argument("-o", "--output", type=Path, metavar="FILE",
+                      help="the image file, .png or .svg (default DIR/plot-<y>-vs-<x>.png)")
+    plot.set_defaults(handler=_plot)
 
     scenarios = commands.add_parser("scenarios", help="list the named scenarios",
                                     description="The scenario files in models/, with their description.")
