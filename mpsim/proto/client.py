@@ -373,15 +373,27 @@ class LogicalConnection:
         options = self._connect_options_for(proxy, entry.unsupported_kinds)
         payload = exchange.syn_payload(self.request.destination, self.request.port,
                                        info=self.host.client_policy.convert_info_first and first_time,
-                                       cookie=entry.cookie, options=options, app_data=self.payload)
+                                       cookie=entry.cookie, options=options, app_data=self.payload,
+                                       max_bytes=self._syn_data_limit_bytes(proxy[0]))
         self.host.converters_seen.add(proxy)
-        attempt.signal_bytes = len(payload) - len(self.payload)
+        attempt.signal_bytes = len(payload) - exchange.app_data_bytes
         extensions = (ConvertSynAckCheck(exchange),)
         if self.host.client_policy.upstream_mptcp:
             extensions += self._mptcp_extension(attempt)
         self._open(attempt, proxy[0], proxy[1], now, syn_payload=payload, extensions=extensions,
                    policy=self._proxy_tcp_policy())
+        self._send_rest(attempt, exchange.app_data_bytes, now)
         self.host.collect(attempt.conn, now)
+
+    def _syn_data_limit_bytes(self, remote: IpAddress) -> int:
+        """What one SYN may carry towards ``remote``: the cached MSS, or RFC 7413 4.1.3's default
+        (536 bytes over IPv4, 1220 over IPv6) — signalling and request together."""
+        return self.host.tfo.syn_data_limit_bytes(self._local_address(remote), remote)
+
+    def _send_rest(self, attempt: _Attempt, sent_in_syn_bytes: int, now: float) -> None:
+        """The request bytes that did not fit into the SYN go after the handshake."""
+        if sent_in_syn_bytes < len(self.payload):
+            attempt.conn.send(self.payload[sent_in_syn_bytes:], now)
 
     def _connect_options_for(self, proxy: Proxy, unsupported: tuple[int, ...]) -> tuple[ConnectOption, ...]:
         """Extended Connect entries (RFC 8803 7), minus the kinds the converter refused (Error 33):
@@ -418,12 +430,12 @@ class LogicalConnection:
             # As it travels: the MP_EXPERIMENTAL option (a proxy reads it with mp_convert_from_option).
             extensions += (_MpConvertOption(signal.to_option(), attempt.mptcp),)
         else:
-            syn_payload = encode_syn_payload(SynPayloadSignal((signal,), self.payload))
-            attempt.signal_bytes = len(syn_payload) - len(self.payload)
+            attempt.signal_bytes = len(encode_syn_payload(SynPayloadSignal((signal,))))
+            in_syn = self.payload[: max(0, self._syn_data_limit_bytes(remote) - attempt.signal_bytes)]
+            syn_payload = encode_syn_payload(SynPayloadSignal((signal,), in_syn))
         self._open(attempt, remote, port, now, syn_payload=syn_payload, extensions=extensions,
                    policy=self._proxy_tcp_policy() if not implicit else None)
-        if kind is AttemptKind.MP_CONVERT_OPTION:
-            attempt.conn.send(self.payload, now)
+        self._send_rest(attempt, len(syn_payload) - attempt.signal_bytes if syn_payload else 0, now)
         self.host.collect(attempt.conn, now)
 
     def _open_socks5(self, now: float, proxy: Proxy) -> None:

@@ -542,13 +542,17 @@ class ConvertClientExchange:
         self.policy = policy or ConvertClientPolicy()
         self.request: ConvertMessage | None = None
         self.payload_bytes = 0
+        self.app_data_bytes = 0
         self.reply: ConvertReply | None = None
         self._buffer = bytearray()
 
     def syn_payload(self, dest: IpAddress | None, port: int = 0, *, info: bool = False, cookie: bytes | None = None,
-                    options: tuple[ConnectOption, ...] = (), app_data: bytes = b"") -> bytes:
+                    options: tuple[ConnectOption, ...] = (), app_data: bytes = b"",
+                    max_bytes: int | None = None) -> bytes:
         """Header, [Info], [Cookie], Connect (no Connect when ``dest`` is None: an Info-only
-        request), then ``app_data`` (6: user data follows the TLVs)."""
+        request), then ``app_data`` (6: user data follows the TLVs), cut so that the whole
+        payload stays within ``max_bytes`` (what one SYN may carry); ``app_data_bytes`` then
+        says how much of ``app_data`` went in, the caller sends the rest after the handshake."""
         if self.request is not None:
             raise LocalProtocolError("this exchange has built its SYN payload already")
         if dest is None and (not info or options or app_data):
@@ -561,7 +565,11 @@ class ConvertClientExchange:
         if dest is not None:
             tlvs += (ConnectTlv(port, dest, tuple(options)),)
         self.request = ConvertMessage(tlvs)
-        payload = encode_convert(self.request) + app_data
+        message = encode_convert(self.request)
+        if max_bytes is not None:
+            app_data = app_data[: max(0, max_bytes - len(message))]
+        self.app_data_bytes = len(app_data)
+        payload = message + app_data
         self.payload_bytes = len(payload)
         return payload
 
