@@ -594,10 +594,21 @@ def _set_in(tree: dict, parts: list[str], value: Any, source: str) -> None:
         node[last] = value
 
 
+_DEFAULT_PATHS = {f.name: f for f in dataclasses.fields(Scenario)}["paths"].default_factory()
+
+
 def apply_override(tree: dict, text: str) -> None:
     """Apply one ``--set KEY=VALUE`` to a raw tree, checking the key against the schema."""
     source = f"--set {text}"
     parts, value = parse_override(text)
+    # The file's paths, or the schema's default ones when the file names none.
+    paths = tree["paths"] if isinstance(tree.get("paths"), dict) else _DEFAULT_PATHS
+    if len(parts) > 2 and parts[0] == "paths" and parts[1] not in paths:
+        # A field of a path that does not exist is a typo far more often than a new path (which
+        # takes a whole table: --set paths.NAME={...}).
+        close = difflib.get_close_matches(parts[1], list(paths), n=1)
+        hint = f"did you mean paths.{close[0]}?" if close else f"paths: {', '.join(paths) or 'none'}"
+        raise ScenarioError(source, ".".join(parts[:2]), f"no such path ({hint})")
     tp = _schema_at(parts, source)
     if typing.get_origin(tp) is tuple and isinstance(value, str):
         value = [item.strip() for item in value.split(",") if item.strip()]  # a,b for a list of names

@@ -120,14 +120,15 @@ def test_set_overrides_nested_keys_lists_and_tables():
     loaded = load(MINIMAL, "client.scheme=mptcp", "paths.dsl.delay_s=0.05",
                   "paths.dsl.middleboxes=strip-mptcp,drop-rst",
                   'workload.schemes=["plain", "convert"]', 'paths.dsl.loss={model = "bernoulli", loss_prob = 0.01}',
-                  "client.off_reprobe_s=none", "seed=7", "paths.lte.delay_s=0.03")
+                  "client.off_reprobe_s=none", "seed=7", "paths.lte={delay_s = 0.03}")
     s = loaded.base
     assert s.client.scheme is Scheme.MPTCP and s.paths["dsl"].delay_s == 0.05 and s.seed == 7
     assert s.paths["dsl"].middleboxes == (Middlebox.STRIP_MPTCP, Middlebox.DROP_RST)
     assert s.workload.schemes == (Scheme.PLAIN, Scheme.CONVERT)
     assert s.paths["dsl"].loss == {"model": "bernoulli", "loss_prob": 0.01}
     assert s.client.off_reprobe_s is None
-    assert list(s.paths) == ["dsl", "lte"]  # a path table is a name -> table map: --set may add one
+    # A new path takes a whole table (a field of an unknown path is refused as a likely typo).
+    assert list(s.paths) == ["dsl", "lte"] and s.paths["lte"].delay_s == 0.03
     assert loaded.overrides[0] == "client.scheme=mptcp"
 
 
@@ -151,6 +152,7 @@ def test_set_reaches_list_items_by_index():
     ("transfers.x.size_bytes=1", "--set transfers.x.size_bytes=1: transfers.x: expected a list index"),
     ("noequals", "--set noequals: expected KEY=VALUE"),
     ("client..scheme=plain", "--set client..scheme=plain: client..scheme: empty component"),
+    ("paths.dls.delay_s=0.01", "--set paths.dls.delay_s=0.01: paths.dls: no such path (did you mean paths.dsl?)"),
 ])
 def test_set_errors(override, expected):
     assert str(error_of(MINIMAL, override)).startswith(expected)
