@@ -22,6 +22,8 @@ or a worker died, and 130 when interrupted (the same command resumes).
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
 import ipaddress
 import json
 import os
@@ -378,6 +380,26 @@ def _scenario_error() -> type[MpsimError]:
     return module.ScenarioError if module is not None else CliError
 
 
+# Delegated tools: (command, action) -> (module, function name), imported only when used so that
+# `mpsim run` does not pay for them.
+_DELEGATED = {
+    "converter": {"serve": ("mpsim.live.converter", "serve_main"), "connect": ("mpsim.live.client", "connect_main")},
+    "bench": {"sim": ("mpsim.bench.simulator", "main"), "sweep": ("mpsim.bench.sweep", "main"),
+              "kernel": ("mpsim.bench.kernel", "main")},
+}
+
+
+def _delegate(args: argparse.Namespace) -> int:
+    module_name, function_name = _DELEGATED[args.command][args.action]
+    function = getattr(importlib.import_module(module_name), function_name)
+    # Tools that print their own usage take the name they are called by.
+    takes_prog = "prog" in inspect.signature(function).parameters
+    try:
+        return function(list(args.rest), **({"prog": f"mpsim {args.command} {args.action}"} if takes_prog else {}))
+    except SystemExit as exit_:  # their argparse: --help, usage errors
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else EXIT_USER_ERROR)
+
+
 # --- parser -------------------------------------------------------------------------------------
 
 
@@ -478,6 +500,28 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("-o", "--output", type=Path, metavar="FILE",
                       help="the image file, .png or .svg (default DIR/plot-<y>-vs-<x>.png)")
     plot.set_defaults(handler=_plot)
+
+    # Tools with command lines of their own: the arguments after the action go to them unparsed.
+    converter = commands.add_parser(
+        "converter", help="the live RFC 8803 converter and its client, on Linux sockets",
+        description="mpsim converter serve --listen ADDR:PORT [--allow PREFIX ...] ...: run the converter daemon.\n"
+                    "mpsim converter connect CONVERTER DEST [--mptcp] [--cookie HEX]: connect through one.\n"
+                    "Add --help after the action for its options (docs/live-converter.md has the details).",
+        formatter_class=raw)
+    converter.add_argument("action", choices=sorted(_DELEGATED["converter"]))
+    converter.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    converter.set_defaults(handler=_delegate)
+
+    bench = commands.add_parser(
+        "bench", help="benchmarks: the simulator, sweep scaling, the kernel converter against the model",
+        description="mpsim bench sim [--quick]: simulator speed side by side with bare SimPy and ns.py.\n"
+                    "mpsim bench sweep: sweep speed-up with 1 and all workers, locally and on Dask.\n"
+                    "mpsim bench kernel fastpath|setup|model|all [--quick]: the live converter in network\n"
+                    "namespaces (root needed). Add --help after the action for its options.",
+        formatter_class=raw)
+    bench.add_argument("action", choices=sorted(_DELEGATED["bench"]))
+    bench.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    bench.set_defaults(handler=_delegate)
 
     scenarios = commands.add_parser("scenarios", help="list the named scenarios",
                                     description="The scenario files in models/, with their description.")

@@ -134,3 +134,18 @@ def test_json_is_identical_across_processes():
     first, second = python_m_mpsim(*argv, hash_seed="1"), python_m_mpsim(*argv, hash_seed="2")
     assert first.returncode == 0 and first.stderr == ""
     assert first.stdout == second.stdout
+
+
+@pytest.mark.parametrize("argv, usage", [
+    (["converter", "serve", "--help"], "usage: mpsim converter serve"),
+    (["converter", "connect", "--help"], "usage: mpsim converter connect"),
+    (["bench", "kernel", "--help"], "usage: mpsim bench kernel"),
+])
+def test_delegated_tools_are_reachable_with_their_own_help(argv, usage, capsys):
+    assert main(argv) == 0
+    assert capsys.readouterr().out.startswith(usage)
+
+
+def test_a_delegated_tool_with_an_unknown_action_is_a_usage_error(capsys):
+    assert main(["bench", "nonsense"]) == 2
+    assert "invalid choice" in capsys.readouterr().err

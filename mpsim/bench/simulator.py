@@ -586,7 +586,8 @@ def markdown(results: dict[str, Any]) -> str:
             required, measured = f">= {target['target_per_wall_s']:,}/s", f"{target['median_per_wall_s']:,.0f}/s"
         lines.append(f"| {name} | {required} | {measured} | {'yes' if target['met'] else 'no'} |")
     if "bulk_flow_vs_nspy" not in results["ratios"]:
-        lines += ["", "ns.py is not installed (`pip install mpsim[bench]`): no ns.py comparison."]
+        why = "skipped (--no-nspy)" if nspy_available() else "not installed (`pip install mpsim[bench]`)"
+        lines += ["", f"ns.py {why}: no ns.py comparison."]
     return "\n".join(lines) + "\n"
 
 
