@@ -206,3 +206,10 @@ def test_unknown_names_and_files():
         sc.resolve("defualt")
     with pytest.raises(ScenarioError, match="no such scenario file"):
         sc.resolve("nowhere/x.toml")
+
+
+def test_set_reaches_inside_a_loss_table():
+    # A loss model is a free-form table: dotted keys reach into it and it is checked when built.
+    loaded = load(MINIMAL, 'paths.dsl.loss={model = "bernoulli", loss_prob = 0.01}', "paths.dsl.loss.loss_prob=0.02")
+    assert loaded.base.paths["dsl"].loss == {"model": "bernoulli", "loss_prob": 0.02}
+    assert "missing key 'model'" in str(error_of(MINIMAL, "paths.dsl.loss.loss_prob=0.02"))
