@@ -110,6 +110,10 @@ class TcpPolicy:
     min_rto_s: float = 0.2  # TCP_RTO_MIN
     max_rto_s: float = 120.0  # TCP_RTO_MAX
     syn_retries: int = 6  # net.ipv4.tcp_syn_retries: SYNs at 0, 1, 3, 7, 15, 31, 63 s
+    # net.ipv4.tcp_syn_linear_timeouts (newer kernels; 4 on the 6.18 testbed kernel): the first N
+    # SYN retransmissions wait the initial RTO without doubling, so SYNs at 0, 1, 2, 3, 4, 5, 7, ... s.
+    # 0 keeps the classic exponential schedule the RFCs and most deployed stacks follow.
+    syn_linear_timeouts: int = 0
     synack_retries: int = 5  # net.ipv4.tcp_synack_retries
     data_retries: int = 15  # net.ipv4.tcp_retries2
     time_wait_s: float = 60.0  # TCP_TIMEWAIT_LEN; RFC 9293 says 2*MSL = 240 s
@@ -132,7 +136,7 @@ class TcpPolicy:
     def __post_init__(self) -> None:
         if not 0 < self.min_rto_s <= self.initial_rto_s <= self.max_rto_s:
             raise ValueError("need 0 < min_rto_s <= initial_rto_s <= max_rto_s")
-        if self.syn_retries < 0 or self.synack_retries < 0 or self.data_retries < 0:
+        if min(self.syn_retries, self.synack_retries, self.data_retries, self.syn_linear_timeouts) < 0:
             raise ValueError("retry counts must be >= 0")
         if self.time_wait_s < 0 or not 88 <= self.mss_bytes <= 65495:
             raise ValueError("time_wait_s must be >= 0 and mss_bytes in 88..65495")
@@ -543,7 +547,7 @@ class TcpConnection:
             self._time_out(now, "fin_wait_2")
             return
         self._retransmissions_in_row += 1
-        self._rto_s = min(self._rto_s * 2, self.policy.max_rto_s)
+        self._back_off()
         self._rtt_probe = None  # Karn: no RTT sample from a retransmitted segment
         if self.state is TcpState.SYN_SENT:
             if self._retransmissions_in_row > self.policy.syn_retries:
@@ -567,9 +571,15 @@ class TcpConnection:
             raise LocalProtocolError(f"no SYN to retransmit in state {self.state.name}")
         self._now_s = now
         self._retransmissions_in_row += 1
-        self._rto_s = min(self._rto_s * 2, self.policy.max_rto_s)
+        self._back_off()
         self._rtt_probe = None  # Karn
         self._send_syn(now, retransmission=self._retransmissions_in_row)
+
+    def _back_off(self) -> None:
+        """Double the RTO after a timeout, except for the SYN retransmissions Linux keeps linear."""
+        linear = self.state is TcpState.SYN_SENT and self._retransmissions_in_row <= self.policy.syn_linear_timeouts
+        if not linear:
+            self._rto_s = min(self._rto_s * 2, self.policy.max_rto_s)
 
     def _handshake_done(self) -> None:
         """Enter ESTABLISHED; without an RTT sample (a SYN or SYN-ACK was retransmitted) the RTO

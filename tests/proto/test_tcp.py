@@ -895,3 +895,20 @@ def test_random_loss_every_connection_ends(drops, syn_bytes, client_bytes, serve
     for server_closed, server_received in finals.get("server", []):
         if client_closed.clean and server_closed.clean:
             assert client_received == server_data and server_received == syn_data + client_data
+
+
+def test_linear_syn_timeouts_as_newer_linux_kernels_do():
+    # net.ipv4.tcp_syn_linear_timeouts=4 (the 6.18 testbed kernel). Linux's ip-sysctl.rst: "with an
+    # initial RTO of 1 and tcp_syn_linear_timeouts = 4 we would expect SYN RTOs to be: 1, 1, 1, 1,
+    # 1, 2, 4, ...". Measured in the testbed: MPC SYNs at 0, 1, 2 s and the plain one at 3 s.
+    from mpsim.proto.tcp import TcpConnection, TcpPolicy
+
+    policy = TcpPolicy(syn_linear_timeouts=4, syn_retries=6)
+    conn = TcpConnection.active(CLIENT_ADDR, 40000, SERVER_ADDR, 80, iss=1, policy=policy, now=0.0)
+    times = [0.0]
+    while conn.get_timer() is not None and len(times) < 20:
+        now = conn.get_timer()
+        conn.handle_timer(now)
+        if any(p.segment.flags & TcpFlags.SYN for p in conn.pull_packets()[-1:]):
+            times.append(now)
+    assert times == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.0]
