@@ -8,13 +8,15 @@ has the method, the recorded figures and every disagreement between model and ke
   converter namespace then only routes) and a *peer relay* (a plain TCP copy relay in Python made
   MPTCP by ``mptcpize run``, as socat would be). Unshaped veths (CPU-bound, noisy: interleaved
   rounds, min/median/max, goodput ratio to direct computed per round, relay CPU seconds per GB
-  from /proc/PID/stat and the whole machine's from /proc/stat) and shaped (two 50 Mbit/s paths,
-  where the MPTCP aggregation shows).
+  from /proc/PID/stat with the relay pinned off the receive-softirq CPU, and the whole machine's
+  busy and softirq time from /proc/stat) and shaped (two 50 Mbit/s paths, where the MPTCP
+  aggregation shows).
 * **setup**: connections per second through the converter and setup latency (median, p90),
   against direct connects and the peer relay; kernel memory per idle connection (slab deltas,
   /proc/slabinfo, machine-wide) and the daemon's RSS per connection.
 * **model**: the same scenario in the SimPy model and in the testbed: goodput over a grid of path
-  rates x loss rates (both paths, MPTCP through the converter), and the middlebox rules (strip
+  rates x loss rates (both paths, MPTCP through the converter; plain TCP on one path as the
+  control that separates TCP from MPTCP and relay effects), and the middlebox rules (strip
   MPTCP on SYN, drop MP_CAPABLE SYNs, drop SYNs with data): negotiation outcome, setup time, SYN
   and RST counts (nftables counters on the client's output, SYN times from tshark when installed),
   MPTcpExt counters against the model host's MIB; a CSV/Markdown table and a PNG plot.
@@ -105,28 +107,29 @@ class Scale:
 
 
 ALL_FAST = ("direct-tcp", "direct-mptcp", "converter-splice", "converter-copy", "converter-auto", "peer-relay")
+PROXY_COMPARISON = ("direct-tcp", "direct-mptcp", "converter-auto", "peer-relay")
+MEMORY_ROUTES = ("direct-tcp", "direct-mptcp", "converter-splice", "converter-copy", "peer-relay")
 ALL_MIDDLEBOXES = ("none", "strip_mptcp_syn", "drop_mp_capable_syn", "drop_syn_data")
+GRID = {"grid_rates_bps": (10_000_000, 50_000_000), "grid_losses": (0.0, 0.005, 0.02)}
 SCALES = {
-    "full": Scale("full", fast_bytes=512 * MIB, fast_rounds=5, fast_configs=ALL_FAST, shaped_s=3.0, shaped_rounds=3,
-                  shaped_configs=("direct-tcp", "direct-mptcp", "converter-auto", "peer-relay"), churn_conns=400, churn_rounds=3,
-                  churn_configs=("direct-tcp", "direct-mptcp", "converter-auto", "peer-relay"), idle_conns=500,
-                  memory_rounds=3, memory_configs=("direct-tcp", "direct-mptcp", "converter-splice", "converter-copy",
-                                                   "peer-relay"),
-                  grid_rates_bps=(10_000_000, 50_000_000), grid_losses=(0.0, 0.005, 0.02), grid_s=4.0, grid_reps=2,
-                  middleboxes=ALL_MIDDLEBOXES),
-    "quick": Scale("quick", fast_bytes=96 * MIB, fast_rounds=3, fast_configs=ALL_FAST, shaped_s=1.5, shaped_rounds=1,
-                   shaped_configs=("direct-tcp", "direct-mptcp", "converter-auto", "peer-relay"), churn_conns=100, churn_rounds=2,
-                   churn_configs=("direct-tcp", "direct-mptcp", "converter-auto", "peer-relay"), idle_conns=200,
-                   memory_rounds=1, memory_configs=("direct-tcp", "direct-mptcp", "converter-splice", "converter-copy",
-                                                    "peer-relay"),
-                   grid_rates_bps=(10_000_000, 50_000_000), grid_losses=(0.0, 0.005, 0.02), grid_s=1.5, grid_reps=1,
-                   middleboxes=ALL_MIDDLEBOXES),
+    "full": Scale("full", fast_bytes=512 * MIB, fast_rounds=7, fast_configs=ALL_FAST,
+                  shaped_s=3.0, shaped_rounds=3, shaped_configs=PROXY_COMPARISON,
+                  churn_conns=400, churn_rounds=3, churn_configs=PROXY_COMPARISON,
+                  idle_conns=500, memory_rounds=3, memory_configs=MEMORY_ROUTES,
+                  **GRID, grid_s=4.0, grid_reps=2, middleboxes=ALL_MIDDLEBOXES),
+    "quick": Scale("quick", fast_bytes=96 * MIB, fast_rounds=3, fast_configs=ALL_FAST,
+                   shaped_s=1.5, shaped_rounds=1, shaped_configs=PROXY_COMPARISON,
+                   churn_conns=100, churn_rounds=2, churn_configs=PROXY_COMPARISON,
+                   idle_conns=200, memory_rounds=1, memory_configs=MEMORY_ROUTES,
+                   **GRID, grid_s=1.5, grid_reps=1, middleboxes=ALL_MIDDLEBOXES),
+    # the test suite's: every code path once, in about 15 s
     "smoke": Scale("smoke", fast_bytes=8 * MIB, fast_rounds=1, fast_configs=("direct-mptcp", "converter-auto",
                                                                              "peer-relay"),
-                   shaped_s=0.5, shaped_rounds=1, shaped_configs=("converter-auto",), churn_conns=10, churn_rounds=1,
-                   churn_configs=("direct-mptcp", "converter-auto"), idle_conns=10, memory_rounds=1,
-                   memory_configs=("converter-copy",), grid_rates_bps=(50_000_000,), grid_losses=(0.0,), grid_s=0.5,
-                   grid_reps=1, middleboxes=("strip_mptcp_syn",)),
+                   shaped_s=0.5, shaped_rounds=1, shaped_configs=("converter-auto",),
+                   churn_conns=10, churn_rounds=1, churn_configs=("direct-mptcp", "converter-auto"),
+                   idle_conns=10, memory_rounds=1, memory_configs=("converter-copy",),
+                   grid_rates_bps=(50_000_000,), grid_losses=(0.0,), grid_s=0.5, grid_reps=1,
+                   middleboxes=("strip_mptcp_syn",)),
 }
 
 
@@ -346,11 +349,13 @@ def churn(kind, proto, target, dest, count, timeout_s):
         except OSError as err:
             errors.append(f"{type(err).__name__}: {err}")
             continue
-        fallbacks += facts["convert_error"] is not None
+        if facts["convert_error"] is not None:
+            fallbacks += 1
+            errors.append(f"fell back to direct TCP after {t1 - t0:.3f} s: {facts['convert_error']}")
         setups.append(t1 - t0)
         totals.append(time.monotonic() - t0)
     out({"done": True, "connections": len(setups), "wall_s": time.monotonic() - start, "setup_s": setups,
-         "total_s": totals, "fallbacks": fallbacks, "errors": errors[:5], "error_count": len(errors),
+         "total_s": totals, "fallbacks": fallbacks, "errors": errors[:5], "error_count": len(errors) - fallbacks,
          "cpu_s": cpu_s() - cpu0})
 
 
@@ -438,7 +443,8 @@ def rtt(destination, count):
 if __name__ == "__main__":
     mode, args = sys.argv[1], sys.argv[2:]
     try:
-        {"sink": sink, "send": send, "echo": echo, "churn": churn, "hold": hold, "relay": relay, "rtt": rtt}[mode](*args)
+        modes = {"sink": sink, "send": send, "echo": echo, "churn": churn, "hold": hold, "relay": relay, "rtt": rtt}
+        modes[mode](*args)
     except Exception as err:
         out({"failed": f"{type(err).__name__}: {err}"})
         sys.exit(1)
@@ -534,12 +540,30 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def system_busy_s() -> float:
-    """CPU seconds the whole machine spent not idle (all CPUs), from /proc/stat."""
+def system_cpu_s() -> tuple[float, float]:
+    """(busy, softirq) CPU seconds of the whole machine (all CPUs), from /proc/stat."""
     with open("/proc/stat") as f:
         values = [int(v) for v in f.readline().split()[1:]]
     idle = values[3] + values[4]  # idle + iowait
-    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(values[:8]) - idle) / tick, values[6] / tick
+
+
+def system_busy_s() -> float:
+    return system_cpu_s()[0]
+
+
+#: The CPU the relays (daemons, peer relay) are pinned to: not the one rps_cpus sends every veth's
+#: receive processing to (CPU 0). With tick-based CPU accounting (no CONFIG_IRQ_TIME_ACCOUNTING) a
+#: softirq is charged to whichever task it interrupts, so an unpinned relay's /proc/PID/stat swings
+#: with the CPU the scheduler happens to give it; pinned, it is the relay's own work, and the
+#: machine's softirq time is reported on its own.
+RELAY_CPU = 1 if (os.cpu_count() or 1) >= 2 else None
+
+
+def pin_relay(peer: Peer) -> None:
+    if RELAY_CPU is not None:
+        os.sched_setaffinity(peer.proc.pid, {RELAY_CPU})
 
 
 def rss_bytes(pid: int) -> int:
@@ -626,8 +650,9 @@ def testbed_facts(tb: Any) -> dict[str, Any]:
     shared = ("kernel", "capabilities", "cannot_emulate", "counters_at_start", "counters_now")
     out = {k: v for k, v in facts.items() if k not in shared}
     start, now = facts["counters_at_start"], facts["counters_now"]
-    out["mptcp_counters_before"] = {r: {k: v for k, v in c.items() if k.startswith("MPTcpExt.")} for r, c in start.items()}
-    out["mptcp_counters_after"] = {r: {k: v for k, v in c.items() if k.startswith("MPTcpExt.")} for r, c in now.items()}
+    mptcp = lambda counters: {k: v for k, v in counters.items() if k.startswith("MPTcpExt.")}  # noqa: E731
+    out["mptcp_counters_before"] = {role: mptcp(counters) for role, counters in start.items()}
+    out["mptcp_counters_after"] = {role: mptcp(counters) for role, counters in now.items()}
     out["counter_deltas"] = {r: counter_delta(start[r], now[r]) for r in now}
     for role, ns in tb.ns.items():
         out["sysctls"][role].update(read_sysctls(ns, EXTRA_SYSCTLS))
@@ -649,19 +674,17 @@ class Services:
         self.tb, self.log_dir = tb, log_dir
         self.daemons: dict[str, Peer] = {}
         self.relay: Peer | None = None
-        self.sinks: dict[str, Peer] = {}
+        self.servers: dict[str, Peer] = {}  # per protocol: the sinks, or the echo servers
 
     def start_sinks(self, count: int, lifetime_s: float) -> None:
         for proto, port in SINK_PORTS.items():
-            self.sinks[proto] = Peer(self.tb, "server", peer_argv("sink", proto, f"{self.tb.addresses.server}:{port}",
-                                                                  count, lifetime_s),
-                                     self.log_dir, f"sink-{proto}").expect_ready()
+            argv = peer_argv("sink", proto, f"{self.tb.addresses.server}:{port}", count, lifetime_s)
+            self.servers[proto] = Peer(self.tb, "server", argv, self.log_dir, f"sink-{proto}").expect_ready()
 
     def start_echo(self, lifetime_s: float) -> None:
         for proto, port in ECHO_PORTS.items():
-            self.sinks[proto] = Peer(self.tb, "server", peer_argv("echo", proto, f"{self.tb.addresses.server}:{port}",
-                                                                  lifetime_s),
-                                     self.log_dir, f"echo-{proto}").expect_ready()
+            argv = peer_argv("echo", proto, f"{self.tb.addresses.server}:{port}", lifetime_s)
+            self.servers[proto] = Peer(self.tb, "server", argv, self.log_dir, f"echo-{proto}").expect_ready()
 
     def start_daemon(self, mode: str) -> Peer:
         argv = [sys.executable, "-m", "mpsim.live.converter", "--listen",
@@ -669,6 +692,7 @@ class Services:
                 "--relay", mode, "--quiet", "--connect-timeout", "10"]
         daemon = Peer(self.tb, "converter", argv, self.log_dir, f"converter-{mode}")
         daemon.wait_log("event=listening")
+        pin_relay(daemon)
         self.daemons[mode] = daemon
         return daemon
 
@@ -678,6 +702,7 @@ class Services:
         argv = ["mptcpize", "run", *peer_argv("relay", f"{self.tb.addresses.converter[0]}:{RELAY_PORT}",
                                               f"{self.tb.addresses.server}:{upstream_port}", count, lifetime_s)]
         self.relay = Peer(self.tb, "converter", argv, self.log_dir, "peer-relay").expect_ready()
+        pin_relay(self.relay)  # before any connection: its threads inherit the affinity
         return self.relay
 
     def relay_process(self, route: Route) -> Peer | None:
@@ -700,7 +725,7 @@ class Services:
         out = {}
         for mode, daemon in self.daemons.items():
             daemon.stop()
-            lines = [l for l in daemon.stderr_tail(20_000).splitlines() if "event=counters" in l]
+            lines = [line for line in daemon.stderr_tail(20_000).splitlines() if "event=counters" in line]
             out[mode] = dict(kv.split("=", 1) for kv in lines[-1].split() if "=" in kv) if lines else {}
         return out
 
@@ -711,7 +736,7 @@ def upload(tb: Any, services: Services, route_name: str, size_bytes: int, log_di
     receiver's record checked against the sender's hash; CPU of the relay and of the machine."""
     route = ROUTES[route_name]
     target, dest = services.target(route, SINK_PORTS)
-    sink = services.sinks[route.server_proto]
+    sink = services.servers[route.server_proto]
     client = Peer(tb, "client", peer_argv("send", route.kind, route.client_proto, target, dest, size_bytes, BLOCK_SEED,
                                           CONVERT_TIMEOUT_S), log_dir, "client", stdin=True)
     connected = client.json(CONVERT_TIMEOUT_S + 10, "connected line")
@@ -722,13 +747,14 @@ def upload(tb: Any, services: Services, route_name: str, size_bytes: int, log_di
         time.sleep(0.25)
         background_busy_per_s = (system_busy_s() - b0) / (time.monotonic() - t0)
     relay_cpu0 = process_cpu_s(relay.proc.pid) if relay else None
-    busy0, wall0 = system_busy_s(), time.monotonic()
+    (busy0, softirq0), wall0 = system_cpu_s(), time.monotonic()
     client.tell("go")
     done = client.json(PEER_LIMIT_S + 10, "transfer result")
     records = [sink.json(10, "server record")]
     while records[-1]["bytes"] < size_bytes and not records[-1]["error"]:  # a converter's abandoned leg first
         records.append(sink.json(PEER_LIMIT_S, "server record"))
-    wall_s, busy_s = time.monotonic() - wall0, system_busy_s() - busy0
+    busy1, softirq1 = system_cpu_s()
+    wall_s, busy_s, softirq_s = time.monotonic() - wall0, busy1 - busy0, softirq1 - softirq0
     relay_cpu_s = process_cpu_s(relay.proc.pid) - relay_cpu0 if relay else None
     for _ in range(20):  # more server connections that went nowhere (a late Convert after a fallback)
         line = sink.line(0.05)
@@ -746,7 +772,7 @@ def upload(tb: Any, services: Services, route_name: str, size_bytes: int, log_di
         "subflows": done["subflows"], "relay_cpu_s": relay_cpu_s,
         "relay_cpu_s_per_gb": relay_cpu_s / gigabytes if relay_cpu_s is not None else None,
         "client_cpu_s_per_gb": done["cpu_s"] / gigabytes, "server_cpu_s_per_gb": record["cpu_s"] / gigabytes,
-        "system_cpu_s_per_gb": busy_s / gigabytes,
+        "system_cpu_s_per_gb": busy_s / gigabytes, "softirq_cpu_s_per_gb": softirq_s / gigabytes,
         "background_busy_cpus": background_busy_per_s,
         "system_cpu_net_s_per_gb": (busy_s - background_busy_per_s * wall_s) / gigabytes
         if background_busy_per_s is not None else None,
@@ -776,7 +802,8 @@ def _fast_session(paths: Sequence[Any], configs: Sequence[str], rounds: int, siz
                 rows.append(row)
                 progress(f"{label} round {round_index + 1}/{rounds} {config}: {row['goodput_bps'] / 1e6:.0f} Mbit/s, "
                          f"relay {_fmt(row['relay_cpu_s_per_gb'], '.2f')} CPU s/GB, machine busy before "
-                         f"{_fmt(row['background_busy_cpus'], '.2f')} CPUs, hash {'ok' if row['hash_ok'] else 'MISMATCH'}")
+                         f"{_fmt(row['background_busy_cpus'], '.2f')} CPUs, "
+                         f"hash {'ok' if row['hash_ok'] else 'MISMATCH'}")
         facts = testbed_facts(tb) | {"daemon_counters": services.daemon_counters()}
     return rows, facts
 
@@ -805,6 +832,8 @@ def _fast_summary(rows: list[dict], configs: Sequence[str], session: str) -> lis
             "relay_cpu_s_per_gb": summary([r["relay_cpu_s_per_gb"] for r in mine]),
             "system_cpu_s_per_gb": summary([r["system_cpu_s_per_gb"] for r in mine]),
             "system_cpu_net_s_per_gb": summary([r["system_cpu_net_s_per_gb"] for r in mine]),
+            "softirq_cpu_s_per_gb": summary([r["softirq_cpu_s_per_gb"] for r in mine]),
+            "background_busy_cpus": summary([r["background_busy_cpus"] for r in mine]),
             "endpoints_cpu_s_per_gb": summary([r["client_cpu_s_per_gb"] + r["server_cpu_s_per_gb"] for r in mine]),
             "subflows": sorted({r["subflows"] for r in mine}),
             "hashes_ok": all(r["hash_ok"] for r in mine),
@@ -889,8 +918,8 @@ def _idle_memory(tb: Any, services: Services, config: str, count: int, log_dir: 
     slab0, mem0 = slab_bytes(), meminfo_bytes()
     rss0 = rss_bytes(relay.proc.pid) if relay else None
     sockets0 = _sockets_in_use(tb, "converter")
-    holder = Peer(tb, "client", peer_argv("hold", route.kind, route.client_proto, target, dest, count, CONVERT_TIMEOUT_S),
-                  log_dir, "hold", stdin=True)
+    argv = peer_argv("hold", route.kind, route.client_proto, target, dest, count, CONVERT_TIMEOUT_S)
+    holder = Peer(tb, "client", argv, log_dir, "hold", stdin=True)
     held = holder.json(PEER_LIMIT_S + 20, "held line")
     time.sleep(0.5)
     slab1, mem1 = slab_bytes(), meminfo_bytes()
@@ -955,10 +984,13 @@ def setup(scale: Scale, log_dir: Path, progress: Callable[[str], None]) -> dict[
                                    [r["slab_bytes_per_conn_drift_corrected"] / 1e3 for r in mine]),
                                "relay_rss_kb_per_conn": summary([r["relay_rss_bytes_per_conn"] / 1e3 for r in mine
                                                                  if r["relay_rss_bytes_per_conn"] is not None])})
-    base = {m["route"]: m["slab_kb_per_conn"]["median"] for m in memory_summary}
+    # The endpoints of a relayed connection: the client's MPTCP socket and its two subflows (half of a
+    # direct MPTCP connection's slab) and the server's TCP socket (half of a direct TCP one's).
+    base = {m["route"]: m["slab_kb_per_conn_drift_corrected"]["median"] for m in memory_summary}
+    endpoints = base["direct-mptcp"] / 2 + base["direct-tcp"] / 2 \
+        if base.get("direct-mptcp") is not None and base.get("direct-tcp") is not None else None
     for m in memory_summary:
-        endpoints = base.get("direct-mptcp")
-        m["proxy_share_kb_per_conn"] = m["slab_kb_per_conn"]["median"] - endpoints \
+        m["proxy_share_kb_per_conn"] = m["slab_kb_per_conn_drift_corrected"]["median"] - endpoints \
             if endpoints is not None and ROUTES[m["route"]].relay else None
     return {"churn_rows": churn_rows, "churn": _churn_summary(churn_rows, scale.churn_configs),
             "memory_rows": memory_rows, "memory": memory_summary, "testbeds": {"setup": facts},
@@ -972,7 +1004,8 @@ def kernel_policy_values(sysctls: dict[str, str]) -> dict[str, int]:
     """The Linux knobs the model's policies copy, from the client namespace's sysctls (per-namespace
     values: a new namespace starts from the kernel's defaults, not from the root namespace's)."""
     names = {"syn_retrans_before_tcp_fallback": "net.mptcp.syn_retrans_before_tcp_fallback",
-             "tcp_syn_retries": "net.ipv4.tcp_syn_retries", "tcp_syn_linear_timeouts": "net.ipv4.tcp_syn_linear_timeouts",
+             "tcp_syn_retries": "net.ipv4.tcp_syn_retries",
+             "tcp_syn_linear_timeouts": "net.ipv4.tcp_syn_linear_timeouts",
              "blackhole_timeout_s": "net.mptcp.blackhole_timeout"}
     return {knob: int(sysctls[name]) for knob, name in names.items() if sysctls.get(name, "").isdigit()}
 
@@ -1044,6 +1077,7 @@ def model_goodput(settings: ModelSettings, rate_bps: float, loss_prob: float, si
     record = transfer.result()
     counters = [p.counters() for pair in paths for p in pair]
     return {"goodput_bps": record.goodput_bps, "completed": record.completed, "retransmissions": record.retransmissions,
+            "subflow_bytes": record.subflow_bytes,
             "timeouts": record.timeouts, "fast_recoveries": record.fast_recoveries, "subflows": record.subflows,
             "queue_drops": sum(c["queue_drops"] for c in counters),
             "loss_rate": sum(c["loss_drops"] for c in counters) / max(1, sum(c["sent"] for c in counters))}
@@ -1084,7 +1118,8 @@ def model_filters(middlebox: str) -> list[Any]:
     return []
 
 
-def model_negotiation(settings: ModelSettings, middlebox: str, rate_bps: float, knobs: dict[str, int]) -> dict[str, Any]:
+def model_negotiation(settings: ModelSettings, middlebox: str, rate_bps: float,
+                      knobs: dict[str, int]) -> dict[str, Any]:
     """The Convert negotiation in the SimPy scenario model, with the kernel's knobs: outcome,
     setup time, SYN and RST counts and times, the client host's MIB."""
     from mpsim.experiment.scenario import (Arrivals, ClientSpec, ConverterSpec, PathSpec, ProxyKind, Scenario,
@@ -1209,10 +1244,10 @@ MPTCP_COMPARED = ("MPTcpExt.MPCapableSYNTX", "MPTcpExt.MPCapableSYNACKRX", "MPTc
                   "MPTcpExt.MPCapableSYNTXDisabled")
 
 
-def _kernel_point(paths: list[Any], size_bytes: int, reps: int, log_dir: Path, *, capture: bool,
+def _kernel_point(paths: list[Any], transfers: Sequence[tuple[str, int]], reps: int, log_dir: Path, *, capture: bool,
                   measure_rtt: bool = False) -> dict[str, Any]:
-    """Uploads through the converter (relay auto) on a fresh testbed; per upload the client's SYN,
-    RST and MPTcpExt counter deltas."""
+    """``reps`` rounds of uploads (route, bytes) on a fresh testbed, the converter with relay auto;
+    per upload the client's SYN and RST counts and every namespace's counter deltas."""
     from mpsim.testbed import counter_delta
     from mpsim.testbed.probe import run_command
 
@@ -1223,23 +1258,33 @@ def _kernel_point(paths: list[Any], size_bytes: int, reps: int, log_dir: Path, *
             probe = Peer(tb, "client", peer_argv("rtt", tb.addresses.server, 50), log_dir, "rtt")
             rtt = probe.json(30, "rtt result")
         services = Services(tb, log_dir)
-        services.start_sinks(reps * 2 + 4, PEER_LIMIT_S * (reps + 2))
+        services.start_sinks(2 * reps * len(transfers) + 4, PEER_LIMIT_S * (reps * len(transfers) + 2))
         services.start_daemon("auto")
         uploads = []
-        for _ in range(reps):
+        for _rep, (route, size_bytes) in ((r, t) for r in range(reps) for t in transfers):
             capture_run = SynCapture(tb, log_dir) if capture else None
             packets0, counters0 = _client_packet_counters(tb), {r: tb.counters(r) for r in tb.ns}
-            up = upload(tb, services, "converter-auto", size_bytes, log_dir, sample_cpu=False)
-            packets1 = _client_packet_counters(tb)
+            rx0 = _path_rx_bytes(tb)
+            up = upload(tb, services, route, size_bytes, log_dir, sample_cpu=False)
+            packets1, rx1 = _client_packet_counters(tb), _path_rx_bytes(tb)
             deltas = {r: counter_delta(counters0[r], tb.counters(r)) for r in tb.ns}
             up |= {"outcome": _live_outcome(up), "syns": packets1["syn_out"] - packets0["syn_out"]
                    - (packets1["syn_join_out"] - packets0["syn_join_out"]),
                    "join_syns": packets1["syn_join_out"] - packets0["syn_join_out"],
                    "rsts": packets1["rst_out"] - packets0["rst_out"], "counter_deltas": deltas,
+                   "path_rx_bytes": [b - a for a, b in zip(rx0, rx1)],
                    "capture": capture_run.times() if capture_run else None}
             uploads.append(up)
         facts = testbed_facts(tb) | {"daemon_counters": services.daemon_counters()}
     return {"uploads": uploads, "facts": facts, "rtt": rtt}
+
+
+def _path_rx_bytes(tb: Any) -> list[int]:
+    """Bytes the converter received on each path's veth (the uploads' data, framing included)."""
+    from mpsim.testbed.probe import run_command
+
+    files = [f"/sys/class/net/path{i}/statistics/rx_bytes" for i in range(len(tb.paths))]
+    return [int(v) for v in run_command(["cat", *files], ns=tb.ns["converter"]).stdout.split()]
 
 
 def _tcp_ext(deltas: dict[str, int], *names: str) -> int:
@@ -1252,8 +1297,8 @@ def model_vs_kernel(scale: Scale, log_dir: Path, progress: Callable[[str], None]
     rows, testbeds = [], {}
     calibration: dict[str, Any] = {}
 
-    def kernel_point(paths: list[Any], size_bytes: int, reps: int, capture: bool) -> dict[str, Any]:
-        point = _kernel_point(paths, size_bytes, reps, log_dir, capture=capture, measure_rtt=not calibration)
+    def kernel_point(paths: list[Any], transfers: list[tuple[str, int]], reps: int, capture: bool) -> dict[str, Any]:
+        point = _kernel_point(paths, transfers, reps, log_dir, capture=capture, measure_rtt=not calibration)
         if not calibration:  # the model's propagation delay: half the base RTT measured in the first testbed
             # (a lone SYN and its RST pass tbf at once on the bucket's tokens: no serialization to take off)
             calibration.update(settings=ModelSettings(one_way_delay_s=point["rtt"]["rtt_min_s"] / 2),
@@ -1263,24 +1308,25 @@ def model_vs_kernel(scale: Scale, log_dir: Path, progress: Callable[[str], None]
     for rate_bps in scale.grid_rates_bps:
         for loss_prob in scale.grid_losses:
             label = f"{rate_bps / 1e6:g} Mbit/s, loss {loss_prob:.1%}"
-            size_bytes = int(2 * rate_bps * 1420 / 1514 / 8 * scale.grid_s)
-            point = kernel_point([PathSpec(rate_bps=rate_bps, loss_prob=loss_prob, queue_s=QUEUE_S)] * 2, size_bytes,
+            # MPTCP through the converter over both paths, and the control: plain TCP on path 0, no proxy
+            transfers = [("converter-auto", int(2 * rate_bps * 1420 / 1514 / 8 * scale.grid_s)),
+                         ("direct-tcp", int(rate_bps * 1448 / 1514 / 8 * scale.grid_s))]
+            point = kernel_point([PathSpec(rate_bps=rate_bps, loss_prob=loss_prob, queue_s=QUEUE_S)] * 2, transfers,
                                  scale.grid_reps, capture=False)
             settings = calibration["settings"]
             testbeds[label] = point["facts"]
-            for rep, up in enumerate(point["uploads"]):
-                model = model_goodput(settings, rate_bps, loss_prob, size_bytes, mptcp=True, seed=rep + 1)
-                deltas = up["counter_deltas"]["client"]
-                loss = point["facts"]["loss_counters"]
-                rows.append(_grid_row(label, rate_bps, loss_prob, rep, size_bytes, up, model, deltas, loss))
-                progress(f"model {label} rep {rep + 1}: kernel {up['goodput_bps'] / 1e6:.2f} Mbit/s, model "
-                         f"{model['goodput_bps'] / 1e6:.2f} Mbit/s ({_pct(rows[-1]['goodput_error'])})")
+            for index, up in enumerate(point["uploads"]):
+                rep, mptcp = index // len(transfers), up["route"] == "converter-auto"
+                model = model_goodput(settings, rate_bps, loss_prob, up["bytes"], mptcp=mptcp, seed=rep + 1)
+                rows.append(_grid_row(label, rate_bps, loss_prob, rep, up, model, point["facts"]["loss_counters"]))
+                progress(f"model {label} {up['route']} rep {rep + 1}: kernel {up['goodput_bps'] / 1e6:.2f} Mbit/s, "
+                         f"model {model['goodput_bps'] / 1e6:.2f} Mbit/s ({_pct(rows[-1]['goodput_error'])})")
     for middlebox in scale.middleboxes:
         box = Middlebox(**{middlebox: True}) if middlebox != "none" else None
         paths = [PathSpec(rate_bps=SHAPED_RATE_BPS, queue_s=QUEUE_S, middlebox=box),
                  PathSpec(rate_bps=SHAPED_RATE_BPS, queue_s=QUEUE_S)]
         size_bytes = int(SHAPED_RATE_BPS * 1420 / 1514 / 8 * scale.grid_s)  # scale.grid_s on one path
-        point = kernel_point(paths, size_bytes, 1, capture=True)
+        point = kernel_point(paths, [("converter-auto", size_bytes)], 1, capture=True)
         settings = calibration["settings"]
         testbeds[f"middlebox {middlebox}"] = point["facts"]
         up = point["uploads"][0]
@@ -1305,18 +1351,21 @@ def _error(model: float | None, kernel: float | None) -> float | None:
     return (model - kernel) / kernel if model is not None and kernel else None
 
 
-def _grid_row(label: str, rate_bps: float, loss_prob: float, rep: int, size_bytes: int, up: dict, model: dict,
-              deltas: dict[str, int], loss: dict) -> dict[str, Any]:
-    ceiling = 2 * rate_bps * 1420 / 1514
+def _grid_row(label: str, rate_bps: float, loss_prob: float, rep: int, up: dict, model: dict,
+              loss: dict) -> dict[str, Any]:
+    mptcp = up["route"] == "converter-auto"
+    ceiling = 2 * rate_bps * 1420 / 1514 if mptcp else rate_bps * 1448 / 1514
+    deltas = up["counter_deltas"]["client"]
     measured_loss = [d["dropped_packets"] / d["seen_packets"] for p in loss.values() for d in p.values()
                      if d["seen_packets"]]
     return {
-        "kind": "grid", "point": label, "rate_mbps": rate_bps / 1e6, "loss_prob": loss_prob, "middlebox": "none",
-        "rep": rep, "bytes": size_bytes, "hash_ok": up["hash_ok"],
+        "kind": "grid" if mptcp else "grid-tcp", "point": label, "route": up["route"],
+        "transfer": "MPTCP via converter, 2 paths" if mptcp else "TCP direct, path 0", "rate_mbps": rate_bps / 1e6,
+        "loss_prob": loss_prob, "middlebox": "none", "rep": rep, "bytes": up["bytes"], "hash_ok": up["hash_ok"],
         "goodput_kernel_mbps": up["goodput_bps"] / 1e6, "goodput_model_mbps": model["goodput_bps"] / 1e6,
         "goodput_error": _error(model["goodput_bps"], up["goodput_bps"]),
         "kernel_per_ceiling": up["goodput_bps"] / ceiling, "model_per_ceiling": model["goodput_bps"] / ceiling,
-        "outcome_kernel": up["outcome"], "outcome_model": None,  # the grid compares transfers; see the middlebox rows
+        "outcome_kernel": up["outcome"] if mptcp else "tcp", "outcome_model": None,  # transfers only here
         "subflows_kernel": up["subflows"], "subflows_model": model["subflows"],
         "syns_kernel": up["syns"], "join_syns_kernel": up["join_syns"], "rsts_kernel": up["rsts"],
         "loss_rate_kernel": statistics.mean(measured_loss) if measured_loss else 0.0,
@@ -1324,6 +1373,11 @@ def _grid_row(label: str, rate_bps: float, loss_prob: float, rep: int, size_byte
         "rto_kernel": _tcp_ext(deltas, "TCPTimeouts"), "rto_model": model["timeouts"],
         "tlp_kernel": _tcp_ext(deltas, "TCPLossProbes"),
         "hystart_exits_kernel": _tcp_ext(deltas, "TCPHystartTrainDetect", "TCPHystartDelayDetect"),
+        "path0_share_kernel": up["path_rx_bytes"][0] / max(1, sum(up["path_rx_bytes"])),
+        "path0_share_model": model["subflow_bytes"][0] / max(1, sum(model["subflow_bytes"])),
+        "mptcp_reinjections_kernel": deltas.get("MPTcpExt.MPTCPRetrans", 0),
+        "duplicate_data_kernel": up["counter_deltas"]["converter"].get("MPTcpExt.DuplicateData", 0),
+        "syn_retransmissions_kernel": _tcp_ext(deltas, "TCPSynRetrans"),
         "receiver_zero_window_kernel": up["counter_deltas"]["converter"].get("TcpExt.TCPFromZeroWindowAdv", 0),
         "fast_recoveries_kernel": _tcp_ext(deltas, "TCPSackRecovery", "TCPRenoRecovery"),
         "fast_recoveries_model": model["fast_recoveries"], "retransmissions_model": model["retransmissions"],
@@ -1337,7 +1391,8 @@ def _middlebox_row(middlebox: str, size_bytes: int, up: dict, negotiation: dict,
     model_counters = {k: negotiation["mib"].get(k, 0) for k in MPTCP_COMPARED}
     capture = up["capture"] or {}
     return {
-        "kind": "middlebox", "point": f"middlebox {middlebox}", "rate_mbps": SHAPED_RATE_BPS / 1e6, "loss_prob": 0.0,
+        "kind": "middlebox", "point": f"middlebox {middlebox}", "route": up["route"],
+        "transfer": "through the converter, else TCP direct", "rate_mbps": SHAPED_RATE_BPS / 1e6, "loss_prob": 0.0,
         "middlebox": middlebox, "rep": 0, "bytes": size_bytes, "hash_ok": up["hash_ok"],
         "goodput_kernel_mbps": up["goodput_bps"] / 1e6, "goodput_model_mbps": model["goodput_bps"] / 1e6,
         "goodput_error": _error(model["goodput_bps"], up["goodput_bps"]),
@@ -1375,7 +1430,7 @@ def run(name: str, scale: Scale, progress: Callable[[str], None] = lambda line: 
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "scale": dataclasses.asdict(scale), "machine": machine() | {"load_average_before": load_before},
             "wall_s": time.monotonic() - started, **shared_facts(),
-            "settings": {"congestion_control": "cubic", "tcp_buffer_max_bytes": 16 * MIB,
+            "settings": {"congestion_control": "cubic", "tcp_buffer_max_bytes": 16 * MIB, "relay_cpu": RELAY_CPU,
                          "testbed_sysctls": TESTBED_SYSCTLS, "block_seed": BLOCK_SEED, "gb_bytes": GB},
             **result}
 
@@ -1404,90 +1459,110 @@ def _header(result: dict, title: str) -> list[str]:
             f"{result['wall_s']:.0f} s. Linux {k['kernel_release']}, {k['cpus']} CPUs, Python {k['python']}; load "
             f"average {m['load_average_before'][0]:.1f} before, {m['load_average'][0]:.1f} after (other work shares "
             f"these cores). CUBIC pinned, tcp_rmem/tcp_wmem maxima 16 MiB, tcp_no_metrics_save=1, TFO 0x207. "
-            f"Every transfer's SHA-256 checked at the receiver: {'all matched' if result['hashes_ok'] else 'MISMATCH'}.",
+            "Every transfer's SHA-256 checked at the receiver: "
+            f"{'all matched' if result['hashes_ok'] else 'MISMATCH'}.",
             ""]
 
 
-def markdown(result: dict) -> str:
-    name = result["benchmark"]
-    if name == "kernel-fastpath":
-        lines = _header(result, "Kernel fast path: the converter against the direct kernel path and a peer relay")
-        lines += ["Uploads client -> server, measured at the receiver; min / median / max over interleaved rounds; "
-                  "ratios computed per round against the direct runs of the same round. CPU s/GB: seconds of CPU per "
-                  "10^9 bytes; relay = the daemon's (or peer relay's) /proc/PID/stat; system = /proc/stat, the whole "
-                  "machine, raw and net of the background measured just before each run.", "",
-                  "| session | route | runs | goodput Mbit/s | / direct MPTCP | / direct TCP | relay CPU s/GB | "
-                  "system CPU s/GB | system net s/GB | endpoints CPU s/GB | subflows |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-        for s in result["summary"]:
-            lines.append(f"| {s['session']} | {s['route']} | {s['runs']} | {_range(s['goodput_mbps'], '.0f')} | "
-                         f"{_range(s['ratio_to_direct_mptcp'])} | {_range(s['ratio_to_direct_tcp'])} | "
-                         f"{_range(s['relay_cpu_s_per_gb'])} | {_range(s['system_cpu_s_per_gb'])} | "
-                         f"{_range(s['system_cpu_net_s_per_gb'])} | {_range(s['endpoints_cpu_s_per_gb'])} | "
-                         f"{_cell(s['subflows'])} |")
-        return "\n".join(lines + [""])
-    if name == "kernel-setup":
-        lines = _header(result, "Kernel setup: connection rate, setup latency and idle memory through the converter")
-        lines += ["Sequential connections (set up, echo 100 bytes and check it, close) from one client process, "
-                  f"{result['scale']['churn_conns']} per route and round, routes interleaved; setup = until the path "
-                  "can carry data (direct: connect(); converter: the Convert reply read). Connections/s and the ratio "
-                  "(per round) min / median / max; latencies over every connection.", "",
-                  "| route | connections | per s | / direct MPTCP | setup median ms | setup p90 ms | "
-                  "connection median ms | errors |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for r in result["churn"]:
-            lines.append(f"| {r['route']} | {r['connections']} | {_range(r['connections_per_s'], '.0f')} | "
-                         f"{_range(r['rate_ratio_to_direct_mptcp'])} | {_cell(r['setup_median_ms'], '.3f')} | "
-                         f"{_cell(r['setup_p90_ms'], '.3f')} | {_cell(r['connection_median_ms'], '.3f')} | "
-                         f"{r['errors']} |")
-        lines += ["", f"Idle connections ({result['scale']['idle_conns']} held at once, each after one 100-byte echo): "
-                  "slab bytes in use (/proc/slabinfo, machine-wide: client, relay and server sockets together) per "
-                  "connection, min / median / max over rounds; the proxy's share = the route's median minus direct "
-                  "MPTCP's (the endpoints' sockets).", "",
-                  "| route | rounds | slab KB/conn | drift-corrected KB/conn | proxy share KB/conn | relay RSS KB/conn |",
-                  "|---|---:|---:|---:|---:|---:|"]
-        for m in result["memory"]:
-            lines.append(f"| {m['route']} | {m['rounds']} | {_range(m['slab_kb_per_conn'], '.1f')} | "
-                         f"{_range(m['slab_kb_per_conn_drift_corrected'], '.1f')} | "
-                         f"{_cell(m['proxy_share_kb_per_conn'], '.1f')} | {_range(m['relay_rss_kb_per_conn'], '.1f')} |")
-        return "\n".join(lines + [""])
+def _table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A Markdown table; the first column left-aligned, the others right-aligned."""
+    align = ["---"] + ["---:"] * (len(columns) - 1)
+    return [f"| {' | '.join(columns)} |", f"|{'|'.join(align)}|", *(f"| {' | '.join(r)} |" for r in rows)]
+
+
+def _fastpath_markdown(result: dict) -> list[str]:
+    lines = _header(result, "Kernel fast path: the converter against the direct kernel path and a peer relay")
+    lines += ["Uploads client -> server, measured at the receiver; min / median / max over interleaved rounds; ratios "
+              "computed per round against the direct runs of the same round. CPU s/GB: CPU seconds per 10^9 bytes. "
+              "relay: the daemon's (or peer relay's) /proc/PID/stat, the relay pinned to CPU "
+              f"{result['settings']['relay_cpu']} (every veth's receive softirq runs on CPU 0: rps_cpus=1); softirq: "
+              "/proc/stat's softirq time, all CPUs (the packet processing of every hop); system: /proc/stat busy "
+              "time, all CPUs, raw and net of the background measured just before each run; endpoints: the sender's "
+              "and the receiver's own getrusage (the receiver hashes every byte); other load: busy CPUs of the "
+              "machine in the 0.25 s before each run (2 = both cores busy with other work).", ""]
+    keys = ("ratio_to_direct_mptcp", "ratio_to_direct_tcp", "relay_cpu_s_per_gb", "softirq_cpu_s_per_gb",
+            "system_cpu_s_per_gb", "system_cpu_net_s_per_gb", "endpoints_cpu_s_per_gb", "background_busy_cpus")
+    rows = [[s["session"], s["route"], str(s["runs"]), _range(s["goodput_mbps"], ".0f"),
+             *(_range(s[k]) for k in keys), _cell(s["subflows"])] for s in result["summary"]]
+    return lines + _table(["session", "route", "runs", "goodput Mbit/s", "/ direct MPTCP", "/ direct TCP",
+                           "relay CPU s/GB", "softirq s/GB", "system CPU s/GB", "system net s/GB",
+                           "endpoints CPU s/GB", "other load CPUs", "subflows"], rows)
+
+
+def _setup_markdown(result: dict) -> list[str]:
+    lines = _header(result, "Kernel setup: connection rate, setup latency and idle memory through the converter")
+    lines += ["Sequential connections (set up, echo 100 bytes and check it, close) from one client process, "
+              f"{result['scale']['churn_conns']} per route and round, routes interleaved; setup = until the path can "
+              "carry data (direct: connect(); converter: the Convert reply read). Connections/s and the ratio (per "
+              "round) min / median / max; latencies over every connection.", ""]
+    lines += _table(["route", "connections", "per s", "/ direct MPTCP", "setup median ms", "setup p90 ms",
+                     "connection median ms", "errors"],
+                    [[r["route"], str(r["connections"]), _range(r["connections_per_s"], ".0f"),
+                      _range(r["rate_ratio_to_direct_mptcp"]), _cell(r["setup_median_ms"], ".3f"),
+                      _cell(r["setup_p90_ms"], ".3f"), _cell(r["connection_median_ms"], ".3f"), str(r["errors"])]
+                     for r in result["churn"]])
+    lines += ["", f"Idle connections ({result['scale']['idle_conns']} held at once, each after one 100-byte echo): "
+              "slab bytes in use (/proc/slabinfo, machine-wide: client, relay and server sockets together) per "
+              "connection, min / median / max over rounds; drift-corrected: against the mean of before and after the "
+              "close. The proxy's share = the route's drift-corrected median minus the endpoints' sockets (half of "
+              "direct MPTCP: the client's MPTCP socket and two subflows; half of direct TCP: the server's TCP "
+              "socket).", ""]
+    return lines + _table(["route", "rounds", "slab KB/conn", "drift-corrected KB/conn", "proxy share KB/conn",
+                           "relay RSS KB/conn"],
+                          [[m["route"], str(m["rounds"]), _range(m["slab_kb_per_conn"], ".1f"),
+                            _range(m["slab_kb_per_conn_drift_corrected"], ".1f"),
+                            _cell(m["proxy_share_kb_per_conn"], ".1f"), _range(m["relay_rss_kb_per_conn"], ".1f")]
+                           for m in result["memory"]])
+
+
+def _model_markdown(result: dict) -> list[str]:
     lines = _header(result, "The model against the kernel")
     s, rtt = result["model_settings"], result["base_rtt"]
     lines += [f"Model: one-way delay {s['one_way_delay_s'] * 1e6:.1f} us per path (half the testbed's base RTT: "
-              f"{rtt['rtt_min_s'] * 1e6:.0f} us, the shortest of {rtt['samples']} connects to a closed port), "
-              f"rate x 1500/1514, "
-              f"queue {s['queue_s'] * 1e3:.0f} ms at rate, loss after the queue on both directions, CUBIC, buffers "
-              f"{s['buffer_bytes'] // MIB} MiB. Kernel knobs copied: {result['kernel_knobs']}. Error = (model - kernel) "
-              f"/ kernel. Explanations: docs/kernel-bench.md.", "",
-              "| point | rep | kernel Mbit/s | model Mbit/s | error | kernel / ceiling | model / ceiling | "
-              "loss kernel | loss model | RTOs kernel | TLPs kernel | RTOs model | recoveries kernel | recoveries model |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in (r for r in result["rows"] if r["kind"] == "grid"):
-        lines.append(f"| {r['point']} | {r['rep']} | {r['goodput_kernel_mbps']:.2f} | {r['goodput_model_mbps']:.2f} | "
-                     f"{_pct(r['goodput_error'])} | {r['kernel_per_ceiling']:.3f} | {r['model_per_ceiling']:.3f} | "
-                     f"{r['loss_rate_kernel']:.2%} | {r['loss_rate_model']:.2%} | {r['rto_kernel']} | "
-                     f"{r['tlp_kernel']} | {r['rto_model']} | {r['fast_recoveries_kernel']} | "
-                     f"{r['fast_recoveries_model']} |")
+              f"{rtt['rtt_min_s'] * 1e6:.0f} us, the shortest of {rtt['samples']} connects to a closed port), rate x "
+              f"1500/1514, queue {s['queue_s'] * 1e3:.0f} ms at rate, loss after the queue on both directions, CUBIC, "
+              f"buffers {s['buffer_bytes'] // MIB} MiB. Kernel knobs copied: {result['kernel_knobs']}. Error = "
+              "(model - kernel) / kernel. Ceiling: rate x 1420/1514 per path for MPTCP (DSS), x 1448/1514 for TCP. "
+              "Explanations: docs/kernel-bench.md.", ""]
+    grid = sorted((r for r in result["rows"] if r["kind"] != "middlebox"),
+                  key=lambda r: r["kind"] == "grid-tcp")  # MPTCP rows first, then the TCP control
+    lines += _table(["point", "transfer", "rep", "kernel Mbit/s", "model Mbit/s", "error", "kernel / ceiling",
+                     "model / ceiling", "loss kernel", "loss model", "RTOs kernel", "TLPs kernel", "RTOs model",
+                     "recoveries kernel", "recoveries model", "path 0 share k / m", "MPTCP reinjections k"],
+                    [[r["point"], r["transfer"], str(r["rep"]), f"{r['goodput_kernel_mbps']:.2f}",
+                      f"{r['goodput_model_mbps']:.2f}", _pct(r["goodput_error"]), f"{r['kernel_per_ceiling']:.3f}",
+                      f"{r['model_per_ceiling']:.3f}", f"{r['loss_rate_kernel']:.2%}", f"{r['loss_rate_model']:.2%}",
+                      *(str(r[k]) for k in ("rto_kernel", "tlp_kernel", "rto_model", "fast_recoveries_kernel",
+                                            "fast_recoveries_model")),
+                      f"{r['path0_share_kernel']:.2f} / {r['path0_share_model']:.2f}",
+                      str(r["mptcp_reinjections_kernel"])] for r in grid])
     lines += ["", "Middlebox rules on path 0 (both paths 50 Mbit/s): the client's view (kernel: the live client and "
-              "its namespace's counters; model: ClientHost's record and MIB).", "",
-              "| middlebox | outcome kernel / model | via converter k / m | setup ms kernel / model | SYNs k / m | "
-              "RSTs k / m | SYN times s kernel | SYN times s model | MPTcpExt differing | goodput k / m Mbit/s | error |",
-              "|---|---|---|---:|---:|---:|---|---|---|---:|---:|"]
-    for r in (r for r in result["rows"] if r["kind"] == "middlebox"):
-        lines.append(f"| {r['middlebox']} | {r['outcome_kernel']} / {r['outcome_model']} | "
-                     f"{r['via_converter_kernel']} / {r['via_converter_model']} | {1e3 * r['setup_kernel_s']:.2f} / "
-                     f"{1e3 * r['setup_model_s']:.2f} | {r['syns_kernel']} (+{r['join_syns_kernel']} join) / "
-                     f"{r['syns_model']} | {r['rsts_kernel']} / {r['rsts_model']} | "
-                     f"{_cell(r['syn_times_kernel_s'], '.2f')} | {_cell(r['syn_times_model_s'], '.2f')} | "
-                     f"{', '.join(r['mptcp_counters_differ']) or 'none'} | {r['goodput_kernel_mbps']:.1f} / "
-                     f"{r['goodput_model_mbps']:.1f} | {_pct(r['goodput_error'])} |")
-    return "\n".join(lines + [""])
+              "its namespace's counters; model: ClientHost's record and MIB). SYN times: every SYN the client sent "
+              "(the kernel's include MP_JOIN), relative to the first.", ""]
+    return lines + _table(["middlebox", "outcome kernel / model", "via converter k / m", "setup ms kernel / model",
+                           "SYNs k / m", "RSTs k / m", "SYN times s kernel", "SYN times s model", "MPTcpExt differing",
+                           "goodput k / m Mbit/s", "error"],
+                          [[r["middlebox"], f"{r['outcome_kernel']} / {r['outcome_model']}",
+                            f"{r['via_converter_kernel']} / {r['via_converter_model']}",
+                            f"{1e3 * r['setup_kernel_s']:.2f} / {1e3 * r['setup_model_s']:.2f}",
+                            f"{r['syns_kernel']} (+{r['join_syns_kernel']} join) / {r['syns_model']}",
+                            f"{r['rsts_kernel']} / {r['rsts_model']}", _cell(r["syn_times_kernel_s"], ".2f"),
+                            _cell(r["syn_times_model_s"], ".2f"), ", ".join(r["mptcp_counters_differ"]) or "none",
+                            f"{r['goodput_kernel_mbps']:.1f} / {r['goodput_model_mbps']:.1f}",
+                            _pct(r["goodput_error"])] for r in result["rows"] if r["kind"] == "middlebox"])
+
+
+def markdown(result: dict) -> str:
+    write = {"kernel-fastpath": _fastpath_markdown, "kernel-setup": _setup_markdown, "kernel-model": _model_markdown}
+    return "\n".join(write[result["benchmark"]](result) + [""])
 
 
 def csv_rows(result: dict) -> list[dict]:
     if result["benchmark"] == "kernel-fastpath":
         return result["rows"]
     if result["benchmark"] == "kernel-setup":
-        churn = [{k: v for k, v in r.items() if not k.endswith("_us")} | {"table": "churn"} for r in result["churn_rows"]]
+        churn = [{k: v for k, v in r.items() if not k.endswith("_us")} | {"table": "churn"}
+                 for r in result["churn_rows"]]
         return churn + [r | {"table": "memory"} for r in result["memory_rows"]]
     return [{k: v for k, v in r.items() if k != "counter_deltas_kernel"} for r in result["rows"]]
 
@@ -1500,19 +1575,22 @@ def plot_model(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = result["rows"]
-    fig, (ax, ax_err) = plt.subplots(1, 2, figsize=(13, 5.5), gridspec_kw={"width_ratios": [1, 1.3]})
-    for kind, marker in (("grid", "o"), ("middlebox", "s")):
+    fig, (ax, ax_err) = plt.subplots(1, 2, figsize=(14, 7), gridspec_kw={"width_ratios": [1, 1.3]})
+    styles = {"grid": ("o", "tab:blue", "MPTCP via converter, 2 paths"), "grid-tcp": ("^", "tab:green", "TCP direct"),
+              "middlebox": ("s", "tab:orange", "middlebox rules")}
+    for kind, (marker, colour, label) in styles.items():
         mine = [r for r in rows if r["kind"] == kind]
         ax.scatter([r["goodput_kernel_mbps"] for r in mine], [r["goodput_model_mbps"] for r in mine], marker=marker,
-                   label=kind)
+                   color=colour, label=label)
     top = max([r["goodput_kernel_mbps"] for r in rows] + [r["goodput_model_mbps"] for r in rows]) * 1.08
     ax.plot([0, top], [0, top], color="grey", linewidth=1, label="y = x")
     ax.set(xlim=(0, top), ylim=(0, top), xlabel="kernel goodput (Mbit/s)", ylabel="model goodput (Mbit/s)",
            title="Goodput: model against kernel")
     ax.legend()
-    labels = [f"{r['point']} #{r['rep']}" if r["kind"] == "grid" else r["point"] for r in rows]
+    labels = [r["point"] if r["kind"] == "middlebox" else
+              f"{r['point']}, {'TCP' if r['kind'] == 'grid-tcp' else 'MPTCP'} #{r['rep']}" for r in rows]
     errors = [100 * (r["goodput_error"] or 0.0) for r in rows]
-    ax_err.barh(range(len(rows)), errors, color=["tab:blue" if r["kind"] == "grid" else "tab:orange" for r in rows])
+    ax_err.barh(range(len(rows)), errors, color=[styles[r["kind"]][1] for r in rows])
     ax_err.set_yticks(range(len(rows)), labels, fontsize=8)
     ax_err.axvline(0, color="grey", linewidth=1)
     ax_err.invert_yaxis()

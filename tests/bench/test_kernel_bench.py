@@ -1,0 +1,127 @@
+"""The kernel benchmarks' machinery runs end to end at the smallest scale and records what it measured.
+
+Not a benchmark (benchmarks/kernel.py prints and records the figures) and no timing assertions: these
+tests check that every benchmark completes on the testbed, that its result has the expected
+structure, that every transfer's SHA-256 matched, and that the files are written. Root only (network
+namespaces); elsewhere they skip with the reason. The model-only checks run everywhere.
+"""
+
+import json
+import os
+
+import pytest
+
+from mpsim.bench import kernel
+from mpsim.testbed import TestbedUnavailable
+
+SMOKE = kernel.SCALES["smoke"]
+
+
+def _unavailable_reason() -> str | None:
+    reason = kernel.not_root_reason()
+    if reason:
+        return reason
+    from mpsim.testbed import probe
+
+    caps = probe()
+    lacks = caps.missing(rate=True, loss=True, strip=True, nft_middlebox=True)
+    if not caps.mptcp:
+        lacks.append("MPTCP is not enabled in this kernel")
+    return "; ".join(lacks) or None
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    reason = _unavailable_reason()
+    if reason:
+        pytest.skip(f"kernel benchmarks unavailable: {reason}")
+    out, lines = {}, []
+    try:
+        for name in kernel.BENCHMARKS:   # about 15 s in all
+            out[name] = kernel.run(name, SMOKE, progress=lines.append)
+    except TestbedUnavailable as err:
+        pytest.skip(f"kernel benchmarks unavailable: {err}")
+    out["files"] = [path for r in out.values() for path in kernel.write_results(r, tmp_path_factory.mktemp("kernel"))]
+    out["progress"] = lines
+    return out
+
+
+def test_fastpath_measures_every_route_with_matching_hashes_and_relay_cpu(results):
+    fast = results["fastpath"]
+    assert fast["hashes_ok"] and all(r["hash_ok"] and r["received_bytes"] == r["bytes"] for r in fast["rows"])
+    assert {s["route"] for s in fast["summary"]} == set(SMOKE.fast_configs) | set(SMOKE.shaped_configs)
+    for row in fast["rows"]:
+        assert row["goodput_bps"] > 0 and row["system_cpu_s_per_gb"] is not None
+        relayed = kernel.ROUTES[row["route"]].relay is not None
+        assert (row["relay_cpu_s_per_gb"] is not None) == relayed
+        if row["route"] == "converter-auto":
+            assert row["via_converter"] and row["subflows"] == 2   # MPTCP on the client's leg, both paths
+    assert {"unshaped", "shaped"} == set(fast["testbeds"])
+    assert "MPTcpExt.MPJoinSynTx" in fast["testbeds"]["unshaped"]["mptcp_counters_after"]["client"]
+
+
+def test_setup_counts_connections_and_idle_memory(results):
+    setup = results["setup"]
+    assert setup["hashes_ok"]   # every echo came back intact
+    assert {r["route"] for r in setup["churn"]} == set(SMOKE.churn_configs)
+    for row in setup["churn"]:
+        assert row["connections"] == SMOKE.churn_conns * SMOKE.churn_rounds and row["errors"] == 0
+        assert row["setup_median_ms"] <= row["setup_p90_ms"]
+    [memory] = setup["memory_rows"]
+    assert memory["connections"] == SMOKE.idle_conns and memory["relay_rss_bytes_per_conn"] is not None
+
+
+def test_model_rows_compare_goodput_negotiation_and_counters(results):
+    model = results["model"]
+    assert model["hashes_ok"]
+    grid = [r for r in model["rows"] if r["kind"] in ("grid", "grid-tcp")]
+    boxes = [r for r in model["rows"] if r["kind"] == "middlebox"]
+    points = len(SMOKE.grid_rates_bps) * len(SMOKE.grid_losses) * SMOKE.grid_reps
+    assert [r["kind"] for r in grid].count("grid") == [r["kind"] for r in grid].count("grid-tcp") == points
+    assert [r["middlebox"] for r in boxes] == list(SMOKE.middleboxes)
+    for row in grid + boxes:
+        assert row["goodput_kernel_mbps"] > 0 and row["goodput_model_mbps"] > 0
+        assert row["goodput_error"] is not None
+    for row in boxes:   # strip MPTCP from the SYN: converted, but the client's leg fell back to TCP
+        assert row["outcome_kernel"] == row["outcome_model"] == "fallback_tcp"
+        assert row["mptcp_counters_kernel"]["MPTcpExt.MPCapableFallbackSYNACK"] == 1
+    assert model["kernel_knobs"]["syn_retrans_before_tcp_fallback"] >= 0
+    assert 0 < model["model_settings"]["one_way_delay_s"] < 0.01
+
+
+def test_results_are_written_as_json_csv_markdown_and_a_plot(results):
+    names = {path.name for path in results["files"]}
+    for name in kernel.BENCHMARKS:
+        assert {f"kernel_{name}.json", f"kernel_{name}.csv", f"kernel_{name}.md"} <= names
+    assert "kernel_model.png" in names
+    stored = json.loads(next(p for p in results["files"] if p.name == "kernel_model.json").read_text())
+    assert stored["kernel"]["kernel_release"] == os.uname().release
+    assert stored["settings"]["congestion_control"] == "cubic"
+    assert all(t["congestion_control"] == "cubic" for t in stored["testbeds"].values())
+
+
+def test_not_root_is_a_clear_message_and_exit_2(monkeypatch, capsys):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert kernel.main(["all", "--quick"]) == 2
+    assert "root" in capsys.readouterr().err
+
+
+def test_model_goodput_of_a_lossless_path_is_its_ceiling():
+    settings = kernel.ModelSettings(one_way_delay_s=20e-6)
+    size = int(10_000_000 * 1420 / 1514 / 8 * 2)
+    result = kernel.model_goodput(settings, 10_000_000, 0.0, size, mptcp=True, seed=1)
+    ceiling = 2 * 10_000_000 * 1420 / 1514
+    assert result["completed"] and result["subflows"] == 2
+    assert 0.97 < result["goodput_bps"] / ceiling <= 1.001
+
+
+def test_model_negotiation_takes_the_kernels_knobs():
+    settings = kernel.ModelSettings(one_way_delay_s=20e-6)
+    knobs = {"syn_retrans_before_tcp_fallback": 2, "tcp_syn_retries": 6, "tcp_syn_linear_timeouts": 4,
+             "blackhole_timeout_s": 3600}
+    clean = kernel.model_negotiation(settings, "none", 50_000_000, knobs)
+    assert clean["outcome"] == "converted" and clean["syns"] == 1 and clean["rsts"] == 0
+    dropped = kernel.model_negotiation(settings, "drop_mp_capable_syn", 50_000_000, knobs)
+    # MP_CAPABLE SYNs at 0, 1, 3 s, a plain one at 7 s (exponential back-off), then direct TCP
+    assert dropped["outcome"] == "fallback_tcp" and dropped["syn_times_s"][:4] == [0.0, 1.0, 3.0, 7.0]
+    assert dropped["mib"]["MPTcpExt.MPCapableSYNTXDrop"] == 1
