@@ -49,11 +49,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from mpsim import __version__
+from mpsim.bench import write_json_and_markdown
 from mpsim.errors import MpsimError
 
 GB = 1e9  # CPU seconds per GB: per 10^9 payload bytes
@@ -1146,6 +1147,8 @@ def model_negotiation(settings: ModelSettings, middlebox: str, rate_bps: float,
     sim.client.mptcp_policy = MptcpPolicy(syn_retrans_before_tcp_fallback=knobs["syn_retrans_before_tcp_fallback"],
                                           blackhole_timeout_s=knobs["blackhole_timeout_s"])
     sim.client.mptcp_blackhole = MptcpBlackholeState(sim.client.mptcp_policy)
+    # ... and the kernel's SYN schedule (tcp_syn_linear_timeouts: 0, 1, 2, 3 s on this kernel).
+    sim.client.policy = replace(sim.client.policy, syn_linear_timeouts=knobs.get("tcp_syn_linear_timeouts", 0))
     network = sim.networks["path0"]
     for policy in model_filters(middlebox):
         network.up.filters.append(policy.forward)
@@ -1605,9 +1608,7 @@ def write_results(result: dict, out_dir: Path) -> list[Path]:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / result["benchmark"].replace("-", "_")
-    paths = [stem.with_suffix(".json"), stem.with_suffix(".md"), stem.with_suffix(".csv")]
-    paths[0].write_text(json.dumps(result, indent=1, default=str) + "\n")
-    paths[1].write_text(markdown(result))
+    paths = [*write_json_and_markdown(result, markdown(result), out_dir, stem.name), stem.with_suffix(".csv")]
     rows = csv_rows(result)
     fields = list(dict.fromkeys(k for r in rows for k in r))
     with open(paths[2], "w", newline="") as f:

@@ -45,7 +45,6 @@ import dataclasses
 import datetime
 import gc
 import importlib.metadata
-import json
 import os
 import platform
 import random
@@ -61,6 +60,7 @@ from typing import Any
 import simpy
 
 from mpsim import __version__
+from mpsim.bench import write_json_and_markdown
 from mpsim.proto.client import ClientHost, ClientPolicy, ConnectionFinished, Request, Scheme
 from mpsim.proto.convert import ConverterHost, ConverterPolicy
 from mpsim.proto.harness import Harness
@@ -592,12 +592,8 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def write_results(results: dict[str, Any], out_dir: Path, stem: str = "simulator") -> tuple[Path, Path]:
-    """``out_dir/stem.json`` (everything) and ``out_dir/stem.md`` (the short table)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    json_path.write_text(json.dumps(results, indent=2) + "\n")
-    md_path.write_text(markdown(results))
-    return json_path, md_path
+    """``out_dir/simulator.json`` and ``out_dir/simulator.md``."""
+    return write_json_and_markdown(results, markdown(results), out_dir, stem)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -46,6 +45,7 @@ from typing import Any
 import pandas as pd
 
 from mpsim import __version__
+from mpsim.bench import write_json_and_markdown
 from mpsim.experiment.results import git_revision
 from mpsim.experiment.sweep import default_workers
 
@@ -205,11 +205,8 @@ def _number(value: float | None) -> str:
 
 
 def write_results(results: dict[str, Any], out_dir: Path, stem: str = "sweep") -> tuple[Path, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    json_path.write_text(json.dumps(results, indent=2) + "\n")
-    md_path.write_text(markdown(results))
-    return json_path, md_path
+    """``out_dir/sweep.json`` and ``out_dir/sweep.md``."""
+    return write_json_and_markdown(results, markdown(results), out_dir, stem)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

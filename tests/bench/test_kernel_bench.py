@@ -122,6 +122,10 @@ def test_model_negotiation_takes_the_kernels_knobs():
     clean = kernel.model_negotiation(settings, "none", 50_000_000, knobs)
     assert clean["outcome"] == "converted" and clean["syns"] == 1 and clean["rsts"] == 0
     dropped = kernel.model_negotiation(settings, "drop_mp_capable_syn", 50_000_000, knobs)
-    # MP_CAPABLE SYNs at 0, 1, 3 s, a plain one at 7 s (exponential back-off), then direct TCP
-    assert dropped["outcome"] == "fallback_tcp" and dropped["syn_times_s"][:4] == [0.0, 1.0, 3.0, 7.0]
+    # With the kernel's tcp_syn_linear_timeouts=4: MP_CAPABLE SYNs at 0, 1, 2 s and a plain one at
+    # 3 s, as captured in the testbed; without it, the classic 0, 1, 3, 7 s.
+    assert dropped["outcome"] == "fallback_tcp" and dropped["syn_times_s"][:4] == [0.0, 1.0, 2.0, 3.0]
+    classic = kernel.model_negotiation(settings, "drop_mp_capable_syn", 50_000_000,
+                                       {**knobs, "tcp_syn_linear_timeouts": 0})
+    assert classic["syn_times_s"][:4] == [0.0, 1.0, 3.0, 7.0]
     assert dropped["mib"]["MPTcpExt.MPCapableSYNTXDrop"] == 1
