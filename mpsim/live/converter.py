@@ -83,6 +83,12 @@ EXIT_USER_ERROR = 2  # usage or kernel settings: something the operator can fix
 _REQUEST_READ_BYTES = MAX_TOTAL_LENGTH_WORDS * 4
 _ACCEPTS_PER_WAKEUP = 64
 _MAX_LOOP_WAIT_S = 1.0
+# While a relay is moving bytes, look at it again this often even without a readiness event: a
+# rare relay stall (one transfer in thousands, both pumps waiting on an MPTCP socket that had
+# become ready) showed that a wake-up can be missed; a bounded re-check costs a few wake-ups a
+# second per active relay and nothing once it goes idle.
+_RELAY_RECHECK_S = 0.2
+_RELAY_ACTIVE_S = 2.0  # a relay counts as active this long after it last moved a byte
 _ACCEPT_ERROR_PAUSE_S = 0.5
 #: Upstream connections without a downstream one (reading the request, or closing after an
 #: error) beyond the sessions that hold one: past this the listeners pause and the kernel's backlog waits.
@@ -156,7 +162,7 @@ class _Conn:
 
     __slots__ = ("id", "up", "down", "client", "session", "phase", "to_client", "to_server", "up2down",
                  "down2up", "closing_deadline", "scheduled", "started", "down_family", "events", "eof_seen",
-                 "fin_sent", "reset_sent")
+                 "fin_sent", "reset_sent", "last_progress_s", "relayed_bytes")
 
     def __init__(self, conn_id: int, up: socket.socket, client: str, session: ConverterSession, now: float) -> None:
         self.id = conn_id
@@ -177,6 +183,8 @@ class _Conn:
         self.eof_seen = False  # the client's FIN (or reset) was read
         self.fin_sent = False  # closing: our FIN after the reply
         self.reset_sent = False  # a leg was closed with RST
+        self.last_progress_s = now  # the last time a pump moved bytes (for the stall re-check)
+        self.relayed_bytes = 0
 
 
 class ConverterDaemon:
@@ -475,6 +483,7 @@ class ConverterDaemon:
 
     def _pump(self, conn: _Conn, now: float) -> None:
         session = conn.session
+        self._note_progress(conn, now)
         for pump, source in ((conn.up2down, "up"), (conn.down2up, "down")):
             if pump is None or conn.phase != "relaying":
                 continue
@@ -492,6 +501,13 @@ class ConverterDaemon:
                 else:
                     session.downstream_reset(now)
             self._apply(conn, now)
+        self._note_progress(conn, now)
+
+    @staticmethod
+    def _note_progress(conn: _Conn, now: float) -> None:
+        relayed = sum(p.relayed_bytes for p in (conn.up2down, conn.down2up) if p is not None)
+        if relayed != conn.relayed_bytes:
+            conn.relayed_bytes, conn.last_progress_s = relayed, now
 
     # --- one connection: the session's decisions -------------------------------------------------------
 
@@ -591,8 +607,12 @@ class ConverterDaemon:
         self._register(conn, "up", conn.up, self._events_up(conn))
         self._register(conn, "down", conn.down, self._events_down(conn))
         deadlines = [d for d in (conn.session.get_timer(), conn.closing_deadline) if d is not None]
+        if conn.phase == "relaying" and now - conn.last_progress_s < _RELAY_ACTIVE_S:
+            deadlines.append(now + _RELAY_RECHECK_S)
         deadline = min(deadlines, default=None)
-        if deadline is not None and deadline != conn.scheduled:
+        # Keep an earlier wake-up that is still pending (it re-evaluates when it fires), so the
+        # moving re-check deadline does not push a heap entry per event.
+        if deadline is not None and (conn.scheduled is None or deadline < conn.scheduled or conn.scheduled < now):
             conn.scheduled = deadline
             self._timer_seq += 1
             heapq.heappush(self._timers, (deadline, self._timer_seq, conn.id))
@@ -720,6 +740,12 @@ class ConverterDaemon:
                 except Exception as err:
                     self._internal_error(conn, err)
             else:
+                if conn.phase == "relaying":
+                    try:
+                        self._pump(conn, now)  # the stall re-check: move what can move now
+                    except Exception as err:
+                        self._internal_error(conn, err)
+                        continue
                 self._settle(conn, now)
 
     # --- logging ---------------------------------------------------------------------------------------
