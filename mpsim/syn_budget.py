@@ -1,6 +1,6 @@
 """What each signalling scheme puts in the client's first SYN, measured on bytes the codecs encode.
 
-For one destination, every scheme of DESIGN.md section 4 builds the SYN it would send with
+For one destination, every scheme of docs/design.md section 4 builds the SYN it would send with
 :mod:`mpsim.wire` (option list and payload), and the budget reads the sizes off the encoded
 bytes: option bytes out of the 40 a TCP header holds, SYN payload bytes, whether that fits, and
 the round trips to the first response byte that follow. Nothing here is a typed-in size: change
@@ -135,7 +135,7 @@ class SynBudget:
 
 
 def syn_budget(address: IpAddress, port: int) -> list[SynBudget]:
-    """One row per scheme, in the order of DESIGN.md section 4."""
+    """One row per scheme, in the order of docs/design.md section 4."""
     rows = []
     for scheme in Scheme:
         syn = scheme_syn(scheme, address, port)
@@ -191,7 +191,7 @@ def format_budget(destinations: Iterable[tuple[IpAddress, int]] = DEFAULT_DESTIN
 # --- one real SYN ---------------------------------------------------------------------------------
 
 #: The demonstration SYN's endpoints: a client and a converter from the documentation ranges.
-#: RFC 8803 assigns the converter no port; 1234 is libconvert's default (protocols.md 1.3).
+#: RFC 8803 assigns the converter no port; 1234 is libconvert's default (docs/protocols.md 1.3).
 DEMO_CLIENT: tuple[IPv4Address, int] = (IPv4Address("198.51.100.10"), 40000)
 DEMO_CONVERTER: tuple[IPv4Address, int] = (IPv4Address("203.0.113.1"), 1234)
 DEMO_ISN = 0x5EED0001  # any initial sequence number will do

@@ -223,7 +223,7 @@ V4, V6 = syn_budget.DEFAULT_DESTINATIONS
 
 
 @pytest.mark.parametrize("destination,scheme,option_bytes,payload_bytes,fits,rtts", [
-    # Linux SYN 20 bytes; + MP_CAPABLE 4 (docs/mp-convert.md, protocols.md 3.6).
+    # Linux SYN 20 bytes; + MP_CAPABLE 4 (docs/mp-convert.md, docs/protocols.md 3.6).
     (V4, Scheme.PLAIN, 20, 0, True, 2),
     (V4, Scheme.MPTCP, 24, 0, True, 2),
     # + MP_CONVERT with port: IPv4 34 padded to 36 fits; IPv6 46 padded to 48 does not.

@@ -1,4 +1,4 @@
-"""The layering rule of DESIGN.md section 2: wire and proto are pure (no I/O, no clocks, no global
+"""The layering rule of docs/design.md section 2: wire and proto are pure (no I/O, no clocks, no global
 randomness, no simulator). Checked twice: statically (every import statement, with ast) and at
 run time (a fresh interpreter imports the packages and reports what got loaded that a bare
 interpreter did not already have)."""

@@ -1,5 +1,5 @@
 """Plots of sweep results. Each function takes a DataFrame and a matplotlib ``ax`` and returns the
-``ax`` (DESIGN.md section 6), so a notebook and ``mpsim plot`` draw with the same code; none
+``ax`` (docs/design.md section 6), so a notebook and ``mpsim plot`` draw with the same code; none
 imports pyplot, so the caller chooses the backend (the CLI uses Agg).
 
 * :func:`line`, :func:`bar` and :func:`heatmap` draw a summary table

@@ -1,6 +1,6 @@
 """The results of running a scenario: tables, a manifest, a readable summary, files.
 
-Tables (pandas DataFrames, DESIGN.md section 6), one row per
+Tables (pandas DataFrames, docs/design.md section 6), one row per
 
 * ``connections``: connection attempt, i.e. request (the client's ConnectionRecord, with the
   variant, the run index, the networks the client was on when it started, and ``setup_rtts`` /

@@ -52,7 +52,7 @@ class ConvertError(MpsimError):
     """A Convert attempt failed after the converter was reached. ``code``: the Error TLV's code
     (a :class:`ConvertErrorCode` when known), None when there was no Error TLV (the SYN payload
     was not ACKed, the reply was missing or invalid); ``reply``: what the exchange concluded, with
-    its advice (protocols.md 8.3) and fallback reason."""
+    its advice (docs/protocols.md 8.3) and fallback reason."""
 
     def __init__(self, message: str, *, code: int | None = None, reply: ConvertReply | None = None) -> None:
         super().__init__(message)

@@ -5,14 +5,14 @@ The converter relays each direction of a converted connection with a :class:`Pum
 * ``SPLICE``: socket -> pipe -> socket with :func:`os.splice`, the bytes never enter Python.
 * ``COPY``: ``recv_into`` a buffer, ``send`` it on.
 
-Neither wins everywhere on Linux 6.18 (kernel-testbed.md): splicing *from* an MPTCP socket is not
+Neither wins everywhere on Linux 6.18 (docs/kernel-facts.md): splicing *from* an MPTCP socket is not
 zero-copy (MPTCP has no splice_read) and costs more CPU than recv/send (723 vs 510 ms/GB), while
 splicing from a TCP socket is cheaper (TCP->MPTCP 603 vs 767, TCP->TCP about 360 vs 580). So
 ``AUTO`` picks per direction, by the source socket's protocol (:func:`mode_for`).
 
 Pipes and buffers are taken from pools only while bytes are in flight and given back when the
 direction is drained: an idle relayed connection holds neither (eager 1 MiB buffers cut the
-connection rate, kernel-testbed.md).
+connection rate, docs/kernel-facts.md).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ the options it refused (Error 33) and the Convert versions it supports (Error 0)
 the client learned about the server itself — MPTCP capability seen through the Extended TCP Header
 TLV, so the client can bypass the converter next time (RFC 8803 5, Figure 11).
 
-A cached "off" is the fragile part of the 2016 debate (protocols.md 2.6): it must be re-probed
+A cached "off" is the fragile part of the 2016 debate (docs/protocols.md 2.6): it must be re-probed
 when it may have gone stale. Four triggers are inputs here, each tested: a new proxy is
 discovered (its entry starts afresh), the host reboots (volatile state is lost), the host attaches
 to a new network (other middleboxes: every verdict is re-probed, cookies kept unless bound to the
@@ -39,7 +39,7 @@ class ReprobeTrigger(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class CachePolicy:
-    """How long verdicts last. RFC 8803 leaves all of this to the implementation (protocols.md 9.6)."""
+    """How long verdicts last. RFC 8803 leaves all of this to the implementation (docs/protocols.md 9.6)."""
 
     off_reprobe_s: float | None = 3600.0  # None: an "off" verdict lasts until another trigger
     not_authorized_reprobe_s: float | None = None

@@ -7,7 +7,7 @@ carries the request, or is reset and replaced by a fallback attempt. Every logic
 ends with one :class:`ConnectionRecord` (emitted as :class:`ConnectionFinished`): the ``outcome``,
 the ``fallback_reason``, setup and first-byte times, SYNs, RSTs and source ports it cost.
 
-Schemes (DESIGN.md section 4):
+Schemes (docs/design.md section 4):
 
 ====================  ===========================================================================
 plain                 ordinary TCP to the server
@@ -22,7 +22,7 @@ socks5                RFC 1928 through a proxy: greeting and CONNECT after the h
 
 Fallback after a failed proxy attempt goes to a named target (:class:`FallbackTarget`): direct
 MPTCP, direct plain TCP, or the next configured proxy. A fallback always uses a new source port:
-the old 4-tuple is quarantined by the host (the RST may be lost, protocols.md 5).
+the old 4-tuple is quarantined by the host (the RST may be lost, docs/protocols.md 5).
 
 How answers are read (the proxies are mpsim/proto/convert.py, mp_convert_proxy.py, socks5_proxy.py):
 
@@ -102,7 +102,7 @@ class Scheme(enum.Enum):
 
 
 class FallbackTarget(enum.Enum):
-    """Where a client goes when its proxy attempt fails (RFC 8803 leaves it open, protocols.md 8.1)."""
+    """Where a client goes when its proxy attempt fails (RFC 8803 leaves it open, docs/protocols.md 8.1)."""
 
     DIRECT_MPTCP = "direct_mptcp"
     DIRECT_TCP = "direct_tcp"
@@ -448,7 +448,7 @@ class LogicalConnection:
     # --- judging what came back ------------------------------------------------------------------
 
     def _judge_signal_synack(self, attempt: _Attempt, conn: TcpConnection, synack: TcpSegment) -> str | None:
-        """Who answered a signalled SYN, and what became of the signalling (protocols.md 2.4, 2.6).
+        """Who answered a signalled SYN, and what became of the signalling (docs/protocols.md 2.4, 2.6).
 
         What the proxy does is mpsim/proto/mp_convert_proxy.py's: the explicit proxy answers only
         once the server has (RFC timing), ACKs the whole SYN payload, signalling included, and
@@ -622,7 +622,7 @@ class LogicalConnection:
             self.host.converter_tfo_cookies[(attempt.proxy, self.request.destination)] = reply.server_tfo_cookie
 
     def _react_to_convert_reply(self, attempt: _Attempt, reply: Any, now: float) -> None:
-        """RFC 8803 6.2.8: reset on any Error TLV, then act per code (protocols.md 8.3)."""
+        """RFC 8803 6.2.8: reset on any Error TLV, then act per code (docs/protocols.md 8.3)."""
         attempt.failed = True
         self._abort(attempt, now)
         caches, proxy, advice = self.host.caches, attempt.proxy, reply.advice
@@ -649,7 +649,7 @@ class LogicalConnection:
             self._fall_back(now, reply.fallback_reason or FallbackReason.CONVERTER_REPLY_INVALID)
 
     def _react_to_socks5_result(self, attempt: _Attempt, result: Socks5Result, now: float) -> None:
-        """A failure reply (RFC 1928 6), read the way RFC 8803 error classes are (protocols.md 8.3):
+        """A failure reply (RFC 1928 6), read the way RFC 8803 error classes are (docs/protocols.md 8.3):
         what the server answered ends the request; a ruleset refusal is "not authorized"; a general
         failure or a timeout is a transient proxy problem (back off); the rest means the proxy
         cannot serve us (off). RFC 1928 has no Error TLV to carry more."""

@@ -11,13 +11,13 @@ Three layers, so that the socket daemon and the simulator run the same decisions
   session count, counters).
 * :class:`ConvertClientExchange` is the client's side of one Convert attempt: it builds the SYN
   payload, judges the SYN-ACK's acknowledgement (RFC 8803 section 8), reads the reply and turns
-  it into a :class:`ConvertReply` whose :class:`ConvertAdvice` is protocols.md 8.3 as data.
+  it into a :class:`ConvertReply` whose :class:`ConvertAdvice` is docs/protocols.md 8.3 as data.
 * :class:`ConverterHost` is the segment-level converter of the simulator, in two timings
   (:class:`ConverterTiming`): the RFC's (the client's SYN-ACK waits for the server's and carries
   the reply) and the one Linux sockets allow (the kernel answers the SYN at once; the reply is the
   first data).
 
-Processing order of a Convert request (protocols.md 1.7; each rule is RFC 8803's, the order is
+Processing order of a Convert request (docs/protocols.md 1.7; each rule is RFC 8803's, the order is
 ours): framing and header (:func:`~mpsim.wire.convert.parse_convert_prefix`: incomplete = wait,
 bad magic = not Convert, version = Error 0, Total Length 0 = reset, framing or duplicate =
 Error 1, type 0 = Error 2), then TLV types the client may not send (Error 2), a request with
@@ -142,7 +142,7 @@ class ConverterPolicy:
     timing: ConverterTiming = ConverterTiming.RFC
     # RFC timing, a SYN without a Convert header (its payload lost, or a Linux SYN retransmission
     # after a lost first SYN): False ignores it silently (section 6 SHOULD); True answers it and
-    # waits for the message in the data (protocols.md 9.6 leaves this open).
+    # waits for the message in the data (docs/protocols.md 9.6 leaves this open).
     accept_syn_without_message: bool = False
 
     def __post_init__(self) -> None:
@@ -461,7 +461,7 @@ class ReplyStatus(enum.Enum):
 
 
 class ConvertReaction(enum.Enum):
-    """The client's reaction to a failed attempt (protocols.md 8.3); the arguments are in
+    """The client's reaction to a failed attempt (docs/protocols.md 8.3); the arguments are in
     :class:`ConvertAdvice`. Every reaction starts with resetting the connection."""
 
     RETRY_WITH_COOKIE = "retry_with_cookie"  # Error 3: cache the cookie, retry at once
@@ -648,7 +648,7 @@ class ConvertClientExchange:
                             fallback_reason=FallbackReason.CONVERTER_ERROR)
 
     def advice_for(self, error: ErrorTlv) -> ConvertAdvice:
-        """protocols.md 8.3; an unknown code is read by its class (6.2.8: 0-31 message, 32-63
+        """docs/protocols.md 8.3; an unknown code is read by its class (6.2.8: 0-31 message, 32-63
         client, 64-95 converter, 96-127 server; beyond 127 nothing is known: log it)."""
         code = error.code
         if code == ConvertErrorCode.UNSUPPORTED_VERSION:

@@ -1,4 +1,4 @@
-"""Errors of the state machines (DESIGN.md section 3).
+"""Errors of the state machines (docs/design.md section 3).
 
 Middlebox interference, fallback and refusals are ordinary inputs leading to ordinary states and
 events, never exceptions. Exceptions are for misuse by the local caller (:class:`LocalProtocolError`:

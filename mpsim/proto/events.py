@@ -1,6 +1,6 @@
 """Application-level facts the machines report (``Host.emit``), and the reasons they carry.
 
-Past-tense dataclasses (DESIGN.md section 5); reasons are enums. Connection-level TCP events
+Past-tense dataclasses (docs/design.md section 5); reasons are enums. Connection-level TCP events
 (Established, DataReceived, ...) live in tcp.py; these are what a scheme, a server or a converter
 concluded. Modules add their own event classes next to their logic; the reason enums are shared
 here so that results tables have one vocabulary.

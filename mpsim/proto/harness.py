@@ -1,6 +1,6 @@
 """A deterministic event loop that runs machines against each other without SimPy.
 
-This is the third driver of DESIGN.md section 1 (the one tests and the truth table use): a
+This is the third driver of docs/design.md section 1 (the one tests and the truth table use): a
 virtual clock, point-to-point hops with a fixed one-way delay, and optional per-hop packet
 filters (a middlebox policy, a scripted loss). Everything is ordered by (time, sequence number),
 so the same inputs give the same run. The simulator in mpsim.sim adds rates, queues and random

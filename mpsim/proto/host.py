@@ -1,6 +1,6 @@
 """A host: the connections behind one or more interfaces, demultiplexed by 4-tuple.
 
-The host is the machine a driver talks to (DESIGN.md section 3): ``receive(port, packet, now)``,
+The host is the machine a driver talks to (docs/design.md section 3): ``receive(port, packet, now)``,
 ``handle_timer(now)``, and the pulled outputs ``outgoing(now)``, ``next_event()``, ``get_timer()``.
 It owns what outlives a single connection: the ephemeral port allocator, the 4-tuples that must
 not be reused yet (TIME-WAIT, and pairs we just reset whose RST may have been lost), the

@@ -1,6 +1,6 @@
 """Middlebox policies: what the path between client, converter and server does to TCP segments.
 
-Each policy is a sans-I/O packet filter (protocols.md 8.6): ``policy(packet, now)`` returns the
+Each policy is a sans-I/O packet filter (docs/protocols.md 8.6): ``policy(packet, now)`` returns the
 packets that continue down the path (an empty list: dropped). The same objects serve as the
 harness's per-hop ``PacketFilter`` and, later, as the SimPy links' middlebox stage. State (flow
 tables, counters) lives inside the policy; randomness comes only from an ``rng`` passed in.
@@ -266,7 +266,7 @@ class StripMode(enum.Enum):
 
 @dataclass(eq=False, repr=False)
 class StripOptions(Policy):
-    """Removes options of the given kinds from segments of the given classes (protocols.md 8.6 item 1)."""
+    """Removes options of the given kinds from segments of the given classes (docs/protocols.md 8.6 item 1)."""
 
     kinds: frozenset[int]
     classes: frozenset[SegmentClass] = frozenset({SegmentClass.ANY})
@@ -309,7 +309,7 @@ BASIC_OPTION_KINDS = frozenset({TcpOptionKind.EOL, TcpOptionKind.NOP, TcpOptionK
 
 @dataclass(eq=False, repr=False)
 class DropUnknownOptionSyns(Policy):
-    """Drops SYNs carrying any option kind outside ``known_kinds`` (protocols.md 8.6 item 2)."""
+    """Drops SYNs carrying any option kind outside ``known_kinds`` (docs/protocols.md 8.6 item 2)."""
 
     known_kinds: frozenset[int] = BASIC_OPTION_KINDS
     classes: frozenset[SegmentClass] = frozenset({SegmentClass.SYN})
@@ -428,12 +428,12 @@ class DropSegments(Policy):
 
 
 def drop_syns_with_data() -> DropSegments:
-    """The 6% of paths in the TFO studies that drop SYNs carrying data (protocols.md 4.2)."""
+    """The 6% of paths in the TFO studies that drop SYNs carrying data (docs/protocols.md 4.2)."""
     return DropSegments(SegmentClass.SYN, with_payload=True)
 
 
 def drop_rsts() -> DropSegments:
-    """A lost RST: the peer keeps its state (protocols.md 8.6 item 7)."""
+    """A lost RST: the peer keeps its state (docs/protocols.md 8.6 item 7)."""
     return DropSegments(SegmentClass.RST)
 
 
@@ -443,7 +443,7 @@ def drop_rsts() -> DropSegments:
 @dataclass(eq=False, repr=False)
 class StripPayload(Policy):
     """Delivers segments of the given classes without their payload, fixing up nothing
-    (protocols.md 8.6 items 3 and 4).
+    (docs/protocols.md 8.6 items 3 and 4).
 
     On a SYN this is exactly the observed behaviour: the server sees a plain SYN, its SYN-ACK
     ACKs ISN+1, and the client learns that its SYN data was not taken. On a SYN-ACK the client
@@ -643,7 +643,7 @@ class Nat:
     address and port, allocated in order from ``ports``. ``backward`` maps the destination back,
     and drops what matches no live mapping (unsolicited inbound). With ``paired`` (RFC 4787
     REQ-2) an inside host always gets the same public address; without it every new mapping takes
-    the next address of the pool (an address-changing CGN, protocols.md 8.6 item 9, which breaks
+    the next address of the pool (an address-changing CGN, docs/protocols.md 8.6 item 9, which breaks
     TFO cookies bound to the client address). A mapping idle for ``mapping_timeout_s`` expires.
     Addresses inside payloads and options (Convert TLVs, ADD_ADDR) are not translated, as by real
     NATs without an ALG. ICMP errors coming back are mapped through their quoted packet.

@@ -2,7 +2,7 @@
 
 draft-boucadair-mptcp-plain-mode (2015-2017) had a client name the destination in an MPTCP option,
 MP_CONVERT, and an MCP relay the MPTCP connection to a plain TCP server; draft-peirens-mptcp-
-transparent put the MCP on the path instead. No text of either survives here (protocols.md 2.2 and
+transparent put the MCP on the path instead. No text of either survives here (docs/protocols.md 2.2 and
 9, items 1-2, [U]), so the behaviour below is **mpsim's definition**, chosen to be as close to RFC
 8803 as the signalling allows (the wire layout is docs/mp-convert.md's).
 

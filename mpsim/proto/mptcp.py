@@ -101,7 +101,7 @@ class MptcpMib(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class MptcpPolicy:
-    """MPTCP knobs; defaults follow Linux (protocols.md 6.1 and 6.2)."""
+    """MPTCP knobs; defaults follow Linux (docs/protocols.md 6.1 and 6.2)."""
 
     version: int = 1  # 1: RFC 8684; 0: RFC 6824, for v0-only peers
     checksums: bool = False  # the A flag (net.mptcp.checksum_enabled)

@@ -1,6 +1,6 @@
 """Server kinds: the far end a client or converter meets, from legacy stacks to MPTCP and TFO.
 
-The kinds differ in what the SYN meets (protocols.md 4.3, 5 and 8.6 items 5, 6 and 8):
+The kinds differ in what the SYN meets (docs/protocols.md 4.3, 5 and 8.6 items 5, 6 and 8):
 
 =================  =============================================================================
 LEGACY_DROP        Linux without TFO: the SYN-ACK ACKs ISN+1 and SYN data is discarded

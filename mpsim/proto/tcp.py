@@ -95,7 +95,7 @@ _CAN_SEND = frozenset({TcpState.SYN_SENT, TcpState.SYN_RECEIVED, TcpState.ESTABL
 
 
 class SynDataMode(enum.Enum):
-    """What a passive opener does with data carried in a SYN (protocols.md 8.6 item 5)."""
+    """What a passive opener does with data carried in a SYN (docs/protocols.md 8.6 item 5)."""
 
     DROP = "drop"  # Linux without TFO: the SYN-ACK ACKs ISN+1 only and the data is discarded
     QUEUE = "queue"  # RFC 793 as some stacks read it: ACKed in the SYN-ACK, delivered once ESTABLISHED
@@ -104,7 +104,7 @@ class SynDataMode(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class TcpPolicy:
-    """The knobs where RFCs leave a choice; defaults follow Linux 6.x (protocols.md 5, 8.4)."""
+    """The knobs where RFCs leave a choice; defaults follow Linux 6.x (docs/protocols.md 5, 8.4)."""
 
     initial_rto_s: float = 1.0  # TCP_TIMEOUT_INIT
     min_rto_s: float = 0.2  # TCP_RTO_MIN

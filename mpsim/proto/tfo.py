@@ -92,7 +92,7 @@ def _padded(option: FastOpen | Experimental) -> tuple:
 
 @dataclass(frozen=True, slots=True)
 class TfoPolicy:
-    """Client knobs; defaults follow Linux with ``net.ipv4.tcp_fastopen = 1`` (protocols.md 4.3).
+    """Client knobs; defaults follow Linux with ``net.ipv4.tcp_fastopen = 1`` (docs/protocols.md 4.3).
 
     ``syn_loss_backoff_base_s`` is the 60 s of ``60 s << syn_loss`` (None: no back-off, as in
     kernels whose ``tcp_fastopen_cookie_check`` lost it). Without a cached MSS the SYN carries at

@@ -1,7 +1,7 @@
 """SimNode: drives one sans-I/O machine (a proto Host, converter, server, Router) under SimPy.
 
 The same job as :class:`mpsim.proto.harness.Harness` does for all machines at once, done per
-node (DESIGN.md section 3): after every input (a packet from a link, the timer, a command through
+node (docs/design.md section 3): after every input (a packet from a link, the timer, a command through
 :meth:`SimNode.call`) the node
 
 * puts each ``Transmit`` of ``machine.outgoing(now)`` on the link attached to its port,

@@ -2,7 +2,7 @@
 
 Each component (a loss model, a jitter source, a host's ISNs and ports) draws from its own
 ``random.Random``, so a single run of a sweep replays alone with the same numbers, and adding a
-component to a scenario does not shift the draws of the others (DESIGN.md section 6).
+component to a scenario does not shift the draws of the others (docs/design.md section 6).
 
 The derivation is SHA-256 over a fixed text form, not ``hash()``: Python salts string hashes per
 process, and the seeds must be the same on every machine and Python version.

@@ -49,7 +49,7 @@ from mpsim.testbed.shaping import (DIRECTIONS, NFT_TABLE, PathSpec, iptables_mid
 PREFIX = "mps"
 ROLES = ("client", "converter", "server", "middlebox")
 MAX_PATHS = 8
-RPS_CPU_MASK = "1"  # one CPU: veth then never reorders the packets of a flow (kernel-testbed.md)
+RPS_CPU_MASK = "1"  # one CPU: veth then never reorders the packets of a flow (docs/kernel-facts.md)
 DEFAULT_TCP_BUFFER_MAX_BYTES = 16 * 2**20
 KILL_GRACE_S = 1.0
 _instance_counter = itertools.count()
@@ -239,7 +239,7 @@ class Testbed:
                 devices[ns].append(dev)
         for ns, devs in devices.items():
             for dev in devs:
-                # One skb is one packet for tbf and the loss rule (kernel-testbed.md: offloads).
+                # One skb is one packet for tbf and the loss rule (docs/kernel-facts.md: offloads).
                 run_command(["ethtool", "-K", dev, "tso", "off", "gso", "off"], ns=ns)
                 run_command(["ip", "-n", ns, "link", "set", dev, "up"])
             # sysfs shows the namespace's own devices only under `ip netns exec` (it remounts /sys).

@@ -50,7 +50,7 @@ class MpConvertFlags(IntFlag):
     RESERVED = 0x1  # "R": sent as 0; a set bit marks a future layout and is refused
 
 
-#: The typical Linux SYN options: mss 1460, sackOK, TS, nop, wscale 7 = 20 bytes (protocols.md
+#: The typical Linux SYN options: mss 1460, sackOK, TS, nop, wscale 7 = 20 bytes (docs/protocols.md
 #: sections 3.6 and 5, [I]; layouts RFC 9293 section 3.2, RFC 2018 section 2, RFC 7323). The
 #: timestamp values are arbitrary: only the length matters for the budget.
 LINUX_SYN_OPTIONS: Final = (MaximumSegmentSize(1460), SackPermitted(), Timestamps(0x12345678, 0),

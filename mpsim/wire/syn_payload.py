@@ -1,4 +1,4 @@
-"""Signalling in the SYN payload, delimited by EOL: the 2016 proposal (protocols.md 2.4(b), [U]).
+"""Signalling in the SYN payload, delimited by EOL: the 2016 proposal (docs/protocols.md 2.4(b), [U]).
 
 TCP-option-formatted bytes open the SYN payload and one EOL byte (0x00) ends them; whatever
 follows is Fast Open / application data::

@@ -1,5 +1,5 @@
 """The client host (mpsim/proto/client.py) end to end: one named test per situation of the seed
-discussion (DESIGN.md 4, protocols.md 2.6 and 8, numbered as in the brief), per-scheme first-byte
+discussion (docs/design.md 4, docs/protocols.md 2.6 and 8, numbered as in the brief), per-scheme first-byte
 times, the converter's error codes, what the MP_CONVERT and SOCKS5 proxies' answers cost, and
 invariants over random truth-table cases.
 

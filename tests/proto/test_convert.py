@@ -2,7 +2,7 @@
 its timeouts), the client exchange (every code and its reaction), and whole connections through
 ConverterHost in the harness, with RFC and socket timing.
 
-Section numbers are RFC 8803's; "1.7" and "8.3" are protocols.md sections (the processing order
+Section numbers are RFC 8803's; "1.7" and "8.3" are docs/protocols.md sections (the processing order
 and the client reactions).
 """
 
@@ -896,7 +896,7 @@ def test_the_resource_limit_answers_error_64():
 
 
 def strip_syn_payload(packet, now):
-    """A middlebox that removes the SYN payload (protocols.md 8.6 item 3)."""
+    """A middlebox that removes the SYN payload (docs/protocols.md 8.6 item 3)."""
     seg = packet.segment
     if seg.flags & TcpFlags.SYN and seg.payload:
         return [dataclasses.replace(packet, segment=dataclasses.replace(seg, payload=b""))]

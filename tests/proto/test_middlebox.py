@@ -1,4 +1,4 @@
-"""Middlebox policies (protocols.md 8.6): each on hand-made packets, then in a client-server run."""
+"""Middlebox policies (docs/protocols.md 8.6): each on hand-made packets, then in a client-server run."""
 
 import random
 from dataclasses import replace

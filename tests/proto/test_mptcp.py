@@ -3,7 +3,7 @@
 Two hosts on a harness link (one-way delay 10 ms); the server listens with a fresh
 MptcpServerExtension per SYN. Taps record every segment as its sender emitted it (before any
 middlebox filter), so the byte-level assertions see what the machines wrote. The cases follow
-multipath-tcp/packetdrill gtests/net/mptcp (protocols.md 7.1) and Linux net/mptcp (section 6).
+multipath-tcp/packetdrill gtests/net/mptcp (docs/protocols.md 7.1) and Linux net/mptcp (section 6).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Server kinds and applications: what a SYN (with data) meets at the far end (protocols.md 4.3, 5, 8.6)."""
+"""Server kinds and applications: what a SYN (with data) meets at the far end (docs/protocols.md 4.3, 5, 8.6)."""
 
 import random
 from dataclasses import replace

@@ -1,5 +1,5 @@
 """System properties: a client, a proxy and a server driven together through random loss,
-middleboxes, link delays, overlapping requests and re-probe triggers (DESIGN.md section 7).
+middleboxes, link delays, overlapping requests and re-probe triggers (docs/design.md section 7).
 
 The topology is the truth table's (mpsim.experiment.truth_table.build): client -- access link --
 router (or the proxy, when it sits on the path) -- proxy / server, with the proxy each scheme

@@ -1,8 +1,8 @@
 """TCP Fast Open (RFC 7413) client and server, run against each other in the harness.
 
-The flows follow RFC 7413 Fig. 1 and google/packetdrill gtests/net/tcp/fastopen (protocols.md
+The flows follow RFC 7413 Fig. 1 and google/packetdrill gtests/net/tcp/fastopen (docs/protocols.md
 7.2): cookie-req-timeout, syn-data-timeout, syn-data-only-syn-acked, cookie-less-sendto,
-fallback-exp-opt, and the Linux SYN-loss back-off (protocols.md 4.3).
+fallback-exp-opt, and the Linux SYN-loss back-off (docs/protocols.md 4.3).
 """
 
 import random
@@ -125,7 +125,7 @@ def is_syn(packet):
 
 
 def drop_syn_data(packet, now):
-    """The 6% of paths that drop SYNs carrying data (protocols.md 4.2)."""
+    """The 6% of paths that drop SYNs carrying data (docs/protocols.md 4.2)."""
     return [] if is_syn(packet) and packet.segment.payload else [packet]
 
 

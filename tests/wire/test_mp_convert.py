@@ -185,7 +185,7 @@ def test_decoding_is_total_and_byte_exact(data):
 # --- The option budget (RFC 9293 section 3.1: at most 40 bytes of options) ------------------
 
 def test_linux_syn_vectors():
-    # mss 1460 | sackOK | TS val ecr | nop | wscale 7 (protocols.md 3.6 [I]; RFC 9293 3.2,
+    # mss 1460 | sackOK | TS val ecr | nop | wscale 7 (docs/protocols.md 3.6 [I]; RFC 9293 3.2,
     # RFC 2018 section 2, RFC 7323 sections 2.2 and 3.2).
     assert encode_options(LINUX_SYN_OPTIONS) == h("020405b4 0402 080a 12345678 00000000 01 030307")
     # mss | nop nop sackOK | nop wscale 7, with net.ipv4.tcp_timestamps=0.

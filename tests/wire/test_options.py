@@ -31,7 +31,7 @@ COOKIE_16 = bytes(range(0x10, 0x20))
 
 # Linux SYN: mss 1460, sackOK, TS, nop, wscale 7 = 20 bytes. Layouts: MSS RFC 9293 section 3.2,
 # SACK-Permitted RFC 2018 section 2, Timestamps RFC 7323 section 3.2, Window Scale RFC 7323
-# section 2.2; the order is the one Linux sends (protocols.md section 3.6 / 5, [I]).
+# section 2.2; the order is the one Linux sends (docs/protocols.md section 3.6 / 5, [I]).
 LINUX_SYN_HEX = "020405b4 0402 080a 12345678 00000000 01 030307"
 LINUX_SYN = (MaximumSegmentSize(1460), SackPermitted(), Timestamps(0x12345678, 0), NOP, WindowScale(7))
 
@@ -92,7 +92,7 @@ def test_linux_tfo_syn_with_nop_aligned_cookie():
 
 def test_mptcp_options_are_decoded_by_the_mptcp_codec():
     # RFC 8684 section 3.1: v1 MP_CAPABLE is 4 bytes on the SYN (no key), 12 on the SYN/ACK.
-    # A Linux SYN plus MP_CAPABLE is 24 bytes (protocols.md section 3.6).
+    # A Linux SYN plus MP_CAPABLE is 24 bytes (docs/protocols.md section 3.6).
     vector = h(LINUX_SYN_HEX + "1e04 0101" + "1e0c 0101 0102030405060708")
     syn, syn_ack = MpCapable(1, MpCapableFlags.H), MpCapable(1, MpCapableFlags.H, sender_key=0x0102030405060708)
     assert decode_options(vector) == LINUX_SYN + (syn, syn_ack)

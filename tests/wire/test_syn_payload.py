@@ -1,7 +1,7 @@
 """EOL-delimited signalling in the SYN payload: vectors, errors, truncation, properties, and what a
 converter expecting it makes of ordinary (unsignalled) SYN payloads.
 
-Format (protocols.md 2.4(b), [U]; docs/mp-convert.md section 2): option-formatted bytes, one
+Format (docs/protocols.md 2.4(b), [U]; docs/mp-convert.md section 2): option-formatted bytes, one
 EOL (0x00, RFC 9293 section 3.2), then Fast Open / application data.
 """
 
