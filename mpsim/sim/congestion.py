@@ -38,6 +38,10 @@ model would have to be BBR to compare against an unpinned kernel).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mpsim.proto.catalogue import Registry
 
 #: RFC 6928 initial window, in segments.
 INITIAL_CWND_SEGMENTS = 10
@@ -219,3 +223,26 @@ def make_congestion_control(cc: str, coupling: LiaCoupling | None = None,
     if cc == "cubic":
         return Cubic(initial_cwnd_segments)
     raise ValueError(f"cc must be 'reno' or 'cubic', got {cc!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class CongestionControlEntry:
+    """A congestion control by name: ``create(coupling, initial_cwnd_segments)`` builds one
+    subflow's algorithm; a ``coupled`` one links the subflows of an MPTCP connection through the
+    :class:`LiaCoupling` its sender passes (a single-path transfer passes a coupling of one)."""
+
+    name: str
+    description: str
+    create: Callable[[LiaCoupling | None, float], CongestionControl]
+    coupled: bool = False
+
+
+#: Every congestion control a scenario can name (mpsim/proto/catalogue.py has the other kinds).
+CONGESTION_CONTROLS: Registry[CongestionControlEntry] = Registry("congestion control")
+for _entry in (
+    CongestionControlEntry("reno", "RFC 5681 with Linux's byte counting", lambda c, w: Reno(w)),
+    CongestionControlEntry("cubic", "CUBIC (RFC 9438 form, no HyStart)", lambda c, w: Cubic(w)),
+    CongestionControlEntry("lia", "RFC 6356 linked increases over Reno (MPTCP; one path: Reno)",
+                           lambda c, w: Lia(c if c is not None else LiaCoupling(), w), coupled=True),
+):
+    CONGESTION_CONTROLS.register(_entry.name, _entry)
