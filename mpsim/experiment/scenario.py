@@ -45,7 +45,8 @@ from typing import Any
 
 from mpsim.errors import MpsimError
 from mpsim.proto.cache import CachePolicy
-from mpsim.proto.client import ClientPolicy, FallbackTarget, Scheme, SignalAckedAsData
+from mpsim.proto.catalogue import SCHEMES
+from mpsim.proto.client import ClientPolicy, FallbackTarget, SignalAckedAsData
 from mpsim.proto.convert import ConverterPolicy
 from mpsim.proto.relay import ConverterTiming
 from mpsim.proto.server import ServerKind
@@ -79,6 +80,10 @@ class ProxyKind(enum.Enum):
     CONVERT = "convert"
     MP_CONVERT = "mp-convert"
     SOCKS5 = "socks5"
+
+
+#: The registered scheme names as the schema's choices (str members: they are the names themselves).
+SchemeName = enum.StrEnum("SchemeName", [(name, name) for name in SCHEMES.names()])
 
 
 class Placement(enum.Enum):
@@ -162,7 +167,7 @@ _CP, _TP, _CV, _CONV = ClientPolicy(), TcpPolicy(), CachePolicy(), ConverterPoli
 class ClientSpec:
     """The client host: ClientPolicy, and the TcpPolicy / CachePolicy knobs scenarios vary."""
 
-    scheme: Scheme = knob(_CP.scheme)
+    scheme: SchemeName = knob(_CP.scheme)
     fallback: FallbackTarget = knob(_CP.fallback)
     upstream_mptcp: bool = knob(_CP.upstream_mptcp)
     implicit: bool = knob(_CP.implicit)
@@ -238,7 +243,7 @@ class WorkloadSpec:
     interval_s: float = knob(1.0, gt=0)
     rate_per_s: float = knob(1.0, gt=0)
     at_s: tuple[float, ...] = knob(())
-    schemes: tuple[Scheme, ...] = knob(())  # request i uses schemes[i % len]; () = client.scheme
+    schemes: tuple[SchemeName, ...] = knob(())  # request i uses schemes[i % len]; () = client.scheme
     request_size_bytes: int = knob(100, ge=1, le=1_000_000)
     response_size_bytes: int = knob(1000, ge=0, le=100_000_000)
 
@@ -289,10 +294,10 @@ class Scenario:
         kind = self.converter.kind
         if kind is not ProxyKind.AUTO:
             return kind
-        if self.client.scheme in (Scheme.MP_CONVERT_OPTION, Scheme.SYN_PAYLOAD_EOL) or \
+        if self.client.scheme in ("mp-convert-option", "syn-payload-eol") or \
                 self.converter.placement is Placement.ON_PATH:
             return ProxyKind.MP_CONVERT
-        return ProxyKind.SOCKS5 if self.client.scheme is Scheme.SOCKS5 else ProxyKind.CONVERT
+        return ProxyKind.SOCKS5 if self.client.scheme == "socks5" else ProxyKind.CONVERT
 
 
 # --- coercion: a TOML tree into the schema -----------------------------------------------------------

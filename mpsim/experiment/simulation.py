@@ -73,7 +73,7 @@ from mpsim.experiment.scenario import (
     TransferSpec,
 )
 from mpsim.proto.cache import CachePolicy
-from mpsim.proto.client import ClientHost, ClientPolicy, ConnectionFinished, Request, Scheme
+from mpsim.proto.client import ClientHost, ClientPolicy, ConnectionFinished, Request
 from mpsim.proto.convert import ConverterHost, ConverterPolicy
 from mpsim.proto.events import Outcome
 from mpsim.proto.harness import Router
@@ -452,7 +452,7 @@ class Simulation:
         self._scheduled_done = True
         self._check_done()
 
-    def _request(self, scheme: Scheme | None) -> int:
+    def _request(self, scheme: str | None) -> int:
         w = self.scenario.workload
         request = Request(SERVER, self.scenario.server.port, request_size_bytes=w.request_size_bytes,
                           response_size_bytes=w.response_size_bytes, scheme=scheme)

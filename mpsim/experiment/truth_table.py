@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from mpsim.proto.client import ClientHost, ClientPolicy, ConnectionRecord, Request, Scheme, SignalAckedAsData
+from mpsim.proto.client import ClientHost, ClientPolicy, ConnectionRecord, Request, SignalAckedAsData
 from mpsim.proto.convert import ConverterHost, ConverterPolicy, ConverterTiming
 from mpsim.proto.harness import Harness, PacketFilter, Router
 from mpsim.proto.middlebox import (
@@ -131,27 +131,27 @@ class Variant:
 
 
 VARIANTS = (
-    Variant("plain", ClientPolicy(scheme=Scheme.PLAIN)),
-    Variant("mptcp", ClientPolicy(scheme=Scheme.MPTCP)),
-    Variant("convert", ClientPolicy(scheme=Scheme.CONVERT)),
-    Variant("convert (socket timing)", ClientPolicy(scheme=Scheme.CONVERT), ConverterTiming.SOCKET),
-    Variant("mp-convert-option", ClientPolicy(scheme=Scheme.MP_CONVERT_OPTION)),
+    Variant("plain", ClientPolicy(scheme="plain")),
+    Variant("mptcp", ClientPolicy(scheme="mptcp")),
+    Variant("convert", ClientPolicy(scheme="convert")),
+    Variant("convert (socket timing)", ClientPolicy(scheme="convert"), ConverterTiming.SOCKET),
+    Variant("mp-convert-option", ClientPolicy(scheme="mp-convert-option")),
     Variant("mp-convert-option (implicit, proxy on path)",
-            ClientPolicy(scheme=Scheme.MP_CONVERT_OPTION, implicit=True), placement=Placement.ON_PATH),
-    Variant("syn-payload-eol", ClientPolicy(scheme=Scheme.SYN_PAYLOAD_EOL)),
+            ClientPolicy(scheme="mp-convert-option", implicit=True), placement=Placement.ON_PATH),
+    Variant("syn-payload-eol", ClientPolicy(scheme="syn-payload-eol")),
     Variant("syn-payload-eol (implicit, no proxy on path)",
-            ClientPolicy(scheme=Scheme.SYN_PAYLOAD_EOL, implicit=True)),
+            ClientPolicy(scheme="syn-payload-eol", implicit=True)),
     Variant("syn-payload-eol (implicit, no proxy, continue)",
-            ClientPolicy(scheme=Scheme.SYN_PAYLOAD_EOL, implicit=True,
+            ClientPolicy(scheme="syn-payload-eol", implicit=True,
                          signal_acked_as_data=SignalAckedAsData.CONTINUE)),
-    Variant("socks5", ClientPolicy(scheme=Scheme.SOCKS5)),
+    Variant("socks5", ClientPolicy(scheme="socks5")),
 )
 
 
 @dataclass(frozen=True, slots=True)
 class CaseResult:
     label: str
-    scheme: Scheme
+    scheme: str
     middlebox: str
     server: ServerKind
     record: ConnectionRecord | None
@@ -168,17 +168,17 @@ def _server(kind: ServerKind, rng: random.Random) -> ServerHost:
     return ServerHost("server", SERVER, kind, rng=rng, app=app, ports=(SERVER_PORT,))
 
 
-def _proxy(scheme: Scheme, rng: random.Random, timing: ConverterTiming, placement: Placement):
+def _proxy(scheme: str, rng: random.Random, timing: ConverterTiming, placement: Placement):
     """The proxy the scheme talks to: an RFC 8803 converter unless the scheme needs another."""
     if placement is Placement.ON_PATH:
         return MpConvertProxyHost("proxy", {"in": PROXY_IN, "up": PROXY_UP, "down": PROXY_DOWN}, rng=rng,
                                   client_interface="in", server_interfaces=("down",),
                                   policy=MpConvertProxyPolicy(implicit=True, timing=timing))
     interfaces = {"up": PROXY_UP, "down": PROXY_DOWN}
-    if scheme in (Scheme.MP_CONVERT_OPTION, Scheme.SYN_PAYLOAD_EOL):
+    if scheme in ("mp-convert-option", "syn-payload-eol"):
         return MpConvertProxyHost("proxy", interfaces, rng=rng, client_interface="up", server_interfaces=("down",),
                                   policy=MpConvertProxyPolicy(explicit_ports=(PROXY_PORT,), timing=timing))
-    if scheme is Scheme.SOCKS5:
+    if scheme == "socks5":
         return Socks5ProxyHost("proxy", interfaces, rng=rng, server_interfaces=("down",),
                                policy=Socks5ProxyPolicy(port=PROXY_PORT))
     mib = None
@@ -196,7 +196,7 @@ def _proxy(scheme: Scheme, rng: random.Random, timing: ConverterTiming, placemen
     return host
 
 
-def build(scheme: Scheme, middlebox: Middlebox, server_kind: ServerKind, *, seed: int = 1,
+def build(scheme: str, middlebox: Middlebox, server_kind: ServerKind, *, seed: int = 1,
           client_policy: ClientPolicy | None = None, timing: ConverterTiming = ConverterTiming.RFC,
           placement: Placement = Placement.BESIDE) -> tuple[Harness, ClientHost]:
     """The topology for one case; the caller runs it."""
