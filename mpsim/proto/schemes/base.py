@@ -145,7 +145,7 @@ class SignallingScheme:
         return None
 
     def __repr__(self) -> str:
-        return f"<scheme {self.name}>"
+        return f"<scheme {getattr(self, 'name', type(self).__name__)}>"
 
 
 class SynAckJudge(TcpExtension):
