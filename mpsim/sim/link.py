@@ -68,20 +68,42 @@ def packet_size_bytes(packet: Any) -> int:
     return packet.size_bytes
 
 
+class DueCall(Event):
+    """An event that is a success from birth, processed ``delay_s`` from now at ``priority``.
+
+    SimPy's public API makes events that are born triggered (``env.timeout``) only at NORMAL
+    priority; ``succeed()`` also schedules at NORMAL, for now. A chosen priority needs an event
+    subclass that is triggered when created, which is how SimPy's own ``Timeout`` and
+    ``Initialize`` are written: the subclass declares the outcome of all its instances (a success
+    with value None) as class attributes, and nothing outside this class sets SimPy's fields.
+    """
+
+    _ok = True
+    _value = None
+
+    def __init__(self, env: simpy.Environment, delay_s: float, priority: int,
+                 callback: Callable[[Event], None]) -> None:
+        super().__init__(env)
+        self.callbacks.append(callback)
+        env.schedule(self, priority, delay_s)
+
+
 def schedule_call(env: simpy.Environment, delay_s: float, callback: Callable[[Event], None],
                   priority: int = NORMAL) -> Event:
     """Run ``callback(event)`` after ``delay_s`` simulated seconds, without a SimPy process.
 
-    What ``env.timeout(delay_s).callbacks.append(callback)`` does, with a choice of priority
-    (at equal times, lower values run first; SimPy's own events use URGENT 0 and NORMAL 1).
+    At equal times, lower priorities run first (SimPy's own events use URGENT 0 and NORMAL 1);
+    among equal priorities, the order of scheduling. At NORMAL this is exactly
+    ``env.timeout(delay_s)`` (public API); other priorities take a :class:`DueCall`. Both push
+    the same ``(time, priority, sequence)`` entry onto SimPy's queue, so runs are unchanged.
     """
-    event = Event(env)
-    # A triggered event: SimPy checks _ok after the callbacks and raises _value when it is False.
-    event._ok = True
-    event._value = None
-    event.callbacks.append(callback)
-    env.schedule(event, priority, delay_s)
-    return event
+    if delay_s < 0:
+        raise ValueError(f"schedule_call: delay_s must be >= 0, got {delay_s}")
+    if priority == NORMAL:
+        event = env.timeout(delay_s)
+        event.callbacks.append(callback)
+        return event
+    return DueCall(env, delay_s, priority, callback)
 
 
 class PacketTracer(Protocol):
