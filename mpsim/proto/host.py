@@ -288,6 +288,11 @@ class Host:
         """A packet for another address that no connection or foreign listener took. Hosts do
         not forward, so a plain host drops it; a router-like subclass forwards it."""
 
+    def route(self, packet: IpPacket) -> str:
+        """The interface a packet we send leaves by: that of its source address. A host that speaks
+        with foreign addresses routes those by destination instead."""
+        return self.interface_of(packet.src)
+
     def may_open_from(self, local_addr: IpAddress) -> bool:
         """Whether :meth:`open` may use ``local_addr``: our own addresses, and in a subclass the
         foreign ones it speaks for (a proxy that keeps the client's address towards the server)."""
@@ -313,7 +318,7 @@ class Host:
         self.owners.pop(id(conn), None)
 
     def _transmit(self, packet: IpPacket) -> None:
-        self._out.append(Transmit(self.interface_of(packet.src), packet))
+        self._out.append(Transmit(self.route(packet), packet))
 
     def _collect(self, conn: TcpConnection, now: float) -> None:
         # An owner may act on the connection while handling an event (send, abort), which can

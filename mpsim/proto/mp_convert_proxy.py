@@ -474,11 +474,10 @@ class MpConvertProxyHost(RelayHost):
         self.mib["IpForwDatagrams"] += 1
         self._out.append(Transmit(out, packet))
 
-    def _transmit(self, packet: IpPacket) -> None:
+    def route(self, packet: IpPacket) -> str:
         if packet.src in self.interfaces.values():
-            super()._transmit(packet)
-        else:  # an intercepted connection speaks with a foreign address: route by destination
-            self._out.append(Transmit(self._side[packet.dst], packet))
+            return super().route(packet)
+        return self._side[packet.dst]  # an intercepted connection speaks with a foreign address
 
     # --- what the extensions conclude ---------------------------------------------------------------
 
