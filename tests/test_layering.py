@@ -107,17 +107,39 @@ def package_modules(root: pathlib.Path) -> dict[str, pathlib.Path]:
     return {module_name(root, p): p for p in sorted((root / "mpsim").rglob("*.py"))}
 
 
-def internal_imports(root: pathlib.Path) -> dict[str, dict[str, int]]:
+#: Whether imports under ``if TYPE_CHECKING:`` count for cycles. They never run, but a cycle through
+#: them is still two modules that need each other; the issue asks for none, so they count. (For the
+#: direction of the layers they always count: a type named from a higher layer is a dependency.)
+CYCLES_COUNT_TYPE_ONLY_IMPORTS = True
+
+
+def _type_only_nodes(tree: ast.AST) -> set[int]:
+    """ids of the nodes inside the body of an ``if TYPE_CHECKING:`` (or ``typing.TYPE_CHECKING``)."""
+    inside: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and (
+                (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
+                or (isinstance(node.test, ast.Attribute) and node.test.attr == "TYPE_CHECKING")):
+            inside.update(id(n) for statement in node.body for n in ast.walk(statement))
+    return inside
+
+
+def internal_imports(root: pathlib.Path, *, type_only: bool = True) -> dict[str, dict[str, int]]:
     """module -> {imported package module: line}, for every import anywhere in the file (module
-    level, in functions, under TYPE_CHECKING), relative ones resolved, plus string literals that
-    name a package module exactly (what importlib.import_module is given, as the CLI's table of
-    benchmarks is). ``from a.b import c`` counts as importing a.b.c when that is a module."""
+    level, in functions, and under TYPE_CHECKING unless ``type_only`` is False), relative ones
+    resolved, plus string literals that name a package module exactly (what
+    importlib.import_module is given, as the CLI's table of benchmarks is). ``from a.b import c``
+    counts as importing a.b.c when that is a module."""
     modules = package_modules(root)
     graph: dict[str, dict[str, int]] = {}
     for name, path in modules.items():
         is_package = path.name == "__init__.py"
         found: dict[str, int] = {}
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        skipped = set() if type_only else _type_only_nodes(tree)
+        for node in ast.walk(tree):
+            if id(node) in skipped:
+                continue
             targets: list[str] = []
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
@@ -155,9 +177,9 @@ def layering_violations(root: pathlib.Path) -> list[str]:
     return bad
 
 
-def import_cycles(root: pathlib.Path) -> list[list[str]]:
+def import_cycles(root: pathlib.Path, *, type_only: bool = CYCLES_COUNT_TYPE_ONLY_IMPORTS) -> list[list[str]]:
     """Strongly connected components of more than one module (Tarjan, iterative)."""
-    graph = {m: sorted(targets) for m, targets in internal_imports(root).items()}
+    graph = {m: sorted(targets) for m, targets in internal_imports(root, type_only=type_only).items()}
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -255,3 +277,14 @@ def test_cycle_check_catches_a_planted_cycle(tmp_path):
         "mpsim/wire/alone.py": "from mpsim.wire import kinds\n",
     })
     assert import_cycles(root) == [["mpsim.wire.kinds", "mpsim.wire.mptcp", "mpsim.wire.options"]]
+
+
+def test_type_only_imports_are_told_apart(tmp_path):
+    root = _plant(tmp_path, {
+        "mpsim/__init__.py": "",
+        "mpsim/proto/__init__.py": "",
+        "mpsim/proto/client.py": "from mpsim.proto import schemes\n",
+        "mpsim/proto/schemes.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from mpsim.proto.client import C\n",
+    })
+    assert import_cycles(root, type_only=True) == [["mpsim.proto.client", "mpsim.proto.schemes"]]
+    assert import_cycles(root, type_only=False) == []
