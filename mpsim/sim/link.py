@@ -71,11 +71,12 @@ def packet_size_bytes(packet: Any) -> int:
 class DueCall(Event):
     """An event that is a success from birth, processed ``delay_s`` from now at ``priority``.
 
-    SimPy's public API makes events that are born triggered (``env.timeout``) only at NORMAL
-    priority; ``succeed()`` also schedules at NORMAL, for now. A chosen priority needs an event
-    subclass that is triggered when created, which is how SimPy's own ``Timeout`` and
-    ``Initialize`` are written: the subclass declares the outcome of all its instances (a success
-    with value None) as class attributes, and nothing outside this class sets SimPy's fields.
+    SimPy's public API makes events that are born triggered only at NORMAL priority
+    (``env.timeout``; ``succeed()`` also schedules at NORMAL, for now). A chosen priority needs an
+    event subclass that is triggered when created, which is how SimPy's own ``Timeout`` and
+    ``Initialize`` are written: this subclass declares the outcome of all its instances (a
+    success with value None) as class attributes, sets only the public ``env`` and ``callbacks``,
+    and schedules itself with the public ``env.schedule``. Nothing sets SimPy's private fields.
     """
 
     _ok = True
@@ -83,8 +84,9 @@ class DueCall(Event):
 
     def __init__(self, env: simpy.Environment, delay_s: float, priority: int,
                  callback: Callable[[Event], None]) -> None:
-        super().__init__(env)
-        self.callbacks.append(callback)
+        # What Event.__init__ does, inlined as Timeout does (one of these per delivered packet).
+        self.env = env
+        self.callbacks = [callback]
         env.schedule(self, priority, delay_s)
 
 
@@ -93,16 +95,11 @@ def schedule_call(env: simpy.Environment, delay_s: float, callback: Callable[[Ev
     """Run ``callback(event)`` after ``delay_s`` simulated seconds, without a SimPy process.
 
     At equal times, lower priorities run first (SimPy's own events use URGENT 0 and NORMAL 1);
-    among equal priorities, the order of scheduling. At NORMAL this is exactly
-    ``env.timeout(delay_s)`` (public API); other priorities take a :class:`DueCall`. Both push
-    the same ``(time, priority, sequence)`` entry onto SimPy's queue, so runs are unchanged.
+    among equal priorities, the order of scheduling. At NORMAL this pushes the same
+    ``(time, priority, sequence)`` entry onto SimPy's queue as ``env.timeout(delay_s)`` would.
     """
     if delay_s < 0:
         raise ValueError(f"schedule_call: delay_s must be >= 0, got {delay_s}")
-    if priority == NORMAL:
-        event = env.timeout(delay_s)
-        event.callbacks.append(callback)
-        return event
     return DueCall(env, delay_s, priority, callback)
 
 

@@ -385,7 +385,7 @@ def test_schedule_call_orders_by_time_then_priority_then_scheduling():
 
 
 def test_link_module_sets_no_private_simpy_fields():
-    # The links use SimPy's public API (env.timeout, env.schedule, an Event subclass); no code
+    # The links use SimPy's public API (env.schedule, an Event subclass); no code
     # assigns another object's _ok/_value.
     import ast
     import inspect
