@@ -140,16 +140,20 @@ class Host:
     # --- the machine contract ----------------------------------------------------------------
 
     def receive(self, port: str, packet: IpPacket, now: float) -> None:
-        """A packet arrived on interface ``port``."""
+        """A packet arrived on interface ``port``.
+
+        For one of our addresses: the connection on its 4-tuple, else the listener of its port,
+        else an RST. For another address: the same, with :meth:`foreign_listener` in place of
+        the listeners, and :meth:`not_ours` for what neither takes (a plain host drops it)."""
         if not isinstance(packet, IpPacket):
             self.on_icmp(port, packet, now)  # an ICMP error (middlebox.IcmpUnreachable), not a segment
             return
-        if packet.dst not in self.interfaces.values():
-            return  # not ours: hosts do not forward
         seg = packet.segment
         key = (packet.dst, seg.dst_port, packet.src, seg.src_port)
         conn = self.connections.get(key)
-        if conn is not None and seg.dst_port in self.listeners and conn.may_reopen(seg):
+        ours = packet.dst in self.interfaces.values()
+        listener = self.listeners.get(seg.dst_port) if ours else self.foreign_listener(port, packet)
+        if conn is not None and listener is not None and conn.may_reopen(seg):
             # A new SYN may end TIME-WAIT early and reach the listener (RFC 1122 4.2.2.13, RFC 6191).
             conn.end_time_wait(now)
             self._collect(conn, now)
@@ -158,7 +162,6 @@ class Host:
             conn.receive(packet, now)
             self._collect(conn, now)
             return
-        listener = self.listeners.get(seg.dst_port)
         if listener is not None and seg.flags & TcpFlags.SYN and not seg.flags & (TcpFlags.ACK | TcpFlags.RST):
             acceptance = listener.on_syn(self, packet, now)
             if acceptance is not None:
@@ -169,6 +172,9 @@ class Host:
                 self._adopt(conn, acceptance.owner)
                 self._collect(conn, now)
                 return
+        if not ours:
+            self.not_ours(port, packet, now)
+            return
         rst = reset_for(packet)
         if rst is not None:
             self.rsts_for_unknown += 1
@@ -237,7 +243,7 @@ class Host:
         """Actively open a connection from a fresh ephemeral port, or from ``local_port`` (like
         bind() with SO_REUSEADDR: only a live connection on the same 4-tuple is refused, a
         quarantined pair is not, which is how tests recreate a 4-tuple collision)."""
-        if local_addr not in self.interfaces.values():
+        if not self.may_open_from(local_addr):
             raise LocalProtocolError(f"{self.name} has no address {local_addr}")
         if local_port is None:
             port = self.ports.allocate(local_addr, remote_addr, remote_port, now, self.connections)
@@ -269,6 +275,29 @@ class Host:
                 return port
         raise LocalProtocolError(f"{self.name} has no interface with address {address}")
 
+    # --- for hosts that answer for addresses that are not theirs (a transparent proxy) --------
+
+    def foreign_listener(self, port: str, packet: IpPacket) -> Listener | None:
+        """The listener for ``packet``, addressed to an address that is not ours and matching no
+        connection, or None. A plain host has none; a proxy on the path returns one for the SYNs
+        it intercepts, and the host then opens, owns and (from TIME-WAIT) reopens those
+        connections exactly as it does for its own addresses."""
+        return None
+
+    def not_ours(self, port: str, packet: IpPacket, now: float) -> None:
+        """A packet for another address that no connection or foreign listener took. Hosts do
+        not forward, so a plain host drops it; a router-like subclass forwards it."""
+
+    def route(self, packet: IpPacket) -> str:
+        """The interface a packet we send leaves by: that of its source address. A host that speaks
+        with foreign addresses routes those by destination instead."""
+        return self.interface_of(packet.src)
+
+    def may_open_from(self, local_addr: IpAddress) -> bool:
+        """Whether :meth:`open` may use ``local_addr``: our own addresses, and in a subclass the
+        foreign ones it speaks for (a proxy that keeps the client's address towards the server)."""
+        return local_addr in self.interfaces.values()
+
     # --- internals --------------------------------------------------------------------------
 
     def _arm(self, conn: TcpConnection) -> None:
@@ -289,7 +318,7 @@ class Host:
         self.owners.pop(id(conn), None)
 
     def _transmit(self, packet: IpPacket) -> None:
-        self._out.append(Transmit(self.interface_of(packet.src), packet))
+        self._out.append(Transmit(self.route(packet), packet))
 
     def _collect(self, conn: TcpConnection, now: float) -> None:
         # An owner may act on the connection while handling an event (send, abort), which can

@@ -100,7 +100,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mpsim.proto.events import FellBackToTcp
-from mpsim.proto.host import Acceptance, Host, Transmit
+from mpsim.proto.host import Acceptance, Host, Listener, Transmit
 from mpsim.proto.mptcp import MptcpClientExtension, MptcpPolicy, MptcpServerExtension
 from mpsim.proto.relay import (
     AcceptUpstream,
@@ -120,7 +120,7 @@ from mpsim.proto.tcp import IpAddress, Rng, SynDataMode, TcpConnection, TcpPolic
 from mpsim.wire.errors import MalformedError
 from mpsim.wire.mp_convert import MpConvert, mp_convert_from_option
 from mpsim.wire.mptcp import MpCapable
-from mpsim.wire.segment import IpPacket, TcpFlags
+from mpsim.wire.segment import IpPacket
 from mpsim.wire.syn_payload import decode_syn_payload, signalling_sequence_bytes
 
 Endpoint = tuple[IpAddress, int]
@@ -342,6 +342,16 @@ class MpConvertSession(RelaySession):
 # --- the host ------------------------------------------------------------------------------------------
 
 
+class _Interceptor:
+    """The proxy's listener for SYNs addressed to others (see MpConvertProxyHost.foreign_listener)."""
+
+    def __init__(self, proxy: MpConvertProxyHost) -> None:
+        self.proxy = proxy
+
+    def on_syn(self, host: Host, packet: IpPacket, now: float) -> Acceptance | None:
+        return self.proxy._intercept(host, packet, now)
+
+
 class MpConvertProxyHost(RelayHost):
     """An MP_CONVERT proxy (see the module doc): explicit on ``policy.explicit_ports`` of its
     addresses, implicit on the path between ``client_interface`` and ``server_interfaces``.
@@ -372,6 +382,7 @@ class MpConvertProxyHost(RelayHost):
         self._side: dict[IpAddress, str] = {}  # address -> the interface it is reached through
         for port in policy.explicit_ports:
             self.listen(port, self)
+        self._interceptor = _Interceptor(self)
 
     def _client_leg_mptcp(self, syn: IpPacket) -> tuple:
         return (MptcpServerExtension(rng=self.rng, mib=self.mib, policy=self.mptcp_policy),)
@@ -396,20 +407,16 @@ class MpConvertProxyHost(RelayHost):
     # --- implicit: interception and forwarding ------------------------------------------------------
 
     def receive(self, port: str, packet: Any, now: float) -> None:
-        own = self.interfaces.values()
         if isinstance(packet, IpPacket):
             self._side[packet.src] = port
-        if packet.dst in own or self._quotes_ours(packet):
+            # Our own addresses, intercepted connections (foreign addresses, adopted through
+            # foreign_listener, TIME-WAIT reopening included) and forwarding (not_ours): all Host's.
             super().receive(port, packet, now)
-            return
-        seg = packet.segment if isinstance(packet, IpPacket) else None
-        conn = self.connections.get((packet.dst, seg.dst_port, packet.src, seg.src_port)) if seg else None
-        if conn is not None:  # a segment of an intercepted connection (either leg)
-            conn.receive(packet, now)
-            self._collect(conn, now)
-        elif not (seg is not None and self.proxy_policy.implicit and self._intercept(port, packet, now)):
+        elif packet.dst in self.interfaces.values() or self._quotes_ours(packet):
+            super().receive(port, packet, now)
+        else:  # an ICMP error about someone else's connection
             self._forward(port, packet)
-        self._settle(packet, now)
+            self._settle(packet, now)
 
     def _quotes_ours(self, message: Any) -> bool:
         """An ICMP error about one of our connections (intercepted ones have foreign addresses)."""
@@ -417,31 +424,34 @@ class MpConvertProxyHost(RelayHost):
         return original is not None and (original.src, original.segment.src_port, original.dst,
                                          original.segment.dst_port) in self.connections
 
-    def _intercept(self, port: str, packet: IpPacket, now: float) -> bool:
-        """Convert a SYN crossing the proxy, if it asks for it; False: forward it."""
-        seg = packet.segment
-        if port != self.client_interface or seg.flags & (TcpFlags.ACK | TcpFlags.RST) or not seg.flags & TcpFlags.SYN:
-            return False
+    def foreign_listener(self, port: str, packet: IpPacket) -> Listener | None:
+        """SYNs crossing from the client side, when the proxy is on the path (implicit mode)."""
+        if self.proxy_policy.implicit and port == self.client_interface:
+            return self._interceptor
+        return None
+
+    def not_ours(self, port: str, packet: IpPacket, now: float) -> None:
+        self._forward(port, packet)
+
+    def may_open_from(self, local_addr: IpAddress) -> bool:
+        # Address preservation (RFC 8803 4.4.1): on the path, the server leg uses the client's address.
+        return self.proxy_policy.implicit or super().may_open_from(local_addr)
+
+    def _intercept(self, host: Host, packet: IpPacket, now: float) -> Acceptance | None:
+        """Convert a SYN crossing the proxy, if it asks for it; None: forward it."""
         request = read_implicit_request(packet, intercept_any_mp_capable=self.proxy_policy.intercept_any_mp_capable)
-        client = (packet.src, seg.src_port)
+        client = (packet.src, packet.segment.src_port)
         if isinstance(request, MpConvertRejection):
             self.mib[f"MpConvertRejected_{request.value}"] += 1
             self.emit(MpConvertRejected(client, request, forwarded=True))
-            return False
+            return None
         server_side = self._server_interface_for(packet.dst)
         if request is None or server_side is None:
-            return False
+            return None
         self._side[packet.dst] = server_side
-        acceptance = self.accept(MpConvertSession(request, client, self.proxy_policy, now), packet,
-                                 syn_data_mode=SynDataMode.DROP)
-        # Host.receive serves only our own addresses; an intercepted SYN is answered as the server.
-        conn = TcpConnection.passive(packet, iss=self.rng.getrandbits(32), policy=self.policy, now=now,
-                                     syn_data_mode=acceptance.syn_data_mode, withhold_synack=acceptance.withhold_synack,
-                                     extensions=acceptance.extensions)
-        self._adopt(conn, acceptance.owner)
-        self._collect(conn, now)
         self.mib["MpConvertIntercepted"] += 1
-        return True
+        return self.accept(MpConvertSession(request, client, self.proxy_policy, now), packet,
+                           syn_data_mode=SynDataMode.DROP)
 
     def open_downstream(self, relay: Relay, request: OpenDownstream, now: float) -> TcpConnection | None:
         if relay.session.request.mode is not SignallingMode.IMPLICIT:
@@ -450,12 +460,8 @@ class MpConvertProxyHost(RelayHost):
         client_addr, client_port = relay.client
         if (client_addr, client_port, request.address, request.port) in self.connections:
             return None
-        conn = TcpConnection.active(client_addr, client_port, request.address, request.port,
-                                    iss=self.rng.getrandbits(32), policy=self.downstream_policy, now=now,
-                                    extensions=self.downstream_extensions_for(request))
-        self._adopt(conn, relay)
-        self._collect(conn, now)
-        return conn
+        return self.open(relay, client_addr, request.address, request.port, now, local_port=client_port,
+                         extensions=self.downstream_extensions_for(request), policy=self.downstream_policy)
 
     def _server_interface_for(self, address: IpAddress) -> str | None:
         return next((i for i in self.server_interfaces if self.interfaces[i].version == address.version), None)
@@ -468,11 +474,10 @@ class MpConvertProxyHost(RelayHost):
         self.mib["IpForwDatagrams"] += 1
         self._out.append(Transmit(out, packet))
 
-    def _transmit(self, packet: IpPacket) -> None:
+    def route(self, packet: IpPacket) -> str:
         if packet.src in self.interfaces.values():
-            super()._transmit(packet)
-        else:  # an intercepted connection speaks with a foreign address: route by destination
-            self._out.append(Transmit(self._side[packet.dst], packet))
+            return super().route(packet)
+        return self._side[packet.dst]  # an intercepted connection speaks with a foreign address
 
     # --- what the extensions conclude ---------------------------------------------------------------
 

@@ -68,20 +68,39 @@ def packet_size_bytes(packet: Any) -> int:
     return packet.size_bytes
 
 
+class DueCall(Event):
+    """An event that is a success from birth, processed ``delay_s`` from now at ``priority``.
+
+    SimPy's public API makes events that are born triggered only at NORMAL priority
+    (``env.timeout``; ``succeed()`` also schedules at NORMAL, for now). A chosen priority needs an
+    event subclass that is triggered when created, which is how SimPy's own ``Timeout`` and
+    ``Initialize`` are written: this subclass declares the outcome of all its instances (a
+    success with value None) as class attributes, sets only the public ``env`` and ``callbacks``,
+    and schedules itself with the public ``env.schedule``. Nothing sets SimPy's private fields.
+    """
+
+    _ok = True
+    _value = None
+
+    def __init__(self, env: simpy.Environment, delay_s: float, priority: int,
+                 callback: Callable[[Event], None]) -> None:
+        # What Event.__init__ does, inlined as Timeout does (one of these per delivered packet).
+        self.env = env
+        self.callbacks = [callback]
+        env.schedule(self, priority, delay_s)
+
+
 def schedule_call(env: simpy.Environment, delay_s: float, callback: Callable[[Event], None],
                   priority: int = NORMAL) -> Event:
     """Run ``callback(event)`` after ``delay_s`` simulated seconds, without a SimPy process.
 
-    What ``env.timeout(delay_s).callbacks.append(callback)`` does, with a choice of priority
-    (at equal times, lower values run first; SimPy's own events use URGENT 0 and NORMAL 1).
+    At equal times, lower priorities run first (SimPy's own events use URGENT 0 and NORMAL 1);
+    among equal priorities, the order of scheduling. At NORMAL this pushes the same
+    ``(time, priority, sequence)`` entry onto SimPy's queue as ``env.timeout(delay_s)`` would.
     """
-    event = Event(env)
-    # A triggered event: SimPy checks _ok after the callbacks and raises _value when it is False.
-    event._ok = True
-    event._value = None
-    event.callbacks.append(callback)
-    env.schedule(event, priority, delay_s)
-    return event
+    if delay_s < 0:
+        raise ValueError(f"schedule_call: delay_s must be >= 0, got {delay_s}")
+    return DueCall(env, delay_s, priority, callback)
 
 
 class PacketTracer(Protocol):

@@ -29,7 +29,7 @@ from enum import IntEnum, IntFlag, StrEnum
 from typing import ClassVar, TypeAlias
 
 from mpsim.wire.errors import InvalidValueError, MalformedError, TruncatedError
-from mpsim.wire.options import TcpOptionKind
+from mpsim.wire.option_kinds import TcpOptionKind
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 

@@ -22,10 +22,11 @@ the padding begins with a zero byte, which is an EOL, so the decoded list gains 
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import ClassVar
 
 from mpsim.wire.errors import InvalidValueError, MalformedError, OptionSpaceError, WireError
+from mpsim.wire.mptcp import decode_mptcp_option
+from mpsim.wire.option_kinds import TcpOptionKind  # re-exported: callers import it from here
 
 #: The TCP option space of a header: a 4-bit data offset in words, minus the 20 fixed bytes.
 TCP_OPTION_SPACE_BYTES = 40
@@ -33,23 +34,6 @@ TCP_OPTION_SPACE_BYTES = 40
 EXID_FAST_OPEN = 0xF989
 _MAX_OPTION_DATA_BYTES = 253  # the length byte counts kind and length too
 _MAX_SACK_BLOCKS = 4  # RFC 2018 section 3: 4 * 8 + 2 = 34 of the 40 header bytes
-
-
-class TcpOptionKind(IntEnum):
-    """TCP option kinds (IANA "TCP Option Kind Numbers"; experimental names per RFC 4727/6994)."""
-
-    EOL = 0
-    NOP = 1
-    MSS = 2
-    WINDOW_SCALE = 3
-    SACK_PERMITTED = 4
-    SACK = 5
-    TIMESTAMPS = 8
-    TCP_AO = 29
-    MPTCP = 30
-    TFO = 34
-    EXPERIMENTAL_1 = 253
-    EXPERIMENTAL_2 = 254
 
 
 def _check_uint(field: str, value: int, bits: int) -> None:
@@ -407,9 +391,6 @@ def _decode_option(raw: bytes, offset: int):
     if kind in (TcpOptionKind.EXPERIMENTAL_1, TcpOptionKind.EXPERIMENTAL_2):
         return Experimental(kind, body)
     if kind == TcpOptionKind.MPTCP:
-        # Imported here so that this module does not depend on the MPTCP codec being present.
-        from mpsim.wire.mptcp import decode_mptcp_option
-
         try:
             return decode_mptcp_option(raw)
         except WireError as err:

@@ -369,3 +369,47 @@ def test_time_wait_without_a_listener_is_not_reopened():
     net.client.receive("eth0", syn, 2.0)
     [ack] = [t.packet.segment for t in net.client.outgoing(2.0)]
     assert ack.flags == ACK and net.client.connections[conn.four_tuple] is conn
+
+
+# --- hooks for hosts that answer for other addresses (a transparent proxy) ----------------------------
+
+
+class TransparentHost(Host):
+    """Answers SYNs to any address on port 80 arriving on "lan"; records what it does not take."""
+
+    def __init__(self, *args, app, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.listener = Listener(app)
+        self.passed_on: list = []
+
+    def foreign_listener(self, port, packet):
+        return self.listener if port == "lan" and packet.segment.dst_port == SERVER_PORT else None
+
+    def not_ours(self, port, packet, now):
+        self.passed_on.append(packet)
+
+    def may_open_from(self, local_addr):
+        return True
+
+    def route(self, packet):
+        return "lan"
+
+
+def test_a_host_adopts_connections_for_foreign_addresses_through_its_hooks():
+    app = App()
+    host = TransparentHost("mb", {"lan": IPv4Address("198.18.0.9")}, rng=random.Random(1), app=app)
+    far = IPv4Address("198.19.0.80")
+    syn = IpPacket(CLIENT_ADDR, far, TcpSegment(40000, SERVER_PORT, 7, 0, SYN, 100))
+    host.receive("lan", syn, 0.0)
+    [synack] = host.outgoing(0.0)
+    assert (synack.packet.src, synack.packet.segment.flags) == (far, SYN | ACK)
+    conn = host.connections[(far, SERVER_PORT, CLIENT_ADDR, 40000)]
+    assert conn.state is TcpState.SYN_RECEIVED and host.passed_on == []
+    # Not the listener's port, or not from "lan": handed to not_ours, never answered with an RST.
+    other = IpPacket(CLIENT_ADDR, far, TcpSegment(40001, 443, 9, 0, SYN, 100))
+    host.receive("lan", other, 0.0)
+    host.receive("wan", IpPacket(CLIENT_ADDR, far, TcpSegment(40002, SERVER_PORT, 9, 0, SYN, 100)), 0.0)
+    assert len(host.passed_on) == 2 and host.outgoing(0.0) == [] and host.rsts_for_unknown == 0
+    # may_open_from lets it open from an address that is not its own (address preservation).
+    opened = host.open(app, CLIENT_ADDR, far, 8080, 0.0, local_port=40003)
+    assert opened.four_tuple == (CLIENT_ADDR, 40003, far, 8080)

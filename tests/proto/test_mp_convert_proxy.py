@@ -643,3 +643,36 @@ def test_without_the_i_flag_a_reverted_client_leg_is_relayed_as_plain_tcp(dst, o
     net.harness.run(100.0)
     assert bytes(client.received) == b"echo:x" and client.closed.clean
     assert not net.events(MpConvertReverted) and net.proxy.mib["MpConvertIntercepted"] == (dst == SERVER)
+
+
+class EchoThenCloseApp(EchoApp):
+    """Echoes, then closes first: the server leg and, through the relay, the client leg close
+    from the proxy's side, so the proxy's intercepted connection ends in TIME-WAIT."""
+
+    def on_data(self, host, conn, data, now):
+        super().on_data(host, conn, data, now)
+        conn.close(now)
+
+
+def test_the_on_path_proxy_reopens_an_intercepted_4_tuple_from_time_wait():
+    # Host adopts intercepted connections through Host.foreign_listener, so the proxy gets Host's
+    # TIME-WAIT reopening (RFC 1122 4.2.2.13, RFC 6191: a newer timestamp) for foreign addresses.
+    net = build(implicit=True, app=EchoThenCloseApp())
+    first = Client(b"one", expect_bytes=100)  # closes only after the proxy did
+    conn = net.connect(first, SERVER, SERVER_PORT, options=(IMPLICIT.to_option(),))
+    net.harness.run(10.0)
+    key = (SERVER, SERVER_PORT, CLIENT, conn.local_port)
+    old = net.proxy.connections[key]
+    assert bytes(first.received) == b"echo:one" and first.closed.clean
+    assert old.state is TcpState.TIME_WAIT and not net.client.connections
+    # The same client port again, well inside the 60 s TIME-WAIT.
+    second = Client(b"two", expect_bytes=100)
+    extensions = (MptcpClientExtension(rng=net.rng, mib=net.client.mib), AddSynOptions(IMPLICIT.to_option()))
+    net.client.open(second, CLIENT, SERVER, SERVER_PORT, 10.0, extensions=extensions, local_port=conn.local_port)
+    net.harness.run(20.0)
+    assert bytes(second.received) == b"echo:two" and second.closed.clean
+    # At once: no challenge ACK from TIME-WAIT, no RST, no SYN retransmission a second later.
+    assert second.established_at == 10.0 + RTT_CP_S + RTT_PS_S
+    assert not [d for d in net.packets("client", "proxy", TcpFlags.RST) if d.time_s >= 10.0]
+    assert old.state is TcpState.CLOSED and net.proxy.mib["MpConvertIntercepted"] == 2
+    assert [e.mode for e in net.events(MpConvertProxied)] == [SignallingMode.IMPLICIT] * 2

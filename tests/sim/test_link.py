@@ -362,3 +362,37 @@ def test_icmp_sizes():
 
 def test_light_packets_use_their_size():
     assert packet_size_bytes(Light(1234)) == 1234
+
+
+def test_schedule_call_orders_by_time_then_priority_then_scheduling():
+    # Timers (NORMAL + 1) at time t run after every packet arrival (NORMAL) at t, even one
+    # scheduled later; equal priorities keep their scheduling order.
+    from simpy.events import NORMAL
+
+    from mpsim.sim.link import schedule_call
+
+    env = simpy.Environment()
+    order: list[tuple[float, str]] = []
+    schedule_call(env, 1.0, lambda e: order.append((env.now, "timer-a")), NORMAL + 1)
+    schedule_call(env, 1.0, lambda e: order.append((env.now, "arrival-a")))
+    schedule_call(env, 0.5, lambda e: order.append((env.now, "early")), NORMAL + 1)
+    schedule_call(env, 1.0, lambda e: order.append((env.now, "timer-b")), NORMAL + 1)
+    schedule_call(env, 1.0, lambda e: order.append((env.now, "arrival-b")))
+    env.run()
+    assert order == [(0.5, "early"), (1.0, "arrival-a"), (1.0, "arrival-b"), (1.0, "timer-a"), (1.0, "timer-b")]
+    with pytest.raises(ValueError, match="delay_s must be >= 0"):
+        schedule_call(env, -0.1, lambda e: None)
+
+
+def test_link_module_sets_no_private_simpy_fields():
+    # The links use SimPy's public API (env.schedule, an Event subclass); no code
+    # assigns another object's _ok/_value.
+    import ast
+    import inspect
+
+    import mpsim.sim.link as link_module
+
+    tree = ast.parse(inspect.getsource(link_module))
+    assigned = [node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+                and isinstance(node.ctx, ast.Store) and node.attr in {"_ok", "_value", "_defused"}]
+    assert not assigned, f"mpsim/sim/link.py assigns SimPy private fields {assigned}"
