@@ -21,15 +21,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mpsim.experiment.truth_table import (
+from mpsim.proto.truth_table import (
     CLIENT,
-    MIDDLEBOXES,
     PROXY_DOWN,
     PROXY_PORT,
     PROXY_UP,
     SERVER,
     SERVER_PORT,
-    SERVERS,
+    table_middleboxes,
+    table_servers,
+    access_box,
 )
 from mpsim.proto.cache import CachePolicy, CacheReprobed, ProxyState, ReprobeTrigger
 from mpsim.proto.client import (
@@ -865,8 +866,8 @@ RANDOM_SCHEMES = (
 )
 
 
-@given(scheme=st.sampled_from(RANDOM_SCHEMES), middlebox=st.sampled_from(MIDDLEBOXES),
-       server=st.sampled_from(SERVERS + (ServerKind.TFO, ServerKind.UNREACHABLE)),
+@given(scheme=st.sampled_from(RANDOM_SCHEMES), middlebox=st.sampled_from(table_middleboxes()),
+       server=st.sampled_from(table_servers() + (ServerKind.TFO, ServerKind.UNREACHABLE)),
        timing=st.sampled_from(list(ConverterTiming)),
        seed=st.integers(0, 2**16), fallback=st.sampled_from(list(FallbackTarget)),
        leak=st.sampled_from(list(SignalAckedAsData)), tfo=st.booleans(), mptcp_to_server=st.booleans(),
@@ -876,7 +877,7 @@ def test_invariants_over_random_cases(scheme, middlebox, server, timing, seed, f
     policy, proxy_kind = scheme
     policy = replace(policy, fallback=fallback, signal_acked_as_data=leak, tfo_to_server=tfo,
                      mptcp_to_server=mptcp_to_server)
-    up, down = middlebox.build()
+    up, down, _ = access_box(middlebox)
     net = build_net(policy, server, up=up, down=down, timing=timing, seed=seed, checked=True,
                     cache_policy=CachePolicy(off_reprobe_s=300.0), proxy_kind=proxy_kind)
     net.client.connect(REQUEST, 0.0)
