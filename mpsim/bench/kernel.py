@@ -1126,7 +1126,6 @@ def model_negotiation(settings: ModelSettings, middlebox: str, rate_bps: float,
     from mpsim.experiment.scenario import (Arrivals, ClientSpec, ConverterSpec, PathSpec, ProxyKind, Scenario,
                                            ServerSpec, WorkloadSpec)
     from mpsim.experiment.simulation import CLIENT, Simulation
-    from mpsim.proto.client import Scheme
     from mpsim.proto.mptcp import MptcpBlackholeState, MptcpPolicy
     from mpsim.proto.relay import ConverterTiming
     from mpsim.wire.segment import IpPacket, TcpFlags
@@ -1137,7 +1136,7 @@ def model_negotiation(settings: ModelSettings, middlebox: str, rate_bps: float,
     scenario = Scenario(
         description=f"kernel benchmark: Convert through {middlebox}", duration_s=1.0, drain_s=120.0,
         # The live client waits on the kernel's SYN retries (tcp_syn_retries), not on a proxy budget.
-        client=ClientSpec(scheme=Scheme.CONVERT, upstream_mptcp=True, proxy_syn_retries=knobs["tcp_syn_retries"],
+        client=ClientSpec(scheme="convert", upstream_mptcp=True, proxy_syn_retries=knobs["tcp_syn_retries"],
                           syn_retries=knobs["tcp_syn_retries"]),
         converter=ConverterSpec(kind=ProxyKind.CONVERT, timing=ConverterTiming.SOCKET, delay_s=0.0),
         server=ServerSpec(delay_s=0.0), paths={"path0": path, "path1": path},

@@ -45,8 +45,8 @@ from typing import Annotated, Any
 
 from mpsim.errors import MpsimError
 from mpsim.proto.cache import CachePolicy
-from mpsim.proto.catalogue import MIDDLEBOXES, PROXIES, SERVERS, Registry
-from mpsim.proto.client import ClientPolicy, FallbackTarget, Scheme, SignalAckedAsData
+from mpsim.proto.catalogue import MIDDLEBOXES, PROXIES, SCHEMES, SERVERS, Registry
+from mpsim.proto.client import ClientPolicy, FallbackTarget, SignalAckedAsData
 from mpsim.proto.convert import ConverterPolicy
 from mpsim.proto.mptcp import MptcpPolicy
 from mpsim.proto.proxies import Placement, proxy_for_scheme
@@ -93,6 +93,7 @@ class OneOf:
 
 #: The proxy the client's scheme talks to (see :attr:`Scenario.proxy_kind`).
 AUTO_PROXY = "auto"
+SchemeName = Annotated[str, OneOf(SCHEMES)]
 MiddleboxName = Annotated[str, OneOf(MIDDLEBOXES)]
 ProxyName = Annotated[str, OneOf(PROXIES, (AUTO_PROXY,))]
 ServerName = Annotated[str, OneOf(SERVERS)]
@@ -181,7 +182,7 @@ class MptcpSpec:
 class ClientSpec:
     """The client host: ClientPolicy, and the TcpPolicy / CachePolicy knobs scenarios vary."""
 
-    scheme: Scheme = knob(_CP.scheme)
+    scheme: SchemeName = knob(_CP.scheme)
     fallback: FallbackTarget = knob(_CP.fallback)
     upstream_mptcp: bool = knob(_CP.upstream_mptcp)
     implicit: bool = knob(_CP.implicit)
@@ -259,7 +260,7 @@ class WorkloadSpec:
     interval_s: float = knob(1.0, gt=0)
     rate_per_s: float = knob(1.0, gt=0)
     at_s: tuple[float, ...] = knob(())
-    schemes: tuple[Scheme, ...] = knob(())  # request i uses schemes[i % len]; () = client.scheme
+    schemes: tuple[SchemeName, ...] = knob(())  # request i uses schemes[i % len]; () = client.scheme
     request_size_bytes: int = knob(100, ge=1, le=1_000_000)
     response_size_bytes: int = knob(1000, ge=0, le=100_000_000)
 
@@ -312,7 +313,7 @@ class Scenario:
         kind = getattr(self.converter.kind, "value", self.converter.kind)  # a transitional ProxyKind
         if kind != AUTO_PROXY:
             return kind
-        return proxy_for_scheme(self.client.scheme.value, self.converter.placement)
+        return proxy_for_scheme(self.client.scheme, self.converter.placement)
 
 
 # --- coercion: a TOML tree into the schema -----------------------------------------------------------

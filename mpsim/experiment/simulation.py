@@ -64,7 +64,7 @@ import simpy
 from mpsim.experiment.scenario import Action, Arrivals, Direction, Scenario, TransferSpec
 from mpsim.proto.cache import CachePolicy
 from mpsim.proto.catalogue import MIDDLEBOXES, SERVERS
-from mpsim.proto.client import ClientHost, ClientPolicy, ConnectionFinished, Request, Scheme
+from mpsim.proto.client import ClientHost, ClientPolicy, ConnectionFinished, Request
 from mpsim.proto.events import Outcome
 from mpsim.proto.harness import Router
 from mpsim.proto.middlebox import PASS, BuiltBox, Site, flow_of
@@ -381,7 +381,7 @@ class Simulation:
         self._scheduled_done = True
         self._check_done()
 
-    def _request(self, scheme: Scheme | None) -> int:
+    def _request(self, scheme: str | None) -> int:
         w = self.scenario.workload
         request = Request(SERVER, self.scenario.server.port, request_size_bytes=w.request_size_bytes,
                           response_size_bytes=w.response_size_bytes, scheme=scheme)

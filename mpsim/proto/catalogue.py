@@ -107,7 +107,7 @@ class Registry(Generic[T]):
 
 
 #: Signalling schemes (mpsim/proto/schemes/): entries are scheme objects, keyed by their name.
-SCHEMES: Registry = Registry("scheme")
+SCHEMES: Registry = Registry("scheme", ("mpsim.proto.schemes",))
 #: Middleboxes an access network can hold: entries build their per-direction filters.
 MIDDLEBOXES: Registry = Registry("middlebox", ("mpsim.proto.middlebox",))
 #: Proxies a scenario can run (RFC 8803 converter, MP_CONVERT, SOCKS5): entries build the host.

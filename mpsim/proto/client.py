@@ -47,7 +47,9 @@ import enum
 from dataclasses import dataclass, replace
 from typing import Any
 
+from mpsim.proto import schemes as _schemes  # noqa: F401  (registers the schemes)
 from mpsim.proto.cache import CachePolicy, ClientCaches, ProxyState
+from mpsim.proto.catalogue import SCHEMES
 from mpsim.proto.convert import (
     ConvertClientExchange,
     ConvertClientPolicy,
@@ -92,15 +94,6 @@ _SOCKS5_SERVER_ANSWERS = frozenset({Socks5Reply.NETWORK_UNREACHABLE, Socks5Reply
                                     Socks5Reply.CONNECTION_REFUSED})
 
 
-class Scheme(enum.Enum):
-    PLAIN = "plain"
-    MPTCP = "mptcp"
-    MP_CONVERT_OPTION = "mp-convert-option"
-    SYN_PAYLOAD_EOL = "syn-payload-eol"
-    CONVERT = "convert"
-    SOCKS5 = "socks5"
-
-
 class FallbackTarget(enum.Enum):
     """Where a client goes when its proxy attempt fails (RFC 8803 leaves it open, docs/protocols.md 8.1)."""
 
@@ -121,7 +114,7 @@ class SignalAckedAsData(enum.Enum):
 class ClientPolicy:
     """The client's choices where the RFCs leave one."""
 
-    scheme: Scheme = Scheme.CONVERT
+    scheme: str = "convert"  # a name in mpsim.proto.catalogue.SCHEMES
     fallback: FallbackTarget = FallbackTarget.DIRECT_TCP
     upstream_mptcp: bool = True  # MP_CAPABLE towards the proxy (the point of converting)
     implicit: bool = False  # mp-convert-option / syn-payload-eol: SYN to the server via an on-path proxy
@@ -142,6 +135,9 @@ class ClientPolicy:
     max_attempts: int = 6  # a bound on fallbacks and retries for one request
 
     def __post_init__(self) -> None:
+        # An unknown name is an error with a did-you-mean suggestion; a str subclass (the scenario
+        # schema's choices) is stored as the registered name itself.
+        object.__setattr__(self, "scheme", SCHEMES.get(self.scheme).name)
         if self.proxy_syn_retries < 0 or self.max_attempts < 1 or self.reply_timeout_s <= 0 \
                 or (self.response_timeout_s is not None and self.response_timeout_s <= 0):
             raise ValueError("proxy_syn_retries >= 0, max_attempts >= 1, reply_timeout_s > 0 and "
@@ -156,8 +152,12 @@ class Request:
     port: int
     request_size_bytes: int = 100
     response_size_bytes: int = 1000
-    scheme: Scheme | None = None  # None: the client policy's scheme
+    scheme: str | None = None  # a name in SCHEMES; None: the client policy's scheme
     data: bytes = b""  # the request's bytes; empty: a generated one of request_size_bytes
+
+    def __post_init__(self) -> None:
+        if self.scheme is not None:
+            object.__setattr__(self, "scheme", SCHEMES.get(self.scheme).name)
 
     def payload(self) -> bytes:
         if self.data:
@@ -251,7 +251,7 @@ class LogicalConnection:
         self.host = host
         self.request_id = request_id
         self.request = request
-        self.scheme = request.scheme or host.client_policy.scheme
+        self.scheme = SCHEMES.get(request.scheme or host.client_policy.scheme)
         self.start_s = now
         self.payload = request.payload()
         self.attempts: list[_Attempt] = []
@@ -272,15 +272,15 @@ class LogicalConnection:
 
     def start(self, now: float) -> None:
         policy = self.host.client_policy
-        if self.scheme is Scheme.PLAIN:
+        if self.scheme.name == "plain":
             self._open_direct(now, mptcp=False)
-        elif self.scheme is Scheme.MPTCP:
+        elif self.scheme.name == "mptcp":
             self._open_direct(now, mptcp=True)
-        elif self.scheme is Scheme.CONVERT and policy.bypass_mptcp_servers and \
+        elif self.scheme.name == "convert" and policy.bypass_mptcp_servers and \
                 self.host.caches.server_mptcp_capable(self.request.destination):
             self.detail = "bypassed the converter: server known MPTCP-capable"
             self._open_direct(now, mptcp=True)
-        elif policy.implicit and self.scheme in (Scheme.MP_CONVERT_OPTION, Scheme.SYN_PAYLOAD_EOL):
+        elif policy.implicit and self.scheme.implicit_capable:
             self._open_signalled(now, proxy=None)
         else:
             self._open_via_proxy(now)
@@ -298,9 +298,9 @@ class LogicalConnection:
                             FallbackReason.PROXY_FAILED)
             return
         self.proxies_tried.append(proxy)
-        if self.scheme is Scheme.CONVERT:
+        if self.scheme.name == "convert":
             self._open_convert(now, proxy)
-        elif self.scheme is Scheme.SOCKS5:
+        elif self.scheme.name == "socks5":
             self._open_socks5(now, proxy)
         else:
             self._open_signalled(now, proxy)
@@ -312,7 +312,7 @@ class LogicalConnection:
             self._finish(now, Outcome.FAILED, "too many attempts")
             return
         target = self.host.client_policy.fallback
-        if target is FallbackTarget.OTHER_PROXY and self.scheme not in (Scheme.PLAIN, Scheme.MPTCP):
+        if target is FallbackTarget.OTHER_PROXY and self.scheme.proxy is not None:
             if self._next_proxy(now) is not None:
                 self._open_via_proxy(now)
                 return
@@ -410,7 +410,7 @@ class LogicalConnection:
     def _open_signalled(self, now: float, proxy: Proxy | None) -> None:
         """mp-convert-option or syn-payload-eol, explicit (to ``proxy``) or implicit (proxy None:
         to the server itself, for an on-path proxy to intercept)."""
-        kind = AttemptKind.MP_CONVERT_OPTION if self.scheme is Scheme.MP_CONVERT_OPTION else AttemptKind.SYN_PAYLOAD_EOL
+        kind = AttemptKind.MP_CONVERT_OPTION if self.scheme.name == "mp-convert-option" else AttemptKind.SYN_PAYLOAD_EOL
         attempt = self._new_attempt(kind, proxy)
         implicit = proxy is None
         signal = MpConvert(None, None, implicit=True) if implicit else \
@@ -732,7 +732,7 @@ class LogicalConnection:
             outcome = Outcome.CONVERTED
         elif not self.via_proxy and mptcp_on:
             outcome = Outcome.MPTCP
-        elif self.scheme is Scheme.PLAIN and self.fallback_reason is None:
+        elif self.scheme.name == "plain" and self.fallback_reason is None:
             outcome = Outcome.TCP
         else:  # through the proxy without MPTCP on our leg, or direct after a fallback
             outcome = Outcome.FALLBACK_TCP
@@ -757,7 +757,7 @@ class LogicalConnection:
                     self._abort(attempt, now)
         record = ConnectionRecord(
             request_id=self.request_id,
-            scheme=self.scheme.value,
+            scheme=self.scheme.name,
             destination=f"{self.request.destination}:{self.request.port}",
             outcome=outcome.value,
             fallback_reason=self.fallback_reason.value if self.fallback_reason else None,

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mpsim.proto.catalogue import PROXIES
+from mpsim.proto.catalogue import PROXIES, SCHEMES
 from mpsim.proto.relay import ConverterTiming
 from mpsim.proto.tcp import IpAddress, Rng
 
@@ -75,14 +75,10 @@ def build_proxy_host(kind: str, name: str, addresses: Mapping[str, IpAddress], *
     return entry.create(name, dict(addresses), rng, settings)
 
 
-#: The proxy each scheme talks to when the catalogue's scheme objects are not there yet.
-_SCHEME_PROXIES = {"mp-convert-option": "mp-convert", "syn-payload-eol": "mp-convert", "socks5": "socks5"}
-
-
 def proxy_for_scheme(scheme: str, placement: Placement = Placement.BESIDE) -> str:
     """The PROXIES name a converter node runs for clients of ``scheme``: the scheme's own proxy,
     the RFC 8803 converter for a scheme that needs none, and the MP_CONVERT proxy on the path
     (the only one that intercepts)."""
     if placement is Placement.ON_PATH:
         return "mp-convert"
-    return _SCHEME_PROXIES.get(scheme) or "convert"
+    return SCHEMES.get(scheme).proxy or "convert"

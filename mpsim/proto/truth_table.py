@@ -11,6 +11,10 @@ Middleboxes, proxies and servers come from the catalogue (mpsim/proto/catalogue.
 has a clean path ("none"), then every registered middlebox, against every registered server, so
 a component registered by a new module appears here with no edit.
 
+Randomness comes in, as everywhere in proto: every function that builds or runs cases takes
+``rngs``, a function from a seed to a generator (``random.Random`` in practice); a case's hosts
+share ``rngs(seed)`` and a box that draws gets ``rngs(MIDDLEBOX_SEED)``, so a seed gives one table.
+
 Each case runs one request (100 bytes up, 1000 bytes down) and reports the client's
 :class:`~mpsim.proto.client.ConnectionRecord` plus the first-byte time in client-server RTTs.
 ``python -m mpsim.experiment.docgen`` writes the whole table to docs/truth-table.md.
@@ -18,17 +22,21 @@ Each case runs one request (100 bytes up, 1000 bytes down) and reports the clien
 
 from __future__ import annotations
 
-import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
 from mpsim.proto.catalogue import MIDDLEBOXES, SERVERS
-from mpsim.proto.client import ClientHost, ClientPolicy, ConnectionRecord, Request, Scheme, SignalAckedAsData
+from mpsim.proto.client import ClientHost, ClientPolicy, ConnectionRecord, Request, SignalAckedAsData
 from mpsim.proto.harness import Harness, Router
 from mpsim.proto.middlebox import PASS, BuiltBox, Site
 from mpsim.proto.proxies import Placement, ProxySettings, build_proxy_host, proxy_for_scheme
 from mpsim.proto.relay import ConverterTiming
 from mpsim.proto.server import ResponderApp, ServerHost, ServerKind
+from mpsim.proto.tcp import Rng
+
+#: A source of seeded generators: seed -> generator (``random.Random``).
+RngSource = Callable[[int], Rng]
 
 CLIENT = IPv4Address("198.18.0.1")
 CLIENT_NETWORK = IPv4Network("198.18.0.0/24")  # a NAT takes its public address from it (host .200)
@@ -64,11 +72,11 @@ def middlebox_description(name: str) -> str:
     return "a clean path" if name == NO_MIDDLEBOX else MIDDLEBOXES.get(name).description
 
 
-def access_box(name: str) -> BuiltBox:
+def access_box(name: str, rngs: RngSource) -> BuiltBox:
     """A fresh box of a registered name (or "none") for the client's access link."""
     if name == NO_MIDDLEBOX:
         return BuiltBox(PASS, PASS, ())
-    return MIDDLEBOXES.get(name).build(random.Random(MIDDLEBOX_SEED), Site(CLIENT_NETWORK))
+    return MIDDLEBOXES.get(name).build(rngs(MIDDLEBOX_SEED), Site(CLIENT_NETWORK))
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,27 +91,27 @@ class Variant:
 
 
 VARIANTS = (
-    Variant("plain", ClientPolicy(scheme=Scheme.PLAIN)),
-    Variant("mptcp", ClientPolicy(scheme=Scheme.MPTCP)),
-    Variant("convert", ClientPolicy(scheme=Scheme.CONVERT)),
-    Variant("convert (socket timing)", ClientPolicy(scheme=Scheme.CONVERT), ConverterTiming.SOCKET),
-    Variant("mp-convert-option", ClientPolicy(scheme=Scheme.MP_CONVERT_OPTION)),
+    Variant("plain", ClientPolicy(scheme="plain")),
+    Variant("mptcp", ClientPolicy(scheme="mptcp")),
+    Variant("convert", ClientPolicy(scheme="convert")),
+    Variant("convert (socket timing)", ClientPolicy(scheme="convert"), ConverterTiming.SOCKET),
+    Variant("mp-convert-option", ClientPolicy(scheme="mp-convert-option")),
     Variant("mp-convert-option (implicit, proxy on path)",
-            ClientPolicy(scheme=Scheme.MP_CONVERT_OPTION, implicit=True), placement=Placement.ON_PATH),
-    Variant("syn-payload-eol", ClientPolicy(scheme=Scheme.SYN_PAYLOAD_EOL)),
+            ClientPolicy(scheme="mp-convert-option", implicit=True), placement=Placement.ON_PATH),
+    Variant("syn-payload-eol", ClientPolicy(scheme="syn-payload-eol")),
     Variant("syn-payload-eol (implicit, no proxy on path)",
-            ClientPolicy(scheme=Scheme.SYN_PAYLOAD_EOL, implicit=True)),
+            ClientPolicy(scheme="syn-payload-eol", implicit=True)),
     Variant("syn-payload-eol (implicit, no proxy, continue)",
-            ClientPolicy(scheme=Scheme.SYN_PAYLOAD_EOL, implicit=True,
+            ClientPolicy(scheme="syn-payload-eol", implicit=True,
                          signal_acked_as_data=SignalAckedAsData.CONTINUE)),
-    Variant("socks5", ClientPolicy(scheme=Scheme.SOCKS5)),
+    Variant("socks5", ClientPolicy(scheme="socks5")),
 )
 
 
 @dataclass(frozen=True, slots=True)
 class CaseResult:
     label: str
-    scheme: Scheme
+    scheme: str
     middlebox: str
     server: ServerKind | str
     record: ConnectionRecord | None
@@ -119,35 +127,35 @@ def _server_name(kind: ServerKind | str) -> str:
     return kind.value if isinstance(kind, ServerKind) else kind
 
 
-def _server(kind: ServerKind | str, rng: random.Random) -> ServerHost:
+def _server(kind: ServerKind | str, rng: Rng) -> ServerHost:
     app = ResponderApp(REQUEST.response_size_bytes, request_size_bytes=REQUEST.request_size_bytes)
     return SERVERS.get(_server_name(kind)).create("server", SERVER, rng, app, (SERVER_PORT,))
 
 
-def _proxy(scheme: Scheme, rng: random.Random, timing: ConverterTiming, placement: Placement):
+def _proxy(scheme: str, rng: Rng, timing: ConverterTiming, placement: Placement):
     """The proxy the scheme talks to (an RFC 8803 converter unless the scheme needs another)."""
     addresses = {"up": PROXY_UP, "down": PROXY_DOWN} | ({"in": PROXY_IN} if placement is Placement.ON_PATH else {})
     settings = ProxySettings(port=PROXY_PORT, placement=placement, client_prefixes=(str(CLIENT_NETWORK),),
                              timing=timing)
-    return build_proxy_host(proxy_for_scheme(scheme.value, placement), "proxy", addresses, rng=rng, settings=settings)
+    return build_proxy_host(proxy_for_scheme(scheme, placement), "proxy", addresses, rng=rng, settings=settings)
 
 
-def build(scheme: Scheme, middlebox: str, server_kind: ServerKind | str, *, seed: int = 1,
+def build(scheme: str, middlebox: str, server_kind: ServerKind | str, *, rngs: RngSource, seed: int = 1,
           client_policy: ClientPolicy | None = None, timing: ConverterTiming = ConverterTiming.RFC,
           placement: Placement = Placement.BESIDE) -> tuple[Harness, ClientHost]:
     """The topology for one case; the caller runs it. ``middlebox``: a registered name or "none"."""
-    rng = random.Random(seed)
+    rng = rngs(seed)
     harness = Harness()
     policy = client_policy or ClientPolicy(scheme=scheme)
     client = harness.add("client", ClientHost("client", {"eth0": CLIENT}, rng=rng, policy=policy,
                                               proxies=((PROXY_UP, PROXY_PORT),)))
-    routes = {"c": ["198.18.0.0/24"], "p_up": ["198.18.1.0/24"], "p_down": ["198.18.2.0/24"], "s": ["198.18.3.0/24"]}
+    routes = {"c": [str(CLIENT_NETWORK)], "p_up": ["198.18.1.0/24"], "p_down": ["198.18.2.0/24"], "s": ["198.18.3.0/24"]}
     if placement is Placement.ON_PATH:
         routes["c"] += routes.pop("p_up")  # the proxy's client side sits behind port "c" with the client
     harness.add("router", Router(routes))
     harness.add("proxy", _proxy(scheme, rng, timing, placement))
     harness.add("server", _server(server_kind, rng))
-    up, down, _ = access_box(middlebox)
+    up, down, _ = access_box(middlebox, rngs)
     if placement is Placement.ON_PATH:
         # client - access link - proxy "in" | proxy "up" - router: every packet crosses the proxy.
         harness.link("client", "eth0", "proxy", "in", ACCESS_DELAY_S, a_to_b=[up], b_to_a=[down])
@@ -160,16 +168,18 @@ def build(scheme: Scheme, middlebox: str, server_kind: ServerKind | str, *, seed
     return harness, client
 
 
-def run_variant(variant: Variant, middlebox: str, server_kind: ServerKind | str, *, seed: int = 1) -> CaseResult:
+def run_variant(variant: Variant, middlebox: str, server_kind: ServerKind | str, *, rngs: RngSource,
+                seed: int = 1) -> CaseResult:
     """One request through one case."""
-    harness, client = build(variant.policy.scheme, middlebox, server_kind, seed=seed, client_policy=variant.policy,
-                            timing=variant.timing, placement=variant.placement)
+    harness, client = build(variant.policy.scheme, middlebox, server_kind, rngs=rngs, seed=seed,
+                            client_policy=variant.policy, timing=variant.timing, placement=variant.placement)
     client.connect(REQUEST, 0.0)
     harness.run(300.0)
     return CaseResult(variant.label, variant.policy.scheme, middlebox, server_kind,
                       client.finished[0] if client.finished else None)
 
 
-def all_cases(seed: int = 1) -> list[CaseResult]:
+def all_cases(*, rngs: RngSource, seed: int = 1) -> list[CaseResult]:
     """Every variant x middlebox x server, in table order."""
-    return [run_variant(v, m, s, seed=seed) for v in VARIANTS for m in table_middleboxes() for s in table_servers()]
+    return [run_variant(v, m, s, rngs=rngs, seed=seed)
+            for v in VARIANTS for m in table_middleboxes() for s in table_servers()]

@@ -43,7 +43,7 @@ from mpsim.proto.truth_table import (
     build,
     table_servers,
 )
-from mpsim.proto.client import ConnectionFinished, FallbackTarget, Scheme, SignalAckedAsData
+from mpsim.proto.client import ConnectionFinished, FallbackTarget, SignalAckedAsData
 from mpsim.proto.events import MptcpNegotiated, Outcome
 from mpsim.proto.harness import Harness
 from mpsim.proto.middlebox import (
@@ -240,7 +240,7 @@ class System:
 
     def __init__(self, case: Case) -> None:
         v = case.variant
-        self.harness, self.client = build(v.policy.scheme, NO_MIDDLEBOX, case.server, seed=case.seed,
+        self.harness, self.client = build(v.policy.scheme, NO_MIDDLEBOX, case.server, rngs=random.Random, seed=case.seed,
                                           client_policy=v.policy, timing=v.timing, placement=v.placement)
         h = self.harness
         self.proxy, self.server = h.machines["proxy"], h.machines["server"]
@@ -281,7 +281,7 @@ class System:
     def now(self) -> float:
         return self.harness.now
 
-    def request(self, scheme: Scheme | None) -> None:
+    def request(self, scheme: str | None) -> None:
         self.issued.append(self.client.connect(replace(REQUEST, scheme=scheme), self.now))
         self.watched["client"].check(self.now, "connect")
 
@@ -412,7 +412,7 @@ def check_record(record: Any, response_size_bytes: int) -> None:
 # --- the state machine --------------------------------------------------------------------------
 
 #: A request may override the variant's scheme with a direct one (the proxy only speaks the variant's).
-SCHEMES = st.sampled_from([None, Scheme.PLAIN, Scheme.MPTCP])
+SCHEMES = st.sampled_from([None, "plain", "mptcp"])
 TRIGGERS = st.sampled_from(["reboot", "attach_network", "move_network", "discover_proxy", "discover_dead_proxy",
                             "server_restart"])
 ADVANCES_S = st.sampled_from([0.0, 0.005, 0.03, 0.5, 1.0, 3.0, 12.0, 45.0])
@@ -422,16 +422,16 @@ class SystemMachine(RuleBasedStateMachine):
     system: System
 
     @initialize(case=cases(), scheme=SCHEMES)
-    def build(self, case: Case, scheme: Scheme | None) -> None:
+    def build(self, case: Case, scheme: str | None) -> None:
         self.system = System(case)
         self.system.request(scheme)
 
     @rule(scheme=SCHEMES)
-    def request(self, scheme: Scheme | None) -> None:
+    def request(self, scheme: str | None) -> None:
         self.system.request(scheme)
 
     @rule(scheme=SCHEMES, dt_s=ADVANCES_S)
-    def request_then_advance(self, scheme: Scheme | None, dt_s: float) -> None:
+    def request_then_advance(self, scheme: str | None, dt_s: float) -> None:
         self.system.request(scheme)
         self.advance(dt_s)
 
@@ -465,10 +465,11 @@ TestSystem.settings = settings(max_examples=300 if os.environ.get("CI") else 100
 # --- failures the machine found, as minimal reproductions ------------------------------------------
 
 
-def _run_one(scheme: Scheme, server: ServerKind | ServerHost, *, down: list | None = None) -> tuple[Harness, Any]:
+def _run_one(scheme: str, server: ServerKind | ServerHost, *, down: list | None = None) -> tuple[Harness, Any]:
     """One request through the truth table's topology: ``down`` filters the access link towards
     the client; a ServerHost given as ``server`` replaces the truth table's."""
-    harness, client = build(scheme, NO_MIDDLEBOX, server if isinstance(server, ServerKind) else ServerKind.CLOSED)
+    harness, client = build(scheme, NO_MIDDLEBOX, server if isinstance(server, ServerKind) else ServerKind.CLOSED,
+                            rngs=random.Random)
     if isinstance(server, ServerHost):
         harness.machines["server"] = server
     harness.hops[("router", "c")].filters = down or []
@@ -480,12 +481,12 @@ def _run_one(scheme: Scheme, server: ServerKind | ServerHost, *, down: list | No
 def test_a_blackholed_response_ends_the_request():
     # Every data segment from the server is lost: the server gives up after its retransmissions
     # (without an RST, as Linux), and the client, with nothing outstanding, hears nothing more.
-    _, client = _run_one(Scheme.PLAIN, ServerKind.LEGACY_DROP, down=[DropSegments(SegmentClass.DATA)])
+    _, client = _run_one("plain", ServerKind.LEGACY_DROP, down=[DropSegments(SegmentClass.DATA)])
     assert [r.outcome for r in client.finished] == ["failed"]
 
 
 def test_an_icmp_error_ends_the_request():
-    _, client = _run_one(Scheme.PLAIN, ServerKind.UNREACHABLE)
+    _, client = _run_one("plain", ServerKind.UNREACHABLE)
     assert [r.outcome for r in client.finished] == ["failed"]
 
 
@@ -498,7 +499,7 @@ class _HangUp(ServerApp):
 
 def test_a_response_cut_short_is_no_success():
     server = ServerHost("server", REQUEST.destination, ServerKind.LEGACY_DROP, rng=random.Random(1), app=_HangUp())
-    _, client = _run_one(Scheme.PLAIN, server)
+    _, client = _run_one("plain", server)
     [record] = client.finished
     assert record.bytes_delivered == 0
     assert record.outcome == "failed", record
@@ -507,9 +508,9 @@ def test_a_response_cut_short_is_no_success():
 def test_the_on_path_topology_routes_every_proxy_address():
     variant = next(v for v in VARIANTS if v.placement is Placement.ON_PATH)
     policy = replace(variant.policy, fallback=FallbackTarget.OTHER_PROXY)
-    harness, client = build(policy.scheme, NO_MIDDLEBOX, ServerKind.LEGACY_DROP, client_policy=policy,
+    harness, client = build(policy.scheme, NO_MIDDLEBOX, ServerKind.LEGACY_DROP, rngs=random.Random, client_policy=policy,
                             placement=variant.placement)
     client.discover_proxy((IPv4Address("198.18.1.2"), PROXY_PORT), 0.0)  # beside the on-path proxy's address
-    client.connect(replace(REQUEST, scheme=Scheme.CONVERT), 0.0)  # refused by the proxy, then the other one
+    client.connect(replace(REQUEST, scheme="convert"), 0.0)  # refused by the proxy, then the other one
     harness.run(QUIET_RUN_S)
     assert len(client.finished) == 1

@@ -14,6 +14,7 @@ Linux does not resend SYN data on a SYN retransmission.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import pytest
@@ -177,7 +178,7 @@ ROWS = [
 
 
 def _run(row: Row):
-    case = run_variant(VARIANT[row.variant], row.middlebox, ServerKind(row.server))
+    case = run_variant(VARIANT[row.variant], row.middlebox, ServerKind(row.server), rngs=random.Random)
     assert case.record is not None
     return case.record
 
@@ -219,7 +220,7 @@ def test_an_implicit_syn_refused_by_the_server_after_mpc_was_dropped_ends_the_re
 
 @pytest.fixture(scope="module")
 def cases():
-    return all_cases()
+    return all_cases(rngs=random.Random)
 
 
 def test_every_case_has_a_record_with_a_known_outcome_and_reason(cases):

@@ -1,0 +1,18 @@
+"""``plain``: ordinary TCP to the server, the baseline every other scheme is compared with."""
+
+from __future__ import annotations
+
+from mpsim.proto.schemes.base import SchemeSyn, SignallingScheme, register
+from mpsim.wire.mp_convert import LINUX_SYN_OPTIONS
+
+
+class Plain(SignallingScheme):
+    name = "plain"
+    description = "ordinary TCP to the server"
+    plain_tcp = True
+
+    def syn(self, address, port) -> SchemeSyn:
+        return SchemeSyn(self.name, LINUX_SYN_OPTIONS, b"", "Linux SYN options: mss, sackOK, TS, nop, wscale")
+
+
+PLAIN = register(Plain())
