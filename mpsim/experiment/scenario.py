@@ -22,6 +22,11 @@ VALUE is read as a TOML value (``3``, ``2.5``, ``true``, ``["a", "b"]``, ``{mode
 does not parse as TOML is taken as a string, so ``client.scheme=convert`` needs no quotes, and a
 list of names may be written ``a,b``. Overrides apply to every variant too (they win over it).
 
+Components are named as the catalogue registers them (mpsim/proto/catalogue.py: middleboxes,
+proxies, servers, schemes; mpsim/sim/congestion.py: congestion controls); a name is checked
+against its registry when the scenario is loaded, so a newly registered component needs no edit
+here (docs/adding-components.md).
+
 Defaults come from the proto layer's own policy defaults (``ClientPolicy()``, ``TcpPolicy()``, ...),
 so a scenario that leaves a knob out gets exactly what the machines do by default.
 """

@@ -15,7 +15,12 @@ go on the two hops of a link (``forward`` on the initiator-to-responder hop). Ev
 Segments are targeted by :class:`SegmentClass`; the third ACK cannot be told from the segment
 alone, so a :class:`SegmentClassifier` remembers, per flow, whether the SYN has passed.
 
-Every policy has a ``name`` (the middlebox column of the results tables), a one-line
+Every box a scenario, the simulator, the truth table or the testbed can name is registered at the
+bottom of this module in :data:`mpsim.proto.catalogue.MIDDLEBOXES`, one name each, with a factory
+that builds a fresh :class:`BuiltBox` (a filter per direction) from an ``rng`` and a :class:`Site`
+(docs/adding-components.md).
+
+Every policy has a ``name`` (a label of its parameters, for traces and tests), a one-line
 ``description`` and a ``hits`` counter (packets it changed or dropped). Packets that are not TCP
 (an :class:`IcmpUnreachable` travelling back) pass through untouched, except through :class:`Nat`
 and :class:`SequenceRewriter`, which fix up the quoted packet as real boxes do.
