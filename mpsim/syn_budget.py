@@ -25,10 +25,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
-from mpsim.proto import schemes as _schemes  # noqa: F401  (registers the schemes)
 from mpsim.proto.catalogue import SCHEMES
-from mpsim.proto.schemes.base import SchemeSyn
-from mpsim.proto.schemes.convert import convert_syn_payload
+from mpsim.proto.schemes.base import SchemeSyn  # importing the package registers the schemes
+from mpsim.proto.schemes.convert import convert_syn_payload  # noqa: F401  (part of this module's interface)
 from mpsim.wire import jsonform
 from mpsim.wire.convert import decode_convert
 from mpsim.wire.options import TCP_OPTION_SPACE_BYTES, option_space_bytes

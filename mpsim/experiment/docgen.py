@@ -13,8 +13,7 @@ import random
 import sys
 from collections.abc import Mapping
 
-from mpsim.proto import truth_table
-from mpsim.proto import convert, mptcp, tcp
+from mpsim.proto import client, convert, mptcp, tcp, truth_table
 
 DOCS = pathlib.Path(__file__).resolve().parents[2] / "docs"
 
@@ -52,6 +51,11 @@ def state_diagrams_markdown() -> str:
         "## RFC 8803 converter session (`mpsim.proto.convert.SESSION_TRANSITIONS`)",
         mermaid(convert.SESSION_TRANSITIONS, convert.SessionState.EXPECT_CONVERT_MESSAGE,
                 (convert.SessionState.DONE,)),
+        "## A client's request, whatever its scheme (`mpsim.proto.client.LOGICAL_TRANSITIONS`)\n\nThe "
+        "lifecycle of `LogicalConnection`: what each attempt sends and how its answers are read is the "
+        "scheme's (`mpsim.proto.schemes`), whose `start` opens an attempt (or falls back, which does). `abandon` ends "
+        "a request in CONNECTING or REQUESTING.",
+        mermaid(client.LOGICAL_TRANSITIONS, client.LogicalState.NEW, (client.LogicalState.DONE,)),
     ]) + "\n"
 
 

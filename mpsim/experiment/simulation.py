@@ -530,12 +530,10 @@ class Simulation:
                          list(self.transfer_rows), self._counter_rows(), self._event_rows(), end_s, self.trace, self)
 
     def _abandon_unfinished(self, now: float) -> None:
-        # ClientHost has no public "give up" command; _finish is how it ends a request itself
-        # (reboot does the same), so the record has every field a finished one has.
+        # abandon gives the record every field a finished one has (reboot does the same).
         for logical in list(self.client.logical.values()):
             if not logical.finished:
-                self.nodes[CLIENT].call(lambda t, lc=logical: lc._finish(t, Outcome.FAILED,
-                                                                        "unfinished when the simulation ended"))
+                self.nodes[CLIENT].call(lambda t, lc=logical: lc.abandon(t, "unfinished when the simulation ended"))
 
     def request_flows(self, request_id: int) -> list[tuple[str, tuple, list[str]]]:
         """(title, flow, nodes) for every connection of one request, for ladder diagrams: each
@@ -560,7 +558,7 @@ class Simulation:
             far = CONVERTER if attempt.proxy is not None else SERVER_NODE
             nodes = [CLIENT, CONVERTER, ROUTER, SERVER_NODE] if self.on_path and far == SERVER_NODE else \
                 [CLIENT, ROUTER, far]
-            flows.append((f"attempt {number} ({attempt.kind.value}): {CLIENT} -> {far}", flow, nodes))
+            flows.append((f"attempt {number} ({attempt.kind}): {CLIENT} -> {far}", flow, nodes))
             if attempt.proxy is None:
                 continue
             arrived = [r.time_s for r in self.trace.packets if r.kind == "delivered" and r.dst == CONVERTER

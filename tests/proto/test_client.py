@@ -33,12 +33,16 @@ from mpsim.proto.truth_table import (
     access_box,
 )
 from mpsim.proto.cache import CachePolicy, CacheReprobed, ProxyState, ReprobeTrigger
+from mpsim.proto.catalogue import UnknownComponentError
 from mpsim.proto.client import (
+    LOGICAL_TRANSITIONS,
     ClientHost,
     ClientPolicy,
     ConnectionFinished,
     ConnectionRecord,
     FallbackTarget,
+    LogicalConnection,
+    LogicalState,
     Request,
     SignalAckedAsData,
 )
@@ -898,3 +902,69 @@ def test_invariants_over_random_cases(scheme, middlebox, server, timing, seed, f
         for attempt in net.client.logical[record.request_id].attempts:
             ext = attempt.mptcp
             assert ext is None or not (ext.negotiated and ext.fallback_reason is not None)
+
+
+# --- the lifecycle: scheme names, abandon, the transition table -------------------------------------
+
+
+def test_scheme_names_are_checked_with_a_suggestion():
+    with pytest.raises(UnknownComponentError, match=r"unknown scheme 'conver' \(did you mean convert\?\)"):
+        ClientPolicy(scheme="conver")
+    with pytest.raises(UnknownComponentError, match="unknown scheme 'mtcp'"):
+        Request(SERVER, SERVER_PORT, scheme="mtcp")
+
+
+def test_abandon_resets_the_request_and_records_it_once():
+    # The server's answers never come back: the request is under way (path ready at 60 ms) when
+    # the caller gives up at 1 s. The connection is reset, the record says why, and a second
+    # abandon (or the late timeout) changes nothing.
+    net = build_net(ClientPolicy(scheme="plain"), ServerKind.LEGACY_DROP, down=DropSegments(SegmentClass.DATA))
+    request_id = net.client.connect(REQUEST, 0.0)
+    net.harness.run(1.0)
+    logical = net.client.logical[request_id]
+    assert logical.state is LogicalState.REQUESTING and not logical.finished
+    logical.abandon(1.0, "given up by the caller")
+    logical.abandon(1.5, "again")
+    net.harness.run(400.0)
+    (record,) = net.client.finished
+    assert (record.outcome, record.detail, record.rsts_sent) == ("failed", "given up by the caller", 1)
+    assert logical.state is LogicalState.DONE and request_id not in net.client.unfinished
+    (rst_s,) = [t for t, seg in net.sent("client") if seg.flags & TcpFlags.RST]
+    assert rst_s == pytest.approx(1.0)
+
+
+def test_an_illegal_request_transition_raises_and_changes_nothing():
+    net = build_net(ClientPolicy(scheme="plain"), ServerKind.LEGACY_DROP)
+    record = net.request(0.0)
+    logical = net.client.logical[record.request_id]
+    assert logical.state is LogicalState.DONE
+    for state in LogicalState:
+        with pytest.raises(RuntimeError, match="illegal request transition DONE"):
+            logical._move(state)
+        assert logical.state is LogicalState.DONE
+    with pytest.raises(RuntimeError, match="started twice"):
+        logical.start(1.0)
+    assert net.client.finished == [record]
+
+
+def test_every_request_transition_is_taken(monkeypatch):
+    """The whole truth table, plus an on-path proxy that resets a reverted implicit attempt (the
+    one edge the table never takes), walks every edge of LOGICAL_TRANSITIONS and no other."""
+    from mpsim.proto.truth_table import all_cases
+
+    taken: set = set()
+    move = LogicalConnection._move
+
+    def recording(self, state):
+        taken.add((self.state, state))
+        move(self, state)
+
+    monkeypatch.setattr(LogicalConnection, "_move", recording)
+    all_cases(rngs=random.Random)
+    # As test_implicit_i_flag_revert_resets_both_legs_and_the_client_falls_back: the path was
+    # ready when the on-path proxy reset both legs, and the request goes again unsignalled.
+    net = build_net(ClientPolicy(scheme="mp-convert-option", implicit=True), ServerKind.LEGACY_DROP,
+                    down=StripOptions({TcpOptionKind.MPTCP}, classes={SegmentClass.SYN_ACK}), proxy_kind="mp_convert")
+    assert net.request(0.0).source_ports_used == 2
+    table = {(source, target) for source, targets in LOGICAL_TRANSITIONS.items() for target in targets}
+    assert taken == table, (table - taken, taken - table)

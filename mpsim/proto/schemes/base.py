@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from mpsim.proto.catalogue import SCHEMES
 from mpsim.proto.events import FallbackReason
+from mpsim.proto.tcp import TcpConnection, TcpExtension
 from mpsim.wire.mp_convert import LINUX_SYN_OPTIONS, MP_CAPABLE_SYN
 
 if TYPE_CHECKING:  # the client imports the schemes; they only name its types
@@ -118,8 +119,10 @@ class SignallingScheme:
         or after the attempt failed."""
         return data
 
-    def judge_synack(self, lc: LogicalConnection, attempt: Attempt, conn: Any, synack: Any) -> str | None:
-        """A reason to refuse the SYN-ACK (the connection is reset), or None to accept it."""
+    def judge_synack(self, lc: LogicalConnection, attempt: Attempt, conn: TcpConnection, synack: Any) -> str | None:
+        """A reason to refuse the SYN-ACK (the connection is reset; set ``attempt.reason`` to say
+        why it falls back), or None to accept it. Called only if :meth:`open` added a
+        :class:`SynAckJudge` to the attempt's extensions."""
         return None
 
     def converted_implicitly(self, attempt: Attempt) -> bool:
@@ -142,7 +145,18 @@ class SignallingScheme:
         return None
 
     def __repr__(self) -> str:
-        return f"<scheme {self.name}>"
+        return f"<scheme {getattr(self, 'name', type(self).__name__)}>"
+
+
+class SynAckJudge(TcpExtension):
+    """Asks the scheme to judge the attempt's SYN-ACK (:meth:`SignallingScheme.judge_synack`);
+    a reason returned refuses it, and the connection is reset."""
+
+    def __init__(self, scheme: SignallingScheme, lc: LogicalConnection, attempt: Attempt) -> None:
+        self.scheme, self.lc, self.attempt = scheme, lc, attempt
+
+    def on_synack(self, conn: TcpConnection, synack: Any) -> str | None:
+        return self.scheme.judge_synack(self.lc, self.attempt, conn, synack)
 
 
 def register(scheme: SignallingScheme, *, replace: bool = False) -> SignallingScheme:

@@ -1,5 +1,6 @@
-"""``mptcp``: end-to-end MPTCP (RFC 8684) to the server, with its fallback rules (the MPTCP
-extension, mpsim/proto/mptcp.py); a retry with MPTCP v0 is the extension's policy."""
+"""``mptcp``: end-to-end MPTCP (RFC 8684) to the server. Its fallback rules are the MPTCP
+extension's (mpsim/proto/mptcp.py), a retry with MPTCP v0 is that extension's policy, and the
+lifecycle (mpsim/proto/client.py) opens the retry."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from mpsim.wire.mp_convert import MP_CAPABLE_SYN
 class Mptcp(SignallingScheme):
     name = "mptcp"
     description = "end-to-end MPTCP (RFC 8684) to the server, falling back to TCP by its rules"
+
+    def open(self, lc, now, proxy) -> None:
+        lc.open_direct(now, mptcp=True)
 
     def syn(self, address, port) -> SchemeSyn:
         return SchemeSyn(self.name, MPTCP_SYN_OPTIONS, b"",

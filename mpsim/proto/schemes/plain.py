@@ -11,6 +11,9 @@ class Plain(SignallingScheme):
     description = "ordinary TCP to the server"
     plain_tcp = True
 
+    def open(self, lc, now, proxy) -> None:
+        lc.open_direct(now, mptcp=False)
+
     def syn(self, address, port) -> SchemeSyn:
         return SchemeSyn(self.name, LINUX_SYN_OPTIONS, b"", "Linux SYN options: mss, sackOK, TS, nop, wscale")
 
