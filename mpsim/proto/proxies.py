@@ -75,10 +75,15 @@ def build_proxy_host(kind: str, name: str, addresses: Mapping[str, IpAddress], *
     return entry.create(name, dict(addresses), rng, settings)
 
 
+#: What a converter node runs for a scheme that talks to no proxy (plain, mptcp): the converter.
+DEFAULT_PROXY = "convert"
+
+
 def proxy_for_scheme(scheme: str, placement: Placement = Placement.BESIDE) -> str:
-    """The PROXIES name a converter node runs for clients of ``scheme``: the scheme's own proxy,
-    the RFC 8803 converter for a scheme that needs none, and the MP_CONVERT proxy on the path
-    (the only one that intercepts)."""
-    if placement is Placement.ON_PATH:
-        return "mp-convert"
-    return SCHEMES.get(scheme).proxy or "convert"
+    """The PROXIES name a converter node runs for clients of ``scheme``: the proxy the scheme
+    names (``DEFAULT_PROXY`` for one that names none); on the path, that proxy if it can sit
+    there, else the first registered one that can (only an intercepting proxy works there)."""
+    wanted = SCHEMES.get(scheme).proxy or DEFAULT_PROXY
+    if placement is Placement.ON_PATH and not PROXIES.get(wanted).on_path:
+        wanted = next((name for name, entry in PROXIES.items() if entry.on_path), wanted)
+    return wanted
