@@ -1,10 +1,11 @@
 """What each signalling scheme puts in the client's first SYN, measured on bytes the codecs encode.
 
 For one destination, every scheme registered in ``mpsim.proto.catalogue.SCHEMES`` builds the SYN
-it would send with :mod:`mpsim.wire` (option list and payload: its ``syn`` hook), and the budget reads the sizes off the encoded
-bytes: option bytes out of the 40 a TCP header holds, SYN payload bytes, whether that fits, and
-the round trips to the first response byte that follow. Nothing here is a typed-in size: change
-a codec and the table changes with it.
+it would send with :mod:`mpsim.wire` (option list and payload: the scheme's ``syn`` hook,
+mpsim/proto/schemes/), and the budget reads the sizes off the encoded bytes: option bytes out of
+the 40 a TCP header holds, SYN payload bytes, whether that fits, and the round trips to the
+first response byte that follow. Nothing here is a typed-in size: change a codec and the
+table changes with it.
 
 ``mpsim wire budget`` shows the table with one real RFC 8803 SYN packet; with ``--destination``
 it shows the table alone.

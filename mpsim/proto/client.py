@@ -88,7 +88,7 @@ class ClientPolicy:
     scheme: str = "convert"  # a name in mpsim.proto.catalogue.SCHEMES
     fallback: FallbackTarget = FallbackTarget.DIRECT_TCP
     upstream_mptcp: bool = True  # MP_CAPABLE towards the proxy (the point of converting)
-    implicit: bool = False  # mp-convert-option / syn-payload-eol: SYN to the server via an on-path proxy
+    implicit: bool = False  # an implicit_capable scheme signals to the server, for an on-path proxy
     signal_acked_as_data: SignalAckedAsData = SignalAckedAsData.RESET
     bypass_mptcp_servers: bool = True  # go direct to servers learned MPTCP-capable (RFC 8803 5)
     convert_info_first: bool = False  # send an Info TLV on the first connection to each converter

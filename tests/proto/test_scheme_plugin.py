@@ -143,6 +143,24 @@ def test_toy_scheme_has_a_syn_budget_row_and_the_cli_prints_it(toy_scheme, capsy
     assert ["toy-exid", "24/40", "0", "yes", "2", "+", "an", "RFC", "6994", "experimental", "option"] in lines
 
 
+def test_a_module_in_the_schemes_package_is_found_without_any_other_change(tmp_path, monkeypatch):
+    # The package's directory, extended by a temporary one holding the toy module: load_schemes
+    # (which runs when the package is first imported) finds and imports it after the built-in ones.
+    from mpsim.proto import schemes
+
+    (tmp_path / "toy_exid.py").write_text(textwrap.dedent(TOY_MODULE))
+    monkeypatch.setattr(schemes, "__path__", [*schemes.__path__, str(tmp_path)])
+    try:
+        assert schemes.load_schemes() == (*schemes.BUILT_IN, "toy_exid")
+        assert SCHEMES.names()[-1] == "toy-exid" and "toy-exid" not in SCHEMES.names()[:6]
+        assert ClientPolicy(scheme="toy-exid").scheme == "toy-exid"
+    finally:
+        sys.modules.pop("mpsim.proto.schemes.toy_exid", None)
+        vars(schemes).pop("toy_exid", None)  # the import set it as an attribute of the package
+        if "toy-exid" in SCHEMES:
+            SCHEMES.unregister("toy-exid")
+
+
 # --- the contract the scenario schema, the truth table and the experiment layer read ---------------
 
 

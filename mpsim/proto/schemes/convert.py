@@ -7,7 +7,7 @@ the client learned to be MPTCP-capable is reached directly (RFC 8803 5).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mpsim.proto.convert import ConvertClientExchange, ConvertReaction, ConvertSynAckCheck
 from mpsim.proto.events import FallbackReason
@@ -15,8 +15,12 @@ from mpsim.proto.schemes.base import MPTCP_SYN_OPTIONS, SchemeSyn, SignallingSch
 from mpsim.wire.convert import HEADER_BYTES, ConnectOption, ConnectTlv, ConvertMessage, encode_convert
 from mpsim.wire.options import TcpOptionKind
 
+if TYPE_CHECKING:  # the client imports the schemes; they only name its types
+    from mpsim.proto.client import Attempt, LogicalConnection, Proxy
+    from mpsim.proto.tcp import IpAddress
 
-def convert_syn_payload(address, port: int) -> bytes:
+
+def convert_syn_payload(address: IpAddress, port: int) -> bytes:
     """The RFC 8803 SYN payload that asks a converter for ``address``:``port``: header + Connect TLV."""
     return encode_convert(ConvertMessage((ConnectTlv(port, address),)))
 
@@ -26,14 +30,14 @@ class Convert(SignallingScheme):
     description = "RFC 8803: Convert header + TLVs in the SYN payload, to the transport converter"
     proxy = "convert"
 
-    def start(self, lc, now) -> None:
+    def start(self, lc: LogicalConnection, now: float) -> None:
         if lc.host.client_policy.bypass_mptcp_servers and lc.host.caches.server_mptcp_capable(lc.request.destination):
             lc.detail = "bypassed the converter: server known MPTCP-capable"
             lc.open_direct(now, mptcp=True)
             return
         super().start(lc, now)
 
-    def open(self, lc, now, proxy) -> None:
+    def open(self, lc: LogicalConnection, now: float, proxy: Proxy | None) -> None:
         host = lc.host
         attempt = lc.new_attempt(self, proxy)
         entry = host.caches.proxy(proxy, now)
@@ -56,7 +60,8 @@ class Convert(SignallingScheme):
         lc.collect(attempt, now)
 
     @staticmethod
-    def _connect_options_for(lc, proxy, unsupported: tuple[int, ...]) -> tuple[ConnectOption, ...]:
+    def _connect_options_for(lc: LogicalConnection, proxy: Proxy,
+                             unsupported: tuple[int, ...]) -> tuple[ConnectOption, ...]:
         """Extended Connect entries (RFC 8803 7), minus the kinds the converter refused (Error 33):
         MPTCP towards the server, and the server's TFO (an empty option asks for a cookie, a cookie
         learned through this converter is copied verbatim)."""
@@ -68,10 +73,10 @@ class Convert(SignallingScheme):
             options += (ConnectOption(TcpOptionKind.TFO, cookie),)
         return options
 
-    def on_established(self, lc, attempt, now) -> None:
+    def on_established(self, lc: LogicalConnection, attempt: Attempt, now: float) -> None:
         lc.arm_reply_deadline(now)  # the reply comes in the SYN-ACK (RFC timing) or as the first bytes (socket timing)
 
-    def on_reply(self, lc, attempt, data, now) -> bytes | None:
+    def on_reply(self, lc: LogicalConnection, attempt: Attempt, data: bytes, now: float) -> bytes | None:
         reply = attempt.exchange.receive(data)
         if reply is None:
             return None
@@ -83,7 +88,7 @@ class Convert(SignallingScheme):
         return reply.app_data
 
     @staticmethod
-    def _learn_from_reply(lc, attempt, reply: Any) -> None:
+    def _learn_from_reply(lc: LogicalConnection, attempt: Attempt, reply: Any) -> None:
         caches = lc.host.caches
         if reply.supported_kinds is not None:
             caches.store_supported_kinds(attempt.proxy, reply.supported_kinds)
@@ -93,7 +98,7 @@ class Convert(SignallingScheme):
         if reply.server_tfo_cookie:
             lc.host.converter_tfo_cookies[(attempt.proxy, lc.request.destination)] = reply.server_tfo_cookie
 
-    def _react_to_reply(self, lc, attempt, reply: Any, now: float) -> None:
+    def _react_to_reply(self, lc: LogicalConnection, attempt: Attempt, reply: Any, now: float) -> None:
         """RFC 8803 6.2.8: reset on any Error TLV, then act per code (docs/protocols.md 8.3)."""
         attempt.failed = True
         lc.abort(attempt, now)
@@ -120,23 +125,23 @@ class Convert(SignallingScheme):
                 caches.mark_off(proxy, now, reply.fallback_reason or FallbackReason.CONVERTER_REPLY_INVALID)
             lc.fall_back(now, reply.fallback_reason or FallbackReason.CONVERTER_REPLY_INVALID)
 
-    def _retry_same_proxy(self, lc, proxy, now: float) -> None:
+    def _retry_same_proxy(self, lc: LogicalConnection, proxy: Proxy, now: float) -> None:
         if not lc.attempts_left():
             lc.fail(now, "too many attempts")
             return
         self.open(lc, now, proxy)
 
-    def reply_missing_reason(self, attempt) -> FallbackReason:
+    def reply_missing_reason(self, attempt: Attempt) -> FallbackReason:
         if attempt.exchange.reply is None:
             return attempt.exchange.reply_missing().fallback_reason
         return FallbackReason.CONVERTER_REPLY_MISSING
 
-    def synack_refused_reason(self, attempt) -> FallbackReason | None:
+    def synack_refused_reason(self, attempt: Attempt) -> FallbackReason | None:
         if attempt.exchange.reply is not None:
             return attempt.exchange.reply.fallback_reason or FallbackReason.CONVERTER_REPLY_INVALID
         return None
 
-    def syn(self, address, port) -> SchemeSyn:
+    def syn(self, address: IpAddress, port: int) -> SchemeSyn:
         connect_bytes = len(ConnectTlv(port, address).encode())
         return SchemeSyn(self.name, MPTCP_SYN_OPTIONS, convert_syn_payload(address, port),
                          f"payload: Convert header ({HEADER_BYTES} bytes) + Connect TLV ({connect_bytes} bytes)")

@@ -11,7 +11,7 @@ drops SYN data and echoes nothing but MP_CONVERT in its SYN-ACK.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mpsim.proto.events import FallbackReason
 from mpsim.proto.mptcp import MptcpClientExtension
@@ -26,6 +26,11 @@ from mpsim.wire.mp_convert import (
 )
 from mpsim.wire.mptcp import MpCapable
 from mpsim.wire.options import TCP_OPTION_SPACE_BYTES, option_space_bytes
+
+if TYPE_CHECKING:  # the client imports the schemes; they only name its types
+    from mpsim.proto.client import Attempt, LogicalConnection, Proxy
+    from mpsim.proto.tcp import IpAddress
+    from mpsim.wire.segment import TcpSegment
 
 
 class _MpConvertOptionOnSyns(TcpExtension):
@@ -47,7 +52,7 @@ class MpConvertOption(SignallingScheme):
     proxy = "mp-convert"
     implicit_capable = True
 
-    def open(self, lc, now, proxy) -> None:
+    def open(self, lc: LogicalConnection, now: float, proxy: Proxy | None) -> None:
         """Explicit (to ``proxy``) or implicit (proxy None: to the server itself)."""
         implicit = proxy is None
         signal = MpConvert(None, None, implicit=True) if implicit else \
@@ -66,29 +71,31 @@ class MpConvertOption(SignallingScheme):
         lc.send_rest(attempt, len(syn_payload) - attempt.signal_bytes if syn_payload else 0, now)
         lc.collect(attempt, now)
 
-    def _does_not_fit(self, lc, signal: MpConvert) -> str | None:
+    def _does_not_fit(self, lc: LogicalConnection, signal: MpConvert) -> str | None:
         """Why the signal cannot be sent (None: it can): the option must fit beside the host's SYN options."""
         needed = option_space_bytes(syn_base_options(lc.host.policy) + (MpCapable(1, 1), signal))
         if needed > TCP_OPTION_SPACE_BYTES:
             return f"MP_CONVERT needs {needed} option bytes of {TCP_OPTION_SPACE_BYTES}"
         return None
 
-    def _signal(self, lc, attempt, signal: MpConvert, remote, extensions: tuple) -> tuple[tuple, bytes]:
+    def _signal(self, lc: LogicalConnection, attempt: Attempt, signal: MpConvert, remote: IpAddress,
+                extensions: tuple) -> tuple[tuple, bytes]:
         """The attempt's extensions and SYN payload carrying ``signal``: here, the option as it
         travels (the MP_EXPERIMENTAL option a proxy reads with mp_convert_from_option)."""
         return (*extensions, _MpConvertOptionOnSyns(signal.to_option(), attempt.mptcp)), b""
 
-    def judge_synack(self, lc, attempt, conn, synack) -> str | None:
+    def judge_synack(self, lc: LogicalConnection, attempt: Attempt, conn: TcpConnection,
+                      synack: TcpSegment) -> str | None:
         # A proxy took the request (without MP_CAPABLE in its SYN-ACK our leg is plain TCP, which
         # a proxy relays when the I flag is clear: the MPTCP extension records why); implicit, a
         # proxy or the server answered, and the connection is what MPTCP made of it.
         return None
 
-    def converted_implicitly(self, attempt) -> bool:
+    def converted_implicitly(self, attempt: Attempt) -> bool:
         synack = attempt.conn.synack
         return synack is not None and any(mp_convert_from_option(o) is not None for o in synack.options)
 
-    def syn(self, address, port) -> SchemeSyn:
+    def syn(self, address: IpAddress, port: int) -> SchemeSyn:
         mp_convert = MpConvert(address, port)
         note = f"+ MP_CAPABLE + MP_CONVERT ({len(mp_convert.encode())} bytes)"
         if syn_option_bytes(mp_convert) > TCP_OPTION_SPACE_BYTES:

@@ -5,10 +5,17 @@ classes are (docs/protocols.md 8.3)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mpsim.proto.events import FallbackReason
 from mpsim.proto.schemes.base import MPTCP_SYN_OPTIONS, SchemeSyn, SignallingScheme, register
 from mpsim.proto.socks5_proxy import Socks5ClientExchange, Socks5Result
 from mpsim.wire.socks5 import Socks5Greeting, Socks5Reply, Socks5Request
+
+if TYPE_CHECKING:  # the client imports the schemes; they only name its types
+    from mpsim.proto.client import Attempt, LogicalConnection, Proxy
+    from mpsim.proto.tcp import IpAddress
+
 
 #: SOCKS5 replies that report the server's answer, not the proxy's state: network or host
 #: unreachable, connection refused (RFC 1928 6). Like Convert's Error 96/97 they end the request.
@@ -22,20 +29,20 @@ class Socks5(SignallingScheme):
     proxy = "socks5"
     proxy_refused_reason = FallbackReason.PROXY_FAILED
 
-    def open(self, lc, now, proxy) -> None:
+    def open(self, lc: LogicalConnection, now: float, proxy: Proxy | None) -> None:
         attempt = lc.new_attempt(self, proxy)
         attempt.exchange = Socks5ClientExchange(lc.request.destination, lc.request.port)
         extensions = lc.mptcp_extension(attempt) if lc.host.client_policy.upstream_mptcp else ()
         lc.open_attempt(attempt, proxy[0], proxy[1], now, extensions=extensions, policy=lc.proxy_tcp_policy())
         lc.collect(attempt, now)
 
-    def on_established(self, lc, attempt, now) -> None:
+    def on_established(self, lc: LogicalConnection, attempt: Attempt, now: float) -> None:
         greeting = attempt.exchange.greeting()
         attempt.signal_bytes += len(greeting)
         attempt.conn.send(greeting, now)
         lc.arm_reply_deadline(now)
 
-    def on_reply(self, lc, attempt, data, now) -> bytes | None:
+    def on_reply(self, lc: LogicalConnection, attempt: Attempt, data: bytes, now: float) -> bytes | None:
         request = attempt.exchange.receive(data)  # the CONNECT, once the method is agreed
         if request:
             attempt.signal_bytes += len(request)
@@ -51,7 +58,7 @@ class Socks5(SignallingScheme):
         return result.app_data
 
     @staticmethod
-    def _react_to_result(lc, attempt, result: Socks5Result, now: float) -> None:
+    def _react_to_result(lc: LogicalConnection, attempt: Attempt, result: Socks5Result, now: float) -> None:
         """A failure reply (RFC 1928 6): what the server answered ends the request; a ruleset
         refusal is "not authorized"; a general failure or a timeout is a transient proxy problem
         (back off); the rest means the proxy cannot serve us (off). RFC 1928 has no Error TLV to
@@ -72,7 +79,7 @@ class Socks5(SignallingScheme):
             caches.mark_off(proxy, now, FallbackReason.PROXY_FAILED)
         lc.fall_back(now, FallbackReason.PROXY_FAILED)
 
-    def syn(self, address, port) -> SchemeSyn:
+    def syn(self, address: IpAddress, port: int) -> SchemeSyn:
         messages = (("greeting", Socks5Greeting().encode()), ("CONNECT", Socks5Request(address, port).encode()))
         sizes = ", ".join(f"{label} {len(raw)} bytes" for label, raw in messages)
         return SchemeSyn(self.name, MPTCP_SYN_OPTIONS, b"", f"after the handshake: {sizes}, each awaiting a reply",

@@ -12,12 +12,18 @@ signalling queued as data (RFC 793 / TFO): :class:`SignalAckedAsData` says what 
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING
 
 from mpsim.proto.events import FallbackReason
 from mpsim.proto.schemes.base import MPTCP_SYN_OPTIONS, SchemeSyn, register
 from mpsim.proto.schemes.mp_convert_option import MpConvertOption
 from mpsim.wire.mp_convert import MpConvert, mp_convert_from_option
 from mpsim.wire.syn_payload import SynPayloadSignal, encode_syn_payload
+
+if TYPE_CHECKING:  # the client imports the schemes; they only name its types
+    from mpsim.proto.client import Attempt, LogicalConnection
+    from mpsim.proto.tcp import IpAddress, TcpConnection
+    from mpsim.wire.segment import TcpSegment
 
 
 class SignalAckedAsData(enum.Enum):
@@ -32,15 +38,17 @@ class SynPayloadEol(MpConvertOption):
     name = "syn-payload-eol"
     description = "MP_CONVERT as option bytes + EOL at the start of the SYN payload, then the request"
 
-    def _does_not_fit(self, lc, signal: MpConvert) -> str | None:
+    def _does_not_fit(self, lc: LogicalConnection, signal: MpConvert) -> str | None:
         return None  # the payload has room: the request gives way to the signalling
 
-    def _signal(self, lc, attempt, signal: MpConvert, remote, extensions: tuple) -> tuple[tuple, bytes]:
+    def _signal(self, lc: LogicalConnection, attempt: Attempt, signal: MpConvert, remote: IpAddress,
+                extensions: tuple) -> tuple[tuple, bytes]:
         attempt.signal_bytes = len(encode_syn_payload(SynPayloadSignal((signal,))))
         in_syn = lc.payload[: max(0, lc.syn_data_limit_bytes(remote) - attempt.signal_bytes)]
         return extensions, encode_syn_payload(SynPayloadSignal((signal,), in_syn))
 
-    def judge_synack(self, lc, attempt, conn, synack) -> str | None:
+    def judge_synack(self, lc: LogicalConnection, attempt: Attempt, conn: TcpConnection,
+                      synack: TcpSegment) -> str | None:
         """Who answered, and what became of the signalling (docs/protocols.md 2.4, 2.6)."""
         if conn.syn_data_acked_bytes < len(attempt.syn_payload):
             # The signalling was not taken: Linux would resend it as data after the handshake,
@@ -59,7 +67,7 @@ class SynPayloadEol(MpConvertOption):
             lc.fallback_reason = FallbackReason.SIGNAL_ACKED_AS_DATA
         return None  # implicit: a proxy or the server answered; the connection is what MPTCP made of it
 
-    def syn(self, address, port) -> SchemeSyn:
+    def syn(self, address: IpAddress, port: int) -> SchemeSyn:
         mp_convert = MpConvert(address, port)
         payload = encode_syn_payload(SynPayloadSignal((mp_convert,)))
         return SchemeSyn(self.name, MPTCP_SYN_OPTIONS, payload,
