@@ -46,8 +46,9 @@ from mpsim.proto.convert import ConvertClientPolicy
 from mpsim.proto.events import FallbackReason, Outcome
 from mpsim.proto.host import Host
 from mpsim.proto.mptcp import MptcpBlackholeState, MptcpClientExtension, MptcpPolicy
-from mpsim.proto.schemes import SignallingScheme
-from mpsim.proto.schemes.syn_payload_eol import SignalAckedAsData
+# The records the schemes share with this lifecycle live in the schemes package (base.py), so
+# the dependency runs one way: this module imports the schemes, they never import it.
+from mpsim.proto.schemes import Attempt, Proxy, SignalAckedAsData, SignallingScheme
 from mpsim.proto.tcp import (
     Closed,
     CloseReason,
@@ -69,9 +70,6 @@ from mpsim.proto.tfo import TfoClient, TfoPolicy
 
 __all__ = ["Attempt", "ClientHost", "ClientPolicy", "ConnectionFinished", "ConnectionRecord", "FallbackTarget",
            "LOGICAL_TRANSITIONS", "LogicalConnection", "LogicalState", "Proxy", "Request", "SignalAckedAsData"]
-
-Proxy = tuple[IpAddress, int]
-
 
 class FallbackTarget(enum.Enum):
     """Where a client goes when its proxy attempt fails (RFC 8803 leaves it open, docs/protocols.md 8.1)."""
@@ -168,31 +166,6 @@ class ConnectionFinished:
     record: ConnectionRecord
 
 
-@dataclass
-class Attempt:
-    """One TCP connection a request tried: direct to the server, or carrying a scheme's signalling
-    (to a proxy, or implicit: to the server, for an on-path proxy to intercept)."""
-
-    via: SignallingScheme | None  # whose signalling it carries; None: plain TCP or MPTCP to the server
-    proxy: Proxy | None = None
-    implicit: bool = False  # signalling sent to the server itself (via set, proxy None)
-    conn: TcpConnection | None = None
-    mptcp: MptcpClientExtension | None = None
-    exchange: Any = None  # the scheme's conversation with its proxy (Convert, SOCKS5)
-    syn_payload: bytes = b""
-    signal_bytes: int = 0  # signalling this attempt sent (Convert TLVs, EOL options, SOCKS5), not the request
-    ready: bool = False
-    failed: bool = False  # its failure has been dealt with (retry, fallback or the end)
-    reason: FallbackReason | None = None  # why the SYN-ACK was refused, for the Closed event that follows
-    aborting: bool = False  # we reset it ourselves: its Closed event is no news
-
-    @property
-    def kind(self) -> str:
-        """What the attempt was, for ladders and logs: ``direct``, or the scheme whose signalling
-        it carried (its name with ``_`` for ``-``, as results and ladders have always shown it)."""
-        return "direct" if self.via is None else self.via.name.replace("-", "_")
-
-
 class LogicalState(enum.Enum):
     """Where a request stands (docs/state-diagrams.md draws LOGICAL_TRANSITIONS)."""
 
@@ -222,8 +195,10 @@ class LogicalConnection:
 
     The lifecycle is the same for every scheme (:data:`LOGICAL_TRANSITIONS`); what an attempt
     sends and how its answers are read is the scheme's (:mod:`mpsim.proto.schemes`), which acts
-    through the public helpers below. Commands: :meth:`start` (the host calls it) and
-    :meth:`abandon`.
+    through the public helpers below: together with ``host``, ``request``, ``payload`` and the
+    record fields ``detail``, ``converter_error``, ``fallback_reason`` and ``signal_leaked``, they
+    are :class:`~mpsim.proto.schemes.base.SchemeLifecycle`, all a scheme may use. Commands:
+    :meth:`start` (the host calls it) and :meth:`abandon`.
     """
 
     def __init__(self, host: ClientHost, request_id: int, request: Request, now: float) -> None:

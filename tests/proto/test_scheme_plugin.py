@@ -1,7 +1,7 @@
 """A new signalling scheme is one module: a toy scheme, written to a temporary file and imported
 from there, registers itself and runs end to end through a ClientHost in the deterministic
 harness and through the SYN budget (and ``mpsim wire budget``), with no other file touched
-(docs/adding-a-scheme.md). The six built-in schemes honour the contract other code reads.
+(docs/design.md section 9). The six built-in schemes honour the contract other code reads.
 
 The toy, ``toy-exid``: plain TCP to the server, its SYN carrying an RFC 6994 experimental option
 (kind 253, ExID 0x4d50, 4 bytes). It reads the SYN-ACK (an echo of the option would mean the

@@ -3,7 +3,10 @@
 Importing this package imports every module in it, and each module registers its scheme: the six
 the project models first, in the order the tables show them (docs/design.md section 4), then any
 other module of the package in name order. So a new scheme is one new module here and nothing
-else (docs/adding-a-scheme.md). The interface is :mod:`mpsim.proto.schemes.base`.
+else (docs/design.md section 9). The interface is :mod:`mpsim.proto.schemes.base`, which also
+holds what the client's lifecycle and the schemes share (the :class:`Attempt` record, the
+:data:`Proxy` address, :class:`SignalAckedAsData`) and the protocols naming what a scheme may use
+of the client (:class:`SchemeLifecycle`): the client imports this package, never the reverse.
 """
 
 from __future__ import annotations
@@ -11,9 +14,22 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from mpsim.proto.schemes.base import SchemeSyn, SignallingScheme, SynAckJudge, register
+from mpsim.proto.schemes.base import (
+    Attempt,
+    Proxy,
+    SchemeHost,
+    SchemeLifecycle,
+    SchemePolicy,
+    SchemeRequest,
+    SchemeSyn,
+    SignalAckedAsData,
+    SignallingScheme,
+    SynAckJudge,
+    register,
+)
 
-__all__ = ["BUILT_IN", "SchemeSyn", "SignallingScheme", "SynAckJudge", "load_schemes", "register"]
+__all__ = ["BUILT_IN", "Attempt", "Proxy", "SchemeHost", "SchemeLifecycle", "SchemePolicy", "SchemeRequest",
+           "SchemeSyn", "SignalAckedAsData", "SignallingScheme", "SynAckJudge", "load_schemes", "register"]
 
 #: The built-in schemes' modules, in registration order.
 BUILT_IN = ("plain", "mptcp", "mp_convert_option", "syn_payload_eol", "convert", "socks5")

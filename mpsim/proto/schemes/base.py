@@ -30,26 +30,163 @@ What a scheme does (hooks, each with the default that suits a scheme without a p
   :meth:`converted_implicitly`: how a failure or an answer is read;
 * :meth:`syn`: its row of the SYN budget (mpsim/syn_budget.py), built with the wire codecs.
 
-The hooks take the :class:`~mpsim.proto.client.LogicalConnection` and act through its public
-helpers (``open_direct``, ``open_attempt``, ``path_ready``, ``fall_back``, ``finish``, ...);
-docs/adding-a-scheme.md walks through writing one.
+The hooks take the request's logical connection as ``lc`` and act through what
+:class:`SchemeLifecycle` describes (``new_attempt``, ``open_attempt``, ``open_direct``,
+``path_ready``, ``fall_back``, ``fail``, ...), and on the :class:`Attempt` records it hands out.
+:class:`mpsim.proto.client.LogicalConnection` satisfies that protocol, but this package never
+imports the client: the dependency runs one way, client -> schemes (docs/design.md section 9
+walks through writing a scheme).
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from mpsim.proto.cache import ClientCaches
 from mpsim.proto.catalogue import SCHEMES
+from mpsim.proto.convert import ConvertClientPolicy
 from mpsim.proto.events import FallbackReason
-from mpsim.proto.tcp import TcpConnection, TcpExtension
+from mpsim.proto.mptcp import MptcpClientExtension, MptcpPolicy
+from mpsim.proto.tcp import IpAddress, TcpConnection, TcpEvent, TcpExtension, TcpPolicy
 from mpsim.wire.mp_convert import LINUX_SYN_OPTIONS, MP_CAPABLE_SYN
 
-if TYPE_CHECKING:  # the client imports the schemes; they only name its types
-    from ipaddress import IPv4Address, IPv6Address
+#: A proxy's address and port, as the client is configured with it.
+Proxy = tuple[IpAddress, int]
 
-    from mpsim.proto.client import Attempt, LogicalConnection, Proxy
-    from mpsim.proto.tcp import TcpEvent
+
+class SignalAckedAsData(enum.Enum):
+    """What a client does when a host that is not a proxy ACKed its signalling as SYN data (a
+    legacy stack that queues SYN data, RFC 793): the bytes are now in the server's stream.
+    ``ClientPolicy.signal_acked_as_data`` holds the choice; ``syn-payload-eol`` reads it."""
+
+    RESET = "reset"  # RST, then fall back on a new source port (the RST may be lost)
+    CONTINUE = "continue"  # go on as plain TCP; the server application got the signalling bytes
+
+
+@dataclass
+class Attempt:
+    """One TCP connection a request tried: direct to the server, or carrying a scheme's signalling
+    (to a proxy, or implicit: to the server, for an on-path proxy to intercept). The lifecycle
+    creates it (``lc.new_attempt``); the scheme fills in what its signalling cost and said."""
+
+    via: SignallingScheme | None  # whose signalling it carries; None: plain TCP or MPTCP to the server
+    proxy: Proxy | None = None
+    implicit: bool = False  # signalling sent to the server itself (via set, proxy None)
+    conn: TcpConnection | None = None
+    mptcp: MptcpClientExtension | None = None
+    exchange: Any = None  # the scheme's conversation with its proxy (Convert, SOCKS5)
+    syn_payload: bytes = b""
+    signal_bytes: int = 0  # signalling this attempt sent (Convert TLVs, EOL options, SOCKS5), not the request
+    ready: bool = False
+    failed: bool = False  # its failure has been dealt with (retry, fallback or the end)
+    reason: FallbackReason | None = None  # why the SYN-ACK was refused, for the Closed event that follows
+    aborting: bool = False  # we reset it ourselves: its Closed event is no news
+
+    @property
+    def kind(self) -> str:
+        """What the attempt was, for ladders and logs: ``direct``, or the scheme whose signalling
+        it carried (its name with ``_`` for ``-``, as results and ladders have always shown it)."""
+        return "direct" if self.via is None else self.via.name.replace("-", "_")
+
+
+# --- what a scheme may use of the client: the lifecycle implements these, schemes only name them ---
+#
+# Read-only members are properties, so that frozen dataclasses and plain attributes both satisfy
+# them; the members a scheme assigns are plain attributes. tests/proto/test_scheme_lifecycle.py
+# checks that every name a scheme module uses on ``lc`` is declared here and that the client's
+# classes have every member.
+
+@runtime_checkable
+class SchemePolicy(Protocol):
+    """The fields of the client's policy (:class:`mpsim.proto.client.ClientPolicy`) schemes read."""
+
+    @property
+    def implicit(self) -> bool: ...
+    @property
+    def upstream_mptcp(self) -> bool: ...
+    @property
+    def bypass_mptcp_servers(self) -> bool: ...
+    @property
+    def convert_info_first(self) -> bool: ...
+    @property
+    def tfo_to_server(self) -> bool: ...
+    @property
+    def mptcp_to_server(self) -> bool: ...
+    @property
+    def signal_acked_as_data(self) -> SignalAckedAsData: ...
+
+
+@runtime_checkable
+class SchemeHost(Protocol):
+    """The client host (:class:`mpsim.proto.client.ClientHost`) as schemes see it: its policies and
+    the state kept across requests (proxy verdicts, converters seen, TFO cookies via converters)."""
+
+    @property
+    def client_policy(self) -> SchemePolicy: ...
+    @property
+    def policy(self) -> TcpPolicy: ...
+    @property
+    def convert_policy(self) -> ConvertClientPolicy: ...
+    @property
+    def caches(self) -> ClientCaches: ...
+    @property
+    def converters_seen(self) -> set[Proxy]: ...
+    @property
+    def converter_tfo_cookies(self) -> dict[tuple[Proxy, IpAddress], bytes]: ...
+
+
+@runtime_checkable
+class SchemeRequest(Protocol):
+    """Where the request goes (:class:`mpsim.proto.client.Request`)."""
+
+    @property
+    def destination(self) -> IpAddress: ...
+    @property
+    def port(self) -> int: ...
+
+
+@runtime_checkable
+class SchemeLifecycle(Protocol):
+    """A request's logical connection as a scheme's hooks get it (``lc``): exactly what a scheme
+    may read, set and call. :class:`mpsim.proto.client.LogicalConnection` implements it; the
+    lifecycle's own transitions, timers and record stay private to the client."""
+
+    @property
+    def host(self) -> SchemeHost: ...
+    @property
+    def request(self) -> SchemeRequest: ...
+    @property
+    def payload(self) -> bytes: ...  # the request's bytes
+
+    # What the record will say, where the scheme knows best.
+    detail: str
+    converter_error: int | None
+    fallback_reason: FallbackReason | None
+    signal_leaked: bool
+
+    # Opening attempts.
+    def attempts_left(self) -> bool: ...
+    def new_attempt(self, via: SignallingScheme | None, proxy: Proxy | None = None, *,
+                    implicit: bool = False) -> Attempt: ...
+    def mptcp_extension(self, attempt: Attempt, policy: MptcpPolicy | None = None) -> tuple[TcpExtension, ...]: ...
+    def local_address(self, remote: IpAddress) -> IpAddress: ...
+    def open_attempt(self, attempt: Attempt, remote: IpAddress, port: int, now: float, *, syn_payload: bytes = b"",
+                     extensions: tuple[TcpExtension, ...] = (), policy: TcpPolicy | None = None) -> None: ...
+    def send_rest(self, attempt: Attempt, sent_in_syn_bytes: int, now: float) -> None: ...
+    def collect(self, attempt: Attempt, now: float) -> None: ...
+    def proxy_tcp_policy(self) -> TcpPolicy: ...
+    def syn_data_limit_bytes(self, remote: IpAddress) -> int: ...
+    def open_direct(self, now: float, *, mptcp: bool, mptcp_policy: MptcpPolicy | None = None) -> None: ...
+    def open_via_proxy(self, now: float) -> None: ...
+    def arm_reply_deadline(self, now: float) -> None: ...
+
+    # Verdicts.
+    def path_ready(self, attempt: Attempt, now: float) -> None: ...
+    def abort(self, attempt: Attempt, now: float) -> None: ...
+    def fall_back(self, now: float, reason: FallbackReason) -> None: ...
+    def fail(self, now: float, detail: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,13 +224,13 @@ class SignallingScheme:
 
     # --- the SYN budget ------------------------------------------------------------------------
 
-    def syn(self, address: IPv4Address | IPv6Address, port: int) -> SchemeSyn:
+    def syn(self, address: IpAddress, port: int) -> SchemeSyn:
         """The SYN this scheme sends to reach ``address``:``port`` (its SYN-budget row)."""
         raise NotImplementedError(f"scheme {self.name!r} has no SYN-budget row")
 
     # --- opening ---------------------------------------------------------------------------------
 
-    def start(self, lc: LogicalConnection, now: float) -> None:
+    def start(self, lc: SchemeLifecycle, now: float) -> None:
         """The request's first attempt: implicit when asked and possible, else via the proxy the
         scheme needs, else to the server itself."""
         if self.proxy is None:
@@ -103,23 +240,23 @@ class SignallingScheme:
         else:
             lc.open_via_proxy(now)
 
-    def open(self, lc: LogicalConnection, now: float, proxy: Proxy | None) -> None:
+    def open(self, lc: SchemeLifecycle, now: float, proxy: Proxy | None) -> None:
         """Open one attempt: to ``proxy``, or (None) to the server itself."""
         raise NotImplementedError
 
     # --- answers ---------------------------------------------------------------------------------
 
-    def on_established(self, lc: LogicalConnection, attempt: Attempt, now: float) -> None:
+    def on_established(self, lc: SchemeLifecycle, attempt: Attempt, now: float) -> None:
         """The attempt's handshake completed: by default the path is ready for the request."""
         lc.path_ready(attempt, now)
 
-    def on_reply(self, lc: LogicalConnection, attempt: Attempt, data: bytes, now: float) -> bytes | None:
+    def on_reply(self, lc: SchemeLifecycle, attempt: Attempt, data: bytes, now: float) -> bytes | None:
         """Bytes that came before the path was ready (a proxy's reply). Returns the application's
         bytes once the path is ready (having called ``lc.path_ready``), or None while still waiting
         or after the attempt failed."""
         return data
 
-    def judge_synack(self, lc: LogicalConnection, attempt: Attempt, conn: TcpConnection, synack: Any) -> str | None:
+    def judge_synack(self, lc: SchemeLifecycle, attempt: Attempt, conn: TcpConnection, synack: Any) -> str | None:
         """A reason to refuse the SYN-ACK (the connection is reset; set ``attempt.reason`` to say
         why it falls back), or None to accept it. Called only if :meth:`open` added a
         :class:`SynAckJudge` to the attempt's extensions."""
@@ -152,7 +289,7 @@ class SynAckJudge(TcpExtension):
     """Asks the scheme to judge the attempt's SYN-ACK (:meth:`SignallingScheme.judge_synack`);
     a reason returned refuses it, and the connection is reset."""
 
-    def __init__(self, scheme: SignallingScheme, lc: LogicalConnection, attempt: Attempt) -> None:
+    def __init__(self, scheme: SignallingScheme, lc: SchemeLifecycle, attempt: Attempt) -> None:
         self.scheme, self.lc, self.attempt = scheme, lc, attempt
 
     def on_synack(self, conn: TcpConnection, synack: Any) -> str | None:

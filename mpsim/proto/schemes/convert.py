@@ -7,17 +7,22 @@ the client learned to be MPTCP-capable is reached directly (RFC 8803 5).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mpsim.proto.convert import ConvertClientExchange, ConvertReaction, ConvertSynAckCheck
 from mpsim.proto.events import FallbackReason
-from mpsim.proto.schemes.base import MPTCP_SYN_OPTIONS, SchemeSyn, SignallingScheme, register
+from mpsim.proto.schemes.base import (
+    MPTCP_SYN_OPTIONS,
+    Attempt,
+    Proxy,
+    SchemeLifecycle,
+    SchemeSyn,
+    SignallingScheme,
+    register,
+)
+from mpsim.proto.tcp import IpAddress
 from mpsim.wire.convert import HEADER_BYTES, ConnectOption, ConnectTlv, ConvertMessage, encode_convert
 from mpsim.wire.options import TcpOptionKind
-
-if TYPE_CHECKING:  # the client imports the schemes; they only name its types
-    from mpsim.proto.client import Attempt, LogicalConnection, Proxy
-    from mpsim.proto.tcp import IpAddress
 
 
 def convert_syn_payload(address: IpAddress, port: int) -> bytes:
@@ -30,14 +35,14 @@ class Convert(SignallingScheme):
     description = "RFC 8803: Convert header + TLVs in the SYN payload, to the transport converter"
     proxy = "convert"
 
-    def start(self, lc: LogicalConnection, now: float) -> None:
+    def start(self, lc: SchemeLifecycle, now: float) -> None:
         if lc.host.client_policy.bypass_mptcp_servers and lc.host.caches.server_mptcp_capable(lc.request.destination):
             lc.detail = "bypassed the converter: server known MPTCP-capable"
             lc.open_direct(now, mptcp=True)
             return
         super().start(lc, now)
 
-    def open(self, lc: LogicalConnection, now: float, proxy: Proxy | None) -> None:
+    def open(self, lc: SchemeLifecycle, now: float, proxy: Proxy | None) -> None:
         host = lc.host
         attempt = lc.new_attempt(self, proxy)
         entry = host.caches.proxy(proxy, now)
@@ -60,7 +65,7 @@ class Convert(SignallingScheme):
         lc.collect(attempt, now)
 
     @staticmethod
-    def _connect_options_for(lc: LogicalConnection, proxy: Proxy,
+    def _connect_options_for(lc: SchemeLifecycle, proxy: Proxy,
                              unsupported: tuple[int, ...]) -> tuple[ConnectOption, ...]:
         """Extended Connect entries (RFC 8803 7), minus the kinds the converter refused (Error 33):
         MPTCP towards the server, and the server's TFO (an empty option asks for a cookie, a cookie
@@ -73,10 +78,10 @@ class Convert(SignallingScheme):
             options += (ConnectOption(TcpOptionKind.TFO, cookie),)
         return options
 
-    def on_established(self, lc: LogicalConnection, attempt: Attempt, now: float) -> None:
+    def on_established(self, lc: SchemeLifecycle, attempt: Attempt, now: float) -> None:
         lc.arm_reply_deadline(now)  # the reply comes in the SYN-ACK (RFC timing) or as the first bytes (socket timing)
 
-    def on_reply(self, lc: LogicalConnection, attempt: Attempt, data: bytes, now: float) -> bytes | None:
+    def on_reply(self, lc: SchemeLifecycle, attempt: Attempt, data: bytes, now: float) -> bytes | None:
         reply = attempt.exchange.receive(data)
         if reply is None:
             return None
@@ -88,7 +93,7 @@ class Convert(SignallingScheme):
         return reply.app_data
 
     @staticmethod
-    def _learn_from_reply(lc: LogicalConnection, attempt: Attempt, reply: Any) -> None:
+    def _learn_from_reply(lc: SchemeLifecycle, attempt: Attempt, reply: Any) -> None:
         caches = lc.host.caches
         if reply.supported_kinds is not None:
             caches.store_supported_kinds(attempt.proxy, reply.supported_kinds)
@@ -98,7 +103,7 @@ class Convert(SignallingScheme):
         if reply.server_tfo_cookie:
             lc.host.converter_tfo_cookies[(attempt.proxy, lc.request.destination)] = reply.server_tfo_cookie
 
-    def _react_to_reply(self, lc: LogicalConnection, attempt: Attempt, reply: Any, now: float) -> None:
+    def _react_to_reply(self, lc: SchemeLifecycle, attempt: Attempt, reply: Any, now: float) -> None:
         """RFC 8803 6.2.8: reset on any Error TLV, then act per code (docs/protocols.md 8.3)."""
         attempt.failed = True
         lc.abort(attempt, now)
@@ -125,7 +130,7 @@ class Convert(SignallingScheme):
                 caches.mark_off(proxy, now, reply.fallback_reason or FallbackReason.CONVERTER_REPLY_INVALID)
             lc.fall_back(now, reply.fallback_reason or FallbackReason.CONVERTER_REPLY_INVALID)
 
-    def _retry_same_proxy(self, lc: LogicalConnection, proxy: Proxy, now: float) -> None:
+    def _retry_same_proxy(self, lc: SchemeLifecycle, proxy: Proxy, now: float) -> None:
         if not lc.attempts_left():
             lc.fail(now, "too many attempts")
             return

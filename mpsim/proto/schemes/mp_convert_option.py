@@ -11,12 +11,20 @@ drops SYN data and echoes nothing but MP_CONVERT in its SYN-ACK.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mpsim.proto.events import FallbackReason
 from mpsim.proto.mptcp import MptcpClientExtension
-from mpsim.proto.schemes.base import SchemeSyn, SignallingScheme, SynAckJudge, register
-from mpsim.proto.tcp import TcpConnection, TcpExtension, syn_base_options
+from mpsim.proto.schemes.base import (
+    Attempt,
+    Proxy,
+    SchemeLifecycle,
+    SchemeSyn,
+    SignallingScheme,
+    SynAckJudge,
+    register,
+)
+from mpsim.proto.tcp import IpAddress, TcpConnection, TcpExtension, syn_base_options
 from mpsim.wire.mp_convert import (
     LINUX_SYN_OPTIONS_NO_TIMESTAMPS,
     MpConvert,
@@ -26,11 +34,7 @@ from mpsim.wire.mp_convert import (
 )
 from mpsim.wire.mptcp import MpCapable
 from mpsim.wire.options import TCP_OPTION_SPACE_BYTES, option_space_bytes
-
-if TYPE_CHECKING:  # the client imports the schemes; they only name its types
-    from mpsim.proto.client import Attempt, LogicalConnection, Proxy
-    from mpsim.proto.tcp import IpAddress
-    from mpsim.wire.segment import TcpSegment
+from mpsim.wire.segment import TcpSegment
 
 
 class _MpConvertOptionOnSyns(TcpExtension):
@@ -52,7 +56,7 @@ class MpConvertOption(SignallingScheme):
     proxy = "mp-convert"
     implicit_capable = True
 
-    def open(self, lc: LogicalConnection, now: float, proxy: Proxy | None) -> None:
+    def open(self, lc: SchemeLifecycle, now: float, proxy: Proxy | None) -> None:
         """Explicit (to ``proxy``) or implicit (proxy None: to the server itself)."""
         implicit = proxy is None
         signal = MpConvert(None, None, implicit=True) if implicit else \
@@ -71,20 +75,20 @@ class MpConvertOption(SignallingScheme):
         lc.send_rest(attempt, len(syn_payload) - attempt.signal_bytes if syn_payload else 0, now)
         lc.collect(attempt, now)
 
-    def _does_not_fit(self, lc: LogicalConnection, signal: MpConvert) -> str | None:
+    def _does_not_fit(self, lc: SchemeLifecycle, signal: MpConvert) -> str | None:
         """Why the signal cannot be sent (None: it can): the option must fit beside the host's SYN options."""
         needed = option_space_bytes(syn_base_options(lc.host.policy) + (MpCapable(1, 1), signal))
         if needed > TCP_OPTION_SPACE_BYTES:
             return f"MP_CONVERT needs {needed} option bytes of {TCP_OPTION_SPACE_BYTES}"
         return None
 
-    def _signal(self, lc: LogicalConnection, attempt: Attempt, signal: MpConvert, remote: IpAddress,
+    def _signal(self, lc: SchemeLifecycle, attempt: Attempt, signal: MpConvert, remote: IpAddress,
                 extensions: tuple) -> tuple[tuple, bytes]:
         """The attempt's extensions and SYN payload carrying ``signal``: here, the option as it
         travels (the MP_EXPERIMENTAL option a proxy reads with mp_convert_from_option)."""
         return (*extensions, _MpConvertOptionOnSyns(signal.to_option(), attempt.mptcp)), b""
 
-    def judge_synack(self, lc: LogicalConnection, attempt: Attempt, conn: TcpConnection,
+    def judge_synack(self, lc: SchemeLifecycle, attempt: Attempt, conn: TcpConnection,
                       synack: TcpSegment) -> str | None:
         # A proxy took the request (without MP_CAPABLE in its SYN-ACK our leg is plain TCP, which
         # a proxy relays when the I flag is clear: the MPTCP extension records why); implicit, a

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from mpsim.proto.schemes.base import SchemeSyn, SignallingScheme, register
+from mpsim.proto.schemes.base import Proxy, SchemeLifecycle, SchemeSyn, SignallingScheme, register
+from mpsim.proto.tcp import IpAddress
 from mpsim.wire.mp_convert import LINUX_SYN_OPTIONS
-
-if TYPE_CHECKING:  # the client imports the schemes; they only name its types
-    from mpsim.proto.client import LogicalConnection, Proxy
-    from mpsim.proto.tcp import IpAddress
 
 
 class Plain(SignallingScheme):
@@ -17,7 +12,7 @@ class Plain(SignallingScheme):
     description = "ordinary TCP to the server"
     plain_tcp = True
 
-    def open(self, lc: LogicalConnection, now: float, proxy: Proxy | None) -> None:
+    def open(self, lc: SchemeLifecycle, now: float, proxy: Proxy | None) -> None:
         lc.open_direct(now, mptcp=False)
 
     def syn(self, address: IpAddress, port: int) -> SchemeSyn:

@@ -5,16 +5,19 @@ classes are (docs/protocols.md 8.3)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from mpsim.proto.events import FallbackReason
-from mpsim.proto.schemes.base import MPTCP_SYN_OPTIONS, SchemeSyn, SignallingScheme, register
+from mpsim.proto.schemes.base import (
+    MPTCP_SYN_OPTIONS,
+    Attempt,
+    Proxy,
+    SchemeLifecycle,
+    SchemeSyn,
+    SignallingScheme,
+    register,
+)
 from mpsim.proto.socks5_proxy import Socks5ClientExchange, Socks5Result
+from mpsim.proto.tcp import IpAddress
 from mpsim.wire.socks5 import Socks5Greeting, Socks5Reply, Socks5Request
-
-if TYPE_CHECKING:  # the client imports the schemes; they only name its types
-    from mpsim.proto.client import Attempt, LogicalConnection, Proxy
-    from mpsim.proto.tcp import IpAddress
 
 
 #: SOCKS5 replies that report the server's answer, not the proxy's state: network or host
@@ -29,20 +32,20 @@ class Socks5(SignallingScheme):
     proxy = "socks5"
     proxy_refused_reason = FallbackReason.PROXY_FAILED
 
-    def open(self, lc: LogicalConnection, now: float, proxy: Proxy | None) -> None:
+    def open(self, lc: SchemeLifecycle, now: float, proxy: Proxy | None) -> None:
         attempt = lc.new_attempt(self, proxy)
         attempt.exchange = Socks5ClientExchange(lc.request.destination, lc.request.port)
         extensions = lc.mptcp_extension(attempt) if lc.host.client_policy.upstream_mptcp else ()
         lc.open_attempt(attempt, proxy[0], proxy[1], now, extensions=extensions, policy=lc.proxy_tcp_policy())
         lc.collect(attempt, now)
 
-    def on_established(self, lc: LogicalConnection, attempt: Attempt, now: float) -> None:
+    def on_established(self, lc: SchemeLifecycle, attempt: Attempt, now: float) -> None:
         greeting = attempt.exchange.greeting()
         attempt.signal_bytes += len(greeting)
         attempt.conn.send(greeting, now)
         lc.arm_reply_deadline(now)
 
-    def on_reply(self, lc: LogicalConnection, attempt: Attempt, data: bytes, now: float) -> bytes | None:
+    def on_reply(self, lc: SchemeLifecycle, attempt: Attempt, data: bytes, now: float) -> bytes | None:
         request = attempt.exchange.receive(data)  # the CONNECT, once the method is agreed
         if request:
             attempt.signal_bytes += len(request)
@@ -58,7 +61,7 @@ class Socks5(SignallingScheme):
         return result.app_data
 
     @staticmethod
-    def _react_to_result(lc: LogicalConnection, attempt: Attempt, result: Socks5Result, now: float) -> None:
+    def _react_to_result(lc: SchemeLifecycle, attempt: Attempt, result: Socks5Result, now: float) -> None:
         """A failure reply (RFC 1928 6): what the server answered ends the request; a ruleset
         refusal is "not authorized"; a general failure or a timeout is a transient proxy problem
         (back off); the rest means the proxy cannot serve us (off). RFC 1928 has no Error TLV to

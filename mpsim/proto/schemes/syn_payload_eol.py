@@ -6,48 +6,42 @@ mpsim/wire/syn_payload.py.
 The signalling is SYN data, so the SYN-ACK must ACK all of it: what is not ACKed Linux would
 resend as data after the handshake, where it would reach the server application. An implicit
 SYN whose payload the server's own stack ACKed (an on-path proxy drops SYN data) had its
-signalling queued as data (RFC 793 / TFO): :class:`SignalAckedAsData` says what the client does.
+signalling queued as data (RFC 793 / TFO): ``ClientPolicy.signal_acked_as_data``
+(:class:`~mpsim.proto.schemes.base.SignalAckedAsData`) says what the client does.
 """
 
 from __future__ import annotations
 
-import enum
-from typing import TYPE_CHECKING
-
 from mpsim.proto.events import FallbackReason
-from mpsim.proto.schemes.base import MPTCP_SYN_OPTIONS, SchemeSyn, register
+from mpsim.proto.schemes.base import (
+    MPTCP_SYN_OPTIONS,
+    Attempt,
+    SchemeLifecycle,
+    SchemeSyn,
+    SignalAckedAsData,
+    register,
+)
 from mpsim.proto.schemes.mp_convert_option import MpConvertOption
+from mpsim.proto.tcp import IpAddress, TcpConnection
 from mpsim.wire.mp_convert import MpConvert, mp_convert_from_option
+from mpsim.wire.segment import TcpSegment
 from mpsim.wire.syn_payload import SynPayloadSignal, encode_syn_payload
-
-if TYPE_CHECKING:  # the client imports the schemes; they only name its types
-    from mpsim.proto.client import Attempt, LogicalConnection
-    from mpsim.proto.tcp import IpAddress, TcpConnection
-    from mpsim.wire.segment import TcpSegment
-
-
-class SignalAckedAsData(enum.Enum):
-    """What a client does when a host that is not a proxy ACKed its signalling as SYN data (a
-    legacy stack that queues SYN data, RFC 793): the bytes are now in the server's stream."""
-
-    RESET = "reset"  # RST, then fall back on a new source port (the RST may be lost)
-    CONTINUE = "continue"  # go on as plain TCP; the server application got the signalling bytes
 
 
 class SynPayloadEol(MpConvertOption):
     name = "syn-payload-eol"
     description = "MP_CONVERT as option bytes + EOL at the start of the SYN payload, then the request"
 
-    def _does_not_fit(self, lc: LogicalConnection, signal: MpConvert) -> str | None:
+    def _does_not_fit(self, lc: SchemeLifecycle, signal: MpConvert) -> str | None:
         return None  # the payload has room: the request gives way to the signalling
 
-    def _signal(self, lc: LogicalConnection, attempt: Attempt, signal: MpConvert, remote: IpAddress,
+    def _signal(self, lc: SchemeLifecycle, attempt: Attempt, signal: MpConvert, remote: IpAddress,
                 extensions: tuple) -> tuple[tuple, bytes]:
         attempt.signal_bytes = len(encode_syn_payload(SynPayloadSignal((signal,))))
         in_syn = lc.payload[: max(0, lc.syn_data_limit_bytes(remote) - attempt.signal_bytes)]
         return extensions, encode_syn_payload(SynPayloadSignal((signal,), in_syn))
 
-    def judge_synack(self, lc: LogicalConnection, attempt: Attempt, conn: TcpConnection,
+    def judge_synack(self, lc: SchemeLifecycle, attempt: Attempt, conn: TcpConnection,
                       synack: TcpSegment) -> str | None:
         """Who answered, and what became of the signalling (docs/protocols.md 2.4, 2.6)."""
         if conn.syn_data_acked_bytes < len(attempt.syn_payload):
