@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
-from mpsim.proto.catalogue import SCHEMES
+from mpsim.proto.components import SCHEMES
 from mpsim.proto.schemes.base import SchemeSyn  # importing the package registers the schemes
 from mpsim.proto.schemes.convert import convert_syn_payload  # noqa: F401  (part of this module's interface)
 from mpsim.wire import jsonform

@@ -13,7 +13,7 @@ import pytest
 
 from mpsim import __version__, syn_budget
 from mpsim.cli import main
-from mpsim.proto.catalogue import SCHEMES
+from mpsim.proto.components import SCHEMES
 from mpsim.syn_budget import convert_syn_packet
 from mpsim.wire.convert import ConnectTlv, decode_convert
 from mpsim.wire.jsonform import hex_dump, hex_to_bytes

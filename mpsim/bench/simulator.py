@@ -63,7 +63,7 @@ from mpsim import __version__
 from mpsim.bench import write_json_and_markdown
 from mpsim.proto.client import ClientHost, ClientPolicy, ConnectionFinished, Request
 from mpsim.proto.harness import Harness
-from mpsim.proto.proxies import ProxySettings, build_proxy_host
+from mpsim.proto.components import ProxySettings, build_proxy_host
 from mpsim.proto.server import ResponderApp, ServerHost, ServerKind
 from mpsim.sim.link import Link, LinkDirection
 from mpsim.sim.node import SimNode

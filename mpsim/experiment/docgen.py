@@ -73,7 +73,7 @@ def truth_table_markdown() -> str:
         "`RTTs` is the time to the first response byte in client-server RTTs (plain TCP: 2). "
         "Fallbacks go to direct plain TCP; the converter uses RFC timing unless the row says socket timing.",
         "",
-        "Middleboxes (mpsim/proto/catalogue.py; docs/adding-components.md adds one): "
+        "Middleboxes (mpsim/proto/catalogue.py; docs/design.md section 10 adds one): "
         + "; ".join(f"`{name}`: {truth_table.middlebox_description(name)}" for name in truth_table.table_middleboxes())
         + ".",
         "",

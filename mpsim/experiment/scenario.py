@@ -25,7 +25,7 @@ list of names may be written ``a,b``. Overrides apply to every variant too (they
 Components are named as the catalogue registers them (mpsim/proto/catalogue.py: middleboxes,
 proxies, servers, schemes; mpsim/sim/congestion.py: congestion controls); a name is checked
 against its registry when the scenario is loaded, so a newly registered component needs no edit
-here (docs/adding-components.md).
+here (docs/design.md section 10).
 
 Defaults come from the proto layer's own policy defaults (``ClientPolicy()``, ``TcpPolicy()``, ...),
 so a scenario that leaves a knob out gets exactly what the machines do by default.
@@ -50,11 +50,10 @@ from typing import Annotated, Any
 
 from mpsim.errors import MpsimError
 from mpsim.proto.cache import CachePolicy
-from mpsim.proto.catalogue import MIDDLEBOXES, PROXIES, SCHEMES, SERVERS, Registry
+from mpsim.proto.components import MIDDLEBOXES, PROXIES, SCHEMES, SERVERS, Placement, Registry, proxy_for_scheme
 from mpsim.proto.client import ClientPolicy, FallbackTarget, SignalAckedAsData
 from mpsim.proto.convert import ConverterPolicy
 from mpsim.proto.mptcp import MptcpPolicy
-from mpsim.proto.proxies import Placement, proxy_for_scheme
 from mpsim.proto.relay import ConverterTiming
 from mpsim.proto.server import ServerKind
 from mpsim.proto.tcp import TcpPolicy

@@ -63,13 +63,12 @@ import simpy
 
 from mpsim.experiment.scenario import Action, Arrivals, Direction, Scenario, TransferSpec
 from mpsim.proto.cache import CachePolicy
-from mpsim.proto.catalogue import MIDDLEBOXES, SERVERS
+from mpsim.proto.components import MIDDLEBOXES, SERVERS, Placement, ProxySettings, build_proxy_host
 from mpsim.proto.client import ClientHost, ClientPolicy, ConnectionFinished, Request
 from mpsim.proto.events import Outcome
 from mpsim.proto.harness import Router
 from mpsim.proto.middlebox import PASS, BuiltBox, Site, flow_of
 from mpsim.proto.mptcp import MptcpPolicy
-from mpsim.proto.proxies import Placement, ProxySettings, build_proxy_host
 from mpsim.proto.server import ResponderApp
 from mpsim.proto.tcp import TcpPolicy
 from mpsim.sim.congestion import CONGESTION_CONTROLS

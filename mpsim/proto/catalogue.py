@@ -9,12 +9,15 @@ kind of component (a scheme object, a middlebox factory, ...): this module only 
 straight, refuses duplicates, and turns an unknown name into one clear error with a suggestion.
 Congestion controls live in the simulator (mpsim/sim/congestion.py) with a registry of this class,
 since the proto layer knows nothing of them.
+
+This module imports none of the components: each imports it to register itself. To *read* the
+catalogue with every built-in component in it, import the registries from
+mpsim/proto/components.py, which imports the component modules first.
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
@@ -40,24 +43,9 @@ class UnknownComponentError(MpsimError, KeyError):
 class Registry(Generic[T]):
     """Named entries of one kind of component, in registration order."""
 
-    def __init__(self, kind: str, modules: tuple[str, ...] = ()) -> None:
+    def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
-        # The modules that register the built-in entries, imported on the first lookup: a
-        # reader of the registry sees every component without importing each module itself,
-        # and this module imports none of them (they import it).
-        self._modules = modules
-        self._loaded = not modules
-
-    def _load(self) -> None:
-        if not self._loaded:
-            self._loaded = True  # first: a module being imported may itself read the registry
-            try:
-                for module in self._modules:
-                    importlib.import_module(module)
-            except BaseException:
-                self._loaded = False  # a failed import is reported again, not left half-loaded
-                raise
 
     def register(self, name: str, entry: T, *, replace: bool = False) -> T:
         """Add ``entry`` under ``name``; returns the entry, so it can close a definition."""
@@ -70,36 +58,29 @@ class Registry(Generic[T]):
 
     def unregister(self, name: str) -> T:
         """Remove and return ``name``'s entry (a test's temporary component)."""
-        self._load()
         entry = self.get(name)
         del self._entries[name]
         return entry
 
     def get(self, name: str) -> T:
-        self._load()
         try:
             return self._entries[name]
         except (KeyError, TypeError):
             raise UnknownComponentError(self.kind, name, self.names()) from None
 
     def names(self) -> tuple[str, ...]:
-        self._load()
         return tuple(self._entries)
 
     def items(self) -> tuple[tuple[str, T], ...]:
-        self._load()
         return tuple(self._entries.items())
 
     def __contains__(self, name: object) -> bool:
-        self._load()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
-        self._load()
         return iter(tuple(self._entries))
 
     def __len__(self) -> int:
-        self._load()
         return len(self._entries)
 
     def __repr__(self) -> str:
@@ -107,11 +88,10 @@ class Registry(Generic[T]):
 
 
 #: Signalling schemes (mpsim/proto/schemes/): entries are scheme objects, keyed by their name.
-SCHEMES: Registry = Registry("scheme", ("mpsim.proto.schemes",))
+SCHEMES: Registry = Registry("scheme")
 #: Middleboxes an access network can hold: entries build their per-direction filters.
-MIDDLEBOXES: Registry = Registry("middlebox", ("mpsim.proto.middlebox",))
+MIDDLEBOXES: Registry = Registry("middlebox")
 #: Proxies a scenario can run (RFC 8803 converter, MP_CONVERT, SOCKS5): entries build the host.
-PROXIES: Registry = Registry("proxy", ("mpsim.proto.convert", "mpsim.proto.mp_convert_proxy",
-                                       "mpsim.proto.socks5_proxy"))
-#: Server kinds (legacy, TFO, MPTCP, closed, unreachable): entries build the host.
-SERVERS: Registry = Registry("server", ("mpsim.proto.server",))
+PROXIES: Registry = Registry("proxy")
+#: Server kinds (legacy, TFO, MPTCP, closed, unreachable).
+SERVERS: Registry = Registry("server")

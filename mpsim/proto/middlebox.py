@@ -18,7 +18,7 @@ alone, so a :class:`SegmentClassifier` remembers, per flow, whether the SYN has 
 Every box a scenario, the simulator, the truth table or the testbed can name is registered at the
 bottom of this module in :data:`mpsim.proto.catalogue.MIDDLEBOXES`, one name each, with a factory
 that builds a fresh :class:`BuiltBox` (a filter per direction) from an ``rng`` and a :class:`Site`
-(docs/adding-components.md).
+(docs/design.md section 10).
 
 Every policy has a ``name`` (a label of its parameters, for traces and tests), a one-line
 ``description`` and a ``hits`` counter (packets it changed or dropped). Packets that are not TCP
@@ -815,7 +815,7 @@ class MiddleboxEntry:
 def register_middlebox(name: str, description: str, factory: Callable[..., BuiltBox],
                        parameters: tuple[str, ...] = ()) -> MiddleboxEntry:
     """Register a box under ``name`` in :data:`mpsim.proto.catalogue.MIDDLEBOXES` (a module of
-    its own does this at import: docs/adding-components.md)."""
+    its own does this at import: docs/design.md section 10)."""
     return MIDDLEBOXES.register(name, MiddleboxEntry(name, description, factory, parameters))
 
 

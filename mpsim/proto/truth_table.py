@@ -26,11 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
-from mpsim.proto.catalogue import MIDDLEBOXES, SERVERS
+from mpsim.proto.components import MIDDLEBOXES, SERVERS, Placement, ProxySettings, build_proxy_host, proxy_for_scheme
 from mpsim.proto.client import ClientHost, ClientPolicy, ConnectionRecord, Request, SignalAckedAsData
 from mpsim.proto.harness import Harness, Router
 from mpsim.proto.middlebox import PASS, BuiltBox, Site
-from mpsim.proto.proxies import Placement, ProxySettings, build_proxy_host, proxy_for_scheme
 from mpsim.proto.relay import ConverterTiming
 from mpsim.proto.server import ResponderApp, ServerHost, ServerKind
 from mpsim.proto.tcp import Rng

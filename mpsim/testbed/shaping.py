@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from mpsim.proto.catalogue import MIDDLEBOXES
+from mpsim.proto.components import MIDDLEBOXES
 from mpsim.testbed.probe import TestbedError
 
 LOSS_RESOLUTION = 100_000  # numgen draws 0..99999, so loss_prob is applied in steps of 1e-5

@@ -11,7 +11,7 @@ import pytest
 
 from mpsim.experiment import results, scenario as sc
 from mpsim.experiment.simulation import Simulation
-from mpsim.proto.catalogue import MIDDLEBOXES
+from mpsim.proto.components import MIDDLEBOXES
 from mpsim.sim.seeds import derive_seed
 from mpsim.wire.pcap import read_pcap
 from mpsim.wire.segment import decode_packet

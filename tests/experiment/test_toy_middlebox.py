@@ -1,4 +1,4 @@
-"""A middlebox added as a plug-in: one new module, no edit anywhere else (docs/adding-components.md).
+"""A middlebox added as a plug-in: one new module, no edit anywhere else (docs/design.md section 10).
 
 The toy module is written to a temporary directory and imported from there, as a user's own
 module would be; registering its box makes it a name the scenario schema accepts, the simulator
@@ -15,7 +15,7 @@ import pytest
 
 from mpsim.experiment import results, scenario as sc
 from mpsim.proto import truth_table
-from mpsim.proto.catalogue import MIDDLEBOXES
+from mpsim.proto.components import MIDDLEBOXES
 
 TOY = "toy-drop-first-syn"
 TOY_MODULE = f'''

@@ -42,3 +42,26 @@ def test_unregister_and_bad_names():
         reg.register("", 1)
     with pytest.raises(UnknownComponentError):
         reg.get(["unhashable"])
+
+
+def test_catalogue_imports_no_component_and_components_fills_every_registry():
+    # catalogue.py is imported by the components to register themselves, so it must import none
+    # of them (a cycle); mpsim/proto/components.py is the filled catalogue readers import.
+    import json
+    import subprocess
+    import sys
+
+    probe = (
+        "import json, sys\n"
+        "import mpsim.proto.catalogue as c\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('mpsim.proto.') and m != 'mpsim.proto.catalogue')\n"
+        "empty = [len(r) for r in (c.SCHEMES, c.MIDDLEBOXES, c.PROXIES, c.SERVERS)]\n"
+        "import mpsim.proto.components as k\n"
+        "full = [len(r) for r in (k.SCHEMES, k.MIDDLEBOXES, k.PROXIES, k.SERVERS)]\n"
+        "print(json.dumps([loaded, empty, full, sorted(k.PROXIES.names())]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    loaded, empty, full, proxies = json.loads(out.stdout)
+    assert loaded == [] and empty == [0, 0, 0, 0]
+    assert all(n > 0 for n in full) and full[0] >= 6
+    assert proxies == ["convert", "mp-convert", "socks5"]

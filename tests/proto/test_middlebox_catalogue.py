@@ -5,7 +5,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from mpsim.proto.catalogue import MIDDLEBOXES
+from mpsim.proto.components import MIDDLEBOXES
 from mpsim.proto.middlebox import PASS, BuiltBox, Nat, RewritePayload, Site
 from mpsim.wire.segment import IpPacket, TcpFlags, TcpSegment
 

@@ -5,10 +5,17 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from mpsim.proto.catalogue import PROXIES, SCHEMES, UnknownComponentError
+from mpsim.proto.components import (
+    PROXIES,
+    SCHEMES,
+    Placement,
+    ProxySettings,
+    UnknownComponentError,
+    build_proxy_host,
+    proxy_for_scheme,
+)
 from mpsim.proto.convert import ConverterHost
 from mpsim.proto.mp_convert_proxy import MpConvertProxyHost
-from mpsim.proto.proxies import Placement, ProxySettings, build_proxy_host, proxy_for_scheme
 from mpsim.proto.socks5_proxy import Socks5ProxyHost
 
 UP, DOWN, IN = IPv4Address("198.18.1.1"), IPv4Address("198.18.2.1"), IPv4Address("198.18.4.1")

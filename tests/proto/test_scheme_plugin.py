@@ -19,7 +19,7 @@ import textwrap
 import pytest
 
 from mpsim import cli, syn_budget
-from mpsim.proto.catalogue import SCHEMES, UnknownComponentError
+from mpsim.proto.components import SCHEMES, UnknownComponentError
 from mpsim.proto.client import ClientHost, ClientPolicy, Request
 from mpsim.proto.harness import Harness, drop_matching
 from mpsim.proto.schemes import SignallingScheme

@@ -3,7 +3,7 @@ catalogue's names, and a clear error for the others. No root needed: nothing is 
 
 import pytest
 
-from mpsim.proto.catalogue import MIDDLEBOXES, UnknownComponentError
+from mpsim.proto.components import MIDDLEBOXES, UnknownComponentError
 from mpsim.testbed import TestbedError
 from mpsim.testbed.shaping import KERNEL_MIDDLEBOXES, Middlebox, kernel_middlebox
 
