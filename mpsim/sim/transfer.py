@@ -11,7 +11,8 @@ What each side does
 -------------------
 Sender, per subflow (Linux as the reference where the RFCs leave a choice):
 
-* congestion control from :mod:`mpsim.sim.congestion` (Reno, CUBIC, or LIA coupling across
+* congestion control from :mod:`mpsim.sim.congestion` (Reno, Linux CUBIC with HyStart, RFC 9438
+  CUBIC, or LIA coupling across
   the subflows); the window grows only when the subflow was cwnd-limited (Linux
   ``tcp_is_cwnd_limited``: in slow start while cwnd < 2 x in flight);
 * an RFC 6675-style SACK scoreboard, simplified: a segment is lost once more than
@@ -79,7 +80,8 @@ Simplifications
 * MPTCP: no reinjection of a failed subflow's data on another subflow (a dead path stalls the
   connection), no DATA_ACK-only window updates on idle subflows, no subflow that joins late or
   leaves; one ACK path per subflow (the reverse of its forward path).
-* No pacing, no TSO/GSO, no ECN, no HyStart, no BBR (the kernel benchmark pins CUBIC).
+* No pacing, no TSO/GSO, no ECN, no BBR (the kernel benchmark pins CUBIC); HyStart is part of
+  Linux CUBIC (:class:`~mpsim.sim.congestion.Cubic`).
 * The transfer itself draws no random numbers: loss and jitter live in the links, each with
   its own rng (:mod:`mpsim.sim.seeds`).
 """
@@ -412,6 +414,7 @@ class _SubflowSender:
         prior_pipe = self.pipe()
         delivered = 0
         rtt_s = None
+        newest_sent_s = None  # of the most recently sent segment acknowledged (Linux ca_rtt_us)
         ack = segment.ack
         una_advanced = ack > self.snd_una
         if una_advanced:
@@ -431,8 +434,10 @@ class _SubflowSender:
                     if record.retrans:
                         self.retrans_out -= 1
                         record.retrans = False
-                    elif rtt_s is None and not record.ever_retrans:
-                        rtt_s = now - record.sent_s
+                    elif not record.ever_retrans:
+                        newest_sent_s = record.sent_s
+                        if rtt_s is None:
+                            rtt_s = now - record.sent_s
                 i += 1
             self.head = i
             self.snd_una = ack
@@ -448,10 +453,12 @@ class _SubflowSender:
                 self.lost_scan -= i
                 self.head = 0
         if segment.sack_blocks:
-            newly_sacked, sack_rtt_s = self._process_sack(segment.sack_blocks, now)
+            newly_sacked, sack_rtt_s, sack_newest_sent_s = self._process_sack(segment.sack_blocks, now)
             delivered += newly_sacked
             if rtt_s is None:
                 rtt_s = sack_rtt_s
+            if sack_newest_sent_s is not None:
+                newest_sent_s = sack_newest_sent_s
         if rtt_s is not None:
             self._rtt_sample(rtt_s)
         if una_advanced:  # RFC 6298 5.3 (and the back-off ends: Linux clears icsk_backoff)
@@ -461,9 +468,12 @@ class _SubflowSender:
                 self.rto_timer.set(now + self.rto_s)
             else:
                 self.rto_timer.cancel()
+        cc = self.cc
+        if delivered:
+            cc.pkts_acked(now, delivered, None if newest_sent_s is None else now - newest_sent_s, self.snd_una,
+                          self.snd_nxt)
         if self.sacked_out:
             self._mark_losses()
-        cc = self.cc
         state = self.state
         if state != _OPEN and self.snd_una >= self.recover_seq:
             if state == _RECOVERY:
@@ -484,9 +494,9 @@ class _SubflowSender:
             self.send_retransmissions(now)
         conn.push(now)
 
-    def _process_sack(self, blocks: tuple, now: float) -> tuple[int, float | None]:
+    def _process_sack(self, blocks: tuple, now: float) -> tuple[int, float | None, float | None]:
         newly = 0
-        oldest_sent_s = None
+        oldest_sent_s = newest_sent_s = None
         snd_una = self.snd_una
         rtx = self.rtx
         end_index = len(rtx)
@@ -511,8 +521,11 @@ class _SubflowSender:
                         if record.retrans:
                             record.retrans = False
                             self.retrans_out -= 1
-                        elif not record.ever_retrans and (oldest_sent_s is None or record.sent_s < oldest_sent_s):
-                            oldest_sent_s = record.sent_s
+                        elif not record.ever_retrans:
+                            if oldest_sent_s is None or record.sent_s < oldest_sent_s:
+                                oldest_sent_s = record.sent_s
+                            if newest_sent_s is None or record.sent_s > newest_sent_s:
+                                newest_sent_s = record.sent_s
                     i += 1
             if right > self.highest_sacked_end:
                 self.highest_sacked_end = right
@@ -523,7 +536,7 @@ class _SubflowSender:
                 record.retrans = False
                 self.retrans_out -= 1
                 self.retransmit_queue.append(record)
-        return newly, None if oldest_sent_s is None else now - oldest_sent_s
+        return newly, None if oldest_sent_s is None else now - oldest_sent_s, newest_sent_s
 
     def _mark_losses(self) -> None:
         """RFC 6675 IsLost, byte rule: lost once more than (DupThresh - 1) * SMSS bytes above are SACKed."""
@@ -871,7 +884,8 @@ class BulkTransfer:
     """Send ``size_bytes`` from a sender to a receiver over ``paths``, starting at ``env.now``.
 
     ``paths``: ``(forward, backward)`` LinkDirection pairs; one for TCP, one per subflow for
-    MPTCP. ``cc``: "cubic" (the kernel benchmark's pinned choice) or "reno"; ``coupled``:
+    MPTCP. ``cc``: "cubic" (Linux CUBIC, the kernel benchmark's pinned choice), "cubic-rfc9438" or
+    "reno"; ``coupled``:
     "none" (per-subflow CC, upstream Linux) or "lia" (RFC 6356, needs ``cc="reno"``).
     ``payload``: optional bytes of length ``size_bytes`` carried for real, so the receiver can
     hash what it delivers (slower; for tests and pcaps). ``done`` is a SimPy event that

@@ -103,8 +103,11 @@ def test_reno_follows_the_mathis_estimate_under_random_loss(loss_prob):
     Tolerance +-25%: the constant sqrt(3/2) is for periodic loss; independent loss gives about
     1.31 instead (Ott, Kemperman and Mathis 1996), while each recovery costs an RTT without
     growth and some retransmissions are lost too, which the formula ignores; at these windows
-    (10 to 17 segments) the model gives 0.83 to 0.9 of the estimate. CUBIC must do better than
-    Reno at the same loss rate (its beta is 0.7 and it is Reno-friendly at worst).
+    (10 to 17 segments) the model gives 0.83 to 0.9 of the estimate. RFC 9438 CUBIC must do
+    better than Reno at the same loss rate (its beta is 0.7 and its Reno-friendly alpha switches
+    to 1 once W_est regains cwnd_prior). Linux CUBIC has no such switch: at these windows its Reno
+    estimate (alpha 3(1-0.7)/(1+0.7), beta 0.7) has Reno's Mathis constant, and its HZ/32 skip
+    delays the catch-up, so it stays inside the same band, near Reno or below.
     """
     rtt_s = 0.02
     spec = dict(rate_bps=100e6, one_way_delay_s=rtt_s / 2, queue_packets=1000, loss=bernoulli(loss_prob, 7))
@@ -113,8 +116,11 @@ def test_reno_follows_the_mathis_estimate_under_random_loss(loss_prob):
     assert 0.75 * mathis_bps < reno.goodput_bps < 1.25 * mathis_bps
     assert reno.fast_recoveries > 20 and reno.timeouts <= reno.fast_recoveries / 10
     spec["loss"] = bernoulli(loss_prob, 7)
-    cubic = run_transfer([spec], 12 * MIB, cc="cubic")
-    assert cubic.goodput_bps > 1.05 * reno.goodput_bps
+    rfc_cubic = run_transfer([spec], 12 * MIB, cc="cubic-rfc9438")
+    assert rfc_cubic.goodput_bps > 1.05 * reno.goodput_bps
+    spec["loss"] = bernoulli(loss_prob, 7)
+    linux_cubic = run_transfer([spec], 12 * MIB, cc="cubic")
+    assert 0.7 * mathis_bps < linux_cubic.goodput_bps < min(1.25 * mathis_bps, rfc_cubic.goodput_bps)
 
 
 def test_receive_buffer_limits_throughput_to_buffer_over_rtt_and_large_buffers_gain_50x():
@@ -216,14 +222,19 @@ def test_mptcp_receive_window_is_shared_by_the_subflows():
 
 
 @pytest.mark.parametrize("fast_first", [True, False])
-def test_lowest_rtt_first_scheduler_prefers_the_faster_path(fast_first):
+@pytest.mark.parametrize("cc, share", [("cubic-rfc9438", 5), ("cubic", 3)])
+def test_lowest_rtt_first_scheduler_prefers_the_faster_path(fast_first, cc, share):
     # Equal rates, RTT 20 vs 80 ms; a 128 KiB send buffer cannot fill both: the fast path gets most.
+    # Nothing is lost, so without HyStart (cubic-rfc9438) the fast subflow's window grows in slow
+    # start until the buffer is all on it; Linux CUBIC's HyStart leaves slow start once the fast
+    # path's queue adds 4 ms, and its window then grows by 5% per RTT, so the slow subflow gets
+    # the data the fast one has no window for: a smaller, still large, share.
     fast = dict(rate_bps=10e6, one_way_delay_s=0.01, queue_packets=100)
     slow = dict(rate_bps=10e6, one_way_delay_s=0.04, queue_packets=100)
     paths = [fast, slow] if fast_first else [slow, fast]
-    record = run_transfer(paths, 8 * MIB, mptcp=True, snd_buf_bytes=128 * 1024)
+    record = run_transfer(paths, 8 * MIB, mptcp=True, snd_buf_bytes=128 * 1024, cc=cc)
     fast_bytes, slow_bytes = record.subflow_bytes if fast_first else record.subflow_bytes[::-1]
-    assert fast_bytes > 5 * slow_bytes
+    assert fast_bytes > share * slow_bytes
     assert slow_bytes > 0
 
 
