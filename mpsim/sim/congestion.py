@@ -243,7 +243,7 @@ def integer_cube_root(value: int) -> int:
 
 def _jiffies(now_s: float) -> int:
     """Linux ``tcp_jiffies32`` at HZ=1000: whole milliseconds of the microsecond clock."""
-    return int(round(now_s * 1e6)) * LINUX_HZ // 1_000_000
+    return int(now_s * 1e6 + 0.5) * LINUX_HZ // 1_000_000
 
 
 class Cubic(CongestionControl):
@@ -296,15 +296,16 @@ class Cubic(CongestionControl):
         self.snd_nxt = snd_nxt
         if rtt_s is None:
             return
-        if self.epoch_start is not None and _jiffies(now) - self.epoch_start < LINUX_HZ:
+        now_us = int(now * 1e6 + 0.5)
+        if self.epoch_start is not None and now_us * LINUX_HZ // 1_000_000 - self.epoch_start < LINUX_HZ:
             return  # Linux discards delay samples for 1 s after a reduction starts an epoch
-        delay_us = max(int(round(rtt_s * 1e6)), 1)
+        delay_us = max(int(rtt_s * 1e6 + 0.5), 1)
         if self.delay_min_us == 0 or self.delay_min_us > delay_us:
             self.delay_min_us = delay_us
         cwnd = self.cwnd_segments
         if (self.hystart and not self.hystart_found and cwnd < self.ssthresh_segments
                 and cwnd >= HYSTART_LOW_WINDOW):
-            self._hystart_update(int(round(now * 1e6)), delay_us, snd_una, snd_nxt)
+            self._hystart_update(now_us, delay_us, snd_una, snd_nxt)
 
     def _hystart_update(self, now_us: int, delay_us: int, snd_una: int, snd_nxt: int) -> None:
         """``hystart_update``: leave slow start (ssthresh = cwnd) on an ACK train lasting half the
@@ -414,7 +415,7 @@ class Cubic(CongestionControl):
         ssthresh = self.ssthresh_segments
         self._reset()
         self.ssthresh_segments = ssthresh
-        self._hystart_reset(int(round(now * 1e6)), self.snd_nxt)
+        self._hystart_reset(int(now * 1e6 + 0.5), self.snd_nxt)
         self.snd_cwnd_cnt = 0
 
 

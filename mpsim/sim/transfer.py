@@ -364,6 +364,7 @@ class _SubflowSender:
         # TLP (Linux tcp_send_loss_probe): snd_nxt when the outstanding probe went out, or None
         self.tlp_high_seq: int | None = None
         self.tlp_retrans = False
+        self._tlp_burst_s = -1.0  # the instant a probe was last scheduled with 2+ segments out
         # counters
         self.segments_sent = 0
         self.retransmissions = 0
@@ -410,8 +411,10 @@ class _SubflowSender:
         self.rtx.append(record)
         self.snd_nxt = seq + length
         self._emit(record, now)
-        if self.rack_tlp and not probe:
-            self._schedule_loss_probe(now, advancing_rto=False)  # Linux tcp_write_xmit
+        # Linux tcp_write_xmit re-arms the probe after each burst; within one instant, once two or
+        # more segments are out, later segments of the burst give the same deadline.
+        if self.rack_tlp and not probe and now != self._tlp_burst_s:
+            self._schedule_loss_probe(now, advancing_rto=False)
 
     def send_retransmissions(self, now: float) -> None:
         """Lost segments first (RFC 6675 NextSeg rule 1), as far as cwnd allows."""
@@ -457,8 +460,10 @@ class _SubflowSender:
         rack_best_end = self.rack_end
         if una_advanced:
             rtx = self.rtx
-            i = self.head
+            i = first = self.head
             end = len(rtx)
+            last_delivered = None
+            retransmitted = False
             while i < end:
                 record = rtx[i]
                 if record.end > ack:
@@ -476,20 +481,37 @@ class _SubflowSender:
                         newest_sent_s = record.sent_s
                         if rtt_s is None:
                             rtt_s = now - record.sent_s
-                    if rack_tlp:
+                    if record.ever_retrans:
+                        retransmitted = True
+                    last_delivered = record
+                i += 1
+            if rack_tlp and last_delivered is not None:
+                if not retransmitted and prior_fack <= rtx[first].seq:
+                    # Sent in sequence order, no hole filled: the newest is the last one.
+                    sent_s = last_delivered.sent_s
+                    if sent_s > rack_best_s or (sent_s == rack_best_s and last_delivered.end > rack_best_end):
+                        rack_best_s, rack_best_end = sent_s, last_delivered.end
+                else:
+                    for j in range(first, i):
+                        record = rtx[j]
+                        if record.sacked:
+                            continue
                         sent_s = record.sent_s
                         if not record.ever_retrans:
                             if record.seq < prior_fack:
                                 self.reord_seen = True  # a hole filled without a retransmission
-                        elif now - sent_s < self.min_rtt_s:
+                        elif now - sent_s < self.min_rtt_s - 1e-6:
                             sent_s = -1.0  # ambiguous: the original may have been delivered
                         if sent_s > rack_best_s or (sent_s == rack_best_s and record.end > rack_best_end):
                             rack_best_s, rack_best_end = sent_s, record.end
-                i += 1
             self.head = i
             self.snd_una = ack
             if i > self.lost_scan:
                 self.lost_scan = i
+            if rack_tlp:
+                tsorted = self.tsorted
+                while tsorted and tsorted[0][0].end <= ack:
+                    tsorted.popleft()
             ranges = self.sacked_ranges
             while ranges and ranges[0][1] <= ack:
                 ranges.pop(0)
@@ -534,7 +556,10 @@ class _SubflowSender:
             if self.tlp_high_seq is not None:
                 self._process_tlp_ack(ack, una_advanced, newly_sacked, now)
             if self.rack_advanced:
-                reo_armed = self._rack_mark_lost(now)
+                if self.sacked_out or self.state != _OPEN:
+                    reo_armed = self._rack_mark_lost(now)
+                else:  # in order and open: every segment sent before the newest delivered one is acked
+                    self.rack_advanced = False
         elif self.sacked_out:
             self._mark_losses()
         state = self.state
@@ -553,12 +578,22 @@ class _SubflowSender:
             limited = 2 * prior_pipe > cwnd if cwnd < cc.ssthresh_segments else prior_pipe >= int(cwnd)
             if limited:
                 cc.on_ack(delivered, now, self.srtt_s or 0.0, self.min_rtt_s if self.srtt_s else 0.0)
+        probe_due = False
         if rack_tlp and una_advanced and not reo_armed:  # Linux tcp_set_xmit_timer
-            if not self._schedule_loss_probe(now, advancing_rto=True):
+            self._tlp_burst_s = -1.0
+            if self.state == _OPEN:
+                # New data sent below re-arms the probe from its sending (tcp_write_xmit), which
+                # supersedes this; so only when nothing goes out is it armed here.
+                probe_due = True
+            else:
                 self._rearm_rto(now)
         if self.retransmit_queue:
             self.send_retransmissions(now)
+        sent_before = self.segments_sent
         conn.push(now)
+        if probe_due and self.segments_sent == sent_before:
+            if not self._schedule_loss_probe(now, advancing_rto=True):
+                self._rearm_rto(now)
 
     def _process_sack(self, blocks: tuple, now: float) -> tuple[int, float | None, float | None]:
         newly = 0
@@ -600,7 +635,7 @@ class _SubflowSender:
                             if not record.ever_retrans:
                                 if record.seq < prior_fack:
                                     self.reord_seen = True  # SACKed below data SACKed before: reordering
-                            elif now - sent_s < self.min_rtt_s:
+                            elif now - sent_s < self.min_rtt_s - 1e-6:  # Linux compares whole us
                                 sent_s = -1.0
                             if sent_s > rack_best_s or (sent_s == rack_best_s and record.end > rack_best_end):
                                 rack_best_s, rack_best_end = sent_s, record.end
@@ -729,6 +764,7 @@ class _SubflowSender:
         packets_out = len(self.rtx) - self.head
         if not packets_out or self.state != _OPEN:
             return False
+        self._tlp_burst_s = now if packets_out > 1 and not advancing_rto else -1.0
         if self.srtt_s is not None:
             pto_s = 2 * self.srtt_s + (self.rto_min_s if packets_out == 1 else TIMEOUT_MIN_S)
         else:
