@@ -12,16 +12,32 @@ What each side does
 Sender, per subflow (Linux as the reference where the RFCs leave a choice):
 
 * congestion control from :mod:`mpsim.sim.congestion` (Reno, Linux CUBIC with HyStart, RFC 9438
-  CUBIC, or LIA coupling across
-  the subflows); the window grows only when the subflow was cwnd-limited (Linux
-  ``tcp_is_cwnd_limited``: in slow start while cwnd < 2 x in flight);
-* an RFC 6675-style SACK scoreboard, simplified: a segment is lost once more than
-  (DupThresh - 1) = 2 segments' worth of bytes above it are SACKed (the byte rule of IsLost; the
-  "DupThresh discontiguous blocks" rule and rescue retransmissions are left out); pipe is
-  Linux's ``packets_out - sacked_out - lost_out + retrans_out``; lost segments are
-  retransmitted before new data (NextSeg rules 1 and 2); a retransmission is itself declared
-  lost when data sent after it is SACKed (Linux's pre-RACK ``tcp_mark_lost_retrans``). No RACK,
-  no D-SACK, no undo of spurious reductions;
+  CUBIC, or LIA coupling across the subflows); the window grows only when the subflow was
+  cwnd-limited (Linux ``tcp_is_cwnd_limited``: in slow start while cwnd < 2 x in flight);
+* a SACK scoreboard; pipe is Linux's ``packets_out - sacked_out - lost_out + retrans_out``; lost
+  segments are retransmitted before new data (NextSeg rules 1 and 2). Which segments are lost,
+  by ``loss_detection``:
+
+  - ``"rack-tlp"`` (the default): RACK-TLP, RFC 8985 as Linux 6.7-6.18 runs it
+    (``net/ipv4/tcp_recovery.c``; ``tcp_schedule_loss_probe``, ``tcp_send_loss_probe`` and
+    ``tcp_process_tlp_ack`` in ``tcp_output.c``/``tcp_input.c``; the shared transmit timer of
+    ``tcp_timer.c``). A segment is lost once one sent after it was delivered and RACK.rtt +
+    reo_wnd has passed since its sending; reo_wnd = min(min_rtt / 4, SRTT), 0 in recovery or
+    with 3 or more segments SACKed unless reordering was seen (a hole filled by an original);
+    a segment inside the window arms the reordering timer (wait + 2 ms). In Open state the
+    transmit timer is the probe timeout, 2 SRTT + 2 ms (+ the 200 ms minimum RTO instead of
+    2 ms with one segment out), 1 s without an RTT sample, never later than the RTO; a probe
+    sends one new segment (plain TCP, cwnd ignored) or the last one again, at most one
+    outstanding; an ACK beyond the probe of a retransmission reduces cwnd once (CWR).
+    Simplified: no D-SACK (a duplicate's plain ACK ends a probe episode, as Linux's D-SACK
+    would; no reo_wnd adaptation), no ``tp->reordering`` growth, timers not rounded to jiffies,
+    MPTCP subflows probe with their last segment;
+  - ``"rfc6675"``: the RFC 6675 byte rule of IsLost alone (lost once more than (DupThresh - 1) =
+    2 segments' worth of bytes above it are SACKed; the "DupThresh discontiguous blocks" rule
+    and rescue retransmissions are left out), a retransmission declared lost when data sent
+    after it is SACKed (Linux's pre-RACK ``tcp_mark_lost_retrans``), no probes.
+
+  No D-SACK, no undo of spurious reductions;
 * fast recovery with Proportional Rate Reduction (RFC 6937, as Linux ``tcp_cwnd_reduction``),
   cwnd = ssthresh when recovery ends;
 * RTO per RFC 6298 with Linux's formula ``RTO = SRTT + max(4 RTTVAR, 200 ms)``, initial 1 s,
@@ -1175,7 +1191,8 @@ class BulkTransfer:
     MPTCP. ``cc``: "cubic" (Linux CUBIC, the kernel benchmark's pinned choice), "cubic-rfc9438" or
     "reno"; ``coupled``:
     "none" (per-subflow CC, upstream Linux) or "lia" (RFC 6356, needs ``cc="reno"``).
-    ``payload``: optional bytes of length ``size_bytes`` carried for real, so the receiver can
+    ``loss_detection``: "rack-tlp" (Linux's default) or "rfc6675" (dupACK/SACK counting only;
+    module docstring). ``payload``: optional bytes of length ``size_bytes`` carried for real, so the receiver can
     hash what it delivers (slower; for tests and pcaps). ``done`` is a SimPy event that
     succeeds when the last byte reaches the receiving application.
     """
