@@ -178,3 +178,28 @@ def test_hystart_spares_a_deep_queue_the_slow_start_overshoot():
     assert linux.completed and linux.retransmissions == 0 and linux.timeouts == 0
     assert rfc.retransmissions > 500
     assert linux.subflow_srtt_s[0] < rfc.subflow_srtt_s[0] / 2
+
+
+def test_window_over_the_first_100_ms_of_an_epoch_with_one_ack_per_ms():
+    """cwnd 70 after the loss at 100 (K = 4316), delay_min 50 ms, one segment ACKed per ms.
+
+    j = 0: t = 50 * 1024 // 1000 = 51, target 72, cnt 35. snd_cwnd_cnt reaches 35 at j = 34:
+    cwnd 71. j = 35 (cwnd changed): t = 85 * 1024 // 1000 = 87, offs 4229, delta = 410 x 4229^3
+    >> 40 = 28, target 72, cnt = 71 // 1 = 71. j = 67 (32 jiffies later): t = 119, offs 4197,
+    delta 27, target 73, cnt = 71 // 2 = 35; snd_cwnd_cnt is then 33, reaches 35 at j = 69:
+    cwnd 72. j = 70: t = 122, offs 4194, delta 27, target 73, cnt = 72. No re-computation until
+    j = 102, so at j = 99 cwnd is 72 with snd_cwnd_cnt 30. The Reno estimate never moves
+    (100 ACKed < (70 x 15) >> 3 = 131).
+    """
+    cc = loss_at_100_with_50ms()
+    cc.cwnd_segments = 70.0
+    epoch = 20.0
+    cwnd, cnt = [], []
+    for j in range(100):
+        cc.on_ack(1, epoch + j / 1000, 0.05, 0.05)
+        cwnd.append(cc.cwnd_segments)
+        cnt.append(cc.cnt)
+    assert (cwnd[33], cwnd[34], cnt[34], cnt[35]) == (70, 71, 35, 71)
+    assert (cnt[66], cnt[67], cwnd[68], cwnd[69], cnt[70]) == (71, 35, 71, 72, 72)
+    assert (cwnd[99], cc.snd_cwnd_cnt, cnt[99], cc.tcp_cwnd) == (72, 30, 72, 70)
+    assert cc.last_time == 20070  # the last re-computation
