@@ -36,6 +36,7 @@ Inputs: :meth:`TcpConnection.active` / :meth:`TcpConnection.passive` (opens), :m
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 from typing import Protocol
@@ -111,7 +112,8 @@ class TcpPolicy:
     max_rto_s: float = 120.0  # TCP_RTO_MAX
     syn_retries: int = 6  # net.ipv4.tcp_syn_retries: SYNs at 0, 1, 3, 7, 15, 31, 63 s
     # net.ipv4.tcp_syn_linear_timeouts (newer kernels; 4 on the 6.18 testbed kernel): the first N
-    # SYN retransmissions wait the initial RTO without doubling, so SYNs at 0, 1, 2, 3, 4, 5, 7, ... s.
+    # SYN retransmissions wait the initial RTO without doubling, so SYNs at 0, 1, 2, 3, 4, 5, 7, ... s,
+    # and Linux adds N to the retry limit (give-up rule: TcpConnection._syn_given_up).
     # 0 keeps the classic exponential schedule the RFCs and most deployed stacks follow.
     syn_linear_timeouts: int = 0
     synack_retries: int = 5  # net.ipv4.tcp_synack_retries
@@ -349,6 +351,7 @@ class TcpConnection:
         self._rto_s = policy.initial_rto_s
         self._srtt_s: float | None = None
         self._rttvar_s = 0.0
+        self._syn_first_s: float | None = None  # when the first SYN went out (give-up time limit)
         self._rtt_probe: tuple[int, float] | None = None  # (seq that must be ACKed, send time)
         self._retransmissions_in_row = 0
         # Counters the results tables report.
@@ -550,7 +553,7 @@ class TcpConnection:
         self._back_off()
         self._rtt_probe = None  # Karn: no RTT sample from a retransmitted segment
         if self.state is TcpState.SYN_SENT:
-            if self._retransmissions_in_row > self.policy.syn_retries:
+            if self._syn_given_up(now, self._retransmissions_in_row - 1):
                 self._time_out(now, "syn")
             else:
                 self._send_syn(now, retransmission=self._retransmissions_in_row)
@@ -563,6 +566,32 @@ class TcpConnection:
             self._time_out(now, "data")
         else:
             self._retransmit_head(now)
+
+    def _syn_given_up(self, now: float, retransmissions: int) -> bool:
+        """Linux ``tcp_write_timeout`` for SYN-SENT (net/ipv4/tcp_timer.c, Linux 6.5 to 6.18), asked
+        when the timer expires after ``retransmissions`` SYN retransmissions.
+
+        Two limits, either ends the attempt: a count, ``syn_retries + syn_linear_timeouts``
+        retransmissions (Linux adds the linear count to the limit), and a time,
+        ``retransmits_timed_out``: ``(2^(syn_retries+1) - 1)`` initial RTOs since the first SYN
+        (``tcp_model_timeout``, the duration of an exponential schedule of ``syn_retries``
+        retransmissions; past ``ilog2(max_rto / initial_rto)`` doublings the rest count
+        ``max_rto`` each), checked only once a SYN was retransmitted. With linear timeouts the
+        time limit usually comes first: retries 2, linear 4 sends SYNs at 0, 1, 2, 3, 4, 5 s and
+        gives up at 7 s; with linear 0 both limits agree (3 SYNs, 7 s), as the RFC schedule does.
+        """
+        policy = self.policy
+        if retransmissions >= policy.syn_retries + policy.syn_linear_timeouts:
+            return True
+        if retransmissions == 0 or self._syn_first_s is None:
+            return False
+        doublings = int(math.log2(policy.max_rto_s / policy.initial_rto_s) + 1e-9)  # ilog2
+        boundary = policy.syn_retries
+        if boundary <= doublings:
+            timeout_s = ((2 << boundary) - 1) * policy.initial_rto_s
+        else:
+            timeout_s = ((2 << doublings) - 1) * policy.initial_rto_s + (boundary - doublings) * policy.max_rto_s
+        return now - self._syn_first_s >= timeout_s - 1e-9  # 1 ns: float sums of RTOs
 
     def retransmit_syn(self, now: float) -> None:
         """Retransmit the SYN now, as a timer expiry would (back-off, no RTT sample), for an owner
@@ -828,6 +857,8 @@ class TcpConnection:
             self.bytes_sent += len(payload)
         if retransmission == 0:
             self._rtt_probe = (seq_add(self.iss, 1), now)
+            if self._syn_first_s is None:
+                self._syn_first_s = now  # Linux tcp_connect: retrans_stamp
         if self.policy.syn_retransmission_timer:
             self._arm(now, self._rto_s)
 

@@ -11,16 +11,33 @@ What each side does
 -------------------
 Sender, per subflow (Linux as the reference where the RFCs leave a choice):
 
-* congestion control from :mod:`mpsim.sim.congestion` (Reno, CUBIC, or LIA coupling across
-  the subflows); the window grows only when the subflow was cwnd-limited (Linux
-  ``tcp_is_cwnd_limited``: in slow start while cwnd < 2 x in flight);
-* an RFC 6675-style SACK scoreboard, simplified: a segment is lost once more than
-  (DupThresh - 1) = 2 segments' worth of bytes above it are SACKed (the byte rule of IsLost; the
-  "DupThresh discontiguous blocks" rule and rescue retransmissions are left out); pipe is
-  Linux's ``packets_out - sacked_out - lost_out + retrans_out``; lost segments are
-  retransmitted before new data (NextSeg rules 1 and 2); a retransmission is itself declared
-  lost when data sent after it is SACKed (Linux's pre-RACK ``tcp_mark_lost_retrans``). No RACK,
-  no D-SACK, no undo of spurious reductions;
+* congestion control from :mod:`mpsim.sim.congestion` (Reno, Linux CUBIC with HyStart, RFC 9438
+  CUBIC, or LIA coupling across the subflows); the window grows only when the subflow was
+  cwnd-limited (Linux ``tcp_is_cwnd_limited``: in slow start while cwnd < 2 x in flight);
+* a SACK scoreboard; pipe is Linux's ``packets_out - sacked_out - lost_out + retrans_out``; lost
+  segments are retransmitted before new data (NextSeg rules 1 and 2). Which segments are lost,
+  by ``loss_detection``:
+
+  - ``"rack-tlp"`` (the default): RACK-TLP, RFC 8985 as Linux 6.7-6.18 runs it
+    (``net/ipv4/tcp_recovery.c``; ``tcp_schedule_loss_probe``, ``tcp_send_loss_probe`` and
+    ``tcp_process_tlp_ack`` in ``tcp_output.c``/``tcp_input.c``; the shared transmit timer of
+    ``tcp_timer.c``). A segment is lost once one sent after it was delivered and RACK.rtt +
+    reo_wnd has passed since its sending; reo_wnd = min(min_rtt / 4, SRTT), 0 in recovery or
+    with 3 or more segments SACKed unless reordering was seen (a hole filled by an original);
+    a segment inside the window arms the reordering timer (wait + 2 ms). In Open state the
+    transmit timer is the probe timeout, 2 SRTT + 2 ms (+ the 200 ms minimum RTO instead of
+    2 ms with one segment out), 1 s without an RTT sample, never later than the RTO; a probe
+    sends one new segment (plain TCP, cwnd ignored) or the last one again, at most one
+    outstanding; an ACK beyond the probe of a retransmission reduces cwnd once (CWR).
+    Simplified: no D-SACK (a duplicate's plain ACK ends a probe episode, as Linux's D-SACK
+    would; no reo_wnd adaptation), no ``tp->reordering`` growth, timers not rounded to jiffies,
+    MPTCP subflows probe with their last segment;
+  - ``"rfc6675"``: the RFC 6675 byte rule of IsLost alone (lost once more than (DupThresh - 1) =
+    2 segments' worth of bytes above it are SACKed; the "DupThresh discontiguous blocks" rule
+    and rescue retransmissions are left out), a retransmission declared lost when data sent
+    after it is SACKed (Linux's pre-RACK ``tcp_mark_lost_retrans``), no probes.
+
+  No D-SACK, no undo of spurious reductions;
 * fast recovery with Proportional Rate Reduction (RFC 6937, as Linux ``tcp_cwnd_reduction``),
   cwnd = ssthresh when recovery ends;
 * RTO per RFC 6298 with Linux's formula ``RTO = SRTT + max(4 RTTVAR, 200 ms)``, initial 1 s,
@@ -79,7 +96,8 @@ Simplifications
 * MPTCP: no reinjection of a failed subflow's data on another subflow (a dead path stalls the
   connection), no DATA_ACK-only window updates on idle subflows, no subflow that joins late or
   leaves; one ACK path per subflow (the reverse of its forward path).
-* No pacing, no TSO/GSO, no ECN, no HyStart, no BBR (the kernel benchmark pins CUBIC).
+* No pacing, no TSO/GSO, no ECN, no BBR (the kernel benchmark pins CUBIC); HyStart is part of
+  Linux CUBIC (:class:`~mpsim.sim.congestion.Cubic`).
 * The transfer itself draws no random numbers: loss and jitter live in the links, each with
   its own rng (:mod:`mpsim.sim.seeds`).
 """
@@ -121,6 +139,11 @@ RTO_INITIAL_S = 1.0  # RFC 6298 2.1
 DELAYED_ACK_S = 0.04  # TCP_DELACK_MIN
 QUICKACK_SEGMENTS = 16  # TCP_MAX_QUICKACKS
 DUPTHRESH = 3
+#: Linux TCP_TIMEOUT_MIN_US: added to the RACK reordering timer and to the loss probe timeout
+#: with more than one segment in flight (include/net/tcp.h, Linux 6.7 and later).
+TIMEOUT_MIN_S = 0.002
+#: Loss detection policies (``BulkTransfer(loss_detection=...)``).
+LOSS_DETECTION_POLICIES = ("rack-tlp", "rfc6675")
 #: Linux's default tcp_wmem / tcp_rmem maxima: what auto-tuning may reach.
 DEFAULT_SND_BUF_BYTES = 4 * 1024 * 1024
 DEFAULT_RCV_BUF_BYTES = 6 * 1024 * 1024
@@ -131,6 +154,9 @@ FLAG_PSH = 0x08
 FLAG_ACK = 0x10
 
 _OPEN, _RECOVERY, _LOSS = 0, 1, 2  # Linux TCP_CA_Open / TCP_CA_Recovery / TCP_CA_Loss
+#: What the one transmit timer is armed for (Linux icsk_pending: ICSK_TIME_RETRANS, _LOSS_PROBE,
+#: _REO_TIMEOUT share one timer).
+_TIMER_RTO, _TIMER_TLP, _TIMER_REO = 0, 1, 2
 _SEQ = attrgetter("seq")
 
 
@@ -306,8 +332,9 @@ class _SubflowSender:
 
     def __init__(self, conn: _ConnectionSender, subflow_id: int, forward: LinkDirection, cc: CongestionControl,
                  payload_max_bytes: int, rto_min_s: float, local_ip: IPv4Address, remote_ip: IPv4Address,
-                 local_port: int, remote_port: int) -> None:
+                 local_port: int, remote_port: int, rack_tlp: bool = True) -> None:
         self.conn = conn
+        self.rack_tlp = rack_tlp
         self.env = conn.env
         self.subflow_id = subflow_id
         self.forward = forward
@@ -340,12 +367,27 @@ class _SubflowSender:
         self.rto_base_s = RTO_INITIAL_S
         self.rto_s = RTO_INITIAL_S
         self.backoffs = 0
-        self.rto_timer = _Timer(self.env, self._on_rto)
+        self.rto_timer = _Timer(self.env, self._on_xmit_timer)
+        self.timer_kind = _TIMER_RTO
+        # RACK (RFC 8985 / Linux tcp_recovery.c): the most recently sent segment delivered so far
+        self.tsorted: deque[tuple[_TxRecord, float]] = deque()  # (record, send time) in sending order
+        self.rack_xmit_s: float | None = None
+        self.rack_end = 0
+        self.rack_rtt_s = 0.0
+        self.rack_advanced = False
+        self._rack_best = (-1.0, 0)  # scratch: passed between receive() and _process_sack()
+        self.reord_seen = False  # Linux tp->reord_seen: reordering observed on this subflow
+        # TLP (Linux tcp_send_loss_probe): snd_nxt when the outstanding probe went out, or None
+        self.tlp_high_seq: int | None = None
+        self.tlp_retrans = False
+        self._tlp_burst_s = -1.0  # the instant a probe was last scheduled with 2+ segments out
         # counters
         self.segments_sent = 0
         self.retransmissions = 0
         self.timeouts = 0
         self.fast_recoveries = 0
+        self.loss_probes = 0
+        self.reo_timeouts = 0
 
     # --- bookkeeping --------------------------------------------------------------------------
 
@@ -374,15 +416,21 @@ class _SubflowSender:
         self.segments_sent += 1
         if self.state == _RECOVERY:
             self.prr_out += 1
+        if self.rack_tlp:
+            self.tsorted.append((record, now))
         if self.rto_timer.deadline_s is None:
-            self.rto_timer.set(now + self.rto_s)
+            self._arm(_TIMER_RTO, now + self.rto_s)
 
-    def send_new(self, dsn: int, length: int, payload: memoryview | None, now: float) -> None:
+    def send_new(self, dsn: int, length: int, payload: memoryview | None, now: float, probe: bool = False) -> None:
         seq = self.snd_nxt
         record = _TxRecord(seq, seq + length, dsn, payload, now)
         self.rtx.append(record)
         self.snd_nxt = seq + length
         self._emit(record, now)
+        # Linux tcp_write_xmit re-arms the probe after each burst; within one instant, once two or
+        # more segments are out, later segments of the burst give the same deadline.
+        if self.rack_tlp and not probe and now != self._tlp_burst_s:
+            self._schedule_loss_probe(now, advancing_rto=False)
 
     def send_retransmissions(self, now: float) -> None:
         """Lost segments first (RFC 6675 NextSeg rule 1), as far as cwnd allows."""
@@ -399,8 +447,14 @@ class _SubflowSender:
             record.sent_s = now
             self.retrans_out += 1
             self.retransmissions += 1
-            self.retransmitted.append(record)
-            self._emit(record, now)
+            if self.rack_tlp:
+                self._emit(record, now)
+                # Linux tcp_xmit_retransmit_queue: the RTO restarts when the head goes out again
+                if record is self.rtx[self.head] and self.timer_kind != _TIMER_REO:
+                    self._arm(_TIMER_RTO, now + self.rto_s)
+            else:
+                self.retransmitted.append(record)
+                self._emit(record, now)
 
     # --- acknowledgements ---------------------------------------------------------------------
 
@@ -412,12 +466,20 @@ class _SubflowSender:
         prior_pipe = self.pipe()
         delivered = 0
         rtt_s = None
+        newest_sent_s = None  # of the most recently sent segment acknowledged (Linux ca_rtt_us)
         ack = segment.ack
         una_advanced = ack > self.snd_una
+        rack_tlp = self.rack_tlp
+        prior_fack = self.highest_sacked_end
+        # RACK: the newest (send time, end) among the segments this ACK delivers (tcp_rack_advance)
+        rack_best_s = self.rack_xmit_s if self.rack_xmit_s is not None else -1.0
+        rack_best_end = self.rack_end
         if una_advanced:
             rtx = self.rtx
-            i = self.head
+            i = first = self.head
             end = len(rtx)
+            last_delivered = None
+            retransmitted = False
             while i < end:
                 record = rtx[i]
                 if record.end > ack:
@@ -431,13 +493,41 @@ class _SubflowSender:
                     if record.retrans:
                         self.retrans_out -= 1
                         record.retrans = False
-                    elif rtt_s is None and not record.ever_retrans:
-                        rtt_s = now - record.sent_s
+                    elif not record.ever_retrans:
+                        newest_sent_s = record.sent_s
+                        if rtt_s is None:
+                            rtt_s = now - record.sent_s
+                    if record.ever_retrans:
+                        retransmitted = True
+                    last_delivered = record
                 i += 1
+            if rack_tlp and last_delivered is not None:
+                if not retransmitted and prior_fack <= rtx[first].seq:
+                    # Sent in sequence order, no hole filled: the newest is the last one.
+                    sent_s = last_delivered.sent_s
+                    if sent_s > rack_best_s or (sent_s == rack_best_s and last_delivered.end > rack_best_end):
+                        rack_best_s, rack_best_end = sent_s, last_delivered.end
+                else:
+                    for j in range(first, i):
+                        record = rtx[j]
+                        if record.sacked:
+                            continue
+                        sent_s = record.sent_s
+                        if not record.ever_retrans:
+                            if record.seq < prior_fack:
+                                self.reord_seen = True  # a hole filled without a retransmission
+                        elif now - sent_s < self.min_rtt_s - 1e-6:
+                            sent_s = -1.0  # ambiguous: the original may have been delivered
+                        if sent_s > rack_best_s or (sent_s == rack_best_s and record.end > rack_best_end):
+                            rack_best_s, rack_best_end = sent_s, record.end
             self.head = i
             self.snd_una = ack
             if i > self.lost_scan:
                 self.lost_scan = i
+            if rack_tlp:
+                tsorted = self.tsorted
+                while tsorted and tsorted[0][0].end <= ack:
+                    tsorted.popleft()
             ranges = self.sacked_ranges
             while ranges and ranges[0][1] <= ack:
                 ranges.pop(0)
@@ -447,23 +537,47 @@ class _SubflowSender:
                 del rtx[:i]
                 self.lost_scan -= i
                 self.head = 0
+        newly_sacked = 0
         if segment.sack_blocks:
-            newly_sacked, sack_rtt_s = self._process_sack(segment.sack_blocks, now)
+            self._rack_best = (rack_best_s, rack_best_end)
+            newly_sacked, sack_rtt_s, sack_newest_sent_s = self._process_sack(segment.sack_blocks, now)
+            rack_best_s, rack_best_end = self._rack_best
             delivered += newly_sacked
             if rtt_s is None:
                 rtt_s = sack_rtt_s
+            if sack_newest_sent_s is not None:
+                newest_sent_s = sack_newest_sent_s
+        if rack_tlp and rack_best_s >= 0 and (self.rack_xmit_s is None or rack_best_s != self.rack_xmit_s
+                                              or rack_best_end != self.rack_end):
+            self.rack_xmit_s = rack_best_s
+            self.rack_end = rack_best_end
+            self.rack_rtt_s = now - rack_best_s
+            self.rack_advanced = True
         if rtt_s is not None:
             self._rtt_sample(rtt_s)
         if una_advanced:  # RFC 6298 5.3 (and the back-off ends: Linux clears icsk_backoff)
             self.backoffs = 0
             self.rto_s = self.rto_base_s
-            if self.head < len(self.rtx):
-                self.rto_timer.set(now + self.rto_s)
-            else:
-                self.rto_timer.cancel()
-        if self.sacked_out:
-            self._mark_losses()
+            if not rack_tlp:
+                if self.head < len(self.rtx):
+                    self.rto_timer.set(now + self.rto_s)
+                else:
+                    self.rto_timer.cancel()
         cc = self.cc
+        if delivered:
+            cc.pkts_acked(now, delivered, None if newest_sent_s is None else now - newest_sent_s, self.snd_una,
+                          self.snd_nxt)
+        reo_armed = False
+        if rack_tlp:
+            if self.tlp_high_seq is not None:
+                self._process_tlp_ack(ack, una_advanced, newly_sacked, now)
+            if self.rack_advanced:
+                if self.sacked_out or self.state != _OPEN:
+                    reo_armed = self._rack_mark_lost(now)
+                else:  # in order and open: every segment sent before the newest delivered one is acked
+                    self.rack_advanced = False
+        elif self.sacked_out:
+            self._mark_losses()
         state = self.state
         if state != _OPEN and self.snd_una >= self.recover_seq:
             if state == _RECOVERY:
@@ -480,14 +594,30 @@ class _SubflowSender:
             limited = 2 * prior_pipe > cwnd if cwnd < cc.ssthresh_segments else prior_pipe >= int(cwnd)
             if limited:
                 cc.on_ack(delivered, now, self.srtt_s or 0.0, self.min_rtt_s if self.srtt_s else 0.0)
+        probe_due = False
+        if rack_tlp and una_advanced and not reo_armed:  # Linux tcp_set_xmit_timer
+            self._tlp_burst_s = -1.0
+            if self.state == _OPEN:
+                # New data sent below re-arms the probe from its sending (tcp_write_xmit), which
+                # supersedes this; so only when nothing goes out is it armed here.
+                probe_due = True
+            else:
+                self._rearm_rto(now)
         if self.retransmit_queue:
             self.send_retransmissions(now)
+        sent_before = self.segments_sent
         conn.push(now)
+        if probe_due and self.segments_sent == sent_before:
+            if not self._schedule_loss_probe(now, advancing_rto=True):
+                self._rearm_rto(now)
 
-    def _process_sack(self, blocks: tuple, now: float) -> tuple[int, float | None]:
+    def _process_sack(self, blocks: tuple, now: float) -> tuple[int, float | None, float | None]:
         newly = 0
-        oldest_sent_s = None
+        oldest_sent_s = newest_sent_s = None
         snd_una = self.snd_una
+        rack_tlp = self.rack_tlp
+        prior_fack = self.highest_sacked_end
+        rack_best_s, rack_best_end = self._rack_best
         rtx = self.rtx
         end_index = len(rtx)
         for left, right in blocks:
@@ -511,11 +641,24 @@ class _SubflowSender:
                         if record.retrans:
                             record.retrans = False
                             self.retrans_out -= 1
-                        elif not record.ever_retrans and (oldest_sent_s is None or record.sent_s < oldest_sent_s):
-                            oldest_sent_s = record.sent_s
+                        elif not record.ever_retrans:
+                            if oldest_sent_s is None or record.sent_s < oldest_sent_s:
+                                oldest_sent_s = record.sent_s
+                            if newest_sent_s is None or record.sent_s > newest_sent_s:
+                                newest_sent_s = record.sent_s
+                        if rack_tlp:
+                            sent_s = record.sent_s
+                            if not record.ever_retrans:
+                                if record.seq < prior_fack:
+                                    self.reord_seen = True  # SACKed below data SACKed before: reordering
+                            elif now - sent_s < self.min_rtt_s - 1e-6:  # Linux compares whole us
+                                sent_s = -1.0
+                            if sent_s > rack_best_s or (sent_s == rack_best_s and record.end > rack_best_end):
+                                rack_best_s, rack_best_end = sent_s, record.end
                     i += 1
             if right > self.highest_sacked_end:
                 self.highest_sacked_end = right
+        self._rack_best = (rack_best_s, rack_best_end)
         retransmitted = self.retransmitted
         while retransmitted and retransmitted[0].rtx_high_seq < self.highest_sacked_end:
             record = retransmitted.popleft()
@@ -523,7 +666,7 @@ class _SubflowSender:
                 record.retrans = False
                 self.retrans_out -= 1
                 self.retransmit_queue.append(record)
-        return newly, None if oldest_sent_s is None else now - oldest_sent_s
+        return newly, None if oldest_sent_s is None else now - oldest_sent_s, newest_sent_s
 
     def _mark_losses(self) -> None:
         """RFC 6675 IsLost, byte rule: lost once more than (DupThresh - 1) * SMSS bytes above are SACKed."""
@@ -556,6 +699,7 @@ class _SubflowSender:
         self.prr_delivered = 0
         self.prr_out = 0
         self.fast_recoveries += 1
+        self.tlp_high_seq = None  # Linux tcp_init_cwnd_reduction
         self.cc.on_congestion(now)
 
     def _prr(self, delivered: int, una_advanced: bool) -> None:
@@ -577,6 +721,7 @@ class _SubflowSender:
     def _on_rto(self, now: float) -> None:
         if self.head >= len(self.rtx):
             return
+        self.tlp_high_seq = None
         self.cc.on_timeout(now, reduce_ssthresh=self.backoffs == 0 and self.state != _RECOVERY)
         self.timeouts += 1
         self.backoffs += 1
@@ -597,9 +742,161 @@ class _SubflowSender:
         self.state = _LOSS
         self.recover_seq = self.snd_nxt
         self.rto_s = min(self.rto_s * 2, RTO_MAX_S)
-        self.rto_timer.set(now + self.rto_s)
+        self._arm(_TIMER_RTO, now + self.rto_s)
         self.send_retransmissions(now)
         self.conn.push(now)
+
+    # --- the transmit timer, RACK and TLP (RFC 8985 as Linux 6.7-6.18 runs it) ------------------
+
+    def _arm(self, kind: int, deadline_s: float) -> None:
+        self.timer_kind = kind
+        self.rto_timer.set(deadline_s)
+
+    def _on_xmit_timer(self, now: float) -> None:
+        kind = self.timer_kind
+        if kind == _TIMER_TLP:
+            self._send_loss_probe(now)
+        elif kind == _TIMER_REO:
+            self._on_reo_timeout(now)
+        else:
+            self._on_rto(now)
+
+    def _rearm_rto(self, now: float, from_probe_or_reo: bool = False) -> None:
+        """Linux ``tcp_rearm_rto``: the RTO from now, or, replacing a loss probe or reordering
+        timer, from the head segment's last transmission."""
+        if self.head >= len(self.rtx):
+            self.rto_timer.cancel()
+            return
+        if from_probe_or_reo or (self.rto_timer.deadline_s is not None and self.timer_kind != _TIMER_RTO):
+            delta_s = self.rtx[self.head].sent_s + self.rto_s - now
+            self._arm(_TIMER_RTO, now + max(delta_s, 1e-6))
+        else:
+            self._arm(_TIMER_RTO, now + self.rto_s)
+
+    def _schedule_loss_probe(self, now: float, advancing_rto: bool) -> bool:
+        """Linux ``tcp_schedule_loss_probe`` (tcp_output.c): in Open state with data in flight,
+        a probe timeout of 2 SRTT + 2 ms (+ the minimum RTO instead of 2 ms with one segment
+        out: the receiver may delay its ACK), 1 s without an RTT sample, never after the RTO."""
+        packets_out = len(self.rtx) - self.head
+        if not packets_out or self.state != _OPEN:
+            return False
+        self._tlp_burst_s = now if packets_out > 1 and not advancing_rto else -1.0
+        if self.srtt_s is not None:
+            pto_s = 2 * self.srtt_s + (self.rto_min_s if packets_out == 1 else TIMEOUT_MIN_S)
+        else:
+            pto_s = RTO_INITIAL_S
+        rto_delta_s = self.rto_s if advancing_rto else self.rtx[self.head].sent_s + self.rto_s - now
+        if rto_delta_s > 0 and rto_delta_s < pto_s:
+            pto_s = rto_delta_s
+        self._arm(_TIMER_TLP, now + pto_s)
+        return True
+
+    def _send_loss_probe(self, now: float) -> None:
+        """Linux ``tcp_send_loss_probe``: one new segment if there is one to send (cwnd ignored),
+        else the last segment sent again; at most one probe outstanding; the RTO restarts."""
+        if self.head >= len(self.rtx):
+            return
+        if self.tlp_high_seq is not None:
+            self._rearm_rto(now, from_probe_or_reo=True)
+            return
+        if self.conn.send_probe(self, now):
+            self.tlp_retrans = False
+        else:
+            record = self.rtx[-1]
+            record.ever_retrans = True  # Linux __tcp_retransmit_skb: not counted in retrans_out
+            record.sent_s = now
+            self.retransmissions += 1
+            self._emit(record, now)
+            self.tlp_retrans = True
+        self.tlp_high_seq = self.snd_nxt
+        self.loss_probes += 1
+        self._arm(_TIMER_RTO, now + self.rto_s)
+
+    def _process_tlp_ack(self, ack: int, una_advanced: bool, newly_sacked: int, now: float) -> None:
+        """Linux ``tcp_process_tlp_ack``: did the probe repair a loss? The model has no D-SACK,
+        so an ACK that neither advances nor SACKs new data (the receiver's answer to a duplicate)
+        ends the episode as Linux's D-SACK branch does."""
+        high_seq = self.tlp_high_seq
+        if ack < high_seq:
+            return
+        if not self.tlp_retrans:
+            self.tlp_high_seq = None  # a probe of new data was acknowledged
+        elif ack > high_seq:  # the probe repaired a loss: reduce once (CWR) and stay open
+            self.tlp_high_seq = None
+            cc = self.cc
+            cc.on_congestion(now)
+            cc.cwnd_segments = cc.ssthresh_segments
+        elif not una_advanced and not newly_sacked:
+            self.tlp_high_seq = None  # original and probe both arrived: no loss
+
+    def _rack_reo_wnd(self) -> float:
+        """Linux ``tcp_rack_reo_wnd``: min_rtt / 4 (at most SRTT); none in recovery or once
+        DupThresh segments are SACKed, unless reordering was seen on this subflow."""
+        if not self.reord_seen and (self.state != _OPEN or self.sacked_out >= DUPTHRESH):
+            return 0.0
+        return min(self.min_rtt_s / 4, self.srtt_s or 0.0)
+
+    def _rack_detect_loss(self, now: float) -> float:
+        """Linux ``tcp_rack_detect_loss``: every segment sent before the most recently sent one
+        delivered is lost once RACK.rtt + reo_wnd has passed since it was sent; returns the
+        longest wait still to go (0 if none)."""
+        rack_xmit_s = self.rack_xmit_s
+        if rack_xmit_s is None:
+            return 0.0
+        reo_wnd_s = self._rack_reo_wnd()
+        deadline_base_s = self.rack_rtt_s + reo_wnd_s - now
+        snd_una = self.snd_una
+        queue = self.tsorted
+        while queue:  # drop entries that no longer matter from the front
+            record, sent_s = queue[0]
+            if (record.end <= snd_una or record.sacked or record.sent_s != sent_s
+                    or (record.lost and not record.retrans)):
+                queue.popleft()
+            else:
+                break
+        wait_s = 0.0
+        rack_end = self.rack_end
+        for record, sent_s in queue:
+            if (record.end <= snd_una or record.sacked or record.sent_s != sent_s
+                    or (record.lost and not record.retrans)):
+                continue
+            if not (rack_xmit_s > sent_s or (rack_xmit_s == sent_s and rack_end > record.end)):
+                break  # sent after the newest delivered segment
+            remaining_s = deadline_base_s + sent_s
+            if remaining_s <= 1e-9:
+                if record.retrans:  # a retransmission lost again (it is still counted in lost_out)
+                    record.retrans = False
+                    self.retrans_out -= 1
+                else:
+                    record.lost = True
+                    self.lost_out += 1
+                self.retransmit_queue.append(record)
+            elif remaining_s > wait_s:
+                wait_s = remaining_s
+        return wait_s
+
+    def _rack_mark_lost(self, now: float) -> bool:
+        """Linux ``tcp_rack_mark_lost``; arms the reordering timer (wait + 2 ms) if some segment
+        is still inside its window. Returns whether it did."""
+        self.rack_advanced = False
+        wait_s = self._rack_detect_loss(now)
+        if wait_s > 0:
+            self._arm(_TIMER_REO, now + min(wait_s + TIMEOUT_MIN_S, self.rto_s))
+            return True
+        return False
+
+    def _on_reo_timeout(self, now: float) -> None:
+        """Linux ``tcp_rack_reo_timeout``: mark what has waited long enough, start recovery."""
+        self.reo_timeouts += 1
+        prior_pipe = self.pipe()
+        self._rack_detect_loss(now)
+        if self.pipe() != prior_pipe:
+            if self.state != _RECOVERY:
+                self._enter_recovery(now)
+                self._prr(1, False)
+            self.send_retransmissions(now)
+        if self.rto_timer.deadline_s is None or self.timer_kind != _TIMER_RTO:
+            self._rearm_rto(now, from_probe_or_reo=True)
 
 
 class _ConnectionSender:
@@ -623,6 +920,24 @@ class _ConnectionSender:
         edge = data_ack + window_bytes
         if edge > self.right_edge:
             self.right_edge = edge
+
+    def send_probe(self, subflow: _SubflowSender, now: float) -> bool:
+        """A loss probe of new data on plain TCP (Linux sends the next unsent segment when the
+        peer's window allows, whatever cwnd says); MPTCP subflows probe with their last segment
+        (the MPTCP scheduler, not the subflow, holds unsent data). Returns whether it sent."""
+        if self.mptcp:
+            return False
+        dsn = self.next_dsn
+        remaining = self.size_bytes - dsn
+        if remaining <= 0:
+            return False
+        length = min(subflow.payload_max_bytes, remaining)
+        end = dsn + length
+        if end > self.right_edge or end - self.data_una > self.snd_buf_bytes:
+            return False
+        self.next_dsn = end
+        subflow.send_new(dsn, length, None if self.payload is None else self.payload[dsn:end], now, probe=True)
+        return True
 
     def push(self, now: float) -> None:
         """Hand new data to the lowest-RTT subflow with cwnd space, while windows and buffer allow."""
@@ -851,12 +1166,14 @@ class TransferRecord:
     retransmissions: int
     timeouts: int
     fast_recoveries: int
+    loss_probes: int
     duplicate_bytes: int
     acks_sent: int
     subflow_bytes: tuple[int, ...]
     subflow_retransmissions: tuple[int, ...]
     subflow_srtt_s: tuple[float | None, ...]
     payload_sha256: str | None
+    loss_detection: str = "rack-tlp"
 
 
 def _attach(direction: LinkDirection) -> None:
@@ -871,9 +1188,11 @@ class BulkTransfer:
     """Send ``size_bytes`` from a sender to a receiver over ``paths``, starting at ``env.now``.
 
     ``paths``: ``(forward, backward)`` LinkDirection pairs; one for TCP, one per subflow for
-    MPTCP. ``cc``: "cubic" (the kernel benchmark's pinned choice) or "reno"; ``coupled``:
+    MPTCP. ``cc``: "cubic" (Linux CUBIC, the kernel benchmark's pinned choice), "cubic-rfc9438" or
+    "reno"; ``coupled``:
     "none" (per-subflow CC, upstream Linux) or "lia" (RFC 6356, needs ``cc="reno"``).
-    ``payload``: optional bytes of length ``size_bytes`` carried for real, so the receiver can
+    ``loss_detection``: "rack-tlp" (Linux's default) or "rfc6675" (dupACK/SACK counting only;
+    module docstring). ``payload``: optional bytes of length ``size_bytes`` carried for real, so the receiver can
     hash what it delivers (slower; for tests and pcaps). ``done`` is a SimPy event that
     succeeds when the last byte reaches the receiving application.
     """
@@ -884,7 +1203,7 @@ class BulkTransfer:
                  mss_bytes: int = DEFAULT_MSS_BYTES, initial_cwnd_segments: int = INITIAL_CWND_SEGMENTS,
                  rto_min_s: float = RTO_MIN_S, delayed_ack_s: float = DELAYED_ACK_S,
                  quickack_segments: int = QUICKACK_SEGMENTS, payload: bytes | None = None,
-                 name: str = "transfer") -> None:
+                 loss_detection: str = "rack-tlp", name: str = "transfer") -> None:
         paths = list(paths)
         if not paths:
             raise ValueError("a transfer needs at least one path")
@@ -894,6 +1213,8 @@ class BulkTransfer:
             raise ValueError(f"size_bytes must be a positive int, got {size_bytes!r}")
         if coupled not in ("none", "lia"):
             raise ValueError(f"coupled must be 'none' or 'lia', got {coupled!r}")
+        if loss_detection not in LOSS_DETECTION_POLICIES:
+            raise ValueError(f"loss_detection must be one of {LOSS_DETECTION_POLICIES}, got {loss_detection!r}")
         payload_max_bytes = mss_bytes - (DSS_DATA_OPTION_BYTES if mptcp else 0)
         if type(mss_bytes) is not int or payload_max_bytes <= 0:
             raise ValueError(f"mss_bytes must be an int leaving room for payload, got {mss_bytes!r}")
@@ -912,6 +1233,7 @@ class BulkTransfer:
         self.snd_buf_bytes = snd_buf_bytes
         self.rcv_buf_bytes = rcv_buf_bytes
         self.mss_bytes = mss_bytes
+        self.loss_detection = loss_detection
         self.start_s = env.now
         self.sender = _ConnectionSender(env, size_bytes, mptcp, snd_buf_bytes, rcv_buf_bytes, payload)
         self.receiver = _ConnectionReceiver(env, size_bytes, mptcp, rcv_buf_bytes, payload is not None)
@@ -924,7 +1246,8 @@ class BulkTransfer:
             client_port = 40000 + index
             subflow = _SubflowSender(self.sender, index, forward,
                                      make_congestion_control(cc, coupling, initial_cwnd_segments), payload_max_bytes,
-                                     rto_min_s, client_ip, server_ip, client_port, 5201)
+                                     rto_min_s, client_ip, server_ip, client_port, 5201,
+                                     rack_tlp=loss_detection == "rack-tlp")
             subflow.receiver = _SubflowReceiver(self.receiver, index, backward, subflow, delayed_ack_s,
                                                 quickack_segments, server_ip, client_ip, 5201, client_port)
             self.sender.subflows.append(subflow)
@@ -952,10 +1275,12 @@ class BulkTransfer:
             retransmissions=sum(s.retransmissions for s in subflows),
             timeouts=sum(s.timeouts for s in subflows),
             fast_recoveries=sum(s.fast_recoveries for s in subflows),
+            loss_probes=sum(s.loss_probes for s in subflows),
             duplicate_bytes=receiver.duplicate_bytes,
             acks_sent=sum(s.receiver.acks_sent for s in subflows),
             subflow_bytes=tuple(s.receiver.bytes_in_order for s in subflows),
             subflow_retransmissions=tuple(s.retransmissions for s in subflows),
             subflow_srtt_s=tuple(s.srtt_s for s in subflows),
             payload_sha256=receiver.hasher.hexdigest() if receiver.hasher is not None else None,
+            loss_detection=self.loss_detection,
         )

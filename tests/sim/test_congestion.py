@@ -1,4 +1,4 @@
-"""Congestion control in isolation: Reno's increase and decrease, CUBIC's curve (RFC 9438) with
+"""Congestion control in isolation: Reno's increase and decrease, RFC 9438 CUBIC's curve with
 fast convergence, the Reno-friendly region and the timeout rule, and LIA's alpha (RFC 6356)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from mpsim.sim.congestion import Cubic, Lia, LiaCoupling, Reno, make_congestion_control
+from mpsim.sim.congestion import Cubic, CubicRfc9438, Lia, LiaCoupling, Reno, make_congestion_control
 
 RTT_S = 0.1
 
@@ -47,8 +47,8 @@ def test_reno_avoidance_adds_one_segment_per_window_and_halves_on_loss():
     assert cc.cwnd_segments == 1.0
 
 
-def test_cubic_reduces_by_beta_and_returns_to_w_max_after_k():
-    cc = Cubic()
+def test_rfc9438_cubic_reduces_by_beta_and_returns_to_w_max_after_k():
+    cc = CubicRfc9438()
     cc.cwnd_segments = 100.0
     cc.on_congestion(0.0)
     assert cc.ssthresh_segments == pytest.approx(70)
@@ -66,14 +66,14 @@ def test_cubic_reduces_by_beta_and_returns_to_w_max_after_k():
     assert cc.cwnd_segments == pytest.approx(w_cubic_2s_later, rel=0.05)
 
 
-def test_cubic_fast_convergence_lowers_w_max_when_losing_below_it():
-    cc = Cubic()
+def test_rfc9438_cubic_fast_convergence_lowers_w_max_when_losing_below_it():
+    cc = CubicRfc9438()
     cc.cwnd_segments = 100.0
     cc.on_congestion(0.0)
     cc.cwnd_segments = 80.0  # a second loss before regaining W_max: a new flow is taking bandwidth
     cc.on_congestion(1.0)
     assert cc.w_max_segments == pytest.approx(80 * 1.7 / 2)
-    plain = Cubic(fast_convergence=False)
+    plain = CubicRfc9438(fast_convergence=False)
     plain.cwnd_segments = 100.0
     plain.on_congestion(0.0)
     plain.cwnd_segments = 80.0
@@ -81,10 +81,10 @@ def test_cubic_fast_convergence_lowers_w_max_when_losing_below_it():
     assert plain.w_max_segments == 80
 
 
-def test_cubic_is_reno_friendly_at_small_windows_and_short_rtts():
+def test_rfc9438_cubic_is_reno_friendly_at_small_windows_and_short_rtts():
     # 1 ms RTT: the cubic curve barely moves in 100 RTTs (K is about 2 s); W_est grows by
     # alpha_cubic per RTT until it regains cwnd_prior, then by one segment per RTT (section 4.3).
-    cc = Cubic()
+    cc = CubicRfc9438()
     cc.cwnd_segments = 10.0
     cc.on_congestion(0.0)
     cc.cwnd_segments = cc.ssthresh_segments
@@ -97,8 +97,8 @@ def test_cubic_is_reno_friendly_at_small_windows_and_short_rtts():
     assert cc.cwnd_segments > 2 * (10 + 0.4 * (0.1 - cc.k_s) ** 3)  # far above the cubic curve
 
 
-def test_cubic_after_timeout_starts_its_curve_at_the_current_window():
-    cc = Cubic()
+def test_rfc9438_cubic_after_timeout_starts_its_curve_at_the_current_window():
+    cc = CubicRfc9438()
     cc.cwnd_segments = 100.0
     cc.on_timeout(0.0)
     assert cc.cwnd_segments == 1.0
@@ -142,6 +142,7 @@ def test_lia_subflows_together_grow_no_faster_than_one_reno_flow():
 def test_make_congestion_control_choices():
     assert isinstance(make_congestion_control("reno"), Reno)
     assert isinstance(make_congestion_control("cubic"), Cubic)
+    assert isinstance(make_congestion_control("cubic-rfc9438"), CubicRfc9438)
     assert isinstance(make_congestion_control("reno", LiaCoupling()), Lia)
     with pytest.raises(ValueError, match="LIA"):
         make_congestion_control("cubic", LiaCoupling())
@@ -153,10 +154,10 @@ def test_make_congestion_control_choices():
 
 
 def test_a_timeout_in_a_back_off_series_keeps_ssthresh():
-    for cc in (Reno(), Cubic()):
+    for cc in (Reno(), Cubic(), CubicRfc9438()):
         cc.cwnd_segments = 60.0
         cc.on_timeout(0.0)
-        beta = 0.7 if cc.name == "cubic" else 0.5
+        beta = 0.5 if cc.name == "reno" else 0.7
         assert (cc.cwnd_segments, cc.ssthresh_segments) == (1.0, pytest.approx(60 * beta))
         ssthresh = cc.ssthresh_segments
         cc.on_timeout(1.0, reduce_ssthresh=False)
