@@ -156,7 +156,7 @@ def _run(args: argparse.Namespace) -> int:
     print()
     if written:
         print(f"Tables written to {args.out}: " + ", ".join(p.name for p in written if p.parent == args.out) +
-              (f", and {sum(p.suffix == '.pcap' for p in written)} pcap files in {args.out / 'pcap'}" if args.pcap
+              (f", and {sum(p.suffix == '.pcapng' for p in written)} captures (pcapng) in {args.out / 'pcap'}" if args.pcap
                else ""))
     else:
         print("Save the tables (CSV, JSON, manifest) with --out DIR; print them as JSON with --json.")
@@ -444,8 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
                "  mpsim run my-scenario.toml --out results/ --pcap",
     )
     _scenario_arguments(run, default="default")
-    run.add_argument("--out", type=Path, metavar="DIR", help="write the result tables (and pcap files) here")
-    run.add_argument("--pcap", action="store_true", help="also write a pcap file per link into DIR/pcap")
+    run.add_argument("--out", type=Path, metavar="DIR", help="write the result tables (and captures) here")
+    run.add_argument("--pcap", action="store_true", help="also write a pcapng capture per link that carried packets into "
+                     "DIR/pcap, named VARIANT-runN-LINK.pcapng (docs/wireshark.md)")
     run.add_argument("--json", action="store_true",
                      help="print the results as one JSON object (connections, transfers, counters) instead")
     run.set_defaults(handler=_run)
