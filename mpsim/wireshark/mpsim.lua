@@ -540,14 +540,16 @@ local function direction_key(pinfo)
 end
 
 -- Whether tvb begins at the start of its direction's byte stream: a SYN's payload, the first
--- data byte (relative sequence number 1), or a message reassembled from there.
+-- data byte (relative sequence number 1), or a message reassembled from there. TCP hands a
+-- reassembled message to the dissector before the rest of the segment that completed it, so
+-- on the first pass the first call after a desegmentation request is the reassembled message;
+-- later passes look the frame up.
 local function at_stream_start(tvb, pinfo)
     if last_value(f_tcp_syn) then return true, true end
     if last_value(f_tcp_seq) == 1 then return true, false end
-    if pinfo.visited then return reassembled_frames[pinfo.number] == true, false end
-    local segment_bytes = last_value(f_tcp_len) or 0
-    if pending_start[direction_key(pinfo)] and tvb:len() > segment_bytes then
-        reassembled_frames[pinfo.number] = true
+    if pinfo.visited then return reassembled_frames[pinfo.number] == tvb:len(), false end
+    if pending_start[direction_key(pinfo)] then
+        reassembled_frames[pinfo.number] = tvb:len()
         return true, false
     end
     return false, false
@@ -579,7 +581,8 @@ local function dissect_convert(tvb, pinfo, tree, syn)
         if not syn and pinfo.can_desegment > 0 then
             if not pinfo.visited then pending_start[key] = true end
             pinfo.desegment_offset = 0
-            pinfo.desegment_len = needed - n
+            -- Without the Total Length, ask for the next segment whole (then read the length).
+            pinfo.desegment_len = n < 4 and DESEGMENT_ONE_MORE_SEGMENT or needed - n
             return n
         end
         local item = tree:add(convert, tvb(0, n))
