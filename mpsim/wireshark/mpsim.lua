@@ -1,4 +1,4 @@
--- mpsim's Wireshark dissectors (Lua, Wireshark 3.6 or later; tested with tshark 4.0).
+-- mpsim's Wireshark dissectors (Lua; tested with tshark 4.0).
 --
 --   convert     RFC 8803 Convert messages: the fixed header (section 6.1) and every TLV
 --               (section 6.2): Info, Connect (port, address, TCP option entries), Extended TCP
