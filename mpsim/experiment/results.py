@@ -156,7 +156,7 @@ class Results:
     # --- files -------------------------------------------------------------------------------------
 
     def write(self, out_dir: Path, *, pcap: bool = False) -> list[Path]:
-        """Write the tables (CSV), results.json and manifest.json, and pcap files per link when asked."""
+        """Write the tables (CSV), results.json and manifest.json, and pcapng captures per link when asked."""
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []
         for table in TABLES:

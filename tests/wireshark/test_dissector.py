@@ -133,6 +133,26 @@ def test_convert_capture_names_its_tlvs(scheme_captures):
 
 
 @needs_tshark
+def test_the_model_itself_sends_every_tlv_type(tmp_path):
+    """Captures of the simulator (not hand-built bytes) show all six TLV types by field name: an
+    Info request answered with Supported TCP Extensions, and a converter that requires a cookie
+    (Error Missing Cookie, then a Cookie TLV on the retry)."""
+    captures = []
+    for name, overrides in (("info", ("client.convert_info_first=true",)),
+                            ("cookie", ("converter.require_cookie=true", "workload.arrivals=count",
+                                        "workload.count=2"))):
+        loaded = scenario.load("scheme_comparison", overrides)
+        captures += results.run(loaded, variants=["convert"], record_packets=True).write_pcaps(tmp_path / name)
+    accesses = [path for path in captures if path.name.endswith("path.access.pcapng")]
+    found = {value for path in accesses for value in field_values(path, "convert.tlv.type")}
+    assert found == {str(int(t)) for t in ConvertTlvType}
+    assert {value for path in accesses for value in field_values(path, "convert.error.code")} == {
+        str(int(ConvertErrorCode.MISSING_COOKIE))}
+    for path in captures:
+        assert_clean(path)
+
+
+@needs_tshark
 def test_mp_convert_option_and_syn_payload_are_decoded(scheme_captures):
     (option,) = [p for p in scheme_captures["mp-convert-option"] if p.name.endswith("path.access.pcapng")]
     (eol,) = [p for p in scheme_captures["syn-payload-eol"] if p.name.endswith("path.access.pcapng")]
