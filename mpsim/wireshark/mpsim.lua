@@ -101,6 +101,15 @@ local mf = {
     port = ProtoField.uint16("mpconvert.port", "Destination port", base.DEC),
     mptcp_subtype = ProtoField.uint8("mpconvert.mptcp.subtype", "MPTCP subtype", base.HEX, MPTCP_SUBTYPES, 0xF0),
     mptcp_data = ProtoField.bytes("mpconvert.mptcp.data", "MPTCP option data"),
+    mptcp_version = ProtoField.uint8("mpconvert.mptcp.version", "MP_CAPABLE version", base.DEC, nil, 0x0F),
+    mptcp_flags = ProtoField.uint8("mpconvert.mptcp.flags", "Flags", base.HEX),
+    mptcp_sender_key = ProtoField.uint64("mpconvert.mptcp.sender_key", "Sender's key", base.HEX),
+    mptcp_receiver_key = ProtoField.uint64("mpconvert.mptcp.receiver_key", "Receiver's key", base.HEX),
+    mptcp_data_ack = ProtoField.uint64("mpconvert.mptcp.data_ack", "Data ACK", base.DEC),
+    mptcp_dsn = ProtoField.uint64("mpconvert.mptcp.dsn", "Data sequence number", base.DEC),
+    mptcp_ssn = ProtoField.uint32("mpconvert.mptcp.ssn", "Subflow sequence number (relative to the ISN)", base.DEC),
+    mptcp_dll = ProtoField.uint16("mpconvert.mptcp.data_level_length", "Data-level length", base.DEC),
+    mptcp_checksum = ProtoField.uint16("mpconvert.mptcp.checksum", "Checksum", base.HEX),
 }
 mpconvert.fields = mf
 local me = {
@@ -217,7 +226,36 @@ function mptcp_option.dissector(tvb, pinfo, tree)
     local subtype = bit.rshift(tvb(2, 1):uint(), 4)
     item:add(mf.mptcp_subtype, tvb(2, 1))
     item:append_text(": " .. (MPTCP_SUBTYPES[subtype] or string.format("subtype %d", subtype)))
-    if length > 3 then item:add(mf.mptcp_data, tvb(3, length - 3)) end
+    if subtype == 0x0 and length >= 4 then
+        -- MP_CAPABLE (RFC 8684 3.1): version, flags, then by length the keys and data-level length.
+        item:add(mf.mptcp_version, tvb(2, 1))
+        item:add(mf.mptcp_flags, tvb(3, 1))
+        if length >= 12 then item:add(mf.mptcp_sender_key, tvb(4, 8)) end
+        if length >= 20 then item:add(mf.mptcp_receiver_key, tvb(12, 8)) end
+        if length >= 22 then item:add(mf.mptcp_dll, tvb(20, 2)) end
+        if length >= 24 then item:add(mf.mptcp_checksum, tvb(22, 2)) end
+    elseif subtype == 0x2 and length >= 4 then
+        -- DSS (RFC 8684 3.3): flags F m M a A, then the fields they announce.
+        local flags = tvb(3, 1):uint()
+        item:add(mf.mptcp_flags, tvb(3, 1))
+        local offset = 4
+        if bit.band(flags, 0x01) ~= 0 then
+            local bytes = bit.band(flags, 0x02) ~= 0 and 8 or 4
+            if offset + bytes <= length then item:add(mf.mptcp_data_ack, tvb(offset, bytes)) end
+            offset = offset + bytes
+        end
+        if bit.band(flags, 0x04) ~= 0 then
+            local bytes = bit.band(flags, 0x08) ~= 0 and 8 or 4
+            if offset + bytes + 6 <= length then
+                item:add(mf.mptcp_dsn, tvb(offset, bytes))
+                item:add(mf.mptcp_ssn, tvb(offset + bytes, 4))
+                item:add(mf.mptcp_dll, tvb(offset + bytes + 4, 2))
+                if offset + bytes + 8 <= length then item:add(mf.mptcp_checksum, tvb(offset + bytes + 6, 2)) end
+            end
+        end
+    elseif length > 3 then
+        item:add(mf.mptcp_data, tvb(3, length - 3))
+    end
     if is_mp_convert(tvb, 0, length) then item:append_text(" (MP_CONVERT, see below)") end
     return length
 end

@@ -203,9 +203,13 @@ def test_wireshark_mptcp_assertion_is_not_specific_to_mp_convert(tmp_path):
     assert bugs["control"] == 0
     # Equal counts: whatever this tshark does with one, it does with the others (0 once fixed).
     assert bugs["mp_convert"] == bugs["other_experiment"] == bugs["dss"]
-    # The preference avoids it in every case.
+    # The preference avoids it in every case, and the options are still decoded.
     for name in cases:
         assert dissector_bugs(tmp_path / f"{name}.pcapng", "-o", "mpconvert.mptcp_option:TRUE", lua=True) == 0
+    keys = field_values(tmp_path / "mp_convert.pcapng", "mpconvert.mptcp.sender_key", "-o", "mpconvert.mptcp_option:TRUE")
+    assert keys == [f"0x{MP_CAPABLE_KEYED.sender_key:016x}"]
+    data_acks = field_values(tmp_path / "dss.pcapng", "mpconvert.mptcp.data_ack", "-o", "mpconvert.mptcp_option:TRUE")
+    assert data_acks == ["1"]
 
 
 @needs_tshark
