@@ -117,15 +117,19 @@ _OPT_IF_TSRESOL = 9
 
 @dataclass(frozen=True, slots=True)
 class PcapngInterface:
-    """One interface of a pcapng file: its name (``if_name``), link type and description."""
+    """One interface of a pcapng file: its name (``if_name``), link type and description.
 
-    name: str
+    (The field is not called ``name``: in mpsim.wire that attribute tags the values of
+    :mod:`mpsim.wire.jsonform`, and an interface is not one.)
+    """
+
+    interface_name: str
     linktype: int = LINKTYPE_RAW
     description: str = ""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise InvalidValueError(f"interface name must be a non-empty str, got {self.name!r}")
+        if not isinstance(self.interface_name, str) or not self.interface_name:
+            raise InvalidValueError(f"interface name must be a non-empty str, got {self.interface_name!r}")
         if type(self.linktype) is not int or not 0 <= self.linktype <= 0xFFFF:
             raise InvalidValueError(f"interface linktype must be an int in 0..65535, got {self.linktype!r}")
         if not isinstance(self.description, str):
@@ -161,7 +165,7 @@ def pcapng_file_bytes(interfaces: Sequence[PcapngInterface], records: Iterable[t
     chunks = [_block(_BLOCK_SHB, struct.pack("<IHHq", _BYTE_ORDER_MAGIC, 1, 0, -1) + shb_options
                      + _option(_OPT_ENDOFOPT, b""))]
     for interface in interfaces:
-        options = _option(_OPT_IF_NAME, interface.name.encode())
+        options = _option(_OPT_IF_NAME, interface.interface_name.encode())
         if interface.description:
             options += _option(_OPT_IF_DESCRIPTION, interface.description.encode())
         chunks.append(_block(_BLOCK_IDB, struct.pack("<HHI", interface.linktype, 0, SNAPLEN_BYTES) + options

@@ -253,7 +253,7 @@ def test_write_tables_manifest_and_pcaps(tmp_path: Path):
     assert json.loads((tmp_path / "results.json").read_text()) == res.json_object()
     capture = tmp_path / "pcap" / "convert-run0-path.access.pcapng"
     interfaces, records = read_pcapng(capture.read_bytes())
-    assert [i.name for i in interfaces] == ["path.access"]
+    assert [i.interface_name for i in interfaces] == ["path.access"]
     packets = [decode_packet(data) for _, _, data in records]
     first = packets[0].segment.payload
     assert first[0] == 1 and first[2:4] == bytes.fromhex("2263")  # the client's Convert SYN: version 1, magic

@@ -295,7 +295,7 @@ def test_capture_files_group_transfer_directions_and_skip_empty_links():
 def test_pcapng_names_one_interface_per_link():
     trace, _ = _run()
     interfaces, records = read_pcapng(trace.pcapng_bytes(["wire"]))
-    assert [(i.name, i.description) for i in interfaces] == [("wire", "client <-> server")]
+    assert [(i.interface_name, i.description) for i in interfaces] == [("wire", "client <-> server")]
     assert [(t, decode_packet(d)) for _, t, d in records] == [
         (t, decode_packet(d)) for t, d in read_pcap(trace.pcap_bytes("wire"))]
     with pytest.raises(KeyError, match="no packets on a link named 'idle'"):
@@ -307,7 +307,7 @@ def test_transfer_data_segments_advertise_the_senders_buffer():
     # receives nothing, so its window stays whole; before, data segments advertised 0.
     transfer = _transfer_trace()
     interfaces, records = read_pcapng(transfer.pcapng_bytes(["transfer.dsl.down", "transfer.dsl.up"]))
-    data = [decode_packet(d).segment for i, _, d in records if interfaces[i].name == "transfer.dsl.down"]
-    acks = [decode_packet(d).segment for i, _, d in records if interfaces[i].name == "transfer.dsl.up"]
+    data = [decode_packet(d).segment for i, _, d in records if interfaces[i].interface_name == "transfer.dsl.down"]
+    acks = [decode_packet(d).segment for i, _, d in records if interfaces[i].interface_name == "transfer.dsl.up"]
     assert data and all(s.payload and s.window == 1_000_000 >> 7 for s in data)
     assert acks and all(0 < s.window <= 1_000_000 >> 7 for s in acks)
