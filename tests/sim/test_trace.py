@@ -311,3 +311,9 @@ def test_transfer_data_segments_advertise_the_senders_buffer():
     acks = [decode_packet(d).segment for i, _, d in records if interfaces[i].interface_name == "transfer.dsl.up"]
     assert data and all(s.payload and s.window == 1_000_000 >> 7 for s in data)
     assert acks and all(0 < s.window <= 1_000_000 >> 7 for s in acks)
+
+
+def test_pcapng_is_the_same_bytes_for_the_same_run():
+    assert _run()[0].pcapng_bytes(["wire"]) == _run()[0].pcapng_bytes(["wire"])
+    assert _transfer_trace().pcapng_bytes(["transfer.dsl.down", "transfer.dsl.up"]) == \
+        _transfer_trace().pcapng_bytes(["transfer.dsl.down", "transfer.dsl.up"])
