@@ -10,6 +10,8 @@
 * ``mpsim scenarios``: the named scenarios, one line each.
 * ``mpsim wire decode KIND HEX...``: bytes (as pasted from Wireshark) to JSON on stdout.
 * ``mpsim wire encode KIND JSON``: JSON back to a hex stream.
+* ``mpsim wireshark install [--dir DIR]``: copy the bundled Wireshark dissector (mpsim.lua) into
+  Wireshark's personal Lua plugin folder; ``--print-path`` shows where the bundled file is.
 * ``mpsim wire budget``: the codec demonstration of :mod:`mpsim.syn_budget`: what each signalling
   scheme puts in the SYN, and (without ``--destination``) one real Convert SYN, dumped and decoded.
 
@@ -154,7 +156,7 @@ def _run(args: argparse.Namespace) -> int:
     print()
     if written:
         print(f"Tables written to {args.out}: " + ", ".join(p.name for p in written if p.parent == args.out) +
-              (f", and {sum(p.suffix == '.pcap' for p in written)} pcap files in {args.out / 'pcap'}" if args.pcap
+              (f", and {sum(p.suffix == '.pcapng' for p in written)} captures (pcapng) in {args.out / 'pcap'}" if args.pcap
                else ""))
     else:
         print("Save the tables (CSV, JSON, manifest) with --out DIR; print them as JSON with --json.")
@@ -325,6 +327,21 @@ def _scenarios(args: argparse.Namespace) -> int:
     return 0
 
 
+def _wireshark(args: argparse.Namespace) -> int:
+    from mpsim import wireshark
+
+    try:
+        if args.print_path:
+            print(wireshark.bundled_dissector_path())
+            return 0
+        target = wireshark.install(args.dir)
+    except wireshark.WiresharkInstallError as err:
+        raise CliError(str(err)) from None
+    print(f"installed the mpsim dissector as {target}")
+    print("Wireshark and tshark load it at their next start (check: tshark -G protocols | grep -w convert)")
+    return 0
+
+
 def _budget(args: argparse.Namespace) -> int:
     print(syn_budget.format_budget(args.destinations or syn_budget.DEFAULT_DESTINATIONS))
     if not args.destinations:  # the whole demonstration: one real Convert SYN, dumped and decoded
@@ -427,8 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
                "  mpsim run my-scenario.toml --out results/ --pcap",
     )
     _scenario_arguments(run, default="default")
-    run.add_argument("--out", type=Path, metavar="DIR", help="write the result tables (and pcap files) here")
-    run.add_argument("--pcap", action="store_true", help="also write a pcap file per link into DIR/pcap")
+    run.add_argument("--out", type=Path, metavar="DIR", help="write the result tables (and captures) here")
+    run.add_argument("--pcap", action="store_true", help="also write a pcapng capture per link that carried packets into "
+                     "DIR/pcap, named VARIANT-runN-LINK.pcapng (docs/wireshark.md)")
     run.add_argument("--json", action="store_true",
                      help="print the results as one JSON object (connections, transfers, counters) instead")
     run.set_defaults(handler=_run)
@@ -574,6 +592,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the server to reach, e.g. 192.0.2.1:80 or [2001:db8::1]:443; repeatable "
                              "(default: both of these)")
     budget.set_defaults(handler=_budget)
+
+    wireshark = commands.add_parser(
+        "wireshark", help="the Wireshark dissector for Convert, MP_CONVERT and SYN-payload options",
+        description="mpsim ships a Lua dissector (docs/wireshark.md). Use it once with\n"
+                    "  tshark -X lua_script:$(mpsim wireshark install --print-path) -r capture.pcapng\n"
+                    "or install it for every Wireshark start.",
+        formatter_class=raw)
+    wireshark_commands = wireshark.add_subparsers(dest="wireshark_command", required=True, metavar="ACTION")
+    install = wireshark_commands.add_parser(
+        "install", help="copy the dissector into Wireshark's personal Lua plugin folder",
+        description="Copy mpsim.lua into Wireshark's personal Lua plugin folder (the one `tshark -G folders`\n"
+                    "names, else ~/.local/lib/wireshark/plugins, or %APPDATA%\\Wireshark\\plugins on Windows)\n"
+                    "and print where it went. An existing copy is replaced.",
+        formatter_class=raw)
+    install.add_argument("--dir", type=Path, metavar="DIR", help="install into this folder instead")
+    install.add_argument("--print-path", action="store_true",
+                         help="only print the path of the bundled mpsim.lua (for tshark -X lua_script:PATH)")
+    install.set_defaults(handler=_wireshark)
     return parser
 
 

@@ -68,7 +68,7 @@ def test_out_writes_the_tables(capsys, tmp_path):
     status, out, _ = cli(capsys, "run", "legacy_server", "--out", str(tmp_path / "res"), "--pcap")
     assert status == 0 and f"Tables written to {tmp_path / 'res'}" in out
     assert (tmp_path / "res" / "connections.csv").is_file() and (tmp_path / "res" / "manifest.json").is_file()
-    assert sorted(p.name for p in (tmp_path / "res" / "pcap").iterdir())[0].endswith(".pcap")
+    assert sorted(p.name for p in (tmp_path / "res" / "pcap").iterdir())[0].endswith(".pcapng")
 
 
 @pytest.mark.parametrize("argv,fragments", [

@@ -37,7 +37,6 @@ import simpy
 from mpsim import __version__
 from mpsim.experiment.scenario import LoadedScenario, as_plain
 from mpsim.experiment.simulation import RunResult, Simulation
-from mpsim.wire.pcap import pcap_file_bytes
 
 CONNECTION_COLUMNS = (
     "variant", "run", "request_id", "scheme", "outcome", "fallback_reason", "start_s", "setup_time_s", "setup_rtts",
@@ -157,7 +156,7 @@ class Results:
     # --- files -------------------------------------------------------------------------------------
 
     def write(self, out_dir: Path, *, pcap: bool = False) -> list[Path]:
-        """Write the tables (CSV), results.json and manifest.json, and pcap files per link when asked."""
+        """Write the tables (CSV), results.json and manifest.json, and pcapng captures per link when asked."""
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []
         for table in TABLES:
@@ -173,18 +172,16 @@ class Results:
         return written
 
     def write_pcaps(self, pcap_dir: Path) -> list[Path]:
+        """One pcapng per link that carried packets, named ``<variant>-run<N>-<link>.pcapng``, one
+        interface per link direction group (Trace.capture_files; docs/wireshark.md)."""
         pcap_dir.mkdir(parents=True, exist_ok=True)
         written = []
         for run in self.runs:
             if run.trace is None or run.simulation is None:
                 continue
-            seen = {record.link for record in run.trace.packets}
-            for name in run.simulation.capture_points():
-                path = pcap_dir / f"{run.variant}-run{run.run_index}-{name}.pcap"
-                if name in seen:
-                    run.trace.write_pcap(path, name)
-                else:  # nothing crossed it: an empty capture says so
-                    path.write_bytes(pcap_file_bytes([]))
+            for stem, links in run.trace.capture_files(run.simulation.capture_points()).items():
+                path = pcap_dir / f"{run.variant}-run{run.run_index}-{stem}.pcapng"
+                path.write_bytes(run.trace.pcapng_bytes(links))
                 written.append(path)
         return written
 

@@ -8,9 +8,12 @@ A :class:`Trace` collects two kinds of records, in simulated-time order:
   receiving node; ``dropped`` with the reason ``filter``, ``loss`` or ``queue``).
 
 Records hold the packet objects themselves (immutable), so traces cost no encoding until a
-pcap is asked for. Pcap files (:meth:`Trace.pcap_bytes`) carry raw IP packets
-(``LINKTYPE_RAW``): ``IpPacket``\\ s encoded with :func:`mpsim.wire.segment.encode_packet`, ICMP
-unreachable messages encoded here, light transfer packets only if they offer ``to_ip_packet()``.
+capture is asked for. Captures carry raw IP packets (``LINKTYPE_RAW``): ``IpPacket``\\ s encoded
+with :func:`mpsim.wire.segment.encode_packet`, ICMP unreachable messages encoded here, light
+transfer packets only if they offer ``to_ip_packet()``. Two forms: a classic pcap of one link or
+node (:meth:`Trace.pcap_bytes`), and a pcapng with one named interface per link
+(:meth:`Trace.pcapng_bytes`; :meth:`Trace.capture_files` groups a run's links into files:
+docs/wireshark.md).
 
 Ladder diagrams (:func:`ladder_text`, :func:`ladder_figure`) show one connection across chosen
 nodes, as in the RFC figures: a column per node, an arrow per hop from the send to the arrival
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import ip_address
 from pathlib import Path
@@ -39,7 +42,7 @@ from mpsim.wire.errors import WireError
 from mpsim.wire.mp_convert import mp_convert_from_option
 from mpsim.wire.mptcp import MpCapable
 from mpsim.wire.options import FastOpen
-from mpsim.wire.pcap import pcap_file_bytes
+from mpsim.wire.pcap import PcapngInterface, pcap_file_bytes, pcapng_file_bytes
 from mpsim.wire.segment import IpPacket, TcpFlags, encode_packet, internet_checksum
 from mpsim.wire.syn_payload import decode_syn_payload
 
@@ -128,6 +131,51 @@ class Trace:
         path = Path(path)
         path.write_bytes(self.pcap_bytes(name, point=point))
         return path
+
+    def pcapng_bytes(self, links: Sequence[str], *, point: str = "sent") -> bytes:
+        """A pcapng file of the packets on ``links`` (link or lone-direction names), one named
+        interface per link in the given order (``frame.interface_name`` in Wireshark, its nodes
+        as the description), both directions at ``point`` ("sent" or "delivered"), in time order."""
+        if point not in ("sent", "delivered"):
+            raise ValueError(f"point must be 'sent' or 'delivered', got {point!r}")
+        if isinstance(links, str) or not links:
+            raise ValueError(f"links must be a non-empty sequence of link names, got {links!r}")
+        known = {r.link for r in self.packets}
+        for name in links:
+            if name not in known:
+                listing = ", ".join(sorted(known)) or "none (was record_packets on?)"
+                raise KeyError(f"no packets on a link named {name!r} in the trace (links with packets: {listing})")
+        index = {name: i for i, name in enumerate(links)}
+        descriptions = {}
+        for record in self.packets:
+            if record.link in index and record.src is not None and record.direction == "forward":
+                descriptions.setdefault(record.link, f"{record.src} <-> {record.dst}")
+        interfaces = [PcapngInterface(name, description=descriptions.get(name, "")) for name in links]
+        records = []
+        for record in self.packets:  # already in simulated-time order
+            if record.link in index and record.kind == point:
+                data = packet_bytes(record.packet)
+                if data is not None:
+                    records.append((index[record.link], record.time_s, data))
+        return pcapng_file_bytes(interfaces, records)
+
+    def capture_files(self, links: Iterable[str]) -> dict[str, list[str]]:
+        """How ``links`` go into capture files: file stem -> the links (interfaces) it holds.
+
+        A link that carried no packet gets no file. A :class:`~mpsim.sim.link.Link` gets a file
+        of its own (both directions on one interface). Lone directions (a transfer's
+        ``transfer.<path>.down`` and ``.up``) are grouped by their name without its last part, so
+        that a transfer's data and its ACKs share a file, one interface per direction.
+        """
+        lone = {r.link for r in self.packets if r.src is None}
+        used = {r.link for r in self.packets}
+        files: dict[str, list[str]] = {}
+        for name in links:
+            if name not in used:
+                continue
+            stem = name.rsplit(".", 1)[0] if name in lone and "." in name else name
+            files.setdefault(stem, []).append(name)
+        return files
 
 
 # --- bytes for pcap ---------------------------------------------------------------------------

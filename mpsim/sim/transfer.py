@@ -411,8 +411,13 @@ class _SubflowSender:
     def _emit(self, record: _TxRecord, now: float) -> None:
         conn = self.conn
         length = record.end - record.seq
+        # The sender's own advertised window: nothing flows towards it, so its whole receive
+        # buffer (both ends get rcv_buf_bytes). Only captures read it; a zero here showed every
+        # data segment as a TCP ZeroWindow in Wireshark.
+        own_window_bytes = self.receiver.conn.rcv_buf_bytes
         self.forward.send(Segment(self.data_header_bytes + length, self.receiver, self.subflow_id, record.seq, length,
-                                  0, None, record.dsn, 0, 0, FLAG_ACK | FLAG_PSH, now, record.payload, conn.mptcp))
+                                  0, None, record.dsn, 0, own_window_bytes, FLAG_ACK | FLAG_PSH, now, record.payload,
+                                  conn.mptcp))
         self.segments_sent += 1
         if self.state == _RECOVERY:
             self.prr_out += 1

@@ -13,7 +13,7 @@ from mpsim.experiment import results, scenario as sc
 from mpsim.experiment.simulation import Simulation
 from mpsim.proto.components import MIDDLEBOXES
 from mpsim.sim.seeds import derive_seed
-from mpsim.wire.pcap import read_pcap
+from mpsim.wire.pcap import read_pcapng
 from mpsim.wire.segment import decode_packet
 
 OUTCOMES = {"converted", "mptcp", "tcp", "fallback_tcp", "failed"}
@@ -252,8 +252,10 @@ def test_write_tables_manifest_and_pcaps(tmp_path: Path):
     assert manifest["root_seed"] == 3 and manifest["scenario"]["file"] == "models/scheme_comparison.toml"
     assert set(manifest["variants"]) == set(res.loaded.variants)
     assert json.loads((tmp_path / "results.json").read_text()) == res.json_object()
-    capture = tmp_path / "pcap" / "convert-run0-path.access.pcap"
-    packets = [decode_packet(data) for _, data in read_pcap(capture.read_bytes())]
+    capture = tmp_path / "pcap" / "convert-run0-path.access.pcapng"
+    interfaces, records = read_pcapng(capture.read_bytes())
+    assert [i.interface_name for i in interfaces] == ["path.access"]
+    packets = [decode_packet(data) for _, _, data in records]
     first = packets[0].segment.payload
     assert first[0] == 1 and first[2:4] == bytes.fromhex("2263")  # the client's Convert SYN: version 1, magic
 

@@ -20,7 +20,7 @@ from mpsim.sim.trace import Trace, icmp_bytes, ladder_figure, ladder_rows, ladde
 from mpsim.wire.convert import ConnectTlv, ConvertMessage, ErrorTlv, encode_convert
 from mpsim.wire.mptcp import MpCapable, MpCapableFlags
 from mpsim.wire.options import FastOpen, MaximumSegmentSize, TcpOptionKind
-from mpsim.wire.pcap import read_pcap
+from mpsim.wire.pcap import read_pcap, read_pcapng
 from mpsim.wire.segment import IpPacket, TcpFlags, TcpSegment, decode_packet, encode_packet
 
 CLIENT, SERVER = IPv4Address("198.18.0.1"), IPv4Address("198.18.0.2")
@@ -267,3 +267,53 @@ def test_ladder_across_a_router_with_an_icmp_answer():
     assert client.finished[0].outcome == "failed"
     # The two end columns alone: only hops between them count, and there are none.
     assert ladder_rows(trace, 1, ["client", "last-hop"]) == []
+
+
+# --- pcapng captures -------------------------------------------------------------------------------
+
+
+def _transfer_trace(size_bytes: int = 30_000) -> Trace:
+    from mpsim.sim.transfer import BulkTransfer
+
+    env = simpy.Environment()
+    trace = Trace(record_packets=True)
+    down = LinkDirection(env, "transfer.dsl.down", delay_s=0.01, rate_bps=10e6, trace=trace)
+    up = LinkDirection(env, "transfer.dsl.up", delay_s=0.01, rate_bps=10e6, trace=trace)
+    BulkTransfer(env, [(down, up)], size_bytes, rcv_buf_bytes=1_000_000)
+    env.run(until=10)
+    return trace
+
+
+def test_capture_files_group_transfer_directions_and_skip_empty_links():
+    trace, _ = _run()
+    assert trace.capture_files(["wire", "idle"]) == {"wire": ["wire"]}  # "idle" carried nothing: no file
+    transfer = _transfer_trace()
+    assert transfer.capture_files(["transfer.dsl.down", "transfer.dsl.up"]) == {
+        "transfer.dsl": ["transfer.dsl.down", "transfer.dsl.up"]}
+
+
+def test_pcapng_names_one_interface_per_link():
+    trace, _ = _run()
+    interfaces, records = read_pcapng(trace.pcapng_bytes(["wire"]))
+    assert [(i.interface_name, i.description) for i in interfaces] == [("wire", "client <-> server")]
+    assert [(t, decode_packet(d)) for _, t, d in records] == [
+        (t, decode_packet(d)) for t, d in read_pcap(trace.pcap_bytes("wire"))]
+    with pytest.raises(KeyError, match="no packets on a link named 'idle'"):
+        trace.pcapng_bytes(["idle"])
+
+
+def test_transfer_data_segments_advertise_the_senders_buffer():
+    # Each side's window is its free receive buffer (1 MB here) scaled by 2**7: the data sender
+    # receives nothing, so its window stays whole; before, data segments advertised 0.
+    transfer = _transfer_trace()
+    interfaces, records = read_pcapng(transfer.pcapng_bytes(["transfer.dsl.down", "transfer.dsl.up"]))
+    data = [decode_packet(d).segment for i, _, d in records if interfaces[i].interface_name == "transfer.dsl.down"]
+    acks = [decode_packet(d).segment for i, _, d in records if interfaces[i].interface_name == "transfer.dsl.up"]
+    assert data and all(s.payload and s.window == 1_000_000 >> 7 for s in data)
+    assert acks and all(0 < s.window <= 1_000_000 >> 7 for s in acks)
+
+
+def test_pcapng_is_the_same_bytes_for_the_same_run():
+    assert _run()[0].pcapng_bytes(["wire"]) == _run()[0].pcapng_bytes(["wire"])
+    assert _transfer_trace().pcapng_bytes(["transfer.dsl.down", "transfer.dsl.up"]) == \
+        _transfer_trace().pcapng_bytes(["transfer.dsl.down", "transfer.dsl.up"])

@@ -1,6 +1,7 @@
 """Classic pcap files: hand-checked headers, both byte orders and units, truncation, tshark."""
 
 import math
+import re
 import shutil
 import struct
 import subprocess
@@ -179,3 +180,76 @@ def test_reads_a_nanosecond_file_written_by_tshark(tmp_path):
     assert data[:4] == bytes.fromhex("4d3cb2a1")  # little-endian nanosecond magic
     assert read_pcap(data) == [(12.5, SYN), (13.000001, SYN)]
     assert decode_packet(read_pcap(data)[0][1]).segment.options[0] == MaximumSegmentSize(1460)
+
+
+# --- pcapng ---------------------------------------------------------------------------------------
+
+from mpsim.wire.pcap import PcapngInterface, pcapng_file_bytes, read_pcapng  # noqa: E402
+
+# draft-ietf-opsawg-pcapng, little-endian, by hand: section 4.1 (Section Header Block), 4.2
+# (Interface Description Block), 4.3 (Enhanced Packet Block), 3.5 (options, padded to 32 bits).
+PCAPNG_ONE_PACKET = bytes.fromhex(
+    "0a0d0d0a 28000000"  # SHB, total length 40
+    "4d3c2b1a 0100 0000 ffffffffffffffff"  # byte-order magic, version 1.0, section length -1
+    "0400 0200 6162 0000"  # shb_userappl "ab", padded
+    "0000 0000"  # opt_endofopt
+    "28000000"  # total length again
+    "01000000 28000000"  # IDB, total length 40
+    "6500 0000 00000400"  # link type 101 (raw IP), reserved, snapshot length 262144
+    "0200 0100 78000000"  # if_name "x", padded
+    "0300 0300 612d6200"  # if_description "a-b", padded
+    "0000 0000"  # opt_endofopt
+    "28000000"
+    "06000000 24000000"  # EPB, total length 36
+    "00000000"  # interface 0
+    "00000000 a0860100"  # timestamp 100000 us: high word 0, low word 0x000186a0
+    "03000000 03000000"  # captured and original length 3
+    "010203 00"  # packet, padded
+    "24000000"
+)
+
+
+def test_pcapng_blocks_are_hand_checked():
+    data = pcapng_file_bytes([PcapngInterface("x", description="a-b")], [(0, 0.1, b"\x01\x02\x03")], application="ab")
+    assert data == PCAPNG_ONE_PACKET
+
+
+def test_pcapng_round_trip_with_several_interfaces():
+    interfaces = [PcapngInterface("path.access", description="client <-> router"), PcapngInterface("server.link")]
+    records = [(0, 0.0, SYN), (1, 0.25, SYN), (0, 2**33 / 1e6, b"\x45")]  # past 2**32 us: the high word counts
+    assert read_pcapng(pcapng_file_bytes(interfaces, records)) == (interfaces, records)
+
+
+@pytest.mark.parametrize("interfaces,records,message", [
+    ([PcapngInterface("a")], [(1, 0.0, SYN)], "interface_id must be an int in 0..0"),
+    ([PcapngInterface("a")], [(0, -1.0, SYN)], "timestamp_s"),
+    ([PcapngInterface("a")], [(0, 0.0, "x")], "packet must be bytes"),
+    ([PcapngInterface("a")], [(0, 0.0)], "must be (interface_id, timestamp_s, packet)"),
+    (["a"], [], "sequence of PcapngInterface"),
+])
+def test_pcapng_refuses_bad_input(interfaces, records, message):
+    with pytest.raises(InvalidValueError, match=re.escape(message)):
+        pcapng_file_bytes(interfaces, records)
+
+
+def test_pcapng_interface_needs_a_name():
+    with pytest.raises(InvalidValueError, match="interface name"):
+        PcapngInterface("")
+
+
+def test_pcapng_reader_refuses_and_truncates():
+    with pytest.raises(MalformedError, match="not a pcapng file"):
+        read_pcapng(pcap_file_bytes([]) + bytes(8))
+    for cut in (10, 44, 50, len(PCAPNG_ONE_PACKET) - 1):
+        with pytest.raises(TruncatedError):
+            read_pcapng(PCAPNG_ONE_PACKET[:cut])
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
+def test_tshark_reads_interface_names(tmp_path):
+    path = tmp_path / "two.pcapng"
+    path.write_bytes(pcapng_file_bytes([PcapngInterface("path.access"), PcapngInterface("server.link")],
+                                       [(0, 0.0, SYN), (1, 0.5, SYN)]))
+    out = subprocess.run(["tshark", "-r", str(path), "-T", "fields", "-e", "frame.interface_name", "-e", "tcp.dstport"],
+                         capture_output=True, text=True, check=True, timeout=120).stdout
+    assert out.split() == ["path.access", "443", "server.link", "443"]
