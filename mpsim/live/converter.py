@@ -46,6 +46,7 @@ from mpsim.live.sockets import (
     TCP_FASTOPEN_NO_COOKIE,
     KernelSettingError,
     converter_kernel_problems,
+    delivered_locally,
     family_of,
     icmp_code_for_errno,
     mptcp_info,
@@ -450,6 +451,10 @@ class ConverterDaemon:
         if error:
             self._drop_socket(conn, "down", reset=False)
             self._downstream_error(conn, error, now)
+        elif self._connected_to_self(down):  # the last line of defence: an address added since the check
+            self._log("forbidden_destination", conn=conn.id, client=conn.client, dest=_dest(conn), stage="connected")
+            self._drop_socket(conn, "down", reset=True)
+            conn.session.downstream_forbidden(now)
         else:
             info, mptcp = tcp_info(down), mptcp_info(down)
             relay = self.config.relay
@@ -468,6 +473,16 @@ class ConverterDaemon:
         self._apply(conn, now)
         if conn.phase == "relaying":
             self._pump(conn, now)  # the reply and any early client bytes go at once
+
+    @staticmethod
+    def _connected_to_self(down: socket.socket) -> bool:
+        """After connect(): is the peer this host? A local destination gets the destination itself
+        as source address; any other local peer is caught by asking the kernel again."""
+        try:
+            peer, local = down.getpeername()[0], down.getsockname()[0]
+        except OSError:
+            return False  # reset already: the relay finds out
+        return peer == local or delivered_locally(peer_address((peer,)))
 
     def _downstream_error(self, conn: _Conn, error: int, now: float) -> None:
         """A connect() errno, to the session's words for it (which pick the Error TLV)."""
@@ -548,6 +563,10 @@ class ConverterDaemon:
         family = family_of(request.address)
         conn.down_family = family
         conn.phase = "connecting"
+        if delivered_locally(request.address):  # the converter's own host: its listener, its services
+            self._log("forbidden_destination", conn=conn.id, client=conn.client, dest=_dest(conn), stage="request")
+            conn.session.downstream_forbidden(now)
+            return
         if request.syn_payload:  # only with a relayed TFO cookie, which supported_kinds never offers
             conn.to_server += request.syn_payload
         try:

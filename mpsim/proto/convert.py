@@ -273,6 +273,15 @@ class ConverterSession(RelaySession):
         self.converter.counters["message_timeouts"] += 1
         self._incomplete_message()
 
+    def downstream_forbidden(self, now: float) -> None:
+        """The driver found that the destination would be delivered to the converter's own host
+        (one of its addresses: a client could reach the converter's listener, chain it through
+        itself, or reach a service bound on that host). Refused like every administrative
+        prohibition: Error 32, Not Authorized (RFC 8803 6.2.8), counted as ``forbidden_destinations``."""
+        if self._legal("downstream_forbidden", self.CONNECTING):
+            self.converter.counters["forbidden_destinations"] += 1
+            self._refuse(ErrorTlv(ConvertErrorCode.NOT_AUTHORIZED))
+
     def _on_connect_timeout(self, now: float) -> None:
         self.converter.counters["connect_timeouts"] += 1
         super()._on_connect_timeout(now)
