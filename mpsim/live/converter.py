@@ -73,7 +73,7 @@ from mpsim.proto.relay import (
     SendDownstream,
     SendUpstream,
 )
-from mpsim.wire.convert import MAX_TOTAL_LENGTH_WORDS, ErrorTlv
+from mpsim.wire.convert import MAX_TOTAL_LENGTH_WORDS, ConvertErrorCode, ConvertMessage, ErrorTlv, encode_convert
 from mpsim.wire.options import TcpOptionKind
 
 EXIT_OK = 0
@@ -91,9 +91,9 @@ _MAX_LOOP_WAIT_S = 1.0
 _RELAY_RECHECK_S = 0.2
 _RELAY_ACTIVE_S = 2.0  # a relay counts as active this long after it last moved a byte
 _ACCEPT_ERROR_PAUSE_S = 0.5
-#: Upstream connections without a downstream one (reading the request, or closing after an
-#: error) beyond the sessions that hold one: past this the listeners pause and the kernel's backlog waits.
-_MIN_PENDING_CONNS = 64
+#: Connections past --max-conns + --max-pending (converted ones still flushing after their
+#: session ended) beyond which the listeners pause: a bound on descriptors, not a policy.
+_FLUSHING_CONNS = 64
 _DESCRIPTORS_PER_CONN = 6  # two sockets, and two pipes of two ends while splicing both ways
 
 
@@ -117,13 +117,22 @@ class ServeConfig:
     close_linger_s: float = 2.0  # after an error reply: how long to wait for the client's RST or FIN
     tfo_queue_len: int = 1024
     log_connections: bool = True
+    # Abuse resistance (docs/live-converter.md, "Operating it safely"): connections without a
+    # downstream leg (reading the request, or closing after an Error TLV) are "pending".
+    max_pending: int = 1024  # the pending pool; when full, the oldest pending connection is reset
+    max_pending_per_source: int = 64  # per client address; when full, that address's oldest is reset
+    request_grace_s: float = 1.0  # a request may take this long ...
+    request_min_rate_bytes_per_s: float = 256.0  # ... plus its bytes so far at this rate, then it is reset
 
     def __post_init__(self) -> None:
         if not self.listen:
             raise ConfigError("give at least one --listen ADDR:PORT")
         if self.max_conns < 1:
             raise ConfigError("--max-conns must be at least 1")
-        for name in ("message_timeout_s", "connect_timeout_s", "shutdown_grace_s", "close_linger_s"):
+        if self.max_pending < 1 or self.max_pending_per_source < 1:
+            raise ConfigError("--max-pending and --max-pending-per-source must be at least 1")
+        for name in ("message_timeout_s", "connect_timeout_s", "shutdown_grace_s", "close_linger_s",
+                     "request_grace_s", "request_min_rate_bytes_per_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         for prefix in self.allowed_prefixes:
@@ -134,7 +143,7 @@ class ServeConfig:
 
     @property
     def max_open_conns(self) -> int:
-        return self.max_conns + max(_MIN_PENDING_CONNS, self.max_conns)
+        return 2 * self.max_conns + self.max_pending + _FLUSHING_CONNS
 
 
 def supported_kinds(mptcp: bool) -> tuple[int, ...]:
@@ -163,10 +172,13 @@ class _Conn:
 
     __slots__ = ("id", "up", "down", "client", "session", "phase", "to_client", "to_server", "up2down",
                  "down2up", "closing_deadline", "scheduled", "started", "down_family", "events", "eof_seen",
-                 "fin_sent", "reset_sent", "last_progress_s", "relayed_bytes")
+                 "fin_sent", "reset_sent", "last_progress_s", "relayed_bytes", "source", "request_bytes")
 
-    def __init__(self, conn_id: int, up: socket.socket, client: str, session: ConverterSession, now: float) -> None:
+    def __init__(self, conn_id: int, up: socket.socket, client: str, session: ConverterSession, now: float,
+                 source: str = "") -> None:
         self.id = conn_id
+        self.source = source  # the client's address: the per-source pending cap
+        self.request_bytes = 0  # read in the request phase (the minimum rate)
         self.up: socket.socket | None = up
         self.down: socket.socket | None = None
         self.client = client
@@ -206,6 +218,10 @@ class ConverterDaemon:
         self._listeners: list[socket.socket] = []
         self._accepting = False
         self._conns: dict[int, _Conn] = {}
+        # Pending connections (no downstream leg yet), oldest first: all, and per client address.
+        self._pending: dict[int, _Conn] = {}
+        self._pending_by_source: dict[str, dict[int, _Conn]] = {}
+        self._refusal = encode_convert(ConvertMessage((ErrorTlv(ConvertErrorCode.NOT_AUTHORIZED),)))
         self._by_fd: dict[int, tuple[_Conn, str]] = {}
         self._timers: list[tuple[float, int, int]] = []  # (deadline, seq, conn id); stale entries skipped
         self._timer_seq = 0
@@ -259,6 +275,7 @@ class ConverterDaemon:
         """Counters so far: the sessions' (mpsim.proto.convert.Converter) and the driver's."""
         snapshot = dict(self._counters)
         snapshot["open_conns"] = len(self._conns)
+        snapshot["pending_conns"] = len(self._pending)
         snapshot["active_sessions"] = self.converter.active_sessions
         snapshot["pipes_created"] = self._pipes.created
         snapshot["buffers_created"] = self._buffers.created
@@ -370,6 +387,9 @@ class ConverterDaemon:
     def _accept(self, listener: socket.socket) -> None:
         now = time.monotonic()
         for _ in range(_ACCEPTS_PER_WAKEUP):
+            if len(self._pending) >= self.config.max_pending:
+                self._counters["pending_dropped_oldest"] += 1  # the pool is full: the oldest goes, not service
+                self._finish(next(iter(self._pending.values())), reset=True)
             if len(self._conns) >= self.config.max_open_conns:
                 self._pause_accepting()
                 return
@@ -383,11 +403,23 @@ class ConverterDaemon:
                 self._pause_accepting()
                 self._accept_resume_at = now + _ACCEPT_ERROR_PAUSE_S
                 return
+            address = peer_address(sockaddr)
+            if not self.policy.client_allowed(address):
+                self._refuse_at_accept(sock, sockaddr)
+                continue
             sock.setblocking(False)
+            source = str(address)
+            same_source = self._pending_by_source.setdefault(source, {})
+            if len(same_source) >= self.config.max_pending_per_source:
+                self._counters["pending_dropped_per_source"] += 1
+                self._finish(next(iter(same_source.values())), reset=True)
+                same_source = self._pending_by_source.setdefault(source, {})
             conn_id, self._next_id = self._next_id, self._next_id + 1
-            session = self.converter.session(peer_address(sockaddr), now)
-            conn = _Conn(conn_id, sock, f"{sockaddr[0]}:{sockaddr[1]}", session, now)
+            session = self.converter.session(address, now)
+            conn = _Conn(conn_id, sock, f"{sockaddr[0]}:{sockaddr[1]}", session, now, source)
             self._conns[conn_id] = conn
+            self._pending[conn_id] = conn
+            same_source[conn_id] = conn
             self._counters["accepted"] += 1
             try:
                 if self.config.log_connections:
@@ -397,6 +429,30 @@ class ConverterDaemon:
                 self._read_request(conn, now)  # the SYN payload is already there
             except Exception as err:
                 self._internal_error(conn, err)
+
+    def _refuse_at_accept(self, sock: socket.socket, sockaddr: tuple) -> None:
+        """A client outside --allow: Error 32 (RFC 8803 6.2.8) in one non-blocking send, then a
+        reset at once, before it holds a session, a timer or a pending slot. The SYN payload is not
+        even read (the reset would come anyway: RFC 8803 wants the client to reset after an Error)."""
+        self._counters["refused_at_accept"] += 1
+        try:
+            sock.setblocking(False)
+            sock.send(self._refusal)
+        except OSError:
+            pass  # its buffer is full or it is gone: the reset says enough
+        reset_close(sock)
+        if self.config.log_connections:
+            self._log("refused", client=f"{sockaddr[0]}:{sockaddr[1]}", error=int(ConvertErrorCode.NOT_AUTHORIZED),
+                      name="NOT_AUTHORIZED", value=0, dest="-", stage="accept")
+
+    def _unpend(self, conn: _Conn) -> None:
+        """``conn`` got its downstream leg, or is gone: it leaves the pending pool."""
+        if self._pending.pop(conn.id, None) is not None:
+            same_source = self._pending_by_source.get(conn.source)
+            if same_source is not None:
+                same_source.pop(conn.id, None)
+                if not same_source:
+                    del self._pending_by_source[conn.source]
 
     def _pause_accepting(self) -> None:
         if self._accepting:
@@ -437,6 +493,7 @@ class ConverterDaemon:
             conn.session.upstream_reset(now)
         else:
             if data:
+                conn.request_bytes += len(data)
                 conn.session.receive_upstream(data, now)
             else:
                 conn.eof_seen = True
@@ -541,6 +598,12 @@ class ConverterDaemon:
                 case CloseUpstream():
                     if conn.down2up is not None:
                         conn.down2up.request_shutdown()
+                    elif session.request is None and session.error is None and not conn.to_client:
+                        # Not Convert at all (RFC 8803 6: ignored): reset at once, no FIN-and-wait
+                        # that garbage could hold a slot with.
+                        self._counters["garbage_reset"] += 1
+                        self._finish(conn, reset=True)
+                        return
                     else:
                         self._start_closing(conn, now)
                 case CloseDownstream():
@@ -563,6 +626,7 @@ class ConverterDaemon:
         family = family_of(request.address)
         conn.down_family = family
         conn.phase = "connecting"
+        self._unpend(conn)
         if delivered_locally(request.address):  # the converter's own host: its listener, its services
             self._log("forbidden_destination", conn=conn.id, client=conn.client, dest=_dest(conn), stage="request")
             conn.session.downstream_forbidden(now)
@@ -626,6 +690,8 @@ class ConverterDaemon:
         self._register(conn, "up", conn.up, self._events_up(conn))
         self._register(conn, "down", conn.down, self._events_down(conn))
         deadlines = [d for d in (conn.session.get_timer(), conn.closing_deadline) if d is not None]
+        if conn.phase == "request":
+            deadlines.append(self._request_deadline(conn))
         if conn.phase == "relaying" and now - conn.last_progress_s < _RELAY_ACTIVE_S:
             deadlines.append(now + _RELAY_RECHECK_S)
         deadline = min(deadlines, default=None)
@@ -635,6 +701,10 @@ class ConverterDaemon:
             conn.scheduled = deadline
             self._timer_seq += 1
             heapq.heappush(self._timers, (deadline, self._timer_seq, conn.id))
+
+    def _request_deadline(self, conn: _Conn) -> float:
+        """A request must arrive at the minimum rate: grace, plus its bytes so far at that rate."""
+        return conn.started + self.config.request_grace_s + conn.request_bytes / self.config.request_min_rate_bytes_per_s
 
     def _finished(self, conn: _Conn) -> bool:
         if conn.phase == "closing":
@@ -720,6 +790,7 @@ class ConverterDaemon:
                 pass
         conn.phase = "closed"
         self._conns.pop(conn.id, None)
+        self._unpend(conn)
         up_bytes = conn.up2down.relayed_bytes if conn.up2down else 0
         down_bytes = conn.down2up.relayed_bytes if conn.down2up else 0
         self._counters["bytes_to_server"] += up_bytes
@@ -743,6 +814,12 @@ class ConverterDaemon:
             if conn is None or conn.scheduled != deadline:
                 continue  # stale: the connection is gone or has another deadline now
             conn.scheduled = None
+            if conn.phase == "request" and self._request_deadline(conn) <= now:
+                self._counters["slow_requests"] += 1  # half-sent requests do not hold a slot for long
+                if self.config.log_connections:
+                    self._log("slow_request", conn=conn.id, client=conn.client, request_bytes=conn.request_bytes)
+                self._finish(conn, reset=True)
+                continue
             if conn.phase == "closing" and conn.closing_deadline is not None and conn.closing_deadline <= now:
                 self._counters["closing_timeouts"] += 1
                 self._finish(conn, reset=True)
@@ -838,6 +915,16 @@ def serve_parser(prog: str = "mpsim converter serve") -> argparse.ArgumentParser
                         help="give up on a server that has not answered by then: Error 65 (default 30)")
     parser.add_argument("--shutdown-grace", type=_positive_float, default=5.0, metavar="S",
                         help="on SIGTERM: how long running relays may go on before they are reset (default 5)")
+    parser.add_argument("--max-pending", type=int, default=1024, metavar="N",
+                        help="connections still sending their request or closing after an error; when full, the "
+                             "oldest is reset (default 1024)")
+    parser.add_argument("--max-pending-per-source", type=int, default=64, metavar="N",
+                        help="pending connections per client address; beyond, that address's oldest is reset "
+                             "(default 64)")
+    parser.add_argument("--request-grace", type=_positive_float, default=1.0, metavar="S",
+                        help="a request may take this long plus its bytes at --request-min-rate (default 1)")
+    parser.add_argument("--request-min-rate", type=_positive_float, default=256.0, metavar="BYTES_PER_S",
+                        help="minimum rate of a request's bytes after the grace; slower: reset (default 256)")
     parser.add_argument("--quiet", action="store_true", help="no per-connection log lines")
     return parser
 
@@ -851,7 +938,9 @@ def serve_main(argv: list[str] | None = None, *, prog: str = "mpsim converter se
             listen=tuple(args.listen), allowed_prefixes=tuple(args.allow), require_cookie=args.require_cookie,
             max_conns=args.max_conns, relay=RelayMode(args.relay), mptcp=not args.no_mptcp,
             message_timeout_s=args.message_timeout, connect_timeout_s=args.connect_timeout,
-            shutdown_grace_s=args.shutdown_grace, log_connections=not args.quiet)
+            shutdown_grace_s=args.shutdown_grace, log_connections=not args.quiet, max_pending=args.max_pending,
+            max_pending_per_source=args.max_pending_per_source, request_grace_s=args.request_grace,
+            request_min_rate_bytes_per_s=args.request_min_rate)
         daemon = ConverterDaemon(config)
         daemon.start()
     except (ConfigError, KernelSettingError) as err:

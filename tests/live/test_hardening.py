@@ -4,6 +4,9 @@ what a killed daemon leaves its peers. Root; each test in namespaces of its own 
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import resource
 import socket
 import threading
 import time
@@ -12,7 +15,7 @@ import pytest
 
 from mpsim.live.client import ConvertError, convert_open
 from mpsim.live.converter import ConverterDaemon
-from mpsim.live.sockets import IPPROTO_MPTCP, delivered_locally
+from mpsim.live.sockets import MSG_FASTOPEN, TCP_FASTOPEN_NO_COOKIE, delivered_locally, reset_close
 from mpsim.wire.convert import ConvertErrorCode
 
 from . import (
@@ -85,3 +88,200 @@ def test_the_post_connect_check_sees_a_local_peer(ns):
         with local, remote:
             assert ConverterDaemon._connected_to_self(local)
             assert not ConverterDaemon._connected_to_self(remote)
+
+
+# --- 2. abuse: idle, slow, garbage, resetting and unauthorised clients beside good ones ------------------
+
+
+def _fast_open(dest: tuple[str, int], payload: bytes, source: str | None = None) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    if source is not None:
+        sock.bind((source, 0))
+    if payload:
+        sock.setsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN_NO_COOKIE, 1)
+        try:
+            sock.sendto(payload, MSG_FASTOPEN, dest)
+        except (BlockingIOError, InterruptedError):
+            pass
+    else:
+        sock.connect_ex(dest)
+    return sock
+
+
+class Abusers:
+    """Keeps ``idle`` sockets that never send, ``slow`` ones that send a Convert header and then a
+    byte every 0.5 s, ``outsiders`` (from outside --allow) and re-opens them when the converter
+    drops them; opens ``garbage`` SYNs with a payload that is not Convert and ``resetting``
+    clients that reset at once, over and over. One thread, bounded by ``limit_s``."""
+
+    def __init__(self, dest: tuple[str, int], *, idle: int, slow: int, outsiders: int, garbage: int,
+                 resetting: int, limit_s: float = 40.0) -> None:
+        self.dest, self.limit_s = dest, limit_s
+        self.targets = {"idle": idle, "slow": slow, "outsider": outsiders, "garbage": garbage, "resetting": resetting}
+        self.opened = {kind: 0 for kind in self.targets}
+        self.socks: dict[str, list[socket.socket]] = {kind: [] for kind in self.targets}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _open(self, kind: str) -> socket.socket:
+        self.opened[kind] += 1
+        if kind == "slow":
+            return _fast_open(self.dest, HEADER_ONLY)
+        if kind == "garbage":
+            return _fast_open(self.dest, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        if kind == "outsider":
+            return _fast_open(self.dest, b"", source=OUTSIDER_V4)
+        return _fast_open(self.dest, b"")
+
+    @staticmethod
+    def _dead(sock: socket.socket) -> bool:
+        try:
+            return sock.recv(64, socket.MSG_PEEK) == b""
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as err:
+            return err.errno != errno.ENOTCONN  # still connecting: alive
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.limit_s
+        last_trickle = 0.0
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            now = time.monotonic()
+            trickle, last_trickle = (now - last_trickle >= 0.5), (now if now - last_trickle >= 0.5 else last_trickle)
+            for kind, socks in self.socks.items():
+                if kind in ("garbage", "resetting"):  # one shot each: close the last batch, open the next
+                    for sock in socks:
+                        reset_close(sock) if kind == "resetting" else sock.close()
+                    socks.clear()
+                else:
+                    alive = []
+                    for sock in socks:
+                        if self._dead(sock):
+                            sock.close()
+                            continue
+                        if kind == "slow" and trickle:
+                            with contextlib.suppress(OSError):
+                                sock.send(b"\x00")
+                        alive.append(sock)
+                    socks[:] = alive
+                while len(socks) < self.targets[kind]:
+                    try:
+                        socks.append(self._open(kind))
+                    except OSError:
+                        break  # out of ports or descriptors for a moment: next round
+            self._stop.wait(0.05)
+        self._close()
+
+    def _close(self) -> None:
+        for socks in self.socks.values():
+            for sock in socks:
+                sock.close()
+            socks.clear()
+
+    def __enter__(self) -> Abusers:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+#: A Convert header promising 255 words, of which nothing more comes quickly.
+HEADER_ONLY = bytes((1, 255, 0x22, 0x63))
+
+
+def _good_clients(conv_address: str, dest: str, count: int, pause_s: float) -> tuple[int, list[float]]:
+    served, setups = 0, []
+    for _ in range(count):
+        start = time.monotonic()
+        try:
+            connection = convert_open(conv_address, dest, mptcp=True, timeout_s=5)
+        except (OSError, ConvertError):
+            continue
+        setups.append(time.monotonic() - start)
+        with connection.sock as sock:
+            if exchange(sock, b"x" * 100, timeout_s=5) == b"x" * 100:
+                served += 1
+        time.sleep(pause_s)
+    return served, setups
+
+
+def test_good_clients_are_served_through_an_attack_and_descriptors_return(ns):
+    resource.setrlimit(resource.RLIMIT_NOFILE, (4096, max(4096, resource.getrlimit(resource.RLIMIT_NOFILE)[1])))
+    with EchoServer() as server, converter("--quiet", "--max-pending", "100", "--max-pending-per-source", "200",
+                                           "--message-timeout", "10") as conv:
+        host, _, port = conv.address.rpartition(":")
+        assert _good_clients(conv.address, server.address, 1, 0.3)[0] == 1  # the daemon fully up (signal fds)
+        baseline = conv.fd_count()
+        with Abusers((host, int(port)), idle=150, slow=100, outsiders=100, garbage=60, resetting=20):
+            time.sleep(1.5)  # the attack is under way
+            served, setups = _good_clients(conv.address, server.address, 60, 0.05)
+            during = conv.fd_count()
+        assert served == 60, f"{served} of 60 good clients served under attack"
+        setups.sort()
+        assert setups[int(0.9 * len(setups))] <= 2.0, f"setup p90 {setups[int(0.9 * len(setups))]:.2f} s"
+        assert during > baseline  # the attack really held connections
+        deadline = time.monotonic() + 15
+        while conv.fd_count() > baseline and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert conv.fd_count() == baseline
+        assert conv.terminate() == 0
+        counters = conv.wait_for("counters")
+        for name in ("refused_at_accept", "garbage_reset", "pending_dropped_oldest"):
+            assert int(counters.get(name, "0")) > 0, (name, counters)
+        assert counters["open_conns"] == "0" and counters.get("internal_errors", "0") == "0"
+
+
+def test_a_half_sent_request_is_reset_after_the_grace_at_the_minimum_rate(ns):
+    with converter("--request-grace", "0.5", "--request-min-rate", "100") as conv:
+        host, _, port = conv.address.rpartition(":")
+        sock = _fast_open((host, int(port)), HEADER_ONLY)  # 4 bytes: a deadline 0.54 s after accept
+        start = time.monotonic()
+        with sock:
+            sock.setblocking(True)
+            sock.settimeout(5)
+            with pytest.raises(ConnectionResetError):
+                while sock.recv(64):
+                    pass
+            waited_s = time.monotonic() - start
+        assert 0.4 <= waited_s <= 1.5, waited_s  # not the 10 s message timeout
+        assert conv.wait_for("slow_request")["request_bytes"] == "4"
+
+
+def test_garbage_is_reset_at_once_and_outsiders_before_they_hold_anything(ns):
+    with converter() as conv:
+        host, _, port = conv.address.rpartition(":")
+        garbage = _fast_open((host, int(port)), b"GET / HTTP/1.1\r\n\r\n")
+        outsider = _fast_open((host, int(port)), b"", source=OUTSIDER_V4)
+        for sock in (garbage, outsider):
+            with sock:
+                sock.setblocking(True)
+                sock.settimeout(5)
+                start = time.monotonic()
+                data = b""
+                with pytest.raises(ConnectionResetError):
+                    while chunk := sock.recv(64):
+                        data += chunk
+                assert time.monotonic() - start < 0.5
+            if sock is outsider:
+                assert data == bytes((1, 2, 0x22, 0x63, 30, 1, 32, 0))  # Error 32 (RFC 8803 6.2.8), then the reset
+        assert conv.terminate() == 0
+        counters = conv.wait_for("counters")
+        assert counters["garbage_reset"] == "1" and counters["refused_at_accept"] == "1"
+        assert counters["accepted"] == "1"  # the outsider never became a connection of the daemon
+
+
+def test_pending_connections_are_capped_per_source_oldest_first(ns):
+    with converter("--max-pending-per-source", "5", "--request-grace", "5") as conv:
+        host, _, port = conv.address.rpartition(":")
+        idle = [_fast_open((host, int(port)), b"") for _ in range(8)]
+        time.sleep(0.5)
+        try:
+            assert [Abusers._dead(sock) for sock in idle] == [True] * 3 + [False] * 5  # the oldest three went
+        finally:
+            for sock in idle:
+                sock.close()
+        assert conv.terminate() == 0
+        assert conv.wait_for("counters")["pending_dropped_per_source"] == "3"
