@@ -40,6 +40,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_network
 from typing import TextIO
 
 from mpsim.errors import MpsimError
+from mpsim.live.cookies import CookieSecretError, load_cookie_secrets
 from mpsim.live.relay import BufferPool, PipePool, Pump, PumpEvent, RelayMode, mode_for
 from mpsim.live.sockets import (
     TCP_FASTOPEN,
@@ -123,6 +124,7 @@ class ServeConfig:
     max_pending_per_source: int = 64  # per client address; when full, that address's oldest is reset
     request_grace_s: float = 1.0  # a request may take this long ...
     request_min_rate_bytes_per_s: float = 256.0  # ... plus its bytes so far at this rate, then it is reset
+    cookie_secret_path: str | None = None  # None: a random secret per start (mpsim.live.cookies)
 
     def __post_init__(self) -> None:
         if not self.listen:
@@ -211,7 +213,14 @@ class ConverterDaemon:
             max_sessions=config.max_conns, supported_kinds=supported_kinds(config.mptcp),
             connect_timeout_s=config.connect_timeout_s, message_timeout_s=config.message_timeout_s,
             timing=ConverterTiming.SOCKET)
-        self.converter = Converter(self.policy, random.SystemRandom())  # the cookie secret
+        secrets_ = ()
+        if config.cookie_secret_path is not None:
+            try:
+                secrets_ = load_cookie_secrets(config.cookie_secret_path)
+            except CookieSecretError as err:
+                raise ConfigError(str(err)) from None
+        self.converter = Converter(self.policy, random.SystemRandom(), cookie_secrets=secrets_)
+        self._reload_requested = False
         self._counters: Counter[str] = self.converter.counters  # the session's and ours, one table
         self._log_stream = log if log is not None else sys.stderr
         self._selector = selectors.DefaultSelector()
@@ -266,6 +275,24 @@ class ConverterDaemon:
         signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda num, frame: self.stop())
+        signal.signal(signal.SIGHUP, lambda num, frame: self.reload())
+
+    def reload(self) -> None:
+        """Re-read the cookie secret file (after a rotation) at the next turn of the loop."""
+        self._reload_requested = True
+
+    def _reload_secrets(self) -> None:
+        self._reload_requested = False
+        if self.config.cookie_secret_path is None:
+            return
+        try:
+            secrets_ = load_cookie_secrets(self.config.cookie_secret_path)
+        except CookieSecretError as err:
+            self._log("warning", msg=f"cookie secrets not reloaded, the old ones stay: {err}")
+            return
+        self.converter.set_cookie_secrets(secrets_)
+        self._counters["cookie_secret_reloads"] += 1
+        self._log("cookie_secret_reloaded", secrets=len(secrets_))
 
     def stop(self) -> None:
         """Stop accepting; relays get ``shutdown_grace_s`` to finish, then are reset."""
@@ -285,6 +312,8 @@ class ConverterDaemon:
         try:
             while True:
                 now = time.monotonic()
+                if self._reload_requested:
+                    self._reload_secrets()
                 if self._stop_requested and self._stop_deadline is None:
                     self._begin_stop(now)
                 if self._stop_deadline is not None and (not self._conns or now >= self._stop_deadline):
@@ -925,6 +954,10 @@ def serve_parser(prog: str = "mpsim converter serve") -> argparse.ArgumentParser
                         help="a request may take this long plus its bytes at --request-min-rate (default 1)")
     parser.add_argument("--request-min-rate", type=_positive_float, default=256.0, metavar="BYTES_PER_S",
                         help="minimum rate of a request's bytes after the grace; slower: reset (default 256)")
+    parser.add_argument("--cookie-secret", metavar="FILE",
+                        help="keep the cookie secret in FILE (created 0600 when missing; refused when group or "
+                             "others can access it), so cookies survive restarts; SIGHUP re-reads it after "
+                             "`mpsim converter rotate-secret FILE`")
     parser.add_argument("--quiet", action="store_true", help="no per-connection log lines")
     return parser
 
@@ -940,7 +973,7 @@ def serve_main(argv: list[str] | None = None, *, prog: str = "mpsim converter se
             message_timeout_s=args.message_timeout, connect_timeout_s=args.connect_timeout,
             shutdown_grace_s=args.shutdown_grace, log_connections=not args.quiet, max_pending=args.max_pending,
             max_pending_per_source=args.max_pending_per_source, request_grace_s=args.request_grace,
-            request_min_rate_bytes_per_s=args.request_min_rate)
+            request_min_rate_bytes_per_s=args.request_min_rate, cookie_secret_path=args.cookie_secret)
         daemon = ConverterDaemon(config)
         daemon.start()
     except (ConfigError, KernelSettingError) as err:

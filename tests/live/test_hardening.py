@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import resource
+import signal
 import socket
+import stat
 import threading
 import time
 
@@ -15,6 +17,7 @@ import pytest
 
 from mpsim.live.client import ConvertError, convert_open
 from mpsim.live.converter import ConverterDaemon
+from mpsim.live.cookies import rotate_cookie_secret
 from mpsim.live.sockets import MSG_FASTOPEN, TCP_FASTOPEN_NO_COOKIE, delivered_locally, reset_close
 from mpsim.wire.convert import ConvertErrorCode
 
@@ -23,6 +26,7 @@ from . import (
     CONVERTER_V6,
     OUTSIDER_V4,
     SERVER_V4,
+    ConverterProcess,
     EchoServer,
     converter,
     exchange,
@@ -285,3 +289,60 @@ def test_pending_connections_are_capped_per_source_oldest_first(ns):
                 sock.close()
         assert conv.terminate() == 0
         assert conv.wait_for("counters")["pending_dropped_per_source"] == "3"
+
+
+# --- 3. the cookie secret across restarts and rotations ------------------------------------------------
+
+
+def _cookie_of(conv, server) -> bytes:
+    with pytest.raises(ConvertError) as caught:
+        convert_open(conv.address, server.address, mptcp=True)
+    assert caught.value.code == ConvertErrorCode.MISSING_COOKIE
+    return caught.value.reply.advice.cookie
+
+
+def _served_with(conv, server, cookie: bytes) -> None:
+    with convert_open(conv.address, server.address, mptcp=True, cookie=cookie).sock as sock:
+        assert exchange(sock, b"cookie ok") == b"cookie ok"
+
+
+def test_cookies_survive_a_restart_and_a_rotation_never_refuses_them(ns, tmp_path):
+    secret = tmp_path / "secret"
+    flags = ("--require-cookie", "--cookie-secret", str(secret))
+    with EchoServer() as server:
+        with converter(*flags) as conv:
+            cookie = _cookie_of(conv, server)
+            _served_with(conv, server, cookie)
+            assert conv.terminate() == 0
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600  # created private
+        with converter(*flags) as conv:  # a restart: the same secret, the same cookie
+            _served_with(conv, server, cookie)
+            rotate_cookie_secret(secret)
+            _served_with(conv, server, cookie)  # not reloaded yet: still the old secret
+            conv.proc.send_signal(signal.SIGHUP)
+            conv.wait_for("cookie_secret_reloaded")
+            with pytest.raises(ConvertError) as caught:  # the previous secret's cookie: a fresh one, not 32
+                convert_open(conv.address, server.address, mptcp=True, cookie=cookie)
+            assert caught.value.code == ConvertErrorCode.MISSING_COOKIE
+            fresh = caught.value.reply.advice.cookie
+            assert fresh != cookie
+            _served_with(conv, server, fresh)
+            with pytest.raises(ConvertError) as forged:
+                convert_open(conv.address, server.address, mptcp=True, cookie=bytes(len(cookie)))
+            assert forged.value.code == ConvertErrorCode.NOT_AUTHORIZED
+            assert conv.terminate() == 0
+            assert conv.wait_for("counters")["cookies_reissued"] == "1"
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o660])
+def test_a_cookie_secret_others_can_read_is_refused(ns, tmp_path, mode):
+    secret = tmp_path / "secret"
+    secret.write_text("00" * 32 + "\n")
+    secret.chmod(mode)
+    process = ConverterProcess("--listen", f"{CONVERTER_V4}:0", "--allow", "198.18.0.0/24",
+                               "--cookie-secret", str(secret))
+    try:
+        assert process.proc.wait(20) == 2
+    finally:
+        process.kill()
+    assert "chmod 600" in "\n".join(process.lines)
