@@ -32,6 +32,7 @@ import resource
 import selectors
 import signal
 import socket
+import struct
 import sys
 import time
 from collections import Counter
@@ -95,6 +96,8 @@ _ACCEPT_ERROR_PAUSE_S = 0.5
 #: Connections past --max-conns + --max-pending (converted ones still flushing after their
 #: session ended) beyond which the listeners pause: a bound on descriptors, not a policy.
 _FLUSHING_CONNS = 64
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST (MPTCP: MP_FASTCLOSE)
+_LINGER_ORDERLY = struct.pack("ii", 0, 0)  # the default: close() sends FIN
 _DESCRIPTORS_PER_CONN = 6  # two sockets, and two pipes of two ends while splicing both ways
 
 
@@ -174,13 +177,15 @@ class _Conn:
 
     __slots__ = ("id", "up", "down", "client", "session", "phase", "to_client", "to_server", "up2down",
                  "down2up", "closing_deadline", "scheduled", "started", "down_family", "events", "eof_seen",
-                 "fin_sent", "reset_sent", "last_progress_s", "relayed_bytes", "source", "request_bytes")
+                 "fin_sent", "reset_sent", "last_progress_s", "relayed_bytes", "source", "request_bytes",
+                 "linger_armed")
 
     def __init__(self, conn_id: int, up: socket.socket, client: str, session: ConverterSession, now: float,
                  source: str = "") -> None:
         self.id = conn_id
         self.source = source  # the client's address: the per-source pending cap
         self.request_bytes = 0  # read in the request phase (the minimum rate)
+        self.linger_armed = False  # relaying: both legs reset on close (SO_LINGER 0) until an orderly close
         self.up: socket.socket | None = up
         self.down: socket.socket | None = None
         self.client = client
@@ -551,6 +556,12 @@ class ConverterDaemon:
             conn.to_client.clear()
             conn.to_server.clear()
             conn.phase = "relaying"
+            # While relaying, a close is a reset: if the daemon dies (crash, SIGKILL, OOM) the kernel
+            # closes both legs with RST, and neither peer mistakes a cut stream for a finished one.
+            # Only an orderly close (_drop_socket with reset=False) switches it back.
+            conn.up.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            down.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            conn.linger_armed = True
             self._counters["downstream_mptcp" if mptcp is not None else "downstream_tcp"] += 1
             if self.config.log_connections:
                 self._log("connected", conn=conn.id, dest=_dest(conn), mptcp=int(mptcp is not None),
@@ -795,6 +806,11 @@ class ConverterDaemon:
             conn.reset_sent = True
             reset_close(sock)
         else:
+            if conn.linger_armed:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ORDERLY)
+                except OSError:
+                    pass  # reset meanwhile: close() sends nothing more anyway
             sock.close()
         if side == "up":
             conn.up = None

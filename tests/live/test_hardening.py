@@ -18,7 +18,7 @@ import pytest
 from mpsim.live.client import ConvertError, convert_open
 from mpsim.live.converter import ConverterDaemon
 from mpsim.live.cookies import rotate_cookie_secret
-from mpsim.live.sockets import MSG_FASTOPEN, TCP_FASTOPEN_NO_COOKIE, delivered_locally, reset_close
+from mpsim.live.sockets import IPPROTO_MPTCP, MSG_FASTOPEN, TCP_FASTOPEN_NO_COOKIE, delivered_locally, reset_close
 from mpsim.wire.convert import ConvertErrorCode
 
 from . import (
@@ -31,6 +31,7 @@ from . import (
     converter,
     exchange,
     live_namespace,
+    server_side,
 )
 
 
@@ -346,3 +347,49 @@ def test_a_cookie_secret_others_can_read_is_refused(ns, tmp_path, mode):
     finally:
         process.kill()
     assert "chmod 600" in "\n".join(process.lines)
+
+
+# --- 4. a killed daemon resets both peers ----------------------------------------------------------------
+
+
+def test_a_killed_daemon_resets_both_peers_mid_transfer(ns):
+    seen: list[str] = []
+    with server_side():
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP)
+    listener.bind((SERVER_V4, 0))
+    listener.listen(1)
+    listener.settimeout(10)
+
+    def stream_forever() -> None:  # sends until its peer goes; notes how it went
+        sock, _ = listener.accept()
+        sock.settimeout(0.05)
+        deadline = time.monotonic() + 20
+        with sock:
+            while time.monotonic() < deadline:
+                try:
+                    sock.send(b"x" * 16384)
+                    if sock.recv(4096) == b"":
+                        seen.append("eof")
+                        return
+                except TimeoutError:
+                    continue
+                except (ConnectionResetError, BrokenPipeError):
+                    seen.append("reset")
+                    return
+            seen.append("timeout")
+
+    server = threading.Thread(target=stream_forever, daemon=True)
+    server.start()
+    with listener, converter() as conv:
+        connection = convert_open(conv.address, f"{SERVER_V4}:{listener.getsockname()[1]}", mptcp=True)
+        with connection.sock as sock:
+            sock.settimeout(10)
+            received = 0
+            while received < 1 << 20:  # mid-transfer
+                received += len(sock.recv(65536))
+            conv.kill()  # SIGKILL: no handler runs, the kernel closes the daemon's sockets
+            with pytest.raises(ConnectionResetError):
+                while sock.recv(65536):  # what was in flight, then the reset, never an EOF
+                    pass
+        server.join(15)
+    assert seen == ["reset"]
