@@ -15,6 +15,7 @@ from mpsim.bench.kernel.config import PEER_LIMIT_S, QUEUE_S, ROUTES, SHAPED_RATE
 from mpsim.bench.kernel.measure import fmt, ratios, summary
 from mpsim.bench.kernel.services import Services, new_testbed, testbed_facts, upload
 
+
 def _fast_session(paths: Sequence[Any], configs: Sequence[str], rounds: int, size_of: Callable[[str], int],
                   log_dir: Path, progress: Callable[[str], None], label: str) -> tuple[list[dict], dict]:
     runs = rounds * len(configs) + 8

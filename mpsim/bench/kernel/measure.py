@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from mpsim.bench.kernel.config import BLOCK_BYTES, BLOCK_SEED
 
+
 def process_cpu_s(pid: int) -> float:
     """utime + stime of a process and its threads, from /proc/PID/stat."""
     with open(f"/proc/{pid}/stat") as f:

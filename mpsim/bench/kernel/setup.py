@@ -15,6 +15,7 @@ from mpsim.bench.kernel.config import CONVERT_TIMEOUT_S, ECHO_PORTS, PEER_LIMIT_
 from mpsim.bench.kernel.measure import meminfo_bytes, percentile, ratios, rss_bytes, slab_bytes, summary
 from mpsim.bench.kernel.services import Peer, Services, new_testbed, peer_argv, testbed_facts
 
+
 def _churn(tb: Any, services: Services, config: str, count: int, log_dir: Path) -> dict[str, Any]:
     route = ROUTES[config]
     target, dest = services.target(route, ECHO_PORTS)
