@@ -127,7 +127,10 @@ class ServeConfig:
     max_pending_per_source: int = 64  # per client address; when full, that address's oldest is reset
     request_grace_s: float = 1.0  # a request may take this long ...
     request_min_rate_bytes_per_s: float = 256.0  # ... plus its bytes so far at this rate, then it is reset
-    cookie_secret_path: str | None = None  # None: a random secret per start (mpsim.live.cookies)
+    cookie_secret_path: str | None = None  # None: ``cookie_secrets``, or a random secret per start
+    cookie_secrets: tuple[bytes, ...] = ()  # given by the supervisor of --workers: one secret for all
+    reuse_port: bool = False  # SO_REUSEPORT listeners: --workers N processes share each port
+    worker: int | None = None  # this process's number under --workers (log lines say it)
 
     def __post_init__(self) -> None:
         if not self.listen:
@@ -218,7 +221,7 @@ class ConverterDaemon:
             max_sessions=config.max_conns, supported_kinds=supported_kinds(config.mptcp),
             connect_timeout_s=config.connect_timeout_s, message_timeout_s=config.message_timeout_s,
             timing=ConverterTiming.SOCKET)
-        secrets_ = ()
+        secrets_ = config.cookie_secrets
         if config.cookie_secret_path is not None:
             try:
                 secrets_ = load_cookie_secrets(config.cookie_secret_path)
@@ -332,7 +335,7 @@ class ConverterDaemon:
                     self._resume_accepting()
         finally:
             self._close_everything()
-        self._log("counters", **self.counters())
+        self._log("counters" if self.config.worker is None else "worker_counters", **self.counters())
         return EXIT_OK
 
     # --- setup helpers ------------------------------------------------------------------------------
@@ -341,6 +344,8 @@ class ConverterDaemon:
         sock = stream_socket(family_of(address), mptcp=self.config.mptcp)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.config.reuse_port:  # --workers: the kernel spreads new connections over the processes
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if address.version == 6 and address.is_unspecified:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # [::] takes IPv4 clients too
             # Fast Open server side, cookie-less: the Convert message arrives in the SYN (RFC 8803 4.2).
@@ -573,13 +578,14 @@ class ConverterDaemon:
 
     @staticmethod
     def _connected_to_self(down: socket.socket) -> bool:
-        """After connect(): is the peer this host? A local destination gets the destination itself
-        as source address; any other local peer is caught by asking the kernel again."""
+        """After connect(): is the peer this host? Linux gives a connection to a local address that
+        address itself as source (the local route's preferred source), so peer == local says it
+        without another syscall; the check before connect() asked the kernel already."""
         try:
             peer, local = down.getpeername()[0], down.getsockname()[0]
         except OSError:
             return False  # reset already: the relay finds out
-        return peer == local or delivered_locally(peer_address((peer,)))
+        return peer == local
 
     def _downstream_error(self, conn: _Conn, error: int, now: float) -> None:
         """A connect() errno, to the session's words for it (which pick the Error TLV)."""
@@ -902,8 +908,11 @@ class ConverterDaemon:
 
     def _log(self, event: str, **fields: object) -> None:
         line = f"ts={time.time():.3f} event={event}" + "".join(f" {k}={_kv(v)}" for k, v in fields.items())
+        if self.config.worker is not None:
+            line += f" worker={self.config.worker}"
         try:
-            print(line, file=self._log_stream, flush=True)
+            self._log_stream.write(line + "\n")  # one write: --workers share the stream, lines must not interleave
+            self._log_stream.flush()
         except (BrokenPipeError, ValueError):
             pass  # nobody reads the log any more; serving goes on
 
@@ -974,6 +983,9 @@ def serve_parser(prog: str = "mpsim converter serve") -> argparse.ArgumentParser
                         help="keep the cookie secret in FILE (created 0600 when missing; refused when group or "
                              "others can access it), so cookies survive restarts; SIGHUP re-reads it after "
                              "`mpsim converter rotate-secret FILE`")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="serving processes, each with SO_REUSEPORT listeners on the same ports and the same "
+                             "cookie secret; counters are summed at exit and given per worker (default 1)")
     parser.add_argument("--quiet", action="store_true", help="no per-connection log lines")
     return parser
 
@@ -989,7 +1001,14 @@ def serve_main(argv: list[str] | None = None, *, prog: str = "mpsim converter se
             message_timeout_s=args.message_timeout, connect_timeout_s=args.connect_timeout,
             shutdown_grace_s=args.shutdown_grace, log_connections=not args.quiet, max_pending=args.max_pending,
             max_pending_per_source=args.max_pending_per_source, request_grace_s=args.request_grace,
-            request_min_rate_bytes_per_s=args.request_min_rate, cookie_secret_path=args.cookie_secret)
+            request_min_rate_bytes_per_s=args.request_min_rate, cookie_secret_path=args.cookie_secret,
+            reuse_port=args.workers > 1)
+        if args.workers < 1:
+            raise ConfigError("--workers must be at least 1")
+        if args.workers > 1:
+            from mpsim.live.workers import serve_workers
+
+            return serve_workers(config, args.workers, prog=prog)
         daemon = ConverterDaemon(config)
         daemon.start()
     except (ConfigError, KernelSettingError) as err:

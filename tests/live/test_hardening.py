@@ -393,3 +393,22 @@ def test_a_killed_daemon_resets_both_peers_mid_transfer(ns):
                     pass
         server.join(15)
     assert seen == ["reset"]
+
+
+# --- --workers N -------------------------------------------------------------------------------------------
+
+
+def test_workers_share_the_port_and_the_cookie_secret_and_sum_their_counters(ns):
+    with EchoServer() as server, converter("--workers", "2", "--require-cookie", "--quiet") as conv:
+        ports = {e["port"] for e in [conv.wait_for("listening", 2)] + conv.events("listening")}
+        assert len(ports) == 1  # port 0 resolved once for both
+        cookie = _cookie_of(conv, server)
+        for _ in range(30):  # spread over both workers by the 4-tuple hash: the cookie is valid at each
+            _served_with(conv, server, cookie)
+        assert conv.terminate() == 0
+        total = conv.wait_for("counters")
+        per_worker = conv.events("worker_counters")
+    assert total["workers"] == "2" and total["converted"] == "30" and total["accepted"] == "31"
+    assert sorted(w["worker"] for w in per_worker) == ["0", "1"]
+    assert all(int(w["accepted"]) > 0 for w in per_worker), per_worker
+    assert sum(int(w["converted"]) for w in per_worker) == 30
