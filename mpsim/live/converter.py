@@ -181,13 +181,14 @@ class _Conn:
     __slots__ = ("id", "up", "down", "client", "session", "phase", "to_client", "to_server", "up2down",
                  "down2up", "closing_deadline", "scheduled", "started", "down_family", "events", "eof_seen",
                  "fin_sent", "reset_sent", "last_progress_s", "relayed_bytes", "source", "request_bytes",
-                 "linger_armed")
+                 "linger_armed", "connected_early")
 
     def __init__(self, conn_id: int, up: socket.socket, client: str, session: ConverterSession, now: float,
                  source: str = "") -> None:
         self.id = conn_id
         self.source = source  # the client's address: the per-source pending cap
         self.request_bytes = 0  # read in the request phase (the minimum rate)
+        self.connected_early = False  # connect() had finished when it returned
         self.linger_armed = False  # relaying: both legs reset on close (SO_LINGER 0) until an orderly close
         self.up: socket.socket | None = up
         self.down: socket.socket | None = None
@@ -666,6 +667,10 @@ class ConverterDaemon:
                     pass  # RFC timing only: the kernel answered the SYN, and retransmits the downstream SYN itself
                 case Report(event=event):
                     self._log("report", conn=conn.id, event_type=type(event).__name__)
+        if conn.connected_early and conn.phase == "connecting":
+            conn.connected_early = False
+            self._downstream_ready(conn, now)  # applies the session's answer and settles
+            return
         self._settle(conn, now)
 
     def _open_downstream(self, conn: _Conn, request: OpenDownstream, now: float) -> None:
@@ -690,6 +695,13 @@ class ConverterDaemon:
         error = down.connect_ex((str(request.address), request.port))
         if error in (0, errno.EINPROGRESS):
             conn.down = down
+            # Between namespaces of one host the SYN-ACK is often processed inside connect()
+            # itself: then the outcome is handled now, without a round trip through epoll.
+            try:
+                down.getpeername()  # ENOTCONN while the handshake is still under way
+                conn.connected_early = True
+            except OSError:
+                pass
         else:  # a local route said no at once (unreachable, prohibit, no route): same words as an ICMP error
             down.close()
             self._downstream_error(conn, error, now)
