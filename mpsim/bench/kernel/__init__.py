@@ -1,6 +1,6 @@
 """Kernel benchmarks: the live RFC 8803 converter on the namespace testbed, and the model against it.
 
-``mpsim bench kernel fastpath|setup|model|all [--quick] [--out DIR]`` (root only; docs/kernel-bench.md
+``mpsim bench kernel fastpath|setup|model|abuse|all [--quick] [--out DIR]`` (root only; docs/kernel-bench.md
 has the method, the recorded figures and every disagreement between model and kernel explained).
 
 * **fastpath**: bulk uploads client -> server through the converter (relay ``splice``, ``copy``,
@@ -14,6 +14,9 @@ has the method, the recorded figures and every disagreement between model and ke
 * **setup**: connections per second through the converter and setup latency (median, p90),
   against direct connects and the peer relay; kernel memory per idle connection (slab deltas,
   /proc/slabinfo, machine-wide) and the daemon's RSS per connection.
+* **abuse** (:mod:`~mpsim.bench.kernel.abuse`): good clients' success rate and setup p50/p90 with and
+  without an attack (slow, garbage, resetting and forbidden-destination clients and a SYN flood),
+  the daemon's descriptors and RSS before, during and after, SYNs sent to its own addresses.
 * **model**: the same scenario in the SimPy model and in the testbed: goodput over a grid of path
   rates x loss rates (both paths, MPTCP through the converter; plain TCP on one path as the
   control that separates TCP from MPTCP and relay effects), and the middlebox rules (strip
@@ -50,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from mpsim import __version__
+from mpsim.bench.kernel.abuse import abuse
 from mpsim.bench.kernel.config import (BENCHMARKS, BLOCK_SEED, GB, MIB, ROUTES, SCALES, TESTBED_SYSCTLS, BenchError,
                                        Route, Scale)
 from mpsim.bench.kernel.fastpath import fastpath
@@ -67,7 +71,7 @@ __all__ = ["BENCHMARKS", "ROUTES", "SCALES", "BenchError", "ModelSettings", "Rou
 
 def run(name: str, scale: Scale, progress: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
     """One benchmark at one scale; the JSON-able result (facts included)."""
-    functions = {"fastpath": fastpath, "setup": setup, "model": model_vs_kernel}
+    functions = {"fastpath": fastpath, "setup": setup, "model": model_vs_kernel, "abuse": abuse}
     from mpsim.testbed import cleanup_stale
 
     cleanup_stale("mps")  # leftovers of killed earlier runs; live parallel testbeds are kept

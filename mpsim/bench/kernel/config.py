@@ -25,7 +25,7 @@ EXTRA_SYSCTLS = ("net.ipv4.tcp_syn_linear_timeouts", "net.ipv4.tcp_no_metrics_sa
 #: Every testbed: CUBIC pinned (Testbed default), 16 MiB buffer maxima, TFO for the Convert SYN,
 #: and no route metrics cache, so that one run's ssthresh never seeds the next.
 TESTBED_SYSCTLS = {"net.ipv4.tcp_no_metrics_save": "1"}
-BENCHMARKS = ("fastpath", "setup", "model")
+BENCHMARKS = ("fastpath", "setup", "model", "abuse")
 
 
 class BenchError(MpsimError):

@@ -81,6 +81,15 @@ def _setup_markdown(result: dict) -> list[str]:
                       _range(r["rate_ratio_to_direct_mptcp"]), _cell(r["setup_median_ms"], ".3f"),
                       _cell(r["setup_p90_ms"], ".3f"), _cell(r["connection_median_ms"], ".3f"), str(r["errors"])]
                      for r in result["churn"]])
+    if result.get("parallel"):
+        lines += ["", f"Parallel: {result['workers']} churn clients at once, {result['scale']['churn_conns']} connections "
+                  f"per route and round in all; the converter as one process and with --workers {result['workers']}.",
+                  ""]
+        lines += _table(["route", "connections", "per s", "/ direct MPTCP", "setup median ms", "setup p90 ms",
+                         "errors"],
+                        [[r["route"], str(r["connections"]), _range(r["connections_per_s"], ".0f"),
+                          _range(r["rate_ratio_to_direct_mptcp"]), _cell(r["setup_median_ms"], ".3f"),
+                          _cell(r["setup_p90_ms"], ".3f"), str(r["errors"])] for r in result["parallel"]])
     lines += ["", f"Idle connections ({result['scale']['idle_conns']} held at once, each after one 100-byte echo): "
               "slab bytes in use (/proc/slabinfo, machine-wide: client, relay and server sockets together) per "
               "connection, min / median / max over rounds; drift-corrected: against the mean of before and after the "
@@ -132,8 +141,39 @@ def _model_markdown(result: dict) -> list[str]:
                             pct(r["goodput_error"])] for r in result["rows"] if r["kind"] == "middlebox"])
 
 
+def _abuse_markdown(result: dict) -> list[str]:
+    lines = _header(result, "Kernel abuse: good clients of an attacked converter")
+    attack = result["attack"]
+    lines += [f"Attack from the good clients' own address: {attack['slow_clients']} slow clients, "
+              f"{attack['garbage_clients_per_batch']} garbage clients {attack['garbage_batches_per_s']} times a second, "
+              f"{attack['resetting_clients_per_s']} resetting forbidden-destination requests a second, a SYN flood of "
+              f"{attack['syn_flood_pps']} SYNs a second (what the attacker managed: {attack['done']}).", ""]
+    rows = []
+    for phase, good in result["good_clients"].items():
+        rows.append([phase.replace("_", " "), f"{good['served']}/{good['attempted']}", f"{good['success_rate']:.3f}",
+                     _cell(1e3 * good["setup_p50_s"] if good["setup_p50_s"] is not None else None, ".2f"),
+                     _cell(1e3 * good["setup_p90_s"] if good["setup_p90_s"] is not None else None, ".2f"),
+                     str(good["fallbacks"]), str(good["errors"])])
+    lines += _table(["good clients", "served", "success rate", "setup p50 ms", "setup p90 ms", "fallbacks", "errors"],
+                    rows)
+    d = result["daemon"]
+    samples = [("before", d["before"]), *((f"during {i + 1}", s) for i, s in enumerate(d["during"])),
+               ("after", d["after"])]
+    lines += ["", "The daemon:", ""]
+    lines += _table(["when", "descriptors", "RSS MB"], [[name, str(s["fds"]), f"{s['rss_bytes'] / 1e6:.1f}"]
+                                                       for name, s in samples])
+    counters = result["testbeds"]["abuse"]["daemon_counters"].get("auto", {})
+    shown = ("accepted", "converted", "refused_at_accept", "garbage_reset", "slow_requests", "pending_dropped_oldest",
+             "pending_dropped_per_source", "forbidden_destinations", "error_not_authorized", "accept_paused")
+    lines += ["", "SYNs the converter's namespace sent to its own addresses (must be 0): "
+              f"{result['forbidden_syns']}. Daemon counters: " + ", ".join(f"{k} {counters.get(k, '0')}"
+                                                                            for k in shown) + "."]
+    return lines
+
+
 def markdown(result: dict) -> str:
-    write = {"kernel-fastpath": _fastpath_markdown, "kernel-setup": _setup_markdown, "kernel-model": _model_markdown}
+    write = {"kernel-fastpath": _fastpath_markdown, "kernel-setup": _setup_markdown, "kernel-model": _model_markdown,
+             "kernel-abuse": _abuse_markdown}
     return "\n".join(write[result["benchmark"]](result) + [""])
 
 
@@ -142,8 +182,11 @@ def csv_rows(result: dict) -> list[dict]:
         return result["rows"]
     if result["benchmark"] == "kernel-setup":
         churn = [{k: v for k, v in r.items() if not k.endswith("_us")} | {"table": "churn"}
-                 for r in result["churn_rows"]]
+                 for r in result["churn_rows"] + result.get("parallel_rows", [])]
         return churn + [r | {"table": "memory"} for r in result["memory_rows"]]
+    if result["benchmark"] == "kernel-abuse":
+        return [{"phase": phase, **{k: v for k, v in good.items() if k != "error_examples"}}
+                for phase, good in result["good_clients"].items()]
     return [{k: v for k, v in r.items() if k != "counter_deltas_kernel"} for r in result["rows"]]
 
 
