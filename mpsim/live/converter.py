@@ -427,9 +427,6 @@ class ConverterDaemon:
     def _accept(self, listener: socket.socket) -> None:
         now = time.monotonic()
         for _ in range(_ACCEPTS_PER_WAKEUP):
-            if len(self._pending) >= self.config.max_pending:
-                self._counters["pending_dropped_oldest"] += 1  # the pool is full: the oldest goes, not service
-                self._finish(next(iter(self._pending.values())), reset=True)
             if len(self._conns) >= self.config.max_open_conns:
                 self._pause_accepting()
                 return
@@ -448,6 +445,9 @@ class ConverterDaemon:
                 self._refuse_at_accept(sock, sockaddr)
                 continue
             sock.setblocking(False)
+            if len(self._pending) >= self.config.max_pending:
+                self._counters["pending_dropped_oldest"] += 1  # the pool is full: the oldest goes, not service
+                self._finish(next(iter(self._pending.values())), reset=True)
             source = str(address)
             same_source = self._pending_by_source.setdefault(source, {})
             if len(same_source) >= self.config.max_pending_per_source:

@@ -45,6 +45,7 @@ def _sample(pid: int) -> dict[str, int]:
 def _good_clients(tb: Any, target: str, dest: str, count: int, log_dir: Path) -> dict[str, Any]:
     client = Peer(tb, "client", peer_argv("churn", "convert", "mptcp", target, dest, count, CONVERT_TIMEOUT_S),
                   log_dir, "good-clients")
+    started = time.monotonic()
     result = client.json(PEER_LIMIT_S + 20, "churn result")
     client.proc.wait(timeout=10)
     served = result["connections"] - result["fallbacks"]
@@ -52,7 +53,7 @@ def _good_clients(tb: Any, target: str, dest: str, count: int, log_dir: Path) ->
     return {"attempted": count, "served": served, "success_rate": served / count,
             "fallbacks": result["fallbacks"], "errors": result["error_count"], "error_examples": result["errors"],
             "setup_p50_s": statistics.median(setups) if setups else None, "setup_p90_s": percentile(setups, 0.9),
-            "connections_per_s": result["connections"] / result["wall_s"]}
+            "connections_per_s": result["connections"] / result["wall_s"], "wall_s": time.monotonic() - started}
 
 
 def _forbidden_syn_counter(tb: Any, addresses: list[str]) -> None:
@@ -95,13 +96,16 @@ def abuse(scale: Scale, log_dir: Path, progress: Callable[[str], None]) -> dict[
                  f"{1e3 * (quiet['setup_p90_s'] or 0):.2f} ms")
         forbidden = ",".join([f"{own[0]}:{port}", f"{own[-1]}:{port}", f"{a.converter[0]}:22", "127.0.0.1:80"])
         argv = [sys.executable, "-m", "mpsim.bench.kernel.attacker", f"{a.converter[0]}:{port}", slow, garbage,
-                resetting_per_s, syn_pps, forbidden, PEER_LIMIT_S]
+                resetting_per_s, syn_pps, forbidden, PEER_LIMIT_S + 60]  # outlasts the good clients' churn
         attacker = Peer(tb, "client", [str(x) for x in argv], log_dir, "attacker", stdin=True).expect_ready()
         time.sleep(2.0)  # the attack under way: slow clients connected, pools full
         during = [_sample(pid)]
         attacked = _good_clients(tb, target, dest, good, log_dir)
         during.append(_sample(pid))
-        attacker.tell("stop")
+        try:
+            attacker.tell("stop")
+        except BrokenPipeError:
+            pass  # it ended already; its summary line is there either way
         attack = attacker.json(60, "attack summary")
         attacker.proc.wait(timeout=10)
         progress(f"abuse: under attack {attacked['served']}/{good} served, setup p90 "
