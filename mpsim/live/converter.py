@@ -573,9 +573,11 @@ class ConverterDaemon:
                 self._log("connected", conn=conn.id, dest=_dest(conn), mptcp=int(mptcp is not None),
                           relay_up=conn.up2down.mode.value, relay_down=conn.down2up.mode.value)
             conn.session.downstream_connected(now, reconstruct_synack_options(info, mptcp))
-        self._apply(conn, now)
+        self._apply(conn, now, settle=False)
         if conn.phase == "relaying":
-            self._pump(conn, now)  # the reply and any early client bytes go at once
+            self._pump(conn, now)  # the reply and any early client bytes go at once (and settles)
+        else:
+            self._settle(conn, now)
 
     @staticmethod
     def _connected_to_self(down: socket.socket) -> bool:
@@ -602,7 +604,6 @@ class ConverterDaemon:
 
     def _pump(self, conn: _Conn, now: float) -> None:
         session = conn.session
-        self._note_progress(conn, now)
         for pump, source in ((conn.up2down, "up"), (conn.down2up, "down")):
             if pump is None or conn.phase != "relaying":
                 continue
@@ -619,8 +620,9 @@ class ConverterDaemon:
                     session.upstream_reset(now)
                 else:
                     session.downstream_reset(now)
-            self._apply(conn, now)
+            self._apply(conn, now, settle=False)
         self._note_progress(conn, now)
+        self._settle(conn, now)  # once for both directions (it re-registers and re-arms the timer)
 
     @staticmethod
     def _note_progress(conn: _Conn, now: float) -> None:
@@ -630,7 +632,7 @@ class ConverterDaemon:
 
     # --- one connection: the session's decisions -------------------------------------------------------
 
-    def _apply(self, conn: _Conn, now: float) -> None:
+    def _apply(self, conn: _Conn, now: float, *, settle: bool = True) -> None:
         session = conn.session
         while (decision := session.next_decision()) is not None:
             match decision:
@@ -671,7 +673,8 @@ class ConverterDaemon:
             conn.connected_early = False
             self._downstream_ready(conn, now)  # applies the session's answer and settles
             return
-        self._settle(conn, now)
+        if settle:
+            self._settle(conn, now)
 
     def _open_downstream(self, conn: _Conn, request: OpenDownstream, now: float) -> None:
         family = family_of(request.address)
