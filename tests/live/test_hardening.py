@@ -251,7 +251,7 @@ def test_a_half_sent_request_is_reset_after_the_grace_at_the_minimum_rate(ns):
                 while sock.recv(64):
                     pass
             waited_s = time.monotonic() - start
-        assert 0.4 <= waited_s <= 1.5, waited_s  # not the 10 s message timeout
+        assert 0.4 <= waited_s <= 3.0, waited_s  # not the 10 s message timeout
         assert conv.wait_for("slow_request")["request_bytes"] == "4"
 
 
@@ -269,7 +269,7 @@ def test_garbage_is_reset_at_once_and_outsiders_before_they_hold_anything(ns):
                 with pytest.raises(ConnectionResetError):
                     while chunk := sock.recv(64):
                         data += chunk
-                assert time.monotonic() - start < 0.5
+                assert time.monotonic() - start < 1.5  # at once, not after a FIN and a 2 s wait
             if sock is outsider:
                 assert data == bytes((1, 2, 0x22, 0x63, 30, 1, 32, 0))  # Error 32 (RFC 8803 6.2.8), then the reset
         assert conv.terminate() == 0
