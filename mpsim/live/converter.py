@@ -48,7 +48,7 @@ from mpsim.live.sockets import (
     TCP_FASTOPEN_NO_COOKIE,
     KernelSettingError,
     converter_kernel_problems,
-    delivered_locally,
+    LocalAddressCheck,
     family_of,
     icmp_code_for_errno,
     mptcp_info,
@@ -250,6 +250,9 @@ class ConverterDaemon:
         self._stop_deadline: float | None = None
         self._accept_resume_at: float | None = None  # after an accept() error
         self._wakeup: tuple[socket.socket, socket.socket] | None = None
+        self._is_local = LocalAddressCheck()  # the host's own addresses, kept current by rtnetlink
+        if self._is_local.sock is not None:
+            self._selector.register(self._is_local.sock, selectors.EVENT_READ, ("netlink", self._is_local))
         self.addresses: list[tuple[str, int]] = []
 
     # --- life cycle ------------------------------------------------------------------------------
@@ -383,6 +386,8 @@ class ConverterDaemon:
         kind, obj = data
         if kind == "listener":
             self._accept(obj)
+        elif kind == "netlink":
+            obj.on_readable()
         elif kind == "wakeup":
             try:
                 while obj.recv(4096):
@@ -414,6 +419,7 @@ class ConverterDaemon:
             self._finish(conn, reset=True)
         for listener in self._listeners:
             listener.close()
+        self._is_local.close()
         if self._wakeup is not None:
             signal.set_wakeup_fd(-1)
             for sock in self._wakeup:
@@ -681,7 +687,7 @@ class ConverterDaemon:
         conn.down_family = family
         conn.phase = "connecting"
         self._unpend(conn)
-        if delivered_locally(request.address):  # the converter's own host: its listener, its services
+        if self._is_local(request.address):  # the converter's own host: its listener, its services
             self._log("forbidden_destination", conn=conn.id, client=conn.client, dest=_dest(conn), stage="request")
             conn.session.downstream_forbidden(now)
             return

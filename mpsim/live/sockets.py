@@ -336,3 +336,50 @@ def delivered_locally(address: IPv4Address | IPv6Address) -> bool:
     finally:
         probe.close()
     return True
+
+
+#: rtnetlink multicast groups (linux/rtnetlink.h): address and route changes, IPv4 and IPv6.
+_RTMGRP_LOCAL_CHANGES = 0x10 | 0x40 | 0x100 | 0x400  # IPV4_IFADDR, IPV4_ROUTE, IPV6_IFADDR, IPV6_ROUTE
+_LOCAL_CACHE_ENTRIES = 4096
+
+
+class LocalAddressCheck:
+    """:func:`delivered_locally` with its answers cached until the host's addresses or routes
+    change: an rtnetlink socket subscribed to those changes (:attr:`sock`, for the caller's
+    selector) empties the cache whenever anything arrives on it (:meth:`on_readable`). Without
+    rtnetlink (no permission, not Linux) every call asks the kernel."""
+
+    def __init__(self) -> None:
+        self._cache: dict[IPv4Address | IPv6Address, bool] = {}
+        try:
+            self.sock: socket.socket | None = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+            self.sock.bind((0, _RTMGRP_LOCAL_CHANGES))
+            self.sock.setblocking(False)
+        except (OSError, AttributeError):
+            self.sock = None
+
+    def __call__(self, address: IPv4Address | IPv6Address) -> bool:
+        if self.sock is None:
+            return delivered_locally(address)
+        local = self._cache.get(address)
+        if local is None:
+            if len(self._cache) >= _LOCAL_CACHE_ENTRIES:
+                self._cache.clear()
+            local = self._cache[address] = delivered_locally(address)
+        return local
+
+    def on_readable(self) -> None:
+        """Something changed (or the notification queue overflowed): forget every answer."""
+        assert self.sock is not None
+        try:
+            while self.sock.recv(65536):
+                pass
+        except BlockingIOError:
+            pass
+        except OSError:  # ENOBUFS: notifications were lost, which the clear below covers too
+            pass
+        self._cache.clear()
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import resource
+import select
 import signal
 import socket
 import stat
@@ -18,7 +19,14 @@ import pytest
 from mpsim.live.client import ConvertError, convert_open
 from mpsim.live.converter import ConverterDaemon
 from mpsim.live.cookies import rotate_cookie_secret
-from mpsim.live.sockets import IPPROTO_MPTCP, MSG_FASTOPEN, TCP_FASTOPEN_NO_COOKIE, delivered_locally, reset_close
+from mpsim.live.sockets import (
+    IPPROTO_MPTCP,
+    MSG_FASTOPEN,
+    TCP_FASTOPEN_NO_COOKIE,
+    LocalAddressCheck,
+    delivered_locally,
+    reset_close,
+)
 from mpsim.wire.convert import ConvertErrorCode
 
 from . import (
@@ -75,14 +83,38 @@ def test_destinations_on_the_converters_own_host_get_error_32_and_are_counted(ns
         assert counters["accepted"] == "4"  # the client's own connections; none came back through itself
 
 
-def test_the_local_check_asks_the_kernel_each_time(ns):
+def test_the_local_check_asks_the_kernel_and_forgets_on_every_address_change(ns):
     from ipaddress import ip_address
     assert delivered_locally(ip_address(CONVERTER_V4)) and delivered_locally(ip_address(CONVERTER_V6))
     assert delivered_locally(ip_address(f"::ffff:{CONVERTER_V4}"))
     assert not delivered_locally(ip_address(SERVER_V4))
     assert not delivered_locally(ip_address("198.18.7.7"))
-    ns.ip("addr", "add", "198.18.7.7/32", "dev", "lo")  # an address added while running: seen at once
-    assert delivered_locally(ip_address("198.18.7.7"))
+    check = LocalAddressCheck()  # the daemon's: answers cached until rtnetlink says something changed
+    try:
+        assert check.sock is not None and not check(ip_address("198.18.7.7"))
+        ns.ip("addr", "add", "198.18.7.7/32", "dev", "lo")  # an address added while running
+        assert delivered_locally(ip_address("198.18.7.7"))
+        assert not check(ip_address("198.18.7.7"))  # stale until the notification is read ...
+        deadline = time.monotonic() + 5
+        while not select.select([check.sock], [], [], 0.1)[0] and time.monotonic() < deadline:
+            pass
+        check.on_readable()
+        assert check(ip_address("198.18.7.7"))  # ... then asked again
+    finally:
+        check.close()
+
+
+def test_an_address_added_while_serving_is_refused_at_once(ns):
+    with converter() as conv:
+        for attempt in range(2):
+            with pytest.raises(ConvertError) as caught:
+                convert_open(conv.address, "198.18.7.7:9", mptcp=True, timeout_s=10)
+            if attempt == 0:  # no such host: the connect fails (an answer about 198.18.7.7 is now cached)
+                assert caught.value.code != ConvertErrorCode.NOT_AUTHORIZED
+                ns.ip("addr", "add", "198.18.7.7/32", "dev", "lo")
+                time.sleep(0.3)
+            else:
+                assert caught.value.code == ConvertErrorCode.NOT_AUTHORIZED
 
 
 def test_the_post_connect_check_sees_a_local_peer(ns):
