@@ -400,7 +400,8 @@ def _scenario_error() -> type[MpsimError]:
 # Delegated tools: (command, action) -> (module, function name), imported only when used so that
 # `mpsim run` does not pay for them.
 _DELEGATED = {
-    "converter": {"serve": ("mpsim.live.converter", "serve_main"), "connect": ("mpsim.live.client", "connect_main")},
+    "converter": {"serve": ("mpsim.live.converter", "serve_main"), "connect": ("mpsim.live.client", "connect_main"),
+                  "rotate-secret": ("mpsim.live.cookies", "rotate_main")},
     "bench": {"sim": ("mpsim.bench.simulator", "main"), "sweep": ("mpsim.bench.sweep", "main"),
               "kernel": ("mpsim.bench.kernel", "main")},
 }
@@ -524,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
         "converter", help="the live RFC 8803 converter and its client, on Linux sockets",
         description="mpsim converter serve --listen ADDR:PORT [--allow PREFIX ...] ...: run the converter daemon.\n"
                     "mpsim converter connect CONVERTER DEST [--mptcp] [--cookie HEX]: connect through one.\n"
+                    "mpsim converter rotate-secret FILE: a new cookie secret, the previous one kept (then SIGHUP).\n"
                     "Add --help after the action for its options (docs/live-converter.md has the details).",
         formatter_class=raw)
     converter.add_argument("action", choices=sorted(_DELEGATED["converter"]))

@@ -104,17 +104,6 @@ ServerName = Annotated[str, OneOf(SERVERS)]
 CongestionControlName = Annotated[str, OneOf(CONGESTION_CONTROLS)]
 
 
-class ProxyKind(str, enum.Enum):
-    """Transitional: mpsim/bench/kernel.py still builds a ConverterSpec with ``ProxyKind.CONVERT``.
-    The schema takes the PROXIES names (a str enum compares and hashes as its name); remove this
-    once nothing imports it."""
-
-    AUTO = AUTO_PROXY
-    CONVERT = "convert"
-    MP_CONVERT = "mp-convert"
-    SOCKS5 = "socks5"
-
-
 # --- enums only scenarios use (the proto layer's enums are used as they are) -------------------------
 
 
@@ -314,7 +303,7 @@ class Scenario:
     @property
     def proxy_kind(self) -> str:
         """The PROXIES name the converter node runs; "auto" is the one the client's scheme talks to."""
-        kind = getattr(self.converter.kind, "value", self.converter.kind)  # a transitional ProxyKind
+        kind = self.converter.kind
         if kind != AUTO_PROXY:
             return kind
         return proxy_for_scheme(self.client.scheme, self.converter.placement)

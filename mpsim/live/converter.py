@@ -32,6 +32,7 @@ import resource
 import selectors
 import signal
 import socket
+import struct
 import sys
 import time
 from collections import Counter
@@ -40,12 +41,14 @@ from ipaddress import IPv4Address, IPv6Address, ip_network
 from typing import TextIO
 
 from mpsim.errors import MpsimError
+from mpsim.live.cookies import CookieSecretError, load_cookie_secrets
 from mpsim.live.relay import BufferPool, PipePool, Pump, PumpEvent, RelayMode, mode_for
 from mpsim.live.sockets import (
     TCP_FASTOPEN,
     TCP_FASTOPEN_NO_COOKIE,
     KernelSettingError,
     converter_kernel_problems,
+    LocalAddressCheck,
     family_of,
     icmp_code_for_errno,
     mptcp_info,
@@ -72,7 +75,7 @@ from mpsim.proto.relay import (
     SendDownstream,
     SendUpstream,
 )
-from mpsim.wire.convert import MAX_TOTAL_LENGTH_WORDS, ErrorTlv
+from mpsim.wire.convert import MAX_TOTAL_LENGTH_WORDS, ConvertErrorCode, ConvertMessage, ErrorTlv, encode_convert
 from mpsim.wire.options import TcpOptionKind
 
 EXIT_OK = 0
@@ -90,9 +93,11 @@ _MAX_LOOP_WAIT_S = 1.0
 _RELAY_RECHECK_S = 0.2
 _RELAY_ACTIVE_S = 2.0  # a relay counts as active this long after it last moved a byte
 _ACCEPT_ERROR_PAUSE_S = 0.5
-#: Upstream connections without a downstream one (reading the request, or closing after an
-#: error) beyond the sessions that hold one: past this the listeners pause and the kernel's backlog waits.
-_MIN_PENDING_CONNS = 64
+#: Connections past --max-conns + --max-pending (converted ones still flushing after their
+#: session ended) beyond which the listeners pause: a bound on descriptors, not a policy.
+_FLUSHING_CONNS = 64
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST (MPTCP: MP_FASTCLOSE)
+_LINGER_ORDERLY = struct.pack("ii", 0, 0)  # the default: close() sends FIN
 _DESCRIPTORS_PER_CONN = 6  # two sockets, and two pipes of two ends while splicing both ways
 
 
@@ -116,13 +121,26 @@ class ServeConfig:
     close_linger_s: float = 2.0  # after an error reply: how long to wait for the client's RST or FIN
     tfo_queue_len: int = 1024
     log_connections: bool = True
+    # Abuse resistance (docs/live-converter.md, "Operating it safely"): connections without a
+    # downstream leg (reading the request, or closing after an Error TLV) are "pending".
+    max_pending: int = 1024  # the pending pool; when full, the oldest pending connection is reset
+    max_pending_per_source: int = 64  # per client address; when full, that address's oldest is reset
+    request_grace_s: float = 1.0  # a request may take this long ...
+    request_min_rate_bytes_per_s: float = 256.0  # ... plus its bytes so far at this rate, then it is reset
+    cookie_secret_path: str | None = None  # None: ``cookie_secrets``, or a random secret per start
+    cookie_secrets: tuple[bytes, ...] = ()  # given by the supervisor of --workers: one secret for all
+    reuse_port: bool = False  # SO_REUSEPORT listeners: --workers N processes share each port
+    worker: int | None = None  # this process's number under --workers (log lines say it)
 
     def __post_init__(self) -> None:
         if not self.listen:
             raise ConfigError("give at least one --listen ADDR:PORT")
         if self.max_conns < 1:
             raise ConfigError("--max-conns must be at least 1")
-        for name in ("message_timeout_s", "connect_timeout_s", "shutdown_grace_s", "close_linger_s"):
+        if self.max_pending < 1 or self.max_pending_per_source < 1:
+            raise ConfigError("--max-pending and --max-pending-per-source must be at least 1")
+        for name in ("message_timeout_s", "connect_timeout_s", "shutdown_grace_s", "close_linger_s",
+                     "request_grace_s", "request_min_rate_bytes_per_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         for prefix in self.allowed_prefixes:
@@ -133,7 +151,7 @@ class ServeConfig:
 
     @property
     def max_open_conns(self) -> int:
-        return self.max_conns + max(_MIN_PENDING_CONNS, self.max_conns)
+        return 2 * self.max_conns + self.max_pending + _FLUSHING_CONNS
 
 
 def supported_kinds(mptcp: bool) -> tuple[int, ...]:
@@ -162,10 +180,16 @@ class _Conn:
 
     __slots__ = ("id", "up", "down", "client", "session", "phase", "to_client", "to_server", "up2down",
                  "down2up", "closing_deadline", "scheduled", "started", "down_family", "events", "eof_seen",
-                 "fin_sent", "reset_sent", "last_progress_s", "relayed_bytes")
+                 "fin_sent", "reset_sent", "last_progress_s", "relayed_bytes", "source", "request_bytes",
+                 "linger_armed", "connected_early")
 
-    def __init__(self, conn_id: int, up: socket.socket, client: str, session: ConverterSession, now: float) -> None:
+    def __init__(self, conn_id: int, up: socket.socket, client: str, session: ConverterSession, now: float,
+                 source: str = "") -> None:
         self.id = conn_id
+        self.source = source  # the client's address: the per-source pending cap
+        self.request_bytes = 0  # read in the request phase (the minimum rate)
+        self.connected_early = False  # connect() had finished when it returned
+        self.linger_armed = False  # relaying: both legs reset on close (SO_LINGER 0) until an orderly close
         self.up: socket.socket | None = up
         self.down: socket.socket | None = None
         self.client = client
@@ -198,13 +222,24 @@ class ConverterDaemon:
             max_sessions=config.max_conns, supported_kinds=supported_kinds(config.mptcp),
             connect_timeout_s=config.connect_timeout_s, message_timeout_s=config.message_timeout_s,
             timing=ConverterTiming.SOCKET)
-        self.converter = Converter(self.policy, random.SystemRandom())  # the cookie secret
+        secrets_ = config.cookie_secrets
+        if config.cookie_secret_path is not None:
+            try:
+                secrets_ = load_cookie_secrets(config.cookie_secret_path)
+            except CookieSecretError as err:
+                raise ConfigError(str(err)) from None
+        self.converter = Converter(self.policy, random.SystemRandom(), cookie_secrets=secrets_)
+        self._reload_requested = False
         self._counters: Counter[str] = self.converter.counters  # the session's and ours, one table
         self._log_stream = log if log is not None else sys.stderr
         self._selector = selectors.DefaultSelector()
         self._listeners: list[socket.socket] = []
         self._accepting = False
         self._conns: dict[int, _Conn] = {}
+        # Pending connections (no downstream leg yet), oldest first: all, and per client address.
+        self._pending: dict[int, _Conn] = {}
+        self._pending_by_source: dict[str, dict[int, _Conn]] = {}
+        self._refusal = encode_convert(ConvertMessage((ErrorTlv(ConvertErrorCode.NOT_AUTHORIZED),)))
         self._by_fd: dict[int, tuple[_Conn, str]] = {}
         self._timers: list[tuple[float, int, int]] = []  # (deadline, seq, conn id); stale entries skipped
         self._timer_seq = 0
@@ -215,6 +250,9 @@ class ConverterDaemon:
         self._stop_deadline: float | None = None
         self._accept_resume_at: float | None = None  # after an accept() error
         self._wakeup: tuple[socket.socket, socket.socket] | None = None
+        self._is_local = LocalAddressCheck()  # the host's own addresses, kept current by rtnetlink
+        if self._is_local.sock is not None:
+            self._selector.register(self._is_local.sock, selectors.EVENT_READ, ("netlink", self._is_local))
         self.addresses: list[tuple[str, int]] = []
 
     # --- life cycle ------------------------------------------------------------------------------
@@ -249,6 +287,24 @@ class ConverterDaemon:
         signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda num, frame: self.stop())
+        signal.signal(signal.SIGHUP, lambda num, frame: self.reload())
+
+    def reload(self) -> None:
+        """Re-read the cookie secret file (after a rotation) at the next turn of the loop."""
+        self._reload_requested = True
+
+    def _reload_secrets(self) -> None:
+        self._reload_requested = False
+        if self.config.cookie_secret_path is None:
+            return
+        try:
+            secrets_ = load_cookie_secrets(self.config.cookie_secret_path)
+        except CookieSecretError as err:
+            self._log("warning", msg=f"cookie secrets not reloaded, the old ones stay: {err}")
+            return
+        self.converter.set_cookie_secrets(secrets_)
+        self._counters["cookie_secret_reloads"] += 1
+        self._log("cookie_secret_reloaded", secrets=len(secrets_))
 
     def stop(self) -> None:
         """Stop accepting; relays get ``shutdown_grace_s`` to finish, then are reset."""
@@ -258,6 +314,7 @@ class ConverterDaemon:
         """Counters so far: the sessions' (mpsim.proto.convert.Converter) and the driver's."""
         snapshot = dict(self._counters)
         snapshot["open_conns"] = len(self._conns)
+        snapshot["pending_conns"] = len(self._pending)
         snapshot["active_sessions"] = self.converter.active_sessions
         snapshot["pipes_created"] = self._pipes.created
         snapshot["buffers_created"] = self._buffers.created
@@ -267,6 +324,8 @@ class ConverterDaemon:
         try:
             while True:
                 now = time.monotonic()
+                if self._reload_requested:
+                    self._reload_secrets()
                 if self._stop_requested and self._stop_deadline is None:
                     self._begin_stop(now)
                 if self._stop_deadline is not None and (not self._conns or now >= self._stop_deadline):
@@ -280,7 +339,7 @@ class ConverterDaemon:
                     self._resume_accepting()
         finally:
             self._close_everything()
-        self._log("counters", **self.counters())
+        self._log("counters" if self.config.worker is None else "worker_counters", **self.counters())
         return EXIT_OK
 
     # --- setup helpers ------------------------------------------------------------------------------
@@ -289,6 +348,8 @@ class ConverterDaemon:
         sock = stream_socket(family_of(address), mptcp=self.config.mptcp)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.config.reuse_port:  # --workers: the kernel spreads new connections over the processes
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if address.version == 6 and address.is_unspecified:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # [::] takes IPv4 clients too
             # Fast Open server side, cookie-less: the Convert message arrives in the SYN (RFC 8803 4.2).
@@ -325,6 +386,8 @@ class ConverterDaemon:
         kind, obj = data
         if kind == "listener":
             self._accept(obj)
+        elif kind == "netlink":
+            obj.on_readable()
         elif kind == "wakeup":
             try:
                 while obj.recv(4096):
@@ -356,6 +419,7 @@ class ConverterDaemon:
             self._finish(conn, reset=True)
         for listener in self._listeners:
             listener.close()
+        self._is_local.close()
         if self._wakeup is not None:
             signal.set_wakeup_fd(-1)
             for sock in self._wakeup:
@@ -382,11 +446,26 @@ class ConverterDaemon:
                 self._pause_accepting()
                 self._accept_resume_at = now + _ACCEPT_ERROR_PAUSE_S
                 return
+            address = peer_address(sockaddr)
+            if not self.policy.client_allowed(address):
+                self._refuse_at_accept(sock, sockaddr)
+                continue
             sock.setblocking(False)
+            if len(self._pending) >= self.config.max_pending:
+                self._counters["pending_dropped_oldest"] += 1  # the pool is full: the oldest goes, not service
+                self._finish(next(iter(self._pending.values())), reset=True)
+            source = str(address)
+            same_source = self._pending_by_source.setdefault(source, {})
+            if len(same_source) >= self.config.max_pending_per_source:
+                self._counters["pending_dropped_per_source"] += 1
+                self._finish(next(iter(same_source.values())), reset=True)
+                same_source = self._pending_by_source.setdefault(source, {})
             conn_id, self._next_id = self._next_id, self._next_id + 1
-            session = self.converter.session(peer_address(sockaddr), now)
-            conn = _Conn(conn_id, sock, f"{sockaddr[0]}:{sockaddr[1]}", session, now)
+            session = self.converter.session(address, now)
+            conn = _Conn(conn_id, sock, f"{sockaddr[0]}:{sockaddr[1]}", session, now, source)
             self._conns[conn_id] = conn
+            self._pending[conn_id] = conn
+            same_source[conn_id] = conn
             self._counters["accepted"] += 1
             try:
                 if self.config.log_connections:
@@ -396,6 +475,30 @@ class ConverterDaemon:
                 self._read_request(conn, now)  # the SYN payload is already there
             except Exception as err:
                 self._internal_error(conn, err)
+
+    def _refuse_at_accept(self, sock: socket.socket, sockaddr: tuple) -> None:
+        """A client outside --allow: Error 32 (RFC 8803 6.2.8) in one non-blocking send, then a
+        reset at once, before it holds a session, a timer or a pending slot. The SYN payload is not
+        even read (the reset would come anyway: RFC 8803 wants the client to reset after an Error)."""
+        self._counters["refused_at_accept"] += 1
+        try:
+            sock.setblocking(False)
+            sock.send(self._refusal)
+        except OSError:
+            pass  # its buffer is full or it is gone: the reset says enough
+        reset_close(sock)
+        if self.config.log_connections:
+            self._log("refused", client=f"{sockaddr[0]}:{sockaddr[1]}", error=int(ConvertErrorCode.NOT_AUTHORIZED),
+                      name="NOT_AUTHORIZED", value=0, dest="-", stage="accept")
+
+    def _unpend(self, conn: _Conn) -> None:
+        """``conn`` got its downstream leg, or is gone: it leaves the pending pool."""
+        if self._pending.pop(conn.id, None) is not None:
+            same_source = self._pending_by_source.get(conn.source)
+            if same_source is not None:
+                same_source.pop(conn.id, None)
+                if not same_source:
+                    del self._pending_by_source[conn.source]
 
     def _pause_accepting(self) -> None:
         if self._accepting:
@@ -436,6 +539,7 @@ class ConverterDaemon:
             conn.session.upstream_reset(now)
         else:
             if data:
+                conn.request_bytes += len(data)
                 conn.session.receive_upstream(data, now)
             else:
                 conn.eof_seen = True
@@ -450,6 +554,10 @@ class ConverterDaemon:
         if error:
             self._drop_socket(conn, "down", reset=False)
             self._downstream_error(conn, error, now)
+        elif self._connected_to_self(down):  # the last line of defence: an address added since the check
+            self._log("forbidden_destination", conn=conn.id, client=conn.client, dest=_dest(conn), stage="connected")
+            self._drop_socket(conn, "down", reset=True)
+            conn.session.downstream_forbidden(now)
         else:
             info, mptcp = tcp_info(down), mptcp_info(down)
             relay = self.config.relay
@@ -460,14 +568,33 @@ class ConverterDaemon:
             conn.to_client.clear()
             conn.to_server.clear()
             conn.phase = "relaying"
+            # While relaying, a close is a reset: if the daemon dies (crash, SIGKILL, OOM) the kernel
+            # closes both legs with RST, and neither peer mistakes a cut stream for a finished one.
+            # Only an orderly close (_drop_socket with reset=False) switches it back.
+            conn.up.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            down.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            conn.linger_armed = True
             self._counters["downstream_mptcp" if mptcp is not None else "downstream_tcp"] += 1
             if self.config.log_connections:
                 self._log("connected", conn=conn.id, dest=_dest(conn), mptcp=int(mptcp is not None),
                           relay_up=conn.up2down.mode.value, relay_down=conn.down2up.mode.value)
             conn.session.downstream_connected(now, reconstruct_synack_options(info, mptcp))
-        self._apply(conn, now)
+        self._apply(conn, now, settle=False)
         if conn.phase == "relaying":
-            self._pump(conn, now)  # the reply and any early client bytes go at once
+            self._pump(conn, now)  # the reply and any early client bytes go at once (and settles)
+        else:
+            self._settle(conn, now)
+
+    @staticmethod
+    def _connected_to_self(down: socket.socket) -> bool:
+        """After connect(): is the peer this host? Linux gives a connection to a local address that
+        address itself as source (the local route's preferred source), so peer == local says it
+        without another syscall; the check before connect() asked the kernel already."""
+        try:
+            peer, local = down.getpeername()[0], down.getsockname()[0]
+        except OSError:
+            return False  # reset already: the relay finds out
+        return peer == local
 
     def _downstream_error(self, conn: _Conn, error: int, now: float) -> None:
         """A connect() errno, to the session's words for it (which pick the Error TLV)."""
@@ -483,7 +610,6 @@ class ConverterDaemon:
 
     def _pump(self, conn: _Conn, now: float) -> None:
         session = conn.session
-        self._note_progress(conn, now)
         for pump, source in ((conn.up2down, "up"), (conn.down2up, "down")):
             if pump is None or conn.phase != "relaying":
                 continue
@@ -500,8 +626,9 @@ class ConverterDaemon:
                     session.upstream_reset(now)
                 else:
                     session.downstream_reset(now)
-            self._apply(conn, now)
+            self._apply(conn, now, settle=False)
         self._note_progress(conn, now)
+        self._settle(conn, now)  # once for both directions (it re-registers and re-arms the timer)
 
     @staticmethod
     def _note_progress(conn: _Conn, now: float) -> None:
@@ -511,7 +638,7 @@ class ConverterDaemon:
 
     # --- one connection: the session's decisions -------------------------------------------------------
 
-    def _apply(self, conn: _Conn, now: float) -> None:
+    def _apply(self, conn: _Conn, now: float, *, settle: bool = True) -> None:
         session = conn.session
         while (decision := session.next_decision()) is not None:
             match decision:
@@ -526,6 +653,12 @@ class ConverterDaemon:
                 case CloseUpstream():
                     if conn.down2up is not None:
                         conn.down2up.request_shutdown()
+                    elif session.request is None and session.error is None and not conn.to_client:
+                        # Not Convert at all (RFC 8803 6: ignored): reset at once, no FIN-and-wait
+                        # that garbage could hold a slot with.
+                        self._counters["garbage_reset"] += 1
+                        self._finish(conn, reset=True)
+                        return
                     else:
                         self._start_closing(conn, now)
                 case CloseDownstream():
@@ -542,12 +675,22 @@ class ConverterDaemon:
                     pass  # RFC timing only: the kernel answered the SYN, and retransmits the downstream SYN itself
                 case Report(event=event):
                     self._log("report", conn=conn.id, event_type=type(event).__name__)
-        self._settle(conn, now)
+        if conn.connected_early and conn.phase == "connecting":
+            conn.connected_early = False
+            self._downstream_ready(conn, now)  # applies the session's answer and settles
+            return
+        if settle:
+            self._settle(conn, now)
 
     def _open_downstream(self, conn: _Conn, request: OpenDownstream, now: float) -> None:
         family = family_of(request.address)
         conn.down_family = family
         conn.phase = "connecting"
+        self._unpend(conn)
+        if self._is_local(request.address):  # the converter's own host: its listener, its services
+            self._log("forbidden_destination", conn=conn.id, client=conn.client, dest=_dest(conn), stage="request")
+            conn.session.downstream_forbidden(now)
+            return
         if request.syn_payload:  # only with a relayed TFO cookie, which supported_kinds never offers
             conn.to_server += request.syn_payload
         try:
@@ -561,6 +704,13 @@ class ConverterDaemon:
         error = down.connect_ex((str(request.address), request.port))
         if error in (0, errno.EINPROGRESS):
             conn.down = down
+            # Between namespaces of one host the SYN-ACK is often processed inside connect()
+            # itself: then the outcome is handled now, without a round trip through epoll.
+            try:
+                down.getpeername()  # ENOTCONN while the handshake is still under way
+                conn.connected_early = True
+            except OSError:
+                pass
         else:  # a local route said no at once (unreachable, prohibit, no route): same words as an ICMP error
             down.close()
             self._downstream_error(conn, error, now)
@@ -607,6 +757,8 @@ class ConverterDaemon:
         self._register(conn, "up", conn.up, self._events_up(conn))
         self._register(conn, "down", conn.down, self._events_down(conn))
         deadlines = [d for d in (conn.session.get_timer(), conn.closing_deadline) if d is not None]
+        if conn.phase == "request":
+            deadlines.append(self._request_deadline(conn))
         if conn.phase == "relaying" and now - conn.last_progress_s < _RELAY_ACTIVE_S:
             deadlines.append(now + _RELAY_RECHECK_S)
         deadline = min(deadlines, default=None)
@@ -616,6 +768,10 @@ class ConverterDaemon:
             conn.scheduled = deadline
             self._timer_seq += 1
             heapq.heappush(self._timers, (deadline, self._timer_seq, conn.id))
+
+    def _request_deadline(self, conn: _Conn) -> float:
+        """A request must arrive at the minimum rate: grace, plus its bytes so far at that rate."""
+        return conn.started + self.config.request_grace_s + conn.request_bytes / self.config.request_min_rate_bytes_per_s
 
     def _finished(self, conn: _Conn) -> bool:
         if conn.phase == "closing":
@@ -677,6 +833,11 @@ class ConverterDaemon:
             conn.reset_sent = True
             reset_close(sock)
         else:
+            if conn.linger_armed:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ORDERLY)
+                except OSError:
+                    pass  # reset meanwhile: close() sends nothing more anyway
             sock.close()
         if side == "up":
             conn.up = None
@@ -701,6 +862,7 @@ class ConverterDaemon:
                 pass
         conn.phase = "closed"
         self._conns.pop(conn.id, None)
+        self._unpend(conn)
         up_bytes = conn.up2down.relayed_bytes if conn.up2down else 0
         down_bytes = conn.down2up.relayed_bytes if conn.down2up else 0
         self._counters["bytes_to_server"] += up_bytes
@@ -724,6 +886,12 @@ class ConverterDaemon:
             if conn is None or conn.scheduled != deadline:
                 continue  # stale: the connection is gone or has another deadline now
             conn.scheduled = None
+            if conn.phase == "request" and self._request_deadline(conn) <= now:
+                self._counters["slow_requests"] += 1  # half-sent requests do not hold a slot for long
+                if self.config.log_connections:
+                    self._log("slow_request", conn=conn.id, client=conn.client, request_bytes=conn.request_bytes)
+                self._finish(conn, reset=True)
+                continue
             if conn.phase == "closing" and conn.closing_deadline is not None and conn.closing_deadline <= now:
                 self._counters["closing_timeouts"] += 1
                 self._finish(conn, reset=True)
@@ -761,8 +929,11 @@ class ConverterDaemon:
 
     def _log(self, event: str, **fields: object) -> None:
         line = f"ts={time.time():.3f} event={event}" + "".join(f" {k}={_kv(v)}" for k, v in fields.items())
+        if self.config.worker is not None:
+            line += f" worker={self.config.worker}"
         try:
-            print(line, file=self._log_stream, flush=True)
+            self._log_stream.write(line + "\n")  # one write: --workers share the stream, lines must not interleave
+            self._log_stream.flush()
         except (BrokenPipeError, ValueError):
             pass  # nobody reads the log any more; serving goes on
 
@@ -819,6 +990,23 @@ def serve_parser(prog: str = "mpsim converter serve") -> argparse.ArgumentParser
                         help="give up on a server that has not answered by then: Error 65 (default 30)")
     parser.add_argument("--shutdown-grace", type=_positive_float, default=5.0, metavar="S",
                         help="on SIGTERM: how long running relays may go on before they are reset (default 5)")
+    parser.add_argument("--max-pending", type=int, default=1024, metavar="N",
+                        help="connections still sending their request or closing after an error; when full, the "
+                             "oldest is reset (default 1024)")
+    parser.add_argument("--max-pending-per-source", type=int, default=64, metavar="N",
+                        help="pending connections per client address; beyond, that address's oldest is reset "
+                             "(default 64)")
+    parser.add_argument("--request-grace", type=_positive_float, default=1.0, metavar="S",
+                        help="a request may take this long plus its bytes at --request-min-rate (default 1)")
+    parser.add_argument("--request-min-rate", type=_positive_float, default=256.0, metavar="BYTES_PER_S",
+                        help="minimum rate of a request's bytes after the grace; slower: reset (default 256)")
+    parser.add_argument("--cookie-secret", metavar="FILE",
+                        help="keep the cookie secret in FILE (created 0600 when missing; refused when group or "
+                             "others can access it), so cookies survive restarts; SIGHUP re-reads it after "
+                             "`mpsim converter rotate-secret FILE`")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="serving processes, each with SO_REUSEPORT listeners on the same ports and the same "
+                             "cookie secret; counters are summed at exit and given per worker (default 1)")
     parser.add_argument("--quiet", action="store_true", help="no per-connection log lines")
     return parser
 
@@ -832,7 +1020,16 @@ def serve_main(argv: list[str] | None = None, *, prog: str = "mpsim converter se
             listen=tuple(args.listen), allowed_prefixes=tuple(args.allow), require_cookie=args.require_cookie,
             max_conns=args.max_conns, relay=RelayMode(args.relay), mptcp=not args.no_mptcp,
             message_timeout_s=args.message_timeout, connect_timeout_s=args.connect_timeout,
-            shutdown_grace_s=args.shutdown_grace, log_connections=not args.quiet)
+            shutdown_grace_s=args.shutdown_grace, log_connections=not args.quiet, max_pending=args.max_pending,
+            max_pending_per_source=args.max_pending_per_source, request_grace_s=args.request_grace,
+            request_min_rate_bytes_per_s=args.request_min_rate, cookie_secret_path=args.cookie_secret,
+            reuse_port=args.workers > 1)
+        if args.workers < 1:
+            raise ConfigError("--workers must be at least 1")
+        if args.workers > 1:
+            from mpsim.live.workers import serve_workers
+
+            return serve_workers(config, args.workers, prog=prog)
         daemon = ConverterDaemon(config)
         daemon.start()
     except (ConfigError, KernelSettingError) as err:

@@ -229,6 +229,10 @@ def converter_kernel_problems(*, mptcp: bool = True) -> list[str]:
             f"Convert request and every client must reset and stop using this converter (RFC 8803 8); run "
             f"`sysctl -w net.ipv4.tcp_fastopen={tfo | TFO_SERVER_ENABLE:#x}` in the converter's network namespace "
             f"(cookie-less mode comes from the listener's TCP_FASTOPEN_NO_COOKIE, so 0x200 is not needed)")
+    for name in ("net.ipv4.ip_nonlocal_bind", "net.ipv6.ip_nonlocal_bind"):
+        if _int_sysctl(name) == 1:  # the local-destination probe binds: with this on, every bind succeeds
+            problems.append(f"{name}=1 makes every address look local to this host, so the converter could not "
+                            f"tell its own addresses from others; run `sysctl -w {name}=0` in its network namespace")
     if mptcp and _int_sysctl("net.mptcp.enabled") != 1:
         problems.append("net.mptcp.enabled is not 1: MPTCP sockets cannot be created, so MPTCP clients cannot "
                         "be converted; run `sysctl -w net.mptcp.enabled=1` (or pass --no-mptcp)")
@@ -245,6 +249,10 @@ def client_kernel_problems(*, mptcp: bool) -> list[str]:
             f"net.ipv4.tcp_fastopen={shown} lacks the client bit 0x1: without it no data goes in a SYN, and the "
             f"Convert message must (RFC 8803 4.2); run `sysctl -w net.ipv4.tcp_fastopen="
             f"{(tfo or 0) | TFO_CLIENT_ENABLE:#x}` (cookie-less sending, 0x4, is set per socket by mpsim)")
+    for name in ("net.ipv4.ip_nonlocal_bind", "net.ipv6.ip_nonlocal_bind"):
+        if _int_sysctl(name) == 1:  # the local-destination probe binds: with this on, every bind succeeds
+            problems.append(f"{name}=1 makes every address look local to this host, so the converter could not "
+                            f"tell its own addresses from others; run `sysctl -w {name}=0` in its network namespace")
     if mptcp and _int_sysctl("net.mptcp.enabled") != 1:
         problems.append("net.mptcp.enabled is not 1: an MPTCP socket cannot be created; run "
                         "`sysctl -w net.mptcp.enabled=1` or connect without --mptcp")
@@ -305,3 +313,73 @@ def reset_close(sock: socket.socket) -> None:
     except OSError:
         pass  # already reset by the peer: close() sends nothing more anyway
     sock.close()
+
+
+def delivered_locally(address: IPv4Address | IPv6Address) -> bool:
+    """Would this host deliver a connection to ``address`` to itself (one of its own unicast
+    addresses, a ``local`` route, a directed broadcast of one of its subnets)?
+
+    Asked of the kernel at each call, so it is always current: ``bind()`` of a datagram socket to
+    the address succeeds exactly when the address is local (IPv4: the local routing table says
+    RTN_LOCAL or broadcast; IPv6: an address of this host), given ip_nonlocal_bind=0, which the
+    converter checks at start. An IPv4-mapped address is asked as IPv4. Errors other than "not
+    an address of this host" count as local: the converter refuses when in doubt.
+    """
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    probe = socket.socket(family_of(address), socket.SOCK_DGRAM)
+    try:
+        probe.bind((str(address), 0))
+    except OSError as err:
+        # EINVAL: a link-local address without a scope, which no connect() can reach either
+        return err.errno not in (errno.EADDRNOTAVAIL, errno.EINVAL)
+    finally:
+        probe.close()
+    return True
+
+
+#: rtnetlink multicast groups (linux/rtnetlink.h): address and route changes, IPv4 and IPv6.
+_RTMGRP_LOCAL_CHANGES = 0x10 | 0x40 | 0x100 | 0x400  # IPV4_IFADDR, IPV4_ROUTE, IPV6_IFADDR, IPV6_ROUTE
+_LOCAL_CACHE_ENTRIES = 4096
+
+
+class LocalAddressCheck:
+    """:func:`delivered_locally` with its answers cached until the host's addresses or routes
+    change: an rtnetlink socket subscribed to those changes (:attr:`sock`, for the caller's
+    selector) empties the cache whenever anything arrives on it (:meth:`on_readable`). Without
+    rtnetlink (no permission, not Linux) every call asks the kernel."""
+
+    def __init__(self) -> None:
+        self._cache: dict[IPv4Address | IPv6Address, bool] = {}
+        try:
+            self.sock: socket.socket | None = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+            self.sock.bind((0, _RTMGRP_LOCAL_CHANGES))
+            self.sock.setblocking(False)
+        except (OSError, AttributeError):
+            self.sock = None
+
+    def __call__(self, address: IPv4Address | IPv6Address) -> bool:
+        if self.sock is None:
+            return delivered_locally(address)
+        local = self._cache.get(address)
+        if local is None:
+            if len(self._cache) >= _LOCAL_CACHE_ENTRIES:
+                self._cache.clear()
+            local = self._cache[address] = delivered_locally(address)
+        return local
+
+    def on_readable(self) -> None:
+        """Something changed (or the notification queue overflowed): forget every answer."""
+        assert self.sock is not None
+        try:
+            while self.sock.recv(65536):
+                pass
+        except BlockingIOError:
+            pass
+        except OSError:  # ENOBUFS: notifications were lost, which the clear below covers too
+            pass
+        self._cache.clear()
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()

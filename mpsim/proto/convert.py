@@ -172,9 +172,12 @@ class Converter:
     (server accepted), ``connect_timeouts``, ``bytes_to_server``, ``bytes_to_client``.
     """
 
-    def __init__(self, policy: ConverterPolicy, rng: Rng) -> None:
+    def __init__(self, policy: ConverterPolicy, rng: Rng, *, cookie_secrets: Sequence[bytes] = ()) -> None:
         self.policy = policy
-        self._cookie_secret = rng.getrandbits(128).to_bytes(16, "big")
+        # The current secret first, then previous ones (rotation): a cookie made with a previous
+        # secret is answered with a fresh one (Error 3), not refused. None given: one from ``rng``.
+        self._cookie_secrets: tuple[bytes, ...] = ()
+        self.set_cookie_secrets(cookie_secrets or (rng.getrandbits(128).to_bytes(16, "big"),))
         self.active_sessions = 0  # sessions holding a downstream connection (the Error 64 limit)
         self.counters: Counter[str] = Counter()
 
@@ -182,12 +185,26 @@ class Converter:
         """A session for a new upstream connection from ``client_address``."""
         return ConverterSession(self, client_address, now)
 
+    def set_cookie_secrets(self, secrets: Sequence[bytes]) -> None:
+        """Replace the secrets: ``secrets[0]`` makes and checks cookies, the others are previous ones."""
+        if not secrets or any(not isinstance(s, bytes) or len(s) < 16 for s in secrets):
+            raise ValueError("cookie secrets: at least one, each of at least 16 bytes")
+        self._cookie_secrets = tuple(secrets)
+
     def cookie_for(self, client_address: IpAddress) -> bytes:
         """The cookie bound to ``client_address`` (RFC 8803 6.2.7, like RFC 7413's)."""
-        return hmac.new(self._cookie_secret, client_address.packed, hashlib.sha256).digest()[:COOKIE_BYTES]
+        return _cookie(self._cookie_secrets[0], client_address)
 
     def cookie_valid(self, cookie: bytes, client_address: IpAddress) -> bool:
         return hmac.compare_digest(cookie, self.cookie_for(client_address))
+
+    def cookie_from_previous_secret(self, cookie: bytes, client_address: IpAddress) -> bool:
+        """Was ``cookie`` valid for ``client_address`` under a previous secret (before a rotation)?"""
+        return any(hmac.compare_digest(cookie, _cookie(secret, client_address)) for secret in self._cookie_secrets[1:])
+
+
+def _cookie(secret: bytes, client_address: IpAddress) -> bytes:
+    return hmac.new(secret, client_address.packed, hashlib.sha256).digest()[:COOKIE_BYTES]
 
 
 #: What a :class:`ConverterSession` asks its driver to do (the decisions live in
@@ -272,6 +289,15 @@ class ConverterSession(RelaySession):
     def _on_request_timeout(self, now: float) -> None:
         self.converter.counters["message_timeouts"] += 1
         self._incomplete_message()
+
+    def downstream_forbidden(self, now: float) -> None:
+        """The driver found that the destination would be delivered to the converter's own host
+        (one of its addresses: a client could reach the converter's listener, chain it through
+        itself, or reach a service bound on that host). Refused like every administrative
+        prohibition: Error 32, Not Authorized (RFC 8803 6.2.8), counted as ``forbidden_destinations``."""
+        if self._legal("downstream_forbidden", self.CONNECTING):
+            self.converter.counters["forbidden_destinations"] += 1
+            self._refuse(ErrorTlv(ConvertErrorCode.NOT_AUTHORIZED))
 
     def _on_connect_timeout(self, now: float) -> None:
         self.converter.counters["connect_timeouts"] += 1
@@ -377,7 +403,15 @@ class ConverterSession(RelaySession):
                     self._refuse(ErrorTlv(ConvertErrorCode.NOT_AUTHORIZED))
                 return
             if not self.converter.cookie_valid(cookie.cookie, self.client_address):
-                self._refuse(ErrorTlv(ConvertErrorCode.NOT_AUTHORIZED))
+                if self.policy.issue_cookies and self.converter.cookie_from_previous_secret(
+                        cookie.cookie, self.client_address):
+                    # A cookie of a rotated-out secret: the client did nothing wrong; a fresh one
+                    # lets it retry at once (Error 3), where Error 32 would make it stop using us.
+                    self.converter.counters["cookies_reissued"] += 1
+                    self._refuse(ErrorTlv(ConvertErrorCode.MISSING_COOKIE, 0,
+                                          self.converter.cookie_for(self.client_address)))
+                else:
+                    self._refuse(ErrorTlv(ConvertErrorCode.NOT_AUTHORIZED))
                 return
         if not self.policy.client_allowed(self.client_address) or (
                 connect is not None and not self.policy.allow_hairpin and self.policy.client_allowed(connect.address)):

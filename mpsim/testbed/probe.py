@@ -15,12 +15,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import platform
 import shutil
 import socket
 import subprocess
 
 from mpsim.errors import MpsimError
+from mpsim.provenance import machine_facts
 
 IPPROTO_MPTCP = 262
 TCP_FASTOPEN_CONNECT = 30  # not exported by Python's socket module
@@ -266,7 +266,7 @@ def probe() -> Capabilities:
             finally:
                 succeeds(["ip", "netns", "del", scratch])
     return Capabilities(
-        kernel_release=platform.release(), is_root=is_root, netns=netns, tools=tools, **found,
+        kernel_release=machine_facts()["kernel_release"], is_root=is_root, netns=netns, tools=tools, **found,
         mptcp=read_sysctl_file("net/mptcp/enabled") == "1" and _mptcp_socket_works(),
         tfo=read_sysctl_file("net/ipv4/tcp_fastopen") is not None,
         tcp_fastopen_connect=_fastopen_connect_works(),
@@ -325,9 +325,9 @@ def read_netstat(ns: str | None) -> dict[str, int]:
 
 def kernel_facts() -> dict:
     """Machine-wide facts: kernel, CPUs, the root namespace's default congestion control."""
-    uname = platform.uname()
-    return {"kernel_release": uname.release, "kernel_version": uname.version, "machine": uname.machine,
-            "cpus": os.cpu_count(), "python": platform.python_version(),
+    facts = machine_facts()
+    return {"kernel_release": facts["kernel_release"], "kernel_version": facts["kernel_version"],
+            "machine": facts["machine"], "cpus": facts["cpu_count"], "python": facts["python"],
             "root_ns_congestion_control": read_sysctl_file("net/ipv4/tcp_congestion_control")}
 
 

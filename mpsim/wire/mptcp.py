@@ -425,6 +425,9 @@ class AddAddr:
         _check_uint("ADD_ADDR", "address_id", self.address_id, 8)
         if not isinstance(self.address, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
             raise InvalidValueError(f"ADD_ADDR address must be an IPv4Address or IPv6Address, got {self.address!r}")
+        if isinstance(self.address, ipaddress.IPv6Address) and self.address.scope_id is not None:
+            # RFC 8684 3.4.1: the address field is the 16 address bytes; a scope (fe80::1%eth0) would be lost
+            raise InvalidValueError(f"ADD_ADDR address {self.address} has a scope, which has no wire form")
         _check_optional_uint("ADD_ADDR", "port", self.port, 16)
         if self.echo != (self.truncated_hmac is None):
             raise InvalidValueError("ADD_ADDR carries truncated_hmac exactly when echo is False (RFC 8684 3.4.1)")
@@ -720,6 +723,8 @@ def add_addr_hmac(
     the port being two zero bytes when the option carries none."""
     _check_uint("ADD_ADDR", "address_id", address_id, 8)
     _check_optional_uint("ADD_ADDR", "port", port, 16)
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        raise InvalidValueError(f"ADD_ADDR address {address} has a scope, which has no wire form")
     key = _key_bytes("key_sender", key_sender) + _key_bytes("key_receiver", key_receiver)
     message = bytes((address_id,)) + address.packed + struct.pack("!H", port or 0)
     return hmac.new(key, message, hashlib.sha256).digest()[-ADD_ADDR_HMAC_BYTES:]

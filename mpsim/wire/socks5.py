@@ -99,6 +99,9 @@ def _check_address(address: IPv4Address | IPv6Address | str, port: int) -> None:
             raise InvalidValueError(f"SOCKS5 domain name must be 1..255 ASCII bytes, got {address!r}")
     elif not isinstance(address, (IPv4Address, IPv6Address)):
         raise InvalidValueError(f"SOCKS5 address must be an IP address or a domain name, got {address!r}")
+    elif isinstance(address, IPv6Address) and address.scope_id is not None:
+        # RFC 1928 5: ATYP 4 is 16 bytes; a scope (fe80::1%eth0) has no wire form and would be lost
+        raise InvalidValueError(f"SOCKS5 address {address} has a scope, which has no wire form")
     if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 0xFFFF:
         raise InvalidValueError(f"SOCKS5 port must be an int in 0..65535, got {port!r}")
 

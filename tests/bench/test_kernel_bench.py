@@ -63,9 +63,12 @@ def test_fastpath_measures_every_route_with_matching_hashes_and_relay_cpu(result
 def test_setup_counts_connections_and_idle_memory(results):
     setup = results["setup"]
     assert setup["hashes_ok"]   # every echo came back intact
-    assert {r["route"] for r in setup["churn"]} == set(SMOKE.churn_configs)
+    assert {r["route"] for r in setup["churn"]} == set(SMOKE.churn_configs) | {"converter-auto-workers"}
+    assert {r["route"] for r in setup["parallel"]} == {"direct-mptcp", "converter-auto", "converter-auto-workers"}
     for row in setup["churn"]:
         assert row["connections"] == SMOKE.churn_conns * SMOKE.churn_rounds and row["errors"] == 0
+    for row in setup["parallel"]:
+        assert row["connections"] > 0 and row["errors"] == 0
         assert row["setup_median_ms"] <= row["setup_p90_ms"]
     [memory] = setup["memory_rows"]
     assert memory["connections"] == SMOKE.idle_conns and memory["relay_rss_bytes_per_conn"] is not None
@@ -129,3 +132,16 @@ def test_model_negotiation_takes_the_kernels_knobs():
                                        {**knobs, "tcp_syn_linear_timeouts": 0})
     assert classic["syn_times_s"][:4] == [0.0, 1.0, 3.0, 7.0]
     assert dropped["mib"]["MPTcpExt.MPCapableSYNTXDrop"] == 1
+
+
+def test_abuse_serves_every_good_client_and_sends_no_forbidden_syn(results):
+    abuse = results["abuse"]
+    for phase in ("without_attack", "under_attack"):
+        good = abuse["good_clients"][phase]
+        assert good["success_rate"] == 1.0 and good["setup_p90_s"] <= 2.0, good
+    done = abuse["attack"]["done"]
+    assert done["garbage_opened"] > 0 and done["slow_opened"] > 0 and done["syns_sent"] > 0
+    assert set(done["forbidden_answers"]) <= {"32", "1"}  # own addresses: 32; loopback: 1 (RFC 8803 6.2.5)
+    assert abuse["forbidden_syns"] == 0
+    daemon = abuse["daemon"]
+    assert max(s["fds"] for s in daemon["during"]) > daemon["before"]["fds"] >= daemon["after"]["fds"]

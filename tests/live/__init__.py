@@ -3,9 +3,12 @@ by the ``live_ns`` fixture (so the per-namespace TFO sysctl is never touched out
 converter daemon as a subprocess in its own session (killed by process group at the end) and
 small servers in threads, all bounded in time.
 
-Addresses: RFC 8803 6.2.5 forbids loopback destinations, so the namespace's ``lo`` also carries
-198.18.0.1/.2 and 2001:2::1/::2 (benchmarking ranges, RFC 2544 / RFC 5180): the converter
-listens on .1, servers on .2.
+Addresses: RFC 8803 6.2.5 forbids loopback destinations, and the converter refuses every
+destination its own host would deliver locally, so servers live in a second namespace joined by a
+veth pair: the test's namespace carries 198.18.0.1 and 2001:2::1 (benchmarking ranges, RFC 2544 /
+RFC 5180) on ``lo``, where the converter listens and clients connect from, and 198.19.0.1 (outside
+the clients' prefixes: an unauthorised client); the server namespace carries 198.18.0.2 and
+2001:2::2, where :class:`EchoServer` and :func:`free_port` bind (through :func:`server_side`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from mpsim.live.sockets import IPPROTO_MPTCP, MSG_FASTOPEN, TCP_FASTOPEN, TCP_FA
 ROOT = Path(__file__).resolve().parents[2]
 CONVERTER_V4, SERVER_V4 = "198.18.0.1", "198.18.0.2"
 CONVERTER_V6, SERVER_V6 = "2001:2::1", "2001:2::2"
+OUTSIDER_V4 = "198.19.0.1"  # a client address outside CLIENT_PREFIXES
 CLIENT_PREFIXES = ("198.18.0.0/24", "2001:2::/64")
 _CLONE_NEWNET = 0x40000000
 _names = itertools.count()
@@ -79,34 +83,73 @@ class LiveNs:
         _ip("-n", self.name, *args)
 
 
+_server_ns: list[tuple[int, int]] = []  # (server namespace fd, test namespace fd) of the running test
+
+
+@contextlib.contextmanager
+def server_side() -> Iterator[None]:
+    """This thread in the server namespace for the block: sockets made there stay there."""
+    if not _server_ns:
+        yield
+        return
+    server_fd, test_fd = _server_ns[-1]
+    _setns(server_fd)
+    try:
+        yield
+    finally:
+        _setns(test_fd)
+
+
+def _wire_server_namespace(ns: LiveNs, server: LiveNs) -> None:
+    ns.ip("link", "add", "mpc0", "type", "veth", "peer", "name", "mps0", "netns", server.name)
+    server.ip("link", "set", "lo", "up")
+    for side, dev, v4, v6 in ((ns, "mpc0", "198.18.255.1/30", "2001:2:ffff::1/64"),
+                              (server, "mps0", "198.18.255.2/30", "2001:2:ffff::2/64")):
+        side.ip("addr", "add", v4, "dev", dev)
+        side.ip("-6", "addr", "add", v6, "dev", dev, "nodad")
+        side.ip("link", "set", dev, "up")
+    server.ip("addr", "add", f"{SERVER_V4}/32", "dev", "lo")
+    server.ip("-6", "addr", "add", f"{SERVER_V6}/128", "dev", "lo", "nodad")
+    ns.ip("route", "add", f"{SERVER_V4}/32", "via", "198.18.255.2")
+    ns.ip("-6", "route", "add", f"{SERVER_V6}/128", "via", "2001:2:ffff::2")
+    for prefix in ("198.18.0.0/24", "198.19.0.0/24"):
+        server.ip("route", "add", prefix, "via", "198.18.255.1")
+    server.ip("-6", "route", "add", "2001:2::/64", "via", "2001:2:ffff::1")
+
+
 @contextlib.contextmanager
 def live_namespace(tcp_fastopen: str = "0x3") -> Iterator[LiveNs]:
-    """A fresh network namespace that this thread (and what it starts) lives in until the end."""
+    """A fresh network namespace that this thread (and what it starts) lives in until the end,
+    and a server namespace behind a veth pair (see the module doc)."""
     reason = live_skip_reason()
     if reason:
         pytest.skip(reason)
     name = f"mpsim-o-{os.getpid()}-{next(_names)}"
     _ip("netns", "add", name)
+    _ip("netns", "add", f"{name}-s")
     original = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
         ns = LiveNs(name)
         ns.ip("link", "set", "lo", "up")
-        for address in (CONVERTER_V4, SERVER_V4):
+        for address in (CONVERTER_V4, OUTSIDER_V4):
             ns.ip("addr", "add", f"{address}/32", "dev", "lo")
-        for address in (CONVERTER_V6, SERVER_V6):
-            ns.ip("-6", "addr", "add", f"{address}/128", "dev", "lo")
+        ns.ip("-6", "addr", "add", f"{CONVERTER_V6}/128", "dev", "lo", "nodad")
+        _wire_server_namespace(ns, LiveNs(f"{name}-s"))
         target = os.open(f"/run/netns/{name}", os.O_RDONLY)
+        server_target = os.open(f"/run/netns/{name}-s", os.O_RDONLY)
         try:
             _setns(target)
-        finally:
-            os.close(target)
-        try:
+            _server_ns.append((server_target, target))
             ns.sysctl("net.ipv4.tcp_fastopen", str(int(tcp_fastopen, 0)))
             yield ns
         finally:
+            _server_ns.clear()
             _setns(original)
+            os.close(target)
+            os.close(server_target)
     finally:
         os.close(original)
+        _ip("netns", "del", f"{name}-s")
         _ip("netns", "del", name)
 
 
@@ -207,7 +250,8 @@ class EchoServer:
 
     def __enter__(self) -> EchoServer:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        self._listener = socket.socket(family, socket.SOCK_STREAM, IPPROTO_MPTCP)
+        with server_side():
+            self._listener = socket.socket(family, socket.SOCK_STREAM, IPPROTO_MPTCP)
         self._listener.bind((self.host, 0))
         self._listener.listen(64)
         self._listener.settimeout(0.1)
@@ -354,11 +398,13 @@ def read_until_eof(sock: socket.socket, timeout_s: float = 5.0) -> bytes:
 
 def free_port(host: str = SERVER_V4) -> int:
     """A port nobody listens on (bound, then released: connect() gets RST)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    with server_side():
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
-__all__ = ["CONVERTER_V4", "CONVERTER_V6", "SERVER_V4", "SERVER_V6", "ConverterProcess", "EchoServer",
+__all__ = ["CONVERTER_V4", "CONVERTER_V6", "OUTSIDER_V4", "SERVER_V4", "SERVER_V6", "ConverterProcess", "EchoServer",
            "FakeConverter", "converter", "exchange", "free_port", "live_namespace", "raw_syn",
-           "read_until_eof"]
+           "read_until_eof", "server_side"]

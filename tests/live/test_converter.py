@@ -43,6 +43,7 @@ from . import (
     live_namespace,
     raw_syn,
     read_until_eof,
+    server_side,
 )
 
 
@@ -151,7 +152,9 @@ def test_server_half_close_first_keeps_the_other_direction_open(ns):
             received.append(bytes(data))
 
     data = os.urandom(1 << 20)
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262) as listener, converter() as conv:
+    with server_side():
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
+    with listener, converter() as conv:
         listener.bind((SERVER_V4, 0))
         listener.listen(1)
         server = threading.Thread(target=serve, args=(listener,), daemon=True)
