@@ -400,7 +400,7 @@ def _scenario_error() -> type[MpsimError]:
 # Delegated tools: (command, action) -> (module, function name), imported only when used so that
 # `mpsim run` does not pay for them.
 _DELEGATED = {
-    "converter": {"serve": ("mpsim.live.converter", "serve_main"), "connect": ("mpsim.live.client", "connect_main"),
+    "converter": {"serve": ("mpsim.live.serve", "serve_main"), "connect": ("mpsim.live.client", "connect_main"),
                   "rotate-secret": ("mpsim.live.cookies", "rotate_main")},
     "bench": {"sim": ("mpsim.bench.simulator", "main"), "sweep": ("mpsim.bench.sweep", "main"),
               "kernel": ("mpsim.bench.kernel", "main")},

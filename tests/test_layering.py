@@ -95,6 +95,7 @@ TOP_LEVEL_LAYERS = {
     "mpsim.syn_budget": "proto",  # pure: SYNs built from wire codecs and the proto schemes
     "mpsim.cli": "cli",
     "mpsim.__main__": "cli",
+    "mpsim.wireshark": "cli",  # ships the Lua dissector and installs it; only the CLI uses it
 }
 
 

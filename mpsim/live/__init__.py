@@ -1,7 +1,7 @@
 """The RFC 8803 converter and client on real Linux sockets, driving the same sans-I/O machines as
 the simulator (:class:`mpsim.proto.convert.ConverterSession`, :class:`ConvertClientExchange`).
 
-* :mod:`mpsim.live.converter`: the daemon (``mpsim converter serve``, :func:`serve_main`);
+* :mod:`mpsim.live.converter`: the daemon; :mod:`mpsim.live.serve` its command line (``mpsim converter serve``);
 * :mod:`mpsim.live.workers`: ``--workers N``, N daemons on SO_REUSEPORT listeners;
 * :mod:`mpsim.live.cookies`: the cookie secret file, kept across restarts and rotated;
 * :mod:`mpsim.live.client`: :func:`convert_connect` and ``mpsim converter connect`` (:func:`connect_main`);

@@ -23,7 +23,6 @@ printed at exit too.
 
 from __future__ import annotations
 
-import argparse
 import errno
 import heapq
 import json
@@ -52,7 +51,6 @@ from mpsim.live.sockets import (
     family_of,
     icmp_code_for_errno,
     mptcp_info,
-    parse_endpoint,
     peer_address,
     read_sysctl,
     reconstruct_synack_options,
@@ -944,103 +942,3 @@ def _dest(conn: _Conn) -> str:
         return "-"
     address, port = destination
     return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
-
-
-# --- the command line ---------------------------------------------------------------------------------
-
-
-def _endpoint(text: str) -> tuple[IPv4Address | IPv6Address, int]:
-    try:
-        return parse_endpoint(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
-    return value
-
-
-def serve_parser(prog: str = "mpsim converter serve") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog, description="Run an RFC 8803 Transport Converter on Linux sockets (MPTCP and TCP clients, "
-                               "the Convert message in the SYN payload). Needs net.ipv4.tcp_fastopen with the "
-                               "server bit 0x2 in this network namespace.")
-    parser.add_argument("--listen", action="append", type=_endpoint, required=True, metavar="ADDR:PORT",
-                        help="address and port to listen on ([::]:PORT takes IPv4 clients too); repeatable")
-    parser.add_argument("--allow", action="append", default=[], metavar="PREFIX",
-                        help="client prefix to serve (RFC 8803 9.1); repeatable; none: everybody is refused")
-    parser.add_argument("--require-cookie", action="store_true",
-                        help="clients must send a Cookie TLV; those without get Error 3 with their cookie")
-    parser.add_argument("--max-conns", type=int, default=1024, metavar="N",
-                        help="converted connections at once; beyond: Error 64 (default 1024)")
-    parser.add_argument("--relay", choices=[m.value for m in RelayMode], default=RelayMode.AUTO.value,
-                        help="splice, copy, or auto: per direction, copy from MPTCP sockets and splice from "
-                             "TCP ones (default auto)")
-    parser.add_argument("--no-mptcp", action="store_true",
-                        help="plain TCP listeners and downstream connections (kernels without MPTCP)")
-    parser.add_argument("--message-timeout", type=_positive_float, default=10.0, metavar="S",
-                        help="drop a client whose Convert message is not complete by then (default 10)")
-    parser.add_argument("--connect-timeout", type=_positive_float, default=30.0, metavar="S",
-                        help="give up on a server that has not answered by then: Error 65 (default 30)")
-    parser.add_argument("--shutdown-grace", type=_positive_float, default=5.0, metavar="S",
-                        help="on SIGTERM: how long running relays may go on before they are reset (default 5)")
-    parser.add_argument("--max-pending", type=int, default=1024, metavar="N",
-                        help="connections still sending their request or closing after an error; when full, the "
-                             "oldest is reset (default 1024)")
-    parser.add_argument("--max-pending-per-source", type=int, default=64, metavar="N",
-                        help="pending connections per client address; beyond, that address's oldest is reset "
-                             "(default 64)")
-    parser.add_argument("--request-grace", type=_positive_float, default=1.0, metavar="S",
-                        help="a request may take this long plus its bytes at --request-min-rate (default 1)")
-    parser.add_argument("--request-min-rate", type=_positive_float, default=256.0, metavar="BYTES_PER_S",
-                        help="minimum rate of a request's bytes after the grace; slower: reset (default 256)")
-    parser.add_argument("--cookie-secret", metavar="FILE",
-                        help="keep the cookie secret in FILE (created 0600 when missing; refused when group or "
-                             "others can access it), so cookies survive restarts; SIGHUP re-reads it after "
-                             "`mpsim converter rotate-secret FILE`")
-    parser.add_argument("--workers", type=int, default=1, metavar="N",
-                        help="serving processes, each with SO_REUSEPORT listeners on the same ports and the same "
-                             "cookie secret; counters are summed at exit and given per worker (default 1)")
-    parser.add_argument("--quiet", action="store_true", help="no per-connection log lines")
-    return parser
-
-
-def serve_main(argv: list[str] | None = None, *, prog: str = "mpsim converter serve") -> int:
-    """``mpsim converter serve``: exit 0 after a clean stop, 2 for settings the operator must
-    fix (one line on stderr), 1 when listening or serving failed."""
-    args = serve_parser(prog).parse_args(argv)
-    try:
-        config = ServeConfig(
-            listen=tuple(args.listen), allowed_prefixes=tuple(args.allow), require_cookie=args.require_cookie,
-            max_conns=args.max_conns, relay=RelayMode(args.relay), mptcp=not args.no_mptcp,
-            message_timeout_s=args.message_timeout, connect_timeout_s=args.connect_timeout,
-            shutdown_grace_s=args.shutdown_grace, log_connections=not args.quiet, max_pending=args.max_pending,
-            max_pending_per_source=args.max_pending_per_source, request_grace_s=args.request_grace,
-            request_min_rate_bytes_per_s=args.request_min_rate, cookie_secret_path=args.cookie_secret,
-            reuse_port=args.workers > 1)
-        if args.workers < 1:
-            raise ConfigError("--workers must be at least 1")
-        if args.workers > 1:
-            from mpsim.live.workers import serve_workers
-
-            return serve_workers(config, args.workers, prog=prog)
-        daemon = ConverterDaemon(config)
-        daemon.start()
-    except (ConfigError, KernelSettingError) as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except OSError as err:
-        print(f"{prog}: error: {err.strerror or err}", file=sys.stderr)
-        return EXIT_RUNTIME_ERROR
-    daemon.install_signal_handlers()
-    return daemon.run()
-
-
-if __name__ == "__main__":
-    sys.exit(serve_main(sys.argv[1:]))

@@ -131,7 +131,7 @@ def test_a_small_socket_buffer_slows_the_transfer(key):
                                    "client.mptcp.syn_retrans_before_tcp_fallback?)"),
     ("client.syn_linear_timeouts=-1", "client.syn_linear_timeouts: expected an integer >= 0 and <= 20, got -1"),
     ("transfers=[{size_bytes = 1000, congestion_control = \"bbr\"}]",
-     "transfers.0.congestion_control: expected one of reno, cubic, lia, got 'bbr'"),
+     "transfers.0.congestion_control: expected one of reno, cubic, cubic-rfc9438, lia, got 'bbr'"),
 ])
 def test_bad_values_are_one_line_errors(override, message):
     with pytest.raises(sc.ScenarioError) as info:

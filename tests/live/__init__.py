@@ -163,10 +163,10 @@ def parse_log_line(line: str) -> dict[str, str]:
 
 
 class ConverterProcess:
-    """``python -m mpsim.live.converter ARGS`` in its own session; its stderr log collected."""
+    """``python -m mpsim.live.serve ARGS`` in its own session; its stderr log collected."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "mpsim.live.converter", *args], cwd=ROOT,
+        self.proc = subprocess.Popen([sys.executable, "-m", "mpsim.live.serve", *args], cwd=ROOT,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      text=True, start_new_session=True)
         self.lines: list[str] = []

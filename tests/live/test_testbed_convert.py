@@ -61,12 +61,12 @@ def live_testbed(testbed_available):
 
 
 class NamespacedConverter(ConverterProcess):
-    """The converter daemon (``python -m mpsim.live.converter``) in the testbed's converter namespace,
+    """The converter daemon (``python -m mpsim.live.serve``) in the testbed's converter namespace,
     a process the testbed tracks (killed by group when it closes); the log handling is
     ConverterProcess's."""
 
     def __init__(self, tb: Testbed, *args: str) -> None:   # noqa: the parent's __init__ would start it outside
-        self.proc = tb.popen("converter", [sys.executable, "-m", "mpsim.live.converter", *args], cwd=ROOT,
+        self.proc = tb.popen("converter", [sys.executable, "-m", "mpsim.live.serve", *args], cwd=ROOT,
                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         self._changed = threading.Condition()

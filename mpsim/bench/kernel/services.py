@@ -172,7 +172,7 @@ class Services:
             self.servers[proto] = Peer(self.tb, "server", argv, self.log_dir, f"echo-{proto}").expect_ready()
 
     def start_daemon(self, mode: str) -> Peer:
-        argv = [sys.executable, "-m", "mpsim.live.converter", "--listen",
+        argv = [sys.executable, "-m", "mpsim.live.serve", "--listen",
                 f"{self.tb.addresses.converter[0]}:{CONVERTER_PORTS[mode]}", "--allow", "198.18.0.0/15",
                 "--relay", mode, "--quiet", "--connect-timeout", "10"]
         daemon = Peer(self.tb, "converter", argv, self.log_dir, f"converter-{mode}")

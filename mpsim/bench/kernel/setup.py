@@ -42,7 +42,7 @@ def _target(tb: Any, services: Services, config: str) -> tuple[str, str]:
 
 def _start_workers(tb: Any, log_dir: Path) -> Peer:
     """The converter with --workers N (not pinned to the relay CPU: its workers are meant to spread)."""
-    argv = [sys.executable, "-m", "mpsim.live.converter", "--listen", f"{tb.addresses.converter[0]}:{WORKERS_PORT}",
+    argv = [sys.executable, "-m", "mpsim.live.serve", "--listen", f"{tb.addresses.converter[0]}:{WORKERS_PORT}",
             "--allow", "198.18.0.0/15", "--relay", "auto", "--quiet", "--connect-timeout", "10",
             "--workers", str(WORKERS)]
     daemon = Peer(tb, "converter", argv, log_dir, "converter-workers")
