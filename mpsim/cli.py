@@ -6,7 +6,8 @@
 * ``mpsim ladder SCENARIO``: the ladder diagram of one request's connections.
 * ``mpsim sweep SCENARIO --grid KEY=VALUES ... --out DIR``: the scenario over a grid of values times
   N seeds, locally in parallel or on Dask; resumable; result tables, a summary and a manifest.
-* ``mpsim plot DIR --x KEY --y METRIC``: a plot of a sweep's results, saved as PNG or SVG.
+* ``mpsim plot DIR... --x KEY --y METRIC``: a plot of the results of a sweep or a run (or several,
+  compared), saved as PNG, SVG, PDF ... by the file's suffix.
 * ``mpsim scenarios``: the named scenarios, one line each.
 * ``mpsim wire decode KIND HEX...``: bytes (as pasted from Wireshark) to JSON on stdout.
 * ``mpsim wire encode KIND JSON``: JSON back to a hex stream.
@@ -165,8 +166,15 @@ def _ladder(args: argparse.Namespace) -> int:
     from mpsim.experiment.simulation import Simulation
     from mpsim.sim.trace import ladder_figure, ladder_rows, ladder_text
 
+    from mpsim.experiment import plots
+
     if args.variants and len(args.variants) > 1:
         raise CliError("ladder draws one variant: give --variant once")
+    if args.png is not None:
+        try:
+            plots.check_figure_path(args.png, "--png")  # before the run, not after it
+        except plots.PlotError as err:
+            raise CliError(str(err)) from None
     loaded = _load(args)
     variant = args.variants[0] if args.variants else next(iter(loaded.variants))
     if not 0 <= args.run < loaded.base.runs:
@@ -198,9 +206,9 @@ def _ladder(args: argparse.Namespace) -> int:
             ax.set_title(title, fontsize=9)
         figure.tight_layout()
         try:
-            figure.savefig(args.png, dpi=120)
-        except OSError as err:
-            raise CliError(f"--png {args.png}: {err.strerror or err}") from None
+            plots.save_figure(figure, args.png, "--png")
+        except plots.PlotError as err:
+            raise CliError(str(err)) from None
         finally:
             plt.close(figure)
         print(f"\nLadder saved to {args.png}")
@@ -211,7 +219,7 @@ def _sweep(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from mpsim.experiment import sweep
+    from mpsim.experiment import analysis, sweep
 
     try:
         plan = sweep.plan_sweep(args.scenario, args.grid, seeds=args.seeds, root_seed=args.seed,
@@ -245,7 +253,7 @@ def _sweep(args: argparse.Namespace) -> int:
     print(f"{report.ran} points run now, {report.reused} already in {args.out}; "
           f"{report.total - report.failed} of {report.total} ran without error")
     print()
-    print(sweep.format_summary(report.summary, plan.grid_keys))
+    print(analysis.format_summary(report.summary, plan.grid_keys))
     print()
     print(f"Tables written to {args.out}: " + ", ".join(path.name for path in report.tables.values()) +
           ", manifest.json; point files in points/")
@@ -257,37 +265,27 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from mpsim.experiment import plots, scenario, sweep
+    from mpsim.experiment import analysis, plots
 
     kind_function, data_kind = plots.KINDS[args.kind]
-    out = args.output or args.dir / f"plot-{args.y}-vs-{args.x}.png"
-    if out.suffix.lower() not in (".png", ".svg"):
-        raise CliError(f"-o {out}: expected a file name ending in .png or .svg")
+    out = args.output or args.dirs[0] / f"plot-{args.y}-vs-{args.x}.png"
     try:
-        tables, keys = sweep.load_tables(args.dir)
-    except sweep.SweepError as err:
+        plots.check_figure_path(out, "-o")
+        tables, keys = analysis.load_many(args.dirs)
+        columns = [*keys, "variant"]
+        for option, column in (("--x", args.x), ("--hue", args.hue)):
+            if column is not None and column not in columns:
+                raise CliError(f"{option} {column}: not a column of the results; available: {', '.join(columns)}")
+        tables = analysis.where(tables, args.where, columns)
+    except (analysis.AnalysisError, plots.PlotError) as err:
         raise CliError(str(err)) from None
-    columns = [*keys, "variant"]
-    for option, column in (("--x", args.x), ("--hue", args.hue)):
-        if column is not None and column not in columns:
-            raise CliError(f"{option} {column}: not a column of the sweep's results; available: {', '.join(columns)}")
-    for text in args.where:
-        key, eq, raw = text.partition("=")
-        if not eq or key.strip() not in columns:
-            raise CliError(f"--where {text}: expected KEY=VALUE with KEY one of {', '.join(columns)}")
-        key = key.strip()
-        value = scenario.parse_override(f"{key}={raw}")[1]  # a number, a boolean, else the text
-        for name, frame in tables.items():
-            tables[name] = frame[(frame[key] == value) | (frame[key].astype(str) == raw.strip())]
-        if tables["connections"].empty and tables["transfers"].empty:
-            raise CliError(f"--where {text}: no rows match")
     try:
-        data = sweep.metric_samples(tables, args.y, keys) if data_kind == "samples" else \
-            sweep.summarize(tables, keys, [args.y])
-    except sweep.SweepError as err:
+        data = analysis.metric_samples(tables, args.y, keys) if data_kind == "samples" else \
+            analysis.summarize(tables, keys, [args.y])
+    except analysis.AnalysisError as err:
         raise CliError(f"--y {args.y}: {err}") from None
     if data.empty or (data_kind == "summary" and data["mean"].isna().all()):
-        raise CliError(f"--y {args.y}: the sweep has no values of this metric to plot")
+        raise CliError(f"--y {args.y}: the results have no values of this metric to plot")
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed, and the same pixels everywhere
@@ -295,14 +293,15 @@ def _plot(args: argparse.Namespace) -> int:
 
     figure, ax = plt.subplots(figsize=(8, 5))
     try:
-        kind_function(data, x=args.x, y=args.y, hue=args.hue, ax=ax)
-        ax.set_title(f"{sweep.load_plan_record(args.dir)['scenario']['name']}: {args.y} vs {args.x}", fontsize=10)
+        kind_function(data, x=args.x, y=args.y, hue=args.hue, ax=ax, log=args.log)
+        names = ", ".join(dict.fromkeys(analysis.scenario_name(d) for d in args.dirs))
+        what = "distribution of every value" if data_kind == "samples" else "mean over seeds, 95% interval"
+        ax.set_title(f"{names}: {analysis.display_label(args.y)} vs {args.x}\n{what}"
+                     + (f"; where {', '.join(w.strip() for w in args.where)}" if args.where else ""), fontsize=10)
         figure.tight_layout()
-        figure.savefig(out, dpi=120)
+        plots.save_figure(figure, out, "-o")
     except plots.PlotError as err:
         raise CliError(str(err)) from None
-    except OSError as err:
-        raise CliError(f"-o {out}: {err.strerror or err}") from None
     finally:
         plt.close(figure)
     print(f"Plot saved to {out}")
@@ -441,7 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     _scenario_arguments(ladder, default=None)
     ladder.add_argument("--conn", type=int, default=0, metavar="N", help="the request to draw (default 0)")
     ladder.add_argument("--run", type=int, default=0, metavar="I", help="the run index (default 0)")
-    ladder.add_argument("--png", type=Path, metavar="FILE", help="also save the diagram as an image")
+    ladder.add_argument("--png", type=Path, metavar="FILE",
+                        help="also save the diagram as an image: .png, .svg, .pdf, .jpg ... by its suffix")
     ladder.set_defaults(handler=_ladder)
 
     sweep = commands.add_parser(
@@ -478,18 +478,24 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(handler=_sweep)
 
     plot = commands.add_parser(
-        "plot", help="plot a sweep's results (PNG or SVG)", formatter_class=raw,
-        description="Plot metric Y of a sweep against grid key X: line, bar and heatmap show the mean over seeds\n"
-                    "with its 95% confidence interval; cdf shows the distribution of every value, a curve per\n"
-                    "value of X. METRIC: setup_time_s, first_byte_time_s, fallback_rate, failure_rate,\n"
+        "plot", help="plot the results of sweeps or runs (PNG, SVG, PDF ...)", formatter_class=raw,
+        description="Plot metric Y of a sweep (or a run's --out DIR, or several side by side) against grid key X\n"
+                    "(or variant, or source for several DIRs), in ms, Mbit/s or % as the summary prints it:\n"
+                    "line, bar and heatmap show the mean over seeds with its 95% interval (Wilson for shares of\n"
+                    "requests, Student t clipped to the valid range otherwise); cdf shows the distribution of every\n"
+                    "value, a curve per value of X (an outlier does not squash it: the axis ends at the 99th\n"
+                    "percentile and says so, or use --log). METRIC: setup_time_s, first_byte_time_s, fallback_rate, failure_rate,\n"
                     "goodput_bps, or any numeric column of the connections or transfers tables.",
         epilog="examples:\n"
                "  mpsim plot sweeps/lte --x paths.lte.delay_s --y goodput_bps\n"
                "  mpsim plot sweeps/schemes --x paths.access.delay_s --y first_byte_time_s --hue variant -o fb.svg\n"
                "  mpsim plot sweeps/schemes --kind heatmap --x paths.access.delay_s --hue server.kind "
-               "--y setup_time_s --where variant=convert",
+               "--y setup_time_s --where variant=convert -o heatmap.pdf\n"
+               "  mpsim plot results/a results/b --x variant --hue source --y setup_time_s --kind bar",
     )
-    plot.add_argument("dir", type=Path, metavar="DIR", help="the --out DIR of a sweep")
+    plot.add_argument("dirs", type=Path, nargs="+", metavar="DIR",
+                      help="the --out DIR of a sweep or of an mpsim run; several to compare (a source column "
+                           "tells them apart: --hue source)")
     plot.add_argument("--x", required=True, metavar="KEY", help="a grid key, or variant")
     plot.add_argument("--y", required=True, metavar="METRIC", help="what to plot (see above)")
     plot.add_argument("--hue", metavar="KEY", help="a grid key or variant: a series per value (heatmap: rows)")
@@ -497,8 +503,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the kind of plot (default line)")
     plot.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
                       help="keep only the rows where a grid key (or variant) has this value (repeatable)")
+    plot.add_argument("--log", action="store_true",
+                      help="the metric's axis on a log scale (cdf: the x axis; heatmap: the colours)")
     plot.add_argument("-o", "--output", type=Path, metavar="FILE",
-                      help="the image file, .png or .svg (default DIR/plot-<y>-vs-<x>.png)")
+                      help="the image file: .png, .svg, .pdf, .jpg ... by its suffix (default "
+                           "DIR/plot-<y>-vs-<x>.png in the first DIR)")
     plot.set_defaults(handler=_plot)
 
     # Tools with command lines of their own: the arguments after the action go to them unparsed.
