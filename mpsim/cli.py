@@ -17,7 +17,8 @@
 Exit status: 0 on success, 2 for anything the user can fix (usage, a scenario that does not load,
 bytes that do not decode, JSON that does not describe a value), with one line on stderr naming
 the problem and where it is. ``mpsim sweep`` exits with 1 when points failed (it prints how many)
-or a worker died, and 130 when interrupted (the same command resumes).
+or a worker died, and 130 when interrupted (the same command resumes). A reader of stdout that
+leaves early (``| head``) ends any command quietly with 141, as SIGPIPE does to other tools.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ from mpsim.wire.segment import IpPacket, decode_packet, encode_packet
 from mpsim.wire.syn_payload import SynPayloadOption, SynPayloadSignal, decode_syn_payload, encode_syn_payload
 
 EXIT_USER_ERROR = 2  # argparse's status for usage errors; bad bytes and bad JSON are the user's to fix too
+#: The reader of stdout left (``mpsim sweep ... | head -1``): the status a shell reports for a process
+#: ended by SIGPIPE, as coreutils give, and not 1, which ``mpsim sweep`` uses for failed points.
+EXIT_BROKEN_PIPE = 128 + 13
 
 
 class CliError(MpsimError):
@@ -129,6 +133,8 @@ def _load(args: argparse.Namespace):
     """The scenario named on the command line, with --set and --seed applied (--seed wins)."""
     from mpsim.experiment import scenario  # the simulator stack loads only for the commands that need it
 
+    if args.seed is not None and args.seed < 0:  # named as typed, not as the --set it becomes
+        raise CliError(f"--seed {args.seed}: expected an integer >= 0")
     overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
     loaded = scenario.load(args.scenario, overrides)
     for name in getattr(args, "variants", None) or ():
@@ -143,7 +149,17 @@ def _run(args: argparse.Namespace) -> int:
     if args.pcap and args.out is None:
         raise CliError("--pcap writes files: give --out DIR too")
     loaded = _load(args)
-    outcome = results.run(loaded, variants=args.variants, record_packets=args.pcap)
+    bar = None
+    if sys.stderr.isatty():  # a terminal watches: simulations done and the time left, as a sweep shows
+        from mpsim.experiment.sweep.progress import Progress
+
+        total = loaded.base.runs * len(args.variants or loaded.variants)
+        bar = Progress(total, 0, sys.stderr, label="run", unit="simulations", count_failures=False)
+        bar.update()
+    outcome = results.run(loaded, variants=args.variants, record_packets=args.pcap,
+                          on_simulation_done=None if bar is None else lambda: bar.update(done=1))
+    if bar is not None:
+        bar.update(final=True)
     try:
         written = outcome.write(args.out, pcap=args.pcap) if args.out is not None else []
     except OSError as err:  # a directory that cannot be made or written: the user's to fix
@@ -614,4 +630,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `mpsim run | head`: the reader left. Point stdout at /dev/null so that the interpreter's
         # final flush does not fail again, and end quietly as other Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        return EXIT_BROKEN_PIPE
+    except RecursionError:  # input nested past every check: one line, not thousands of frames
+        print("mpsim: error: the input is nested too deeply to read (arrays or tables in arrays ...)",
+              file=sys.stderr)
+        return EXIT_USER_ERROR

@@ -97,7 +97,12 @@ def parse_grid(text: str) -> GridAxis:
         texts.extend(expand_range(item) or [item])
     if len(texts) > MAX_AXIS_VALUES:
         raise SweepError(f"--grid {key}: more than {MAX_AXIS_VALUES} values")
-    parsed = [scenario.parse_override(f"{key}={t}")[1] for t in texts]  # exactly as --set reads them
+    parsed = []
+    for t in texts:
+        try:
+            parsed.append(scenario.parse_override(f"{key}={t}")[1])  # exactly as --set reads them
+        except scenario.ScenarioError as err:
+            raise SweepError(f"--grid {key}={t}: {err.message}") from None
     seen: dict[str, str] = {}
     for t, value in zip(texts, parsed):
         canonical = json.dumps(value, sort_keys=True)

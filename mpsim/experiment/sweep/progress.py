@@ -1,10 +1,12 @@
-"""Progress on a stream (stderr): done, failed and the time left."""
+"""Progress on a stream (stderr): done, failed and the time left; the sweep's points, and the
+simulations of a long ``mpsim run`` (there only on a terminal)."""
 
 from __future__ import annotations
 
 import math
 import time
 from typing import IO
+
 
 def format_duration(seconds: float) -> str:
     seconds = max(0, round(seconds))
@@ -17,7 +19,9 @@ class Progress:
     """Points done, failures and the time left, on a stream (stderr): one line rewritten in place
     on a terminal, a line every ``interval_s`` otherwise (logs, CI)."""
 
-    def __init__(self, total: int, already: int, stream: IO[str] | None, *, interval_s: float = 10.0) -> None:
+    def __init__(self, total: int, already: int, stream: IO[str] | None, *, interval_s: float = 10.0,
+                 label: str = "sweep", unit: str = "points", count_failures: bool = True) -> None:
+        self.label, self.unit, self.count_failures = label, unit, count_failures
         self.total, self.done, self.failed = total, already, 0
         self.to_run = total - already
         self.stream, self.interval_s = stream, interval_s
@@ -37,7 +41,8 @@ class Progress:
 
     def line(self) -> str:
         left = self.time_left_s()
-        return (f"sweep: {self.done}/{self.total} points, {self.failed} failed, "
+        return (f"{self.label}: {self.done}/{self.total} {self.unit}, "
+                + (f"{self.failed} failed, " if self.count_failures else "") +
                 f"{format_duration(time.monotonic() - self.started)} elapsed, "
                 + ("done" if self.done >= self.total else "estimating time left" if left is None
                    else f"~{format_duration(left)} left"))
