@@ -7,10 +7,11 @@ sweep``'s summary and a notebook compute the same numbers.
 replicates. Per grid point, variant and metric the summary holds the mean over seeds of each
 seed's mean, their median, and a 95% interval that respects what the value can be:
 
-* a share of requests (``fallback_rate``, ``failure_rate``, a boolean column) gets the **Wilson score interval**
-  of the pooled share: every request of every seed counted as one Bernoulli trial (this treats
-  the requests as independent, which the requests of one run are only approximately: they share
-  paths and middleboxes). It stays within [0, 1] and is defined with one seed;
+* a share of requests (``fallback_rate``, ``failure_rate``, a boolean column) gets the **Wilson
+  score interval** of the reported share with every request of every seed counted as one
+  Bernoulli trial (the pooled share when the seeds have as many requests; this treats the requests
+  as independent, which the requests of one run are only approximately: they share paths and
+  middleboxes). It stays within [0, 1], holds the share, and is defined with one seed;
 * any other metric gets the **Student-t interval** of the mean of the per-seed means, clipped to
   the metric's valid range (:func:`valid_range`: times, rates, byte counts and counts are never
   negative); NaN with one seed.
@@ -260,10 +261,11 @@ def _z(confidence: float) -> float:
     return float(stats.norm.ppf((1 + confidence) / 2))
 
 
-def wilson_interval(successes: int, trials: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+def wilson_interval(successes: float, trials: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
     """The Wilson score interval of a share ``successes / trials`` (Wilson 1927; Agresti & Coull
-    1998): within [0, 1], never empty, usable at 0 and at ``trials``; (NaN, NaN) without trials."""
-    if trials <= 0:
+    1998): within [0, 1], never empty, usable at 0 and at ``trials``, and holding the share itself
+    (``successes`` may be fractional: a mean share times the trials); (NaN, NaN) without trials."""
+    if trials <= 0 or math.isnan(successes):
         return math.nan, math.nan
     z = _z(confidence)
     share = successes / trials
@@ -307,9 +309,8 @@ def summarize(tables: dict[str, pd.DataFrame], grid_keys: Sequence[str],
         share = is_share(tables, metric, grid_keys)
         if "trials" not in samples.columns:  # a record column: each value is one record
             samples = samples.assign(trials=1)
-        samples = samples.assign(hits=samples["value"] * samples["trials"])
         per_point = samples.groupby([*group, "seed_index"], sort=False).agg(
-            mean=("value", "mean"), size=("trials", "sum"), hits=("hits", "sum"))
+            mean=("value", "mean"), size=("trials", "sum"))
         found = {key if isinstance(key, tuple) else (key,): part
                  for key, part in per_point.groupby(level=group, sort=False)}
         bounds = (0.0, 1.0) if share else valid_range(metric)
@@ -318,8 +319,9 @@ def summarize(tables: dict[str, pd.DataFrame], grid_keys: Sequence[str],
             stats = confidence_interval([] if part is None else part["mean"].to_numpy(), bounds=bounds)
             records = 0 if part is None else int(part["size"].sum())
             if share:
-                hits = 0 if part is None else int(round(part["hits"].sum()))
-                stats["ci_low"], stats["ci_high"] = wilson_interval(hits, records)
+                # The reported share (the mean of the seeds' shares) with every request as a trial:
+                # the pooled share when the seeds have as many requests, and always inside its interval.
+                stats["ci_low"], stats["ci_high"] = wilson_interval(stats["mean"] * records, records)
                 method = "wilson"
             else:
                 method = "t clipped" if bounds != (-math.inf, math.inf) else "t"

@@ -70,6 +70,21 @@ def test_a_share_over_three_seeds_gets_a_wilson_interval_within_0_and_1():
     assert "±" not in text and "[0, " in text  # setup: 101 [0, 5xx] ms, never a negative time
 
 
+def test_a_share_from_seeds_of_unequal_size_keeps_its_mean_inside_its_interval():
+    """Seed 0: 1 fallback in 4 requests, seed 1: 1 in 2; the share reported is the mean of the
+    seeds' shares, 0.375, and its interval the Wilson interval of 0.375 over all 6 requests."""
+    conns = pd.DataFrame({"point_id": ["a"] * 4 + ["b"] * 2, "variant": ["v"] * 6, "seed_index": [0] * 4 + [1] * 2,
+                          "seed": [7] * 4 + [8] * 2, "setup_time_s": [0.1] * 6,
+                          "outcome": ["fallback_tcp", "converted", "converted", "converted", "fallback_tcp",
+                                      "converted"]})
+    tables = {"connections": conns, "transfers": three_seeds()["transfers"]}
+    row = analysis.summarize(tables, [], ["fallback_rate"]).iloc[0]
+    # p = 0.375, n = 6, z^2 = 3.8415: centre (p + z^2/12) / (1 + z^2/6) = 0.69762 / 1.64025 = 0.42379,
+    # half z sqrt(p(1-p)/6 + z^2/144) / (1 + z^2/6) = 1.95996 x 0.25641 / 1.64025 = 0.30637
+    assert row["mean"] == pytest.approx(0.375) and row["records"] == 6
+    assert row["ci_low"] == pytest.approx(0.11742, abs=1e-4) and row["ci_high"] == pytest.approx(0.73017, abs=1e-4)
+
+
 def test_display_units_and_labels():
     assert analysis.display_unit("setup_time_s") == (1e3, "ms")
     assert analysis.display_unit("transfers.goodput_bps") == (1e-6, "Mbit/s")
