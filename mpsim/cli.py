@@ -179,10 +179,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _ladder(args: argparse.Namespace) -> int:
+    from mpsim.experiment import plots
     from mpsim.experiment.simulation import Simulation
     from mpsim.sim.trace import ladder_figure, ladder_rows, ladder_text
-
-    from mpsim.experiment import plots
 
     if args.variants and len(args.variants) > 1:
         raise CliError("ladder draws one variant: give --variant once")
@@ -500,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "line, bar and heatmap show the mean over seeds with its 95% interval (Wilson for shares of\n"
                     "requests, Student t clipped to the valid range otherwise); cdf shows the distribution of every\n"
                     "value, a curve per value of X (an outlier does not squash it: the axis ends at the 99th\n"
-                    "percentile and says so, or use --log). METRIC: setup_time_s, first_byte_time_s, fallback_rate, failure_rate,\n"
+                    "percentile and says so, or use --log).\nMETRIC: setup_time_s, first_byte_time_s, fallback_rate, failure_rate,\n"
                     "goodput_bps, or any numeric column of the connections or transfers tables.",
         epilog="examples:\n"
                "  mpsim plot sweeps/lte --x paths.lte.delay_s --y goodput_bps\n"
