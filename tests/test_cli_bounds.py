@@ -86,6 +86,25 @@ def test_huge_grids_and_seed_counts_are_refused_from_their_sizes_at_once(capsys,
     assert time.monotonic() - started < 20 and not (tmp_path / "s").exists()
 
 
+def test_a_long_axis_is_checked_at_its_ends_and_extremes_not_value_by_value(monkeypatch):
+    from mpsim.experiment.sweep import plan as plan_module
+
+    checked = []
+    real = plan_module._check_load
+    monkeypatch.setattr(plan_module, "_check_load", lambda loaded, extra, source: (checked.append(extra[0]),
+                                                                                   real(loaded, extra, source)))
+    plan = plan_module.plan_sweep("default", ["paths.dsl.delay_s=0:2:0.001"])  # 2001 values, ~6 ms a load
+    assert len(plan.points) == 2001 and len(checked) == 2 * plan_module.CHECK_AXIS_ENDS
+    assert "paths.dsl.delay_s=0.0" in checked and "paths.dsl.delay_s=2.0" in checked
+    values = [f"{i / 1000:g}" for i in range(300)]
+    values[150] = "11"  # past the schema's 10 s, in the middle of the axis: the largest number is checked
+    with pytest.raises(plan_module.SweepError, match=r"--grid paths.dsl.delay_s=11: paths.dsl.delay_s: expected"):
+        plan_module.plan_sweep("default", ["paths.dsl.delay_s=" + ",".join(values)])
+    checked.clear()
+    plan_module.plan_sweep("default", ["paths.dsl.delay_s=0:0.15:0.001"])  # 151 values: each alone
+    assert len(checked) == 151
+
+
 def test_a_point_file_copied_over_another_is_detected(capsys, tmp_path):
     out = tmp_path / "s"
     argv = ["sweep", "scheme_comparison", "--variant", "convert", "--grid", "paths.access.delay_s=0.01,0.02",

@@ -13,10 +13,12 @@ and a lone name becomes a one-item list as with ``--set``
 STOP, so STOP is excluded unless it lands exactly on a step (``0:1:0.25`` gives 0, 0.25, 0.5,
 0.75, 1; ``0:1:0.3`` gives 0, 0.3, 0.6, 0.9; ``10:0:-5`` gives 10, 5, 0). The values are computed
 in decimal as START + i*STEP, so ``0.1:0.3:0.1`` gives exactly 0.1, 0.2, 0.3 and not
-0.30000000000000004; integers throughout give integers. Every key and value is validated against
-the scenario schema before anything runs, and so is every combination of them when there are at
-most :data:`~mpsim.experiment.sweep.plan.CHECK_COMBINATIONS` (a few ms each); in a bigger grid a combination that does not load
-(``duration_s`` shorter than a transfer's start) fails as its points run.
+0.30000000000000004; integers throughout give integers. Every key and value (in an axis of more
+than :data:`~mpsim.experiment.sweep.plan.CHECK_AXIS_VALUES` values: its ends and its extremes) is
+validated against the scenario schema before anything runs, and so is every combination of them
+when there are at most :data:`~mpsim.experiment.sweep.plan.CHECK_COMBINATIONS` (a few ms each); in
+a bigger grid a value or combination that does not load (``duration_s`` shorter than a
+transfer's start) fails as its points run.
 
 **Seeds.** Point (grid index g, seed index s) runs with the root seed
 ``derive_seed(sweep root seed, g, "sweep.seed<s>")`` (:mod:`mpsim.sim.seeds`), cut to 63 bits so

@@ -23,6 +23,11 @@ SEED_MASK = (1 << 63) - 1
 #: Every combination of grid values is loaded once before the sweep starts when there are at most
 #: this many (a few ms each); in a bigger grid a combination that does not load fails as its points run.
 CHECK_COMBINATIONS = 1000
+#: Each value of an axis of at most this many is load-checked alone before the sweep starts; a longer
+#: axis has its first and last :data:`CHECK_AXIS_ENDS` values and its smallest and largest numbers
+#: checked (a range's bounds are where a schema limit bites), the rest fail as their points run.
+CHECK_AXIS_VALUES = 200
+CHECK_AXIS_ENDS = 20
 #: The most points one sweep may have (grid points x seeds), checked from the axis lengths before
 #: any point is built: a plan holds every point in memory (a few hundred bytes each).
 MAX_POINTS = 1_000_000
@@ -138,8 +143,8 @@ def plan_sweep(scenario_name: str, grid: Sequence[str], *, seeds: int = 1, root_
         if axis.key in set_keys:
             raise SweepError(f"--grid {axis.key}: the key is also given by --set; drop one of them")
         seen.add(axis.key)
-        for text in axis.texts:  # key and value alone first: the error names this --grid
-            _check_load(loaded, [f"{axis.key}={text}"], f"--grid {axis.key}={text}")
+        for i in _values_to_check(axis):  # key and value alone first: the error names this --grid
+            _check_load(loaded, [f"{axis.key}={axis.texts[i]}"], f"--grid {axis.key}={axis.texts[i]}")
     plan = SweepPlan(loaded, axes, seeds, loaded.base.seed if root_seed is None else root_seed, tuple(variants))
     width = max(3, len(str(plan.grid_points - 1)))
     combinations = list(itertools.product(*(range(len(axis.texts)) for axis in axes)))
@@ -153,6 +158,19 @@ def plan_sweep(scenario_name: str, grid: Sequence[str], *, seeds: int = 1, root_
             plan.points.append(Point(f"g{grid_index:0{width}d}-s{seed_index:03d}", grid_index, seed_index,
                                      point_seed(plan.root_seed, grid_index, seed_index), point_overrides, values))
     return plan
+
+
+def _values_to_check(axis: GridAxis) -> list[int]:
+    """The indices of the values of ``axis`` to load-check before the sweep (see CHECK_AXIS_VALUES):
+    a few ms each, so that a long axis does not keep the user waiting minutes without output."""
+    count = len(axis.texts)
+    if count <= CHECK_AXIS_VALUES:
+        return list(range(count))
+    picks = {*range(CHECK_AXIS_ENDS), *range(count - CHECK_AXIS_ENDS, count)}
+    numbers = [i for i, v in enumerate(axis.values) if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if numbers:
+        picks |= {min(numbers, key=axis.values.__getitem__), max(numbers, key=axis.values.__getitem__)}
+    return sorted(picks)
 
 
 def _check_load(loaded: scenario.LoadedScenario, extra: list[str], source: str) -> None:
