@@ -26,6 +26,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -62,12 +63,7 @@ def load_tables(root: Path) -> tuple[dict[str, pd.DataFrame], list[str]]:
     root = Path(root)
     if not (root / "sweep.json").exists() and (root / "connections.csv").exists():
         return _load_run(root), []
-    from mpsim.experiment.sweep.store import load_plan_record  # the sweep package imports this module
-
-    try:
-        record = load_plan_record(root)
-    except MpsimError as err:
-        raise AnalysisError(str(err)) from None
+    record = read_sweep_record(root)
     keys = [axis["key"] for axis in record.get("grid", [])]
     tables = {}
     for name in RECORD_TABLES:
@@ -77,6 +73,18 @@ def load_tables(root: Path) -> tuple[dict[str, pd.DataFrame], list[str]]:
                                 "command again to finish it and build the tables)")
         tables[name] = pd.read_parquet(path)
     return tables, keys
+
+
+def read_sweep_record(root: Path) -> dict[str, Any]:
+    """DIR/sweep.json of a sweep directory: what the sweep is (its grid's keys, its scenario)."""
+    path = Path(root) / "sweep.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AnalysisError(f"{root}: no sweep here (no sweep.json); run mpsim sweep ... --out {root} first, or "
+                            "give a directory of mpsim run --out") from None
+    except (OSError, ValueError) as err:
+        raise AnalysisError(f"{path}: unreadable ({err})") from None
 
 
 def _load_run(root: Path) -> dict[str, pd.DataFrame]:
@@ -364,5 +372,5 @@ def format_summary(summary: pd.DataFrame, grid_keys: Sequence[str], *, max_rows:
 __all__ = [
     "AnalysisError", "CONFIDENCE", "OUTCOME_RATES", "RECORD_TABLES", "SUMMARY_COLUMNS", "SUMMARY_METRICS",
     "confidence_interval", "display_label", "display_unit", "format_summary", "is_share", "load_many", "load_tables",
-    "metric_names", "metric_samples", "summarize", "valid_range", "where", "wilson_interval",
+    "metric_names", "metric_samples", "read_sweep_record", "summarize", "valid_range", "where", "wilson_interval",
 ]

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mpsim import __version__
-from mpsim.experiment import results
+from mpsim.experiment import analysis, results
 from mpsim.experiment.analysis import RECORD_TABLES
 from mpsim.experiment.sweep.grid import SweepError
 from mpsim.experiment.sweep.plan import Point, PointOutcome, SweepPlan
@@ -154,14 +154,11 @@ class SweepDir:
 
 
 def load_plan_record(root: Path) -> dict[str, Any]:
-    """DIR/sweep.json of a sweep directory (what plots read to know the grid's keys)."""
-    path = root / "sweep.json"
+    """DIR/sweep.json of a sweep directory (:func:`mpsim.experiment.analysis.read_sweep_record`)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SweepError(f"{root}: no sweep here (no sweep.json); run mpsim sweep ... --out {root} first") from None
-    except (OSError, ValueError) as err:
-        raise SweepError(f"{path}: unreadable ({err})") from None
+        return analysis.read_sweep_record(root)
+    except analysis.AnalysisError as err:
+        raise SweepError(str(err)) from None
 
 
 def previous_sessions(directory: SweepDir) -> list[dict[str, Any]]:
