@@ -1,26 +1,35 @@
 # The two commands the README promises on a fresh machine:
-#   make run   - set up .venv (once) and run the main job on the default scenario
-#   make test  - set up .venv (once) and run the whole test suite
+#   make run   - set up .venv (once) with what running needs, and run the main job on the default scenario
+#   make test  - set up .venv (once) with the test tools too, and run the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# One stamp per install: `make run` installs mpsim and its runtime dependencies only; `make test`
+# adds the test extra (pytest, hypothesis, the notebook tooling). Each is redone when the
+# project metadata changes.
+RUN_STAMP := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: run test venv clean
 
-venv: $(STAMP)
+venv: $(RUN_STAMP)
 
-# Reinstall when the project metadata changes; otherwise reuse the environment.
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
 
-run: $(STAMP)
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(RUN_STAMP)
+
+$(TEST_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(TEST_STAMP) $(RUN_STAMP)
+
+run: $(RUN_STAMP)
 	$(BIN)/mpsim run
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -6,7 +6,8 @@
 * ``mpsim ladder SCENARIO``: the ladder diagram of one request's connections.
 * ``mpsim sweep SCENARIO --grid KEY=VALUES ... --out DIR``: the scenario over a grid of values times
   N seeds, locally in parallel or on Dask; resumable; result tables, a summary and a manifest.
-* ``mpsim plot DIR --x KEY --y METRIC``: a plot of a sweep's results, saved as PNG or SVG.
+* ``mpsim plot DIR... --x KEY --y METRIC``: a plot of the results of a sweep or a run (or several,
+  compared), saved as PNG, SVG, PDF ... by the file's suffix.
 * ``mpsim scenarios``: the named scenarios, one line each.
 * ``mpsim wire decode KIND HEX...``: bytes (as pasted from Wireshark) to JSON on stdout.
 * ``mpsim wire encode KIND JSON``: JSON back to a hex stream.
@@ -18,7 +19,8 @@
 Exit status: 0 on success, 2 for anything the user can fix (usage, a scenario that does not load,
 bytes that do not decode, JSON that does not describe a value), with one line on stderr naming
 the problem and where it is. ``mpsim sweep`` exits with 1 when points failed (it prints how many)
-or a worker died, and 130 when interrupted (the same command resumes).
+or a worker died, and 130 when interrupted (the same command resumes). A reader of stdout that
+leaves early (``| head``) ends any command quietly with 141, as SIGPIPE does to other tools.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ from mpsim.wire.segment import IpPacket, decode_packet, encode_packet
 from mpsim.wire.syn_payload import SynPayloadOption, SynPayloadSignal, decode_syn_payload, encode_syn_payload
 
 EXIT_USER_ERROR = 2  # argparse's status for usage errors; bad bytes and bad JSON are the user's to fix too
+#: The reader of stdout left (``mpsim sweep ... | head -1``): the status a shell reports for a process
+#: ended by SIGPIPE, as coreutils give, and not 1, which ``mpsim sweep`` uses for failed points.
+EXIT_BROKEN_PIPE = 128 + 13
 
 
 class CliError(MpsimError):
@@ -130,6 +135,8 @@ def _load(args: argparse.Namespace):
     """The scenario named on the command line, with --set and --seed applied (--seed wins)."""
     from mpsim.experiment import scenario  # the simulator stack loads only for the commands that need it
 
+    if args.seed is not None and args.seed < 0:  # named as typed, not as the --set it becomes
+        raise CliError(f"--seed {args.seed}: expected an integer >= 0")
     overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
     loaded = scenario.load(args.scenario, overrides)
     for name in getattr(args, "variants", None) or ():
@@ -144,7 +151,17 @@ def _run(args: argparse.Namespace) -> int:
     if args.pcap and args.out is None:
         raise CliError("--pcap writes files: give --out DIR too")
     loaded = _load(args)
-    outcome = results.run(loaded, variants=args.variants, record_packets=args.pcap)
+    bar = None
+    if sys.stderr.isatty():  # a terminal watches: simulations done and the time left, as a sweep shows
+        from mpsim.experiment.sweep.progress import Progress
+
+        total = loaded.base.runs * len(args.variants or loaded.variants)
+        bar = Progress(total, 0, sys.stderr, label="run", unit="simulations", count_failures=False)
+        bar.update()
+    outcome = results.run(loaded, variants=args.variants, record_packets=args.pcap,
+                          on_simulation_done=None if bar is None else lambda: bar.update(done=1))
+    if bar is not None:
+        bar.update(final=True)
     try:
         written = outcome.write(args.out, pcap=args.pcap) if args.out is not None else []
     except OSError as err:  # a directory that cannot be made or written: the user's to fix
@@ -164,11 +181,17 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _ladder(args: argparse.Namespace) -> int:
+    from mpsim.experiment import plots
     from mpsim.experiment.simulation import Simulation
     from mpsim.sim.trace import ladder_figure, ladder_rows, ladder_text
 
     if args.variants and len(args.variants) > 1:
         raise CliError("ladder draws one variant: give --variant once")
+    if args.png is not None:
+        try:
+            plots.check_figure_path(args.png, "--png")  # before the run, not after it
+        except plots.PlotError as err:
+            raise CliError(str(err)) from None
     loaded = _load(args)
     variant = args.variants[0] if args.variants else next(iter(loaded.variants))
     if not 0 <= args.run < loaded.base.runs:
@@ -200,9 +223,9 @@ def _ladder(args: argparse.Namespace) -> int:
             ax.set_title(title, fontsize=9)
         figure.tight_layout()
         try:
-            figure.savefig(args.png, dpi=120)
-        except OSError as err:
-            raise CliError(f"--png {args.png}: {err.strerror or err}") from None
+            plots.save_figure(figure, args.png, "--png")
+        except plots.PlotError as err:
+            raise CliError(str(err)) from None
         finally:
             plt.close(figure)
         print(f"\nLadder saved to {args.png}")
@@ -213,7 +236,7 @@ def _sweep(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from mpsim.experiment import sweep
+    from mpsim.experiment import analysis, sweep
 
     try:
         plan = sweep.plan_sweep(args.scenario, args.grid, seeds=args.seeds, root_seed=args.seed,
@@ -247,7 +270,7 @@ def _sweep(args: argparse.Namespace) -> int:
     print(f"{report.ran} points run now, {report.reused} already in {args.out}; "
           f"{report.total - report.failed} of {report.total} ran without error")
     print()
-    print(sweep.format_summary(report.summary, plan.grid_keys))
+    print(analysis.format_summary(report.summary, plan.grid_keys))
     print()
     print(f"Tables written to {args.out}: " + ", ".join(path.name for path in report.tables.values()) +
           ", manifest.json; point files in points/")
@@ -259,37 +282,27 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from mpsim.experiment import plots, scenario, sweep
+    from mpsim.experiment import analysis, plots
 
     kind_function, data_kind = plots.KINDS[args.kind]
-    out = args.output or args.dir / f"plot-{args.y}-vs-{args.x}.png"
-    if out.suffix.lower() not in (".png", ".svg"):
-        raise CliError(f"-o {out}: expected a file name ending in .png or .svg")
+    out = args.output or args.dirs[0] / f"plot-{args.y}-vs-{args.x}.png"
     try:
-        tables, keys = sweep.load_tables(args.dir)
-    except sweep.SweepError as err:
+        plots.check_figure_path(out, "-o")
+        tables, keys = analysis.load_many(args.dirs)
+        columns = [*keys, "variant"]
+        for option, column in (("--x", args.x), ("--hue", args.hue)):
+            if column is not None and column not in columns:
+                raise CliError(f"{option} {column}: not a column of the results; available: {', '.join(columns)}")
+        tables = analysis.where(tables, args.where, columns)
+    except (analysis.AnalysisError, plots.PlotError) as err:
         raise CliError(str(err)) from None
-    columns = [*keys, "variant"]
-    for option, column in (("--x", args.x), ("--hue", args.hue)):
-        if column is not None and column not in columns:
-            raise CliError(f"{option} {column}: not a column of the sweep's results; available: {', '.join(columns)}")
-    for text in args.where:
-        key, eq, raw = text.partition("=")
-        if not eq or key.strip() not in columns:
-            raise CliError(f"--where {text}: expected KEY=VALUE with KEY one of {', '.join(columns)}")
-        key = key.strip()
-        value = scenario.parse_override(f"{key}={raw}")[1]  # a number, a boolean, else the text
-        for name, frame in tables.items():
-            tables[name] = frame[(frame[key] == value) | (frame[key].astype(str) == raw.strip())]
-        if tables["connections"].empty and tables["transfers"].empty:
-            raise CliError(f"--where {text}: no rows match")
     try:
-        data = sweep.metric_samples(tables, args.y, keys) if data_kind == "samples" else \
-            sweep.summarize(tables, keys, [args.y])
-    except sweep.SweepError as err:
+        data = analysis.metric_samples(tables, args.y, keys) if data_kind == "samples" else \
+            analysis.summarize(tables, keys, [args.y])
+    except analysis.AnalysisError as err:
         raise CliError(f"--y {args.y}: {err}") from None
     if data.empty or (data_kind == "summary" and data["mean"].isna().all()):
-        raise CliError(f"--y {args.y}: the sweep has no values of this metric to plot")
+        raise CliError(f"--y {args.y}: the results have no values of this metric to plot")
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed, and the same pixels everywhere
@@ -297,14 +310,15 @@ def _plot(args: argparse.Namespace) -> int:
 
     figure, ax = plt.subplots(figsize=(8, 5))
     try:
-        kind_function(data, x=args.x, y=args.y, hue=args.hue, ax=ax)
-        ax.set_title(f"{sweep.load_plan_record(args.dir)['scenario']['name']}: {args.y} vs {args.x}", fontsize=10)
+        kind_function(data, x=args.x, y=args.y, hue=args.hue, ax=ax, log=args.log)
+        names = ", ".join(dict.fromkeys(analysis.scenario_name(d) for d in args.dirs))
+        what = "distribution of every value" if data_kind == "samples" else "mean over seeds, 95% interval"
+        ax.set_title(f"{names}: {analysis.display_label(args.y)} vs {args.x}\n{what}"
+                     + (f"; where {', '.join(w.strip() for w in args.where)}" if args.where else ""), fontsize=10)
         figure.tight_layout()
-        figure.savefig(out, dpi=120)
+        plots.save_figure(figure, out, "-o")
     except plots.PlotError as err:
         raise CliError(str(err)) from None
-    except OSError as err:
-        raise CliError(f"-o {out}: {err.strerror or err}") from None
     finally:
         plt.close(figure)
     print(f"Plot saved to {out}")
@@ -460,7 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     _scenario_arguments(ladder, default=None)
     ladder.add_argument("--conn", type=int, default=0, metavar="N", help="the request to draw (default 0)")
     ladder.add_argument("--run", type=int, default=0, metavar="I", help="the run index (default 0)")
-    ladder.add_argument("--png", type=Path, metavar="FILE", help="also save the diagram as an image")
+    ladder.add_argument("--png", type=Path, metavar="FILE",
+                        help="also save the diagram as an image: .png, .svg, .pdf, .jpg ... by its suffix")
     ladder.set_defaults(handler=_ladder)
 
     sweep = commands.add_parser(
@@ -497,18 +512,24 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(handler=_sweep)
 
     plot = commands.add_parser(
-        "plot", help="plot a sweep's results (PNG or SVG)", formatter_class=raw,
-        description="Plot metric Y of a sweep against grid key X: line, bar and heatmap show the mean over seeds\n"
-                    "with its 95% confidence interval; cdf shows the distribution of every value, a curve per\n"
-                    "value of X. METRIC: setup_time_s, first_byte_time_s, fallback_rate, failure_rate,\n"
+        "plot", help="plot the results of sweeps or runs (PNG, SVG, PDF ...)", formatter_class=raw,
+        description="Plot metric Y of a sweep (or a run's --out DIR, or several side by side) against grid key X\n"
+                    "(or variant, or source for several DIRs), in ms, Mbit/s or % as the summary prints it:\n"
+                    "line, bar and heatmap show the mean over seeds with its 95% interval (Wilson for shares of\n"
+                    "requests, Student t clipped to the valid range otherwise); cdf shows the distribution of every\n"
+                    "value, a curve per value of X (an outlier does not squash it: the axis ends at the 99th\n"
+                    "percentile and says so, or use --log).\nMETRIC: setup_time_s, first_byte_time_s, fallback_rate, failure_rate,\n"
                     "goodput_bps, or any numeric column of the connections or transfers tables.",
         epilog="examples:\n"
                "  mpsim plot sweeps/lte --x paths.lte.delay_s --y goodput_bps\n"
                "  mpsim plot sweeps/schemes --x paths.access.delay_s --y first_byte_time_s --hue variant -o fb.svg\n"
                "  mpsim plot sweeps/schemes --kind heatmap --x paths.access.delay_s --hue server.kind "
-               "--y setup_time_s --where variant=convert",
+               "--y setup_time_s --where variant=convert -o heatmap.pdf\n"
+               "  mpsim plot results/a results/b --x variant --hue source --y setup_time_s --kind bar",
     )
-    plot.add_argument("dir", type=Path, metavar="DIR", help="the --out DIR of a sweep")
+    plot.add_argument("dirs", type=Path, nargs="+", metavar="DIR",
+                      help="the --out DIR of a sweep or of an mpsim run; several to compare (a source column "
+                           "tells them apart: --hue source)")
     plot.add_argument("--x", required=True, metavar="KEY", help="a grid key, or variant")
     plot.add_argument("--y", required=True, metavar="METRIC", help="what to plot (see above)")
     plot.add_argument("--hue", metavar="KEY", help="a grid key or variant: a series per value (heatmap: rows)")
@@ -516,8 +537,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the kind of plot (default line)")
     plot.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
                       help="keep only the rows where a grid key (or variant) has this value (repeatable)")
+    plot.add_argument("--log", action="store_true",
+                      help="the metric's axis on a log scale (cdf: the x axis; heatmap: the colours)")
     plot.add_argument("-o", "--output", type=Path, metavar="FILE",
-                      help="the image file, .png or .svg (default DIR/plot-<y>-vs-<x>.png)")
+                      help="the image file: .png, .svg, .pdf, .jpg ... by its suffix (default "
+                           "DIR/plot-<y>-vs-<x>.png in the first DIR)")
     plot.set_defaults(handler=_plot)
 
     # Tools with command lines of their own: the arguments after the action go to them unparsed.
@@ -643,4 +667,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `mpsim run | head`: the reader left. Point stdout at /dev/null so that the interpreter's
         # final flush does not fail again, and end quietly as other Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        return EXIT_BROKEN_PIPE
+    except RecursionError:  # input nested past every check: one line, not thousands of frames
+        print("mpsim: error: the input is nested too deeply to read (arrays or tables in arrays ...)",
+              file=sys.stderr)
+        return EXIT_USER_ERROR

@@ -355,5 +355,5 @@ def test_a_reader_that_leaves_early_gets_no_traceback():
     process.stdin.close()
     process.stdout.read(10)
     process.stdout.close()
-    assert process.wait(timeout=60) == 1
+    assert process.wait(timeout=60) == 141  # as SIGPIPE ends other tools; not 1, a sweep's failed points
     assert process.stderr.read() == b""

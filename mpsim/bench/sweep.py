@@ -207,8 +207,10 @@ def write_results(results: dict[str, Any], out_dir: Path, stem: str = "sweep") -
     return write_json_and_markdown(results, markdown(results), out_dir, stem)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="benchmarks/sweep.py", description=__doc__.split("\n\n")[0])
+def main(argv: Sequence[str] | None = None, prog: str = "benchmarks/sweep.py") -> int:
+    """The benchmark's command line; ``prog`` is the name it is called by (``mpsim bench sweep``
+    passes its own), shown in --help and usage errors."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small sweep (start-up weighs more)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
     parser.add_argument("--workers", type=int, help="workers of the parallel configurations (default: every core)")

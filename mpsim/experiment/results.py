@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -266,8 +266,10 @@ def _networks(conns: pd.DataFrame) -> list[str]:
 # --- running -----------------------------------------------------------------------------------------
 
 
-def run(loaded: LoadedScenario, *, variants: Sequence[str] | None = None, record_packets: bool = False) -> Results:
-    """Run every variant (or those named) for every run index of a loaded scenario."""
+def run(loaded: LoadedScenario, *, variants: Sequence[str] | None = None, record_packets: bool = False,
+        on_simulation_done: Callable[[], None] | None = None) -> Results:
+    """Run every variant (or those named) for every run index of a loaded scenario;
+    ``on_simulation_done`` is called after each (run index, variant) simulation (progress)."""
     names = list(variants) if variants else list(loaded.variants)
     results = []
     for run_index in range(loaded.base.runs):
@@ -278,4 +280,6 @@ def run(loaded: LoadedScenario, *, variants: Sequence[str] | None = None, record
             if not record_packets:
                 result.trace, result.simulation = None, None  # events are in the rows; keep memory flat
             results.append(result)
+            if on_simulation_done is not None:
+                on_simulation_done()
     return Results(loaded, results)

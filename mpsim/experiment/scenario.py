@@ -68,6 +68,13 @@ MAX_PATHS = 16
 #: The variant name of a scenario that has no [variants] table.
 BASE_VARIANT = "base"
 _VARIANT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+#: The deepest nesting of arrays and tables a scenario (file, --set or --grid value) may have: real
+#: ones use a handful of levels, and tomllib recurses (a few hundred levels end in RecursionError).
+MAX_NESTING = 32
+#: workload.max_requests: the default bound on requests per run, and the most it may be raised to
+#: (each request keeps a connection record and its machines' state until the run ends).
+MAX_REQUESTS_PER_RUN = 100_000
+MAX_REQUESTS_PER_RUN_LIMIT = 10_000_000
 
 
 class ScenarioError(MpsimError):
@@ -252,6 +259,7 @@ class WorkloadSpec:
     count: int = knob(0, ge=0)  # arrivals "count": how many; "poisson": at most this many (0: no limit)
     interval_s: float = knob(1.0, gt=0)
     rate_per_s: float = knob(1.0, gt=0)
+    max_requests: int = knob(MAX_REQUESTS_PER_RUN, ge=1, le=MAX_REQUESTS_PER_RUN_LIMIT)  # per run (memory)
     at_s: tuple[float, ...] = knob(())
     schemes: tuple[SchemeName, ...] = knob(())  # request i uses schemes[i % len]; () = client.scheme
     request_size_bytes: int = knob(100, ge=1, le=1_000_000)
@@ -404,6 +412,8 @@ def _coerce(value: Any, tp: Any, key: str, meta: Mapping[str, Any] = _NO_META) -
     elif tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
             raise _Invalid(key, expected)
+        if math.isinf(value):  # no quantity of a scenario is infinite (an unbounded rate would eat memory)
+            raise _Invalid(key, f"expected a finite number, got {_show(value)}")
         result = float(value)
     elif tp is str:
         if not isinstance(value, str):
@@ -491,12 +501,65 @@ def _cross_check(scenario: Scenario) -> None:
         raise _Invalid("workload.count", "expected an integer >= 1 when arrivals is \"count\"")
     if w.arrivals is Arrivals.TIMES and not w.at_s:
         raise _Invalid("workload.at_s", "expected a non-empty list of times when arrivals is \"times\"")
+    _check_request_bound(w, scenario.duration_s)
     for name, times in (("workload.at_s", w.at_s), ("events", [e.at_s for e in scenario.events]),
                         ("transfers", [t.start_s for t in scenario.transfers])):
         for i, t in enumerate(times):
             if not 0 <= t < scenario.duration_s:
                 key = name if name == "workload.at_s" else f"{name}.{i}.{'at_s' if name == 'events' else 'start_s'}"
                 raise _Invalid(key, f"expected a time in [0, duration_s = {scenario.duration_s:g}), got {t:g}")
+
+
+def _check_request_bound(w: WorkloadSpec, duration_s: float) -> None:
+    """Refuse a workload that would start more than ``max_requests`` requests in one run."""
+    span_s = max(0.0, duration_s - w.start_s)
+    if w.arrivals is Arrivals.POISSON:
+        expected = w.rate_per_s * span_s
+        key, how = "workload.rate_per_s", f"rate_per_s {w.rate_per_s:g} x {span_s:g} s"
+        if w.count and w.count < expected:
+            expected, key, how = w.count, "workload.count", f"count {w.count}"
+    elif w.arrivals is Arrivals.COUNT:
+        expected, key, how = w.count, "workload.count", f"count {w.count}"
+    elif w.arrivals is Arrivals.TIMES:
+        expected, key, how = len(w.at_s), "workload.at_s", f"{len(w.at_s)} times"
+    else:
+        return
+    if expected > w.max_requests:
+        raise _Invalid(key, f"about {expected:.3g} requests per run ({how}), more than workload.max_requests = "
+                            f"{w.max_requests} (a bound on a run's memory); raise workload.max_requests (at most "
+                            f"{MAX_REQUESTS_PER_RUN_LIMIT}) or ask for fewer requests")
+
+
+def check_nesting(text: str, source: str, key: str = "") -> None:
+    """Refuse TOML text with arrays or tables nested more than :data:`MAX_NESTING` deep, before
+    tomllib (which recurses) reads it. Brackets inside strings and comments do not count."""
+    depth, i, n, line = 0, 0, len(text), 1
+    while i < n:
+        ch = text[i]
+        if ch in "\"'":
+            quote = text[i:i + 3] if text[i:i + 3] in ('"""', "'''") else ch
+            i += len(quote)
+            while i < n and not text.startswith(quote, i):
+                if text[i] == "\\" and quote[0] == '"':
+                    i += 1
+                line += text[i] == "\n" if i < n else 0
+                i += 1
+            i += len(quote)
+            continue
+        if ch == "#":
+            while i < n and text[i] != "\n":
+                i += 1
+            continue
+        if ch == "\n":
+            line += 1
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                raise ScenarioError(source, key, f"arrays or tables nested more than {MAX_NESTING} deep "
+                                                 f"(line {line})")
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+        i += 1
 
 
 # --- loading -----------------------------------------------------------------------------------------
@@ -564,6 +627,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = key.strip().split(".")
     if any(not p for p in parts):
         raise ScenarioError(f"--set {text}", key, "empty component in the dotted key")
+    check_nesting(raw, f"--set {text}", key.strip())
     try:
         value = tomllib.loads(f"value = {raw}")["value"]
     except tomllib.TOMLDecodeError:
@@ -692,6 +756,7 @@ def _blame(overrides: Sequence[str], key: str, source: str) -> str:
 def load_text(text: str, *, name: str, source: str, overrides: Sequence[str] = (), path: Path | None = None
               ) -> LoadedScenario:
     """Load a scenario from TOML text; ``source`` names it in errors (a file path)."""
+    check_nesting(text, source)
     try:
         tree = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:

@@ -14,7 +14,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from mpsim.cli import main  # noqa: E402
-from mpsim.experiment import plots, sweep  # noqa: E402
+from mpsim.experiment import analysis, plots  # noqa: E402
 
 
 @pytest.fixture
@@ -142,14 +142,14 @@ def cli(capsys, *argv) -> tuple[int, str, str]:
     ("line", ("--hue", "variant")), ("bar", ("--hue", "variant")), ("cdf", ("--where", "variant=convert")),
     ("heatmap", ("--hue", "server.kind", "--where", "variant=socks5")),
 ])
-@pytest.mark.parametrize("suffix", [".png", ".svg"])
+@pytest.mark.parametrize("suffix", [".png", ".svg", ".pdf"])
 def test_every_kind_is_saved_as_png_or_svg(sweep_dir, tmp_path, capsys, kind, extra, suffix):
     out = tmp_path / f"plot{suffix}"
     status, stdout, err = cli(capsys, "plot", sweep_dir, "--x", "paths.access.delay_s", "--y", "first_byte_time_s",
                               "--kind", kind, *extra, "-o", out)
     assert (status, err) == (0, "") and f"Plot saved to {out}" in stdout
     data = out.read_bytes()
-    assert data.startswith(b"\x89PNG") if suffix == ".png" else b"<svg" in data[:2000]
+    assert data.startswith({".png": b"\x89PNG", ".pdf": b"%PDF"}[suffix]) if suffix != ".svg" else b"<svg" in data[:2000]
     assert len(data) > 5000
 
 
@@ -167,7 +167,8 @@ def test_the_default_file_is_in_the_sweep_directory(sweep_dir, capsys):
     (("--x", "server.kind", "--y", "setup_tim_s"),
      ("--y setup_tim_s: unknown metric", "available: setup_time_s, first_byte_time_s", "syns_sent")),
     (("--x", "server.kind", "--y", "outcome"), ("--y outcome: unknown metric",)),
-    (("--x", "server.kind", "--y", "setup_time_s", "-o", "plot.pdf"), ("expected a file name ending in .png or .svg",)),
+    (("--x", "server.kind", "--y", "setup_time_s", "-o", "plot.txt"), ("-o plot.txt: expected a file name ending in "
+                                                                     ".png, .svg, .pdf, .jpg",)),
     (("--x", "server.kind", "--y", "setup_time_s", "--kind", "heatmap", "--hue", "paths.access.delay_s"),
      ("also varies in variant", "--where")),
     (("--x", "server.kind", "--y", "setup_time_s", "--where", "variant=nope"), ("--where variant=nope: no rows",)),
@@ -188,16 +189,17 @@ def test_plot_of_a_directory_without_a_finished_sweep_says_so(tmp_path, capsys):
 
 
 def test_the_cli_draws_what_the_summary_says(sweep_dir):
-    """The figure the CLI saves is drawn from sweep.summarize: same means, same intervals."""
-    tables, keys = sweep.load_tables(sweep_dir)
-    summary = sweep.summarize(tables, keys, ["first_byte_time_s"])
+    """The figure the CLI saves is drawn from analysis.summarize: same means, same intervals."""
+    tables, keys = analysis.load_tables(sweep_dir)
+    summary = analysis.summarize(tables, keys, ["first_byte_time_s"])
     figure, ax = plt.subplots()
     try:
         plots.line(summary[summary["variant"] == "socks5"], x="paths.access.delay_s", y="first_byte_time_s",
                    hue="server.kind", ax=ax)
         line = ax.containers[0][0]
         expected = summary[(summary["variant"] == "socks5") & (summary["server.kind"] == "legacy_drop")]
-        assert list(line.get_ydata()) == pytest.approx(list(expected.sort_values("paths.access.delay_s")["mean"]))
+        # drawn in ms, as the summary text prints it
+        assert list(line.get_ydata()) == pytest.approx(list(expected.sort_values("paths.access.delay_s")["mean"] * 1e3))
         assert (expected["mean"] > 0).all() and (expected["seeds"] == 2).all()
     finally:
         plt.close(figure)

@@ -394,7 +394,7 @@ def failing_run_point(task: sweep.PointTask) -> sweep.PointOutcome:
 
 
 def test_a_failing_point_is_recorded_and_the_sweep_goes_on(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(sweep, "run_point", failing_run_point)
+    monkeypatch.setattr(sweep.orchestrate, "run_point", failing_run_point)
     out = tmp_path / "s"
     command = ["sweep", "scheme_comparison", "--variant", "convert", "--grid", "paths.access.delay_s=0.01:0.04:0.01",
                "--seeds", "2", "--workers", "2", "--out", out]
@@ -446,9 +446,9 @@ def test_progress_rewrites_one_line_on_a_terminal_and_prints_lines_otherwise():
 
 
 def test_big_and_slow_sweeps_are_announced(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(sweep, "WARN_POINTS", 3)
-    monkeypatch.setattr(sweep, "WARN_SECONDS", 0.0)
-    monkeypatch.setattr(sweep, "ESTIMATE_AFTER_POINTS", 1)
+    monkeypatch.setattr(sweep.orchestrate, "WARN_POINTS", 3)
+    monkeypatch.setattr(sweep.orchestrate, "WARN_SECONDS", 0.0)
+    monkeypatch.setattr(sweep.orchestrate, "ESTIMATE_AFTER_POINTS", 1)
     status, _, err = cli(capsys, "sweep", "scheme_comparison", "--variant", "convert", "--grid",
                          "paths.access.delay_s=0.01:0.05:0.01", "--workers", "1", "--out", tmp_path / "s")
     assert status == 0
@@ -487,16 +487,16 @@ def test_interrupting_a_sweep_stops_its_workers_and_keeps_what_finished(tmp_path
         real_write(path, point, outcome)
         writes.append(path)
 
-    monkeypatch.setattr(sweep, "write_point", interrupt_at_the_third)
+    monkeypatch.setattr(sweep.orchestrate, "write_point", interrupt_at_the_third)
     workers: set[int] = set()
-    real_wait = sweep.cf.wait
+    real_wait = sweep.orchestrate.cf.wait
 
     def wait_and_note_the_workers(*args, **kwargs):
         # the pool's processes: grandchildren (the forkserver, our child, forks them), not the helpers
         workers.update(_descendants(os.getpid()) - _children(os.getpid()))
         return real_wait(*args, **kwargs)
 
-    monkeypatch.setattr(sweep.cf, "wait", wait_and_note_the_workers)
+    monkeypatch.setattr(sweep.orchestrate.cf, "wait", wait_and_note_the_workers)
     report = sweep.run_sweep(plan, tmp_path, workers=2)
     assert report.interrupted and report.ran == 2 and not report.tables
     assert sorted((tmp_path / "points").glob("*.parquet")) == sorted(writes)

@@ -1,0 +1,117 @@
+"""Where the points run: :func:`run_point` (in a worker), a local process pool, or a
+dask.distributed cluster; both executors run the same tasks and give the same rows."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import multiprocessing
+import os
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+
+from mpsim.experiment import results, scenario
+from mpsim.experiment.sweep.grid import SweepError
+from mpsim.experiment.sweep.plan import PointOutcome, PointTask
+
+
+
+def run_point(task: PointTask) -> PointOutcome:
+    """Run one point exactly as ``mpsim run`` would: load the text with the overrides, run every
+    variant and run index. An exception becomes the outcome's error; the sweep goes on."""
+    started = time.perf_counter()
+    try:
+        loaded = scenario.load_text(task.scenario_text, name=task.scenario_name, source=task.scenario_source,
+                                    overrides=task.overrides)
+        outcome = results.run(loaded, variants=list(task.variants) or None)
+        return PointOutcome(task.point_id, outcome.connections, outcome.transfers,
+                            elapsed_s=time.perf_counter() - started)
+    except Exception as err:  # noqa: BLE001 - any failure of a point is recorded, not fatal
+        return PointOutcome(task.point_id, None, None, type(err).__name__, str(err), traceback.format_exc(),
+                            time.perf_counter() - started)
+
+
+
+
+
+def _worker_init(parent_pid: int) -> None:
+    """In each local worker: leave Ctrl-C to the parent (it stops the pool), and exit if the parent
+    dies without stopping the pool (SIGKILL): a worker would otherwise wait on its queue forever."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    forked_by = os.getppid()  # the forkserver (or the sweep itself): it changes when that process exits
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != forked_by:
+                os._exit(1)
+            try:
+                os.kill(parent_pid, 0)
+            except (ProcessLookupError, PermissionError):  # gone (or the pid is someone else's now)
+                os._exit(1)
+
+    threading.Thread(target=watch, name="mpsim-sweep-parent-watch", daemon=True).start()
+
+
+def default_workers() -> int:
+    """The cores this process may use (the affinity mask, where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def local_executor(workers: int) -> Iterator[cf.Executor]:
+    """A process pool of ``workers``; on the way out (an error, Ctrl-C) its processes are killed."""
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":  # imported once in the server, not once per worker
+        context.set_forkserver_preload(["mpsim.experiment.sweep"])
+    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init,
+                                  initargs=(os.getpid(),))
+    finished = False
+    try:
+        yield pool
+        finished = True
+    finally:
+        if not finished:
+            # shutdown() alone would wait for the points in flight; nothing public kills them in 3.11.
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                with contextlib.suppress(Exception):
+                    process.kill()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def dask_executor(address: str, workers: int | None) -> Iterator[tuple[cf.Executor, int]]:
+    """An executor on a dask.distributed cluster (``local``: a LocalCluster started here and closed
+    on the way out), and how many points it runs at once."""
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    cluster = client = None
+    try:
+        if address == "local":
+            cluster = LocalCluster(n_workers=workers or default_workers(), threads_per_worker=1, processes=True,
+                                   dashboard_address=None, silence_logs=logging.ERROR)
+            client = Client(cluster)
+        else:
+            try:
+                client = Client(address, timeout="10s")
+            except (OSError, TimeoutError, ValueError) as err:
+                raise SweepError(f"--dask {address}: cannot reach the scheduler ({err})") from None
+        slots = sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values())
+        yield client.get_executor(pure=False), max(1, slots)
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+
+

@@ -1,0 +1,185 @@
+"""The plan of a sweep: the scenario with its overrides, the axes, and one :class:`Point` per grid
+point and seed index, each with the seed it runs with; validated before anything runs."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from mpsim.experiment import scenario
+from mpsim.experiment.sweep.grid import GridAxis, SweepError, parse_grid
+from mpsim.sim.seeds import derive_seed
+
+#: Seeds are cut to 63 bits: int64 in Parquet, pandas and every JSON reader.
+SEED_MASK = (1 << 63) - 1
+#: Every combination of grid values is loaded once before the sweep starts when there are at most
+#: this many (a few ms each); in a bigger grid a combination that does not load fails as its points run.
+CHECK_COMBINATIONS = 1000
+#: Each value of an axis of at most this many is load-checked alone before the sweep starts; a longer
+#: axis has its first and last :data:`CHECK_AXIS_ENDS` values and its smallest and largest numbers
+#: checked (a range's bounds are where a schema limit bites), the rest fail as their points run.
+CHECK_AXIS_VALUES = 200
+CHECK_AXIS_ENDS = 20
+#: The most points one sweep may have (grid points x seeds), checked from the axis lengths before
+#: any point is built: a plan holds every point in memory (a few hundred bytes each).
+MAX_POINTS = 1_000_000
+
+
+@dataclass(frozen=True)
+class Point:
+    """One run of the sweep: a grid point (index and values) and a seed index, with its seed."""
+
+    point_id: str
+    grid_index: int
+    seed_index: int
+    seed: int
+    overrides: tuple[str, ...]  # the grid point's KEY=VALUE, applied after the sweep's --set
+    values: tuple[tuple[str, Any], ...]  # (key, column value) per axis
+
+
+@dataclass(frozen=True)
+class PointTask:
+    """What a worker needs to run a point: everything by value, so remote workers need no files."""
+
+    point_id: str
+    scenario_text: str
+    scenario_name: str
+    scenario_source: str
+    overrides: tuple[str, ...]  # the sweep's --set, the grid point's values, then seed=<the point's seed>
+    variants: tuple[str, ...]  # () = every variant
+
+
+@dataclass(frozen=True)
+class PointOutcome:
+    """A finished point: its two record tables, or the error it raised."""
+
+    point_id: str
+    connections: pd.DataFrame | None
+    transfers: pd.DataFrame | None
+    error_type: str | None = None
+    error_message: str | None = None
+    traceback: str | None = None
+    elapsed_s: float | None = None
+
+
+def point_seed(root_seed: int, grid_index: int, seed_index: int) -> int:
+    """The root seed of point (grid_index, seed_index) of a sweep seeded with ``root_seed``."""
+    return derive_seed(root_seed, grid_index, f"sweep.seed{seed_index}") & SEED_MASK
+
+
+@dataclass
+class SweepPlan:
+    """A validated sweep: the scenario as loaded with the --set overrides, the grid, the seeds."""
+
+    loaded: scenario.LoadedScenario
+    axes: tuple[GridAxis, ...]
+    seeds: int
+    root_seed: int
+    variants: tuple[str, ...]
+    points: list[Point] = field(default_factory=list)
+
+    @property
+    def grid_keys(self) -> list[str]:
+        return [axis.key for axis in self.axes]
+
+    @property
+    def grid_points(self) -> int:
+        return math.prod(len(axis.texts) for axis in self.axes)
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two sweeps the same one (the seed count is not in it: more seeds extend a sweep)."""
+        return {"scenario": {"name": self.loaded.name, "text": self.loaded.text},
+                "overrides": list(self.loaded.overrides), "root_seed": self.root_seed,
+                "grid": [{"key": axis.key, "values": list(axis.texts)} for axis in self.axes],
+                "variants": list(self.variants)}
+
+    def identity_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode("utf-8")).hexdigest()
+
+    def task(self, point: Point) -> PointTask:
+        loaded = self.loaded
+        return PointTask(point.point_id, loaded.text, loaded.name, loaded.source,
+                         (*loaded.overrides, *point.overrides, f"seed={point.seed}"), self.variants)
+
+
+def plan_sweep(scenario_name: str, grid: Sequence[str], *, seeds: int = 1, root_seed: int | None = None,
+               overrides: Sequence[str] = (), variants: Sequence[str] = ()) -> SweepPlan:
+    """Load and validate a sweep: the scenario with ``overrides``, every grid key and value alone,
+    then every combination; raises SweepError or ScenarioError naming what is wrong."""
+    if type(seeds) is not int or seeds < 1:
+        raise SweepError(f"--seeds {seeds}: expected an integer >= 1")
+    if seeds > MAX_POINTS:
+        raise SweepError(f"--seeds {seeds}: more than {MAX_POINTS} points in one sweep (the most one sweep may "
+                         "run); split it into several sweeps, each with its own --out and --seed")
+    if root_seed is not None and (type(root_seed) is not int or root_seed < 0):
+        raise SweepError(f"--seed {root_seed}: expected an integer >= 0")
+    loaded = scenario.load(scenario_name, overrides)
+    for name in variants:
+        if name not in loaded.variants:
+            raise SweepError(f"--variant {name}: scenario {loaded.name} has variants {', '.join(loaded.variants)}")
+    axes = tuple(parse_grid(text) for text in grid)
+    total = math.prod(len(axis.texts) for axis in axes) * seeds  # from the lengths: nothing built yet
+    if total > MAX_POINTS:
+        sizes = " x ".join([*(f"{len(axis.texts)} ({axis.key})" for axis in axes), f"{seeds} seeds"])
+        raise SweepError(f"the sweep would run {total} points ({sizes}), more than {MAX_POINTS} (the most one "
+                         "sweep may run); use fewer values or seeds, or split it into several sweeps "
+                         "(each with its own --out)")
+    set_keys = {text.partition("=")[0].strip() for text in overrides}
+    seen: set[str] = set()
+    for axis in axes:
+        if axis.key == "seed":
+            raise SweepError("--grid seed: the sweep derives each point's seed; give the root seed with --seed "
+                             "and the number of seeds per grid point with --seeds")
+        if axis.key in seen:
+            raise SweepError(f"--grid {axis.key}: the key is given twice; list all its values in one --grid")
+        if axis.key in set_keys:
+            raise SweepError(f"--grid {axis.key}: the key is also given by --set; drop one of them")
+        seen.add(axis.key)
+        for i in _values_to_check(axis):  # key and value alone first: the error names this --grid
+            _check_load(loaded, [f"{axis.key}={axis.texts[i]}"], f"--grid {axis.key}={axis.texts[i]}")
+    plan = SweepPlan(loaded, axes, seeds, loaded.base.seed if root_seed is None else root_seed, tuple(variants))
+    width = max(3, len(str(plan.grid_points - 1)))
+    combinations = list(itertools.product(*(range(len(axis.texts)) for axis in axes)))
+    for grid_index, combination in enumerate(combinations):
+        point_overrides = tuple(f"{axis.key}={axis.texts[i]}" for axis, i in zip(axes, combination))
+        # Keys that are fine alone may clash (duration_s and the times within it); a load takes a few ms.
+        if len(axes) > 1 and len(combinations) <= CHECK_COMBINATIONS:
+            _check_load(loaded, list(point_overrides), "--grid point " + " ".join(point_overrides))
+        values = tuple((axis.key, axis.values[i]) for axis, i in zip(axes, combination))
+        for seed_index in range(seeds):
+            plan.points.append(Point(f"g{grid_index:0{width}d}-s{seed_index:03d}", grid_index, seed_index,
+                                     point_seed(plan.root_seed, grid_index, seed_index), point_overrides, values))
+    return plan
+
+
+def _values_to_check(axis: GridAxis) -> list[int]:
+    """The indices of the values of ``axis`` to load-check before the sweep (see CHECK_AXIS_VALUES):
+    a few ms each, so that a long axis does not keep the user waiting minutes without output."""
+    count = len(axis.texts)
+    if count <= CHECK_AXIS_VALUES:
+        return list(range(count))
+    picks = {*range(CHECK_AXIS_ENDS), *range(count - CHECK_AXIS_ENDS, count)}
+    numbers = [i for i, v in enumerate(axis.values) if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if numbers:
+        picks |= {min(numbers, key=axis.values.__getitem__), max(numbers, key=axis.values.__getitem__)}
+    return sorted(picks)
+
+
+def _check_load(loaded: scenario.LoadedScenario, extra: list[str], source: str) -> None:
+    # The scenario with the sweep's --set alone has loaded: whatever fails now is the grid's doing.
+    try:
+        scenario.load_text(loaded.text, name=loaded.name, source=loaded.source,
+                           overrides=(*loaded.overrides, *extra), path=loaded.path)
+    except scenario.ScenarioError as err:
+        variant = re.search(r" \(variant [^)]*\)$", err.source)
+        where = source + (variant.group(0) if variant else "")
+        raise SweepError(f"{where}: {err.key}: {err.message}" if err.key else f"{where}: {err.message}") from None
+
