@@ -96,6 +96,7 @@ TOP_LEVEL_LAYERS = {
     "mpsim.cli": "cli",
     "mpsim.__main__": "cli",
     "mpsim.wireshark": "cli",  # ships the Lua dissector and installs it; only the CLI uses it
+    "mpsim.api": "cli",  # the Python API (docs/api.md): the top of the stack, beside the CLI
 }
 
 
@@ -125,6 +126,21 @@ def _type_only_nodes(tree: ast.AST) -> set[int]:
     return inside
 
 
+#: The one import that runs against the layers on purpose: the package's PEP 562 ``__getattr__``
+#: (mpsim/__init__.py) imports the Python API (mpsim/api.py) when ``mpsim.run`` & co are first
+#: used, so that ``mpsim.load(...)`` works while ``import mpsim.wire`` loads nothing above wire.
+#: It never runs on an import of a submodule; test_package_facade_is_lazy_only checks that it
+#: is the only such import and that it sits inside ``__getattr__``.
+FACADE = ("mpsim", "__getattr__")
+
+
+def _facade_nodes(name: str, tree: ast.AST) -> set[int]:
+    if name != FACADE[0]:
+        return set()
+    return {id(n) for node in ast.walk(tree)
+            if isinstance(node, ast.FunctionDef) and node.name == FACADE[1] for n in ast.walk(node)}
+
+
 def internal_imports(root: pathlib.Path, *, type_only: bool = True) -> dict[str, dict[str, int]]:
     """module -> {imported package module: line}, for every import anywhere in the file (module
     level, in functions, and under TYPE_CHECKING unless ``type_only`` is False), relative ones
@@ -137,7 +153,7 @@ def internal_imports(root: pathlib.Path, *, type_only: bool = True) -> dict[str,
         is_package = path.name == "__init__.py"
         found: dict[str, int] = {}
         tree = ast.parse(path.read_text(), filename=str(path))
-        skipped = set() if type_only else _type_only_nodes(tree)
+        skipped = (set() if type_only else _type_only_nodes(tree)) | _facade_nodes(name, tree)
         for node in ast.walk(tree):
             if id(node) in skipped:
                 continue
@@ -289,3 +305,18 @@ def test_type_only_imports_are_told_apart(tmp_path):
     })
     assert import_cycles(root, type_only=True) == [["mpsim.proto.client", "mpsim.proto.schemes"]]
     assert import_cycles(root, type_only=False) == []
+
+
+def test_package_facade_is_lazy_only():
+    # mpsim/__init__.py may reach above the base layer only inside its __getattr__ (FACADE), and
+    # importing the package or a pure layer must not run it.
+    tree = ast.parse((ROOT / "mpsim" / "__init__.py").read_text())
+    facade = _facade_nodes("mpsim", tree)
+    outside = [node.lineno for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+               and id(node) not in facade]
+    inside = [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) in facade]
+    assert outside == [], f"mpsim/__init__.py imports at lines {outside} outside __getattr__"
+    assert len(inside) == 1, "the facade imports exactly one module, mpsim.api"
+    probe = "import sys, mpsim, mpsim.wire, mpsim.proto; print('mpsim.api' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "False"

@@ -70,8 +70,8 @@ def local_executor(workers: int) -> Iterator[cf.Executor]:
     """A process pool of ``workers``; on the way out (an error, Ctrl-C) its processes are killed."""
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     context = multiprocessing.get_context(method)
-    if method == "forkserver":  # imported once in the server, not once per worker
-        context.set_forkserver_preload(["mpsim.experiment.sweep"])
+    if method == "forkserver":  # imported once in the server, not once per worker: this module
+        context.set_forkserver_preload([__name__])  # brings the scenario and results layers with it
     pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init,
                                   initargs=(os.getpid(),))
     finished = False
