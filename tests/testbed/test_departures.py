@@ -158,6 +158,8 @@ def test_kernel_strip_server_to_client_data_corrupts_the_clients_bytes():
         assert not client["mptcp_at_end"]  # the client fell back to TCP ...
         assert mib(deltas, "client", "MPCapableDataFallback") == 1  # (data without a DSS mapping)
         assert server.get("mptcp_at_end") is True  # ... the server did not ...
+        # (its data ACKed without a DATA_ACK is no fallback trigger for it, and no counter)
+        assert mib(deltas, "server", "MPCapableDataFallback") == 0 and mib(deltas, "server", "MPCapableFallbackACK") == 0
         assert mib(deltas, "server", "MPTCPRetrans") > 0  # ... and retransmits at the MPTCP level ...
         # ... which the fallen-back client reads as new stream bytes: wrong from about 64 KB on.
         assert client["first_wrong_byte"] is not None and 16_000 <= client["first_wrong_byte"] < SIZE_BYTES
@@ -178,3 +180,32 @@ def test_kernel_strip_client_to_server_falls_back_cleanly():
         assert not client["mptcp_at_end"] and server["mptcp_at_end"] is False  # both ends fell back
         assert mib(deltas, "server", "MPCapableFallbackACK") == 1  # the server's: no DSS on the third ACK
         assert mib(deltas, "server", "MPTCPRetrans") == 0
+
+
+@kernel
+def test_kernel_blackhole_counts_the_answered_plain_syn_and_disables_active_mptcp():
+    """Documents a kernel behaviour (docs/kernel-departures.md 4): MP_CAPABLE SYNs dropped (the
+    catalogue's drop-mp-capable-syn), the plain SYN that follows is answered: Blackhole counts at
+    that SYN-ACK, in the stack, whatever the application does next, and the next connect of the
+    namespace goes out as plain TCP at once (MPCapableSYNTXDisabled)."""
+    box = KERNEL_MIDDLEBOXES["drop-mp-capable-syn"].box
+    with Testbed(paths=[PathSpec(middlebox=box)],
+                 sysctls={"net.mptcp.syn_retrans_before_tcp_fallback": "2",
+                          "net.ipv4.tcp_syn_linear_timeouts": "4", "net.mptcp.blackhole_timeout": "3600"}) as tb:
+        first, _, first_deltas = download(tb, 10_000)
+        second, _, second_deltas = download(tb, 10_000)
+        dropped = tb.counters("converter").get("nft.mb_path0_up_drop_mpc_syn.packets")
+        print(json.dumps({"first": first, "second": second, "dropped": dropped,
+                          "first_mib": {k: v for k, v in first_deltas["client"].items() if k.startswith("MPTcpExt")},
+                          "second_mib": {k: v for k, v in second_deltas["client"].items() if k.startswith("MPTcpExt")}}))
+        # Three MP_CAPABLE SYNs at 0, 1 and 2 s (linear timeouts), dropped; the plain SYN at 3 s passes.
+        assert dropped == 3
+        assert 2.9 < first["connect_s"] < 4.0 and not first["mptcp_at_connect"]
+        assert first["first_wrong_byte"] is None and first["received_bytes"] == 10_000
+        assert mib(first_deltas, "client", "MPCapableSYNTX") == 1  # counted once, at the first SYN
+        assert mib(first_deltas, "client", "MPCapableSYNTXDrop") == 1  # MP_CAPABLE left out of the third retry
+        assert mib(first_deltas, "client", "Blackhole") == 1
+        # The next connection: no MP_CAPABLE at all, no wait.
+        assert second["connect_s"] < 0.5 and not second["mptcp_at_connect"]
+        assert mib(second_deltas, "client", "MPCapableSYNTXDisabled") == 1
+        assert mib(second_deltas, "client", "MPCapableSYNTX") == 0
