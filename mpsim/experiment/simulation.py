@@ -46,7 +46,14 @@ converter is on the path). Transfers on one access path share its transfer path,
 queue; they do not share queues with the (few, small) negotiation packets, and the
 middleboxes, which act on negotiation packets only, do not see them. The converter relays at
 line rate: its buffers and its second TCP leg to the server are not modelled in the transfer
-(the subflows run end to end).
+(the subflows run end to end) -- unless ``converter.cores`` > 0 gives it a CPU
+(:mod:`mpsim.sim.cpu`): then a new connection's SYN waits for a set-up job before the proxy sees
+it, and each converted subflow's data waits for a per-byte relay job before its transfer path.
+
+``converter.households`` (default 1) makes one run serve several households: every household's
+arrivals are drawn from a generator of its own and issued from the one client node (so their
+negotiation packets share its access links), and every transfer runs once per household, all at
+its ``start_s``, each household's on transfer paths of its own (``transfer.hN.<path>``).
 """
 
 from __future__ import annotations
