@@ -58,6 +58,7 @@ from mpsim.proto.relay import ConverterTiming
 from mpsim.proto.server import ServerKind
 from mpsim.proto.tcp import TcpPolicy
 from mpsim.sim.congestion import CONGESTION_CONTROLS
+from mpsim.sim.cpu import DEFAULT_RELAY_CPU_S_PER_GB, DEFAULT_SETUP_S
 from mpsim.sim.loss import LossSpecError, loss_from_spec
 from mpsim.sim.transfer import DEFAULT_RCV_BUF_BYTES, DEFAULT_SND_BUF_BYTES
 
@@ -218,6 +219,15 @@ class ConverterSpec:
     delay_s: float = knob(0.0, ge=0, le=10)
     rate_bps: float = knob(1e9, gt=0)
     port: int = knob(1234, ge=1, le=65535)
+    # Its capacity (mpsim.sim.cpu, docs/sim.md "The converter's capacity"): 0 cores = not modelled
+    # (an infinitely fast converter, as before); the costs' defaults come from `mpsim bench kernel`.
+    cores: int = knob(0, ge=0, le=1024)
+    cpu_setup_s: float = knob(DEFAULT_SETUP_S, ge=0, le=10)  # one core's time per connection set-up
+    relay_cpu_s_per_gb: float = knob(DEFAULT_RELAY_CPU_S_PER_GB, ge=0, le=10_000)  # per 10^9 payload bytes
+    # How many households this converter serves: the workload's arrivals are drawn once per
+    # household (all from the one client node), every transfer runs once per household on access
+    # paths of its own.
+    households: int = knob(1, ge=1, le=10_000)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -46,7 +46,14 @@ converter is on the path). Transfers on one access path share its transfer path,
 queue; they do not share queues with the (few, small) negotiation packets, and the
 middleboxes, which act on negotiation packets only, do not see them. The converter relays at
 line rate: its buffers and its second TCP leg to the server are not modelled in the transfer
-(the subflows run end to end).
+(the subflows run end to end) -- unless ``converter.cores`` > 0 gives it a CPU
+(:mod:`mpsim.sim.cpu`): then a new connection's SYN waits for a set-up job before the proxy sees
+it, and each converted subflow's data waits for a per-byte relay job before its transfer path.
+
+``converter.households`` (default 1) makes one run serve several households: every household's
+arrivals are drawn from a generator of its own and issued from the one client node (so their
+negotiation packets share its access links), and every transfer runs once per household, all at
+its ``start_s``, each household's on transfer paths of its own (``transfer.hN.<path>``).
 """
 
 from __future__ import annotations
@@ -72,6 +79,7 @@ from mpsim.proto.mptcp import MptcpPolicy
 from mpsim.proto.server import ResponderApp
 from mpsim.proto.tcp import TcpPolicy
 from mpsim.sim.congestion import CONGESTION_CONTROLS
+from mpsim.sim.cpu import Cpu, RelayStage
 from mpsim.sim.link import Link, LinkDirection
 from mpsim.sim.loss import loss_from_spec
 from mpsim.sim.node import SimNode
@@ -221,9 +229,10 @@ class Simulation:
         self.outage = Outage()
         self.networks_at_request: dict[int, str] = {}
         self.transfer_rows: list[dict] = []
-        self._pending_transfers: dict[int, tuple[int, TransferSpec]] = {}  # request id -> (transfer id, spec)
+        self._pending_transfers: dict[int, tuple[int, TransferSpec, int]] = {}  # request id -> (id, spec, household)
         self._running: list[tuple[dict, BulkTransfer]] = []
-        self._transfer_paths: dict[tuple[str, Direction, bool], tuple[LinkDirection, LinkDirection]] = {}
+        self._transfer_paths: dict[tuple[str, Direction, bool, int], tuple[LinkDirection, LinkDirection]] = {}
+        self.cpu: Cpu | None = None  # the converter's CPU, when converter.cores > 0
         self._outstanding = 0  # requests and transfers started and not finished
         self._scheduled_done = False
         self._all_done = self.env.event()
@@ -317,6 +326,12 @@ class Simulation:
                                        filters=(self.outage,))
                 self.links.append(Link(self.env, router_node, router_port, conv_node, port, forward=there,
                                        backward=back, name=f"converter.{port}"))
+                if port == "up" and cv.cores:
+                    self.cpu = Cpu(self.env, cv.cores, name="converter.cpu")
+                    # New connections reach the proxy from the client side: on "up" beside the
+                    # router, over the primary access link (its "in" side) on the path.
+                    self.cpu.gate_setup(self.networks[s.primary_path].up if self.on_path else there,
+                                        cv.cpu_setup_s)
         w, sv = s.workload, s.server
         self.server = SERVERS.get(sv.kind).create(SERVER_NODE, SERVER, self.rng("server"),
                                                   ResponderApp(w.response_size_bytes,
@@ -340,7 +355,14 @@ class Simulation:
     # --- workload and events -----------------------------------------------------------------------
 
     def arrival_times(self) -> list[float]:
-        """When requests start (seconds), in order; Poisson draws from the "workload" generator."""
+        """When requests start (seconds), in order; Poisson draws from the "workload" generator,
+        and with ``converter.households`` > 1 household h > 0 draws its own from "workload.hH"."""
+        times = self._household_arrival_times(0)
+        for household in range(1, self.scenario.converter.households):
+            times.extend(self._household_arrival_times(household))
+        return sorted(times) if self.scenario.converter.households > 1 else times
+
+    def _household_arrival_times(self, household: int) -> list[float]:
         w, end_s = self.scenario.workload, self.scenario.duration_s
         if w.arrivals is Arrivals.NONE:
             return []
@@ -350,7 +372,7 @@ class Simulation:
             return [t for i in range(w.count) if (t := w.start_s + i * w.interval_s) < end_s]
         if w.arrivals is Arrivals.TIMES:
             return sorted(w.at_s)
-        rng, times, t = self.rng("workload"), [], w.start_s
+        rng, times, t = self.rng("workload" if household == 0 else f"workload.h{household}"), [], w.start_s
         while True:
             t += rng.expovariate(w.rate_per_s)
             if t >= end_s or (w.count and len(times) >= w.count):
@@ -367,8 +389,12 @@ class Simulation:
         for i, t in enumerate(self.arrival_times()):
             scheme = w.schemes[i % len(w.schemes)] if w.schemes else None
             items.append((t, 1_000_000 + i, lambda s=scheme: self._request(s)))
-        for i, spec in enumerate(self.scenario.transfers):
-            items.append((spec.start_s, 2_000_000 + i, lambda i=i, spec=spec: self._start_transfer(i, spec)))
+        specs = self.scenario.transfers
+        for household in range(self.scenario.converter.households):  # every household's transfers at once
+            for j, spec in enumerate(specs):
+                i = household * len(specs) + j
+                items.append((spec.start_s, 2_000_000 + i,
+                              lambda i=i, spec=spec, h=household: self._start_transfer(i, spec, h)))
         items.sort(key=lambda item: (item[0], item[1]))
         return items
 
@@ -420,10 +446,10 @@ class Simulation:
 
     # --- transfers ---------------------------------------------------------------------------------
 
-    def _start_transfer(self, index: int, spec: TransferSpec) -> None:
+    def _start_transfer(self, index: int, spec: TransferSpec, household: int = 0) -> None:
         self._outstanding += 1  # the transfer; its negotiation counts as a request of its own
         request_id = self._request(None)
-        self._pending_transfers[request_id] = (index, spec)
+        self._pending_transfers[request_id] = (index, spec, household)
 
     def _on_client_event(self, now: float, event: Any) -> None:
         if not isinstance(event, ConnectionFinished):
@@ -432,10 +458,10 @@ class Simulation:
         self._outstanding -= 1
         pending = self._pending_transfers.pop(record.request_id, None)
         if pending is not None:
-            self._begin_bulk(pending[0], pending[1], record, now)
+            self._begin_bulk(*pending[:2], record, now, household=pending[2])
         self._check_done()
 
-    def _begin_bulk(self, index: int, spec: TransferSpec, record: Any, now: float) -> None:
+    def _begin_bulk(self, index: int, spec: TransferSpec, record: Any, now: float, household: int = 0) -> None:
         """Move the transfer's bytes as the negotiation outcome allows (see the module doc)."""
         multipath = record.outcome in (Outcome.CONVERTED.value, Outcome.MPTCP.value)
         row = {"transfer_id": index, "request_id": record.request_id, "scheme": record.scheme,
@@ -451,12 +477,13 @@ class Simulation:
             row["paths"] = ""
             self._transfer_done()
             return
-        self._run_bulk(row, spec, multipath)
+        self._run_bulk(row, spec, multipath, household)
 
-    def _transfer_path(self, name: str, direction: Direction,
-                       via_converter: bool) -> tuple[LinkDirection, LinkDirection]:
-        """The (data, ACK) directions that stand for access path ``name`` (see the module doc)."""
-        key = (name, direction, via_converter)
+    def _transfer_path(self, name: str, direction: Direction, via_converter: bool,
+                       household: int = 0) -> tuple[LinkDirection, LinkDirection]:
+        """The (data, ACK) directions that stand for access path ``name`` of one household (see
+        the module doc)."""
+        key = (name, direction, via_converter, household)
         if key not in self._transfer_paths:
             s, p = self.scenario, self.scenario.paths[name]
             # Beside the router the proxy adds its link twice (there and back out); on the primary
@@ -464,7 +491,7 @@ class Simulation:
             on_path = self.on_path and name == s.primary_path
             hops = 1 if on_path else 2 if via_converter else 0
             delay_s = p.delay_s + s.server.delay_s + hops * s.converter.delay_s
-            tag = f"transfer.{name}{'.via_converter' if via_converter else ''}"
+            tag = f"transfer.{f'h{household}.' if household else ''}{name}{'.via_converter' if via_converter else ''}"
             down = self._direction(f"{tag}.down", delay_s=delay_s, rate_bps=p.rate_down_bps, jitter_s=p.jitter_s,
                                    queue_bytes=p.queue_bytes, loss=p.loss)
             up = self._direction(f"{tag}.up", delay_s=delay_s, rate_bps=p.rate_up_bps, jitter_s=p.jitter_s,
@@ -478,9 +505,14 @@ class Simulation:
         lone = [d.name for pair in self._transfer_paths.values() for d in pair]
         return [link.name for link in self.links] + sorted(set(lone))
 
-    def _run_bulk(self, row: dict, spec: TransferSpec, multipath: bool) -> None:
-        paths = [self._transfer_path(name, spec.direction, row["via_converter"])
-                 for name in (self.path_names if multipath else self.path_names[:1])]
+    def _run_bulk(self, row: dict, spec: TransferSpec, multipath: bool, household: int = 0) -> None:
+        paths: list = [self._transfer_path(name, spec.direction, row["via_converter"], household)
+                       for name in (self.path_names if multipath else self.path_names[:1])]
+        if self.cpu is not None and row["via_converter"]:
+            # The relay's per-byte cost: each subflow's data waits for the converter's CPU first
+            # (mpsim.sim.cpu.RelayStage; docs/sim.md "The converter's capacity").
+            per_byte_s = self.scenario.converter.relay_cpu_s_per_gb / 1e9
+            paths = [(RelayStage(self.cpu, data, per_byte_s), ack) for data, ack in paths]
         # A coupled control (LIA) links the subflows of one MPTCP connection over Reno's window;
         # a single path has nothing to couple, so it runs Reno (RFC 6356 reduces to it).
         coupled = CONGESTION_CONTROLS.get(spec.congestion_control).coupled
@@ -618,6 +650,9 @@ class Simulation:
             for kind, box in network.boxes:
                 add(f"middlebox.{name}.{kind}", "hits", sum(policy.hits for policy in box.policies))
         add("converter_outage", "packets_lost", self.outage.hits)
+        if self.cpu is not None:
+            for counter, value in self.cpu.counters().items():
+                add("converter.cpu", counter, value)
         return rows
 
     def _event_rows(self) -> list[dict]:

@@ -56,7 +56,7 @@ def test_every_model_runs_and_every_request_ends_with_a_record(model_results, na
     for r in res.runs:  # one record per request the run started (arrivals, and a negotiation per transfer)
         scenario = loaded.variants[r.variant]
         started = len(Simulation(scenario, variant=r.variant, run_index=r.run_index).arrival_times()) + \
-            len(scenario.transfers)
+            len(scenario.transfers) * scenario.converter.households
         assert [row["request_id"] for row in r.connections] == list(range(started))
     assert {row["variant"] for row in rows} | {t["variant"] for t in res.rows("transfers")} <= set(loaded.variants)
     assert not [row for row in rows if "unfinished" in row["detail"]]
