@@ -62,9 +62,8 @@ import simpy
 from mpsim import __version__
 from mpsim.bench import write_json_and_markdown
 from mpsim.proto.client import ClientHost, ClientPolicy, ConnectionFinished, Request
-from mpsim.proto.convert import ConverterHost, ConverterPolicy
 from mpsim.proto.harness import Harness
-from mpsim.proto.mptcp import MptcpClientExtension, MptcpServerExtension
+from mpsim.proto.proxies import ProxySettings, build_proxy_host
 from mpsim.proto.server import ResponderApp, ServerHost, ServerKind
 from mpsim.sim.link import Link, LinkDirection
 from mpsim.sim.node import SimNode
@@ -313,20 +312,9 @@ def _machines(scheme: str, count: int, seed: int = 1) -> dict[str, Any]:
                                               request_size_bytes=REQUEST.request_size_bytes)),
     }
     if scheme == "convert":
-        mib = None
-
-        def upstream(packet: Any) -> tuple:
-            return (MptcpServerExtension(rng=rng, mib=mib),)
-
-        def downstream(request: Any) -> tuple:
-            return (MptcpClientExtension(rng=rng, mib=mib),) if request.mptcp else ()
-
-        converter = ConverterHost("converter", {"up": CONVERTER_UP, "down": CONVERTER_DOWN}, rng=rng,
-                                  convert_port=CONVERTER_PORT, server_interfaces=("down",),
-                                  policy=ConverterPolicy(allowed_client_prefixes=("198.18.0.0/24",)),
-                                  upstream_extensions=upstream, downstream_extensions=downstream)
-        mib = converter.mib
-        machines["converter"] = converter
+        machines["converter"] = build_proxy_host(
+            "convert", "converter", {"up": CONVERTER_UP, "down": CONVERTER_DOWN}, rng=rng,
+            settings=ProxySettings(port=CONVERTER_PORT, client_prefixes=("198.18.0.0/24",)))
     return machines
 
 

@@ -4,7 +4,7 @@ namespace, a server behind it (root only; skipped with the reason elsewhere).
 1. A Convert connection over two shaped MPTCP paths relays 8 MiB exactly each way (SHA-256 checked
    at each receiver), the client joins its second subflow, and the Convert message was ACKed by
    the SYN-ACK.
-2. Middleboxes on the client's primary path against the model (mpsim.experiment.truth_table, run in
+2. Middleboxes on the client's primary path against the model (mpsim.proto.truth_table, run in
    the test, not copied): MP_CAPABLE stripped from SYNs, and MP_CAPABLE SYNs dropped. The kernel
    and the model must agree on the outcome class (converted or fallback_tcp, through the converter
    or not, MPTCP on the client leg or not) and, for the stripped SYN, on the fallback reason. For
@@ -28,7 +28,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mpsim.experiment import truth_table
+from mpsim.proto import truth_table
 from mpsim.proto.convert import ConverterTiming, ReplyStatus
 from mpsim.proto.events import FallbackReason, Outcome
 from mpsim.proto.server import ServerKind
@@ -254,13 +254,12 @@ def convert_run(tb: Testbed, size: int, *, fallback: str = "none", seeds: tuple[
 
 
 def model_record(scheme: str, middlebox: str):
-    """The model's client record (mpsim.experiment.truth_table) for `scheme` (for convert: the converter
+    """The model's client record (mpsim.proto.truth_table) for `scheme` (for convert: the converter
     in socket timing, as the live daemon runs its session) with `middlebox` on the access link and an
     MPTCP v1 server (a Linux MPTCP listener, as here)."""
     variant = next(v for v in truth_table.VARIANTS if v.policy.scheme == scheme and not v.policy.implicit
                    and v.timing is (ConverterTiming.SOCKET if scheme == "convert" else ConverterTiming.RFC))
-    box = next(m for m in truth_table.MIDDLEBOXES if m.name == middlebox)
-    result = truth_table.run_variant(variant, box, ServerKind.MPTCP_V1)
+    result = truth_table.run_variant(variant, middlebox, ServerKind.MPTCP_V1, rngs=random.Random)
     assert result.record is not None, f"the model's client did not finish: {scheme} {middlebox}"
     return result.record
 

@@ -21,15 +21,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mpsim.experiment.truth_table import (
+from mpsim.proto.truth_table import (
     CLIENT,
-    MIDDLEBOXES,
     PROXY_DOWN,
     PROXY_PORT,
     PROXY_UP,
     SERVER,
     SERVER_PORT,
-    SERVERS,
+    table_middleboxes,
+    table_servers,
+    access_box,
 )
 from mpsim.proto.cache import CachePolicy, CacheReprobed, ProxyState, ReprobeTrigger
 from mpsim.proto.catalogue import UnknownComponentError
@@ -868,8 +869,8 @@ RANDOM_SCHEMES = (
 )
 
 
-@given(scheme=st.sampled_from(RANDOM_SCHEMES), middlebox=st.sampled_from(MIDDLEBOXES),
-       server=st.sampled_from(SERVERS + (ServerKind.TFO, ServerKind.UNREACHABLE)),
+@given(scheme=st.sampled_from(RANDOM_SCHEMES), middlebox=st.sampled_from(table_middleboxes()),
+       server=st.sampled_from(table_servers() + (ServerKind.TFO, ServerKind.UNREACHABLE)),
        timing=st.sampled_from(list(ConverterTiming)),
        seed=st.integers(0, 2**16), fallback=st.sampled_from(list(FallbackTarget)),
        leak=st.sampled_from(list(SignalAckedAsData)), tfo=st.booleans(), mptcp_to_server=st.booleans(),
@@ -879,7 +880,7 @@ def test_invariants_over_random_cases(scheme, middlebox, server, timing, seed, f
     policy, proxy_kind = scheme
     policy = replace(policy, fallback=fallback, signal_acked_as_data=leak, tfo_to_server=tfo,
                      mptcp_to_server=mptcp_to_server)
-    up, down = middlebox.build()
+    up, down, _ = access_box(middlebox, random.Random)
     net = build_net(policy, server, up=up, down=down, timing=timing, seed=seed, checked=True,
                     cache_policy=CachePolicy(off_reprobe_s=300.0), proxy_kind=proxy_kind)
     net.client.connect(REQUEST, 0.0)
@@ -949,7 +950,7 @@ def test_an_illegal_request_transition_raises_and_changes_nothing():
 def test_every_request_transition_is_taken(monkeypatch):
     """The whole truth table, plus an on-path proxy that resets a reverted implicit attempt (the
     one edge the table never takes), walks every edge of LOGICAL_TRANSITIONS and no other."""
-    from mpsim.experiment.truth_table import all_cases
+    from mpsim.proto.truth_table import all_cases
 
     taken: set = set()
     move = LogicalConnection._move
@@ -959,7 +960,7 @@ def test_every_request_transition_is_taken(monkeypatch):
         move(self, state)
 
     monkeypatch.setattr(LogicalConnection, "_move", recording)
-    all_cases()
+    all_cases(rngs=random.Random)
     # As test_implicit_i_flag_revert_resets_both_legs_and_the_client_falls_back: the path was
     # ready when the on-path proxy reset both legs, and the request goes again unsignalled.
     net = build_net(ClientPolicy(scheme="mp-convert-option", implicit=True), ServerKind.LEGACY_DROP,

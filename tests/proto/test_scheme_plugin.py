@@ -19,12 +19,12 @@ import textwrap
 import pytest
 
 from mpsim import cli, syn_budget
-from mpsim.experiment.truth_table import CLIENT, SERVER, SERVER_PORT
 from mpsim.proto.catalogue import SCHEMES, UnknownComponentError
 from mpsim.proto.client import ClientHost, ClientPolicy, Request
 from mpsim.proto.harness import Harness, drop_matching
 from mpsim.proto.schemes import SignallingScheme
 from mpsim.proto.server import ResponderApp, ServerHost, ServerKind
+from mpsim.proto.truth_table import CLIENT, SERVER, SERVER_PORT
 from mpsim.wire.options import Experimental
 from mpsim.wire.segment import TcpFlags
 
