@@ -42,14 +42,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import gc
 import importlib.metadata
-import os
-import platform
 import random
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -59,7 +55,7 @@ from typing import Any
 
 import simpy
 
-from mpsim import __version__
+from mpsim import provenance
 from mpsim.bench import write_json_and_markdown
 from mpsim.proto.client import ClientHost, ClientPolicy, ConnectionFinished, Request
 from mpsim.proto.harness import Harness
@@ -511,37 +507,11 @@ def _version(distribution: str) -> str | None:
         return None
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _git_revision() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
 def machine_facts() -> dict[str, Any]:
-    return {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cpu_model": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "python_implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "mpsim": __version__,
-        "git_revision": _git_revision(),
-        "packages": {name: _version(name) for name in ("simpy", "numpy", "ns.py")},
-    }
+    facts = provenance.machine_facts()
+    keys = ("date_utc", "cpu_model", "cpu_count", "python", "python_implementation", "platform", "mpsim")
+    return {**{k: facts[k] for k in keys}, "git_revision": provenance.short_revision(provenance.git_revision()),
+            "packages": {name: _version(name) for name in ("simpy", "numpy", "ns.py")}}
 
 
 def markdown(results: dict[str, Any]) -> str:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -46,8 +45,8 @@ import pandas as pd
 
 from mpsim import __version__
 from mpsim.bench import write_json_and_markdown
-from mpsim.experiment.results import git_revision
 from mpsim.experiment.sweep import default_workers
+from mpsim.provenance import git_revision, machine_facts
 
 SCENARIO = "default"
 FULL = {"overrides": ["runs=3", "duration_s=30"], "grid": ["paths.lte.delay_s=0.01:0.06:0.01"], "seeds": 16}
@@ -153,9 +152,8 @@ def run(*, quick: bool = False, rounds: int = 2, workers: int | None = None, spe
     return {
         "benchmark": "sweep", "mpsim_version": __version__, "git": git_revision(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"hostname": platform.node(), "cpu_count": os.cpu_count(), "usable_cpus": default_workers(),
-                    "platform": platform.platform(), "python": platform.python_version(),
-                    "load_average_before": load_before, "load_average_after": os.getloadavg()},
+        "machine": machine_facts() | {"usable_cpus": default_workers(), "load_average_before": load_before,
+                                      "load_average_after": os.getloadavg()},
         "sweep": {"scenario": SCENARIO, **spec, "quick": quick, "points": samples[serial][0]["points"],
                   "command": " ".join(sweep_command(spec, Path("DIR"), ["--workers", "K"])[1:])},
         "workers": workers, "rounds": rounds, "attainable_speedup": attainable, "results": rows,

@@ -23,8 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import platform
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +35,7 @@ import simpy
 from mpsim import __version__
 from mpsim.experiment.scenario import LoadedScenario, as_plain
 from mpsim.experiment.simulation import RunResult, Simulation
+from mpsim.provenance import git_revision, machine_facts
 from mpsim.wire.pcap import pcap_file_bytes
 
 CONNECTION_COLUMNS = (
@@ -55,19 +54,6 @@ EVENT_COLUMNS = ("variant", "run", "time_s", "node", "event", "detail")
 TABLES = {"connections": CONNECTION_COLUMNS, "transfers": TRANSFER_COLUMNS, "counters": COUNTER_COLUMNS,
           "events": EVENT_COLUMNS}
 OUTCOMES = ("converted", "mptcp", "tcp", "fallback_tcp", "failed")
-
-
-def git_revision(directory: Path | None = None) -> dict[str, Any] | None:
-    """The commit of the checkout mpsim runs from, and whether it has local changes; None outside git."""
-    where = directory or Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=10, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return {"commit": commit, "dirty": bool(status.strip())}
 
 
 def _jsonable(value: Any) -> Any:
@@ -131,7 +117,7 @@ class Results:
         return {
             "mpsim_version": __version__,
             "git": git_revision(),
-            "python": platform.python_version(),
+            "python": machine_facts()["python"],
             "packages": {"simpy": simpy.__version__, "numpy": numpy.__version__, "pandas": pd.__version__},
             "scenario": {"name": loaded.name, "file": loaded.source,
                          "sha256": hashlib.sha256(loaded.text.encode("utf-8")).hexdigest(), "text": loaded.text},

@@ -68,10 +68,8 @@ import json
 import math
 import multiprocessing
 import os
-import platform
 import re
 import signal
-import socket
 import threading
 import time
 import traceback
@@ -93,6 +91,7 @@ import pyarrow.parquet as pq
 from mpsim import __version__
 from mpsim.errors import MpsimError
 from mpsim.experiment import results, scenario
+from mpsim.provenance import git_revision, machine_facts
 from mpsim.sim.seeds import derive_seed
 
 #: More points than this to run gets a warning with the count before the sweep starts.
@@ -679,7 +678,7 @@ def run_sweep(plan: SweepPlan, out_dir: Path, *, workers: int | None = None, das
     directory = SweepDir(out_dir)
     report = SweepReport(out_dir, len(plan.points))
     session: dict[str, Any] = {"started": _now(), "executor": "local" if dask is None else f"dask {dask}",
-                               "workers": None, "mpsim_version": __version__, "git": results.git_revision(),
+                               "workers": None, "mpsim_version": __version__, "git": git_revision(),
                                "machine": machine()}
     with directory.locked():
         directory.check_or_record(plan)
@@ -781,8 +780,7 @@ def _now() -> str:
 
 
 def machine() -> dict[str, Any]:
-    return {"hostname": socket.gethostname(), "cpu_count": os.cpu_count(), "usable_cpus": default_workers(),
-            "platform": platform.platform(), "python": platform.python_version()}
+    return machine_facts() | {"usable_cpus": default_workers()}
 
 
 def _previous_sessions(directory: SweepDir) -> list[dict[str, Any]]:
@@ -806,7 +804,7 @@ def _write_manifest(directory: SweepDir, plan: SweepPlan, session: dict[str, Any
     loaded = plan.loaded
     manifest = {
         "mpsim_version": __version__,
-        "git": results.git_revision(),
+        "git": git_revision(),
         "scenario": {"name": loaded.name, "file": loaded.source,
                      "sha256": hashlib.sha256(loaded.text.encode("utf-8")).hexdigest(), "text": loaded.text},
         "overrides": list(loaded.overrides),

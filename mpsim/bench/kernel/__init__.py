@@ -1,0 +1,109 @@
+"""Kernel benchmarks: the live RFC 8803 converter on the namespace testbed, and the model against it.
+
+``mpsim bench kernel fastpath|setup|model|all [--quick] [--out DIR]`` (root only; docs/kernel-bench.md
+has the method, the recorded figures and every disagreement between model and kernel explained).
+
+* **fastpath**: bulk uploads client -> server through the converter (relay ``splice``, ``copy``,
+  ``auto``), beside the kernel path without a proxy (MPTCP end to end, and TCP end to end: the
+  converter namespace then only routes) and a *peer relay* (a plain TCP copy relay in Python made
+  MPTCP by ``mptcpize run``, as socat would be). Unshaped veths (CPU-bound, noisy: interleaved
+  rounds, min/median/max, goodput ratio to direct computed per round, relay CPU seconds per GB
+  from /proc/PID/stat with the relay pinned off the receive-softirq CPU, and the whole machine's
+  busy and softirq time from /proc/stat) and shaped (two 50 Mbit/s paths, where the MPTCP
+  aggregation shows).
+* **setup**: connections per second through the converter and setup latency (median, p90),
+  against direct connects and the peer relay; kernel memory per idle connection (slab deltas,
+  /proc/slabinfo, machine-wide) and the daemon's RSS per connection.
+* **model**: the same scenario in the SimPy model and in the testbed: goodput over a grid of path
+  rates x loss rates (both paths, MPTCP through the converter; plain TCP on one path as the
+  control that separates TCP from MPTCP and relay effects), and the middlebox rules (strip
+  MPTCP on SYN, drop MP_CAPABLE SYNs, drop SYNs with data): negotiation outcome, setup time, SYN
+  and RST counts (nftables counters on the client's output, SYN times from tshark when installed),
+  MPTcpExt counters against the model host's MIB; a CSV/Markdown table and a PNG plot.
+
+Every transfer's bytes are checked by SHA-256 at the receiver against the sender's stream (a
+seeded 1 MiB block repeated); CUBIC is pinned and the buffer maxima set in every namespace; the
+testbed's facts (kernel, sysctls, MPTcpExt counters before and after) and the machine's
+(:func:`mpsim.provenance.machine_facts`) go with every result. Peer programs run in the namespaces
+as ``python -m mpsim.bench.kernel.peer`` (stdlib only, plus :mod:`mpsim.live.client` for the
+Convert client); every socket operation and every loop in them is bounded in count and time, and
+every process is killed by its process group when its testbed closes.
+
+Modules: :mod:`~mpsim.bench.kernel.config` (scales, routes, ports), :mod:`~mpsim.bench.kernel.peer`
+(the programs in the namespaces), :mod:`~mpsim.bench.kernel.measure` (/proc readers, summaries),
+:mod:`~mpsim.bench.kernel.services` (the testbed, its processes, one upload),
+:mod:`~mpsim.bench.kernel.fastpath`, :mod:`~mpsim.bench.kernel.setup`, :mod:`~mpsim.bench.kernel.model`
+(one per benchmark) and :mod:`~mpsim.bench.kernel.report` (JSON, CSV, Markdown, PNG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from mpsim import __version__
+from mpsim.bench.kernel.config import (BENCHMARKS, BLOCK_SEED, GB, MIB, ROUTES, SCALES, TESTBED_SYSCTLS, BenchError,
+                                       Route, Scale)
+from mpsim.bench.kernel.fastpath import fastpath
+from mpsim.bench.kernel.measure import not_root_reason
+from mpsim.bench.kernel.model import ModelSettings, model_goodput, model_negotiation, model_vs_kernel
+from mpsim.bench.kernel.report import csv_rows, markdown, plot_model, write_results
+from mpsim.bench.kernel.services import RELAY_CPU, shared_facts
+from mpsim.bench.kernel.setup import setup
+from mpsim.provenance import git_revision, machine_facts
+
+__all__ = ["BENCHMARKS", "ROUTES", "SCALES", "BenchError", "ModelSettings", "Route", "Scale", "csv_rows", "main",
+           "markdown", "model_goodput", "model_negotiation", "not_root_reason", "plot_model", "run",
+           "write_results"]
+
+
+def run(name: str, scale: Scale, progress: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
+    """One benchmark at one scale; the JSON-able result (facts included)."""
+    functions = {"fastpath": fastpath, "setup": setup, "model": model_vs_kernel}
+    from mpsim.testbed import cleanup_stale
+
+    cleanup_stale("mps")  # leftovers of killed earlier runs; live parallel testbeds are kept
+    started, load_before = time.monotonic(), os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="mpsim-bench-kernel-") as scratch:
+        result = functions[name](scale, Path(scratch), progress)
+    return {"benchmark": f"kernel-{name}", "mpsim_version": __version__, "git": git_revision(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "scale": dataclasses.asdict(scale), "machine": machine_facts() | {"load_average_before": load_before},
+            "wall_s": time.monotonic() - started, **shared_facts(),
+            "settings": {"congestion_control": "cubic", "tcp_buffer_max_bytes": 16 * MIB, "relay_cpu": RELAY_CPU,
+                         "testbed_sysctls": TESTBED_SYSCTLS, "block_seed": BLOCK_SEED, "gb_bytes": GB},
+            **result}
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str = "mpsim bench kernel") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description="Kernel benchmarks of the live converter and of the "
+                                     "model against the kernel, on the namespace testbed (root only).")
+    parser.add_argument("benchmark", choices=[*BENCHMARKS, "all"])
+    parser.add_argument("--quick", action="store_true", help="fewer and smaller runs (about 3 minutes for all)")
+    parser.add_argument("--out", type=Path, help="write kernel_<benchmark>.json/.csv/.md (and .png) here")
+    parser.add_argument("--scale", choices=list(SCALES), help=argparse.SUPPRESS)  # smoke: the test suite's
+    args = parser.parse_args(argv)
+    reason = not_root_reason()
+    if reason:
+        print(f"{prog}: {reason}; run it as root (e.g. sudo {sys.executable} -m mpsim bench kernel ...)",
+              file=sys.stderr)
+        return 2
+    scale = SCALES[args.scale or ("quick" if args.quick else "full")]
+    names = BENCHMARKS if args.benchmark == "all" else (args.benchmark,)
+    ok = True
+    for name in names:
+        result = run(name, scale, progress=lambda line: print(line, file=sys.stderr, flush=True))
+        print(markdown(result))
+        ok &= result["hashes_ok"]
+        if args.out is not None:
+            for path in write_results(result, args.out):
+                print(f"written: {path}")
+    return 0 if ok else 1

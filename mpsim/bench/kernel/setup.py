@@ -1,0 +1,146 @@
+"""Benchmark 2, connection setup and idle memory: connections per second through the converter and
+setup latency (median, p90), against direct connects and the peer relay; kernel memory per idle
+connection (slab deltas, /proc/slabinfo, machine-wide) and the daemon's RSS per connection."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from mpsim.bench.kernel.config import CONVERT_TIMEOUT_S, ECHO_PORTS, PEER_LIMIT_S, ROUTES, Scale
+from mpsim.bench.kernel.measure import meminfo_bytes, percentile, ratios, rss_bytes, slab_bytes, summary
+from mpsim.bench.kernel.services import Peer, Services, new_testbed, peer_argv, testbed_facts
+
+
+def _churn(tb: Any, services: Services, config: str, count: int, log_dir: Path) -> dict[str, Any]:
+    route = ROUTES[config]
+    target, dest = services.target(route, ECHO_PORTS)
+    client = Peer(tb, "client", peer_argv("churn", route.kind, route.client_proto, target, dest, count,
+                                          CONVERT_TIMEOUT_S), log_dir, "churn")
+    result = client.json(PEER_LIMIT_S + 20, "churn result")
+    client.proc.wait(timeout=10)
+    return {"route": config, "connections": result["connections"], "errors": result["error_count"],
+            "error_examples": result["errors"], "fallbacks": result["fallbacks"],
+            "connections_per_s": result["connections"] / result["wall_s"],
+            "setup_us": [round(1e6 * t, 1) for t in result["setup_s"]],
+            "connection_us": [round(1e6 * t, 1) for t in result["total_s"]],
+            "client_cpu_ms_per_conn": 1e3 * result["cpu_s"] / max(1, result["connections"])}
+
+
+def _churn_summary(rows: list[dict], configs: Sequence[str]) -> list[dict]:
+    """Per route: connections/s over rounds, the rate ratio to direct MPTCP per round, and the setup
+    latency percentiles of every connection of every round."""
+    out = []
+    for config in configs:
+        mine = [r for r in rows if r["route"] == config]
+        setups = [t / 1e3 for r in mine for t in r["setup_us"]]
+        totals = [t / 1e3 for r in mine for t in r["connection_us"]]
+        out.append({"route": config, "rounds": len(mine), "connections": sum(r["connections"] for r in mine),
+                    "errors": sum(r["errors"] for r in mine), "fallbacks": sum(r["fallbacks"] for r in mine),
+                    "connections_per_s": summary([r["connections_per_s"] for r in mine]),
+                    "rate_ratio_to_direct_mptcp": ratios(rows, config, "direct-mptcp", "connections_per_s"),
+                    "setup_median_ms": statistics.median(setups) if setups else None,
+                    "setup_p90_ms": percentile(setups, 0.9), "connection_median_ms":
+                        statistics.median(totals) if totals else None})
+    return out
+
+
+def _sockets_in_use(tb: Any, role: str) -> dict[str, int]:
+    from mpsim.testbed.probe import run_command
+
+    text = run_command(["cat", "/proc/net/protocols"], ns=tb.ns[role]).stdout
+    return {line.split()[0]: int(line.split()[2]) for line in text.splitlines()[1:]
+            if line.split() and line.split()[0] in ("TCP", "MPTCP")}
+
+
+def _idle_memory(tb: Any, services: Services, config: str, count: int, log_dir: Path) -> dict[str, Any]:
+    """Slab bytes (machine-wide) and the relay's RSS with ``count`` idle connections, per connection."""
+    route = ROUTES[config]
+    target, dest = services.target(route, ECHO_PORTS)
+    relay = services.relay_process(route)
+    time.sleep(0.3)
+    slab0, mem0 = slab_bytes(), meminfo_bytes()
+    rss0 = rss_bytes(relay.proc.pid) if relay else None
+    sockets0 = _sockets_in_use(tb, "converter")
+    argv = peer_argv("hold", route.kind, route.client_proto, target, dest, count, CONVERT_TIMEOUT_S)
+    holder = Peer(tb, "client", argv, log_dir, "hold", stdin=True)
+    held = holder.json(PEER_LIMIT_S + 20, "held line")
+    time.sleep(0.5)
+    slab1, mem1 = slab_bytes(), meminfo_bytes()
+    rss1 = rss_bytes(relay.proc.pid) if relay else None
+    sockets1 = _sockets_in_use(tb, "converter")
+    holder.tell("close")
+    holder.json(30, "closed line")
+    holder.proc.wait(timeout=10)
+    time.sleep(0.5)
+    slab2 = sum(slab_bytes().values())
+    n = max(1, held["held"])
+    deltas = {name: slab1.get(name, 0) - slab0.get(name, 0) for name in set(slab0) | set(slab1)}
+    top = sorted(((v, k) for k, v in deltas.items() if v), reverse=True)[:8]
+    held_bytes, before_bytes = sum(slab1.values()), sum(slab0.values())
+    return {"route": config, "connections": held["held"], "errors": held["errors"],
+            "client_subflows": held["subflows"],
+            "slab_bytes_per_conn": (held_bytes - before_bytes) / n,
+            # against the mean of before and after the close: takes out a drift of the machine's other
+            # slab use that is linear in time (TIME-WAIT remnants, about 0.3 KB each, stay in "after")
+            "slab_bytes_per_conn_drift_corrected": (held_bytes - (before_bytes + slab2) / 2) / n,
+            "slab_meminfo_bytes_per_conn": (mem1["Slab"] - mem0["Slab"]) / n,
+            "relay_rss_bytes_per_conn": (rss1 - rss0) / n if relay else None,
+            "converter_ns_sockets_per_conn": {k: (sockets1[k] - sockets0.get(k, 0)) / n for k in sockets1},
+            "top_slab_caches_bytes_per_conn": {k: v / n for v, k in top}}
+
+
+def setup(scale: Scale, log_dir: Path, progress: Callable[[str], None]) -> dict[str, Any]:
+    from mpsim.testbed import PathSpec
+
+    configs = sorted(set(scale.churn_configs) | set(scale.memory_configs), key=list(ROUTES).index)
+    churn_rows, memory_rows = [], []
+    with new_testbed([PathSpec(), PathSpec()]) as tb:
+        services = Services(tb, log_dir)
+        lifetime_s = 900.0
+        services.start_echo(lifetime_s)
+        for mode in sorted({ROUTES[c].relay for c in configs} - {None, "peer"}):
+            services.start_daemon(mode)
+        if any(ROUTES[c].relay == "peer" for c in configs):
+            services.start_relay(ECHO_PORTS["tcp"], 100_000, lifetime_s)
+        for round_index in range(scale.churn_rounds):
+            order = scale.churn_configs if round_index % 2 == 0 else scale.churn_configs[::-1]
+            for config in order:
+                row = _churn(tb, services, config, scale.churn_conns, log_dir) | {"round": round_index,
+                                                                                  "session": "churn"}
+                churn_rows.append(row)
+                progress(f"setup round {round_index + 1}/{scale.churn_rounds} {config}: "
+                         f"{row['connections_per_s']:.0f} connections/s, setup median "
+                         f"{statistics.median(row['setup_us'] or [math.nan]) / 1e3:.2f} ms")
+        for round_index in range(scale.memory_rounds):
+            for config in scale.memory_configs:
+                row = _idle_memory(tb, services, config, scale.idle_conns, log_dir) | {"round": round_index}
+                memory_rows.append(row)
+                progress(f"idle memory round {round_index + 1}/{scale.memory_rounds} {config}: "
+                         f"{row['slab_bytes_per_conn'] / 1e3:.1f} KB slab per connection")
+        facts = testbed_facts(tb) | {"daemon_counters": services.daemon_counters()}
+    memory_summary = []
+    for config in scale.memory_configs:
+        mine = [r for r in memory_rows if r["route"] == config]
+        memory_summary.append({"route": config, "rounds": len(mine),
+                               "slab_kb_per_conn": summary([r["slab_bytes_per_conn"] / 1e3 for r in mine]),
+                               "slab_kb_per_conn_drift_corrected": summary(
+                                   [r["slab_bytes_per_conn_drift_corrected"] / 1e3 for r in mine]),
+                               "relay_rss_kb_per_conn": summary([r["relay_rss_bytes_per_conn"] / 1e3 for r in mine
+                                                                 if r["relay_rss_bytes_per_conn"] is not None])})
+    # The endpoints of a relayed connection: the client's MPTCP socket and its two subflows (half of a
+    # direct MPTCP connection's slab) and the server's TCP socket (half of a direct TCP one's).
+    base = {m["route"]: m["slab_kb_per_conn_drift_corrected"]["median"] for m in memory_summary}
+    endpoints = base["direct-mptcp"] / 2 + base["direct-tcp"] / 2 \
+        if base.get("direct-mptcp") is not None and base.get("direct-tcp") is not None else None
+    for m in memory_summary:
+        m["proxy_share_kb_per_conn"] = m["slab_kb_per_conn_drift_corrected"]["median"] - endpoints \
+            if endpoints is not None and ROUTES[m["route"]].relay else None
+    return {"churn_rows": churn_rows, "churn": _churn_summary(churn_rows, scale.churn_configs),
+            "memory_rows": memory_rows, "memory": memory_summary, "testbeds": {"setup": facts},
+            "hashes_ok": not any(r["errors"] for r in churn_rows + memory_rows)}
+
