@@ -160,6 +160,11 @@ def _error(r: Row) -> str:
     return f"{r.error:.1%}"
 
 
+def _reason(value: Any) -> str | None:
+    """A fallback reason cell: None, NaN (pandas' empty cell) and "" all mean none."""
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) or value == "" else value
+
+
 def _values(frame: Any, column: str) -> list[float]:
     return [float(v) for v in frame[column] if v is not None and not (isinstance(v, float) and math.isnan(v))]
 
@@ -196,7 +201,7 @@ def compare_results(model: results.Results, kernel: results.Results, *, skipped:
             else:
                 mismatches.append(f"{variant} run {key[0]} request {key[1]}: {m['outcome']} / {k['outcome']}"
                                   f" ({m['fallback_reason']} / {k['fallback_reason']})")
-            reason += (m["fallback_reason"] or None) == (k["fallback_reason"] or None)
+            reason += _reason(m["fallback_reason"]) == _reason(k["fallback_reason"])
             counted += 1
             for name, column in _COUNT_COLUMN.items():
                 if k[column] is not None and not (isinstance(k[column], float) and math.isnan(k[column])):

@@ -74,7 +74,8 @@ PROXY_PORT_DEFAULT = 1234
 #: they stand for the model's endpoints, which take no time, so a loaded machine's scheduling
 #: latency should not be in their times. The proxy under test runs as it would be deployed.
 REALTIME = ["chrt", "-f", "10"] if shutil.which("chrt") else []
-SETTLE_S = 0.3  # after the last record: let FINs and RSTs reach the captures
+SETTLE_S = 0.3
+RST_GRACE_S = 0.002  # an RST the close itself sent is stamped within this of the close  # after the last record: let FINs and RSTs reach the captures
 
 
 class KernelWorldError(MpsimError):
@@ -259,16 +260,18 @@ def client_plan(scenario: Scenario, run_index: int, proxy: tuple[str, int] | Non
 # --- the pcap reading: SYNs, RSTs per local port ----------------------------------------------------
 
 
-def pcap_flags(path: Path, client_addresses: set[str]) -> dict[int, dict[str, int]]:
-    """{client port: {"syns": n, "rsts": n}} for packets the client sent (Ethernet + IPv4, pcap format)."""
+def pcap_flags(path: Path, client_addresses: set[str]) -> dict[int, dict[str, list[float]]]:
+    """{client port: {"syns": [times], "rsts": [times]}} for packets the client sent (Ethernet +
+    IPv4, pcap format; times in seconds of the capture's clock, CLOCK_REALTIME)."""
     data = path.read_bytes() if path.exists() else b""
-    out: dict[int, dict[str, int]] = {}
+    out: dict[int, dict[str, list[float]]] = {}
     if len(data) < 24:
         return out
     endian = "<" if data[:4] == b"\xd4\xc3\xb2\xa1" else ">"
     offset = 24
     while offset + 16 <= len(data):
-        incl = struct.unpack_from(endian + "I", data, offset + 8)[0]
+        seconds, fraction, incl = struct.unpack_from(endian + "III", data, offset)
+        stamp = seconds + fraction * 1e-6
         frame = data[offset + 16:offset + 16 + incl]
         offset += 16 + incl
         if len(frame) < 14 + 20 or frame[12:14] != b"\x08\x00":
@@ -282,9 +285,11 @@ def pcap_flags(path: Path, client_addresses: set[str]) -> dict[int, dict[str, in
             continue
         sport = struct.unpack_from("!H", ip, ihl)[0]
         flags = ip[ihl + 13]
-        counts = out.setdefault(sport, {"syns": 0, "rsts": 0})
-        counts["syns"] += bool(flags & 0x02 and not flags & 0x10)
-        counts["rsts"] += bool(flags & 0x04)
+        times = out.setdefault(sport, {"syns": [], "rsts": []})
+        if flags & 0x02 and not flags & 0x10:
+            times["syns"].append(stamp)
+        if flags & 0x04:
+            times["rsts"].append(stamp)
     return out
 
 
@@ -528,12 +533,12 @@ def run_once(scenario: Scenario, *, variant: str, run_index: int, work: Path, pr
         for log in logs:
             log.close()
     client_out = json.loads(out_path.read_text())
-    flags: dict[int, dict[str, int]] = {}
+    flags: dict[int, dict[str, list[float]]] = {}
     for path in pcaps:
-        for port, counts in pcap_flags(Path(path), set(facts["addresses"]["client"])).items():
-            total = flags.setdefault(port, {"syns": 0, "rsts": 0})
-            total["syns"] += counts["syns"]
-            total["rsts"] += counts["rsts"]
+        for port, times in pcap_flags(Path(path), set(facts["addresses"]["client"])).items():
+            total = flags.setdefault(port, {"syns": [], "rsts": []})
+            total["syns"] += times["syns"]
+            total["rsts"] += times["rsts"]
     result = _rows(scenario, variant, run_index, seeds, client_out, flags, before, after, snmp_before, snmp_after,
                    boxes, bool(pcaps))
     captured = {Path(p).name: Path(p).read_bytes() for p in pcaps if Path(p).exists()}
@@ -552,7 +557,7 @@ def _retrans_segs(tb: Any, role: str) -> int:
 
 
 def _rows(scenario: Scenario, variant: str, run_index: int, seeds: dict, client_out: dict,
-          flags: dict[int, dict[str, int]], before: dict, after: dict, snmp_before: dict, snmp_after: dict,
+          flags: dict[int, dict[str, list[float]]], before: dict, after: dict, snmp_before: dict, snmp_after: dict,
           boxes: dict, have_pcaps: bool) -> RunResult:
     names = path_names(scenario)
     p0 = scenario.paths[scenario.primary_path]
@@ -566,8 +571,11 @@ def _rows(scenario: Scenario, variant: str, run_index: int, seeds: dict, client_
         row = {k: record.get(k) for k in CONNECTION_COLUMNS if k in record}
         ports = record.get("ports", [])
         if have_pcaps:
-            row["syns_sent"] = sum(flags.get(p, {}).get("syns", 0) for p in ports)
-            row["rsts_sent"] = sum(flags.get(p, {}).get("rsts", 0) for p in ports)
+            closed = record.get("closed_wall", {})
+            row["syns_sent"] = sum(len(flags.get(p, {}).get("syns", [])) for p in ports)
+            # An RST after the socket was closed answered a stray segment: the host's, not the connection's.
+            row["rsts_sent"] = sum(sum(t <= closed.get(str(p), math.inf) + RST_GRACE_S
+                                       for t in flags.get(p, {}).get("rsts", [])) for p in ports)
         else:
             row["syns_sent"] = row["rsts_sent"] = None
         row["source_ports_used"] = len(ports)

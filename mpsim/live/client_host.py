@@ -131,6 +131,7 @@ class Logical:
     kinds: list[str] = field(default_factory=list)
     counters_before: dict = field(default_factory=dict)
     connected_at: float = 0.0
+    closed_wall: dict = field(default_factory=dict)  # port -> time.time() when the socket was closed
 
 
 class ClientHostRunner:
@@ -188,7 +189,7 @@ class ClientHostRunner:
         if sock is not None and request.get("transfer"):
             self._transfer(lc, sock, request["transfer"])
         if sock is not None:
-            sock.close()
+            self._end(lc, sock, reset=False)
         with self.lock:
             self.records.append(self._record(lc, outcome, lc.detail))
 
@@ -201,7 +202,7 @@ class ClientHostRunner:
                 "completion_time_s": None, "bytes_sent": r["request_size_bytes"] if lc.setup_s is not None else 0,
                 "bytes_delivered": lc.delivered, "attempts": lc.attempts, "via_proxy": lc.via_proxy,
                 "mptcp": lc.mptcp, "converter_error": lc.converter_error, "signal_leaked": False,
-                "detail": detail, "ports": lc.ports, "attempt_kinds": lc.kinds,
+                "detail": detail, "ports": lc.ports, "closed_wall": {str(k): v for k, v in lc.closed_wall.items()}, "attempt_kinds": lc.kinds,
                 "end_s": self.now(), "outcome_ok": outcome is not Outcome.FAILED}
 
     # --- the lifecycle: LogicalConnection's order of decisions -----------------------------------------
@@ -291,13 +292,29 @@ class ClientHostRunner:
         except OSError as err:
             error = err.errno or errno.EIO
         if error:
-            reset_close(sock)
+            self._end(lc, sock, reset=error != errno.ETIMEDOUT)
             detail = "refused" if error == errno.ECONNREFUSED else "timed out (syn)" \
                 if error == errno.ETIMEDOUT else f"unreachable ({errno.errorcode.get(error, error)})"
             raise AttemptFailed(detail)
         after = mptcp_counters()
         sock.setblocking(True)
         return sock, syn_bytes, {k: after.get(k, 0) - before.get(k, 0) for k in after}
+
+    def _end(self, lc: Logical, sock: socket.socket, *, reset: bool) -> None:
+        """Close an attempt's socket, noting when (wall clock, as the captures stamp packets): an
+        RST the kernel sends later for that port answers a stray segment, which the model counts
+        as the host's (RstsForUnknown), not the connection's. A connect that timed out is closed
+        without SO_LINGER 0: the model's abort in SYN-SENT sends nothing (MPTCP would send an RST)."""
+        try:
+            port = sock.getsockname()[1]
+        except OSError:
+            port = None
+        if reset:
+            reset_close(sock)
+        else:
+            sock.close()
+        if port:
+            lc.closed_wall[port] = time.time()
 
     def _mptcp_verdict(self, lc: Logical, sock: socket.socket, mptcp: bool, delta: dict) -> None:
         on = mptcp and mptcp_info(sock) is not None
@@ -363,7 +380,7 @@ class ClientHostRunner:
                 raise self._refused(lc, failure) from None
             acked = syn_bytes if tcp_info(sock).syn_data else 0
             if exchange.check_synack(acked, message_bytes) is not SynAckVerdict.PAYLOAD_ACKED:
-                reset_close(sock)
+                self._end(lc, sock, reset=True)
                 raise AttemptFailed("SYN-ACK refused", exchange.reply.fallback_reason)
             if syn_bytes < len(payload):
                 sock.sendall(payload[syn_bytes:])
@@ -378,7 +395,7 @@ class ClientHostRunner:
             except OSError:
                 reply = None
             if reply is None:
-                reset_close(sock)
+                self._end(lc, sock, reset=True)
                 raise AttemptFailed("no Convert reply", exchange.reply_missing().fallback_reason)
             if not reply.must_reset:
                 with self.lock:
@@ -393,7 +410,7 @@ class ClientHostRunner:
                 lc.setup_s = self.now() - lc.start
                 lc.pending_app_data = reply.app_data  # type: ignore[attr-defined]
                 return sock
-            reset_close(sock)  # RFC 8803 6.2.8: reset on any Error TLV, then act per code
+            self._end(lc, sock, reset=True)  # RFC 8803 6.2.8: reset on any Error TLV, then act per code
             if reply.error is not None:
                 lc.converter_error = reply.error.code
             reaction = reply.advice.reaction
@@ -440,10 +457,10 @@ class ClientHostRunner:
             pass
         result = exchange.result
         if result is None:
-            reset_close(sock)
+            self._end(lc, sock, reset=True)
             raise AttemptFailed("no SOCKS5 reply", lc.scheme.reply_missing_reason(None))
         if not result.succeeded:
-            reset_close(sock)
+            self._end(lc, sock, reset=True)
             code = result.reply_code
             lc.converter_error = code
             with self.lock:
@@ -489,11 +506,11 @@ class ClientHostRunner:
                 lc.delivered += len(data)
         except OSError as err:
             lc.detail = "reset" if isinstance(err, ConnectionResetError) else f"timed out ({err})"
-            reset_close(sock)
+            self._end(lc, sock, reset=True)
             return Outcome.FAILED, None
         if lc.delivered < wanted:
             lc.detail = f"peer closed after {lc.delivered} response bytes"
-            reset_close(sock)
+            self._end(lc, sock, reset=True)
             return Outcome.FAILED, None
         # LogicalConnection._complete's decision.
         if via_proxy and (lc.mptcp or not self.policy["upstream_mptcp"]):
