@@ -49,6 +49,7 @@ from mpsim.errors import MpsimError
 from mpsim.experiment.results import CONNECTION_COLUMNS, Results
 from mpsim.experiment.scenario import Arrivals, LoadedScenario, Scenario
 from mpsim.experiment.simulation import RunResult
+from mpsim.proto.catalogue import SCHEMES
 from mpsim.proto.client import ClientPolicy
 from mpsim.sim.seeds import component_rng, derive_seed
 
@@ -107,7 +108,7 @@ def unbuildable(scenario: Scenario, *, proxy_cmd: str | None = None) -> list[str
     for name in schemes:
         if name not in KERNEL_SCHEMES:
             out.append(f"client.scheme {name!r}: " + REFUSED_SCHEMES.get(name, "no socket form in the kernel world"))
-    if s.converter.enabled and any(name in KERNEL_SCHEMES and name in ("convert", "socks5") for name in schemes):
+    if s.converter.enabled and any(SCHEMES.get(name).proxy for name in schemes):
         kind = s.proxy_kind
         if kind not in KERNEL_PROXIES and proxy_cmd is None:
             out.append(f"converter.kind {kind!r}: the kernel world runs {', '.join(KERNEL_PROXIES)} "
@@ -487,7 +488,7 @@ def run_once(scenario: Scenario, *, variant: str, run_index: int, work: Path, pr
                 raise KernelWorldError(f"the server program did not start (see {log.name})")
         proxy, argv = None, []
         needs_proxy = scenario.converter.enabled and any(
-            SCHEME_PROXY.get(r["scheme"]) for r in requests_plan(scenario, run_index))
+            SCHEMES.get(r["scheme"]).proxy for r in requests_plan(scenario, run_index))
         if needs_proxy:
             proxy = (tb.addresses.converter[0], scenario.converter.port)
             argv = proxy_argv(scenario, proxy, "198.18.0.0/15", proxy_cmd)
@@ -496,20 +497,21 @@ def run_once(scenario: Scenario, *, variant: str, run_index: int, work: Path, pr
             tb.popen("converter", argv, stdout=log, stderr=log)
             _wait_port(tb, "client", proxy[0], proxy[1], 15.0)
         captures, pcaps = [], []
-        if pcap and shutil.which("dumpcap"):
+        capture = capture_argv() if pcap else None
+        if capture is not None:
             for i, name in enumerate(path_names(scenario)):
                 path = work / f"{variant}-run{run_index}-path.{name}.pcap"
                 pcaps.append(str(path))
-                captures.append(tb.popen("client", ["dumpcap", "-q", "-i", f"path{i}", "-s", "128", "-P",
-                                                    "-w", str(path)], stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.DEVNULL))
+                log = open(work / f"{variant}-run{run_index}-capture.{name}.log", "wb")
+                logs.append(log)
+                captures.append(tb.popen("client", capture(f"path{i}", str(path)), stdout=log, stderr=log))
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and not all(Path(p).exists() and Path(p).stat().st_size >= 24
                                                           for p in pcaps):
                 time.sleep(0.05)
             missing = [p for p in pcaps if not Path(p).exists()]
             if missing:
-                raise KernelWorldError(f"dumpcap did not start capturing into {', '.join(missing)}")
+                raise KernelWorldError(f"the packet capture did not start writing {', '.join(missing)}")
         before = {role: tb.counters(role) for role in ("client", "converter", "server")}
         snmp_before = {role: _retrans_segs(tb, role) for role in ("client", "converter", "server")}
         plan = client_plan(scenario, run_index, proxy, server)
@@ -545,7 +547,16 @@ def run_once(scenario: Scenario, *, variant: str, run_index: int, work: Path, pr
     return result, KernelRun(facts, sysctls, {k: list(v) for k, v in boxes.items()}, argv, captured)
 
 
-SCHEME_PROXY = {"convert": "convert", "socks5": "socks5"}
+def capture_argv() -> Any:
+    """A function (interface, file) -> argv of a packet capture writing pcap with 128-byte
+    snapshots: tcpdump (what .ci/run installs) or dumpcap; None when neither is installed (the
+    SYN and RST columns are then empty)."""
+    if shutil.which("tcpdump"):
+        return lambda dev, path: ["tcpdump", "-q", "--immediate-mode", "-i", dev, "-s", "128", "-U", "-Z", "root",
+                                          "-w", path]
+    if shutil.which("dumpcap"):
+        return lambda dev, path: ["dumpcap", "-q", "-i", dev, "-s", "128", "-P", "-w", path]
+    return None
 
 
 def _retrans_segs(tb: Any, role: str) -> int:
@@ -680,7 +691,6 @@ def run_kernel(loaded: LoadedScenario, *, variants: list[str] | None = None, ski
     ``skip_unbuildable``, left out and named in the manifest."""
     from mpsim.testbed.probe import TestbedError
 
-    check_root()
     names = list(variants) if variants else list(loaded.variants)
     problems = {name: unbuildable(loaded.variants[name], proxy_cmd=proxy_cmd) for name in names}
     skipped = []
@@ -691,8 +701,11 @@ def run_kernel(loaded: LoadedScenario, *, variants: list[str] | None = None, ski
                                        + (f" (and {len(problems[name]) - 1} more)" if len(problems[name]) > 1 else ""))
             skipped += [f"{name}: {line}" for line in problems[name]]
     names = [name for name in names if not problems[name]]
+    check_root()  # after the refusals: what cannot be built is said on any machine
     runs, kernel = [], []
-    with tempfile.TemporaryDirectory(prefix="mpsim-kernel-") as scratch:
+    # MPSIM_KERNEL_WORK=DIR keeps the work files (plans, the client's JSON, program logs) there.
+    keep = os.environ.get("MPSIM_KERNEL_WORK")
+    with (contextlib.nullcontext(keep) if keep else tempfile.TemporaryDirectory(prefix="mpsim-kernel-")) as scratch:
         for run_index in range(loaded.base.runs):
             for name in names:
                 if progress:
