@@ -77,6 +77,8 @@ def test_syn_give_up_follows_the_models_schedule():
     assert syn_give_up_s(2, 4) == 3.0
     # 6 retries, classic: 0, 1, 3, 7, 15, 31, 63, given up at 127 s.
     assert syn_give_up_s(6, 0) == 127.0
+    # 6 retries, linear 4: SYNs at 0, 1, 2, 3, 4, 5, 7 s (TcpPolicy.syn_linear_timeouts), then 4 s more.
+    assert syn_give_up_s(6, 4) == 11.0
 
 
 def _frame(src: str, sport: int, flags: int) -> bytes:
