@@ -416,7 +416,7 @@ class ServerLinkDelay:
         self.close()
 
 
-def _wait_port(tb: Any, role: str, address: str, port: int, timeout_s: float) -> None:
+def wait_listening(tb: Any, role: str, address: str, port: int, timeout_s: float) -> None:
     """The readiness check: a TCP connect from the client namespace succeeds."""
     probe = (f"import socket,sys\ns=socket.socket();s.settimeout(1)\n"
              f"sys.exit(s.connect_ex(({address!r},{port})))")
@@ -429,16 +429,25 @@ def _wait_port(tb: Any, role: str, address: str, port: int, timeout_s: float) ->
     raise KernelWorldError(f"nothing listens on {address}:{port} after {timeout_s:g} s (the proxy did not start)")
 
 
+def fill_proxy_cmd(proxy_cmd: str, listen: tuple[str, int], allow: str) -> list[str]:
+    """``--proxy-cmd`` as argv: {listen} (ADDR:PORT), {addr}, {port} and {allow} (the clients'
+    prefix) filled in; a clear error for another placeholder."""
+    fields = {"listen": f"{listen[0]}:{listen[1]}", "allow": allow, "addr": listen[0], "port": str(listen[1])}
+    try:
+        argv = [word.format(**fields) for word in shlex.split(proxy_cmd)]
+    except (KeyError, IndexError, ValueError) as err:
+        raise KernelWorldError(f"--proxy-cmd {proxy_cmd!r}: bad placeholder {err}; use {{listen}}, {{allow}}, "
+                               "{addr}, {port}") from None
+    if not argv:
+        raise KernelWorldError("--proxy-cmd is empty")
+    return argv
+
+
 def proxy_argv(scenario: Scenario, listen: tuple[str, int], allow: str, proxy_cmd: str | None) -> list[str]:
     """The proxy's command line: --proxy-cmd with {listen}, {allow}, {addr}, {port} filled in, or the
     scenario's proxy."""
     if proxy_cmd is not None:
-        fields = {"listen": f"{listen[0]}:{listen[1]}", "allow": allow, "addr": listen[0], "port": str(listen[1])}
-        try:
-            return [word.format(**fields) for word in shlex.split(proxy_cmd)]
-        except (KeyError, IndexError, ValueError) as err:
-            raise KernelWorldError(f"--proxy-cmd {proxy_cmd!r}: unknown placeholder {err}; use {{listen}}, "
-                                   "{allow}, {addr}, {port}") from None
+        return fill_proxy_cmd(proxy_cmd, listen, allow)
     cv = scenario.converter
     if scenario.proxy_kind == "socks5":
         return ["mptcpize", "run", "microsocks", "-i", listen[0], "-p", str(listen[1])]
@@ -495,7 +504,7 @@ def run_once(scenario: Scenario, *, variant: str, run_index: int, work: Path, pr
             log = open(work / f"{variant}-run{run_index}-proxy.log", "wb")
             logs.append(log)
             tb.popen("converter", argv, stdout=log, stderr=log)
-            _wait_port(tb, "client", proxy[0], proxy[1], 15.0)
+            wait_listening(tb, "client", proxy[0], proxy[1], 15.0)
         captures, pcaps = [], []
         capture = capture_argv() if pcap else None
         if capture is not None:

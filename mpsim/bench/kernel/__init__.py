@@ -56,6 +56,7 @@ from mpsim.bench.kernel.fastpath import fastpath
 from mpsim.bench.kernel.measure import not_root_reason
 from mpsim.bench.kernel.model import ModelSettings, model_goodput, model_negotiation, model_vs_kernel
 from mpsim.bench.kernel.report import csv_rows, markdown, plot_model, write_results
+from mpsim.bench.kernel import services
 from mpsim.bench.kernel.services import RELAY_CPU, shared_facts
 from mpsim.bench.kernel.setup import setup
 from mpsim.provenance import git_revision, machine_facts
@@ -77,7 +78,7 @@ def run(name: str, scale: Scale, progress: Callable[[str], None] = lambda line: 
     return {"benchmark": f"kernel-{name}", "mpsim_version": __version__, "git": git_revision(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "scale": dataclasses.asdict(scale), "machine": machine_facts() | {"load_average_before": load_before},
-            "wall_s": time.monotonic() - started, **shared_facts(),
+            "wall_s": time.monotonic() - started, **shared_facts(), "proxy_cmd": services.PROXY_CMD,
             "settings": {"congestion_control": "cubic", "tcp_buffer_max_bytes": 16 * MIB, "relay_cpu": RELAY_CPU,
                          "testbed_sysctls": TESTBED_SYSCTLS, "block_seed": BLOCK_SEED, "gb_bytes": GB},
             **result}
@@ -90,7 +91,13 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "mpsim bench kernel")
     parser.add_argument("--quick", action="store_true", help="fewer and smaller runs (about 3 minutes for all)")
     parser.add_argument("--out", type=Path, help="write kernel_<benchmark>.json/.csv/.md (and .png) here")
     parser.add_argument("--scale", choices=list(SCALES), help=argparse.SUPPRESS)  # smoke: the test suite's
+    parser.add_argument("--proxy-cmd", metavar="COMMAND",
+                        help="fastpath, setup: run this proxy in the converter namespace in place of the live "
+                             "converter ({listen} {allow} {addr} {port} filled in)")
     args = parser.parse_args(argv)
+    if args.proxy_cmd is not None and args.benchmark not in ("fastpath", "setup"):
+        parser.error("--proxy-cmd goes with fastpath or setup")
+    services.PROXY_CMD = args.proxy_cmd
     reason = not_root_reason()
     if reason:
         print(f"{prog}: {reason}; run it as root (e.g. sudo {sys.executable} -m mpsim bench kernel ...)",
