@@ -152,3 +152,22 @@ def test_compare_exits_1_beyond_a_tolerance(kernel_world, capsys):
     err = capsys.readouterr().err
     assert status == 1
     assert "setup_rtts error" in err and "exceeds the tolerance 0" in err
+
+
+def test_compare_finds_outcomes_that_disagree_and_measures_errors():
+    # Two simulator runs stand for the two worlds: the same scenario, the server closed in one.
+    from mpsim.experiment import results
+
+    model = results.run(load(CI_SCENARIO))
+    other = results.run(load(CI_SCENARIO, ["server.kind=closed"]))
+    report = compare.compare_results(model, other)
+    rows = {r.metric: r for r in report.rows}
+    assert rows["outcome"].error == 0.0 and report.mismatches == ["base run 0 request 0: mptcp / failed (None / None)"]
+    assert report.check({}) == ["base: outcomes agree in 0% of requests (must be 100%)"]
+    same = compare.compare_results(model, results.run(load(CI_SCENARIO)))
+    rows = {r.metric: r for r in same.rows}
+    assert rows["outcome"].error == 1.0 and rows["goodput"].error == 0.0 and rows["syns"].error == 0.0
+    assert same.check({"goodput": 0.0, "syns": 0}) == []
+    slower = compare.compare_results(model, results.run(load(CI_SCENARIO, ["paths.b.rate_down_bps=5e6"])))
+    goodput = {r.metric: r for r in slower.rows}["goodput"]
+    assert 0.1 < goodput.error < 0.5 and slower.check({"goodput": 0.05})
