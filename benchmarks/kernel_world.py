@@ -48,14 +48,16 @@ def _report_from(path: Path) -> dict:
 
 
 def markdown(reports: dict[str, dict], seeds_note: str) -> str:
-    facts = machine_facts()
+    facts, revision = machine_facts(), git_revision() or {}
     lines = ["# Model against kernel: the scenario files in models/kernel", "",
-             f"mpsim {git_revision() or ''}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
-             f"{facts.get('kernel', facts.get('platform', ''))}, {os.cpu_count()} CPUs shared with other work "
+             f"mpsim {str(revision.get('commit', ''))[:10]}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M}"
+             f" UTC, {facts.get('platform', '')}, {os.cpu_count()} CPUs shared with other work "
              f"(load average {os.getloadavg()[0]:.1f} when written). {seeds_note}", "",
+             *targets(reports), "",
              "`mpsim compare` per job (docs/kernel-world.md): outcome agreement must be 100 %; counts are the "
              "largest absolute difference per request; times in client-server RTTs and goodput as |kernel median - "
-             "model median| / model median; the kernel's min-max over the run indices beside it.", ""]
+             "model median| / model median; the kernel's min-max over the run indices beside it. What the differences come "
+             "from: docs/kernel-world.md, \"Measured here\".", ""]
     for job, report in reports.items():
         lines += [f"## {job}: scenario {report['scenario']}, {report['seeds']} run index(es)", "",
                   "| variant | metric | model | kernel median | kernel min-max | error |", "|---|---|---:|---:|---:|---:|"]
@@ -71,6 +73,35 @@ def markdown(reports: dict[str, dict], seeds_note: str) -> str:
         lines.append("")
     lines += ["## Not compared", "", *(f"- {line}" for line in NOT_COMPARED), ""]
     return "\n".join(lines)
+
+
+def targets(reports: dict[str, dict]) -> list[str]:
+    """The issue's targets, counted over every variant of every job: outcomes, SYN and RST counts
+    agree 100 %; setup and first-byte times within 5 %; goodput within 5 % loss-free and 15 %
+    under random loss (a variant with "loss" in its name)."""
+    tally: dict[str, list[int]] = {}
+
+    def count(name: str, ok: bool) -> None:
+        tally.setdefault(name, [0, 0])[0] += ok
+        tally[name][1] += 1
+
+    for report in reports.values():
+        for row in report["rows"]:
+            error, metric, variant = row["error"], row["metric"], row["variant"]
+            if error is None:
+                continue
+            if metric == "outcome":
+                count("outcomes agree", error == 1.0)
+            elif metric in ("syns", "rsts"):
+                count(f"{metric.upper()[:-1]}s agree", error == 0)
+            elif metric in ("setup_rtts", "first_byte_rtts"):
+                count(f"{metric} within 5 %", error <= 0.05)
+            elif metric == "goodput":
+                lossy = "loss" in variant
+                count(f"goodput within {'15 % (random loss)' if lossy else '5 % (loss-free)'}",
+                      error <= (0.15 if lossy else 0.05))
+    return ["Against the targets (variants meeting it / variants compared): "
+            + "; ".join(f"{name} {ok}/{total}" for name, (ok, total) in tally.items()) + "."]
 
 
 def main(argv: list[str] | None = None) -> int:

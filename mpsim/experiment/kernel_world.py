@@ -710,6 +710,9 @@ def run_kernel(loaded: LoadedScenario, *, variants: list[str] | None = None, ski
                                        + (f" (and {len(problems[name]) - 1} more)" if len(problems[name]) > 1 else ""))
             skipped += [f"{name}: {line}" for line in problems[name]]
     names = [name for name in names if not problems[name]]
+    if not names:
+        raise KernelWorldError("no variant can be built in the kernel: " + "; ".join(skipped[:3])
+                               + (f" (and {len(skipped) - 3} more)" if len(skipped) > 3 else ""))
     check_root()  # after the refusals: what cannot be built is said on any machine
     runs, kernel = [], []
     # MPSIM_KERNEL_WORK=DIR keeps the work files (plans, the client's JSON, program logs) there.
