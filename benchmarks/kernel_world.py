@@ -50,17 +50,19 @@ def _report_from(path: Path) -> dict:
 def markdown(reports: dict[str, dict], seeds_note: str) -> str:
     facts, revision = machine_facts(), git_revision() or {}
     lines = ["# Model against kernel: the scenario files in models/kernel", "",
-             f"mpsim {str(revision.get('commit', ''))[:10]}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M}"
-             f" UTC, {facts.get('platform', '')}, {os.cpu_count()} CPUs shared with other work "
+             f"mpsim {str(revision.get('commit', ''))[:10]}, "
+             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {facts.get('platform', '')}, "
+             f"{os.cpu_count()} CPUs shared with other work "
              f"(load average {os.getloadavg()[0]:.1f} when written). {seeds_note}", "",
              *targets(reports), "",
              "`mpsim compare` per job (docs/kernel-world.md): outcome agreement must be 100 %; counts are the "
              "largest absolute difference per request; times in client-server RTTs and goodput as |kernel median - "
-             "model median| / model median; the kernel's min-max over the run indices beside it. What the differences come "
-             "from: docs/kernel-world.md, \"Measured here\".", ""]
+             "model median| / model median; the kernel's min-max over the run indices beside it. "
+             "What the differences come from: docs/kernel-world.md, \"Measured here\".", ""]
     for job, report in reports.items():
         lines += [f"## {job}: scenario {report['scenario']}, {report['seeds']} run index(es)", "",
-                  "| variant | metric | model | kernel median | kernel min-max | error |", "|---|---|---:|---:|---:|---:|"]
+                  "| variant | metric | model | kernel median | kernel min-max | error |",
+                  "|---|---|---:|---:|---:|---:|"]
         for row in report["rows"]:
             r = compare.Row(**row)
             spread = "-" if r.kernel_min is None else f"{compare._show(r.kernel_min)}-{compare._show(r.kernel_max)}"

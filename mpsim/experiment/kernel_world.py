@@ -11,9 +11,9 @@ How the scenario maps onto the kernel:
   direction: the testbed shapes both directions at ``rate_down_bps``; the up direction's tbf is then
   replaced with ``rate_up_bps`` (the same burst and queue rules). Queue: ``queue_bytes`` as time at
   each direction's rate. Loss: ``bernoulli`` is the testbed's nftables rule, ``gilbert_elliott``
-  the delay line's. Delay: the path's one-way delay **plus the server's** (the testbed delays the
-  client links only; every client-server round trip is the model's, the converter-server leg
-  alone has no delay of its own).
+  the delay line's. Delay: the testbed's (netem, or the project's delay line). The server's
+  one-way delay: the same delay line spliced into the converter-server link
+  (:class:`ServerLinkDelay`).
 * The converter is the testbed's converter namespace (the access router): ``convert`` runs the
   project's live converter, ``socks5`` a SOCKS5 server from the distribution (microsocks, made
   MPTCP by ``mptcpize``), or ``--proxy-cmd`` a program of the user's.
@@ -75,8 +75,8 @@ PROXY_PORT_DEFAULT = 1234
 #: they stand for the model's endpoints, which take no time, so a loaded machine's scheduling
 #: latency should not be in their times. The proxy under test runs as it would be deployed.
 REALTIME = ["chrt", "-f", "10"] if shutil.which("chrt") else []
-SETTLE_S = 0.3
-RST_GRACE_S = 0.002  # an RST the close itself sent is stamped within this of the close  # after the last record: let FINs and RSTs reach the captures
+SETTLE_S = 0.3  # after the last record: let FINs and RSTs reach the captures
+RST_GRACE_S = 0.002  # an RST the close itself sent is stamped within this of the close
 
 
 class KernelWorldError(MpsimError):
@@ -245,7 +245,8 @@ def client_plan(scenario: Scenario, run_index: int, proxy: tuple[str, int] | Non
         "server": list(server),
         "policy": {"scheme": c.scheme, "fallback": c.fallback.value, "upstream_mptcp": c.upstream_mptcp,
                    "bypass_mptcp_servers": c.bypass_mptcp_servers, "tfo_to_server": c.tfo_to_server,
-                   "convert_info_first": c.convert_info_first, "proxy_syn_retries": c.proxy_syn_retries,
+                   "convert_info_first": c.convert_info_first, "mptcp_to_server": c.mptcp_to_server,
+                   "proxy_syn_retries": c.proxy_syn_retries,
                    "reply_timeout_s": c.reply_timeout_s, "max_attempts": c.max_attempts,
                    "response_timeout_s": min(policy.response_timeout_s or drain, drain)},
         "cache_policy": {"off_reprobe_s": c.off_reprobe_s,
@@ -524,11 +525,12 @@ def run_once(scenario: Scenario, *, variant: str, run_index: int, work: Path, pr
         before = {role: tb.counters(role) for role in ("client", "converter", "server")}
         snmp_before = {role: _retrans_segs(tb, role) for role in ("client", "converter", "server")}
         plan = client_plan(scenario, run_index, proxy, server)
-        plan_path, out_path = work / f"{variant}-run{run_index}-plan.json", work / f"{variant}-run{run_index}-client.json"
+        plan_path = work / f"{variant}-run{run_index}-plan.json"
+        out_path = work / f"{variant}-run{run_index}-client.json"
         plan_path.write_text(json.dumps(plan, indent=1))
         timeout_s = plan["deadline_s"] + 30
-        done = tb.run("client", [*REALTIME, sys.executable, "-m", "mpsim.live.client_host", str(plan_path), str(out_path)],
-                      timeout_s=timeout_s)
+        done = tb.run("client", [*REALTIME, sys.executable, "-m", "mpsim.live.client_host", str(plan_path),
+                                 str(out_path)], timeout_s=timeout_s)
         if done.returncode != 0:
             raise KernelWorldError(f"the client program failed (exit {done.returncode}): {done.stderr.strip()[-400:]}")
         time.sleep(SETTLE_S)

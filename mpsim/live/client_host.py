@@ -60,7 +60,8 @@ from mpsim.proto.client import FallbackTarget
 from mpsim.proto.convert import ConvertClientExchange, ConvertReaction, SynAckVerdict
 from mpsim.proto.events import FallbackReason, Outcome
 from mpsim.proto.socks5_proxy import Socks5ClientExchange
-from mpsim.wire.convert import HEADER_BYTES
+from mpsim.wire.convert import HEADER_BYTES, ConnectOption
+from mpsim.wire.options import TcpOptionKind
 from mpsim.wire.socks5 import Socks5Reply
 
 GIVE_UP_MARGIN_S = 0.05  # abort this much before the next SYN would leave
@@ -146,6 +147,7 @@ class ClientHostRunner:
         self.server = (ip_address(plan["server"][0]), int(plan["server"][1]))
         self.caches = ClientCaches(CachePolicy(**plan.get("cache_policy", {})))
         self.converters_seen: set = set()
+        self.converter_tfo_cookies: dict = {}  # (converter, server) -> the server's cookie, learned through it
         self.lock = threading.Lock()
         self.t0 = 0.0
         self.records: list[dict] = []
@@ -202,7 +204,8 @@ class ClientHostRunner:
                 "completion_time_s": None, "bytes_sent": r["request_size_bytes"] if lc.setup_s is not None else 0,
                 "bytes_delivered": lc.delivered, "attempts": lc.attempts, "via_proxy": lc.via_proxy,
                 "mptcp": lc.mptcp, "converter_error": lc.converter_error, "signal_leaked": False,
-                "detail": detail, "ports": lc.ports, "closed_wall": {str(k): v for k, v in lc.closed_wall.items()}, "attempt_kinds": lc.kinds,
+                "detail": detail, "ports": lc.ports, "attempt_kinds": lc.kinds,
+                "closed_wall": {str(k): v for k, v in lc.closed_wall.items()},
                 "end_s": self.now(), "outcome_ok": outcome is not Outcome.FAILED}
 
     # --- the lifecycle: LogicalConnection's order of decisions -----------------------------------------
@@ -371,7 +374,7 @@ class ClientHostRunner:
             app_data = _payload(lc.request)
             payload = exchange.syn_payload(self.server[0], self.server[1],
                                            info=self.policy["convert_info_first"] and first_time, cookie=cookie,
-                                           app_data=app_data)
+                                           options=self._connect_options(proxy, unsupported), app_data=app_data)
             message_bytes = len(payload) - exchange.app_data_bytes
             try:
                 sock, syn_bytes, delta = self._open(lc, proxy, mptcp=upstream, syn_payload=payload, syncnt=syncnt,
@@ -404,6 +407,8 @@ class ClientHostRunner:
                     if reply.server_options:
                         self.caches.learn_server(self.server[0], mptcp_capable=reply.server_mptcp_capable,
                                                  learned_via="extended_tcp_header")
+                    if reply.server_tfo_cookie:
+                        self.converter_tfo_cookies[(proxy, self.server[0])] = reply.server_tfo_cookie
                     self.caches.mark_usable(proxy)
                 self._mptcp_verdict(lc, sock, upstream, delta)
                 lc.via_proxy = True
@@ -434,6 +439,19 @@ class ClientHostRunner:
             raise AttemptFailed(reaction.value, reply.fallback_reason or FallbackReason.CONVERTER_REPLY_INVALID,
                                 handled=True)
         raise AttemptFailed("too many attempts", ends_request=True)
+
+    def _connect_options(self, proxy: tuple, unsupported: tuple[int, ...]) -> tuple[ConnectOption, ...]:
+        """The convert scheme's extended Connect entries (RFC 8803 7; Convert._connect_options_for):
+        MPTCP towards the server, the server's TFO (a cookie learned through this converter), minus
+        the kinds the converter refused (Error 33)."""
+        options: tuple[ConnectOption, ...] = ()
+        if self.policy["mptcp_to_server"] and TcpOptionKind.MPTCP not in unsupported:
+            options += (ConnectOption(TcpOptionKind.MPTCP),)
+        if self.policy["tfo_to_server"] and TcpOptionKind.TFO not in unsupported:
+            with self.lock:
+                cookie = self.converter_tfo_cookies.get((proxy, self.server[0]), b"")
+            options += (ConnectOption(TcpOptionKind.TFO, cookie),)
+        return options
 
     def _socks5(self, lc: Logical, proxy: tuple, upstream: bool, syncnt: int) -> socket.socket:
         """The socks5 scheme on a socket (mpsim/proto/schemes/socks5.py)."""
