@@ -171,3 +171,9 @@ def test_compare_finds_outcomes_that_disagree_and_measures_errors():
     slower = compare.compare_results(model, results.run(load(CI_SCENARIO, ["paths.b.rate_down_bps=5e6"])))
     goodput = {r.metric: r for r in slower.rows}["goodput"]
     assert 0.1 < goodput.error < 0.5 and slower.check({"goodput": 0.05})
+
+
+def test_skip_unbuildable_with_nothing_left_is_refused_by_name(capsys):
+    status = main(["run", CI_SCENARIO, "--on", "kernel", "--skip-unbuildable", "--set", "client.scheme=syn-payload-eol"])
+    err = capsys.readouterr().err
+    assert status == 2 and "no variant can be built" in err and "'syn-payload-eol'" in err
