@@ -174,6 +174,7 @@ def test_compare_finds_outcomes_that_disagree_and_measures_errors():
 
 
 def test_skip_unbuildable_with_nothing_left_is_refused_by_name(capsys):
-    status = main(["run", CI_SCENARIO, "--on", "kernel", "--skip-unbuildable", "--set", "client.scheme=syn-payload-eol"])
+    status = main(["run", CI_SCENARIO, "--on", "kernel", "--skip-unbuildable",
+                   "--set", "client.scheme=syn-payload-eol"])
     err = capsys.readouterr().err
     assert status == 2 and "no variant can be built" in err and "'syn-payload-eol'" in err
