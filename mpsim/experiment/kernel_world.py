@@ -64,7 +64,7 @@ REFUSED_SCHEMES = {
     "syn-payload-eol": "no kernel proxy reads signalling options from a SYN payload",
 }
 #: Proxies the kernel world can run, by PROXIES name.
-KERNEL_PROXIES = {"convert": "the live converter (python -m mpsim.live.converter)",
+KERNEL_PROXIES = {"convert": "the live converter (mpsim converter serve)",
                   "socks5": "microsocks under mptcpize"}
 #: The catalogue's servers as Linux builds them: (responder socket kind, net.ipv4.tcp_fastopen).
 SERVER_SOCKETS = {"legacy_drop": ("tcp", "0x1"), "legacy_queue": ("tfo-no-cookie", "0x203"),
@@ -452,8 +452,9 @@ def proxy_argv(scenario: Scenario, listen: tuple[str, int], allow: str, proxy_cm
     cv = scenario.converter
     if scenario.proxy_kind == "socks5":
         return ["mptcpize", "run", "microsocks", "-i", listen[0], "-p", str(listen[1])]
-    argv = [sys.executable, "-m", "mpsim.live.converter", "--listen", f"{listen[0]}:{listen[1]}", "--allow", allow,
-            "--connect-timeout", f"{cv.connect_timeout_s:g}", "--quiet"]
+    # Through the command line, which names the daemon's module wherever it lives.
+    argv = [sys.executable, "-m", "mpsim", "converter", "serve", "--listen", f"{listen[0]}:{listen[1]}",
+            "--allow", allow, "--connect-timeout", f"{cv.connect_timeout_s:g}", "--quiet"]
     if cv.require_cookie:
         argv.append("--require-cookie")
     if cv.max_sessions:
