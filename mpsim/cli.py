@@ -151,17 +151,22 @@ def _run(args: argparse.Namespace) -> int:
     if args.pcap and args.out is None:
         raise CliError("--pcap writes files: give --out DIR too")
     loaded = _load(args)
-    bar = None
-    if sys.stderr.isatty():  # a terminal watches: simulations done and the time left, as a sweep shows
-        from mpsim.experiment.sweep.progress import Progress
+    if args.on == "kernel":
+        outcome = _run_kernel(args, loaded)
+    else:
+        if args.proxy_cmd or args.skip_unbuildable:
+            raise CliError("--proxy-cmd and --skip-unbuildable go with --on kernel")
+        bar = None
+        if sys.stderr.isatty():  # a terminal watches: simulations done and the time left, as a sweep shows
+            from mpsim.experiment.sweep.progress import Progress
 
-        total = loaded.base.runs * len(args.variants or loaded.variants)
-        bar = Progress(total, 0, sys.stderr, label="run", unit="simulations", count_failures=False)
-        bar.update()
-    outcome = results.run(loaded, variants=args.variants, record_packets=args.pcap,
-                          on_simulation_done=None if bar is None else lambda: bar.update(done=1))
-    if bar is not None:
-        bar.update(final=True)
+            total = loaded.base.runs * len(args.variants or loaded.variants)
+            bar = Progress(total, 0, sys.stderr, label="run", unit="simulations", count_failures=False)
+            bar.update()
+        outcome = results.run(loaded, variants=args.variants, record_packets=args.pcap,
+                              on_simulation_done=None if bar is None else lambda: bar.update(done=1))
+        if bar is not None:
+            bar.update(final=True)
     try:
         written = outcome.write(args.out, pcap=args.pcap) if args.out is not None else []
     except OSError as err:  # a directory that cannot be made or written: the user's to fix
@@ -178,6 +183,49 @@ def _run(args: argparse.Namespace) -> int:
     else:
         print("Save the tables (CSV, JSON, manifest) with --out DIR; print them as JSON with --json.")
     return 0
+
+
+def _run_kernel(args: argparse.Namespace, loaded: Any) -> Any:
+    """``mpsim run --on kernel``: the scenario built in namespaces (mpsim/experiment/kernel_world.py)."""
+    from mpsim.experiment import kernel_world
+
+    try:
+        return kernel_world.run_kernel(loaded, variants=args.variants, skip_unbuildable=args.skip_unbuildable,
+                                       proxy_cmd=args.proxy_cmd, pcap=True,
+                                       progress=lambda line: print(line, file=sys.stderr))
+    except kernel_world.KernelWorldError as err:
+        raise CliError(str(err)) from None
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """``mpsim compare``: the scenario in the model and in the kernel, metric by metric."""
+    from mpsim.experiment import compare, kernel_world
+
+    if args.seeds < 1:
+        raise CliError(f"--seeds {args.seeds}: at least 1")
+    args.overrides = list(args.overrides) + [f"runs={args.seeds}"]
+    try:
+        tolerances = compare.parse_tolerances(args.tolerances)
+    except ValueError as err:
+        raise CliError(str(err)) from None
+    loaded = _load(args)
+    try:
+        report = compare.compare(loaded, variants=args.variants, proxy_cmd=args.proxy_cmd,
+                                 skip_unbuildable=args.skip_unbuildable,
+                                 progress=lambda line: print(line, file=sys.stderr))
+    except kernel_world.KernelWorldError as err:
+        raise CliError(str(err)) from None
+    print(report.text())
+    if args.out is not None:
+        try:
+            written = report.write(args.out)
+        except OSError as err:
+            raise CliError(f"--out {args.out}: {err.strerror or err}") from None
+        print(f"\nWritten to {args.out}: " + ", ".join(p.name for p in written))
+    failures = report.check(tolerances)
+    for line in failures:
+        print(f"mpsim compare: {line}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 def _ladder(args: argparse.Namespace) -> int:
@@ -464,7 +512,37 @@ def build_parser() -> argparse.ArgumentParser:
                      "DIR/pcap, named VARIANT-runN-LINK.pcapng (docs/wireshark.md)")
     run.add_argument("--json", action="store_true",
                      help="print the results as one JSON object (connections, transfers, counters) instead")
+    run.add_argument("--on", choices=("sim", "kernel"), default="sim",
+                     help="where to run it: the simulator (default) or the kernel, in network namespaces (root; "
+                          "docs/kernel-world.md)")
+    run.add_argument("--skip-unbuildable", action="store_true",
+                     help="with --on kernel: leave out the variants the kernel cannot build (named in the manifest) "
+                          "instead of refusing")
+    run.add_argument("--proxy-cmd", metavar="COMMAND",
+                     help="with --on kernel: run this proxy in the converter namespace instead of the scenario's "
+                          "({listen} {allow} {addr} {port} are filled in)")
     run.set_defaults(handler=_run)
+
+    compare_ = commands.add_parser(
+        "compare", help="run a scenario in the model and in the kernel and compare them metric by metric",
+        formatter_class=raw,
+        description="Run SCENARIO in the simulator and in the kernel (root; network namespaces), --seeds N run\n"
+                    "indices each, and report per metric: outcome agreement (must be exact), SYN / RST / port\n"
+                    "counts, setup and first-byte times in RTTs, goodput error against the kernel's spread.\n"
+                    "Exit 1 when outcomes disagree or a --tolerance is exceeded, 2 for what the user can fix.",
+        epilog="examples:\n"
+               "  mpsim compare models/kernel/two_path_10_3.toml --seeds 3 --tolerance goodput=0.05\n"
+               "  mpsim compare my.toml --tolerance setup_rtts=0.05 --tolerance syns=0 --out cmp/")
+    _scenario_arguments(compare_, default=None)
+    compare_.add_argument("--seeds", type=int, default=1, metavar="N", help="run indices 0..N-1 in both worlds")
+    compare_.add_argument("--tolerance", dest="tolerances", action="append", default=[], metavar="METRIC=VALUE",
+                          help="fail (exit 1) beyond it: setup_rtts, first_byte_rtts, goodput (relative error, "
+                               "e.g. 0.05) or syns, rsts, ports (absolute difference); repeatable")
+    compare_.add_argument("--out", type=Path, metavar="DIR", help="write the table (CSV, JSON) and the figure here")
+    compare_.add_argument("--skip-unbuildable", action="store_true",
+                          help="leave out the variants the kernel cannot build, naming them")
+    compare_.add_argument("--proxy-cmd", metavar="COMMAND", help="a third-party proxy in place of the scenario's")
+    compare_.set_defaults(handler=_compare)
 
     ladder = commands.add_parser(
         "ladder", help="the ladder diagram of one request's connections",

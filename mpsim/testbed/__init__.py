@@ -1,4 +1,5 @@
-"""The kernel testbed: network namespaces with veth paths, rate, loss and middlebox emulation.
+"""The kernel testbed: network namespaces with veth paths, rate, loss, delay and middlebox emulation
+(delay through netem where the kernel has it, else the project's delay line, :mod:`mpsim.testbed.delay`).
 
 Linux only, as root. See docs/testbed.md for the topology, the emulation methods and their
 measured accuracy, and what this kernel cannot emulate.

@@ -12,6 +12,10 @@ Topology (addresses from 198.18.0.0/15; path i < 64):
     with a middlebox on path i:
     [client] path{i} 198.18.i.1 --- 198.18.i.3 client [middlebox] converter 198.18.(64+i).3
                                                --- 198.18.(64+i).2 path{i} [converter]
+    with delay, jitter or Gilbert-Elliott loss on path i and no netem in the kernel, a delay
+    namespace splices the project's delay line (mpsim/testbed/delay.py) into the link:
+    [client] path{i} 198.18.i.1 --- c{i} [delay] s{i} --- 198.18.i.2 path{i} [converter]
+    (the delay namespace's ends have no address: the line forwards Ethernet frames unchanged)
     (interfaces are named after what is at their other end; every subnet is a /24)
 
 The client's main table routes via path 0; each path address has its own table (source routing),
@@ -33,9 +37,13 @@ import dataclasses
 import itertools
 import json
 import os
+import select
+import shutil
 import signal
+import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -43,11 +51,14 @@ import warnings
 from mpsim.testbed import probe as probe_mod
 from mpsim.testbed.probe import TestbedError, TestbedUnavailable, ns_argv, run_command
 from mpsim.testbed.shaping import (DIRECTIONS, NFT_TABLE, PathSpec, iptables_middlebox_rules,
-                                   loss_rules, nft_middlebox_rules, nft_ruleset, parse_iptables_counters,
-                                   parse_nft_counters, rate_commands)
+                                   loss_rules, netem_commands, nft_middlebox_rules, nft_ruleset,
+                                   parse_iptables_counters, parse_nft_counters, rate_commands)
 
 PREFIX = "mps"
 ROLES = ("client", "converter", "server", "middlebox")
+DELAY_ROLE = "delay"      # the namespace of the delay lines, when a path needs one
+DELAY_METHODS = ("auto", "netem", "delay-line")
+DELAY_READY_TIMEOUT_S = 10.0
 MAX_PATHS = 8
 RPS_CPU_MASK = "1"  # one CPU: veth then never reorders the packets of a flow (docs/kernel-facts.md)
 DEFAULT_TCP_BUFFER_MAX_BYTES = 16 * 2**20
@@ -95,6 +106,11 @@ class Testbed:
     tfo: set net.ipv4.tcp_fastopen=0x207 everywhere (client and server, no cookie needed).
     sysctls: extra sysctls for every namespace, e.g. {"net.mptcp.blackhole_timeout": "0"}.
     ready_timeout_s: bound on the bring-up reachability check.
+    delay_method: how paths get delay, jitter and Gilbert-Elliott loss: "auto" (netem where the
+      kernel has it and the path needs no Gilbert-Elliott loss, else the delay line), "netem", or
+      "delay-line" (mpsim/testbed/delay.py, run in a namespace of its own).
+    delay_check_pings: at bring-up, ping across every delayed path this many times and record the
+      measured RTT against the configured one (facts()["delay_check"]); 0 skips the check.
     """
 
     __test__ = False
@@ -102,8 +118,15 @@ class Testbed:
     def __init__(self, paths: list[PathSpec] | tuple[PathSpec, ...] = (PathSpec(), PathSpec()), *,
                  middlebox_ns: bool = False, middlebox_path: int = 0, cc: str = "cubic",
                  tcp_buffer_max_bytes: int | None = DEFAULT_TCP_BUFFER_MAX_BYTES, tfo: bool = False,
-                 sysctls: dict[str, str] | None = None, ready_timeout_s: float = 10.0):
+                 sysctls: dict[str, str] | None = None, ready_timeout_s: float = 10.0,
+                 delay_method: str = "auto", delay_check_pings: int = 10):
         self.paths = tuple(paths)
+        if delay_method not in DELAY_METHODS:
+            raise ValueError(f"delay_method={delay_method!r}: expected one of {', '.join(DELAY_METHODS)}")
+        if not 0 <= delay_check_pings <= 1000:
+            raise ValueError(f"delay_check_pings={delay_check_pings}: expected 0..1000")
+        self.delay_method = delay_method
+        self.delay_check_pings = delay_check_pings
         if not 1 <= len(self.paths) <= MAX_PATHS:
             raise ValueError(f"{len(self.paths)} paths: expected 1..{MAX_PATHS}")
         if not all(isinstance(p, PathSpec) for p in self.paths):
@@ -135,6 +158,10 @@ class Testbed:
         self._closed = False
         self._root_ns_changes: list[str] = []
         self.capabilities: probe_mod.Capabilities | None = None
+        self.path_delay_methods: dict[int, str] = {}   # path index -> "netem" / "delay-line"
+        self._delay_lines: dict[int, tuple[subprocess.Popen, str]] = {}   # path -> (process, stats file)
+        self._scratch: str | None = None
+        self.delay_check: dict[int, dict] = {}
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -164,6 +191,8 @@ class Testbed:
             _kill_group(proc)
         for name in reversed(self._created):
             problems += _delete_namespace(name)
+        if self._scratch:
+            shutil.rmtree(self._scratch, ignore_errors=True)
         with _open_lock:
             _open_testbeds.discard(self)
         if problems:
@@ -181,6 +210,13 @@ class Testbed:
             lacks.append("MPTCP (net.mptcp.enabled=1 and IPPROTO_MPTCP sockets)")
         if self.cc not in caps.congestion_controls:
             lacks.append(f"congestion control {self.cc!r} (available: {' '.join(caps.congestion_controls)})")
+        self.path_delay_methods = {i: self._choose_delay_method(caps, spec)
+                                   for i, spec in enumerate(self.paths) if spec.needs_delay}
+        if "netem" in self.path_delay_methods.values() and not caps.qdiscs.get("netem"):
+            lacks.append("netem (delay_method='netem'; this kernel has no netem qdisc: use 'auto' or 'delay-line')")
+        if "delay-line" in self.path_delay_methods.values():
+            lacks += caps.missing(delay_line=True)
+            self.ns[DELAY_ROLE] = f"{self.prefix}-{DELAY_ROLE}"
         if lacks:
             raise TestbedUnavailable("cannot build the testbed here; missing:\n  - " + "\n  - ".join(lacks))
         cleanup_stale(self.prefix, only_dead_owners=False)  # a dead process with our pid left these
@@ -193,8 +229,16 @@ class Testbed:
         self._build_links()
         self._build_routes()
         self._build_emulation()
+        self._start_delay_lines()
         self.wait_until_reachable(self.ready_timeout_s)
+        if self.path_delay_methods and self.delay_check_pings:
+            self.delay_check = self.measure_delay(self.delay_check_pings)
         self._counters_at_start = {role: self.counters(role) for role in self.ns}
+
+    def _choose_delay_method(self, caps: probe_mod.Capabilities, spec: PathSpec) -> str:
+        if self.delay_method != "auto":
+            return self.delay_method
+        return "netem" if caps.qdiscs.get("netem") and not spec.gilbert_elliott else "delay-line"
 
     def _set_sysctls(self, name: str) -> None:
         # Before any link exists, so new interfaces inherit rp_filter=0 from `default`.
@@ -208,6 +252,9 @@ class Testbed:
             for key, value in current.items():
                 low, default, _ = value.split()
                 values[key] = f"{low} {default} {self.tcp_buffer_max_bytes}"
+        if name == self.ns.get(DELAY_ROLE):
+            # The delay namespace is a wire: it must not speak (IPv6 router solicitations, DAD) itself.
+            values |= {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}
         values.update(self.extra_sysctls)
         run_command(["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in values.items())], ns=name)
 
@@ -220,27 +267,40 @@ class Testbed:
         links = []
         for i in range(len(self.paths)):
             if i == self.middlebox_path:
-                links += [("client", f"path{i}", "middlebox", "client", f"198.18.{i}"),
-                          ("middlebox", "converter", "converter", f"path{i}", f"198.18.{64 + i}")]
+                first = [("client", f"path{i}", "middlebox", "client", f"198.18.{i}"),
+                         ("middlebox", "converter", "converter", f"path{i}", f"198.18.{64 + i}")]
             else:
-                links.append(("client", f"path{i}", "converter", f"path{i}", f"198.18.{i}"))
+                first = [("client", f"path{i}", "converter", f"path{i}", f"198.18.{i}")]
+            if self.path_delay_methods.get(i) == "delay-line":
+                # The client's link of the path is cut in two at the delay namespace.
+                role_a, dev_a, role_b, dev_b, subnet = first[0]
+                first[0:1] = [(role_a, dev_a, DELAY_ROLE, f"c{i}", subnet), (DELAY_ROLE, f"s{i}", role_b, dev_b, subnet)]
+            links += first
         links.append(("converter", "server", "server", "converter", "198.19.0"))
         return links
 
     def _build_links(self) -> None:
         host_octet = {"client": 1, "converter": 2, "middlebox": 3, "server": 2}
         devices: dict[str, list[str]] = {name: [] for name in self.ns.values()}
+        checksum_off: set[tuple[str, str]] = set()
         for role_a, dev_a, role_b, dev_b, subnet in self._links():
             ns_a, ns_b = self.ns[role_a], self.ns[role_b]
             self._veth(ns_a, dev_a, ns_b, dev_b)
             for role, ns, dev in ((role_a, ns_a, dev_a), (role_b, ns_b, dev_b)):
+                devices[ns].append(dev)
+                if DELAY_ROLE in (role_a, role_b):
+                    # A frame read from an AF_PACKET socket carries whatever checksum the sender left
+                    # (none, with checksum offload); the far end then verifies it: compute in software.
+                    checksum_off.add((ns, dev))
+                if role == DELAY_ROLE:
+                    continue   # the delay line's ports have no address
                 octet = 1 if (subnet == "198.19.0" and role == "converter") else host_octet[role]
                 run_command(["ip", "-n", ns, "addr", "add", f"{subnet}.{octet}/24", "dev", dev])
-                devices[ns].append(dev)
         for ns, devs in devices.items():
             for dev in devs:
                 # One skb is one packet for tbf and the loss rule (docs/kernel-facts.md: offloads).
-                run_command(["ethtool", "-K", dev, "tso", "off", "gso", "off"], ns=ns)
+                extra = ["tx", "off"] if (ns, dev) in checksum_off else []
+                run_command(["ethtool", "-K", dev, "tso", "off", "gso", "off", *extra], ns=ns)
                 run_command(["ip", "-n", ns, "link", "set", dev, "up"])
             # sysfs shows the namespace's own devices only under `ip netns exec` (it remounts /sys).
             run_command(["tee", *(f"/sys/class/net/{dev}/queues/rx-0/rps_cpus" for dev in devs)],
@@ -286,6 +346,12 @@ class Testbed:
             return nft.setdefault(ns, ([], [], []))
 
         for i, spec in enumerate(self.paths):
+            if self.path_delay_methods.get(i) == "netem":
+                # Egress of both ends of the path's client link (rate stays at the ingress).
+                far_role, far_dev = ("middlebox", "client") if i == self.middlebox_path else ("converter", f"path{i}")
+                for ns, dev in ((self.ns["client"], f"path{i}"), (self.ns[far_role], far_dev)):
+                    for argv in netem_commands(dev, spec):
+                        run_command(argv, ns=ns)
             # (direction, namespace receiving that direction at the path's end, its device)
             ends = (("up", self.ns["converter"], f"path{i}"), ("down", self.ns["client"], f"path{i}"))
             for direction, ns, dev in ends:
@@ -310,6 +376,89 @@ class Testbed:
             if loss_lines or box_lines:
                 run_command(["nft", "-f", "-"], ns=ns, input_text=nft_ruleset(counters, loss_lines, box_lines))
                 self._nft_counters[ns] = counters
+
+    def _start_delay_lines(self) -> None:
+        """One delay-line process per path that needs one, in the delay namespace; each in its own
+        session (killed by process group at close), ready when it has printed its first line."""
+        lines = [i for i, method in self.path_delay_methods.items() if method == "delay-line"]
+        if not lines:
+            return
+        from mpsim.testbed import delay as delay_mod   # here: `python -m mpsim.testbed.delay` imports this package
+
+        self._scratch = tempfile.mkdtemp(prefix=f"{self.prefix}-")
+        for i in lines:
+            spec, stats_path = self.paths[i], os.path.join(self._scratch, f"delay-path{i}.json")
+            argv = delay_mod.argv(f"c{i}", f"s{i}", spec.delay_s, jitter_s=spec.jitter_s,
+                                  loss=delay_mod.loss_argument(spec.gilbert_elliott), seed=1 + i, stats_path=stats_path)
+            with open(os.path.join(self._scratch, f"delay-path{i}.log"), "wb") as log:
+                proc = self.popen(DELAY_ROLE, argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
+            self._delay_lines[i] = (proc, stats_path)
+        for i, (proc, _stats) in self._delay_lines.items():
+            line = _read_line(proc, DELAY_READY_TIMEOUT_S)
+            if line != "ready":
+                log = os.path.join(self._scratch, f"delay-path{i}.log")
+                with open(log, errors="replace") as f:
+                    raise TestbedError(f"delay line of path {i} did not start (exit {proc.poll()}): {f.read()[-800:]}")
+
+    def delay_line_stats(self, timeout_s: float = 3.0) -> dict[int, dict]:
+        """{path: statistics} of every running delay line (frames forwarded, lost, lateness against
+        the due time, CPU seconds), freshly written on request (SIGUSR1)."""
+        from mpsim.testbed import delay as delay_mod
+
+        asked = {}
+        for i, (proc, path) in self._delay_lines.items():
+            before = delay_mod.read_stats(path)
+            asked[i] = (before or {}).get("dumps", 0)
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGUSR1)
+        out, deadline = {}, time.monotonic() + timeout_s
+        for i, (proc, path) in self._delay_lines.items():
+            for _ in range(1000):
+                stats = delay_mod.read_stats(path)
+                if (stats and stats.get("dumps", 0) > asked[i]) or time.monotonic() > deadline or proc.poll() is not None:
+                    break
+                time.sleep(0.01)
+            out[i] = stats
+        return out
+
+    def measure_delay(self, pings: int = 10, interval_s: float = 0.01) -> dict[int, dict]:
+        """The self-check of every delayed path: ping the path's far end from the client's path address
+        and compare the RTT with the configured 2 x delay_s (and jitter); with the delay line, its
+        own lateness statistics too. Pings of all paths run at once."""
+        if not self.path_delay_methods:
+            return {}
+        if not shutil.which("ping"):
+            return {i: {"error": "ping is not installed (apt-get install iputils-ping)"} for i in self.path_delay_methods}
+        procs = {}
+        for i in self.path_delay_methods:
+            argv = ["ping", "-n", "-c", str(pings + 1), "-i", str(interval_s), "-W", "2",
+                    "-I", self.addresses.client[i], self.addresses.gateway[i]]
+            procs[i] = self.popen("client", argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out = {}
+        limit_s = 10 + (pings + 1) * interval_s + 2 * max(self.paths[i].delay_s for i in procs)
+        for i, proc in procs.items():
+            try:
+                text, err = proc.communicate(timeout=limit_s)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                text, err = proc.communicate()
+            _kill_group(proc)
+            self._procs.remove(proc)
+            rtts = _ping_rtts_s(text)[1:]   # the first waits for ARP across the line
+            spec = self.paths[i]
+            expected = 2 * spec.delay_s
+            out[i] = {"method": self.path_delay_methods[i], "configured_rtt_s": expected, "jitter_s": spec.jitter_s,
+                      "pings": len(rtts), "rtt_min_s": min(rtts) if rtts else None,
+                      "rtt_median_s": statistics.median(rtts) if rtts else None,
+                      "rtt_max_s": max(rtts) if rtts else None,
+                      "median_error_s": statistics.median(rtts) - expected if rtts else None,
+                      "error": None if rtts else (err.strip() or "no ping replies")}
+        if self._delay_lines:
+            for i, stats in self.delay_line_stats().items():
+                if stats:
+                    out[i]["delay_line"] = {name: d["lateness"] for name, d in stats["directions"].items()} | {
+                        "cpu_s": stats["cpu_s"], "wake_margin_s": stats.get("wake_margin_s")}
+        return out
 
     # --- checks ---------------------------------------------------------------------------------
 
@@ -455,6 +604,9 @@ class Testbed:
             "paths": [dataclasses.asdict(p) | {"tbf_burst_limit_bytes": p.tbf_sizes() if p.rate_bps else None}
                       for p in self.paths],
             "middlebox_path": self.middlebox_path,
+            "delay_methods": {str(i): method for i, method in self.path_delay_methods.items()},
+            "delay_check": {str(i): check for i, check in self.delay_check.items()},
+            "delay_lines": {str(i): stats for i, stats in self.delay_line_stats().items()} if self._delay_lines else {},
             "congestion_control": self.cc,
             "root_ns_changes": self._root_ns_changes,
             "tcp_buffer_max_bytes": self.tcp_buffer_max_bytes,
@@ -507,6 +659,35 @@ def reaches(pair):
 with concurrent.futures.ThreadPoolExecutor(len(pairs)) as pool:
     print(json.dumps([p for p, ok in zip(pairs, pool.map(reaches, pairs)) if not ok]))
 """
+
+
+def _read_line(proc: subprocess.Popen, timeout_s: float) -> str | None:
+    """The first line of proc's stdout within timeout_s (None at the deadline or at EOF)."""
+    buffer, deadline, fd = b"", time.monotonic() + timeout_s, proc.stdout.fileno()
+    for _ in range(10_000):
+        if b"\n" in buffer:
+            return buffer.split(b"\n", 1)[0].decode(errors="replace").strip()
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return None
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return None
+        buffer += chunk
+    return None
+
+
+def _ping_rtts_s(text: str) -> list[float]:
+    """The round-trip times of ping's reply lines ("... time=20.1 ms"), in seconds."""
+    out = []
+    for line in text.splitlines():
+        if " time=" in line:
+            value = line.split(" time=", 1)[1].split()[0]
+            try:
+                out.append(float(value) / 1e3)
+            except ValueError:
+                pass
+    return out
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

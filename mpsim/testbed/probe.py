@@ -127,12 +127,20 @@ class Capabilities:
     tfo: bool
     tcp_fastopen_connect: bool
     congestion_controls: tuple[str, ...]
+    af_packet: bool = False   # raw AF_PACKET sockets (CAP_NET_RAW): what the delay line forwards with
+
+    def delay_method(self) -> str | None:
+        """How a path gets delay and jitter here: "netem" when the kernel has it, else "delay-line"
+        (mpsim/testbed/delay.py; also every path with Gilbert-Elliott loss), None when neither works."""
+        if self.qdiscs.get("netem"):
+            return "netem"
+        return "delay-line" if self.af_packet and self.veth else None
 
     def can_shape_rate(self) -> bool:
         return self.ifb and self.qdiscs.get("tbf", False) and self.tc_filters.get("u32+mirred", False)
 
     def missing(self, *, rate: bool = False, loss: bool = False, strip: bool = False,
-                nft_middlebox: bool = False) -> list[str]:
+                nft_middlebox: bool = False, delay_line: bool = False) -> list[str]:
         """What the requested emulation needs and this machine lacks, one readable line each."""
         lacks = []
         if not self.is_root:
@@ -153,6 +161,8 @@ class Capabilities:
             lacks.append("random loss: nft with `numgen` in an ip prerouting hook (apt-get install nftables)")
         if strip and not (self.tools.get("iptables") and self.xt_targets.get("TCPOPTSTRIP")):
             lacks.append("MPTCP option stripping: iptables with the xt TCPOPTSTRIP target (apt-get install iptables)")
+        if delay_line and not (self.af_packet and self.tools.get("ethtool")):
+            lacks.append("the delay line: AF_PACKET sockets (root) and ethtool (apt-get install ethtool)")
         if nft_middlebox:
             for feature in ("tcp option mptcp subtype", "tcp option maxseg size set"):
                 if not self.nft.get(feature):
@@ -163,10 +173,11 @@ class Capabilities:
         """Plain statements of what the testbed cannot do on this machine, and why."""
         out = []
         if not self.qdiscs.get("netem"):
-            delay_line = ("an NFQUEUE delay daemon could add a constant delay (not built: docs/testbed.md)"
-                          if self.xt_targets.get("NFQUEUE") else "no NFQUEUE either")
-            out.append(f"propagation delay: no netem qdisc; {delay_line}")
-            out.append("jitter and reordering: no netem qdisc")
+            if self.af_packet and self.veth:
+                out.append("netem's delay distributions and reordering: no netem qdisc (paths get delay, FIFO "
+                           "jitter and Gilbert-Elliott loss from the project's delay line: docs/testbed.md)")
+            else:
+                out.append("propagation delay: no netem qdisc and no AF_PACKET sockets for the delay line")
         if not self.qdiscs.get("fq"):
             out.append("EDT pacing or eBPF delay: no fq qdisc")
         aqm = [q for q in ("fq_codel", "cake", "codel", "pie", "red", "sfq") if self.qdiscs.get(q)]
@@ -239,6 +250,14 @@ def _mptcp_socket_works() -> bool:
         return False
 
 
+def _af_packet_works() -> bool:
+    try:
+        socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0).close()
+        return True
+    except (OSError, AttributeError):
+        return False
+
+
 def _fastopen_connect_works() -> bool:
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -270,6 +289,7 @@ def probe() -> Capabilities:
         mptcp=read_sysctl_file("net/mptcp/enabled") == "1" and _mptcp_socket_works(),
         tfo=read_sysctl_file("net/ipv4/tcp_fastopen") is not None,
         tcp_fastopen_connect=_fastopen_connect_works(),
+        af_packet=is_root and _af_packet_works(),
         congestion_controls=tuple((read_sysctl_file("net/ipv4/tcp_available_congestion_control") or "").split()),
     )
 
@@ -347,6 +367,7 @@ def report(caps: Capabilities) -> str:
         f"xt matches {flags(caps.xt_matches)}",
         f"MPTCP {caps.mptcp}; TFO {caps.tfo}; TCP_FASTOPEN_CONNECT {caps.tcp_fastopen_connect}; "
         f"congestion controls {' '.join(caps.congestion_controls)}",
+        f"delay method for paths: {caps.delay_method() or 'none'}",
         "cannot emulate here:",
         *(f"  - {item}" for item in caps.cannot_emulate()),
     ]

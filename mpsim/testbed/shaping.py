@@ -108,6 +108,12 @@ class PathSpec:
       above the burst).
     burst_bytes: tbf bucket; None picks max(15 KB, 1 ms at rate_bps).
     middlebox: interference on this path, or None.
+    delay_s: one-way propagation delay, added in each direction (the round trip gains 2 x delay_s).
+    jitter_s: each packet's delay varies uniformly by +-jitter_s (at most delay_s).
+    gilbert_elliott: bursty loss in each direction, (p_good_to_bad, p_bad_to_good, loss_prob_good,
+      loss_prob_bad) as in the model's GilbertElliott; applied by the delay line, besides loss_prob.
+    Delay, jitter and Gilbert-Elliott loss use netem where the kernel has it, else the project's
+    delay line (mpsim/testbed/delay.py; docs/testbed.md).
     """
 
     rate_bps: int | None = None
@@ -115,8 +121,22 @@ class PathSpec:
     queue_s: float = 0.05
     burst_bytes: int | None = None
     middlebox: Middlebox | None = None
+    delay_s: float = 0.0
+    jitter_s: float = 0.0
+    gilbert_elliott: tuple[float, float, float, float] | None = None
 
     def __post_init__(self):
+        if not (isinstance(self.delay_s, (int, float)) and 0.0 <= self.delay_s <= 10.0):
+            raise ValueError(f"delay_s={self.delay_s}: expected 0 <= delay_s <= 10 seconds")
+        if not (isinstance(self.jitter_s, (int, float)) and 0.0 <= self.jitter_s <= self.delay_s):
+            raise ValueError(f"jitter_s={self.jitter_s}: expected 0 <= jitter_s <= delay_s ({self.delay_s})")
+        if self.gilbert_elliott is not None:
+            ge = tuple(self.gilbert_elliott)
+            if len(ge) != 4 or not all(isinstance(v, (int, float)) and 0.0 <= v <= 1.0 for v in ge) \
+                    or ge[0] + ge[1] == 0:
+                raise ValueError(f"gilbert_elliott={self.gilbert_elliott}: expected four probabilities "
+                                 "(p_good_to_bad, p_bad_to_good, loss_prob_good, loss_prob_bad), the first two "
+                                 "not both 0")
         if self.rate_bps is not None and not 8_000 <= self.rate_bps <= 100_000_000_000:
             raise ValueError(f"rate_bps={self.rate_bps}: expected None or 8e3..1e11 bit/s")
         if not 0.0 <= self.loss_prob < 1.0:
@@ -127,6 +147,11 @@ class PathSpec:
             raise ValueError(f"queue_s={self.queue_s}: expected 0 < queue_s <= 10")
         if self.burst_bytes is not None and self.burst_bytes < MTU_FRAME_BYTES:
             raise ValueError(f"burst_bytes={self.burst_bytes}: at least one frame ({MTU_FRAME_BYTES} bytes)")
+
+    @property
+    def needs_delay(self) -> bool:
+        """True when the path needs netem or the delay line (delay, jitter or bursty loss)."""
+        return bool(self.delay_s or self.jitter_s or self.gilbert_elliott)
 
     def tbf_sizes(self) -> tuple[int, int]:
         """(burst_bytes, limit_bytes) for this path's tbf qdisc."""
@@ -162,6 +187,16 @@ def rate_commands(dev: str, spec: PathSpec) -> list[list[str]]:
         ["tc", "qdisc", "add", "dev", ifb, "root", "tbf", "rate", f"{spec.rate_bps}bit",
          "burst", str(burst), "limit", str(limit)],
     ]
+
+
+def netem_commands(dev: str, spec: PathSpec) -> list[list[str]]:
+    """tc argv (run in the sending namespace) for netem's delay and jitter on `dev`'s egress. Rate
+    shaping stays at the receiver's ingress (IFB), so the two never share a qdisc. Gilbert-Elliott
+    loss is not mapped to netem's gemodel here: such a path always uses the delay line."""
+    args = ["delay", f"{spec.delay_s}s"]
+    if spec.jitter_s:
+        args += [f"{spec.jitter_s}s"]
+    return [["tc", "qdisc", "add", "dev", dev, "root", "netem", *args, "limit", "100000"]]
 
 
 def counter_name(kind: str, path_index: int, direction: str, what: str) -> str:

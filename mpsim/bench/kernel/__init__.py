@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import importlib
 import os
 import sys
 import tempfile
@@ -53,35 +54,49 @@ from pathlib import Path
 from typing import Any
 
 from mpsim import __version__
-from mpsim.bench.kernel.abuse import abuse
 from mpsim.bench.kernel.config import (BENCHMARKS, BLOCK_SEED, GB, MIB, ROUTES, SCALES, TESTBED_SYSCTLS, BenchError,
                                        Route, Scale)
-from mpsim.bench.kernel.fastpath import fastpath
 from mpsim.bench.kernel.measure import not_root_reason
-from mpsim.bench.kernel.model import ModelSettings, model_goodput, model_negotiation, model_vs_kernel
-from mpsim.bench.kernel.report import csv_rows, markdown, plot_model, write_results
-from mpsim.bench.kernel.services import RELAY_CPU, shared_facts
-from mpsim.bench.kernel.setup import setup
 from mpsim.provenance import git_revision, machine_facts
 
 __all__ = ["BENCHMARKS", "ROUTES", "SCALES", "BenchError", "ModelSettings", "Route", "Scale", "csv_rows", "main",
            "markdown", "model_goodput", "model_negotiation", "not_root_reason", "plot_model", "run",
            "write_results"]
 
+#: Names this package offers from its submodules, imported on first use: every peer program
+#: (``python -m mpsim.bench.kernel.peer``) imports this package first, and should not pay for the
+#: simulator and the testbed it never uses.
+_LAZY = {"ModelSettings": "model", "model_goodput": "model", "model_negotiation": "model",
+         "model_vs_kernel": "model", "csv_rows": "report", "markdown": "report", "plot_model": "report",
+         "write_results": "report", "RELAY_CPU": "services", "shared_facts": "services"}
+#: The function of each benchmark: (module, name).
+_BENCHMARK_FUNCTIONS = {"fastpath": ("fastpath", "fastpath"), "setup": ("setup", "setup"),
+                        "model": ("model", "model_vs_kernel"), "abuse": ("abuse", "abuse")}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 def run(name: str, scale: Scale, progress: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
     """One benchmark at one scale; the JSON-able result (facts included)."""
-    functions = {"fastpath": fastpath, "setup": setup, "model": model_vs_kernel, "abuse": abuse}
+    from mpsim.bench.kernel import services
+    from mpsim.bench.kernel.services import RELAY_CPU, shared_facts
     from mpsim.testbed import cleanup_stale
+
+    module, function = _BENCHMARK_FUNCTIONS[name]
+    benchmark = getattr(importlib.import_module(f"{__name__}.{module}"), function)
 
     cleanup_stale("mps")  # leftovers of killed earlier runs; live parallel testbeds are kept
     started, load_before = time.monotonic(), os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="mpsim-bench-kernel-") as scratch:
-        result = functions[name](scale, Path(scratch), progress)
+        result = benchmark(scale, Path(scratch), progress)
     return {"benchmark": f"kernel-{name}", "mpsim_version": __version__, "git": git_revision(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "scale": dataclasses.asdict(scale), "machine": machine_facts() | {"load_average_before": load_before},
-            "wall_s": time.monotonic() - started, **shared_facts(),
+            "wall_s": time.monotonic() - started, **shared_facts(), "proxy_cmd": services.PROXY_CMD,
             "settings": {"congestion_control": "cubic", "tcp_buffer_max_bytes": 16 * MIB, "relay_cpu": RELAY_CPU,
                          "testbed_sysctls": TESTBED_SYSCTLS, "block_seed": BLOCK_SEED, "gb_bytes": GB},
             **result}
@@ -94,7 +109,17 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "mpsim bench kernel")
     parser.add_argument("--quick", action="store_true", help="fewer and smaller runs (about 3 minutes for all)")
     parser.add_argument("--out", type=Path, help="write kernel_<benchmark>.json/.csv/.md (and .png) here")
     parser.add_argument("--scale", choices=list(SCALES), help=argparse.SUPPRESS)  # smoke: the test suite's
+    parser.add_argument("--proxy-cmd", metavar="COMMAND",
+                        help="fastpath, setup: run this proxy in the converter namespace in place of the live "
+                             "converter ({listen} {allow} {addr} {port} filled in)")
     args = parser.parse_args(argv)
+    if args.proxy_cmd is not None and args.benchmark not in ("fastpath", "setup"):
+        parser.error("--proxy-cmd goes with fastpath or setup")
+    from mpsim.bench.kernel import services
+    from mpsim.bench.kernel.report import markdown, write_results
+
+    services.PROXY_CMD = args.proxy_cmd
+
     reason = not_root_reason()
     if reason:
         print(f"{prog}: {reason}; run it as root (e.g. sudo {sys.executable} -m mpsim bench kernel ...)",

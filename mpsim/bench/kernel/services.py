@@ -152,6 +152,11 @@ def shared_facts() -> dict[str, Any]:
     return {"kernel": kernel_facts(), "capabilities": caps.as_dict(), "cannot_emulate": caps.cannot_emulate()}
 
 
+#: ``mpsim bench kernel fastpath|setup --proxy-cmd '...'``: a third-party proxy run in place of the
+#: live converter for every relay mode ({listen} {allow} {addr} {port} filled in; docs/kernel-world.md).
+PROXY_CMD: str | None = None
+
+
 class Services:
     """The long-running programs of one testbed: server programs, converter daemons, a peer relay."""
 
@@ -172,9 +177,18 @@ class Services:
             self.servers[proto] = Peer(self.tb, "server", argv, self.log_dir, f"echo-{proto}").expect_ready()
 
     def start_daemon(self, mode: str) -> Peer:
-        argv = [sys.executable, "-m", "mpsim.live.serve", "--listen",
-                f"{self.tb.addresses.converter[0]}:{CONVERTER_PORTS[mode]}", "--allow", "198.18.0.0/15",
-                "--relay", mode, "--quiet", "--connect-timeout", "10"]
+        listen = (self.tb.addresses.converter[0], CONVERTER_PORTS[mode])
+        if PROXY_CMD is not None:  # bring your own proxy: it stands in for every relay mode
+            from mpsim.experiment.kernel_world import fill_proxy_cmd, wait_listening
+
+            daemon = Peer(self.tb, "converter", fill_proxy_cmd(PROXY_CMD, listen, "198.18.0.0/15"), self.log_dir,
+                          f"proxy-{mode}")
+            wait_listening(self.tb, "client", listen[0], listen[1], 15.0)
+            pin_relay(daemon)
+            self.daemons[mode] = daemon
+            return daemon
+        argv = [sys.executable, "-m", "mpsim.live.serve", "--listen", f"{listen[0]}:{listen[1]}", "--allow",
+                "198.18.0.0/15", "--relay", mode, "--quiet", "--connect-timeout", "10"]
         daemon = Peer(self.tb, "converter", argv, self.log_dir, f"converter-{mode}")
         daemon.wait_log("event=listening")
         pin_relay(daemon)

@@ -1,0 +1,143 @@
+"""Model against kernel over the scenario files in models/kernel (root only):
+``python benchmarks/kernel_world.py [--seeds N] [--quick] [--from DIR]``.
+
+Runs ``mpsim compare`` on each job below (the scenario files are the benchmark: docs/kernel-world.md)
+and writes ``benchmarks/results/kernel_world.md`` and ``kernel_world.csv``: per scenario, variant
+and metric the model's value, the kernel's median and min-max over the run indices, and the
+error, with what could not be compared. ``--quick`` runs the CI scenario only, with one seed;
+``--from DIR`` builds the report from ``DIR/<job>/compare.json`` files written earlier by
+``mpsim compare --out DIR/<job>`` (the same jobs, run one after another).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from mpsim.experiment import compare, kernel_world
+from mpsim.experiment.scenario import load
+from mpsim.provenance import git_revision, machine_facts
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+MODELS = ROOT / "models" / "kernel"
+#: (job name, scenario file, overrides)
+JOBS = [
+    ("goodput", "goodput.toml", []),
+    ("convert_two_path", "convert_two_path.toml", []),
+    ("socks5", "convert_two_path.toml", ["client.scheme=socks5", "converter.kind=socks5"]),
+    ("negotiation", "negotiation.toml", []),
+]
+QUICK_JOBS = [("ci_two_path", "ci_two_path.toml", [])]
+#: What the grid asks for and the kernel world does not compare (docs/kernel-world.md, "What is refused").
+NOT_COMPARED = [
+    "IPv6: the simulator's topology is IPv4 only",
+    "middleboxes other than strip-mptcp-syn, strip-mptcp-synack, drop-mp-capable-syn, drop-syn-data: no kernel rule",
+    "schemes mp-convert-option and syn-payload-eol: no kernel sends or reads their signalling",
+    "coupled congestion control (lia): Linux MPTCP has none",
+    "timed events (reboot, attach_network, converter_down): not built",
+]
+
+
+def _report_from(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def markdown(reports: dict[str, dict], seeds_note: str) -> str:
+    facts, revision = machine_facts(), git_revision() or {}
+    lines = ["# Model against kernel: the scenario files in models/kernel", "",
+             f"mpsim {str(revision.get('commit', ''))[:10]}, "
+             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {facts.get('platform', '')}, "
+             f"{os.cpu_count()} CPUs shared with other work "
+             f"(load average {os.getloadavg()[0]:.1f} when written). {seeds_note}", "",
+             *targets(reports), "",
+             "`mpsim compare` per job (docs/kernel-world.md): outcome agreement must be 100 %; counts are the "
+             "largest absolute difference per request; times in client-server RTTs and goodput as |kernel median - "
+             "model median| / model median; the kernel's min-max over the run indices beside it. "
+             "What the differences come from: docs/kernel-world.md, \"Measured here\".", ""]
+    for job, report in reports.items():
+        lines += [f"## {job}: scenario {report['scenario']}, {report['seeds']} run index(es)", "",
+                  "| variant | metric | model | kernel median | kernel min-max | error |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for row in report["rows"]:
+            r = compare.Row(**row)
+            spread = "-" if r.kernel_min is None else f"{compare._show(r.kernel_min)}-{compare._show(r.kernel_max)}"
+            lines.append(f"| {r.variant} | {r.metric} | {compare._show(r.model)} | {compare._show(r.kernel)} | "
+                         f"{spread} | {compare._error(r)} |")
+        if report["mismatches"]:
+            lines += ["", "Outcomes that disagree:", *(f"- {m}" for m in report["mismatches"])]
+        if report["skipped"]:
+            lines += ["", "Not built:", *(f"- {s}" for s in report["skipped"])]
+        lines.append("")
+    lines += ["## Not compared", "", *(f"- {line}" for line in NOT_COMPARED), ""]
+    return "\n".join(lines)
+
+
+def targets(reports: dict[str, dict]) -> list[str]:
+    """The issue's targets, counted over every variant of every job: outcomes, SYN and RST counts
+    agree 100 %; setup and first-byte times within 5 %; goodput within 5 % loss-free and 15 %
+    under random loss (a variant with "loss" in its name)."""
+    tally: dict[str, list[int]] = {}
+
+    def count(name: str, ok: bool) -> None:
+        tally.setdefault(name, [0, 0])[0] += ok
+        tally[name][1] += 1
+
+    for report in reports.values():
+        for row in report["rows"]:
+            error, metric, variant = row["error"], row["metric"], row["variant"]
+            if error is None:
+                continue
+            if metric == "outcome":
+                count("outcomes agree", error == 1.0)
+            elif metric in ("syns", "rsts"):
+                count(f"{metric.upper()[:-1]}s agree", error == 0)
+            elif metric in ("setup_rtts", "first_byte_rtts"):
+                count(f"{metric} within 5 %", error <= 0.05)
+            elif metric == "goodput":
+                lossy = "loss" in variant
+                count(f"goodput within {'15 % (random loss)' if lossy else '5 % (loss-free)'}",
+                      error <= (0.15 if lossy else 0.05))
+    return ["Against the targets (variants meeting it / variants compared): "
+            + "; ".join(f"{name} {ok}/{total}" for name, (ok, total) in tally.items()) + "."]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="benchmarks/kernel_world.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="the CI scenario only, one seed")
+    parser.add_argument("--from", dest="source", type=Path, help="build the report from earlier compare outputs")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+    jobs = QUICK_JOBS if args.quick else JOBS
+    seeds = 1 if args.quick else args.seeds
+    reports = {}
+    for job, scenario, overrides in jobs:
+        if args.source is not None:
+            path = args.source / job / "compare.json"
+            if path.exists():
+                reports[job] = _report_from(path)
+            continue
+        loaded = load(str(MODELS / scenario), [*overrides, f"runs={seeds}"])
+        try:
+            report = compare.compare(loaded, progress=lambda line: print(line, file=sys.stderr, flush=True))
+        except kernel_world.KernelWorldError as err:
+            print(f"{job}: {err}", file=sys.stderr)
+            return 2
+        report.write(args.out / f"kernel_world-{job}")
+        reports[job] = report.as_dict()
+    args.out.mkdir(parents=True, exist_ok=True)
+    note = "Run indices per job: see each heading." if args.source else f"{seeds} run index(es) per job."
+    (args.out / "kernel_world.md").write_text(markdown(reports, note))
+    rows = [{"job": job, **row} for job, report in reports.items() for row in report["rows"]]
+    pd.DataFrame(rows).to_csv(args.out / "kernel_world.csv", index=False, lineterminator="\n")
+    print(f"written: {args.out / 'kernel_world.md'}, {args.out / 'kernel_world.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

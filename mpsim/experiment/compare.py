@@ -1,0 +1,238 @@
+"""One scenario, two worlds: ``mpsim compare`` (docs/kernel-world.md, "Comparing").
+
+The scenario runs in the simulator (:func:`mpsim.experiment.results.run`) and in the kernel
+(:func:`mpsim.experiment.kernel_world.run_kernel`) for the same run indices; the connections are
+matched by (variant, run, request_id), the transfers by (variant, run, transfer_id). Per variant
+and metric the report gives the model's value, the kernel's (median, and its spread over the run
+indices: min to max) and the error:
+
+* ``outcome``: the fraction of requests whose outcome agrees; anything below 1 fails the comparison
+  (the outcomes must agree exactly, whatever the tolerances).
+* ``fallback_reason``: the fraction that agrees (reported; the kernel's reason is read from its
+  counters, see mpsim/live/client_host.py).
+* ``syns``, ``rsts``, ``ports``: the largest absolute difference per request.
+* ``setup_rtts``, ``first_byte_rtts``, ``goodput``: the relative error of the kernel's median
+  against the model's median, |kernel - model| / model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mpsim.experiment import kernel_world, results
+from mpsim.experiment.scenario import LoadedScenario
+
+RELATIVE = ("setup_rtts", "first_byte_rtts", "goodput")
+ABSOLUTE = ("syns", "rsts", "ports")
+METRICS = ("outcome", "fallback_reason", *ABSOLUTE, *RELATIVE)
+_COUNT_COLUMN = {"syns": "syns_sent", "rsts": "rsts_sent", "ports": "source_ports_used"}
+
+
+def parse_tolerances(items: Sequence[str]) -> dict[str, float]:
+    """``METRIC=VALUE`` items; a clear error for an unknown metric or a bad value."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in RELATIVE + ABSOLUTE:
+            raise ValueError(f"--tolerance {item!r}: expected METRIC=VALUE with METRIC one of "
+                             f"{', '.join(RELATIVE + ABSOLUTE)}")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--tolerance {item!r}: {value!r} is not a number") from None
+        if out[name] < 0 or not math.isfinite(out[name]):
+            raise ValueError(f"--tolerance {item!r}: expected a finite value >= 0")
+    return out
+
+
+@dataclass
+class Row:
+    variant: str
+    metric: str
+    model: float | None
+    kernel: float | None
+    kernel_min: float | None
+    kernel_max: float | None
+    error: float | None  # outcome/fallback_reason: agreement fraction; counts: max |diff|; else relative
+    samples: int
+    detail: str = ""
+
+
+@dataclass
+class Report:
+    scenario: str
+    seeds: int
+    rows: list[Row]
+    skipped: list[str] = field(default_factory=list)
+    mismatches: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        header = ["variant", "metric", "model", "kernel (median)", "kernel min-max", "error", "n"]
+        lines = [f"mpsim compare: scenario {self.scenario}, {self.seeds} run index(es) in the model and the kernel",
+                 ""]
+        table = [[r.variant, r.metric, _show(r.model), _show(r.kernel),
+                  "-" if r.kernel_min is None else f"{_show(r.kernel_min)}-{_show(r.kernel_max)}",
+                  _error(r), str(r.samples)] for r in self.rows]
+        widths = [max(len(x) for x in column) for column in zip(header, *table)]
+        for row in (header, *table):
+            lines.append("  ".join(x.ljust(w) if i < 2 else x.rjust(w) for i, (x, w) in enumerate(zip(row, widths))))
+        if self.mismatches:
+            lines += ["", "Outcomes that disagree (variant run request: model / kernel):",
+                      *(f"  {m}" for m in self.mismatches)]
+        if self.skipped:
+            lines += ["", "Not compared (the kernel cannot build them):", *(f"  {s}" for s in self.skipped)]
+        return "\n".join(line.rstrip() for line in lines)
+
+    def check(self, tolerances: dict[str, float]) -> list[str]:
+        """One line per failure: outcomes that disagree, and every tolerance exceeded."""
+        failures = []
+        for r in self.rows:
+            if r.metric == "outcome" and r.error is not None and r.error < 1.0:
+                failures.append(f"{r.variant}: outcomes agree in {r.error:.0%} of requests (must be 100%)")
+            limit = tolerances.get(r.metric)
+            if limit is not None and r.error is not None and r.error > limit:
+                failures.append(f"{r.variant}: {r.metric} error {_error(r)} exceeds the tolerance {limit:g}")
+            if limit is not None and r.error is None and r.samples == 0:
+                failures.append(f"{r.variant}: {r.metric} has no values to compare against the tolerance")
+        return failures
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"scenario": self.scenario, "seeds": self.seeds, "rows": [r.__dict__ for r in self.rows],
+                "mismatches": self.mismatches, "skipped": self.skipped}
+
+    def write(self, out_dir: Path) -> list[Path]:
+        import pandas as pd
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        csv, js, png = out_dir / "compare.csv", out_dir / "compare.json", out_dir / "compare.png"
+        pd.DataFrame([r.__dict__ for r in self.rows]).to_csv(csv, index=False, lineterminator="\n")
+        js.write_text(json.dumps(self.as_dict(), indent=1, allow_nan=False, default=_none) + "\n")
+        self.figure(png)
+        return [csv, js, png]
+
+    def figure(self, path: Path) -> None:
+        """Model against kernel for the relative metrics: the kernel's median with its min-max
+        spread as an error bar, divided by the model's value (1 = agreement)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows = [r for r in self.rows if r.metric in RELATIVE and r.model and r.kernel is not None]
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(rows) + 2), 3.2))
+        for i, r in enumerate(rows):
+            low, high = r.kernel / r.model - r.kernel_min / r.model, r.kernel_max / r.model - r.kernel / r.model
+            ax.errorbar([i], [r.kernel / r.model], yerr=[[low], [high]], fmt="o", capsize=4)
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+        ax.set_xticks(range(len(rows)), [f"{r.variant}\n{r.metric}" for r in rows], fontsize=7)
+        ax.set_ylabel("kernel / model")
+        ax.set_title(f"{self.scenario}: kernel against model ({self.seeds} run indices)", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
+
+def _none(value: Any) -> Any:
+    return None
+
+
+def _show(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if abs(value) >= 1e5:
+        return f"{value / 1e6:.2f}M"
+    return f"{value:.4g}"
+
+
+def _error(r: Row) -> str:
+    if r.error is None:
+        return "-"
+    if r.metric in ("outcome", "fallback_reason"):
+        return f"{r.error:.0%} agree"
+    if r.metric in ABSOLUTE:
+        return f"{r.error:g}"
+    return f"{r.error:.1%}"
+
+
+def _reason(value: Any) -> str | None:
+    """A fallback reason cell: None, NaN (pandas' empty cell) and "" all mean none."""
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) or value == "" else value
+
+
+def _values(frame: Any, column: str) -> list[float]:
+    return [float(v) for v in frame[column] if v is not None and not (isinstance(v, float) and math.isnan(v))]
+
+
+def _relative(variant: str, metric: str, model: list[float], kernel: list[float]) -> Row:
+    if not model or not kernel:
+        return Row(variant, metric, statistics.median(model) if model else None,
+                   statistics.median(kernel) if kernel else None, None, None, None, min(len(model), len(kernel)))
+    m, k = statistics.median(model), statistics.median(kernel)
+    error = abs(k - m) / abs(m) if m else (0.0 if k == 0 else math.inf)
+    return Row(variant, metric, m, k, min(kernel), max(kernel), error, len(kernel))
+
+
+def compare_results(model: results.Results, kernel: results.Results, *, skipped: Sequence[str] = ()) -> Report:
+    """The report of two finished runs of one loaded scenario."""
+    mc, kc = model.connections, kernel.connections
+    mt, kt = model.transfers, kernel.transfers
+    rows, mismatches = [], []
+    for variant in dict.fromkeys(kc["variant"]):
+        m_rows = {(r["run"], r["request_id"]): r for r in mc[mc["variant"] == variant].to_dict("records")}
+        k_rows = {(r["run"], r["request_id"]): r for r in kc[kc["variant"] == variant].to_dict("records")}
+        keys = sorted(set(m_rows) | set(k_rows))
+        agree = reason = 0
+        diffs: dict[str, float] = {name: 0.0 for name in ABSOLUTE}
+        counted = 0
+        for key in keys:
+            m, k = m_rows.get(key), k_rows.get(key)
+            if m is None or k is None:
+                mismatches.append(f"{variant} run {key[0]} request {key[1]}: "
+                                  f"{'missing in the model' if m is None else 'missing in the kernel'}")
+                continue
+            if m["outcome"] == k["outcome"]:
+                agree += 1
+            else:
+                mismatches.append(f"{variant} run {key[0]} request {key[1]}: {m['outcome']} / {k['outcome']}"
+                                  f" ({m['fallback_reason']} / {k['fallback_reason']})")
+            reason += _reason(m["fallback_reason"]) == _reason(k["fallback_reason"])
+            counted += 1
+            for name, column in _COUNT_COLUMN.items():
+                if k[column] is not None and not (isinstance(k[column], float) and math.isnan(k[column])):
+                    diffs[name] = max(diffs[name], abs(float(m[column]) - float(k[column])))
+        n = len(keys)
+        rows.append(Row(variant, "outcome", None, None, None, None, agree / n if n else None, n))
+        rows.append(Row(variant, "fallback_reason", None, None, None, None, reason / counted if counted else None,
+                        counted))
+        for name, column in _COUNT_COLUMN.items():
+            mv = _values(mc[mc["variant"] == variant], column)
+            kv = _values(kc[kc["variant"] == variant], column)
+            rows.append(Row(variant, name, statistics.median(mv) if mv else None,
+                            statistics.median(kv) if kv else None, min(kv) if kv else None, max(kv) if kv else None,
+                            diffs[name] if counted and kv else None, len(kv)))
+        for metric in ("setup_rtts", "first_byte_rtts"):
+            rows.append(_relative(variant, metric, _values(mc[mc["variant"] == variant], metric),
+                                  _values(kc[kc["variant"] == variant], metric)))
+        mg = _values(mt[(mt["variant"] == variant)], "goodput_bps") if len(mt) else []
+        kg = _values(kt[(kt["variant"] == variant)], "goodput_bps") if len(kt) else []
+        if mg or kg:
+            rows.append(_relative(variant, "goodput", mg, kg))
+    return Report(model.loaded.name, model.loaded.base.runs, rows, list(skipped), mismatches)
+
+
+def compare(loaded: LoadedScenario, *, variants: Sequence[str] | None = None, proxy_cmd: str | None = None,
+            skip_unbuildable: bool = False, progress: Callable[[str], None] | None = None) -> Report:
+    """Run ``loaded`` in both worlds and compare (the kernel first refuses what it cannot build)."""
+    kernel = kernel_world.run_kernel(loaded, variants=list(variants) if variants else None,
+                                     skip_unbuildable=skip_unbuildable, proxy_cmd=proxy_cmd, progress=progress)
+    built = list(dict.fromkeys(r.variant for r in kernel.runs))
+    if progress:
+        progress("model: " + ", ".join(built))
+    model = results.run(loaded, variants=built)
+    return compare_results(model, kernel, skipped=kernel.skipped)

@@ -1,0 +1,742 @@
+"""A scenario run in the kernel: ``mpsim run SCENARIO --on kernel`` (docs/kernel-world.md).
+
+The scenario file stays the one description of the experiment; this module builds its topology in
+network namespaces (:class:`mpsim.testbed.Testbed`), runs its workload with real sockets
+(:mod:`mpsim.live.client_host`, whose decisions are the proto client's) and writes the simulator's
+tables with the simulator's columns (:mod:`mpsim.experiment.results`).
+
+How the scenario maps onto the kernel:
+
+* Paths: one testbed path per scenario path, the primary first (the client's main route). Rate per
+  direction: the testbed shapes both directions at ``rate_down_bps``; the up direction's tbf is then
+  replaced with ``rate_up_bps`` (the same burst and queue rules). Queue: ``queue_bytes`` as time at
+  each direction's rate. Loss: ``bernoulli`` is the testbed's nftables rule, ``gilbert_elliott``
+  the delay line's. Delay: the testbed's (netem, or the project's delay line). The server's
+  one-way delay: the same delay line spliced into the converter-server link
+  (:class:`ServerLinkDelay`).
+* The converter is the testbed's converter namespace (the access router): ``convert`` runs the
+  project's live converter, ``socks5`` a SOCKS5 server from the distribution (microsocks, made
+  MPTCP by ``mptcpize``), or ``--proxy-cmd`` a program of the user's.
+* Servers: :data:`SERVER_SOCKETS`; middleboxes: the testbed's catalogue mapping
+  (:data:`mpsim.testbed.shaping.KERNEL_MIDDLEBOXES`); the mix is drawn with the simulator's
+  seeded generator (``middlebox_mix.<path>``), so one run index meets the same networks in both.
+* Kernel settings the model reads come from the scenario (:func:`kernel_sysctls`) and go into the
+  manifest.
+
+Everything else is refused before anything starts (:func:`unbuildable`), one line per element.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import shlex
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mpsim.errors import MpsimError
+from mpsim.experiment.results import CONNECTION_COLUMNS, Results
+from mpsim.experiment.scenario import Arrivals, LoadedScenario, Scenario
+from mpsim.experiment.simulation import RunResult
+from mpsim.proto.components import SCHEMES
+from mpsim.proto.client import ClientPolicy
+from mpsim.sim.seeds import component_rng, derive_seed
+
+#: Schemes the kernel world can carry out on sockets (mpsim/live/client_host.py).
+KERNEL_SCHEMES = {"plain": "TCP socket", "mptcp": "IPPROTO_MPTCP socket",
+                  "convert": "the project's Convert client (SYN data by MSG_FASTOPEN)",
+                  "socks5": "RFC 1928 on an MPTCP socket"}
+#: Why the others cannot be carried out.
+REFUSED_SCHEMES = {
+    "mp-convert-option": "no kernel puts the MP_CONVERT option on the wire (Linux sends no MPTCP "
+                         "sub-option it does not implement, and no proxy here reads one)",
+    "syn-payload-eol": "no kernel proxy reads signalling options from a SYN payload",
+}
+#: Proxies the kernel world can run, by PROXIES name.
+KERNEL_PROXIES = {"convert": "the live converter (mpsim converter serve)",
+                  "socks5": "microsocks under mptcpize"}
+#: The catalogue's servers as Linux builds them: (responder socket kind, net.ipv4.tcp_fastopen).
+SERVER_SOCKETS = {"legacy_drop": ("tcp", "0x1"), "legacy_queue": ("tfo-no-cookie", "0x203"),
+                  "tfo": ("tfo", "0x3"), "mptcp_v1": ("mptcp", "0x1"), "closed": (None, "0x1")}
+KERNEL_CONGESTION_CONTROLS = ("reno", "cubic")
+PROXY_PORT_DEFAULT = 1234
+#: The kernel world's own endpoints (client host, responder) run SCHED_FIFO, as the delay line does:
+#: they stand for the model's endpoints, which take no time, so a loaded machine's scheduling
+#: latency should not be in their times. The proxy under test runs as it would be deployed.
+REALTIME = ["chrt", "-f", "10"] if shutil.which("chrt") else []
+SETTLE_S = 0.3  # after the last record: let FINs and RSTs reach the captures
+RST_GRACE_S = 0.002  # an RST the close itself sent is stamped within this of the close
+
+
+class KernelWorldError(MpsimError):
+    """The kernel world cannot run what was asked (the message names it)."""
+
+
+# --- what the kernel can build ---------------------------------------------------------------------
+
+
+def _loss(spec: dict) -> tuple[float, tuple | None] | str:
+    """(loss_prob, gilbert_elliott) for the testbed, or why not."""
+    if not spec or spec.get("model") == "none":
+        return 0.0, None
+    if spec["model"] == "bernoulli":
+        return float(spec["loss_prob"]), None
+    if spec["model"] == "gilbert_elliott":
+        return 0.0, (spec["p_good_to_bad"], spec["p_bad_to_good"], spec.get("loss_prob_good", 0.0),
+                     spec.get("loss_prob_bad", 1.0))
+    return f"loss model {spec['model']!r} (scripted drops have no kernel rule)"
+
+
+def unbuildable(scenario: Scenario, *, proxy_cmd: str | None = None) -> list[str]:
+    """One line per element of ``scenario`` the kernel world cannot build, naming it (empty: all can)."""
+    from mpsim.testbed.shaping import KERNEL_MIDDLEBOXES
+
+    out = []
+    s, c = scenario, scenario.client
+    schemes = dict.fromkeys((c.scheme, *s.workload.schemes))
+    for name in schemes:
+        if name not in KERNEL_SCHEMES:
+            out.append(f"client.scheme {name!r}: " + REFUSED_SCHEMES.get(name, "no socket form in the kernel world"))
+    if s.converter.enabled and any(SCHEMES.get(name).proxy for name in schemes):
+        kind = s.proxy_kind
+        if kind not in KERNEL_PROXIES and proxy_cmd is None:
+            out.append(f"converter.kind {kind!r}: the kernel world runs {', '.join(KERNEL_PROXIES)} "
+                       "(or --proxy-cmd)")
+        if kind == "socks5" and proxy_cmd is None and shutil.which("microsocks") is None:
+            out.append("converter.kind 'socks5': microsocks is not installed (apt-get install microsocks)")
+        if getattr(s.converter.placement, "value", s.converter.placement) != "beside":
+            out.append(f"converter.placement {s.converter.placement.value!r}: the testbed's converter is the "
+                       "access router; an on-path proxy that intercepts is not built")
+        if s.converter.delay_s:
+            out.append(f"converter.delay_s={s.converter.delay_s:g}: the testbed's converter is the access router "
+                       "and has no delay of its own (set converter.delay_s=0)")
+        if s.converter.timing.value != "socket" and kind == "convert" and proxy_cmd is None:
+            out.append(f"converter.timing {s.converter.timing.value!r}: the live converter answers in its first "
+                       "bytes after the server's SYN-ACK (socket timing; set converter.timing=\"socket\")")
+    if s.converter.cores:
+        out.append(f"converter.cores={s.converter.cores}: the kernel world runs the real converter, whose CPU is "
+                   "the machine's (set converter.cores=0)")
+    if s.converter.households > 1:
+        out.append(f"converter.households={s.converter.households}: the testbed has one client host "
+                   "(set converter.households=1)")
+    if c.implicit:
+        out.append("client.implicit: implicit signalling needs an on-path proxy, which is not built")
+    if c.mptcp.version != 1:
+        out.append("client.mptcp.version 0: Linux speaks MPTCP v1 only")
+    if c.mptcp.retry_with_v0:
+        out.append("client.mptcp.retry_with_v0: Linux has no MPTCP v0")
+    if c.mptcp.syn_retrans_before_tcp_fallback is None:
+        out.append("client.mptcp.syn_retrans_before_tcp_fallback 'none': Linux always drops MP_CAPABLE at some point")
+    if s.server.kind not in SERVER_SOCKETS:
+        out.append(f"server.kind {s.server.kind!r}: no Linux listener is built for it (buildable: "
+                   f"{', '.join(SERVER_SOCKETS)})")
+    if len(s.paths) > 8:
+        out.append(f"paths: {len(s.paths)} paths, the testbed has at most 8")
+    for name, p in s.paths.items():
+        if p.jitter_s:
+            out.append(f"paths.{name}.jitter_s: the model's jitter reorders, the delay line's never does")
+        loss = _loss(p.loss)
+        if isinstance(loss, str):
+            out.append(f"paths.{name}.loss: {loss}")
+        for box in p.middleboxes:
+            if box not in KERNEL_MIDDLEBOXES:
+                out.append(f"paths.{name}.middleboxes {box!r}: the testbed has no rule for it "
+                           f"(buildable: {', '.join(KERNEL_MIDDLEBOXES)})")
+    for i, entry in enumerate(s.middlebox_mix):
+        if entry.prob > 0 and entry.middlebox not in KERNEL_MIDDLEBOXES:
+            out.append(f"middlebox_mix[{i}] {entry.middlebox!r}: the testbed has no rule for it")
+    for i, event in enumerate(s.events):
+        out.append(f"events[{i}] {event.action.value} at {event.at_s:g} s: the kernel world runs no timed events")
+    ccs = {t.congestion_control for t in s.transfers}
+    for cc in sorted(ccs - set(KERNEL_CONGESTION_CONTROLS)):
+        out.append(f"transfers congestion_control {cc!r}: Linux MPTCP has no coupled congestion control")
+    if len(ccs) > 1:
+        out.append(f"transfers: congestion controls {sorted(ccs)} differ; the testbed pins one per run")
+    for key in ("snd_buf_bytes", "rcv_buf_bytes"):
+        if len({getattr(t, key) for t in s.transfers}) > 1:
+            out.append(f"transfers {key}: values differ; the kernel's buffer maxima are per namespace")
+    return out
+
+
+# --- the plan ----------------------------------------------------------------------------------------
+
+
+def arrival_times(scenario: Scenario, run_index: int) -> list[float]:
+    """Simulation.arrival_times with the same seeded draws (component "workload")."""
+    w, end_s = scenario.workload, scenario.duration_s
+    if w.arrivals is Arrivals.NONE:
+        return []
+    if w.arrivals is Arrivals.ONE:
+        return [w.start_s] if w.start_s < end_s else []
+    if w.arrivals is Arrivals.COUNT:
+        return [t for i in range(w.count) if (t := w.start_s + i * w.interval_s) < end_s]
+    if w.arrivals is Arrivals.TIMES:
+        return sorted(w.at_s)
+    rng, times, t = component_rng(scenario.seed, run_index, "workload"), [], w.start_s
+    while True:
+        t += rng.expovariate(w.rate_per_s)
+        if t >= end_s or (w.count and len(times) >= w.count):
+            return times
+        times.append(t)
+
+
+def path_names(scenario: Scenario) -> list[str]:
+    primary = scenario.primary_path
+    return [primary] + [name for name in scenario.paths if name != primary]
+
+
+def drawn_middleboxes(scenario: Scenario, run_index: int) -> dict[str, tuple[str, ...]]:
+    """Each path's boxes at the start: fixed ones, then the mix drawn as AccessNetwork.attach draws it."""
+    out = {}
+    for name in scenario.paths:
+        rng = component_rng(scenario.seed, run_index, f"middlebox_mix.{name}")
+        drawn = [entry.middlebox for entry in scenario.middlebox_mix if rng.random() < entry.prob]
+        out[name] = (*scenario.paths[name].middleboxes, *drawn)
+    return out
+
+
+def requests_plan(scenario: Scenario, run_index: int) -> list[dict]:
+    """The requests in Simulation._schedule's order (at one instant: arrivals, then transfers)."""
+    w = scenario.workload
+    items = []
+    for i, t in enumerate(arrival_times(scenario, run_index)):
+        scheme = w.schemes[i % len(w.schemes)] if w.schemes else scenario.client.scheme
+        items.append((t, 1, i, {"scheme": scheme, "transfer": None}))
+    for i, spec in enumerate(scenario.transfers):
+        items.append((spec.start_s, 2, i, {"scheme": scenario.client.scheme,
+                                           "transfer": {"transfer_id": i, "size_bytes": spec.size_bytes,
+                                                        "direction": spec.direction.value}}))
+    items.sort(key=lambda item: (item[0], item[1], item[2]))
+    return [{"at_s": t, "request_size_bytes": w.request_size_bytes, "response_size_bytes": w.response_size_bytes,
+             **extra} for t, _, _, extra in items]
+
+
+def kernel_sysctls(scenario: Scenario) -> dict[str, dict[str, str]]:
+    """Per role, the sysctls the scenario sets (the model reads the same values)."""
+    c, m = scenario.client, scenario.client.mptcp
+    snd = scenario.transfers[0].snd_buf_bytes if scenario.transfers else None
+    rcv = scenario.transfers[0].rcv_buf_bytes if scenario.transfers else None
+    common = {}
+    if snd:  # the model's default buffers (4 MiB, 6 MiB) are Linux's tcp_wmem / tcp_rmem maxima
+        common["net.ipv4.tcp_wmem"] = f"4096 16384 {snd}"
+        common["net.ipv4.tcp_rmem"] = f"4096 131072 {rcv}"
+    client = {"net.ipv4.tcp_syn_retries": str(c.syn_retries),
+              "net.ipv4.tcp_syn_linear_timeouts": str(c.syn_linear_timeouts),
+              "net.ipv4.tcp_fastopen": "0x1",
+              "net.mptcp.syn_retrans_before_tcp_fallback": str(m.syn_retrans_before_tcp_fallback),
+              "net.mptcp.blackhole_timeout": str(int(m.blackhole_timeout_s)),
+              "net.mptcp.checksum_enabled": "1" if m.checksums else "0"}
+    server_fastopen = SERVER_SOCKETS.get(scenario.server.kind, (None, "0x1"))[1]
+    return {"client": common | client, "converter": common | {"net.ipv4.tcp_fastopen": "0x3"},
+            "server": common | {"net.ipv4.tcp_fastopen": server_fastopen}}
+
+
+def client_plan(scenario: Scenario, run_index: int, proxy: tuple[str, int] | None, server: tuple[str, int]) -> dict:
+    c = scenario.client
+    policy = ClientPolicy(scheme=c.scheme)  # the defaults the schema does not expose
+    drain = scenario.drain_s + scenario.duration_s
+    return {
+        "proxies": [list(proxy)] if proxy else [],
+        "server": list(server),
+        "policy": {"scheme": c.scheme, "fallback": c.fallback.value, "upstream_mptcp": c.upstream_mptcp,
+                   "bypass_mptcp_servers": c.bypass_mptcp_servers, "tfo_to_server": c.tfo_to_server,
+                   "convert_info_first": c.convert_info_first, "mptcp_to_server": c.mptcp_to_server,
+                   "proxy_syn_retries": c.proxy_syn_retries,
+                   "reply_timeout_s": c.reply_timeout_s, "max_attempts": c.max_attempts,
+                   "response_timeout_s": min(policy.response_timeout_s or drain, drain)},
+        "cache_policy": {"off_reprobe_s": c.off_reprobe_s,
+                         "keep_cookies_on_new_network": c.keep_cookies_on_new_network},
+        "requests": requests_plan(scenario, run_index),
+        # The SYN retries end a connect by themselves; this only bounds the wait.
+        "connect_wait_s": 130.0,
+        "syn_linear_timeouts": c.syn_linear_timeouts,
+        "deadline_s": drain,
+    }
+
+
+# --- the pcap reading: SYNs, RSTs per local port ----------------------------------------------------
+
+
+def pcap_flags(path: Path, client_addresses: set[str]) -> dict[int, dict[str, list[float]]]:
+    """{client port: {"syns": [times], "rsts": [times]}} for packets the client sent (Ethernet +
+    IPv4, pcap format; times in seconds of the capture's clock, CLOCK_REALTIME)."""
+    data = path.read_bytes() if path.exists() else b""
+    out: dict[int, dict[str, list[float]]] = {}
+    if len(data) < 24:
+        return out
+    endian = "<" if data[:4] == b"\xd4\xc3\xb2\xa1" else ">"
+    offset = 24
+    while offset + 16 <= len(data):
+        seconds, fraction, incl = struct.unpack_from(endian + "III", data, offset)
+        stamp = seconds + fraction * 1e-6
+        frame = data[offset + 16:offset + 16 + incl]
+        offset += 16 + incl
+        if len(frame) < 14 + 20 or frame[12:14] != b"\x08\x00":
+            continue
+        ip = frame[14:]
+        ihl = (ip[0] & 0x0F) * 4
+        if ip[9] != 6 or len(ip) < ihl + 14:
+            continue
+        src = socket.inet_ntoa(ip[12:16])
+        if src not in client_addresses:
+            continue
+        sport = struct.unpack_from("!H", ip, ihl)[0]
+        flags = ip[ihl + 13]
+        times = out.setdefault(sport, {"syns": [], "rsts": []})
+        if flags & 0x02 and not flags & 0x10:
+            times["syns"].append(stamp)
+        if flags & 0x04:
+            times["rsts"].append(stamp)
+    return out
+
+
+# --- running ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class KernelRun:
+    """What one (variant, run index) left in the kernel, beside its RunResult."""
+
+    facts: dict
+    sysctls: dict
+    middleboxes: dict
+    proxy_argv: list[str]
+    pcaps: dict[str, bytes]  # file name -> the capture (client side of each path, 128-byte snaplen)
+
+
+def _testbed_paths(scenario: Scenario, boxes: dict[str, tuple[str, ...]]) -> list[Any]:
+    from mpsim.testbed.shaping import KERNEL_MIDDLEBOXES, Middlebox, PathSpec
+
+    out = []
+    for name in path_names(scenario):
+        p = scenario.paths[name]
+        flags: dict[str, Any] = {}
+        for box in boxes[name]:
+            for field in dataclasses.fields(Middlebox):
+                value = getattr(KERNEL_MIDDLEBOXES[box].box, field.name)
+                if value:
+                    flags[field.name] = value
+        loss_prob, ge = _loss(p.loss)
+        out.append(PathSpec(rate_bps=int(p.rate_down_bps), queue_s=p.queue_bytes * 8 / p.rate_down_bps,
+                            loss_prob=loss_prob, gilbert_elliott=ge,
+                            delay_s=p.delay_s,
+                            middlebox=Middlebox(**flags) if flags else None))
+    return out
+
+
+def _up_rate_commands(scenario: Scenario) -> list[list[str]]:
+    """Replace each path's up-direction tbf (at the converter) with the path's up rate."""
+    from mpsim.testbed.shaping import PathSpec as TbPath
+    from mpsim.testbed.shaping import ifb_name
+
+    out = []
+    for i, name in enumerate(path_names(scenario)):
+        p = scenario.paths[name]
+        if p.rate_up_bps == p.rate_down_bps:
+            continue
+        spec = TbPath(rate_bps=int(p.rate_up_bps), queue_s=p.queue_bytes * 8 / p.rate_up_bps)
+        burst, limit = spec.tbf_sizes()
+        out.append(["tc", "qdisc", "replace", "dev", ifb_name(f"path{i}"), "root", "tbf", "rate",
+                    f"{spec.rate_bps}bit", "burst", str(burst), "limit", str(limit)])
+    return out
+
+
+class ServerLinkDelay:
+    """The server's one-way delay on the converter-server link: the testbed delays client links
+    only, so this splices the testbed's delay line (mpsim/testbed/delay.py) into that link the way
+    the testbed splices it into a path: a namespace ``<prefix>-sdelay`` holding the server's old
+    veth end and a new veth to the server, neither with an address (an L2 wire). The delay line
+    is started with ``tb.popen`` (killed with the testbed); the namespace is deleted here."""
+
+    def __init__(self, tb: Any, delay_s: float) -> None:
+        self.tb, self.delay_s = tb, delay_s
+        self.ns = f"{tb.prefix}-sdelay"
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> ServerLinkDelay:
+        from mpsim.testbed import delay as delay_mod
+        from mpsim.testbed.probe import ns_argv, run_command
+
+        tb, d = self.tb, self.ns
+        server, converter = tb.ns["server"], tb.ns["converter"]
+        run_command(["ip", "netns", "add", d])
+        try:
+            run_command(["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
+                         "net.ipv6.conf.default.disable_ipv6=1"], ns=d)
+            run_command(["ip", "-n", server, "link", "set", "converter", "netns", d])
+            run_command(["ip", "-n", d, "link", "set", "converter", "name", "c"])
+            run_command(["ip", "-n", d, "link", "add", "s", "type", "veth", "peer", "name", "converter",
+                         "netns", server])
+            for ns, dev in ((d, "c"), (d, "s"), (server, "converter"), (converter, "server")):
+                # A frame read from a packet socket carries no checksum where the sender left it to
+                # the NIC: the devices facing the line compute it in software (as the testbed does).
+                run_command(["ethtool", "-K", dev, "tso", "off", "gso", "off", "tx", "off"], ns=ns)
+                run_command(["ip", "-n", ns, "link", "set", dev, "up"])
+            run_command(["tee", "/sys/class/net/c/queues/rx-0/rps_cpus", "/sys/class/net/s/queues/rx-0/rps_cpus"],
+                        ns=d, input_text="1\n")
+            run_command(["tee", "/sys/class/net/converter/queues/rx-0/rps_cpus"], ns=server, input_text="1\n")
+            run_command(["ip", "-n", server, "addr", "add", f"{tb.addresses.server}/24", "dev", "converter"])
+            run_command(["ip", "-n", server, "route", "replace", "default", "via", tb.addresses.converter_server_side])
+            self.proc = subprocess.Popen(ns_argv(d, delay_mod.argv("c", "s", self.delay_s, seed=101)),
+                                         start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=subprocess.DEVNULL)
+            if self.proc.stdout.readline().strip() != b"ready":
+                raise KernelWorldError("the server link's delay line did not start")
+            # Resolve the neighbours across the line now, so that no request pays for ARP.
+            for ns, address in ((converter, tb.addresses.server), (server, tb.addresses.converter_server_side)):
+                run_command(["ping", "-c", "1", "-W", "2", address], ns=ns)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        from mpsim.testbed.probe import run_command
+
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, 15)
+                self.proc.wait(2)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(self.proc.pid, 9)
+            self.proc.stdout.close()
+            self.proc = None
+        for pid in run_command(["ip", "netns", "pids", self.ns], check=False).stdout.split():
+            try:
+                os.kill(int(pid), 9)
+            except (ProcessLookupError, ValueError):
+                pass
+        run_command(["ip", "netns", "del", self.ns], check=False)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def wait_listening(tb: Any, role: str, address: str, port: int, timeout_s: float) -> None:
+    """The readiness check: a TCP connect from the client namespace succeeds."""
+    probe = (f"import socket,sys\ns=socket.socket();s.settimeout(1)\n"
+             f"sys.exit(s.connect_ex(({address!r},{port})))")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        done = tb.run(role, [sys.executable, "-c", probe], timeout_s=5)
+        if done.returncode == 0:
+            return
+        time.sleep(0.1)
+    raise KernelWorldError(f"nothing listens on {address}:{port} after {timeout_s:g} s (the proxy did not start)")
+
+
+def fill_proxy_cmd(proxy_cmd: str, listen: tuple[str, int], allow: str) -> list[str]:
+    """``--proxy-cmd`` as argv: {listen} (ADDR:PORT), {addr}, {port} and {allow} (the clients'
+    prefix) filled in; a clear error for another placeholder."""
+    fields = {"listen": f"{listen[0]}:{listen[1]}", "allow": allow, "addr": listen[0], "port": str(listen[1])}
+    try:
+        argv = [word.format(**fields) for word in shlex.split(proxy_cmd)]
+    except (KeyError, IndexError, ValueError) as err:
+        raise KernelWorldError(f"--proxy-cmd {proxy_cmd!r}: bad placeholder {err}; use {{listen}}, {{allow}}, "
+                               "{addr}, {port}") from None
+    if not argv:
+        raise KernelWorldError("--proxy-cmd is empty")
+    return argv
+
+
+def proxy_argv(scenario: Scenario, listen: tuple[str, int], allow: str, proxy_cmd: str | None) -> list[str]:
+    """The proxy's command line: --proxy-cmd with {listen}, {allow}, {addr}, {port} filled in, or the
+    scenario's proxy."""
+    if proxy_cmd is not None:
+        return fill_proxy_cmd(proxy_cmd, listen, allow)
+    cv = scenario.converter
+    if scenario.proxy_kind == "socks5":
+        return ["mptcpize", "run", "microsocks", "-i", listen[0], "-p", str(listen[1])]
+    # Through the command line, which names the daemon's module wherever it lives.
+    argv = [sys.executable, "-m", "mpsim", "converter", "serve", "--listen", f"{listen[0]}:{listen[1]}",
+            "--allow", allow, "--connect-timeout", f"{cv.connect_timeout_s:g}", "--quiet"]
+    if cv.require_cookie:
+        argv.append("--require-cookie")
+    if cv.max_sessions:
+        argv += ["--max-conns", str(cv.max_sessions)]
+    return argv
+
+
+def run_once(scenario: Scenario, *, variant: str, run_index: int, work: Path, proxy_cmd: str | None = None,
+             pcap: bool = True) -> tuple[RunResult, KernelRun]:
+    """Build the scenario's testbed, run its workload, tear it down; the simulator's rows."""
+    from mpsim.testbed import Testbed
+    from mpsim.testbed.probe import run_command
+
+    boxes = drawn_middleboxes(scenario, run_index)
+    paths = _testbed_paths(scenario, boxes)
+    cc = scenario.transfers[0].congestion_control if scenario.transfers else "cubic"
+    sysctls = kernel_sysctls(scenario)
+    work.mkdir(parents=True, exist_ok=True)
+    seeds = {f"middlebox_mix.{name}": derive_seed(scenario.seed, run_index, f"middlebox_mix.{name}")
+             for name in scenario.paths}
+    if scenario.workload.arrivals is Arrivals.POISSON:
+        seeds["workload"] = derive_seed(scenario.seed, run_index, "workload")
+    with contextlib.ExitStack() as stack:
+        tb = stack.enter_context(Testbed(paths=paths, cc=cc, tcp_buffer_max_bytes=None, delay_check_pings=3,
+                                         sysctls={"net.mptcp.blackhole_timeout": "0"}))
+        if scenario.server.delay_s:
+            stack.enter_context(ServerLinkDelay(tb, scenario.server.delay_s))
+        for role, values in sysctls.items():
+            run_command(["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in values.items())], ns=tb.ns[role])
+        for argv in _up_rate_commands(scenario):
+            run_command(argv, ns=tb.ns["converter"])
+        server_kind, _ = SERVER_SOCKETS[scenario.server.kind]
+        server = (tb.addresses.server, scenario.server.port)
+        logs = []
+        if server_kind is not None:
+            log = open(work / f"{variant}-run{run_index}-server.log", "wb")
+            logs.append(log)
+            proc = tb.popen("server", [*REALTIME, sys.executable, "-m", "mpsim.live.responder", "--listen",
+                                       f"{server[0]}:{server[1]}", "--socket", server_kind, "--request-bytes",
+                                       str(scenario.workload.request_size_bytes)], stdout=subprocess.PIPE, stderr=log)
+            if proc.stdout.readline().strip() != b"ready":
+                raise KernelWorldError(f"the server program did not start (see {log.name})")
+        proxy, argv = None, []
+        needs_proxy = scenario.converter.enabled and any(
+            SCHEMES.get(r["scheme"]).proxy for r in requests_plan(scenario, run_index))
+        if needs_proxy:
+            proxy = (tb.addresses.converter[0], scenario.converter.port)
+            argv = proxy_argv(scenario, proxy, "198.18.0.0/15", proxy_cmd)
+            log = open(work / f"{variant}-run{run_index}-proxy.log", "wb")
+            logs.append(log)
+            tb.popen("converter", argv, stdout=log, stderr=log)
+            wait_listening(tb, "client", proxy[0], proxy[1], 15.0)
+        captures, pcaps = [], []
+        capture = capture_argv() if pcap else None
+        if capture is not None:
+            for i, name in enumerate(path_names(scenario)):
+                path = work / f"{variant}-run{run_index}-path.{name}.pcap"
+                pcaps.append(str(path))
+                log = open(work / f"{variant}-run{run_index}-capture.{name}.log", "wb")
+                logs.append(log)
+                captures.append(tb.popen("client", capture(f"path{i}", str(path)), stdout=log, stderr=log))
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not all(Path(p).exists() and Path(p).stat().st_size >= 24
+                                                          for p in pcaps):
+                time.sleep(0.05)
+            missing = [p for p in pcaps if not Path(p).exists()]
+            if missing:
+                raise KernelWorldError(f"the packet capture did not start writing {', '.join(missing)}")
+        before = {role: tb.counters(role) for role in ("client", "converter", "server")}
+        snmp_before = {role: _retrans_segs(tb, role) for role in ("client", "converter", "server")}
+        plan = client_plan(scenario, run_index, proxy, server)
+        plan_path = work / f"{variant}-run{run_index}-plan.json"
+        out_path = work / f"{variant}-run{run_index}-client.json"
+        plan_path.write_text(json.dumps(plan, indent=1))
+        timeout_s = plan["deadline_s"] + 30
+        done = tb.run("client", [*REALTIME, sys.executable, "-m", "mpsim.live.client_host", str(plan_path),
+                                 str(out_path)], timeout_s=timeout_s)
+        if done.returncode != 0:
+            raise KernelWorldError(f"the client program failed (exit {done.returncode}): {done.stderr.strip()[-400:]}")
+        time.sleep(SETTLE_S)
+        after = {role: tb.counters(role) for role in ("client", "converter", "server")}
+        snmp_after = {role: _retrans_segs(tb, role) for role in ("client", "converter", "server")}
+        for proc in captures:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        facts = tb.facts()
+        for log in logs:
+            log.close()
+    client_out = json.loads(out_path.read_text())
+    flags: dict[int, dict[str, list[float]]] = {}
+    for path in pcaps:
+        for port, times in pcap_flags(Path(path), set(facts["addresses"]["client"])).items():
+            total = flags.setdefault(port, {"syns": [], "rsts": []})
+            total["syns"] += times["syns"]
+            total["rsts"] += times["rsts"]
+    result = _rows(scenario, variant, run_index, seeds, client_out, flags, before, after, snmp_before, snmp_after,
+                   boxes, bool(pcaps))
+    captured = {Path(p).name: Path(p).read_bytes() for p in pcaps if Path(p).exists()}
+    return result, KernelRun(facts, sysctls, {k: list(v) for k, v in boxes.items()}, argv, captured)
+
+
+def capture_argv() -> Any:
+    """A function (interface, file) -> argv of a packet capture writing pcap with 128-byte
+    snapshots: tcpdump (what .ci/run installs) or dumpcap; None when neither is installed (the
+    SYN and RST columns are then empty)."""
+    if shutil.which("tcpdump"):
+        return lambda dev, path: ["tcpdump", "-q", "--immediate-mode", "-i", dev, "-s", "128", "-U", "-Z", "root",
+                                          "-w", path]
+    if shutil.which("dumpcap"):
+        return lambda dev, path: ["dumpcap", "-q", "-i", dev, "-s", "128", "-P", "-w", path]
+    return None
+
+
+def _retrans_segs(tb: Any, role: str) -> int:
+    done = tb.run(role, ["cat", "/proc/net/snmp"], timeout_s=5)
+    lines = [line.split() for line in done.stdout.splitlines() if line.startswith("Tcp:")]
+    if len(lines) < 2:
+        return 0
+    return int(dict(zip(lines[0][1:], lines[1][1:])).get("RetransSegs", 0))
+
+
+def _rows(scenario: Scenario, variant: str, run_index: int, seeds: dict, client_out: dict,
+          flags: dict[int, dict[str, list[float]]], before: dict, after: dict, snmp_before: dict, snmp_after: dict,
+          boxes: dict, have_pcaps: bool) -> RunResult:
+    names = path_names(scenario)
+    p0 = scenario.paths[scenario.primary_path]
+    rtt_s = 2 * (p0.delay_s + scenario.server.delay_s)
+    network = " ".join(f"{name}:{'+'.join(boxes[name]) or 'clean'}" for name in names)
+    transfers_by_request = {}
+    plan_requests = requests_plan(scenario, run_index)
+    connections = []
+    for record in client_out["records"]:
+        request = plan_requests[record["request_id"]]
+        row = {k: record.get(k) for k in CONNECTION_COLUMNS if k in record}
+        ports = record.get("ports", [])
+        if have_pcaps:
+            closed = record.get("closed_wall", {})
+            row["syns_sent"] = sum(len(flags.get(p, {}).get("syns", [])) for p in ports)
+            # An RST after the socket was closed answered a stray segment: the host's, not the connection's.
+            row["rsts_sent"] = sum(sum(t <= closed.get(str(p), math.inf) + RST_GRACE_S
+                                       for t in flags.get(p, {}).get("rsts", [])) for p in ports)
+        else:
+            row["syns_sent"] = row["rsts_sent"] = None
+        row["source_ports_used"] = len(ports)
+        if record["outcome"] != "failed":
+            row["completion_time_s"] = record["end_s"] - record["start_s"]
+        row["start_s"] = request["at_s"]  # the planned time (the thread starts it within a millisecond)
+        row["network"] = network
+        row["transfer"] = request["transfer"] is not None
+        for name in ("setup_time_s", "first_byte_time_s"):
+            value = row.get(name)
+            row[name.replace("_time_s", "_rtts")] = None if value is None else round(value / rtt_s, 6) \
+                if rtt_s > 0 else math.nan
+        connections.append(row)
+        if request["transfer"] is not None:
+            transfers_by_request[record["request_id"]] = (request["transfer"], record)
+    transfers = []
+    for result in client_out["transfers"]:
+        spec_plan, record = transfers_by_request[result["request_id"]]
+        spec = scenario.transfers[spec_plan["transfer_id"]]
+        multipath = record["outcome"] in ("converted", "mptcp")
+        direction = spec.direction.value
+        sender = "client" if direction == "upload" else ("converter" if record["via_proxy"] else "server")
+        transfers.append({
+            "transfer_id": spec_plan["transfer_id"], "request_id": record["request_id"], "scheme": record["scheme"],
+            "outcome": record["outcome"], "direction": direction, "congestion_control": spec.congestion_control,
+            "paths": " ".join(names if multipath else names[:1]), "subflows": result["subflows"],
+            "bytes": spec.size_bytes, "bytes_delivered": result["bytes_delivered"], "completed": result["completed"],
+            "start_s": spec.start_s, "negotiated_s": result["negotiated_s"], "duration_s": result["duration_s"],
+            "goodput_bps": result["goodput_bps"],
+            # The sending namespace's Tcp RetransSegs over the run: exact with one transfer per run.
+            "retransmissions": snmp_after[sender] - snmp_before[sender] if len(scenario.transfers) == 1 else None,
+            "timeouts": None, "subflow_bytes": "", "via_converter": record["via_proxy"]})
+    for spec_index, spec in enumerate(scenario.transfers):  # a failed negotiation moves nothing
+        if not any(t["transfer_id"] == spec_index for t in transfers):
+            record = next((r for r in client_out["records"]
+                           if plan_requests[r["request_id"]]["transfer"]
+                           and plan_requests[r["request_id"]]["transfer"]["transfer_id"] == spec_index), None)
+            transfers.append({"transfer_id": spec_index, "request_id": record["request_id"] if record else None,
+                              "scheme": scenario.client.scheme, "outcome": record["outcome"] if record else "failed",
+                              "direction": spec.direction.value, "congestion_control": spec.congestion_control,
+                              "paths": "", "subflows": 0, "bytes": spec.size_bytes, "bytes_delivered": 0,
+                              "completed": False, "start_s": spec.start_s, "negotiated_s": None, "duration_s": None,
+                              "goodput_bps": None, "retransmissions": 0, "timeouts": 0, "subflow_bytes": "",
+                              "via_converter": bool(record and record["via_proxy"])})
+    transfers.sort(key=lambda t: t["transfer_id"])
+    counters = []
+    for role in ("client", "converter", "server"):
+        for key, value in sorted(after[role].items()):
+            group, _, name = key.partition(".")
+            delta = value - before[role].get(key, 0)
+            if group in ("MPTcpExt", "TcpExt") and delta:
+                counters.append({"component": role, "counter": name, "value": int(delta)})
+            elif group in ("nft", "iptables") and key.endswith(".packets"):
+                counters.append({"component": f"rule.{role}", "counter": name.removesuffix(".packets"),
+                                 "value": int(delta)})
+    events = [{"time_s": float(r["end_s"]), "node": "client", "event": "ConnectionFinished",
+               "detail": f"request_id={r['request_id']} outcome={r['outcome']} "
+                         f"fallback_reason={r['fallback_reason']}"} for r in client_out["records"]]
+    events.sort(key=lambda e: e["time_s"])
+    end_s = max([e["time_s"] for e in events], default=0.0)
+    return RunResult(variant, run_index, seeds, connections, transfers, counters, events, end_s)
+
+
+class KernelResults(Results):
+    """The simulator's tables from kernel runs; the manifest adds what the kernel was."""
+
+    def __init__(self, loaded: LoadedScenario, runs: list[RunResult], kernel: list[KernelRun],
+                 skipped: list[str]) -> None:
+        super().__init__(loaded, runs)
+        self.kernel = kernel
+        self.skipped = skipped
+
+    def manifest(self) -> dict[str, Any]:
+        manifest = super().manifest()
+        manifest["world"] = "kernel"
+        manifest["skipped_unbuildable"] = self.skipped
+        manifest["kernel"] = [{"variant": run.variant, "run": run.run_index, "sysctls": k.sysctls,
+                               "middleboxes": k.middleboxes, "proxy_argv": k.proxy_argv,
+                               "pcaps": sorted(k.pcaps), "testbed": k.facts}
+                              for run, k in zip(self.runs, self.kernel)]
+        return manifest
+
+    def write_pcaps(self, pcap_dir: Path) -> list[Path]:
+        pcap_dir.mkdir(parents=True, exist_ok=True)
+        written = []
+        for k in self.kernel:
+            for name, data in sorted(k.pcaps.items()):
+                (pcap_dir / name).write_bytes(data)
+                written.append(pcap_dir / name)
+        return written
+
+
+def check_root() -> None:
+    if os.geteuid() != 0:
+        raise KernelWorldError("--on kernel needs root (network namespaces)")
+
+
+def run_kernel(loaded: LoadedScenario, *, variants: list[str] | None = None, skip_unbuildable: bool = False,
+               proxy_cmd: str | None = None, pcap: bool = True, progress: Any = None) -> KernelResults:
+    """Every variant (or those named) and run index of ``loaded`` in the kernel. Unbuildable
+    variants are refused (KernelWorldError naming the first element) or, with
+    ``skip_unbuildable``, left out and named in the manifest."""
+    from mpsim.testbed.probe import TestbedError
+
+    names = list(variants) if variants else list(loaded.variants)
+    problems = {name: unbuildable(loaded.variants[name], proxy_cmd=proxy_cmd) for name in names}
+    skipped = []
+    for name in names:
+        if problems[name]:
+            if not skip_unbuildable:
+                raise KernelWorldError(f"cannot build variant {name!r} in the kernel: {problems[name][0]}"
+                                       + (f" (and {len(problems[name]) - 1} more)" if len(problems[name]) > 1 else ""))
+            skipped += [f"{name}: {line}" for line in problems[name]]
+    names = [name for name in names if not problems[name]]
+    if not names:
+        raise KernelWorldError("no variant can be built in the kernel: " + "; ".join(skipped[:3])
+                               + (f" (and {len(skipped) - 3} more)" if len(skipped) > 3 else ""))
+    check_root()  # after the refusals: what cannot be built is said on any machine
+    runs, kernel = [], []
+    # MPSIM_KERNEL_WORK=DIR keeps the work files (plans, the client's JSON, program logs) there.
+    keep = os.environ.get("MPSIM_KERNEL_WORK")
+    with (contextlib.nullcontext(keep) if keep else tempfile.TemporaryDirectory(prefix="mpsim-kernel-")) as scratch:
+        for run_index in range(loaded.base.runs):
+            for name in names:
+                if progress:
+                    progress(f"kernel: variant {name} run {run_index}")
+                try:
+                    result, k = run_once(loaded.variants[name], variant=name, run_index=run_index,
+                                         work=Path(scratch) / "work", proxy_cmd=proxy_cmd, pcap=pcap)
+                except TestbedError as err:  # the machine cannot build it (probe) or a command failed
+                    raise KernelWorldError(f"variant {name!r} run {run_index}: "
+                                           + " ".join(str(err).split())) from None
+                runs.append(result)
+                kernel.append(k)
+    return KernelResults(loaded, runs, kernel, skipped)

@@ -1,0 +1,182 @@
+"""The kernel world: scenarios built in namespaces (mpsim/experiment/kernel_world.py), the socket
+client (mpsim/live/client_host.py) and `mpsim compare` (mpsim/experiment/compare.py).
+
+The first tests need nothing but Python; those taking the ``kernel_world`` fixture build testbeds
+(root; about 15 s each)."""
+
+import struct
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mpsim.cli import main
+from mpsim.experiment import compare, kernel_world
+from mpsim.experiment.results import TABLES
+from mpsim.experiment.scenario import load, load_text
+from mpsim.live.client_host import syn_give_up_s
+
+MODELS = Path(__file__).resolve().parents[2] / "models" / "kernel"
+CI_SCENARIO = str(MODELS / "ci_two_path.toml")
+
+
+# --- what cannot be built is refused, by name, before anything starts ------------------------------
+
+UNBUILDABLE = """
+description = "everything the kernel world refuses"
+[client]
+scheme = "mp-convert-option"
+[converter]
+kind = "mp-convert"
+cores = 1
+households = 4
+[server]
+kind = "mptcp_v0"
+[paths.lte]
+jitter_s = 0.002
+middleboxes = ["strip-syn-payload"]
+[[events]]
+at_s = 1.0
+action = "reboot"
+[[transfers]]
+size_bytes = 1000
+congestion_control = "lia"
+"""
+
+
+def test_unbuildable_elements_are_named_one_line_each():
+    scenario = load_text(UNBUILDABLE, name="refuse", source="refuse.toml").base
+    lines = kernel_world.unbuildable(scenario)
+    for name in ("'mp-convert-option'", "'mp-convert'", "'mptcp_v0'", "paths.lte.jitter_s", "'strip-syn-payload'",
+                 "events[0] reboot", "'lia'", "converter.cores=1", "converter.households=4"):
+        assert sum(name in line for line in lines) == 1, (name, lines)
+    assert all("\n" not in line for line in lines)
+
+
+def test_buildable_scenarios_have_nothing_refused():
+    for name in ("ci_two_path", "convert_two_path", "negotiation"):
+        loaded = load(str(MODELS / f"{name}.toml"))
+        for variant, scenario in loaded.variants.items():
+            assert kernel_world.unbuildable(scenario) == [], (name, variant)
+
+
+def test_run_on_kernel_refuses_an_unbuildable_middlebox_by_name(capsys, tmp_path):
+    path = tmp_path / "box.toml"
+    path.write_text(load(CI_SCENARIO).text + '\n[variants.lost]\npaths.a.middleboxes = ["strip-syn-payload"]\n')
+    status = main(["run", str(path), "--on", "kernel", "--variant", "lost"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.count("\n") == 1 and "paths.a.middleboxes 'strip-syn-payload'" in err and "variant 'lost'" in err
+
+
+# --- pieces checked by hand -------------------------------------------------------------------------
+
+
+def test_syn_give_up_follows_the_models_schedule():
+    # Linear 0: SYNs at 0, 1, 3 s (RTO 1, 2), the last RTO 4 s: given up at 7 s (TcpPolicy docs).
+    assert syn_give_up_s(2, 0) == 7.0
+    # Linear 4 (this kernel's default): SYNs at 0, 1, 2 s, the RTO still 1 s: given up at 3 s.
+    assert syn_give_up_s(2, 4) == 3.0
+    # 6 retries, classic: 0, 1, 3, 7, 15, 31, 63, given up at 127 s.
+    assert syn_give_up_s(6, 0) == 127.0
+    # 6 retries, linear 4: SYNs at 0, 1, 2, 3, 4, 5, 7 s (TcpPolicy.syn_linear_timeouts), then 4 s more.
+    assert syn_give_up_s(6, 4) == 11.0
+
+
+def _frame(src: str, sport: int, flags: int) -> bytes:
+    ip = bytes([0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0]) + bytes(map(int, src.split("."))) + bytes([198, 19, 0, 2])
+    tcp = struct.pack("!HHIIBBHHH", sport, 80, 0, 0, 0x50, flags, 0, 0, 0)
+    return b"\x00" * 12 + b"\x08\x00" + ip + tcp
+
+
+def test_pcap_reading_counts_the_clients_syns_and_rsts_per_port(tmp_path):
+    frames = [(_frame("198.18.0.1", 40000, 0x02), 1.0), (_frame("198.18.0.1", 40000, 0x02), 2.0),
+              (_frame("198.18.0.1", 40000, 0x10), 2.1), (_frame("198.18.0.1", 40000, 0x14), 2.5),
+              (_frame("198.18.0.1", 40001, 0x12), 3.0), (_frame("198.19.0.2", 40000, 0x02), 4.0)]
+    data = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 128, 1)
+    for frame, t in frames:
+        data += struct.pack("<IIII", int(t), round((t % 1) * 1e6), len(frame), len(frame)) + frame
+    path = tmp_path / "c.pcap"
+    path.write_bytes(data)
+    flags = kernel_world.pcap_flags(path, {"198.18.0.1"})
+    assert flags[40000] == {"syns": [1.0, 2.0], "rsts": [2.5]}
+    assert flags[40001] == {"syns": [], "rsts": []}  # a SYN-ACK is no SYN the client opened
+
+
+def test_tolerances_are_parsed_or_refused():
+    assert compare.parse_tolerances(["goodput=0.05", "syns=0"]) == {"goodput": 0.05, "syns": 0.0}
+    for bad in ("goodput", "speed=1", "goodput=x", "goodput=-1"):
+        with pytest.raises(ValueError, match="--tolerance"):
+            compare.parse_tolerances([bad])
+
+
+# --- in the kernel -----------------------------------------------------------------------------------
+
+
+def test_run_on_kernel_writes_the_simulators_columns(kernel_world, tmp_path, capsys):
+    scenario = str(MODELS / "convert_two_path.toml")
+    small = ["--set", "transfers=[{start_s=0.0, size_bytes=200000, direction=\"download\"}]"]
+    assert main(["run", scenario, *small, "--out", str(tmp_path / "sim")]) == 0
+    assert main(["run", scenario, *small, "--on", "kernel", "--out", str(tmp_path / "kernel"), "--pcap"]) == 0
+    capsys.readouterr()
+    for table, columns in TABLES.items():
+        sim = pd.read_csv(tmp_path / "sim" / f"{table}.csv")
+        kernel = pd.read_csv(tmp_path / "kernel" / f"{table}.csv")
+        assert list(kernel.columns) == list(sim.columns) == list(columns)
+    connections = pd.read_csv(tmp_path / "kernel" / "connections.csv")
+    assert list(connections["outcome"]) == ["converted"]  # the live converter, MPTCP on the client's leg
+    assert list(connections["syns_sent"]) == [1] and list(connections["source_ports_used"]) == [1]
+    transfers = pd.read_csv(tmp_path / "kernel" / "transfers.csv")
+    assert transfers["completed"].tolist() == [True] and transfers["subflows"].tolist() == [2]
+    counters = pd.read_csv(tmp_path / "kernel" / "counters.csv")
+    client = counters[counters["component"] == "client"].set_index("counter")["value"]
+    assert client["MPCapableSYNACKRX"] == 1 and client["MPJoinSynAckRx"] == 1  # nstat names, as the model's
+    assert sorted(p.name for p in (tmp_path / "kernel" / "pcap").iterdir()) == \
+        ["base-run0-path.a.pcap", "base-run0-path.b.pcap"]
+    manifest = (tmp_path / "kernel" / "manifest.json").read_text()
+    assert '"net.ipv4.tcp_syn_linear_timeouts": "0"' in manifest and '"world": "kernel"' in manifest
+
+
+def test_compare_agrees_on_a_loss_free_two_path_scenario(kernel_world, tmp_path, capsys):
+    status = main(["compare", CI_SCENARIO, "--tolerance", "syns=0", "--tolerance", "rsts=0",
+                   "--tolerance", "ports=0", "--out", str(tmp_path)])
+    out = capsys.readouterr()
+    assert status == 0, out.err
+    assert "outcome" in out.out and "100% agree" in out.out
+    rows = pd.read_csv(tmp_path / "compare.csv").set_index("metric")
+    assert rows.loc["outcome", "error"] == 1.0
+    assert rows.loc["goodput", "error"] < 0.5  # a loose sanity bound; the report holds the measured error
+    assert (tmp_path / "compare.png").stat().st_size > 1000
+
+
+def test_compare_exits_1_beyond_a_tolerance(kernel_world, capsys):
+    status = main(["compare", CI_SCENARIO, "--tolerance", "setup_rtts=0"])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "setup_rtts error" in err and "exceeds the tolerance 0" in err
+
+
+def test_compare_finds_outcomes_that_disagree_and_measures_errors():
+    # Two simulator runs stand for the two worlds: the same scenario, the server closed in one.
+    from mpsim.experiment import results
+
+    model = results.run(load(CI_SCENARIO))
+    other = results.run(load(CI_SCENARIO, ["server.kind=closed"]))
+    report = compare.compare_results(model, other)
+    rows = {r.metric: r for r in report.rows}
+    assert rows["outcome"].error == 0.0 and report.mismatches == ["base run 0 request 0: mptcp / failed (None / None)"]
+    assert report.check({}) == ["base: outcomes agree in 0% of requests (must be 100%)"]
+    same = compare.compare_results(model, results.run(load(CI_SCENARIO)))
+    rows = {r.metric: r for r in same.rows}
+    assert rows["outcome"].error == 1.0 and rows["goodput"].error == 0.0 and rows["syns"].error == 0.0
+    assert same.check({"goodput": 0.0, "syns": 0}) == []
+    slower = compare.compare_results(model, results.run(load(CI_SCENARIO, ["paths.b.rate_down_bps=5e6"])))
+    goodput = {r.metric: r for r in slower.rows}["goodput"]
+    assert 0.1 < goodput.error < 0.5 and slower.check({"goodput": 0.05})
+
+
+def test_skip_unbuildable_with_nothing_left_is_refused_by_name(capsys):
+    status = main(["run", CI_SCENARIO, "--on", "kernel", "--skip-unbuildable",
+                   "--set", "client.scheme=syn-payload-eol"])
+    err = capsys.readouterr().err
+    assert status == 2 and "no variant can be built" in err and "'syn-payload-eol'" in err
