@@ -24,7 +24,7 @@ SCANNED = ["mpsim", "tests", "docs", "notebooks", "benchmarks", "README.md"]
 TEXT_SUFFIXES = {".py", ".md", ".ipynb", ".toml", ".txt", ".cfg"}
 #: Files the benchmarks write into their output folder (mpsim/bench/__init__.py), named in
 #: docstrings and --help texts; not documents of the repository.
-OUTPUT_NAMES = {"simulator.md", "sweep.md", "stem.md"}
+OUTPUT_NAMES = {"simulator.md", "sweep.md", "stem.md", "kernel_world.md"}
 
 MD_REFERENCE = re.compile(r"(?<![\w.-])(/?(?:[\w.-]+/)*\w[\w.-]*\.md)(?!\w)")
 URL = re.compile(r"https?://\S+")
