@@ -95,6 +95,33 @@ def _names(tp: Any) -> tuple[str, ...] | None:
     return None
 
 
+#: What the names a registry does not hold mean (OneOf extras).
+EXTRA_NAME_DOCS = {scenario.AUTO_PROXY: "the proxy the client's scheme talks to"}
+
+
+def _name_docs(tp: Any) -> list[str] | None:
+    """What each allowed name of a registry-backed type is (the entries' descriptions), else None."""
+    if typing.get_origin(tp) is not Annotated:
+        return None
+    one_of = next(m for m in tp.__metadata__ if isinstance(m, scenario.OneOf))
+    return [EXTRA_NAME_DOCS[name] if name in one_of.extra else getattr(one_of.registry.get(name), "description", "")
+            for name in one_of.names()]
+
+
+def _registries() -> dict[str, Any]:
+    """Every registry a scenario names components from, by the schema type that uses it, in schema order."""
+    out: dict[str, Any] = {}
+    for cls in (scenario.ClientSpec, scenario.ConverterSpec, scenario.ServerSpec, scenario.PathSpec,
+                scenario.TransferSpec):
+        for _, tp, _, _ in _fields(cls):
+            inner = _optional(tp)[0]
+            inner = typing.get_args(inner)[0] if typing.get_origin(inner) is tuple else inner
+            if typing.get_origin(inner) is Annotated:
+                registry = next(m for m in inner.__metadata__ if isinstance(m, scenario.OneOf)).registry
+                out.setdefault(registry.kind, inner)
+    return out
+
+
 def _is_table_map(tp: Any) -> bool:
     return typing.get_origin(tp) is dict and dataclasses.is_dataclass(typing.get_args(tp)[1])
 
@@ -142,7 +169,11 @@ def _value_schema(tp: Any, meta: Mapping[str, Any], name: str, defs: dict[str, A
         return {"anyOf": [_value_schema(inner, meta, name, defs), {"const": "none"}]}
     names = _names(tp)
     if names is not None:
-        return {"type": "string", "enum": list(names)}
+        out: dict[str, Any] = {"type": "string", "enum": list(names)}
+        docs = _name_docs(tp)
+        if docs is not None:  # Taplo's extension: shown when completing or hovering a name
+            out["x-taplo"] = {"docs": {"enumValues": docs}}
+        return out
     if tp is bool:
         return {"type": "boolean"}
     if tp is int:
@@ -451,6 +482,16 @@ def reference_markdown() -> str:
         if doc:
             out += [doc.replace("``", "`"), ""]
         out += _section_rows(cls, prefix, links)
+        out.append("")
+    out += ["## Component names", "",
+            "The names a name key takes are those registered in the catalogue (`mpsim/proto/catalogue.py`; "
+            "congestion controls in `mpsim/sim/congestion.py`) when this file was generated; a component "
+            "registered later (docs/design.md section 10) is a valid name as soon as its module is imported.",
+            ""]
+    for kind, tp in _registries().items():
+        plural = kind[:-1] + "ies" if kind.endswith("y") else kind + "es" if kind.endswith("x") else kind + "s"
+        out += [f"### {plural[:1].upper() + plural[1:]}", "", "| name | what it is |", "|---|---|"]
+        out += [f"| `{name}` | {_cell(doc)} |" for name, doc in zip(_names(tp), _name_docs(tp))]
         out.append("")
     out += ["## [variants.NAME]", "",
             "A variant is a partial scenario: any key above except "

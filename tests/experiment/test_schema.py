@@ -265,3 +265,17 @@ def test_mpsim_scenario_schema_to_an_unwritable_place_is_one_line(tmp_path: Path
 def test_mpsim_scenarios_still_lists_the_named_scenarios(capsys):
     assert main(["scenarios"]) == 0
     assert "default" in capsys.readouterr().out
+
+
+def test_every_registered_name_is_described_in_the_schema_and_the_reference(generated):
+    from mpsim.proto.components import PROXIES, SCHEMES, SERVERS
+    from mpsim.sim.congestion import CONGESTION_CONTROLS
+
+    text = schema.reference_markdown()
+    for registry in (SCHEMES, MIDDLEBOXES, PROXIES, SERVERS, CONGESTION_CONTROLS):
+        for name in registry.names():
+            assert f"| `{name}` | {registry.get(name).description} |" in text, (registry.kind, name)
+    kind = generated["$defs"]["ServerSpec"]["properties"]["kind"]
+    assert kind["x-taplo"]["docs"]["enumValues"] == [SERVERS.get(n).description for n in kind["enum"]]
+    proxy = generated["$defs"]["ConverterSpec"]["properties"]["kind"]
+    assert len(proxy["x-taplo"]["docs"]["enumValues"]) == len(proxy["enum"]) == len(PROXIES.names()) + 1
