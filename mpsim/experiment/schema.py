@@ -111,8 +111,7 @@ def _name_docs(tp: Any) -> list[str] | None:
 def _registries() -> dict[str, Any]:
     """Every registry a scenario names components from, by the schema type that uses it, in schema order."""
     out: dict[str, Any] = {}
-    for cls in (scenario.ClientSpec, scenario.ConverterSpec, scenario.ServerSpec, scenario.PathSpec,
-                scenario.TransferSpec):
+    for _, cls, _ in _sections():
         for _, tp, _, _ in _fields(cls):
             inner = _optional(tp)[0]
             inner = typing.get_args(inner)[0] if typing.get_origin(inner) is tuple else inner
