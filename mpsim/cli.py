@@ -9,6 +9,8 @@
 * ``mpsim plot DIR... --x KEY --y METRIC``: a plot of the results of a sweep or a run (or several,
   compared), saved as PNG, SVG, PDF ... by the file's suffix.
 * ``mpsim scenarios``: the named scenarios, one line each.
+* ``mpsim scenario schema [--out FILE]``: the JSON Schema of a scenario file, for editor completion
+  (docs/scenarios.md is the reference generated from the same schema).
 * ``mpsim wire decode KIND HEX...``: bytes (as pasted from Wireshark) to JSON on stdout.
 * ``mpsim wire encode KIND JSON``: JSON back to a hex stream.
 * ``mpsim wireshark install [--dir DIR]``: copy the bundled Wireshark dissector (mpsim.lua) into
@@ -389,6 +391,22 @@ def _scenarios(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scenario_schema(args: argparse.Namespace) -> int:
+    from mpsim.experiment import schema
+
+    text = schema.json_schema_text()
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise CliError(f"--out {args.out}: {err.strerror or err}") from None
+    print(f"wrote the scenario schema to {args.out} (an editor's TOML plugin reads it: docs/scenarios.md)")
+    return 0
+
+
 def _wireshark(args: argparse.Namespace) -> int:
     from mpsim import wireshark
 
@@ -648,6 +666,24 @@ def build_parser() -> argparse.ArgumentParser:
     scenarios = commands.add_parser("scenarios", help="list the named scenarios",
                                     description="The scenario files in models/, with their description.")
     scenarios.set_defaults(handler=_scenarios)
+
+    scenario_group = commands.add_parser(
+        "scenario", help="the scenario file format: its JSON Schema",
+        description="The scenario file format. docs/scenarios.md is its reference (every key's type, unit, range,\n"
+                    "default and meaning), generated from the same schema.", formatter_class=raw)
+    scenario_commands = scenario_group.add_subparsers(dest="scenario_command", required=True, metavar="ACTION")
+    schema_command = scenario_commands.add_parser(
+        "schema", help="print the JSON Schema of a scenario file (for editor completion in TOML)",
+        description="Print (or write with --out) the JSON Schema (draft 2020-12) of a scenario file: every key\n"
+                    "with its type, range, default, meaning and unit, and the registered component names. Editors\n"
+                    "read it through Taplo (Even Better TOML in VS Code): put `#:schema PATH` at the top of a\n"
+                    "scenario file (PATH relative to the file), or use the repository's .taplo.toml.",
+        epilog="examples:\n"
+               "  mpsim scenario schema --out scenario.schema.json\n"
+               "  mpsim scenario schema | python -m json.tool --sort-keys",
+        formatter_class=raw)
+    schema_command.add_argument("--out", type=Path, metavar="FILE", help="write the schema here instead of stdout")
+    schema_command.set_defaults(handler=_scenario_schema)
 
     wire = commands.add_parser("wire", help="decode and encode wire formats; the SYN budget",
                                description="Byte-exact wire formats: decode, encode, and the SYN budget.")

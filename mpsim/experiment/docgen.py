@@ -1,8 +1,10 @@
 """Documentation generated from the code: state diagrams from the machines' own transition
-tables, and the scheme x middlebox x server truth table from running every case.
+tables, the scheme x middlebox x server truth table from running every case, and the scenario
+reference and JSON Schema from the scenario schema (mpsim.experiment.schema).
 
-``python -m mpsim.experiment.docgen`` rewrites docs/state-diagrams.md and docs/truth-table.md;
-the tests regenerate both and fail when the committed files are stale.
+``python -m mpsim.experiment.docgen`` rewrites docs/state-diagrams.md, docs/truth-table.md,
+docs/scenarios.md and docs/scenario.schema.json; the tests regenerate each and fail when a
+committed file is stale.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import random
 import sys
 from collections.abc import Mapping
 
+from mpsim.experiment import schema
 from mpsim.proto import client, convert, mptcp, tcp, truth_table
 
 DOCS = pathlib.Path(__file__).resolve().parents[2] / "docs"
@@ -90,7 +93,8 @@ def truth_table_markdown() -> str:
     return "\n".join(header + rows) + "\n"
 
 
-GENERATED = {"state-diagrams.md": state_diagrams_markdown, "truth-table.md": truth_table_markdown}
+GENERATED = {"state-diagrams.md": state_diagrams_markdown, "truth-table.md": truth_table_markdown,
+             "scenarios.md": schema.reference_markdown, "scenario.schema.json": schema.json_schema_text}
 
 
 def main(argv: list[str] | None = None) -> int:

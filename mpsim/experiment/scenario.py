@@ -66,6 +66,8 @@ from mpsim.sim.transfer import DEFAULT_RCV_BUF_BYTES, DEFAULT_SND_BUF_BYTES
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 #: Access networks a client may have (each gets a /24 of its own in the simulation).
 MAX_PATHS = 16
+#: Keys a variant may not set: they belong to the whole scenario.
+VARIANT_FIXED_KEYS = ("variants", "description", "runs", "seed")
 #: The variant name of a scenario that has no [variants] table.
 BASE_VARIANT = "base"
 _VARIANT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -144,16 +146,18 @@ class Direction(enum.Enum):
 
 
 def knob(default: Any = dataclasses.MISSING, *, ge: float | None = None, gt: float | None = None,
-         le: float | None = None, check: Callable[[Any], None] | None = None) -> Any:
+         le: float | None = None, check: Callable[[Any], None] | None = None, doc: str = "") -> Any:
     """A schema field: its default (none: the key is required), its range, an extra ``check``
-    (raises ValueError or LossSpecError with what was expected)."""
-    meta = {"ge": ge, "gt": gt, "le": le, "check": check}
+    (raises ValueError or LossSpecError with what was expected), and ``doc``, its meaning in one
+    line (docs/scenarios.md and the JSON Schema's descriptions are generated from it; the unit is
+    the name's suffix, so the doc does not repeat it)."""
+    meta = {"ge": ge, "gt": gt, "le": le, "check": check, "doc": doc}
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
-_NO_META: Mapping[str, Any] = {"ge": None, "gt": None, "le": None, "check": None}
+_NO_META: Mapping[str, Any] = {"ge": None, "gt": None, "le": None, "check": None, "doc": ""}
 
 
 def _check_loss(spec: Any) -> None:
@@ -169,86 +173,123 @@ _CP, _TP, _CV, _CONV, _MP = ClientPolicy(), TcpPolicy(), CachePolicy(), Converte
 class MptcpSpec:
     """The client's MPTCP knobs (MptcpPolicy; Linux's net.mptcp sysctls, docs/kernel-facts.md)."""
 
-    version: int = knob(_MP.version, ge=0, le=1)
-    checksums: bool = knob(_MP.checksums)  # net.mptcp.checksum_enabled
-    # net.mptcp.syn_retrans_before_tcp_fallback; "none": never drop MP_CAPABLE
-    syn_retrans_before_tcp_fallback: int | None = knob(_MP.syn_retrans_before_tcp_fallback, ge=0, le=100)
-    blackhole_timeout_s: float = knob(_MP.blackhole_timeout_s, ge=0)  # net.mptcp.blackhole_timeout
-    blackhole_max_exponent: int = knob(_MP.blackhole_max_exponent, ge=0, le=30)
-    retry_with_v0: bool = knob(_MP.retry_with_v0)
-    blackhole_reset_on_success: bool = knob(_MP.blackhole_reset_on_success)
+    version: int = knob(_MP.version, ge=0, le=1, doc="MPTCP version the client offers: 1 (RFC 8684) or 0 (RFC 6824)")
+    checksums: bool = knob(_MP.checksums, doc="ask for DSS checksums, the MP_CAPABLE A flag "
+                                              "(net.mptcp.checksum_enabled)")
+    syn_retrans_before_tcp_fallback: int | None = knob(
+        _MP.syn_retrans_before_tcp_fallback, ge=0, le=100,
+        doc="MP_CAPABLE SYN retransmissions before the next SYN goes out plain "
+            "(net.mptcp.syn_retrans_before_tcp_fallback); \"none\": never drop MP_CAPABLE")
+    blackhole_timeout_s: float = knob(_MP.blackhole_timeout_s, ge=0,
+                                      doc="how long active MPTCP stays off after an MPTCP blackhole, doubled at "
+                                          "each repeat (net.mptcp.blackhole_timeout); 0 disables the back-off")
+    blackhole_max_exponent: int = knob(_MP.blackhole_max_exponent, ge=0, le=30,
+                                       doc="the blackhole back-off doubles up to 2**this times blackhole_timeout_s")
+    retry_with_v0: bool = knob(_MP.retry_with_v0, doc="retry with MPTCP v0 when a v1 SYN is answered without "
+                                                      "MP_CAPABLE (Linux does not)")
+    blackhole_reset_on_success: bool = knob(_MP.blackhole_reset_on_success,
+                                            doc="a successful MPTCP connection resets the blackhole back-off (false: "
+                                                "only one over loopback does, as Linux 6.12 merged it)")
 
 
 @dataclass(frozen=True, kw_only=True)
 class ClientSpec:
     """The client host: ClientPolicy, and the TcpPolicy / CachePolicy knobs scenarios vary."""
 
-    scheme: SchemeName = knob(_CP.scheme)
-    fallback: FallbackTarget = knob(_CP.fallback)
-    upstream_mptcp: bool = knob(_CP.upstream_mptcp)
-    implicit: bool = knob(_CP.implicit)
-    signal_acked_as_data: SignalAckedAsData = knob(_CP.signal_acked_as_data)
-    bypass_mptcp_servers: bool = knob(_CP.bypass_mptcp_servers)
-    convert_info_first: bool = knob(_CP.convert_info_first)
-    tfo_to_server: bool = knob(_CP.tfo_to_server)
-    mptcp_to_server: bool = knob(_CP.mptcp_to_server)
-    proxy_syn_retries: int = knob(_CP.proxy_syn_retries, ge=0, le=10)
-    reply_timeout_s: float = knob(_CP.reply_timeout_s, gt=0)
-    max_attempts: int = knob(_CP.max_attempts, ge=1, le=50)
-    syn_retries: int = knob(_TP.syn_retries, ge=0, le=20)  # net.ipv4.tcp_syn_retries
-    syn_linear_timeouts: int = knob(_TP.syn_linear_timeouts, ge=0, le=20)  # net.ipv4.tcp_syn_linear_timeouts
-    time_wait_s: float = knob(_TP.time_wait_s, ge=0)
-    off_reprobe_s: float | None = knob(_CV.off_reprobe_s, gt=0)
-    keep_cookies_on_new_network: bool = knob(_CV.keep_cookies_on_new_network)
-    primary_path: str = knob("")  # the path negotiation (and plain TCP) uses; "" = the first of [paths]
-    mptcp: MptcpSpec = knob(MptcpSpec())
+    scheme: SchemeName = knob(_CP.scheme, doc="the signalling scheme each request uses to reach its server")
+    fallback: FallbackTarget = knob(_CP.fallback, doc="where a request goes when its proxy attempt fails")
+    upstream_mptcp: bool = knob(_CP.upstream_mptcp, doc="offer MP_CAPABLE towards the proxy (the point of converting)")
+    implicit: bool = knob(_CP.implicit, doc="an implicit-capable scheme signals to the server itself, for a proxy "
+                                            "on the path to intercept")
+    signal_acked_as_data: SignalAckedAsData = knob(
+        _CP.signal_acked_as_data, doc="what to do when a host that is not a proxy ACKed the signalling as SYN data: "
+                                      "reset and fall back, or continue with the bytes leaked")
+    bypass_mptcp_servers: bool = knob(_CP.bypass_mptcp_servers, doc="go direct to servers learned to be MPTCP-capable "
+                                                                    "(RFC 8803 5)")
+    convert_info_first: bool = knob(_CP.convert_info_first, doc="send an Info TLV on the first connection to each "
+                                                                "converter")
+    tfo_to_server: bool = knob(_CP.tfo_to_server, doc="use TCP Fast Open towards servers: directly, or through the "
+                                                      "converter's Connect TLV")
+    mptcp_to_server: bool = knob(_CP.mptcp_to_server, doc="ask the converter for MPTCP towards the server (RFC 8803 7; "
+                                                          "a converter that cannot answers Error 33)")
+    proxy_syn_retries: int = knob(_CP.proxy_syn_retries, ge=0, le=10,
+                                  doc="SYN retransmissions to a proxy before giving up on it")
+    reply_timeout_s: float = knob(_CP.reply_timeout_s, gt=0,
+                                  doc="how long to wait for the Convert or SOCKS5 reply after the handshake")
+    max_attempts: int = knob(_CP.max_attempts, ge=1, le=50, doc="connection attempts (fallbacks and retries) one "
+                                                                "request may make")
+    syn_retries: int = knob(_TP.syn_retries, ge=0, le=20, doc="SYN retransmissions before a connection attempt "
+                                                             "fails (net.ipv4.tcp_syn_retries)")
+    syn_linear_timeouts: int = knob(_TP.syn_linear_timeouts, ge=0, le=20,
+                                    doc="the first N SYN retransmissions wait the initial RTO without doubling "
+                                        "(net.ipv4.tcp_syn_linear_timeouts)")
+    time_wait_s: float = knob(_TP.time_wait_s, ge=0, doc="how long a closed connection's ports stay in TIME-WAIT")
+    off_reprobe_s: float | None = knob(_CV.off_reprobe_s, gt=0,
+                                       doc="how long a cached \"proxy off\" verdict lasts before a re-probe; "
+                                           "\"none\": until another trigger (reboot, new network, new proxy)")
+    keep_cookies_on_new_network: bool = knob(_CV.keep_cookies_on_new_network,
+                                             doc="keep converter cookies across a network change (they may be "
+                                                 "bound to the old client address)")
+    primary_path: str = knob("", doc="the path that negotiation (and single-path TCP) uses; \"\": the first "
+                                     "of [paths]")
+    mptcp: MptcpSpec = knob(MptcpSpec(), doc="the client's MPTCP knobs")
 
 
 @dataclass(frozen=True, kw_only=True)
 class ConverterSpec:
     """The proxy: which one, its policy, and where it sits (one-way delay from the access router)."""
 
-    enabled: bool = knob(True)  # false: the client knows no proxy
-    kind: ProxyName = knob(AUTO_PROXY)  # a PROXIES name; "auto": the one the client's scheme talks to
-    timing: ConverterTiming = knob(_CONV.timing)
-    require_cookie: bool = knob(_CONV.require_cookie)
-    max_sessions: int = knob(_CONV.max_sessions, ge=0)
-    connect_timeout_s: float = knob(_CONV.connect_timeout_s, gt=0)
-    convert_mptcp: bool = knob(False)  # the RFC 8803 converter also offers MPTCP towards servers
-    placement: Placement = knob(Placement.BESIDE)
-    delay_s: float = knob(0.0, ge=0, le=10)
-    rate_bps: float = knob(1e9, gt=0)
-    port: int = knob(1234, ge=1, le=65535)
-    # Its capacity (mpsim.sim.cpu, docs/sim.md "The converter's capacity"): 0 cores = not modelled
-    # (an infinitely fast converter, as before); the costs' defaults come from `mpsim bench kernel`.
-    cores: int = knob(0, ge=0, le=1024)
-    cpu_setup_s: float = knob(DEFAULT_SETUP_S, ge=0, le=10)  # one core's time per connection set-up
-    relay_cpu_s_per_gb: float = knob(DEFAULT_RELAY_CPU_S_PER_GB, ge=0, le=10_000)  # per 10^9 payload bytes
-    # How many households this converter serves: the workload's arrivals are drawn once per
-    # household (all from the one client node), every transfer runs once per household on access
-    # paths of its own.
-    households: int = knob(1, ge=1, le=10_000)
+    enabled: bool = knob(True, doc="false: the client knows no proxy")
+    kind: ProxyName = knob(AUTO_PROXY, doc="the proxy the converter node runs; \"auto\": the one the client's "
+                                           "scheme talks to")
+    timing: ConverterTiming = knob(_CONV.timing, doc="when the converter answers the client's SYN: \"rfc\" waits for "
+                                                     "the server's SYN-ACK (RFC 8803 4.2), \"socket\" answers at once "
+                                                     "as Linux sockets do")
+    require_cookie: bool = knob(_CONV.require_cookie, doc="the converter demands a Cookie TLV (RFC 8803 6.2.7)")
+    max_sessions: int = knob(_CONV.max_sessions, ge=0, doc="sessions the converter holds at once; beyond: Error 64")
+    connect_timeout_s: float = knob(_CONV.connect_timeout_s, gt=0,
+                                    doc="no SYN-ACK from the server by then: the converter answers Error 65")
+    convert_mptcp: bool = knob(False, doc="the RFC 8803 converter also offers MPTCP towards servers")
+    placement: Placement = knob(Placement.BESIDE, doc="\"beside\" the access router (the client addresses it) or "
+                                                      "\"on_path\" (it intercepts)")
+    delay_s: float = knob(0.0, ge=0, le=10, doc="one-way delay between the access router and the converter")
+    rate_bps: float = knob(1e9, gt=0, doc="link rate between the access router and the converter, each way")
+    port: int = knob(1234, ge=1, le=65535, doc="the TCP port the converter listens on")
+    # Its capacity (mpsim.sim.cpu, docs/sim.md "The converter's capacity"); the costs' defaults come
+    # from `mpsim bench kernel` on the project's machine.
+    cores: int = knob(0, ge=0, le=1024, doc="CPU cores of the converter; 0: its CPU is not modelled (infinitely "
+                                            "fast, as before)")
+    cpu_setup_s: float = knob(DEFAULT_SETUP_S, ge=0, le=10, doc="one core's time per connection set-up")
+    relay_cpu_s_per_gb: float = knob(DEFAULT_RELAY_CPU_S_PER_GB, ge=0, le=10_000,
+                                     doc="CPU time to relay 10^9 payload bytes (seconds per GB)")
+    households: int = knob(1, ge=1, le=10_000, doc="households this converter serves: the workload's arrivals are "
+                                                   "drawn once per household (all from the one client node), every "
+                                                   "transfer runs once per household on access paths of its own")
 
 
 @dataclass(frozen=True, kw_only=True)
 class ServerSpec:
-    kind: ServerName = knob(ServerKind.LEGACY_DROP.value)  # a SERVERS name
-    port: int = knob(80, ge=1, le=65535)
-    delay_s: float = knob(0.020, ge=0, le=10)  # one-way, access router to server
-    rate_bps: float = knob(1e9, gt=0)
+    """The server the requests and transfers go to."""
+
+    kind: ServerName = knob(ServerKind.LEGACY_DROP.value, doc="the server's TCP stack (MPTCP, TFO, what it does with "
+                                                              "SYN data)")
+    port: int = knob(80, ge=1, le=65535, doc="the TCP port the server listens on")
+    delay_s: float = knob(0.020, ge=0, le=10, doc="one-way delay between the access router and the server")
+    rate_bps: float = knob(1e9, gt=0, doc="link rate between the access router and the server, each way")
 
 
 @dataclass(frozen=True, kw_only=True)
 class PathSpec:
     """One access network of the client: its link to the access router, both directions."""
 
-    rate_up_bps: float = knob(10e6, gt=0)
-    rate_down_bps: float = knob(50e6, gt=0)
-    delay_s: float = knob(0.010, ge=0, le=10)  # one-way propagation
-    jitter_s: float = knob(0.0, ge=0, le=1)  # up to this much extra delay per packet (reorders)
-    queue_bytes: int = knob(256_000, ge=1500)
-    loss: dict = knob({}, check=_check_loss)  # mpsim.sim.loss.loss_from_spec form, each direction
-    middleboxes: tuple[MiddleboxName, ...] = knob(())  # always there, besides what the mix draws
+    rate_up_bps: float = knob(10e6, gt=0, doc="link rate from the client to the access router")
+    rate_down_bps: float = knob(50e6, gt=0, doc="link rate from the access router to the client")
+    delay_s: float = knob(0.010, ge=0, le=10, doc="one-way propagation delay, each direction")
+    jitter_s: float = knob(0.0, ge=0, le=1, doc="up to this much extra delay per packet (it reorders)")
+    queue_bytes: int = knob(256_000, ge=1500, doc="the link's queue, each direction")
+    loss: dict = knob({}, check=_check_loss, doc="packet loss, each direction: a loss model table; {}: none")
+    middleboxes: tuple[MiddleboxName, ...] = knob((), doc="middleboxes always on this path, besides what "
+                                                          "middlebox_mix draws")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -256,24 +297,28 @@ class MixEntry:
     """A middlebox that each access network holds with probability ``prob``, drawn afresh (seeded)
     at every attachment: at the start and at each attach_network event."""
 
-    middlebox: MiddleboxName = knob()
-    prob: float = knob(ge=0, le=1)
+    middlebox: MiddleboxName = knob(doc="the middlebox drawn")
+    prob: float = knob(ge=0, le=1, doc="the chance that an access network holds it at each attachment")
 
 
 @dataclass(frozen=True, kw_only=True)
 class WorkloadSpec:
     """Connection arrivals: each is one request (request_size_bytes up, response_size_bytes down)."""
 
-    arrivals: Arrivals = knob(Arrivals.ONE)
-    start_s: float = knob(0.0, ge=0)
-    count: int = knob(0, ge=0)  # arrivals "count": how many; "poisson": at most this many (0: no limit)
-    interval_s: float = knob(1.0, gt=0)
-    rate_per_s: float = knob(1.0, gt=0)
-    max_requests: int = knob(MAX_REQUESTS_PER_RUN, ge=1, le=MAX_REQUESTS_PER_RUN_LIMIT)  # per run (memory)
-    at_s: tuple[float, ...] = knob(())
-    schemes: tuple[SchemeName, ...] = knob(())  # request i uses schemes[i % len]; () = client.scheme
-    request_size_bytes: int = knob(100, ge=1, le=1_000_000)
-    response_size_bytes: int = knob(1000, ge=0, le=100_000_000)
+    arrivals: Arrivals = knob(Arrivals.ONE, doc="how requests arrive: none, one at start_s, count every interval_s, "
+                                                "poisson at rate_per_s, or at the times at_s")
+    start_s: float = knob(0.0, ge=0, doc="when the first request may arrive")
+    count: int = knob(0, ge=0, doc="arrivals \"count\": how many requests; \"poisson\": at most this many (0: no "
+                                   "limit)")
+    interval_s: float = knob(1.0, gt=0, doc="arrivals \"count\": the time between requests")
+    rate_per_s: float = knob(1.0, gt=0, doc="arrivals \"poisson\": the mean rate of requests")
+    max_requests: int = knob(MAX_REQUESTS_PER_RUN, ge=1, le=MAX_REQUESTS_PER_RUN_LIMIT,
+                             doc="the most requests one run may start (a bound on its memory); raise it for a "
+                                 "bigger workload")
+    at_s: tuple[float, ...] = knob((), doc="arrivals \"times\": the request times")
+    schemes: tuple[SchemeName, ...] = knob((), doc="request i uses schemes[i % length]; []: client.scheme for all")
+    request_size_bytes: int = knob(100, ge=1, le=1_000_000, doc="what each request sends")
+    response_size_bytes: int = knob(1000, ge=0, le=100_000_000, doc="what each request reads back")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -281,38 +326,44 @@ class TransferSpec:
     """A bulk transfer: negotiated like a request, then moved by mpsim.sim.transfer. A converted or
     mptcp outcome moves it with MPTCP over every path; any other outcome with TCP on the primary path."""
 
-    start_s: float = knob(0.0, ge=0)
-    size_bytes: int = knob(ge=1, le=10_000_000_000)
-    direction: Direction = knob(Direction.DOWNLOAD)
-    congestion_control: CongestionControlName = knob("cubic")  # a CONGESTION_CONTROLS name
-    snd_buf_bytes: int = knob(DEFAULT_SND_BUF_BYTES, ge=1500)  # the sender's socket buffer (net.ipv4.tcp_wmem)
-    rcv_buf_bytes: int = knob(DEFAULT_RCV_BUF_BYTES, ge=1500)  # the receiver's (net.ipv4.tcp_rmem)
+    start_s: float = knob(0.0, ge=0, doc="when the transfer's connection is opened")
+    size_bytes: int = knob(ge=1, le=10_000_000_000, doc="how much the transfer moves")
+    direction: Direction = knob(Direction.DOWNLOAD, doc="download: server to client; upload: client to server")
+    congestion_control: CongestionControlName = knob("cubic", doc="the sender's congestion control (LIA couples "
+                                                                  "the subflows)")
+    snd_buf_bytes: int = knob(DEFAULT_SND_BUF_BYTES, ge=1500, doc="the sender's socket buffer (net.ipv4.tcp_wmem)")
+    rcv_buf_bytes: int = knob(DEFAULT_RCV_BUF_BYTES, ge=1500, doc="the receiver's socket buffer (net.ipv4.tcp_rmem)")
 
 
 @dataclass(frozen=True, kw_only=True)
 class EventSpec:
-    at_s: float = knob(ge=0)
-    action: Action = knob()
+    """Something that happens to the client or the converter at a time."""
+
+    at_s: float = knob(ge=0, doc="when it happens (before duration_s)")
+    action: Action = knob(doc="reboot (the client: connections and volatile caches lost), attach_network "
+                              "(middleboxes drawn again), discover_proxy (the converter announced afresh), "
+                              "converter_down, converter_up, tfo_on, tfo_off (TFO towards servers)")
 
 
 @dataclass(frozen=True, kw_only=True)
 class Scenario:
     """One scenario, as the simulation builds it (a variant already merged in)."""
 
-    description: str = knob()
-    duration_s: float = knob(60.0, gt=0, le=1e6)  # arrivals, transfers and events happen before it
-    drain_s: float = knob(300.0, ge=0, le=1e6)  # then at most this long for what is under way to finish
-    seed: int = knob(1, ge=0)  # the root seed; every component's seed derives from it
-    runs: int = knob(1, ge=1, le=10_000)  # independent runs (run index 0..runs-1), each with its own draws
-    client: ClientSpec = knob(ClientSpec())
-    converter: ConverterSpec = knob(ConverterSpec())
-    server: ServerSpec = knob(ServerSpec())
-    paths: dict[str, PathSpec] = knob({"dsl": {}})
-    middlebox_mix: tuple[MixEntry, ...] = knob(())
-    workload: WorkloadSpec = knob(WorkloadSpec())
-    transfers: tuple[TransferSpec, ...] = knob(())
-    events: tuple[EventSpec, ...] = knob(())
-    variants: dict[str, dict] = knob({})  # name -> a partial scenario merged over this one
+    description: str = knob(doc="one line saying what the scenario shows (mpsim scenarios lists it)")
+    duration_s: float = knob(60.0, gt=0, le=1e6, doc="arrivals, transfers and events happen before it")
+    drain_s: float = knob(300.0, ge=0, le=1e6, doc="then at most this long for what is under way to finish")
+    seed: int = knob(1, ge=0, doc="the root seed; every component's seed derives from it")
+    runs: int = knob(1, ge=1, le=10_000, doc="independent runs (run index 0..runs-1), each with its own draws")
+    client: ClientSpec = knob(ClientSpec(), doc="the client host")
+    converter: ConverterSpec = knob(ConverterSpec(), doc="the proxy")
+    server: ServerSpec = knob(ServerSpec(), doc="the server")
+    paths: dict[str, PathSpec] = knob({"dsl": {}}, doc="the client's access networks, by name (1 to 16)")
+    middlebox_mix: tuple[MixEntry, ...] = knob((), doc="middleboxes drawn per access network at each attachment")
+    workload: WorkloadSpec = knob(WorkloadSpec(), doc="the requests")
+    transfers: tuple[TransferSpec, ...] = knob((), doc="bulk transfers")
+    events: tuple[EventSpec, ...] = knob((), doc="timed events")
+    variants: dict[str, dict] = knob({}, doc="name -> a partial scenario merged over this one; each is run and "
+                                             "reported side by side")
 
     @property
     def primary_path(self) -> str:
@@ -791,7 +842,7 @@ def load_text(text: str, *, name: str, source: str, overrides: Sequence[str] = (
                                                               "(it names result rows and files)")
         if not isinstance(partial, dict):
             raise ScenarioError(source, f"variants.{variant}", f"expected a table, got {_show(partial)}")
-        for forbidden in ("variants", "description", "runs", "seed"):
+        for forbidden in VARIANT_FIXED_KEYS:
             if forbidden in partial:
                 raise ScenarioError(source, f"variants.{variant}.{forbidden}",
                                     "a variant cannot change this (it belongs to the whole scenario)")
