@@ -430,6 +430,10 @@ CROSS_KEY_RULES = (
     "A `gilbert_elliott` loss model cannot have both `p_good_to_bad` and `p_bad_to_good` at 0.",
     "An integer key refuses a float: `size_bytes = 1e6` is an error, `size_bytes = 1_000_000` works (JSON, and "
     "so the JSON Schema, cannot tell them apart).",
+    "No number may be infinite or NaN (`inf`, `nan`).",
+    "A run starts at most `workload.max_requests` requests: `rate_per_s` x (`duration_s` - `start_s`) for "
+    "`poisson` (or its `count` when smaller), `count` for `count`, the length of `at_s` for `times`.",
+    f"Arrays and tables nest at most {scenario.MAX_NESTING} deep (in a file, a `--set` or a `--grid`).",
 )
 
 
