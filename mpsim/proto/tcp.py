@@ -83,6 +83,11 @@ class TcpState(enum.Enum):
     LAST_ACK = "LAST_ACK"
     TIME_WAIT = "TIME_WAIT"
 
+    # Enum hashes by name in Python code; states are looked up in sets and dicts on every segment,
+    # so they hash by identity (C code). Iteration order of those sets was never fixed: str hashes
+    # are salted per process as well.
+    __hash__ = object.__hash__
+
 
 SYNCHRONIZED = frozenset({TcpState.ESTABLISHED, TcpState.FIN_WAIT_1, TcpState.FIN_WAIT_2, TcpState.CLOSE_WAIT,
                           TcpState.CLOSING, TcpState.LAST_ACK, TcpState.TIME_WAIT})
@@ -292,6 +297,8 @@ def syn_base_options(policy: TcpPolicy) -> tuple:
 # in when the segment is sent); option values are immutable, so one tuple serves every connection.
 _TIMESTAMPED_OPTIONS = (NoOperation(), NoOperation(), Timestamps(0, 0))
 _TIMESTAMPED_OPTIONS_BYTES = option_space_bytes(_TIMESTAMPED_OPTIONS)
+_SYN_BIT = int(TcpFlags.SYN)
+_ACK_BIT = int(TcpFlags.ACK)
 
 
 def _fit_options(base: tuple, extra: tuple) -> tuple:
@@ -350,6 +357,7 @@ class TcpConnection:
         self._srtt_s: float | None = None
         self._rttvar_s = 0.0
         self._rtt_probe: tuple[int, float] | None = None  # (seq that must be ACKed, send time)
+        self._last_stamped: tuple | None = None  # (options, TSval, TSecr, stamped options), see _stamp
         self._retransmissions_in_row = 0
         # Counters the results tables report.
         self.syns_sent = 0
@@ -791,7 +799,15 @@ class TcpConnection:
 
     def _stamp(self, options: tuple, now: float) -> tuple:
         ts_value = int(now * 1000) % (1 << 32)  # a 1 kHz timestamp clock, like Linux
-        return tuple([Timestamps(ts_value, self.peer.ts_recent) if isinstance(o, Timestamps) else o for o in options])
+        ts_recent = self.peer.ts_recent
+        # Segments sent within one clock tick carry equal options: the last stamped tuple is
+        # reused (option values are immutable), which spares the option objects and their checks.
+        last = self._last_stamped
+        if last is not None and last[0] is options and last[1] == ts_value and last[2] == ts_recent:
+            return last[3]
+        stamped = tuple([Timestamps(ts_value, ts_recent) if isinstance(o, Timestamps) else o for o in options])
+        self._last_stamped = (options, ts_value, ts_recent, stamped)
+        return stamped
 
     def _window_field(self, syn: bool) -> int:
         shift = 0 if syn or self.peer.window_shift is None else (self.policy.window_scale_shift or 0)
@@ -803,10 +819,10 @@ class TcpConnection:
     def _emit(self, seq: int, flags: TcpFlags, payload: bytes = b"", options: tuple = (), *,
               now: float | None = None) -> None:
         now = self._now_s if now is None else now
-        syn = bool(flags & TcpFlags.SYN)
-        ack = self.rcv_nxt if flags & TcpFlags.ACK else 0
-        segment = TcpSegment(self.local_port, self.remote_port, seq, ack, flags, self._window_field(syn),
-                             self._stamp(options, now), payload)
+        bits = int(flags)  # plain int tests: TcpFlags' own operators are Python code
+        ack = self.rcv_nxt if bits & _ACK_BIT else 0
+        segment = TcpSegment(self.local_port, self.remote_port, seq, ack, flags, self._window_field(bits & _SYN_BIT),
+                             self._stamp(options, now) if options else options, payload)
         self._packets.append(IpPacket(self.local_addr, self.remote_addr, segment))
 
     def _send_syn(self, now: float, retransmission: int) -> None:
@@ -847,8 +863,11 @@ class TcpConnection:
         self._emit_with_extensions(self.snd_nxt, TcpFlags.ACK)
 
     def _emit_with_extensions(self, seq: int, flags: TcpFlags, payload: bytes = b"", now: float | None = None) -> None:
-        extra = tuple(o for ext in self.extensions for o in ext.options_for_segment(self, seq, flags, payload))
-        self._emit(seq, flags, payload, _fit_options(self._base_options(syn=False), extra), now=now)
+        if self.extensions:
+            extra = tuple(o for ext in self.extensions for o in ext.options_for_segment(self, seq, flags, payload))
+            self._emit(seq, flags, payload, _fit_options(self._base_options(syn=False), extra), now=now)
+        else:
+            self._emit(seq, flags, payload, self._base_options(syn=False), now=now)
 
     def _send_rst(self, seq: int) -> None:
         self._packets.append(IpPacket(self.local_addr, self.remote_addr,
