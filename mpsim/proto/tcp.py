@@ -297,8 +297,11 @@ def syn_base_options(policy: TcpPolicy) -> tuple:
 # in when the segment is sent); option values are immutable, so one tuple serves every connection.
 _TIMESTAMPED_OPTIONS = (NoOperation(), NoOperation(), Timestamps(0, 0))
 _TIMESTAMPED_OPTIONS_BYTES = option_space_bytes(_TIMESTAMPED_OPTIONS)
+_FIN_BIT = int(TcpFlags.FIN)
 _SYN_BIT = int(TcpFlags.SYN)
+_RST_BIT = int(TcpFlags.RST)
 _ACK_BIT = int(TcpFlags.ACK)
+_ACK_PSH = TcpFlags.ACK | TcpFlags.PSH
 
 
 def _fit_options(base: tuple, extra: tuple) -> tuple:
@@ -693,20 +696,20 @@ class TcpConnection:
         self._on_synchronized(seg, now)
 
     def _on_synchronized(self, seg: TcpSegment, now: float) -> None:
-        flags = seg.flags
-        if flags & TcpFlags.RST:
+        flags = int(seg.flags)  # plain int tests: TcpFlags' own operators are Python code
+        if flags & _RST_BIT:
             self._on_rst(seg, now)
             return
-        if flags & TcpFlags.SYN:
+        if flags & _SYN_BIT:
             # RFC 5961 4.2: a SYN on a synchronized connection draws a challenge ACK, never a
             # reset (in TIME-WAIT, Linux answers a SYN it does not accept the same way; the host
             # decides beforehand whether the SYN may reopen the pair).
             self._send_ack()
             return
-        if not flags & TcpFlags.ACK:
+        if not flags & _ACK_BIT:
             return
         if self.state is TcpState.TIME_WAIT:
-            if flags & TcpFlags.FIN:
+            if flags & _FIN_BIT:
                 self._send_ack()
                 self._arm(now, self.policy.time_wait_s)
             return
@@ -761,6 +764,7 @@ class TcpConnection:
 
     def _on_payload_and_fin(self, seg: TcpSegment, now: float) -> None:
         payload = seg.payload
+        fin = int(seg.flags) & _FIN_BIT
         offset = seq_diff(self.rcv_nxt, seg.seq)
         if payload:
             if offset < 0:
@@ -770,10 +774,10 @@ class TcpConnection:
             if fresh and self.state in (TcpState.ESTABLISHED, TcpState.FIN_WAIT_1, TcpState.FIN_WAIT_2):
                 self.rcv_nxt = seq_add(self.rcv_nxt, len(fresh))
                 self._deliver(fresh)
-            if not seg.flags & TcpFlags.FIN:
+            if not fin:
                 self._send_ack()
                 return
-        if seg.flags & TcpFlags.FIN:
+        if fin:
             if seq_add(seg.seq, len(payload)) != self.rcv_nxt:
                 self._send_ack()
                 return
@@ -904,7 +908,7 @@ class TcpConnection:
             size = min(mss, unsent, room)
             chunk = bytes(self._tx[sent: sent + size])
             last = size == unsent
-            flags = TcpFlags.ACK | TcpFlags.PSH if last else TcpFlags.ACK
+            flags = _ACK_PSH if last else TcpFlags.ACK
             self._emit_with_extensions(self.snd_nxt, flags, chunk, now)
             emitted = True
             end = seq_add(self.snd_nxt, size)

@@ -236,9 +236,11 @@ class LinkDirection:
                     trace.packet(now, self, "dropped", packet, packet_id, DropReason.FILTER)
                 return False
         accepted = False
+        loss = self.loss
+        lossy = type(loss) is not NoLoss  # NoLoss.drops is always False: not asked, per packet
         for out in packets:
             out_bytes = size_bytes if out is packet else packet_size_bytes(out)
-            if self.loss.drops(out, now):
+            if lossy and loss.drops(out, now):
                 counters.packets_dropped_loss += 1
                 counters.bytes_dropped_loss += out_bytes
                 if recording:
