@@ -285,7 +285,7 @@ class Host:
 
     def interface_of(self, address: IpAddress) -> str:
         for port, addr in self.interfaces.items():
-            if addr == address:
+            if addr is address or addr == address:  # the same object, mostly: no address comparison
                 return port
         raise LocalProtocolError(f"{self.name} has no interface with address {address}")
 

@@ -256,7 +256,8 @@ class LinkDirection:
             arrival_s += self.delay_s
             if self.jitter_s:
                 arrival_s += self.rng.random() * self.jitter_s
-            schedule_call(self.env, arrival_s - now, partial(self._arrive, out, out_bytes, packet_id))
+            # arrival_s >= now by construction: DueCall directly (schedule_call checks the delay)
+            DueCall(self.env, arrival_s - now, NORMAL, partial(self._arrive, out, out_bytes, packet_id))
             accepted = True
         return accepted
 
