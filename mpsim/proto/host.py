@@ -28,6 +28,7 @@ from mpsim.proto.tcp import (
     TcpEvent,
     TcpExtension,
     TcpPolicy,
+    TcpState,
     reset_for,
 )
 from mpsim.wire.segment import IpPacket, TcpFlags
@@ -154,6 +155,12 @@ class Host:
         seg = packet.segment
         key = (packet.dst, seg.dst_port, packet.src, seg.src_port)
         conn = self.connections.get(key)
+        if conn is not None and conn.state is not TcpState.TIME_WAIT:
+            # Only a connection in TIME-WAIT may give way to a listener (may_reopen below): the
+            # others take the packet without the listener being looked up.
+            conn.receive(packet, now)
+            self._collect(conn, now)
+            return
         ours = packet.dst in self.interfaces.values()
         listener = self.listeners.get(seg.dst_port) if ours else self.foreign_listener(port, packet)
         if conn is not None and listener is not None and conn.may_reopen(seg):
