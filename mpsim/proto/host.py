@@ -355,7 +355,7 @@ class Host:
                 self._arm(conn)
                 return
             for packet in packets:
-                self._transmit(packet)
+                self._out.append(Transmit(self.route(packet), packet))  # _transmit, inlined
             owner = self.owners.get(id(conn))
             for event in events:
                 if isinstance(event, Closed):
