@@ -33,9 +33,13 @@ Measurements (each repeated in interleaved rounds; wall time from ``time.perf_co
   seconds for the whole transfer.
 
 Ratios are computed per round (the two rates of a ratio measured next to each other) and
-reported as min and median over the rounds. Targets: bulk flow at least 3x ns.py and 0.5x the
-bare pipeline, at least 10,000 negotiations per wall-second (one core: everything runs in this
-process), the 16 MiB two-path transfer under 1 wall-second.
+reported as min and median over the rounds. Targets: bulk flow at least 5x ns.py and 0.5x the
+bare pipeline, per wall-second at least 10,000 plain negotiations and 4,000 converted ones (one
+core: everything runs in this process), the 16 MiB two-path transfer under 1 wall-second.
+
+Each sample also records the CPU seconds of this process (``time.process_time``) beside the wall
+seconds: on a machine shared with other work, the rate per CPU-second is the figure that says what
+one core does; the targets are judged on wall seconds, as the issue that set them asks.
 """
 
 from __future__ import annotations
@@ -74,9 +78,11 @@ PACKET_BYTES = 1500  # a full data packet on the wire (mpsim: 52 header + 1448 p
 BULK_WINDOW_BYTES = 512 * 1024  # above the path's 375 kB bandwidth-delay product: a small standing queue
 MIB = 1024 * 1024
 
-TARGET_NSPY_RATIO = 3.0
+TARGET_NSPY_RATIO = 5.0
 TARGET_PIPELINE_RATIO = 0.5
-TARGET_NEGOTIATIONS_PER_WALL_S = 10_000
+#: Negotiations per wall-second, by scheme: a plain one (one connection) and a converted one (two
+#: connections, MPTCP on the client's leg).
+TARGET_NEGOTIATIONS_PER_WALL_S = {"plain": 10_000, "convert": 4_000}
 TARGET_TWO_PATH_WALL_S = 1.0
 
 
@@ -98,10 +104,23 @@ class BenchConfig:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Sample:
-    """One timed run: ``count`` things (packets, negotiations, bytes) in ``wall_s`` seconds."""
+    """One timed run: ``count`` things (packets, negotiations, bytes) in ``wall_s`` seconds, which
+    took ``cpu_s`` seconds of this process's CPU time (None: not measured)."""
 
     count: int
     wall_s: float
+    cpu_s: float | None = None
+
+
+class _Clock:
+    """Wall and CPU time from one start, for a :class:`Sample`."""
+
+    def __init__(self) -> None:
+        self.wall_start_s = time.perf_counter()
+        self.cpu_start_s = time.process_time()
+
+    def sample(self, count: int) -> Sample:
+        return Sample(count, time.perf_counter() - self.wall_start_s, time.process_time() - self.cpu_start_s)
 
 
 # --- the bulk flow over three hops -----------------------------------------------------------------
@@ -332,7 +351,7 @@ def negotiations_sim(scheme: str, count: int) -> Sample:
     """``count`` back-to-back requests with SimNodes and links (rates, queues, a trace of events)."""
     env = simpy.Environment()
     trace = Trace()
-    start_s = time.perf_counter()
+    clock = _Clock()
     machines = _machines(scheme, count)
     nodes = {name: SimNode(env, name, machine, trace) for name, machine in machines.items()}
     for a, a_port, b, b_port, delay_s in _LINKS[scheme]:
@@ -341,24 +360,24 @@ def negotiations_sim(scheme: str, count: int) -> Sample:
              backward=LinkDirection(env, f"{b}-{a}", delay_s=delay_s, rate_bps=HOP_RATE_BPS))
     nodes["client"].flush()  # arms the workload's first start
     env.run()
-    wall_s = time.perf_counter() - start_s
+    sample = clock.sample(count)
     _check_records(machines["client"].client, scheme, count)
-    return Sample(count, wall_s)
+    return sample
 
 
 def negotiations_harness(scheme: str, count: int) -> Sample:
     """``count`` back-to-back requests in the deterministic harness (fixed delays, no rates)."""
     harness = Harness()
-    start_s = time.perf_counter()
+    clock = _Clock()
     machines = _machines(scheme, count)
     for name, machine in machines.items():
         harness.add(name, machine)
     for a, a_port, b, b_port, delay_s in _LINKS[scheme]:
         harness.link(a, a_port, b, b_port, delay_s)
     harness.run(float("inf"), max_steps=10**9)
-    wall_s = time.perf_counter() - start_s
+    sample = clock.sample(count)
     _check_records(machines["client"].client, scheme, count)
-    return Sample(count, wall_s)
+    return sample
 
 
 # --- the two-path transfer -------------------------------------------------------------------------
@@ -448,6 +467,10 @@ def summarize(config: BenchConfig, samples: dict[str, list[Sample]], units: dict
         per_measurement[name] = {"unit": units[name], "count": runs[0].count,
                                  "wall_s": [s.wall_s for s in runs], "wall_s_spread": _spread([s.wall_s for s in runs]),
                                  "per_wall_s": rates, "per_wall_s_spread": _spread(rates)}
+        if all(s.cpu_s for s in runs):
+            cpu_rates = [s.count / s.cpu_s for s in runs]
+            per_measurement[name].update({"cpu_s": [s.cpu_s for s in runs], "per_cpu_s": cpu_rates,
+                                          "per_cpu_s_spread": _spread(cpu_rates)})
     results["measurements"] = per_measurement
 
     def ratio(numerator: str, denominator: str, target: float) -> dict[str, Any] | None:
@@ -466,8 +489,10 @@ def summarize(config: BenchConfig, samples: dict[str, list[Sample]], units: dict
     for name, spread in per_measurement.items():
         if name.startswith("negotiations_"):
             median = spread["per_wall_s_spread"]["median"]
-            targets[name] = {"target_per_wall_s": TARGET_NEGOTIATIONS_PER_WALL_S, "median_per_wall_s": median,
-                             "met": median >= TARGET_NEGOTIATIONS_PER_WALL_S}
+            target = TARGET_NEGOTIATIONS_PER_WALL_S[name.split("_")[1]]
+            targets[name] = {"target_per_wall_s": target, "median_per_wall_s": median, "met": median >= target}
+            if "per_cpu_s_spread" in spread:
+                targets[name]["median_per_cpu_s"] = spread["per_cpu_s_spread"]["median"]
     if "two_path_transfer" in per_measurement:
         median = per_measurement["two_path_transfer"]["wall_s_spread"]["median"]
         targets["two_path_transfer"] = {"target_wall_s": TARGET_TWO_PATH_WALL_S, "median_wall_s": median,
@@ -525,13 +550,15 @@ def markdown(results: dict[str, Any]) -> str:
         f"Python {machine['python']}, mpsim {machine['mpsim']} ({machine['git_revision'] or 'no git'}), {packages}.",
         f"{results['config']['rounds']} interleaved rounds; wall time from time.perf_counter, one process.",
         "",
-        "| measurement | count | unit | wall s (min / median) | per wall-second (median / max) |",
-        "|---|---:|---|---:|---:|",
+        "| measurement | count | unit | wall s (min / median) | per wall-second (median / max) "
+        "| per CPU-second (median) |",
+        "|---|---:|---|---:|---:|---:|",
     ]
     for name, m in results["measurements"].items():
         wall, rate = m["wall_s_spread"], m["per_wall_s_spread"]
+        cpu = f"{m['per_cpu_s_spread']['median']:,.0f}" if "per_cpu_s_spread" in m else "-"
         lines.append(f"| {name} | {m['count']} | {m['unit']} | {wall['min']:.3f} / {wall['median']:.3f} | "
-                     f"{rate['median']:,.0f} / {rate['max']:,.0f} |")
+                     f"{rate['median']:,.0f} / {rate['max']:,.0f} | {cpu} |")
     lines += ["", "| target | required | measured (median) | met |", "|---|---:|---:|---|"]
     for name, target in results["targets"].items():
         if "target_ratio" in target:
@@ -542,6 +569,8 @@ def markdown(results: dict[str, Any]) -> str:
             required, measured = f"< {target['target_wall_s']:g} s", f"{target['median_wall_s']:.3f} s"
         else:
             required, measured = f">= {target['target_per_wall_s']:,}/s", f"{target['median_per_wall_s']:,.0f}/s"
+            if "median_per_cpu_s" in target:
+                measured += f" ({target['median_per_cpu_s']:,.0f}/CPU-s)"
         lines.append(f"| {name} | {required} | {measured} | {'yes' if target['met'] else 'no'} |")
     if "bulk_flow_vs_nspy" not in results["ratios"]:
         why = "skipped (--no-nspy)" if nspy_available() else "not installed (`pip install mpsim[bench]`)"

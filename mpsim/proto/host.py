@@ -28,6 +28,7 @@ from mpsim.proto.tcp import (
     TcpEvent,
     TcpExtension,
     TcpPolicy,
+    TcpState,
     reset_for,
 )
 from mpsim.wire.segment import IpPacket, TcpFlags
@@ -132,6 +133,9 @@ class Host:
         self._out: list[Transmit] = []
         self._timers: list[tuple[float, int, TcpConnection]] = []  # (deadline, arm order, connection)
         self._timer_seq = 0
+        # id(conn) -> the deadline of its newest entry in _timers while that entry is unpopped: an
+        # unchanged deadline is not pushed again (the older entry, same deadline, comes up first).
+        self._armed: dict[int, float] = {}
         self._events: deque[Any] = deque()
         self.rsts_for_unknown = 0
         #: Counters named like Linux's MPTcpExt / TcpExt MIB where one exists (MPCapableSYNTX, ...).
@@ -151,6 +155,12 @@ class Host:
         seg = packet.segment
         key = (packet.dst, seg.dst_port, packet.src, seg.src_port)
         conn = self.connections.get(key)
+        if conn is not None and conn.state is not TcpState.TIME_WAIT:
+            # Only a connection in TIME-WAIT may give way to a listener (may_reopen below): the
+            # others take the packet without the listener being looked up.
+            conn.receive(packet, now)
+            self._collect(conn, now)
+            return
         ours = packet.dst in self.interfaces.values()
         listener = self.listeners.get(seg.dst_port) if ours else self.foreign_listener(port, packet)
         if conn is not None and listener is not None and conn.may_reopen(seg):
@@ -182,18 +192,29 @@ class Host:
 
     def handle_timer(self, now: float) -> None:
         due: dict[int, TcpConnection] = {}
-        while self._timers and self._timers[0][0] <= now:
-            deadline, _, conn = heapq.heappop(self._timers)
-            if self._timer_is_live(deadline, conn):
-                due.setdefault(id(conn), conn)
+        timers, armed = self._timers, self._armed
+        while timers and timers[0][0] <= now:
+            deadline, _, conn = heapq.heappop(timers)
+            key = id(conn)
+            if armed.get(key) == deadline:
+                del armed[key]
+            if key in self.owners and conn.get_timer() == deadline:  # _timer_is_live, inlined
+                due.setdefault(key, conn)
         for conn in due.values():  # in deadline order, ties in the order they were armed
             conn.handle_timer(now)
             self._collect(conn, now)
 
     def get_timer(self) -> float | None:
-        while self._timers and not self._timer_is_live(*self._timers[0][::2]):
-            heapq.heappop(self._timers)
-        return self._timers[0][0] if self._timers else None
+        timers, armed, owners = self._timers, self._armed, self.owners
+        while timers:
+            deadline, _, conn = timers[0]
+            key = id(conn)
+            if key in owners and conn.get_timer() == deadline:  # _timer_is_live, inlined
+                return deadline
+            heapq.heappop(timers)
+            if armed.get(key) == deadline:
+                del armed[key]
+        return None
 
     def _timer_is_live(self, deadline: float, conn: TcpConnection) -> bool:
         return self._is_ours(conn) and conn.get_timer() == deadline
@@ -271,7 +292,7 @@ class Host:
 
     def interface_of(self, address: IpAddress) -> str:
         for port, addr in self.interfaces.items():
-            if addr == address:
+            if addr is address or addr == address:  # the same object, mostly: no address comparison
                 return port
         raise LocalProtocolError(f"{self.name} has no interface with address {address}")
 
@@ -305,9 +326,12 @@ class Host:
         # that went stale (the deadline moved, the connection left) are skipped when popped.
         # A heap keeps get_timer cheap with thousands of connections in TIME-WAIT.
         deadline = conn.get_timer()
-        if deadline is not None and self._is_ours(conn):
-            self._timer_seq += 1
-            heapq.heappush(self._timers, (deadline, self._timer_seq, conn))
+        if deadline is not None:
+            key = id(conn)
+            if key in self.owners and self._armed.get(key) != deadline:  # _is_ours, inlined
+                self._armed[key] = deadline
+                self._timer_seq += 1
+                heapq.heappush(self._timers, (deadline, self._timer_seq, conn))
 
     def _adopt(self, conn: TcpConnection, owner: ConnectionOwner) -> None:
         self.connections[conn.four_tuple] = conn
@@ -316,6 +340,7 @@ class Host:
     def _drop(self, conn: TcpConnection) -> None:
         self.connections.pop(conn.four_tuple, None)
         self.owners.pop(id(conn), None)
+        self._armed.pop(id(conn), None)  # its heap entries are stale now; the id may be reused
 
     def _transmit(self, packet: IpPacket) -> None:
         self._out.append(Transmit(self.route(packet), packet))
@@ -330,7 +355,7 @@ class Host:
                 self._arm(conn)
                 return
             for packet in packets:
-                self._transmit(packet)
+                self._out.append(Transmit(self.route(packet), packet))  # _transmit, inlined
             owner = self.owners.get(id(conn))
             for event in events:
                 if isinstance(event, Closed):

@@ -84,6 +84,11 @@ class TcpState(enum.Enum):
     LAST_ACK = "LAST_ACK"
     TIME_WAIT = "TIME_WAIT"
 
+    # Enum hashes by name in Python code; states are looked up in sets and dicts on every segment,
+    # so they hash by identity (C code). Iteration order of those sets was never fixed: str hashes
+    # are salted per process as well.
+    __hash__ = object.__hash__
+
 
 SYNCHRONIZED = frozenset({TcpState.ESTABLISHED, TcpState.FIN_WAIT_1, TcpState.FIN_WAIT_2, TcpState.CLOSE_WAIT,
                           TcpState.CLOSING, TcpState.LAST_ACK, TcpState.TIME_WAIT})
@@ -294,6 +299,11 @@ def syn_base_options(policy: TcpPolicy) -> tuple:
 # in when the segment is sent); option values are immutable, so one tuple serves every connection.
 _TIMESTAMPED_OPTIONS = (NoOperation(), NoOperation(), Timestamps(0, 0))
 _TIMESTAMPED_OPTIONS_BYTES = option_space_bytes(_TIMESTAMPED_OPTIONS)
+_FIN_BIT = int(TcpFlags.FIN)
+_SYN_BIT = int(TcpFlags.SYN)
+_RST_BIT = int(TcpFlags.RST)
+_ACK_BIT = int(TcpFlags.ACK)
+_ACK_PSH = TcpFlags.ACK | TcpFlags.PSH
 
 
 def _fit_options(base: tuple, extra: tuple) -> tuple:
@@ -353,6 +363,7 @@ class TcpConnection:
         self._rttvar_s = 0.0
         self._syn_first_s: float | None = None  # when the first SYN went out (give-up time limit)
         self._rtt_probe: tuple[int, float] | None = None  # (seq that must be ACKed, send time)
+        self._last_stamped: tuple | None = None  # (options, TSval, TSecr, stamped options), see _stamp
         self._retransmissions_in_row = 0
         # Counters the results tables report.
         self.syns_sent = 0
@@ -714,20 +725,20 @@ class TcpConnection:
         self._on_synchronized(seg, now)
 
     def _on_synchronized(self, seg: TcpSegment, now: float) -> None:
-        flags = seg.flags
-        if flags & TcpFlags.RST:
+        flags = int(seg.flags)  # plain int tests: TcpFlags' own operators are Python code
+        if flags & _RST_BIT:
             self._on_rst(seg, now)
             return
-        if flags & TcpFlags.SYN:
+        if flags & _SYN_BIT:
             # RFC 5961 4.2: a SYN on a synchronized connection draws a challenge ACK, never a
             # reset (in TIME-WAIT, Linux answers a SYN it does not accept the same way; the host
             # decides beforehand whether the SYN may reopen the pair).
             self._send_ack()
             return
-        if not flags & TcpFlags.ACK:
+        if not flags & _ACK_BIT:
             return
         if self.state is TcpState.TIME_WAIT:
-            if flags & TcpFlags.FIN:
+            if flags & _FIN_BIT:
                 self._send_ack()
                 self._arm(now, self.policy.time_wait_s)
             return
@@ -782,6 +793,7 @@ class TcpConnection:
 
     def _on_payload_and_fin(self, seg: TcpSegment, now: float) -> None:
         payload = seg.payload
+        fin = int(seg.flags) & _FIN_BIT
         offset = seq_diff(self.rcv_nxt, seg.seq)
         if payload:
             if offset < 0:
@@ -791,10 +803,10 @@ class TcpConnection:
             if fresh and self.state in (TcpState.ESTABLISHED, TcpState.FIN_WAIT_1, TcpState.FIN_WAIT_2):
                 self.rcv_nxt = seq_add(self.rcv_nxt, len(fresh))
                 self._deliver(fresh)
-            if not seg.flags & TcpFlags.FIN:
+            if not fin:
                 self._send_ack()
                 return
-        if seg.flags & TcpFlags.FIN:
+        if fin:
             if seq_add(seg.seq, len(payload)) != self.rcv_nxt:
                 self._send_ack()
                 return
@@ -820,7 +832,15 @@ class TcpConnection:
 
     def _stamp(self, options: tuple, now: float) -> tuple:
         ts_value = int(now * 1000) % (1 << 32)  # a 1 kHz timestamp clock, like Linux
-        return tuple([Timestamps(ts_value, self.peer.ts_recent) if isinstance(o, Timestamps) else o for o in options])
+        ts_recent = self.peer.ts_recent
+        # Segments sent within one clock tick carry equal options: the last stamped tuple is
+        # reused (option values are immutable), which spares the option objects and their checks.
+        last = self._last_stamped
+        if last is not None and last[0] is options and last[1] == ts_value and last[2] == ts_recent:
+            return last[3]
+        stamped = tuple([Timestamps(ts_value, ts_recent) if isinstance(o, Timestamps) else o for o in options])
+        self._last_stamped = (options, ts_value, ts_recent, stamped)
+        return stamped
 
     def _window_field(self, syn: bool) -> int:
         shift = 0 if syn or self.peer.window_shift is None else (self.policy.window_scale_shift or 0)
@@ -832,10 +852,10 @@ class TcpConnection:
     def _emit(self, seq: int, flags: TcpFlags, payload: bytes = b"", options: tuple = (), *,
               now: float | None = None) -> None:
         now = self._now_s if now is None else now
-        syn = bool(flags & TcpFlags.SYN)
-        ack = self.rcv_nxt if flags & TcpFlags.ACK else 0
-        segment = TcpSegment(self.local_port, self.remote_port, seq, ack, flags, self._window_field(syn),
-                             self._stamp(options, now), payload)
+        bits = int(flags)  # plain int tests: TcpFlags' own operators are Python code
+        ack = self.rcv_nxt if bits & _ACK_BIT else 0
+        segment = TcpSegment(self.local_port, self.remote_port, seq, ack, flags, self._window_field(bits & _SYN_BIT),
+                             self._stamp(options, now) if options else options, payload)
         self._packets.append(IpPacket(self.local_addr, self.remote_addr, segment))
 
     def _send_syn(self, now: float, retransmission: int) -> None:
@@ -878,8 +898,11 @@ class TcpConnection:
         self._emit_with_extensions(self.snd_nxt, TcpFlags.ACK)
 
     def _emit_with_extensions(self, seq: int, flags: TcpFlags, payload: bytes = b"", now: float | None = None) -> None:
-        extra = tuple(o for ext in self.extensions for o in ext.options_for_segment(self, seq, flags, payload))
-        self._emit(seq, flags, payload, _fit_options(self._base_options(syn=False), extra), now=now)
+        if self.extensions:
+            extra = tuple(o for ext in self.extensions for o in ext.options_for_segment(self, seq, flags, payload))
+            self._emit(seq, flags, payload, _fit_options(self._base_options(syn=False), extra), now=now)
+        else:
+            self._emit(seq, flags, payload, self._base_options(syn=False), now=now)
 
     def _send_rst(self, seq: int) -> None:
         self._packets.append(IpPacket(self.local_addr, self.remote_addr,
@@ -916,7 +939,7 @@ class TcpConnection:
             size = min(mss, unsent, room)
             chunk = bytes(self._tx[sent: sent + size])
             last = size == unsent
-            flags = TcpFlags.ACK | TcpFlags.PSH if last else TcpFlags.ACK
+            flags = _ACK_PSH if last else TcpFlags.ACK
             self._emit_with_extensions(self.snd_nxt, flags, chunk, now)
             emitted = True
             end = seq_add(self.snd_nxt, size)

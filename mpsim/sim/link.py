@@ -236,9 +236,11 @@ class LinkDirection:
                     trace.packet(now, self, "dropped", packet, packet_id, DropReason.FILTER)
                 return False
         accepted = False
+        loss = self.loss
+        lossy = type(loss) is not NoLoss  # NoLoss.drops is always False: not asked, per packet
         for out in packets:
             out_bytes = size_bytes if out is packet else packet_size_bytes(out)
-            if self.loss.drops(out, now):
+            if lossy and loss.drops(out, now):
                 counters.packets_dropped_loss += 1
                 counters.bytes_dropped_loss += out_bytes
                 if recording:
@@ -254,7 +256,8 @@ class LinkDirection:
             arrival_s += self.delay_s
             if self.jitter_s:
                 arrival_s += self.rng.random() * self.jitter_s
-            schedule_call(self.env, arrival_s - now, partial(self._arrive, out, out_bytes, packet_id))
+            # arrival_s >= now by construction: DueCall directly (schedule_call checks the delay)
+            DueCall(self.env, arrival_s - now, NORMAL, partial(self._arrive, out, out_bytes, packet_id))
             accepted = True
         return accepted
 

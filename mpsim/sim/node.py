@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import simpy
 from simpy.events import NORMAL, Event
 
-from mpsim.sim.link import LinkDirection, schedule_call
+from mpsim.sim.link import DueCall, LinkDirection
 
 T = TypeVar("T")
 
@@ -118,8 +118,10 @@ class SimNode:
         self.timer_deadline_s = deadline_s
         if deadline_s is None:
             return
-        delay_s = max(0.0, deadline_s - self.env.now)  # a deadline in the past fires at once
-        schedule_call(self.env, delay_s, partial(self._on_timer, self._timer_generation), TIMER_PRIORITY)
+        delay_s = deadline_s - self.env.now
+        # A deadline in the past fires at once; the delay is never negative, so DueCall directly.
+        DueCall(self.env, delay_s if delay_s > 0.0 else 0.0, TIMER_PRIORITY,
+                partial(self._on_timer, self._timer_generation))
         self.timers_scheduled += 1
 
     @property

@@ -22,6 +22,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 from mpsim.wire.errors import InvalidValueError, MalformedError, OptionSpaceError, TruncatedError, WireError
 from mpsim.wire.options import (
+    _FIXED_LENGTH_BYTES,
     TCP_OPTION_SPACE_BYTES,
     EndOfOptionList,
     decode_options,
@@ -161,12 +162,18 @@ class TcpSegment(_KnownLength):
                 and self.urgent_pointer == 0 == self.reserved_bits and type(self.urgent_pointer) is int
                 and type(self.reserved_bits) is int):
             self._check_header_fields()
-        if type(self.options) is not tuple:
-            raise InvalidValueError(f"options must be a tuple of option values, got {self.options!r}")
-        for option in self.options:
-            if not (hasattr(option, "kind") and hasattr(option, "encode")):
-                raise InvalidValueError(f"options must be a tuple of option values, got {self.options!r}")
-        unpadded_bytes = options_length_bytes(self.options)  # encodes what it must; refuses a non-final EOL
+        options = self.options
+        if type(options) is not tuple:
+            raise InvalidValueError(f"options must be a tuple of option values, got {options!r}")
+        # The usual options (NOP, MSS, WS, SACK-permitted, TS) have lengths their type fixes: they
+        # are sized in one pass; anything else (an EOL, MPTCP, ...) is checked and sized one by one.
+        unpadded_bytes = 0
+        for option in options:
+            length = _FIXED_LENGTH_BYTES.get(type(option))
+            if length is None or type(option) is EndOfOptionList:
+                unpadded_bytes = self._checked_options_length()
+                break
+            unpadded_bytes += length
         object.__setattr__(self, "_known_bytes", unpadded_bytes)
         if type(self.payload) is not bytes:
             raise InvalidValueError(f"payload must be bytes, got {type(self.payload).__name__}")
@@ -182,6 +189,12 @@ class TcpSegment(_KnownLength):
                 )
             if self.option_padding == bytes(-unpadded_bytes % 4):
                 raise InvalidValueError("option_padding equal to the default zero padding must be left empty")
+
+    def _checked_options_length(self) -> int:
+        for option in self.options:
+            if not (hasattr(option, "kind") and hasattr(option, "encode")):
+                raise InvalidValueError(f"options must be a tuple of option values, got {self.options!r}")
+        return options_length_bytes(self.options)  # encodes what it must; refuses a non-final EOL
 
     def _check_header_fields(self) -> None:
         _check_uint("src_port", self.src_port, 16)
