@@ -1,10 +1,11 @@
 """What each signalling scheme puts in the client's first SYN, measured on bytes the codecs encode.
 
-For one destination, every scheme of docs/design.md section 4 builds the SYN it would send with
-:mod:`mpsim.wire` (option list and payload), and the budget reads the sizes off the encoded
-bytes: option bytes out of the 40 a TCP header holds, SYN payload bytes, whether that fits, and
-the round trips to the first response byte that follow. Nothing here is a typed-in size: change
-a codec and the table changes with it.
+For one destination, every scheme registered in ``mpsim.proto.catalogue.SCHEMES`` builds the SYN
+it would send with :mod:`mpsim.wire` (option list and payload: the scheme's ``syn`` hook,
+mpsim/proto/schemes/), and the budget reads the sizes off the encoded bytes: option bytes out of
+the 40 a TCP header holds, SYN payload bytes, whether that fits, and the round trips to the
+first response byte that follow. Nothing here is a typed-in size: change a codec and the
+table changes with it.
 
 ``mpsim wire budget`` shows the table with one real RFC 8803 SYN packet; with ``--destination``
 it shows the table alone.
@@ -25,21 +26,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
-from mpsim.proto.client import Scheme
+from mpsim.proto.catalogue import SCHEMES
+from mpsim.proto.schemes.base import SchemeSyn  # importing the package registers the schemes
+from mpsim.proto.schemes.convert import convert_syn_payload  # noqa: F401  (part of this module's interface)
 from mpsim.wire import jsonform
-from mpsim.wire.convert import HEADER_BYTES, ConnectTlv, ConvertMessage, decode_convert, encode_convert
-from mpsim.wire.mp_convert import (
-    LINUX_SYN_OPTIONS,
-    LINUX_SYN_OPTIONS_NO_TIMESTAMPS,
-    MP_CAPABLE_SYN,
-    MpConvert,
-    syn_option_bytes,
-    syn_options_with_mp_convert,
-)
+from mpsim.wire.convert import decode_convert
 from mpsim.wire.options import TCP_OPTION_SPACE_BYTES, option_space_bytes
 from mpsim.wire.segment import IpPacket, TcpFlags, TcpSegment, decode_packet, encode_packet
-from mpsim.wire.socks5 import Socks5Greeting, Socks5Request
-from mpsim.wire.syn_payload import SynPayloadSignal, encode_syn_payload
 
 IpAddress = IPv4Address | IPv6Address
 
@@ -55,65 +48,17 @@ HANDSHAKE_RTTS = 1  # SYN out, SYN-ACK back
 REQUEST_RTTS = 1  # the application's request out, the first response byte back
 
 
-@dataclass(frozen=True, slots=True)
-class SchemeSyn:
-    """The first SYN a scheme sends for one destination, and the messages it must still exchange.
-
-    ``pre_request_messages`` are (label, bytes) the client sends after the handshake, each
-    awaiting the proxy's reply, before the application's request may go (SOCKS5's greeting and
-    CONNECT). ``note`` says in words what the SYN carries.
-    """
-
-    scheme: Scheme
-    options: tuple
-    payload: bytes
-    note: str
-    pre_request_messages: tuple[tuple[str, bytes], ...] = ()
-
-
-def convert_syn_payload(address: IpAddress, port: int) -> bytes:
-    """The RFC 8803 SYN payload that asks a converter for ``address``:``port``: header + Connect TLV."""
-    return encode_convert(ConvertMessage((ConnectTlv(port, address),)))
-
-
-def scheme_syn(scheme: Scheme, address: IpAddress, port: int) -> SchemeSyn:
-    """The SYN ``scheme`` sends to reach ``address``:``port``, built with the wire codecs."""
-    mptcp_options = (*LINUX_SYN_OPTIONS, MP_CAPABLE_SYN)
-    if scheme is Scheme.PLAIN:
-        return SchemeSyn(scheme, LINUX_SYN_OPTIONS, b"", "Linux SYN options: mss, sackOK, TS, nop, wscale")
-    if scheme is Scheme.MPTCP:
-        return SchemeSyn(scheme, mptcp_options, b"",
-                         f"+ MP_CAPABLE ({len(MP_CAPABLE_SYN.encode())} bytes); the server itself must speak MPTCP")
-    if scheme is Scheme.MP_CONVERT_OPTION:
-        mp_convert = MpConvert(address, port)
-        note = f"+ MP_CAPABLE + MP_CONVERT ({len(mp_convert.encode())} bytes)"
-        if syn_option_bytes(mp_convert) > TCP_OPTION_SPACE_BYTES:
-            # docs/mp-convert.md: dropping timestamps is the one way to make room again.
-            without_ts_bytes = syn_option_bytes(mp_convert, LINUX_SYN_OPTIONS_NO_TIMESTAMPS)
-            verdict = "fits" if without_ts_bytes <= TCP_OPTION_SPACE_BYTES else "still too long"
-            note += f"; without timestamps {without_ts_bytes} bytes, {verdict}"
-        return SchemeSyn(scheme, syn_options_with_mp_convert(mp_convert), b"", note)
-    if scheme is Scheme.SYN_PAYLOAD_EOL:
-        mp_convert = MpConvert(address, port)
-        payload = encode_syn_payload(SynPayloadSignal((mp_convert,)))
-        return SchemeSyn(scheme, mptcp_options, payload,
-                         f"payload: MP_CONVERT ({len(mp_convert.encode())} bytes) + EOL, then the data")
-    if scheme is Scheme.CONVERT:
-        connect_bytes = len(ConnectTlv(port, address).encode())
-        return SchemeSyn(scheme, mptcp_options, convert_syn_payload(address, port),
-                         f"payload: Convert header ({HEADER_BYTES} bytes) + Connect TLV ({connect_bytes} bytes)")
-    if scheme is Scheme.SOCKS5:
-        messages = (("greeting", Socks5Greeting().encode()), ("CONNECT", Socks5Request(address, port).encode()))
-        sizes = ", ".join(f"{label} {len(raw)} bytes" for label, raw in messages)
-        return SchemeSyn(scheme, mptcp_options, b"", f"after the handshake: {sizes}, each awaiting a reply", messages)
-    raise ValueError(f"unknown scheme {scheme!r}")
+def scheme_syn(scheme: str, address: IpAddress, port: int) -> SchemeSyn:
+    """The SYN the scheme named ``scheme`` sends to reach ``address``:``port``, built with the wire
+    codecs by the scheme itself (its ``syn`` hook, mpsim/proto/schemes/)."""
+    return SCHEMES.get(scheme).syn(address, port)
 
 
 @dataclass(frozen=True, slots=True)
 class SynBudget:
     """One row of the budget: what a scheme's first SYN costs for one destination."""
 
-    scheme: Scheme
+    scheme: str  # a name in mpsim.proto.catalogue.SCHEMES
     address: IpAddress
     port: int
     syn_option_bytes: int  # padded to 4-byte words, as the TCP header's data offset counts them
@@ -135,9 +80,9 @@ class SynBudget:
 
 
 def syn_budget(address: IpAddress, port: int) -> list[SynBudget]:
-    """One row per scheme, in the order of docs/design.md section 4."""
+    """One row per registered scheme, in registration order (docs/design.md section 4's first)."""
     rows = []
-    for scheme in Scheme:
+    for scheme in SCHEMES.names():
         syn = scheme_syn(scheme, address, port)
         rows.append(SynBudget(
             scheme, address, port, option_space_bytes(syn.options), len(syn.payload),
@@ -165,7 +110,7 @@ def format_budget(destinations: Iterable[tuple[IpAddress, int]] = DEFAULT_DESTIN
     for address, port in destinations:
         rows = [
             (
-                row.scheme.value,
+                row.scheme,
                 f"{row.syn_option_bytes}/{TCP_OPTION_SPACE_BYTES}",
                 str(row.syn_payload_bytes),
                 "yes" if row.fits else "NO",
@@ -203,7 +148,7 @@ def convert_syn_packet(address: IpAddress = V4_DESTINATION[0], port: int = V4_DE
 
     Its options and payload are those of the ``convert`` row of :func:`syn_budget`.
     """
-    syn = scheme_syn(Scheme.CONVERT, address, port)
+    syn = scheme_syn("convert", address, port)
     segment = TcpSegment(DEMO_CLIENT[1], DEMO_CONVERTER[1], seq=DEMO_ISN, ack=0, flags=TcpFlags.SYN,
                          window=DEMO_WINDOW_BYTES, options=syn.options, payload=syn.payload)
     return IpPacket(DEMO_CLIENT[0], DEMO_CONVERTER[0], segment)

@@ -13,7 +13,8 @@ import pytest
 
 from mpsim import __version__, syn_budget
 from mpsim.cli import main
-from mpsim.syn_budget import Scheme, convert_syn_packet
+from mpsim.proto.catalogue import SCHEMES
+from mpsim.syn_budget import convert_syn_packet
 from mpsim.wire.convert import ConnectTlv, decode_convert
 from mpsim.wire.jsonform import hex_dump, hex_to_bytes
 from mpsim.wire.segment import IpPacket, TcpFlags, TcpSegment, decode_packet, encode_packet
@@ -224,23 +225,23 @@ V4, V6 = syn_budget.DEFAULT_DESTINATIONS
 
 @pytest.mark.parametrize("destination,scheme,option_bytes,payload_bytes,fits,rtts", [
     # Linux SYN 20 bytes; + MP_CAPABLE 4 (docs/mp-convert.md, docs/protocols.md 3.6).
-    (V4, Scheme.PLAIN, 20, 0, True, 2),
-    (V4, Scheme.MPTCP, 24, 0, True, 2),
+    (V4, "plain", 20, 0, True, 2),
+    (V4, "mptcp", 24, 0, True, 2),
     # + MP_CONVERT with port: IPv4 34 padded to 36 fits; IPv6 46 padded to 48 does not.
-    (V4, Scheme.MP_CONVERT_OPTION, 36, 0, True, 2),
-    (V6, Scheme.MP_CONVERT_OPTION, 48, 0, False, None),
+    (V4, "mp-convert-option", 36, 0, True, 2),
+    (V6, "mp-convert-option", 48, 0, False, None),
     # The same MP_CONVERT option (10 / 22 bytes) + one EOL byte in the payload.
-    (V4, Scheme.SYN_PAYLOAD_EOL, 24, 11, True, 2),
-    (V6, Scheme.SYN_PAYLOAD_EOL, 24, 23, True, 2),
+    (V4, "syn-payload-eol", 24, 11, True, 2),
+    (V6, "syn-payload-eol", 24, 23, True, 2),
     # RFC 8803: 4-byte header + 20-byte Connect TLV for either family (IPv4-mapped).
-    (V4, Scheme.CONVERT, 24, 24, True, 2),
-    (V6, Scheme.CONVERT, 24, 24, True, 2),
+    (V4, "convert", 24, 24, True, 2),
+    (V6, "convert", 24, 24, True, 2),
     # RFC 1928: greeting and CONNECT each cost a round trip.
-    (V4, Scheme.SOCKS5, 24, 0, True, 4),
-    (V6, Scheme.SOCKS5, 24, 0, True, 4),
+    (V4, "socks5", 24, 0, True, 4),
+    (V6, "socks5", 24, 0, True, 4),
 ])
 def test_budget_rows(destination, scheme, option_bytes, payload_bytes, fits, rtts):
-    row = next(row for row in syn_budget.syn_budget(*destination) if row.scheme is scheme)
+    row = next(row for row in syn_budget.syn_budget(*destination) if row.scheme == scheme)
     assert (row.syn_option_bytes, row.syn_payload_bytes, row.fits, row.rtts_to_first_response_byte) == (
         option_bytes, payload_bytes, fits, rtts)
 
@@ -248,13 +249,13 @@ def test_budget_rows(destination, scheme, option_bytes, payload_bytes, fits, rtt
 def test_socks5_message_sizes():
     # RFC 1928: greeting VER NMETHODS METHOD = 3 bytes; CONNECT 4 + address + 2 = 10 (IPv4) / 22 (IPv6).
     for (address, port), connect_bytes in ((V4, 10), (V6, 22)):
-        row = next(row for row in syn_budget.syn_budget(address, port) if row.scheme is Scheme.SOCKS5)
+        row = next(row for row in syn_budget.syn_budget(address, port) if row.scheme == "socks5")
         assert row.pre_request_message_bytes == (("greeting", 3), ("CONNECT", connect_bytes))
         assert f"greeting 3 bytes, CONNECT {connect_bytes} bytes" in row.note
 
 
 def test_ipv6_mp_convert_note_says_what_would_fit():
-    row = next(row for row in syn_budget.syn_budget(*V6) if row.scheme is Scheme.MP_CONVERT_OPTION)
+    row = next(row for row in syn_budget.syn_budget(*V6) if row.scheme == "mp-convert-option")
     assert "without timestamps 40 bytes, fits" in row.note  # docs/mp-convert.md: 38 padded to 40
 
 
@@ -262,8 +263,8 @@ def test_budget_prints_the_table_and_a_real_convert_syn(capsys):
     status, out, err = run(capsys, "wire", "budget")
     assert (status, err) == (0, "")
     assert "Destination 192.0.2.1:80" in out and "Destination [2001:db8::1]:443" in out
-    table_rows = [line.split()[:5] for line in out.splitlines() if line.split()[:1] in ([s.value] for s in Scheme)]
-    assert len(table_rows) == 2 * len(Scheme)
+    table_rows = [line.split()[:5] for line in out.splitlines() if line.split()[:1] in ([s] for s in SCHEMES)]
+    assert len(table_rows) == 2 * len(SCHEMES)
     assert ["mp-convert-option", "36/40", "0", "yes", "2"] in table_rows
     assert ["mp-convert-option", "48/40", "0", "NO", "-"] in table_rows
     assert ["socks5", "24/40", "0", "yes", "4"] in table_rows

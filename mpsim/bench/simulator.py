@@ -57,10 +57,9 @@ import simpy
 
 from mpsim import provenance
 from mpsim.bench import write_json_and_markdown
-from mpsim.proto.client import ClientHost, ClientPolicy, ConnectionFinished, Request, Scheme
-from mpsim.proto.convert import ConverterHost, ConverterPolicy
+from mpsim.proto.client import ClientHost, ClientPolicy, ConnectionFinished, Request
 from mpsim.proto.harness import Harness
-from mpsim.proto.mptcp import MptcpClientExtension, MptcpServerExtension
+from mpsim.proto.proxies import ProxySettings, build_proxy_host
 from mpsim.proto.server import ResponderApp, ServerHost, ServerKind
 from mpsim.sim.link import Link, LinkDirection
 from mpsim.sim.node import SimNode
@@ -255,7 +254,7 @@ CONVERTER_DOWN = IPv4Address("198.18.2.1")
 SERVER = IPv4Address("198.18.3.1")
 CONVERTER_PORT = 1234
 REQUEST = Request(SERVER, 80, request_size_bytes=100, response_size_bytes=1000)
-EXPECTED_OUTCOME = {Scheme.PLAIN: "tcp", Scheme.CONVERT: "converted"}
+EXPECTED_OUTCOME = {"plain": "tcp", "convert": "converted"}
 
 
 class BackToBack:
@@ -298,7 +297,7 @@ class BackToBack:
         return event
 
 
-def _machines(scheme: Scheme, count: int, seed: int = 1) -> dict[str, Any]:
+def _machines(scheme: str, count: int, seed: int = 1) -> dict[str, Any]:
     rng = random.Random(seed)
     client = ClientHost("client", {"eth0": CLIENT}, rng=rng, policy=ClientPolicy(scheme=scheme),
                         proxies=((CONVERTER_UP, CONVERTER_PORT),))
@@ -308,39 +307,28 @@ def _machines(scheme: Scheme, count: int, seed: int = 1) -> dict[str, Any]:
                              app=ResponderApp(REQUEST.response_size_bytes,
                                               request_size_bytes=REQUEST.request_size_bytes)),
     }
-    if scheme is Scheme.CONVERT:
-        mib = None
-
-        def upstream(packet: Any) -> tuple:
-            return (MptcpServerExtension(rng=rng, mib=mib),)
-
-        def downstream(request: Any) -> tuple:
-            return (MptcpClientExtension(rng=rng, mib=mib),) if request.mptcp else ()
-
-        converter = ConverterHost("converter", {"up": CONVERTER_UP, "down": CONVERTER_DOWN}, rng=rng,
-                                  convert_port=CONVERTER_PORT, server_interfaces=("down",),
-                                  policy=ConverterPolicy(allowed_client_prefixes=("198.18.0.0/24",)),
-                                  upstream_extensions=upstream, downstream_extensions=downstream)
-        mib = converter.mib
-        machines["converter"] = converter
+    if scheme == "convert":
+        machines["converter"] = build_proxy_host(
+            "convert", "converter", {"up": CONVERTER_UP, "down": CONVERTER_DOWN}, rng=rng,
+            settings=ProxySettings(port=CONVERTER_PORT, client_prefixes=("198.18.0.0/24",)))
     return machines
 
 
 # (a, a_port, b, b_port, one-way delay) per scheme
 _LINKS = {
-    Scheme.PLAIN: [("client", "eth0", "server", "eth0", HOPS * HOP_DELAY_S)],
-    Scheme.CONVERT: [("client", "eth0", "converter", "up", (HOPS - 1) * HOP_DELAY_S),
+    "plain": [("client", "eth0", "server", "eth0", HOPS * HOP_DELAY_S)],
+    "convert": [("client", "eth0", "converter", "up", (HOPS - 1) * HOP_DELAY_S),
                      ("converter", "down", "server", "eth0", HOP_DELAY_S)],
 }
 
 
-def _check_records(client: ClientHost, scheme: Scheme, count: int) -> None:
+def _check_records(client: ClientHost, scheme: str, count: int) -> None:
     outcomes = {record.outcome for record in client.finished}
     if len(client.finished) != count or outcomes != {EXPECTED_OUTCOME[scheme]}:
-        raise RuntimeError(f"{scheme.value}: {len(client.finished)} of {count} requests finished, outcomes {outcomes}")
+        raise RuntimeError(f"{scheme}: {len(client.finished)} of {count} requests finished, outcomes {outcomes}")
 
 
-def negotiations_sim(scheme: Scheme, count: int) -> Sample:
+def negotiations_sim(scheme: str, count: int) -> Sample:
     """``count`` back-to-back requests with SimNodes and links (rates, queues, a trace of events)."""
     env = simpy.Environment()
     trace = Trace()
@@ -358,7 +346,7 @@ def negotiations_sim(scheme: Scheme, count: int) -> Sample:
     return Sample(count, wall_s)
 
 
-def negotiations_harness(scheme: Scheme, count: int) -> Sample:
+def negotiations_harness(scheme: str, count: int) -> Sample:
     """``count`` back-to-back requests in the deterministic harness (fixed delays, no rates)."""
     harness = Harness()
     start_s = time.perf_counter()
@@ -419,10 +407,10 @@ def measurements(config: BenchConfig, *, with_nspy: bool = True) -> list[Measure
     if with_nspy and nspy_available():
         data_packets = -(-config.bulk_size_bytes // MSS_BYTES)
         found.append(Measurement("nspy_flow", "packets", lambda: nspy_flow(data_packets)))
-    for scheme in (Scheme.PLAIN, Scheme.CONVERT):
-        found.append(Measurement(f"negotiations_{scheme.value}_sim", "negotiations",
+    for scheme in ("plain", "convert"):
+        found.append(Measurement(f"negotiations_{scheme}_sim", "negotiations",
                                  lambda scheme=scheme: negotiations_sim(scheme, config.negotiations)))
-        found.append(Measurement(f"negotiations_{scheme.value}_harness", "negotiations",
+        found.append(Measurement(f"negotiations_{scheme}_harness", "negotiations",
                                  lambda scheme=scheme: negotiations_harness(scheme, config.negotiations)))
     found.append(Measurement("two_path_transfer", "bytes", lambda: two_path_transfer(config.two_path_size_bytes)))
     return found

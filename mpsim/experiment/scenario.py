@@ -22,6 +22,11 @@ VALUE is read as a TOML value (``3``, ``2.5``, ``true``, ``["a", "b"]``, ``{mode
 does not parse as TOML is taken as a string, so ``client.scheme=convert`` needs no quotes, and a
 list of names may be written ``a,b``. Overrides apply to every variant too (they win over it).
 
+Components are named as the catalogue registers them (mpsim/proto/catalogue.py: middleboxes,
+proxies, servers, schemes; mpsim/sim/congestion.py: congestion controls); a name is checked
+against its registry when the scenario is loaded, so a newly registered component needs no edit
+here (docs/adding-components.md).
+
 Defaults come from the proto layer's own policy defaults (``ClientPolicy()``, ``TcpPolicy()``, ...),
 so a scenario that leaves a knob out gets exactly what the machines do by default.
 """
@@ -41,16 +46,21 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from mpsim.errors import MpsimError
 from mpsim.proto.cache import CachePolicy
-from mpsim.proto.client import ClientPolicy, FallbackTarget, Scheme, SignalAckedAsData
+from mpsim.proto.catalogue import MIDDLEBOXES, PROXIES, SCHEMES, SERVERS, Registry
+from mpsim.proto.client import ClientPolicy, FallbackTarget, SignalAckedAsData
 from mpsim.proto.convert import ConverterPolicy
+from mpsim.proto.mptcp import MptcpPolicy
+from mpsim.proto.proxies import Placement, proxy_for_scheme
 from mpsim.proto.relay import ConverterTiming
 from mpsim.proto.server import ServerKind
 from mpsim.proto.tcp import TcpPolicy
+from mpsim.sim.congestion import CONGESTION_CONTROLS
 from mpsim.sim.loss import LossSpecError, loss_from_spec
+from mpsim.sim.transfer import DEFAULT_RCV_BUF_BYTES, DEFAULT_SND_BUF_BYTES
 
 #: Where named scenarios live: the repository's models/ directory, next to the package.
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
@@ -69,37 +79,44 @@ class ScenarioError(MpsimError):
         self.source, self.key, self.message = source, key, message
 
 
-# --- enums only scenarios use (the proto layer's enums are used as they are) -------------------------
+# --- names from the catalogue ---------------------------------------------------------------------
 
 
-class ProxyKind(enum.Enum):
-    """Which proxy the converter node runs."""
+@dataclass(frozen=True)
+class OneOf:
+    """A schema marker: the value is a name registered in ``registry`` (or one of ``extra``).
 
-    AUTO = "auto"  # the one the client's scheme talks to (convert: RFC 8803, socks5: SOCKS5, else MP_CONVERT)
+    Read when a scenario is validated, not when this module is imported, so a component that a
+    module registers later (a plug-in, a test's toy) is accepted with no edit here."""
+
+    registry: Registry
+    extra: tuple[str, ...] = ()
+
+    def names(self) -> tuple[str, ...]:
+        return (*self.extra, *self.registry.names())
+
+
+#: The proxy the client's scheme talks to (see :attr:`Scenario.proxy_kind`).
+AUTO_PROXY = "auto"
+SchemeName = Annotated[str, OneOf(SCHEMES)]
+MiddleboxName = Annotated[str, OneOf(MIDDLEBOXES)]
+ProxyName = Annotated[str, OneOf(PROXIES, (AUTO_PROXY,))]
+ServerName = Annotated[str, OneOf(SERVERS)]
+CongestionControlName = Annotated[str, OneOf(CONGESTION_CONTROLS)]
+
+
+class ProxyKind(str, enum.Enum):
+    """Transitional: mpsim/bench/kernel.py still builds a ConverterSpec with ``ProxyKind.CONVERT``.
+    The schema takes the PROXIES names (a str enum compares and hashes as its name); remove this
+    once nothing imports it."""
+
+    AUTO = AUTO_PROXY
     CONVERT = "convert"
     MP_CONVERT = "mp-convert"
     SOCKS5 = "socks5"
 
 
-class Placement(enum.Enum):
-    """Where the converter node sits."""
-
-    BESIDE = "beside"  # beside the access router: the client addresses it
-    ON_PATH = "on_path"  # on the primary access path, between the client and the router (implicit MP_CONVERT)
-
-
-class Middlebox(enum.Enum):
-    """Named middleboxes an access network can hold (mpsim.experiment.simulation builds them)."""
-
-    STRIP_MPTCP = "strip-mptcp"
-    STRIP_MPTCP_SYNACK = "strip-mptcp-synack"
-    DROP_UNKNOWN_OPTION_SYNS = "drop-unknown-option-syns"
-    DROP_SYN_DATA = "drop-syn-data"
-    DROP_SYN_DATA_OR_UNKNOWN_OPTIONS = "drop-syn-data-or-unknown-options"
-    STRIP_SYN_PAYLOAD = "strip-syn-payload"
-    STRIP_TFO = "strip-tfo"
-    DROP_RST = "drop-rst"
-    MIRROR_MP_CAPABLE = "mirror-mp-capable"
+# --- enums only scenarios use (the proto layer's enums are used as they are) -------------------------
 
 
 class Arrivals(enum.Enum):
@@ -127,12 +144,6 @@ class Direction(enum.Enum):
     UPLOAD = "upload"
 
 
-class CongestionControl(enum.Enum):
-    RENO = "reno"
-    CUBIC = "cubic"
-    LIA = "lia"  # RFC 6356 coupled increase (MPTCP only; a single path falls back to Reno)
-
-
 # --- schema helpers ------------------------------------------------------------------------------
 
 
@@ -155,14 +166,28 @@ def _check_loss(spec: Any) -> None:
 
 # --- the schema ------------------------------------------------------------------------------------
 
-_CP, _TP, _CV, _CONV = ClientPolicy(), TcpPolicy(), CachePolicy(), ConverterPolicy()
+_CP, _TP, _CV, _CONV, _MP = ClientPolicy(), TcpPolicy(), CachePolicy(), ConverterPolicy(), MptcpPolicy()
+
+
+@dataclass(frozen=True, kw_only=True)
+class MptcpSpec:
+    """The client's MPTCP knobs (MptcpPolicy; Linux's net.mptcp sysctls, docs/kernel-facts.md)."""
+
+    version: int = knob(_MP.version, ge=0, le=1)
+    checksums: bool = knob(_MP.checksums)  # net.mptcp.checksum_enabled
+    # net.mptcp.syn_retrans_before_tcp_fallback; "none": never drop MP_CAPABLE
+    syn_retrans_before_tcp_fallback: int | None = knob(_MP.syn_retrans_before_tcp_fallback, ge=0, le=100)
+    blackhole_timeout_s: float = knob(_MP.blackhole_timeout_s, ge=0)  # net.mptcp.blackhole_timeout
+    blackhole_max_exponent: int = knob(_MP.blackhole_max_exponent, ge=0, le=30)
+    retry_with_v0: bool = knob(_MP.retry_with_v0)
+    blackhole_reset_on_success: bool = knob(_MP.blackhole_reset_on_success)
 
 
 @dataclass(frozen=True, kw_only=True)
 class ClientSpec:
     """The client host: ClientPolicy, and the TcpPolicy / CachePolicy knobs scenarios vary."""
 
-    scheme: Scheme = knob(_CP.scheme)
+    scheme: SchemeName = knob(_CP.scheme)
     fallback: FallbackTarget = knob(_CP.fallback)
     upstream_mptcp: bool = knob(_CP.upstream_mptcp)
     implicit: bool = knob(_CP.implicit)
@@ -174,11 +199,13 @@ class ClientSpec:
     proxy_syn_retries: int = knob(_CP.proxy_syn_retries, ge=0, le=10)
     reply_timeout_s: float = knob(_CP.reply_timeout_s, gt=0)
     max_attempts: int = knob(_CP.max_attempts, ge=1, le=50)
-    syn_retries: int = knob(_TP.syn_retries, ge=0, le=20)
+    syn_retries: int = knob(_TP.syn_retries, ge=0, le=20)  # net.ipv4.tcp_syn_retries
+    syn_linear_timeouts: int = knob(_TP.syn_linear_timeouts, ge=0, le=20)  # net.ipv4.tcp_syn_linear_timeouts
     time_wait_s: float = knob(_TP.time_wait_s, ge=0)
     off_reprobe_s: float | None = knob(_CV.off_reprobe_s, gt=0)
     keep_cookies_on_new_network: bool = knob(_CV.keep_cookies_on_new_network)
     primary_path: str = knob("")  # the path negotiation (and plain TCP) uses; "" = the first of [paths]
+    mptcp: MptcpSpec = knob(MptcpSpec())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -186,7 +213,7 @@ class ConverterSpec:
     """The proxy: which one, its policy, and where it sits (one-way delay from the access router)."""
 
     enabled: bool = knob(True)  # false: the client knows no proxy
-    kind: ProxyKind = knob(ProxyKind.AUTO)
+    kind: ProxyName = knob(AUTO_PROXY)  # a PROXIES name; "auto": the one the client's scheme talks to
     timing: ConverterTiming = knob(_CONV.timing)
     require_cookie: bool = knob(_CONV.require_cookie)
     max_sessions: int = knob(_CONV.max_sessions, ge=0)
@@ -200,7 +227,7 @@ class ConverterSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class ServerSpec:
-    kind: ServerKind = knob(ServerKind.LEGACY_DROP)
+    kind: ServerName = knob(ServerKind.LEGACY_DROP.value)  # a SERVERS name
     port: int = knob(80, ge=1, le=65535)
     delay_s: float = knob(0.020, ge=0, le=10)  # one-way, access router to server
     rate_bps: float = knob(1e9, gt=0)
@@ -216,7 +243,7 @@ class PathSpec:
     jitter_s: float = knob(0.0, ge=0, le=1)  # up to this much extra delay per packet (reorders)
     queue_bytes: int = knob(256_000, ge=1500)
     loss: dict = knob({}, check=_check_loss)  # mpsim.sim.loss.loss_from_spec form, each direction
-    middleboxes: tuple[Middlebox, ...] = knob(())  # always there, besides what the mix draws
+    middleboxes: tuple[MiddleboxName, ...] = knob(())  # always there, besides what the mix draws
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -224,7 +251,7 @@ class MixEntry:
     """A middlebox that each access network holds with probability ``prob``, drawn afresh (seeded)
     at every attachment: at the start and at each attach_network event."""
 
-    middlebox: Middlebox = knob()
+    middlebox: MiddleboxName = knob()
     prob: float = knob(ge=0, le=1)
 
 
@@ -238,7 +265,7 @@ class WorkloadSpec:
     interval_s: float = knob(1.0, gt=0)
     rate_per_s: float = knob(1.0, gt=0)
     at_s: tuple[float, ...] = knob(())
-    schemes: tuple[Scheme, ...] = knob(())  # request i uses schemes[i % len]; () = client.scheme
+    schemes: tuple[SchemeName, ...] = knob(())  # request i uses schemes[i % len]; () = client.scheme
     request_size_bytes: int = knob(100, ge=1, le=1_000_000)
     response_size_bytes: int = knob(1000, ge=0, le=100_000_000)
 
@@ -251,7 +278,9 @@ class TransferSpec:
     start_s: float = knob(0.0, ge=0)
     size_bytes: int = knob(ge=1, le=10_000_000_000)
     direction: Direction = knob(Direction.DOWNLOAD)
-    congestion_control: CongestionControl = knob(CongestionControl.CUBIC)
+    congestion_control: CongestionControlName = knob("cubic")  # a CONGESTION_CONTROLS name
+    snd_buf_bytes: int = knob(DEFAULT_SND_BUF_BYTES, ge=1500)  # the sender's socket buffer (net.ipv4.tcp_wmem)
+    rcv_buf_bytes: int = knob(DEFAULT_RCV_BUF_BYTES, ge=1500)  # the receiver's (net.ipv4.tcp_rmem)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -284,15 +313,12 @@ class Scenario:
         return self.client.primary_path or next(iter(self.paths))
 
     @property
-    def proxy_kind(self) -> ProxyKind:
-        """The proxy the converter node runs; AUTO is the one the client's scheme talks to."""
-        kind = self.converter.kind
-        if kind is not ProxyKind.AUTO:
+    def proxy_kind(self) -> str:
+        """The PROXIES name the converter node runs; "auto" is the one the client's scheme talks to."""
+        kind = getattr(self.converter.kind, "value", self.converter.kind)  # a transitional ProxyKind
+        if kind != AUTO_PROXY:
             return kind
-        if self.client.scheme in (Scheme.MP_CONVERT_OPTION, Scheme.SYN_PAYLOAD_EOL) or \
-                self.converter.placement is Placement.ON_PATH:
-            return ProxyKind.MP_CONVERT
-        return ProxyKind.SOCKS5 if self.client.scheme is Scheme.SOCKS5 else ProxyKind.CONVERT
+        return proxy_for_scheme(self.client.scheme, self.converter.placement)
 
 
 # --- coercion: a TOML tree into the schema -----------------------------------------------------------
@@ -317,6 +343,8 @@ def _type_name(tp: Any, meta: Mapping[str, Any] = _NO_META) -> str:
         return "a string"
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return "one of " + ", ".join(m.value for m in tp)
+    if origin is Annotated:
+        return "one of " + ", ".join(_one_of(tp).names())
     if origin is tuple:
         return f"a list of {_plural(args[0])}"
     if origin is dict or tp is dict or dataclasses.is_dataclass(tp):
@@ -324,9 +352,15 @@ def _type_name(tp: Any, meta: Mapping[str, Any] = _NO_META) -> str:
     return str(tp)
 
 
+def _one_of(tp: Any) -> OneOf:
+    return next(m for m in tp.__metadata__ if isinstance(m, OneOf))
+
+
 def _plural(tp: Any) -> str:
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return "names (" + ", ".join(m.value for m in tp) + ")"
+    if typing.get_origin(tp) is Annotated:
+        return "names (" + ", ".join(_one_of(tp).names()) + ")"
     return {float: "numbers", int: "integers", str: "strings"}.get(tp, "tables")
 
 
@@ -336,7 +370,7 @@ def _show(value: Any) -> str:
 
 
 def _fields(cls: type) -> dict[str, tuple[Any, dataclasses.Field]]:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     return {f.name: (hints[f.name], f) for f in dataclasses.fields(cls)}
 
 
@@ -393,6 +427,12 @@ def _coerce(value: Any, tp: Any, key: str, meta: Mapping[str, Any] = _NO_META) -
             close = difflib.get_close_matches(str(value), list(members), n=1) if isinstance(value, str) else []
             raise _Invalid(key, expected + (f" (did you mean {close[0]}?)" if close else ""))
         result = members[value]
+    elif origin is Annotated:
+        names = _one_of(tp).names()
+        if not isinstance(value, str) or value not in names:
+            close = difflib.get_close_matches(str(value), names, n=1) if isinstance(value, str) else []
+            raise _Invalid(key, expected + (f" (did you mean {close[0]}?)" if close else ""))
+        result = value
     elif origin is tuple:
         if not isinstance(value, list):
             raise _Invalid(key, expected)
@@ -453,10 +493,11 @@ def _cross_check(scenario: Scenario) -> None:
     if scenario.client.primary_path and scenario.client.primary_path not in scenario.paths:
         raise _Invalid("client.primary_path", f"expected one of the paths ({', '.join(scenario.paths)}), "
                                               f"got {scenario.client.primary_path!r}")
-    if scenario.converter.placement is Placement.ON_PATH and scenario.proxy_kind is not ProxyKind.MP_CONVERT:
-        raise _Invalid("converter.placement", "expected \"beside\": only the MP_CONVERT proxy (converter.kind = "
-                                              "\"mp-convert\") intercepts on the path, "
-                                              f"not {scenario.proxy_kind.value}")
+    if scenario.converter.placement is Placement.ON_PATH and not PROXIES.get(scenario.proxy_kind).on_path:
+        on_path = " or the ".join(f'{entry.title} (converter.kind = "{name}")'
+                                  for name, entry in PROXIES.items() if entry.on_path)
+        raise _Invalid("converter.placement", f"expected \"beside\": only the {on_path} intercepts on the path, "
+                                              f"not {scenario.proxy_kind}")
     w = scenario.workload
     if w.arrivals is Arrivals.COUNT and w.count < 1:
         raise _Invalid("workload.count", "expected an integer >= 1 when arrivals is \"count\"")

@@ -57,48 +57,28 @@ import ipaddress
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple
+from typing import Any
 
 import simpy
 
-from mpsim.experiment.scenario import (
-    Action,
-    Arrivals,
-    CongestionControl,
-    Direction,
-    Middlebox,
-    Placement,
-    ProxyKind,
-    Scenario,
-    TransferSpec,
-)
+from mpsim.experiment.scenario import Action, Arrivals, Direction, Scenario, TransferSpec
 from mpsim.proto.cache import CachePolicy
-from mpsim.proto.client import ClientHost, ClientPolicy, ConnectionFinished, Request, Scheme
-from mpsim.proto.convert import ConverterHost, ConverterPolicy
+from mpsim.proto.catalogue import MIDDLEBOXES, SERVERS
+from mpsim.proto.client import ClientHost, ClientPolicy, ConnectionFinished, Request
 from mpsim.proto.events import Outcome
 from mpsim.proto.harness import Router
-from mpsim.proto.middlebox import (
-    PASS,
-    Chain,
-    DropUnknownOptionSyns,
-    MirrorMpCapable,
-    SegmentClass,
-    StripOptions,
-    StripPayload,
-    drop_rsts,
-    drop_syns_with_data,
-    flow_of,
-)
-from mpsim.proto.mptcp import MptcpClientExtension, MptcpServerExtension
-from mpsim.proto.server import ResponderApp, ServerHost
+from mpsim.proto.middlebox import PASS, BuiltBox, Site, flow_of
+from mpsim.proto.mptcp import MptcpPolicy
+from mpsim.proto.proxies import Placement, ProxySettings, build_proxy_host
+from mpsim.proto.server import ResponderApp
 from mpsim.proto.tcp import TcpPolicy
+from mpsim.sim.congestion import CONGESTION_CONTROLS
 from mpsim.sim.link import Link, LinkDirection
 from mpsim.sim.loss import loss_from_spec
 from mpsim.sim.node import SimNode
 from mpsim.sim.seeds import component_rng, derive_seed
 from mpsim.sim.trace import Trace
 from mpsim.sim.transfer import BulkTransfer
-from mpsim.wire.options import TcpOptionKind
 from mpsim.wire.segment import IpPacket, TcpFlags
 
 # Addresses from the benchmarking range (RFC 2544), one /24 per role; path i gets 198.18.(16+i).0/24.
@@ -123,71 +103,32 @@ def _net(address: ipaddress.IPv4Address) -> str:
 # --- middleboxes ---------------------------------------------------------------------------------
 
 
-class BuiltBox(NamedTuple):
-    """A middlebox on an access path: its filter per direction (up: client to router) and the
-    policy objects whose ``hits`` count what it did (a two-way box is one object, two sides)."""
-
-    up: Any
-    down: Any
-    policies: tuple
-
-
-def build_middlebox(kind: Middlebox, rng: Any) -> BuiltBox:
-    """A fresh box of ``kind``. One-way boxes pass the other direction untouched."""
-    match kind:
-        case Middlebox.STRIP_MPTCP:
-            up, down = StripOptions({TcpOptionKind.MPTCP}), StripOptions({TcpOptionKind.MPTCP})
-            return BuiltBox(up, down, (up, down))
-        case Middlebox.STRIP_MPTCP_SYNACK:
-            down = StripOptions({TcpOptionKind.MPTCP}, classes={SegmentClass.SYN_ACK})
-            return BuiltBox(PASS, down, (down,))
-        case Middlebox.DROP_UNKNOWN_OPTION_SYNS:
-            up = DropUnknownOptionSyns()
-        case Middlebox.DROP_SYN_DATA:
-            up = drop_syns_with_data()
-        case Middlebox.DROP_SYN_DATA_OR_UNKNOWN_OPTIONS:
-            up = Chain(DropUnknownOptionSyns(), drop_syns_with_data())
-        case Middlebox.STRIP_SYN_PAYLOAD:
-            up = StripPayload({SegmentClass.SYN})
-        case Middlebox.STRIP_TFO:
-            # Kind 34, and the experimental kind 254 older TFO stacks use (nothing else here uses it).
-            kinds = {TcpOptionKind.TFO, TcpOptionKind.EXPERIMENTAL_2}
-            up, down = StripOptions(kinds), StripOptions(kinds)
-            return BuiltBox(up, down, (up, down))
-        case Middlebox.DROP_RST:
-            up = drop_rsts()
-        case Middlebox.MIRROR_MP_CAPABLE:
-            box = MirrorMpCapable(rng)
-            return BuiltBox(box.forward, box.backward, (box,))
-        case _:  # pragma: no cover - every member has a case (tested)
-            raise ValueError(f"no builder for middlebox {kind!r}")
-    return BuiltBox(up, PASS, (up,))
-
-
 @dataclass
 class AccessNetwork:
-    """The network behind one access path: its fixed middleboxes plus those drawn at attachment."""
+    """The network behind one access path: its fixed middleboxes plus those drawn at attachment
+    (each a MIDDLEBOXES name, built by its catalogue entry)."""
 
     name: str
-    fixed: tuple[Middlebox, ...]
+    fixed: tuple[str, ...]
     up: LinkDirection
     down: LinkDirection
     mix_rng: Any
     box_rng: Any
-    boxes: list[tuple[Middlebox, BuiltBox]] = field(default_factory=list)
+    site: Site = field(default_factory=Site)
+    boxes: list[tuple[str, BuiltBox]] = field(default_factory=list)
     attachments: int = 0
 
     def attach(self, mix: tuple) -> None:
         """A new network: the boxes are built afresh, the mix drawn again (in file order)."""
         drawn = [entry.middlebox for entry in mix if self.mix_rng.random() < entry.prob]
-        self.boxes = [(kind, build_middlebox(kind, self.box_rng)) for kind in (*self.fixed, *drawn)]
+        self.boxes = [(kind, MIDDLEBOXES.get(kind).build(self.box_rng, self.site)) for kind in (*self.fixed, *drawn)]
         self.up.filters = [box.up for _, box in self.boxes if box.up is not PASS]
         # The reply meets the boxes in reverse order, as it crosses them the other way round.
         self.down.filters = [box.down for _, box in reversed(self.boxes) if box.down is not PASS]
         self.attachments += 1
 
     def label(self) -> str:
-        return "+".join(kind.value for kind, _ in self.boxes) or "clean"
+        return "+".join(kind for kind, _ in self.boxes) or "clean"
 
 
 class Outage:
@@ -331,8 +272,16 @@ class Simulation:
                               tfo_to_server=c.tfo_to_server, mptcp_to_server=c.mptcp_to_server,
                               proxy_syn_retries=c.proxy_syn_retries, reply_timeout_s=c.reply_timeout_s,
                               max_attempts=c.max_attempts)
+        m = c.mptcp
+        mptcp_policy = MptcpPolicy(version=m.version, checksums=m.checksums,
+                                   syn_retrans_before_tcp_fallback=m.syn_retrans_before_tcp_fallback,
+                                   blackhole_timeout_s=m.blackhole_timeout_s,
+                                   blackhole_max_exponent=m.blackhole_max_exponent, retry_with_v0=m.retry_with_v0,
+                                   blackhole_reset_on_success=m.blackhole_reset_on_success)
         self.client = ClientHost(CLIENT, client_addresses, rng=self.rng("client"), policy=policy, proxies=proxies,
-                                 tcp_policy=TcpPolicy(syn_retries=c.syn_retries, time_wait_s=c.time_wait_s),
+                                 tcp_policy=TcpPolicy(syn_retries=c.syn_retries, time_wait_s=c.time_wait_s,
+                                                      syn_linear_timeouts=c.syn_linear_timeouts),
+                                 mptcp_policy=mptcp_policy,
                                  cache_policy=CachePolicy(off_reprobe_s=c.off_reprobe_s,
                                                           keep_cookies_on_new_network=c.keep_cookies_on_new_network))
         client_node = self._node(CLIENT, self.client)
@@ -355,7 +304,7 @@ class Simulation:
             self.links.append(Link(self.env, client_node, name, far, far_port, forward=up, backward=down,
                                    name=f"path.{name}"))
             network = AccessNetwork(name, p.middleboxes, up, down, self.rng(f"middlebox_mix.{name}"),
-                                    self.rng(f"middleboxes.{name}"))
+                                    self.rng(f"middleboxes.{name}"), Site(ipaddress.IPv4Network(_net(addresses[name]))))
             network.attach(s.middlebox_mix)
             self.networks[name] = network
         if conv_node is not None:
@@ -370,8 +319,9 @@ class Simulation:
                 self.links.append(Link(self.env, router_node, router_port, conv_node, port, forward=there,
                                        backward=back, name=f"converter.{port}"))
         w, sv = s.workload, s.server
-        self.server = ServerHost(SERVER_NODE, SERVER, sv.kind, rng=self.rng("server"), ports=(sv.port,),
-                                 app=ResponderApp(w.response_size_bytes, request_size_bytes=w.request_size_bytes))
+        self.server = SERVERS.get(sv.kind).create(SERVER_NODE, SERVER, self.rng("server"),
+                                                  ResponderApp(w.response_size_bytes,
+                                                               request_size_bytes=w.request_size_bytes), (sv.port,))
         server_node = self._node(SERVER_NODE, self.server)
         self.links.append(Link(self.env, router_node, "server", server_node, "eth0",
                                forward=self._direction("server.in", delay_s=sv.delay_s, rate_bps=sv.rate_bps),
@@ -379,35 +329,14 @@ class Simulation:
                                name="server.link"))
 
     def _build_converter(self) -> Any:
-        cv, rng = self.scenario.converter, self.rng("converter")
-        interfaces = {"up": CONVERTER_UP, "down": CONVERTER_DOWN} | ({"in": CONVERTER_IN} if self.on_path else {})
-        kind = self.scenario.proxy_kind
-        if kind is ProxyKind.CONVERT:
-            holder: dict[str, Any] = {}
-            supported = ConverterPolicy().supported_kinds + ((TcpOptionKind.MPTCP,) if cv.convert_mptcp else ())
-            policy = ConverterPolicy(allowed_client_prefixes=tuple(_net(path_address(i))
-                                                                   for i in range(len(self.scenario.paths))),
-                                     timing=cv.timing, require_cookie=cv.require_cookie, max_sessions=cv.max_sessions,
-                                     connect_timeout_s=cv.connect_timeout_s, supported_kinds=supported)
-            host = ConverterHost(
-                CONVERTER, interfaces, rng=rng, convert_port=cv.port, server_interfaces=("down",), policy=policy,
-                upstream_extensions=lambda syn: (MptcpServerExtension(rng=rng, mib=holder["host"].mib),),
-                downstream_extensions=lambda request: (MptcpClientExtension(rng=rng, mib=holder["host"].mib),)
-                if request.mptcp else ())
-            holder["host"] = host
-            return host
-        if kind is ProxyKind.MP_CONVERT:
-            from mpsim.proto.mp_convert_proxy import MpConvertProxyHost, MpConvertProxyPolicy
-
-            # Explicit service on its own address; on the path, implicit interception as well.
-            policy = MpConvertProxyPolicy(explicit_ports=(cv.port,), implicit=self.on_path, timing=cv.timing,
-                                          connect_timeout_s=cv.connect_timeout_s)
-            return MpConvertProxyHost(CONVERTER, interfaces, rng=rng, client_interface="in" if self.on_path else "up",
-                                      server_interfaces=("down",), policy=policy)
-        from mpsim.proto.socks5_proxy import Socks5ProxyHost, Socks5ProxyPolicy
-
-        return Socks5ProxyHost(CONVERTER, interfaces, rng=rng, server_interfaces=("down",),
-                               policy=Socks5ProxyPolicy(port=cv.port, connect_timeout_s=cv.connect_timeout_s))
+        cv = self.scenario.converter
+        addresses = {"up": CONVERTER_UP, "down": CONVERTER_DOWN} | ({"in": CONVERTER_IN} if self.on_path else {})
+        settings = ProxySettings(port=cv.port, placement=cv.placement, timing=cv.timing,
+                                 client_prefixes=tuple(_net(path_address(i)) for i in range(len(self.scenario.paths))),
+                                 require_cookie=cv.require_cookie, max_sessions=cv.max_sessions,
+                                 connect_timeout_s=cv.connect_timeout_s, convert_mptcp=cv.convert_mptcp)
+        return build_proxy_host(self.scenario.proxy_kind, CONVERTER, addresses, rng=self.rng("converter"),
+                                settings=settings)
 
     # --- workload and events -----------------------------------------------------------------------
 
@@ -452,7 +381,7 @@ class Simulation:
         self._scheduled_done = True
         self._check_done()
 
-    def _request(self, scheme: Scheme | None) -> int:
+    def _request(self, scheme: str | None) -> int:
         w = self.scenario.workload
         request = Request(SERVER, self.scenario.server.port, request_size_bytes=w.request_size_bytes,
                           response_size_bytes=w.response_size_bytes, scheme=scheme)
@@ -512,7 +441,7 @@ class Simulation:
         multipath = record.outcome in (Outcome.CONVERTED.value, Outcome.MPTCP.value)
         row = {"transfer_id": index, "request_id": record.request_id, "scheme": record.scheme,
                "outcome": record.outcome, "direction": spec.direction.value,
-               "congestion_control": spec.congestion_control.value, "start_s": spec.start_s,
+               "congestion_control": spec.congestion_control, "start_s": spec.start_s,
                "negotiated_s": now, "bytes": spec.size_bytes, "bytes_delivered": 0, "duration_s": None,
                "goodput_bps": None, "subflows": 0, "retransmissions": 0, "completed": False, "timeouts": 0,
                "subflow_bytes": "",
@@ -553,9 +482,12 @@ class Simulation:
     def _run_bulk(self, row: dict, spec: TransferSpec, multipath: bool) -> None:
         paths = [self._transfer_path(name, spec.direction, row["via_converter"])
                  for name in (self.path_names if multipath else self.path_names[:1])]
-        lia = spec.congestion_control is CongestionControl.LIA
-        transfer = BulkTransfer(self.env, paths, spec.size_bytes, cc="reno" if lia else spec.congestion_control.value,
-                                coupled="lia" if lia and multipath else "none", mptcp=multipath,
+        # A coupled control (LIA) links the subflows of one MPTCP connection over Reno's window;
+        # a single path has nothing to couple, so it runs Reno (RFC 6356 reduces to it).
+        coupled = CONGESTION_CONTROLS.get(spec.congestion_control).coupled
+        transfer = BulkTransfer(self.env, paths, spec.size_bytes, cc="reno" if coupled else spec.congestion_control,
+                                coupled=spec.congestion_control if coupled and multipath else "none", mptcp=multipath,
+                                snd_buf_bytes=spec.snd_buf_bytes, rcv_buf_bytes=spec.rcv_buf_bytes,
                                 name=f"transfer{row['transfer_id']}")
         self._running.append((row, transfer))
         transfer.done.callbacks.append(lambda _event: self._bulk_done(row, transfer))
@@ -598,12 +530,10 @@ class Simulation:
                          list(self.transfer_rows), self._counter_rows(), self._event_rows(), end_s, self.trace, self)
 
     def _abandon_unfinished(self, now: float) -> None:
-        # ClientHost has no public "give up" command; _finish is how it ends a request itself
-        # (reboot does the same), so the record has every field a finished one has.
+        # abandon gives the record every field a finished one has (reboot does the same).
         for logical in list(self.client.logical.values()):
             if not logical.finished:
-                self.nodes[CLIENT].call(lambda t, lc=logical: lc._finish(t, Outcome.FAILED,
-                                                                        "unfinished when the simulation ended"))
+                self.nodes[CLIENT].call(lambda t, lc=logical: lc.abandon(t, "unfinished when the simulation ended"))
 
     def request_flows(self, request_id: int) -> list[tuple[str, tuple, list[str]]]:
         """(title, flow, nodes) for every connection of one request, for ladder diagrams: each
@@ -628,7 +558,7 @@ class Simulation:
             far = CONVERTER if attempt.proxy is not None else SERVER_NODE
             nodes = [CLIENT, CONVERTER, ROUTER, SERVER_NODE] if self.on_path and far == SERVER_NODE else \
                 [CLIENT, ROUTER, far]
-            flows.append((f"attempt {number} ({attempt.kind.value}): {CLIENT} -> {far}", flow, nodes))
+            flows.append((f"attempt {number} ({attempt.kind}): {CLIENT} -> {far}", flow, nodes))
             if attempt.proxy is None:
                 continue
             arrived = [r.time_s for r in self.trace.packets if r.kind == "delivered" and r.dst == CONVERTER
@@ -687,7 +617,7 @@ class Simulation:
                     add(f"link.{direction.name}", counter, value)
         for name, network in self.networks.items():  # the boxes of the last attachment
             for kind, box in network.boxes:
-                add(f"middlebox.{name}.{kind.value}", "hits", sum(policy.hits for policy in box.policies))
+                add(f"middlebox.{name}.{kind}", "hits", sum(policy.hits for policy in box.policies))
         add("converter_outage", "packets_lost", self.outage.hits)
         return rows
 

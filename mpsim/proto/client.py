@@ -7,18 +7,11 @@ carries the request, or is reset and replaced by a fallback attempt. Every logic
 ends with one :class:`ConnectionRecord` (emitted as :class:`ConnectionFinished`): the ``outcome``,
 the ``fallback_reason``, setup and first-byte times, SYNs, RSTs and source ports it cost.
 
-Schemes (docs/design.md section 4):
-
-====================  ===========================================================================
-plain                 ordinary TCP to the server
-mptcp                 end-to-end MPTCP (RFC 8684) with its fallback rules; v0 retry as a policy
-mp-convert-option     MP_CAPABLE + MP_CONVERT(destination) in the SYN options, to the proxy
-                      (explicit) or to the server through an on-path proxy (implicit)
-syn-payload-eol       MP_CONVERT as option-formatted bytes at the start of the SYN payload,
-                      ended by EOL, then the request (the 2016 proposal); explicit or implicit
-convert               RFC 8803: Convert header + TLVs in the SYN payload to the converter
-socks5                RFC 1928 through a proxy: greeting and CONNECT after the handshake (2 RTTs)
-====================  ===========================================================================
+What a scheme sends and how it reads the answers is the scheme's own module in
+:mod:`mpsim.proto.schemes` (plain, mptcp, mp-convert-option, syn-payload-eol, convert, socks5;
+docs/design.md section 4), registered by name in :data:`mpsim.proto.catalogue.SCHEMES`;
+``ClientPolicy.scheme`` names one. This module is the lifecycle every scheme shares
+(:data:`LOGICAL_TRANSITIONS`): attempts, retries, fallbacks, timeouts and the record.
 
 Fallback after a failed proxy attempt goes to a named target (:class:`FallbackTarget`): direct
 MPTCP, direct plain TCP, or the next configured proxy. A fallback always uses a new source port:
@@ -48,15 +41,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from mpsim.proto.cache import CachePolicy, ClientCaches, ProxyState
-from mpsim.proto.convert import (
-    ConvertClientExchange,
-    ConvertClientPolicy,
-    ConvertReaction,
-    ConvertSynAckCheck,
-)
+from mpsim.proto.catalogue import SCHEMES
+from mpsim.proto.convert import ConvertClientPolicy
 from mpsim.proto.events import FallbackReason, Outcome
 from mpsim.proto.host import Host
 from mpsim.proto.mptcp import MptcpBlackholeState, MptcpClientExtension, MptcpPolicy
+from mpsim.proto.schemes import SignallingScheme
+from mpsim.proto.schemes.syn_payload_eol import SignalAckedAsData
 from mpsim.proto.tcp import (
     Closed,
     CloseReason,
@@ -73,32 +64,13 @@ from mpsim.proto.tcp import (
     TcpState,
     TimedOut,
     Unreachable,
-    syn_base_options,
 )
-from mpsim.proto.socks5_proxy import Socks5ClientExchange, Socks5Result
 from mpsim.proto.tfo import TfoClient, TfoPolicy
-from mpsim.wire.convert import ConnectOption
-from mpsim.wire.mp_convert import MpConvert, mp_convert_from_option
-from mpsim.wire.mptcp import MpCapable
-from mpsim.wire.options import TCP_OPTION_SPACE_BYTES, TcpOptionKind, option_space_bytes
-from mpsim.wire.segment import TcpSegment
-from mpsim.wire.socks5 import Socks5Reply
-from mpsim.wire.syn_payload import SynPayloadSignal, encode_syn_payload
+
+__all__ = ["Attempt", "ClientHost", "ClientPolicy", "ConnectionFinished", "ConnectionRecord", "FallbackTarget",
+           "LOGICAL_TRANSITIONS", "LogicalConnection", "LogicalState", "Proxy", "Request", "SignalAckedAsData"]
 
 Proxy = tuple[IpAddress, int]
-#: SOCKS5 replies that report the server's answer, not the proxy's state: network or host
-#: unreachable, connection refused (RFC 1928 6). Like Convert's Error 96/97 they end the request.
-_SOCKS5_SERVER_ANSWERS = frozenset({Socks5Reply.NETWORK_UNREACHABLE, Socks5Reply.HOST_UNREACHABLE,
-                                    Socks5Reply.CONNECTION_REFUSED})
-
-
-class Scheme(enum.Enum):
-    PLAIN = "plain"
-    MPTCP = "mptcp"
-    MP_CONVERT_OPTION = "mp-convert-option"
-    SYN_PAYLOAD_EOL = "syn-payload-eol"
-    CONVERT = "convert"
-    SOCKS5 = "socks5"
 
 
 class FallbackTarget(enum.Enum):
@@ -109,22 +81,14 @@ class FallbackTarget(enum.Enum):
     OTHER_PROXY = "other_proxy"  # the next configured proxy, then direct TCP
 
 
-class SignalAckedAsData(enum.Enum):
-    """What a client does when a host that is not a proxy ACKed its signalling as SYN data (a
-    legacy stack that queues SYN data, RFC 793): the bytes are now in the server's stream."""
-
-    RESET = "reset"  # RST, then fall back on a new source port (the RST may be lost)
-    CONTINUE = "continue"  # go on as plain TCP; the server application got the signalling bytes
-
-
 @dataclass(frozen=True, slots=True)
 class ClientPolicy:
     """The client's choices where the RFCs leave one."""
 
-    scheme: Scheme = Scheme.CONVERT
+    scheme: str = "convert"  # a name in mpsim.proto.catalogue.SCHEMES
     fallback: FallbackTarget = FallbackTarget.DIRECT_TCP
     upstream_mptcp: bool = True  # MP_CAPABLE towards the proxy (the point of converting)
-    implicit: bool = False  # mp-convert-option / syn-payload-eol: SYN to the server via an on-path proxy
+    implicit: bool = False  # an implicit_capable scheme signals to the server, for an on-path proxy
     signal_acked_as_data: SignalAckedAsData = SignalAckedAsData.RESET
     bypass_mptcp_servers: bool = True  # go direct to servers learned MPTCP-capable (RFC 8803 5)
     convert_info_first: bool = False  # send an Info TLV on the first connection to each converter
@@ -142,6 +106,9 @@ class ClientPolicy:
     max_attempts: int = 6  # a bound on fallbacks and retries for one request
 
     def __post_init__(self) -> None:
+        # An unknown name is an error with a did-you-mean suggestion; a str subclass (the scenario
+        # schema's choices) is stored as the registered name itself.
+        object.__setattr__(self, "scheme", SCHEMES.get(self.scheme).name)
         if self.proxy_syn_retries < 0 or self.max_attempts < 1 or self.reply_timeout_s <= 0 \
                 or (self.response_timeout_s is not None and self.response_timeout_s <= 0):
             raise ValueError("proxy_syn_retries >= 0, max_attempts >= 1, reply_timeout_s > 0 and "
@@ -156,8 +123,12 @@ class Request:
     port: int
     request_size_bytes: int = 100
     response_size_bytes: int = 1000
-    scheme: Scheme | None = None  # None: the client policy's scheme
+    scheme: str | None = None  # a name in SCHEMES; None: the client policy's scheme
     data: bytes = b""  # the request's bytes; empty: a generated one of request_size_bytes
+
+    def __post_init__(self) -> None:
+        if self.scheme is not None:
+            object.__setattr__(self, "scheme", SCHEMES.get(self.scheme).name)
 
     def payload(self) -> bytes:
         if self.data:
@@ -197,21 +168,17 @@ class ConnectionFinished:
     record: ConnectionRecord
 
 
-class AttemptKind(enum.Enum):
-    DIRECT = "direct"
-    CONVERT = "convert"
-    MP_CONVERT_OPTION = "mp_convert_option"
-    SYN_PAYLOAD_EOL = "syn_payload_eol"
-    SOCKS5 = "socks5"
-
-
 @dataclass
-class _Attempt:
-    kind: AttemptKind
-    conn: TcpConnection | None = None
+class Attempt:
+    """One TCP connection a request tried: direct to the server, or carrying a scheme's signalling
+    (to a proxy, or implicit: to the server, for an on-path proxy to intercept)."""
+
+    via: SignallingScheme | None  # whose signalling it carries; None: plain TCP or MPTCP to the server
     proxy: Proxy | None = None
+    implicit: bool = False  # signalling sent to the server itself (via set, proxy None)
+    conn: TcpConnection | None = None
     mptcp: MptcpClientExtension | None = None
-    exchange: Any = None  # ConvertClientExchange or Socks5ClientExchange
+    exchange: Any = None  # the scheme's conversation with its proxy (Convert, SOCKS5)
     syn_payload: bytes = b""
     signal_bytes: int = 0  # signalling this attempt sent (Convert TLVs, EOL options, SOCKS5), not the request
     ready: bool = False
@@ -219,42 +186,55 @@ class _Attempt:
     reason: FallbackReason | None = None  # why the SYN-ACK was refused, for the Closed event that follows
     aborting: bool = False  # we reset it ourselves: its Closed event is no news
 
-
-class _SignalCheck(TcpExtension):
-    """Judges the SYN-ACK of a pre-RFC 8803 signalling attempt (mp-convert-option,
-    syn-payload-eol): who answered, and what happened to the signalling bytes."""
-
-    def __init__(self, logical: LogicalConnection, attempt: _Attempt) -> None:
-        self.logical, self.attempt = logical, attempt
-
-    def on_synack(self, conn: TcpConnection, synack: TcpSegment) -> str | None:
-        return self.logical._judge_signal_synack(self.attempt, conn, synack)
+    @property
+    def kind(self) -> str:
+        """What the attempt was, for ladders and logs: ``direct``, or the scheme whose signalling
+        it carried (its name with ``_`` for ``-``, as results and ladders have always shown it)."""
+        return "direct" if self.via is None else self.via.name.replace("-", "_")
 
 
-class _MpConvertOption(TcpExtension):
-    """Puts MP_CONVERT on every SYN that carries MP_CAPABLE: a SYN without MP_CAPABLE cannot ask
-    for an MPTCP conversion, and one without MP_CONVERT is refused by the explicit proxy (so the
-    option may not be dropped from retransmissions the way TFO's is). Must follow ``mptcp`` in
-    the connection's extensions, which decides per SYN first."""
+class LogicalState(enum.Enum):
+    """Where a request stands (docs/state-diagrams.md draws LOGICAL_TRANSITIONS)."""
 
-    def __init__(self, option: Any, mptcp: MptcpClientExtension) -> None:
-        self.option, self.mptcp = option, mptcp
+    NEW = "new"  # created; the scheme has not opened an attempt yet
+    CONNECTING = "connecting"  # the current attempt's path is not ready (handshake, proxy reply)
+    REQUESTING = "requesting"  # the path is ready: the request is under way, the response awaited
+    DONE = "done"  # the record has been emitted; nothing changes any more
 
-    def syn_options(self, conn: TcpConnection, retransmission: int) -> tuple:
-        return (self.option,) if self.mptcp.fallback_reason is None else ()
+
+_L = LogicalState
+#: The lifecycle of one request, whatever its scheme: the table decides, ``_move`` enforces it.
+LOGICAL_TRANSITIONS: dict[LogicalState, dict[LogicalState, str]] = {
+    _L.NEW: {_L.CONNECTING: "start: the scheme opens the first attempt"},
+    _L.CONNECTING: {
+        _L.CONNECTING: "attempt failed: retry, or fall back on a new source port",
+        _L.REQUESTING: "path ready: handshake done, or the proxy's reply accepted",
+        _L.DONE: "the server's refusal, out of attempts, or abandoned"},
+    _L.REQUESTING: {
+        _L.CONNECTING: "an on-path proxy reverted an implicit attempt: again, unsignalled",
+        _L.DONE: "whole response, peer closed, reset, response timeout, or abandoned"},
+    _L.DONE: {},
+}
 
 
 class LogicalConnection:
-    """One request: its attempts, fallbacks, and the record it ends with. Owner of its TCP connections."""
+    """One request: its attempts, fallbacks, and the record it ends with. Owner of its TCP connections.
+
+    The lifecycle is the same for every scheme (:data:`LOGICAL_TRANSITIONS`); what an attempt
+    sends and how its answers are read is the scheme's (:mod:`mpsim.proto.schemes`), which acts
+    through the public helpers below. Commands: :meth:`start` (the host calls it) and
+    :meth:`abandon`.
+    """
 
     def __init__(self, host: ClientHost, request_id: int, request: Request, now: float) -> None:
         self.host = host
         self.request_id = request_id
         self.request = request
-        self.scheme = request.scheme or host.client_policy.scheme
+        self.scheme: SignallingScheme = SCHEMES.get(request.scheme or host.client_policy.scheme)
+        self.state = LogicalState.NEW
         self.start_s = now
         self.payload = request.payload()
-        self.attempts: list[_Attempt] = []
+        self.attempts: list[Attempt] = []
         self.proxies_tried: list[Proxy] = []
         self.outcome: Outcome | None = None
         self.fallback_reason: FallbackReason | None = None
@@ -265,25 +245,97 @@ class LogicalConnection:
         self.first_byte_s: float | None = None
         self.delivered_bytes = 0
         self.deadline: float | None = None
-        self.finished = False
         self.detail = ""
 
-    # --- planning -----------------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        return self.state is LogicalState.DONE
+
+    def _move(self, state: LogicalState) -> None:
+        if state not in LOGICAL_TRANSITIONS[self.state]:
+            raise RuntimeError(f"illegal request transition {self.state.name} -> {state.name}")  # a bug, not input
+        self.state = state
+
+    # --- commands --------------------------------------------------------------------------------
 
     def start(self, now: float) -> None:
-        policy = self.host.client_policy
-        if self.scheme is Scheme.PLAIN:
-            self._open_direct(now, mptcp=False)
-        elif self.scheme is Scheme.MPTCP:
-            self._open_direct(now, mptcp=True)
-        elif self.scheme is Scheme.CONVERT and policy.bypass_mptcp_servers and \
-                self.host.caches.server_mptcp_capable(self.request.destination):
-            self.detail = "bypassed the converter: server known MPTCP-capable"
-            self._open_direct(now, mptcp=True)
-        elif policy.implicit and self.scheme in (Scheme.MP_CONVERT_OPTION, Scheme.SYN_PAYLOAD_EOL):
-            self._open_signalled(now, proxy=None)
+        if self.state is not LogicalState.NEW:
+            raise RuntimeError(f"request {self.request_id} started twice")
+        self.scheme.start(self, now)
+
+    def abandon(self, now: float, detail: str) -> None:
+        """Give the request up as failed (``detail`` says why): its connections are reset, unless
+        the host has forgotten them (a reboot, a lost network), and its record is emitted with
+        every field a finished one has. Nothing happens to a request that has finished."""
+        self._finish(now, Outcome.FAILED, detail)
+
+    # --- for the schemes: opening attempts -------------------------------------------------------
+
+    def attempts_left(self) -> bool:
+        return len(self.attempts) < self.host.client_policy.max_attempts
+
+    def new_attempt(self, via: SignallingScheme | None, proxy: Proxy | None = None, *,
+                    implicit: bool = False) -> Attempt:
+        # The reply deadline belongs to the attempt that set it: left armed, it would cut a
+        # fallback attempt short (a direct SYN still retrying when the old deadline passes).
+        self.deadline = None
+        self._move(LogicalState.CONNECTING)
+        attempt = Attempt(via, proxy=proxy, implicit=implicit)
+        self.attempts.append(attempt)
+        return attempt
+
+    def mptcp_extension(self, attempt: Attempt, policy: MptcpPolicy | None = None) -> tuple[TcpExtension, ...]:
+        """MP_CAPABLE on the attempt's SYN: the MPTCP extension, kept as ``attempt.mptcp``."""
+        attempt.mptcp = MptcpClientExtension(rng=self.host.rng, mib=self.host.mib,
+                                             policy=policy or self.host.mptcp_policy,
+                                             blackhole=self.host.mptcp_blackhole)
+        return (attempt.mptcp,)
+
+    def local_address(self, remote: IpAddress) -> IpAddress:
+        return self.host.source_address(remote)
+
+    def open_attempt(self, attempt: Attempt, remote: IpAddress, port: int, now: float, *, syn_payload: bytes = b"",
+                     extensions: tuple[TcpExtension, ...] = (), policy: TcpPolicy | None = None) -> None:
+        """Open the attempt's TCP connection (this request owns it); send with :meth:`send_rest`
+        and hand the first packets to the host with :meth:`collect`."""
+        attempt.syn_payload = syn_payload
+        attempt.conn = self.host.open(self, self.local_address(remote), remote, port, now, syn_payload=syn_payload,
+                                      extensions=extensions, policy=policy)
+
+    def send_rest(self, attempt: Attempt, sent_in_syn_bytes: int, now: float) -> None:
+        """The request bytes that did not fit into the SYN go after the handshake."""
+        if sent_in_syn_bytes < len(self.payload):
+            attempt.conn.send(self.payload[sent_in_syn_bytes:], now)
+
+    def collect(self, attempt: Attempt, now: float) -> None:
+        self.host.collect(attempt.conn, now)
+
+    def proxy_tcp_policy(self) -> TcpPolicy:
+        # Give up on an unanswered proxy quickly, as Linux gives up on MP_CAPABLE SYNs: SYNs at
+        # 0, 1 and 3 s with the default of 2 retries, then the fallback.
+        return replace(self.host.policy, syn_retries=self.host.client_policy.proxy_syn_retries)
+
+    def syn_data_limit_bytes(self, remote: IpAddress) -> int:
+        """What one SYN may carry towards ``remote``: the cached MSS, or RFC 7413 4.1.3's default
+        (536 bytes over IPv4, 1220 over IPv6) — signalling and request together."""
+        return self.host.tfo.syn_data_limit_bytes(self.local_address(remote), remote)
+
+    def open_direct(self, now: float, *, mptcp: bool, mptcp_policy: MptcpPolicy | None = None) -> None:
+        """An attempt to the server itself, plain TCP or MPTCP (with TFO when the policy says so):
+        the plain and mptcp schemes, and every fallback."""
+        attempt = self.new_attempt(None)
+        extensions = self.mptcp_extension(attempt, mptcp_policy) if mptcp else ()
+        dest, port = self.request.destination, self.request.port
+        if self.host.client_policy.tfo_to_server:
+            plan = self.host.tfo.plan_syn(self.local_address(dest), dest, now, self.payload)
+            self.open_attempt(attempt, dest, port, now, syn_payload=plan.syn_payload,
+                              extensions=(self.host.tfo.extension(plan), *extensions))
+            if plan.rest(self.payload):
+                attempt.conn.send(plan.rest(self.payload), now)
         else:
-            self._open_via_proxy(now)
+            self.open_attempt(attempt, dest, port, now, extensions=extensions)
+            attempt.conn.send(self.payload, now)
+        self.collect(attempt, now)
 
     def _next_proxy(self, now: float) -> Proxy | None:
         for proxy in self.host.proxies:
@@ -291,189 +343,77 @@ class LogicalConnection:
                 return proxy
         return None
 
-    def _open_via_proxy(self, now: float) -> None:
+    def open_via_proxy(self, now: float) -> None:
+        """The scheme's attempt to the next configured proxy the caches allow, else the fallback."""
         proxy = self._next_proxy(now)
         if proxy is None:
-            self._fall_back(now, FallbackReason.CONVERTER_CACHED_OFF if self.host.proxies else
-                            FallbackReason.PROXY_FAILED)
+            self.fall_back(now, FallbackReason.CONVERTER_CACHED_OFF if self.host.proxies else
+                           FallbackReason.PROXY_FAILED)
             return
         self.proxies_tried.append(proxy)
-        if self.scheme is Scheme.CONVERT:
-            self._open_convert(now, proxy)
-        elif self.scheme is Scheme.SOCKS5:
-            self._open_socks5(now, proxy)
-        else:
-            self._open_signalled(now, proxy)
+        self.scheme.open(self, now, proxy)
 
-    def _fall_back(self, now: float, reason: FallbackReason) -> None:
+    def arm_reply_deadline(self, now: float) -> None:
+        """Wait ``reply_timeout_s`` for the proxy's reply after the handshake."""
+        self.deadline = now + self.host.client_policy.reply_timeout_s
+
+    # --- for the schemes: verdicts ---------------------------------------------------------------
+
+    def path_ready(self, attempt: Attempt, now: float) -> None:
+        """The attempt can carry the request (the scheme's handshake and reply are done)."""
+        self._move(LogicalState.REQUESTING)
+        attempt.ready = True
+        self._await_response(now)
+        if self.setup_s is None:
+            self.setup_s = now - self.start_s
+        self.via_proxy = attempt.proxy is not None or \
+            (attempt.implicit and attempt.via is not None and attempt.via.converted_implicitly(attempt))
+        if attempt.proxy is not None:
+            self.host.caches.mark_usable(attempt.proxy)
+
+    def abort(self, attempt: Attempt, now: float) -> None:
+        """Reset the attempt's connection (if the host still has it); its Closed event is no news."""
+        attempt.aborting = True
+        if attempt.conn is not None and attempt.conn.four_tuple in self.host.connections:
+            self.host.abort(attempt.conn, now)
+
+    def fall_back(self, now: float, reason: FallbackReason) -> None:
         """The proxy path failed for ``reason``: try the configured fallback on a new port."""
         self.fallback_reason = self.fallback_reason or reason
-        if len(self.attempts) >= self.host.client_policy.max_attempts:
+        if not self.attempts_left():
             self._finish(now, Outcome.FAILED, "too many attempts")
             return
         target = self.host.client_policy.fallback
-        if target is FallbackTarget.OTHER_PROXY and self.scheme not in (Scheme.PLAIN, Scheme.MPTCP):
+        if target is FallbackTarget.OTHER_PROXY and self.scheme.proxy is not None:
             if self._next_proxy(now) is not None:
-                self._open_via_proxy(now)
+                self.open_via_proxy(now)
                 return
             target = FallbackTarget.DIRECT_TCP
-        self._open_direct(now, mptcp=target is FallbackTarget.DIRECT_MPTCP)
+        self.open_direct(now, mptcp=target is FallbackTarget.DIRECT_MPTCP)
 
-    # --- opening attempts ----------------------------------------------------------------------
+    def fail(self, now: float, detail: str) -> None:
+        """End the request as failed: what the server answered (through the proxy) ends it."""
+        self._finish(now, Outcome.FAILED, detail)
 
-    def _new_attempt(self, kind: AttemptKind, proxy: Proxy | None = None) -> _Attempt:
-        # The reply deadline belongs to the attempt that set it: left armed, it would cut a
-        # fallback attempt short (a direct SYN still retrying when the old deadline passes).
-        self.deadline = None
-        attempt = _Attempt(kind, proxy=proxy)
-        self.attempts.append(attempt)
-        return attempt
-
-    def _mptcp_extension(self, attempt: _Attempt, policy: MptcpPolicy | None = None) -> tuple[TcpExtension, ...]:
-        attempt.mptcp = MptcpClientExtension(rng=self.host.rng, mib=self.host.mib,
-                                             policy=policy or self.host.mptcp_policy,
-                                             blackhole=self.host.mptcp_blackhole)
-        return (attempt.mptcp,)
-
-    def _local_address(self, remote: IpAddress) -> IpAddress:
-        return self.host.source_address(remote)
-
-    def _open(self, attempt: _Attempt, remote: IpAddress, port: int, now: float, *, syn_payload: bytes = b"",
-              extensions: tuple[TcpExtension, ...] = (), policy: TcpPolicy | None = None) -> None:
-        attempt.syn_payload = syn_payload
-        attempt.conn = self.host.open(self, self._local_address(remote), remote, port, now, syn_payload=syn_payload,
-                                      extensions=extensions, policy=policy)
-
-    def _open_direct(self, now: float, *, mptcp: bool, mptcp_policy: MptcpPolicy | None = None) -> None:
-        attempt = self._new_attempt(AttemptKind.DIRECT)
-        extensions = self._mptcp_extension(attempt, mptcp_policy) if mptcp else ()
-        dest, port = self.request.destination, self.request.port
-        if self.host.client_policy.tfo_to_server:
-            plan = self.host.tfo.plan_syn(self._local_address(dest), dest, now, self.payload)
-            self._open(attempt, dest, port, now, syn_payload=plan.syn_payload,
-                       extensions=(self.host.tfo.extension(plan), *extensions))
-            if plan.rest(self.payload):
-                attempt.conn.send(plan.rest(self.payload), now)
-        else:
-            self._open(attempt, dest, port, now, extensions=extensions)
-            attempt.conn.send(self.payload, now)
-        self.host.collect(attempt.conn, now)
-
-    def _proxy_tcp_policy(self) -> TcpPolicy:
-        # Give up on an unanswered proxy quickly, as Linux gives up on MP_CAPABLE SYNs: SYNs at
-        # 0, 1 and 3 s with the default of 2 retries, then the fallback.
-        return replace(self.host.policy, syn_retries=self.host.client_policy.proxy_syn_retries)
-
-    def _open_convert(self, now: float, proxy: Proxy) -> None:
-        attempt = self._new_attempt(AttemptKind.CONVERT, proxy)
-        entry = self.host.caches.proxy(proxy, now)
-        exchange = ConvertClientExchange(self.host.convert_policy)
-        attempt.exchange = exchange
-        first_time = proxy not in self.host.converters_seen
-        options = self._connect_options_for(proxy, entry.unsupported_kinds)
-        payload = exchange.syn_payload(self.request.destination, self.request.port,
-                                       info=self.host.client_policy.convert_info_first and first_time,
-                                       cookie=entry.cookie, options=options, app_data=self.payload,
-                                       max_bytes=self._syn_data_limit_bytes(proxy[0]))
-        self.host.converters_seen.add(proxy)
-        attempt.signal_bytes = len(payload) - exchange.app_data_bytes
-        extensions = (ConvertSynAckCheck(exchange),)
-        if self.host.client_policy.upstream_mptcp:
-            extensions += self._mptcp_extension(attempt)
-        self._open(attempt, proxy[0], proxy[1], now, syn_payload=payload, extensions=extensions,
-                   policy=self._proxy_tcp_policy())
-        self._send_rest(attempt, exchange.app_data_bytes, now)
-        self.host.collect(attempt.conn, now)
-
-    def _syn_data_limit_bytes(self, remote: IpAddress) -> int:
-        """What one SYN may carry towards ``remote``: the cached MSS, or RFC 7413 4.1.3's default
-        (536 bytes over IPv4, 1220 over IPv6) — signalling and request together."""
-        return self.host.tfo.syn_data_limit_bytes(self._local_address(remote), remote)
-
-    def _send_rest(self, attempt: _Attempt, sent_in_syn_bytes: int, now: float) -> None:
-        """The request bytes that did not fit into the SYN go after the handshake."""
-        if sent_in_syn_bytes < len(self.payload):
-            attempt.conn.send(self.payload[sent_in_syn_bytes:], now)
-
-    def _connect_options_for(self, proxy: Proxy, unsupported: tuple[int, ...]) -> tuple[ConnectOption, ...]:
-        """Extended Connect entries (RFC 8803 7), minus the kinds the converter refused (Error 33):
-        MPTCP towards the server, and the server's TFO (an empty option asks for a cookie, a cookie
-        learned through this converter is copied verbatim)."""
-        policy, options = self.host.client_policy, ()
-        if policy.mptcp_to_server and TcpOptionKind.MPTCP not in unsupported:
-            options += (ConnectOption(TcpOptionKind.MPTCP),)
-        if policy.tfo_to_server and TcpOptionKind.TFO not in unsupported:
-            cookie = self.host.converter_tfo_cookies.get((proxy, self.request.destination), b"")
-            options += (ConnectOption(TcpOptionKind.TFO, cookie),)
-        return options
-
-    def _open_signalled(self, now: float, proxy: Proxy | None) -> None:
-        """mp-convert-option or syn-payload-eol, explicit (to ``proxy``) or implicit (proxy None:
-        to the server itself, for an on-path proxy to intercept)."""
-        kind = AttemptKind.MP_CONVERT_OPTION if self.scheme is Scheme.MP_CONVERT_OPTION else AttemptKind.SYN_PAYLOAD_EOL
-        attempt = self._new_attempt(kind, proxy)
-        implicit = proxy is None
-        signal = MpConvert(None, None, implicit=True) if implicit else \
-            MpConvert(self.request.destination, self.request.port, implicit=False)
-        remote, port = (self.request.destination, self.request.port) if implicit else proxy
-        extensions: tuple[TcpExtension, ...] = (_SignalCheck(self, attempt),)
-        extensions += self._mptcp_extension(attempt)
-        syn_payload = b""
-        if kind is AttemptKind.MP_CONVERT_OPTION:
-            base = syn_base_options(self.host.policy)
-            needed = option_space_bytes(base + (MpCapable(1, 1), signal))
-            if needed > TCP_OPTION_SPACE_BYTES:
-                self.attempts.pop()
-                self.detail = f"MP_CONVERT needs {needed} option bytes of {TCP_OPTION_SPACE_BYTES}"
-                self._fall_back(now, FallbackReason.SIGNAL_DOES_NOT_FIT)
+    def _attempt_failed(self, attempt: Attempt, now: float, reason: FallbackReason | None, *,
+                        detail: str = "") -> None:
+        """The current attempt cannot carry the request: reset it, then retry, fall back or give up."""
+        if self.finished or attempt.failed or attempt is not self.attempts[-1]:
+            return
+        attempt.failed = True
+        self.abort(attempt, now)
+        if attempt.via is None or (attempt.proxy is None and reason is None):
+            retry = attempt.mptcp.retry_policy if attempt.mptcp is not None else None
+            if retry is not None and self.attempts_left():
+                self.fallback_reason = self.fallback_reason or FallbackReason.MP_CAPABLE_MISSING_SYNACK
+                self.open_direct(now, mptcp=True, mptcp_policy=retry)
                 return
-            # As it travels: the MP_EXPERIMENTAL option (a proxy reads it with mp_convert_from_option).
-            extensions += (_MpConvertOption(signal.to_option(), attempt.mptcp),)
-        else:
-            attempt.signal_bytes = len(encode_syn_payload(SynPayloadSignal((signal,))))
-            in_syn = self.payload[: max(0, self._syn_data_limit_bytes(remote) - attempt.signal_bytes)]
-            syn_payload = encode_syn_payload(SynPayloadSignal((signal,), in_syn))
-        self._open(attempt, remote, port, now, syn_payload=syn_payload, extensions=extensions,
-                   policy=self._proxy_tcp_policy() if not implicit else None)
-        self._send_rest(attempt, len(syn_payload) - attempt.signal_bytes if syn_payload else 0, now)
-        self.host.collect(attempt.conn, now)
-
-    def _open_socks5(self, now: float, proxy: Proxy) -> None:
-        attempt = self._new_attempt(AttemptKind.SOCKS5, proxy)
-        attempt.exchange = Socks5ClientExchange(self.request.destination, self.request.port)
-        extensions = self._mptcp_extension(attempt) if self.host.client_policy.upstream_mptcp else ()
-        self._open(attempt, proxy[0], proxy[1], now, extensions=extensions, policy=self._proxy_tcp_policy())
-        self.host.collect(attempt.conn, now)
-
-    # --- judging what came back ------------------------------------------------------------------
-
-    def _judge_signal_synack(self, attempt: _Attempt, conn: TcpConnection, synack: TcpSegment) -> str | None:
-        """Who answered a signalled SYN, and what became of the signalling (docs/protocols.md 2.4, 2.6).
-
-        What the proxy does is mpsim/proto/mp_convert_proxy.py's: the explicit proxy answers only
-        once the server has (RFC timing), ACKs the whole SYN payload, signalling included, and
-        refuses with RST; the on-path proxy answers as the server, drops SYN data and echoes
-        nothing, so an implicit client cannot tell it from an MPTCP server.
-        """
-        acked_all = conn.syn_data_acked_bytes >= len(attempt.syn_payload)
-        if attempt.kind is AttemptKind.SYN_PAYLOAD_EOL and not acked_all:
-            # The signalling was not taken: Linux would resend it as data after the handshake,
-            # where it would reach the server application. Reset instead (RFC 8803 8 does the same).
-            attempt.reason = FallbackReason.SIGNAL_NOT_ACKED
-            return "signalling not acknowledged"
-        if attempt.proxy is not None or any(mp_convert_from_option(o) is not None for o in synack.options):
-            # A proxy took the request (without MP_CAPABLE in its SYN-ACK our leg is plain TCP,
-            # which a proxy relays when the I flag is clear: the MPTCP extension records why).
-            return None
-        if attempt.kind is AttemptKind.SYN_PAYLOAD_EOL and conn.syn_data_acked_bytes:
-            # Implicit, and the server's own stack ACKed the payload (an on-path proxy drops SYN
-            # data): it queued the signalling as data, MPTCP server or not (RFC 793 / TFO).
-            if self.host.client_policy.signal_acked_as_data is SignalAckedAsData.RESET:
-                attempt.reason = FallbackReason.SIGNAL_ACKED_AS_DATA
-                return "signalling acknowledged as data"
-            self.signal_leaked = True
-            self.fallback_reason = FallbackReason.SIGNAL_ACKED_AS_DATA
-        return None  # implicit: a proxy or the server answered; the connection is what MPTCP made of it
+            self._finish(now, Outcome.FAILED, detail or (reason.value if reason else "failed"))
+            return
+        reason = reason or FallbackReason.CONVERTER_REPLY_INVALID
+        if attempt.proxy is not None:
+            self.host.caches.mark_off(attempt.proxy, now, reason)
+        self.fall_back(now, reason)
 
     # --- the owner interface -----------------------------------------------------------------------
 
@@ -485,7 +425,10 @@ class LogicalConnection:
             for fact in attempt.mptcp.pull_events():
                 host.emit(fact)
         if isinstance(event, Established):
-            self._on_established(attempt, now)
+            if attempt.via is None:
+                self.path_ready(attempt, now)
+            else:
+                attempt.via.on_established(self, attempt, now)
         elif isinstance(event, DataReceived):
             self._on_data(attempt, event.data, now)
         elif isinstance(event, PeerClosed):
@@ -504,10 +447,10 @@ class LogicalConnection:
                 and not attempt.failed:
             # An extension aborted the connection: it refused the SYN-ACK (RFC 8803 8 payload
             # check, signalling check, MPTCP v0 retry), or an MP_FASTCLOSE came (a proxy's reset).
-            self._connection_lost(attempt, now, attempt.reason or self._exchange_reason(attempt),
+            self._connection_lost(attempt, now, attempt.reason or self._synack_refused_reason(attempt),
                                   "reset (MP_FASTCLOSE)" if attempt.ready else "SYN-ACK refused")
 
-    def _connection_lost(self, attempt: _Attempt, now: float, reason: FallbackReason | None, detail: str) -> None:
+    def _connection_lost(self, attempt: Attempt, now: float, reason: FallbackReason | None, detail: str) -> None:
         if self._reverted_by_proxy(attempt):
             self._attempt_failed(attempt, now, attempt.mptcp.fallback_reason, detail=detail)
         elif attempt.ready:
@@ -517,91 +460,49 @@ class LogicalConnection:
         else:
             self._attempt_failed(attempt, now, reason, detail=detail)
 
-    def _reverted_by_proxy(self, attempt: _Attempt) -> bool:
+    def _reverted_by_proxy(self, attempt: Attempt) -> bool:
         """An implicit signalled attempt whose MPTCP fell back, reset before any answer came: an
         on-path proxy enforcing the I flag ("do not revert to TCP") resets both legs, so the
         request may go again, unsignalled, on a new port (mp_convert_proxy.py, reset_on_revert)."""
         # A SYN-ACK must have come: a RST to the SYN itself is the server refusing (the proxy, if
         # any, only intercepts SYNs that still carry MP_CAPABLE and answers them with a SYN-ACK).
-        return attempt.proxy is None and attempt.kind in (AttemptKind.MP_CONVERT_OPTION, AttemptKind.SYN_PAYLOAD_EOL) \
-            and self.first_byte_s is None and attempt.conn is not None and attempt.conn.synack is not None \
-            and attempt.mptcp is not None and attempt.mptcp.fallback_reason is not None
+        return attempt.implicit and self.first_byte_s is None and attempt.conn is not None \
+            and attempt.conn.synack is not None and attempt.mptcp is not None \
+            and attempt.mptcp.fallback_reason is not None
 
     @staticmethod
-    def _failure_reason(attempt: _Attempt, event: TcpEvent) -> FallbackReason | None:
-        if attempt.kind is AttemptKind.DIRECT or (attempt.proxy is None and isinstance(event, ResetReceived)):
+    def _failure_reason(attempt: Attempt, event: TcpEvent) -> FallbackReason | None:
+        if attempt.via is None or (attempt.proxy is None and isinstance(event, ResetReceived)):
             # Nothing to fall back from: the server itself refused or stayed silent (implicit: the
             # SYN went to the server, and an on-path proxy answers for it as the server would).
             return None
         if isinstance(event, TimedOut):
             return FallbackReason.CONVERTER_SYN_TIMEOUT if event.what == "syn" else FallbackReason.CONVERTER_REPLY_MISSING
-        if attempt.kind is AttemptKind.SOCKS5:
-            return FallbackReason.PROXY_FAILED
-        return FallbackReason.CONVERTER_REFUSED
+        return attempt.via.refused_reason(attempt, event)
 
-    def _exchange_reason(self, attempt: _Attempt) -> FallbackReason:
-        if isinstance(attempt.exchange, ConvertClientExchange) and attempt.exchange.reply is not None:
-            return attempt.exchange.reply.fallback_reason or FallbackReason.CONVERTER_REPLY_INVALID
+    @staticmethod
+    def _synack_refused_reason(attempt: Attempt) -> FallbackReason:
+        reason = attempt.via.synack_refused_reason(attempt) if attempt.via is not None else None
+        if reason is not None:
+            return reason
         if attempt.mptcp is not None and attempt.mptcp.retry_policy is not None:
             return FallbackReason.MP_CAPABLE_MISSING_SYNACK
         return FallbackReason.CONVERTER_REPLY_INVALID
 
-    def _on_established(self, attempt: _Attempt, now: float) -> None:
-        if attempt.kind in (AttemptKind.DIRECT, AttemptKind.MP_CONVERT_OPTION, AttemptKind.SYN_PAYLOAD_EOL):
-            self._path_ready(attempt, now)
-        elif attempt.kind is AttemptKind.SOCKS5:
-            greeting = attempt.exchange.greeting()
-            attempt.signal_bytes += len(greeting)
-            attempt.conn.send(greeting, now)
-            self.deadline = now + self.host.client_policy.reply_timeout_s
-        else:  # CONVERT: the reply comes in the SYN-ACK (RFC timing) or as the first bytes (socket timing)
-            self.deadline = now + self.host.client_policy.reply_timeout_s
-
-    def _path_ready(self, attempt: _Attempt, now: float) -> None:
-        attempt.ready = True
-        self._await_response(now)
-        if self.setup_s is None:
-            self.setup_s = now - self.start_s
-        self.via_proxy = attempt.proxy is not None or attempt.kind in (AttemptKind.MP_CONVERT_OPTION,
-                                                                       AttemptKind.SYN_PAYLOAD_EOL) and \
-            self._implicit_converted(attempt)
-        if attempt.proxy is not None:
-            self.host.caches.mark_usable(attempt.proxy)
+    @staticmethod
+    def _reply_missing(attempt: Attempt) -> FallbackReason:
+        if attempt.via is not None:
+            return attempt.via.reply_missing_reason(attempt)
+        return FallbackReason.CONVERTER_REPLY_MISSING
 
     def _await_response(self, now: float) -> None:
         timeout_s = self.host.client_policy.response_timeout_s
         self.deadline = None if timeout_s is None else now + timeout_s
 
-    def _implicit_converted(self, attempt: _Attempt) -> bool:
-        synack = attempt.conn.synack
-        return synack is not None and any(mp_convert_from_option(o) is not None for o in synack.options)
-
-    def _on_data(self, attempt: _Attempt, data: bytes, now: float) -> None:
+    def _on_data(self, attempt: Attempt, data: bytes, now: float) -> None:
         if not attempt.ready:
-            if attempt.kind is AttemptKind.CONVERT:
-                reply = attempt.exchange.receive(data)
-                if reply is None:
-                    return
-                if reply.must_reset:
-                    self._react_to_convert_reply(attempt, reply, now)
-                    return
-                self._learn_from_convert_reply(attempt, reply)
-                self._path_ready(attempt, now)
-                data = reply.app_data
-            elif attempt.kind is AttemptKind.SOCKS5:
-                request = attempt.exchange.receive(data)  # the CONNECT, once the method is agreed
-                if request:
-                    attempt.signal_bytes += len(request)
-                    attempt.conn.send(request, now)
-                result = attempt.exchange.result
-                if result is None:
-                    return
-                if not result.succeeded:
-                    self._react_to_socks5_result(attempt, result, now)
-                    return
-                self._path_ready(attempt, now)
-                attempt.conn.send(self.payload, now)
-                data = result.app_data
+            if attempt.via is not None:
+                data = attempt.via.on_reply(self, attempt, data, now)
             if not data:
                 return
         if self.first_byte_s is None:
@@ -610,100 +511,6 @@ class LogicalConnection:
         self.delivered_bytes += len(data)
         if self.delivered_bytes >= self.request.response_size_bytes:
             self._complete(attempt, now)
-
-    def _learn_from_convert_reply(self, attempt: _Attempt, reply: Any) -> None:
-        caches = self.host.caches
-        if reply.supported_kinds is not None:
-            caches.store_supported_kinds(attempt.proxy, reply.supported_kinds)
-        if reply.server_options:
-            caches.learn_server(self.request.destination, mptcp_capable=reply.server_mptcp_capable,
-                                learned_via="extended_tcp_header")
-        if reply.server_tfo_cookie:
-            self.host.converter_tfo_cookies[(attempt.proxy, self.request.destination)] = reply.server_tfo_cookie
-
-    def _react_to_convert_reply(self, attempt: _Attempt, reply: Any, now: float) -> None:
-        """RFC 8803 6.2.8: reset on any Error TLV, then act per code (docs/protocols.md 8.3)."""
-        attempt.failed = True
-        self._abort(attempt, now)
-        caches, proxy, advice = self.host.caches, attempt.proxy, reply.advice
-        if reply.error is not None:
-            self.converter_error = reply.error.code
-        reaction = advice.reaction
-        if reaction is ConvertReaction.RETRY_WITH_COOKIE:
-            caches.store_cookie(proxy, advice.cookie)
-            self._retry_same_proxy(proxy, now)
-        elif reaction is ConvertReaction.RETRY_WITHOUT_OPTIONS:
-            caches.store_unsupported_kinds(proxy, advice.kinds)
-            self._retry_same_proxy(proxy, now)
-        elif reaction is ConvertReaction.BACK_OFF:
-            caches.mark_backoff(proxy, now, advice.back_off_s)
-            self._fall_back(now, reply.fallback_reason)
-        elif reaction in (ConvertReaction.REPORT_REFUSED, ConvertReaction.REPORT_UNREACHABLE):
-            self.fallback_reason = reply.fallback_reason
-            self._finish(now, Outcome.FAILED, reaction.value)
-        else:  # CONVERTER_OFF, RETRY_OTHER_VERSION (we speak version 1 only), RESET_LOG
-            if reply.error is not None and reply.error.code == 32:
-                caches.mark_not_authorized(proxy, now)
-            else:
-                caches.mark_off(proxy, now, reply.fallback_reason or FallbackReason.CONVERTER_REPLY_INVALID)
-            self._fall_back(now, reply.fallback_reason or FallbackReason.CONVERTER_REPLY_INVALID)
-
-    def _react_to_socks5_result(self, attempt: _Attempt, result: Socks5Result, now: float) -> None:
-        """A failure reply (RFC 1928 6), read the way RFC 8803 error classes are (docs/protocols.md 8.3):
-        what the server answered ends the request; a ruleset refusal is "not authorized"; a general
-        failure or a timeout is a transient proxy problem (back off); the rest means the proxy
-        cannot serve us (off). RFC 1928 has no Error TLV to carry more."""
-        attempt.failed = True
-        self._abort(attempt, now)
-        code, caches, proxy = result.reply_code, self.host.caches, attempt.proxy
-        self.converter_error = code
-        if code in _SOCKS5_SERVER_ANSWERS:
-            self.fallback_reason = FallbackReason.PROXY_FAILED
-            self._finish(now, Outcome.FAILED, f"socks5 reply {code:#04x}")
-            return
-        if code == Socks5Reply.CONNECTION_NOT_ALLOWED:
-            caches.mark_not_authorized(proxy, now)
-        elif code in (Socks5Reply.GENERAL_FAILURE, Socks5Reply.TTL_EXPIRED):
-            caches.mark_backoff(proxy, now, 0.0)
-        else:  # unsupported command or address type, no acceptable method, not SOCKS5 at all
-            caches.mark_off(proxy, now, FallbackReason.PROXY_FAILED)
-        self._fall_back(now, FallbackReason.PROXY_FAILED)
-
-    def _abort(self, attempt: _Attempt, now: float) -> None:
-        attempt.aborting = True
-        if attempt.conn is not None and attempt.conn.four_tuple in self.host.connections:
-            self.host.abort(attempt.conn, now)
-
-    def _retry_same_proxy(self, proxy: Proxy, now: float) -> None:
-        if len(self.attempts) >= self.host.client_policy.max_attempts:
-            self._finish(now, Outcome.FAILED, "too many attempts")
-            return
-        self._open_convert(now, proxy)
-
-    def _reply_missing(self, attempt: _Attempt) -> FallbackReason:
-        if isinstance(attempt.exchange, ConvertClientExchange) and attempt.exchange.reply is None:
-            return attempt.exchange.reply_missing().fallback_reason
-        return FallbackReason.CONVERTER_REPLY_MISSING
-
-    def _attempt_failed(self, attempt: _Attempt, now: float, reason: FallbackReason | None, *,
-                        detail: str = "") -> None:
-        """The current attempt cannot carry the request: reset it, then retry, fall back or give up."""
-        if self.finished or attempt.failed or attempt is not self.attempts[-1]:
-            return
-        attempt.failed = True
-        self._abort(attempt, now)
-        if attempt.kind is AttemptKind.DIRECT or (attempt.proxy is None and reason is None):
-            retry = attempt.mptcp.retry_policy if attempt.mptcp is not None else None
-            if retry is not None and len(self.attempts) < self.host.client_policy.max_attempts:
-                self.fallback_reason = self.fallback_reason or FallbackReason.MP_CAPABLE_MISSING_SYNACK
-                self._open_direct(now, mptcp=True, mptcp_policy=retry)
-                return
-            self._finish(now, Outcome.FAILED, detail or (reason.value if reason else "failed"))
-            return
-        reason = reason or FallbackReason.CONVERTER_REPLY_INVALID
-        if attempt.proxy is not None:
-            self.host.caches.mark_off(attempt.proxy, now, reason)
-        self._fall_back(now, reason)
 
     # --- ending --------------------------------------------------------------------------------------
 
@@ -717,7 +524,7 @@ class LogicalConnection:
         elif attempt.conn is not None:
             self._attempt_failed(attempt, now, self._reply_missing(attempt))
 
-    def _complete(self, attempt: _Attempt, now: float) -> None:
+    def _complete(self, attempt: Attempt, now: float) -> None:
         if self.delivered_bytes < self.request.response_size_bytes:
             # The peer closed before the whole response: the application got less than it asked
             # for, which is no success whatever path carried it.
@@ -732,7 +539,7 @@ class LogicalConnection:
             outcome = Outcome.CONVERTED
         elif not self.via_proxy and mptcp_on:
             outcome = Outcome.MPTCP
-        elif self.scheme is Scheme.PLAIN and self.fallback_reason is None:
+        elif self.scheme.plain_tcp and self.fallback_reason is None:
             outcome = Outcome.TCP
         else:  # through the proxy without MPTCP on our leg, or direct after a fallback
             outcome = Outcome.FALLBACK_TCP
@@ -746,7 +553,7 @@ class LogicalConnection:
     def _finish(self, now: float, outcome: Outcome, detail: str = "") -> None:
         if self.finished:
             return
-        self.finished = True
+        self._move(LogicalState.DONE)
         self.host.unfinished.pop(self.request_id, None)
         self.outcome = outcome
         self.deadline = None
@@ -754,10 +561,10 @@ class LogicalConnection:
         if outcome is Outcome.FAILED:
             for attempt in self.attempts:
                 if attempt.conn is not None and attempt.conn.state is not TcpState.TIME_WAIT:
-                    self._abort(attempt, now)
+                    self.abort(attempt, now)
         record = ConnectionRecord(
             request_id=self.request_id,
-            scheme=self.scheme.value,
+            scheme=self.scheme.name,
             destination=f"{self.request.destination}:{self.request.port}",
             outcome=outcome.value,
             fallback_reason=self.fallback_reason.value if self.fallback_reason else None,
@@ -841,7 +648,7 @@ class ClientHost(Host):
         self._out.clear()
         for logical in self.logical.values():
             if not logical.finished:
-                logical._finish(now, Outcome.FAILED, "host rebooted")
+                logical.abandon(now, "host rebooted")
         self.ports = type(self.ports)(self.rng, self.ports.low, self.ports.high)
         self.caches.host_rebooted()
         self.tfo.cache.clear()
@@ -860,7 +667,7 @@ class ClientHost(Host):
                 self._drop(conn)
             for logical in self.logical.values():
                 if not logical.finished and any(a.conn in stale for a in logical.attempts):
-                    logical._finish(now, Outcome.FAILED, "network changed")
+                    logical.abandon(now, "network changed")
         self.caches.network_attached()
 
     def discover_proxy(self, proxy: Proxy, now: float) -> None:

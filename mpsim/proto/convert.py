@@ -763,3 +763,35 @@ class ConverterHost(RelayHost):
     def on_upstream_reply(self, relay, reply: ConvertMessage, now: float) -> None:
         error = reply.tlv(ErrorTlv)
         self.emit(ConverterReplied(relay.client, relay.session.destination, None if error is None else error.code))
+
+
+# --- registration: the RFC 8803 converter as the "convert" proxy (mpsim/proto/proxies.py) ------------
+
+from mpsim.proto.catalogue import PROXIES  # noqa: E402  (registration lines stay together at the bottom)
+from mpsim.proto.mptcp import MptcpClientExtension, MptcpServerExtension  # noqa: E402
+from mpsim.proto.proxies import ProxyEntry, ProxySettings  # noqa: E402
+
+
+def _create_converter(name: str, addresses: dict[str, IpAddress], rng: Rng, settings: ProxySettings) -> ConverterHost:
+    """A converter speaking MPTCP to clients (and, with ``convert_mptcp``, to servers that ask)."""
+    defaults = ConverterPolicy()
+    supported = defaults.supported_kinds + ((TcpOptionKind.MPTCP,) if settings.convert_mptcp else ())
+    policy = ConverterPolicy(
+        allowed_client_prefixes=settings.client_prefixes, timing=settings.timing, supported_kinds=supported,
+        require_cookie=defaults.require_cookie if settings.require_cookie is None else settings.require_cookie,
+        max_sessions=defaults.max_sessions if settings.max_sessions is None else settings.max_sessions,
+        connect_timeout_s=defaults.connect_timeout_s if settings.connect_timeout_s is None
+        else settings.connect_timeout_s)
+    holder: dict[str, ConverterHost] = {}  # the extensions count in the host's MIB, made just below
+    host = ConverterHost(
+        name, addresses, rng=rng, convert_port=settings.port, server_interfaces=("down",), policy=policy,
+        upstream_extensions=lambda syn: (MptcpServerExtension(rng=rng, mib=holder["host"].mib),),
+        downstream_extensions=lambda request: (MptcpClientExtension(rng=rng, mib=holder["host"].mib),)
+        if request.mptcp else ())
+    holder["host"] = host
+    return host
+
+
+PROXIES.register("convert", ProxyEntry("convert", "RFC 8803 converter",
+                                       "RFC 8803 transport converter (MPTCP towards the client)",
+                                       _create_converter))

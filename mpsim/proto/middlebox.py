@@ -15,7 +15,12 @@ go on the two hops of a link (``forward`` on the initiator-to-responder hop). Ev
 Segments are targeted by :class:`SegmentClass`; the third ACK cannot be told from the segment
 alone, so a :class:`SegmentClassifier` remembers, per flow, whether the SYN has passed.
 
-Every policy has a ``name`` (the middlebox column of the results tables), a one-line
+Every box a scenario, the simulator, the truth table or the testbed can name is registered at the
+bottom of this module in :data:`mpsim.proto.catalogue.MIDDLEBOXES`, one name each, with a factory
+that builds a fresh :class:`BuiltBox` (a filter per direction) from an ``rng`` and a :class:`Site`
+(docs/adding-components.md).
+
+Every policy has a ``name`` (a label of its parameters, for traces and tests), a one-line
 ``description`` and a ``hits`` counter (packets it changed or dropped). Packets that are not TCP
 (an :class:`IcmpUnreachable` travelling back) pass through untouched, except through :class:`Nat`
 and :class:`SequenceRewriter`, which fix up the quoted packet as real boxes do.
@@ -26,9 +31,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address
-from typing import Any
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any, NamedTuple
 
+from mpsim.proto.catalogue import MIDDLEBOXES
 from mpsim.proto.seqnum import seq_add
 from mpsim.proto.tcp import Rng
 from mpsim.wire.errors import InvalidValueError, OptionSpaceError
@@ -349,7 +355,7 @@ class MirrorMpCapable:
     _syn_options: dict[FlowKey, MpCapable] = field(default_factory=dict, init=False)
     no_room: int = field(default=0, init=False)
     hits: int = field(default=0, init=False)
-    name = "mirror-mpc"
+    name = "mirror-mp-capable"
     description = "copies a SYN's MP_CAPABLE into the SYN-ACK of a server that sent none"
 
     def __post_init__(self) -> None:
@@ -748,3 +754,140 @@ class Nat:
         mapping.last_used_s = now
         self.hits += 1
         return [replace(packet, dst=inside[0], segment=replace(packet.segment, dst_port=inside[1]))]
+
+
+@dataclass(eq=False, repr=False)
+class DropMpCapableSyns(Policy):
+    """Drops SYNs (without ACK) carrying MP_CAPABLE; MP_JOIN SYNs pass. What the kernel testbed's
+    nft rule ``tcp flags & (syn|ack) == syn tcp option mptcp subtype 0 drop`` does."""
+
+    name = "drop-mp-capable-syn"
+    description = "drops SYNs carrying MP_CAPABLE (MP_JOIN SYNs pass)"
+
+    def apply(self, packet: Any, now: float) -> list:
+        if isinstance(packet, IpPacket) and SegmentClass.SYN in segment_classes(packet.segment) \
+                and any(isinstance(o, MpCapable) for o in packet.segment.options):
+            self.hits += 1
+            return []
+        return [packet]
+
+
+# --- the catalogue: every box above under one name (mpsim/proto/catalogue.py MIDDLEBOXES) ----------
+
+
+class BuiltBox(NamedTuple):
+    """A middlebox placed on an access link: its filter per direction (``up``: client to network,
+    ``down``: back; :data:`PASS` where it does nothing) and the policy objects whose ``hits``
+    count what it did (a two-way box is one object with two sides)."""
+
+    up: Any
+    down: Any
+    policies: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """What a box may need to know about the access network it sits on: the client's prefix
+    (a NAT takes its public addresses from it, so that replies still route to the access link)."""
+
+    client_network: IPv4Network = IPv4Network("198.18.0.0/24")
+
+
+@dataclass(frozen=True, slots=True)
+class MiddleboxEntry:
+    """A middlebox by name: ``factory(rng, site, **params)`` builds a fresh :class:`BuiltBox`
+    (new flow state, new counters) at every attachment. ``parameters`` names the optional
+    keyword parameters it takes; a scenario uses the defaults."""
+
+    name: str
+    description: str
+    factory: Callable[..., BuiltBox]
+    parameters: tuple[str, ...] = ()
+
+    def build(self, rng: Rng, site: Site | None = None, **params: Any) -> BuiltBox:
+        unknown = sorted(set(params) - set(self.parameters))
+        if unknown:
+            takes = ", ".join(self.parameters) or "none"
+            raise ValueError(f"middlebox {self.name!r} takes no parameter {unknown[0]!r} (its parameters: {takes})")
+        return self.factory(rng, site if site is not None else Site(), **params)
+
+
+def register_middlebox(name: str, description: str, factory: Callable[..., BuiltBox],
+                       parameters: tuple[str, ...] = ()) -> MiddleboxEntry:
+    """Register a box under ``name`` in :data:`mpsim.proto.catalogue.MIDDLEBOXES` (a module of
+    its own does this at import: docs/adding-components.md)."""
+    return MIDDLEBOXES.register(name, MiddleboxEntry(name, description, factory, parameters))
+
+
+def up_only(policy: Policy) -> BuiltBox:
+    """A one-way box on the client's outgoing direction."""
+    return BuiltBox(policy, PASS, (policy,))
+
+
+def down_only(policy: Policy) -> BuiltBox:
+    """A one-way box on the direction towards the client."""
+    return BuiltBox(PASS, policy, (policy,))
+
+
+def both_ways(make: Callable[[], Policy]) -> BuiltBox:
+    """The same kind of box in each direction, with a state of its own per direction."""
+    up, down = make(), make()
+    return BuiltBox(up, down, (up, down))
+
+
+def two_way(box: Any) -> BuiltBox:
+    """A box that sees both directions through one state (its ``forward`` side goes up)."""
+    return BuiltBox(box.forward, box.backward, (box,))
+
+
+#: Option kinds a TFO-stripping box removes: kind 34, and the experimental kind 254 older TFO
+#: stacks use (nothing else here uses it).
+TFO_OPTION_KINDS = frozenset({TcpOptionKind.TFO, TcpOptionKind.EXPERIMENTAL_2})
+#: Which host of the client's prefix a NAT uses as its public address (the client is host 1).
+NAT_PUBLIC_HOST = 200
+
+
+def _alg(rng: Rng, site: Site, pattern: bytes | None = None, replacement: bytes | None = None) -> BuiltBox:
+    # Default: a NAT ALG that rewrites the client's address written in ASCII (FTP PORT, SIP) into
+    # the public one: a longer string, so the sequence space shifts with no fix-up when it hits.
+    inside, public = site.client_network[1], site.client_network[NAT_PUBLIC_HOST]
+    return up_only(RewritePayload(pattern if pattern is not None else str(inside).encode(),
+                                  replacement if replacement is not None else str(public).encode()))
+
+
+for _name, _description, _factory, *_parameters in (
+    ("strip-mptcp", "removes MPTCP options from every segment, both ways",
+     lambda rng, site: both_ways(lambda: StripOptions({TcpOptionKind.MPTCP})), ()),
+    ("strip-mptcp-synack", "removes MPTCP options from SYN-ACKs",
+     lambda rng, site: down_only(StripOptions({TcpOptionKind.MPTCP}, classes={SegmentClass.SYN_ACK})), ()),
+    ("strip-mptcp-syn", "overwrites MPTCP options in SYNs with NOPs (as TCPOPTSTRIP does)",
+     lambda rng, site: up_only(StripOptions({TcpOptionKind.MPTCP}, classes={SegmentClass.SYN}, mode=StripMode.NOP)),
+     ()),
+    ("drop-unknown-option-syns", "drops SYNs carrying options it does not know (MPTCP)",
+     lambda rng, site: up_only(DropUnknownOptionSyns(BASIC_OPTION_KINDS)), ()),
+    ("drop-mp-capable-syn", DropMpCapableSyns.description, lambda rng, site: up_only(DropMpCapableSyns()), ()),
+    ("drop-syn-data", "drops SYNs that carry data", lambda rng, site: up_only(drop_syns_with_data()), ()),
+    ("drop-syn-data-or-unknown-options", "drops SYNs that carry data or options it does not know",
+     lambda rng, site: up_only(Chain(DropUnknownOptionSyns(), drop_syns_with_data())), ()),
+    ("strip-syn-payload", "delivers SYNs without their data",
+     lambda rng, site: up_only(StripPayload({SegmentClass.SYN})), ()),
+    ("strip-tfo", "removes TFO options (kinds 34 and 254) from every segment, both ways",
+     lambda rng, site: both_ways(lambda: StripOptions(TFO_OPTION_KINDS)), ()),
+    ("drop-rst", "drops the RSTs the client sends", lambda rng, site: up_only(drop_rsts()), ()),
+    ("drop-rst-both-ways", "drops RSTs both ways", lambda rng, site: both_ways(drop_rsts), ()),
+    ("seq-rewrite", "shifts sequence numbers by a random offset per flow (and back)",
+     lambda rng, site: two_way(SequenceRewriter(rng)), ()),
+    ("nat", "translates the client's address and port (a CGN)",
+     lambda rng, site: two_way(Nat([site.client_network[NAT_PUBLIC_HOST]])), ()),
+    ("nat-address-changing", "a CGN that gives every new mapping the next of two public addresses",
+     lambda rng, site: two_way(Nat([site.client_network[NAT_PUBLIC_HOST], site.client_network[NAT_PUBLIC_HOST + 1]],
+                                   paired=False)), ()),
+    ("split-data", "splits every data segment in two, both ways", lambda rng, site: both_ways(SplitSegments), ()),
+    ("coalesce", "merges contiguous data segments that pass together, both ways",
+     lambda rng, site: both_ways(Coalesce), ()),
+    ("alg", "rewrites the client's address written in the payload into a longer public one (no fix-up)",
+     _alg, ("pattern", "replacement")),
+    ("mirror-mp-capable", "copies the SYN's MP_CAPABLE into a SYN-ACK that has none (with a key)",
+     lambda rng, site: two_way(MirrorMpCapable(rng)), ()),
+):
+    register_middlebox(_name, _description, _factory, *_parameters)

@@ -480,3 +480,25 @@ class MpConvertProxyHost(RelayHost):
         super().on_extension_event(relay, conn, event, now)
         if conn is relay.upstream and isinstance(event, FellBackToTcp):
             relay.session.upstream_fell_back(now)  # the I flag may forbid relaying plain TCP
+
+
+# --- registration: the "mp-convert" proxy (mpsim/proto/proxies.py) ---------------------------------------
+
+from mpsim.proto.catalogue import PROXIES  # noqa: E402  (registration lines stay together at the bottom)
+from mpsim.proto.proxies import ProxyEntry, ProxySettings  # noqa: E402
+
+
+def _create_mp_convert_proxy(name: str, addresses: dict[str, IpAddress], rng: Rng,
+                             settings: ProxySettings) -> MpConvertProxyHost:
+    """Explicit service on its own address; on the path, implicit interception as well."""
+    defaults = MpConvertProxyPolicy(explicit_ports=(settings.port,))
+    policy = MpConvertProxyPolicy(explicit_ports=(settings.port,), implicit=settings.on_path, timing=settings.timing,
+                                  connect_timeout_s=defaults.connect_timeout_s if settings.connect_timeout_s is None
+                                  else settings.connect_timeout_s)
+    return MpConvertProxyHost(name, addresses, rng=rng, client_interface="in" if settings.on_path else "up",
+                              server_interfaces=("down",), policy=policy)
+
+
+PROXIES.register("mp-convert", ProxyEntry("mp-convert", "MP_CONVERT proxy",
+                                          "MP_CONVERT proxy (explicit, or implicit on the path)",
+                                          _create_mp_convert_proxy, on_path=True))

@@ -255,3 +255,36 @@ class ServerHost(Host):
         # reactions, which raise none (sending only reads the MPTCP state).
         emit_extension_facts(self, conn)
         super()._collect(conn, now)
+
+
+# --- registration: every ServerKind as a "server" (mpsim/proto/catalogue.py SERVERS) --------------------
+
+from mpsim.proto.catalogue import SERVERS  # noqa: E402  (registration lines stay together at the bottom)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerEntry:
+    """A server by name: ``create(name, address, rng, app, ports)`` builds its host."""
+
+    name: str
+    description: str
+    create: Callable[..., ServerHost]
+
+
+def _server_factory(kind: ServerKind) -> Callable[..., ServerHost]:
+    def create(name: str, address: IpAddress, rng: Rng, app: ServerApp | None, ports: tuple[int, ...]) -> ServerHost:
+        return ServerHost(name, address, kind, rng=rng, app=app, ports=ports)
+
+    return create
+
+
+for _kind, _description in (
+    (ServerKind.LEGACY_DROP, "Linux without TFO: the SYN-ACK ACKs ISN+1 and SYN data is discarded"),
+    (ServerKind.LEGACY_QUEUE, "SYN data ACKed in the SYN-ACK and queued for the application"),
+    (ServerKind.TFO, "a TFO listener (RFC 7413): SYN data accepted with a valid cookie"),
+    (ServerKind.MPTCP_V1, "an MPTCP v1 listener (RFC 8684)"),
+    (ServerKind.MPTCP_V0, "an MPTCP v0-only listener (RFC 6824), which ignores a v1 MP_CAPABLE"),
+    (ServerKind.CLOSED, "the host is up, nothing listens: RST"),
+    (ServerKind.UNREACHABLE, "no host: the last router answers every packet with ICMP destination unreachable"),
+):
+    SERVERS.register(_kind.value, ServerEntry(_kind.value, _description, _server_factory(_kind)))

@@ -362,3 +362,21 @@ class Socks5ClientExchange:
         self.state = Socks5ClientState.DONE
         self._buffer.clear()
         return b""
+
+
+# --- registration: the "socks5" proxy (mpsim/proto/proxies.py) ---------------------------------------------
+
+from mpsim.proto.catalogue import PROXIES  # noqa: E402  (registration lines stay together at the bottom)
+from mpsim.proto.proxies import ProxyEntry, ProxySettings  # noqa: E402
+
+
+def _create_socks5_proxy(name: str, addresses: dict[str, IpAddress], rng: Rng,
+                         settings: ProxySettings) -> Socks5ProxyHost:
+    defaults = Socks5ProxyPolicy(port=settings.port)
+    policy = Socks5ProxyPolicy(port=settings.port, connect_timeout_s=defaults.connect_timeout_s
+                               if settings.connect_timeout_s is None else settings.connect_timeout_s)
+    return Socks5ProxyHost(name, addresses, rng=rng, server_interfaces=("down",), policy=policy)
+
+
+PROXIES.register("socks5", ProxyEntry("socks5", "SOCKS5 proxy", "SOCKS5 proxy (RFC 1928; MPTCP towards the client)",
+                                      _create_socks5_proxy))

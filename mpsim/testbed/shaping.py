@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from mpsim.proto.catalogue import MIDDLEBOXES
 from mpsim.testbed.probe import TestbedError
 
 LOSS_RESOLUTION = 100_000  # numgen draws 0..99999, so loss_prob is applied in steps of 1e-5
@@ -58,6 +59,43 @@ class Middlebox:
     @property
     def uses_nft(self) -> bool:
         return self.drop_mp_capable_syn or self.drop_syn_data or self.clamp_mss_bytes is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelMiddlebox:
+    """How the testbed builds a catalogue middlebox (mpsim/proto/catalogue.py) in the kernel: the
+    mechanism, the :class:`Middlebox` flags that do it, and where the kernel's box differs from
+    the model's (empty: it does not)."""
+
+    mechanism: str
+    box: Middlebox
+    difference: str = ""
+
+
+#: The catalogue's middleboxes the testbed can build in the kernel, by catalogue name. Every other
+#: registered middlebox it cannot build: :func:`kernel_middlebox` says so by name.
+KERNEL_MIDDLEBOXES: dict[str, KernelMiddlebox] = {
+    "strip-mptcp-syn": KernelMiddlebox("iptables TCPOPTSTRIP (mangle PREROUTING) on SYNs",
+                                       Middlebox(strip_mptcp_syn=True)),
+    "strip-mptcp-synack": KernelMiddlebox("iptables TCPOPTSTRIP (mangle PREROUTING) on SYN-ACKs",
+                                          Middlebox(strip_mptcp_synack=True),
+                                          "the option's bytes become NOPs; the model removes them (the header shrinks)"),
+    "drop-mp-capable-syn": KernelMiddlebox("nft rule: tcp option mptcp subtype 0 on SYNs, drop",
+                                           Middlebox(drop_mp_capable_syn=True)),
+    "drop-syn-data": KernelMiddlebox("nft rules: SYN with ip length > headers (one per data offset), drop",
+                                     Middlebox(drop_syn_data=True), "IPv4 packets without IP options only"),
+}
+
+
+def kernel_middlebox(name: str) -> KernelMiddlebox:
+    """How the testbed builds the catalogue middlebox ``name``; a clear error for a name the
+    catalogue does not know or the testbed cannot build."""
+    MIDDLEBOXES.get(name)  # an unknown name: the catalogue's error, with a suggestion
+    try:
+        return KERNEL_MIDDLEBOXES[name]
+    except KeyError:
+        raise TestbedError(f"the testbed cannot build middlebox {name!r} in the kernel; it can build "
+                           f"{', '.join(KERNEL_MIDDLEBOXES)}") from None
 
 
 @dataclasses.dataclass(frozen=True)

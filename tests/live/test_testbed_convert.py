@@ -4,7 +4,7 @@ namespace, a server behind it (root only; skipped with the reason elsewhere).
 1. A Convert connection over two shaped MPTCP paths relays 8 MiB exactly each way (SHA-256 checked
    at each receiver), the client joins its second subflow, and the Convert message was ACKed by
    the SYN-ACK.
-2. Middleboxes on the client's primary path against the model (mpsim.experiment.truth_table, run in
+2. Middleboxes on the client's primary path against the model (mpsim.proto.truth_table, run in
    the test, not copied): MP_CAPABLE stripped from SYNs, and MP_CAPABLE SYNs dropped. The kernel
    and the model must agree on the outcome class (converted or fallback_tcp, through the converter
    or not, MPTCP on the client leg or not) and, for the stripped SYN, on the fallback reason. For
@@ -28,8 +28,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mpsim.experiment import truth_table
-from mpsim.proto.client import Scheme
+from mpsim.proto import truth_table
 from mpsim.proto.convert import ConverterTiming, ReplyStatus
 from mpsim.proto.events import FallbackReason, Outcome
 from mpsim.proto.server import ServerKind
@@ -254,14 +253,13 @@ def convert_run(tb: Testbed, size: int, *, fallback: str = "none", seeds: tuple[
         daemon.kill()
 
 
-def model_record(scheme: Scheme, middlebox: str):
-    """The model's client record (mpsim.experiment.truth_table) for `scheme` (for convert: the converter
+def model_record(scheme: str, middlebox: str):
+    """The model's client record (mpsim.proto.truth_table) for `scheme` (for convert: the converter
     in socket timing, as the live daemon runs its session) with `middlebox` on the access link and an
     MPTCP v1 server (a Linux MPTCP listener, as here)."""
-    variant = next(v for v in truth_table.VARIANTS if v.policy.scheme is scheme and not v.policy.implicit
-                   and v.timing is (ConverterTiming.SOCKET if scheme is Scheme.CONVERT else ConverterTiming.RFC))
-    box = next(m for m in truth_table.MIDDLEBOXES if m.name == middlebox)
-    result = truth_table.run_variant(variant, box, ServerKind.MPTCP_V1)
+    variant = next(v for v in truth_table.VARIANTS if v.policy.scheme == scheme and not v.policy.implicit
+                   and v.timing is (ConverterTiming.SOCKET if scheme == "convert" else ConverterTiming.RFC))
+    result = truth_table.run_variant(variant, middlebox, ServerKind.MPTCP_V1, rngs=random.Random)
     assert result.record is not None, f"the model's client did not finish: {scheme} {middlebox}"
     return result.record
 
@@ -363,7 +361,7 @@ def test_convert_relays_8_mib_exactly_both_ways_over_two_mptcp_subflows():
     assert counters["converted"] == "1" and counters["downstream_mptcp"] == "1", counters
     assert counters["bytes_to_server"] == str(size) and counters["bytes_to_client"] == str(size), counters
     # The model agrees on a clean path: converted, through the converter, MPTCP on the client leg.
-    assert live_outcome(client) == predicted(model_record(Scheme.CONVERT, "none"))
+    assert live_outcome(client) == predicted(model_record("convert", "none"))
 
 
 @pytest.mark.usefixtures("live_testbed")
@@ -371,7 +369,7 @@ def test_stripped_mp_capable_on_the_primary_path_falls_back_as_the_model_predict
     # The model's "strip-mptcp" removes MPTCP options from every segment; the testbed's rule only
     # from SYNs (path 0, both ways). For the client leg they are the same: once the SYN has no
     # MP_CAPABLE the connection is plain TCP and carries no MPTCP option afterwards.
-    model = model_record(Scheme.CONVERT, "strip-mptcp")
+    model = model_record("convert", "strip-mptcp")
     size = 2 * 2**20
     with started_testbed(two_paths(Middlebox(strip_mptcp_syn=True))) as tb:
         run = convert_run(tb, size)
@@ -414,8 +412,8 @@ def test_dropped_mp_capable_syns_on_the_primary_path_end_in_plain_tcp_as_the_mod
     # MSS/WS/SACK/TS/NOP/EOL, i.e. MPTCP ones, MP_JOIN included; the testbed's rule drops MP_CAPABLE
     # SYNs only (both ways on path 0). No join is attempted before the first subflow is up, so the
     # client sees the same thing.
-    model = model_record(Scheme.CONVERT, "drop-unknown-option-syns")
-    model_mptcp = model_record(Scheme.MPTCP, "drop-unknown-option-syns")   # the MPTCP fallback alone
+    model = model_record("convert", "drop-unknown-option-syns")
+    model_mptcp = model_record("mptcp", "drop-unknown-option-syns")   # the MPTCP fallback alone
     size = 2 * 2**20
     with started_testbed(two_paths(Middlebox(drop_mp_capable_syn=True))) as tb:
         sysctls = read_sysctls(tb.ns["client"], ("net.mptcp.syn_retrans_before_tcp_fallback",

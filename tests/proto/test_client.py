@@ -21,25 +21,29 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mpsim.experiment.truth_table import (
+from mpsim.proto.truth_table import (
     CLIENT,
-    MIDDLEBOXES,
     PROXY_DOWN,
     PROXY_PORT,
     PROXY_UP,
     SERVER,
     SERVER_PORT,
-    SERVERS,
+    table_middleboxes,
+    table_servers,
+    access_box,
 )
 from mpsim.proto.cache import CachePolicy, CacheReprobed, ProxyState, ReprobeTrigger
+from mpsim.proto.catalogue import UnknownComponentError
 from mpsim.proto.client import (
+    LOGICAL_TRANSITIONS,
     ClientHost,
     ClientPolicy,
     ConnectionFinished,
     ConnectionRecord,
     FallbackTarget,
+    LogicalConnection,
+    LogicalState,
     Request,
-    Scheme,
     SignalAckedAsData,
 )
 from mpsim.proto.convert import ConverterHost, ConverterPolicy, ConverterTiming
@@ -192,7 +196,7 @@ def client_ports(net: Net) -> list[int]:
 # --- 1. a legacy peer ACKs the signalling as SYN data -----------------------------------------------------
 
 
-IMPLICIT_EOL = ClientPolicy(scheme=Scheme.SYN_PAYLOAD_EOL, implicit=True)
+IMPLICIT_EOL = ClientPolicy(scheme="syn-payload-eol", implicit=True)
 
 
 def test_legacy_queue_acks_signalling_continue_leaks_it_into_the_stream():
@@ -285,7 +289,7 @@ def test_lost_rst_same_four_tuple_collides_and_costs_a_syn_timeout(old_state):
         net.request(0.0, run_s=0.5)
         old_port = client_ports(net)[0]
     else:  # an established connection the client reset, its RST lost
-        net = build_net(ClientPolicy(scheme=Scheme.PLAIN), ServerKind.LEGACY_DROP, up=drop_matching(is_rst))
+        net = build_net(ClientPolicy(scheme="plain"), ServerKind.LEGACY_DROP, up=drop_matching(is_rst))
         conn = net.client.open(recorder, CLIENT, SERVER, SERVER_PORT, 0.0)
         net.harness.run(0.2)
         net.client.abort(conn, 0.2)
@@ -331,7 +335,7 @@ def _reprobe(net: Net, trigger: ReprobeTrigger) -> None:
 def test_converter_marked_off_by_stripped_payload_then_reprobed(trigger):
     # Socket timing: the converter's kernel answers a SYN whose payload a middlebox stripped,
     # ACKing ISN+1 only. RFC 8803 8: reset, and stop using that converter.
-    net = build_net(ClientPolicy(scheme=Scheme.CONVERT), up=StripPayload(frozenset({SegmentClass.SYN})),
+    net = build_net(ClientPolicy(scheme="convert"), up=StripPayload(frozenset({SegmentClass.SYN})),
                     timing=ConverterTiming.SOCKET, cache_policy=CachePolicy(off_reprobe_s=100.0))
     first = net.request(0.0)
     assert (first.outcome, first.fallback_reason, first.source_ports_used, first.rsts_sent) == \
@@ -355,7 +359,7 @@ def test_converter_marked_off_by_stripped_payload_then_reprobed(trigger):
 
 
 def test_converter_marked_off_stays_off_without_a_trigger():
-    net = build_net(ClientPolicy(scheme=Scheme.CONVERT), up=StripPayload(frozenset({SegmentClass.SYN})),
+    net = build_net(ClientPolicy(scheme="convert"), up=StripPayload(frozenset({SegmentClass.SYN})),
                     timing=ConverterTiming.SOCKET, cache_policy=CachePolicy(off_reprobe_s=None))
     net.request(0.0)
     later = net.request(5000.0)
@@ -366,7 +370,7 @@ def test_converter_marked_off_stays_off_without_a_trigger():
 def test_stripped_payload_rfc_timing_times_out_after_the_proxy_syn_retries():
     # RFC timing: the converter silently ignores a SYN without a Convert message (RFC 8803 6), so
     # the client sees nothing: SYNs at 0, 1 and 3 s (proxy_syn_retries=2), fallback at 7 s.
-    net = build_net(ClientPolicy(scheme=Scheme.CONVERT), up=StripPayload(frozenset({SegmentClass.SYN})))
+    net = build_net(ClientPolicy(scheme="convert"), up=StripPayload(frozenset({SegmentClass.SYN})))
     record = net.request(0.0, run_s=20.0)
     syn_times = [round(t, 6) for t, seg in net.sent("client") if seg.flags == TcpFlags.SYN]
     assert syn_times == [0.0, 1.0, 3.0, 7.0]  # the last one is the direct fallback
@@ -388,7 +392,7 @@ def _connect_tfo_option(net: Net, request_index: int) -> FastOpen | None:
     return None if entry is None else FastOpen(entry.value)
 
 
-TFO_CONVERT = ClientPolicy(scheme=Scheme.CONVERT, tfo_to_server=True)
+TFO_CONVERT = ClientPolicy(scheme="convert", tfo_to_server=True)
 # Through the converter: a cookie puts the request into the converter's SYN and the server answers
 # before the third ACK; the answer then waits at the converter for the client's third ACK (the MPTCP
 # upstream cannot map data before it): 2 client-converter RTTs + 1 converter-server RTT.
@@ -421,7 +425,7 @@ def test_tfo_ordering_cookie_requested_on_the_first_converted_connection():
 
 
 def test_tfo_ordering_direct_cookie_first_is_useless_through_the_converter():
-    net = build_net(ClientPolicy(scheme=Scheme.PLAIN, tfo_to_server=True), ServerKind.TFO)
+    net = build_net(ClientPolicy(scheme="plain", tfo_to_server=True), ServerKind.TFO)
     direct = [net.request(at).first_byte_time_s for at in (0.0, 20.0)]
     # Direct TFO: the cookie request costs nothing, the cookie saves a whole RTT.
     assert direct == pytest.approx([2 * CLIENT_SERVER_RTT_S, CLIENT_SERVER_RTT_S])
@@ -455,7 +459,7 @@ ZERO_FIRST = Request(SERVER, SERVER_PORT, data=(b"\x00\x62" + b"\x12\x34\x01\x00
 
 
 def test_syn_payload_eol_explicit_request_after_the_eol_reaches_the_server_exactly():
-    net = build_net(ClientPolicy(scheme=Scheme.SYN_PAYLOAD_EOL), ServerKind.LEGACY_DROP, proxy_kind="mp_convert")
+    net = build_net(ClientPolicy(scheme="syn-payload-eol"), ServerKind.LEGACY_DROP, proxy_kind="mp_convert")
     record = net.request(0.0, ZERO_FIRST)
     (syn,) = [seg for _, seg in net.sent("client") if seg.flags == TcpFlags.SYN]
     # MP_CONVERT(198.18.3.1, 80) as a 10-byte option, the EOL, then the request: the client's own
@@ -475,7 +479,7 @@ def test_eol_ambiguity_a_payload_opening_with_zero_reads_as_empty_signalling():
     assert decode_syn_payload(request) == SynPayloadSignal((), request[1:])
     # The MP_CONVERT proxy never relays such a payload: without an MP_CONVERT it has no destination,
     # so a TFO-style SYN to its port (data, no signalling) is refused, not relayed one byte short.
-    net = build_net(ClientPolicy(scheme=Scheme.PLAIN), ServerKind.LEGACY_DROP, proxy_kind="mp_convert")
+    net = build_net(ClientPolicy(scheme="plain"), ServerKind.LEGACY_DROP, proxy_kind="mp_convert")
     recorder = _Recorder()
     net.client.open(recorder, CLIENT, PROXY_UP, PROXY_PORT, 0.0, syn_payload=request)
     net.harness.run(1.0)
@@ -491,7 +495,7 @@ def test_mp_convert_refusal_is_an_rst_so_a_refused_server_costs_a_fallback():
     # No Error TLV in the MP_CONVERT drafts: the proxy answers the SYN with RST whether the server
     # refused or the proxy did. The client cannot tell, marks the proxy off and tries the server,
     # which refuses again: two ports where Convert's Error 96 needs one (test above).
-    net = build_net(ClientPolicy(scheme=Scheme.MP_CONVERT_OPTION), ServerKind.CLOSED, proxy_kind="mp_convert")
+    net = build_net(ClientPolicy(scheme="mp-convert-option"), ServerKind.CLOSED, proxy_kind="mp_convert")
     record = net.request(0.0)
     assert (record.outcome, record.fallback_reason, record.detail) == ("failed", "converter_refused", "refused")
     assert (record.syns_sent, record.rsts_sent, record.source_ports_used) == (2, 0, 2)
@@ -499,7 +503,7 @@ def test_mp_convert_refusal_is_an_rst_so_a_refused_server_costs_a_fallback():
 
 
 def test_implicit_mp_convert_is_converted_on_the_path_and_looks_like_mptcp():
-    net = build_net(ClientPolicy(scheme=Scheme.MP_CONVERT_OPTION, implicit=True), ServerKind.LEGACY_DROP,
+    net = build_net(ClientPolicy(scheme="mp-convert-option", implicit=True), ServerKind.LEGACY_DROP,
                     proxy_kind="mp_convert")
     record = net.request(0.0)
     # The on-path proxy answered as the server, with MP_CAPABLE, and echoes nothing: the client
@@ -517,7 +521,7 @@ def test_implicit_mp_convert_is_converted_on_the_path_and_looks_like_mptcp():
 def test_implicit_refusal_is_the_servers_and_ends_the_request():
     # Implicit, the SYN goes to the server: an RST is the server's answer (or the on-path proxy's
     # on its behalf), and trying the same server directly would only be refused again.
-    net = build_net(ClientPolicy(scheme=Scheme.MP_CONVERT_OPTION, implicit=True), ServerKind.CLOSED,
+    net = build_net(ClientPolicy(scheme="mp-convert-option", implicit=True), ServerKind.CLOSED,
                     proxy_kind="mp_convert")
     record = net.request(0.0)
     assert (record.outcome, record.fallback_reason, record.detail, record.source_ports_used) == \
@@ -527,7 +531,7 @@ def test_implicit_refusal_is_the_servers_and_ends_the_request():
 def test_mp_convert_socket_timing_server_refusal_arrives_as_mp_fastclose():
     # Socket timing: the proxy's stack accepted the client at once, so the server's RST reaches the
     # client, once the request is under way, as an MP_FASTCLOSE (RFC 8803 5): the request fails.
-    net = build_net(ClientPolicy(scheme=Scheme.MP_CONVERT_OPTION), ServerKind.CLOSED, proxy_kind="mp_convert",
+    net = build_net(ClientPolicy(scheme="mp-convert-option"), ServerKind.CLOSED, proxy_kind="mp_convert",
                     timing=ConverterTiming.SOCKET)
     record = net.request(0.0)
     assert (record.outcome, record.detail, record.source_ports_used, record.via_proxy) == \
@@ -539,7 +543,7 @@ def test_implicit_i_flag_revert_resets_both_legs_and_the_client_falls_back():
     # A middlebox strips MP_CAPABLE from SYN-ACKs: the client's leg falls back to TCP, the proxy
     # sees a third ACK without MP_CAPABLE and, the I flag forbidding a revert, resets both legs at
     # 80 ms. Reset before any answer: the request goes again, unsignalled, on a new port.
-    net = build_net(ClientPolicy(scheme=Scheme.MP_CONVERT_OPTION, implicit=True), ServerKind.LEGACY_DROP,
+    net = build_net(ClientPolicy(scheme="mp-convert-option", implicit=True), ServerKind.LEGACY_DROP,
                     down=StripOptions({TcpOptionKind.MPTCP}, classes={SegmentClass.SYN_ACK}), proxy_kind="mp_convert")
     record = net.request(0.0)
     assert (record.outcome, record.fallback_reason, record.source_ports_used) == \
@@ -552,7 +556,7 @@ def test_explicit_proxy_without_mp_capable_in_its_synack_relays_plain_tcp():
     # Explicit, I flag clear: the proxy took the request (it refuses with RST), a middlebox only
     # stripped MP_CAPABLE from its SYN-ACK. Both legs of the client's connection go on as plain
     # TCP through the proxy, as Convert's do: no reset, no second port.
-    net = build_net(ClientPolicy(scheme=Scheme.MP_CONVERT_OPTION), ServerKind.LEGACY_DROP,
+    net = build_net(ClientPolicy(scheme="mp-convert-option"), ServerKind.LEGACY_DROP,
                     down=StripOptions({TcpOptionKind.MPTCP}, classes={SegmentClass.SYN_ACK}), proxy_kind="mp_convert")
     record = net.request(0.0)
     assert (record.outcome, record.fallback_reason, record.via_proxy, record.mptcp) == \
@@ -565,7 +569,7 @@ def test_mp_convert_option_with_an_ipv6_destination_does_not_fit_and_goes_direct
     # Beside a Linux SYN (20 bytes) and MP_CAPABLE (4), MP_CONVERT(IPv6, port) needs 22 more: 46,
     # padded 48, of 40 (docs/mp-convert.md 1). The client does not even try the proxy.
     server6 = IPv6Address("2001:db8:3::1")
-    net = build_net(ClientPolicy(scheme=Scheme.MP_CONVERT_OPTION), proxy_kind="mp_convert")
+    net = build_net(ClientPolicy(scheme="mp-convert-option"), proxy_kind="mp_convert")
     net.client.interfaces["eth6"] = IPv6Address("2001:db8::1")
     net.harness.add("server6", ServerHost("server6", server6, ServerKind.LEGACY_DROP, rng=random.Random(4),
                                           app=ResponderApp(RESPONSE_BYTES, request_size_bytes=100)))
@@ -585,7 +589,7 @@ def test_mp_convert_option_is_kept_on_syn_retransmissions():
     # The first SYN is lost: the retransmission must still name the destination, or the explicit
     # proxy (which needs it) would refuse it. MP_CONVERT travels with MP_CAPABLE.
     first_syn_lost = drop_matching(lambda p: p.segment.flags == TcpFlags.SYN, count=1)
-    net = build_net(ClientPolicy(scheme=Scheme.MP_CONVERT_OPTION), ServerKind.LEGACY_DROP, up=first_syn_lost,
+    net = build_net(ClientPolicy(scheme="mp-convert-option"), ServerKind.LEGACY_DROP, up=first_syn_lost,
                     proxy_kind="mp_convert")
     record = net.request(0.0)
     assert (record.outcome, record.syns_sent, record.source_ports_used) == ("converted", 2, 1)
@@ -593,7 +597,7 @@ def test_mp_convert_option_is_kept_on_syn_retransmissions():
 
 
 def test_socks5_server_refusal_ends_the_request_without_fallback():
-    net = build_net(ClientPolicy(scheme=Scheme.SOCKS5), ServerKind.CLOSED, proxy_kind="socks5")
+    net = build_net(ClientPolicy(scheme="socks5"), ServerKind.CLOSED, proxy_kind="socks5")
     record = net.request(0.0)
     assert (record.outcome, record.converter_error, record.detail) == ("failed", 5, "socks5 reply 0x05")
     assert (record.syns_sent, record.rsts_sent, record.source_ports_used) == (1, 1, 1)
@@ -601,7 +605,7 @@ def test_socks5_server_refusal_ends_the_request_without_fallback():
 
 
 def test_socks5_proxy_that_is_not_there_is_marked_off():
-    net = build_net(ClientPolicy(scheme=Scheme.SOCKS5), ServerKind.LEGACY_DROP, proxy_kind="convert")
+    net = build_net(ClientPolicy(scheme="socks5"), ServerKind.LEGACY_DROP, proxy_kind="convert")
     record = net.request(0.0, run_s=20.0)  # a converter there silently ignores a SYN without Convert data
     assert (record.outcome, record.fallback_reason, record.source_ports_used) == \
         ("fallback_tcp", "converter_syn_timeout", 2)
@@ -612,18 +616,18 @@ def test_socks5_proxy_that_is_not_there_is_marked_off():
 
 
 @pytest.mark.parametrize("scheme, proxy_kind, setup_s, first_byte_s, outcome", [
-    (Scheme.PLAIN, "convert", CLIENT_SERVER_RTT_S, 2 * CLIENT_SERVER_RTT_S, "tcp"),
-    (Scheme.MPTCP, "convert", CLIENT_SERVER_RTT_S, 2 * CLIENT_SERVER_RTT_S, "fallback_tcp"),  # a legacy server
+    ("plain", "convert", CLIENT_SERVER_RTT_S, 2 * CLIENT_SERVER_RTT_S, "tcp"),
+    ("mptcp", "convert", CLIENT_SERVER_RTT_S, 2 * CLIENT_SERVER_RTT_S, "fallback_tcp"),  # a legacy server
     # RFC timing: the SYN-ACK waits for the server's; the request rides in the SYN, so the first
     # byte comes a client-proxy RTT earlier than over a direct connection.
-    (Scheme.CONVERT, "convert", CLIENT_PROXY_RTT_S + PROXY_SERVER_RTT_S, CONVERTED_S, "converted"),
-    (Scheme.SYN_PAYLOAD_EOL, "mp_convert", CLIENT_PROXY_RTT_S + PROXY_SERVER_RTT_S, CONVERTED_S, "converted"),
+    ("convert", "convert", CLIENT_PROXY_RTT_S + PROXY_SERVER_RTT_S, CONVERTED_S, "converted"),
+    ("syn-payload-eol", "mp_convert", CLIENT_PROXY_RTT_S + PROXY_SERVER_RTT_S, CONVERTED_S, "converted"),
     # The destination in an option, no SYN data: the request waits for the handshake.
-    (Scheme.MP_CONVERT_OPTION, "mp_convert", CLIENT_PROXY_RTT_S + PROXY_SERVER_RTT_S, 2 * CLIENT_SERVER_RTT_S,
+    ("mp-convert-option", "mp_convert", CLIENT_PROXY_RTT_S + PROXY_SERVER_RTT_S, 2 * CLIENT_SERVER_RTT_S,
      "converted"),
     # SOCKS5: handshake, greeting, CONNECT and the proxy's own handshake, then the request: two
     # client-proxy RTTs more than a direct connection (RFC 1928, no data in the SYN).
-    (Scheme.SOCKS5, "socks5", 3 * CLIENT_PROXY_RTT_S + PROXY_SERVER_RTT_S,
+    ("socks5", "socks5", 3 * CLIENT_PROXY_RTT_S + PROXY_SERVER_RTT_S,
      2 * CLIENT_SERVER_RTT_S + 2 * CLIENT_PROXY_RTT_S, "converted"),
 ])
 def test_first_byte_times_per_scheme_on_a_clean_path(scheme, proxy_kind, setup_s, first_byte_s, outcome):
@@ -636,14 +640,14 @@ def test_first_byte_times_per_scheme_on_a_clean_path(scheme, proxy_kind, setup_s
     assert (record.bytes_sent, record.bytes_delivered) == (100, RESPONSE_BYTES)  # signalling not counted
     assert (record.via_proxy, record.mptcp) == (outcome == "converted", outcome == "converted")
     (syn,) = [seg for _, seg in net.sent("client") if seg.flags == TcpFlags.SYN]
-    assert any(o.kind == TcpOptionKind.MPTCP for o in syn.options) is (scheme is not Scheme.PLAIN)
+    assert any(o.kind == TcpOptionKind.MPTCP for o in syn.options) is (scheme != "plain")
 
 
 # --- 7. converter error codes end to end ---------------------------------------------------------------------
 
 
 def test_error_3_cookie_required_retry_with_the_cookie_on_a_new_port():
-    net = build_net(ClientPolicy(scheme=Scheme.CONVERT), converter={"require_cookie": True})
+    net = build_net(ClientPolicy(scheme="convert"), converter={"require_cookie": True})
     record = net.request(0.0)
     assert (record.outcome, record.converter_error, record.fallback_reason) == ("converted", 3, None)
     assert (record.syns_sent, record.rsts_sent, record.source_ports_used, record.attempts) == (2, 1, 2, 2)
@@ -656,7 +660,7 @@ def test_error_3_cookie_required_retry_with_the_cookie_on_a_new_port():
 
 
 def test_error_64_backs_off_then_uses_the_converter_again():
-    net = build_net(ClientPolicy(scheme=Scheme.CONVERT), converter={"max_sessions": 0, "resource_backoff_s": 30})
+    net = build_net(ClientPolicy(scheme="convert"), converter={"max_sessions": 0, "resource_backoff_s": 30})
     refused = net.request(0.0)
     assert (refused.outcome, refused.fallback_reason, refused.converter_error) == \
         ("fallback_tcp", "converter_error", 64)
@@ -670,7 +674,7 @@ def test_error_64_backs_off_then_uses_the_converter_again():
 
 
 def test_error_32_not_authorized_falls_back_and_stays_off():
-    net = build_net(ClientPolicy(scheme=Scheme.CONVERT), converter={"allowed_client_prefixes": ("203.0.113.0/24",)})
+    net = build_net(ClientPolicy(scheme="convert"), converter={"allowed_client_prefixes": ("203.0.113.0/24",)})
     record = net.request(0.0)
     assert (record.outcome, record.converter_error, record.fallback_reason) == ("fallback_tcp", 32, "converter_error")
     assert net.client.proxy_state(PROXY, 5000.0) is ProxyState.NOT_AUTHORIZED
@@ -678,7 +682,7 @@ def test_error_32_not_authorized_falls_back_and_stays_off():
 
 
 def test_error_96_server_refused_fails_without_fallback():
-    net = build_net(ClientPolicy(scheme=Scheme.CONVERT), ServerKind.CLOSED)
+    net = build_net(ClientPolicy(scheme="convert"), ServerKind.CLOSED)
     record = net.request(0.0)
     assert (record.outcome, record.converter_error, record.detail) == ("failed", 96, "report_refused")
     assert (record.syns_sent, record.rsts_sent, record.source_ports_used) == (1, 1, 1)  # nothing went direct
@@ -692,7 +696,7 @@ def test_a_legacy_server_on_the_converter_port_is_marked_off():
     # answers whatever it got: the SYN-ACK ACKs the whole payload, but what comes back is no
     # Convert message (RFC 8803 8: reset). The Convert bytes did reach that server's application:
     # the hazard of section 2.6, which RFC 8803 confines with a dedicated port and a magic number.
-    net = build_net(ClientPolicy(scheme=Scheme.CONVERT))
+    net = build_net(ClientPolicy(scheme="convert"))
     impostor = ServerHost("proxy", PROXY_UP, ServerKind.LEGACY_QUEUE, rng=random.Random(2), interface="up",
                           ports=(PROXY_PORT,), app=ResponderApp(500, request_size_bytes=100))
     net.harness.add("proxy", impostor)
@@ -710,7 +714,7 @@ def test_a_legacy_server_on_the_converter_port_is_marked_off():
 
 
 def test_mptcp_server_learned_through_the_converter_is_then_reached_directly():
-    net = build_net(ClientPolicy(scheme=Scheme.CONVERT, mptcp_to_server=True), ServerKind.MPTCP_V1,
+    net = build_net(ClientPolicy(scheme="convert", mptcp_to_server=True), ServerKind.MPTCP_V1,
                     converter={"supported_kinds": MPTCP_KINDS})
     converted = net.request(0.0)
     assert (converted.outcome, converted.via_proxy, converted.mptcp) == ("converted", True, True)
@@ -722,7 +726,7 @@ def test_mptcp_server_learned_through_the_converter_is_then_reached_directly():
 
 
 def test_mptcp_to_server_refused_by_the_converter_is_retried_without_it():
-    net = build_net(ClientPolicy(scheme=Scheme.CONVERT, mptcp_to_server=True), ServerKind.MPTCP_V1)
+    net = build_net(ClientPolicy(scheme="convert", mptcp_to_server=True), ServerKind.MPTCP_V1)
     first = net.request(0.0)  # Error 33: the converter does not convert MPTCP (kind 30)
     assert (first.outcome, first.converter_error, first.source_ports_used) == ("converted", 33, 2)
     second = net.request(20.0)
@@ -739,7 +743,7 @@ def test_reply_deadline_of_a_failed_attempt_does_not_cut_the_fallback_short():
     # four SYNs (at 0.04, 1.04, 3.04 and 7.04 s) and connects with the fifth at 15.04 s, after the
     # first attempt's deadline (10.02 s), which must not cut it short.
     to_server = drop_matching(lambda p: p.dst == SERVER and p.segment.flags == TcpFlags.SYN, count=4)
-    net = build_net(ClientPolicy(scheme=Scheme.CONVERT), up=to_server, timing=ConverterTiming.SOCKET,
+    net = build_net(ClientPolicy(scheme="convert"), up=to_server, timing=ConverterTiming.SOCKET,
                     converter={"max_sessions": 0})
     record = net.request(0.0, run_s=30.0)
     assert (record.outcome, record.converter_error, record.syns_sent, record.source_ports_used) == \
@@ -748,7 +752,7 @@ def test_reply_deadline_of_a_failed_attempt_does_not_cut_the_fallback_short():
 
 
 def test_reboot_mid_request_sends_nothing_and_ends_the_request():
-    net = build_net(ClientPolicy(scheme=Scheme.PLAIN), ServerKind.LEGACY_DROP)
+    net = build_net(ClientPolicy(scheme="plain"), ServerKind.LEGACY_DROP)
     net.client.connect(REQUEST, 0.0)
     net.harness.run(0.08)  # established, the request on its way
     net.client.reboot(0.08)
@@ -763,7 +767,7 @@ def test_reboot_mid_request_sends_nothing_and_ends_the_request():
 
 def test_short_response_then_fin_ends_the_request():
     app = ResponderApp(400, request_size_bytes=REQUEST.request_size_bytes, close_after_response=True)
-    net = build_net(ClientPolicy(scheme=Scheme.PLAIN), ServerKind.LEGACY_DROP, app=app)
+    net = build_net(ClientPolicy(scheme="plain"), ServerKind.LEGACY_DROP, app=app)
     record = net.request(0.0)
     # Less than the application asked for is no success, whatever path carried it.
     assert (record.outcome, record.bytes_delivered, record.detail) == \
@@ -773,7 +777,7 @@ def test_short_response_then_fin_ends_the_request():
 def test_a_blackholed_response_times_out_at_the_application():
     # Every data segment from the server is lost. The request was ACKed, so the client has nothing
     # outstanding and TCP never notices: only the application's idle timeout ends the request.
-    net = build_net(ClientPolicy(scheme=Scheme.PLAIN, response_timeout_s=30.0), ServerKind.LEGACY_DROP,
+    net = build_net(ClientPolicy(scheme="plain", response_timeout_s=30.0), ServerKind.LEGACY_DROP,
                     down=DropSegments(SegmentClass.DATA))
     record = net.request(0.0, run_s=60.0)
     assert (record.outcome, record.detail, record.bytes_delivered) == ("failed", "no response for 30 s", 0)
@@ -786,7 +790,7 @@ def test_the_response_timeout_counts_idle_time_not_the_whole_transfer():
     # 300 kB: a window's worth arrives at 120 ms, the rest at 180 ms. Never 100 ms without a byte,
     # although the transfer takes longer than that after setup (60 ms).
     size_bytes = 300_000
-    net = build_net(ClientPolicy(scheme=Scheme.PLAIN, response_timeout_s=0.1), ServerKind.LEGACY_DROP,
+    net = build_net(ClientPolicy(scheme="plain", response_timeout_s=0.1), ServerKind.LEGACY_DROP,
                     app=ResponderApp(size_bytes, request_size_bytes=REQUEST.request_size_bytes))
     record = net.request(0.0, replace(REQUEST, response_size_bytes=size_bytes))
     assert (record.outcome, record.bytes_delivered) == ("tcp", size_bytes)
@@ -794,14 +798,14 @@ def test_the_response_timeout_counts_idle_time_not_the_whole_transfer():
 
 
 def test_icmp_unreachable_server_ends_the_request():
-    net = build_net(ClientPolicy(scheme=Scheme.PLAIN), ServerKind.UNREACHABLE)
+    net = build_net(ClientPolicy(scheme="plain"), ServerKind.UNREACHABLE)
     record = net.request(0.0)
     assert (record.outcome, record.detail, record.source_ports_used) == ("failed", "unreachable (ICMP code 1)", 1)
     assert record.completion_time_s is None
 
 
 def test_icmp_unreachable_converter_is_marked_off_and_the_request_goes_direct():
-    net = build_net(ClientPolicy(scheme=Scheme.CONVERT), ServerKind.LEGACY_DROP)
+    net = build_net(ClientPolicy(scheme="convert"), ServerKind.LEGACY_DROP)
     # In the converter's place, a router that answers everything with ICMP host unreachable.
     net.harness.add("proxy", ServerHost("proxy", PROXY_UP, ServerKind.UNREACHABLE, rng=random.Random(3),
                                         interface="up"))
@@ -813,7 +817,7 @@ def test_icmp_unreachable_converter_is_marked_off_and_the_request_goes_direct():
 
 
 def test_attaching_to_a_new_address_ends_requests_bound_to_the_old_one():
-    net = build_net(ClientPolicy(scheme=Scheme.PLAIN), ServerKind.LEGACY_DROP,
+    net = build_net(ClientPolicy(scheme="plain"), ServerKind.LEGACY_DROP,
                     down=DropSegments(SegmentClass.DATA))  # the answer never comes: the request is in flight
     net.client.connect(REQUEST, 0.0)
     net.harness.run(1.0)
@@ -836,7 +840,7 @@ class _ResettingApp(ServerApp):
 
 
 def test_reset_after_the_request_went_through_fails_without_blaming_the_converter():
-    net = build_net(ClientPolicy(scheme=Scheme.CONVERT), ServerKind.LEGACY_DROP, app=_ResettingApp())
+    net = build_net(ClientPolicy(scheme="convert"), ServerKind.LEGACY_DROP, app=_ResettingApp())
     record = net.request(0.0)
     # The server reset a relayed connection; the converter passed the reset on (RFC 8803 4.2). The
     # application sees ECONNRESET: no replay of the request elsewhere, and the converter did its job.
@@ -852,21 +856,21 @@ OUTCOMES = {o.value for o in Outcome}
 #: (client policy, proxy kind): every scheme with the proxy it talks to, plain and MPTCP with both
 #: topologies (the on-path MP_CONVERT proxy sees their SYNs too).
 RANDOM_SCHEMES = (
-    (ClientPolicy(scheme=Scheme.PLAIN), "convert"),
-    (ClientPolicy(scheme=Scheme.PLAIN), "mp_convert"),
-    (ClientPolicy(scheme=Scheme.MPTCP), "convert"),
-    (ClientPolicy(scheme=Scheme.MPTCP), "mp_convert"),
-    (ClientPolicy(scheme=Scheme.CONVERT), "convert"),
-    (ClientPolicy(scheme=Scheme.SOCKS5), "socks5"),
-    (ClientPolicy(scheme=Scheme.MP_CONVERT_OPTION), "mp_convert"),
-    (ClientPolicy(scheme=Scheme.SYN_PAYLOAD_EOL), "mp_convert"),
-    (ClientPolicy(scheme=Scheme.MP_CONVERT_OPTION, implicit=True), "mp_convert"),
-    (ClientPolicy(scheme=Scheme.SYN_PAYLOAD_EOL, implicit=True), "mp_convert"),
+    (ClientPolicy(scheme="plain"), "convert"),
+    (ClientPolicy(scheme="plain"), "mp_convert"),
+    (ClientPolicy(scheme="mptcp"), "convert"),
+    (ClientPolicy(scheme="mptcp"), "mp_convert"),
+    (ClientPolicy(scheme="convert"), "convert"),
+    (ClientPolicy(scheme="socks5"), "socks5"),
+    (ClientPolicy(scheme="mp-convert-option"), "mp_convert"),
+    (ClientPolicy(scheme="syn-payload-eol"), "mp_convert"),
+    (ClientPolicy(scheme="mp-convert-option", implicit=True), "mp_convert"),
+    (ClientPolicy(scheme="syn-payload-eol", implicit=True), "mp_convert"),
 )
 
 
-@given(scheme=st.sampled_from(RANDOM_SCHEMES), middlebox=st.sampled_from(MIDDLEBOXES),
-       server=st.sampled_from(SERVERS + (ServerKind.TFO, ServerKind.UNREACHABLE)),
+@given(scheme=st.sampled_from(RANDOM_SCHEMES), middlebox=st.sampled_from(table_middleboxes()),
+       server=st.sampled_from(table_servers() + (ServerKind.TFO, ServerKind.UNREACHABLE)),
        timing=st.sampled_from(list(ConverterTiming)),
        seed=st.integers(0, 2**16), fallback=st.sampled_from(list(FallbackTarget)),
        leak=st.sampled_from(list(SignalAckedAsData)), tfo=st.booleans(), mptcp_to_server=st.booleans(),
@@ -876,7 +880,7 @@ def test_invariants_over_random_cases(scheme, middlebox, server, timing, seed, f
     policy, proxy_kind = scheme
     policy = replace(policy, fallback=fallback, signal_acked_as_data=leak, tfo_to_server=tfo,
                      mptcp_to_server=mptcp_to_server)
-    up, down = middlebox.build()
+    up, down, _ = access_box(middlebox, random.Random)
     net = build_net(policy, server, up=up, down=down, timing=timing, seed=seed, checked=True,
                     cache_policy=CachePolicy(off_reprobe_s=300.0), proxy_kind=proxy_kind)
     net.client.connect(REQUEST, 0.0)
@@ -898,3 +902,69 @@ def test_invariants_over_random_cases(scheme, middlebox, server, timing, seed, f
         for attempt in net.client.logical[record.request_id].attempts:
             ext = attempt.mptcp
             assert ext is None or not (ext.negotiated and ext.fallback_reason is not None)
+
+
+# --- the lifecycle: scheme names, abandon, the transition table -------------------------------------
+
+
+def test_scheme_names_are_checked_with_a_suggestion():
+    with pytest.raises(UnknownComponentError, match=r"unknown scheme 'conver' \(did you mean convert\?\)"):
+        ClientPolicy(scheme="conver")
+    with pytest.raises(UnknownComponentError, match="unknown scheme 'mtcp'"):
+        Request(SERVER, SERVER_PORT, scheme="mtcp")
+
+
+def test_abandon_resets_the_request_and_records_it_once():
+    # The server's answers never come back: the request is under way (path ready at 60 ms) when
+    # the caller gives up at 1 s. The connection is reset, the record says why, and a second
+    # abandon (or the late timeout) changes nothing.
+    net = build_net(ClientPolicy(scheme="plain"), ServerKind.LEGACY_DROP, down=DropSegments(SegmentClass.DATA))
+    request_id = net.client.connect(REQUEST, 0.0)
+    net.harness.run(1.0)
+    logical = net.client.logical[request_id]
+    assert logical.state is LogicalState.REQUESTING and not logical.finished
+    logical.abandon(1.0, "given up by the caller")
+    logical.abandon(1.5, "again")
+    net.harness.run(400.0)
+    (record,) = net.client.finished
+    assert (record.outcome, record.detail, record.rsts_sent) == ("failed", "given up by the caller", 1)
+    assert logical.state is LogicalState.DONE and request_id not in net.client.unfinished
+    (rst_s,) = [t for t, seg in net.sent("client") if seg.flags & TcpFlags.RST]
+    assert rst_s == pytest.approx(1.0)
+
+
+def test_an_illegal_request_transition_raises_and_changes_nothing():
+    net = build_net(ClientPolicy(scheme="plain"), ServerKind.LEGACY_DROP)
+    record = net.request(0.0)
+    logical = net.client.logical[record.request_id]
+    assert logical.state is LogicalState.DONE
+    for state in LogicalState:
+        with pytest.raises(RuntimeError, match="illegal request transition DONE"):
+            logical._move(state)
+        assert logical.state is LogicalState.DONE
+    with pytest.raises(RuntimeError, match="started twice"):
+        logical.start(1.0)
+    assert net.client.finished == [record]
+
+
+def test_every_request_transition_is_taken(monkeypatch):
+    """The whole truth table, plus an on-path proxy that resets a reverted implicit attempt (the
+    one edge the table never takes), walks every edge of LOGICAL_TRANSITIONS and no other."""
+    from mpsim.proto.truth_table import all_cases
+
+    taken: set = set()
+    move = LogicalConnection._move
+
+    def recording(self, state):
+        taken.add((self.state, state))
+        move(self, state)
+
+    monkeypatch.setattr(LogicalConnection, "_move", recording)
+    all_cases(rngs=random.Random)
+    # As test_implicit_i_flag_revert_resets_both_legs_and_the_client_falls_back: the path was
+    # ready when the on-path proxy reset both legs, and the request goes again unsignalled.
+    net = build_net(ClientPolicy(scheme="mp-convert-option", implicit=True), ServerKind.LEGACY_DROP,
+                    down=StripOptions({TcpOptionKind.MPTCP}, classes={SegmentClass.SYN_ACK}), proxy_kind="mp_convert")
+    assert net.request(0.0).source_ports_used == 2
+    table = {(source, target) for source, targets in LOGICAL_TRANSITIONS.items() for target in targets}
+    assert taken == table, (table - taken, taken - table)

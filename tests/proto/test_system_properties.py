@@ -1,7 +1,7 @@
 """System properties: a client, a proxy and a server driven together through random loss,
 middleboxes, link delays, overlapping requests and re-probe triggers (docs/design.md section 7).
 
-The topology is the truth table's (mpsim.experiment.truth_table.build): client -- access link --
+The topology is the truth table's (mpsim.proto.truth_table.build): client -- access link --
 router (or the proxy, when it sits on the path) -- proxy / server, with the proxy each scheme
 needs. Each example draws a variant, a server kind, policy knobs, link delays (some close to the
 1 s SYN RTO, so that retransmission timers race with answers), middleboxes on the access link and
@@ -31,19 +31,19 @@ from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from mpsim.experiment.truth_table import (
+from mpsim.proto.truth_table import (
     CLIENT,
-    MIDDLEBOXES,
+    NO_MIDDLEBOX,
     PROXY_PORT,
     PROXY_UP,
     REQUEST,
-    SERVERS,
     VARIANTS,
     Placement,
     Variant,
     build,
+    table_servers,
 )
-from mpsim.proto.client import ConnectionFinished, FallbackTarget, Scheme, SignalAckedAsData
+from mpsim.proto.client import ConnectionFinished, FallbackTarget, SignalAckedAsData
 from mpsim.proto.events import MptcpNegotiated, Outcome
 from mpsim.proto.harness import Harness
 from mpsim.proto.middlebox import (
@@ -86,7 +86,7 @@ ONE_WAY_BOXES = st.one_of(
     st.tuples(st.just("rewrite-payload"), st.sampled_from([(b"REQ", b"GET"), (b"REQ 1000", b"R")]), _CLASSES),
     st.sampled_from([("drop-syns-with-data",), ("drop-rsts",), ("drop-unknown-option-syns",)]),
 )
-TWO_WAY_BOXES = st.one_of(st.sampled_from([("seq-rewrite",), ("mirror-mpc", True), ("mirror-mpc", False)]),
+TWO_WAY_BOXES = st.one_of(st.sampled_from([("seq-rewrite",), ("mirror-mp-capable", True), ("mirror-mp-capable", False)]),
                           st.tuples(st.just("nat"), st.booleans(), st.sampled_from([None, 5.0, 60.0])))
 #: A middlebox on one link: (spec, direction); "forward" is the initiator-to-responder hop.
 BOXES = st.one_of(st.tuples(ONE_WAY_BOXES, st.sampled_from(["forward", "backward"])),
@@ -115,7 +115,7 @@ def make_box(spec: tuple, rng: random.Random, link: str) -> Any:
             return DropUnknownOptionSyns()
         case ("seq-rewrite",):
             return SequenceRewriter(rng)
-        case ("mirror-mpc", with_rng):
+        case ("mirror-mp-capable", with_rng):
             return MirrorMpCapable(rng if with_rng else None)
         case ("nat", paired, mapping_timeout_s):
             inside = "198.18.0" if link == "access" else "198.18.2"
@@ -171,7 +171,7 @@ def cases(draw: st.DrawFn) -> Case:
     tfo = st.fixed_dictionaries({}, optional={
         "cookieless": st.booleans(), "syn_loss_backoff_base_s": st.sampled_from([None, 1.0]),
         "negative_cache_s": st.sampled_from([None, 30.0]), "cookie_request_retry_s": st.sampled_from([None, 5.0])})
-    return Case(replace(variant, policy=policy), mptcp_policy, draw(st.sampled_from(SERVERS)),
+    return Case(replace(variant, policy=policy), mptcp_policy, draw(st.sampled_from(table_servers())),
                 (draw(delays), draw(delays), draw(delays)),
                 tuple(draw(st.lists(BOXES, max_size=2))), tuple(draw(st.lists(BOXES, max_size=2))),
                 tuple(draw(hop_loss) for _ in HOPS), _pairs(draw(converter)), _pairs(draw(tcp)), _pairs(draw(tfo)),
@@ -240,7 +240,7 @@ class System:
 
     def __init__(self, case: Case) -> None:
         v = case.variant
-        self.harness, self.client = build(v.policy.scheme, MIDDLEBOXES[0], case.server, seed=case.seed,
+        self.harness, self.client = build(v.policy.scheme, NO_MIDDLEBOX, case.server, rngs=random.Random, seed=case.seed,
                                           client_policy=v.policy, timing=v.timing, placement=v.placement)
         h = self.harness
         self.proxy, self.server = h.machines["proxy"], h.machines["server"]
@@ -281,7 +281,7 @@ class System:
     def now(self) -> float:
         return self.harness.now
 
-    def request(self, scheme: Scheme | None) -> None:
+    def request(self, scheme: str | None) -> None:
         self.issued.append(self.client.connect(replace(REQUEST, scheme=scheme), self.now))
         self.watched["client"].check(self.now, "connect")
 
@@ -412,7 +412,7 @@ def check_record(record: Any, response_size_bytes: int) -> None:
 # --- the state machine --------------------------------------------------------------------------
 
 #: A request may override the variant's scheme with a direct one (the proxy only speaks the variant's).
-SCHEMES = st.sampled_from([None, Scheme.PLAIN, Scheme.MPTCP])
+SCHEMES = st.sampled_from([None, "plain", "mptcp"])
 TRIGGERS = st.sampled_from(["reboot", "attach_network", "move_network", "discover_proxy", "discover_dead_proxy",
                             "server_restart"])
 ADVANCES_S = st.sampled_from([0.0, 0.005, 0.03, 0.5, 1.0, 3.0, 12.0, 45.0])
@@ -422,16 +422,16 @@ class SystemMachine(RuleBasedStateMachine):
     system: System
 
     @initialize(case=cases(), scheme=SCHEMES)
-    def build(self, case: Case, scheme: Scheme | None) -> None:
+    def build(self, case: Case, scheme: str | None) -> None:
         self.system = System(case)
         self.system.request(scheme)
 
     @rule(scheme=SCHEMES)
-    def request(self, scheme: Scheme | None) -> None:
+    def request(self, scheme: str | None) -> None:
         self.system.request(scheme)
 
     @rule(scheme=SCHEMES, dt_s=ADVANCES_S)
-    def request_then_advance(self, scheme: Scheme | None, dt_s: float) -> None:
+    def request_then_advance(self, scheme: str | None, dt_s: float) -> None:
         self.system.request(scheme)
         self.advance(dt_s)
 
@@ -465,10 +465,11 @@ TestSystem.settings = settings(max_examples=300 if os.environ.get("CI") else 100
 # --- failures the machine found, as minimal reproductions ------------------------------------------
 
 
-def _run_one(scheme: Scheme, server: ServerKind | ServerHost, *, down: list | None = None) -> tuple[Harness, Any]:
+def _run_one(scheme: str, server: ServerKind | ServerHost, *, down: list | None = None) -> tuple[Harness, Any]:
     """One request through the truth table's topology: ``down`` filters the access link towards
     the client; a ServerHost given as ``server`` replaces the truth table's."""
-    harness, client = build(scheme, MIDDLEBOXES[0], server if isinstance(server, ServerKind) else ServerKind.CLOSED)
+    harness, client = build(scheme, NO_MIDDLEBOX, server if isinstance(server, ServerKind) else ServerKind.CLOSED,
+                            rngs=random.Random)
     if isinstance(server, ServerHost):
         harness.machines["server"] = server
     harness.hops[("router", "c")].filters = down or []
@@ -480,12 +481,12 @@ def _run_one(scheme: Scheme, server: ServerKind | ServerHost, *, down: list | No
 def test_a_blackholed_response_ends_the_request():
     # Every data segment from the server is lost: the server gives up after its retransmissions
     # (without an RST, as Linux), and the client, with nothing outstanding, hears nothing more.
-    _, client = _run_one(Scheme.PLAIN, ServerKind.LEGACY_DROP, down=[DropSegments(SegmentClass.DATA)])
+    _, client = _run_one("plain", ServerKind.LEGACY_DROP, down=[DropSegments(SegmentClass.DATA)])
     assert [r.outcome for r in client.finished] == ["failed"]
 
 
 def test_an_icmp_error_ends_the_request():
-    _, client = _run_one(Scheme.PLAIN, ServerKind.UNREACHABLE)
+    _, client = _run_one("plain", ServerKind.UNREACHABLE)
     assert [r.outcome for r in client.finished] == ["failed"]
 
 
@@ -498,7 +499,7 @@ class _HangUp(ServerApp):
 
 def test_a_response_cut_short_is_no_success():
     server = ServerHost("server", REQUEST.destination, ServerKind.LEGACY_DROP, rng=random.Random(1), app=_HangUp())
-    _, client = _run_one(Scheme.PLAIN, server)
+    _, client = _run_one("plain", server)
     [record] = client.finished
     assert record.bytes_delivered == 0
     assert record.outcome == "failed", record
@@ -507,9 +508,9 @@ def test_a_response_cut_short_is_no_success():
 def test_the_on_path_topology_routes_every_proxy_address():
     variant = next(v for v in VARIANTS if v.placement is Placement.ON_PATH)
     policy = replace(variant.policy, fallback=FallbackTarget.OTHER_PROXY)
-    harness, client = build(policy.scheme, MIDDLEBOXES[0], ServerKind.LEGACY_DROP, client_policy=policy,
+    harness, client = build(policy.scheme, NO_MIDDLEBOX, ServerKind.LEGACY_DROP, rngs=random.Random, client_policy=policy,
                             placement=variant.placement)
     client.discover_proxy((IPv4Address("198.18.1.2"), PROXY_PORT), 0.0)  # beside the on-path proxy's address
-    client.connect(replace(REQUEST, scheme=Scheme.CONVERT), 0.0)  # refused by the proxy, then the other one
+    client.connect(replace(REQUEST, scheme="convert"), 0.0)  # refused by the proxy, then the other one
     harness.run(QUIET_RUN_S)
     assert len(client.finished) == 1

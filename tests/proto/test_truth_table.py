@@ -2,7 +2,7 @@
 
 Each row below is derived from the protocol rules and the truth table's topology, not read off
 docs/truth-table.md; the comment above it is the derivation. Topology
-(mpsim.experiment.truth_table): client --10 ms-- router --0 ms-- proxy, router --20 ms-- server,
+(mpsim.proto.truth_table): client --10 ms-- router --0 ms-- proxy, router --20 ms-- server,
 the middlebox on the client's access link (both directions); an on-path proxy sits at the
 router's end of the access link. So the client-proxy RTT is 20 ms, the proxy-server RTT 40 ms and
 the client-server RTT 60 ms. A request sends 100 bytes and reads 1000; the server answers once it
@@ -14,18 +14,19 @@ Linux does not resend SYN data on a SYN retransmission.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import pytest
 
-from mpsim.experiment.truth_table import (
+from mpsim.proto.truth_table import (
     ACCESS_DELAY_S,
-    MIDDLEBOXES,
     SERVER_DELAY_S,
-    SERVERS,
     VARIANTS,
     all_cases,
     run_variant,
+    table_middleboxes,
+    table_servers,
 )
 from mpsim.proto.events import FallbackReason, Outcome
 from mpsim.proto.server import ServerKind
@@ -38,7 +39,6 @@ PROXY_GIVES_UP_S = 7.0  # the third SYN to a proxy (3 s) times out after a 4 s R
 MPC_DROPPED_S = 7.0  # Linux: MP_CAPABLE SYNs at 0, 1, 3 s, the plain one at 7 s
 
 VARIANT = {v.label: v for v in VARIANTS}
-MIDDLEBOX = {m.name: m for m in MIDDLEBOXES}
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ ROWS = [
     # RST in SYN-SENT: refused, and plain TCP has nothing to fall back to.
     Row("plain", "none", "closed", "failed", None, None, 1, 0, 1),
     # The RSTs are dropped: the SYN is retried 6 times (7 SYNs) and the connection times out.
-    Row("plain", "drop-rst", "closed", "failed", None, None, 7, 0, 1),
+    Row("plain", "drop-rst-both-ways", "closed", "failed", None, None, 7, 0, 1),
     # ICMP unreachable ends SYN-SENT at once (Linux).
     Row("plain", "none", "unreachable", "failed", None, None, 1, 0, 1),
     # --- mptcp -----------------------------------------------------------------------------------
@@ -80,9 +80,9 @@ ROWS = [
         MPC_DROPPED_S + DIRECT_TCP_S, 4, 0, 1),
     # A forged MP_CAPABLE in the SYN-ACK makes the client believe in MPTCP; the legacy server ACKs
     # the data without a DSS Data ACK: infinite mapping, fallback (RFC 8684 3.7), no time lost.
-    Row("mptcp", "mirror-mpc", "legacy_drop", "fallback_tcp", "dss_missing", DIRECT_TCP_S, 1, 0, 1),
+    Row("mptcp", "mirror-mp-capable", "legacy_drop", "fallback_tcp", "dss_missing", DIRECT_TCP_S, 1, 0, 1),
     # The same forgery is harmless when the server really is MPTCP (it then sends its own option).
-    Row("mptcp", "mirror-mpc", "mptcp_v1", "mptcp", None, DIRECT_TCP_S, 1, 0, 1),
+    Row("mptcp", "mirror-mp-capable", "mptcp_v1", "mptcp", None, DIRECT_TCP_S, 1, 0, 1),
     # --- convert, RFC timing ------------------------------------------------------------------------
     # The request rides in the SYN after the Connect TLV. The converter opens the server leg at
     # once (no TFO cookie: the request waits for the server's SYN-ACK), answers the client when
@@ -178,7 +178,7 @@ ROWS = [
 
 
 def _run(row: Row):
-    case = run_variant(VARIANT[row.variant], MIDDLEBOX[row.middlebox], ServerKind(row.server))
+    case = run_variant(VARIANT[row.variant], row.middlebox, ServerKind(row.server), rngs=random.Random)
     assert case.record is not None
     return case.record
 
@@ -220,11 +220,11 @@ def test_an_implicit_syn_refused_by_the_server_after_mpc_was_dropped_ends_the_re
 
 @pytest.fixture(scope="module")
 def cases():
-    return all_cases()
+    return all_cases(rngs=random.Random)
 
 
 def test_every_case_has_a_record_with_a_known_outcome_and_reason(cases):
-    assert len(cases) == len(VARIANTS) * len(MIDDLEBOXES) * len(SERVERS)
+    assert len(cases) == len(VARIANTS) * len(table_middleboxes()) * len(table_servers())
     outcomes = {o.value for o in Outcome}
     reasons = {r.value for r in FallbackReason} | {None}
     assert all(c.record is not None and c.record.outcome in outcomes and c.record.fallback_reason in reasons

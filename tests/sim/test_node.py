@@ -11,7 +11,7 @@ from ipaddress import IPv4Address
 import pytest
 import simpy
 
-from mpsim.proto.client import ClientHost, ClientPolicy, Request, Scheme
+from mpsim.proto.client import ClientHost, ClientPolicy, Request
 from mpsim.proto.harness import Harness, Router
 from mpsim.proto.host import Transmit
 from mpsim.proto.middlebox import DropSegments, SegmentClass, StripOptions
@@ -30,7 +30,7 @@ CLIENT, SERVER = IPv4Address("198.18.0.1"), IPv4Address("198.18.3.1")
 # --- the same runs under the harness and under SimPy --------------------------------------------
 
 
-def _machines(scheme: Scheme, server_kind: ServerKind, seed: int):
+def _machines(scheme: str, server_kind: ServerKind, seed: int):
     client = ClientHost("client", {"eth0": CLIENT}, rng=random.Random(seed), policy=ClientPolicy(scheme=scheme))
     server = ServerHost("server", SERVER, server_kind, rng=random.Random(seed + 1), app=ResponderApp(3000))
     router = Router({"east": ["198.18.3.0/24"], "west": ["198.18.0.0/24"]})
@@ -41,7 +41,7 @@ def _machines(scheme: Scheme, server_kind: ServerKind, seed: int):
 class Topology:
     """client --(access)-- router --(core)-- server, with per-direction filters on the access link."""
 
-    scheme: Scheme = Scheme.PLAIN
+    scheme: str = "plain"
     server_kind: ServerKind = ServerKind.LEGACY_DROP
     access_delay_s: float = 0.010
     core_delay_s: float = 0.025
@@ -105,9 +105,9 @@ def _per_node(events):
 
 SCENARIOS = {
     "plain": Topology(),
-    "mptcp-first-synack-lost": Topology(scheme=Scheme.MPTCP, server_kind=ServerKind.MPTCP_V1,
+    "mptcp-first-synack-lost": Topology(scheme="mptcp", server_kind=ServerKind.MPTCP_V1,
                                         down_filters=[DropSegments(SegmentClass.SYN_ACK, frozenset({1}))]),
-    "mptcp-stripped-three-requests": Topology(scheme=Scheme.MPTCP, server_kind=ServerKind.MPTCP_V1,
+    "mptcp-stripped-three-requests": Topology(scheme="mptcp", server_kind=ServerKind.MPTCP_V1,
                                               up_filters=[StripOptions({TcpOptionKind.MPTCP})],
                                               requests_at_s=(0.0, 0.0, 2.5)),
     "lost-request-data": Topology(up_filters=[DropSegments(SegmentClass.DATA, frozenset({1}))]),
@@ -159,7 +159,7 @@ def _live_timer_times(env: simpy.Environment, node: SimNode) -> list[float]:
 
 def test_never_more_than_one_live_timer_event_per_node():
     # Random loss both ways and several requests: deadlines move often.
-    topo = Topology(scheme=Scheme.MPTCP, server_kind=ServerKind.MPTCP_V1, requests_at_s=(0.0, 0.3, 0.3, 4.0))
+    topo = Topology(scheme="mptcp", server_kind=ServerKind.MPTCP_V1, requests_at_s=(0.0, 0.3, 0.3, 4.0))
     rng = random.Random(5)
     topo.up_filters = [lambda p, now: [] if rng.random() < 0.2 else [p]]
     topo.down_filters = [lambda p, now: [] if rng.random() < 0.2 else [p]]
@@ -325,7 +325,7 @@ def _seeded_run(root_seed: int):
     env = simpy.Environment()
     trace = Trace(record_packets=True)
     rng = partial(component_rng, root_seed, 0)
-    client = ClientHost("client", {"eth0": CLIENT}, rng=rng("host:client"), policy=ClientPolicy(scheme=Scheme.PLAIN))
+    client = ClientHost("client", {"eth0": CLIENT}, rng=rng("host:client"), policy=ClientPolicy(scheme="plain"))
     server = ServerHost("server", SERVER, ServerKind.LEGACY_DROP, rng=rng("host:server"), app=ResponderApp(20_000))
     a, b = SimNode(env, "client", client, trace), SimNode(env, "server", server, trace)
     Link(env, a, "eth0", b, "eth0",

@@ -11,7 +11,7 @@ from ipaddress import IPv4Address, IPv6Address
 import pytest
 import simpy
 
-from mpsim.proto.client import ClientHost, ClientPolicy, Request, Scheme
+from mpsim.proto.client import ClientHost, ClientPolicy, Request
 from mpsim.proto.middlebox import DropSegments, IcmpUnreachable, SegmentClass, StripOptions
 from mpsim.proto.server import ResponderApp, ServerHost, ServerKind
 from mpsim.sim.link import Link, LinkDirection
@@ -26,7 +26,7 @@ from mpsim.wire.segment import IpPacket, TcpFlags, TcpSegment, decode_packet, en
 CLIENT, SERVER = IPv4Address("198.18.0.1"), IPv4Address("198.18.0.2")
 
 
-def _run(scheme: Scheme = Scheme.MPTCP, server_kind: ServerKind = ServerKind.MPTCP_V1, down_filters=(),
+def _run(scheme: str = "mptcp", server_kind: ServerKind = ServerKind.MPTCP_V1, down_filters=(),
          up_filters=()) -> tuple[Trace, ClientHost]:
     env = simpy.Environment()
     trace = Trace(record_packets=True)
@@ -246,7 +246,7 @@ def test_ladder_across_a_router_with_an_icmp_answer():
     env = simpy.Environment()
     trace = Trace(record_packets=True)
     far = IPv4Address("198.18.3.9")
-    client = ClientHost("client", {"eth0": CLIENT}, rng=random.Random(1), policy=ClientPolicy(scheme=Scheme.PLAIN))
+    client = ClientHost("client", {"eth0": CLIENT}, rng=random.Random(1), policy=ClientPolicy(scheme="plain"))
     last_hop = ServerHost("last-hop", IPv4Address("198.18.3.1"), ServerKind.UNREACHABLE, rng=random.Random(2))
     router = Router({"east": ["198.18.3.0/24"], "west": ["198.18.0.0/24"]})
     nodes = [SimNode(env, name, machine, trace) for name, machine in
