@@ -59,7 +59,8 @@ class Scale:
 ALL_FAST = ("direct-tcp", "direct-mptcp", "converter-splice", "converter-copy", "converter-auto", "peer-relay")
 PROXY_COMPARISON = ("direct-tcp", "direct-mptcp", "converter-auto", "peer-relay")
 MEMORY_ROUTES = ("direct-tcp", "direct-mptcp", "converter-splice", "converter-copy", "peer-relay")
-ALL_MIDDLEBOXES = ("none", "strip_mptcp_syn", "drop_mp_capable_syn", "drop_syn_data")
+#: Catalogue names (mpsim/proto/catalogue.py) of the middleboxes the testbed builds (KERNEL_MIDDLEBOXES).
+ALL_MIDDLEBOXES = ("none", "strip-mptcp-syn", "drop-mp-capable-syn", "drop-syn-data")
 GRID = {"grid_rates_bps": (10_000_000, 50_000_000), "grid_losses": (0.0, 0.005, 0.02)}
 SCALES = {
     "full": Scale("full", fast_bytes=512 * MIB, fast_rounds=7, fast_configs=ALL_FAST,
@@ -79,7 +80,7 @@ SCALES = {
                    churn_conns=10, churn_rounds=1, churn_configs=("direct-mptcp", "converter-auto"),
                    idle_conns=10, memory_rounds=1, memory_configs=("converter-copy",),
                    grid_rates_bps=(50_000_000,), grid_losses=(0.0,), grid_s=0.5, grid_reps=1,
-                   middleboxes=("strip_mptcp_syn",)),
+                   middleboxes=("strip-mptcp-syn",)),
 }
 
 

@@ -7,8 +7,10 @@ time, SYN and RST counts (nftables counters on the client's output, SYN times fr
 installed), MPTcpExt counters against the model host's MIB.
 
 The model side: :class:`LossAfterQueue` (one direction of a testbed path: tbf, then the loss rule)
-and :class:`DropMpCapableSyns` (an nft rule as a middlebox policy) are the testbed's pieces in the
-model's terms; docs/kernel-bench.md explains every disagreement.
+is the testbed's path in the model's terms; the negotiation is a scenario built with the kernel's
+knobs as keys (:func:`negotiation_scenario`) and the middlebox by its catalogue name, the one the
+testbed builds (mpsim/testbed/shaping.py ``KERNEL_MIDDLEBOXES``). docs/kernel-bench.md explains
+every disagreement.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from typing import Any
 from mpsim.bench.kernel.config import L2_FACTOR, MIB, PEER_LIMIT_S, QUEUE_S, SHAPED_RATE_BPS, BenchError, Scale
 from mpsim.bench.kernel.measure import pct, relative_error
 from mpsim.bench.kernel.services import Peer, Services, new_testbed, peer_argv, testbed_facts, upload
-from mpsim.proto.middlebox import (Policy, SegmentClass, StripMode, StripOptions, drop_syns_with_data,
-                                   segment_classes)
+from mpsim.experiment.scenario import Arrivals, ClientSpec, ConverterSpec, MptcpSpec
+from mpsim.experiment.scenario import PathSpec as ScenarioPath
+from mpsim.experiment.scenario import Scenario, ServerSpec, WorkloadSpec
+from mpsim.experiment.simulation import CLIENT, Simulation
+from mpsim.proto.catalogue import MIDDLEBOXES
+from mpsim.proto.relay import ConverterTiming
 from mpsim.sim.link import LinkDirection
 from mpsim.sim.loss import Bernoulli
-from mpsim.wire.mptcp import MpCapable
-from mpsim.wire.options import TcpOptionKind
 from mpsim.wire.segment import IpPacket, TcpFlags
 
 
@@ -114,64 +118,45 @@ def model_goodput(settings: ModelSettings, rate_bps: float, loss_prob: float, si
             "loss_rate": sum(c["loss_drops"] for c in counters) / max(1, sum(c["sent"] for c in counters))}
 
 
-class DropMpCapableSyns(Policy):
-    """The testbed's nft rule ``tcp flags & (syn|ack) == syn tcp option mptcp subtype 0 drop`` as a
-    model middlebox policy. Kept here, beside the benchmark that needs it, until the middlebox
-    catalogue (mpsim/proto/middlebox.py) offers it under a name the scenarios share."""
-
-    name = "drop-mp-capable-syn"
-    description = "drops SYNs (without ACK) carrying MP_CAPABLE"
-
-    def apply(self, packet: Any, now: float) -> list:
-        if isinstance(packet, IpPacket) and SegmentClass.SYN in segment_classes(packet.segment) \
-                and any(isinstance(o, MpCapable) for o in packet.segment.options):
-            self.hits += 1
-            return []
-        return [packet]
+def catalogue_middlebox(middlebox: str) -> str | None:
+    """The catalogue name (mpsim/proto/catalogue.py) of a benchmark middlebox: itself, or the
+    testbed's Middlebox field spelling (``drop_mp_capable_syn``) read as ``drop-mp-capable-syn``;
+    None for ``none``. An unknown name is the catalogue's one-line error."""
+    if middlebox == "none":
+        return None
+    name = middlebox.replace("_", "-")
+    MIDDLEBOXES.get(name)
+    return name
 
 
-def model_filters(middlebox: str) -> list[Any]:
-    """The model policies equal to a testbed Middlebox field (applied on path 0, both directions)."""
-    if middlebox == "strip_mptcp_syn":  # TCPOPTSTRIP: the option's bytes become NOPs
-        return [StripOptions({TcpOptionKind.MPTCP}, classes={SegmentClass.SYN}, mode=StripMode.NOP)]
-    if middlebox == "drop_mp_capable_syn":
-        return [DropMpCapableSyns()]
-    if middlebox == "drop_syn_data":
-        return [drop_syns_with_data()]
-    return []
+def negotiation_scenario(settings: ModelSettings, middlebox: str, rate_bps: float, knobs: dict[str, int]) -> Scenario:
+    """The Convert negotiation as a scenario: the testbed's two paths, the middlebox on path 0, and
+    the kernel's knobs (MPTCP fallback and blackhole, SYN retries and linear timeouts) as keys."""
+    rate = rate_bps * settings.rate_factor
+    path = ScenarioPath(rate_up_bps=rate, rate_down_bps=rate, delay_s=settings.one_way_delay_s,
+                        queue_bytes=int(rate_bps / 8 * settings.queue_s * settings.rate_factor))
+    box = catalogue_middlebox(middlebox)
+    return Scenario(
+        description=f"kernel benchmark: Convert through {middlebox}", duration_s=1.0, drain_s=120.0,
+        # The live client waits on the kernel's SYN retries (tcp_syn_retries), not on a proxy budget.
+        client=ClientSpec(scheme="convert", upstream_mptcp=True, proxy_syn_retries=knobs["tcp_syn_retries"],
+                          syn_retries=knobs["tcp_syn_retries"],
+                          # the kernel's SYN schedule (tcp_syn_linear_timeouts: 0, 1, 2, 3 s on this kernel)
+                          syn_linear_timeouts=knobs.get("tcp_syn_linear_timeouts", 0),
+                          mptcp=MptcpSpec(syn_retrans_before_tcp_fallback=knobs["syn_retrans_before_tcp_fallback"],
+                                          blackhole_timeout_s=knobs["blackhole_timeout_s"])),
+        converter=ConverterSpec(kind="convert", timing=ConverterTiming.SOCKET, delay_s=0.0),
+        server=ServerSpec(delay_s=0.0),
+        paths={"path0": replace(path, middleboxes=(box,) if box else ()), "path1": path},
+        workload=WorkloadSpec(arrivals=Arrivals.ONE))
 
 
 def model_negotiation(settings: ModelSettings, middlebox: str, rate_bps: float,
                       knobs: dict[str, int]) -> dict[str, Any]:
     """The Convert negotiation in the SimPy scenario model, with the kernel's knobs: outcome,
     setup time, SYN and RST counts and times, the client host's MIB."""
-    from mpsim.experiment.scenario import (Arrivals, ClientSpec, ConverterSpec, PathSpec, Scenario,
-                                           ServerSpec, WorkloadSpec)
-    from mpsim.experiment.simulation import CLIENT, Simulation
-    from mpsim.proto.mptcp import MptcpBlackholeState, MptcpPolicy
-    from mpsim.proto.relay import ConverterTiming
-    rate = rate_bps * settings.rate_factor
-    path = PathSpec(rate_up_bps=rate, rate_down_bps=rate, delay_s=settings.one_way_delay_s,
-                    queue_bytes=int(rate_bps / 8 * settings.queue_s * settings.rate_factor))
-    scenario = Scenario(
-        description=f"kernel benchmark: Convert through {middlebox}", duration_s=1.0, drain_s=120.0,
-        # The live client waits on the kernel's SYN retries (tcp_syn_retries), not on a proxy budget.
-        client=ClientSpec(scheme="convert", upstream_mptcp=True, proxy_syn_retries=knobs["tcp_syn_retries"],
-                          syn_retries=knobs["tcp_syn_retries"]),
-        converter=ConverterSpec(kind="convert", timing=ConverterTiming.SOCKET, delay_s=0.0),
-        server=ServerSpec(delay_s=0.0), paths={"path0": path, "path1": path},
-        workload=WorkloadSpec(arrivals=Arrivals.ONE))
-    sim = Simulation(scenario, variant="kernel-bench", run_index=0, record_packets=True)
-    # The scenario schema has no MPTCP policy: the client takes the kernel's values here.
-    sim.client.mptcp_policy = MptcpPolicy(syn_retrans_before_tcp_fallback=knobs["syn_retrans_before_tcp_fallback"],
-                                          blackhole_timeout_s=knobs["blackhole_timeout_s"])
-    sim.client.mptcp_blackhole = MptcpBlackholeState(sim.client.mptcp_policy)
-    # ... and the kernel's SYN schedule (tcp_syn_linear_timeouts: 0, 1, 2, 3 s on this kernel).
-    sim.client.policy = replace(sim.client.policy, syn_linear_timeouts=knobs.get("tcp_syn_linear_timeouts", 0))
-    network = sim.networks["path0"]
-    for policy in model_filters(middlebox):
-        network.up.filters.append(policy.forward)
-        network.down.filters.append(policy)
+    sim = Simulation(negotiation_scenario(settings, middlebox, rate_bps, knobs), variant="kernel-bench", run_index=0,
+                     record_packets=True)
     result = sim.run()
     record = result.connections[0]
     syn_times, rsts = [], 0
@@ -314,7 +299,8 @@ def _tcp_ext(deltas: dict[str, int], *names: str) -> int:
 
 
 def model_vs_kernel(scale: Scale, log_dir: Path, progress: Callable[[str], None]) -> dict[str, Any]:
-    from mpsim.testbed import Middlebox, PathSpec
+    from mpsim.testbed import PathSpec
+    from mpsim.testbed.shaping import kernel_middlebox
 
     rows, testbeds = [], {}
     calibration: dict[str, Any] = {}
@@ -344,7 +330,7 @@ def model_vs_kernel(scale: Scale, log_dir: Path, progress: Callable[[str], None]
                 progress(f"model {label} {up['route']} rep {rep + 1}: kernel {up['goodput_bps'] / 1e6:.2f} Mbit/s, "
                          f"model {model['goodput_bps'] / 1e6:.2f} Mbit/s ({pct(rows[-1]['goodput_error'])})")
     for middlebox in scale.middleboxes:
-        box = Middlebox(**{middlebox: True}) if middlebox != "none" else None
+        box = kernel_middlebox(catalogue_middlebox(middlebox)).box if middlebox != "none" else None
         paths = [PathSpec(rate_bps=SHAPED_RATE_BPS, queue_s=QUEUE_S, middlebox=box),
                  PathSpec(rate_bps=SHAPED_RATE_BPS, queue_s=QUEUE_S)]
         size_bytes = int(SHAPED_RATE_BPS * 1420 / 1514 / 8 * scale.grid_s)  # scale.grid_s on one path
