@@ -16,13 +16,12 @@ import time
 
 import pytest
 
+from mpsim.bench.kernel.attacker import open_fast
 from mpsim.live.client import ConvertError, convert_open
 from mpsim.live.converter import ConverterDaemon
 from mpsim.live.cookies import rotate_cookie_secret
 from mpsim.live.sockets import (
     IPPROTO_MPTCP,
-    MSG_FASTOPEN,
-    TCP_FASTOPEN_NO_COOKIE,
     LocalAddressCheck,
     delivered_locally,
     reset_close,
@@ -130,22 +129,6 @@ def test_the_post_connect_check_sees_a_local_peer(ns):
 # --- 2. abuse: idle, slow, garbage, resetting and unauthorised clients beside good ones ------------------
 
 
-def _fast_open(dest: tuple[str, int], payload: bytes, source: str | None = None) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setblocking(False)
-    if source is not None:
-        sock.bind((source, 0))
-    if payload:
-        sock.setsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN_NO_COOKIE, 1)
-        try:
-            sock.sendto(payload, MSG_FASTOPEN, dest)
-        except (BlockingIOError, InterruptedError):
-            pass
-    else:
-        sock.connect_ex(dest)
-    return sock
-
-
 class Abusers:
     """Keeps ``idle`` sockets that never send, ``slow`` ones that send a Convert header and then a
     byte every 0.5 s, ``outsiders`` (from outside --allow) and re-opens them when the converter
@@ -164,12 +147,12 @@ class Abusers:
     def _open(self, kind: str) -> socket.socket:
         self.opened[kind] += 1
         if kind == "slow":
-            return _fast_open(self.dest, HEADER_ONLY)
+            return open_fast(self.dest, HEADER_ONLY)
         if kind == "garbage":
-            return _fast_open(self.dest, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            return open_fast(self.dest, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         if kind == "outsider":
-            return _fast_open(self.dest, b"", source=OUTSIDER_V4)
-        return _fast_open(self.dest, b"")
+            return open_fast(self.dest, b"", source=OUTSIDER_V4)
+        return open_fast(self.dest, b"")
 
     @staticmethod
     def _dead(sock: socket.socket) -> bool:
@@ -274,7 +257,7 @@ def test_good_clients_are_served_through_an_attack_and_descriptors_return(ns):
 def test_a_half_sent_request_is_reset_after_the_grace_at_the_minimum_rate(ns):
     with converter("--request-grace", "0.5", "--request-min-rate", "100") as conv:
         host, _, port = conv.address.rpartition(":")
-        sock = _fast_open((host, int(port)), HEADER_ONLY)  # 4 bytes: a deadline 0.54 s after accept
+        sock = open_fast((host, int(port)), HEADER_ONLY)  # 4 bytes: a deadline 0.54 s after accept
         start = time.monotonic()
         with sock:
             sock.setblocking(True)
@@ -290,8 +273,8 @@ def test_a_half_sent_request_is_reset_after_the_grace_at_the_minimum_rate(ns):
 def test_garbage_is_reset_at_once_and_outsiders_before_they_hold_anything(ns):
     with converter() as conv:
         host, _, port = conv.address.rpartition(":")
-        garbage = _fast_open((host, int(port)), b"GET / HTTP/1.1\r\n\r\n")
-        outsider = _fast_open((host, int(port)), b"", source=OUTSIDER_V4)
+        garbage = open_fast((host, int(port)), b"GET / HTTP/1.1\r\n\r\n")
+        outsider = open_fast((host, int(port)), b"", source=OUTSIDER_V4)
         for sock in (garbage, outsider):
             with sock:
                 sock.setblocking(True)
@@ -313,7 +296,7 @@ def test_garbage_is_reset_at_once_and_outsiders_before_they_hold_anything(ns):
 def test_pending_connections_are_capped_per_source_oldest_first(ns):
     with converter("--max-pending-per-source", "5", "--request-grace", "5") as conv:
         host, _, port = conv.address.rpartition(":")
-        idle = [_fast_open((host, int(port)), b"") for _ in range(8)]
+        idle = [open_fast((host, int(port)), b"") for _ in range(8)]
         time.sleep(0.5)
         try:
             assert [Abusers._dead(sock) for sock in idle] == [True] * 3 + [False] * 5  # the oldest three went

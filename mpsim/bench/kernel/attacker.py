@@ -56,9 +56,13 @@ def syn_packet(src: str, dst: str, sport: int, dport: int, seq: int) -> bytes:
     return ip + tcp
 
 
-def open_fast(dest: tuple[str, int], payload: bytes) -> socket.socket:
+def open_fast(dest: tuple[str, int], payload: bytes, source: str | None = None) -> socket.socket:
+    """A non-blocking IPv4 client: ``payload`` in its SYN (cookie-less Fast Open), or a plain
+    connect when empty; from ``source`` when given. The hardening tests use it too."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setblocking(False)
+    if source is not None:
+        sock.bind((source, 0))
     if payload:
         sock.setsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN_NO_COOKIE, 1)
         try:
