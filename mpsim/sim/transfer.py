@@ -107,6 +107,7 @@ from __future__ import annotations
 import hashlib
 from bisect import bisect_left
 from collections import deque
+from heapq import heappop, heappush
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -1317,6 +1318,7 @@ class _ConnectionReceiver:
         self.held_bytes = 0  # out of order, subflow- or connection-level
         self.right_edge = rcv_buf_bytes
         self.pending: dict[int, Segment] = {}  # by DSN
+        self.pending_heap: list[int] = []  # the DSNs of pending (and of some already taken: skipped)
         self.duplicate_bytes = 0
         self.finish_s: float | None = None
         self.hasher = hashlib.sha256() if hash_payload else None
@@ -1329,27 +1331,45 @@ class _ConnectionReceiver:
         return self.right_edge - self.data_rcv_nxt
 
     def deliver(self, segment: Segment) -> None:
-        """Subflow-level in-order data: pass it up in DSN order."""
+        """Subflow-level in-order data: pass it up in DSN order. A reinjected fragment need not
+        line up with the segments it repeats, so data may overlap what is already read or held:
+        the overlap is dropped as a duplicate (as Linux's ``mptcp_data_queue_ofo`` trims it)."""
         dsn = segment.dsn
-        if dsn == self.data_rcv_nxt:
-            self._read(segment)
+        rcv_nxt = self.data_rcv_nxt
+        if dsn == rcv_nxt or (dsn < rcv_nxt < dsn + segment.payload_bytes):
+            self._read(segment, rcv_nxt - dsn)
             pending = self.pending
             while pending:
                 queued = pending.pop(self.data_rcv_nxt, None)
                 if queued is None:
-                    break
+                    if self.pending_heap[0] >= self.data_rcv_nxt:
+                        break
+                    queued = pending.pop(heappop(self.pending_heap), None)
+                    if queued is None:
+                        continue
+                    self.held_bytes -= queued.payload_bytes
+                    skip = self.data_rcv_nxt - queued.dsn
+                    if skip >= queued.payload_bytes:
+                        self.duplicate_bytes += queued.payload_bytes
+                    else:
+                        self._read(queued, skip)
+                    continue
                 self.held_bytes -= queued.payload_bytes
-                self._read(queued)
-        elif dsn > self.data_rcv_nxt and dsn not in self.pending:
+                self._read(queued, 0)
+            if not pending:
+                self.pending_heap.clear()
+        elif dsn > rcv_nxt and dsn not in self.pending:
             self.pending[dsn] = segment
+            heappush(self.pending_heap, dsn)
             self.held_bytes += segment.payload_bytes
         else:
             self.duplicate_bytes += segment.payload_bytes
 
-    def _read(self, segment: Segment) -> None:
-        self.data_rcv_nxt += segment.payload_bytes
+    def _read(self, segment: Segment, skip: int) -> None:
+        self.data_rcv_nxt += segment.payload_bytes - skip
+        self.duplicate_bytes += skip
         if self.hasher is not None:
-            self.hasher.update(segment.payload)
+            self.hasher.update(segment.payload[skip:] if skip else segment.payload)
         if self.data_rcv_nxt >= self.size_bytes and self.finish_s is None:
             self.finish_s = self.env.now
             self.done.succeed(self.finish_s)
