@@ -132,6 +132,13 @@ class Direction(enum.Enum):
     UPLOAD = "upload"
 
 
+class Buffers(enum.Enum):
+    """How a transfer's socket buffers are sized (mpsim.sim.transfer BUFFER_POLICIES)."""
+
+    AUTO = "auto"  # Linux's auto-tuning: snd_buf_bytes/rcv_buf_bytes are tcp_wmem[2]/tcp_rmem[2]
+    PINNED = "pinned"  # SO_SNDBUF/SO_RCVBUF set to snd_buf_bytes/rcv_buf_bytes (Linux doubles them)
+
+
 # --- schema helpers ------------------------------------------------------------------------------
 
 
@@ -269,6 +276,7 @@ class TransferSpec:
     congestion_control: CongestionControlName = knob("cubic")  # a CONGESTION_CONTROLS name
     snd_buf_bytes: int = knob(DEFAULT_SND_BUF_BYTES, ge=1500)  # the sender's socket buffer (net.ipv4.tcp_wmem)
     rcv_buf_bytes: int = knob(DEFAULT_RCV_BUF_BYTES, ge=1500)  # the receiver's (net.ipv4.tcp_rmem)
+    buffers: Buffers = knob(Buffers.AUTO)  # auto-tuned up to the sizes above, or pinned to them
 
 
 @dataclass(frozen=True, kw_only=True)
