@@ -47,8 +47,9 @@ Sender, per subflow (Linux as the reference where the RFCs leave a choice):
   and ssthresh is reduced only by the first expiry of a back-off series and not when fast
   recovery already reduced it (Linux ``tcp_enter_loss``);
 * a send buffer: the data the application has written and the peer has not acknowledged
-  (DATA_ACK for MPTCP) never exceeds ``snd_buf_bytes``; the application writes as fast as the
-  buffer allows.
+  (DATA_ACK for MPTCP) never exceeds the connection's send buffer; the application writes as
+  fast as the buffer allows. ``buffers="auto"`` (Linux's default) sizes it as Linux 6.x auto-tunes
+  it; ``buffers="pinned"`` as after SO_SNDBUF (below).
 
 Receiver, per subflow: in-order data goes up at once (an application that reads instantly);
 out-of-order segments wait in an interval list and are reported in SACK blocks (the block
@@ -60,12 +61,46 @@ for duplicates. The advertised window is ``rcv_buf_bytes`` minus the bytes held 
 (subflow- and connection-level), relative to the cumulative (DATA_)ACK, and its right edge
 never moves back (RFC 9293 3.8.6, Linux ``tcp_select_window``).
 
-MPTCP (RFC 8684): one connection-level sequence space; new data goes to the subflow with the
-lowest smoothed RTT among those with cwnd space (subflows without a sample count as RTT 0; the
-scheduler of the out-of-tree Linux MPTCP, which upstream Linux replaced by one choosing the
-lowest "linger time", queued bytes over pacing rate); a segment is retransmitted only on its
-own subflow with its original mapping; the receiver reassembles by DSN into the shared buffer
-and every ACK carries the DATA_ACK and the connection-level window.
+MPTCP (RFC 8684): one connection-level sequence space; the receiver reassembles by DSN into
+the shared buffer (trimming data that overlaps what it already has, as a reinjection may) and
+every ACK carries the DATA_ACK and the connection-level window. The sender follows upstream
+Linux 6.6-6.18 (``net/mptcp/protocol.c``; ``scheduler="default"``, :class:`_ConnectionSender`):
+
+* ``mptcp_subflow_get_send``: new data goes to the active subflow with the lowest *linger time*,
+  ``sk_wmem_queued`` / averaged pacing rate; the pacing rate is ``tcp_update_pacing_rate``'s
+  (mss x cwnd / SRTT x 200 % below ssthresh / 2, else 120 %), averaged over each burst by the
+  queued bytes (``avg_pacing_rate``); nothing is sent if that subflow's buffer is full;
+* ``__mptcp_push_pending`` / ``__subflow_push_pending`` / ``mptcp_sendmsg_frag``: the pick gets a
+  burst of up to 65,428 bytes (``MPTCP_SEND_BURST_SIZE``, bounded by the connection window and
+  the subflow's buffer) *committed to its own send queue*, whatever its cwnd; the subflow sends
+  from that queue as its cwnd allows (``tcp_write_xmit``), and a tail loss probe sends the next
+  segment queued on it. Committed data never moves to another subflow (hence a slow subflow
+  can hold megabytes of a pinned buffer while the fast one starves);
+* memory: a queued segment costs its payload + 896 bytes (skb truesize) in ``sk_wmem_queued``
+  until cumulatively acknowledged; a subflow may queue while ``wmem_queued < sk_sndbuf``;
+* ``mptcp_retransmit_timer`` / ``__mptcp_retrans``: a connection-level timer, restarted whenever
+  the DATA_ACK advances, runs for the longest time left on any subflow's transmit timer
+  (``mptcp_set_timeout``; 200 ms if none). On expiry the oldest unacknowledged 32 KiB fragment
+  (a page frag, ``mptcp_data_frag``; up to what was sent) is re-sent on the first active subflow
+  with nothing in flight and nothing queued (``mptcp_subflow_get_retrans``); the receiver drops
+  the copy that arrives second;
+* subflows may join late: ``subflow_start_s`` gives each path's start, the path manager's delay
+  plus one MP_JOIN handshake RTT (the initial subflow starts at 0).
+
+``scheduler="lowest-rtt"`` keeps the older model (the out-of-tree Linux MPTCP's default): new
+data straight to the lowest-SRTT subflow with cwnd space, nothing queued beyond cwnd, a segment
+retransmitted only on its own subflow, no reinjection (a dead path stalls the connection).
+
+Buffers. ``buffers="auto"``: ``snd_buf_bytes`` is tcp_wmem[2] (4 MiB); each subflow starts at
+``tcp_init_buffer_space``'s 2 x 10 x 4352 bytes and grows as ``tcp_sndbuf_expand``
+(``net/ipv4/tcp_input.c``): 2 x max(10, cwnd) x 4352 whenever an ACK frees data while cwnd is not
+full, never shrinking, at most tcp_wmem[2]; the connection's buffer is the sum of its subflows'
+(``__mptcp_sync_sndbuf``, 6.7+), compared with the bytes not yet DATA_ACKed. ``buffers="pinned"``:
+SO_SNDBUF doubled (``sock_setsockopt``) for the connection and, synced, for every subflow, no
+growth. Receive side: the window is ``rcv_buf_bytes`` of payload in both modes (pinned: SO_RCVBUF
+doubled, of which the default ``scaling_ratio`` advertises about half; auto: the tcp_rmem[2]
+that DRS reaches within a few RTTs on a reader as fast as this one). Plain TCP keeps a payload
+send buffer of ``snd_buf_bytes``.
 
 Header accounting (``size_bytes`` is the IP packet; the links add no framing)
 ------------------------------------------------------------------------------
@@ -85,17 +120,23 @@ compare goodput as a fraction of the shaped rate with 1448/1514 there and 1448/1
 
 Simplifications
 ---------------
-* No connection setup or teardown: every subflow starts established when the transfer
-  starts, with the full windows (no MP_JOIN delay, no receive-window auto-tuning, which Linux
-  starts from about 10 segments); no FIN/DATA_FIN. Handshakes are the negotiation models' job.
-* Buffers count payload bytes; Linux counts skb truesize and advertises only part of
-  ``tcp_rmem`` (``tcp_adv_win_scale`` / ``scaling_ratio``), so a kernel buffer of B bytes
-  corresponds to a smaller model buffer.
+* No connection setup or teardown: every subflow starts established (at the transfer's start or
+  at its ``subflow_start_s``), with the full receive window (no receive-window auto-tuning
+  (DRS), which Linux starts from tcp_rmem[1] = 128 KiB); no FIN/DATA_FIN. Handshakes are the
+  negotiation models' job; subflows without an RTT sample pace as if their RTT were the initial
+  RTO (Linux has the handshake's sample).
+* Receive buffers count payload bytes; Linux counts skb truesize and advertises only part of
+  ``tcp_rmem`` (``scaling_ratio``). MPTCP send queues count truesize with one skb per segment
+  (Linux builds larger skbs when GSO is on, which costs less overhead); the connection's send
+  buffer counts payload (the msk's data fragments cost little more).
 * The receiving application reads instantly; no zero-window probing (a window never closes
   with nothing in flight when the reader is instant).
-* MPTCP: no reinjection of a failed subflow's data on another subflow (a dead path stalls the
-  connection), no DATA_ACK-only window updates on idle subflows, no subflow that joins late or
-  leaves; one ACK path per subflow (the reverse of its forward path).
+* MPTCP: no stale-subflow detection (Linux marks a subflow stale after 4 RTOs without progress and
+  then re-sends all its pending data, ``mptcp_pm_subflow_chk_stale``); reinjection is one 32 KiB
+  fragment per MPTCP timeout, on an idle subflow only; fragment edges at multiples of 32 KiB of
+  DSN (Linux's depend on how the application writes); no backup subflows, no DATA_ACK-only
+  window updates on idle subflows, no subflow that leaves; one ACK path per subflow (the
+  reverse of its forward path).
 * No pacing, no TSO/GSO, no ECN, no BBR (the kernel benchmark pins CUBIC); HyStart is part of
   Linux CUBIC (:class:`~mpsim.sim.congestion.Cubic`).
 * The transfer itself draws no random numbers: loss and jitter live in the links, each with
@@ -672,7 +713,7 @@ class _SubflowSender:
                 self._rearm_rto(now)
         if self.retransmit_queue:
             self.send_retransmissions(now)
-        if una_advanced and not self.sndbuf_locked and self.pipe() < cc.cwnd_segments:
+        if una_advanced and conn.linux and not self.sndbuf_locked and self.pipe() < cc.cwnd_segments:
             self.expand_sndbuf()  # tcp_check_space -> tcp_new_space -> tcp_should_expand_sndbuf
         sent_before = self.segments_sent
         conn.push(now)
@@ -1367,9 +1408,10 @@ class _ConnectionReceiver:
 
     def _read(self, segment: Segment, skip: int) -> None:
         self.data_rcv_nxt += segment.payload_bytes - skip
-        self.duplicate_bytes += skip
         if self.hasher is not None:
             self.hasher.update(segment.payload[skip:] if skip else segment.payload)
+        if skip:
+            self.duplicate_bytes += skip
         if self.data_rcv_nxt >= self.size_bytes and self.finish_s is None:
             self.finish_s = self.env.now
             self.done.succeed(self.finish_s)
