@@ -1477,7 +1477,12 @@ class BulkTransfer:
     "reno"; ``coupled``:
     "none" (per-subflow CC, upstream Linux) or "lia" (RFC 6356, needs ``cc="reno"``).
     ``loss_detection``: "rack-tlp" (Linux's default) or "rfc6675" (dupACK/SACK counting only;
-    module docstring). ``payload``: optional bytes of length ``size_bytes`` carried for real, so the receiver can
+    module docstring). ``scheduler`` (MPTCP): "default" (upstream Linux 6.x: lowest linger time,
+    per-subflow send queues, reinjection) or "lowest-rtt" (the older model). ``buffers``: "auto"
+    (Linux's auto-tuning; ``snd_buf_bytes`` is tcp_wmem[2]) or "pinned" (SO_SNDBUF =
+    ``snd_buf_bytes``, doubled as Linux does). ``subflow_start_s``: per path, when its subflow
+    starts sending, the path manager's delay + one MP_JOIN handshake RTT (first entry 0).
+    ``payload``: optional bytes of length ``size_bytes`` carried for real, so the receiver can
     hash what it delivers (slower; for tests and pcaps). ``done`` is a SimPy event that
     succeeds when the last byte reaches the receiving application.
     """
