@@ -515,11 +515,14 @@ class _SubflowSender:
     def transmit_queued(self, now: float) -> None:
         """tcp_write_xmit over the subflow's own queue: as many committed segments as cwnd allows."""
         queue = self.send_queue
+        room = int(self.cc.cwnd_segments) - self.pipe()  # each segment sent adds one to pipe
+        if not queue or room <= 0:
+            return
         payload = self.conn.payload
-        cwnd = self.cc.cwnd_segments
-        while queue and self.pipe() + 1 <= cwnd:
+        while queue and room > 0:
             dsn, length = queue.popleft()
             self.send_new(dsn, length, None if payload is None else payload[dsn:dsn + length], now)
+            room -= 1
 
     def pacing_rate(self) -> float:
         """sk_pacing_rate as Linux ``tcp_update_pacing_rate`` (tcp_input.c) sets it, bytes/s:
@@ -537,6 +540,7 @@ class _SubflowSender:
         want = 2 * max(INITIAL_CWND_SEGMENTS, int(self.cc.cwnd_segments)) * SNDBUF_PER_MSS_BYTES
         if want > self.sndbuf_bytes:
             self.sndbuf_bytes = min(want, self.conn.wmem_max_bytes)
+            self.conn.sync_sndbuf()
 
     def send_retransmissions(self, now: float) -> None:
         """Lost segments first (RFC 6675 NextSeg rule 1), as far as cwnd allows."""
@@ -1042,6 +1046,7 @@ class _ConnectionSender:
         self.pinned = pinned
         # Auto-tuned: tcp_wmem[2] bounds each subflow; pinned: SO_SNDBUF doubled (sock_setsockopt).
         self.wmem_max_bytes = snd_buf_bytes
+        self.msk_sndbuf_bytes = 0
         self.rtx_timer = _Timer(env, self._on_rtx_timer)
         self.reinjected_bytes = 0
         self.mptcp_retransmit_timeouts = 0
@@ -1052,16 +1057,19 @@ class _ConnectionSender:
             subflow.sndbuf_locked = True
         else:  # tcp_init_buffer_space: tcp_sndbuf_expand once the connection is established
             subflow.sndbuf_bytes = TCP_WMEM_DEFAULT_BYTES
-            subflow.expand_sndbuf()
         self.subflows.append(subflow)
+        if not self.pinned:
+            subflow.expand_sndbuf()
+        self.sync_sndbuf()
 
-    def msk_sndbuf_bytes(self) -> int:
+    def sync_sndbuf(self) -> None:
         """The connection's send buffer, compared with the bytes not yet DATA_ACKed (the msk
         charges its data fragments, about their payload): pinned, SO_SNDBUF doubled; else the sum
         of the subflows' buffers (``__mptcp_sync_sndbuf``, Linux 6.7 and later)."""
         if self.pinned:
-            return 2 * self.snd_buf_bytes
-        return sum(s.sndbuf_bytes for s in self.subflows if s.active)
+            self.msk_sndbuf_bytes = 2 * self.snd_buf_bytes
+        else:
+            self.msk_sndbuf_bytes = sum(s.sndbuf_bytes for s in self.subflows if s.active)
 
     def on_data_ack(self, data_ack: int, window_bytes: int) -> None:
         if data_ack > self.data_una:
@@ -1157,7 +1165,7 @@ class _ConnectionSender:
             if subflow.send_queue:
                 subflow.transmit_queued(now)
         size_bytes = self.size_bytes
-        msk_limit = self.data_una + self.msk_sndbuf_bytes()  # what the application has written
+        msk_limit = self.data_una + self.msk_sndbuf_bytes  # what the application has written
         written_end = min(size_bytes, msk_limit)
         while self.next_dsn < written_end and self.next_dsn < self.right_edge:
             subflow = self.select_subflow()
@@ -1226,6 +1234,7 @@ class _ConnectionSender:
     def activate(self, subflow: _SubflowSender, now: float) -> None:
         """A subflow that joined late (its MP_JOIN handshake done) starts taking data."""
         subflow.active = True
+        self.sync_sndbuf()
         self.push(now)
 
 
@@ -1377,34 +1386,46 @@ class _ConnectionReceiver:
         the overlap is dropped as a duplicate (as Linux's ``mptcp_data_queue_ofo`` trims it)."""
         dsn = segment.dsn
         rcv_nxt = self.data_rcv_nxt
-        if dsn == rcv_nxt or (dsn < rcv_nxt < dsn + segment.payload_bytes):
+        if dsn == rcv_nxt:
+            self._read(segment, 0)
+            if self.pending:
+                self._drain()
+        elif dsn > rcv_nxt:
+            if dsn not in self.pending:
+                self.pending[dsn] = segment
+                heappush(self.pending_heap, dsn)
+                self.held_bytes += segment.payload_bytes
+            else:
+                self.duplicate_bytes += segment.payload_bytes
+        elif rcv_nxt < dsn + segment.payload_bytes:  # overlaps the next byte expected
             self._read(segment, rcv_nxt - dsn)
-            pending = self.pending
-            while pending:
-                queued = pending.pop(self.data_rcv_nxt, None)
-                if queued is None:
-                    if self.pending_heap[0] >= self.data_rcv_nxt:
-                        break
-                    queued = pending.pop(heappop(self.pending_heap), None)
-                    if queued is None:
-                        continue
-                    self.held_bytes -= queued.payload_bytes
-                    skip = self.data_rcv_nxt - queued.dsn
-                    if skip >= queued.payload_bytes:
-                        self.duplicate_bytes += queued.payload_bytes
-                    else:
-                        self._read(queued, skip)
-                    continue
-                self.held_bytes -= queued.payload_bytes
-                self._read(queued, 0)
-            if not pending:
-                self.pending_heap.clear()
-        elif dsn > rcv_nxt and dsn not in self.pending:
-            self.pending[dsn] = segment
-            heappush(self.pending_heap, dsn)
-            self.held_bytes += segment.payload_bytes
+            if self.pending:
+                self._drain()
         else:
             self.duplicate_bytes += segment.payload_bytes
+
+    def _drain(self) -> None:
+        """Read what waited for the bytes just read, trimming what they overlap."""
+        pending = self.pending
+        heap = self.pending_heap
+        while pending:
+            queued = pending.pop(self.data_rcv_nxt, None)
+            if queued is None:
+                if heap[0] >= self.data_rcv_nxt:
+                    return
+                queued = pending.pop(heappop(heap), None)
+                if queued is None:
+                    continue  # taken already by the exact lookup
+                self.held_bytes -= queued.payload_bytes
+                skip = self.data_rcv_nxt - queued.dsn
+                if skip >= queued.payload_bytes:
+                    self.duplicate_bytes += queued.payload_bytes
+                else:
+                    self._read(queued, skip)
+                continue
+            self.held_bytes -= queued.payload_bytes
+            self._read(queued, 0)
+        heap.clear()
 
     def _read(self, segment: Segment, skip: int) -> None:
         self.data_rcv_nxt += segment.payload_bytes - skip
@@ -1553,9 +1574,9 @@ class BulkTransfer:
                                      rack_tlp=loss_detection == "rack-tlp")
             subflow.receiver = _SubflowReceiver(self.receiver, index, backward, subflow, delayed_ack_s,
                                                 quickack_segments, server_ip, client_ip, 5201, client_port)
+            subflow.active = starts_s[index] == 0
             self.sender.add_subflow(subflow)
-            if starts_s[index] > 0:
-                subflow.active = False
+            if not subflow.active:
                 schedule_call(env, starts_s[index], lambda _event, sf=subflow: self.sender.activate(sf, env.now))
         self.sender.push(env.now)
 
