@@ -1047,6 +1047,8 @@ class _ConnectionSender:
         # Auto-tuned: tcp_wmem[2] bounds each subflow; pinned: SO_SNDBUF doubled (sock_setsockopt).
         self.wmem_max_bytes = snd_buf_bytes
         self.msk_sndbuf_bytes = 0
+        # one bound method per connection: push runs on every ACK
+        self.push = self._push_linux if self.linux else self._push_lowest_rtt  # type: ignore[method-assign]
         self.rtx_timer = _Timer(env, self._on_rtx_timer)
         self.reinjected_bytes = 0
         self.mptcp_retransmit_timeouts = 0
@@ -1108,10 +1110,8 @@ class _ConnectionSender:
         return True
 
     def push(self, now: float) -> None:
-        if self.linux:
-            self._push_linux(now)
-            return
-        self._push_lowest_rtt(now)
+        """Hand new data to the subflows (replaced per instance by the scheduler's own method)."""
+        raise NotImplementedError
 
     def _push_lowest_rtt(self, now: float) -> None:
         """Hand new data to the lowest-RTT subflow with cwnd space, while windows and buffer allow."""
