@@ -142,6 +142,13 @@ class Direction(enum.Enum):
     UPLOAD = "upload"
 
 
+class Buffers(enum.Enum):
+    """How a transfer's socket buffers are sized (mpsim.sim.transfer BUFFER_POLICIES)."""
+
+    AUTO = "auto"  # Linux's auto-tuning: snd_buf_bytes/rcv_buf_bytes are tcp_wmem[2]/tcp_rmem[2]
+    PINNED = "pinned"  # SO_SNDBUF/SO_RCVBUF set to snd_buf_bytes/rcv_buf_bytes (Linux doubles them)
+
+
 # --- schema helpers ------------------------------------------------------------------------------
 
 
@@ -333,6 +340,9 @@ class TransferSpec:
                                                                   "the subflows)")
     snd_buf_bytes: int = knob(DEFAULT_SND_BUF_BYTES, ge=1500, doc="the sender's socket buffer (net.ipv4.tcp_wmem)")
     rcv_buf_bytes: int = knob(DEFAULT_RCV_BUF_BYTES, ge=1500, doc="the receiver's socket buffer (net.ipv4.tcp_rmem)")
+    buffers: Buffers = knob(Buffers.AUTO, doc="\"auto\": Linux's send-buffer auto-tuning up to snd_buf_bytes (MPTCP: "
+                                               "per subflow, tcp_sndbuf_expand); \"pinned\": SO_SNDBUF, doubled as "
+                                               "Linux does")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -519,6 +519,7 @@ class Simulation:
         transfer = BulkTransfer(self.env, paths, spec.size_bytes, cc="reno" if coupled else spec.congestion_control,
                                 coupled=spec.congestion_control if coupled and multipath else "none", mptcp=multipath,
                                 snd_buf_bytes=spec.snd_buf_bytes, rcv_buf_bytes=spec.rcv_buf_bytes,
+                                buffers=spec.buffers.value,
                                 name=f"transfer{row['transfer_id']}")
         self._running.append((row, transfer))
         transfer.done.callbacks.append(lambda _event: self._bulk_done(row, transfer))

@@ -47,8 +47,9 @@ Sender, per subflow (Linux as the reference where the RFCs leave a choice):
   and ssthresh is reduced only by the first expiry of a back-off series and not when fast
   recovery already reduced it (Linux ``tcp_enter_loss``);
 * a send buffer: the data the application has written and the peer has not acknowledged
-  (DATA_ACK for MPTCP) never exceeds ``snd_buf_bytes``; the application writes as fast as the
-  buffer allows.
+  (DATA_ACK for MPTCP) never exceeds the connection's send buffer; the application writes as
+  fast as the buffer allows. ``buffers="auto"`` (Linux's default) sizes it as Linux 6.x auto-tunes
+  it; ``buffers="pinned"`` as after SO_SNDBUF (below).
 
 Receiver, per subflow: in-order data goes up at once (an application that reads instantly);
 out-of-order segments wait in an interval list and are reported in SACK blocks (the block
@@ -60,12 +61,46 @@ for duplicates. The advertised window is ``rcv_buf_bytes`` minus the bytes held 
 (subflow- and connection-level), relative to the cumulative (DATA_)ACK, and its right edge
 never moves back (RFC 9293 3.8.6, Linux ``tcp_select_window``).
 
-MPTCP (RFC 8684): one connection-level sequence space; new data goes to the subflow with the
-lowest smoothed RTT among those with cwnd space (subflows without a sample count as RTT 0; the
-scheduler of the out-of-tree Linux MPTCP, which upstream Linux replaced by one choosing the
-lowest "linger time", queued bytes over pacing rate); a segment is retransmitted only on its
-own subflow with its original mapping; the receiver reassembles by DSN into the shared buffer
-and every ACK carries the DATA_ACK and the connection-level window.
+MPTCP (RFC 8684): one connection-level sequence space; the receiver reassembles by DSN into
+the shared buffer (trimming data that overlaps what it already has, as a reinjection may) and
+every ACK carries the DATA_ACK and the connection-level window. The sender follows upstream
+Linux 6.6-6.18 (``net/mptcp/protocol.c``; ``scheduler="default"``, :class:`_ConnectionSender`):
+
+* ``mptcp_subflow_get_send``: new data goes to the active subflow with the lowest *linger time*,
+  ``sk_wmem_queued`` / averaged pacing rate; the pacing rate is ``tcp_update_pacing_rate``'s
+  (mss x cwnd / SRTT x 200 % below ssthresh / 2, else 120 %), averaged over each burst by the
+  queued bytes (``avg_pacing_rate``); nothing is sent if that subflow's buffer is full;
+* ``__mptcp_push_pending`` / ``__subflow_push_pending`` / ``mptcp_sendmsg_frag``: the pick gets a
+  burst of up to 65,428 bytes (``MPTCP_SEND_BURST_SIZE``, bounded by the connection window and
+  the subflow's buffer) *committed to its own send queue*, whatever its cwnd; the subflow sends
+  from that queue as its cwnd allows (``tcp_write_xmit``), and a tail loss probe sends the next
+  segment queued on it. Committed data never moves to another subflow (hence a slow subflow
+  can hold megabytes of a pinned buffer while the fast one starves);
+* memory: a queued segment costs its payload + 896 bytes (skb truesize) in ``sk_wmem_queued``
+  until cumulatively acknowledged; a subflow may queue while ``wmem_queued < sk_sndbuf``;
+* ``mptcp_retransmit_timer`` / ``__mptcp_retrans``: a connection-level timer, restarted whenever
+  the DATA_ACK advances, runs for the longest time left on any subflow's transmit timer
+  (``mptcp_set_timeout``; 200 ms if none). On expiry the oldest unacknowledged 32 KiB fragment
+  (a page frag, ``mptcp_data_frag``; up to what was sent) is re-sent on the first active subflow
+  with nothing in flight and nothing queued (``mptcp_subflow_get_retrans``); the receiver drops
+  the copy that arrives second;
+* subflows may join late: ``subflow_start_s`` gives each path's start, the path manager's delay
+  plus one MP_JOIN handshake RTT (the initial subflow starts at 0).
+
+``scheduler="lowest-rtt"`` keeps the older model (the out-of-tree Linux MPTCP's default): new
+data straight to the lowest-SRTT subflow with cwnd space, nothing queued beyond cwnd, a segment
+retransmitted only on its own subflow, no reinjection (a dead path stalls the connection).
+
+Buffers. ``buffers="auto"``: ``snd_buf_bytes`` is tcp_wmem[2] (4 MiB); each subflow starts at
+``tcp_init_buffer_space``'s 2 x 10 x 4352 bytes and grows as ``tcp_sndbuf_expand``
+(``net/ipv4/tcp_input.c``): 2 x max(10, cwnd) x 4352 whenever an ACK frees data while cwnd is not
+full, never shrinking, at most tcp_wmem[2]; the connection's buffer is the sum of its subflows'
+(``__mptcp_sync_sndbuf``, 6.7+), compared with the bytes not yet DATA_ACKed. ``buffers="pinned"``:
+SO_SNDBUF doubled (``sock_setsockopt``) for the connection and, synced, for every subflow, no
+growth. Receive side: the window is ``rcv_buf_bytes`` of payload in both modes (pinned: SO_RCVBUF
+doubled, of which the default ``scaling_ratio`` advertises about half; auto: the tcp_rmem[2]
+that DRS reaches within a few RTTs on a reader as fast as this one). Plain TCP keeps a payload
+send buffer of ``snd_buf_bytes``.
 
 Header accounting (``size_bytes`` is the IP packet; the links add no framing)
 ------------------------------------------------------------------------------
@@ -85,17 +120,23 @@ compare goodput as a fraction of the shaped rate with 1448/1514 there and 1448/1
 
 Simplifications
 ---------------
-* No connection setup or teardown: every subflow starts established when the transfer
-  starts, with the full windows (no MP_JOIN delay, no receive-window auto-tuning, which Linux
-  starts from about 10 segments); no FIN/DATA_FIN. Handshakes are the negotiation models' job.
-* Buffers count payload bytes; Linux counts skb truesize and advertises only part of
-  ``tcp_rmem`` (``tcp_adv_win_scale`` / ``scaling_ratio``), so a kernel buffer of B bytes
-  corresponds to a smaller model buffer.
+* No connection setup or teardown: every subflow starts established (at the transfer's start or
+  at its ``subflow_start_s``), with the full receive window (no receive-window auto-tuning
+  (DRS), which Linux starts from tcp_rmem[1] = 128 KiB); no FIN/DATA_FIN. Handshakes are the
+  negotiation models' job; subflows without an RTT sample pace as if their RTT were the initial
+  RTO (Linux has the handshake's sample).
+* Receive buffers count payload bytes; Linux counts skb truesize and advertises only part of
+  ``tcp_rmem`` (``scaling_ratio``). MPTCP send queues count truesize with one skb per segment
+  (Linux builds larger skbs when GSO is on, which costs less overhead); the connection's send
+  buffer counts payload (the msk's data fragments cost little more).
 * The receiving application reads instantly; no zero-window probing (a window never closes
   with nothing in flight when the reader is instant).
-* MPTCP: no reinjection of a failed subflow's data on another subflow (a dead path stalls the
-  connection), no DATA_ACK-only window updates on idle subflows, no subflow that joins late or
-  leaves; one ACK path per subflow (the reverse of its forward path).
+* MPTCP: no stale-subflow detection (Linux marks a subflow stale after 4 RTOs without progress and
+  then re-sends all its pending data, ``mptcp_pm_subflow_chk_stale``); reinjection is one 32 KiB
+  fragment per MPTCP timeout, on an idle subflow only; fragment edges at multiples of 32 KiB of
+  DSN (Linux's depend on how the application writes); no backup subflows, no DATA_ACK-only
+  window updates on idle subflows, no subflow that leaves; one ACK path per subflow (the
+  reverse of its forward path).
 * No pacing, no TSO/GSO, no ECN, no BBR (the kernel benchmark pins CUBIC); HyStart is part of
   Linux CUBIC (:class:`~mpsim.sim.congestion.Cubic`).
 * The transfer itself draws no random numbers: loss and jitter live in the links, each with
@@ -107,6 +148,7 @@ from __future__ import annotations
 import hashlib
 from bisect import bisect_left
 from collections import deque
+from heapq import heappop, heappush
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -147,6 +189,25 @@ LOSS_DETECTION_POLICIES = ("rack-tlp", "rfc6675")
 #: Linux's default tcp_wmem / tcp_rmem maxima: what auto-tuning may reach.
 DEFAULT_SND_BUF_BYTES = 4 * 1024 * 1024
 DEFAULT_RCV_BUF_BYTES = 6 * 1024 * 1024
+#: Linux tcp_wmem[1]: a socket's send buffer before tcp_init_buffer_space expands it.
+TCP_WMEM_DEFAULT_BYTES = 16384
+#: Memory a queued segment costs beyond its payload (skb truesize): the MAX_TCP_HEADER head
+#: (320, cache aligned), struct sk_buff (256) and skb_shared_info (320) of an x86-64 6.x kernel;
+#: the model keeps one skb per segment (no GSO-sized skbs).
+SKB_TRUESIZE_OVERHEAD_BYTES = 896
+#: tcp_sndbuf_expand's per-segment charge (net/ipv4/tcp_input.c): roundup_pow_of_two(mss 1460
+#: + MAX_TCP_HEADER 320 + skb_shared_info 320) + sk_buff 256.
+SNDBUF_PER_MSS_BYTES = 4096 + 256
+#: net/mptcp/protocol.h MPTCP_SEND_BURST_SIZE: 64 KiB less the TCP, IPv6 and fragment headers
+#: and the option space.
+MPTCP_SEND_BURST_BYTES = 65428
+#: An MPTCP data fragment (struct mptcp_data_frag) lives in a 32 KiB page frag
+#: (SKB_FRAG_PAGE_ORDER); __mptcp_retrans re-sends one such fragment at a time.
+MPTCP_DFRAG_BYTES = 32768
+#: MPTCP packet schedulers (``BulkTransfer(scheduler=...)``).
+SCHEDULERS = ("default", "lowest-rtt")
+#: Buffer policies (``BulkTransfer(buffers=...)``): Linux's auto-tuning, or SO_SNDBUF/SO_RCVBUF set.
+BUFFER_POLICIES = ("auto", "pinned")
 
 #: Timers run after packet deliveries scheduled for the same instant (as SimNode's).
 TIMER_PRIORITY = NORMAL + 1
@@ -343,6 +404,14 @@ class _SubflowSender:
         self.rto_min_s = rto_min_s
         self.local_ip, self.remote_ip, self.local_port, self.remote_port = local_ip, remote_ip, local_port, remote_port
         self.receiver: _SubflowReceiver | None = None  # set by BulkTransfer
+        # MPTCP (net/mptcp/protocol.c): data the scheduler committed to this subflow and not yet
+        # sent, as (dsn, length); its memory (unsent + unacknowledged, truesize) and send buffer.
+        self.active = True  # False until the subflow has joined (BulkTransfer subflow_start_s)
+        self.send_queue: deque[tuple[int, int]] = deque()
+        self.wmem_queued = 0
+        self.sndbuf_bytes = 0  # set by the connection (pinned, or tcp_init_buffer_space)
+        self.sndbuf_locked = False
+        self.avg_pacing_rate = 0.0  # bytes/s, mptcp_subflow_context.avg_pacing_rate
         self.data_header_bytes = BASE_HEADER_BYTES + (DSS_DATA_OPTION_BYTES if conn.mptcp else 0)
         self.snd_una = 0
         self.snd_nxt = 0
@@ -437,6 +506,42 @@ class _SubflowSender:
         if self.rack_tlp and not probe and now != self._tlp_burst_s:
             self._schedule_loss_probe(now, advancing_rto=False)
 
+    def commit(self, dsn: int, length: int) -> None:
+        """Queue ``length`` bytes from ``dsn`` on this subflow (mptcp_sendmsg_frag): charged to
+        its memory at once, sent when its cwnd allows (tcp_push / tcp_write_xmit)."""
+        self.send_queue.append((dsn, length))
+        self.wmem_queued += length + SKB_TRUESIZE_OVERHEAD_BYTES
+
+    def transmit_queued(self, now: float) -> None:
+        """tcp_write_xmit over the subflow's own queue: as many committed segments as cwnd allows."""
+        queue = self.send_queue
+        room = int(self.cc.cwnd_segments) - self.pipe()  # each segment sent adds one to pipe
+        if not queue or room <= 0:
+            return
+        payload = self.conn.payload
+        while queue and room > 0:
+            dsn, length = queue.popleft()
+            self.send_new(dsn, length, None if payload is None else payload[dsn:dsn + length], now)
+            room -= 1
+
+    def pacing_rate(self) -> float:
+        """sk_pacing_rate as Linux ``tcp_update_pacing_rate`` (tcp_input.c) sets it, bytes/s:
+        mss x max(cwnd, packets out) / SRTT x 200 % while cwnd < ssthresh / 2, else x 120 %.
+        Without an RTT sample the initial RTO stands in for the handshake's sample Linux has."""
+        cc = self.cc
+        cwnd = cc.cwnd_segments
+        ratio = 2.0 if cwnd < cc.ssthresh_segments / 2 else 1.2
+        segments = max(cwnd, len(self.rtx) - self.head)
+        return ratio * self.payload_max_bytes * segments / (self.srtt_s or RTO_INITIAL_S)
+
+    def expand_sndbuf(self) -> None:
+        """Linux ``tcp_sndbuf_expand`` (tcp_input.c, 6.x): room for twice max(10, cwnd) segments
+        at SNDBUF_PER_MSS_BYTES each, never shrinking, at most tcp_wmem[2]."""
+        want = 2 * max(INITIAL_CWND_SEGMENTS, int(self.cc.cwnd_segments)) * SNDBUF_PER_MSS_BYTES
+        if want > self.sndbuf_bytes:
+            self.sndbuf_bytes = min(want, self.conn.wmem_max_bytes)
+            self.conn.sync_sndbuf()
+
     def send_retransmissions(self, now: float) -> None:
         """Lost segments first (RFC 6675 NextSeg rule 1), as far as cwnd allows."""
         queue = self.retransmit_queue
@@ -526,6 +631,8 @@ class _SubflowSender:
                         if sent_s > rack_best_s or (sent_s == rack_best_s and record.end > rack_best_end):
                             rack_best_s, rack_best_end = sent_s, record.end
             self.head = i
+            # tcp_clean_rtx_queue frees the acknowledged skbs (their payload and truesize overhead)
+            self.wmem_queued -= ack - self.snd_una + (i - first) * SKB_TRUESIZE_OVERHEAD_BYTES
             self.snd_una = ack
             if i > self.lost_scan:
                 self.lost_scan = i
@@ -610,6 +717,8 @@ class _SubflowSender:
                 self._rearm_rto(now)
         if self.retransmit_queue:
             self.send_retransmissions(now)
+        if una_advanced and conn.linux and not self.sndbuf_locked and self.pipe() < cc.cwnd_segments:
+            self.expand_sndbuf()  # tcp_check_space -> tcp_new_space -> tcp_should_expand_sndbuf
         sent_before = self.segments_sent
         conn.push(now)
         if probe_due and self.segments_sent == sent_before:
@@ -905,10 +1014,25 @@ class _SubflowSender:
 
 
 class _ConnectionSender:
-    """The data-level sender: send buffer, connection window and the scheduler."""
+    """The data-level sender: send buffer, connection window and the scheduler.
+
+    MPTCP with ``scheduler="default"`` follows upstream Linux 6.x (net/mptcp/protocol.c,
+    6.6-6.18): ``__mptcp_push_pending`` asks ``mptcp_subflow_get_send`` for the subflow with
+    the lowest linger time (``sk_wmem_queued`` over its averaged pacing rate) among the active
+    ones, stops if that one's send buffer is full (``sk_stream_memory_free``), and commits a
+    burst of up to MPTCP_SEND_BURST_BYTES (bounded by the connection window) to the subflow's
+    own send queue (``__subflow_push_pending`` / ``mptcp_sendmsg_frag``), whatever its cwnd;
+    the subflow sends from that queue as its cwnd allows. Committed data stays on its subflow.
+    The connection-level retransmit timer (``mptcp_retransmit_timer`` / ``__mptcp_retrans``)
+    re-sends the oldest unacknowledged fragment on a subflow whose queues are empty
+    (``mptcp_subflow_get_retrans``). ``scheduler="lowest-rtt"`` is the older model: new data
+    straight to the lowest-SRTT subflow with cwnd space, nothing queued beyond cwnd, no
+    reinjection.
+    """
 
     def __init__(self, env: simpy.Environment, size_bytes: int, mptcp: bool, snd_buf_bytes: int,
-                 initial_window_bytes: int, payload: bytes | None) -> None:
+                 initial_window_bytes: int, payload: bytes | None, scheduler: str = "default",
+                 pinned: bool = False) -> None:
         self.env = env
         self.size_bytes = size_bytes
         self.mptcp = mptcp
@@ -918,20 +1042,60 @@ class _ConnectionSender:
         self.right_edge = initial_window_bytes
         self.payload = memoryview(payload) if payload is not None else None
         self.subflows: list[_SubflowSender] = []
+        self.linux = mptcp and scheduler == "default"
+        self.pinned = pinned
+        # Auto-tuned: tcp_wmem[2] bounds each subflow; pinned: SO_SNDBUF doubled (sock_setsockopt).
+        self.wmem_max_bytes = snd_buf_bytes
+        self.msk_sndbuf_bytes = 0
+        # one bound method per connection: push runs on every ACK
+        self.push = self._push_linux if self.linux else self._push_lowest_rtt  # type: ignore[method-assign]
+        self.rtx_timer = _Timer(env, self._on_rtx_timer)
+        self.reinjected_bytes = 0
+        self.mptcp_retransmit_timeouts = 0
+
+    def add_subflow(self, subflow: _SubflowSender) -> None:
+        if self.pinned:
+            subflow.sndbuf_bytes = 2 * self.snd_buf_bytes
+            subflow.sndbuf_locked = True
+        else:  # tcp_init_buffer_space: tcp_sndbuf_expand once the connection is established
+            subflow.sndbuf_bytes = TCP_WMEM_DEFAULT_BYTES
+        self.subflows.append(subflow)
+        if not self.pinned:
+            subflow.expand_sndbuf()
+        self.sync_sndbuf()
+
+    def sync_sndbuf(self) -> None:
+        """The connection's send buffer, compared with the bytes not yet DATA_ACKed (the msk
+        charges its data fragments, about their payload): pinned, SO_SNDBUF doubled; else the sum
+        of the subflows' buffers (``__mptcp_sync_sndbuf``, Linux 6.7 and later)."""
+        if self.pinned:
+            self.msk_sndbuf_bytes = 2 * self.snd_buf_bytes
+        else:
+            self.msk_sndbuf_bytes = sum(s.sndbuf_bytes for s in self.subflows if s.active)
 
     def on_data_ack(self, data_ack: int, window_bytes: int) -> None:
         if data_ack > self.data_una:
             self.data_una = data_ack
+            if self.linux:  # __mptcp_clean_una: progress restarts the MPTCP-level timer
+                if data_ack < self.next_dsn:
+                    self.rtx_timer.set(self.env.now + self._rtx_interval_s())
+                else:
+                    self.rtx_timer.cancel()
         edge = data_ack + window_bytes
         if edge > self.right_edge:
             self.right_edge = edge
 
     def send_probe(self, subflow: _SubflowSender, now: float) -> bool:
-        """A loss probe of new data on plain TCP (Linux sends the next unsent segment when the
-        peer's window allows, whatever cwnd says); MPTCP subflows probe with their last segment
-        (the MPTCP scheduler, not the subflow, holds unsent data). Returns whether it sent."""
+        """A loss probe of new data (Linux sends the next unsent segment when the peer's window
+        allows, whatever cwnd says): on plain TCP the next segment of the stream, on an MPTCP
+        subflow the next one committed to it. Returns whether it sent."""
         if self.mptcp:
-            return False
+            if not subflow.send_queue:
+                return False
+            dsn, length = subflow.send_queue.popleft()
+            subflow.send_new(dsn, length, None if self.payload is None else self.payload[dsn:dsn + length], now,
+                             probe=True)
+            return True
         dsn = self.next_dsn
         remaining = self.size_bytes - dsn
         if remaining <= 0:
@@ -941,10 +1105,15 @@ class _ConnectionSender:
         if end > self.right_edge or end - self.data_una > self.snd_buf_bytes:
             return False
         self.next_dsn = end
+        subflow.wmem_queued += length + SKB_TRUESIZE_OVERHEAD_BYTES
         subflow.send_new(dsn, length, None if self.payload is None else self.payload[dsn:end], now, probe=True)
         return True
 
     def push(self, now: float) -> None:
+        """Hand new data to the subflows (replaced per instance by the scheduler's own method)."""
+        raise NotImplementedError
+
+    def _push_lowest_rtt(self, now: float) -> None:
         """Hand new data to the lowest-RTT subflow with cwnd space, while windows and buffer allow."""
         subflows = self.subflows
         payload = self.payload
@@ -956,8 +1125,8 @@ class _ConnectionSender:
             best_rtt_s = 0.0
             for subflow in subflows:
                 # pipe() < int(cwnd), inlined: this loop runs once per segment sent.
-                if (len(subflow.rtx) - subflow.head - subflow.sacked_out - subflow.lost_out + subflow.retrans_out + 1
-                        <= subflow.cc.cwnd_segments):
+                if subflow.active and (len(subflow.rtx) - subflow.head - subflow.sacked_out - subflow.lost_out
+                                       + subflow.retrans_out + 1 <= subflow.cc.cwnd_segments):
                     rtt_s = subflow.srtt_s or 0.0
                     if best is None or rtt_s < best_rtt_s:
                         best, best_rtt_s = subflow, rtt_s
@@ -970,7 +1139,103 @@ class _ConnectionSender:
             if end > self.right_edge or end - self.data_una > self.snd_buf_bytes:
                 return
             self.next_dsn = end
+            best.wmem_queued += length + SKB_TRUESIZE_OVERHEAD_BYTES
             best.send_new(dsn, length, None if payload is None else payload[dsn:end], now)
+
+    def select_subflow(self) -> _SubflowSender | None:
+        """``mptcp_subflow_get_send``: the active subflow with the lowest linger time
+        (wmem_queued / averaged pacing rate; the first on ties), None if its send buffer is full."""
+        best = None
+        best_linger = 0.0
+        for subflow in self.subflows:
+            if not subflow.active:
+                continue
+            if not subflow.avg_pacing_rate:
+                subflow.avg_pacing_rate = subflow.pacing_rate()
+            linger = subflow.wmem_queued / subflow.avg_pacing_rate
+            if best is None or linger < best_linger:
+                best, best_linger = subflow, linger
+        if best is None or best.wmem_queued >= best.sndbuf_bytes:
+            return None
+        return best
+
+    def _push_linux(self, now: float) -> None:
+        """``__mptcp_push_pending``: bursts to the scheduler's subflow, then each subflow sends."""
+        for subflow in self.subflows:
+            if subflow.send_queue:
+                subflow.transmit_queued(now)
+        size_bytes = self.size_bytes
+        msk_limit = self.data_una + self.msk_sndbuf_bytes  # what the application has written
+        written_end = min(size_bytes, msk_limit)
+        while self.next_dsn < written_end and self.next_dsn < self.right_edge:
+            subflow = self.select_subflow()
+            if subflow is None:
+                break
+            burst = min(MPTCP_SEND_BURST_BYTES, self.right_edge - self.next_dsn)
+            wmem = subflow.wmem_queued
+            subflow.avg_pacing_rate = (subflow.avg_pacing_rate * wmem + subflow.pacing_rate() * burst) / (burst + wmem)
+            mss = subflow.payload_max_bytes
+            committed = 0
+            # __subflow_push_pending: until the burst is spent or the subflow's buffer is full;
+            # mptcp_sendmsg_frag never crosses the connection window (and, in the model, sends no
+            # partial segment to fit it: sender-side silly window avoidance).
+            while burst > 0 and subflow.wmem_queued < subflow.sndbuf_bytes:
+                dsn = self.next_dsn
+                length = min(mss, written_end - dsn)
+                if length <= 0 or dsn + length > self.right_edge:
+                    break
+                subflow.commit(dsn, length)
+                self.next_dsn = dsn + length
+                burst -= length
+                committed += length
+            subflow.transmit_queued(now)
+            if not committed:
+                break
+        if self.next_dsn > self.data_una and self.rtx_timer.deadline_s is None:
+            self.rtx_timer.set(now + self._rtx_interval_s())
+
+    # --- the MPTCP-level retransmit timer ------------------------------------------------------
+
+    def _rtx_interval_s(self) -> float:
+        """``mptcp_set_timeout``: the longest time still to run on a subflow's pending transmit
+        timer, or TCP_RTO_MIN when none is pending."""
+        now = self.env.now
+        longest_s = 0.0
+        for subflow in self.subflows:
+            deadline_s = subflow.rto_timer.deadline_s
+            if deadline_s is not None and deadline_s - now > longest_s:
+                longest_s = deadline_s - now
+        return longest_s if longest_s > 0 else RTO_MIN_S
+
+    def _on_rtx_timer(self, now: float) -> None:
+        """``mptcp_retransmit_timer`` -> ``__mptcp_retrans``: the oldest fragment not DATA_ACKed
+        (up to the bytes already sent) goes again on the first active subflow with nothing in
+        flight and nothing queued (``mptcp_subflow_get_retrans``); with none, only re-arm."""
+        if self.data_una >= self.next_dsn:
+            return
+        self.mptcp_retransmit_timeouts += 1
+        pick = None
+        for subflow in self.subflows:
+            if subflow.active and subflow.head >= len(subflow.rtx) and not subflow.send_queue:
+                pick = subflow
+                break
+        if pick is not None:
+            start = self.data_una
+            end = min((start // MPTCP_DFRAG_BYTES + 1) * MPTCP_DFRAG_BYTES, self.next_dsn)
+            dsn = start
+            while dsn < end:
+                length = min(pick.payload_max_bytes, end - dsn)
+                pick.commit(dsn, length)
+                dsn += length
+            self.reinjected_bytes += end - start
+            pick.transmit_queued(now)
+        self.rtx_timer.set(now + self._rtx_interval_s())
+
+    def activate(self, subflow: _SubflowSender, now: float) -> None:
+        """A subflow that joined late (its MP_JOIN handshake done) starts taking data."""
+        subflow.active = True
+        self.sync_sndbuf()
+        self.push(now)
 
 
 class _SubflowReceiver:
@@ -1103,6 +1368,7 @@ class _ConnectionReceiver:
         self.held_bytes = 0  # out of order, subflow- or connection-level
         self.right_edge = rcv_buf_bytes
         self.pending: dict[int, Segment] = {}  # by DSN
+        self.pending_heap: list[int] = []  # the DSNs of pending (and of some already taken: skipped)
         self.duplicate_bytes = 0
         self.finish_s: float | None = None
         self.hasher = hashlib.sha256() if hash_payload else None
@@ -1115,27 +1381,58 @@ class _ConnectionReceiver:
         return self.right_edge - self.data_rcv_nxt
 
     def deliver(self, segment: Segment) -> None:
-        """Subflow-level in-order data: pass it up in DSN order."""
+        """Subflow-level in-order data: pass it up in DSN order. A reinjected fragment need not
+        line up with the segments it repeats, so data may overlap what is already read or held:
+        the overlap is dropped as a duplicate (as Linux's ``mptcp_data_queue_ofo`` trims it)."""
         dsn = segment.dsn
-        if dsn == self.data_rcv_nxt:
-            self._read(segment)
-            pending = self.pending
-            while pending:
-                queued = pending.pop(self.data_rcv_nxt, None)
-                if queued is None:
-                    break
-                self.held_bytes -= queued.payload_bytes
-                self._read(queued)
-        elif dsn > self.data_rcv_nxt and dsn not in self.pending:
-            self.pending[dsn] = segment
-            self.held_bytes += segment.payload_bytes
+        rcv_nxt = self.data_rcv_nxt
+        if dsn == rcv_nxt:
+            self._read(segment, 0)
+            if self.pending:
+                self._drain()
+        elif dsn > rcv_nxt:
+            if dsn not in self.pending:
+                self.pending[dsn] = segment
+                heappush(self.pending_heap, dsn)
+                self.held_bytes += segment.payload_bytes
+            else:
+                self.duplicate_bytes += segment.payload_bytes
+        elif rcv_nxt < dsn + segment.payload_bytes:  # overlaps the next byte expected
+            self._read(segment, rcv_nxt - dsn)
+            if self.pending:
+                self._drain()
         else:
             self.duplicate_bytes += segment.payload_bytes
 
-    def _read(self, segment: Segment) -> None:
-        self.data_rcv_nxt += segment.payload_bytes
+    def _drain(self) -> None:
+        """Read what waited for the bytes just read, trimming what they overlap."""
+        pending = self.pending
+        heap = self.pending_heap
+        while pending:
+            queued = pending.pop(self.data_rcv_nxt, None)
+            if queued is None:
+                if heap[0] >= self.data_rcv_nxt:
+                    return
+                queued = pending.pop(heappop(heap), None)
+                if queued is None:
+                    continue  # taken already by the exact lookup
+                self.held_bytes -= queued.payload_bytes
+                skip = self.data_rcv_nxt - queued.dsn
+                if skip >= queued.payload_bytes:
+                    self.duplicate_bytes += queued.payload_bytes
+                else:
+                    self._read(queued, skip)
+                continue
+            self.held_bytes -= queued.payload_bytes
+            self._read(queued, 0)
+        heap.clear()
+
+    def _read(self, segment: Segment, skip: int) -> None:
+        self.data_rcv_nxt += segment.payload_bytes - skip
         if self.hasher is not None:
-            self.hasher.update(segment.payload)
+            self.hasher.update(segment.payload[skip:] if skip else segment.payload)
+        if skip:
+            self.duplicate_bytes += skip
         if self.data_rcv_nxt >= self.size_bytes and self.finish_s is None:
             self.finish_s = self.env.now
             self.done.succeed(self.finish_s)
@@ -1179,6 +1476,10 @@ class TransferRecord:
     subflow_srtt_s: tuple[float | None, ...]
     payload_sha256: str | None
     loss_detection: str = "rack-tlp"
+    scheduler: str = "default"
+    buffers: str = "auto"
+    reinjected_bytes: int = 0
+    mptcp_retransmit_timeouts: int = 0
 
 
 def _attach(direction: LinkDirection) -> None:
@@ -1199,7 +1500,12 @@ class BulkTransfer:
     "reno"; ``coupled``:
     "none" (per-subflow CC, upstream Linux) or "lia" (RFC 6356, needs ``cc="reno"``).
     ``loss_detection``: "rack-tlp" (Linux's default) or "rfc6675" (dupACK/SACK counting only;
-    module docstring). ``payload``: optional bytes of length ``size_bytes`` carried for real, so the receiver can
+    module docstring). ``scheduler`` (MPTCP): "default" (upstream Linux 6.x: lowest linger time,
+    per-subflow send queues, reinjection) or "lowest-rtt" (the older model). ``buffers``: "auto"
+    (Linux's auto-tuning; ``snd_buf_bytes`` is tcp_wmem[2]) or "pinned" (SO_SNDBUF =
+    ``snd_buf_bytes``, doubled as Linux does). ``subflow_start_s``: per path, when its subflow
+    starts sending, the path manager's delay + one MP_JOIN handshake RTT (first entry 0).
+    ``payload``: optional bytes of length ``size_bytes`` carried for real, so the receiver can
     hash what it delivers (slower; for tests and pcaps). ``done`` is a SimPy event that
     succeeds when the last byte reaches the receiving application.
     """
@@ -1210,7 +1516,8 @@ class BulkTransfer:
                  mss_bytes: int = DEFAULT_MSS_BYTES, initial_cwnd_segments: int = INITIAL_CWND_SEGMENTS,
                  rto_min_s: float = RTO_MIN_S, delayed_ack_s: float = DELAYED_ACK_S,
                  quickack_segments: int = QUICKACK_SEGMENTS, payload: bytes | None = None,
-                 loss_detection: str = "rack-tlp", name: str = "transfer") -> None:
+                 loss_detection: str = "rack-tlp", scheduler: str = "default", buffers: str = "auto",
+                 subflow_start_s: Sequence[float] | None = None, name: str = "transfer") -> None:
         paths = list(paths)
         if not paths:
             raise ValueError("a transfer needs at least one path")
@@ -1222,6 +1529,15 @@ class BulkTransfer:
             raise ValueError(f"coupled must be 'none' or 'lia', got {coupled!r}")
         if loss_detection not in LOSS_DETECTION_POLICIES:
             raise ValueError(f"loss_detection must be one of {LOSS_DETECTION_POLICIES}, got {loss_detection!r}")
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
+        if buffers not in BUFFER_POLICIES:
+            raise ValueError(f"buffers must be one of {BUFFER_POLICIES}, got {buffers!r}")
+        starts_s = [0.0] * len(paths) if subflow_start_s is None else list(subflow_start_s)
+        if len(starts_s) != len(paths) or any(not isinstance(t, (int, float)) or not t >= 0 for t in starts_s) \
+                or starts_s[0] != 0:
+            raise ValueError(f"subflow_start_s needs one delay >= 0 per path, the first 0 (the initial subflow), "
+                             f"got {subflow_start_s!r}")
         payload_max_bytes = mss_bytes - (DSS_DATA_OPTION_BYTES if mptcp else 0)
         if type(mss_bytes) is not int or payload_max_bytes <= 0:
             raise ValueError(f"mss_bytes must be an int leaving room for payload, got {mss_bytes!r}")
@@ -1241,8 +1557,11 @@ class BulkTransfer:
         self.rcv_buf_bytes = rcv_buf_bytes
         self.mss_bytes = mss_bytes
         self.loss_detection = loss_detection
+        self.scheduler = scheduler
+        self.buffers = buffers
         self.start_s = env.now
-        self.sender = _ConnectionSender(env, size_bytes, mptcp, snd_buf_bytes, rcv_buf_bytes, payload)
+        self.sender = _ConnectionSender(env, size_bytes, mptcp, snd_buf_bytes, rcv_buf_bytes, payload,
+                                        scheduler=scheduler, pinned=buffers == "pinned")
         self.receiver = _ConnectionReceiver(env, size_bytes, mptcp, rcv_buf_bytes, payload is not None)
         coupling = LiaCoupling() if coupled == "lia" else None
         server_ip = IPv4Address("198.19.0.2")
@@ -1257,7 +1576,10 @@ class BulkTransfer:
                                      rack_tlp=loss_detection == "rack-tlp")
             subflow.receiver = _SubflowReceiver(self.receiver, index, backward, subflow, delayed_ack_s,
                                                 quickack_segments, server_ip, client_ip, 5201, client_port)
-            self.sender.subflows.append(subflow)
+            subflow.active = starts_s[index] == 0
+            self.sender.add_subflow(subflow)
+            if not subflow.active:
+                schedule_call(env, starts_s[index], lambda _event, sf=subflow: self.sender.activate(sf, env.now))
         self.sender.push(env.now)
 
     @property
@@ -1289,5 +1611,7 @@ class BulkTransfer:
             subflow_retransmissions=tuple(s.retransmissions for s in subflows),
             subflow_srtt_s=tuple(s.srtt_s for s in subflows),
             payload_sha256=receiver.hasher.hexdigest() if receiver.hasher is not None else None,
-            loss_detection=self.loss_detection,
+            loss_detection=self.loss_detection, scheduler=self.scheduler, buffers=self.buffers,
+            reinjected_bytes=self.sender.reinjected_bytes,
+            mptcp_retransmit_timeouts=self.sender.mptcp_retransmit_timeouts,
         )

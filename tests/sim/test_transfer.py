@@ -232,7 +232,7 @@ def test_lowest_rtt_first_scheduler_prefers_the_faster_path(fast_first, cc, shar
     fast = dict(rate_bps=10e6, one_way_delay_s=0.01, queue_packets=100)
     slow = dict(rate_bps=10e6, one_way_delay_s=0.04, queue_packets=100)
     paths = [fast, slow] if fast_first else [slow, fast]
-    record = run_transfer(paths, 8 * MIB, mptcp=True, snd_buf_bytes=128 * 1024, cc=cc)
+    record = run_transfer(paths, 8 * MIB, mptcp=True, snd_buf_bytes=128 * 1024, cc=cc, scheduler="lowest-rtt")
     fast_bytes, slow_bytes = record.subflow_bytes if fast_first else record.subflow_bytes[::-1]
     assert fast_bytes > share * slow_bytes
     assert slow_bytes > 0

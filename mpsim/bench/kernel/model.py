@@ -129,6 +129,67 @@ def catalogue_middlebox(middlebox: str) -> str | None:
     return name
 
 
+#: The upstream selftest simult_flows.sh (tools/testing/selftests/net/mptcp): 16 MiB over two paths
+#: with 1000-packet queues, and the time it allows; (label, path rates, bound in s).
+SIMULT_FLOWS_CASES = (("10+10", (10e6, 10e6), 7.906), ("10+3", (10e6, 3e6), 11.921))
+SIMULT_FLOWS_BYTES = 16 * MIB
+SIMULT_FLOWS_QUEUE_PACKETS = 1000
+#: Fixed 8 MiB buffers in the kernel: what SO_SNDBUF/SO_RCVBUF of 4 MiB give (doubled), set through
+#: the namespace's tcp_wmem/tcp_rmem (the peer programs set no socket buffer).
+FIXED_BUFFER_SYSCTLS = {"net.ipv4.tcp_wmem": "4096 8388608 8388608", "net.ipv4.tcp_rmem": "4096 8388608 8388608"}
+
+
+def model_simult_flows(settings: ModelSettings, rates_bps: Sequence[float], buffers: str) -> dict[str, Any]:
+    """The model's simult_flows upload: MPTCP over tbf-like paths with 1000-packet queues;
+    buffers "auto" (the kernel's tcp_wmem/tcp_rmem maxima) or "pinned" (SO_SNDBUF/SO_RCVBUF 4 MiB)."""
+    import simpy
+
+    from mpsim.sim.transfer import BulkTransfer
+
+    env = simpy.Environment()
+    paths = [tuple(LossAfterQueue(env, f"path{i}.{d}", rate * settings.rate_factor, SIMULT_FLOWS_QUEUE_PACKETS * 1500,
+                                  settings.one_way_delay_s, 0.0, None) for d in ("up", "down"))
+             for i, rate in enumerate(rates_bps)]
+    buf_bytes = 4 * MIB if buffers == "pinned" else settings.buffer_bytes
+    transfer = BulkTransfer(env, paths, SIMULT_FLOWS_BYTES, cc="cubic", mptcp=True, buffers=buffers,
+                            snd_buf_bytes=buf_bytes, rcv_buf_bytes=buf_bytes)
+    env.run(until=env.any_of([transfer.done, env.timeout(600)]))
+    record = transfer.result()
+    return {"duration_s": record.duration_s, "completed": record.completed, "subflow_bytes": record.subflow_bytes,
+            "timeouts": record.timeouts, "reinjected_bytes": record.reinjected_bytes}
+
+
+def simult_flows(settings: ModelSettings, reps: int, log_dir: Path, progress: Callable[[str], None]) -> list[dict]:
+    """The simult_flows cases in the kernel (direct MPTCP, auto-tuned; 10+3 also with fixed 8 MiB
+    buffers) and in the model (auto; pinned 4 MiB), docs/kernel-departures.md, section 5."""
+    from mpsim.bench.kernel.config import TESTBED_SYSCTLS
+    from mpsim.testbed import PathSpec, Testbed, counter_delta
+
+    rows = []
+    cases = [(label, rates, bound, "auto") for label, rates, bound in SIMULT_FLOWS_CASES]
+    cases.append(("10+3", SIMULT_FLOWS_CASES[1][1], None, "pinned"))
+    for label, rates, bound, buffers in cases:
+        paths = [PathSpec(rate_bps=int(r), queue_s=SIMULT_FLOWS_QUEUE_PACKETS * 1514 * 8 / r) for r in rates]
+        sysctls = TESTBED_SYSCTLS | (FIXED_BUFFER_SYSCTLS if buffers == "pinned" else {})
+        model = model_simult_flows(settings, rates, buffers)
+        with Testbed(paths=paths, tfo=True, cc="cubic", sysctls=sysctls) as tb:
+            services = Services(tb, log_dir)
+            services.start_sinks(reps + 2, PEER_LIMIT_S * (reps + 2))
+            for rep in range(reps):
+                before = tb.counters("client")
+                up = upload(tb, services, "direct-mptcp", SIMULT_FLOWS_BYTES, log_dir, sample_cpu=False)
+                deltas = counter_delta(before, tb.counters("client"))
+                kernel_s = SIMULT_FLOWS_BYTES * 8 / up["goodput_bps"]
+                rows.append({"case": label, "buffers": buffers, "rep": rep, "bound_s": bound, "kernel_s": kernel_s,
+                             "model_s": model["duration_s"], "error": relative_error(model["duration_s"], kernel_s),
+                             "hash_ok": up["hash_ok"], "subflows_kernel": up["subflows"],
+                             "mptcp_retrans_kernel": deltas.get("MPTcpExt.MPTCPRetrans", 0),
+                             "rto_kernel": deltas.get("TcpExt.TCPTimeouts", 0), "model": model})
+                progress(f"simult_flows {label} {buffers} rep {rep + 1}: kernel {kernel_s:.3f} s, "
+                         f"model {model['duration_s']:.3f} s (bound {bound} s)")
+    return rows
+
+
 def negotiation_scenario(settings: ModelSettings, middlebox: str, rate_bps: float, knobs: dict[str, int]) -> Scenario:
     """The Convert negotiation as a scenario: the testbed's two paths, the middlebox on path 0, and
     the kernel's knobs (MPTCP fallback and blackhole, SYN retries and linear timeouts) as keys."""
@@ -345,7 +406,11 @@ def model_vs_kernel(scale: Scale, log_dir: Path, progress: Callable[[str], None]
         progress(f"model middlebox {middlebox}: kernel {rows[-1]['outcome_kernel']} in {up['setup_s']:.4f} s, "
                  f"model {negotiation['outcome']} in {negotiation['setup_s']:.4f} s; goodput "
                  f"{pct(rows[-1]['goodput_error'])}")
-    return {"rows": rows, "testbeds": testbeds, "kernel_knobs": calibration.get("knobs"),
+    if calibration and scale.name != "smoke":
+        simult = simult_flows(calibration["settings"], 2 if scale.name == "full" else 1, log_dir, progress)
+    else:
+        simult = []
+    return {"rows": rows, "simult_flows": simult, "testbeds": testbeds, "kernel_knobs": calibration.get("knobs"),
             "base_rtt": calibration.get("base_rtt"),
             "model_settings": dataclasses.asdict(calibration["settings"]) if calibration else None,
             "hashes_ok": all(r["hash_ok"] for r in rows)}

@@ -1,0 +1,246 @@
+"""The MPTCP data plane as upstream Linux 6.x runs it (net/mptcp/protocol.c): the lowest-linger-time
+scheduler committing bursts to per-subflow send queues, a send buffer committed to a slow
+subflow, reinjection by the MPTCP-level retransmit timer, and a subflow that joins late. The
+expected values are worked by hand in each test from the kernel's arithmetic (docs/sim.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import pytest
+import simpy
+
+from mpsim.sim.link import LinkDirection
+from mpsim.sim.transfer import (MPTCP_SEND_BURST_BYTES, SKB_TRUESIZE_OVERHEAD_BYTES, SNDBUF_PER_MSS_BYTES,
+                                BulkTransfer)
+
+PAYLOAD = 1420  # MPTCP payload per segment (1448 - DSS 28)
+TRUESIZE = PAYLOAD + SKB_TRUESIZE_OVERHEAD_BYTES  # 2316 per queued full segment
+MIB = 2**20
+
+
+class Tap:
+    """A link trace that keeps (time, packet) of every packet offered."""
+
+    record_packets = True
+
+    def __init__(self):
+        self.sent = []
+
+    def packet(self, time_s, direction, kind, packet, packet_id, reason=None):
+        if kind == "sent":
+            self.sent.append((time_s, packet))
+
+
+class DropData:
+    """A path that loses every data segment (ACKs pass)."""
+
+    def drops(self, packet, now):
+        return packet.payload_bytes > 0
+
+
+def path(env, name, rate_bps, one_way_delay_s, *, queue_packets=None, loss=None, tap=None):
+    forward = LinkDirection(env, f"{name}-fwd", delay_s=one_way_delay_s, rate_bps=rate_bps,
+                            queue_limit_packets=queue_packets, loss=loss, trace=tap)
+    backward = LinkDirection(env, f"{name}-bwd", delay_s=one_way_delay_s, rate_bps=rate_bps)
+    return forward, backward
+
+
+def queued_ranges(subflow):
+    """The DSN ranges a subflow holds (sent and queued), merged."""
+    pieces = sorted([(r.dsn, r.dsn + r.end - r.seq) for r in subflow.rtx[subflow.head:]]
+                    + [(dsn, dsn + length) for dsn, length in subflow.send_queue])
+    merged = []
+    for left, right in pieces:
+        if merged and merged[-1][1] == left:
+            merged[-1][1] = right
+        else:
+            merged.append([left, right])
+    return [tuple(r) for r in merged]
+
+
+def test_first_bursts_fill_each_subflows_auto_tuned_buffer_in_turn():
+    # Auto-tuned: tcp_init_buffer_space gives each subflow 2 x 10 x 4352 = 87040 bytes. Without an
+    # RTT sample both pace at 2 x 1420 x 10 / 1 s = 28400 B/s; both linger times are 0, so the first
+    # subflow gets the first burst: segments until wmem_queued >= 87040, i.e. 38 (37 x 2316 = 85692 <
+    # 87040), 53960 bytes, well inside the 64 KiB burst. Then the second subflow (linger 0 < 3.1 s):
+    # DSN 53960-107920. Then both are full: nothing more, though the msk buffer (2 x 87040) has room.
+    # Each sends its initial window (10) and keeps 28 queued beyond its cwnd.
+    env = simpy.Environment()
+    paths = [path(env, "a", 10e6, 0.01), path(env, "b", 10e6, 0.01)]
+    transfer = BulkTransfer(env, paths, MIB, mptcp=True)
+    first, second = transfer.sender.subflows
+    assert first.sndbuf_bytes == second.sndbuf_bytes == 2 * 10 * SNDBUF_PER_MSS_BYTES == 87040
+    assert queued_ranges(first) == [(0, 38 * PAYLOAD)]
+    assert queued_ranges(second) == [(38 * PAYLOAD, 76 * PAYLOAD)]
+    assert first.wmem_queued == second.wmem_queued == 38 * TRUESIZE
+    assert first.segments_sent == second.segments_sent == 10
+    assert len(first.send_queue) == len(second.send_queue) == 28
+    assert transfer.sender.select_subflow() is None  # both send buffers full
+    # tcp_sndbuf_expand on ACKs that free data while cwnd is not full: 2 x cwnd x 4352, growing
+    env.run(until=0.2)
+    assert 87040 < first.sndbuf_bytes <= 2 * int(first.cc.cwnd_segments) * SNDBUF_PER_MSS_BYTES
+    assert first.sndbuf_bytes % (2 * SNDBUF_PER_MSS_BYTES) == 0
+
+
+def test_scheduler_picks_the_lowest_linger_time_not_the_lowest_queue():
+    # Hand-set state. Subflow 0: SRTT 10 ms, cwnd 20 in slow start: pacing 2 x 1420 x 20 / 0.01 =
+    # 5.68 MB/s; 100000 bytes queued linger 17.6 ms. Subflow 1: SRTT 100 ms, cwnd 10: 284000 B/s;
+    # 20000 bytes linger 70.4 ms. Linux picks subflow 0 with five times the queue; at 500000 bytes
+    # (88 ms) it picks subflow 1. After a loss (cwnd >= ssthresh / 2) the ratio is 120 %.
+    env = simpy.Environment()
+    paths = [path(env, "a", 10e6, 0.01), path(env, "b", 10e6, 0.05)]
+    transfer = BulkTransfer(env, paths, 10 * PAYLOAD, mptcp=True, buffers="pinned", snd_buf_bytes=MIB)
+    fast, slow = transfer.sender.subflows
+    fast.srtt_s, fast.cc.cwnd_segments = 0.01, 20.0
+    slow.srtt_s, slow.cc.cwnd_segments = 0.1, 10.0
+    for subflow in (fast, slow):
+        subflow.rtx.clear()
+        subflow.head = 0
+        subflow.avg_pacing_rate = 0.0
+    assert fast.pacing_rate() == pytest.approx(5.68e6)
+    assert slow.pacing_rate() == pytest.approx(284000)
+    fast.wmem_queued, slow.wmem_queued = 100000, 20000
+    assert transfer.sender.select_subflow() is fast
+    fast.wmem_queued = 500000
+    assert transfer.sender.select_subflow() is slow
+    slow.cc.ssthresh_segments = 20.0
+    assert slow.pacing_rate() == pytest.approx(1.2 * 1420 * 10 / 0.1)
+
+
+def test_burst_averages_the_pacing_rate_over_the_queue():
+    # avg = (avg x wmem + pace x burst) / (burst + wmem) at every pick (mptcp_subflow_get_send).
+    env = simpy.Environment()
+    paths = [path(env, "a", 10e6, 0.01), path(env, "b", 10e6, 0.01)]
+    transfer = BulkTransfer(env, paths, 1000 * PAYLOAD, mptcp=True, buffers="pinned", snd_buf_bytes=4 * MIB)
+    first = transfer.sender.subflows[0]
+    # Pinned 4 MiB: each subflow may queue 8 MiB, the msk 8 MiB: bursts alternate (equal pacing),
+    # each 47 segments (46 x 1420 = 65320 < 65428 bytes of burst), until the 1000 segments are out.
+    assert queued_ranges(first)[0] == (0, 47 * PAYLOAD)
+    assert queued_ranges(transfer.sender.subflows[1])[0] == (47 * PAYLOAD, 94 * PAYLOAD)
+    assert MPTCP_SEND_BURST_BYTES == 65428 and 46 * PAYLOAD < MPTCP_SEND_BURST_BYTES <= 47 * PAYLOAD
+    assert first.avg_pacing_rate == pytest.approx(28400)
+
+
+def test_send_buffer_committed_to_a_slow_subflow_starves_the_fast_one():
+    # Pinned SO_SNDBUF 96 KiB: the msk and each subflow may hold 2 x 98304 = 196608 bytes.
+    # Slow path 1 Mbit/s, 100 ms one way; fast path 10 Mbit/s, 5 ms. At t=0 (no RTT samples, equal
+    # pacing): the slow subflow takes the first burst, 47 segments = DSN 0-66740 (wmem 108852);
+    # the fast one the second, 66740-133480; linger times are then equal, so the slow subflow
+    # (listed first) takes the third until its own buffer is full: 38 more segments (108852 +
+    # 37 x 2316 < 196608 <= 108852 + 38 x 2316), 133480-187440. The fast subflow (lower linger now)
+    # gets what the msk buffer has left, 187440-196608 (6 segments and 648 bytes).
+    # 61 % of the buffer sits on the slow subflow. The fast subflow sends its 54 segments in a
+    # few RTTs and then idles: nothing is DATA_ACKed before the slow path's first segment has
+    # crossed (12 ms + 100 ms) and its ACK has come back (100 ms), so until 0.21 s the buffer
+    # stays full and the fast subflow has nothing to send.
+    env = simpy.Environment()
+    paths = [path(env, "slow", 1e6, 0.1), path(env, "fast", 10e6, 0.005)]
+    transfer = BulkTransfer(env, paths, 4 * MIB, mptcp=True, buffers="pinned", snd_buf_bytes=96 * 1024)
+    slow, fast = transfer.sender.subflows
+    assert queued_ranges(slow) == [(0, 47 * PAYLOAD), (94 * PAYLOAD, 132 * PAYLOAD)]
+    assert queued_ranges(fast) == [(47 * PAYLOAD, 94 * PAYLOAD), (132 * PAYLOAD, 196608)]
+    env.run(until=0.2)
+    assert transfer.sender.data_una == 0 and transfer.sender.next_dsn == 196608
+    assert fast.segments_sent == 54 and not fast.send_queue and fast.pipe() == 0
+    assert fast.receiver.bytes_in_order == 196608 - 85 * PAYLOAD
+    env.run(until=0.3)
+    assert transfer.sender.data_una > 0 and fast.segments_sent > 54  # the slow path's ACK freed the buffer
+
+
+def _simult_flows_duration_s(buffers: str, sample: list | None = None) -> float:
+    # The upstream selftest's unbalanced case: 16 MiB over 10 + 3 Mbit/s with 1000-packet queues.
+    env = simpy.Environment()
+    paths = [path(env, "fast", 10e6, 0.0001, queue_packets=1000), path(env, "slow", 3e6, 0.0001, queue_packets=1000)]
+    transfer = BulkTransfer(env, paths, 16 * MIB, mptcp=True, buffers=buffers,
+                            snd_buf_bytes=4 * MIB, rcv_buf_bytes=4 * MIB)
+    if sample is not None:
+        def probe():
+            for _ in range(100):
+                sample.append(transfer.sender.subflows[1].wmem_queued)
+                yield env.timeout(0.1)
+        env.process(probe())
+    env.run(until=env.any_of([transfer.done, env.timeout(60)]))
+    assert transfer.result().completed
+    return transfer.result().duration_s
+
+
+def test_pinned_buffers_on_unbalanced_paths_commit_megabytes_to_the_slow_subflow():
+    # With SO_SNDBUF 4 MiB (8 MiB after Linux doubles it) the slow subflow's queue reaches
+    # megabytes (its pacing rate counts its bloated cwnd), its data waits seconds in it, and the
+    # fast subflow idles on a full connection buffer: the transfer takes longer than with auto-
+    # tuned buffers, which cap each subflow's queue near 2 x cwnd segments (tcp_sndbuf_expand).
+    slow_wmem = []
+    pinned_s = _simult_flows_duration_s("pinned", slow_wmem)
+    auto_s = _simult_flows_duration_s("auto")
+    assert auto_s < 11.921  # the selftest's bound
+    assert pinned_s > 1.15 * auto_s
+    assert max(slow_wmem) > 2_000_000
+
+
+def test_reinjection_after_a_subflow_timeout_delivers_each_byte_once():
+    # Path A loses every data segment; path B is clean (10 Mbit/s, 10 ms each way). 76 segments:
+    # at t=0 A takes DSN 0-53960 and B 53960-107920 (as in the first test). B's data arrives at
+    # once but nothing is DATA_ACKed (DSN 0 is missing). The MPTCP-level timer was armed at t=0 for
+    # the longest subflow timer, 1 s (no RTT sample). At 1 s A fires its loss probe (lost too) and
+    # re-arms its RTO to 2 s; the MPTCP timer finds B idle (nothing in flight, nothing queued) and
+    # re-sends the oldest fragment, DSN 0-32768 (one 32 KiB page frag), on B at exactly 1 s. Its
+    # DATA_ACK restarts the MPTCP timer for A's RTO still to run: it fires at 2 s and re-sends the
+    # next fragment, 32768-65536, on B. Its 15th segment, 52648-54068, closes the hole: its 108 bytes
+    # above 53960 (B's own data, held) are a duplicate the receiver drops, and the transfer is
+    # complete (the rest of the fragment arrives after it). Every byte reaches the application
+    # once, in the order written.
+    env = simpy.Environment()
+    tap_b = Tap()
+    paths = [path(env, "a", 10e6, 0.01, loss=DropData()), path(env, "b", 10e6, 0.01, tap=tap_b)]
+    data = random.Random(5).randbytes(76 * PAYLOAD)
+    transfer = BulkTransfer(env, paths, len(data), mptcp=True, payload=data)
+    env.run(until=env.any_of([transfer.done, env.timeout(30)]))
+    record = transfer.result()
+    assert record.completed and record.payload_sha256 == hashlib.sha256(data).hexdigest()
+    assert record.subflow_bytes[0] == 0
+    assert record.reinjected_bytes == 65536 and record.duplicate_bytes == 32768 + 15 * PAYLOAD - 38 * PAYLOAD == 108
+    reinjected = [(t, p.dsn) for t, p in tap_b.sent if p.payload_bytes and p.dsn < 38 * PAYLOAD]
+    assert reinjected[0] == (pytest.approx(1.0), 0)
+    assert [t for t, dsn in reinjected if dsn == 32768][0] == pytest.approx(2.0)
+    # 15 segments of 1500 bytes at 10 Mbit/s after 2 s, + 10 ms: 2.028 s
+    assert record.duration_s == pytest.approx(2.0 + 15 * 1500 * 8 / 10e6 + 0.01)
+
+
+def test_without_reinjection_a_dead_path_stalls_the_old_scheduler():
+    env = simpy.Environment()
+    paths = [path(env, "a", 10e6, 0.01, loss=DropData()), path(env, "b", 10e6, 0.01)]
+    transfer = BulkTransfer(env, paths, 76 * PAYLOAD, mptcp=True, scheduler="lowest-rtt")
+    env.run(until=30)
+    assert not transfer.result().completed
+
+
+def test_a_subflow_joins_after_its_start_delay():
+    # subflow_start_s = the path manager's delay + one MP_JOIN handshake RTT (here 0.25 s): before
+    # it the second path carries nothing; at 0.25 s the joined subflow adds its 87040-byte buffer
+    # to the connection's and takes the next burst at once.
+    env = simpy.Environment()
+    taps = [Tap(), Tap()]
+    paths = [path(env, "a", 10e6, 0.01, tap=taps[0]), path(env, "b", 10e6, 0.01, tap=taps[1])]
+    transfer = BulkTransfer(env, paths, 4 * MIB, mptcp=True, subflow_start_s=(0.0, 0.25))
+    env.run(until=0.25)
+    assert not taps[1].sent
+    next_dsn = transfer.sender.next_dsn
+    env.run(until=env.any_of([transfer.done, env.timeout(30)]))
+    first_time, first_packet = next((t, p) for t, p in taps[1].sent if p.payload_bytes)
+    assert first_time == pytest.approx(0.25) and first_packet.dsn >= next_dsn
+    assert transfer.result().subflow_bytes[1] > MIB
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(scheduler="blest"), "scheduler must be one of"),
+    (dict(buffers="fixed"), "buffers must be one of"),
+    (dict(subflow_start_s=(0.1, 0.0)), "subflow_start_s"),
+    (dict(subflow_start_s=(0.0,)), "subflow_start_s"),
+])
+def test_bad_options_are_one_line_errors(kwargs, message):
+    env = simpy.Environment()
+    paths = [path(env, "a", 10e6, 0.01), path(env, "b", 10e6, 0.01)]
+    with pytest.raises(ValueError, match=message):
+        BulkTransfer(env, paths, 1000, mptcp=True, **kwargs)
