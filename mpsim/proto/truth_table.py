@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
 from mpsim.proto.components import MIDDLEBOXES, SCHEMES, SERVERS, Placement, ProxySettings, build_proxy_host, proxy_for_scheme
-from mpsim.proto.client import ClientHost, ClientPolicy, ConnectionRecord, Request, SignalAckedAsData
+from mpsim.proto.client import ClientHost, ClientPolicy, ConnectionRecord, Request
 from mpsim.proto.harness import Harness, Router
 from mpsim.proto.middlebox import PASS, BuiltBox, Site
 from mpsim.proto.relay import ConverterTiming
