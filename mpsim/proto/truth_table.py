@@ -7,9 +7,11 @@ mode) and a server of the chosen kind. One-way delays are fixed
 so that times convert exactly to round trips: client-router 10 ms, router-server 20 ms, router-proxy
 0 ms, so the client-proxy RTT is 20 ms, the proxy-server RTT 40 ms and the client-server RTT 60 ms.
 
-Middleboxes, proxies and servers come from the catalogue (mpsim/proto/catalogue.py): the table
-has a clean path ("none"), then every registered middlebox, against every registered server, so
-a component registered by a new module appears here with no edit.
+Every component comes from the catalogue (mpsim/proto/catalogue.py), so a component registered
+by a new module appears here with no edit: the client rows are the variants each registered
+scheme declares (``SignallingScheme.truth_table_variants``, ordered by the schemes'
+``truth_table_rank``, then in registration order), each against a clean path ("none"), then every
+registered middlebox, against every registered server.
 
 Randomness comes in, as everywhere in proto: every function that builds or runs cases takes
 ``rngs``, a function from a seed to a generator (``random.Random`` in practice); a case's hosts
@@ -26,11 +28,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
-from mpsim.proto.components import MIDDLEBOXES, SERVERS, Placement, ProxySettings, build_proxy_host, proxy_for_scheme
-from mpsim.proto.client import ClientHost, ClientPolicy, ConnectionRecord, Request, SignalAckedAsData
+from mpsim.proto.components import MIDDLEBOXES, SCHEMES, SERVERS, Placement, ProxySettings, build_proxy_host, proxy_for_scheme
+from mpsim.proto.client import ClientHost, ClientPolicy, ConnectionRecord, Request
 from mpsim.proto.harness import Harness, Router
 from mpsim.proto.middlebox import PASS, BuiltBox, Site
 from mpsim.proto.relay import ConverterTiming
+from mpsim.proto.schemes import SignallingScheme, TableVariant
 from mpsim.proto.server import ResponderApp, ServerHost, ServerKind
 from mpsim.proto.tcp import Rng
 
@@ -89,22 +92,34 @@ class Variant:
     placement: Placement = Placement.BESIDE
 
 
-VARIANTS = (
-    Variant("plain", ClientPolicy(scheme="plain")),
-    Variant("mptcp", ClientPolicy(scheme="mptcp")),
-    Variant("convert", ClientPolicy(scheme="convert")),
-    Variant("convert (socket timing)", ClientPolicy(scheme="convert"), ConverterTiming.SOCKET),
-    Variant("mp-convert-option", ClientPolicy(scheme="mp-convert-option")),
-    Variant("mp-convert-option (implicit, proxy on path)",
-            ClientPolicy(scheme="mp-convert-option", implicit=True), placement=Placement.ON_PATH),
-    Variant("syn-payload-eol", ClientPolicy(scheme="syn-payload-eol")),
-    Variant("syn-payload-eol (implicit, no proxy on path)",
-            ClientPolicy(scheme="syn-payload-eol", implicit=True)),
-    Variant("syn-payload-eol (implicit, no proxy, continue)",
-            ClientPolicy(scheme="syn-payload-eol", implicit=True,
-                         signal_acked_as_data=SignalAckedAsData.CONTINUE)),
-    Variant("socks5", ClientPolicy(scheme="socks5")),
-)
+def _variant(scheme: SignallingScheme, declared: TableVariant) -> Variant:
+    try:
+        policy = ClientPolicy(scheme=scheme.name, **declared.policy)
+    except TypeError as error:  # a field ClientPolicy does not have
+        raise ValueError(f"scheme {scheme.name!r}, truth-table variant {declared.label!r}: "
+                         f"bad ClientPolicy fields {sorted(declared.policy)}: {error}") from None
+    return Variant(declared.label, policy, declared.timing, declared.placement)
+
+
+def variants() -> tuple[Variant, ...]:
+    """The table's client rows, from the schemes registered now: each scheme's declared variants
+    (:meth:`~mpsim.proto.schemes.SignallingScheme.truth_table_variants`), the schemes ordered by
+    ``truth_table_rank``, then in registration order."""
+    ranked = sorted(enumerate(SCHEMES.items()), key=lambda item: (item[1][1].truth_table_rank, item[0]))
+    rows = tuple(_variant(scheme, declared) for _, (_, scheme) in ranked for declared in scheme.truth_table_variants())
+    labels = [v.label for v in rows]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise ValueError(f"truth-table variant labels declared by more than one scheme: {', '.join(repeated)}")
+    return rows
+
+
+def __getattr__(name: str) -> tuple[Variant, ...]:
+    # ``VARIANTS``, for the callers that read a tuple: the variants of the schemes registered at the
+    # moment it is read (a fixed tuple would miss a scheme registered after this module's import).
+    if name == "VARIANTS":
+        return variants()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,4 +196,4 @@ def run_variant(variant: Variant, middlebox: str, server_kind: ServerKind | str,
 def all_cases(*, rngs: RngSource, seed: int = 1) -> list[CaseResult]:
     """Every variant x middlebox x server, in table order."""
     return [run_variant(v, m, s, rngs=rngs, seed=seed)
-            for v in VARIANTS for m in table_middleboxes() for s in table_servers()]
+            for v in variants() for m in table_middleboxes() for s in table_servers()]

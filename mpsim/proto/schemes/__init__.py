@@ -25,11 +25,13 @@ from mpsim.proto.schemes.base import (
     SignalAckedAsData,
     SignallingScheme,
     SynAckJudge,
+    TableVariant,
     register,
 )
 
 __all__ = ["BUILT_IN", "Attempt", "Proxy", "SchemeHost", "SchemeLifecycle", "SchemePolicy", "SchemeRequest",
-           "SchemeSyn", "SignalAckedAsData", "SignallingScheme", "SynAckJudge", "load_schemes", "register"]
+           "SchemeSyn", "SignalAckedAsData", "SignallingScheme", "SynAckJudge", "TableVariant", "load_schemes",
+           "register"]
 
 #: The built-in schemes' modules, in registration order.
 BUILT_IN = ("plain", "mptcp", "mp_convert_option", "syn_payload_eol", "convert", "socks5")

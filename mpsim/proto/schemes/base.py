@@ -17,7 +17,10 @@ experiment layer read):
 * ``implicit_capable``: it can send its signalling to the server itself, for an on-path proxy to
   intercept (``ClientPolicy.implicit``);
 * ``plain_tcp``: it asks for plain TCP, so a plain TCP connection without a fallback is what it
-  asked for (outcome ``tcp`` rather than ``fallback_tcp``).
+  asked for (outcome ``tcp`` rather than ``fallback_tcp``);
+* :meth:`truth_table_variants` and ``truth_table_rank``: the client configurations of the scheme
+  the truth table (mpsim/proto/truth_table.py) compares, and where they come among the schemes'
+  (by default one configuration named after the scheme, after the built-in schemes).
 
 What a scheme does (hooks, each with the default that suits a scheme without a proxy):
 
@@ -41,7 +44,9 @@ walks through writing a scheme).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from mpsim.proto.cache import ClientCaches
@@ -49,6 +54,8 @@ from mpsim.proto.catalogue import SCHEMES
 from mpsim.proto.convert import ConvertClientPolicy
 from mpsim.proto.events import FallbackReason
 from mpsim.proto.mptcp import MptcpClientExtension, MptcpPolicy
+from mpsim.proto.proxies import Placement
+from mpsim.proto.relay import ConverterTiming
 from mpsim.proto.tcp import IpAddress, TcpConnection, TcpEvent, TcpExtension, TcpPolicy
 from mpsim.wire.mp_convert import LINUX_SYN_OPTIONS, MP_CAPABLE_SYN
 
@@ -206,6 +213,28 @@ class SchemeSyn:
     pre_request_messages: tuple[tuple[str, bytes], ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class TableVariant:
+    """One client configuration of a scheme that the truth table compares (one block of rows of
+    docs/truth-table.md): its label, the client's policy (``ClientPolicy`` fields besides
+    ``scheme``, which is the declaring scheme's name), the proxy's timing and where the proxy sits.
+    Plain data, so that this package need not import the client."""
+
+    label: str
+    policy: Mapping[str, Any] = field(default_factory=dict)
+    timing: ConverterTiming = ConverterTiming.RFC
+    placement: Placement = Placement.BESIDE
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.label, str) or not self.label or "\n" in self.label:
+            raise ValueError(f"a truth-table variant needs a one-line label, not {self.label!r}")
+        if "scheme" in self.policy:
+            raise ValueError(f"truth-table variant {self.label!r}: the scheme is the one declaring it, "
+                             f"not a policy field")
+        # Read-only, so the declaration a scheme hands out cannot be changed by a reader.
+        object.__setattr__(self, "policy", MappingProxyType(dict(self.policy)))
+
+
 #: A Linux client's SYN options with MP_CAPABLE, as every MPTCP-speaking scheme sends them.
 MPTCP_SYN_OPTIONS = (*LINUX_SYN_OPTIONS, MP_CAPABLE_SYN)
 
@@ -221,6 +250,18 @@ class SignallingScheme:
     plain_tcp: ClassVar[bool] = False
     #: Why a refused or reset attempt to this scheme's proxy falls back (a direct one does not).
     proxy_refused_reason: ClassVar[FallbackReason] = FallbackReason.CONVERTER_REFUSED
+    #: Where the scheme's variants come in the truth table: by rank, then in registration order.
+    #: The built-in schemes hold 0 to 5 (the order docs/truth-table.md has always shown); the
+    #: default puts a new scheme after them.
+    truth_table_rank: ClassVar[int] = 100
+
+    # --- the truth table -------------------------------------------------------------------------
+
+    def truth_table_variants(self) -> tuple[TableVariant, ...]:
+        """The client configurations of this scheme the truth table compares, in table order: by
+        default one, named after the scheme, with the default policy and an RFC-timed proxy beside
+        the router."""
+        return (TableVariant(self.name),)
 
     # --- the SYN budget ------------------------------------------------------------------------
 
@@ -305,4 +346,12 @@ def register(scheme: SignallingScheme, *, replace: bool = False) -> SignallingSc
         raise ValueError(f"scheme {scheme.name!r}: the description is one line")
     if scheme.proxy is not None and not isinstance(scheme.proxy, str):
         raise ValueError(f"scheme {scheme.name!r}: proxy is a proxy name or None, not {scheme.proxy!r}")
+    variants = scheme.truth_table_variants()
+    if not isinstance(variants, tuple) or not variants or not all(isinstance(v, TableVariant) for v in variants):
+        raise ValueError(f"scheme {scheme.name!r}: truth_table_variants() returns a non-empty tuple of "
+                         f"TableVariant, not {variants!r}")
+    if len({v.label for v in variants}) != len(variants):
+        raise ValueError(f"scheme {scheme.name!r}: truth-table variant labels repeat: {[v.label for v in variants]}")
+    if type(scheme.truth_table_rank) is not int:
+        raise ValueError(f"scheme {scheme.name!r}: truth_table_rank is an int, not {scheme.truth_table_rank!r}")
     return SCHEMES.register(scheme.name, scheme, replace=replace)

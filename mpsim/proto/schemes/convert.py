@@ -11,6 +11,7 @@ from typing import Any
 
 from mpsim.proto.convert import ConvertClientExchange, ConvertReaction, ConvertSynAckCheck
 from mpsim.proto.events import FallbackReason
+from mpsim.proto.relay import ConverterTiming
 from mpsim.proto.schemes.base import (
     MPTCP_SYN_OPTIONS,
     Attempt,
@@ -18,6 +19,7 @@ from mpsim.proto.schemes.base import (
     SchemeLifecycle,
     SchemeSyn,
     SignallingScheme,
+    TableVariant,
     register,
 )
 from mpsim.proto.tcp import IpAddress
@@ -34,6 +36,12 @@ class Convert(SignallingScheme):
     name = "convert"
     description = "RFC 8803: Convert header + TLVs in the SYN payload, to the transport converter"
     proxy = "convert"
+    truth_table_rank = 2
+
+    def truth_table_variants(self) -> tuple[TableVariant, ...]:
+        # The RFC's converter (its SYN-ACK waits for the server's, RFC 8803 4.2), and one that answers
+        # at once, as a proxy on Linux sockets does (ConverterTiming, mpsim/proto/relay.py).
+        return (TableVariant(self.name), TableVariant(f"{self.name} (socket timing)", timing=ConverterTiming.SOCKET))
 
     def start(self, lc: SchemeLifecycle, now: float) -> None:
         if lc.host.client_policy.bypass_mptcp_servers and lc.host.caches.server_mptcp_capable(lc.request.destination):

@@ -15,6 +15,7 @@ from typing import Any
 
 from mpsim.proto.events import FallbackReason
 from mpsim.proto.mptcp import MptcpClientExtension
+from mpsim.proto.proxies import Placement
 from mpsim.proto.schemes.base import (
     Attempt,
     Proxy,
@@ -22,6 +23,7 @@ from mpsim.proto.schemes.base import (
     SchemeSyn,
     SignallingScheme,
     SynAckJudge,
+    TableVariant,
     register,
 )
 from mpsim.proto.tcp import IpAddress, TcpConnection, TcpExtension, syn_base_options
@@ -55,6 +57,13 @@ class MpConvertOption(SignallingScheme):
     description = "MP_CAPABLE + MP_CONVERT(destination) in the SYN options, to the MP_CONVERT proxy"
     proxy = "mp-convert"
     implicit_capable = True
+    truth_table_rank = 3
+
+    def truth_table_variants(self) -> tuple[TableVariant, ...]:
+        # Explicit, to the proxy beside the router; implicit, to the server, for a proxy on the path.
+        return (TableVariant(self.name),
+                TableVariant(f"{self.name} (implicit, proxy on path)", {"implicit": True},
+                             placement=Placement.ON_PATH))
 
     def open(self, lc: SchemeLifecycle, now: float, proxy: Proxy | None) -> None:
         """Explicit (to ``proxy``) or implicit (proxy None: to the server itself)."""

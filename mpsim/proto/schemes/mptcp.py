@@ -12,6 +12,7 @@ from mpsim.wire.mp_convert import MP_CAPABLE_SYN
 class Mptcp(SignallingScheme):
     name = "mptcp"
     description = "end-to-end MPTCP (RFC 8684) to the server, falling back to TCP by its rules"
+    truth_table_rank = 1
 
     def open(self, lc: SchemeLifecycle, now: float, proxy: Proxy | None) -> None:
         lc.open_direct(now, mptcp=True)

@@ -11,6 +11,7 @@ class Plain(SignallingScheme):
     name = "plain"
     description = "ordinary TCP to the server"
     plain_tcp = True
+    truth_table_rank = 0
 
     def open(self, lc: SchemeLifecycle, now: float, proxy: Proxy | None) -> None:
         lc.open_direct(now, mptcp=False)

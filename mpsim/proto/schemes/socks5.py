@@ -31,6 +31,7 @@ class Socks5(SignallingScheme):
     description = "RFC 1928 through a SOCKS5 proxy: greeting and CONNECT after the handshake (2 RTTs)"
     proxy = "socks5"
     proxy_refused_reason = FallbackReason.PROXY_FAILED
+    truth_table_rank = 5
 
     def open(self, lc: SchemeLifecycle, now: float, proxy: Proxy | None) -> None:
         attempt = lc.new_attempt(self, proxy)

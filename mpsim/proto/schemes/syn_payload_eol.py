@@ -19,6 +19,7 @@ from mpsim.proto.schemes.base import (
     SchemeLifecycle,
     SchemeSyn,
     SignalAckedAsData,
+    TableVariant,
     register,
 )
 from mpsim.proto.schemes.mp_convert_option import MpConvertOption
@@ -31,6 +32,16 @@ from mpsim.wire.syn_payload import SynPayloadSignal, encode_syn_payload
 class SynPayloadEol(MpConvertOption):
     name = "syn-payload-eol"
     description = "MP_CONVERT as option bytes + EOL at the start of the SYN payload, then the request"
+    truth_table_rank = 4
+
+    def truth_table_variants(self) -> tuple[TableVariant, ...]:
+        # Explicit; implicit with no proxy on the path, where the server's stack meets the signal
+        # (reset and fall back, or carry on with the signalling in the server's stream).
+        implicit = {"implicit": True}
+        return (TableVariant(self.name),
+                TableVariant(f"{self.name} (implicit, no proxy on path)", implicit),
+                TableVariant(f"{self.name} (implicit, no proxy, continue)",
+                             implicit | {"signal_acked_as_data": SignalAckedAsData.CONTINUE}))
 
     def _does_not_fit(self, lc: SchemeLifecycle, signal: MpConvert) -> str | None:
         return None  # the payload has room: the request gives way to the signalling
