@@ -1,6 +1,6 @@
 """The RFC 8803 Transport Converter on Linux sockets: ``mpsim converter serve``.
 
-A single-threaded :mod:`selectors` loop. Every Convert decision (framing, authorization, cookies,
+A single-threaded epoll loop. Every Convert decision (framing, authorization, cookies,
 the connection limit, destination checks, which Error TLV, the FIN/RST coupling of the two legs)
 is :class:`mpsim.proto.convert.ConverterSession`'s, the same object the simulator runs, in its
 SOCKET timing; this module only carries the session's decisions out on sockets and feeds it what
@@ -29,7 +29,7 @@ import heapq
 import json
 import random
 import resource
-import selectors
+import select
 import signal
 import socket
 import struct
@@ -99,6 +99,12 @@ _FLUSHING_CONNS = 64
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST (MPTCP: MP_FASTCLOSE)
 _LINGER_ORDERLY = struct.pack("ii", 0, 0)  # the default: close() sends FIN
 _DESCRIPTORS_PER_CONN = 6  # two sockets, and two pipes of two ends while splicing both ways
+# epoll event bits (level-triggered). An error or hang-up is reported without being asked for and
+# counts as both readable and writable: the next read or write finds out what happened.
+_IN = select.EPOLLIN
+_OUT = select.EPOLLOUT
+_READABLE = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP | select.EPOLLRDHUP
+_WRITABLE = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
 
 
 class ConfigError(MpsimError):
@@ -181,7 +187,7 @@ class _Conn:
     __slots__ = ("id", "up", "down", "client", "session", "phase", "to_client", "to_server", "up2down",
                  "down2up", "closing_deadline", "scheduled", "started", "down_family", "events", "eof_seen",
                  "fin_sent", "reset_sent", "last_progress_s", "relayed_bytes", "source", "request_bytes",
-                 "linger_armed", "connected_early")
+                 "linger_armed", "connected_early", "up_events", "down_events")
 
     def __init__(self, conn_id: int, up: socket.socket, client: str, session: ConverterSession, now: float,
                  source: str = "") -> None:
@@ -203,7 +209,8 @@ class _Conn:
         self.scheduled: float | None = None
         self.started = now
         self.down_family = socket.AF_INET
-        self.events: dict[int, int] = {}  # fd -> registered selector events
+        self.up_events = 0  # the epoll events registered for each socket (0: not registered)
+        self.down_events = 0
         self.eof_seen = False  # the client's FIN (or reset) was read
         self.fin_sent = False  # closing: our FIN after the reply
         self.reset_sent = False  # a leg was closed with RST
@@ -232,7 +239,13 @@ class ConverterDaemon:
         self._reload_requested = False
         self._counters: Counter[str] = self.converter.counters  # the session's and ours, one table
         self._log_stream = log if log is not None else sys.stderr
-        self._selector = selectors.DefaultSelector()
+        # A bare level-triggered epoll with our own fd -> handler table (no selectors.SelectorKey per
+        # registration): handlers are ("listener", sock), ("netlink", check), ("wakeup", sock) or
+        # (conn, side). A socket is forgotten when it is closed: closing removes it from the epoll
+        # set, so no EPOLL_CTL_DEL is needed.
+        self._epoll = select.epoll()
+        self._handlers: dict[int, tuple] = {}
+        self._closed_fds: set[int] = set()  # closed while the current batch of events is dispatched
         self._listeners: list[socket.socket] = []
         self._accepting = False
         self._conns: dict[int, _Conn] = {}
@@ -252,7 +265,7 @@ class ConverterDaemon:
         self._wakeup: tuple[socket.socket, socket.socket] | None = None
         self._is_local = LocalAddressCheck()  # the host's own addresses, kept current by rtnetlink
         if self._is_local.sock is not None:
-            self._selector.register(self._is_local.sock, selectors.EVENT_READ, ("netlink", self._is_local))
+            self._watch(self._is_local.sock.fileno(), _IN, ("netlink", self._is_local))
         self.addresses: list[tuple[str, int]] = []
 
     # --- life cycle ------------------------------------------------------------------------------
@@ -266,7 +279,7 @@ class ConverterDaemon:
         for address, port in self.config.listen:
             self._listeners.append(self._listener(address, port))
         for listener in self._listeners:
-            self._selector.register(listener, selectors.EVENT_READ, ("listener", listener))
+            self._watch(listener.fileno(), _IN, ("listener", listener))
         self._accepting = True
         self.addresses = [listener.getsockname()[:2] for listener in self._listeners]
         for host, port in self.addresses:
@@ -283,7 +296,7 @@ class ConverterDaemon:
         reader.setblocking(False)
         writer.setblocking(False)
         self._wakeup = (reader, writer)
-        self._selector.register(reader, selectors.EVENT_READ, ("wakeup", reader))
+        self._watch(reader.fileno(), _IN, ("wakeup", reader))
         signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda num, frame: self.stop())
@@ -330,8 +343,14 @@ class ConverterDaemon:
                     self._begin_stop(now)
                 if self._stop_deadline is not None and (not self._conns or now >= self._stop_deadline):
                     break
-                for key, mask in self._selector.select(self._wait_s(now)):
-                    self._dispatch(key.data, mask)
+                events = self._epoll.poll(self._wait_s(now))
+                for fd, mask in events:
+                    if fd in self._closed_fds:
+                        continue  # closed by an earlier event of this batch (its number may be reused)
+                    handler = self._handlers.get(fd)
+                    if handler is not None:
+                        self._dispatch(handler, mask)
+                self._closed_fds.clear()
                 now = time.monotonic()
                 self._run_timers(now)
                 if self._accept_resume_at is not None and now >= self._accept_resume_at:
@@ -382,30 +401,38 @@ class ConverterDaemon:
                 deadline = min(deadline, other)
         return min(max(deadline - now, 0.0), _MAX_LOOP_WAIT_S)
 
-    def _dispatch(self, data: tuple, mask: int) -> None:
-        kind, obj = data
-        if kind == "listener":
+    def _watch(self, fd: int, events: int, handler: tuple) -> None:
+        self._epoll.register(fd, events)
+        self._handlers[fd] = handler
+
+    def _unwatch(self, fd: int) -> None:
+        self._epoll.unregister(fd)
+        del self._handlers[fd]
+
+    def _dispatch(self, handler: tuple, mask: int) -> None:
+        first, obj = handler
+        if first.__class__ is _Conn:
+            if first.phase != "closed":
+                try:
+                    self._on_ready(first, obj, mask)
+                except Exception as err:  # a bug must cost one connection, not the converter
+                    self._internal_error(first, err)
+        elif first == "listener":
             self._accept(obj)
-        elif kind == "netlink":
+        elif first == "netlink":
             obj.on_readable()
-        elif kind == "wakeup":
+        elif first == "wakeup":
             try:
                 while obj.recv(4096):
                     pass
             except BlockingIOError:
                 pass
-        else:
-            conn, side = obj
-            if conn.phase != "closed":
-                try:
-                    self._on_ready(conn, side, mask)
-                except Exception as err:  # a bug must cost one connection, not the converter
-                    self._internal_error(conn, err)
 
     def _begin_stop(self, now: float) -> None:
         self._stop_deadline = now + self.config.shutdown_grace_s
         for listener in self._listeners:
-            self._selector.unregister(listener)
+            if self._accepting:
+                self._unwatch(listener.fileno())
             listener.close()
         self._listeners.clear()
         self._accepting = False
@@ -424,7 +451,7 @@ class ConverterDaemon:
             signal.set_wakeup_fd(-1)
             for sock in self._wakeup:
                 sock.close()
-        self._selector.close()
+        self._epoll.close()
         self._pipes.close()
         self._buffers.close()
 
@@ -504,7 +531,7 @@ class ConverterDaemon:
         if self._accepting:
             self._accepting = False
             for listener in self._listeners:
-                self._selector.unregister(listener)
+                self._unwatch(listener.fileno())
             self._counters["accept_paused"] += 1
             self._log("accept_paused", open_conns=len(self._conns))
 
@@ -513,19 +540,26 @@ class ConverterDaemon:
                 and len(self._conns) < self.config.max_open_conns):
             self._accepting = True
             for listener in self._listeners:
-                self._selector.register(listener, selectors.EVENT_READ, ("listener", listener))
+                self._watch(listener.fileno(), _IN, ("listener", listener))
 
     # --- one connection: readiness ----------------------------------------------------------------
 
     def _on_ready(self, conn: _Conn, side: str, mask: int) -> None:
         now = time.monotonic()
-        if conn.phase == "request":
+        phase = conn.phase
+        if phase == "relaying":
+            # Only the directions this socket's readiness concerns: the other socket has its own
+            # registration (level-triggered), so nothing waits on a direction not pumped here.
+            readable, writable = bool(mask & _READABLE), bool(mask & _WRITABLE)
+            if side == "up":
+                self._pump(conn, now, up2down=readable, down2up=writable)
+            else:
+                self._pump(conn, now, up2down=writable, down2up=readable)
+        elif phase == "request":
             self._read_request(conn, now)
-        elif conn.phase == "connecting":
+        elif phase == "connecting":
             self._downstream_ready(conn, now)
-        elif conn.phase == "relaying":
-            self._pump(conn, now)
-        elif conn.phase == "closing":
+        elif phase == "closing":
             self._closing_step(conn, now)
 
     def _read_request(self, conn: _Conn, now: float) -> None:
@@ -581,7 +615,9 @@ class ConverterDaemon:
             conn.session.downstream_connected(now, reconstruct_synack_options(info, mptcp))
         self._apply(conn, now, settle=False)
         if conn.phase == "relaying":
-            self._pump(conn, now)  # the reply and any early client bytes go at once (and settles)
+            # The reply and any early client bytes go at once (and it settles); nothing is read
+            # yet: epoll says when either side has bytes, which saves two reads that find none.
+            self._pump(conn, now, read=False)
         else:
             self._settle(conn, now)
 
@@ -608,12 +644,13 @@ class ConverterDaemon:
         else:
             conn.session.downstream_failed(now)
 
-    def _pump(self, conn: _Conn, now: float) -> None:
+    def _pump(self, conn: _Conn, now: float, *, up2down: bool = True, down2up: bool = True,
+              read: bool = True) -> None:
         session = conn.session
-        for pump, source in ((conn.up2down, "up"), (conn.down2up, "down")):
-            if pump is None or conn.phase != "relaying":
+        for pump, source, wanted in ((conn.up2down, "up", up2down), (conn.down2up, "down", down2up)):
+            if not wanted or pump is None or conn.phase != "relaying":
                 continue
-            event = pump.pump()
+            event = pump.pump(read)
             if event is PumpEvent.SOURCE_EOF:
                 if source == "up":
                     session.upstream_closed(now)
@@ -632,7 +669,9 @@ class ConverterDaemon:
 
     @staticmethod
     def _note_progress(conn: _Conn, now: float) -> None:
-        relayed = sum(p.relayed_bytes for p in (conn.up2down, conn.down2up) if p is not None)
+        if conn.up2down is None or conn.down2up is None:
+            return
+        relayed = conn.up2down.relayed_bytes + conn.down2up.relayed_bytes
         if relayed != conn.relayed_bytes:
             conn.relayed_bytes, conn.last_progress_s = relayed, now
 
@@ -694,13 +733,12 @@ class ConverterDaemon:
         if request.syn_payload:  # only with a relayed TFO cookie, which supported_kinds never offers
             conn.to_server += request.syn_payload
         try:
-            down = stream_socket(family, mptcp=self.config.mptcp)  # MPTCP attempted; the kernel falls back
+            down = stream_socket(family, mptcp=self.config.mptcp, nonblocking=True)  # MPTCP attempted; the kernel falls back
         except OSError as err:
             self._counters["downstream_socket_errors"] += 1
             self._log("downstream_socket_error", conn=conn.id, error=errno.errorcode.get(err.errno, err.errno))
             conn.session.downstream_failed(now)
             return
-        down.setblocking(False)
         error = down.connect_ex((str(request.address), request.port))
         if error in (0, errno.EINPROGRESS):
             conn.down = down
@@ -754,8 +792,7 @@ class ConverterDaemon:
         if self._finished(conn):
             self._finish(conn, reset=conn.up2down is not None and not (conn.up2down.finished and conn.down2up.finished))
             return
-        self._register(conn, "up", conn.up, self._events_up(conn))
-        self._register(conn, "down", conn.down, self._events_down(conn))
+        self._register(conn)
         deadlines = [d for d in (conn.session.get_timer(), conn.closing_deadline) if d is not None]
         if conn.phase == "request":
             deadlines.append(self._request_deadline(conn))
@@ -784,48 +821,60 @@ class ConverterDaemon:
             return True  # a side was reset
         return conn.up2down.finished and conn.down2up.finished
 
-    def _events_up(self, conn: _Conn) -> int:
-        if conn.phase == "request":
-            return selectors.EVENT_READ
-        if conn.phase == "closing":
-            return selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.to_client else 0)
-        if conn.phase == "relaying":
-            assert conn.up2down is not None and conn.down2up is not None
-            return ((selectors.EVENT_READ if conn.up2down.wants_read else 0)
-                    | (selectors.EVENT_WRITE if conn.down2up.wants_write else 0))
+    @staticmethod
+    def _events_up(conn: _Conn) -> int:
+        phase = conn.phase
+        if phase == "relaying":
+            return (_IN if conn.up2down.wants_read else 0) | (_OUT if conn.down2up.wants_write else 0)
+        if phase == "request":
+            return _IN
+        if phase == "closing":
+            return _IN | (_OUT if conn.to_client else 0)
         return 0  # connecting: the request is read; more client bytes wait in the kernel (bounded)
 
-    def _events_down(self, conn: _Conn) -> int:
-        if conn.phase == "connecting":
-            return selectors.EVENT_WRITE
-        if conn.phase == "relaying":
-            assert conn.up2down is not None and conn.down2up is not None
-            return ((selectors.EVENT_READ if conn.down2up.wants_read else 0)
-                    | (selectors.EVENT_WRITE if conn.up2down.wants_write else 0))
+    @staticmethod
+    def _events_down(conn: _Conn) -> int:
+        phase = conn.phase
+        if phase == "relaying":
+            return (_IN if conn.down2up.wants_read else 0) | (_OUT if conn.up2down.wants_write else 0)
+        if phase == "connecting":
+            return _OUT
         return 0
 
-    def _register(self, conn: _Conn, side: str, sock: socket.socket | None, events: int) -> None:
-        if sock is None:
-            return
-        fd = sock.fileno()
-        current = conn.events.get(fd, 0)
-        if events == current:
-            return
+    def _register(self, conn: _Conn) -> None:
+        """Make both sockets' epoll registrations what the connection's phase and pumps want."""
+        if conn.up is not None:
+            events = self._events_up(conn)
+            if events != conn.up_events:
+                self._set_events(conn, conn.up.fileno(), conn.up_events, events, "up")
+                conn.up_events = events
+        if conn.down is not None:
+            events = self._events_down(conn)
+            if events != conn.down_events:
+                self._set_events(conn, conn.down.fileno(), conn.down_events, events, "down")
+                conn.down_events = events
+
+    def _set_events(self, conn: _Conn, fd: int, current: int, events: int, side: str) -> None:
         if not current:
-            self._selector.register(sock, events, ("conn", (conn, side)))
+            self._epoll.register(fd, events)
+            self._handlers[fd] = (conn, side)
         elif not events:
-            self._selector.unregister(sock)
+            self._unwatch(fd)
         else:
-            self._selector.modify(sock, events, ("conn", (conn, side)))
-        conn.events[fd] = events
+            self._epoll.modify(fd, events)
 
     def _drop_socket(self, conn: _Conn, side: str, *, reset: bool) -> None:
         sock = conn.up if side == "up" else conn.down
         if sock is None:
             return
         fd = sock.fileno()
-        if conn.events.pop(fd, 0):
-            self._selector.unregister(sock)
+        if side == "up":
+            registered, conn.up_events = conn.up_events, 0
+        else:
+            registered, conn.down_events = conn.down_events, 0
+        if registered:  # the close below takes it out of the epoll set
+            del self._handlers[fd]
+        self._closed_fds.add(fd)  # events of this batch for its number are not for a socket that reuses it
         for pump in (conn.up2down, conn.down2up):
             if pump is not None and not pump.finished:
                 pump.fail()

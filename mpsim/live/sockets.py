@@ -293,10 +293,12 @@ def family_of(address: IPv4Address | IPv6Address) -> int:
     return socket.AF_INET if address.version == 4 else socket.AF_INET6
 
 
-def stream_socket(family: int, *, mptcp: bool) -> socket.socket:
-    """A TCP or MPTCP stream socket; a missing MPTCP is a :class:`KernelSettingError`."""
+def stream_socket(family: int, *, mptcp: bool, nonblocking: bool = False) -> socket.socket:
+    """A TCP or MPTCP stream socket (``nonblocking``: created so, without another system call);
+    a missing MPTCP is a :class:`KernelSettingError`."""
+    kind = socket.SOCK_STREAM | socket.SOCK_NONBLOCK if nonblocking else socket.SOCK_STREAM
     try:
-        return socket.socket(family, socket.SOCK_STREAM, IPPROTO_MPTCP if mptcp else 0)
+        return socket.socket(family, kind, IPPROTO_MPTCP if mptcp else 0)
     except OSError as err:
         if mptcp and err.errno in (errno.EPROTONOSUPPORT, errno.ENOPROTOOPT, errno.EINVAL):
             raise KernelSettingError(f"cannot create an MPTCP socket ({err.strerror}): is net.mptcp.enabled 1 "
