@@ -195,7 +195,9 @@ class _Conn:
         self.source = source  # the client's address: the per-source pending cap
         self.request_bytes = 0  # read in the request phase (the minimum rate)
         self.connected_early = False  # connect() had finished when it returned
-        self.linger_armed = False  # relaying: both legs reset on close (SO_LINGER 0) until an orderly close
+        # Reset on close (SO_LINGER 0) from accept on, inherited from the listener: a crash resets
+        # the client; an orderly close (_drop_socket with reset=False) switches it back first.
+        self.linger_armed = True
         self.up: socket.socket | None = up
         self.down: socket.socket | None = None
         self.client = client
@@ -374,6 +376,9 @@ class ConverterDaemon:
             # Fast Open server side, cookie-less: the Convert message arrives in the SYN (RFC 8803 4.2).
             sock.setsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN, self.config.tfo_queue_len)
             sock.setsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN_NO_COOKIE, 1)
+            # Accepted sockets inherit SO_LINGER 0 (reset on close): one setsockopt per listener
+            # rather than one per connection; see _Conn.linger_armed.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
             sock.bind((str(address), port))
             sock.listen(socket.SOMAXCONN)
             sock.setblocking(False)
@@ -605,9 +610,8 @@ class ConverterDaemon:
             # While relaying, a close is a reset: if the daemon dies (crash, SIGKILL, OOM) the kernel
             # closes both legs with RST, and neither peer mistakes a cut stream for a finished one.
             # Only an orderly close (_drop_socket with reset=False) switches it back.
-            conn.up.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            # The upstream leg has been so since accept (the listener's SO_LINGER is inherited).
             down.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-            conn.linger_armed = True
             self._counters["downstream_mptcp" if mptcp is not None else "downstream_tcp"] += 1
             if self.config.log_connections:
                 self._log("connected", conn=conn.id, dest=_dest(conn), mptcp=int(mptcp is not None),
@@ -793,12 +797,22 @@ class ConverterDaemon:
             self._finish(conn, reset=conn.up2down is not None and not (conn.up2down.finished and conn.down2up.finished))
             return
         self._register(conn)
-        deadlines = [d for d in (conn.session.get_timer(), conn.closing_deadline) if d is not None]
-        if conn.phase == "request":
-            deadlines.append(self._request_deadline(conn))
-        if conn.phase == "relaying" and now - conn.last_progress_s < _RELAY_ACTIVE_S:
-            deadlines.append(now + _RELAY_RECHECK_S)
-        deadline = min(deadlines, default=None)
+        # The earliest of: the session's timer, the closing linger, the request's minimum-rate
+        # deadline, the relay's stall re-check (compared one by one: this runs several times per
+        # connection, and a list and min() cost more than the comparisons).
+        deadline = conn.session.get_timer()
+        other = conn.closing_deadline
+        if other is not None and (deadline is None or other < deadline):
+            deadline = other
+        phase = conn.phase
+        if phase == "request":
+            other = self._request_deadline(conn)
+            if deadline is None or other < deadline:
+                deadline = other
+        elif phase == "relaying" and now - conn.last_progress_s < _RELAY_ACTIVE_S:
+            other = now + _RELAY_RECHECK_S
+            if deadline is None or other < deadline:
+                deadline = other
         # Keep an earlier wake-up that is still pending (it re-evaluates when it fires), so the
         # moving re-check deadline does not push a heap entry per event.
         if deadline is not None and (conn.scheduled is None or deadline < conn.scheduled or conn.scheduled < now):
