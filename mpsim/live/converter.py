@@ -85,6 +85,7 @@ EXIT_USER_ERROR = 2  # usage or kernel settings: something the operator can fix
 #: Request-phase reads: at most one whole Convert message (255 words); bytes after it wait in the session.
 _REQUEST_READ_BYTES = MAX_TOTAL_LENGTH_WORDS * 4
 _ACCEPTS_PER_WAKEUP = 64
+_LOG_WRITE_BYTES = 4000  # below PIPE_BUF (4096): one write of whole lines is atomic on a pipe
 _MAX_LOOP_WAIT_S = 1.0
 # While a relay is moving bytes, look at it again this often even without a readiness event: a
 # rare relay stall (one transfer in thousands, both pumps waiting on an MPTCP socket that had
@@ -241,6 +242,9 @@ class ConverterDaemon:
         self._reload_requested = False
         self._counters: Counter[str] = self.converter.counters  # the session's and ours, one table
         self._log_stream = log if log is not None else sys.stderr
+        # Log lines of one turn of the loop, written together at its end (one write, not one per line).
+        self._log_lines: list[str] = []
+        self._log_bytes = 0
         # A bare level-triggered epoll with our own fd -> handler table (no selectors.SelectorKey per
         # registration): handlers are ("listener", sock), ("netlink", check), ("wakeup", sock) or
         # (conn, side). A socket is forgotten when it is closed: closing removes it from the epoll
@@ -290,6 +294,7 @@ class ConverterDaemon:
         if not self.config.allowed_prefixes:
             self._log("warning", msg="no --allow given: every client will be refused with Error 32 "
                                      "(never an open relay, RFC 8803 9.1)")
+        self._flush_log()
         return self.addresses
 
     def install_signal_handlers(self) -> None:
@@ -345,6 +350,8 @@ class ConverterDaemon:
                     self._begin_stop(now)
                 if self._stop_deadline is not None and (not self._conns or now >= self._stop_deadline):
                     break
+                if self._log_lines:
+                    self._flush_log()  # before waiting: nothing logged waits for the next event
                 events = self._epoll.poll(self._wait_s(now))
                 for fd, mask in events:
                     if fd in self._closed_fds:
@@ -360,7 +367,9 @@ class ConverterDaemon:
                     self._resume_accepting()
         finally:
             self._close_everything()
+            self._flush_log()
         self._log("counters" if self.config.worker is None else "worker_counters", **self.counters())
+        self._flush_log()
         return EXIT_OK
 
     # --- setup helpers ------------------------------------------------------------------------------
@@ -991,12 +1000,32 @@ class ConverterDaemon:
             self._log("replied", conn=conn.id, client=conn.client, dest=_dest(conn))
 
     def _log(self, event: str, **fields: object) -> None:
+        """Queue one line; :meth:`_flush_log` writes the queue at the end of the loop's turn."""
         line = f"ts={time.time():.3f} event={event}" + "".join(f" {k}={_kv(v)}" for k, v in fields.items())
         if self.config.worker is not None:
             line += f" worker={self.config.worker}"
+        self._log_lines.append(line + "\n")
+        self._log_bytes += len(line) + 1
+        if self._log_bytes >= _LOG_WRITE_BYTES:
+            self._flush_log()
+
+    def _flush_log(self) -> None:
+        """The queued lines in writes of at most about _LOG_WRITE_BYTES, each of whole lines: --workers
+        share the stream (a pipe), where a write up to PIPE_BUF is not interleaved with another's."""
+        lines, self._log_lines, self._log_bytes = self._log_lines, [], 0
+        chunk: list[str] = []
+        size = 0
         try:
-            self._log_stream.write(line + "\n")  # one write: --workers share the stream, lines must not interleave
-            self._log_stream.flush()
+            for line in lines:
+                if chunk and size + len(line) > _LOG_WRITE_BYTES:
+                    self._log_stream.write("".join(chunk))
+                    self._log_stream.flush()
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += len(line)
+            if chunk:
+                self._log_stream.write("".join(chunk))
+                self._log_stream.flush()
         except (BrokenPipeError, ValueError):
             pass  # nobody reads the log any more; serving goes on
 
