@@ -85,6 +85,7 @@ EXIT_USER_ERROR = 2  # usage or kernel settings: something the operator can fix
 #: Request-phase reads: at most one whole Convert message (255 words); bytes after it wait in the session.
 _REQUEST_READ_BYTES = MAX_TOTAL_LENGTH_WORDS * 4
 _ACCEPTS_PER_WAKEUP = 64
+_CLIENT_MEMO_ENTRIES = 4096
 _LOG_WRITE_BYTES = 4000  # below PIPE_BUF (4096): one write of whole lines is atomic on a pipe
 _MAX_LOOP_WAIT_S = 1.0
 # While a relay is moving bytes, look at it again this often even without a readiness event: a
@@ -258,6 +259,8 @@ class ConverterDaemon:
         # Pending connections (no downstream leg yet), oldest first: all, and per client address.
         self._pending: dict[int, _Conn] = {}
         self._pending_by_source: dict[str, dict[int, _Conn]] = {}
+        # Client address text -> (address, allowed by --allow, the per-source key); bounded.
+        self._clients: dict[str, tuple[IPv4Address | IPv6Address, bool, str]] = {}
         self._refusal = encode_convert(ConvertMessage((ErrorTlv(ConvertErrorCode.NOT_AUTHORIZED),)))
         self._by_fd: dict[int, tuple[_Conn, str]] = {}
         self._timers: list[tuple[float, int, int]] = []  # (deadline, seq, conn id); stale entries skipped
@@ -487,15 +490,21 @@ class ConverterDaemon:
                 self._pause_accepting()
                 self._accept_resume_at = now + _ACCEPT_ERROR_PAUSE_S
                 return
-            address = peer_address(sockaddr)
-            if not self.policy.client_allowed(address):
+            known = self._clients.get(sockaddr[0])
+            if known is None:  # parse and judge each client address once (the policy is fixed)
+                address = peer_address(sockaddr)
+                known = (address, self.policy.client_allowed(address), str(address))
+                if len(self._clients) >= _CLIENT_MEMO_ENTRIES:
+                    self._clients.clear()
+                self._clients[sockaddr[0]] = known
+            address, allowed, source = known
+            if not allowed:
                 self._refuse_at_accept(sock, sockaddr)
                 continue
             sock.setblocking(False)
             if len(self._pending) >= self.config.max_pending:
                 self._counters["pending_dropped_oldest"] += 1  # the pool is full: the oldest goes, not service
                 self._finish(next(iter(self._pending.values())), reset=True)
-            source = str(address)
             same_source = self._pending_by_source.setdefault(source, {})
             if len(same_source) >= self.config.max_pending_per_source:
                 self._counters["pending_dropped_per_source"] += 1
