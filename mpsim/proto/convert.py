@@ -185,6 +185,7 @@ class Converter:
         # immutable (frozen dataclasses, bytes), so sessions share them; only successes are kept.
         self.parsed_requests: dict[bytes, tuple[ConvertMessage, int]] = {}
         self.encoded_replies: dict[tuple, tuple[ConvertMessage, bytes]] = {}
+        self.address_problems: dict[IpAddress, str | None] = {}  # connect_address_problem's answers
 
     def session(self, client_address: IpAddress, now: float) -> ConverterSession:
         """A session for a new upstream connection from ``client_address``."""
@@ -456,7 +457,14 @@ class ConverterSession(RelaySession):
         if self.converter.active_sessions >= self.policy.max_sessions:
             self._refuse(ErrorTlv(ConvertErrorCode.RESOURCE_EXCEEDED, self.policy.resource_backoff_s))
             return
-        if connect_address_problem(connect.address) is not None:
+        problems = self.converter.address_problems
+        problem = problems.get(connect.address, problems)  # the dict itself: not asked yet
+        if problem is problems:
+            problem = connect_address_problem(connect.address)
+            if len(problems) >= _MEMO_ENTRIES:
+                problems.clear()
+            problems[connect.address] = problem
+        if problem is not None:
             self._refuse(ErrorTlv(ConvertErrorCode.MALFORMED_MESSAGE, 0, _echo(raw)))
             return
         requested = tuple(o for o in connect.options if o.kind not in IGNORED_CONNECT_KINDS)

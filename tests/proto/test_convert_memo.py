@@ -48,8 +48,18 @@ def test_garbage_and_truncated_requests_are_not_memoised():
     assert not converter.parsed_requests and not converter.encoded_replies
 
 
+def test_a_memoised_address_judgement_is_the_same():
+    shared = Converter(POLICY, random.Random(1))
+    for address in ("198.19.0.2", "127.0.0.1", "198.19.0.2", "224.0.0.1", "127.0.0.1"):
+        payload = ConvertClientExchange().syn_payload(IPv4Address(address), 80)
+        assert _decisions(shared, payload) == _decisions(Converter(POLICY, random.Random(1)), payload)
+    assert len(shared.address_problems) == 3
+
+
 def test_the_memos_stay_bounded():
     converter = Converter(POLICY, random.Random(1))
     for port in range(1, 3 * _MEMO_ENTRIES):
-        _decisions(converter, _payload(port), (MaximumSegmentSize(port),))
+        address = IPv4Address(f"198.19.{port // 250}.{port % 250 + 1}")
+        _decisions(converter, ConvertClientExchange().syn_payload(address, port), (MaximumSegmentSize(port),))
         assert len(converter.parsed_requests) <= _MEMO_ENTRIES and len(converter.encoded_replies) <= _MEMO_ENTRIES
+        assert len(converter.address_problems) <= _MEMO_ENTRIES
