@@ -26,6 +26,7 @@ SOL_MPTCP = 284
 MPTCP_INFO = 1  # getsockopt(SOL_MPTCP): struct mptcp_info; EOPNOTSUPP once the socket fell back to TCP
 MPTCP_INFO_FLAG_FALLBACK = 0x1
 MPTCP_INFO_FLAG_REMOTE_KEY_RECEIVED = 0x2
+TCP_IS_MPTCP = 43  # getsockopt(SOL_TCP): 1 on an MPTCP socket that has not fallen back (Linux 5.16+)
 
 TCP_FASTOPEN = 23  # listener: the TFO queue length
 TCP_FASTOPEN_CONNECT = 30  # not in Python's socket module
@@ -142,6 +143,11 @@ def mptcp_info(sock: socket.socket) -> MptcpInfo | None:
     that fell back to TCP (the kernel then answers EOPNOTSUPP; measured on 6.18)."""
     if sock.proto != IPPROTO_MPTCP:
         return None
+    try:
+        if not sock.getsockopt(socket.IPPROTO_TCP, TCP_IS_MPTCP):
+            return None  # fallen back (a converter's usual TCP server): no error to raise and catch
+    except OSError:
+        pass  # a kernel before 5.16: MPTCP_INFO's answer below says it
     try:
         info = parse_mptcp_info(sock.getsockopt(SOL_MPTCP, MPTCP_INFO, _MPTCP_INFO_BYTES))
     except OSError as err:
