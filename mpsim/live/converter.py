@@ -1,6 +1,6 @@
 """The RFC 8803 Transport Converter on Linux sockets: ``mpsim converter serve``.
 
-A single-threaded :mod:`selectors` loop. Every Convert decision (framing, authorization, cookies,
+A single-threaded epoll loop. Every Convert decision (framing, authorization, cookies,
 the connection limit, destination checks, which Error TLV, the FIN/RST coupling of the two legs)
 is :class:`mpsim.proto.convert.ConverterSession`'s, the same object the simulator runs, in its
 SOCKET timing; this module only carries the session's decisions out on sockets and feeds it what
@@ -28,7 +28,7 @@ import heapq
 import json
 import random
 import resource
-import selectors
+import select
 import signal
 import socket
 import struct
@@ -83,6 +83,8 @@ EXIT_USER_ERROR = 2  # usage or kernel settings: something the operator can fix
 #: Request-phase reads: at most one whole Convert message (255 words); bytes after it wait in the session.
 _REQUEST_READ_BYTES = MAX_TOTAL_LENGTH_WORDS * 4
 _ACCEPTS_PER_WAKEUP = 64
+_CLIENT_MEMO_ENTRIES = 4096
+_LOG_WRITE_BYTES = 4000  # below PIPE_BUF (4096): one write of whole lines is atomic on a pipe
 _MAX_LOOP_WAIT_S = 1.0
 # While a relay is moving bytes, look at it again this often even without a readiness event: a
 # rare relay stall (one transfer in thousands, both pumps waiting on an MPTCP socket that had
@@ -97,6 +99,12 @@ _FLUSHING_CONNS = 64
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST (MPTCP: MP_FASTCLOSE)
 _LINGER_ORDERLY = struct.pack("ii", 0, 0)  # the default: close() sends FIN
 _DESCRIPTORS_PER_CONN = 6  # two sockets, and two pipes of two ends while splicing both ways
+# epoll event bits (level-triggered). An error or hang-up is reported without being asked for and
+# counts as both readable and writable: the next read or write finds out what happened.
+_IN = select.EPOLLIN
+_OUT = select.EPOLLOUT
+_READABLE = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP | select.EPOLLRDHUP
+_WRITABLE = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
 
 
 class ConfigError(MpsimError):
@@ -179,7 +187,7 @@ class _Conn:
     __slots__ = ("id", "up", "down", "client", "session", "phase", "to_client", "to_server", "up2down",
                  "down2up", "closing_deadline", "scheduled", "started", "down_family", "events", "eof_seen",
                  "fin_sent", "reset_sent", "last_progress_s", "relayed_bytes", "source", "request_bytes",
-                 "linger_armed", "connected_early")
+                 "linger_armed", "connected_early", "up_events", "down_events")
 
     def __init__(self, conn_id: int, up: socket.socket, client: str, session: ConverterSession, now: float,
                  source: str = "") -> None:
@@ -187,7 +195,9 @@ class _Conn:
         self.source = source  # the client's address: the per-source pending cap
         self.request_bytes = 0  # read in the request phase (the minimum rate)
         self.connected_early = False  # connect() had finished when it returned
-        self.linger_armed = False  # relaying: both legs reset on close (SO_LINGER 0) until an orderly close
+        # Reset on close (SO_LINGER 0) from accept on, inherited from the listener: a crash resets
+        # the client; an orderly close (_drop_socket with reset=False) switches it back first.
+        self.linger_armed = True
         self.up: socket.socket | None = up
         self.down: socket.socket | None = None
         self.client = client
@@ -201,7 +211,8 @@ class _Conn:
         self.scheduled: float | None = None
         self.started = now
         self.down_family = socket.AF_INET
-        self.events: dict[int, int] = {}  # fd -> registered selector events
+        self.up_events = 0  # the epoll events registered for each socket (0: not registered)
+        self.down_events = 0
         self.eof_seen = False  # the client's FIN (or reset) was read
         self.fin_sent = False  # closing: our FIN after the reply
         self.reset_sent = False  # a leg was closed with RST
@@ -230,13 +241,24 @@ class ConverterDaemon:
         self._reload_requested = False
         self._counters: Counter[str] = self.converter.counters  # the session's and ours, one table
         self._log_stream = log if log is not None else sys.stderr
-        self._selector = selectors.DefaultSelector()
+        # Log lines of one turn of the loop, written together at its end (one write, not one per line).
+        self._log_lines: list[str] = []
+        self._log_bytes = 0
+        # A bare level-triggered epoll with our own fd -> handler table (no selectors.SelectorKey per
+        # registration): handlers are ("listener", sock), ("netlink", check), ("wakeup", sock) or
+        # (conn, side). A socket is forgotten when it is closed: closing removes it from the epoll
+        # set, so no EPOLL_CTL_DEL is needed.
+        self._epoll = select.epoll()
+        self._handlers: dict[int, tuple] = {}
+        self._closed_fds: set[int] = set()  # closed while the current batch of events is dispatched
         self._listeners: list[socket.socket] = []
         self._accepting = False
         self._conns: dict[int, _Conn] = {}
         # Pending connections (no downstream leg yet), oldest first: all, and per client address.
         self._pending: dict[int, _Conn] = {}
         self._pending_by_source: dict[str, dict[int, _Conn]] = {}
+        # Client address text -> (address, allowed by --allow, the per-source key); bounded.
+        self._clients: dict[str, tuple[IPv4Address | IPv6Address, bool, str]] = {}
         self._refusal = encode_convert(ConvertMessage((ErrorTlv(ConvertErrorCode.NOT_AUTHORIZED),)))
         self._by_fd: dict[int, tuple[_Conn, str]] = {}
         self._timers: list[tuple[float, int, int]] = []  # (deadline, seq, conn id); stale entries skipped
@@ -250,7 +272,7 @@ class ConverterDaemon:
         self._wakeup: tuple[socket.socket, socket.socket] | None = None
         self._is_local = LocalAddressCheck()  # the host's own addresses, kept current by rtnetlink
         if self._is_local.sock is not None:
-            self._selector.register(self._is_local.sock, selectors.EVENT_READ, ("netlink", self._is_local))
+            self._watch(self._is_local.sock.fileno(), _IN, ("netlink", self._is_local))
         self.addresses: list[tuple[str, int]] = []
 
     # --- life cycle ------------------------------------------------------------------------------
@@ -264,7 +286,7 @@ class ConverterDaemon:
         for address, port in self.config.listen:
             self._listeners.append(self._listener(address, port))
         for listener in self._listeners:
-            self._selector.register(listener, selectors.EVENT_READ, ("listener", listener))
+            self._watch(listener.fileno(), _IN, ("listener", listener))
         self._accepting = True
         self.addresses = [listener.getsockname()[:2] for listener in self._listeners]
         for host, port in self.addresses:
@@ -273,6 +295,7 @@ class ConverterDaemon:
         if not self.config.allowed_prefixes:
             self._log("warning", msg="no --allow given: every client will be refused with Error 32 "
                                      "(never an open relay, RFC 8803 9.1)")
+        self._flush_log()
         return self.addresses
 
     def install_signal_handlers(self) -> None:
@@ -281,7 +304,7 @@ class ConverterDaemon:
         reader.setblocking(False)
         writer.setblocking(False)
         self._wakeup = (reader, writer)
-        self._selector.register(reader, selectors.EVENT_READ, ("wakeup", reader))
+        self._watch(reader.fileno(), _IN, ("wakeup", reader))
         signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda num, frame: self.stop())
@@ -328,8 +351,16 @@ class ConverterDaemon:
                     self._begin_stop(now)
                 if self._stop_deadline is not None and (not self._conns or now >= self._stop_deadline):
                     break
-                for key, mask in self._selector.select(self._wait_s(now)):
-                    self._dispatch(key.data, mask)
+                if self._log_lines:
+                    self._flush_log()  # before waiting: nothing logged waits for the next event
+                events = self._epoll.poll(self._wait_s(now))
+                for fd, mask in events:
+                    if fd in self._closed_fds:
+                        continue  # closed by an earlier event of this batch (its number may be reused)
+                    handler = self._handlers.get(fd)
+                    if handler is not None:
+                        self._dispatch(handler, mask)
+                self._closed_fds.clear()
                 now = time.monotonic()
                 self._run_timers(now)
                 if self._accept_resume_at is not None and now >= self._accept_resume_at:
@@ -337,7 +368,9 @@ class ConverterDaemon:
                     self._resume_accepting()
         finally:
             self._close_everything()
+            self._flush_log()
         self._log("counters" if self.config.worker is None else "worker_counters", **self.counters())
+        self._flush_log()
         return EXIT_OK
 
     # --- setup helpers ------------------------------------------------------------------------------
@@ -353,6 +386,9 @@ class ConverterDaemon:
             # Fast Open server side, cookie-less: the Convert message arrives in the SYN (RFC 8803 4.2).
             sock.setsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN, self.config.tfo_queue_len)
             sock.setsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN_NO_COOKIE, 1)
+            # Accepted sockets inherit SO_LINGER 0 (reset on close): one setsockopt per listener
+            # rather than one per connection; see _Conn.linger_armed.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
             sock.bind((str(address), port))
             sock.listen(socket.SOMAXCONN)
             sock.setblocking(False)
@@ -380,30 +416,38 @@ class ConverterDaemon:
                 deadline = min(deadline, other)
         return min(max(deadline - now, 0.0), _MAX_LOOP_WAIT_S)
 
-    def _dispatch(self, data: tuple, mask: int) -> None:
-        kind, obj = data
-        if kind == "listener":
+    def _watch(self, fd: int, events: int, handler: tuple) -> None:
+        self._epoll.register(fd, events)
+        self._handlers[fd] = handler
+
+    def _unwatch(self, fd: int) -> None:
+        self._epoll.unregister(fd)
+        del self._handlers[fd]
+
+    def _dispatch(self, handler: tuple, mask: int) -> None:
+        first, obj = handler
+        if first.__class__ is _Conn:
+            if first.phase != "closed":
+                try:
+                    self._on_ready(first, obj, mask)
+                except Exception as err:  # a bug must cost one connection, not the converter
+                    self._internal_error(first, err)
+        elif first == "listener":
             self._accept(obj)
-        elif kind == "netlink":
+        elif first == "netlink":
             obj.on_readable()
-        elif kind == "wakeup":
+        elif first == "wakeup":
             try:
                 while obj.recv(4096):
                     pass
             except BlockingIOError:
                 pass
-        else:
-            conn, side = obj
-            if conn.phase != "closed":
-                try:
-                    self._on_ready(conn, side, mask)
-                except Exception as err:  # a bug must cost one connection, not the converter
-                    self._internal_error(conn, err)
 
     def _begin_stop(self, now: float) -> None:
         self._stop_deadline = now + self.config.shutdown_grace_s
         for listener in self._listeners:
-            self._selector.unregister(listener)
+            if self._accepting:
+                self._unwatch(listener.fileno())
             listener.close()
         self._listeners.clear()
         self._accepting = False
@@ -422,7 +466,7 @@ class ConverterDaemon:
             signal.set_wakeup_fd(-1)
             for sock in self._wakeup:
                 sock.close()
-        self._selector.close()
+        self._epoll.close()
         self._pipes.close()
         self._buffers.close()
 
@@ -444,15 +488,21 @@ class ConverterDaemon:
                 self._pause_accepting()
                 self._accept_resume_at = now + _ACCEPT_ERROR_PAUSE_S
                 return
-            address = peer_address(sockaddr)
-            if not self.policy.client_allowed(address):
+            known = self._clients.get(sockaddr[0])
+            if known is None:  # parse and judge each client address once (the policy is fixed)
+                address = peer_address(sockaddr)
+                known = (address, self.policy.client_allowed(address), str(address))
+                if len(self._clients) >= _CLIENT_MEMO_ENTRIES:
+                    self._clients.clear()
+                self._clients[sockaddr[0]] = known
+            address, allowed, source = known
+            if not allowed:
                 self._refuse_at_accept(sock, sockaddr)
                 continue
             sock.setblocking(False)
             if len(self._pending) >= self.config.max_pending:
                 self._counters["pending_dropped_oldest"] += 1  # the pool is full: the oldest goes, not service
                 self._finish(next(iter(self._pending.values())), reset=True)
-            source = str(address)
             same_source = self._pending_by_source.setdefault(source, {})
             if len(same_source) >= self.config.max_pending_per_source:
                 self._counters["pending_dropped_per_source"] += 1
@@ -502,7 +552,7 @@ class ConverterDaemon:
         if self._accepting:
             self._accepting = False
             for listener in self._listeners:
-                self._selector.unregister(listener)
+                self._unwatch(listener.fileno())
             self._counters["accept_paused"] += 1
             self._log("accept_paused", open_conns=len(self._conns))
 
@@ -511,19 +561,26 @@ class ConverterDaemon:
                 and len(self._conns) < self.config.max_open_conns):
             self._accepting = True
             for listener in self._listeners:
-                self._selector.register(listener, selectors.EVENT_READ, ("listener", listener))
+                self._watch(listener.fileno(), _IN, ("listener", listener))
 
     # --- one connection: readiness ----------------------------------------------------------------
 
     def _on_ready(self, conn: _Conn, side: str, mask: int) -> None:
         now = time.monotonic()
-        if conn.phase == "request":
+        phase = conn.phase
+        if phase == "relaying":
+            # Only the directions this socket's readiness concerns: the other socket has its own
+            # registration (level-triggered), so nothing waits on a direction not pumped here.
+            readable, writable = bool(mask & _READABLE), bool(mask & _WRITABLE)
+            if side == "up":
+                self._pump(conn, now, up2down=readable, down2up=writable)
+            else:
+                self._pump(conn, now, up2down=writable, down2up=readable)
+        elif phase == "request":
             self._read_request(conn, now)
-        elif conn.phase == "connecting":
+        elif phase == "connecting":
             self._downstream_ready(conn, now)
-        elif conn.phase == "relaying":
-            self._pump(conn, now)
-        elif conn.phase == "closing":
+        elif phase == "closing":
             self._closing_step(conn, now)
 
     def _read_request(self, conn: _Conn, now: float) -> None:
@@ -569,9 +626,8 @@ class ConverterDaemon:
             # While relaying, a close is a reset: if the daemon dies (crash, SIGKILL, OOM) the kernel
             # closes both legs with RST, and neither peer mistakes a cut stream for a finished one.
             # Only an orderly close (_drop_socket with reset=False) switches it back.
-            conn.up.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            # The upstream leg has been so since accept (the listener's SO_LINGER is inherited).
             down.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-            conn.linger_armed = True
             self._counters["downstream_mptcp" if mptcp is not None else "downstream_tcp"] += 1
             if self.config.log_connections:
                 self._log("connected", conn=conn.id, dest=_dest(conn), mptcp=int(mptcp is not None),
@@ -579,7 +635,9 @@ class ConverterDaemon:
             conn.session.downstream_connected(now, reconstruct_synack_options(info, mptcp))
         self._apply(conn, now, settle=False)
         if conn.phase == "relaying":
-            self._pump(conn, now)  # the reply and any early client bytes go at once (and settles)
+            # The reply and any early client bytes go at once (and it settles); nothing is read
+            # yet: epoll says when either side has bytes, which saves two reads that find none.
+            self._pump(conn, now, read=False)
         else:
             self._settle(conn, now)
 
@@ -606,12 +664,13 @@ class ConverterDaemon:
         else:
             conn.session.downstream_failed(now)
 
-    def _pump(self, conn: _Conn, now: float) -> None:
+    def _pump(self, conn: _Conn, now: float, *, up2down: bool = True, down2up: bool = True,
+              read: bool = True) -> None:
         session = conn.session
-        for pump, source in ((conn.up2down, "up"), (conn.down2up, "down")):
-            if pump is None or conn.phase != "relaying":
+        for pump, source, wanted in ((conn.up2down, "up", up2down), (conn.down2up, "down", down2up)):
+            if not wanted or pump is None or conn.phase != "relaying":
                 continue
-            event = pump.pump()
+            event = pump.pump(read)
             if event is PumpEvent.SOURCE_EOF:
                 if source == "up":
                     session.upstream_closed(now)
@@ -630,7 +689,9 @@ class ConverterDaemon:
 
     @staticmethod
     def _note_progress(conn: _Conn, now: float) -> None:
-        relayed = sum(p.relayed_bytes for p in (conn.up2down, conn.down2up) if p is not None)
+        if conn.up2down is None or conn.down2up is None:
+            return
+        relayed = conn.up2down.relayed_bytes + conn.down2up.relayed_bytes
         if relayed != conn.relayed_bytes:
             conn.relayed_bytes, conn.last_progress_s = relayed, now
 
@@ -692,13 +753,12 @@ class ConverterDaemon:
         if request.syn_payload:  # only with a relayed TFO cookie, which supported_kinds never offers
             conn.to_server += request.syn_payload
         try:
-            down = stream_socket(family, mptcp=self.config.mptcp)  # MPTCP attempted; the kernel falls back
+            down = stream_socket(family, mptcp=self.config.mptcp, nonblocking=True)  # MPTCP attempted; the kernel falls back
         except OSError as err:
             self._counters["downstream_socket_errors"] += 1
             self._log("downstream_socket_error", conn=conn.id, error=errno.errorcode.get(err.errno, err.errno))
             conn.session.downstream_failed(now)
             return
-        down.setblocking(False)
         error = down.connect_ex((str(request.address), request.port))
         if error in (0, errno.EINPROGRESS):
             conn.down = down
@@ -752,14 +812,23 @@ class ConverterDaemon:
         if self._finished(conn):
             self._finish(conn, reset=conn.up2down is not None and not (conn.up2down.finished and conn.down2up.finished))
             return
-        self._register(conn, "up", conn.up, self._events_up(conn))
-        self._register(conn, "down", conn.down, self._events_down(conn))
-        deadlines = [d for d in (conn.session.get_timer(), conn.closing_deadline) if d is not None]
-        if conn.phase == "request":
-            deadlines.append(self._request_deadline(conn))
-        if conn.phase == "relaying" and now - conn.last_progress_s < _RELAY_ACTIVE_S:
-            deadlines.append(now + _RELAY_RECHECK_S)
-        deadline = min(deadlines, default=None)
+        self._register(conn)
+        # The earliest of: the session's timer, the closing linger, the request's minimum-rate
+        # deadline, the relay's stall re-check (compared one by one: this runs several times per
+        # connection, and a list and min() cost more than the comparisons).
+        deadline = conn.session.get_timer()
+        other = conn.closing_deadline
+        if other is not None and (deadline is None or other < deadline):
+            deadline = other
+        phase = conn.phase
+        if phase == "request":
+            other = self._request_deadline(conn)
+            if deadline is None or other < deadline:
+                deadline = other
+        elif phase == "relaying" and now - conn.last_progress_s < _RELAY_ACTIVE_S:
+            other = now + _RELAY_RECHECK_S
+            if deadline is None or other < deadline:
+                deadline = other
         # Keep an earlier wake-up that is still pending (it re-evaluates when it fires), so the
         # moving re-check deadline does not push a heap entry per event.
         if deadline is not None and (conn.scheduled is None or deadline < conn.scheduled or conn.scheduled < now):
@@ -782,48 +851,60 @@ class ConverterDaemon:
             return True  # a side was reset
         return conn.up2down.finished and conn.down2up.finished
 
-    def _events_up(self, conn: _Conn) -> int:
-        if conn.phase == "request":
-            return selectors.EVENT_READ
-        if conn.phase == "closing":
-            return selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.to_client else 0)
-        if conn.phase == "relaying":
-            assert conn.up2down is not None and conn.down2up is not None
-            return ((selectors.EVENT_READ if conn.up2down.wants_read else 0)
-                    | (selectors.EVENT_WRITE if conn.down2up.wants_write else 0))
+    @staticmethod
+    def _events_up(conn: _Conn) -> int:
+        phase = conn.phase
+        if phase == "relaying":
+            return (_IN if conn.up2down.wants_read else 0) | (_OUT if conn.down2up.wants_write else 0)
+        if phase == "request":
+            return _IN
+        if phase == "closing":
+            return _IN | (_OUT if conn.to_client else 0)
         return 0  # connecting: the request is read; more client bytes wait in the kernel (bounded)
 
-    def _events_down(self, conn: _Conn) -> int:
-        if conn.phase == "connecting":
-            return selectors.EVENT_WRITE
-        if conn.phase == "relaying":
-            assert conn.up2down is not None and conn.down2up is not None
-            return ((selectors.EVENT_READ if conn.down2up.wants_read else 0)
-                    | (selectors.EVENT_WRITE if conn.up2down.wants_write else 0))
+    @staticmethod
+    def _events_down(conn: _Conn) -> int:
+        phase = conn.phase
+        if phase == "relaying":
+            return (_IN if conn.down2up.wants_read else 0) | (_OUT if conn.up2down.wants_write else 0)
+        if phase == "connecting":
+            return _OUT
         return 0
 
-    def _register(self, conn: _Conn, side: str, sock: socket.socket | None, events: int) -> None:
-        if sock is None:
-            return
-        fd = sock.fileno()
-        current = conn.events.get(fd, 0)
-        if events == current:
-            return
+    def _register(self, conn: _Conn) -> None:
+        """Make both sockets' epoll registrations what the connection's phase and pumps want."""
+        if conn.up is not None:
+            events = self._events_up(conn)
+            if events != conn.up_events:
+                self._set_events(conn, conn.up.fileno(), conn.up_events, events, "up")
+                conn.up_events = events
+        if conn.down is not None:
+            events = self._events_down(conn)
+            if events != conn.down_events:
+                self._set_events(conn, conn.down.fileno(), conn.down_events, events, "down")
+                conn.down_events = events
+
+    def _set_events(self, conn: _Conn, fd: int, current: int, events: int, side: str) -> None:
         if not current:
-            self._selector.register(sock, events, ("conn", (conn, side)))
+            self._epoll.register(fd, events)
+            self._handlers[fd] = (conn, side)
         elif not events:
-            self._selector.unregister(sock)
+            self._unwatch(fd)
         else:
-            self._selector.modify(sock, events, ("conn", (conn, side)))
-        conn.events[fd] = events
+            self._epoll.modify(fd, events)
 
     def _drop_socket(self, conn: _Conn, side: str, *, reset: bool) -> None:
         sock = conn.up if side == "up" else conn.down
         if sock is None:
             return
         fd = sock.fileno()
-        if conn.events.pop(fd, 0):
-            self._selector.unregister(sock)
+        if side == "up":
+            registered, conn.up_events = conn.up_events, 0
+        else:
+            registered, conn.down_events = conn.down_events, 0
+        if registered:  # the close below takes it out of the epoll set
+            del self._handlers[fd]
+        self._closed_fds.add(fd)  # events of this batch for its number are not for a socket that reuses it
         for pump in (conn.up2down, conn.down2up):
             if pump is not None and not pump.finished:
                 pump.fail()
@@ -926,12 +1007,32 @@ class ConverterDaemon:
             self._log("replied", conn=conn.id, client=conn.client, dest=_dest(conn))
 
     def _log(self, event: str, **fields: object) -> None:
+        """Queue one line; :meth:`_flush_log` writes the queue at the end of the loop's turn."""
         line = f"ts={time.time():.3f} event={event}" + "".join(f" {k}={_kv(v)}" for k, v in fields.items())
         if self.config.worker is not None:
             line += f" worker={self.config.worker}"
+        self._log_lines.append(line + "\n")
+        self._log_bytes += len(line) + 1
+        if self._log_bytes >= _LOG_WRITE_BYTES:
+            self._flush_log()
+
+    def _flush_log(self) -> None:
+        """The queued lines in writes of at most about _LOG_WRITE_BYTES, each of whole lines: --workers
+        share the stream (a pipe), where a write up to PIPE_BUF is not interleaved with another's."""
+        lines, self._log_lines, self._log_bytes = self._log_lines, [], 0
+        chunk: list[str] = []
+        size = 0
         try:
-            self._log_stream.write(line + "\n")  # one write: --workers share the stream, lines must not interleave
-            self._log_stream.flush()
+            for line in lines:
+                if chunk and size + len(line) > _LOG_WRITE_BYTES:
+                    self._log_stream.write("".join(chunk))
+                    self._log_stream.flush()
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += len(line)
+            if chunk:
+                self._log_stream.write("".join(chunk))
+                self._log_stream.flush()
         except (BrokenPipeError, ValueError):
             pass  # nobody reads the log any more; serving goes on
 

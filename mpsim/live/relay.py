@@ -159,9 +159,10 @@ class Pump:
 
     # --- moving bytes --------------------------------------------------------------------------------
 
-    def pump(self) -> PumpEvent | None:
-        """Move what can move without blocking (bounded rounds); the first event, if any."""
-        if self.finished:
+    def pump(self, read: bool = True) -> PumpEvent | None:
+        """Move what can move without blocking (bounded rounds); the first event, if any.
+        ``read=False``: only write what is held (the source is not read this time)."""
+        if self.failed or self.destination_shut:
             return None
         try:
             for _ in range(_ROUNDS_PER_CALL):
@@ -170,12 +171,20 @@ class Pump:
                 if self.source_eof:
                     self._maybe_shutdown()
                     return None
-                if self._fill() == 0:
+                if not read:
+                    return None
+                got = self._fill()
+                if got == 0:
                     self._give_back()  # idle: hold no pipe or buffer while waiting
                     if self.source_eof:
                         self._maybe_shutdown()
                         return PumpEvent.SOURCE_EOF
                     return None  # nothing to read now
+                if got < self._chunk_bytes:
+                    # A short read took all the source had: deliver it, and let the (level-triggered)
+                    # readiness say when there is more, rather than a read that would find nothing.
+                    self._flush()
+                    return None
         except _SideReset as reset:
             self.fail()
             return reset.event

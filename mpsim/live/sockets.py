@@ -11,11 +11,11 @@ be known). Numbers are from the Linux uapi headers and were checked on Linux 6.1
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from pathlib import Path
 
 from mpsim.errors import MpsimError
 from mpsim.wire.mptcp import MpCapable, MpCapableFlags
@@ -26,6 +26,7 @@ SOL_MPTCP = 284
 MPTCP_INFO = 1  # getsockopt(SOL_MPTCP): struct mptcp_info; EOPNOTSUPP once the socket fell back to TCP
 MPTCP_INFO_FLAG_FALLBACK = 0x1
 MPTCP_INFO_FLAG_REMOTE_KEY_RECEIVED = 0x2
+TCP_IS_MPTCP = 43  # getsockopt(SOL_TCP): 1 on an MPTCP socket that has not fallen back (Linux 5.16+)
 
 TCP_FASTOPEN = 23  # listener: the TFO queue length
 TCP_FASTOPEN_CONNECT = 30  # not in Python's socket module
@@ -143,6 +144,11 @@ def mptcp_info(sock: socket.socket) -> MptcpInfo | None:
     if sock.proto != IPPROTO_MPTCP:
         return None
     try:
+        if not sock.getsockopt(socket.IPPROTO_TCP, TCP_IS_MPTCP):
+            return None  # fallen back (a converter's usual TCP server): no error to raise and catch
+    except OSError:
+        pass  # a kernel before 5.16: MPTCP_INFO's answer below says it
+    try:
         info = parse_mptcp_info(sock.getsockopt(SOL_MPTCP, MPTCP_INFO, _MPTCP_INFO_BYTES))
     except OSError as err:
         if err.errno in (errno.EOPNOTSUPP, errno.ENOPROTOOPT):
@@ -204,11 +210,17 @@ def icmp_code_for_errno(family: int, error: int) -> int | None:
 
 
 def read_sysctl(name: str) -> str | None:
-    """A sysctl of the caller's network namespace (``net.ipv4.tcp_fastopen``), None if absent."""
+    """A sysctl of the caller's network namespace (``net.ipv4.tcp_fastopen``), None if absent.
+    Read with bare os calls: the client checks four of them before every connection, and
+    pathlib's text I/O cost more than the reads themselves."""
     try:
-        return Path("/proc/sys", *name.split(".")).read_text().strip()
+        fd = os.open("/proc/sys/" + name.replace(".", "/"), os.O_RDONLY | os.O_CLOEXEC)
     except (FileNotFoundError, PermissionError):
         return None
+    try:
+        return os.read(fd, 4096).decode().strip()
+    finally:
+        os.close(fd)
 
 
 def _int_sysctl(name: str) -> int | None:
@@ -293,10 +305,12 @@ def family_of(address: IPv4Address | IPv6Address) -> int:
     return socket.AF_INET if address.version == 4 else socket.AF_INET6
 
 
-def stream_socket(family: int, *, mptcp: bool) -> socket.socket:
-    """A TCP or MPTCP stream socket; a missing MPTCP is a :class:`KernelSettingError`."""
+def stream_socket(family: int, *, mptcp: bool, nonblocking: bool = False) -> socket.socket:
+    """A TCP or MPTCP stream socket (``nonblocking``: created so, without another system call);
+    a missing MPTCP is a :class:`KernelSettingError`."""
+    kind = socket.SOCK_STREAM | socket.SOCK_NONBLOCK if nonblocking else socket.SOCK_STREAM
     try:
-        return socket.socket(family, socket.SOCK_STREAM, IPPROTO_MPTCP if mptcp else 0)
+        return socket.socket(family, kind, IPPROTO_MPTCP if mptcp else 0)
     except OSError as err:
         if mptcp and err.errno in (errno.EPROTONOSUPPORT, errno.ENOPROTOOPT, errno.EINVAL):
             raise KernelSettingError(f"cannot create an MPTCP socket ({err.strerror}): is net.mptcp.enabled 1 "

@@ -180,6 +180,12 @@ class Converter:
         self.set_cookie_secrets(cookie_secrets or (rng.getrandbits(128).to_bytes(16, "big"),))
         self.active_sessions = 0  # sessions holding a downstream connection (the Error 64 limit)
         self.counters: Counter[str] = Counter()
+        # Memos of pure functions, bounded (emptied when full): clients send the same request bytes
+        # over and over, and a server's SYN-ACK options give the same reply every time. Values are
+        # immutable (frozen dataclasses, bytes), so sessions share them; only successes are kept.
+        self.parsed_requests: dict[bytes, tuple[ConvertMessage, int]] = {}
+        self.encoded_replies: dict[tuple, tuple[ConvertMessage, bytes]] = {}
+        self.address_problems: dict[IpAddress, str | None] = {}  # connect_address_problem's answers
 
     def session(self, client_address: IpAddress, now: float) -> ConverterSession:
         """A session for a new upstream connection from ``client_address``."""
@@ -206,6 +212,9 @@ class Converter:
 def _cookie(secret: bytes, client_address: IpAddress) -> bytes:
     return hmac.new(secret, client_address.packed, hashlib.sha256).digest()[:COOKIE_BYTES]
 
+
+#: Entries of each of the converter's memos (parsed requests, encoded replies) before it is emptied.
+_MEMO_ENTRIES = 256
 
 #: What a :class:`ConverterSession` asks its driver to do (the decisions live in
 #: :mod:`mpsim.proto.relay`, shared by every proxy, and are re-exported here).
@@ -306,11 +315,26 @@ class ConverterSession(RelaySession):
     def _on_connected(self, server_synack_options: tuple) -> None:
         """The server's SYN-ACK arrived: reply with its options as received (6.2.6)."""
         assert self.request is not None
-        options = tuple(o for o in server_synack_options if not isinstance(o, EndOfOptionList))  # padding
-        tlvs: tuple = (ExtendedTcpHeaderTlv(options),)
-        if self.request.tlv(InfoTlv) is not None:
-            tlvs += (SupportedTcpExtensionsTlv(tuple(self.policy.supported_kinds)),)
-        self._send_reply(ConvertMessage(tlvs))
+        info = self.request.tlv(InfoTlv) is not None
+        key = (server_synack_options, info)
+        replies = self.converter.encoded_replies
+        try:
+            cached = replies.get(key)
+        except TypeError:  # an option holding something unhashable: build the reply without the memo
+            cached, key = None, None
+        if cached is None:
+            options = tuple(o for o in server_synack_options if not isinstance(o, EndOfOptionList))  # padding
+            tlvs: tuple = (ExtendedTcpHeaderTlv(options),)
+            if info:
+                tlvs += (SupportedTcpExtensionsTlv(tuple(self.policy.supported_kinds)),)
+            reply = ConvertMessage(tlvs)
+            cached = (reply, encode_convert(reply))
+            if key is not None:
+                if len(replies) >= _MEMO_ENTRIES:
+                    replies.clear()
+                replies[key] = cached
+        self._upstream_answered = True
+        self._decisions.append(SendUpstream(cached[1], cached[0]))
         self.converter.counters["converted"] += 1
 
     def _on_refused(self, failure: DownstreamFailure, icmp_code: int | None) -> None:
@@ -326,8 +350,11 @@ class ConverterSession(RelaySession):
 
     def _parse(self, now: float, from_syn: bool) -> None:
         """Step 1-2 of the order: the header and the framing, judged by the wire parser."""
+        parsed = self.converter.parsed_requests
+        key = bytes(self._buffer)
+        hit = parsed.get(key)
         try:
-            request, used_bytes = parse_convert_prefix(self._buffer)
+            request, used_bytes = hit if hit is not None else parse_convert_prefix(self._buffer)
         except TruncatedError:
             self._wait_for_more(from_syn)
             return
@@ -348,6 +375,10 @@ class ConverterSession(RelaySession):
         except MalformedError:  # framing, a bad value, a duplicate TLV
             self._refuse(self._echo_error(ConvertErrorCode.MALFORMED_MESSAGE))
             return
+        if hit is None:
+            if len(parsed) >= _MEMO_ENTRIES:
+                parsed.clear()
+            parsed[key] = (request, used_bytes)
         self.request = request
         raw, user_data = bytes(self._buffer[:used_bytes]), bytes(self._buffer[used_bytes:])
         self._buffer.clear()
@@ -426,7 +457,14 @@ class ConverterSession(RelaySession):
         if self.converter.active_sessions >= self.policy.max_sessions:
             self._refuse(ErrorTlv(ConvertErrorCode.RESOURCE_EXCEEDED, self.policy.resource_backoff_s))
             return
-        if connect_address_problem(connect.address) is not None:
+        problems = self.converter.address_problems
+        problem = problems.get(connect.address, problems)  # the dict itself: not asked yet
+        if problem is problems:
+            problem = connect_address_problem(connect.address)
+            if len(problems) >= _MEMO_ENTRIES:
+                problems.clear()
+            problems[connect.address] = problem
+        if problem is not None:
             self._refuse(ErrorTlv(ConvertErrorCode.MALFORMED_MESSAGE, 0, _echo(raw)))
             return
         requested = tuple(o for o in connect.options if o.kind not in IGNORED_CONNECT_KINDS)

@@ -67,6 +67,10 @@ def test_setup_counts_connections_and_idle_memory(results):
     assert {r["route"] for r in setup["parallel"]} == {"direct-mptcp", "converter-auto", "converter-auto-workers"}
     for row in setup["churn"]:
         assert row["connections"] == SMOKE.churn_conns * SMOKE.churn_rounds and row["errors"] == 0
+        relayed = row["route"] != "direct-mptcp"   # the daemon's (or its workers') CPU per conversion
+        assert (row["relay_cpu_us_per_conn"]["median"] is not None) == relayed
+        if relayed:
+            assert row["relay_cpu_us_per_conn"]["min"] > 0
     for row in setup["parallel"]:
         assert row["connections"] > 0 and row["errors"] == 0
         assert row["setup_median_ms"] <= row["setup_p90_ms"]

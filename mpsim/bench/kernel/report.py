@@ -75,12 +75,16 @@ def _setup_markdown(result: dict) -> list[str]:
               f"{result['scale']['churn_conns']} per route and round, routes interleaved; setup = until the path can "
               "carry data (direct: connect(); converter: the Convert reply read). Connections/s and the ratio (per "
               "round) min / median / max; latencies over every connection.", ""]
-    lines += _table(["route", "connections", "per s", "/ direct MPTCP", "setup median ms", "setup p90 ms",
-                     "connection median ms", "errors"],
+    lines += _table(["route", "connections", "per s", "/ direct MPTCP", "relay CPU us/conn", "client CPU us/conn",
+                     "setup median ms", "setup p90 ms", "connection median ms", "errors"],
                     [[r["route"], str(r["connections"]), _range(r["connections_per_s"], ".0f"),
-                      _range(r["rate_ratio_to_direct_mptcp"]), _cell(r["setup_median_ms"], ".3f"),
+                      _range(r["rate_ratio_to_direct_mptcp"]), _range(r.get("relay_cpu_us_per_conn"), ".0f"),
+                      _range(r.get("client_cpu_us_per_conn"), ".0f"), _cell(r["setup_median_ms"], ".3f"),
                       _cell(r["setup_p90_ms"], ".3f"), _cell(r["connection_median_ms"], ".3f"), str(r["errors"])]
                      for r in result["churn"]])
+    lines += ["", "Relay CPU: the daemon's (or workers', or the mptcpize relay's) utime + stime per connection "
+              "(single-threaded processes from /proc/PID/schedstat), the measure of the per-connection path that the "
+              "machine's load does not scale the way it scales the wall rate; client CPU: the churn client's own."]
     if result.get("parallel"):
         lines += ["", f"Parallel: {result['workers']} churn clients at once, {result['scale']['churn_conns']} connections "
                   f"per route and round in all; the converter as one process and with --workers {result['workers']}.",

@@ -20,7 +20,8 @@ from typing import Any
 import os
 
 from mpsim.bench.kernel.config import CONVERT_TIMEOUT_S, ECHO_PORTS, PEER_LIMIT_S, ROUTES, Route, Scale
-from mpsim.bench.kernel.measure import meminfo_bytes, percentile, ratios, rss_bytes, slab_bytes, summary
+from mpsim.bench.kernel.measure import (meminfo_bytes, percentile, process_cpu_s, ratios, rss_bytes, slab_bytes,
+                                        summary)
 from mpsim.bench.kernel.services import Peer, Services, new_testbed, peer_argv, testbed_facts
 
 
@@ -66,14 +67,52 @@ def _churn_clients(tb: Any, services: Services, config: str, count: int, log_dir
                      "fallbacks": sum(r["fallbacks"] for r in results)}
 
 
-def _churn(tb: Any, services: Services, config: str, count: int, log_dir: Path, clients: int = 1) -> dict[str, Any]:
+def _relay_pids(services: Services, config: str, workers: Peer | None) -> list[int]:
+    """The processes that relay ``config``'s connections: the daemon, the peer relay, or the
+    --workers supervisor and its workers; none for a direct route."""
+    if config == WORKERS_ROUTE:
+        if workers is None:
+            return []
+        try:
+            with open(f"/proc/{workers.proc.pid}/task/{workers.proc.pid}/children") as f:
+                return [workers.proc.pid, *map(int, f.read().split())]
+        except OSError:
+            return [workers.proc.pid]
+    relay = services.relay_process(ROUTES[config])
+    return [relay.proc.pid] if relay is not None else []
+
+
+def _relay_cpu_s(pids: list[int]) -> float:
+    """CPU seconds the relay processes have used: a single-threaded process's from
+    /proc/PID/schedstat (nanoseconds: a quick round's few hundred conversions are a few ticks of
+    /proc/PID/stat), a threaded one's (the mptcpize relay, a thread per connection, whose exited
+    threads only /proc/PID/stat still counts) from utime + stime."""
+    total = 0.0
+    for pid in pids:
+        if len(os.listdir(f"/proc/{pid}/task")) == 1:
+            with open(f"/proc/{pid}/schedstat") as f:
+                total += int(f.read().split()[0]) / 1e9
+        else:
+            total += process_cpu_s(pid)
+    return total
+
+
+def _churn(tb: Any, services: Services, config: str, count: int, log_dir: Path, clients: int = 1,
+           workers: Peer | None = None) -> dict[str, Any]:
+    pids = _relay_pids(services, config, workers)
+    cpu0 = _relay_cpu_s(pids)
     result = _churn_clients(tb, services, config, count, log_dir, clients)
+    relay_cpu_s = _relay_cpu_s(pids) - cpu0 if pids else None
     return {"route": config, "clients": clients, "connections": result["connections"], "errors": result["error_count"],
             "error_examples": result["errors"], "fallbacks": result["fallbacks"],
             "connections_per_s": result["connections"] / result["wall_s"],
             "setup_us": [round(1e6 * t, 1) for t in result["setup_s"]],
             "connection_us": [round(1e6 * t, 1) for t in result["total_s"]],
-            "client_cpu_ms_per_conn": 1e3 * result["cpu_s"] / max(1, result["connections"])}
+            "client_cpu_ms_per_conn": 1e3 * result["cpu_s"] / max(1, result["connections"]),
+            # the relay's (daemon's, workers', peer relay's) CPU per connection: the load-insensitive
+            # measure of its per-connection path (the wall rate also waits for the scheduler)
+            "relay_cpu_us_per_conn": 1e6 * relay_cpu_s / max(1, result["connections"]) if relay_cpu_s is not None
+            else None}
 
 
 def _churn_summary(rows: list[dict], configs: Sequence[str]) -> list[dict]:
@@ -88,6 +127,9 @@ def _churn_summary(rows: list[dict], configs: Sequence[str]) -> list[dict]:
                     "errors": sum(r["errors"] for r in mine), "fallbacks": sum(r["fallbacks"] for r in mine),
                     "connections_per_s": summary([r["connections_per_s"] for r in mine]),
                     "rate_ratio_to_direct_mptcp": ratios(rows, config, "direct-mptcp", "connections_per_s"),
+                    "relay_cpu_us_per_conn": summary([r["relay_cpu_us_per_conn"] for r in mine
+                                                      if r.get("relay_cpu_us_per_conn") is not None]),
+                    "client_cpu_us_per_conn": summary([1e3 * r["client_cpu_ms_per_conn"] for r in mine]),
                     "setup_median_ms": statistics.median(setups) if setups else None,
                     "setup_p90_ms": percentile(setups, 0.9), "connection_median_ms":
                         statistics.median(totals) if totals else None,
@@ -159,15 +201,17 @@ def setup(scale: Scale, log_dir: Path, progress: Callable[[str], None]) -> dict[
         for round_index in range(scale.churn_rounds):
             order = churn_configs if round_index % 2 == 0 else churn_configs[::-1]
             for config in order:
-                row = _churn(tb, services, config, scale.churn_conns, log_dir) | {"round": round_index,
-                                                                                  "session": "churn"}
+                row = _churn(tb, services, config, scale.churn_conns, log_dir, workers=workers) | {
+                    "round": round_index, "session": "churn"}
                 churn_rows.append(row)
+                cpu = row["relay_cpu_us_per_conn"]
                 progress(f"setup round {round_index + 1}/{scale.churn_rounds} {config}: "
                          f"{row['connections_per_s']:.0f} connections/s, setup median "
-                         f"{statistics.median(row['setup_us'] or [math.nan]) / 1e3:.2f} ms")
+                         f"{statistics.median(row['setup_us'] or [math.nan]) / 1e3:.2f} ms"
+                         + (f", relay CPU {cpu:.0f} us per connection" if cpu is not None else ""))
             for config in (parallel_configs if round_index % 2 == 0 else parallel_configs[::-1]):
-                row = _churn(tb, services, config, max(1, scale.churn_conns // WORKERS), log_dir, WORKERS) | {
-                    "round": round_index, "session": "parallel"}
+                row = _churn(tb, services, config, max(1, scale.churn_conns // WORKERS), log_dir, WORKERS,
+                             workers=workers) | {"round": round_index, "session": "parallel"}
                 parallel_rows.append(row)
                 progress(f"setup round {round_index + 1}/{scale.churn_rounds} {config}, {WORKERS} clients at once: "
                          f"{row['connections_per_s']:.0f} connections/s")
