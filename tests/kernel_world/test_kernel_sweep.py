@@ -122,8 +122,11 @@ def test_kernel_sweep_writes_the_model_sweeps_columns_and_resumes(kernel_world, 
 
 def test_an_interrupted_kernel_executor_removes_this_processs_namespaces(kernel_world):
     name = f"mps-{os.getpid()}-9999-leftover"  # as a teardown stopped half-way leaves one
-    with pytest.raises(KeyboardInterrupt):
-        with kernel_executor():
-            subprocess.run(["ip", "netns", "add", name], check=True)
-            raise KeyboardInterrupt
-    assert name not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with kernel_executor():
+                subprocess.run(["ip", "netns", "add", name], check=True)
+                raise KeyboardInterrupt
+        assert name not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    finally:  # should the executor not have removed it
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
