@@ -579,7 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  mpsim sweep scheme_comparison --grid paths.access.delay_s=0.005,0.01,0.02 "
                "--grid server.kind=legacy_drop,legacy_queue --out sweeps/schemes --csv\n"
                "  mpsim sweep default --grid converter.delay_s=0:0.02:0.005 --seeds 10 --dask local --out sweeps/conv\n"
-               "  mpsim sweep models/kernel/ci_two_path.toml --grid paths.a.delay_s=0.005,0.02 --on kernel --out sweeps/k",
+               "  mpsim sweep models/kernel/ci_two_path.toml --grid paths.a.delay_s=0.005,0.02 --on kernel "
+               "--out sweeps/k",
     )
     _scenario_arguments(sweep, default=None)
     sweep.add_argument("--grid", action="append", default=[], metavar="KEY=VALUES",

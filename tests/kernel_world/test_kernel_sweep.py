@@ -110,6 +110,7 @@ def test_kernel_sweep_writes_the_model_sweeps_columns_and_resumes(kernel_world, 
     assert setup[0.01] > setup[0.005] + 0.005  # the grid value reached the kernel: 10 ms more RTT on path a
     manifest = json.loads((kernel_dir / "manifest.json").read_text())
     assert manifest["world"] == "kernel" and manifest["sessions"][0]["executor"] == "kernel"
+    assert manifest["kernel"]["sysctls"]["g001"]["base"]["client"]["net.ipv4.tcp_syn_linear_timeouts"] == "0"
 
     files = sorted((kernel_dir / "points").iterdir())
     stamps = [path.stat().st_mtime_ns for path in files]

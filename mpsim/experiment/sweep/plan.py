@@ -95,6 +95,9 @@ class SweepPlan:
     skip_unbuildable: bool = False  # --on kernel: run a grid point's buildable variants only
     #: --on kernel --skip-unbuildable: per grid point id (g001), the variants left out and why.
     kernel_skipped: dict[str, list[str]] = field(default_factory=dict)
+    #: --on kernel: per grid point id, per variant it runs, the sysctls per role its runs set
+    #: (:func:`mpsim.experiment.kernel_world.kernel_sysctls`; the model reads the same values).
+    kernel_settings: dict[str, dict[str, dict[str, dict[str, str]]]] = field(default_factory=dict)
 
     @property
     def grid_keys(self) -> list[str]:
@@ -214,7 +217,7 @@ def check_kernel_buildable(plan: SweepPlan) -> None:
         except scenario.ScenarioError as err:  # a big grid's combination not loaded before: named here
             raise SweepError(f"{where}: {err.key + ': ' if err.key else ''}{err.message}") from None
         names = plan.variants or tuple(variants)
-        skipped, unbuilt = [], 0
+        skipped, unbuilt, settings = [], 0, {}
         for name in names:
             problems = kernel_world.unbuildable(variants[name], proxy_cmd=plan.proxy_cmd)
             if problems and not plan.skip_unbuildable:
@@ -222,11 +225,14 @@ def check_kernel_buildable(plan: SweepPlan) -> None:
                                  + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
             skipped += [f"{name}: {line}" for line in problems]
             unbuilt += bool(problems)
+            if not problems:
+                settings[name] = kernel_world.kernel_sysctls(variants[name])
         if unbuilt == len(names):
             raise SweepError(f"{where}: no variant can be built in the kernel: {skipped[0]}"
                              + (f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""))
         if skipped:
             plan.kernel_skipped[grid_point_id(plan, point.grid_index)] = skipped
+        plan.kernel_settings[grid_point_id(plan, point.grid_index)] = settings
 
 
 def _values_to_check(axis: GridAxis) -> list[int]:

@@ -195,7 +195,8 @@ def write_manifest(directory: SweepDir, plan: SweepPlan, session: dict[str, Any]
         "machine": machine,
         "sessions": sessions,
         **({"kernel": {"proxy_cmd": plan.proxy_cmd, "skip_unbuildable": plan.skip_unbuildable,
-                       "skipped_unbuildable": plan.kernel_skipped}} if plan.world == "kernel" else {}),
+                       "skipped_unbuildable": plan.kernel_skipped, "sysctls": plan.kernel_settings}}
+           if plan.world == "kernel" else {}),
         "tables": {name: f"{name}.parquet" for name in (*RECORD_TABLES, "points", "summary")},
     }
     text = json.dumps(manifest, indent=1, allow_nan=False) + "\n"
