@@ -289,12 +289,16 @@ def _sweep(args: argparse.Namespace) -> int:
     from mpsim.experiment import analysis, sweep
 
     try:
+        sweep.orchestrate.check_executor(args.on, args.workers, args.dask)  # before minutes of planning
         plan = sweep.plan_sweep(args.scenario, args.grid, seeds=args.seeds, root_seed=args.seed,
-                                overrides=args.overrides, variants=args.variants or ())
+                                overrides=args.overrides, variants=args.variants or (),
+                                world="kernel" if args.on == "kernel" else "model",
+                                proxy_cmd=args.proxy_cmd, skip_unbuildable=args.skip_unbuildable)
     except sweep.SweepError as err:
         raise CliError(str(err)) from None
     grid = " x ".join(f"{axis.key} ({len(axis.texts)})" for axis in plan.axes) or "no grid"
-    print(f"mpsim {__version__}: sweep of scenario {plan.loaded.name}: {grid}, {plan.seeds} seed"
+    print(f"mpsim {__version__}: sweep of scenario {plan.loaded.name}"
+          f"{' in the kernel' if plan.world == 'kernel' else ''}: {grid}, {plan.seeds} seed"
           f"{'s' if plan.seeds != 1 else ''} each: {len(plan.points)} point{'s' if len(plan.points) != 1 else ''} "
           f"(root seed {plan.root_seed})",
           flush=True)
@@ -579,7 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=raw,
         description="Run a scenario for every combination of the --grid values, N seeds each; every point is\n"
                     "a whole mpsim run (the --set overrides, the point's values, a seed of its own derived\n"
-                    "from the root seed). Points run in parallel on every core, or on Dask. Writes DIR/points/\n"
+                    "from the root seed). Points run in parallel on every core, or on Dask (--on kernel: one\n"
+                    "after another, each a whole mpsim run --on kernel; root). Writes DIR/points/\n"
                     "(one file per point), connections, transfers, points and summary tables (Parquet; CSV with\n"
                     "--csv) and manifest.json. Running the same command again runs only the missing points.\n\n"
                     "VALUES: V1,V2,... read as --set reads a value (a list value as a TOML list: '[\"a\", \"b\"]'),\n"
@@ -591,7 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
                "  mpsim sweep default --set runs=1 --grid paths.lte.delay_s=0.01:0.05:0.01 --seeds 5 --out sweeps/lte\n"
                "  mpsim sweep scheme_comparison --grid paths.access.delay_s=0.005,0.01,0.02 "
                "--grid server.kind=legacy_drop,legacy_queue --out sweeps/schemes --csv\n"
-               "  mpsim sweep default --grid converter.delay_s=0:0.02:0.005 --seeds 10 --dask local --out sweeps/conv",
+               "  mpsim sweep default --grid converter.delay_s=0:0.02:0.005 --seeds 10 --dask local --out sweeps/conv\n"
+               "  mpsim sweep models/kernel/ci_two_path.toml --grid paths.a.delay_s=0.005,0.02 --on kernel "
+               "--out sweeps/k",
     )
     _scenario_arguments(sweep, default=None)
     sweep.add_argument("--grid", action="append", default=[], metavar="KEY=VALUES",
@@ -605,6 +612,14 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--csv", action="store_true", help="also write the tables as CSV")
     sweep.add_argument("--retry-failed", action="store_true",
                        help="run again the points that failed before (a finished point is otherwise kept)")
+    sweep.add_argument("--on", choices=("sim", "kernel"), default="sim",
+                       help="where each point runs: the simulator (default) or the kernel, in network namespaces, "
+                            "one point after another (root; docs/kernel-world.md)")
+    sweep.add_argument("--skip-unbuildable", action="store_true",
+                       help="with --on kernel: leave out the variants the kernel cannot build (named) instead of "
+                            "refusing")
+    sweep.add_argument("--proxy-cmd", metavar="COMMAND",
+                       help="with --on kernel: run this proxy in the converter namespace instead of the scenario's")
     sweep.set_defaults(handler=_sweep)
 
     plot = commands.add_parser(

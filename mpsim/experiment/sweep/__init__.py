@@ -58,6 +58,12 @@ says so once. Neither stops it: Ctrl-C does, and the same command resumes.
 no ``fork`` of a parent holding threads); ``--dask ADDRESS`` sends the points to a
 dask.distributed scheduler (its workers need the same mpsim installed), ``--dask local`` starts a
 LocalCluster and closes it. Both run :func:`run_point` on the same tasks and get the same rows.
+``--on kernel`` (root): :func:`run_kernel_point` runs each point as ``mpsim run --on kernel`` with
+its seed, one after another in this process (:func:`kernel_executor`: the points share the
+machine's kernel, and Ctrl-C reaches the testbed, which removes its namespaces); ``--workers`` > 1
+and ``--dask`` are refused. Every grid point's variants are checked against what the kernel can
+build before anything runs. The world (and ``--proxy-cmd``) are in a kernel sweep's hash and in
+the manifest (docs/kernel-world.md, "Sweeps on the kernel").
 
 **Modules.** :mod:`.grid` (the ``--grid`` grammar), :mod:`.plan` (points and seeds, validation),
 :mod:`.store` (the directory: point files, lock, manifest, tables), :mod:`.executors` (the local
@@ -70,22 +76,24 @@ from mpsim.experiment.analysis import (CONFIDENCE, OUTCOME_RATES, POINT_COLUMNS,
                                        SUMMARY_METRICS, confidence_interval, format_summary, load_tables,
                                        metric_names, metric_samples, summarize)
 from mpsim.experiment.sweep import executors, grid, orchestrate, plan, progress, store
-from mpsim.experiment.sweep.executors import dask_executor, default_workers, local_executor, run_point
+from mpsim.experiment.sweep.executors import (SerialExecutor, dask_executor, default_workers, kernel_executor,
+                                               local_executor, run_kernel_point, run_point)
 from mpsim.experiment.sweep.grid import MAX_AXIS_VALUES, GridAxis, SweepError, expand_range, parse_grid, split_values
 from mpsim.experiment.sweep.orchestrate import (EXIT_INTERRUPTED, SweepReport, WorkerLost, machine, run_sweep,
                                                 write_tables)
-from mpsim.experiment.sweep.plan import (MAX_POINTS, SEED_MASK, Point, PointOutcome, PointTask, SweepPlan,
-                                         plan_sweep, point_seed)
+from mpsim.experiment.sweep.plan import (MAX_POINTS, SEED_MASK, WORLDS, Point, PointOutcome, PointTask, SweepPlan,
+                                         check_kernel_buildable, plan_sweep, point_seed)
 from mpsim.experiment.sweep.progress import Progress, format_duration
 from mpsim.experiment.sweep.store import SweepDir, load_plan_record, read_point, read_points, write_point
 
 __all__ = [
     "CONFIDENCE", "EXIT_INTERRUPTED", "MAX_AXIS_VALUES", "MAX_POINTS", "OUTCOME_RATES", "POINT_COLUMNS",
-    "RECORD_TABLES", "SEED_MASK", "SUMMARY_COLUMNS", "SUMMARY_METRICS",
-    "GridAxis", "Point", "PointOutcome", "PointTask", "Progress", "SweepDir", "SweepError", "SweepPlan",
-    "SweepReport", "WorkerLost",
-    "confidence_interval", "dask_executor", "default_workers", "executors", "expand_range", "format_duration",
-    "format_summary", "grid", "load_plan_record", "load_tables", "local_executor", "machine", "metric_names",
+    "RECORD_TABLES", "SEED_MASK", "SUMMARY_COLUMNS", "SUMMARY_METRICS", "WORLDS", "GridAxis", "Point",
+    "PointOutcome", "PointTask", "Progress", "SerialExecutor", "SweepDir", "SweepError", "SweepPlan",
+    "SweepReport", "WorkerLost", "check_kernel_buildable", "confidence_interval", "dask_executor",
+    "default_workers", "executors", "expand_range", "format_duration", "format_summary", "grid",
+    "kernel_executor", "load_plan_record", "load_tables", "local_executor", "machine", "metric_names",
     "metric_samples", "orchestrate", "parse_grid", "plan", "plan_sweep", "point_seed", "progress", "read_point",
-    "read_points", "run_point", "run_sweep", "split_values", "store", "summarize", "write_point", "write_tables",
+    "read_points", "run_kernel_point", "run_point", "run_sweep", "split_values", "store", "summarize",
+    "write_point", "write_tables",
 ]

@@ -1,5 +1,7 @@
 """Where the points run: :func:`run_point` (in a worker), a local process pool, or a
-dask.distributed cluster; both executors run the same tasks and give the same rows."""
+dask.distributed cluster; both executors run the same tasks and give the same rows. In the
+kernel world (``--on kernel``): :func:`run_kernel_point` on :func:`kernel_executor`, one point
+after another in this process (the points share the machine's kernel)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import signal
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Iterator
 
 from mpsim.experiment import results, scenario
@@ -34,7 +37,71 @@ def run_point(task: PointTask) -> PointOutcome:
                             time.perf_counter() - started)
 
 
+def run_kernel_point(task: PointTask) -> PointOutcome:
+    """Run one point exactly as ``mpsim run --on kernel`` would (:func:`mpsim.experiment.kernel_world.run_kernel`,
+    with captures: the SYN and RST counts are read from them); an exception becomes the outcome's error."""
+    from mpsim.experiment import kernel_world
 
+    started = time.perf_counter()
+    try:
+        loaded = scenario.load_text(task.scenario_text, name=task.scenario_name, source=task.scenario_source,
+                                    overrides=task.overrides)
+        outcome = kernel_world.run_kernel(loaded, variants=list(task.variants) or None,
+                                          skip_unbuildable=task.skip_unbuildable, proxy_cmd=task.proxy_cmd, pcap=True)
+        return PointOutcome(task.point_id, outcome.connections, outcome.transfers,
+                            elapsed_s=time.perf_counter() - started)
+    except Exception as err:  # noqa: BLE001 - any failure of a point is recorded, not fatal
+        return PointOutcome(task.point_id, None, None, type(err).__name__, str(err), traceback.format_exc(),
+                            time.perf_counter() - started)
+
+
+class SerialExecutor(cf.Executor):
+    """Runs each submitted call at once, in this process, and hands back a finished future: points
+    that must not overlap (the kernel world's share one kernel) and must stop cleanly on Ctrl-C
+    (the KeyboardInterrupt reaches the testbed's context managers, which remove their namespaces;
+    a pool's worker would be killed with them still up)."""
+
+    def submit(self, fn, /, *args, **kwargs):  # noqa: ANN001 - cf.Executor's signature
+        future: cf.Future = cf.Future()
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - as a pool's future holds it; Ctrl-C propagates
+            future.set_exception(err)
+        else:
+            future.set_result(result)
+        return future
+
+
+@contextlib.contextmanager
+def kernel_executor() -> Iterator[cf.Executor]:
+    """The kernel world's executor: one point at a time, in this process (:class:`SerialExecutor`).
+    Left by an error or Ctrl-C, it removes what a point's teardown did not finish: an interrupt
+    that lands inside a teardown (the delay line's, the testbed's) stops it half-way."""
+    finished = False
+    try:
+        yield SerialExecutor()
+        finished = True
+    finally:
+        if not finished:
+            remove_own_namespaces()
+
+
+def remove_own_namespaces() -> list[str]:
+    """Delete the namespaces this process's testbeds are named by (``mps-<our pid>-...``), killing
+    what runs in them, with Ctrl-C and SIGTERM held off until done (a second one would stop this
+    too); returns their names. Only this process's: parallel runs of others are left alone."""
+    from mpsim.testbed import netns
+
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        return netns.cleanup_stale(f"{netns.PREFIX}-{os.getpid()}", only_dead_owners=False)
+    except Exception as err:  # noqa: BLE001 - said, not raised: the interrupt that brought us here goes on
+        warnings.warn(f"namespaces of this sweep may be left over (remove mps-{os.getpid()}-*): {err}",
+                      RuntimeWarning, stacklevel=2)
+        return []
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _worker_init(parent_pid: int) -> None:

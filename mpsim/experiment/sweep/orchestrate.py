@@ -19,7 +19,8 @@ import pyarrow as pa
 
 from mpsim import __version__
 from mpsim.experiment import analysis
-from mpsim.experiment.sweep.executors import dask_executor, default_workers, local_executor, run_point
+from mpsim.experiment.sweep.executors import (dask_executor, default_workers, kernel_executor, local_executor,
+                                               run_kernel_point, run_point)
 from mpsim.experiment.sweep.grid import SweepError
 from mpsim.experiment.sweep.plan import Point, PointOutcome, PointTask, SweepPlan
 from mpsim.experiment.sweep.progress import Progress, format_duration
@@ -60,16 +61,26 @@ def run_sweep(plan: SweepPlan, out_dir: Path, *, workers: int | None = None, das
     """Run the points of ``plan`` that ``out_dir`` lacks, then (unless interrupted) rebuild its tables.
 
     ``point_runner`` replaces :func:`run_point` (it must be importable by name: workers are other
-    processes); without it, the module's ``run_point`` at call time.
+    processes); without it, the module's ``run_point`` at call time (``run_kernel_point`` for a
+    plan in the kernel world, whose points run one after another in this process).
     """
     if workers is not None and workers < 1:
         raise SweepError(f"--workers {workers}: expected an integer >= 1")
     if workers is not None and dask not in (None, "local"):
         raise SweepError("--workers sizes the local pool or --dask local; a scheduler's cluster has its own workers")
-    runner = point_runner or run_point
+    check_executor(plan.world, workers, dask)
+    if plan.world == "kernel":
+        from mpsim.experiment import kernel_world
+
+        try:
+            kernel_world.check_root()  # before the directory is touched
+        except kernel_world.KernelWorldError as err:
+            raise SweepError(str(err)) from None
+    runner = point_runner or (run_kernel_point if plan.world == "kernel" else run_point)
     directory = SweepDir(out_dir)
     report = SweepReport(out_dir, len(plan.points))
-    session: dict[str, Any] = {"started": _now(), "executor": "local" if dask is None else f"dask {dask}",
+    session: dict[str, Any] = {"started": _now(), "executor": "kernel" if plan.world == "kernel" else
+                               "local" if dask is None else f"dask {dask}",
                                "workers": None, "mpsim_version": __version__, "git": git_revision(),
                                "machine": machine()}
     with directory.locked():
@@ -88,6 +99,8 @@ def run_sweep(plan: SweepPlan, out_dir: Path, *, workers: int | None = None, das
         bar = Progress(len(plan.points), report.reused, progress)
         bar.failed = failed_before
         _warn_about_the_past(directory, session, bar)
+        for grid_point, lines in plan.kernel_skipped.items():
+            bar.message(f"--skip-unbuildable: grid point {grid_point} leaves out " + "; ".join(lines))
         if len(to_run) > WARN_POINTS:
             bar.message(f"warning: this sweep runs {len(to_run)} points ({plan.grid_points} grid points x "
                         f"{plan.seeds} seeds, {report.reused} already done); Ctrl-C stops it and the same "
@@ -111,13 +124,25 @@ def run_sweep(plan: SweepPlan, out_dir: Path, *, workers: int | None = None, das
     return report
 
 
+def check_executor(world: str, workers: int | None, dask: str | None) -> None:
+    """Refuse what cannot run ``world``'s points: the kernel's run one after another (they share
+    this machine's kernel), so neither a pool of several workers nor Dask."""
+    if world == "kernel" and (dask is not None or (workers is not None and workers > 1)):
+        raise SweepError(f"--on kernel runs points one after another (they share this machine's kernel): "
+                         f"drop {'--dask' if dask is not None else f'--workers {workers}'}")
+
+
 def _run_points(plan: SweepPlan, to_run: list[Point], directory: SweepDir,
                 runner: Callable[[PointTask], PointOutcome], workers: int | None, dask: str | None,
                 bar: Progress, report: SweepReport, session: dict[str, Any]) -> None:
     """Keep the executor busy (a few points queued per slot, not all: a million tasks would sit
     in memory), write each point as it finishes, show progress."""
     with contextlib.ExitStack() as stack:
-        if dask is None:
+        queued = 2  # points handed to the executor per slot: none waits for a slot to free
+        if plan.world == "kernel":
+            executor, slots = stack.enter_context(kernel_executor()), 1
+            queued = 1  # each point is written before the next starts: Ctrl-C loses at most the one running
+        elif dask is None:
             slots = min(workers or default_workers(), len(to_run))
             executor = stack.enter_context(local_executor(slots))
         else:
@@ -126,7 +151,7 @@ def _run_points(plan: SweepPlan, to_run: list[Point], directory: SweepDir,
         pending, in_flight = deque(to_run), {}
         estimated = False
         while pending or in_flight:
-            while pending and len(in_flight) < 2 * slots:
+            while pending and len(in_flight) < queued * slots:
                 point = pending.popleft()
                 in_flight[executor.submit(runner, plan.task(point))] = point
             done, _ = cf.wait(in_flight, timeout=1.0, return_when=cf.FIRST_COMPLETED)

@@ -31,6 +31,8 @@ CHECK_AXIS_ENDS = 20
 #: The most points one sweep may have (grid points x seeds), checked from the axis lengths before
 #: any point is built: a plan holds every point in memory (a few hundred bytes each).
 MAX_POINTS = 1_000_000
+#: Where a sweep's points run: the simulator, or the kernel in network namespaces (docs/kernel-world.md).
+WORLDS = ("model", "kernel")
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,9 @@ class PointTask:
     scenario_source: str
     overrides: tuple[str, ...]  # the sweep's --set, the grid point's values, then seed=<the point's seed>
     variants: tuple[str, ...]  # () = every variant
+    # The kernel world's options (mpsim run --on kernel); the model's points ignore them.
+    proxy_cmd: str | None = None
+    skip_unbuildable: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,14 @@ class SweepPlan:
     root_seed: int
     variants: tuple[str, ...]
     points: list[Point] = field(default_factory=list)
+    world: str = "model"  # one of WORLDS
+    proxy_cmd: str | None = None  # --on kernel: a third-party proxy in place of the scenario's
+    skip_unbuildable: bool = False  # --on kernel: run a grid point's buildable variants only
+    #: --on kernel --skip-unbuildable: per grid point id (g001), the variants left out and why.
+    kernel_skipped: dict[str, list[str]] = field(default_factory=dict)
+    #: --on kernel: per grid point id, per variant it runs, the sysctls per role its runs set
+    #: (:func:`mpsim.experiment.kernel_world.kernel_sysctls`; the model reads the same values).
+    kernel_settings: dict[str, dict[str, dict[str, dict[str, str]]]] = field(default_factory=dict)
 
     @property
     def grid_keys(self) -> list[str]:
@@ -95,11 +108,16 @@ class SweepPlan:
         return math.prod(len(axis.texts) for axis in self.axes)
 
     def identity(self) -> dict[str, Any]:
-        """What makes two sweeps the same one (the seed count is not in it: more seeds extend a sweep)."""
-        return {"scenario": {"name": self.loaded.name, "text": self.loaded.text},
-                "overrides": list(self.loaded.overrides), "root_seed": self.root_seed,
-                "grid": [{"key": axis.key, "values": list(axis.texts)} for axis in self.axes],
-                "variants": list(self.variants)}
+        """What makes two sweeps the same one (the seed count is not in it: more seeds extend a sweep).
+        The world and the kernel's proxy are in it for a kernel sweep only, so that a model sweep's
+        hash is the one sweeps had before the kernel world (their directories still resume)."""
+        identity = {"scenario": {"name": self.loaded.name, "text": self.loaded.text},
+                    "overrides": list(self.loaded.overrides), "root_seed": self.root_seed,
+                    "grid": [{"key": axis.key, "values": list(axis.texts)} for axis in self.axes],
+                    "variants": list(self.variants)}
+        if self.world != "model":
+            identity |= {"world": self.world, "proxy_cmd": self.proxy_cmd}
+        return identity
 
     def identity_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode("utf-8")).hexdigest()
@@ -107,13 +125,21 @@ class SweepPlan:
     def task(self, point: Point) -> PointTask:
         loaded = self.loaded
         return PointTask(point.point_id, loaded.text, loaded.name, loaded.source,
-                         (*loaded.overrides, *point.overrides, f"seed={point.seed}"), self.variants)
+                         (*loaded.overrides, *point.overrides, f"seed={point.seed}"), self.variants,
+                         self.proxy_cmd, self.skip_unbuildable)
 
 
 def plan_sweep(scenario_name: str, grid: Sequence[str], *, seeds: int = 1, root_seed: int | None = None,
-               overrides: Sequence[str] = (), variants: Sequence[str] = ()) -> SweepPlan:
+               overrides: Sequence[str] = (), variants: Sequence[str] = (), world: str = "model",
+               proxy_cmd: str | None = None, skip_unbuildable: bool = False) -> SweepPlan:
     """Load and validate a sweep: the scenario with ``overrides``, every grid key and value alone,
-    then every combination; raises SweepError or ScenarioError naming what is wrong."""
+    then every combination (in the kernel world: every grid point's every variant checked with
+    :func:`mpsim.experiment.kernel_world.unbuildable`); raises SweepError or ScenarioError naming
+    what is wrong."""
+    if world not in WORLDS:
+        raise SweepError(f"--on {world}: expected one of {', '.join(WORLDS)}")
+    if world == "model" and (proxy_cmd is not None or skip_unbuildable):
+        raise SweepError("--proxy-cmd and --skip-unbuildable go with --on kernel")
     if type(seeds) is not int or seeds < 1:
         raise SweepError(f"--seeds {seeds}: expected an integer >= 1")
     if seeds > MAX_POINTS:
@@ -145,7 +171,8 @@ def plan_sweep(scenario_name: str, grid: Sequence[str], *, seeds: int = 1, root_
         seen.add(axis.key)
         for i in _values_to_check(axis):  # key and value alone first: the error names this --grid
             _check_load(loaded, [f"{axis.key}={axis.texts[i]}"], f"--grid {axis.key}={axis.texts[i]}")
-    plan = SweepPlan(loaded, axes, seeds, loaded.base.seed if root_seed is None else root_seed, tuple(variants))
+    plan = SweepPlan(loaded, axes, seeds, loaded.base.seed if root_seed is None else root_seed, tuple(variants),
+                     world=world, proxy_cmd=proxy_cmd, skip_unbuildable=skip_unbuildable)
     width = max(3, len(str(plan.grid_points - 1)))
     combinations = list(itertools.product(*(range(len(axis.texts)) for axis in axes)))
     for grid_index, combination in enumerate(combinations):
@@ -157,7 +184,55 @@ def plan_sweep(scenario_name: str, grid: Sequence[str], *, seeds: int = 1, root_
         for seed_index in range(seeds):
             plan.points.append(Point(f"g{grid_index:0{width}d}-s{seed_index:03d}", grid_index, seed_index,
                                      point_seed(plan.root_seed, grid_index, seed_index), point_overrides, values))
+    if world == "kernel":
+        check_kernel_buildable(plan)
     return plan
+
+
+def grid_point_id(plan: SweepPlan, grid_index: int) -> str:
+    """``g001``: the grid point's part of its points' ids."""
+    return f"g{grid_index:0{max(3, len(str(plan.grid_points - 1)))}d}"
+
+
+def check_kernel_buildable(plan: SweepPlan) -> None:
+    """Every grid point's variants, loaded as its points will load them, checked against what the
+    kernel world can build: the first element it cannot is refused naming the grid point, the
+    variant and the element (with ``skip_unbuildable``: only a grid point with no buildable variant
+    is refused; the others' left-out variants go into ``plan.kernel_skipped``). A load takes a few ms,
+    a kernel point seconds: every grid point is checked, whatever the grid's size."""
+    from mpsim.experiment import kernel_world
+
+    loaded = plan.loaded
+    seen: set[int] = set()
+    for point in plan.points:
+        if point.grid_index in seen:
+            continue
+        seen.add(point.grid_index)
+        where = f"--on kernel: grid point {grid_point_id(plan, point.grid_index)}" + (
+            f" ({' '.join(point.overrides)})" if point.overrides else "")
+        try:
+            # the seed does not change what is built: the middlebox mix draws only among listed rules
+            variants = scenario.load_text(loaded.text, name=loaded.name, source=loaded.source,
+                                          overrides=(*loaded.overrides, *point.overrides), path=loaded.path).variants
+        except scenario.ScenarioError as err:  # a big grid's combination not loaded before: named here
+            raise SweepError(f"{where}: {err.key + ': ' if err.key else ''}{err.message}") from None
+        names = plan.variants or tuple(variants)
+        skipped, unbuilt, settings = [], 0, {}
+        for name in names:
+            problems = kernel_world.unbuildable(variants[name], proxy_cmd=plan.proxy_cmd)
+            if problems and not plan.skip_unbuildable:
+                raise SweepError(f"{where}: cannot build variant {name!r}: {problems[0]}"
+                                 + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+            skipped += [f"{name}: {line}" for line in problems]
+            unbuilt += bool(problems)
+            if not problems:
+                settings[name] = kernel_world.kernel_sysctls(variants[name])
+        if unbuilt == len(names):
+            raise SweepError(f"{where}: no variant can be built in the kernel: {skipped[0]}"
+                             + (f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""))
+        if skipped:
+            plan.kernel_skipped[grid_point_id(plan, point.grid_index)] = skipped
+        plan.kernel_settings[grid_point_id(plan, point.grid_index)] = settings
 
 
 def _values_to_check(axis: GridAxis) -> list[int]:

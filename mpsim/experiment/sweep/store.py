@@ -145,6 +145,9 @@ class SweepDir:
             if previous.get("identity_hash") != record["identity_hash"]:
                 changed = [name for name in ("scenario", "overrides", "grid", "root_seed", "variants")
                            if previous.get(name) != record[name]]
+                # a sweep.json from before the kernel world has no world: it was the model's
+                changed += [name for name, default in (("world", "model"), ("proxy_cmd", None))
+                            if previous.get(name, default) != record.get(name, default)]
                 raise SweepError(f"--out {self.root}: holds a different sweep (its {', '.join(changed) or 'plan'} "
                                  "differ); use another directory, or delete this one to start again")
             return
@@ -180,6 +183,7 @@ def write_manifest(directory: SweepDir, plan: SweepPlan, session: dict[str, Any]
                      "sha256": hashlib.sha256(loaded.text.encode("utf-8")).hexdigest(), "text": loaded.text},
         "overrides": list(loaded.overrides),
         "variants": list(plan.variants) or list(loaded.variants),
+        "world": plan.world,
         "grid": [{"key": axis.key, "values": list(axis.texts)} for axis in plan.axes],
         "grid_points": plan.grid_points,
         "seeds": {"per_grid_point": plan.seeds, "root_seed": plan.root_seed,
@@ -190,6 +194,9 @@ def write_manifest(directory: SweepDir, plan: SweepPlan, session: dict[str, Any]
         "ended": session.get("ended"),
         "machine": machine,
         "sessions": sessions,
+        **({"kernel": {"proxy_cmd": plan.proxy_cmd, "skip_unbuildable": plan.skip_unbuildable,
+                       "skipped_unbuildable": plan.kernel_skipped, "sysctls": plan.kernel_settings}}
+           if plan.world == "kernel" else {}),
         "tables": {name: f"{name}.parquet" for name in (*RECORD_TABLES, "points", "summary")},
     }
     text = json.dumps(manifest, indent=1, allow_nan=False) + "\n"
