@@ -153,13 +153,19 @@ def _grid(grid: Mapping[str, Sequence[Any]] | Sequence[str] | None) -> list[str]
 def sweep(scenario_name: str | Path, *, grid: Mapping[str, Sequence[Any]] | Sequence[str] | None = None,
           seeds: int = 1, seed: int | None = None, set: Overrides = None,  # noqa: A002
           variants: Sequence[str] = (), out: str | Path | None = None, workers: int | None = None,
-          dask: str | None = None, raise_on_failure: bool = True) -> SweepResults:
+          dask: str | None = None, raise_on_failure: bool = True, on: str = "model",
+          proxy_cmd: str | None = None, skip_unbuildable: bool = False) -> SweepResults:
     """``mpsim sweep``: the scenario over the product of ``grid`` (a dict of keys to value lists,
     or ``--grid`` strings), ``seeds`` seeds each. ``out``: the directory (resumable, as on the
     command line); None: a temporary one, removed after the tables are read. A failed point
-    raises ApiError unless ``raise_on_failure`` is False (its error is then in ``points``)."""
+    raises ApiError unless ``raise_on_failure`` is False (its error is then in ``points``).
+    ``on="kernel"`` (root) runs every point in the kernel world, one after another, as
+    ``mpsim sweep --on kernel`` does (docs/kernel-world.md)."""
+    if on not in ("model", "kernel"):
+        raise ApiError(f"on={on!r}: expected 'model' or 'kernel'")
     plan = sweeps.plan_sweep(str(scenario_name), _grid(grid), seeds=seeds, root_seed=seed,
-                             overrides=_overrides(set), variants=variants)
+                             overrides=_overrides(set), variants=variants, world=on, proxy_cmd=proxy_cmd,
+                             skip_unbuildable=skip_unbuildable)
     with tempfile.TemporaryDirectory(prefix="mpsim-sweep-") as tmp:
         directory = Path(out) if out is not None else Path(tmp) / "sweep"
         report = sweeps.run_sweep(plan, directory, workers=workers, dask=dask)

@@ -16,6 +16,7 @@ import pytest  # noqa: E402
 
 import mpsim  # noqa: E402
 from mpsim.cli import main  # noqa: E402
+from mpsim.errors import MpsimError  # noqa: E402
 from mpsim.experiment.scenario import ScenarioError  # noqa: E402
 
 
@@ -81,3 +82,13 @@ def test_sweep_summarize_and_plot_match_the_command_line(tmp_path, capsys):
         plt.close(figure)
     with pytest.raises(mpsim.ApiError, match="kind='pie'"):
         mpsim.plot(result, x="variant", y="setup_time_s", kind="pie")
+
+
+def test_sweep_on_kernel_is_planned_as_the_command_line_plans_it():
+    # The kernel world's refusals come before anything runs, root or not: an unknown world, and
+    # an unbuildable grid value named by its point (as `mpsim sweep --on kernel` names it).
+    with pytest.raises(mpsim.ApiError, match="on='cloud'"):
+        mpsim.sweep("default", grid={"client.scheme": ["convert"]}, on="cloud")
+    with pytest.raises(MpsimError, match="strip-syn-payload"):
+        mpsim.sweep("models/kernel/ci_two_path.toml",
+                    grid={"paths.a.middleboxes": [["strip-syn-payload"]]}, on="kernel")
