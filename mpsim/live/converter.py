@@ -89,7 +89,9 @@ _MAX_LOOP_WAIT_S = 1.0
 # While a relay is moving bytes, look at it again this often even without a readiness event: a
 # rare relay stall (one transfer in thousands, both pumps waiting on an MPTCP socket that had
 # become ready) showed that a wake-up can be missed; a bounded re-check costs a few wake-ups a
-# second per active relay and nothing once it goes idle.
+# second per active relay and nothing once it goes idle. A last line of defence only: slow
+# downloads over MPTCP are the kernel's window drops on connections opened with SYN data, not
+# missed wake-ups (docs/live-converter.md "Downloads over a client leg opened with SYN data").
 _RELAY_RECHECK_S = 0.2
 _RELAY_ACTIVE_S = 2.0  # a relay counts as active this long after it last moved a byte
 _ACCEPT_ERROR_PAUSE_S = 0.5
