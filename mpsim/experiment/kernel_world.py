@@ -48,7 +48,7 @@ from typing import Any
 from mpsim.errors import MpsimError
 from mpsim.experiment.results import CONNECTION_COLUMNS, Results
 from mpsim.experiment.scenario import Arrivals, LoadedScenario, Scenario
-from mpsim.experiment.simulation import RunResult
+from mpsim.experiment.simulation import RunResult, workload_arrival_times
 from mpsim.proto.components import SCHEMES
 from mpsim.proto.client import ClientPolicy
 from mpsim.sim.seeds import component_rng, derive_seed
@@ -173,22 +173,10 @@ def unbuildable(scenario: Scenario, *, proxy_cmd: str | None = None) -> list[str
 
 
 def arrival_times(scenario: Scenario, run_index: int) -> list[float]:
-    """Simulation.arrival_times with the same seeded draws (component "workload")."""
-    w, end_s = scenario.workload, scenario.duration_s
-    if w.arrivals is Arrivals.NONE:
-        return []
-    if w.arrivals is Arrivals.ONE:
-        return [w.start_s] if w.start_s < end_s else []
-    if w.arrivals is Arrivals.COUNT:
-        return [t for i in range(w.count) if (t := w.start_s + i * w.interval_s) < end_s]
-    if w.arrivals is Arrivals.TIMES:
-        return sorted(w.at_s)
-    rng, times, t = component_rng(scenario.seed, run_index, "workload"), [], w.start_s
-    while True:
-        t += rng.expovariate(w.rate_per_s)
-        if t >= end_s or (w.count and len(times) >= w.count):
-            return times
-        times.append(t)
+    """The simulator's request times for this run: the same function, the same seeded draws
+    (component "workload")."""
+    return workload_arrival_times(scenario.workload, scenario.duration_s,
+                                  lambda: component_rng(scenario.seed, run_index, "workload"))
 
 
 def path_names(scenario: Scenario) -> list[str]:

@@ -68,7 +68,7 @@ from typing import Any
 
 import simpy
 
-from mpsim.experiment.scenario import Action, Arrivals, Direction, Scenario, TransferSpec
+from mpsim.experiment.scenario import Action, Arrivals, Direction, Scenario, TransferSpec, WorkloadSpec
 from mpsim.proto.cache import CachePolicy
 from mpsim.proto.components import MIDDLEBOXES, SERVERS, Placement, ProxySettings, build_proxy_host
 from mpsim.proto.client import ClientHost, ClientPolicy, ConnectionFinished, Request
@@ -211,6 +211,27 @@ def event_detail(event: Any) -> str:
 
 
 # --- the simulation -------------------------------------------------------------------------------------
+
+
+def workload_arrival_times(workload: WorkloadSpec, duration_s: float, rng: Callable[[], Any]) -> list[float]:
+    """One household's request times in [start_s, duration_s). ``rng`` makes the generator and is
+    called only for random (poisson) arrivals, so a run records the seeds it used and no other;
+    the kernel world (mpsim/experiment/kernel_world.py) draws the same times with it."""
+    w = workload
+    if w.arrivals is Arrivals.NONE:
+        return []
+    if w.arrivals is Arrivals.ONE:
+        return [w.start_s] if w.start_s < duration_s else []
+    if w.arrivals is Arrivals.COUNT:
+        return [t for i in range(w.count) if (t := w.start_s + i * w.interval_s) < duration_s]
+    if w.arrivals is Arrivals.TIMES:
+        return sorted(w.at_s)
+    generator, times, t = rng(), [], w.start_s
+    while True:
+        t += generator.expovariate(w.rate_per_s)
+        if t >= duration_s or (w.count and len(times) >= w.count):
+            return times
+        times.append(t)
 
 
 class Simulation:
@@ -363,21 +384,9 @@ class Simulation:
         return sorted(times) if self.scenario.converter.households > 1 else times
 
     def _household_arrival_times(self, household: int) -> list[float]:
-        w, end_s = self.scenario.workload, self.scenario.duration_s
-        if w.arrivals is Arrivals.NONE:
-            return []
-        if w.arrivals is Arrivals.ONE:
-            return [w.start_s] if w.start_s < end_s else []
-        if w.arrivals is Arrivals.COUNT:
-            return [t for i in range(w.count) if (t := w.start_s + i * w.interval_s) < end_s]
-        if w.arrivals is Arrivals.TIMES:
-            return sorted(w.at_s)
-        rng, times, t = self.rng("workload" if household == 0 else f"workload.h{household}"), [], w.start_s
-        while True:
-            t += rng.expovariate(w.rate_per_s)
-            if t >= end_s or (w.count and len(times) >= w.count):
-                return times
-            times.append(t)
+        component = "workload" if household == 0 else f"workload.h{household}"
+        return workload_arrival_times(self.scenario.workload, self.scenario.duration_s,
+                                      lambda: self.rng(component))
 
     def _schedule(self) -> list[tuple[float, int, Callable[[], None]]]:
         """Everything timed, in (time, kind, index) order: events before arrivals at one instant,
