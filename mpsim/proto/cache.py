@@ -164,6 +164,9 @@ class ClientCaches:
         return self._timer_s
 
     def handle_timer(self, now: float) -> None:
+        timer_s = self.get_timer()  # the earliest entry this loop would re-probe (None: none will)
+        if timer_s is None or timer_s > now:
+            return
         for proxy, entry in list(self.proxies.items()):
             if entry.state is not ProxyState.USABLE and entry.until_s is not None and entry.until_s <= now:
                 self._reprobe(proxy, ReprobeTrigger.TIMER_EXPIRY, keep_cookie=True)

@@ -695,7 +695,8 @@ class ClientHost(Host):
             self.emit(event)
         self.caches.events.clear()
         for logical in list(self.unfinished.values()):
-            if not logical.finished:
+            # Only a request whose deadline has come has anything to do (LogicalConnection.handle_timer).
+            if not logical.finished and logical._deadline is not None and logical._deadline <= now:
                 logical.handle_timer(now)
 
     def next_event(self) -> Any | None:
