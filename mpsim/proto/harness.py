@@ -66,6 +66,7 @@ class Harness:
         self.events: list[tuple[float, str, Any]] = []
         self._queue: list[tuple[float, int, str, str, str, IpPacket]] = []  # (time, seq, src, dst, dst_port, packet)
         self._seq = 0
+        self._filtered = False  # a packet filter ran in the last flush (it may command any machine)
 
     def add(self, name: str, machine: Machine) -> Machine:
         self.machines[name] = machine
@@ -84,6 +85,7 @@ class Harness:
     def _flush(self) -> list[str]:
         """:meth:`flush`; returns the machines that sent a packet or reported an event."""
         active: list[str] = []
+        self._filtered = False
         for name, machine in self.machines.items():
             transmits = machine.outgoing(self.now)
             if transmits:
@@ -93,6 +95,8 @@ class Harness:
                 if hop is None:
                     raise KeyError(f"{name} sent on port {transmit.port!r}, which is not linked")
                 packets = [transmit.packet]
+                if hop.filters:
+                    self._filtered = True
                 for packet_filter in hop.filters:
                     packets = [out for p in packets for out in packet_filter(p, self.now)]
                 if not packets:
@@ -112,7 +116,9 @@ class Harness:
 
         Each machine's next deadline is asked once at the start and then again only after the
         machine had an input (a packet, its timer) or sent or reported something: a sans-I/O
-        machine's deadline changes only then (commands given between runs are seen at the start).
+        machine's deadline changes only then (commands given between runs are seen at the start;
+        after a flush in which a packet filter ran, which may command any machine, every machine
+        is asked again).
         """
         machines, queue = self.machines, self._queue
         self._flush()
@@ -143,7 +149,7 @@ class Harness:
                 for name in touched:
                     machines[name].handle_timer(self.now)
             touched += self._flush()
-            for name in touched:
+            for name in machines if self._filtered else touched:
                 timers[name] = machines[name].get_timer()
         raise RuntimeError(f"harness did not reach t={until_s} within {max_steps} steps")
 
