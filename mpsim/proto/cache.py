@@ -84,6 +84,10 @@ class ClientCaches:
     proxies: dict[Any, ProxyEntry] = field(default_factory=dict)
     servers: dict[Any, ServerCapabilities] = field(default_factory=dict)
     events: list[CacheReprobed] = field(default_factory=list)
+    # The earliest re-probe deadline, kept between changes of ``proxies`` (every change goes
+    # through _update or _reprobe, which drop it): get_timer is asked after every input.
+    _timer_s: Any = field(default=None, init=False, repr=False, compare=False)
+    _timer_stale: bool = field(default=True, init=False, repr=False, compare=False)
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -153,11 +157,16 @@ class ClientCaches:
                           keep_cookie=self.policy.keep_cookies_on_new_network)
 
     def get_timer(self) -> float | None:
-        deadlines = [e.until_s for e in self.proxies.values()
-                     if e.until_s is not None and e.state is not ProxyState.USABLE]
-        return min(deadlines, default=None)
+        if self._timer_stale:
+            self._timer_s = min((e.until_s for e in self.proxies.values()
+                                 if e.until_s is not None and e.state is not ProxyState.USABLE), default=None)
+            self._timer_stale = False
+        return self._timer_s
 
     def handle_timer(self, now: float) -> None:
+        timer_s = self.get_timer()  # the earliest entry this loop would re-probe (None: none will)
+        if timer_s is None or timer_s > now:
+            return
         for proxy, entry in list(self.proxies.items()):
             if entry.state is not ProxyState.USABLE and entry.until_s is not None and entry.until_s <= now:
                 self._reprobe(proxy, ReprobeTrigger.TIMER_EXPIRY, keep_cookie=True)
@@ -166,9 +175,11 @@ class ClientCaches:
 
     def _update(self, proxy: Any, **changes: Any) -> None:
         self.proxies[proxy] = replace(self.proxies.get(proxy, ProxyEntry()), **changes)
+        self._timer_stale = True
 
     def _reprobe(self, proxy: Any, trigger: ReprobeTrigger, keep_cookie: bool) -> None:
         entry = self.proxies.pop(proxy)
+        self._timer_stale = True
         if keep_cookie and entry.cookie is not None:
             self.proxies[proxy] = ProxyEntry(cookie=entry.cookie)
         self.events.append(CacheReprobed(proxy, trigger, entry.state))

@@ -219,8 +219,20 @@ class LogicalConnection:
         self.setup_s: float | None = None
         self.first_byte_s: float | None = None
         self.delivered_bytes = 0
-        self.deadline: float | None = None
+        self._deadline: float | None = None
         self.detail = ""
+
+    @property
+    def deadline(self) -> float | None:
+        """When this request's own timer (reply or response timeout) fires; None: not armed."""
+        return self._deadline
+
+    @deadline.setter
+    def deadline(self, value: float | None) -> None:
+        # The host keeps the earliest deadline of its unfinished requests rather than scanning them
+        # on every get_timer: any change makes it work that out again, once, when next asked.
+        self._deadline = value
+        self.host._request_timer_stale = True
 
     @property
     def finished(self) -> bool:
@@ -531,7 +543,7 @@ class LogicalConnection:
         self._move(LogicalState.DONE)
         self.host.unfinished.pop(self.request_id, None)
         self.outcome = outcome
-        self.deadline = None
+        self.deadline = None  # also marks the host's earliest deadline stale: this one left the set
         conns = [a.conn for a in self.attempts if a.conn is not None]
         if outcome is Outcome.FAILED:
             for attempt in self.attempts:
@@ -601,6 +613,10 @@ class ClientHost(Host):
         self.unfinished: dict[int, LogicalConnection] = {}
         self.finished: list[ConnectionRecord] = []
         self._next_request_id = 0
+        # The earliest deadline of the unfinished requests, worked out again only after a request's
+        # deadline changed or a request started or finished (``_request_timer_stale``).
+        self._request_timer_s: float | None = None
+        self._request_timer_stale = False
 
     # --- commands ------------------------------------------------------------------------------------
 
@@ -611,6 +627,7 @@ class ClientHost(Host):
         logical = LogicalConnection(self, request_id, request, now)
         self.logical[request_id] = logical
         self.unfinished[request_id] = logical
+        self._request_timer_stale = True
         logical.start(now)
         return request_id
 
@@ -661,9 +678,15 @@ class ClientHost(Host):
     # --- the machine contract ----------------------------------------------------------------------------
 
     def get_timer(self) -> float | None:
-        deadlines = [d for d in (super().get_timer(), self.caches.get_timer()) if d is not None]
-        deadlines += [lc.deadline for lc in self.unfinished.values() if lc.deadline is not None]
-        return min(deadlines, default=None)
+        if self._request_timer_stale:
+            self._request_timer_s = min((lc._deadline for lc in self.unfinished.values() if lc._deadline is not None),
+                                        default=None)
+            self._request_timer_stale = False
+        timer_s = self._request_timer_s
+        for deadline in (super().get_timer(), self.caches.get_timer()):
+            if deadline is not None and (timer_s is None or deadline < timer_s):
+                timer_s = deadline
+        return timer_s
 
     def handle_timer(self, now: float) -> None:
         super().handle_timer(now)
@@ -672,7 +695,8 @@ class ClientHost(Host):
             self.emit(event)
         self.caches.events.clear()
         for logical in list(self.unfinished.values()):
-            if not logical.finished:
+            # Only a request whose deadline has come has anything to do (LogicalConnection.handle_timer).
+            if not logical.finished and logical._deadline is not None and logical._deadline <= now:
                 logical.handle_timer(now)
 
     def next_event(self) -> Any | None:

@@ -66,6 +66,7 @@ class Harness:
         self.events: list[tuple[float, str, Any]] = []
         self._queue: list[tuple[float, int, str, str, str, IpPacket]] = []  # (time, seq, src, dst, dst_port, packet)
         self._seq = 0
+        self._filtered = False  # a packet filter ran in the last flush (it may command any machine)
 
     def add(self, name: str, machine: Machine) -> Machine:
         self.machines[name] = machine
@@ -79,12 +80,23 @@ class Harness:
 
     def flush(self) -> None:
         """Move every machine's pending packets onto their hops and collect their events."""
+        self._flush()
+
+    def _flush(self) -> list[str]:
+        """:meth:`flush`; returns the machines that sent a packet or reported an event."""
+        active: list[str] = []
+        self._filtered = False
         for name, machine in self.machines.items():
-            for transmit in machine.outgoing(self.now):
+            transmits = machine.outgoing(self.now)
+            if transmits:
+                active.append(name)
+            for transmit in transmits:
                 hop = self.hops.get((name, transmit.port))
                 if hop is None:
                     raise KeyError(f"{name} sent on port {transmit.port!r}, which is not linked")
                 packets = [transmit.packet]
+                if hop.filters:
+                    self._filtered = True
                 for packet_filter in hop.filters:
                     packets = [out for p in packets for out in packet_filter(p, self.now)]
                 if not packets:
@@ -94,30 +106,51 @@ class Harness:
                     arrival_s = self.now + hop.delay_s
                     heapq.heappush(self._queue, (arrival_s, self._seq, name, hop.dst, hop.dst_port, packet))
             while (event := machine.next_event()) is not None:
+                if not active or active[-1] != name:
+                    active.append(name)
                 self.events.append((self.now, name, event))
+        return active
 
     def run(self, until_s: float, max_steps: int = 1_000_000) -> None:
-        """Advance the clock, delivering packets and firing timers, up to ``until_s``."""
-        self.flush()
+        """Advance the clock, delivering packets and firing timers, up to ``until_s``.
+
+        Each machine's next deadline is asked once at the start and then again only after the
+        machine had an input (a packet, its timer) or sent or reported something: a sans-I/O
+        machine's deadline changes only then (commands given between runs are seen at the start;
+        after a flush in which a packet filter ran, which may command any machine, every machine
+        is asked again).
+        """
+        machines, queue = self.machines, self._queue
+        self._flush()
+        timers = {name: machine.get_timer() for name, machine in machines.items()}
         for _ in range(max_steps):
-            timers = [(t, name) for name, m in self.machines.items() if (t := m.get_timer()) is not None]
-            next_packet = self._queue[0][0] if self._queue else None
-            next_timer = min(timers)[0] if timers else None
-            candidates = [t for t in (next_packet, next_timer) if t is not None]
-            if not candidates or min(candidates) > until_s:
+            next_timer = None
+            for t in timers.values():
+                if t is not None and (next_timer is None or t < next_timer):
+                    next_timer = t
+            next_packet = queue[0][0] if queue else None
+            if next_packet is None:
+                next_s = next_timer
+            else:
+                next_s = next_packet if next_timer is None or next_packet <= next_timer else next_timer
+            if next_s is None or next_s > until_s:
                 self.now = max(self.now, until_s)
                 return
             # A deadline a machine left in the past fires late; the clock never runs backwards.
-            self.now = max(self.now, min(candidates))
+            if next_s > self.now:
+                self.now = next_s
             if next_packet is not None and next_packet <= self.now:
-                _, _, src, dst, dst_port, packet = heapq.heappop(self._queue)
+                _, _, src, dst, dst_port, packet = heapq.heappop(queue)
                 self.log.append(Delivery(self.now, src, dst, packet))
-                self.machines[dst].receive(dst_port, packet, self.now)
+                machines[dst].receive(dst_port, packet, self.now)
+                touched = [dst]
             else:
-                for t, name in timers:
-                    if t <= self.now:
-                        self.machines[name].handle_timer(self.now)
-            self.flush()
+                touched = [name for name, t in timers.items() if t is not None and t <= self.now]
+                for name in touched:
+                    machines[name].handle_timer(self.now)
+            touched += self._flush()
+            for name in machines if self._filtered else touched:
+                timers[name] = machines[name].get_timer()
         raise RuntimeError(f"harness did not reach t={until_s} within {max_steps} steps")
 
     def events_of(self, name: str, kind: type | None = None) -> list[Any]:

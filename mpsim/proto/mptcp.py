@@ -235,6 +235,15 @@ class _MptcpExtension(TcpExtension):
         self._mp_fail_dsn: int | None = None  # MP_FAIL to put on our next segment(s)
         self._awaiting_fail_response = False  # we detected the bad checksum; the peer must answer
         self._fastclose_pending = False
+        # (key, version) -> IDSN: a SHA-256 (v0 SHA-1) per key, asked on every data segment; keys
+        # and the version change only during the handshake, so this holds at most a few entries.
+        self._idsn_by_key: dict[tuple[int, int], int] = {}
+
+    def _idsn(self, key: int) -> int:
+        found = self._idsn_by_key.get((key, self.version))
+        if found is None:
+            found = self._idsn_by_key[(key, self.version)] = key_idsn(key, self.version)
+        return found
 
     # --- reporting ----------------------------------------------------------------------------
 
@@ -253,11 +262,11 @@ class _MptcpExtension(TcpExtension):
 
     @property
     def local_idsn(self) -> int | None:
-        return None if self.local_key is None else key_idsn(self.local_key, self.version)
+        return None if self.local_key is None else self._idsn(self.local_key)
 
     @property
     def peer_idsn(self) -> int | None:
-        return None if self.peer_key is None else key_idsn(self.peer_key, self.version)
+        return None if self.peer_key is None else self._idsn(self.peer_key)
 
     def pull_events(self) -> list[MptcpNegotiated | FellBackToTcp]:
         """The facts since the last call, for the owner to pass on with ``host.emit``."""
@@ -314,13 +323,14 @@ class _MptcpExtension(TcpExtension):
         handshake = self._handshake_options(ssn, payload)
         if handshake is not None:
             return handshake
-        dss = Dss(data_ack=self._data_ack_to_send(conn), data_ack_64_bit=True)
-        if payload:
-            dsn = (self.local_idsn + ssn) % _DSN_MODULUS  # the SYN is DSN idsn, so ssn 1 is idsn + 1
-            checksum = dss_checksum(dsn, ssn, len(payload), payload) if self.checksums else None
-            dss = replace(dss, dsn=dsn, ssn=ssn % _SSN_MODULUS, data_level_length_bytes=len(payload),
-                          checksum=checksum, dsn_64_bit=True)
-        return (dss,)
+        data_ack = self._data_ack_to_send(conn)
+        if not payload:
+            return (Dss(data_ack=data_ack, data_ack_64_bit=True),)
+        dsn = (self.local_idsn + ssn) % _DSN_MODULUS  # the SYN is DSN idsn, so ssn 1 is idsn + 1
+        checksum = dss_checksum(dsn, ssn, len(payload), payload) if self.checksums else None
+        # Built once with every field (not a bare Data ACK then dataclasses.replace): a data segment's DSS.
+        return (Dss(data_ack=data_ack, dsn=dsn, ssn=ssn % _SSN_MODULUS, data_level_length_bytes=len(payload),
+                    checksum=checksum, data_ack_64_bit=True, dsn_64_bit=True),)
 
     def _handshake_options(self, ssn: int, payload: bytes) -> tuple | None:
         """MP_CAPABLE forms that replace the DSS until the handshake is confirmed (client only)."""
@@ -360,15 +370,24 @@ class _MptcpExtension(TcpExtension):
         return None
 
     def _on_mptcp_segment(self, conn: TcpConnection, seg: TcpSegment) -> str | None:
-        fastclose = _find(seg, MpFastclose)
+        # The first option of each type, found in one pass (every segment of a connection comes here).
+        fastclose = dss = fail = mpc = None
+        for option in seg.options:
+            if isinstance(option, Dss):
+                dss = option if dss is None else dss
+            elif isinstance(option, MpCapable):
+                mpc = option if mpc is None else mpc
+            elif isinstance(option, MpFastclose):
+                fastclose = option if fastclose is None else fastclose
+            elif isinstance(option, MpFail):
+                fail = option if fail is None else fail
         if fastclose is not None and fastclose.receiver_key == self.local_key:
             self._count(MptcpMib.MPFastcloseRx)
             self.fastclose_received = True
             return "mp_fastclose"  # the connection resets (a wrong key is ignored, RFC 8684 3.5)
-        dss = _find(seg, Dss)
         if dss is not None:
             self._peer_dss_seen = True
-        if _find(seg, MpFail) is not None:
+        if fail is not None:
             # The peer's checksum check failed on our data: answer with MP_FAIL and an infinite
             # mapping, and both sides revert to TCP (RFC 8684 3.7).
             self._count(MptcpMib.MPFailRx)
@@ -376,7 +395,7 @@ class _MptcpExtension(TcpExtension):
             self._infinite_mapping_pending = True
             self._fall_back(conn, FallbackReason.CHECKSUM_FAILURE)
             return None
-        self._on_mapping(conn, seg, dss)
+        self._on_mapping(conn, seg, dss, mpc)
         if self.negotiated:
             self._on_data_ack(conn, seg, dss)
         return None
@@ -386,18 +405,19 @@ class _MptcpExtension(TcpExtension):
         ssn = seq_diff(conn.rcv_nxt if seq is None else seq, conn.irs) - self._peer_ssn_offset_bytes
         return (self.peer_idsn + ssn) % _DSN_MODULUS
 
-    def _peer_mapping(self, conn: TcpConnection, seg: TcpSegment, dss: Dss | None) -> tuple | None:
-        """(dsn, ssn, data-level length, checksum) of the mapping the segment carries, if any."""
+    def _peer_mapping(self, conn: TcpConnection, seg: TcpSegment, dss: Dss | None,
+                      mpc: MpCapable | None) -> tuple | None:
+        """(dsn, ssn, data-level length, checksum) of the mapping the segment carries, if any
+        (``dss`` and ``mpc``: the segment's first DSS and MP_CAPABLE)."""
         if dss is not None and dss.dsn is not None:
             dsn = _widen(dss.dsn, dss.dsn_64_bit, self._peer_dsn_expected(conn, seg.seq))
             return dsn, dss.ssn, dss.data_level_length_bytes, dss.checksum
-        mpc = _find(seg, MpCapable)
         if mpc is not None and mpc.data_level_length_bytes is not None:  # the first data, RFC 8684 3.1
             return (self.peer_idsn + 1) % _DSN_MODULUS, 1, mpc.data_level_length_bytes, mpc.checksum
         return None
 
-    def _on_mapping(self, conn: TcpConnection, seg: TcpSegment, dss: Dss | None) -> None:
-        mapping = self._peer_mapping(conn, seg, dss)
+    def _on_mapping(self, conn: TcpConnection, seg: TcpSegment, dss: Dss | None, mpc: MpCapable | None) -> None:
+        mapping = self._peer_mapping(conn, seg, dss, mpc)
         if mapping is None:
             if seg.payload and not self._mapping_seen:
                 # The first data came without DSS: options are stripped on data (Linux fallback).

@@ -459,7 +459,9 @@ class Relay:
         host; returns whether there was anything."""
         pulled = False
         for conn in (self.upstream, self.downstream):
-            for ext in conn.extensions if conn is not None else ():
+            if conn is None or not conn.extensions:  # most connections carry none: no loop set up
+                continue
+            for ext in conn.extensions:
                 for event in getattr(ext, "pull_events", list)():
                     pulled = True
                     self.host.on_extension_event(self, conn, event, now)
@@ -631,9 +633,15 @@ class RelayHost(Host):
                 relay.apply(now, current=None)
 
     def get_timer(self) -> float | None:
-        deadlines = [d for r in self.relays if (d := r.session.get_timer()) is not None]
+        # The earliest of the sessions' deadlines and the host's own, without building a list (asked
+        # after every input).
+        timer_s = None
+        for relay in self.relays:
+            deadline = relay.session.get_timer()
+            if deadline is not None and (timer_s is None or deadline < timer_s):
+                timer_s = deadline
         own = super().get_timer()
-        return min(deadlines + ([own] if own is not None else []), default=None)
+        return own if own is not None and (timer_s is None or own < timer_s) else timer_s
 
     def handle_timer(self, now: float) -> None:
         super().handle_timer(now)

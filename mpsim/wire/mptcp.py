@@ -191,6 +191,13 @@ class MpCapable:
             return MpCapableForm.SYN_OR_SYN_ACK if self.version == 0 else MpCapableForm.SYN_ACK
         return MpCapableForm.SYN
 
+    @property
+    def size_bytes(self) -> int:
+        """``len(self.encode())`` without encoding (the simulator sizes every segment): kind,
+        length, subtype/version and flags, then each field present (4, 12, 20, 22 or 24)."""
+        return (4 + (self.sender_key is not None) * 8 + (self.receiver_key is not None) * 8
+                + (self.data_level_length_bytes is not None) * 2 + (self.checksum is not None) * 2)
+
     def encode(self) -> bytes:
         """The whole option, kind and length included."""
         body = bytes((self.flags,))
@@ -359,9 +366,27 @@ class Dss:
         """A mapping with data-level length 0: fallback to TCP (RFC 8684 sections 3.3.1, 3.7)."""
         return self.data_level_length_bytes == 0
 
+    @property
+    def size_bytes(self) -> int:
+        """``len(self.encode())`` without encoding (the simulator sizes every segment, and a
+        converted negotiation's segments nearly all carry a DSS): kind, length, subtype and flags,
+        then the Data ACK (4 or 8), the mapping (DSN 4 or 8, SSN 4, length 2), the checksum (2)."""
+        size = 4
+        if self.data_ack is not None:
+            size += 8 if self.data_ack_64_bit else 4
+        if self.dsn is not None:
+            size += 14 if self.dsn_64_bit else 10
+        if self.checksum is not None:
+            size += 2
+        return size
+
     def encode(self) -> bytes:
         """The whole option, kind and length included."""
-        body = bytes(((self.reserved_bits & 0x7) << 5 | self.flags,))
+        # The flag bits as plain ints: the same bits as ``self.flags`` without IntFlag arithmetic.
+        flag_bits = ((1 if self.data_ack is not None else 0) | (2 if self.data_ack_64_bit else 0)
+                     | (4 if self.dsn is not None else 0) | (8 if self.dsn_64_bit else 0)
+                     | (16 if self.data_fin else 0))
+        body = bytes(((self.reserved_bits & 0x7) << 5 | flag_bits,))
         if self.data_ack is not None:
             body += struct.pack("!Q" if self.data_ack_64_bit else "!I", self.data_ack)
         if self.dsn is not None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from mpsim.wire.errors import InvalidValueError, MalformedError, OptionSpaceError, WireError
-from mpsim.wire.mptcp import decode_mptcp_option
+from mpsim.wire.mptcp import Dss, MpCapable, MpJoinAck, MpJoinSyn, MpJoinSynAck, decode_mptcp_option
 from mpsim.wire.option_kinds import TcpOptionKind  # re-exported: callers import it from here
 
 #: The TCP option space of a header: a 4-bit data offset in words, minus the 20 fixed bytes.
@@ -300,7 +300,12 @@ def encode_options(options: Sequence, *, limit_bytes: int | None = TCP_OPTION_SP
 # The options whose encoding has one length whatever their fields: sizing them costs no encoding.
 _FIXED_LENGTH_BYTES: dict[type, int] = {
     EndOfOptionList: 1, NoOperation: 1, MaximumSegmentSize: 4, WindowScale: 3, SackPermitted: 2, Timestamps: 10,
+    MpJoinSyn: 12, MpJoinSynAck: 16, MpJoinAck: 24,
 }
+# The options that work out their own length from the fields present (``size_bytes``, checked
+# against their encoders by tests/wire/test_known_lengths.py): the MPTCP options of every
+# converted segment, which would otherwise be encoded once just to be sized.
+_SELF_SIZED_TYPES = frozenset((Dss, MpCapable))
 
 
 def options_length_bytes(options: Sequence) -> int:
@@ -312,8 +317,13 @@ def options_length_bytes(options: Sequence) -> int:
     total = 0
     for option in options:
         length = _FIXED_LENGTH_BYTES.get(type(option))
-        # Any bytes-like encoding counts, as encode_options's b"".join takes it; anything else raises.
-        total += length if length is not None else memoryview(option.encode()).nbytes
+        if length is not None:
+            total += length
+        elif type(option) in _SELF_SIZED_TYPES:
+            total += option.size_bytes
+        else:
+            # Any bytes-like encoding counts, as encode_options's b"".join takes it; anything else raises.
+            total += memoryview(option.encode()).nbytes
     return total
 
 

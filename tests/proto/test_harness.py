@@ -105,6 +105,55 @@ def test_a_machine_that_never_clears_its_timer_is_reported():
         harness.run(2.0, max_steps=100)
 
 
+def test_a_filter_that_commands_a_machine_without_input_arms_its_timer():
+    # The harness asks a machine for its deadline again only after an input, output or event,
+    # or after a filter ran: a filter may command any machine (here one with no links at all).
+    harness = Harness()
+    a = harness.add("a", Clock(deadlines=[0.125]))
+    a.handle_timer = lambda now: (a.deadlines.pop(0), a.to_send.append(Transmit("p", _packet())))
+    harness.add("b", Clock())
+    bystander = harness.add("bystander", Clock())
+
+    def arm_bystander(packet, now):
+        bystander.deadlines.append(now + 0.25)
+        return [packet]
+
+    harness.link("a", "p", "b", "q", 0.5, a_to_b=[arm_bystander])
+    harness.run(1.0)
+    assert bystander.fired == [0.375]
+
+
+@dataclass
+class Reporter(Clock):
+    """Reports an event when ``trigger`` is set (by another machine), arming its own deadline as it
+    does, as the benchmark's back-to-back driver starts its next request when it reports the last."""
+
+    trigger: bool = False
+    now: float = 0.0
+
+    def next_event(self):
+        if not self.trigger:
+            return None
+        self.trigger = False
+        self.deadlines.append(self.now + 0.25)
+        return "reported"
+
+
+def test_a_deadline_armed_while_reporting_an_event_is_seen():
+    harness = Harness()
+    harness.add("a", Clock(to_send=[Transmit("p", _packet())]))
+    b = harness.add("b", Clock())
+    reporter = harness.add("reporter", Reporter())
+
+    def receive(port, packet, now):
+        reporter.trigger, reporter.now = True, now
+
+    b.receive = receive
+    harness.link("a", "p", "b", "q", 0.5)
+    harness.run(1.0)
+    assert harness.events_of("reporter") == ["reported"] and reporter.fired == [0.75]
+
+
 def test_sending_on_an_unlinked_port_is_an_error():
     harness = Harness()
     harness.add("a", Clock(to_send=[Transmit("nowhere", _packet())]))

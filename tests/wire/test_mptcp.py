@@ -43,6 +43,7 @@ from mpsim.wire.mptcp import (
     key_idsn,
     key_token,
 )
+from mpsim.wire.options import options_length_bytes
 
 KEY_A, KEY_A_HEX = 0x0102030405060708, "0102030405060708"
 KEY_B, KEY_B_HEX = 0x1112131415161718, "1112131415161718"
@@ -492,6 +493,28 @@ def test_round_trip(value):
     assert data[0] == 30 and data[1] == len(data)
     decoded = decode_mptcp_option(data)
     assert type(decoded) is type(value) and decoded == value
+
+
+@given(OPTIONS)
+def test_known_length_equals_the_encoding(value):
+    """Options that size themselves (``size_bytes``) or whose type fixes their length are sized
+    without encoding by the simulator: the figure must be the encoder's, for every field set."""
+    encoded_bytes = len(value.encode())
+    if hasattr(value, "size_bytes"):
+        assert value.size_bytes == encoded_bytes
+    assert options_length_bytes((value,)) == encoded_bytes
+    assert options_length_bytes((value, value)) == 2 * encoded_bytes
+
+
+def test_dss_and_mp_capable_size_themselves():
+    # Every DSS layout of RFC 8684 Figure 9 (and a v1 MP_CAPABLE of each section 3.1 length).
+    assert Dss().size_bytes == 4
+    assert Dss(data_ack=1).size_bytes == 8 and Dss(data_ack=1, data_ack_64_bit=True).size_bytes == 12
+    assert Dss(dsn=1, ssn=2, data_level_length_bytes=3).size_bytes == 14
+    assert Dss(data_ack=1, dsn=1, ssn=2, data_level_length_bytes=3, checksum=4, data_ack_64_bit=True,
+               dsn_64_bit=True).size_bytes == 28
+    assert [MpCapable(1, 0x81, *fields).size_bytes for fields in ((), (1,), (1, 2), (1, 2, 3), (1, 2, 3, 4))] \
+        == [4, 12, 20, 22, 24]
 
 
 def check_total(data: bytes) -> None:
