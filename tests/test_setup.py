@@ -5,6 +5,7 @@ deprecation warning on install)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -21,8 +22,11 @@ def dry_run(target: str, tmp_path: Path) -> str:
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
     # A venv path that does not exist: make shows every step it would take on a fresh machine.
-    result = subprocess.run(["make", "-n", target, f"VENV={tmp_path / 'venv'}"], cwd=REPO, capture_output=True,
-                            text=True, timeout=30)
+    # Run by `make test` (as CI does), this make is a sub-make: without the parent's flags and with
+    # --no-print-directory it prints only the commands, as on a user's terminal.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    result = subprocess.run(["make", "--no-print-directory", "-n", target, f"VENV={tmp_path / 'venv'}"], cwd=REPO,
+                            capture_output=True, text=True, timeout=30, env=env)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
