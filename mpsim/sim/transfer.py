@@ -1148,8 +1148,8 @@ class _ConnectionSender:
     def select_subflow(self) -> _SubflowSender | None:
         """``mptcp_subflow_get_send``: the active subflow with the lowest linger time
         (wmem_queued / averaged pacing rate; the first on ties), None if its send buffer is full.
-        On the way it samples the MPTCP-level timer's interval (``__mptcp_set_timeout``, see
-        ``_rtx_interval_s``), whatever it returns."""
+        On the way it samples the MPTCP-level timer's interval (``__mptcp_set_timeout``, see the
+        notes on the MPTCP-level retransmit timer below), whatever it returns."""
         best = None
         best_linger = 0.0
         now = self.env.now
