@@ -1218,7 +1218,12 @@ class _ConnectionSender:
     # recomputed when the timer is re-armed: ``mptcp_reset_rtx_timer`` (on DATA_ACK progress in
     # ``__mptcp_clean_una``, on a push, on expiry in ``__mptcp_retrans``) uses the stored value.
     # Simplified: no stale subflows (whose timers Linux leaves out); the per-fragment
-    # ``mptcp_set_timeout`` of ``__subflow_push_pending`` samples the same timers as the pick.
+    # ``mptcp_set_timeout`` of ``__subflow_push_pending`` samples the same timers as the pick; the
+    # model takes a DATA_ACK before the subflow's ACK processing and its push, so a restart uses
+    # the interval of the previous push (Linux's ``ack_update_msk`` runs after ``tcp_ack`` and
+    # calls ``__mptcp_check_push`` just before ``__mptcp_data_acked``); the timer is cancelled
+    # once all data sent is DATA_ACKed, where Linux keeps it while unsent data remains (an expiry
+    # then re-sends nothing).
 
     def _on_rtx_timer(self, now: float) -> None:
         """``mptcp_retransmit_timer`` -> ``__mptcp_retrans``: the oldest fragment not DATA_ACKed
