@@ -1050,6 +1050,9 @@ class _ConnectionSender:
         # one bound method per connection: push runs on every ACK
         self.push = self._push_linux if self.linux else self._push_lowest_rtt  # type: ignore[method-assign]
         self.rtx_timer = _Timer(env, self._on_rtx_timer)
+        # msk->timer_ival: sampled by the scheduler (mptcp_subflow_get_send), TCP_RTO_MIN at first
+        # (__mptcp_init_sock); every (re)arm of the MPTCP-level timer uses this stored value.
+        self.timer_ival_s = RTO_MIN_S
         self.reinjected_bytes = 0
         self.mptcp_retransmit_timeouts = 0
 
@@ -1077,8 +1080,8 @@ class _ConnectionSender:
         if data_ack > self.data_una:
             self.data_una = data_ack
             if self.linux:  # __mptcp_clean_una: progress restarts the MPTCP-level timer
-                if data_ack < self.next_dsn:
-                    self.rtx_timer.set(self.env.now + self._rtx_interval_s())
+                if data_ack < self.next_dsn:  # with the interval the scheduler last sampled
+                    self.rtx_timer.set(self.env.now + self.timer_ival_s)
                 else:
                     self.rtx_timer.cancel()
         edge = data_ack + window_bytes
@@ -1144,17 +1147,25 @@ class _ConnectionSender:
 
     def select_subflow(self) -> _SubflowSender | None:
         """``mptcp_subflow_get_send``: the active subflow with the lowest linger time
-        (wmem_queued / averaged pacing rate; the first on ties), None if its send buffer is full."""
+        (wmem_queued / averaged pacing rate; the first on ties), None if its send buffer is full.
+        On the way it samples the MPTCP-level timer's interval (``__mptcp_set_timeout``, see the
+        notes on the MPTCP-level retransmit timer below), whatever it returns."""
         best = None
         best_linger = 0.0
+        now = self.env.now
+        longest_s = 0.0
         for subflow in self.subflows:
             if not subflow.active:
                 continue
+            deadline_s = subflow.rto_timer.deadline_s
+            if deadline_s is not None and deadline_s - now > longest_s:
+                longest_s = deadline_s - now
             if not subflow.avg_pacing_rate:
                 subflow.avg_pacing_rate = subflow.pacing_rate()
             linger = subflow.wmem_queued / subflow.avg_pacing_rate
             if best is None or linger < best_linger:
                 best, best_linger = subflow, linger
+        self.timer_ival_s = longest_s if longest_s > 0 else RTO_MIN_S
         if best is None or best.wmem_queued >= best.sndbuf_bytes:
             return None
         return best
@@ -1167,6 +1178,7 @@ class _ConnectionSender:
         size_bytes = self.size_bytes
         msk_limit = self.data_una + self.msk_sndbuf_bytes  # what the application has written
         written_end = min(size_bytes, msk_limit)
+        pushed = False
         while self.next_dsn < written_end and self.next_dsn < self.right_edge:
             subflow = self.select_subflow()
             if subflow is None:
@@ -1191,26 +1203,33 @@ class _ConnectionSender:
             subflow.transmit_queued(now)
             if not committed:
                 break
-        if self.next_dsn > self.data_una and self.rtx_timer.deadline_s is None:
-            self.rtx_timer.set(now + self._rtx_interval_s())
+            pushed = True
+        # __mptcp_push_pending: only a push that handed data to a subflow starts an idle timer
+        # (an armed one is left alone; DATA_ACK progress restarts it in __mptcp_clean_una)
+        if pushed and self.rtx_timer.deadline_s is None:
+            self.rtx_timer.set(now + self.timer_ival_s)
 
     # --- the MPTCP-level retransmit timer ------------------------------------------------------
 
-    def _rtx_interval_s(self) -> float:
-        """``mptcp_set_timeout``: the longest time still to run on a subflow's pending transmit
-        timer, or TCP_RTO_MIN when none is pending."""
-        now = self.env.now
-        longest_s = 0.0
-        for subflow in self.subflows:
-            deadline_s = subflow.rto_timer.deadline_s
-            if deadline_s is not None and deadline_s - now > longest_s:
-                longest_s = deadline_s - now
-        return longest_s if longest_s > 0 else RTO_MIN_S
+    # ``mptcp_subflow_get_send`` / ``__mptcp_set_timeout`` (net/mptcp/protocol.c, Linux 6.18):
+    # msk->timer_ival is the longest time still to run on an active subflow's pending transmit
+    # timer (``mptcp_timeout_from_subflow``: RTO, loss probe or reordering timer), or
+    # TCP_RTO_MIN when none is pending, sampled each time the scheduler runs. It is NOT
+    # recomputed when the timer is re-armed: ``mptcp_reset_rtx_timer`` (on DATA_ACK progress in
+    # ``__mptcp_clean_una``, on a push, on expiry in ``__mptcp_retrans``) uses the stored value.
+    # Simplified: no stale subflows (whose timers Linux leaves out); the per-fragment
+    # ``mptcp_set_timeout`` of ``__subflow_push_pending`` samples the same timers as the pick; the
+    # model takes a DATA_ACK before the subflow's ACK processing and its push, so a restart uses
+    # the interval of the previous push (Linux's ``ack_update_msk`` runs after ``tcp_ack`` and
+    # calls ``__mptcp_check_push`` just before ``__mptcp_data_acked``); the timer is cancelled
+    # once all data sent is DATA_ACKed, where Linux keeps it while unsent data remains (an expiry
+    # then re-sends nothing).
 
     def _on_rtx_timer(self, now: float) -> None:
         """``mptcp_retransmit_timer`` -> ``__mptcp_retrans``: the oldest fragment not DATA_ACKed
         (up to the bytes already sent) goes again on the first active subflow with nothing in
-        flight and nothing queued (``mptcp_subflow_get_retrans``); with none, only re-arm."""
+        flight and nothing queued (``mptcp_subflow_get_retrans``); with none, only re-arm. The
+        re-arm (``__mptcp_clean_una`` at its start) uses the stored ``timer_ival_s``."""
         if self.data_una >= self.next_dsn:
             return
         self.mptcp_retransmit_timeouts += 1
@@ -1229,7 +1248,7 @@ class _ConnectionSender:
                 dsn += length
             self.reinjected_bytes += end - start
             pick.transmit_queued(now)
-        self.rtx_timer.set(now + self._rtx_interval_s())
+        self.rtx_timer.set(now + self.timer_ival_s)
 
     def activate(self, subflow: _SubflowSender, now: float) -> None:
         """A subflow that joined late (its MP_JOIN handshake done) starts taking data."""

@@ -185,9 +185,14 @@ def test_reinjection_after_a_subflow_timeout_delivers_each_byte_once():
     # once but nothing is DATA_ACKed (DSN 0 is missing). The MPTCP-level timer was armed at t=0 for
     # the longest subflow timer, 1 s (no RTT sample). At 1 s A fires its loss probe (lost too) and
     # re-arms its RTO to 2 s; the MPTCP timer finds B idle (nothing in flight, nothing queued) and
-    # re-sends the oldest fragment, DSN 0-32768 (one 32 KiB page frag), on B at exactly 1 s. Its
-    # DATA_ACK restarts the MPTCP timer for A's RTO still to run: it fires at 2 s and re-sends the
-    # next fragment, 32768-65536, on B. Its 15th segment, 52648-54068, closes the hole: its 108 bytes
+    # re-sends the oldest fragment, DSN 0-32768 (one 32 KiB page frag), on B at exactly 1 s. Each
+    # DATA_ACK advance restarts the MPTCP timer for the interval the scheduler last sampled, 1 s
+    # (Linux 6.18 __mptcp_clean_una -> mptcp_reset_rtx_timer uses msk->timer_ival; nothing is left
+    # to schedule, so it is not sampled again). The last advance, to 32768, comes with the
+    # receiver's delayed ACK: the 23rd segment arrives at 1 + 23 x 1.2 ms + 10 ms = 1.0376 s, the
+    # 108-byte 24th does not force an ACK, so the ACK leaves at 1.0776 s and (64 bytes, 0.0512 ms)
+    # arrives at 1.0876512 s. The timer fires 1 s later, 2.0876512 s, and re-sends the next
+    # fragment, 32768-65536, on B. Its 15th segment, 52648-54068, closes the hole: its 108 bytes
     # above 53960 (B's own data, held) are a duplicate the receiver drops, and the transfer is
     # complete (the rest of the fragment arrives after it). Every byte reaches the application
     # once, in the order written.
@@ -203,9 +208,34 @@ def test_reinjection_after_a_subflow_timeout_delivers_each_byte_once():
     assert record.reinjected_bytes == 65536 and record.duplicate_bytes == 32768 + 15 * PAYLOAD - 38 * PAYLOAD == 108
     reinjected = [(t, p.dsn) for t, p in tap_b.sent if p.payload_bytes and p.dsn < 38 * PAYLOAD]
     assert reinjected[0] == (pytest.approx(1.0), 0)
-    assert [t for t, dsn in reinjected if dsn == 32768][0] == pytest.approx(2.0)
-    # 15 segments of 1500 bytes at 10 Mbit/s after 2 s, + 10 ms: 2.028 s
-    assert record.duration_s == pytest.approx(2.0 + 15 * 1500 * 8 / 10e6 + 0.01)
+    second_s = 1.0 + 23 * 1500 * 8 / 10e6 + 0.01 + 0.04 + 64 * 8 / 10e6 + 0.01 + 1.0
+    assert second_s == pytest.approx(2.0876512)
+    assert [t for t, dsn in reinjected if dsn == 32768][0] == pytest.approx(second_s)
+    # 15 segments of 1500 bytes at 10 Mbit/s after that, + 10 ms
+    assert record.duration_s == pytest.approx(second_s + 15 * 1500 * 8 / 10e6 + 0.01)
+
+
+def test_mptcp_timer_interval_is_sampled_by_the_scheduler_not_at_rearm():
+    # Linux 6.18 net/mptcp/protocol.c: mptcp_subflow_get_send samples msk->timer_ival (the longest
+    # time left on an active subflow's pending transmit timer, TCP_RTO_MIN if none) every time it
+    # runs; mptcp_reset_rtx_timer re-arms with that stored value. Same paths as above. At t=0 the
+    # first pick (A) sees no timer pending: 0.2 s; A then sends and arms its 1 s timer, so the
+    # second pick (B) samples 1 s; the push arms the MPTCP timer for 1 s. Nothing is left to
+    # schedule afterwards, so the interval stays 1 s, and after the reinjection at 1 s (when A's
+    # RTO was re-armed to 2 s) the last DATA_ACK advance at 1.0876512 s sets the deadline to
+    # 2.0876512 s, not to A's 2 s (what re-sampling at each re-arm would give).
+    env = simpy.Environment()
+    paths = [path(env, "a", 10e6, 0.01, loss=DropData()), path(env, "b", 10e6, 0.01)]
+    transfer = BulkTransfer(env, paths, 76 * PAYLOAD, mptcp=True)
+    sender = transfer.sender
+    env.run(until=0.5)
+    assert sender.timer_ival_s == pytest.approx(1.0)
+    assert sender.rtx_timer.deadline_s == pytest.approx(1.0)
+    env.run(until=1.5)
+    assert sender.reinjected_bytes == 32768
+    assert sender.subflows[0].rto_timer.deadline_s == pytest.approx(2.0)
+    assert sender.timer_ival_s == pytest.approx(1.0)
+    assert sender.rtx_timer.deadline_s == pytest.approx(2.0876512)
 
 
 def test_without_reinjection_a_dead_path_stalls_the_old_scheduler():
