@@ -1045,3 +1045,21 @@ def _dest(conn: _Conn) -> str:
         return "-"
     address, port = destination
     return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+
+
+def run_daemon(config: ServeConfig, label: str) -> tuple[int, ConverterDaemon | None]:
+    """Start a daemon for ``config`` and serve until it stops: (exit status, the daemon, None when it
+    never started). A setting the operator must fix is one line on stderr and EXIT_USER_ERROR; a
+    socket that cannot listen, EXIT_RUNTIME_ERROR. ``mpsim converter serve`` and every --workers
+    process start their daemon through this one path."""
+    try:
+        daemon = ConverterDaemon(config)  # reads the cookie secret: a bad file is the operator's to fix
+        daemon.start()
+    except (ConfigError, KernelSettingError) as err:
+        print(f"{label}: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR, None
+    except OSError as err:
+        print(f"{label}: error: {err.strerror or err}", file=sys.stderr)
+        return EXIT_RUNTIME_ERROR, None
+    daemon.install_signal_handlers()
+    return daemon.run(), daemon

@@ -16,9 +16,9 @@ from mpsim.live.converter import (
     EXIT_RUNTIME_ERROR,
     EXIT_USER_ERROR,
     ConfigError,
-    ConverterDaemon,
     RelayMode,
     ServeConfig,
+    run_daemon,
 )
 from mpsim.live.sockets import KernelSettingError, parse_endpoint
 from mpsim.live.workers import serve_workers
@@ -106,16 +106,14 @@ def serve_main(argv: list[str] | None = None, *, prog: str = "mpsim converter se
             raise ConfigError("--workers must be at least 1")
         if args.workers > 1:
             return serve_workers(config, args.workers, prog=prog)
-        daemon = ConverterDaemon(config)
-        daemon.start()
     except (ConfigError, KernelSettingError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
     except OSError as err:
         print(f"{prog}: error: {err.strerror or err}", file=sys.stderr)
         return EXIT_RUNTIME_ERROR
-    daemon.install_signal_handlers()
-    return daemon.run()
+    status, _ = run_daemon(config, prog)
+    return status
 
 
 if __name__ == "__main__":

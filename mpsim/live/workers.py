@@ -29,8 +29,9 @@ from mpsim.live.converter import (
     ConverterDaemon,
     ServeConfig,
     _kv,
+    run_daemon,
 )
-from mpsim.live.sockets import KernelSettingError, converter_kernel_problems, family_of, stream_socket
+from mpsim.live.sockets import converter_kernel_problems, family_of, stream_socket
 
 
 def _resolve_ports(config: ServeConfig) -> tuple[ServeConfig, list[socket.socket]]:
@@ -50,18 +51,9 @@ def _resolve_ports(config: ServeConfig) -> tuple[ServeConfig, list[socket.socket
 
 
 def _worker(config: ServeConfig, index: int, report_fd: int) -> int:
-    daemon = ConverterDaemon(dataclasses.replace(config, worker=index))
-    try:
-        daemon.start()
-    except (ConfigError, KernelSettingError) as err:
-        print(f"worker {index}: error: {err}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except OSError as err:
-        print(f"worker {index}: error: {err.strerror or err}", file=sys.stderr)
-        return EXIT_RUNTIME_ERROR
-    daemon.install_signal_handlers()
-    status = daemon.run()
-    os.write(report_fd, json.dumps(daemon.counters()).encode())
+    status, daemon = run_daemon(dataclasses.replace(config, worker=index), f"worker {index}")
+    if daemon is not None:
+        os.write(report_fd, json.dumps(daemon.counters()).encode())
     return status
 
 
