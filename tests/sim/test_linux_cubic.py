@@ -1,5 +1,5 @@
 """Linux CUBIC (net/ipv4/tcp_cubic.c, Linux 6.x) against traces worked by hand from its integer
-arithmetic: K and the cubic target in 1/1024 s, the HZ/32 re-computation skip (HZ = 1000) that
+arithmetic: K and the cubic target in 1/1024 s, the HZ/32 re-computation skip (these traces take HZ = 1000) that
 also holds back the Reno-estimate catch-up, and HyStart's delay and ACK-train exits.
 
 Constants: cube_factor = 2^40 // 410 = 2681735677; C = 410/1024; beta = 717/1024; the Reno
@@ -25,7 +25,7 @@ def test_fixed_point_constants():
 
 
 def loss_at_100_with_50ms() -> Cubic:
-    cc = Cubic()
+    cc = Cubic(hz=1000)
     cc.cwnd_segments = 100.0
     cc.pkts_acked(1.0, 1, 0.050, MSS, 100 * MSS)  # delay_min = 50000 us (no epoch yet: kept)
     cc.on_congestion(1.0)
@@ -75,7 +75,7 @@ def test_window_after_a_loss_at_100_segments_follows_the_linux_curve():
 
 
 def test_the_hz32_skip_holds_back_the_reno_estimate_catch_up():
-    cc = Cubic()
+    cc = Cubic(hz=1000)
     cc.cwnd_segments = 10.0
     cc.pkts_acked(1.0, 1, 0.010, MSS, 10 * MSS)  # delay_min 10 ms
     cc.on_congestion(1.0)  # W_max 10
@@ -97,7 +97,7 @@ def test_the_hz32_skip_holds_back_the_reno_estimate_catch_up():
 
 
 def test_slow_start_before_any_loss_and_the_20_cap():
-    cc = Cubic()
+    cc = Cubic(hz=1000)
     cc.on_ack(4, 0.1, 0.05, 0.05)  # slow start: one segment per segment ACKed
     assert cc.cwnd_segments == 14
     cc.ssthresh_segments = 16.0
@@ -120,7 +120,7 @@ def hystart_round_start(cc: Cubic, now_s: float, rtt_s: float) -> None:
 
 @pytest.mark.parametrize("rtt_ms, exits", [(45, False), (46, True)])
 def test_hystart_leaves_slow_start_on_a_delay_increase(rtt_ms, exits):
-    cc = Cubic()
+    cc = Cubic(hz=1000)
     hystart_round_start(cc, 1.0, 0.040)  # delay_min 40000 us; the round ends at snd_nxt = 20 MSS
     assert cc.delay_min_us == 40000 and cc.end_seq == 20 * MSS
     # Next round (snd_una past end_seq): ACKs 5 ms apart (no ACK train), RTT 40 + rtt_ms - 40 ms.
@@ -139,7 +139,7 @@ def test_hystart_leaves_slow_start_on_a_delay_increase(rtt_ms, exits):
 
 @pytest.mark.parametrize("gap_ms, exits", [(1.0, True), (3.0, False)])
 def test_hystart_leaves_slow_start_on_an_ack_train(gap_ms, exits):
-    cc = Cubic()
+    cc = Cubic(hz=1000)
     hystart_round_start(cc, 1.0, 0.040)
     # Next round: ACKs 0.5 ms apart at an unchanged RTT. Threshold (delay_min + 1 ms) >> 1 = 20500 us
     # (the 1 ms is hystart_ack_delay's cap): the ACK 21 ms after the round started is the first past
@@ -160,7 +160,7 @@ def test_hystart_leaves_slow_start_on_an_ack_train(gap_ms, exits):
 
 
 def test_hystart_waits_for_the_low_window():
-    cc = Cubic()
+    cc = Cubic(hz=1000)
     cc.cwnd_segments = 15.0
     cc.pkts_acked(1.0, 1, 0.040, MSS, 15 * MSS)
     for i in range(30):
@@ -203,3 +203,46 @@ def test_window_over_the_first_100_ms_of_an_epoch_with_one_ack_per_ms():
     assert (cnt[66], cnt[67], cwnd[68], cwnd[69], cnt[70]) == (71, 35, 71, 72, 72)
     assert (cwnd[99], cc.snd_cwnd_cnt, cnt[99], cc.tcp_cwnd) == (72, 30, 72, 70)
     assert cc.last_time == 20070  # the last re-computation
+
+
+def epoch_after_a_loss_at_3(hz: int) -> Cubic:
+    """A loss at cwnd 3 (W_max 3, ssthresh max(3 * 717 >> 10, 2) = 2), recovery over at cwnd 2."""
+    cc = Cubic(hz=hz)
+    cc.cwnd_segments = 3.0
+    cc.pkts_acked(1.0, 1, 0.0003, MSS, 3 * MSS)  # delay_min 300 us (no epoch yet: kept)
+    cc.on_congestion(1.0)
+    cc.cwnd_segments = 2.0
+    assert (cc.last_max_cwnd, cc.ssthresh_segments) == (3, 2)
+    return cc
+
+
+@pytest.mark.parametrize("hz, windows, cnts", [
+    # HZ = 250 (4 ms jiffies): only the epoch's first ACK (jiffy 500) re-computes; the next three
+    # fall in the same jiffy, keep cnt 2 and grow cwnd one segment per 2 ACKed; the fifth (jiffy
+    # 501) re-computes: t = (1 + 1) * 1024 // 250 = 8, target still 3 < 6, cnt = 600.
+    (250, [3, 4, 5, 6, 6], [2, 2, 2, 2, 600]),
+    # HZ = 1000 (1 ms jiffies): the second ACK is a new jiffy with a new cwnd: re-computed,
+    # t = 2 * 1024 // 1000 = 2, target 3 = cwnd, cnt 300; then cwnd 3 is unchanged within HZ/32.
+    (1000, [3, 3, 3, 3, 3], [2, 300, 300, 300, 300]),
+])
+def test_the_once_per_jiffy_rule_lets_a_small_window_grow_at_hz_250(hz, windows, cnts):
+    """bictcp_update re-computes cnt at most once per jiffy ("goto tcp_friendliness" when
+    tcp_jiffies32 == last_time) and last_cwnd is only set by a re-computation, so within the
+    jiffy of an epoch's start a growing window keeps the first cnt. Epoch start, cwnd 2 after a
+    loss at 3: K = cbrt(2681735677 * 1) = 1389; t = usecs_to_jiffies(300 us) = 1 jiffy, 4/1024 s
+    at HZ 250 (1/1024 s at HZ 1000); offs 1385 (1388), delta = 410 * offs^3 >> 40 = 0 either way:
+    target 3, cnt = 2 // (3 - 2) = 2. The Reno estimate (one per (cwnd * 15) >> 3 ACKed) stays
+    behind: ack_cnt 4, 6, 8, 10 against 5, 7, 9, 11. Each ACK covers 2 segments (delayed ACKs)."""
+    cc = epoch_after_a_loss_at_3(hz)
+    seen_windows, seen_cnts = [], []
+    for now in (2.0, 2.001, 2.002, 2.0035, 2.0045):
+        cc.on_ack(2, now, 0.0005, 0.0003)
+        seen_windows.append(int(cc.cwnd_segments))
+        seen_cnts.append(cc.cnt)
+    assert (cc.k, cc.origin_point, cc.tcp_cwnd) == (1389, 3, 2)
+    assert seen_windows == windows and seen_cnts == cnts
+
+
+def test_hz_must_be_a_linux_config_hz():
+    with pytest.raises(ValueError, match="CONFIG_HZ"):
+        Cubic(hz=200)

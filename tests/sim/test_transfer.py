@@ -185,7 +185,7 @@ def test_rto_backs_off_exponentially_through_a_path_outage():
     assert len(gaps) >= 2
     for earlier, later in zip(gaps, gaps[1:]):
         assert later == pytest.approx(2 * earlier, rel=1e-6)  # RFC 6298 5.5
-    assert head[1] - head[0] >= 0.2  # never below the minimum RTO
+    assert gaps[0] >= 0.2  # never below the minimum RTO (head[1] may be a fast retransmit)
 
 
 def test_delayed_acks_every_second_segment_or_after_40_ms():
@@ -278,8 +278,9 @@ def lossy_reordering_transfer(mptcp, loss_detection):
     record = transfer.result()
     assert record.completed and record.bytes_delivered == len(data)
     assert record.payload_sha256 == hashlib.sha256(data).hexdigest()
-    assert record.duplicate_bytes == 0
-    assert sum(record.subflow_bytes) == len(data)
+    # Data-level duplicates come only from the MPTCP-level timer's reinjections (none for TCP).
+    assert record.duplicate_bytes <= record.reinjected_bytes
+    assert len(data) <= sum(record.subflow_bytes) <= len(data) + record.reinjected_bytes
     assert record.retransmissions > 50  # the recovery machinery was exercised
     receivers = [subflow.receiver for subflow in transfer.sender.subflows]
     return sum(r.duplicate_segments for r in receivers)
