@@ -30,8 +30,9 @@ Sender, per subflow (Linux as the reference where the RFCs leave a choice):
     sends one new segment (plain TCP, cwnd ignored) or the last one again, at most one
     outstanding; an ACK beyond the probe of a retransmission reduces cwnd once (CWR).
     Simplified: no D-SACK (a duplicate's plain ACK ends a probe episode, as Linux's D-SACK
-    would; no reo_wnd adaptation), no ``tp->reordering`` growth, timers not rounded to jiffies,
-    MPTCP subflows probe with their last segment;
+    would; no reo_wnd adaptation), no ``tp->reordering`` growth, timers not rounded to jiffies
+    (docs/sim.md: rounded, the model sends five times the kernel's probes), an MPTCP subflow
+    probes with the next segment committed to it (none: its last segment again);
   - ``"rfc6675"``: the RFC 6675 byte rule of IsLost alone (lost once more than (DupThresh - 1) =
     2 segments' worth of bytes above it are SACKed; the "DupThresh discontiguous blocks" rule
     and rescue retransmissions are left out), a retransmission declared lost when data sent
