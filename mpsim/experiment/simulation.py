@@ -80,6 +80,7 @@ from mpsim.proto.server import ResponderApp
 from mpsim.proto.tcp import TcpPolicy
 from mpsim.sim.congestion import CONGESTION_CONTROLS
 from mpsim.sim.cpu import Cpu, RelayStage
+from mpsim.sim.light_filter import wrap_box
 from mpsim.sim.link import Link, LinkDirection
 from mpsim.sim.loss import loss_from_spec
 from mpsim.sim.node import SimNode
@@ -128,7 +129,9 @@ class AccessNetwork:
     def attach(self, mix: tuple) -> None:
         """A new network: the boxes are built afresh, the mix drawn again (in file order)."""
         drawn = [entry.middlebox for entry in mix if self.mix_rng.random() < entry.prob]
-        self.boxes = [(kind, MIDDLEBOXES.get(kind).build(self.box_rng, self.site)) for kind in (*self.fixed, *drawn)]
+        # Wrapped so that the transfers' light segments meet the boxes too (mpsim.sim.light_filter).
+        self.boxes = [(kind, wrap_box(MIDDLEBOXES.get(kind).build(self.box_rng, self.site)))
+                      for kind in (*self.fixed, *drawn)]
         self.up.filters = [box.up for _, box in self.boxes if box.up is not PASS]
         # The reply meets the boxes in reverse order, as it crosses them the other way round.
         self.down.filters = [box.down for _, box in reversed(self.boxes) if box.down is not PASS]
