@@ -532,6 +532,9 @@ class Simulation:
                                 coupled=spec.congestion_control if coupled and multipath else "none", mptcp=multipath,
                                 snd_buf_bytes=spec.snd_buf_bytes, rcv_buf_bytes=spec.rcv_buf_bytes,
                                 buffers=spec.buffers.value,
+                                # the client opens the further subflows (MP_JOIN) on its SYN timers
+                                joins_from="receiver" if spec.direction is Direction.DOWNLOAD else "sender",
+                                syn_policy=self.client.policy,
                                 name=f"transfer{row['transfer_id']}")
         self._running.append((row, transfer))
         transfer.done.callbacks.append(lambda _event: self._bulk_done(row, transfer))
