@@ -43,8 +43,11 @@ one hop with the access path's rate (the bottleneck), queue, jitter and loss mod
 generators), and the whole one-way delay from the server, through the converter when the
 negotiation went through it (access + server link + 2 x converter link; once when the
 converter is on the path). Transfers on one access path share its transfer path, hence its
-queue; they do not share queues with the (few, small) negotiation packets, and the
-middleboxes, which act on negotiation packets only, do not see them. The converter relays at
+queue; they do not share queues with the (few, small) negotiation packets. The access paths'
+middleboxes are wrapped (:func:`mpsim.sim.light_filter.wrap_box`) so that transfer segments
+crossing those links meet them too; the one-hop transfer paths carry none yet. A transfer's
+further subflows open with MP_JOIN handshakes from the client (the receiver of a download), on
+the client's SYN policy (mpsim/sim/transfer.py, "Subflows joining"). The converter relays at
 line rate: its buffers and its second TCP leg to the server are not modelled in the transfer
 (the subflows run end to end) -- unless ``converter.cores`` > 0 gives it a CPU
 (:mod:`mpsim.sim.cpu`): then a new connection's SYN waits for a set-up job before the proxy sees

@@ -84,8 +84,7 @@ Linux 6.6-6.18 (``net/mptcp/protocol.c``; ``scheduler="default"``, :class:`_Conn
   (a page frag, ``mptcp_data_frag``; up to what was sent) is re-sent on the first active subflow
   with nothing in flight and nothing queued (``mptcp_subflow_get_retrans``); the receiver drops
   the copy that arrives second;
-* subflows may join late: ``subflow_start_s`` gives each path's start, the path manager's delay
-  plus one MP_JOIN handshake RTT (the initial subflow starts at 0).
+* further subflows join with the MP_JOIN handshake (below, "Subflows joining").
 
 ``scheduler="lowest-rtt"`` keeps the older model (the out-of-tree Linux MPTCP's default): new
 data straight to the lowest-SRTT subflow with cwnd space, nothing queued beyond cwnd, a segment
@@ -118,13 +117,47 @@ Header accounting (``size_bytes`` is the IP packet; the links add no framing)
 The kernel testbed shapes with tbf, which counts Ethernet framing (14 bytes more per packet):
 compare goodput as a fraction of the shaped rate with 1448/1514 there and 1448/1500 here.
 
+Subflows joining (RFC 8684 3.2 as Linux 6.x runs it; :class:`_Join`)
+--------------------------------------------------------------------
+The initial subflow is the negotiated connection: established when the transfer starts. Every
+further one is opened by the client (``joins_from``: the sender in an upload, the receiver in a
+download) when the path manager runs, ``join_delay_s`` after the start (default 0: Linux's
+in-kernel PM opens all "subflow" endpoints in one pass of its worker, scheduled when the
+MP_CAPABLE connection becomes fully established, which the negotiated connection already is;
+``mptcp_pm_create_subflow_or_signal_addr``, net/mptcp/pm_netlink.c, pm_kernel.c from 6.15) or at
+its own ``subflow_start_s``. SYN + MP_JOIN (72 bytes: MSS, SACK-permitted, timestamps, NOP,
+window scale, MP_JOIN 12), SYN-ACK + MP_JOIN (76, MP_JOIN 16), third ACK + MP_JOIN with the HMAC
+(76, MP_JOIN 24), and the listener's fourth ACK (64, a DSS Data ACK). The client may send data
+only after the fourth ACK (``__mptcp_subflow_active``), the server from the third ACK on; so an
+upload's joined subflow sends 2 RTTs after its SYN, a download's 1.5 RTTs. The data sender starts
+with the handshake's RTT sample. Lost SYNs go again on the client's SYN timer
+(``syn_policy``, a :class:`~mpsim.proto.tcp.TcpPolicy`: initial 1 s, ``syn_linear_timeouts``,
+give-up); a lost fourth ACK is repaired by the third ACK again after 2 SRTT. A join fails as
+Linux fails it: a SYN-ACK without MP_JOIN (a box stripped it from the SYN, which then reached the
+server as a plain SYN and got a plain SYN-ACK, or from the SYN-ACK) or a fourth ACK without DSS:
+the client resets; a third ACK without MP_JOIN: the server resets; no SYN-ACK: given up. The
+other subflows then carry everything; ``TransferRecord.subflow_joined`` / ``subflow_join_s`` /
+``subflow_join_failures`` record it. ``join_handshake=False`` keeps the older model: subflows
+start established at their ``subflow_start_s`` (default 0).
+
+Middleboxes on the data path (:mod:`mpsim.sim.light_filter`) may remove the DSS from data or
+ACKs. RFC 8684 3.7, as the model applies it: data without a DSS mapping, or data ACKed without a
+Data ACK, on a joined subflow or while another subflow is open: that subflow is reset (RST with
+MP_TCPRST reason 6) and everything not DATA_ACKed is sent again on the others (Linux
+``__mptcp_close_ssk`` -> ``__mptcp_retransmit_pending_data``); on the only subflow the connection
+falls back to TCP (the infinite mapping: no more MPTCP options, no MPTCP-level retransmission).
+Linux departs from this in one case (docs/kernel-departures.md section 3).
+
 Simplifications
 ---------------
-* No connection setup or teardown: every subflow starts established (at the transfer's start or
-  at its ``subflow_start_s``), with the full receive window (no receive-window auto-tuning
-  (DRS), which Linux starts from tcp_rmem[1] = 128 KiB); no FIN/DATA_FIN. Handshakes are the
-  negotiation models' job; subflows without an RTT sample pace as if their RTT were the initial
-  RTO (Linux has the handshake's sample).
+* No teardown: no FIN/DATA_FIN. The initial subflow starts established with the full receive
+  window (no receive-window auto-tuning (DRS), which Linux starts from tcp_rmem[1] = 128 KiB);
+  joins are as above, but the listener has no SYN-ACK timer of its own (a retransmitted SYN gets
+  a new SYN-ACK), tokens, nonces and HMACs are not computed (zeros in captures), and the plain
+  connection a stripped SYN opens at the server is not modelled beyond its SYN-ACK. Subflows
+  without an RTT sample (the initial one) pace as if their RTT were the initial RTO (Linux has
+  the handshake's sample). No partial SACK: a box that splits segments on a lossy path can leave
+  the sender believing a half-delivered segment delivered (the transfer then stalls).
 * Receive buffers count payload bytes; Linux counts skb truesize and advertises only part of
   ``tcp_rmem`` (``scaling_ratio``). MPTCP send queues count truesize with one skb per segment
   (Linux builds larger skbs when GSO is on, which costs less overhead); the connection's send
@@ -1897,8 +1930,12 @@ class BulkTransfer:
     module docstring). ``scheduler`` (MPTCP): "default" (upstream Linux 6.x: lowest linger time,
     per-subflow send queues, reinjection) or "lowest-rtt" (the older model). ``buffers``: "auto"
     (Linux's auto-tuning; ``snd_buf_bytes`` is tcp_wmem[2]) or "pinned" (SO_SNDBUF =
-    ``snd_buf_bytes``, doubled as Linux does). ``subflow_start_s``: per path, when its subflow
-    starts sending, the path manager's delay + one MP_JOIN handshake RTT (first entry 0).
+    ``snd_buf_bytes``, doubled as Linux does). Joins (module docstring, "Subflows joining"):
+    ``join_handshake`` (default True: further subflows open with MP_JOIN), ``join_delay_s`` (when
+    the path manager opens them), ``joins_from`` ("sender" or "receiver": the client's side),
+    ``syn_policy`` (the client's SYN timers; default ``TcpPolicy()``), ``subflow_start_s`` (per
+    path, the first entry 0: when its join starts, or with ``join_handshake=False`` when it
+    starts established).
     ``payload``: optional bytes of length ``size_bytes`` carried for real, so the receiver can
     hash what it delivers (slower; for tests and pcaps). ``done`` is a SimPy event that
     succeeds when the last byte reaches the receiving application.
