@@ -38,14 +38,15 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 from mpsim.proto.middlebox import (PASS, BuiltBox, Chain, Coalesce, DropMpCapableSyns, DropSegments,
-                                   DropUnknownOptionSyns, MirrorMpCapable, Nat, Policy, RewritePayload,
-                                   SegmentClass, SequenceRewriter, SplitSegments, StripOptions, StripPayload, _Side)
-from mpsim.wire.options import TcpOptionKind
-from mpsim.wire.segment import IpPacket
-from mpsim.sim.transfer import FLAG_RST, FLAG_SYN, Segment
+                                   DropUnknownOptionSyns, MirrorMpCapable, Policy, RewritePayload,
+                                   SegmentClass, SplitSegments, StripOptions, StripPayload, _Side)
+from mpsim.sim.transfer import FLAG_ACK, FLAG_RST, FLAG_SYN, Segment
+from mpsim.wire.options import Sack, TcpOptionKind
+from mpsim.wire.segment import IpPacket, TcpFlags
 
 _MASK = 0xFFFFFFFF
 
@@ -218,10 +219,6 @@ class LightFilter:
     def _as_on_the_wire(self, wire: IpPacket, reverse: tuple) -> IpPacket:
         """A reply as the box would see it: to the translated address, acknowledging numbers in
         the space the flow's SYN was shifted into."""
-        from dataclasses import replace
-
-        from mpsim.wire.options import Sack
-
         view = self.view
         src = view.src.get(reverse)
         offset = view.seq_offset.get(reverse, 0)
@@ -242,9 +239,6 @@ class LightFilter:
         """Show the box's up side a pure ACK of the flow ``reply`` belongs to (module doc)."""
         wire = reply.to_ip_packet()
         seg = wire.segment
-        from dataclasses import replace
-
-        from mpsim.wire.segment import TcpFlags
         ack = replace(seg, src_port=seg.dst_port, dst_port=seg.src_port, seq=seg.ack, ack=seg.seq,
                       flags=TcpFlags.ACK, payload=b"", options=seg.options[:3])
         probe = replace(wire, src=wire.dst, dst=wire.src, segment=ack)
@@ -259,7 +253,7 @@ class LightFilter:
         self.view.announced.add(flow)
         if (out.src, out.segment.src_port) != (wire_in.src, wire_in.segment.src_port):
             self.view.src[flow] = (out.src, out.segment.src_port)
-        if wire_in.segment.flags & FLAG_SYN and not wire_in.segment.flags & 0x10:
+        if wire_in.segment.flags & FLAG_SYN and not wire_in.segment.flags & FLAG_ACK:
             delta = _signed32(out.segment.seq - wire_in.segment.seq)
             if delta:
                 self.view.seq_offset[flow] = delta
