@@ -43,8 +43,11 @@ one hop with the access path's rate (the bottleneck), queue, jitter and loss mod
 generators), and the whole one-way delay from the server, through the converter when the
 negotiation went through it (access + server link + 2 x converter link; once when the
 converter is on the path). Transfers on one access path share its transfer path, hence its
-queue; they do not share queues with the (few, small) negotiation packets, and the
-middleboxes, which act on negotiation packets only, do not see them. The converter relays at
+queue; they do not share queues with the (few, small) negotiation packets. The access paths'
+middleboxes are wrapped (:func:`mpsim.sim.light_filter.wrap_box`) so that transfer segments
+crossing those links meet them too; the one-hop transfer paths carry none yet. A transfer's
+further subflows open with MP_JOIN handshakes from the client (the receiver of a download), on
+the client's SYN policy (mpsim/sim/transfer.py, "Subflows joining"). The converter relays at
 line rate: its buffers and its second TCP leg to the server are not modelled in the transfer
 (the subflows run end to end) -- unless ``converter.cores`` > 0 gives it a CPU
 (:mod:`mpsim.sim.cpu`): then a new connection's SYN waits for a set-up job before the proxy sees
@@ -80,6 +83,7 @@ from mpsim.proto.server import ResponderApp
 from mpsim.proto.tcp import TcpPolicy
 from mpsim.sim.congestion import CONGESTION_CONTROLS
 from mpsim.sim.cpu import Cpu, RelayStage
+from mpsim.sim.light_filter import wrap_box
 from mpsim.sim.link import Link, LinkDirection
 from mpsim.sim.loss import loss_from_spec
 from mpsim.sim.node import SimNode
@@ -128,7 +132,9 @@ class AccessNetwork:
     def attach(self, mix: tuple) -> None:
         """A new network: the boxes are built afresh, the mix drawn again (in file order)."""
         drawn = [entry.middlebox for entry in mix if self.mix_rng.random() < entry.prob]
-        self.boxes = [(kind, MIDDLEBOXES.get(kind).build(self.box_rng, self.site)) for kind in (*self.fixed, *drawn)]
+        # Wrapped so that the transfers' light segments meet the boxes too (mpsim.sim.light_filter).
+        self.boxes = [(kind, wrap_box(MIDDLEBOXES.get(kind).build(self.box_rng, self.site)))
+                      for kind in (*self.fixed, *drawn)]
         self.up.filters = [box.up for _, box in self.boxes if box.up is not PASS]
         # The reply meets the boxes in reverse order, as it crosses them the other way round.
         self.down.filters = [box.down for _, box in reversed(self.boxes) if box.down is not PASS]
@@ -529,6 +535,9 @@ class Simulation:
                                 coupled=spec.congestion_control if coupled and multipath else "none", mptcp=multipath,
                                 snd_buf_bytes=spec.snd_buf_bytes, rcv_buf_bytes=spec.rcv_buf_bytes,
                                 buffers=spec.buffers.value,
+                                # the client opens the further subflows (MP_JOIN) on its SYN timers
+                                joins_from="receiver" if spec.direction is Direction.DOWNLOAD else "sender",
+                                syn_policy=self.client.policy,
                                 name=f"transfer{row['transfer_id']}")
         self._running.append((row, transfer))
         transfer.done.callbacks.append(lambda _event: self._bulk_done(row, transfer))

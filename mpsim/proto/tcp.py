@@ -140,6 +140,39 @@ class TcpPolicy:
     # the wait (a converter mirroring its client's SYN retransmissions, RFC 8803 9.3)
     syn_retransmission_timer: bool = True
 
+    def syn_rto_s(self, retransmissions: int) -> float:
+        """The SYN timer armed after ``retransmissions`` SYN retransmissions (0: the first SYN):
+        the initial RTO, kept for the first ``syn_linear_timeouts`` retransmissions and doubled
+        after each later one, at most ``max_rto_s`` (Linux ``tcp_retransmit_timer``, 6.5-6.18)."""
+        doublings = max(0, retransmissions - self.syn_linear_timeouts)
+        return min(self.initial_rto_s * 2 ** min(doublings, 64), self.max_rto_s)
+
+    def syn_given_up(self, retransmissions: int, elapsed_s: float) -> bool:
+        """Linux ``tcp_write_timeout`` for SYN-SENT (net/ipv4/tcp_timer.c, Linux 6.5 to 6.18), asked
+        when the timer expires after ``retransmissions`` SYN retransmissions, ``elapsed_s`` after
+        the first SYN.
+
+        Two limits, either ends the attempt: a count, ``syn_retries + syn_linear_timeouts``
+        retransmissions (Linux adds the linear count to the limit), and a time,
+        ``retransmits_timed_out``: ``(2^(syn_retries+1) - 1)`` initial RTOs since the first SYN
+        (``tcp_model_timeout``, the duration of an exponential schedule of ``syn_retries``
+        retransmissions; past ``ilog2(max_rto / initial_rto)`` doublings the rest count
+        ``max_rto`` each), checked only once a SYN was retransmitted. With linear timeouts the
+        time limit usually comes first: retries 2, linear 4 sends SYNs at 0, 1, 2, 3, 4, 5 s and
+        gives up at 7 s; with linear 0 both limits agree (3 SYNs, 7 s), as the RFC schedule does.
+        """
+        if retransmissions >= self.syn_retries + self.syn_linear_timeouts:
+            return True
+        if retransmissions == 0:
+            return False
+        doublings = int(math.log2(self.max_rto_s / self.initial_rto_s) + 1e-9)  # ilog2
+        boundary = self.syn_retries
+        if boundary <= doublings:
+            timeout_s = ((2 << boundary) - 1) * self.initial_rto_s
+        else:
+            timeout_s = ((2 << doublings) - 1) * self.initial_rto_s + (boundary - doublings) * self.max_rto_s
+        return elapsed_s >= timeout_s - 1e-9  # 1 ns: float sums of RTOs
+
     def __post_init__(self) -> None:
         if not 0 < self.min_rto_s <= self.initial_rto_s <= self.max_rto_s:
             raise ValueError("need 0 < min_rto_s <= initial_rto_s <= max_rto_s")
@@ -579,30 +612,11 @@ class TcpConnection:
             self._retransmit_head(now)
 
     def _syn_given_up(self, now: float, retransmissions: int) -> bool:
-        """Linux ``tcp_write_timeout`` for SYN-SENT (net/ipv4/tcp_timer.c, Linux 6.5 to 6.18), asked
-        when the timer expires after ``retransmissions`` SYN retransmissions.
-
-        Two limits, either ends the attempt: a count, ``syn_retries + syn_linear_timeouts``
-        retransmissions (Linux adds the linear count to the limit), and a time,
-        ``retransmits_timed_out``: ``(2^(syn_retries+1) - 1)`` initial RTOs since the first SYN
-        (``tcp_model_timeout``, the duration of an exponential schedule of ``syn_retries``
-        retransmissions; past ``ilog2(max_rto / initial_rto)`` doublings the rest count
-        ``max_rto`` each), checked only once a SYN was retransmitted. With linear timeouts the
-        time limit usually comes first: retries 2, linear 4 sends SYNs at 0, 1, 2, 3, 4, 5 s and
-        gives up at 7 s; with linear 0 both limits agree (3 SYNs, 7 s), as the RFC schedule does.
-        """
-        policy = self.policy
-        if retransmissions >= policy.syn_retries + policy.syn_linear_timeouts:
-            return True
-        if retransmissions == 0 or self._syn_first_s is None:
-            return False
-        doublings = int(math.log2(policy.max_rto_s / policy.initial_rto_s) + 1e-9)  # ilog2
-        boundary = policy.syn_retries
-        if boundary <= doublings:
-            timeout_s = ((2 << boundary) - 1) * policy.initial_rto_s
-        else:
-            timeout_s = ((2 << doublings) - 1) * policy.initial_rto_s + (boundary - doublings) * policy.max_rto_s
-        return now - self._syn_first_s >= timeout_s - 1e-9  # 1 ns: float sums of RTOs
+        """Whether the SYN attempt ends now (the rule is the policy's: :meth:`TcpPolicy.syn_given_up`)."""
+        if retransmissions and self._syn_first_s is None:
+            return retransmissions >= self.policy.syn_retries + self.policy.syn_linear_timeouts
+        elapsed_s = 0.0 if self._syn_first_s is None else now - self._syn_first_s
+        return self.policy.syn_given_up(retransmissions, elapsed_s)
 
     def retransmit_syn(self, now: float) -> None:
         """Retransmit the SYN now, as a timer expiry would (back-off, no RTT sample), for an owner

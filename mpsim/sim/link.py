@@ -3,7 +3,8 @@
 A packet offered to a direction goes through, in order:
 
 1. the middlebox **filters** (``(packet, now) -> list[packet]``, e.g. the policies of
-   :mod:`mpsim.proto.middlebox`), for ``IpPacket``\\ s and ICMP messages only;
+   :mod:`mpsim.proto.middlebox`), for ``IpPacket``\\ s and ICMP messages, and for light transfer
+   segments those with ``accepts_light_segments`` (:mod:`mpsim.sim.light_filter`);
 2. the **loss** model (:mod:`mpsim.sim.loss`);
 3. a **drop-tail queue** bounded in packets or bytes;
 4. **serialization** at ``rate_bps``: ``size_bytes * 8 / rate_bps`` seconds, first in first out,
@@ -178,7 +179,7 @@ class LinkDirection:
         self.jitter_s = float(jitter_s)
         self.rng = rng
         self.loss = loss if loss is not None else NoLoss()
-        self.filters = list(filters)
+        self.filters = list(filters)  # the property below also keeps the light-segment subset
         self.deliver = deliver
         self.trace = trace
         self.counters = LinkCounters()
@@ -194,6 +195,18 @@ class LinkDirection:
 
     def __repr__(self) -> str:
         return f"<LinkDirection {self.name}>"
+
+    @property
+    def filters(self) -> list:
+        """The middlebox filters. Negotiation packets go through all of them; the light segments of
+        :mod:`mpsim.sim.transfer` only through those with ``accepts_light_segments``
+        (:class:`mpsim.sim.light_filter.LightFilter`)."""
+        return self._filters
+
+    @filters.setter
+    def filters(self, filters: Iterable[PacketFilter]) -> None:
+        self._filters = list(filters)
+        self._light_filters = [f for f in self._filters if getattr(f, "accepts_light_segments", False)]
 
     # --- the queue ------------------------------------------------------------------------------
 
@@ -226,8 +239,9 @@ class LinkDirection:
         if recording:
             trace.packet(now, self, "sent", packet, packet_id)
         packets = [packet]
-        if self.filters and isinstance(packet, (IpPacket, IcmpUnreachable)):
-            for packet_filter in self.filters:
+        if self.filters and (isinstance(packet, (IpPacket, IcmpUnreachable)) or self._light_filters):
+            for packet_filter in self.filters if isinstance(packet, (IpPacket, IcmpUnreachable)) \
+                    else self._light_filters:
                 packets = [out for p in packets for out in packet_filter(p, now)]
             if not packets:
                 counters.packets_dropped_filter += 1

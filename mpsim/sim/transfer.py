@@ -85,8 +85,7 @@ Linux 6.6-6.18 (``net/mptcp/protocol.c``; ``scheduler="default"``, :class:`_Conn
   (a page frag, ``mptcp_data_frag``; up to what was sent) is re-sent on the first active subflow
   with nothing in flight and nothing queued (``mptcp_subflow_get_retrans``); the receiver drops
   the copy that arrives second;
-* subflows may join late: ``subflow_start_s`` gives each path's start, the path manager's delay
-  plus one MP_JOIN handshake RTT (the initial subflow starts at 0).
+* further subflows join with the MP_JOIN handshake (below, "Subflows joining").
 
 ``scheduler="lowest-rtt"`` keeps the older model (the out-of-tree Linux MPTCP's default): new
 data straight to the lowest-SRTT subflow with cwnd space, nothing queued beyond cwnd, a segment
@@ -119,13 +118,47 @@ Header accounting (``size_bytes`` is the IP packet; the links add no framing)
 The kernel testbed shapes with tbf, which counts Ethernet framing (14 bytes more per packet):
 compare goodput as a fraction of the shaped rate with 1448/1514 there and 1448/1500 here.
 
+Subflows joining (RFC 8684 3.2 as Linux 6.x runs it; :class:`_Join`)
+--------------------------------------------------------------------
+The initial subflow is the negotiated connection: established when the transfer starts. Every
+further one is opened by the client (``joins_from``: the sender in an upload, the receiver in a
+download) when the path manager runs, ``join_delay_s`` after the start (default 0: Linux's
+in-kernel PM opens all "subflow" endpoints in one pass of its worker, scheduled when the
+MP_CAPABLE connection becomes fully established, which the negotiated connection already is;
+``mptcp_pm_create_subflow_or_signal_addr``, net/mptcp/pm_netlink.c, pm_kernel.c from 6.15) or at
+its own ``subflow_start_s``. SYN + MP_JOIN (72 bytes: MSS, SACK-permitted, timestamps, NOP,
+window scale, MP_JOIN 12), SYN-ACK + MP_JOIN (76, MP_JOIN 16), third ACK + MP_JOIN with the HMAC
+(76, MP_JOIN 24), and the listener's fourth ACK (64, a DSS Data ACK). The client may send data
+only after the fourth ACK (``__mptcp_subflow_active``), the server from the third ACK on; so an
+upload's joined subflow sends 2 RTTs after its SYN, a download's 1.5 RTTs. The data sender starts
+with the handshake's RTT sample. Lost SYNs go again on the client's SYN timer
+(``syn_policy``, a :class:`~mpsim.proto.tcp.TcpPolicy`: initial 1 s, ``syn_linear_timeouts``,
+give-up); a lost fourth ACK is repaired by the third ACK again after 2 SRTT. A join fails as
+Linux fails it: a SYN-ACK without MP_JOIN (a box stripped it from the SYN, which then reached the
+server as a plain SYN and got a plain SYN-ACK, or from the SYN-ACK) or a fourth ACK without DSS:
+the client resets; a third ACK without MP_JOIN: the server resets; no SYN-ACK: given up. The
+other subflows then carry everything; ``TransferRecord.subflow_joined`` / ``subflow_join_s`` /
+``subflow_join_failures`` record it. ``join_handshake=False`` keeps the older model: subflows
+start established at their ``subflow_start_s`` (default 0).
+
+Middleboxes on the data path (:mod:`mpsim.sim.light_filter`) may remove the DSS from data or
+ACKs. RFC 8684 3.7, as the model applies it: data without a DSS mapping, or data ACKed without a
+Data ACK, on a joined subflow or while another subflow is open: that subflow is reset (RST with
+MP_TCPRST reason 6) and everything not DATA_ACKed is sent again on the others (Linux
+``__mptcp_close_ssk`` -> ``__mptcp_retransmit_pending_data``); on the only subflow the connection
+falls back to TCP (the infinite mapping: no more MPTCP options, no MPTCP-level retransmission).
+Linux departs from this in one case (docs/kernel-departures.md section 3).
+
 Simplifications
 ---------------
-* No connection setup or teardown: every subflow starts established (at the transfer's start or
-  at its ``subflow_start_s``), with the full receive window (no receive-window auto-tuning
-  (DRS), which Linux starts from tcp_rmem[1] = 128 KiB); no FIN/DATA_FIN. Handshakes are the
-  negotiation models' job; subflows without an RTT sample pace as if their RTT were the initial
-  RTO (Linux has the handshake's sample).
+* No teardown: no FIN/DATA_FIN. The initial subflow starts established with the full receive
+  window (no receive-window auto-tuning (DRS), which Linux starts from tcp_rmem[1] = 128 KiB);
+  joins are as above, but the listener has no SYN-ACK timer of its own (a retransmitted SYN gets
+  a new SYN-ACK), tokens, nonces and HMACs are not computed (zeros in captures), and the plain
+  connection a stripped SYN opens at the server is not modelled beyond its SYN-ACK. Subflows
+  without an RTT sample (the initial one) pace as if their RTT were the initial RTO (Linux has
+  the handshake's sample). No partial SACK: a box that splits segments on a lossy path can leave
+  the sender believing a half-delivered segment delivered (the transfer then stalls).
 * Receive buffers count payload bytes; Linux counts skb truesize and advertises only part of
   ``tcp_rmem`` (``scaling_ratio``). MPTCP send queues count truesize with one skb per segment
   (Linux builds larger skbs when GSO is on, which costs less overhead); the connection's send
@@ -159,6 +192,7 @@ from typing import Any
 import simpy
 from simpy.events import NORMAL
 
+from mpsim.proto.tcp import TcpPolicy
 from mpsim.sim.congestion import INITIAL_CWND_SEGMENTS, CongestionControl, LiaCoupling, make_congestion_control
 from mpsim.sim.link import LinkDirection, schedule_call
 
@@ -174,6 +208,28 @@ DSS_ACK_OPTION_BYTES = 12
 SACK_BASE_BYTES = 4  # NOP NOP kind length
 SACK_BLOCK_BYTES = 8
 DEFAULT_MSS_BYTES = 1448
+# --- the MP_JOIN handshake (module docstring, "Subflows joining") ---------------------------------
+#: A Linux SYN's or SYN-ACK's options: MSS 4, SACK-permitted 2 + Timestamps 10, NOP + window scale 4.
+SYN_OPTIONS_BYTES = 20
+#: RFC 8684 3.2 (Linux TCPOLEN_MPTCP_MPJ_SYN / _SYNACK / _ACK, net/mptcp/protocol.h).
+MP_JOIN_SYN_BYTES = 12
+MP_JOIN_SYNACK_BYTES = 16
+MP_JOIN_ACK_BYTES = 24
+#: MP_TCPRST (RFC 8684 3.6) on the RST that resets a subflow.
+MP_TCPRST_BYTES = 4
+#: The MSS a SYN advertises: the payload beside the 12 timestamp bytes plus those bytes (1460).
+SYN_MSS_OPTION_BYTES = DEFAULT_MSS_BYTES + TIMESTAMPS_OPTION_BYTES
+#: The window scale Linux offers with tcp_rmem[2] = 6 MiB.
+WINDOW_SCALE_SHIFT = 7
+#: When the in-kernel path manager opens the further subflows, after the transfer's start.
+#: Linux (net/mptcp/pm_netlink.c, pm_kernel.c from 6.15: ``mptcp_pm_create_subflow_or_signal_addr``)
+#: opens one subflow per "subflow" endpoint in one pass of the PM worker, which the MP_CAPABLE
+#: connection's becoming fully established schedules (``mptcp_pm_fully_established``, no timer).
+#: The transfer starts on the negotiated connection, fully established already: 0.
+DEFAULT_JOIN_DELAY_S = 0.0
+#: Which side opens the further subflows (``BulkTransfer(joins_from=...)``): the client, which
+#: is the data sender in an upload and the receiver in a download.
+JOIN_INITIATORS = ("sender", "receiver")
 
 # --- Linux constants --------------------------------------------------------------------------
 RTO_MIN_S = 0.2  # TCP_RTO_MIN
@@ -212,6 +268,8 @@ BUFFER_POLICIES = ("auto", "pinned")
 
 #: Timers run after packet deliveries scheduled for the same instant (as SimNode's).
 TIMER_PRIORITY = NORMAL + 1
+FLAG_SYN = 0x02
+FLAG_RST = 0x04
 FLAG_PSH = 0x08
 FLAG_ACK = 0x10
 
@@ -237,7 +295,10 @@ class Segment:
     (for TCP they equal ``seq``/``ack``); ``window_bytes`` the window advertised from
     ``data_ack``; ``payload`` the data itself (a memoryview) when the transfer carries real
     bytes, else None. ``dst_endpoint`` is the object whose ``receive(segment)`` the link
-    delivers it to. Treat a segment as immutable once sent.
+    delivers it to. ``mptcp``: the segment carries its MPTCP option (DSS; MP_JOIN on a join's
+    SYN, SYN-ACK and third ACK; MP_TCPRST on a RST); a middlebox that strips it clears it
+    (:mod:`mpsim.sim.light_filter`). A join's handshake segments have FLAG_SYN or are addressed
+    to a join endpoint; their ``seq``/``ack`` are 0. Treat a segment as immutable once sent.
     """
 
     __slots__ = ("size_bytes", "dst_endpoint", "subflow_id", "seq", "payload_bytes", "ack", "sack_blocks",
@@ -266,21 +327,41 @@ class Segment:
         return f"<Segment sf{self.subflow_id} {kind} dsn={self.dsn} data_ack={self.data_ack} {self.size_bytes}B>"
 
     def to_ip_packet(self):
-        """The segment as a wire ``IpPacket`` (for pcap files), with the header accounted above.
+        """The segment as a wire ``IpPacket`` (for pcap files and middleboxes), with the header
+        accounted above.
 
         Addresses and ports come from the endpoints; sequence numbers are offset by one for the
         SYN (ISN 0) and taken modulo 2**32; the window is scaled by 2**7; TSval is the send time
-        in milliseconds; the payload is zeros when the transfer carries no real bytes.
+        in milliseconds; the payload is zeros when the transfer carries no real bytes. A join's
+        SYN and SYN-ACK carry Linux's SYN options (MSS, SACK-permitted, timestamps, NOP, window
+        scale) and MP_JOIN; its third ACK MP_JOIN with the HMAC (tokens, nonces and HMACs are
+        zeros: the model does not compute them); a RST MP_TCPRST (reason: middlebox interference).
         """
-        from mpsim.wire.mptcp import Dss
-        from mpsim.wire.options import NoOperation, Sack, Timestamps
+        from mpsim.wire.mptcp import Dss, MpJoinAck, MpJoinSyn, MpJoinSynAck, MpTcpRst, MpTcpRstReason
+        from mpsim.wire.options import MaximumSegmentSize, NoOperation, Sack, SackPermitted, Timestamps, WindowScale
         from mpsim.wire.segment import IpPacket, TcpFlags, TcpSegment
 
         mask = 0xFFFFFFFF
         endpoint = self.dst_endpoint
-        options: list = [NoOperation(), NoOperation(), Timestamps(int(self.sent_s * 1000) & mask, 0)]
-        if self.mptcp:
-            if self.payload_bytes:
+        flags = self.flags
+        timestamps = Timestamps(int(self.sent_s * 1000) & mask, 0)
+        seq, ack = (self.seq + 1) & mask, (self.ack + 1) & mask
+        if flags & FLAG_SYN:
+            seq, ack = 0, 1 if flags & FLAG_ACK else 0
+            options: list = [MaximumSegmentSize(SYN_MSS_OPTION_BYTES), SackPermitted(), timestamps, NoOperation(),
+                             WindowScale(WINDOW_SCALE_SHIFT)]
+            if self.mptcp:
+                options.append(MpJoinSynAck(self.subflow_id & 0xFF, bytes(8), 0) if flags & FLAG_ACK
+                               else MpJoinSyn(self.subflow_id & 0xFF, 0, 0))
+        else:
+            options = [NoOperation(), NoOperation(), timestamps]
+            if not self.mptcp:
+                pass
+            elif flags & FLAG_RST:
+                options.append(MpTcpRst(MpTcpRstReason.MIDDLEBOX_INTERFERENCE))
+            elif getattr(endpoint, "join_listener", False):
+                options.append(MpJoinAck(bytes(20)))
+            elif self.payload_bytes:
                 options.append(Dss(data_ack=self.data_ack + 1, dsn=self.dsn + 1, ssn=self.seq + 1,
                                    data_level_length_bytes=self.payload_bytes, data_ack_64_bit=True, dsn_64_bit=True))
             else:
@@ -292,9 +373,15 @@ class Segment:
             payload = bytes(self.payload)
         else:
             payload = bytes(self.payload_bytes)
-        segment = TcpSegment(endpoint.remote_port, endpoint.local_port, (self.seq + 1) & mask, (self.ack + 1) & mask,
-                             TcpFlags(self.flags), min(self.window_bytes >> 7, 0xFFFF), tuple(options), payload)
+        # RFC 7323 2.2: the window of a SYN or SYN-ACK is never scaled.
+        window = self.window_bytes if flags & FLAG_SYN else self.window_bytes >> WINDOW_SCALE_SHIFT
+        segment = TcpSegment(endpoint.remote_port, endpoint.local_port, seq, ack, TcpFlags(flags),
+                             min(window, 0xFFFF), tuple(options), payload)
         return IpPacket(endpoint.remote_ip, endpoint.local_ip, segment)
+
+
+def _ignore(segment: Segment) -> None:
+    """The ``receive`` of a reset subflow endpoint: whatever still arrives is dropped."""
 
 
 def deliver_segment(segment: Segment) -> None:
@@ -407,7 +494,8 @@ class _SubflowSender:
         self.receiver: _SubflowReceiver | None = None  # set by BulkTransfer
         # MPTCP (net/mptcp/protocol.c): data the scheduler committed to this subflow and not yet
         # sent, as (dsn, length); its memory (unsent + unacknowledged, truesize) and send buffer.
-        self.active = True  # False until the subflow has joined (BulkTransfer subflow_start_s)
+        self.active = True  # False until the subflow has joined (its MP_JOIN handshake, _Join)
+        self.closed = False  # reset (ConnectionSender.close_subflow)
         self.send_queue: deque[tuple[int, int]] = deque()
         self.wmem_queued = 0
         self.sndbuf_bytes = 0  # set by the connection (pinned, or tcp_init_buffer_space)
@@ -487,7 +575,7 @@ class _SubflowSender:
         own_window_bytes = self.receiver.conn.rcv_buf_bytes
         self.forward.send(Segment(self.data_header_bytes + length, self.receiver, self.subflow_id, record.seq, length,
                                   0, None, record.dsn, 0, own_window_bytes, FLAG_ACK | FLAG_PSH, now, record.payload,
-                                  conn.mptcp))
+                                  conn.mptcp_options))
         self.segments_sent += 1
         if self.state == _RECOVERY:
             self.prr_out += 1
@@ -573,6 +661,8 @@ class _SubflowSender:
         """An ACK from the receiver."""
         now = self.env.now
         conn = self.conn
+        if not segment.mptcp and conn.mptcp_options and self._acked_without_dss(now):
+            return
         conn.on_data_ack(segment.data_ack, segment.window_bytes)
         prior_pipe = self.pipe()
         delivered = 0
@@ -725,6 +815,25 @@ class _SubflowSender:
         if probe_due and self.segments_sent == sent_before:
             if not self._schedule_loss_probe(now, advancing_rto=True):
                 self._rearm_rto(now)
+
+    def _acked_without_dss(self, now: float) -> bool:
+        """RFC 8684 3.7: data ACKed without a DSS Data ACK means a box strips MPTCP options.
+        With other subflows open, this one is reset (RST with MP_TCPRST reason 6, middlebox
+        interference) and the ACK ignored (True); on the only subflow the connection falls
+        back to TCP and the ACK is taken as a TCP ACK (the model keeps its DATA_ACK, which the
+        infinite mapping implies)."""
+        conn = self.conn
+        if any(other is not self and other.active for other in conn.subflows):
+            self.reset_endpoint.out.send(Segment(RESET_BYTES, self.receiver.reset_endpoint, self.subflow_id, self.snd_nxt,
+                                                 0, 0, None, 0, 0, 0, FLAG_RST, now, None, True))
+            conn.close_subflow(self, now)
+            return True
+        conn.fall_back()
+        return False
+
+    def _on_reset(self, segment: Segment) -> None:
+        """The receiver reset this subflow (it got data without a DSS mapping)."""
+        self.conn.close_subflow(self, self.env.now)
 
     def _process_sack(self, blocks: tuple, now: float) -> tuple[int, float | None, float | None]:
         newly = 0
@@ -1056,6 +1165,9 @@ class _ConnectionSender:
         self.timer_ival_s = RTO_MIN_S
         self.reinjected_bytes = 0
         self.mptcp_retransmit_timeouts = 0
+        self.subflow_resets = 0
+        self.fallen_back = False
+        self.mptcp_options = mptcp  # the segments carry MPTCP options (until a fallback)
 
     def add_subflow(self, subflow: _SubflowSender) -> None:
         if self.pinned:
@@ -1231,7 +1343,7 @@ class _ConnectionSender:
         (up to the bytes already sent) goes again on the first active subflow with nothing in
         flight and nothing queued (``mptcp_subflow_get_retrans``); with none, only re-arm. The
         re-arm (``__mptcp_clean_una`` at its start) uses the stored ``timer_ival_s``."""
-        if self.data_una >= self.next_dsn:
+        if self.data_una >= self.next_dsn or self.fallen_back:
             return
         self.mptcp_retransmit_timeouts += 1
         pick = None
@@ -1256,6 +1368,36 @@ class _ConnectionSender:
         subflow.active = True
         self.sync_sndbuf()
         self.push(now)
+
+    def close_subflow(self, subflow: _SubflowSender, now: float) -> None:
+        """A subflow is reset: it sends nothing more and what it held goes again on the others.
+        Linux ``__mptcp_close_ssk`` -> ``__mptcp_retransmit_pending_data`` (net/mptcp/protocol.c,
+        6.x): everything not yet DATA_ACKed is marked unsent, so the scheduler sends it again
+        from the DATA_ACK on (the copies the receiver already has are dropped there)."""
+        if subflow.closed:
+            return
+        subflow.closed = True
+        subflow.active = False
+        subflow.receive = _ignore  # late ACKs of a reset subflow change nothing
+        subflow.rto_timer.cancel()
+        subflow.send_queue.clear()
+        subflow.retransmit_queue.clear()
+        subflow.wmem_queued = 0
+        self.subflow_resets += 1
+        if self.data_una < self.next_dsn:
+            self.reinjected_bytes += self.next_dsn - self.data_una
+            self.next_dsn = self.data_una
+        self.sync_sndbuf()
+        self.push(now)
+
+    def fall_back(self) -> None:
+        """RFC 8684 3.7: the connection reverts to TCP on its only subflow (infinite mapping):
+        no MPTCP option is sent any more and no MPTCP-level retransmission."""
+        self.fallen_back = True
+        self.mptcp_options = False
+        self.rtx_timer.cancel()
+        for subflow in self.subflows:
+            subflow.data_header_bytes = BASE_HEADER_BYTES
 
 
 class _SubflowReceiver:
@@ -1285,9 +1427,12 @@ class _SubflowReceiver:
         self.bytes_in_order = 0
         self.duplicate_segments = 0
         self.acks_sent = 0
+        self.resets_sent = 0
 
     def receive(self, segment: Segment) -> None:
         """A data segment from the sender."""
+        if not segment.mptcp and self.mptcp and self._data_without_dss(segment):
+            return
         seq = segment.seq
         conn = self.conn
         latest = None
@@ -1327,6 +1472,28 @@ class _SubflowReceiver:
             self.send_ack(latest)
         elif self.delack_timer.deadline_s is None:
             self.delack_timer.set(self.env.now + self.delayed_ack_s)
+
+    def _on_reset(self, segment: Segment) -> None:
+        """The sender reset this subflow: nothing more is taken from it."""
+        self.receive = _ignore  # type: ignore[method-assign]
+
+    def _data_without_dss(self, segment: Segment) -> bool:
+        """RFC 8684 3.7, data without a DSS mapping: with other subflows open (or on a joined
+        subflow) the receiver resets this subflow (RST, MP_TCPRST reason 6) and drops the data
+        (True); on the only subflow it falls back to TCP: from now on the subflow's bytes are the
+        stream (the infinite mapping) and its ACKs carry no MPTCP option."""
+        sender = self.sender
+        if sender.subflow_id != 0 or any(other is not sender and other.active for other in sender.conn.subflows):
+            self.receive = _ignore  # type: ignore[method-assign]
+            self.backward.send(Segment(RESET_BYTES, sender.reset_endpoint, self.subflow_id, self.rcv_nxt, 0, 0, None,
+                                       0, 0, 0, FLAG_RST, self.env.now, None, True))
+            self.resets_sent += 1
+            return True
+        self.mptcp = False
+        self.sack_capacity = sack_capacity(False)
+        self.ack_header_bytes = BASE_HEADER_BYTES
+        self.conn.fallen_back = True
+        return False
 
     def _insert_ooo(self, left: int, right: int) -> int:
         """Add [left, right) to the out-of-order ranges; returns the index of the range holding it."""
@@ -1390,6 +1557,7 @@ class _ConnectionReceiver:
         self.pending: dict[int, Segment] = {}  # by DSN
         self.pending_heap: list[int] = []  # the DSNs of pending (and of some already taken: skipped)
         self.duplicate_bytes = 0
+        self.fallen_back = False  # RFC 8684 3.7: data without a mapping on the only subflow
         self.finish_s: float | None = None
         self.hasher = hashlib.sha256() if hash_payload else None
         self.done = env.event()
@@ -1458,6 +1626,241 @@ class _ConnectionReceiver:
             self.done.succeed(self.finish_s)
 
 
+# --- subflows joining: the MP_JOIN handshake, resets and fallback -----------------------------------
+
+#: IP and TCP headers without options (the timestamps of BASE_HEADER_BYTES left out).
+_BARE_HEADER_BYTES = BASE_HEADER_BYTES - TIMESTAMPS_OPTION_BYTES
+JOIN_SYN_BYTES = _BARE_HEADER_BYTES + SYN_OPTIONS_BYTES + MP_JOIN_SYN_BYTES  # 72
+JOIN_SYNACK_BYTES = _BARE_HEADER_BYTES + SYN_OPTIONS_BYTES + MP_JOIN_SYNACK_BYTES  # 76
+PLAIN_SYNACK_BYTES = _BARE_HEADER_BYTES + SYN_OPTIONS_BYTES  # 60
+JOIN_THIRD_ACK_BYTES = BASE_HEADER_BYTES + MP_JOIN_ACK_BYTES  # 76
+JOIN_FOURTH_ACK_BYTES = BASE_HEADER_BYTES + DSS_ACK_OPTION_BYTES  # 64
+RESET_BYTES = BASE_HEADER_BYTES + MP_TCPRST_BYTES  # 56
+#: A SYN's window field (RFC 7323 2.2: never scaled): Linux's initial 64 KiB - 1.
+SYN_WINDOW_BYTES = 65535
+
+
+class _Endpoint:
+    """Where a segment that the data path does not carry is delivered: a side of a join's
+    handshake or a subflow's RST. It names the addresses its segments carry (for captures and
+    middleboxes) and hands what arrives to ``handler``, so the data path's ``receive`` methods
+    need no test for them."""
+
+    join_listener = False
+
+    def __init__(self, handler: Callable[[Segment], None], addresses: Any, out: Any) -> None:
+        self.receive = handler
+        self.local_ip, self.remote_ip = addresses.local_ip, addresses.remote_ip
+        self.local_port, self.remote_port = addresses.local_port, addresses.remote_port
+        self.out = out  # the direction this side sends on
+
+
+class _ListenerEndpoint(_Endpoint):
+    join_listener = True  # a third ACK addressed here carries MP_JOIN (Segment.to_ip_packet)
+
+
+class _Join:
+    """The MP_JOIN handshake of one further subflow (RFC 8684 3.2) as Linux 6.x runs it.
+
+    The initiator (the client) sends SYN + MP_JOIN; the listener answers SYN-ACK + MP_JOIN; the
+    initiator sends the third ACK with MP_JOIN (HMAC) and may not send data before the fourth
+    ACK (``__mptcp_subflow_active``: a ``request_join`` subflow is usable only once
+    ``fully_established``, net/mptcp/protocol.h); the listener's subflow is fully established
+    as it is created on the third ACK (``subflow_ulp_clone``), and answers it at once with an
+    ACK carrying a DSS (``check_fully_established``, net/mptcp/options.c, Linux 6.18; the
+    fourth ACK), so it may send data from then on. Hence, with one-way delays d (client to
+    server) and d' (back), an upload's joined subflow sends its first data 2 (d + d') after its
+    SYN, a download's 2 d + d' after it (the server, its data sender, is the listener).
+
+    Timers: the SYN on the proto TCP policy's SYN timer (:meth:`TcpPolicy.syn_rto_s`, give-up
+    :meth:`TcpPolicy.syn_given_up`); the third ACK again after 2 SRTT of the handshake's RTT
+    without a fourth ACK (``schedule_3rdack_retransmission``, net/mptcp/protocol.c), at most
+    ``data_retries`` times; the listener answers a retransmitted SYN with a SYN-ACK and a
+    retransmitted third ACK with an ACK (it has no SYN-ACK timer of its own: simplified).
+
+    Failures, as Linux fails them (the join is recorded as failed and the other subflows carry
+    everything): a SYN-ACK without MP_JOIN (a box stripped it, or a plain SYN reached the
+    server: ``subflow_finish_connect`` resets the subflow, MPTcpExtJoinSynAckRx not counted) and
+    a fourth ACK without DSS (``check_fully_established``: reset) make the initiator send a RST;
+    a third ACK without MP_JOIN makes the listener reset (``subflow_syn_recv_sock``,
+    MPTcpExtJoinAckHMacFailure); a SYN without MP_JOIN reaches the listener as a plain SYN,
+    which Linux's MPTCP listener accepts as a new plain TCP connection unrelated to this one:
+    the model answers it with a plain SYN-ACK (counted in ``plain_syns``) and lets the
+    initiator's RST end it; SYNs unanswered until the give-up.
+    """
+
+    def __init__(self, subflow: _SubflowSender, initiator_is_sender: bool, policy: TcpPolicy) -> None:
+        self.subflow = subflow
+        self.env = subflow.env
+        self.initiator_is_sender = initiator_is_sender
+        self.policy = policy
+        receiver = subflow.receiver
+        if initiator_is_sender:
+            self.initiator = _Endpoint(self._at_initiator, subflow, subflow.forward)
+            self.listener = _ListenerEndpoint(self._at_listener, receiver, receiver.backward)
+        else:
+            self.initiator = _Endpoint(self._at_initiator, receiver, receiver.backward)
+            self.listener = _ListenerEndpoint(self._at_listener, subflow, subflow.forward)
+        self.state = "idle"  # -> syn_sent -> pre_established -> joined, or failed
+        self.listener_state = "listen"  # -> synack_sent -> established, plain, or closed
+        self.syn_times_s: list[float] = []
+        self.synack_s: float | None = None  # when the initiator received the SYN-ACK
+        self.third_ack_s: float | None = None  # when the listener received the third ACK
+        self.fourth_ack_s: float | None = None  # when the initiator received the fourth ACK
+        self.joined_s: float | None = None  # when the data sender could send on the subflow
+        self.failure = ""
+        self.handshake_rtt_s: float | None = None  # SYN -> SYN-ACK at the initiator
+        self.listener_rtt_s: float | None = None  # SYN-ACK -> third ACK at the listener
+        self._synack_sent_s = 0.0
+        self.third_ack_retransmissions = 0
+        self.plain_syns = 0
+        self._syn_timer = _Timer(self.env, self._on_syn_timer)
+        self._ack_timer = _Timer(self.env, self._on_third_ack_timer)
+
+    @property
+    def joined(self) -> bool:
+        return self.joined_s is not None and not self.failure
+
+    def _send(self, side: _Endpoint, size_bytes: int, flags: int, mptcp: bool, window_bytes: int) -> None:
+        to = self.listener if side is self.initiator else self.initiator
+        side.out.send(Segment(size_bytes, to, self.subflow.subflow_id, 0, 0, 0, None, 0, 0, window_bytes, flags,
+                              self.env.now, None, mptcp))
+
+    def _window_bytes(self) -> int:
+        return self.subflow.receiver.conn.rcv_buf_bytes
+
+    # --- the initiator ------------------------------------------------------------------------
+
+    def start(self, _event: Any = None) -> None:
+        """The path manager opens the subflow: the first SYN + MP_JOIN."""
+        self.state = "syn_sent"
+        self._send_syn()
+
+    def _send_syn(self) -> None:
+        now = self.env.now
+        self.syn_times_s.append(now)
+        self._send(self.initiator, JOIN_SYN_BYTES, FLAG_SYN, True, SYN_WINDOW_BYTES)
+        self._syn_timer.set(now + self.policy.syn_rto_s(len(self.syn_times_s) - 1))
+
+    def _on_syn_timer(self, now: float) -> None:
+        if self.state != "syn_sent":
+            return
+        retransmissions = len(self.syn_times_s) - 1
+        if self.policy.syn_given_up(retransmissions, now - self.syn_times_s[0]):
+            self._fail(f"no SYN-ACK to {len(self.syn_times_s)} SYNs")
+            return
+        self._send_syn()
+
+    def _send_third_ack(self) -> None:
+        self._send(self.initiator, JOIN_THIRD_ACK_BYTES, FLAG_ACK, True, self._window_bytes())
+        self._ack_timer.set(self.env.now + 2 * self.handshake_rtt_s)
+
+    def _on_third_ack_timer(self, now: float) -> None:
+        if self.state != "pre_established":
+            return
+        if self.third_ack_retransmissions >= self.policy.data_retries:
+            self._reset(self.initiator, "no fourth ACK")
+            return
+        self.third_ack_retransmissions += 1
+        self._send_third_ack()
+
+    def _at_initiator(self, segment: Segment) -> None:
+        now = self.env.now
+        flags = segment.flags
+        if flags & FLAG_RST:
+            if self.state in ("syn_sent", "pre_established") or (self.state == "joined" and not self.initiator_is_sender):
+                self._fail("reset by the listener")
+            return
+        if flags & FLAG_SYN:
+            if self.state == "syn_sent":
+                self._syn_timer.cancel()
+                self.synack_s = now
+                self.handshake_rtt_s = now - self.syn_times_s[-1]
+                if not segment.mptcp:
+                    self._reset(self.initiator, "SYN-ACK without MP_JOIN")
+                    return
+                self.state = "pre_established"
+                self._send_third_ack()
+            elif self.state == "pre_established":
+                self._send_third_ack()  # a retransmitted SYN's answer: the third ACK again
+            return
+        if self.state != "pre_established":
+            return
+        self._ack_timer.cancel()
+        self.fourth_ack_s = now
+        if not segment.mptcp:
+            self._reset(self.initiator, "fourth ACK without DSS")
+            return
+        self.state = "joined"
+        if self.initiator_is_sender:
+            self._activate(self.handshake_rtt_s)
+
+    # --- the listener -------------------------------------------------------------------------
+
+    def _at_listener(self, segment: Segment) -> None:
+        now = self.env.now
+        flags = segment.flags
+        if flags & FLAG_RST:
+            if self.listener_state == "established" and not self.failure:
+                self._fail("reset by the initiator")
+            self.listener_state = "closed"
+            return
+        if flags & FLAG_SYN:
+            if not segment.mptcp:
+                if self.listener_state in ("listen", "plain"):
+                    self.listener_state = "plain"
+                    self.plain_syns += 1
+                    self._send(self.listener, PLAIN_SYNACK_BYTES, FLAG_SYN | FLAG_ACK, False, SYN_WINDOW_BYTES)
+            elif self.listener_state in ("listen", "synack_sent"):
+                self.listener_state = "synack_sent"
+                self._synack_sent_s = now
+                self._send(self.listener, JOIN_SYNACK_BYTES, FLAG_SYN | FLAG_ACK, True, SYN_WINDOW_BYTES)
+            return
+        if self.listener_state == "synack_sent":
+            if not segment.mptcp:
+                self._reset(self.listener, "third ACK without MP_JOIN")
+                return
+            self.listener_state = "established"
+            self.third_ack_s = now
+            self.listener_rtt_s = now - self._synack_sent_s
+            self._send(self.listener, JOIN_FOURTH_ACK_BYTES, FLAG_ACK, True, self._window_bytes())
+            if not self.initiator_is_sender:
+                self._activate(self.listener_rtt_s)
+        elif self.listener_state == "established" and segment.mptcp:
+            # check_fully_established: a retransmitted third ACK is answered with an ACK
+            self._send(self.listener, JOIN_FOURTH_ACK_BYTES, FLAG_ACK, True, self._window_bytes())
+
+    # --- outcomes -----------------------------------------------------------------------------
+
+    def _activate(self, rtt_s: float) -> None:
+        """The data sender may use the subflow; its handshake gave it an RTT sample (Linux
+        ``tcp_ack_update_rtt`` on the SYN-ACK, ``tcp_synack_rtt_meas`` on the third ACK)."""
+        now = self.env.now
+        self.joined_s = now
+        subflow = self.subflow
+        subflow._rtt_sample(rtt_s)
+        subflow.rto_s = subflow.rto_base_s  # tcp_set_rto once the handshake has a sample
+        subflow.conn.activate(subflow, now)
+
+    def _reset(self, side: _Endpoint, reason: str) -> None:
+        self._send(side, RESET_BYTES, FLAG_RST, True, 0)
+        if side is self.listener:
+            self.listener_state = "closed"
+        self._fail(reason)
+
+    def _fail(self, reason: str) -> None:
+        if self.failure:
+            return
+        self.failure = reason
+        self.state = "failed"
+        self._syn_timer.cancel()
+        self._ack_timer.cancel()
+        subflow = self.subflow
+        if subflow.active:
+            subflow.conn.close_subflow(subflow, self.env.now)
+
+
+
 @dataclass(frozen=True)
 class TransferRecord:
     """The outcome of one bulk transfer (one table row; ``dataclasses.asdict`` gives the dict).
@@ -1500,6 +1903,11 @@ class TransferRecord:
     buffers: str = "auto"
     reinjected_bytes: int = 0
     mptcp_retransmit_timeouts: int = 0
+    subflow_joined: tuple[bool, ...] = ()
+    subflow_join_s: tuple[float | None, ...] = ()
+    subflow_join_failures: tuple[str, ...] = ()
+    subflow_resets: int = 0
+    fallback: bool = False
 
 
 def _attach(direction: LinkDirection) -> None:
@@ -1523,8 +1931,12 @@ class BulkTransfer:
     module docstring). ``scheduler`` (MPTCP): "default" (upstream Linux 6.x: lowest linger time,
     per-subflow send queues, reinjection) or "lowest-rtt" (the older model). ``buffers``: "auto"
     (Linux's auto-tuning; ``snd_buf_bytes`` is tcp_wmem[2]) or "pinned" (SO_SNDBUF =
-    ``snd_buf_bytes``, doubled as Linux does). ``subflow_start_s``: per path, when its subflow
-    starts sending, the path manager's delay + one MP_JOIN handshake RTT (first entry 0).
+    ``snd_buf_bytes``, doubled as Linux does). Joins (module docstring, "Subflows joining"):
+    ``join_handshake`` (default True: further subflows open with MP_JOIN), ``join_delay_s`` (when
+    the path manager opens them), ``joins_from`` ("sender" or "receiver": the client's side),
+    ``syn_policy`` (the client's SYN timers; default ``TcpPolicy()``), ``subflow_start_s`` (per
+    path, the first entry 0: when its join starts, or with ``join_handshake=False`` when it
+    starts established).
     ``payload``: optional bytes of length ``size_bytes`` carried for real, so the receiver can
     hash what it delivers (slower; for tests and pcaps). ``done`` is a SimPy event that
     succeeds when the last byte reaches the receiving application.
@@ -1537,7 +1949,9 @@ class BulkTransfer:
                  rto_min_s: float = RTO_MIN_S, delayed_ack_s: float = DELAYED_ACK_S,
                  quickack_segments: int = QUICKACK_SEGMENTS, payload: bytes | None = None,
                  loss_detection: str = "rack-tlp", scheduler: str = "default", buffers: str = "auto",
-                 subflow_start_s: Sequence[float] | None = None, name: str = "transfer") -> None:
+                 subflow_start_s: Sequence[float] | None = None, join_handshake: bool = True,
+                 join_delay_s: float = DEFAULT_JOIN_DELAY_S, joins_from: str = "sender",
+                 syn_policy: TcpPolicy | None = None, name: str = "transfer") -> None:
         paths = list(paths)
         if not paths:
             raise ValueError("a transfer needs at least one path")
@@ -1553,7 +1967,14 @@ class BulkTransfer:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
         if buffers not in BUFFER_POLICIES:
             raise ValueError(f"buffers must be one of {BUFFER_POLICIES}, got {buffers!r}")
-        starts_s = [0.0] * len(paths) if subflow_start_s is None else list(subflow_start_s)
+        if not isinstance(join_delay_s, (int, float)) or not join_delay_s >= 0:
+            raise ValueError(f"join_delay_s must be a number >= 0, got {join_delay_s!r}")
+        if joins_from not in JOIN_INITIATORS:
+            raise ValueError(f"joins_from must be one of {JOIN_INITIATORS}, got {joins_from!r}")
+        if syn_policy is not None and not isinstance(syn_policy, TcpPolicy):
+            raise ValueError(f"syn_policy must be a TcpPolicy, got {syn_policy!r}")
+        starts_s = [0.0] + [float(join_delay_s)] * (len(paths) - 1) if subflow_start_s is None \
+            else list(subflow_start_s)
         if len(starts_s) != len(paths) or any(not isinstance(t, (int, float)) or not t >= 0 for t in starts_s) \
                 or starts_s[0] != 0:
             raise ValueError(f"subflow_start_s needs one delay >= 0 per path, the first 0 (the initial subflow), "
@@ -1584,6 +2005,7 @@ class BulkTransfer:
                                         scheduler=scheduler, pinned=buffers == "pinned")
         self.receiver = _ConnectionReceiver(env, size_bytes, mptcp, rcv_buf_bytes, payload is not None)
         coupling = LiaCoupling() if coupled == "lia" else None
+        self.joins: list[_Join | None] = []  # per path: its MP_JOIN handshake (None: the initial subflow)
         server_ip = IPv4Address("198.19.0.2")
         for index, (forward, backward) in enumerate(paths):
             _attach(forward)
@@ -1596,10 +2018,18 @@ class BulkTransfer:
                                      rack_tlp=loss_detection == "rack-tlp")
             subflow.receiver = _SubflowReceiver(self.receiver, index, backward, subflow, delayed_ack_s,
                                                 quickack_segments, server_ip, client_ip, 5201, client_port)
-            subflow.active = starts_s[index] == 0
+            subflow.reset_endpoint = _Endpoint(subflow._on_reset, subflow, forward)
+            subflow.receiver.reset_endpoint = _Endpoint(subflow.receiver._on_reset, subflow.receiver, backward)
+            # The initial subflow is the negotiated connection, established when the bulk starts.
+            subflow.active = index == 0 or (not join_handshake and starts_s[index] == 0)
             self.sender.add_subflow(subflow)
-            if not subflow.active:
+            join = None
+            if index and join_handshake:
+                join = _Join(subflow, joins_from == "sender", syn_policy or TcpPolicy())
+                schedule_call(env, starts_s[index], join.start, TIMER_PRIORITY)
+            elif not subflow.active:
                 schedule_call(env, starts_s[index], lambda _event, sf=subflow: self.sender.activate(sf, env.now))
+            self.joins.append(join)
         self.sender.push(env.now)
 
     @property
@@ -1634,4 +2064,11 @@ class BulkTransfer:
             loss_detection=self.loss_detection, scheduler=self.scheduler, buffers=self.buffers,
             reinjected_bytes=self.sender.reinjected_bytes,
             mptcp_retransmit_timeouts=self.sender.mptcp_retransmit_timeouts,
+            subflow_joined=tuple(join.joined if join is not None else not s.closed and s.active
+                                 for join, s in zip(self.joins, subflows)),
+            subflow_join_s=tuple(self.start_s if join is None else join.joined_s
+                                 for join in self.joins),
+            subflow_join_failures=tuple("" if join is None else join.failure for join in self.joins),
+            subflow_resets=self.sender.subflow_resets,
+            fallback=self.sender.fallen_back or receiver.fallen_back,
         )

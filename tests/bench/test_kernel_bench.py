@@ -122,6 +122,20 @@ def test_model_goodput_of_a_lossless_path_is_its_ceiling():
     assert 0.97 < result["goodput_bps"] / ceiling <= 1.001
 
 
+def test_model_goodput_with_mp_join_stripped_on_the_second_path():
+    # The case (12 + 30 Mbit/s, strip on path 1): the join fails and path 0 carries
+    # everything at its ceiling, as the kernel did (11.3 Mbit/s); without the box, both paths.
+    settings = kernel.ModelSettings(one_way_delay_s=20e-6)
+    size = int(42_000_000 * 1420 / 1514 / 8 * 2)
+    stripped = kernel.model_goodput(settings, 0, 0.0, size, mptcp=True, seed=1, rates_bps=(12e6, 30e6),
+                                    middleboxes=(None, "strip-mptcp-syn"))
+    assert stripped["completed"] and stripped["subflow_bytes"][1] == 0
+    assert stripped["subflow_join_failures"] == ("", "SYN-ACK without MP_JOIN")
+    assert 0.97 < stripped["goodput_bps"] / (12e6 * 1420 / 1514) <= 1.001
+    clean = kernel.model_goodput(settings, 0, 0.0, size, mptcp=True, seed=1, rates_bps=(12e6, 30e6))
+    assert clean["subflow_joined"] == (True, True) and clean["goodput_bps"] > 3 * stripped["goodput_bps"]
+
+
 def test_model_negotiation_takes_the_kernels_knobs():
     settings = kernel.ModelSettings(one_way_delay_s=20e-6)
     knobs = {"syn_retrans_before_tcp_fallback": 2, "tcp_syn_retries": 6, "tcp_syn_linear_timeouts": 4,

@@ -1,7 +1,9 @@
 """The MPTCP data plane as upstream Linux 6.x runs it (net/mptcp/protocol.c): the lowest-linger-time
 scheduler committing bursts to per-subflow send queues, a send buffer committed to a slow
 subflow, reinjection by the MPTCP-level retransmit timer, and a subflow that joins late. The
-expected values are worked by hand in each test from the kernel's arithmetic (docs/sim.md)."""
+expected values are worked by hand in each test from the kernel's arithmetic (docs/sim.md). The
+subflows start established (``join_handshake=False``) so that the scheduler alone decides; the
+MP_JOIN handshake has its own tests (tests/sim/test_mptcp_join.py)."""
 
 from __future__ import annotations
 
@@ -69,7 +71,7 @@ def test_first_bursts_fill_each_subflows_auto_tuned_buffer_in_turn():
     # Each sends its initial window (10) and keeps 28 queued beyond its cwnd.
     env = simpy.Environment()
     paths = [path(env, "a", 10e6, 0.01), path(env, "b", 10e6, 0.01)]
-    transfer = BulkTransfer(env, paths, MIB, mptcp=True)
+    transfer = BulkTransfer(env, paths, MIB, mptcp=True, join_handshake=False)
     first, second = transfer.sender.subflows
     assert first.sndbuf_bytes == second.sndbuf_bytes == 2 * 10 * SNDBUF_PER_MSS_BYTES == 87040
     assert queued_ranges(first) == [(0, 38 * PAYLOAD)]
@@ -91,7 +93,7 @@ def test_scheduler_picks_the_lowest_linger_time_not_the_lowest_queue():
     # (88 ms) it picks subflow 1. After a loss (cwnd >= ssthresh / 2) the ratio is 120 %.
     env = simpy.Environment()
     paths = [path(env, "a", 10e6, 0.01), path(env, "b", 10e6, 0.05)]
-    transfer = BulkTransfer(env, paths, 10 * PAYLOAD, mptcp=True, buffers="pinned", snd_buf_bytes=MIB)
+    transfer = BulkTransfer(env, paths, 10 * PAYLOAD, mptcp=True, join_handshake=False, buffers="pinned", snd_buf_bytes=MIB)
     fast, slow = transfer.sender.subflows
     fast.srtt_s, fast.cc.cwnd_segments = 0.01, 20.0
     slow.srtt_s, slow.cc.cwnd_segments = 0.1, 10.0
@@ -113,7 +115,7 @@ def test_burst_averages_the_pacing_rate_over_the_queue():
     # avg = (avg x wmem + pace x burst) / (burst + wmem) at every pick (mptcp_subflow_get_send).
     env = simpy.Environment()
     paths = [path(env, "a", 10e6, 0.01), path(env, "b", 10e6, 0.01)]
-    transfer = BulkTransfer(env, paths, 1000 * PAYLOAD, mptcp=True, buffers="pinned", snd_buf_bytes=4 * MIB)
+    transfer = BulkTransfer(env, paths, 1000 * PAYLOAD, mptcp=True, join_handshake=False, buffers="pinned", snd_buf_bytes=4 * MIB)
     first = transfer.sender.subflows[0]
     # Pinned 4 MiB: each subflow may queue 8 MiB, the msk 8 MiB: bursts alternate (equal pacing),
     # each 47 segments (46 x 1420 = 65320 < 65428 bytes of burst), until the 1000 segments are out.
@@ -137,7 +139,7 @@ def test_send_buffer_committed_to_a_slow_subflow_starves_the_fast_one():
     # stays full and the fast subflow has nothing to send.
     env = simpy.Environment()
     paths = [path(env, "slow", 1e6, 0.1), path(env, "fast", 10e6, 0.005)]
-    transfer = BulkTransfer(env, paths, 4 * MIB, mptcp=True, buffers="pinned", snd_buf_bytes=96 * 1024)
+    transfer = BulkTransfer(env, paths, 4 * MIB, mptcp=True, join_handshake=False, buffers="pinned", snd_buf_bytes=96 * 1024)
     slow, fast = transfer.sender.subflows
     assert queued_ranges(slow) == [(0, 47 * PAYLOAD), (94 * PAYLOAD, 132 * PAYLOAD)]
     assert queued_ranges(fast) == [(47 * PAYLOAD, 94 * PAYLOAD), (132 * PAYLOAD, 196608)]
@@ -153,7 +155,7 @@ def _simult_flows_duration_s(buffers: str, sample: list | None = None) -> float:
     # The upstream selftest's unbalanced case: 16 MiB over 10 + 3 Mbit/s with 1000-packet queues.
     env = simpy.Environment()
     paths = [path(env, "fast", 10e6, 0.0001, queue_packets=1000), path(env, "slow", 3e6, 0.0001, queue_packets=1000)]
-    transfer = BulkTransfer(env, paths, 16 * MIB, mptcp=True, buffers=buffers,
+    transfer = BulkTransfer(env, paths, 16 * MIB, mptcp=True, join_handshake=False, buffers=buffers,
                             snd_buf_bytes=4 * MIB, rcv_buf_bytes=4 * MIB)
     if sample is not None:
         def probe():
@@ -200,7 +202,7 @@ def test_reinjection_after_a_subflow_timeout_delivers_each_byte_once():
     tap_b = Tap()
     paths = [path(env, "a", 10e6, 0.01, loss=DropData()), path(env, "b", 10e6, 0.01, tap=tap_b)]
     data = random.Random(5).randbytes(76 * PAYLOAD)
-    transfer = BulkTransfer(env, paths, len(data), mptcp=True, payload=data)
+    transfer = BulkTransfer(env, paths, len(data), mptcp=True, join_handshake=False, payload=data)
     env.run(until=env.any_of([transfer.done, env.timeout(30)]))
     record = transfer.result()
     assert record.completed and record.payload_sha256 == hashlib.sha256(data).hexdigest()
@@ -226,7 +228,7 @@ def test_mptcp_timer_interval_is_sampled_by_the_scheduler_not_at_rearm():
     # 2.0876512 s, not to A's 2 s (what re-sampling at each re-arm would give).
     env = simpy.Environment()
     paths = [path(env, "a", 10e6, 0.01, loss=DropData()), path(env, "b", 10e6, 0.01)]
-    transfer = BulkTransfer(env, paths, 76 * PAYLOAD, mptcp=True)
+    transfer = BulkTransfer(env, paths, 76 * PAYLOAD, mptcp=True, join_handshake=False)
     sender = transfer.sender
     env.run(until=0.5)
     assert sender.timer_ival_s == pytest.approx(1.0)
@@ -241,19 +243,19 @@ def test_mptcp_timer_interval_is_sampled_by_the_scheduler_not_at_rearm():
 def test_without_reinjection_a_dead_path_stalls_the_old_scheduler():
     env = simpy.Environment()
     paths = [path(env, "a", 10e6, 0.01, loss=DropData()), path(env, "b", 10e6, 0.01)]
-    transfer = BulkTransfer(env, paths, 76 * PAYLOAD, mptcp=True, scheduler="lowest-rtt")
+    transfer = BulkTransfer(env, paths, 76 * PAYLOAD, mptcp=True, join_handshake=False, scheduler="lowest-rtt")
     env.run(until=30)
     assert not transfer.result().completed
 
 
 def test_a_subflow_joins_after_its_start_delay():
-    # subflow_start_s = the path manager's delay + one MP_JOIN handshake RTT (here 0.25 s): before
-    # it the second path carries nothing; at 0.25 s the joined subflow adds its 87040-byte buffer
+    # Without the MP_JOIN handshake (join_handshake=False) subflow_start_s is when the subflow starts
+    # established (here 0.25 s): before it the second path carries nothing; at 0.25 s the joined subflow adds its 87040-byte buffer
     # to the connection's and takes the next burst at once.
     env = simpy.Environment()
     taps = [Tap(), Tap()]
     paths = [path(env, "a", 10e6, 0.01, tap=taps[0]), path(env, "b", 10e6, 0.01, tap=taps[1])]
-    transfer = BulkTransfer(env, paths, 4 * MIB, mptcp=True, subflow_start_s=(0.0, 0.25))
+    transfer = BulkTransfer(env, paths, 4 * MIB, mptcp=True, join_handshake=False, subflow_start_s=(0.0, 0.25))
     env.run(until=0.25)
     assert not taps[1].sent
     next_dsn = transfer.sender.next_dsn

@@ -90,29 +90,44 @@ class ModelSettings:
 
 
 def model_goodput(settings: ModelSettings, rate_bps: float, loss_prob: float, size_bytes: int, *, mptcp: bool,
-                  seed: int) -> dict[str, Any]:
+                  seed: int, rates_bps: Sequence[float] | None = None,
+                  middleboxes: Sequence[str | None] = ()) -> dict[str, Any]:
     """The model's upload of size_bytes over the testbed's two paths (or path 0 alone for TCP):
-    tbf rate and queue, loss after the queue on both directions, CUBIC, the kernel's buffers."""
+    tbf rate and queue, loss after the queue on both directions, CUBIC, the kernel's buffers.
+    ``rates_bps`` gives each path its own rate; ``middleboxes`` a catalogue box per path (None:
+    none), acting on the transfer's segments before the shaper (mpsim/sim/light_filter.py)."""
+    import random
+
     import simpy
 
+    from mpsim.proto.middlebox import PASS, Site
+    from mpsim.sim.light_filter import wrap_box
     from mpsim.sim.seeds import component_rng
     from mpsim.sim.transfer import BulkTransfer
 
     env = simpy.Environment()
-    model_rate = rate_bps * settings.rate_factor
-    queue_bytes = int(rate_bps / 8 * settings.queue_s * settings.rate_factor)
     paths = []
     for index in range(2 if mptcp else 1):
-        paths.append(tuple(LossAfterQueue(env, f"path{index}.{d}", model_rate, queue_bytes, settings.one_way_delay_s,
-                                           loss_prob, component_rng(seed, 0, f"loss.path{index}.{d}"))
-                           for d in ("up", "down")))
+        path_rate_bps = rates_bps[index] if rates_bps else rate_bps
+        model_rate = path_rate_bps * settings.rate_factor
+        queue_bytes = int(path_rate_bps / 8 * settings.queue_s * settings.rate_factor)
+        pair = tuple(LossAfterQueue(env, f"path{index}.{d}", model_rate, queue_bytes, settings.one_way_delay_s,
+                                    loss_prob, component_rng(seed, 0, f"loss.path{index}.{d}"))
+                     for d in ("up", "down"))
+        box_name = middleboxes[index] if index < len(middleboxes) else None
+        if box_name:
+            box = wrap_box(MIDDLEBOXES.get(box_name).build(random.Random(seed), Site()))
+            pair[0].shaper.filters = [box.up] if box.up is not PASS else []
+            pair[1].shaper.filters = [box.down] if box.down is not PASS else []
+        paths.append(pair)
     transfer = BulkTransfer(env, paths, size_bytes, cc="cubic", mptcp=mptcp, snd_buf_bytes=settings.buffer_bytes,
                             rcv_buf_bytes=settings.buffer_bytes)
     env.run(until=env.any_of([transfer.done, env.timeout(600)]))
     record = transfer.result()
     counters = [p.counters() for pair in paths for p in pair]
     return {"goodput_bps": record.goodput_bps, "completed": record.completed, "retransmissions": record.retransmissions,
-            "subflow_bytes": record.subflow_bytes,
+            "subflow_bytes": record.subflow_bytes, "subflow_joined": record.subflow_joined,
+            "subflow_join_failures": record.subflow_join_failures,
             "timeouts": record.timeouts, "fast_recoveries": record.fast_recoveries, "subflows": record.subflows,
             "queue_drops": sum(c["queue_drops"] for c in counters),
             "loss_rate": sum(c["loss_drops"] for c in counters) / max(1, sum(c["sent"] for c in counters))}
@@ -406,6 +421,8 @@ def model_vs_kernel(scale: Scale, log_dir: Path, progress: Callable[[str], None]
         progress(f"model middlebox {middlebox}: kernel {rows[-1]['outcome_kernel']} in {up['setup_s']:.4f} s, "
                  f"model {negotiation['outcome']} in {negotiation['setup_s']:.4f} s; goodput "
                  f"{pct(rows[-1]['goodput_error'])}")
+    if "strip-mptcp-syn" in scale.middleboxes and calibration:
+        rows.append(join_strip_point(scale, kernel_point, calibration["settings"], progress))
     if calibration and scale.name != "smoke":
         simult = simult_flows(calibration["settings"], 2 if scale.name == "full" else 1, log_dir, progress)
     else:
@@ -414,6 +431,37 @@ def model_vs_kernel(scale: Scale, log_dir: Path, progress: Callable[[str], None]
             "base_rtt": calibration.get("base_rtt"),
             "model_settings": dataclasses.asdict(calibration["settings"]) if calibration else None,
             "hashes_ok": all(r["hash_ok"] for r in rows)}
+
+
+#: The issue's case: MPTCP options stripped from SYNs on the second of two paths (12 + 30 Mbit/s),
+#: an upload through the converter: the MP_JOIN there fails and the first path carries everything.
+JOIN_STRIP_RATES_BPS = (12_000_000, 30_000_000)
+
+
+def join_strip_point(scale: Scale, kernel_point: Callable[..., dict[str, Any]], settings: ModelSettings,
+                     progress: Callable[[str], None]) -> dict[str, Any]:
+    """strip-mptcp-syn on path 1 only: the kernel's and the model's goodput and subflows."""
+    from mpsim.testbed import PathSpec
+    from mpsim.testbed.shaping import kernel_middlebox
+
+    box = kernel_middlebox("strip-mptcp-syn").box
+    paths = [PathSpec(rate_bps=JOIN_STRIP_RATES_BPS[0], queue_s=QUEUE_S),
+             PathSpec(rate_bps=JOIN_STRIP_RATES_BPS[1], queue_s=QUEUE_S, middlebox=box)]
+    size_bytes = int(sum(JOIN_STRIP_RATES_BPS) * 1420 / 1514 / 8 * scale.grid_s)
+    up = kernel_point(paths, [("converter-auto", size_bytes)], 1, False)["uploads"][0]
+    model = model_goodput(settings, JOIN_STRIP_RATES_BPS[0], 0.0, up["bytes"], mptcp=True, seed=1,
+                          rates_bps=JOIN_STRIP_RATES_BPS, middleboxes=(None, "strip-mptcp-syn"))
+    row = {"kind": "join-strip", "point": "strip-mptcp-syn on path 1, 12 + 30 Mbit/s", "route": up["route"],
+           "middlebox": "strip-mptcp-syn", "bytes": up["bytes"], "hash_ok": up["hash_ok"],
+           "goodput_kernel_mbps": up["goodput_bps"] / 1e6, "goodput_model_mbps": model["goodput_bps"] / 1e6,
+           "goodput_error": relative_error(model["goodput_bps"], up["goodput_bps"]),
+           "subflows_kernel": up["subflows"], "join_syns_kernel": up["join_syns"],
+           "path_rx_bytes_kernel": up["path_rx_bytes"], "subflow_bytes_model": model["subflow_bytes"],
+           "subflow_joined_model": model["subflow_joined"],
+           "subflow_join_failures_model": model["subflow_join_failures"]}
+    progress(f"model join-strip: kernel {row['goodput_kernel_mbps']:.2f} Mbit/s, model "
+             f"{row['goodput_model_mbps']:.2f} Mbit/s ({pct(row['goodput_error'])})")
+    return row
 
 
 def _grid_row(label: str, rate_bps: float, loss_prob: float, rep: int, up: dict, model: dict,

@@ -117,7 +117,7 @@ def _model_markdown(result: dict) -> list[str]:
               f"buffers {s['buffer_bytes'] // MIB} MiB. Kernel knobs copied: {result['kernel_knobs']}. Error = "
               "(model - kernel) / kernel. Ceiling: rate x 1420/1514 per path for MPTCP (DSS), x 1448/1514 for TCP. "
               "Explanations: docs/kernel-bench.md.", ""]
-    grid = sorted((r for r in result["rows"] if r["kind"] != "middlebox"),
+    grid = sorted((r for r in result["rows"] if r["kind"] in ("grid", "grid-tcp")),
                   key=lambda r: r["kind"] == "grid-tcp")  # MPTCP rows first, then the TCP control
     lines += _table(["point", "transfer", "rep", "kernel Mbit/s", "model Mbit/s", "error", "kernel / ceiling",
                      "model / ceiling", "loss kernel", "loss model", "RTOs kernel", "TLPs kernel", "RTOs model",
@@ -132,6 +132,14 @@ def _model_markdown(result: dict) -> list[str]:
     lines += ["", "Middlebox rules on path 0 (both paths 50 Mbit/s): the client's view (kernel: the live client and "
               "its namespace's counters; model: ClientHost's record and MIB). SYN times: every SYN the client sent "
               "(the kernel's include MP_JOIN), relative to the first.", ""]
+    joins = [r for r in result["rows"] if r["kind"] == "join-strip"]
+    if joins:
+        lines += _table(["point", "kernel Mbit/s", "model Mbit/s", "error", "kernel subflows (join SYNs)",
+                         "kernel bytes per path", "model bytes per subflow", "model join"],
+                        [[r["point"], f"{r['goodput_kernel_mbps']:.2f}", f"{r['goodput_model_mbps']:.2f}",
+                          pct(r["goodput_error"]), f"{r['subflows_kernel']} ({r['join_syns_kernel']})",
+                          _cell(r["path_rx_bytes_kernel"], "d"), _cell(r["subflow_bytes_model"], "d"),
+                          ", ".join(f or "joined" for f in r["subflow_join_failures_model"])] for r in joins]) + [""]
     return lines + _table(["middlebox", "outcome kernel / model", "via converter k / m", "setup ms kernel / model",
                            "SYNs k / m", "RSTs k / m", "SYN times s kernel", "SYN times s model", "MPTcpExt differing",
                            "goodput k / m Mbit/s", "error"],
@@ -204,7 +212,8 @@ def plot_model(result: dict, path: Path) -> None:
     rows = result["rows"]
     fig, (ax, ax_err) = plt.subplots(1, 2, figsize=(14, 7), gridspec_kw={"width_ratios": [1, 1.3]})
     styles = {"grid": ("o", "tab:blue", "MPTCP via converter, 2 paths"), "grid-tcp": ("^", "tab:green", "TCP direct"),
-              "middlebox": ("s", "tab:orange", "middlebox rules")}
+              "middlebox": ("s", "tab:orange", "middlebox rules"),
+              "join-strip": ("D", "tab:red", "MP_JOIN stripped on path 1")}
     for kind, (marker, colour, label) in styles.items():
         mine = [r for r in rows if r["kind"] == kind]
         ax.scatter([r["goodput_kernel_mbps"] for r in mine], [r["goodput_model_mbps"] for r in mine], marker=marker,
@@ -214,7 +223,7 @@ def plot_model(result: dict, path: Path) -> None:
     ax.set(xlim=(0, top), ylim=(0, top), xlabel="kernel goodput (Mbit/s)", ylabel="model goodput (Mbit/s)",
            title="Goodput: model against kernel")
     ax.legend()
-    labels = [r["point"] if r["kind"] == "middlebox" else
+    labels = [r["point"] if r["kind"] in ("middlebox", "join-strip") else
               f"{r['point']}, {'TCP' if r['kind'] == 'grid-tcp' else 'MPTCP'} #{r['rep']}" for r in rows]
     errors = [100 * (r["goodput_error"] or 0.0) for r in rows]
     ax_err.barh(range(len(rows)), errors, color=[styles[r["kind"]][1] for r in rows])
