@@ -141,10 +141,11 @@ def test_the_relay_cpu_job_sits_at_the_first_hop_out_of_the_converter():
         route = subflow.forward
         stages = [i for i, step in enumerate(route.steps) if isinstance(step, RelayStage)]
         assert len(stages) == 1 and route.hops[stages[0]].name == "converter.up.out"
-    sim.env.run(until=sim._all_done if False else 30)
+    sim.env.run(until=30)
     capped = transfer.result()
     free = _sim().run().transfers[0]
-    assert capped.completed and capped.goodput_bps < 2 * 8e6 * 1.0  # two relays (one per subflow)
+    # Two relays (one per subflow) share the one core: at most 8 Mbit/s of payload in all.
+    assert capped.completed and capped.goodput_bps < 8e6
     assert free["goodput_bps"] > 1.5 * capped.goodput_bps
 
 
