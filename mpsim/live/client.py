@@ -282,6 +282,9 @@ def _read_reply(sock: socket.socket, dest: Endpoint, info: bool, cookie: bytes |
     first bytes stay in the socket for the application. A message whose bytes an exchange already
     judged a success gets that judgement (:func:`known_reply`); anything else goes to a fresh
     exchange, fed the same bytes in the same two reads."""
+    # The reply cannot be there yet (the converter connects to the server first): wait, then read,
+    # rather than a read that fails with EAGAIN before the wait.
+    _wait(sock, selectors.EVENT_READ, deadline, "waiting for the Convert reply")
     header = _recv_exact(sock, HEADER_BYTES, deadline)
     if (len(header) == HEADER_BYTES and header[0] == CONVERT_VERSION and header[1]
             and header[2:] == _MAGIC_BYTES):
