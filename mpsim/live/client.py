@@ -35,7 +35,9 @@ from mpsim.errors import MpsimError
 from mpsim.live.sockets import (
     FASTOPEN_CLIENT_FAIL,
     MSG_FASTOPEN,
+    IPPROTO_MPTCP,
     TCP_FASTOPEN_NO_COOKIE,
+    TCP_IS_MPTCP,
     TCPI_OPT_SYN_DATA,
     KernelSettingError,
     client_kernel_problems,
@@ -83,13 +85,19 @@ class ConvertedConnection:
     reply: ConvertReply
     converter: Endpoint
     destination: Endpoint
+    upstream_mptcp: bool  # our leg to the converter negotiated MPTCP
     syn_bytes: int  # bytes of the SYN payload, all ACKed by the SYN-ACK
 
-    @property
-    def upstream_mptcp(self) -> bool:
-        """Our leg to the converter negotiated MPTCP: asked of the socket when read (while it is
-        open), not at every connection (two getsockopt calls nobody may need)."""
-        return mptcp_info(self.sock) is not None
+
+def _is_mptcp(sock: socket.socket) -> bool:
+    """Whether ``sock`` is an MPTCP connection that did not fall back: TCP_IS_MPTCP, one getsockopt
+    (Linux 5.16+; before, MPTCP_INFO says it)."""
+    if sock.proto != IPPROTO_MPTCP:
+        return False
+    try:
+        return bool(sock.getsockopt(socket.IPPROTO_TCP, TCP_IS_MPTCP))
+    except OSError:
+        return mptcp_info(sock) is not None
 
 
 #: Bound on each memo below (entries; a memo that is full is emptied and starts again).
@@ -186,7 +194,8 @@ def convert_open(converter: str | tuple, dest: str | tuple, *, mptcp: bool = Fal
         if reply.must_reset:
             raise _error_for(reply)
         sock.setblocking(True)
-        return ConvertedConnection(sock, reply, converter_ep, dest_ep, syn_bytes=syn_bytes)
+        return ConvertedConnection(sock, reply, converter_ep, dest_ep, upstream_mptcp=_is_mptcp(sock),
+                                   syn_bytes=syn_bytes)
     except BaseException:
         reset_close(sock)  # RFC 8803 6.2.8: after an Error TLV the client resets (libconvert: SO_LINGER 0 too)
         raise
