@@ -1560,15 +1560,17 @@ class _ConnectionReceiver:
         ``tcp_cleanup_rbuf`` (net/ipv4/tcp.c) decides: the window last advertised is at most half
         the buffer (``window_clamp``) and the new one at least twice it. MPTCP sends it on every
         active subflow (``mptcp_cleanup_rbuf`` -> ``mptcp_subflow_cleanup_rbuf``, simplified:
-        Linux repeats the test per subflow). Otherwise the next ACK carries the new window."""
+        Linux repeats the test per subflow). A new window below one segment counts as none
+        (``__tcp_select_window``). Otherwise the next ACK carries the new window."""
         if not 0 < length <= self.unread_bytes:
             raise ValueError(f"consume: {length} bytes asked, {self.unread_bytes} unread")
         advertised = self.right_edge - self.data_rcv_nxt
         self.unread_bytes -= length
         self.read_bytes += length
-        if 2 * advertised <= self.rcv_buf_bytes:
+        if 2 * advertised <= self.rcv_buf_bytes and self.subflow_receivers:
             new_window = self.rcv_buf_bytes - self.held_bytes - self.unread_bytes
-            if new_window > 0 and new_window >= 2 * advertised:
+            # __tcp_select_window offers no window below one MSS (receiver-side SWS avoidance)
+            if new_window >= self.subflow_receivers[0].full_segment_bytes and new_window >= 2 * advertised:
                 self.window_updates += 1
                 for receiver in self.subflow_receivers:
                     if receiver.sender.active:
