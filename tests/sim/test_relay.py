@@ -163,6 +163,8 @@ def test_the_slow_leg_sets_the_pace_and_the_fast_one_waits(way):
     def check_closed(ack):
         receiver = transfer.relay.upstream.receiver
         checks["min_window"] = min(checks["min_window"], ack.window_bytes)
+        sender = transfer.relay.downstream.sender  # the relay writes no more than its send buffer takes
+        assert sender.available_bytes - sender.data_una <= 65536
         if receiver.unread_bytes >= 2 * MSS:
             relay = transfer.relay
             assert relay.held_bytes + relay.copying_bytes == DEFAULT_RELAY_BUFFER_BYTES
