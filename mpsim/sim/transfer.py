@@ -51,15 +51,15 @@ Sender, per subflow (Linux as the reference where the RFCs leave a choice):
   fast as the buffer allows. ``buffers="auto"`` (Linux's default) sizes it as Linux 6.x auto-tunes
   it; ``buffers="pinned"`` as after SO_SNDBUF (below).
 
-Receiver, per subflow: in-order data goes up at once (an application that reads instantly);
-out-of-order segments wait in an interval list and are reported in SACK blocks (the block
+Receiver, per subflow: in-order data goes up at once (an application that reads instantly,
+unless a sink reads it: "Composing transfers" below); out-of-order segments wait in an interval list and are reported in SACK blocks (the block
 holding the segment just received first, then the others from the highest down, as many as
 the option space allows). ACKs: quick ACK for the first 16 segments (Linux
 ``TCP_MAX_QUICKACKS``), then one ACK per two full segments or after 40 ms (Linux
 ``TCP_DELACK_MIN``); immediate ACKs while out-of-order data is held, when a hole is filled and
 for duplicates. The advertised window is ``rcv_buf_bytes`` minus the bytes held out of order
-(subflow- and connection-level), relative to the cumulative (DATA_)ACK, and its right edge
-never moves back (RFC 9293 3.8.6, Linux ``tcp_select_window``).
+(subflow- and connection-level) and those in order but not yet read, relative to the cumulative
+(DATA_)ACK, and its right edge never moves back (RFC 9293 3.8.6, Linux ``tcp_select_window``).
 
 MPTCP (RFC 8684): one connection-level sequence space; the receiver reassembles by DSN into
 the shared buffer (trimming data that overlaps what it already has, as a reinjection may) and
@@ -102,6 +102,40 @@ doubled, of which the default ``scaling_ratio`` advertises about half; auto: the
 that DRS reaches within a few RTTs on a reader as fast as this one). Plain TCP keeps a payload
 send buffer of ``snd_buf_bytes``.
 
+Composing transfers
+-------------------
+A transfer is one leg of a longer one when its sending application is fed over time and its
+receiving application reads only as fast as something downstream takes the bytes
+(:class:`mpsim.sim.relay.RelayedTransfer`: a converter's two TCP legs with its relay between
+them). ``BulkTransfer(source=..., sink=...)``:
+
+* **source**: the sender's application has written only what ``source.pull(sender,
+  room_bytes)`` handed over; every push first asks it for up to the send buffer's free room
+  (``_ConnectionSender.send_buffer_room``: the buffer less what is written and not
+  (DATA_)ACKed, as ``sk_stream_memory_free`` lets a writer in) and then sends as usual;
+* **sink**: in-order bytes stay *unread* in the receive buffer until ``receiver.consume(n)``;
+  ``sink.on_data(receiver, payload, offset, length)`` hears of each arrival. The advertised
+  window is the free receive-buffer space, as Linux's ``tcp_space()`` (the buffer less
+  ``sk_rmem_alloc``, which counts unread and out-of-order data alike), so it shrinks as unread
+  bytes pile up and closes when the buffer is full. A read that opens the window
+  "significantly" is announced at once (``tcp_cleanup_rbuf``, net/ipv4/tcp.c: the window last
+  advertised at most half the buffer and the new one, at least one MSS, at least twice it; on
+  every active subflow for MPTCP, ``mptcp_cleanup_rbuf``); else the next ACK carries it;
+* **zero-window probes** (with a sink): when the peer's window refuses the next segment and
+  nothing is in flight or queued, the sender arms Linux's probe timer (``tcp_check_probe_timer``:
+  max(RTO, 200 ms), doubled per probe up to 120 s, ``tcp_probe0_when``) and on expiry sends a
+  bare segment below ``snd_una`` (``tcp_xmit_probe_skb``), which the receiver answers with an
+  ACK carrying its window; an ACK that opens the window ends it (``tcp_ack_probe``).
+
+Without a source and a sink nothing of this runs and a transfer behaves as before. Modelled:
+unread bytes close the window, window updates on reads, probes. Not modelled: truesize
+accounting of the receive buffer, ``scaling_ratio`` and window-scale rounding, the receive
+buffer's auto-tuning (DRS, which grows it with how fast the application reads), the 1/16-buffer
+part of receiver SWS avoidance, ``tcp_cleanup_rbuf``'s other rule (a read sends an ACK already
+scheduled at once when more than one MSS arrived since the last window update), MPTCP's
+one-byte data probe (the model's MPTCP probes as TCP
+does, on the first active subflow), a probe give-up after ``tcp_retries2``.
+
 Header accounting (``size_bytes`` is the IP packet; the links add no framing)
 ------------------------------------------------------------------------------
 * every segment: IPv4 20 + TCP 20 + NOP NOP Timestamps 12 = 52 bytes;
@@ -129,8 +163,8 @@ Simplifications
   ``tcp_rmem`` (``scaling_ratio``). MPTCP send queues count truesize with one skb per segment
   (Linux builds larger skbs when GSO is on, which costs less overhead); the connection's send
   buffer counts payload (the msk's data fragments cost little more).
-* The receiving application reads instantly; no zero-window probing (a window never closes
-  with nothing in flight when the reader is instant).
+* Without a sink the receiving application reads instantly (a window never closes with
+  nothing in flight then, so only a transfer with a sink probes a zero window).
 * MPTCP: no stale-subflow detection (Linux marks a subflow stale after 4 RTOs without progress and
   then re-sends all its pending data, ``mptcp_pm_subflow_chk_stale``); reinjection is one 32 KiB
   fragment per MPTCP timeout, on an idle subflow only; fragment edges at multiples of 32 KiB of
