@@ -3,7 +3,9 @@
 A packet offered to a direction goes through, in order:
 
 1. the middlebox **filters** (``(packet, now) -> list[packet]``, e.g. the policies of
-   :mod:`mpsim.proto.middlebox`), for ``IpPacket``\\ s and ICMP messages only;
+   :mod:`mpsim.proto.middlebox`), for ``IpPacket``\\ s and ICMP messages; a transfer's light
+   segments (:mod:`mpsim.sim.transfer`) meet only the filters whose attribute
+   ``accepts_light_segments`` is True, and pass the others untouched;
 2. the **loss** model (:mod:`mpsim.sim.loss`);
 3. a **drop-tail queue** bounded in packets or bytes;
 4. **serialization** at ``rate_bps``: ``size_bytes * 8 / rate_bps`` seconds, first in first out,
@@ -187,6 +189,7 @@ class LinkDirection:
         self.label = "forward"
         self.src_node: str | None = None
         self.dst_node: str | None = None
+        self.dst_port: str | None = None  # the port of dst_node it arrives on (set by Link)
         self.busy_until_s = 0.0  # when the last bit of the last accepted packet leaves
         self._waiting: deque[tuple[float, int]] = deque()  # (start of serialization, size) of queued packets
         self._waiting_bytes = 0
@@ -226,9 +229,14 @@ class LinkDirection:
         if recording:
             trace.packet(now, self, "sent", packet, packet_id)
         packets = [packet]
-        if self.filters and isinstance(packet, (IpPacket, IcmpUnreachable)):
-            for packet_filter in self.filters:
-                packets = [out for p in packets for out in packet_filter(p, now)]
+        if self.filters:
+            if isinstance(packet, (IpPacket, IcmpUnreachable)):
+                for packet_filter in self.filters:
+                    packets = [out for p in packets for out in packet_filter(p, now)]
+            else:  # a light segment (mpsim.sim.transfer): only the filters that say they take them
+                for packet_filter in self.filters:
+                    if getattr(packet_filter, "accepts_light_segments", False):
+                        packets = [out for p in packets for out in packet_filter(p, now)]
             if not packets:
                 counters.packets_dropped_filter += 1
                 counters.bytes_dropped_filter += size_bytes
@@ -323,7 +331,7 @@ class Link:
             if direction.deliver is not None:
                 raise ValueError(f"link direction {direction.name!r} is already connected")
             direction.link_name, direction.label = self.name, label
-            direction.src_node, direction.dst_node = src.name, dst.name
+            direction.src_node, direction.dst_node, direction.dst_port = src.name, dst.name, dst_port
             direction.deliver = partial(dst.receive, dst_port)
             if direction.trace is None:
                 direction.trace = trace

@@ -270,11 +270,13 @@ class Segment:
     (for TCP they equal ``seq``/``ack``); ``window_bytes`` the window advertised from
     ``data_ack``; ``payload`` the data itself (a memoryview) when the transfer carries real
     bytes, else None. ``dst_endpoint`` is the object whose ``receive(segment)`` the link
-    delivers it to. Treat a segment as immutable once sent.
+    delivers it to. Treat a segment as immutable once sent, except for what a route
+    (:mod:`mpsim.sim.route`) stamps on it: ``route`` and ``hop`` (where it is on its route) and
+    ``flow`` (the addresses, ports and sequence bases a capture shows on that hop, or None).
     """
 
     __slots__ = ("size_bytes", "dst_endpoint", "subflow_id", "seq", "payload_bytes", "ack", "sack_blocks",
-                 "dsn", "data_ack", "window_bytes", "flags", "sent_s", "payload", "mptcp")
+                 "dsn", "data_ack", "window_bytes", "flags", "sent_s", "payload", "mptcp", "route", "hop", "flow")
 
     def __init__(self, size_bytes: int, dst_endpoint: Any, subflow_id: int, seq: int, payload_bytes: int, ack: int,
                  sack_blocks: tuple | None, dsn: int, data_ack: int, window_bytes: int, flags: int, sent_s: float,
@@ -293,6 +295,17 @@ class Segment:
         self.sent_s = sent_s
         self.payload = payload
         self.mptcp = mptcp
+        self.route: Any = None
+        self.hop = 0
+        self.flow: Any = None
+
+    def copy(self) -> Segment:
+        """The same segment, route stamps included (a route relabels a copy, see mpsim.sim.route)."""
+        twin = Segment(self.size_bytes, self.dst_endpoint, self.subflow_id, self.seq, self.payload_bytes, self.ack,
+                       self.sack_blocks, self.dsn, self.data_ack, self.window_bytes, self.flags, self.sent_s,
+                       self.payload, self.mptcp)
+        twin.route, twin.hop, twin.flow = self.route, self.hop, self.flow
+        return twin
 
     def __repr__(self) -> str:
         kind = f"data seq={self.seq} len={self.payload_bytes}" if self.payload_bytes else f"ack={self.ack}"
@@ -301,9 +314,12 @@ class Segment:
     def to_ip_packet(self):
         """The segment as a wire ``IpPacket`` (for pcap files), with the header accounted above.
 
-        Addresses and ports come from the endpoints; sequence numbers are offset by one for the
-        SYN (ISN 0) and taken modulo 2**32; the window is scaled by 2**7; TSval is the send time
-        in milliseconds; the payload is zeros when the transfer carries no real bytes.
+        Addresses and ports come from the segment's ``flow`` (set by its route: the connection
+        the negotiation opened, mpsim.sim.route.Flow), sequence numbers plus the flow's bases (on
+        a relay's TCP leg, ``flow.data_level``: the DSN and DATA_ACK, no DSS or SACK option);
+        without a flow from the endpoints, sequence numbers offset by one for the SYN (ISN 0).
+        Modulo 2**32; the window is scaled by 2**7; TSval is the send time in milliseconds; the
+        payload is zeros when the transfer carries no real bytes.
         """
         from mpsim.wire.mptcp import Dss
         from mpsim.wire.options import NoOperation, Sack, Timestamps
@@ -311,23 +327,35 @@ class Segment:
 
         mask = 0xFFFFFFFF
         endpoint = self.dst_endpoint
+        flow = self.flow
+        # On a relay's plain TCP leg (flow.data_level) the bytes are the connection's stream: data-level
+        # numbers, no MPTCP option, no subflow SACK.
+        data_level = flow is not None and flow.data_level
         options: list = [NoOperation(), NoOperation(), Timestamps(int(self.sent_s * 1000) & mask, 0)]
-        if self.mptcp:
+        if self.mptcp and not data_level:
             if self.payload_bytes:
                 options.append(Dss(data_ack=self.data_ack + 1, dsn=self.dsn + 1, ssn=self.seq + 1,
                                    data_level_length_bytes=self.payload_bytes, data_ack_64_bit=True, dsn_64_bit=True))
             else:
                 options.append(Dss(data_ack=self.data_ack + 1, data_ack_64_bit=True))
-        if self.sack_blocks:
+        if self.sack_blocks and not data_level:
             blocks = tuple(((left + 1) & mask, (right + 1) & mask) for left, right in self.sack_blocks)
             options += [NoOperation(), NoOperation(), Sack(blocks)]
         if self.payload is not None:
             payload = bytes(self.payload)
         else:
             payload = bytes(self.payload_bytes)
-        segment = TcpSegment(endpoint.remote_port, endpoint.local_port, (self.seq + 1) & mask, (self.ack + 1) & mask,
+        if flow is None:
+            src_ip, src_port, dst_ip, dst_port = endpoint.remote_ip, endpoint.remote_port, endpoint.local_ip, \
+                endpoint.local_port
+            seq_base = ack_base = 1
+        else:
+            src_ip, src_port, dst_ip, dst_port = flow.src_ip, flow.src_port, flow.dst_ip, flow.dst_port
+            seq_base, ack_base = flow.seq_base, flow.ack_base
+        seq, ack = (self.dsn, self.data_ack) if data_level else (self.seq, self.ack)
+        segment = TcpSegment(src_port, dst_port, (seq + seq_base) & mask, (ack + ack_base) & mask,
                              TcpFlags(self.flags), min(self.window_bytes >> 7, 0xFFFF), tuple(options), payload)
-        return IpPacket(endpoint.remote_ip, endpoint.local_ip, segment)
+        return IpPacket(src_ip, dst_ip, segment)
 
 
 def deliver_segment(segment: Segment) -> None:
