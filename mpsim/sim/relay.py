@@ -32,8 +32,9 @@ downstream leg's ``snd_buf_bytes``).
 
 Simplified: the relay buffer is a byte count, filled and drained continuously (the live pump
 alternates between one full chunk and empty); the relay wakes in the same instant as an
-in-order arrival (no scheduling latency beyond the CPU job); no Nagle or autocorking on the
-downstream leg (it sends what it has as it comes); the end of the stream needs no FIN or
+in-order arrival (no scheduling latency beyond the CPU job); the downstream sender applies
+Nagle's algorithm to what the relay writes but not Linux's Minshall refinement or autocorking
+(:mod:`mpsim.sim.transfer`, "Composing transfers"); the end of the stream needs no FIN or
 DATA_FIN; both legs start at the same instant (no connection set-up, which the negotiation
 models).
 """

@@ -112,7 +112,10 @@ them). ``BulkTransfer(source=..., sink=...)``:
 * **source**: the sender's application has written only what ``source.pull(sender,
   room_bytes)`` handed over; every push first asks it for up to the send buffer's free room
   (``_ConnectionSender.send_buffer_room``: the buffer less what is written and not
-  (DATA_)ACKed, as ``sk_stream_memory_free`` lets a writer in) and then sends as usual;
+  (DATA_)ACKed, as ``sk_stream_memory_free`` lets a writer in) and then sends as usual, except
+  that written bytes reach the scheduler in whole segments, a shorter tail only once all that
+  was sent is acknowledged or the stream is complete (Nagle, RFC 896: Linux's default without
+  TCP_NODELAY; its Minshall refinement and autocorking are left out);
 * **sink**: in-order bytes stay *unread* in the receive buffer until ``receiver.consume(n)``;
   ``sink.on_data(receiver, payload, offset, length)`` hears of each arrival. The advertised
   window is the free receive-buffer space, as Linux's ``tcp_space()`` (the buffer less
@@ -1098,11 +1101,11 @@ class _ConnectionSender:
         self.env = env
         self.size_bytes = size_bytes
         # The application's data (module doc, "Composing transfers"): without a source it has
-        # written all ``size_bytes`` at the start; with one, ``available_bytes`` is the end of what
-        # the source has handed over so far, and the source is asked for more (as far as the send
-        # buffer has room) at every push.
+        # written all ``size_bytes`` at the start; with one, ``written_bytes`` is the end of what
+        # the source has handed over so far (it is asked for more, as far as the send buffer has
+        # room, at every push) and ``available_bytes`` the end the scheduler may send up to (Nagle).
         self.source = source
-        self.available_bytes = size_bytes if source is None else 0
+        self.written_bytes = self.available_bytes = size_bytes if source is None else 0
         self.window_probes = window_probes
         self.mptcp = mptcp
         self.snd_buf_bytes = snd_buf_bytes
@@ -1338,7 +1341,7 @@ class _ConnectionSender:
         ``msk_sndbuf_bytes`` under the Linux scheduler, else ``snd_buf_bytes`` of payload) less
         what is written and not yet (DATA_)ACKed, as ``sk_stream_memory_free`` lets a writer in."""
         limit = self.data_una + (self.msk_sndbuf_bytes if self.linux else self.snd_buf_bytes)
-        return min(limit, self.size_bytes) - self.available_bytes
+        return min(limit, self.size_bytes) - self.written_bytes
 
     def _push_supplied(self, now: float) -> None:
         """A push that first takes what the source has (as far as the send buffer has room),
@@ -1347,10 +1350,27 @@ class _ConnectionSender:
         if source is not None:
             room = self.send_buffer_room()
             if room > 0:
-                self.available_bytes += source.pull(self, room)
+                self.written_bytes += source.pull(self, room)
+            self._release_written()
         self._push_scheduler(now)
         if self.window_probes:
             self._check_persist(now)
+
+    def _release_written(self) -> None:
+        """Nagle's algorithm (RFC 896; Linux ``tcp_nagle_check`` without TCP_NODELAY): written
+        bytes go to the scheduler in whole segments, a shorter tail only once everything sent
+        is acknowledged or the stream is complete. Without it a relay that writes what each
+        upstream segment brought (1,448 bytes into an MPTCP leg of 1,420-byte segments) sends a
+        28-byte segment for every full one. Simplified: Linux's Minshall refinement (one short
+        segment may be unacknowledged) and autocorking are left out."""
+        written = self.written_bytes
+        if written == self.size_bytes or self.data_una >= self.next_dsn:
+            self.available_bytes = written
+            return
+        mss = self.subflows[0].payload_max_bytes
+        whole = self.next_dsn + (written - self.next_dsn) // mss * mss
+        if whole > self.available_bytes:
+            self.available_bytes = whole
 
     def _window_blocked(self) -> bool:
         """Data written and unsent that the peer's window does not let out, with nothing in

@@ -81,7 +81,7 @@ def test_window_closes_once_relay_buffer_and_receive_buffer_are_full():
     relay = transfer.relay
     assert relay.held_bytes == relay.high_water_bytes == 4 * MSS
     assert transfer.client_leg.receiver.unread_bytes == 8 * MSS
-    assert transfer.server_leg.sender.available_bytes == 4 * MSS
+    assert transfer.server_leg.sender.written_bytes == 4 * MSS
     record = transfer.result()
     assert not record.completed and record.client_window_probes == 3
     assert record.client_leg.retransmissions == 0 and record.client_leg.timeouts == 0
@@ -164,7 +164,7 @@ def test_the_slow_leg_sets_the_pace_and_the_fast_one_waits(way):
         receiver = transfer.relay.upstream.receiver
         checks["min_window"] = min(checks["min_window"], ack.window_bytes)
         sender = transfer.relay.downstream.sender  # the relay writes no more than its send buffer takes
-        assert sender.available_bytes - sender.data_una <= 65536
+        assert sender.written_bytes - sender.data_una <= 65536
         if receiver.unread_bytes >= 2 * MSS:
             relay = transfer.relay
             assert relay.held_bytes + relay.copying_bytes == DEFAULT_RELAY_BUFFER_BYTES
@@ -264,3 +264,24 @@ def test_bad_options_are_one_line_errors(kwargs, message):
     pair = (direction(env, "a", 1e6, 0.01), direction(env, "b", 1e6, 0.01))
     with pytest.raises(ValueError, match=message):
         RelayedTransfer(env, [pair], [pair], 10_000, mptcp=False, **kwargs)
+
+
+def test_nagle_keeps_a_relayed_mptcp_leg_from_sending_short_segments():
+    # Download through the relay: the server leg is TCP (1,448-byte segments), the client leg
+    # MPTCP (1,420-byte payloads). The relay writes what each server segment brought, 1,448
+    # bytes; without Nagle each write would leave a 28-byte segment behind its full one (about
+    # one short segment per full one). With Nagle (RFC 896, Linux's default) only two are short:
+    # the first write's tail, sent while nothing was in flight (28 bytes), and the stream's
+    # last bytes: after the 28, 999,972 = 704 x 1,420 + 292, so 706 data segments in all.
+    env = simpy.Environment()
+    tap = Tap()
+    client = (direction(env, "c-up", 50e6, 0.005), direction(env, "c-down", 50e6, 0.005, trace=tap,
+                                                                 queue_limit_packets=100))
+    server = (direction(env, "s-up", 100e6, 0.005), direction(env, "s-down", 100e6, 0.005, queue_limit_packets=100))
+    transfer = RelayedTransfer(env, [client], [server], 1_000_000, direction="download", mptcp=True)
+    env.run(until=env.any_of([transfer.done, env.timeout(60)]))
+    assert transfer.result().completed
+    sizes = [p.payload_bytes for _t, p in tap.sent if p.payload_bytes]
+    assert len(sizes) == 706 and sum(sizes) == 1_000_000  # nothing lost, nothing sent twice
+    assert [size for size in sizes if size < 1420] == [28, 1_000_000 - 28 - 704 * 1420]
+    assert 1_000_000 - 28 - 704 * 1420 == 292
