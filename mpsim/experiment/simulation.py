@@ -44,11 +44,14 @@ generators), and the whole one-way delay from the server, through the converter 
 negotiation went through it (access + server link + 2 x converter link; once when the
 converter is on the path). Transfers on one access path share its transfer path, hence its
 queue; they do not share queues with the (few, small) negotiation packets, and the
-middleboxes, which act on negotiation packets only, do not see them. The converter relays at
-line rate: its buffers and its second TCP leg to the server are not modelled in the transfer
-(the subflows run end to end) -- unless ``converter.cores`` > 0 gives it a CPU
-(:mod:`mpsim.sim.cpu`): then a new connection's SYN waits for a set-up job before the proxy sees
-it, and each converted subflow's data waits for a per-byte relay job before its transfer path.
+middleboxes, which act on negotiation packets only, do not see them. A transfer whose
+negotiation went through the proxy is relayed (:class:`mpsim.sim.relay.RelayedTransfer`,
+docs/sim.md "The relay"): the client's subflows (or TCP) end at the proxy, the proxy's own
+connection (TCP, or MPTCP when its connection to the server negotiated it) carries the bytes on
+to the server, and the proxy's relay buffer sits between the two, so a slow leg holds the other
+back through its window. With ``converter.cores`` > 0 the converter has a CPU
+(:mod:`mpsim.sim.cpu`): a new connection's SYN waits for a set-up job before the proxy sees it,
+and every chunk the relay copies is a per-byte job.
 
 ``converter.households`` (default 1) makes one run serve several households: every household's
 arrivals are drawn from a generator of its own and issued from the one client node (so their
