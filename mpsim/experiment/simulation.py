@@ -583,7 +583,7 @@ class Simulation:
     def _flows(self, record: Any, index: int, name: str) -> tuple[Flow, Flow | None]:
         """What captures show for subflow ``index`` (mpsim.sim.route.Flow): on the client's leg
         the 4-tuple of the connection the negotiation opened (subflow 0 continuing its sequence
-        numbers; another subflow from its path's address, the same port, sequence numbers from
+        numbers after its last segment, FIN included: the negotiation closed it; another subflow from its path's address, the same port, sequence numbers from
         1: it has no handshake of its own), on the converter's leg to the server that
         connection's 4-tuple and sequence numbers for every subflow, carrying the data-level
         stream (the relay's TCP connection)."""
@@ -595,8 +595,7 @@ class Simulation:
             far = CONVERTER_UP if record.via_proxy else SERVER
             client_flow = Flow(client_address, 40000 + index, far, self.scenario.server.port)
         elif index == 0:
-            client_flow = Flow(conn.local_addr, conn.local_port, conn.remote_addr, conn.remote_port,
-                               conn.snd_nxt, conn.rcv_nxt)
+            client_flow = Flow(conn.local_addr, conn.local_port, conn.remote_addr, conn.remote_port, conn=conn)
         else:  # through a proxy, to its "up" side (the address a proxy on the path has for them)
             client_flow = Flow(client_address, conn.local_port, CONVERTER_UP if record.via_proxy else conn.remote_addr,
                                conn.remote_port)
@@ -606,7 +605,7 @@ class Simulation:
         if downstream is None:  # the proxy no longer holds the session: its address, a made-up port
             return client_flow, Flow(CONVERTER_DOWN, 40000, SERVER, self.scenario.server.port, data_level=True)
         return client_flow, Flow(downstream.local_addr, downstream.local_port, downstream.remote_addr,
-                                 downstream.remote_port, downstream.snd_nxt, downstream.rcv_nxt, data_level=True)
+                                 downstream.remote_port, data_level=True, conn=downstream)
 
     def _downstream_of(self, conn: Any) -> Any:
         """The proxy's connection to the server for the client's connection ``conn``, if the

@@ -69,10 +69,22 @@ class Flow:
     seq_base: int = 1
     ack_base: int = 1
     data_level: bool = False
+    #: A connection (``snd_nxt``, ``rcv_nxt``) whose numbers the flow continues, read when a capture
+    #: is made (so after everything it sent, its FIN included); ``conn_is_src``: whether its
+    #: local side is this flow's source. Overrides the two bases.
+    conn: Any = None
+    conn_is_src: bool = True
+
+    def bases(self) -> tuple[int, int]:
+        """(seq_base, ack_base) as they stand now."""
+        conn = self.conn
+        if conn is None:
+            return self.seq_base, self.ack_base
+        return (conn.snd_nxt, conn.rcv_nxt) if self.conn_is_src else (conn.rcv_nxt, conn.snd_nxt)
 
     def reversed(self) -> Flow:
         return Flow(self.dst_ip, self.dst_port, self.src_ip, self.src_port, self.ack_base, self.seq_base,
-                    self.data_level)
+                    self.data_level, self.conn, not self.conn_is_src)
 
 
 def forward_segment(segment: Segment) -> None:

@@ -354,7 +354,7 @@ class Segment:
             seq_base = ack_base = 1
         else:
             src_ip, src_port, dst_ip, dst_port = flow.src_ip, flow.src_port, flow.dst_ip, flow.dst_port
-            seq_base, ack_base = flow.seq_base, flow.ack_base
+            seq_base, ack_base = flow.bases()
         seq, ack = (self.dsn, self.data_ack) if data_level else (self.seq, self.ack)
         segment = TcpSegment(src_port, dst_port, (seq + seq_base) & mask, (ack + ack_base) & mask,
                              TcpFlags(self.flags), min(self.window_bytes >> 7, 0xFFFF), tuple(options), payload)
