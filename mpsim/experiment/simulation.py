@@ -36,27 +36,47 @@ connection's record arrives, the outcome decides how the bulk data moves
 subflow per access path; anything else with single-path TCP on the primary path; ``failed``
 moves nothing.
 
-The bulk data does not cross the negotiation's links: a BulkTransfer sends light segments over
-one (forward, backward) pair of link directions per subflow, delivered to its own endpoints,
-while the negotiation's links deliver to the nodes. So each access path gets a *transfer path*:
-one hop with the access path's rate (the bottleneck), queue, jitter and loss model (its own
-generators), and the whole one-way delay from the server, through the converter when the
-negotiation went through it (access + server link + 2 x converter link; once when the
-converter is on the path). Transfers on one access path share its transfer path, hence its
-queue; they do not share queues with the (few, small) negotiation packets, and the
-middleboxes, which act on negotiation packets only, do not see them. A transfer whose
-negotiation went through the proxy is relayed (:class:`mpsim.sim.relay.RelayedTransfer`,
-docs/sim.md "The relay"): the client's subflows (or TCP) end at the proxy, the proxy's own
-connection (TCP, or MPTCP when its connection to the server negotiated it) carries the bytes on
-to the server, and the proxy's relay buffer sits between the two, so a slow leg holds the other
-back through its window. With ``converter.cores`` > 0 the converter has a CPU
-(:mod:`mpsim.sim.cpu`): a new connection's SYN waits for a set-up job before the proxy sees it,
-and every chunk the relay copies is a per-byte job.
+The bulk data crosses the negotiation's links (:mod:`mpsim.sim.route`): each subflow's data and
+ACKs follow a :class:`~mpsim.sim.route.Route`, the real link directions a packet between the
+same addresses crosses, worked out from the router's own table (``Router.port_for``, the lookup
+its ``receive`` does) and, on the path, from the proxy's own forwarding rule (``forward_port``):
+
+* direct: access link -> router -> server link (and back);
+* through a proxy beside the router: the transfer is relayed
+  (:class:`mpsim.sim.relay.RelayedTransfer`, docs/sim.md "The relay"): the client's subflows
+  (or TCP) run access link -> router -> ``converter.up`` to the proxy node and end there; the
+  proxy's own connection (TCP, or MPTCP when its connection to the server negotiated it) runs
+  ``converter.down`` -> router -> server link; the proxy's relay buffer sits between the two, so
+  a slow leg holds the other back through its window; the ACKs of each leg go the reverse way;
+* ``placement = "on_path"``: the primary path's packets cross the proxy as the negotiation's
+  do (client -> proxy "in" -> ``converter.down`` -> router -> server; the server's answers
+  router -> ``converter.up`` -> proxy -> client); a converted connection's primary subflow ends
+  at the proxy when it intercepted it, every other subflow addresses the proxy's "up" side,
+  which the router reaches through the port facing it (relayed as beside the router).
+
+So transfers share queues, rates, jitter and loss generators with the negotiation packets on
+every link, the link counters count both, and the ``Outage`` filter (``converter_down``)
+black-holes transfer data too. Middlebox policies let transfer segments pass untouched (a link
+filter sees light segments only if it says ``accepts_light_segments``). Nodes never hand a
+transfer segment to their machine. With ``converter.cores`` > 0 (:mod:`mpsim.sim.cpu`) a new
+connection's SYN waits for a set-up job before the proxy sees it, and every chunk the proxy's
+relay copies from one leg to the other is a per-byte job.
+
+Captures (``capture_points`` lists the real links, and households' own access lines) show a
+transfer with the addresses and ports of the connection its negotiation opened, continuing that
+connection's sequence numbers after its last segment (its FIN included: the negotiation closes
+it before the transfer starts); on the converter's leg to the server, the converter's own
+connection to the server with its own sequence numbers, continuing that connection's. Another
+subflow than the first has no handshake of its own: it is
+shown from its path's address, with the first subflow's port and sequence numbers from 1.
 
 ``converter.households`` (default 1) makes one run serve several households: every household's
 arrivals are drawn from a generator of its own and issued from the one client node (so their
 negotiation packets share its access links), and every transfer runs once per household, all at
-its ``start_s``, each household's on transfer paths of its own (``transfer.hN.<path>``).
+its ``start_s``. Household 0's transfer uses the paths' links; household h > 0 has an access
+line of its own per path (``path.NAME.hH``: the path's rates, delay, jitter, queue and loss,
+with generators of its own, ``loss.NAME.hH.up``; not the path's middleboxes) joined at the
+router to the shared converter and server links.
 """
 
 from __future__ import annotations

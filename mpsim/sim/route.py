@@ -168,6 +168,9 @@ class Route:
         self.steps = tuple(steps)
         self.legs = tuple(step_legs)
         self._last = len(steps) - 1
+        # Step indexes where the flow changes (a capture relabels the segment there): most routes
+        # have none, and arrived() then does no flow check at all.
+        self._relabel = frozenset(k for k in range(1, len(step_legs)) if step_legs[k] is not step_legs[k - 1])
         self.recording = any(hop.trace is not None and hop.trace.record_packets for hop in hops)
 
     def __repr__(self) -> str:
@@ -182,15 +185,13 @@ class Route:
 
     def arrived(self, segment: Segment) -> None:
         """``segment`` reached the end of its current step: the next step, or the endpoint."""
-        index = segment.hop
-        if index == self._last:
+        index = segment.hop + 1
+        if index > self._last:
             self.deliver(segment)
             return
-        index += 1
-        flow = self.legs[index]
-        if flow is not segment.flow:
+        if index in self._relabel:
             if self.recording:  # the trace holds the segment as the last hop carried it: a copy goes on
                 segment = segment.copy()
-            segment.flow = flow
+            segment.flow = self.legs[index]
         segment.hop = index
         self.steps[index].send(segment)
