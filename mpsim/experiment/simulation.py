@@ -568,37 +568,18 @@ class Simulation:
         self._hops_cache[key] = hops
         return hops
 
-    def _subflow_routes(self, index: int, name: str, household: int, via_converter: bool,
-                        flows: tuple[Flow, Flow | None]) -> tuple[tuple[list, list], tuple[list, list]]:
+    def _subflow_routes(self, name: str, household: int,
+                        to_server_flow: Flow) -> tuple[tuple[list, list], tuple[list, list]]:
         """(hops, legs) towards the server and towards the client for the subflow on access path
-        ``name``: end to end through the converter node when the negotiation went through it."""
+        ``name`` of a transfer not through a proxy (through one: :meth:`_relay_routes`)."""
         client_address = self.client.interfaces[name]
         up, down = self._access(name, household)
-        to_server_flow, server_leg_flow = flows
-        if not via_converter:
-            towards_server = self._hops(self.networks[name].up, SERVER, SERVER_NODE)
-            towards_client = self._hops(self.nodes[SERVER_NODE].ports["eth0"], client_address, CLIENT)
-            towards_server = [up, *towards_server[1:]]
-            towards_client = [*towards_client[:-1], down]
-            n_up, n_down = len(towards_server), len(towards_client)
-            return (towards_server, [to_server_flow] * n_up), (towards_client, [to_server_flow.reversed()] * n_down)
-        conv = self.nodes[CONVERTER]
-        # A proxy on the path intercepts the primary path's connection when the client addressed
-        # the server (implicit signalling); every other subflow, and every subflow of an explicit
-        # scheme, addresses the proxy's "up" side (on the path: through the router's port facing it).
-        intercepted = self.on_path and index == 0 and to_server_flow.dst_ip != CONVERTER_UP
-        client_side = "in" if intercepted else "up"
-        leg1 = self._hops(self.networks[name].up, SERVER if intercepted else CONVERTER_UP, CONVERTER)
-        leg2 = self._hops(conv.ports["down"], SERVER, SERVER_NODE)
-        back1 = self._hops(self.nodes[SERVER_NODE].ports["eth0"], client_address if intercepted else CONVERTER_DOWN,
-                           CONVERTER)
-        back2 = self._hops(conv.ports[client_side], client_address, CLIENT)
-        towards_server = [up, *leg1[1:], *leg2]
-        towards_client = [*back1, *back2[:-1], down]
-        server_flow = server_leg_flow or to_server_flow
-        legs_up = [to_server_flow] * len(leg1) + [server_flow] * len(leg2)
-        legs_down = [server_flow.reversed()] * len(back1) + [to_server_flow.reversed()] * len(back2)
-        return (towards_server, legs_up), (towards_client, legs_down)
+        towards_server = self._hops(self.networks[name].up, SERVER, SERVER_NODE)
+        towards_client = self._hops(self.nodes[SERVER_NODE].ports["eth0"], client_address, CLIENT)
+        towards_server = [up, *towards_server[1:]]
+        towards_client = [*towards_client[:-1], down]
+        n_up, n_down = len(towards_server), len(towards_client)
+        return (towards_server, [to_server_flow] * n_up), (towards_client, [to_server_flow.reversed()] * n_down)
 
     def _flows(self, record: Any, index: int, name: str) -> tuple[Flow, Flow | None]:
         """What captures show for subflow ``index`` (mpsim.sim.route.Flow): on the client's leg
@@ -653,7 +634,7 @@ class Simulation:
         tag = f"transfer{row['transfer_id']}"
         for index, name in enumerate(self.path_names if multipath else self.path_names[:1]):
             flows = self._flows(record, index, name)
-            (up_hops, up_legs), (down_hops, down_legs) = self._subflow_routes(index, name, household, False, flows)
+            (up_hops, up_legs), (down_hops, down_legs) = self._subflow_routes(name, household, flows[0])
             if spec.direction is Direction.DOWNLOAD:
                 data, ack = (down_hops, down_legs), (up_hops, up_legs)
             else:
@@ -720,10 +701,13 @@ class Simulation:
     def _relay_routes(self, index: int, name: str, household: int, client_flow: Flow) -> tuple:
         """The hops of a relayed transfer for the subflow on access path ``name``: (towards the
         proxy, its flows), (back to the client, its flows), and the proxy's connection's (towards
-        the server, back to the proxy) hops, as :meth:`_subflow_routes` splits them at the proxy."""
+        the server, back to the proxy) hops."""
         client_address = self.client.interfaces[name]
         up, down = self._access(name, household)
         conv = self.nodes[CONVERTER]
+        # A proxy on the path intercepts the primary path's connection when the client addressed
+        # the server (implicit signalling); every other subflow, and every subflow of an explicit
+        # scheme, addresses the proxy's "up" side (on the path: through the router's port facing it).
         intercepted = self.on_path and index == 0 and client_flow.dst_ip != CONVERTER_UP
         client_side = "in" if intercepted else "up"
         leg1 = self._hops(self.networks[name].up, SERVER if intercepted else CONVERTER_UP, CONVERTER)
