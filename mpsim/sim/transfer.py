@@ -298,16 +298,15 @@ class Segment:
         self.sent_s = sent_s
         self.payload = payload
         self.mptcp = mptcp
-        self.route: Any = None
-        self.hop = 0
-        self.flow: Any = None
+        # route, hop and flow stay unset until a route stamps them (Route.send): none of the cost
+        # falls on a segment sent on a bare direction.
 
     def copy(self) -> Segment:
         """The same segment, route stamps included (a route relabels a copy, see mpsim.sim.route)."""
         twin = Segment(self.size_bytes, self.dst_endpoint, self.subflow_id, self.seq, self.payload_bytes, self.ack,
                        self.sack_blocks, self.dsn, self.data_ack, self.window_bytes, self.flags, self.sent_s,
                        self.payload, self.mptcp)
-        twin.route, twin.hop, twin.flow = self.route, self.hop, self.flow
+        twin.route, twin.hop, twin.flow = self.route, self.hop, getattr(self, "flow", None)
         return twin
 
     def __repr__(self) -> str:
@@ -330,7 +329,7 @@ class Segment:
 
         mask = 0xFFFFFFFF
         endpoint = self.dst_endpoint
-        flow = self.flow
+        flow = getattr(self, "flow", None)  # unset: never sent on a route
         # On a relay's plain TCP leg (flow.data_level) the bytes are the connection's stream: data-level
         # numbers, no MPTCP option, no subflow SACK.
         data_level = flow is not None and flow.data_level
