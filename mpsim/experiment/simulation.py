@@ -88,23 +88,67 @@ from mpsim.sim.trace import Trace
 from mpsim.sim.transfer import BulkTransfer
 from mpsim.wire.segment import IpPacket, TcpFlags
 
-# Addresses from the benchmarking range (RFC 2544), one /24 per role; path i gets 198.18.(16+i).0/24.
-CONVERTER_UP = ipaddress.IPv4Address("198.18.1.1")
-CONVERTER_IN = ipaddress.IPv4Address("198.18.4.1")  # an on-path proxy's client-side interface
-CONVERTER_DOWN = ipaddress.IPv4Address("198.18.2.1")
-SERVER = ipaddress.IPv4Address("198.18.3.1")
 _FIRST_PATH_NET = 16
 
 CLIENT, ROUTER, CONVERTER, SERVER_NODE = "client", "router", "converter", "server"
 SCENARIO = "scenario"  # the "node" of the scenario's own timed events in the trace
 
 
-def path_address(index: int) -> ipaddress.IPv4Address:
-    return ipaddress.IPv4Address(f"198.18.{_FIRST_PATH_NET + index}.1")
+@dataclass(frozen=True)
+class AddressPlan:
+    """The addresses of one IP version (docs/sim.md "Addresses"): one network per role and per
+    access path, host 1 in it. IPv4 from the benchmarking range 198.18.0.0/15 (RFC 2544), a /24
+    each: role N is 198.18.N.0/24, path i 198.18.(16+i).0/24. IPv6 from the benchmarking range
+    2001:2::/48 (RFC 5180), a /64 each with the same number written as the subnet ID's digits:
+    role N is 2001:2:0:N::/64, path i 2001:2:0:(16+i)::/64, so 198.18.17.1 and 2001:2:0:17::1
+    are the same host in the two plans."""
+
+    ip_version: int
+
+    def _host(self, net: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        if self.ip_version == 4:
+            return ipaddress.IPv4Address(f"198.18.{net}.1")
+        return ipaddress.IPv6Address(f"2001:2:0:{net}::1")
+
+    @property
+    def prefix_length(self) -> int:
+        return 24 if self.ip_version == 4 else 64
+
+    @property
+    def converter_up(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        return self._host(1)
+
+    @property
+    def converter_down(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        return self._host(2)
+
+    @property
+    def server(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        return self._host(3)
+
+    @property
+    def converter_in(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        return self._host(4)  # an on-path proxy's client-side interface
+
+    def path(self, index: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        return self._host(_FIRST_PATH_NET + index)
+
+    def network(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address
+                ) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        return ipaddress.ip_network(f"{address}/{self.prefix_length}", strict=False)
 
 
-def _net(address: ipaddress.IPv4Address) -> str:
-    return str(ipaddress.ip_network(f"{address}/24", strict=False))
+ADDRESS_PLANS = {4: AddressPlan(4), 6: AddressPlan(6)}
+_V4 = ADDRESS_PLANS[4]
+CONVERTER_UP, CONVERTER_IN, CONVERTER_DOWN, SERVER = _V4.converter_up, _V4.converter_in, _V4.converter_down, _V4.server
+
+
+def path_address(index: int, ip_version: int = 4) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ADDRESS_PLANS[ip_version].path(index)
+
+
+def _net(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    return str(ipaddress.ip_network(f"{address}/{24 if address.version == 4 else 64}", strict=False))
 
 
 # --- middleboxes ---------------------------------------------------------------------------------
@@ -291,9 +335,10 @@ class Simulation:
 
     def _build(self) -> None:
         s = self.scenario
-        addresses = {name: path_address(i) for i, name in enumerate(s.paths)}
+        plan = self.addresses = ADDRESS_PLANS[s.ip_version]
+        addresses = {name: plan.path(i) for i, name in enumerate(s.paths)}
         client_addresses = {name: addresses[name] for name in self.path_names}
-        proxies = ((CONVERTER_UP, s.converter.port),) if s.converter.enabled else ()
+        proxies = ((plan.converter_up, s.converter.port),) if s.converter.enabled else ()
         c = s.client
         policy = ClientPolicy(scheme=c.scheme, fallback=c.fallback, upstream_mptcp=c.upstream_mptcp,
                               implicit=c.implicit, signal_acked_as_data=c.signal_acked_as_data,
@@ -316,7 +361,8 @@ class Simulation:
         client_node = self._node(CLIENT, self.client)
         client_node.event_handlers.append(self._on_client_event)
         routes = {f"access.{name}": [_net(addresses[name])] for name in s.paths}
-        routes |= {"conv_up": [_net(CONVERTER_UP)], "conv_down": [_net(CONVERTER_DOWN)], "server": [_net(SERVER)]}
+        routes |= {"conv_up": [_net(plan.converter_up)], "conv_down": [_net(plan.converter_down)],
+                   "server": [_net(plan.server)]}
         self.router = Router(routes)
         router_node = self._node(ROUTER, self.router)
         self.converter = self._build_converter() if s.converter.enabled else None
@@ -333,7 +379,7 @@ class Simulation:
             self.links.append(Link(self.env, client_node, name, far, far_port, forward=up, backward=down,
                                    name=f"path.{name}"))
             network = AccessNetwork(name, p.middleboxes, up, down, self.rng(f"middlebox_mix.{name}"),
-                                    self.rng(f"middleboxes.{name}"), Site(ipaddress.IPv4Network(_net(addresses[name]))))
+                                    self.rng(f"middleboxes.{name}"), Site(plan.network(addresses[name])))
             network.attach(s.middlebox_mix)
             self.networks[name] = network
         if conv_node is not None:
@@ -354,7 +400,7 @@ class Simulation:
                     self.cpu.gate_setup(self.networks[s.primary_path].up if self.on_path else there,
                                         cv.cpu_setup_s)
         w, sv = s.workload, s.server
-        self.server = SERVERS.get(sv.kind).create(SERVER_NODE, SERVER, self.rng("server"),
+        self.server = SERVERS.get(sv.kind).create(SERVER_NODE, plan.server, self.rng("server"),
                                                   ResponderApp(w.response_size_bytes,
                                                                request_size_bytes=w.request_size_bytes), (sv.port,))
         server_node = self._node(SERVER_NODE, self.server)
@@ -365,9 +411,11 @@ class Simulation:
 
     def _build_converter(self) -> Any:
         cv = self.scenario.converter
-        addresses = {"up": CONVERTER_UP, "down": CONVERTER_DOWN} | ({"in": CONVERTER_IN} if self.on_path else {})
+        plan = self.addresses
+        addresses = {"up": plan.converter_up, "down": plan.converter_down} | \
+            ({"in": plan.converter_in} if self.on_path else {})
         settings = ProxySettings(port=cv.port, placement=cv.placement, timing=cv.timing,
-                                 client_prefixes=tuple(_net(path_address(i)) for i in range(len(self.scenario.paths))),
+                                 client_prefixes=tuple(_net(plan.path(i)) for i in range(len(self.scenario.paths))),
                                  require_cookie=cv.require_cookie, max_sessions=cv.max_sessions,
                                  connect_timeout_s=cv.connect_timeout_s, convert_mptcp=cv.convert_mptcp)
         return build_proxy_host(self.scenario.proxy_kind, CONVERTER, addresses, rng=self.rng("converter"),
@@ -417,7 +465,7 @@ class Simulation:
 
     def _request(self, scheme: str | None) -> int:
         w = self.scenario.workload
-        request = Request(SERVER, self.scenario.server.port, request_size_bytes=w.request_size_bytes,
+        request = Request(self.addresses.server, self.scenario.server.port, request_size_bytes=w.request_size_bytes,
                           response_size_bytes=w.response_size_bytes, scheme=scheme)
         self._outstanding += 1
         networks = self.networks_label()
@@ -445,7 +493,7 @@ class Simulation:
                 client_node.call(self.client.attach_network)
             case Action.DISCOVER_PROXY:
                 if self.scenario.converter.enabled:
-                    proxy = (CONVERTER_UP, self.scenario.converter.port)
+                    proxy = (self.addresses.converter_up, self.scenario.converter.port)
                     client_node.call(lambda t: self.client.discover_proxy(proxy, t))
             case Action.CONVERTER_DOWN | Action.CONVERTER_UP:
                 self.outage.down = action is Action.CONVERTER_DOWN
@@ -515,8 +563,16 @@ class Simulation:
         return [link.name for link in self.links] + sorted(set(lone))
 
     def _run_bulk(self, row: dict, spec: TransferSpec, multipath: bool, household: int = 0) -> None:
-        paths: list = [self._transfer_path(name, spec.direction, row["via_converter"], household)
-                       for name in (self.path_names if multipath else self.path_names[:1])]
+        names = self.path_names if multipath else self.path_names[:1]
+        paths: list = [self._transfer_path(name, spec.direction, row["via_converter"], household) for name in names]
+        # IPv6: the packets carry the negotiation's addresses (the client's on each path, the far
+        # end it reached), and so IPv6's header size. IPv4 keeps the transfer's own placeholder
+        # addresses, which the goldens' pcap digests hold.
+        addresses = None
+        if self.scenario.ip_version == 6:
+            far = self.addresses.converter_up if row["via_converter"] else self.addresses.server
+            ends = [(self.addresses.path(list(self.scenario.paths).index(name)), far) for name in names]
+            addresses = ends if spec.direction is Direction.UPLOAD else [(b, a) for a, b in ends]
         if self.cpu is not None and row["via_converter"]:
             # The relay's per-byte cost: each subflow's data waits for the converter's CPU first
             # (mpsim.sim.cpu.RelayStage; docs/sim.md "The converter's capacity").
@@ -528,7 +584,7 @@ class Simulation:
         transfer = BulkTransfer(self.env, paths, spec.size_bytes, cc="reno" if coupled else spec.congestion_control,
                                 coupled=spec.congestion_control if coupled and multipath else "none", mptcp=multipath,
                                 snd_buf_bytes=spec.snd_buf_bytes, rcv_buf_bytes=spec.rcv_buf_bytes,
-                                buffers=spec.buffers.value,
+                                buffers=spec.buffers.value, addresses=addresses,
                                 name=f"transfer{row['transfer_id']}")
         self._running.append((row, transfer))
         transfer.done.callbacks.append(lambda _event: self._bulk_done(row, transfer))
