@@ -175,3 +175,22 @@ def test_tshark_reads_an_ipv6_transfer_capture(tmp_path):
     assert done.returncode == 0, done.stderr
     rows = [line.split(",") for line in done.stdout.split()]
     assert rows == [["2001:2:0:3::1", "2001:2:0:16::1", "1400", "1400"]] * 3
+
+
+def test_every_ipv6_negotiation_packet_has_the_bytes_of_its_encoding():
+    # As tests/golden/test_packet_bytes.py for IPv4: every variant of scheme_comparison (every
+    # scheme) over IPv6; the lazily known length is the encoding's and the bytes decode back.
+    from mpsim.experiment import results
+    from mpsim.wire.options import canonical_options
+
+    loaded = load("scheme_comparison", ["ip_version=6"])
+    outcome = results.run(loaded, record_packets=True)
+    packets = [r.packet for run in outcome.runs for r in run.trace.packets if isinstance(r.packet, IpPacket)]
+    assert len(packets) > 50 and all(p.src.version == 6 for p in packets)
+    for packet in packets:
+        data = encode_packet(packet)
+        assert packet.length_bytes == len(data) and data[0] >> 4 == 6
+        decoded = decode_packet(data)
+        assert decoded.segment.options == canonical_options(packet.segment.options) if packet.segment.options \
+            else decoded.segment.options == ()
+        assert (decoded.src, decoded.dst, decoded.segment.payload) == (packet.src, packet.dst, packet.segment.payload)
