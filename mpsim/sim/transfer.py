@@ -178,7 +178,8 @@ SACK_BLOCK_BYTES = 8
 DEFAULT_MSS_BYTES = 1448
 #: The Linux MSS with timestamps on a 1500-byte MTU, by IP version: 1500 - IP - TCP 20 - 12.
 MTU_BYTES = 1500
-DEFAULT_MSS_BYTES_BY_VERSION = {4: DEFAULT_MSS_BYTES, 6: MTU_BYTES - 40 - 20 - TIMESTAMPS_OPTION_BYTES}
+DEFAULT_MSS_BYTES_BY_VERSION = {version: MTU_BYTES - ip_bytes - 20 - TIMESTAMPS_OPTION_BYTES
+                                for version, ip_bytes in IP_HEADER_BYTES.items()}
 
 # --- Linux constants --------------------------------------------------------------------------
 RTO_MIN_S = 0.2  # TCP_RTO_MIN
@@ -1560,7 +1561,9 @@ class BulkTransfer:
         if addresses is None:
             addresses = [(IPv4Address(f"198.18.{index}.2"), IPv4Address("198.19.0.2")) for index in range(len(paths))]
         addresses = list(addresses)
-        if len(addresses) != len(paths) or len({a.version for pair in addresses for a in pair}) != 1:
+        if len(addresses) != len(paths) or not all(
+                isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(a, (IPv4Address, IPv6Address)) for a in pair)
+                for pair in addresses) or len({a.version for pair in addresses for a in pair}) != 1:
             raise ValueError(f"addresses needs one (sender, receiver) pair per path, all IPv4 or all IPv6, "
                              f"got {addresses!r}")
         if mss_bytes is None:

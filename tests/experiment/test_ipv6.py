@@ -146,6 +146,8 @@ def test_transfer_addresses_must_be_one_version_per_path():
     pair = (LinkDirection(env, "a", delay_s=0.01, rate_bps=1e6), LinkDirection(env, "b", delay_s=0.01, rate_bps=1e6))
     with pytest.raises(ValueError, match="all IPv4 or all IPv6"):
         BulkTransfer(env, [pair], 1000, addresses=[(V6_PAIR[0][0], ipaddress.IPv4Address("198.18.0.1"))])
+    with pytest.raises(ValueError, match="one .sender, receiver. pair per path"):
+        BulkTransfer(env, [pair], 1000, addresses=[("2001:2::1", "2001:2::2")])
 
 
 def test_an_ipv6_scenario_transfer_uses_the_negotiations_addresses_and_decodes():
