@@ -98,6 +98,7 @@ def test_the_nat_translates_ipv6_to_its_public_address():
     sources = {r.packet.src for r in result.trace.packets if r.kind == "delivered" and r.dst == SERVER_NODE}
     assert sources == {ipaddress.IPv6Address("2001:2:0:16::c8")}  # host 200 of the path's /64
     assert [row["outcome"] for row in result.connections] == ["tcp"]
+    assert [row["destination"] for row in result.connections] == ["[2001:2:0:3::1]:80"]  # the port reads apart
 
 
 # --- transfers -------------------------------------------------------------------------------------
