@@ -23,7 +23,7 @@ With ``ip_version=6`` the same topology is built over IPv6 from the benchmarking
 (198.18.i.0/24 is 2001:2:0:i::/64, 198.18.(64+i) 2001:2:0:(64+i)::/64, and the converter-server
 link 198.19.0.0/24 is 2001:2:0:1900::/64), the same host numbers (198.18.0.1 is 2001:2::1).
 Addresses are added with ``nodad`` and duplicate address detection is off (accept_dad=0), so they
-are usable at once; the converter (and a middlebox) forward IPv6; loss and middlebox rules go
+are usable at once, and kept when a path goes down (keep_addr_on_down=1); the converter (and a middlebox) forward IPv6; loss and middlebox rules go
 into ``table ip6 mpsim`` and ip6tables.
 
 The client's main table routes via path 0; each path address has its own table (source routing),
@@ -301,7 +301,10 @@ class Testbed:
         if self.ip_version == 6:
             # Addresses usable at once (no duplicate address detection: every address here is
             # unique by construction), and the routers forward IPv6.
+            # keep_addr_on_down: a path brought down and up again (set_path_up) keeps its address,
+            # as IPv4 does (Linux removes IPv6 addresses of a downed device by default).
             values |= {"net.ipv6.conf.all.accept_dad": "0", "net.ipv6.conf.default.accept_dad": "0",
+                       "net.ipv6.conf.all.keep_addr_on_down": "1", "net.ipv6.conf.default.keep_addr_on_down": "1",
                        "net.ipv6.conf.all.forwarding":
                            "1" if name in (self.ns["converter"], self.ns.get("middlebox")) else "0"}
         if name == self.ns.get(DELAY_ROLE):
@@ -708,7 +711,10 @@ def reaches(pair):
     src, dst = pair
     with socket.socket(socket.AF_INET6 if ":" in src else socket.AF_INET) as s:
         s.settimeout(timeout_s)
-        s.bind((src, 0))
+        try:
+            s.bind((src, 0))   # IPv6 refuses an address whose device is down (EADDRNOTAVAIL): unreachable
+        except OSError:
+            return False
         try:
             s.connect((dst, 9))
         except ConnectionRefusedError:
