@@ -197,3 +197,17 @@ def test_every_ipv6_negotiation_packet_has_the_bytes_of_its_encoding():
         assert decoded.segment.options == canonical_options(packet.segment.options) if packet.segment.options \
             else decoded.segment.options == ()
         assert (decoded.src, decoded.dst, decoded.segment.payload) == (packet.src, packet.dst, packet.segment.payload)
+
+
+def test_ipv6_connections_advertise_and_send_the_ipv6_mss():
+    # Linux: MSS = MTU - IP - TCP, so 1440 over IPv6 on a 1500-byte MTU (1460 over IPv4); with
+    # Timestamps a full segment carries 1428 bytes (1448), a 1500-byte packet either way.
+    for version, mss, payload in ((4, 1460, 1448), (6, 1440, 1428)):
+        result = run_scenario(_scenario(version, "client.scheme=plain", "workload.response_size_bytes=5000"),
+                              variant="plain", run_index=0, record_packets=True)
+        sent = [r.packet for r in result.trace.packets if r.kind == "sent" and isinstance(r.packet, IpPacket)]
+        advertised = {o.mss_bytes for p in sent if p.segment.flags & 0x02 for o in p.segment.options
+                      if type(o).__name__ == "MaximumSegmentSize"}
+        assert advertised == {mss}, version
+        data = [p for p in sent if len(p.segment.payload) == payload]
+        assert data and {p.length_bytes for p in data} == {1500}, version
