@@ -552,7 +552,9 @@ class LogicalConnection:
         record = ConnectionRecord(
             request_id=self.request_id,
             scheme=self.scheme.name,
-            destination=f"{self.request.destination}:{self.request.port}",
+            # ADDR:PORT; an IPv6 address in brackets, so that the port reads apart (RFC 3986 3.2.2).
+            destination=f"[{self.request.destination}]:{self.request.port}" if self.request.destination.version == 6
+            else f"{self.request.destination}:{self.request.port}",
             outcome=outcome.value,
             fallback_reason=self.fallback_reason.value if self.fallback_reason else None,
             start_s=self.start_s,

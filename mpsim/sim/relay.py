@@ -58,7 +58,7 @@ DIRECTIONS = ("upload", "download")
 #: What ``client_options`` / ``server_options`` may set for one leg (BulkTransfer's keywords).
 LEG_OPTIONS = frozenset({"cc", "coupled", "snd_buf_bytes", "rcv_buf_bytes", "mss_bytes", "initial_cwnd_segments",
                          "rto_min_s", "delayed_ack_s", "quickack_segments", "loss_detection", "scheduler", "buffers",
-                         "join_handshake", "join_delay_s", "joins_from", "syn_policy"})
+                         "join_handshake", "join_delay_s", "joins_from", "syn_policy", "addresses"})
 
 
 class _Relay:
