@@ -15,7 +15,8 @@ TEST_STAMP := $(VENV)/.installed-test
 # `PYTHONPATH=build/fast mpsim ...`; tests/test_fast_build.py runs tests/golden against it.
 FAST_STAMP := $(VENV)/.installed-fast
 FAST_DIR := build/fast
-FAST_MODULES := mpsim/wire/segment.py mpsim/proto/seqnum.py mpsim/proto/tcp.py mpsim/proto/host.py
+FAST_MODULES := mpsim/wire/segment.py mpsim/proto/seqnum.py mpsim/proto/tcp.py mpsim/proto/host.py \
+	mpsim/proto/mptcp.py mpsim/proto/relay.py
 
 .PHONY: run test venv clean fast
 
