@@ -19,7 +19,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 FAST_DIR = ROOT / "build" / "fast"
 #: The modules the Makefile's FAST_MODULES compiles.
 COMPILED = ("mpsim.wire.segment", "mpsim.proto.seqnum", "mpsim.proto.tcp", "mpsim.proto.host",
-            "mpsim.proto.mptcp", "mpsim.proto.relay", "mpsim.proto.client", "mpsim.proto.server")
+            "mpsim.proto.mptcp", "mpsim.proto.relay", "mpsim.proto.client", "mpsim.proto.server",
+            "mpsim.proto.convert")
 
 
 def _compiled_modules_present() -> bool:
