@@ -54,6 +54,12 @@ from mpsim.wire.options import (
 )
 from mpsim.wire.segment import IpPacket, TcpFlags, TcpSegment
 
+try:  # read only by the optional compiled build (docs/sim.md "Performance"); mypy brings mypy_extensions
+    from mypy_extensions import mypyc_attr
+except ImportError:  # pure Python without it: the mark means nothing
+    def mypyc_attr(*attrs: str, **kwattrs: object):  # type: ignore[no-redef,misc]
+        return lambda cls: cls
+
 IpAddress = IPv4Address | IPv6Address
 
 _MIN_SND_MSS_BYTES = 48  # Linux net.ipv4.tcp_min_snd_mss: a smaller advertised MSS is raised to this
@@ -257,6 +263,8 @@ TcpEvent = (Established | DataReceived | PeerClosed | ResetReceived | TimedOut |
             | SynRetransmissionReceived | Closed)
 
 
+# Compiled, a class refuses interpreted subclasses: the extensions of proto/ are not compiled.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class TcpExtension:
     """Hooks through which a protocol extension shapes a connection. Defaults do nothing.
 
@@ -870,7 +878,7 @@ class TcpConnection:
         self._last_stamped = (options, ts_value, ts_recent, stamped)
         return stamped
 
-    def _window_field(self, syn: bool) -> int:
+    def _window_field(self, syn: int) -> int:
         shift = 0 if syn or self.peer.window_shift is None else (self.policy.window_scale_shift or 0)
         return min(self._rcv_wnd() >> shift, 0xFFFF)
 
