@@ -232,7 +232,7 @@ from simpy.events import NORMAL
 
 from mpsim.proto.tcp import TcpPolicy
 from mpsim.sim.congestion import INITIAL_CWND_SEGMENTS, CongestionControl, LiaCoupling, make_congestion_control
-from mpsim.sim.link import LinkDirection, schedule_call
+from mpsim.sim.link import LIGHT_PACKET_TYPES, LinkDirection, schedule_call
 
 # --- header accounting (module docstring) ------------------------------------------------------
 #: IPv4 20 + TCP 20 + NOP NOP Timestamps 12.
@@ -458,6 +458,9 @@ class Segment:
         segment = TcpSegment(src_port, dst_port, seq, ack, TcpFlags(flags), min(window, 0xFFFF), tuple(options),
                              payload)
         return IpPacket(src_ip, dst_ip, segment)
+
+
+LIGHT_PACKET_TYPES.add(Segment)  # links read its size_bytes directly
 
 
 def _ignore(segment: Segment) -> None:
