@@ -537,7 +537,7 @@ class Simulation:
                                 buffers=spec.buffers.value,
                                 # the client opens the further subflows (MP_JOIN) on its SYN timers
                                 joins_from="receiver" if spec.direction is Direction.DOWNLOAD else "sender",
-                                syn_policy=self.client.policy,
+                                syn_policy=self.client.policy, kernel_hz=spec.kernel_hz,
                                 name=f"transfer{row['transfer_id']}")
         self._running.append((row, transfer))
         transfer.done.callbacks.append(lambda _event: self._bulk_done(row, transfer))
