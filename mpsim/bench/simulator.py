@@ -3,9 +3,9 @@
 Measurements (each repeated in interleaved rounds; wall time from ``time.perf_counter``):
 
 * ``bulk_flow``: one bulk TCP flow (:class:`mpsim.sim.transfer.BulkTransfer`, CUBIC) over a
-  3-hop path, client - router - router - server: three :class:`~mpsim.sim.link.LinkDirection`
-  hops per direction, each ``HOP_RATE_BPS`` and ``HOP_DELAY_S``, unbounded queues, the routers
-  forwarding at once. The sender is limited by the receive window (``BULK_WINDOW_BYTES``),
+  3-hop path, client - router - router - server: a :class:`~mpsim.sim.route.Route` of three
+  :class:`~mpsim.sim.link.LinkDirection` hops per direction, each ``HOP_RATE_BPS`` and
+  ``HOP_DELAY_S``, unbounded queues, the routers forwarding at once. The sender is limited by the receive window (``BULK_WINDOW_BYTES``),
   so nothing is lost. Counted: packets delivered end to end (data and ACKs).
 * ``nspy_flow``: the closest ns.py equivalent, if ns.py is installed: its
   ``TCPPacketGenerator`` (Reno, window capped at the same bytes) and ``TCPSink`` through three
@@ -29,8 +29,9 @@ Measurements (each repeated in interleaved rounds; wall time from ``time.perf_co
   rates, a trace of events) and ``harness`` (:class:`~mpsim.proto.harness.Harness`, fixed delays).
 * ``two_path_transfer``: 16 MiB over MPTCP on the two paths of ``models/bulk_two_path.toml``
   (DSL 20 Mb/s and LTE 30 Mb/s down, drop-tail queues, CUBIC, losses and recoveries
-  included), as :mod:`mpsim.experiment.simulation` builds a transfer path. Counted: wall
-  seconds for the whole transfer.
+  included) through the converter, on the routes :mod:`mpsim.experiment.simulation` builds:
+  four hops each way per subflow (server link, the converter's two links, the access path;
+  :func:`two_path_routes`), without the negotiation. Counted: wall seconds for the whole transfer.
 
 Ratios are computed per round (the two rates of a ratio measured next to each other) and
 reported as min and median over the rounds. Targets: bulk flow at least 5x ns.py and 0.5x the
@@ -67,6 +68,7 @@ from mpsim.proto.components import ProxySettings, build_proxy_host
 from mpsim.proto.server import ResponderApp, ServerHost, ServerKind
 from mpsim.sim.link import Link, LinkDirection
 from mpsim.sim.node import SimNode
+from mpsim.sim.route import Route, forward_segment
 from mpsim.sim.trace import Trace
 from mpsim.sim.transfer import BulkTransfer
 
@@ -126,33 +128,15 @@ class _Clock:
 # --- the bulk flow over three hops -----------------------------------------------------------------
 
 
-class HopChain:
-    """Link directions in series (routers that forward at once), offered to a BulkTransfer as one
-    direction: ``send`` enters the first hop, ``deliver`` is the last hop's."""
-
-    def __init__(self, hops: Sequence[LinkDirection]) -> None:
-        for hop, next_hop in zip(hops, hops[1:]):
-            hop.deliver = next_hop.send
-        self.hops = list(hops)
-        self.name = "+".join(hop.name for hop in hops)
-        self.send = hops[0].send
-
-    @property
-    def deliver(self) -> Callable[[Any], None] | None:
-        return self.hops[-1].deliver
-
-    @deliver.setter
-    def deliver(self, callback: Callable[[Any], None]) -> None:
-        self.hops[-1].deliver = callback
-
-    @property
-    def packets_delivered(self) -> int:
-        return self.hops[-1].counters.packets_delivered
+def _three_hops(env: simpy.Environment, name: str) -> Route:
+    """Three rated hops as a :class:`~mpsim.sim.route.Route` (routers that forward at once: each
+    hop delivers to the route, as a node does for a light segment)."""
+    return Route(name, [LinkDirection(env, f"{name}{i}", delay_s=HOP_DELAY_S, rate_bps=HOP_RATE_BPS,
+                                      deliver=forward_segment) for i in range(HOPS)])
 
 
-def _three_hops(env: simpy.Environment, name: str) -> HopChain:
-    return HopChain([LinkDirection(env, f"{name}{i}", delay_s=HOP_DELAY_S, rate_bps=HOP_RATE_BPS)
-                     for i in range(HOPS)])
+def _delivered(route: Route) -> int:
+    return route.hops[-1].counters.packets_delivered
 
 
 def bulk_flow(size_bytes: int) -> Sample:
@@ -166,7 +150,7 @@ def bulk_flow(size_bytes: int) -> Sample:
     record = transfer.result()
     if not record.completed or record.retransmissions:
         raise RuntimeError(f"the benchmark flow should complete without loss: {record}")
-    return Sample(forward.packets_delivered + backward.packets_delivered, wall_s)
+    return Sample(_delivered(forward) + _delivered(backward), wall_s)
 
 
 def nspy_available() -> bool:
@@ -382,24 +366,38 @@ def negotiations_harness(scheme: str, count: int) -> Sample:
 
 # --- the two-path transfer -------------------------------------------------------------------------
 
-# models/bulk_two_path.toml: (name, down rate, up rate, one-way delay, queue bytes); the server's
-# 15 ms and the converter's 2 x 2 ms are added to each path, as the scenario's transfer path does.
+# models/bulk_two_path.toml: (name, down rate, up rate, one-way delay, queue bytes) of the access
+# paths; the converter's and the server's links (rate, one-way delay) as the scenario sets them.
 TWO_PATHS = [("dsl", 20e6, 2e6, 0.010, 150_000), ("lte", 30e6, 8e6, 0.030, 300_000)]
-TWO_PATH_EXTRA_DELAY_S = 0.015 + 2 * 0.002
+TWO_PATH_CONVERTER = (1e9, 0.002)
+TWO_PATH_SERVER = (1e9, 0.015)
+
+
+def two_path_routes(env: simpy.Environment) -> list[tuple[Route, Route]]:
+    """The (data, ACK) routes of a converted download over both paths, as the simulation builds
+    them: server link -> converter (down side, then up side) -> access path, the ACKs back; the
+    server's and the converter's link directions are shared by both subflows."""
+    def hop(name: str, rate_bps: float, delay_s: float, queue_bytes: int | None = None) -> LinkDirection:
+        return LinkDirection(env, name, delay_s=delay_s, rate_bps=rate_bps, queue_limit_bytes=queue_bytes,
+                             deliver=forward_segment)
+    (cv_bps, cv_s), (sv_bps, sv_s) = TWO_PATH_CONVERTER, TWO_PATH_SERVER
+    server_out, server_in = hop("server.out", sv_bps, sv_s), hop("server.in", sv_bps, sv_s)
+    down_in, down_out = hop("converter.down.in", cv_bps, cv_s), hop("converter.down.out", cv_bps, cv_s)
+    up_in, up_out = hop("converter.up.in", cv_bps, cv_s), hop("converter.up.out", cv_bps, cv_s)
+    routes = []
+    for name, down_bps, up_bps, delay_s, queue_bytes in TWO_PATHS:
+        access_down = hop(f"{name}.down", down_bps, delay_s, queue_bytes)
+        access_up = hop(f"{name}.up", up_bps, delay_s, queue_bytes)
+        routes.append((Route(f"{name}.data", [server_out, down_in, up_out, access_down]),
+                       Route(f"{name}.ack", [access_up, up_in, down_out, server_in])))
+    return routes
 
 
 def two_path_transfer(size_bytes: int) -> Sample:
     """An MPTCP download of ``size_bytes`` over DSL and LTE (CUBIC per subflow); counts bytes."""
     env = simpy.Environment()
     start_s = time.perf_counter()
-    paths = []
-    for name, down_bps, up_bps, delay_s, queue_bytes in TWO_PATHS:
-        delay_s += TWO_PATH_EXTRA_DELAY_S
-        paths.append((LinkDirection(env, f"{name}-down", delay_s=delay_s, rate_bps=down_bps,
-                                    queue_limit_bytes=queue_bytes),
-                      LinkDirection(env, f"{name}-up", delay_s=delay_s, rate_bps=up_bps,
-                                    queue_limit_bytes=queue_bytes)))
-    transfer = BulkTransfer(env, paths, size_bytes, mptcp=True)
+    transfer = BulkTransfer(env, two_path_routes(env), size_bytes, mptcp=True)
     env.run()
     wall_s = time.perf_counter() - start_s
     record = transfer.result()

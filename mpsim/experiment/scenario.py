@@ -271,7 +271,8 @@ class ConverterSpec:
                                      doc="CPU time to relay 10^9 payload bytes (seconds per GB)")
     households: int = knob(1, ge=1, le=10_000, doc="households this converter serves: the workload's arrivals are "
                                                    "drawn once per household (all from the one client node), every "
-                                                   "transfer runs once per household on access paths of its own")
+                                                   "transfer runs once per household, each on access lines of its "
+                                                   "own joined to the shared converter and server links")
 
 
 @dataclass(frozen=True, kw_only=True)

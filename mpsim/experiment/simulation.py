@@ -36,27 +36,49 @@ connection's record arrives, the outcome decides how the bulk data moves
 subflow per access path; anything else with single-path TCP on the primary path; ``failed``
 moves nothing.
 
-The bulk data does not cross the negotiation's links: a BulkTransfer sends light segments over
-one (forward, backward) pair of link directions per subflow, delivered to its own endpoints,
-while the negotiation's links deliver to the nodes. So each access path gets a *transfer path*:
-one hop with the access path's rate (the bottleneck), queue, jitter and loss model (its own
-generators), and the whole one-way delay from the server, through the converter when the
-negotiation went through it (access + server link + 2 x converter link; once when the
-converter is on the path). Transfers on one access path share its transfer path, hence its
-queue; they do not share queues with the (few, small) negotiation packets. The access paths'
-middleboxes are wrapped (:func:`mpsim.sim.light_filter.wrap_box`) so that transfer segments
-crossing those links meet them too; the one-hop transfer paths carry none yet. A transfer's
-further subflows open with MP_JOIN handshakes from the client (the receiver of a download), on
-the client's SYN policy (mpsim/sim/transfer.py, "Subflows joining"). The converter relays at
-line rate: its buffers and its second TCP leg to the server are not modelled in the transfer
-(the subflows run end to end) -- unless ``converter.cores`` > 0 gives it a CPU
-(:mod:`mpsim.sim.cpu`): then a new connection's SYN waits for a set-up job before the proxy sees
-it, and each converted subflow's data waits for a per-byte relay job before its transfer path.
+The bulk data crosses the negotiation's links (:mod:`mpsim.sim.route`): each subflow's data and
+ACKs follow a :class:`~mpsim.sim.route.Route`, the real link directions a packet between the
+same addresses crosses, worked out from the router's own table (``Router.port_for``, the lookup
+its ``receive`` does) and, on the path, from the proxy's own forwarding rule (``forward_port``):
+
+* direct: access link -> router -> server link (and back);
+* through a converter beside the router: access link -> router -> ``converter.up`` -> the
+  converter node -> ``converter.down`` -> router -> server link, the ACKs the reverse way. The
+  subflows run end to end through the converter node, forwarded like a router: the converter's
+  relay buffers and its own TCP leg to the server are not modelled yet;
+* ``placement = "on_path"``: the primary path's packets cross the proxy as the negotiation's
+  do (client -> proxy "in" -> ``converter.down`` -> router -> server; the server's answers
+  router -> ``converter.up`` -> proxy -> client); a converted connection's primary subflow ends
+  at the proxy when it intercepted it, every other subflow addresses the proxy's "up" side,
+  which the router reaches through the port facing it.
+
+So transfers share queues, rates, jitter and loss generators with the negotiation packets on
+every link, the link counters count both, and the ``Outage`` filter (``converter_down``)
+black-holes transfer data too. The access paths' middleboxes are wrapped
+(:func:`mpsim.sim.light_filter.wrap_box`) so that transfer segments crossing those links meet
+them too (a link filter sees light segments only if it says ``accepts_light_segments``). A
+transfer's further subflows open with MP_JOIN handshakes from the client (the receiver of a
+download), on the client's SYN policy (mpsim/sim/transfer.py, "Subflows joining"). Nodes never hand a
+transfer segment to their machine. With ``converter.cores`` > 0 (:mod:`mpsim.sim.cpu`) a new
+connection's SYN waits for a set-up job before the proxy sees it, and each converted subflow's
+data segment waits for a per-byte relay job at the converter: before its first hop out of the
+converter node (a :class:`~mpsim.sim.cpu.RelayStage` on that hop of the route).
+
+Captures (``capture_points`` lists the real links, and households' own access lines) show a
+transfer with the addresses and ports of the connection its negotiation opened, continuing that
+connection's sequence numbers after its last segment (its FIN included: the negotiation closes
+it before the transfer starts); on the converter's leg to the server, every subflow is shown as
+the converter's connection to the server carrying the data-level stream (DSN as sequence
+number, no MPTCP option). Another subflow than the first has no handshake of its own: it is
+shown from its path's address, with the first subflow's port and sequence numbers from 1.
 
 ``converter.households`` (default 1) makes one run serve several households: every household's
 arrivals are drawn from a generator of its own and issued from the one client node (so their
 negotiation packets share its access links), and every transfer runs once per household, all at
-its ``start_s``, each household's on transfer paths of its own (``transfer.hN.<path>``).
+its ``start_s``. Household 0's transfer uses the paths' links; household h > 0 has an access
+line of its own per path (``path.NAME.hH``: the path's rates, delay, jitter, queue and loss,
+with generators of its own, ``loss.NAME.hH.up``; not the path's middleboxes) joined at the
+router to the shared converter and server links.
 """
 
 from __future__ import annotations
@@ -87,6 +109,7 @@ from mpsim.sim.light_filter import wrap_box
 from mpsim.sim.link import Link, LinkDirection
 from mpsim.sim.loss import loss_from_spec
 from mpsim.sim.node import SimNode
+from mpsim.sim.route import MAX_HOPS, Flow, Route, forward_segment
 from mpsim.sim.seeds import component_rng, derive_seed
 from mpsim.sim.trace import Trace
 from mpsim.sim.transfer import BulkTransfer
@@ -148,6 +171,7 @@ class Outage:
     """A link filter that loses every packet while ``down``: the converter stops answering."""
 
     name = "outage"
+    accepts_light_segments = True  # a converter that is down loses transfer data too
 
     def __init__(self) -> None:
         self.down = False
@@ -258,7 +282,9 @@ class Simulation:
         self.transfer_rows: list[dict] = []
         self._pending_transfers: dict[int, tuple[int, TransferSpec, int]] = {}  # request id -> (id, spec, household)
         self._running: list[tuple[dict, BulkTransfer]] = []
-        self._transfer_paths: dict[tuple[str, Direction, bool, int], tuple[LinkDirection, LinkDirection]] = {}
+        # (path, household) -> that household's own access line (up, down); household 0 uses the path's link
+        self._household_access: dict[tuple[str, int], tuple[LinkDirection, LinkDirection]] = {}
+        self._hops_cache: dict[tuple, list[LinkDirection]] = {}
         self.cpu: Cpu | None = None  # the converter's CPU, when converter.cores > 0
         self._outstanding = 0  # requests and transfers started and not finished
         self._scheduled_done = False
@@ -322,7 +348,11 @@ class Simulation:
         client_node = self._node(CLIENT, self.client)
         client_node.event_handlers.append(self._on_client_event)
         routes = {f"access.{name}": [_net(addresses[name])] for name in s.paths}
-        routes |= {"conv_up": [_net(CONVERTER_UP)], "conv_down": [_net(CONVERTER_DOWN)], "server": [_net(SERVER)]}
+        # On the path the proxy's "up" side sits where the primary access link would, so its
+        # address is reached through that port (a subflow from another path to the proxy).
+        conv_up_port = f"access.{s.primary_path}" if self.on_path else "conv_up"
+        routes.setdefault(conv_up_port, []).append(_net(CONVERTER_UP))
+        routes |= {"conv_down": [_net(CONVERTER_DOWN)], "server": [_net(SERVER)]}
         self.router = Router(routes)
         router_node = self._node(ROUTER, self.router)
         self.converter = self._build_converter() if s.converter.enabled else None
@@ -492,42 +522,156 @@ class Simulation:
             row["paths"] = ""
             self._transfer_done()
             return
-        self._run_bulk(row, spec, multipath, household)
+        self._run_bulk(row, spec, multipath, household, record)
 
-    def _transfer_path(self, name: str, direction: Direction, via_converter: bool,
-                       household: int = 0) -> tuple[LinkDirection, LinkDirection]:
-        """The (data, ACK) directions that stand for access path ``name`` of one household (see
-        the module doc)."""
-        key = (name, direction, via_converter, household)
-        if key not in self._transfer_paths:
-            s, p = self.scenario, self.scenario.paths[name]
-            # Beside the router the proxy adds its link twice (there and back out); on the primary
-            # path every packet crosses it once, converted or not.
-            on_path = self.on_path and name == s.primary_path
-            hops = 1 if on_path else 2 if via_converter else 0
-            delay_s = p.delay_s + s.server.delay_s + hops * s.converter.delay_s
-            tag = f"transfer.{f'h{household}.' if household else ''}{name}{'.via_converter' if via_converter else ''}"
-            down = self._direction(f"{tag}.down", delay_s=delay_s, rate_bps=p.rate_down_bps, jitter_s=p.jitter_s,
-                                   queue_bytes=p.queue_bytes, loss=p.loss)
-            up = self._direction(f"{tag}.up", delay_s=delay_s, rate_bps=p.rate_up_bps, jitter_s=p.jitter_s,
-                                 queue_bytes=p.queue_bytes, loss=p.loss)
-            down.trace = up.trace = self.trace  # packets recorded (for pcap files) only when the trace asks
-            self._transfer_paths[key] = (down, up) if direction is Direction.DOWNLOAD else (up, down)
-        return self._transfer_paths[key]
+    # --- routes (mpsim/sim/route.py) --------------------------------------------------------------
+
+    def _access(self, name: str, household: int) -> tuple[LinkDirection, LinkDirection]:
+        """Access path ``name``'s (up, down) directions for one household: household 0 the path's
+        link itself, household h > 0 a line of its own with the path's rates, delay, jitter,
+        queue and loss (own generators, ``loss.NAME.hH.up``), not connected to a node: only the
+        household's transfer segments cross it, then join the shared hops behind the router."""
+        link = self.networks[name]
+        if household == 0:
+            return link.up, link.down
+        key = (name, household)
+        if key not in self._household_access:
+            p = self.scenario.paths[name]
+            pair = []
+            for side, rate_bps, real in (("up", p.rate_up_bps, link.up), ("down", p.rate_down_bps, link.down)):
+                own = self._direction(f"{name}.h{household}.{side}", delay_s=p.delay_s, rate_bps=rate_bps,
+                                      jitter_s=p.jitter_s, queue_bytes=p.queue_bytes, loss=p.loss)
+                own.link_name, own.label = f"path.{name}.h{household}", real.label
+                own.src_node, own.dst_node, own.dst_port = real.src_node, real.dst_node, real.dst_port
+                own.trace, own.deliver = self.trace, forward_segment
+                pair.append(own)
+            self._household_access[key] = (pair[0], pair[1])
+        return self._household_access[key]
+
+    def _hops(self, start: LinkDirection, destination: ipaddress.IPv4Address, end_node: str) -> list[LinkDirection]:
+        """The directions a packet for ``destination`` crosses from ``start`` until it reaches
+        ``end_node``: at the router the port its table gives (Router.port_for, the lookup its
+        receive does), at an on-path proxy the interface it forwards to (forward_port)."""
+        key = (start.name, destination, end_node)
+        if key in self._hops_cache:
+            return self._hops_cache[key]
+        hops = [start]
+        while hops[-1].dst_node != end_node:
+            here = hops[-1]
+            node = self.nodes[here.dst_node]
+            if node.machine is self.router:
+                port = self.router.port_for(destination)
+            elif node.name == CONVERTER and self.on_path:
+                port = self.converter.forward_port(here.dst_port, destination)
+            else:
+                port = None
+            if port is None or port not in node.ports or len(hops) >= MAX_HOPS:
+                raise ValueError(f"no route from {start.name} to {destination} ending at {end_node}: "
+                                 f"stuck at {node.name} after {len(hops)} hops")
+            hops.append(node.ports[port])
+        self._hops_cache[key] = hops
+        return hops
+
+    def _subflow_routes(self, index: int, name: str, household: int, via_converter: bool,
+                        flows: tuple[Flow, Flow | None]) -> tuple[tuple[list, list], tuple[list, list]]:
+        """(hops, legs) towards the server and towards the client for the subflow on access path
+        ``name``: end to end through the converter node when the negotiation went through it."""
+        client_address = self.client.interfaces[name]
+        up, down = self._access(name, household)
+        to_server_flow, server_leg_flow = flows
+        if not via_converter:
+            towards_server = self._hops(self.networks[name].up, SERVER, SERVER_NODE)
+            towards_client = self._hops(self.nodes[SERVER_NODE].ports["eth0"], client_address, CLIENT)
+            towards_server = [up, *towards_server[1:]]
+            towards_client = [*towards_client[:-1], down]
+            n_up, n_down = len(towards_server), len(towards_client)
+            return (towards_server, [to_server_flow] * n_up), (towards_client, [to_server_flow.reversed()] * n_down)
+        conv = self.nodes[CONVERTER]
+        # A proxy on the path intercepts the primary path's connection when the client addressed
+        # the server (implicit signalling); every other subflow, and every subflow of an explicit
+        # scheme, addresses the proxy's "up" side (on the path: through the router's port facing it).
+        intercepted = self.on_path and index == 0 and to_server_flow.dst_ip != CONVERTER_UP
+        client_side = "in" if intercepted else "up"
+        leg1 = self._hops(self.networks[name].up, SERVER if intercepted else CONVERTER_UP, CONVERTER)
+        leg2 = self._hops(conv.ports["down"], SERVER, SERVER_NODE)
+        back1 = self._hops(self.nodes[SERVER_NODE].ports["eth0"], client_address if intercepted else CONVERTER_DOWN,
+                           CONVERTER)
+        back2 = self._hops(conv.ports[client_side], client_address, CLIENT)
+        towards_server = [up, *leg1[1:], *leg2]
+        towards_client = [*back1, *back2[:-1], down]
+        server_flow = server_leg_flow or to_server_flow
+        legs_up = [to_server_flow] * len(leg1) + [server_flow] * len(leg2)
+        legs_down = [server_flow.reversed()] * len(back1) + [to_server_flow.reversed()] * len(back2)
+        return (towards_server, legs_up), (towards_client, legs_down)
+
+    def _flows(self, record: Any, index: int, name: str) -> tuple[Flow, Flow | None]:
+        """What captures show for subflow ``index`` (mpsim.sim.route.Flow): on the client's leg
+        the 4-tuple of the connection the negotiation opened (subflow 0 continuing its sequence
+        numbers after its last segment, FIN included: the negotiation closed it; another subflow from its path's address, the same port, sequence numbers from
+        1: it has no handshake of its own), on the converter's leg to the server that
+        connection's 4-tuple and sequence numbers for every subflow, carrying the data-level
+        stream (the relay's TCP connection)."""
+        logical = self.client.logical.get(record.request_id)
+        conn = next((a.conn for a in reversed(logical.attempts) if a.conn is not None), None) \
+            if logical is not None else None
+        client_address = self.client.interfaces[name]
+        if conn is None:  # no connection to follow: the addresses the packets would have
+            far = CONVERTER_UP if record.via_proxy else SERVER
+            client_flow = Flow(client_address, 40000 + index, far, self.scenario.server.port)
+        elif index == 0:
+            client_flow = Flow(conn.local_addr, conn.local_port, conn.remote_addr, conn.remote_port, conn=conn)
+        else:  # through a proxy, to its "up" side (the address a proxy on the path has for them)
+            client_flow = Flow(client_address, conn.local_port, CONVERTER_UP if record.via_proxy else conn.remote_addr,
+                               conn.remote_port)
+        if not record.via_proxy:
+            return client_flow, None
+        downstream = self._downstream_of(conn)
+        if downstream is None:  # the proxy no longer holds the session: its address, a made-up port
+            return client_flow, Flow(CONVERTER_DOWN, 40000, SERVER, self.scenario.server.port, data_level=True)
+        return client_flow, Flow(downstream.local_addr, downstream.local_port, downstream.remote_addr,
+                                 downstream.remote_port, data_level=True, conn=downstream)
+
+    def _downstream_of(self, conn: Any) -> Any:
+        """The proxy's connection to the server for the client's connection ``conn``, if the
+        proxy still holds the session (its relays)."""
+        if conn is None or self.converter is None:
+            return None
+        upstream_key = (conn.remote_addr, conn.remote_port, conn.local_addr, conn.local_port)
+        for relay in getattr(self.converter, "relays", ()):
+            if getattr(relay, "upstream_key", None) == upstream_key:
+                return relay.downstream
+        return None
 
     def capture_points(self) -> list[str]:
-        """Names of the links and lone directions a pcap file can be written for (Trace.write_pcap)."""
-        lone = [d.name for pair in self._transfer_paths.values() for d in pair]
-        return [link.name for link in self.links] + sorted(set(lone))
+        """Names of the links a pcap file can be written for (Trace.write_pcap): the topology's,
+        and the own access lines of households after the first."""
+        own = sorted({d.link_name for pair in self._household_access.values() for d in pair})
+        return [link.name for link in self.links] + own
 
-    def _run_bulk(self, row: dict, spec: TransferSpec, multipath: bool, household: int = 0) -> None:
-        paths: list = [self._transfer_path(name, spec.direction, row["via_converter"], household)
-                       for name in (self.path_names if multipath else self.path_names[:1])]
-        if self.cpu is not None and row["via_converter"]:
-            # The relay's per-byte cost: each subflow's data waits for the converter's CPU first
-            # (mpsim.sim.cpu.RelayStage; docs/sim.md "The converter's capacity").
-            per_byte_s = self.scenario.converter.relay_cpu_s_per_gb / 1e9
-            paths = [(RelayStage(self.cpu, data, per_byte_s), ack) for data, ack in paths]
+    def _run_bulk(self, row: dict, spec: TransferSpec, multipath: bool, household: int = 0,
+                  record: Any = None) -> None:
+        via = row["via_converter"]
+        paths: list = []
+        tag = f"transfer{row['transfer_id']}"
+        for index, name in enumerate(self.path_names if multipath else self.path_names[:1]):
+            flows = self._flows(record, index, name)
+            (up_hops, up_legs), (down_hops, down_legs) = self._subflow_routes(index, name, household, via, flows)
+            if spec.direction is Direction.DOWNLOAD:
+                data, ack = (down_hops, down_legs), (up_hops, up_legs)
+            else:
+                data, ack = (up_hops, up_legs), (down_hops, down_legs)
+            relay = None
+            if self.cpu is not None and via:
+                # The relay's per-byte cost (mpsim.sim.cpu.RelayStage; docs/sim.md "The converter's
+                # capacity"): each data segment waits for the converter's CPU before its first hop
+                # out of the converter, where the relay would write it.
+                per_byte_s = self.scenario.converter.relay_cpu_s_per_gb / 1e9
+                out_of_converter = next(i for i, hop in enumerate(data[0]) if hop.src_node == CONVERTER
+                                        and i > 0 and data[0][i - 1].dst_node == CONVERTER)
+                relay = (out_of_converter, lambda step: RelayStage(self.cpu, step, per_byte_s))
+            access = {self.networks[name].up, self.networks[name].down}
+            paths.append((Route(f"{tag}.{name}.data", data[0], legs=data[1], relay=relay, volatile=access),
+                          Route(f"{tag}.{name}.ack", ack[0], legs=ack[1], volatile=access)))
         # A coupled control (LIA) links the subflows of one MPTCP connection over Reno's window;
         # a single path has nothing to couple, so it runs Reno (RFC 6356 reduces to it).
         coupled = CONGESTION_CONTROLS.get(spec.congestion_control).coupled

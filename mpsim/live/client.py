@@ -8,6 +8,14 @@ this module builds no bytes and judges no reply itself. It checks through TCP_IN
 (``TCPI_OPT_SYN_DATA``) that the SYN-ACK ACKed the SYN payload (RFC 8803 8), reads the reply with
 the exchange, and on an Error TLV or an invalid reply resets the connection (SO_LINGER 0, as
 libconvert does) and raises :class:`ConvertError`.
+
+The per-connection path keeps what the exchange concluded instead of asking again (docs/live-converter.md,
+"Setup rate"): the Convert message of a (destination, Info, cookie) is built by the exchange once
+and its bytes reused (:func:`convert_message`); a reply whose exact bytes the exchange already
+judged a success for a Connect request is answered from that judgement (:func:`known_reply`),
+every other reply (the first one, an Error, anything invalid or unusual) goes through a fresh
+exchange; the kernel settings are checked only when the SYN carried no data or could not be sent,
+to say why. Both memos are bounded and hold replies and messages, never connections.
 """
 
 from __future__ import annotations
@@ -27,7 +35,10 @@ from mpsim.errors import MpsimError
 from mpsim.live.sockets import (
     FASTOPEN_CLIENT_FAIL,
     MSG_FASTOPEN,
+    IPPROTO_MPTCP,
     TCP_FASTOPEN_NO_COOKIE,
+    TCP_IS_MPTCP,
+    TCPI_OPT_SYN_DATA,
     KernelSettingError,
     client_kernel_problems,
     family_of,
@@ -37,9 +48,9 @@ from mpsim.live.sockets import (
     stream_socket,
     tcp_info,
 )
-from mpsim.proto.convert import ConvertClientExchange, ConvertReply, SynAckVerdict
+from mpsim.proto.convert import ConvertClientExchange, ConvertReply, ReplyStatus
 from mpsim.proto.events import FallbackReason
-from mpsim.wire.convert import HEADER_BYTES, ConvertErrorCode
+from mpsim.wire.convert import CONVERT_MAGIC, CONVERT_VERSION, HEADER_BYTES, ConvertErrorCode
 
 Endpoint = tuple[IPv4Address | IPv6Address, int]
 
@@ -78,14 +89,78 @@ class ConvertedConnection:
     syn_bytes: int  # bytes of the SYN payload, all ACKed by the SYN-ACK
 
 
-def _as_endpoint(value: str | tuple, what: str) -> Endpoint:
+def _is_mptcp(sock: socket.socket) -> bool:
+    """Whether ``sock`` is an MPTCP connection that did not fall back: TCP_IS_MPTCP, one getsockopt
+    (Linux 5.16+; before, MPTCP_INFO says it)."""
+    if sock.proto != IPPROTO_MPTCP:
+        return False
+    try:
+        return bool(sock.getsockopt(socket.IPPROTO_TCP, TCP_IS_MPTCP))
+    except OSError:
+        return mptcp_info(sock) is not None
+
+
+#: Bound on each memo below (entries; a memo that is full is emptied and starts again).
+_MEMO_ENTRIES = 256
+_endpoints: dict[str, tuple[Endpoint, tuple[str, int]]] = {}
+_messages: dict[tuple, bytes] = {}
+_replies: dict[bytes, ConvertReply] = {}
+#: The header of a Convert message in this version: its first byte and its magic (RFC 8803 6.1).
+_MAGIC_BYTES = CONVERT_MAGIC.to_bytes(2, "big")
+_TCP_INFO_OPTIONS_BYTES = 8  # struct tcp_info up to tcpi_options (byte 5) and the TFO failure bits (byte 7)
+
+
+def _remember(memo: dict, key, value) -> None:
+    if len(memo) >= _MEMO_ENTRIES:
+        memo.clear()
+    memo[key] = value
+
+
+def _as_endpoint(value: str | tuple, what: str) -> tuple[Endpoint, tuple[str, int]]:
+    """(address, port) and the socket address for it; strings parsed once each."""
     if isinstance(value, str):
+        known = _endpoints.get(value)
+        if known is not None:
+            return known
         try:
-            return parse_endpoint(value)
+            endpoint = parse_endpoint(value)
         except ValueError as err:
             raise ValueError(f"{what}: {err}") from None
+        known = (endpoint, (str(endpoint[0]), endpoint[1]))
+        _remember(_endpoints, value, known)
+        return known
     host, port = value
-    return ip_address(host), int(port)
+    endpoint = ip_address(host), int(port)
+    return endpoint, (str(endpoint[0]), endpoint[1])
+
+
+def convert_message(dest: Endpoint, *, info: bool = False, cookie: bytes | None = None) -> bytes:
+    """The Convert message asking for ``dest`` (an Info TLV if ``info``, a Cookie TLV if ``cookie``):
+    :meth:`ConvertClientExchange.syn_payload`'s bytes, built once per (destination, info, cookie)
+    and then reused (bounded). Byte for byte the exchange's: tests/live/test_client_fastpath.py."""
+    if cookie is not None and type(cookie) is not bytes:  # not a key; the exchange says what is wrong
+        return ConvertClientExchange().syn_payload(dest[0], dest[1], info=info, cookie=cookie)
+    key = (dest, info, cookie)
+    message = _messages.get(key)
+    if message is None:
+        message = ConvertClientExchange().syn_payload(dest[0], dest[1], info=info, cookie=cookie)
+        _remember(_messages, key, message)
+    return message
+
+
+def known_reply(message: bytes) -> ConvertReply | None:
+    """The reply to a Connect request whose exact bytes a :class:`ConvertClientExchange` (with the
+    default policy) already judged a success, or None: the caller then hands the bytes to a fresh
+    exchange. Only successes are kept (:func:`_learn_reply`), so an Error TLV or an invalid reply
+    is always judged afresh."""
+    return _replies.get(message)
+
+
+def _learn_reply(message: bytes, reply: ConvertReply) -> None:
+    """Keep the exchange's judgement of ``message`` (the whole Convert message, nothing after it)
+    when it is a success without application bytes: the same bytes get the same judgement."""
+    if reply.status is ReplyStatus.CONVERTED and not reply.app_data and len(message) == message[1] * 4:
+        _remember(_replies, bytes(message), reply)
 
 
 def convert_open(converter: str | tuple, dest: str | tuple, *, mptcp: bool = False, cookie: bytes | None = None,
@@ -94,37 +169,43 @@ def convert_open(converter: str | tuple, dest: str | tuple, *, mptcp: bool = Fal
     Convert message (with ``cookie`` and, if ``info``, an Info TLV) and ``app_data`` go in the SYN.
     ``timeout_s`` bounds the whole exchange. Raises :class:`KernelSettingError` (this host cannot
     send SYN data), :class:`OSError` (the converter could not be reached) or :class:`ConvertError`."""
-    converter_ep, dest_ep = _as_endpoint(converter, "converter"), _as_endpoint(dest, "destination")
-    problems = client_kernel_problems(mptcp=mptcp)
-    if problems:
-        raise KernelSettingError("; ".join(problems))
     deadline = time.monotonic() + timeout_s
-    exchange = ConvertClientExchange()
-    payload = exchange.syn_payload(dest_ep[0], dest_ep[1], info=info, cookie=cookie, app_data=app_data)
-    message_bytes = len(payload) - len(app_data)
+    converter_ep, converter_address = _as_endpoint(converter, "converter")
+    dest_ep, _ = _as_endpoint(dest, "destination")
+    message = convert_message(dest_ep, info=info, cookie=cookie)
+    payload = message + app_data if app_data else message
     sock = stream_socket(family_of(converter_ep[0]), mptcp=mptcp)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN_NO_COOKIE, 1)  # no cookie towards a converter (RFC 8803 4.2)
         sock.setblocking(False)
-        syn_bytes = _connect_with_syn_data(sock, payload, (str(converter_ep[0]), converter_ep[1]), deadline)
-        tcpi = tcp_info(sock)
-        acked_bytes = syn_bytes if tcpi.syn_data else 0
-        if exchange.check_synack(acked_bytes, message_bytes) is not SynAckVerdict.PAYLOAD_ACKED:
-            why = FASTOPEN_CLIENT_FAIL.get(tcpi.fastopen_client_fail, "unknown")
+        syn_bytes = _connect_with_syn_data(sock, payload, converter_address, deadline, mptcp)
+        # RFC 8803 8: the SYN-ACK must ACK the whole Convert message (TCPI_OPT_SYN_DATA: all SYN data ACKed)
+        syn_data = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_OPTIONS_BYTES)[5] & TCPI_OPT_SYN_DATA
+        if not syn_data or syn_bytes < len(message):
+            exchange = _exchange(dest_ep, info, cookie)
+            exchange.check_synack(syn_bytes if syn_data else 0, len(message))
+            why = FASTOPEN_CLIENT_FAIL.get(tcp_info(sock).fastopen_client_fail, "unknown")
             raise ConvertError(f"the converter's SYN-ACK did not ACK the Convert message ({why}): per RFC 8803 8 "
                                f"stop using this converter (is net.ipv4.tcp_fastopen's server bit 0x2 set there?)",
                                reply=exchange.reply)
         if syn_bytes < len(payload):
             _send_all(sock, payload[syn_bytes:], deadline)  # app data beyond what fitted in the SYN
-        reply = _read_reply(sock, exchange, deadline)
+        reply = _read_reply(sock, dest_ep, info, cookie, deadline)
         if reply.must_reset:
             raise _error_for(reply)
         sock.setblocking(True)
-        return ConvertedConnection(sock, reply, converter_ep, dest_ep, upstream_mptcp=mptcp_info(sock) is not None,
+        return ConvertedConnection(sock, reply, converter_ep, dest_ep, upstream_mptcp=_is_mptcp(sock),
                                    syn_bytes=syn_bytes)
     except BaseException:
         reset_close(sock)  # RFC 8803 6.2.8: after an Error TLV the client resets (libconvert: SO_LINGER 0 too)
         raise
+
+
+def _exchange(dest: Endpoint, info: bool, cookie: bytes | None) -> ConvertClientExchange:
+    """A fresh exchange that has sent the request :func:`convert_message` gave (the slow path)."""
+    exchange = ConvertClientExchange()
+    exchange.syn_payload(dest[0], dest[1], info=info, cookie=cookie)
+    return exchange
 
 
 def convert_connect(converter: str | tuple, dest: str | tuple, *, mptcp: bool = False, cookie: bytes | None = None,
@@ -150,12 +231,20 @@ def _wait(sock: socket.socket, events: int, deadline: float, what: str) -> None:
         raise TimeoutError(errno.ETIMEDOUT, f"timed out {what}")
 
 
-def _connect_with_syn_data(sock: socket.socket, payload: bytes, address: tuple[str, int], deadline: float) -> int:
-    """SYN with ``payload`` (what fits), wait for the handshake; the bytes that went in the SYN."""
+def _connect_with_syn_data(sock: socket.socket, payload: bytes, address: tuple[str, int], deadline: float,
+                           mptcp: bool) -> int:
+    """SYN with ``payload`` (what fits), wait for the handshake; the bytes that went in the SYN.
+    When no data could go in the SYN, the kernel settings say why (checked only then: a sysctl
+    read per connection cost more than the Convert message)."""
     try:
         syn_bytes = sock.sendto(payload, MSG_FASTOPEN, address)
     except BlockingIOError:  # EINPROGRESS with nothing in the SYN: TFO refused by this kernel's state
         syn_bytes = 0
+    except OSError as err:  # EOPNOTSUPP without the client bit of net.ipv4.tcp_fastopen
+        _raise_kernel_problems(mptcp)
+        raise OSError(err.errno, f"cannot send the Convert SYN to {address[0]}:{address[1]}: {err.strerror}") from None
+    if syn_bytes == 0:
+        _raise_kernel_problems(mptcp)
     _wait(sock, selectors.EVENT_WRITE, deadline, "connecting to the converter")
     error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if error:
@@ -164,6 +253,12 @@ def _connect_with_syn_data(sock: socket.socket, payload: bytes, address: tuple[s
         raise ConvertError("the kernel put no data in the SYN (TFO off for this destination: SYN-data losses "
                            "back-off or blackhole detection); the Convert message must be in the SYN (RFC 8803 4.2)")
     return syn_bytes
+
+
+def _raise_kernel_problems(mptcp: bool) -> None:
+    problems = client_kernel_problems(mptcp=mptcp)
+    if problems:
+        raise KernelSettingError("; ".join(problems))
 
 
 def _send_all(sock: socket.socket, data: bytes, deadline: float) -> None:
@@ -190,10 +285,29 @@ def _recv_exact(sock: socket.socket, count: int, deadline: float) -> bytes:
     return bytes(data)
 
 
-def _read_reply(sock: socket.socket, exchange: ConvertClientExchange, deadline: float) -> ConvertReply:
+def _read_reply(sock: socket.socket, dest: Endpoint, info: bool, cookie: bytes | None,
+                deadline: float) -> ConvertReply:
     """The reply, read exactly (header, then Total Length words), as libconvert does: the server's
-    first bytes stay in the socket for the application."""
+    first bytes stay in the socket for the application. A message whose bytes an exchange already
+    judged a success gets that judgement (:func:`known_reply`); anything else goes to a fresh
+    exchange, fed the same bytes in the same two reads."""
+    # The reply cannot be there yet (the converter connects to the server first): wait, then read,
+    # rather than a read that fails with EAGAIN before the wait.
+    _wait(sock, selectors.EVENT_READ, deadline, "waiting for the Convert reply")
     header = _recv_exact(sock, HEADER_BYTES, deadline)
+    if (len(header) == HEADER_BYTES and header[0] == CONVERT_VERSION and header[1]
+            and header[2:] == _MAGIC_BYTES):
+        message = header + _recv_exact(sock, header[1] * 4 - HEADER_BYTES, deadline)
+        reply = _replies.get(message)
+        if reply is not None:
+            return reply
+        exchange = _exchange(dest, info, cookie)
+        reply = exchange.receive(message)
+        if reply is None:
+            return exchange.reply_missing()  # EOF inside the message
+        _learn_reply(message, reply)
+        return reply
+    exchange = _exchange(dest, info, cookie)  # not this version's header: the exchange says what it is
     reply = exchange.receive(header) if len(header) == HEADER_BYTES else None
     if reply is None and len(header) == HEADER_BYTES:
         rest = _recv_exact(sock, header[1] * 4 - HEADER_BYTES, deadline)  # Total Length counts 32-bit words

@@ -673,12 +673,14 @@ class ConverterDaemon:
             if not wanted or pump is None or conn.phase != "relaying":
                 continue
             event = pump.pump(read)
+            if event is None:
+                continue  # the session heard nothing, so it has nothing to decide (its queue is empty)
             if event is PumpEvent.SOURCE_EOF:
                 if source == "up":
                     session.upstream_closed(now)
                 else:
                     session.downstream_closed()
-            elif event is not None:
+            else:
                 upstream_side = (source == "up") == (event is PumpEvent.SOURCE_RESET)
                 self._counters["relay_resets_up" if upstream_side else "relay_resets_down"] += 1
                 if upstream_side:

@@ -184,6 +184,15 @@ class Router:
         self._out: list[Any] = []
         self.unroutable = 0
 
+    def port_for(self, address: Any) -> str | None:
+        """The port a packet for ``address`` leaves by (None: unroutable): the lookup of
+        :meth:`receive`, for whoever needs the route without a packet (the simulator's transfer
+        routes, mpsim/sim/route.py)."""
+        for network, out_port in self.routes:
+            if address.version == network.version and address in network:
+                return out_port
+        return None
+
     def receive(self, port: str, packet: Any, now: float) -> None:
         for network, out_port in self.routes:
             if packet.dst.version == network.version and packet.dst in network:

@@ -466,8 +466,14 @@ class MpConvertProxyHost(RelayHost):
     def _server_interface_for(self, address: IpAddress) -> str | None:
         return next((i for i in self.server_interfaces if self.interfaces[i].version == address.version), None)
 
+    def forward_port(self, port: str, destination: IpAddress) -> str | None:
+        """The interface a packet arriving on ``port`` for ``destination`` (not ours, not
+        intercepted) is forwarded on: client side to a server side, anything else to the client
+        side (None: no server interface of its family)."""
+        return self.client_interface if port != self.client_interface else self._server_interface_for(destination)
+
     def _forward(self, port: str, packet: Any) -> None:
-        out = self.client_interface if port != self.client_interface else self._server_interface_for(packet.dst)
+        out = self.forward_port(port, packet.dst)
         if out is None:
             self.mib["IpOutNoRoutes"] += 1
             return

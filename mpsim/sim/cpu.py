@@ -13,8 +13,9 @@ Two kinds of job use one CPU, so set-ups wait behind relaying and the other way 
 * :meth:`Cpu.gate_setup`: a link direction's delivery to the converter node, where a new
   connection's first SYN waits for a set-up job before the proxy machine sees it (the
   converter's accept, its upstream connect and its bookkeeping, paid before it answers).
-* :class:`RelayStage`: a transfer's data direction behind the converter. Every data segment is
-  a job of ``payload_bytes x cpu_per_byte_s`` before it is offered to the link, so one
+* :class:`RelayStage`: a transfer's data direction behind the converter (in the simulation, the
+  first hop out of the converter node on a converted subflow's route, mpsim/sim/route.py).
+  Every data segment is a job of ``payload_bytes x cpu_per_byte_s`` before it is offered to the link, so one
   connection's relay rate is capped at ``1 / cpu_per_byte_s`` bytes/s of payload, and ``cores``
   of them share the CPU. A connection's segments are relayed in order (one relay thread per
   connection): a segment's job starts no earlier than the previous one's end. The stage holds

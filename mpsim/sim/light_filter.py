@@ -276,6 +276,8 @@ class LightFilter:
                        source.ack, source.sack_blocks, source.dsn, source.data_ack, source.window_bytes, int(seg.flags),
                        source.sent_s, source.payload, any(o.kind == TcpOptionKind.MPTCP for o in seg.options))
         copy.size_bytes = out.length_bytes
+        if hasattr(source, "hop"):  # stamped by a route (mpsim.sim.route): the copy goes on along it
+            copy.route, copy.hop, copy.flow = source.route, source.hop, getattr(source, "flow", None)
         if source.flags & FLAG_SYN:
             return copy  # handshake numbers are not modelled (seq and ack 0)
         # Sequence numbers as the receiver reads them: what the box left relative to what it

@@ -188,6 +188,7 @@ class LinkDirection:
         self.label = "forward"
         self.src_node: str | None = None
         self.dst_node: str | None = None
+        self.dst_port: str | None = None  # the port of dst_node it arrives on (set by Link)
         self.busy_until_s = 0.0  # when the last bit of the last accepted packet leaves
         self._waiting: deque[tuple[float, int]] = deque()  # (start of serialization, size) of queued packets
         self._waiting_bytes = 0
@@ -337,7 +338,7 @@ class Link:
             if direction.deliver is not None:
                 raise ValueError(f"link direction {direction.name!r} is already connected")
             direction.link_name, direction.label = self.name, label
-            direction.src_node, direction.dst_node = src.name, dst.name
+            direction.src_node, direction.dst_node, direction.dst_port = src.name, dst.name, dst_port
             direction.deliver = partial(dst.receive, dst_port)
             if direction.trace is None:
                 direction.trace = trace

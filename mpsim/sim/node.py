@@ -24,6 +24,7 @@ import simpy
 from simpy.events import NORMAL, Event
 
 from mpsim.sim.link import DueCall, LinkDirection
+from mpsim.sim.transfer import Segment
 
 T = TypeVar("T")
 
@@ -64,7 +65,11 @@ class SimNode:
     # --- inputs -------------------------------------------------------------------------------
 
     def receive(self, port: str, packet: Any) -> None:
-        """A packet arrived on ``port`` (links call this at the arrival time)."""
+        """A packet arrived on ``port`` (links call this at the arrival time). A transfer's light
+        segment never reaches the machine: its route moves it on (mpsim/sim/route.py)."""
+        if packet.__class__ is Segment:
+            packet.route.arrived(packet)
+            return
         self.machine.receive(port, packet, self.env.now)
         self.flush()
 

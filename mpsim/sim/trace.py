@@ -163,9 +163,11 @@ class Trace:
         """How ``links`` go into capture files: file stem -> the links (interfaces) it holds.
 
         A link that carried no packet gets no file. A :class:`~mpsim.sim.link.Link` gets a file
-        of its own (both directions on one interface). Lone directions (a transfer's
-        ``transfer.<path>.down`` and ``.up``) are grouped by their name without its last part, so
-        that a transfer's data and its ACKs share a file, one interface per direction.
+        of its own (both directions on one interface), and so does a direction that names its
+        link and nodes without a Link object (a household's own access line, ``path.NAME.hH``).
+        Lone directions (no source node, e.g. ``x.down`` and ``x.up`` of a test's transfer) are
+        grouped by their name without its last part, so that a transfer's data and its ACKs
+        share a file, one interface per direction.
         """
         lone = {r.link for r in self.packets if r.src is None}
         used = {r.link for r in self.packets}

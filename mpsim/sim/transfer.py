@@ -309,11 +309,14 @@ class Segment:
     delivers it to. ``mptcp``: the segment carries its MPTCP option (DSS; MP_JOIN on a join's
     SYN, SYN-ACK and third ACK; MP_TCPRST on a RST); a middlebox that strips it clears it
     (:mod:`mpsim.sim.light_filter`). A join's handshake segments have FLAG_SYN or are addressed
-    to a join endpoint; their ``seq``/``ack`` are 0. Treat a segment as immutable once sent.
+    to a join endpoint; their ``seq``/``ack`` are 0. Treat a segment as immutable once sent,
+    except for what a route (:mod:`mpsim.sim.route`) stamps on it: ``route`` and ``hop`` (where
+    it is on its route) and ``flow`` (the addresses, ports and sequence bases a capture shows on
+    that hop, or None).
     """
 
     __slots__ = ("size_bytes", "dst_endpoint", "subflow_id", "seq", "payload_bytes", "ack", "sack_blocks",
-                 "dsn", "data_ack", "window_bytes", "flags", "sent_s", "payload", "mptcp")
+                 "dsn", "data_ack", "window_bytes", "flags", "sent_s", "payload", "mptcp", "route", "hop", "flow")
 
     def __init__(self, size_bytes: int, dst_endpoint: Any, subflow_id: int, seq: int, payload_bytes: int, ack: int,
                  sack_blocks: tuple | None, dsn: int, data_ack: int, window_bytes: int, flags: int, sent_s: float,
@@ -332,6 +335,16 @@ class Segment:
         self.sent_s = sent_s
         self.payload = payload
         self.mptcp = mptcp
+        # route, hop and flow stay unset until a route stamps them (Route.send): none of the cost
+        # falls on a segment sent on a bare direction.
+
+    def copy(self) -> Segment:
+        """The same segment, route stamps included (a route relabels a copy, see mpsim.sim.route)."""
+        twin = Segment(self.size_bytes, self.dst_endpoint, self.subflow_id, self.seq, self.payload_bytes, self.ack,
+                       self.sack_blocks, self.dsn, self.data_ack, self.window_bytes, self.flags, self.sent_s,
+                       self.payload, self.mptcp)
+        twin.route, twin.hop, twin.flow = self.route, self.hop, getattr(self, "flow", None)
+        return twin
 
     def __repr__(self) -> str:
         kind = f"data seq={self.seq} len={self.payload_bytes}" if self.payload_bytes else f"ack={self.ack}"
@@ -341,12 +354,16 @@ class Segment:
         """The segment as a wire ``IpPacket`` (for pcap files and middleboxes), with the header
         accounted above.
 
-        Addresses and ports come from the endpoints; sequence numbers are offset by one for the
-        SYN (ISN 0) and taken modulo 2**32; the window is scaled by 2**7; TSval is the send time
-        in milliseconds; the payload is zeros when the transfer carries no real bytes. A join's
-        SYN and SYN-ACK carry Linux's SYN options (MSS, SACK-permitted, timestamps, NOP, window
-        scale) and MP_JOIN; its third ACK MP_JOIN with the HMAC (tokens, nonces and HMACs are
-        zeros: the model does not compute them); a RST MP_TCPRST (reason: middlebox interference).
+        Addresses and ports come from the segment's ``flow`` (set by its route: the connection
+        the negotiation opened, mpsim.sim.route.Flow), sequence numbers plus the flow's bases (on
+        a relay's TCP leg, ``flow.data_level``: the DSN and DATA_ACK, no MPTCP or SACK option);
+        without a flow from the endpoints, sequence numbers offset by one for the SYN (ISN 0).
+        Modulo 2**32; the window is scaled by 2**7; TSval is the send time in milliseconds; the
+        payload is zeros when the transfer carries no real bytes. A join's SYN and SYN-ACK carry
+        Linux's SYN options (MSS, SACK-permitted, timestamps, NOP, window scale) and MP_JOIN, with
+        sequence numbers 0 (handshake numbers are not modelled); its third ACK MP_JOIN with the
+        HMAC (tokens, nonces and HMACs are zeros: the model does not compute them); a RST
+        MP_TCPRST (reason: middlebox interference).
         """
         from mpsim.wire.mptcp import Dss, MpJoinAck, MpJoinSyn, MpJoinSynAck, MpTcpRst, MpTcpRstReason
         from mpsim.wire.options import MaximumSegmentSize, NoOperation, Sack, SackPermitted, Timestamps, WindowScale
@@ -354,19 +371,32 @@ class Segment:
 
         mask = 0xFFFFFFFF
         endpoint = self.dst_endpoint
+        flow = getattr(self, "flow", None)  # unset: never sent on a route
+        # On a relay's plain TCP leg (flow.data_level) the bytes are the connection's stream: data-level
+        # numbers, no MPTCP option, no subflow SACK.
+        data_level = flow is not None and flow.data_level
+        mptcp_option = self.mptcp and not data_level
+        if flow is None:
+            src_ip, src_port, dst_ip, dst_port = endpoint.remote_ip, endpoint.remote_port, endpoint.local_ip, \
+                endpoint.local_port
+            seq_base = ack_base = 1
+        else:
+            src_ip, src_port, dst_ip, dst_port = flow.src_ip, flow.src_port, flow.dst_ip, flow.dst_port
+            seq_base, ack_base = flow.bases()
         flags = self.flags
         timestamps = Timestamps(int(self.sent_s * 1000) & mask, 0)
-        seq, ack = (self.seq + 1) & mask, (self.ack + 1) & mask
+        seq, ack = (self.dsn, self.data_ack) if data_level else (self.seq, self.ack)
+        seq, ack = (seq + seq_base) & mask, (ack + ack_base) & mask
         if flags & FLAG_SYN:
             seq, ack = 0, 1 if flags & FLAG_ACK else 0
             options: list = [MaximumSegmentSize(SYN_MSS_OPTION_BYTES), SackPermitted(), timestamps, NoOperation(),
                              WindowScale(WINDOW_SCALE_SHIFT)]
-            if self.mptcp:
+            if mptcp_option:
                 options.append(MpJoinSynAck(self.subflow_id & 0xFF, bytes(8), 0) if flags & FLAG_ACK
                                else MpJoinSyn(self.subflow_id & 0xFF, 0, 0))
         else:
             options = [NoOperation(), NoOperation(), timestamps]
-            if not self.mptcp:
+            if not mptcp_option:
                 pass
             elif flags & FLAG_RST:
                 options.append(MpTcpRst(MpTcpRstReason.MIDDLEBOX_INTERFERENCE))
@@ -377,8 +407,9 @@ class Segment:
                                    data_level_length_bytes=self.payload_bytes, data_ack_64_bit=True, dsn_64_bit=True))
             else:
                 options.append(Dss(data_ack=self.data_ack + 1, data_ack_64_bit=True))
-        if self.sack_blocks:
-            blocks = tuple(((left + 1) & mask, (right + 1) & mask) for left, right in self.sack_blocks)
+        if self.sack_blocks and not data_level:
+            # SACK blocks name the data sender's numbers, which this (reverse) segment's ACK carries.
+            blocks = tuple(((left + ack_base) & mask, (right + ack_base) & mask) for left, right in self.sack_blocks)
             options += [NoOperation(), NoOperation(), Sack(blocks)]
         if self.payload is not None:
             payload = bytes(self.payload)
@@ -386,9 +417,9 @@ class Segment:
             payload = bytes(self.payload_bytes)
         # RFC 7323 2.2: the window of a SYN or SYN-ACK is never scaled.
         window = self.window_bytes if flags & FLAG_SYN else self.window_bytes >> WINDOW_SCALE_SHIFT
-        segment = TcpSegment(endpoint.remote_port, endpoint.local_port, seq, ack, TcpFlags(flags),
-                             min(window, 0xFFFF), tuple(options), payload)
-        return IpPacket(endpoint.remote_ip, endpoint.local_ip, segment)
+        segment = TcpSegment(src_port, dst_port, seq, ack, TcpFlags(flags), min(window, 0xFFFF), tuple(options),
+                             payload)
+        return IpPacket(src_ip, dst_ip, segment)
 
 
 def _ignore(segment: Segment) -> None:
@@ -2011,9 +2042,9 @@ class BulkTransfer:
     """Send ``size_bytes`` from a sender to a receiver over ``paths``, starting at ``env.now``.
 
     ``paths``: ``(forward, backward)`` LinkDirection pairs; one for TCP, one per subflow for
-    MPTCP. A forward (data) direction may be anything with a direction's ``send``, ``name`` and
-    ``deliver``, e.g. :class:`mpsim.sim.cpu.RelayStage`, the converter's relay CPU in front of
-    the link. ``cc``: "cubic" (Linux CUBIC, the kernel benchmark's pinned choice), "cubic-rfc9438" or
+    MPTCP. A direction may be anything with a direction's ``send``, ``name`` and ``deliver``,
+    e.g. a :class:`mpsim.sim.route.Route` (several hops, as the simulation builds them) or
+    :class:`mpsim.sim.cpu.RelayStage`, the converter's relay CPU in front of the link. ``cc``: "cubic" (Linux CUBIC, the kernel benchmark's pinned choice), "cubic-rfc9438" or
     "reno"; ``coupled``:
     "none" (per-subflow CC, upstream Linux) or "lia" (RFC 6356, needs ``cc="reno"``).
     ``loss_detection``: "rack-tlp" (Linux's default) or "rfc6675" (dupACK/SACK counting only;

@@ -108,7 +108,7 @@ import hashlib, ipaddress, json, random, socket, sys, threading, time
 timeout_s, (root, mode, via, dest) = float(sys.argv[1]), sys.argv[2:6]
 up_bytes, down_bytes = int(sys.argv[6]), int(sys.argv[7])
 sys.path.insert(0, root)
-from mpsim.live.client import ConvertClientExchange, _read_reply, convert_open
+from mpsim.live.client import _read_reply, convert_message, convert_open
 host, _, port = dest.rpartition(":")
 via_host, _, via_port = via.rpartition(":")
 up = random.Random(8).randbytes(up_bytes)
@@ -125,10 +125,10 @@ else:
     else:
         sock.connect((via_host, int(via_port)))
     if mode == "convert-after":
-        exchange = ConvertClientExchange()
-        sock.sendall(exchange.syn_payload(ipaddress.ip_address(host), int(port)))
+        dest_ep = (ipaddress.ip_address(host), int(port))
+        sock.sendall(convert_message(dest_ep))
         sock.setblocking(False)
-        early = _read_reply(sock, exchange, time.monotonic() + timeout_s).app_data
+        early = _read_reply(sock, dest_ep, False, None, time.monotonic() + timeout_s).app_data
         sock.setblocking(True)
 sock.settimeout(timeout_s)
 errors = []
