@@ -29,9 +29,11 @@ Measurements (each repeated in interleaved rounds; wall time from ``time.perf_co
   rates, a trace of events) and ``harness`` (:class:`~mpsim.proto.harness.Harness`, fixed delays).
 * ``two_path_transfer``: 16 MiB over MPTCP on the two paths of ``models/bulk_two_path.toml``
   (DSL 20 Mb/s and LTE 30 Mb/s down, drop-tail queues, CUBIC, losses and recoveries
-  included) through the converter, on the routes :mod:`mpsim.experiment.simulation` builds:
-  four hops each way per subflow (server link, the converter's two links, the access path;
-  :func:`two_path_routes`), without the negotiation. Counted: wall seconds for the whole transfer.
+  included) through the converter as :mod:`mpsim.experiment.simulation` runs it: relayed
+  (:class:`~mpsim.sim.relay.RelayedTransfer`), the client leg's subflows over the access path
+  and the converter's "up" link, the converter's TCP connection over its "down" link and the
+  server link (:func:`two_path_routes`), without the negotiation. Counted: wall seconds for the
+  whole transfer.
 
 Ratios are computed per round (the two rates of a ratio measured next to each other) and
 reported as min and median over the rounds. Targets: bulk flow at least 5x ns.py and 0.5x the
@@ -68,6 +70,7 @@ from mpsim.proto.components import ProxySettings, build_proxy_host
 from mpsim.proto.server import ResponderApp, ServerHost, ServerKind
 from mpsim.sim.link import Link, LinkDirection
 from mpsim.sim.node import SimNode
+from mpsim.sim.relay import RelayedTransfer
 from mpsim.sim.route import Route, forward_segment
 from mpsim.sim.trace import Trace
 from mpsim.sim.transfer import BulkTransfer
@@ -373,10 +376,11 @@ TWO_PATH_CONVERTER = (1e9, 0.002)
 TWO_PATH_SERVER = (1e9, 0.015)
 
 
-def two_path_routes(env: simpy.Environment) -> list[tuple[Route, Route]]:
-    """The (data, ACK) routes of a converted download over both paths, as the simulation builds
-    them: server link -> converter (down side, then up side) -> access path, the ACKs back; the
-    server's and the converter's link directions are shared by both subflows."""
+def two_path_routes(env: simpy.Environment) -> tuple[list[tuple[Route, Route]], list[tuple[Route, Route]]]:
+    """The routes of a converted transfer over both paths, as the simulation builds them: per
+    client path (towards the converter: access path, converter up side; back), and the
+    converter's connection (towards the server: converter down side, server link; back); the
+    converter's up link is shared by both subflows."""
     def hop(name: str, rate_bps: float, delay_s: float, queue_bytes: int | None = None) -> LinkDirection:
         return LinkDirection(env, name, delay_s=delay_s, rate_bps=rate_bps, queue_limit_bytes=queue_bytes,
                              deliver=forward_segment)
@@ -384,20 +388,24 @@ def two_path_routes(env: simpy.Environment) -> list[tuple[Route, Route]]:
     server_out, server_in = hop("server.out", sv_bps, sv_s), hop("server.in", sv_bps, sv_s)
     down_in, down_out = hop("converter.down.in", cv_bps, cv_s), hop("converter.down.out", cv_bps, cv_s)
     up_in, up_out = hop("converter.up.in", cv_bps, cv_s), hop("converter.up.out", cv_bps, cv_s)
-    routes = []
+    client_routes = []
     for name, down_bps, up_bps, delay_s, queue_bytes in TWO_PATHS:
         access_down = hop(f"{name}.down", down_bps, delay_s, queue_bytes)
         access_up = hop(f"{name}.up", up_bps, delay_s, queue_bytes)
-        routes.append((Route(f"{name}.data", [server_out, down_in, up_out, access_down]),
-                       Route(f"{name}.ack", [access_up, up_in, down_out, server_in])))
-    return routes
+        client_routes.append((Route(f"{name}.to_converter", [access_up, up_in]),
+                              Route(f"{name}.to_client", [up_out, access_down])))
+    server_routes = [(Route("server.to_server", [down_out, server_in]), Route("server.to_converter",
+                                                                             [server_out, down_in]))]
+    return client_routes, server_routes
 
 
 def two_path_transfer(size_bytes: int) -> Sample:
-    """An MPTCP download of ``size_bytes`` over DSL and LTE (CUBIC per subflow); counts bytes."""
+    """A relayed download of ``size_bytes``: MPTCP over DSL and LTE to the client, TCP from the
+    server to the converter (CUBIC everywhere); counts bytes."""
     env = simpy.Environment()
     start_s = time.perf_counter()
-    transfer = BulkTransfer(env, two_path_routes(env), size_bytes, mptcp=True)
+    client_routes, server_routes = two_path_routes(env)
+    transfer = RelayedTransfer(env, client_routes, server_routes, size_bytes, direction="download", mptcp=True)
     env.run()
     wall_s = time.perf_counter() - start_s
     record = transfer.result()

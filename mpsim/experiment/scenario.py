@@ -346,7 +346,8 @@ class TransferSpec:
                                                "Linux does")
     kernel_hz: int = knob(LINUX_HZ, check=check_kernel_hz,
                           doc="the sending kernel's CONFIG_HZ (100, 250, 300 or 1000: Debian 250, "
-                              "Fedora and Ubuntu generic 1000), the jiffy rate of Linux CUBIC's window updates")
+                              "Fedora and Ubuntu generic 1000), the jiffy rate of Linux CUBIC's window updates; "
+                              "a relayed transfer's two legs both use it")
 
 
 @dataclass(frozen=True, kw_only=True)

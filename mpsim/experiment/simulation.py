@@ -42,15 +42,17 @@ same addresses crosses, worked out from the router's own table (``Router.port_fo
 its ``receive`` does) and, on the path, from the proxy's own forwarding rule (``forward_port``):
 
 * direct: access link -> router -> server link (and back);
-* through a converter beside the router: access link -> router -> ``converter.up`` -> the
-  converter node -> ``converter.down`` -> router -> server link, the ACKs the reverse way. The
-  subflows run end to end through the converter node, forwarded like a router: the converter's
-  relay buffers and its own TCP leg to the server are not modelled yet;
+* through a proxy beside the router: the transfer is relayed
+  (:class:`mpsim.sim.relay.RelayedTransfer`, docs/sim.md "The relay"): the client's subflows
+  (or TCP) run access link -> router -> ``converter.up`` to the proxy node and end there; the
+  proxy's own connection (TCP, or MPTCP when its connection to the server negotiated it) runs
+  ``converter.down`` -> router -> server link; the proxy's relay buffer sits between the two, so
+  a slow leg holds the other back through its window; the ACKs of each leg go the reverse way;
 * ``placement = "on_path"``: the primary path's packets cross the proxy as the negotiation's
   do (client -> proxy "in" -> ``converter.down`` -> router -> server; the server's answers
   router -> ``converter.up`` -> proxy -> client); a converted connection's primary subflow ends
   at the proxy when it intercepted it, every other subflow addresses the proxy's "up" side,
-  which the router reaches through the port facing it.
+  which the router reaches through the port facing it (relayed as beside the router).
 
 So transfers share queues, rates, jitter and loss generators with the negotiation packets on
 every link, the link counters count both, and the ``Outage`` filter (``converter_down``)
@@ -60,16 +62,15 @@ them too (a link filter sees light segments only if it says ``accepts_light_segm
 transfer's further subflows open with MP_JOIN handshakes from the client (the receiver of a
 download), on the client's SYN policy (mpsim/sim/transfer.py, "Subflows joining"). Nodes never hand a
 transfer segment to their machine. With ``converter.cores`` > 0 (:mod:`mpsim.sim.cpu`) a new
-connection's SYN waits for a set-up job before the proxy sees it, and each converted subflow's
-data segment waits for a per-byte relay job at the converter: before its first hop out of the
-converter node (a :class:`~mpsim.sim.cpu.RelayStage` on that hop of the route).
+connection's SYN waits for a set-up job before the proxy sees it, and every chunk the proxy's
+relay copies from one leg to the other is a per-byte job.
 
 Captures (``capture_points`` lists the real links, and households' own access lines) show a
 transfer with the addresses and ports of the connection its negotiation opened, continuing that
 connection's sequence numbers after its last segment (its FIN included: the negotiation closes
-it before the transfer starts); on the converter's leg to the server, every subflow is shown as
-the converter's connection to the server carrying the data-level stream (DSN as sequence
-number, no MPTCP option). Another subflow than the first has no handshake of its own: it is
+it before the transfer starts); on the converter's leg to the server, the converter's own
+connection to the server with its own sequence numbers, continuing that connection's. Another
+subflow than the first has no handshake of its own: it is
 shown from its path's address, with the first subflow's port and sequence numbers from 1.
 
 ``converter.households`` (default 1) makes one run serve several households: every household's
@@ -100,11 +101,11 @@ from mpsim.proto.client import ClientHost, ClientPolicy, ConnectionFinished, Req
 from mpsim.proto.events import Outcome
 from mpsim.proto.harness import Router
 from mpsim.proto.middlebox import PASS, BuiltBox, Site, flow_of
-from mpsim.proto.mptcp import MptcpPolicy
+from mpsim.proto.mptcp import MptcpPolicy, MptcpState
 from mpsim.proto.server import ResponderApp
 from mpsim.proto.tcp import TcpPolicy
 from mpsim.sim.congestion import CONGESTION_CONTROLS
-from mpsim.sim.cpu import Cpu, RelayStage
+from mpsim.sim.cpu import Cpu
 from mpsim.sim.light_filter import wrap_box
 from mpsim.sim.link import Link, LinkDirection
 from mpsim.sim.loss import loss_from_spec
@@ -112,6 +113,7 @@ from mpsim.sim.node import SimNode
 from mpsim.sim.route import MAX_HOPS, Flow, Route, forward_segment
 from mpsim.sim.seeds import component_rng, derive_seed
 from mpsim.sim.trace import Trace
+from mpsim.sim.relay import RelayedTransfer
 from mpsim.sim.transfer import BulkTransfer
 from mpsim.wire.segment import IpPacket, TcpFlags
 
@@ -281,7 +283,7 @@ class Simulation:
         self.networks_at_request: dict[int, str] = {}
         self.transfer_rows: list[dict] = []
         self._pending_transfers: dict[int, tuple[int, TransferSpec, int]] = {}  # request id -> (id, spec, household)
-        self._running: list[tuple[dict, BulkTransfer]] = []
+        self._running: list[tuple[dict, BulkTransfer | RelayedTransfer]] = []
         # (path, household) -> that household's own access line (up, down); household 0 uses the path's link
         self._household_access: dict[tuple[str, int], tuple[LinkDirection, LinkDirection]] = {}
         self._hops_cache: dict[tuple, list[LinkDirection]] = {}
@@ -572,37 +574,18 @@ class Simulation:
         self._hops_cache[key] = hops
         return hops
 
-    def _subflow_routes(self, index: int, name: str, household: int, via_converter: bool,
-                        flows: tuple[Flow, Flow | None]) -> tuple[tuple[list, list], tuple[list, list]]:
+    def _subflow_routes(self, name: str, household: int,
+                        to_server_flow: Flow) -> tuple[tuple[list, list], tuple[list, list]]:
         """(hops, legs) towards the server and towards the client for the subflow on access path
-        ``name``: end to end through the converter node when the negotiation went through it."""
+        ``name`` of a transfer not through a proxy (through one: :meth:`_relay_routes`)."""
         client_address = self.client.interfaces[name]
         up, down = self._access(name, household)
-        to_server_flow, server_leg_flow = flows
-        if not via_converter:
-            towards_server = self._hops(self.networks[name].up, SERVER, SERVER_NODE)
-            towards_client = self._hops(self.nodes[SERVER_NODE].ports["eth0"], client_address, CLIENT)
-            towards_server = [up, *towards_server[1:]]
-            towards_client = [*towards_client[:-1], down]
-            n_up, n_down = len(towards_server), len(towards_client)
-            return (towards_server, [to_server_flow] * n_up), (towards_client, [to_server_flow.reversed()] * n_down)
-        conv = self.nodes[CONVERTER]
-        # A proxy on the path intercepts the primary path's connection when the client addressed
-        # the server (implicit signalling); every other subflow, and every subflow of an explicit
-        # scheme, addresses the proxy's "up" side (on the path: through the router's port facing it).
-        intercepted = self.on_path and index == 0 and to_server_flow.dst_ip != CONVERTER_UP
-        client_side = "in" if intercepted else "up"
-        leg1 = self._hops(self.networks[name].up, SERVER if intercepted else CONVERTER_UP, CONVERTER)
-        leg2 = self._hops(conv.ports["down"], SERVER, SERVER_NODE)
-        back1 = self._hops(self.nodes[SERVER_NODE].ports["eth0"], client_address if intercepted else CONVERTER_DOWN,
-                           CONVERTER)
-        back2 = self._hops(conv.ports[client_side], client_address, CLIENT)
-        towards_server = [up, *leg1[1:], *leg2]
-        towards_client = [*back1, *back2[:-1], down]
-        server_flow = server_leg_flow or to_server_flow
-        legs_up = [to_server_flow] * len(leg1) + [server_flow] * len(leg2)
-        legs_down = [server_flow.reversed()] * len(back1) + [to_server_flow.reversed()] * len(back2)
-        return (towards_server, legs_up), (towards_client, legs_down)
+        towards_server = self._hops(self.networks[name].up, SERVER, SERVER_NODE)
+        towards_client = self._hops(self.nodes[SERVER_NODE].ports["eth0"], client_address, CLIENT)
+        towards_server = [up, *towards_server[1:]]
+        towards_client = [*towards_client[:-1], down]
+        n_up, n_down = len(towards_server), len(towards_client)
+        return (towards_server, [to_server_flow] * n_up), (towards_client, [to_server_flow.reversed()] * n_down)
 
     def _flows(self, record: Any, index: int, name: str) -> tuple[Flow, Flow | None]:
         """What captures show for subflow ``index`` (mpsim.sim.route.Flow): on the client's leg
@@ -650,33 +633,23 @@ class Simulation:
 
     def _run_bulk(self, row: dict, spec: TransferSpec, multipath: bool, household: int = 0,
                   record: Any = None) -> None:
-        via = row["via_converter"]
+        if row["via_converter"]:
+            self._run_relayed(row, spec, multipath, household, record)
+            return
         paths: list = []
         tag = f"transfer{row['transfer_id']}"
         for index, name in enumerate(self.path_names if multipath else self.path_names[:1]):
             flows = self._flows(record, index, name)
-            (up_hops, up_legs), (down_hops, down_legs) = self._subflow_routes(index, name, household, via, flows)
+            (up_hops, up_legs), (down_hops, down_legs) = self._subflow_routes(name, household, flows[0])
             if spec.direction is Direction.DOWNLOAD:
                 data, ack = (down_hops, down_legs), (up_hops, up_legs)
             else:
                 data, ack = (up_hops, up_legs), (down_hops, down_legs)
-            relay = None
-            if self.cpu is not None and via:
-                # The relay's per-byte cost (mpsim.sim.cpu.RelayStage; docs/sim.md "The converter's
-                # capacity"): each data segment waits for the converter's CPU before its first hop
-                # out of the converter, where the relay would write it.
-                per_byte_s = self.scenario.converter.relay_cpu_s_per_gb / 1e9
-                out_of_converter = next(i for i, hop in enumerate(data[0]) if hop.src_node == CONVERTER
-                                        and i > 0 and data[0][i - 1].dst_node == CONVERTER)
-                relay = (out_of_converter, lambda step: RelayStage(self.cpu, step, per_byte_s))
             access = {self.networks[name].up, self.networks[name].down}
-            paths.append((Route(f"{tag}.{name}.data", data[0], legs=data[1], relay=relay, volatile=access),
+            paths.append((Route(f"{tag}.{name}.data", data[0], legs=data[1], volatile=access),
                           Route(f"{tag}.{name}.ack", ack[0], legs=ack[1], volatile=access)))
-        # A coupled control (LIA) links the subflows of one MPTCP connection over Reno's window;
-        # a single path has nothing to couple, so it runs Reno (RFC 6356 reduces to it).
-        coupled = CONGESTION_CONTROLS.get(spec.congestion_control).coupled
-        transfer = BulkTransfer(self.env, paths, spec.size_bytes, cc="reno" if coupled else spec.congestion_control,
-                                coupled=spec.congestion_control if coupled and multipath else "none", mptcp=multipath,
+        cc, coupled = self._congestion_control(spec, multipath)
+        transfer = BulkTransfer(self.env, paths, spec.size_bytes, cc=cc, coupled=coupled, mptcp=multipath,
                                 snd_buf_bytes=spec.snd_buf_bytes, rcv_buf_bytes=spec.rcv_buf_bytes,
                                 buffers=spec.buffers.value,
                                 # the client opens the further subflows (MP_JOIN) on its SYN timers
@@ -686,13 +659,95 @@ class Simulation:
         self._running.append((row, transfer))
         transfer.done.callbacks.append(lambda _event: self._bulk_done(row, transfer))
 
-    def _bulk_done(self, row: dict, transfer: BulkTransfer) -> None:
+    @staticmethod
+    def _congestion_control(spec: TransferSpec, multipath: bool) -> tuple[str, str]:
+        """(cc, coupled) for a transfer: a coupled control (LIA) links the subflows of one MPTCP
+        connection over Reno's window; a single path has nothing to couple, so it runs Reno
+        (RFC 6356 reduces to it)."""
+        coupled = CONGESTION_CONTROLS.get(spec.congestion_control).coupled
+        return ("reno" if coupled else spec.congestion_control,
+                spec.congestion_control if coupled and multipath else "none")
+
+    def _run_relayed(self, row: dict, spec: TransferSpec, multipath: bool, household: int, record: Any) -> None:
+        """A transfer whose negotiation went through the proxy: the client leg (a subflow per
+        path, or TCP on the primary path) over the routes between the client and the proxy, the
+        proxy's own connection over the route between the proxy and the server, the proxy's
+        relay between them (mpsim.sim.relay.RelayedTransfer; docs/sim.md "The relay"). The
+        server leg is MPTCP when the proxy's connection to the server negotiated it (RFC 8803
+        converter with ``converter.convert_mptcp``, asked by ``client.mptcp_to_server``); the
+        relay's CPU cost, with ``converter.cores`` > 0, is a job per chunk it copies."""
+        tag = f"transfer{row['transfer_id']}"
+        client_paths: list = []
+        server_flow: Flow | None = None
+        intercepted_leg = None
+        for index, name in enumerate(self.path_names if multipath else self.path_names[:1]):
+            client_flow, server_leg_flow = self._flows(record, index, name)
+            (towards, towards_legs), (back, back_legs), server_leg = self._relay_routes(index, name, household,
+                                                                                         client_flow)
+            if index == 0:
+                server_flow, intercepted_leg = server_leg_flow, server_leg
+            access = {self.networks[name].up, self.networks[name].down}
+            client_paths.append((Route(f"{tag}.{name}.to_converter", towards, legs=towards_legs, volatile=access),
+                                 Route(f"{tag}.{name}.to_client", back, legs=back_legs, volatile=access)))
+        # The proxy's connection carries its own TCP (or MPTCP) segments, not the client's stream.
+        flow = None if server_flow is None else replace(server_flow, data_level=False)
+        to_server, to_converter = intercepted_leg
+        server_paths = [(Route(f"{tag}.server.to_server", to_server, legs=[flow] * len(to_server)),
+                         Route(f"{tag}.server.to_converter", to_converter,
+                               legs=[None if flow is None else flow.reversed()] * len(to_converter)))]
+        cc, coupled = self._congestion_control(spec, multipath)
+        cv = self.scenario.converter
+        transfer = RelayedTransfer(
+            self.env, client_paths, server_paths, spec.size_bytes,
+            direction="download" if spec.direction is Direction.DOWNLOAD else "upload", mptcp=multipath,
+            server_mptcp=self._server_leg_mptcp(record), cc=cc, coupled=coupled,
+            cpu=self.cpu, cpu_per_byte_s=cv.relay_cpu_s_per_gb / 1e9 if self.cpu is not None else 0.0,
+            snd_buf_bytes=spec.snd_buf_bytes, rcv_buf_bytes=spec.rcv_buf_bytes, buffers=spec.buffers.value,
+            kernel_hz=spec.kernel_hz,  # both legs' senders (the proxy's kernel too)
+            # the client opens the client leg's further subflows (MP_JOIN) on its SYN timers
+            client_options={"joins_from": "receiver" if spec.direction is Direction.DOWNLOAD else "sender",
+                            "syn_policy": self.client.policy},
+            name=tag)
+        self._running.append((row, transfer))
+        transfer.done.callbacks.append(lambda _event: self._bulk_done(row, transfer))
+
+    def _relay_routes(self, index: int, name: str, household: int, client_flow: Flow) -> tuple:
+        """The hops of a relayed transfer for the subflow on access path ``name``: (towards the
+        proxy, its flows), (back to the client, its flows), and the proxy's connection's (towards
+        the server, back to the proxy) hops."""
+        client_address = self.client.interfaces[name]
+        up, down = self._access(name, household)
+        conv = self.nodes[CONVERTER]
+        # A proxy on the path intercepts the primary path's connection when the client addressed
+        # the server (implicit signalling); every other subflow, and every subflow of an explicit
+        # scheme, addresses the proxy's "up" side (on the path: through the router's port facing it).
+        intercepted = self.on_path and index == 0 and client_flow.dst_ip != CONVERTER_UP
+        client_side = "in" if intercepted else "up"
+        leg1 = self._hops(self.networks[name].up, SERVER if intercepted else CONVERTER_UP, CONVERTER)
+        leg2 = self._hops(conv.ports["down"], SERVER, SERVER_NODE)
+        back1 = self._hops(self.nodes[SERVER_NODE].ports["eth0"], client_address if intercepted else CONVERTER_DOWN,
+                           CONVERTER)
+        back2 = self._hops(conv.ports[client_side], client_address, CLIENT)
+        towards, back = [up, *leg1[1:]], [*back2[:-1], down]
+        return ((towards, [client_flow] * len(towards)), (back, [client_flow.reversed()] * len(back)),
+                (list(leg2), list(back1)))
+
+    def _server_leg_mptcp(self, record: Any) -> bool:
+        """Whether the proxy's connection to the server for this transfer negotiated MPTCP."""
+        logical = self.client.logical.get(record.request_id) if record is not None else None
+        conn = next((a.conn for a in reversed(logical.attempts) if a.conn is not None), None) \
+            if logical is not None else None
+        downstream = self._downstream_of(conn)
+        return downstream is not None and any(getattr(ext, "state", None) is MptcpState.NEGOTIATED
+                                              for ext in downstream.extensions)
+
+    def _bulk_done(self, row: dict, transfer: BulkTransfer | RelayedTransfer) -> None:
         self._fill(row, transfer)
         self._running.remove((row, transfer))
         self._transfer_done()
 
     @staticmethod
-    def _fill(row: dict, transfer: BulkTransfer) -> None:
+    def _fill(row: dict, transfer: BulkTransfer | RelayedTransfer) -> None:
         record = transfer.result()
         row.update(bytes_delivered=record.bytes_delivered, subflows=record.subflows,
                    retransmissions=record.retransmissions, completed=record.completed,

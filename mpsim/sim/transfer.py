@@ -57,8 +57,8 @@ Sender, per subflow (Linux as the reference where the RFCs leave a choice):
   fast as the buffer allows. ``buffers="auto"`` (Linux's default) sizes it as Linux 6.x auto-tunes
   it; ``buffers="pinned"`` as after SO_SNDBUF (below).
 
-Receiver, per subflow: in-order data goes up at once (an application that reads instantly);
-out-of-order segments wait in an interval list and are reported in SACK blocks (the block
+Receiver, per subflow: in-order data goes up at once (an application that reads instantly,
+unless a sink reads it: "Composing transfers" below); out-of-order segments wait in an interval list and are reported in SACK blocks (the block
 holding the segment just received first, then the others from the highest down, as many as
 the option space allows). A segment overlapping data already received or held keeps only its
 new bytes (RFC 9293 3.10.7.4; a retransmission of a segment a box split, or several coalesced).
@@ -68,8 +68,8 @@ Linux 6.x ``__tcp_ack_snd_check``, with rcv_mss measured as ``tcp_measure_rcv_ms
 largest segment, or the size of two equal smaller ones in a row: one ACK per two full segments,
 or per two parts of split ones); immediate ACKs while out-of-order data is held, when a hole is
 filled and for duplicates. The advertised window is ``rcv_buf_bytes`` minus the bytes held out of order
-(subflow- and connection-level), relative to the cumulative (DATA_)ACK, and its right edge
-never moves back (RFC 9293 3.8.6, Linux ``tcp_select_window``).
+(subflow- and connection-level) and those in order but not yet read, relative to the cumulative
+(DATA_)ACK, and its right edge never moves back (RFC 9293 3.8.6, Linux ``tcp_select_window``).
 
 MPTCP (RFC 8684): one connection-level sequence space; the receiver reassembles by DSN into
 the shared buffer (trimming data that overlaps what it already has, as a reinjection may) and
@@ -110,6 +110,43 @@ growth. Receive side: the window is ``rcv_buf_bytes`` of payload in both modes (
 doubled, of which the default ``scaling_ratio`` advertises about half; auto: the tcp_rmem[2]
 that DRS reaches within a few RTTs on a reader as fast as this one). Plain TCP keeps a payload
 send buffer of ``snd_buf_bytes``.
+
+Composing transfers
+-------------------
+A transfer is one leg of a longer one when its sending application is fed over time and its
+receiving application reads only as fast as something downstream takes the bytes
+(:class:`mpsim.sim.relay.RelayedTransfer`: a converter's two TCP legs with its relay between
+them). ``BulkTransfer(source=..., sink=...)``:
+
+* **source**: the sender's application has written only what ``source.pull(sender,
+  room_bytes)`` handed over; every push first asks it for up to the send buffer's free room
+  (``_ConnectionSender.send_buffer_room``: the buffer less what is written and not
+  (DATA_)ACKed, as ``sk_stream_memory_free`` lets a writer in) and then sends as usual, except
+  that written bytes reach the scheduler in whole segments, a shorter tail only once all that
+  was sent is acknowledged or the stream is complete (Nagle, RFC 896: Linux's default without
+  TCP_NODELAY; its Minshall refinement and autocorking are left out);
+* **sink**: in-order bytes stay *unread* in the receive buffer until ``receiver.consume(n)``;
+  ``sink.on_data(receiver, payload, offset, length)`` hears of each arrival. The advertised
+  window is the free receive-buffer space, as Linux's ``tcp_space()`` (the buffer less
+  ``sk_rmem_alloc``, which counts unread and out-of-order data alike), so it shrinks as unread
+  bytes pile up and closes when the buffer is full. A read that opens the window
+  "significantly" is announced at once (``tcp_cleanup_rbuf``, net/ipv4/tcp.c: the window last
+  advertised at most half the buffer and the new one, at least one MSS, at least twice it; on
+  every active subflow for MPTCP, ``mptcp_cleanup_rbuf``); else the next ACK carries it;
+* **zero-window probes** (with a sink): when the peer's window refuses the next segment and
+  nothing is in flight or queued, the sender arms Linux's probe timer (``tcp_check_probe_timer``:
+  max(RTO, 200 ms), doubled per probe up to 120 s, ``tcp_probe0_when``) and on expiry sends a
+  bare segment below ``snd_una`` (``tcp_xmit_probe_skb``), which the receiver answers with an
+  ACK carrying its window; an ACK that opens the window ends it (``tcp_ack_probe``).
+
+Without a source and a sink nothing of this runs and a transfer behaves as before. Modelled:
+unread bytes close the window, window updates on reads, probes. Not modelled: truesize
+accounting of the receive buffer, ``scaling_ratio`` and window-scale rounding, the receive
+buffer's auto-tuning (DRS, which grows it with how fast the application reads), the 1/16-buffer
+part of receiver SWS avoidance, ``tcp_cleanup_rbuf``'s other rule (a read sends an ACK already
+scheduled at once when more than one MSS arrived since the last window update), MPTCP's
+one-byte data probe (the model's MPTCP probes as TCP
+does, on the first active subflow), a probe give-up after ``tcp_retries2``.
 
 Header accounting (``size_bytes`` is the IP packet; the links add no framing)
 ------------------------------------------------------------------------------
@@ -171,8 +208,8 @@ Simplifications
   ``tcp_rmem`` (``scaling_ratio``). MPTCP send queues count truesize with one skb per segment
   (Linux builds larger skbs when GSO is on, which costs less overhead); the connection's send
   buffer counts payload (the msk's data fragments cost little more).
-* The receiving application reads instantly; no zero-window probing (a window never closes
-  with nothing in flight when the reader is instant).
+* Without a sink the receiving application reads instantly (a window never closes with
+  nothing in flight then, so only a transfer with a sink probes a zero window).
 * MPTCP: no stale-subflow detection (Linux marks a subflow stale after 4 RTOs without progress and
   then re-sends all its pending data, ``mptcp_pm_subflow_chk_stale``); reinjection is one 32 KiB
   fragment per MPTCP timeout, on an idle subflow only; fragment edges at multiples of 32 KiB of
@@ -1222,9 +1259,16 @@ class _ConnectionSender:
 
     def __init__(self, env: simpy.Environment, size_bytes: int, mptcp: bool, snd_buf_bytes: int,
                  initial_window_bytes: int, payload: bytes | None, scheduler: str = "default",
-                 pinned: bool = False) -> None:
+                 pinned: bool = False, source: Any = None, window_probes: bool = False) -> None:
         self.env = env
         self.size_bytes = size_bytes
+        # The application's data (module doc, "Composing transfers"): without a source it has
+        # written all ``size_bytes`` at the start; with one, ``written_bytes`` is the end of what
+        # the source has handed over so far (it is asked for more, as far as the send buffer has
+        # room, at every push) and ``available_bytes`` the end the scheduler may send up to (Nagle).
+        self.source = source
+        self.written_bytes = self.available_bytes = size_bytes if source is None else 0
+        self.window_probes = window_probes
         self.mptcp = mptcp
         self.snd_buf_bytes = snd_buf_bytes
         self.next_dsn = 0
@@ -1239,6 +1283,13 @@ class _ConnectionSender:
         self.msk_sndbuf_bytes = 0
         # one bound method per connection: push runs on every ACK
         self.push = self._push_linux if self.linux else self._push_lowest_rtt  # type: ignore[method-assign]
+        if source is not None or window_probes:
+            self._push_scheduler = self.push
+            self.push = self._push_supplied  # type: ignore[method-assign]
+            # Linux's zero-window probe timer (ICSK_TIME_PROBE0), for a peer whose reader may stop
+            self.persist_timer = _Timer(env, self._on_persist)
+            self.persist_backoffs = 0
+        self.window_probes_sent = 0
         self.rtx_timer = _Timer(env, self._on_rtx_timer)
         # msk->timer_ival: sampled by the scheduler (mptcp_subflow_get_send), TCP_RTO_MIN at first
         # (__mptcp_init_sock); every (re)arm of the MPTCP-level timer uses this stored value.
@@ -1293,7 +1344,7 @@ class _ConnectionSender:
                              probe=True)
             return True
         dsn = self.next_dsn
-        remaining = self.size_bytes - dsn
+        remaining = self.available_bytes - dsn
         if remaining <= 0:
             return False
         length = min(subflow.payload_max_bytes, remaining)
@@ -1314,7 +1365,7 @@ class _ConnectionSender:
         subflows = self.subflows
         payload = self.payload
         while True:
-            remaining = self.size_bytes - self.next_dsn
+            remaining = self.available_bytes - self.next_dsn
             if remaining <= 0:
                 return
             best = None
@@ -1368,9 +1419,8 @@ class _ConnectionSender:
         for subflow in self.subflows:
             if subflow.send_queue:
                 subflow.transmit_queued(now)
-        size_bytes = self.size_bytes
         msk_limit = self.data_una + self.msk_sndbuf_bytes  # what the application has written
-        written_end = min(size_bytes, msk_limit)
+        written_end = min(self.available_bytes, msk_limit)
         pushed = False
         while self.next_dsn < written_end and self.next_dsn < self.right_edge:
             subflow = self.select_subflow()
@@ -1478,6 +1528,91 @@ class _ConnectionSender:
         self.rtx_timer.cancel()
         for subflow in self.subflows:
             subflow.data_header_bytes = BASE_HEADER_BYTES
+
+    # --- data supplied over time, and the zero-window probe (module doc, "Composing transfers") ---
+
+    def send_buffer_room(self) -> int:
+        """Bytes the application may still write now: the send buffer (the connection's
+        ``msk_sndbuf_bytes`` under the Linux scheduler, else ``snd_buf_bytes`` of payload) less
+        what is written and not yet (DATA_)ACKed, as ``sk_stream_memory_free`` lets a writer in."""
+        limit = self.data_una + (self.msk_sndbuf_bytes if self.linux else self.snd_buf_bytes)
+        return min(limit, self.size_bytes) - self.written_bytes
+
+    def _push_supplied(self, now: float) -> None:
+        """A push that first takes what the source has (as far as the send buffer has room),
+        then runs the scheduler, then checks whether a closed peer window needs the probe timer."""
+        source = self.source
+        if source is not None:
+            room = self.send_buffer_room()
+            if room > 0:
+                self.written_bytes += source.pull(self, room)
+            self._release_written()
+        self._push_scheduler(now)
+        if self.window_probes:
+            self._check_persist(now)
+
+    def _release_written(self) -> None:
+        """Nagle's algorithm (RFC 896; Linux ``tcp_nagle_check`` without TCP_NODELAY): written
+        bytes go to the scheduler in whole segments, a shorter tail only once everything sent
+        is acknowledged or the stream is complete. Without it a relay that writes what each
+        upstream segment brought (1,448 bytes into an MPTCP leg of 1,420-byte segments) sends a
+        28-byte segment for every full one. Simplified: Linux's Minshall refinement (one short
+        segment may be unacknowledged) and autocorking are left out."""
+        written = self.written_bytes
+        if written == self.size_bytes or self.data_una >= self.next_dsn:
+            self.available_bytes = written
+            return
+        mss = self.subflows[0].payload_max_bytes
+        whole = self.next_dsn + (written - self.next_dsn) // mss * mss
+        if whole > self.available_bytes:
+            self.available_bytes = whole
+
+    def _window_blocked(self) -> bool:
+        """Data written and unsent that the peer's window does not let out, with nothing in
+        flight or queued on any subflow (so no ACK will come to open it): Linux's condition for
+        ``tcp_check_probe_timer`` (no packets out, a send head the window refuses)."""
+        remaining = self.available_bytes - self.next_dsn
+        if remaining <= 0:
+            return False
+        subflows = self.subflows
+        if self.next_dsn + min(subflows[0].payload_max_bytes, remaining) <= self.right_edge:
+            return False
+        return not any(s.active and (s.head < len(s.rtx) or s.send_queue) for s in subflows)
+
+    def _check_persist(self, now: float) -> None:
+        """Arm the probe timer when the window blocks the sender (``tcp_check_probe_timer``,
+        net/ipv4/tcp_output.c: after ``tcp_probe0_base`` = max(RTO, TCP_RTO_MIN)); an ACK that
+        opens the window ends it and clears the back-off (``tcp_ack_probe``, tcp_input.c)."""
+        if self._window_blocked():
+            if self.persist_timer.deadline_s is None:
+                self.persist_timer.set(now + self._probe0_s())
+        elif self.persist_timer.deadline_s is not None or self.persist_backoffs:
+            self.persist_timer.cancel()
+            self.persist_backoffs = 0
+
+    def _probe0_s(self) -> float:
+        """``tcp_probe0_when``: max(RTO, TCP_RTO_MIN) doubled per unanswered probe, at most TCP_RTO_MAX."""
+        subflow = next((s for s in self.subflows if s.active), self.subflows[0])
+        return min(max(subflow.rto_s, RTO_MIN_S) * 2 ** self.persist_backoffs, RTO_MAX_S)
+
+    def _on_persist(self, now: float) -> None:
+        """``tcp_probe_timer`` -> ``tcp_send_probe0`` -> ``tcp_xmit_probe_skb``: a bare segment
+        with the sequence number below ``snd_una``, which the receiver answers at once with an
+        ACK carrying its current window; then the timer again, backed off. Simplified: MPTCP
+        probes the same way on the first active subflow (Linux's msk sends a one-byte data probe
+        from ``mptcp_sendmsg_frag`` instead); no give-up after ``tcp_retries2`` probes."""
+        if not self._window_blocked():
+            self.persist_backoffs = 0
+            return
+        subflow = next((s for s in self.subflows if s.active), self.subflows[0])
+        receiver = subflow.receiver
+        header_bytes = BASE_HEADER_BYTES + (DSS_ACK_OPTION_BYTES if self.mptcp else 0)
+        subflow.forward.send(Segment(header_bytes, receiver, subflow.subflow_id, subflow.snd_una - 1, 0, 0, None,
+                                     self.data_una - 1, 0, receiver.conn.rcv_buf_bytes, FLAG_ACK, now, None,
+                                     self.mptcp))
+        self.window_probes_sent += 1
+        self.persist_backoffs += 1
+        self.persist_timer.set(now + self._probe0_s())
 
 
 class _SubflowReceiver:
@@ -1666,7 +1801,7 @@ class _ConnectionReceiver:
     """Data-level reassembly into the shared receive buffer, and the application reading it."""
 
     def __init__(self, env: simpy.Environment, size_bytes: int, mptcp: bool, rcv_buf_bytes: int,
-                 hash_payload: bool) -> None:
+                 hash_payload: bool, sink: Any = None) -> None:
         self.env = env
         self.size_bytes = size_bytes
         self.mptcp = mptcp
@@ -1681,9 +1816,19 @@ class _ConnectionReceiver:
         self.finish_s: float | None = None
         self.hasher = hashlib.sha256() if hash_payload else None
         self.done = env.event()
+        # The application (module doc, "Composing transfers"): without a sink it reads every byte
+        # as it arrives in order; with one, in-order bytes stay unread in the receive buffer until
+        # the sink takes them (``consume``), and the window shrinks by them.
+        self.sink = sink
+        self.unread_bytes = 0
+        self.read_bytes = 0  # taken by a sink (an instant reader's is data_rcv_nxt)
+        self.subflow_receivers: list[_SubflowReceiver] = []  # for window updates (set by BulkTransfer)
+        self.window_updates = 0
 
     def window_bytes(self) -> int:
-        edge = self.data_rcv_nxt + self.rcv_buf_bytes - self.held_bytes
+        # Free receive-buffer space: less what waits out of order and what the application has
+        # not read yet (Linux tcp_space(): the buffer less sk_rmem_alloc, which holds both).
+        edge = self.data_rcv_nxt + self.rcv_buf_bytes - self.held_bytes - self.unread_bytes
         if edge > self.right_edge:
             self.right_edge = edge
         return self.right_edge - self.data_rcv_nxt
@@ -1741,9 +1886,37 @@ class _ConnectionReceiver:
             self.hasher.update(segment.payload[skip:] if skip else segment.payload)
         if skip:
             self.duplicate_bytes += skip
+        if self.sink is not None:
+            length = segment.payload_bytes - skip
+            self.unread_bytes += length
+            payload = segment.payload
+            self.sink.on_data(self, None if payload is None else payload[skip:] if skip else payload,
+                              self.data_rcv_nxt - length, length)
         if self.data_rcv_nxt >= self.size_bytes and self.finish_s is None:
             self.finish_s = self.env.now
             self.done.succeed(self.finish_s)
+
+    def consume(self, length: int) -> None:
+        """The application reads ``length`` unread bytes (``tcp_recvmsg``), freeing buffer space.
+        If that opened the window "significantly", an ACK announces it at once, as Linux's
+        ``tcp_cleanup_rbuf`` (net/ipv4/tcp.c) decides: the window last advertised is at most half
+        the buffer (``window_clamp``) and the new one at least twice it. MPTCP sends it on every
+        active subflow (``mptcp_cleanup_rbuf`` -> ``mptcp_subflow_cleanup_rbuf``, simplified:
+        Linux repeats the test per subflow). A new window below one segment counts as none
+        (``__tcp_select_window``). Otherwise the next ACK carries the new window."""
+        if not 0 < length <= self.unread_bytes:
+            raise ValueError(f"consume: {length} bytes asked, {self.unread_bytes} unread")
+        advertised = self.right_edge - self.data_rcv_nxt
+        self.unread_bytes -= length
+        self.read_bytes += length
+        if 2 * advertised <= self.rcv_buf_bytes and self.subflow_receivers:
+            new_window = self.rcv_buf_bytes - self.held_bytes - self.unread_bytes
+            # __tcp_select_window offers no window below one MSS (receiver-side SWS avoidance)
+            if new_window >= self.subflow_receivers[0].full_segment_bytes and new_window >= 2 * advertised:
+                self.window_updates += 1
+                for receiver in self.subflow_receivers:
+                    if receiver.sender.active:
+                        receiver.send_ack()
 
 
 # --- subflows joining: the MP_JOIN handshake, resets and fallback -----------------------------------
@@ -1981,6 +2154,7 @@ class _Join:
 
 
 
+
 @dataclass(frozen=True)
 class TransferRecord:
     """The outcome of one bulk transfer (one table row; ``dataclasses.asdict`` gives the dict).
@@ -2060,7 +2234,12 @@ class BulkTransfer:
     default 250), the jiffy rate of Linux CUBIC (:class:`~mpsim.sim.congestion.Cubic`).
     ``payload``: optional bytes of length ``size_bytes`` carried for real, so the receiver can
     hash what it delivers (slower; for tests and pcaps). ``done`` is a SimPy event that
-    succeeds when the last byte reaches the receiving application.
+    succeeds when the last byte reaches the receiving application (with a ``sink``: the
+    receiving socket). ``source`` / ``sink`` make the transfer one leg of a longer one (module
+    doc, "Composing transfers"; :class:`mpsim.sim.relay.RelayedTransfer`): the sending
+    application's bytes arrive over time from ``source.pull(sender, room_bytes) -> int``, and
+    the receiving application reads only what ``sink`` takes (``sink.on_data(receiver, payload,
+    offset, length)`` is told of every in-order arrival; it calls ``receiver.consume(n)``).
     """
 
     def __init__(self, env: simpy.Environment, paths: Sequence[tuple[LinkDirection, LinkDirection]], size_bytes: int,
@@ -2072,7 +2251,8 @@ class BulkTransfer:
                  loss_detection: str = "rack-tlp", scheduler: str = "default", buffers: str = "auto",
                  subflow_start_s: Sequence[float] | None = None, join_handshake: bool = True,
                  join_delay_s: float = DEFAULT_JOIN_DELAY_S, joins_from: str = "sender",
-                 syn_policy: TcpPolicy | None = None, kernel_hz: int = LINUX_HZ, name: str = "transfer") -> None:
+                 syn_policy: TcpPolicy | None = None, kernel_hz: int = LINUX_HZ, name: str = "transfer",
+                 source: Any = None, sink: Any = None) -> None:
         paths = list(paths)
         if not paths:
             raise ValueError("a transfer needs at least one path")
@@ -2124,8 +2304,9 @@ class BulkTransfer:
         self.buffers = buffers
         self.start_s = env.now
         self.sender = _ConnectionSender(env, size_bytes, mptcp, snd_buf_bytes, rcv_buf_bytes, payload,
-                                        scheduler=scheduler, pinned=buffers == "pinned")
-        self.receiver = _ConnectionReceiver(env, size_bytes, mptcp, rcv_buf_bytes, payload is not None)
+                                        scheduler=scheduler, pinned=buffers == "pinned", source=source,
+                                        window_probes=sink is not None)
+        self.receiver = _ConnectionReceiver(env, size_bytes, mptcp, rcv_buf_bytes, payload is not None, sink=sink)
         coupling = LiaCoupling() if coupled == "lia" else None
         self.joins: list[_Join | None] = []  # per path: its MP_JOIN handshake (None: the initial subflow)
         server_ip = IPv4Address("198.19.0.2")
@@ -2153,6 +2334,7 @@ class BulkTransfer:
             elif not subflow.active:
                 schedule_call(env, starts_s[index], lambda _event, sf=subflow: self.sender.activate(sf, env.now))
             self.joins.append(join)
+        self.receiver.subflow_receivers = [s.receiver for s in self.sender.subflows]
         self.sender.push(env.now)
 
     @property

@@ -93,3 +93,4 @@ def test_the_running_kernels_hz_is_read_from_its_config(tmp_path: Path):
     assert running_kernel_hz([tmp_path / "missing"]) == "unknown"
     (tmp_path / "empty").write_text("CONFIG_HZ_250=y\n")
     assert running_kernel_hz([tmp_path / "empty"]) == "unknown"
+

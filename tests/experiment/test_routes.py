@@ -10,6 +10,7 @@ import pytest
 from mpsim.experiment import scenario as sc
 from mpsim.experiment.simulation import CONVERTER_UP, Simulation
 from mpsim.sim.cpu import RelayStage
+from mpsim.sim.relay import RelayedTransfer
 from mpsim.wire.segment import IpPacket, TcpFlags
 
 BASE = """
@@ -51,9 +52,12 @@ def _sim(*overrides: str, text: str = BASE, record_packets: bool = False) -> Sim
     return Simulation(scenario, variant="", run_index=0, record_packets=record_packets)
 
 
-def _routes(sim: Simulation) -> list[tuple[list[str], list[str]]]:
-    """(data hops, ACK hops) by name, per subflow of the first transfer still running."""
+def _routes(sim: Simulation, leg: str = "client_leg") -> list[tuple[list[str], list[str]]]:
+    """(data hops, ACK hops) by name, per subflow of the first transfer still running (of its
+    client or server leg when it is relayed through the proxy)."""
     _, transfer = sim._running[0]
+    if isinstance(transfer, RelayedTransfer):
+        transfer = getattr(transfer, leg)
     return [([h.name for h in sf.forward.hops], [h.name for h in sf.receiver.backward.hops])
             for sf in transfer.sender.subflows]
 
@@ -65,13 +69,15 @@ def _start_routes(sim: Simulation) -> list[tuple[list[str], list[str]]]:
 
 
 def test_a_converted_download_runs_through_the_converter_node_on_the_real_links():
-    routes = _start_routes(_sim())
+    # Relayed (mpsim.sim.relay): the client's subflows end at the converter, whose own
+    # connection to the server is the server leg.
+    sim = _sim()
+    routes = _start_routes(sim)
     assert routes == [
-        (["server.out", "converter.down.in", "converter.up.out", "dsl.down"],
-         ["dsl.up", "converter.up.in", "converter.down.out", "server.in"]),
-        (["server.out", "converter.down.in", "converter.up.out", "lte.down"],
-         ["lte.up", "converter.up.in", "converter.down.out", "server.in"]),
+        (["converter.up.out", "dsl.down"], ["dsl.up", "converter.up.in"]),
+        (["converter.up.out", "lte.down"], ["lte.up", "converter.up.in"]),
     ]
+    assert _routes(sim, "server_leg") == [(["server.out", "converter.down.in"], ["converter.down.out", "server.in"])]
 
 
 def test_a_direct_upload_goes_access_router_server():
@@ -100,7 +106,7 @@ def test_transfer_segments_share_the_access_queue_with_negotiation_packets():
     text = BASE.replace('arrivals = "none"', 'arrivals = "times"\nat_s = [0.6, 0.7, 0.8]')
 
     def setup_times(*overrides: str) -> list[float]:
-        rows = _sim("transfers.0.size_bytes=3_000_000", *overrides, text=text).run().connections
+        rows = _sim("transfers.0.size_bytes=6_000_000", *overrides, text=text).run().connections
         return [row["setup_time_s"] for row in rows if row["start_s"] >= 0.5]
 
     slower = [a - b for a, b in zip(setup_times(), setup_times("transfers=[]"))]
@@ -131,21 +137,23 @@ def test_each_household_has_its_own_access_line():
     assert "path.dsl.h1" in sim.capture_points()
 
 
-def test_the_relay_cpu_job_sits_at_the_first_hop_out_of_the_converter():
-    # 1 us per byte caps one relay at 8 Mbit/s of payload, below what two paths would carry.
+def test_the_relay_cpu_job_is_the_converters_relay_copying_between_the_legs():
+    # 1 us per byte caps the converter's relay of one connection at 8 Mbit/s of payload, below
+    # what two paths would carry: the relay copies each chunk on the CPU (mpsim.sim.relay), and
+    # no route carries a per-segment stage any more.
     sim = _sim("converter.cores=1", "converter.relay_cpu_s_per_gb=1000", "client.scheme=convert")
     sim.env.process(sim._director())
     sim.env.run(until=0.5)
     _, transfer = sim._running[0]
-    for subflow in transfer.sender.subflows:
-        route = subflow.forward
-        stages = [i for i, step in enumerate(route.steps) if isinstance(step, RelayStage)]
-        assert len(stages) == 1 and route.hops[stages[0]].name == "converter.up.out"
+    assert isinstance(transfer, RelayedTransfer) and transfer.relay.cpu is sim.cpu
+    for leg in (transfer.client_leg, transfer.server_leg):
+        for subflow in leg.sender.subflows:
+            assert not any(isinstance(step, RelayStage) for step in subflow.forward.steps)
     sim.env.run(until=30)
     capped = transfer.result()
     free = _sim().run().transfers[0]
-    # Two relays (one per subflow) share the one core: at most 8 Mbit/s of payload in all.
-    assert capped.completed and capped.goodput_bps < 8e6
+    assert capped.completed and capped.goodput_bps < 8e6 and capped.relay_cpu_jobs > 0
+    assert sim.cpu.busy_s >= 1_000_000 * 1e-6  # every byte copied once, plus the set-ups
     assert free["goodput_bps"] > 1.5 * capped.goodput_bps
 
 

@@ -8,6 +8,7 @@ import pytest
 from mpsim.experiment import scenario as sc
 from mpsim.experiment import simulation
 from mpsim.experiment.simulation import Simulation
+from mpsim.sim import relay
 from mpsim.sim.transfer import BulkTransfer
 
 SCENARIO = """description = "two paths, one MPTCP transfer"
@@ -40,6 +41,7 @@ def built_transfer(monkeypatch, *overrides: str):
         return built[-1]
 
     monkeypatch.setattr(simulation, "BulkTransfer", recording)
+    monkeypatch.setattr(relay, "BulkTransfer", recording)  # the legs of a transfer through the converter
     sim = Simulation(sc.load_text(SCENARIO, name="t", source="t.toml", overrides=overrides).base,
                      variant="base", run_index=0)
     sim.run()
@@ -53,7 +55,8 @@ def built_transfer(monkeypatch, *overrides: str):
 def test_scenario_selects_the_buffer_policy(monkeypatch, override, buffers, sndbuf):
     built = built_transfer(monkeypatch, *override)
     assert built, "the scenario ran no bulk transfer"
-    transfer = built[0]
+    assert all(t.buffers == buffers for t in built)  # both legs of the relayed transfer
+    transfer = next(t for t in built if t.mptcp)  # the client's MPTCP leg
     assert transfer.buffers == buffers and transfer.result().buffers == buffers
     # the first subflow's buffer as set at the start (auto-tuning only grows it)
     assert min(s.sndbuf_bytes for s in transfer.sender.subflows) >= sndbuf

@@ -1,0 +1,91 @@
+"""A scenario's transfer through the converter is relayed (mpsim/sim/relay.py; the simulation
+module doc): the client leg ends at the converter, the converter's own connection carries the
+bytes to the server, MPTCP only when that connection negotiated it."""
+
+from __future__ import annotations
+
+import pytest
+
+from mpsim.experiment import scenario as sc
+from mpsim.experiment.simulation import Simulation
+from mpsim.sim.relay import RelayedTransfer
+
+SCENARIO = """
+description = "relayed transfer"
+duration_s = 1.0
+drain_s = 30.0
+seed = 3
+[client]
+scheme = "convert"
+primary_path = "dsl"
+[converter]
+kind = "convert"
+delay_s = 0.002
+[server]
+kind = "legacy_drop"
+delay_s = 0.015
+[paths.dsl]
+rate_down_bps = 20e6
+rate_up_bps = 2e6
+delay_s = 0.010
+queue_bytes = 150_000
+[paths.lte]
+rate_down_bps = 30e6
+rate_up_bps = 8e6
+delay_s = 0.030
+queue_bytes = 300_000
+[workload]
+arrivals = "none"
+[[transfers]]
+start_s = 0.0
+size_bytes = 1_000_000
+direction = "download"
+"""
+
+
+def _running_transfer(*overrides: str):
+    scenario = sc.load_text(SCENARIO, name="t", source="t.toml", overrides=overrides).base
+    sim = Simulation(scenario, variant="", run_index=0)
+    sim.env.process(sim._director())
+    sim.env.run(until=0.5)  # negotiated, transfer running
+    row, transfer = sim._running[0]
+    return sim, row, transfer
+
+
+@pytest.mark.parametrize("overrides, server_mptcp", [
+    ((), False),
+    # the converter offers MPTCP upstream, the client asks for it, the server speaks it
+    (("converter.convert_mptcp=true", "client.mptcp_to_server=true", "server.kind=mptcp_v1"), True),
+    # asked, but the converter does not convert MPTCP: its connection to the server is TCP
+    (("client.mptcp_to_server=true", "server.kind=mptcp_v1"), False),
+])
+def test_the_server_leg_is_mptcp_only_when_the_converters_connection_negotiated_it(overrides, server_mptcp):
+    sim, row, transfer = _running_transfer(*overrides)
+    assert row["via_converter"] and isinstance(transfer, RelayedTransfer)
+    assert transfer.server_mptcp is server_mptcp and transfer.server_leg.mptcp is server_mptcp
+    assert transfer.mptcp and len(transfer.client_leg.sender.subflows) == 2
+    sim.env.run(until=20)
+    record = transfer.result()
+    assert record.completed and record.server_leg.subflows == 1  # one address towards the server
+
+
+@pytest.mark.parametrize("direction", ["download", "upload"])
+def test_the_transfer_row_is_end_to_end(direction, monkeypatch):
+    scenario = sc.load_text(SCENARIO, name="t", source="t.toml", overrides=(f"transfers.0.direction={direction!r}",))
+    sim = Simulation(scenario.base, variant="", run_index=0)
+    records = []
+    original = RelayedTransfer.result
+
+    def recording(self):
+        records.append(original(self))
+        return records[-1]
+
+    monkeypatch.setattr(RelayedTransfer, "result", recording)
+    (row,) = sim.run().transfers
+    record = records[-1]
+    assert row["completed"] and row["duration_s"] == record.duration_s and row["subflows"] == 2
+    assert row["retransmissions"] == record.client_leg.retransmissions + record.server_leg.retransmissions
+    assert row["subflow_bytes"] == " ".join(map(str, record.client_leg.subflow_bytes))
+    # end to end: the final receiver's last byte, after the upstream leg's
+    upstream = record.server_leg if direction == "download" else record.client_leg
+    assert record.duration_s >= upstream.duration_s
