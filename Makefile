@@ -10,7 +10,15 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test venv clean
+# Opt-in, never needed: `make fast` compiles the hot modules with mypyc into build/fast (a copy of
+# the package beside the pure-Python one; docs/sim.md "Performance"). Use it with
+# `PYTHONPATH=build/fast mpsim ...`; tests/test_fast_build.py runs tests/golden against it.
+FAST_STAMP := $(VENV)/.installed-fast
+FAST_DIR := build/fast
+FAST_MODULES := mpsim/wire/segment.py mpsim/proto/seqnum.py mpsim/proto/tcp.py mpsim/proto/host.py \
+	mpsim/proto/mptcp.py mpsim/proto/relay.py mpsim/proto/client.py mpsim/proto/server.py mpsim/proto/convert.py
+
+.PHONY: run test venv clean fast
 
 venv: $(RUN_STAMP)
 
@@ -31,6 +39,18 @@ run: $(RUN_STAMP)
 
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
+
+$(FAST_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[fast]'
+	touch $(FAST_STAMP)
+
+fast: $(FAST_STAMP)
+	rm -rf $(FAST_DIR)
+	mkdir -p $(FAST_DIR)
+	cp -r mpsim $(FAST_DIR)/
+	find $(FAST_DIR) -name __pycache__ -prune -exec rm -rf {} +
+	ln -s ../../models $(FAST_DIR)/models  # scenarios are found next to the package
+	cd $(FAST_DIR) && $(abspath $(BIN))/mypyc $(FAST_MODULES)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -35,7 +35,6 @@ JOBS = [
 QUICK_JOBS = [("ci_two_path", "ci_two_path.toml", [])]
 #: What the grid asks for and the kernel world does not compare (docs/kernel-world.md, "What is refused").
 NOT_COMPARED = [
-    "IPv6: the simulator's topology is IPv4 only",
     "middleboxes other than strip-mptcp-syn, strip-mptcp-synack, drop-mp-capable-syn, drop-syn-data: no kernel rule",
     "schemes mp-convert-option and syn-payload-eol: no kernel sends or reads their signalling",
     "coupled congestion control (lia): Linux MPTCP has none",

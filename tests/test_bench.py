@@ -36,11 +36,19 @@ def test_results_hold_rounds_ratios_targets_and_the_machine():
     assert len(ratio["per_round"]) == 2 and ratio["min"] <= ratio["median"]
     assert "bulk_flow_vs_nspy" not in results["ratios"]
     assert {"python", "cpu_model", "date_utc", "packages"} <= set(results["machine"])
+    assert results["machine"]["compiled_modules"] == []  # the tests run pure Python
     assert "two_path_transfer" in results["targets"] and "negotiations_plain_sim" in results["targets"]
     table = simulator.results_table(results)
     assert len(table) == 14 and {"measurement", "round", "wall_s", "per_wall_s"} <= set(table.columns)
     report = simulator.markdown(results)
     assert "| bulk_flow_vs_simpy_pipeline | >= 0.5x |" in report and "no ns.py comparison" in report
+    assert "Build: pure Python" in report
+
+
+def test_the_report_names_a_compiled_build():
+    results = simulator.run(TINY, with_nspy=False)
+    results["machine"]["compiled_modules"] = ["mpsim.proto.tcp", "mpsim.wire.segment"]
+    assert "Build: compiled with mypyc (`make fast`): mpsim.proto.tcp, mpsim.wire.segment;" in simulator.markdown(results)
 
 
 def test_main_writes_the_json_and_the_table(tmp_path, monkeypatch, capsys):

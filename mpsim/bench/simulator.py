@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import importlib.machinery
 import importlib.metadata
 import random
 import statistics
@@ -538,11 +539,20 @@ def _version(distribution: str) -> str | None:
         return None
 
 
+def compiled_modules() -> list[str]:
+    """The mpsim modules this process loaded as compiled extensions (the optional ``make fast``
+    build, docs/sim.md "Performance"); empty for pure Python."""
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    return sorted(name for name, module in list(sys.modules.items())
+                  if name.startswith("mpsim.") and str(getattr(module, "__file__", "") or "").endswith(suffixes))
+
+
 def machine_facts() -> dict[str, Any]:
     facts = provenance.machine_facts()
     keys = ("date_utc", "cpu_model", "cpu_count", "python", "python_implementation", "platform", "mpsim")
     return {**{k: facts[k] for k in keys}, "git_revision": provenance.short_revision(provenance.git_revision()),
-            "packages": {name: _version(name) for name in ("simpy", "numpy", "ns.py")}}
+            "packages": {name: _version(name) for name in ("simpy", "numpy", "ns.py")},
+            "compiled_modules": compiled_modules()}
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -555,6 +565,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"{machine['date_utc']}, {machine['cpu_model']} ({machine['cpu_count']} CPUs), "
         f"Python {machine['python']}, mpsim {machine['mpsim']} ({machine['git_revision'] or 'no git'}), {packages}.",
         f"{results['config']['rounds']} interleaved rounds; wall time from time.perf_counter, one process.",
+        _build_line(machine.get("compiled_modules") or []),
         "",
         "| measurement | count | unit | wall s (min / median) | per wall-second (median / max) "
         "| per CPU-second (median) |",
@@ -582,6 +593,12 @@ def markdown(results: dict[str, Any]) -> str:
         why = "skipped (--no-nspy)" if nspy_available() else "not installed (`pip install mpsim[bench]`)"
         lines += ["", f"ns.py {why}: no ns.py comparison."]
     return "\n".join(lines) + "\n"
+
+
+def _build_line(compiled: Sequence[str]) -> str:
+    if not compiled:
+        return "Build: pure Python (the default)."
+    return f"Build: compiled with mypyc (`make fast`): {', '.join(compiled)}; the rest pure Python."
 
 
 def write_results(results: dict[str, Any], out_dir: Path, stem: str = "simulator") -> tuple[Path, Path]:

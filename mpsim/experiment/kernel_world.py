@@ -259,7 +259,8 @@ def client_plan(scenario: Scenario, run_index: int, proxy: tuple[str, int] | Non
 
 def pcap_flags(path: Path, client_addresses: set[str]) -> dict[int, dict[str, list[float]]]:
     """{client port: {"syns": [times], "rsts": [times]}} for packets the client sent (Ethernet +
-    IPv4, pcap format; times in seconds of the capture's clock, CLOCK_REALTIME)."""
+    IPv4 or IPv6 with TCP right after the fixed header, pcap format; times in seconds of the
+    capture's clock, CLOCK_REALTIME)."""
     data = path.read_bytes() if path.exists() else b""
     out: dict[int, dict[str, list[float]]] = {}
     if len(data) < 24:
@@ -271,13 +272,13 @@ def pcap_flags(path: Path, client_addresses: set[str]) -> dict[int, dict[str, li
         stamp = seconds + fraction * 1e-6
         frame = data[offset + 16:offset + 16 + incl]
         offset += 16 + incl
-        if len(frame) < 14 + 20 or frame[12:14] != b"\x08\x00":
-            continue
         ip = frame[14:]
-        ihl = (ip[0] & 0x0F) * 4
-        if ip[9] != 6 or len(ip) < ihl + 14:
+        if frame[12:14] == b"\x86\xdd" and len(ip) >= 40 + 14 and ip[6] == 6:  # IPv6, next header TCP
+            ihl, src = 40, socket.inet_ntop(socket.AF_INET6, ip[8:24])
+        elif frame[12:14] == b"\x08\x00" and len(ip) >= 20 and ip[9] == 6 and len(ip) >= (ip[0] & 0x0F) * 4 + 14:
+            ihl, src = (ip[0] & 0x0F) * 4, socket.inet_ntoa(ip[12:16])
+        else:
             continue
-        src = socket.inet_ntoa(ip[12:16])
         if src not in client_addresses:
             continue
         sport = struct.unpack_from("!H", ip, ihl)[0]
@@ -375,8 +376,11 @@ class ServerLinkDelay:
             run_command(["tee", "/sys/class/net/c/queues/rx-0/rps_cpus", "/sys/class/net/s/queues/rx-0/rps_cpus"],
                         ns=d, input_text="1\n")
             run_command(["tee", "/sys/class/net/converter/queues/rx-0/rps_cpus"], ns=server, input_text="1\n")
-            run_command(["ip", "-n", server, "addr", "add", f"{tb.addresses.server}/24", "dev", "converter"])
-            run_command(["ip", "-n", server, "route", "replace", "default", "via", tb.addresses.converter_server_side])
+            v6 = tb.ip_version == 6
+            run_command(["ip", "-n", server, "addr", "add", f"{tb.addresses.server}/{64 if v6 else 24}", "dev",
+                         "converter", *(["nodad"] if v6 else [])])
+            run_command(["ip", "-n", server, *(["-6"] if v6 else []), "route", "replace", "default", "via",
+                         tb.addresses.converter_server_side])
             self.proc = subprocess.Popen(ns_argv(d, delay_mod.argv("c", "s", self.delay_s, seed=101)),
                                          start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                          stderr=subprocess.DEVNULL)
@@ -414,7 +418,8 @@ class ServerLinkDelay:
 
 def wait_listening(tb: Any, role: str, address: str, port: int, timeout_s: float) -> None:
     """The readiness check: a TCP connect from the client namespace succeeds."""
-    probe = (f"import socket,sys\ns=socket.socket();s.settimeout(1)\n"
+    family = "AF_INET6" if ":" in address else "AF_INET"
+    probe = (f"import socket,sys\ns=socket.socket(socket.{family});s.settimeout(1)\n"
              f"sys.exit(s.connect_ex(({address!r},{port})))")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -425,10 +430,19 @@ def wait_listening(tb: Any, role: str, address: str, port: int, timeout_s: float
     raise KernelWorldError(f"nothing listens on {address}:{port} after {timeout_s:g} s (the proxy did not start)")
 
 
+def endpoint_text(address: str, port: int) -> str:
+    """ADDR:PORT, an IPv6 address in brackets ([ADDR]:PORT)."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+#: The clients' prefix a proxy allows, by IP version: the testbed's benchmarking range.
+CLIENT_PREFIXES = {4: "198.18.0.0/15", 6: "2001:2::/48"}
+
+
 def fill_proxy_cmd(proxy_cmd: str, listen: tuple[str, int], allow: str) -> list[str]:
-    """``--proxy-cmd`` as argv: {listen} (ADDR:PORT), {addr}, {port} and {allow} (the clients'
-    prefix) filled in; a clear error for another placeholder."""
-    fields = {"listen": f"{listen[0]}:{listen[1]}", "allow": allow, "addr": listen[0], "port": str(listen[1])}
+    """``--proxy-cmd`` as argv: {listen} (ADDR:PORT, IPv6 [ADDR]:PORT), {addr}, {port} and {allow}
+    (the clients' prefix) filled in; a clear error for another placeholder."""
+    fields = {"listen": endpoint_text(*listen), "allow": allow, "addr": listen[0], "port": str(listen[1])}
     try:
         argv = [word.format(**fields) for word in shlex.split(proxy_cmd)]
     except (KeyError, IndexError, ValueError) as err:
@@ -448,7 +462,7 @@ def proxy_argv(scenario: Scenario, listen: tuple[str, int], allow: str, proxy_cm
     if scenario.proxy_kind == "socks5":
         return ["mptcpize", "run", "microsocks", "-i", listen[0], "-p", str(listen[1])]
     # Through the command line, which names the daemon's module wherever it lives.
-    argv = [sys.executable, "-m", "mpsim", "converter", "serve", "--listen", f"{listen[0]}:{listen[1]}",
+    argv = [sys.executable, "-m", "mpsim", "converter", "serve", "--listen", endpoint_text(*listen),
             "--allow", allow, "--connect-timeout", f"{cv.connect_timeout_s:g}", "--quiet"]
     if cv.require_cookie:
         argv.append("--require-cookie")
@@ -474,7 +488,8 @@ def run_once(scenario: Scenario, *, variant: str, run_index: int, work: Path, pr
         seeds["workload"] = derive_seed(scenario.seed, run_index, "workload")
     with contextlib.ExitStack() as stack:
         tb = stack.enter_context(Testbed(paths=paths, cc=cc, tcp_buffer_max_bytes=None, delay_check_pings=3,
-                                         sysctls={"net.mptcp.blackhole_timeout": "0"}))
+                                         sysctls={"net.mptcp.blackhole_timeout": "0"},
+                                         ip_version=scenario.ip_version))
         if scenario.server.delay_s:
             stack.enter_context(ServerLinkDelay(tb, scenario.server.delay_s))
         for role, values in sysctls.items():
@@ -488,7 +503,7 @@ def run_once(scenario: Scenario, *, variant: str, run_index: int, work: Path, pr
             log = open(work / f"{variant}-run{run_index}-server.log", "wb")
             logs.append(log)
             proc = tb.popen("server", [*REALTIME, sys.executable, "-m", "mpsim.live.responder", "--listen",
-                                       f"{server[0]}:{server[1]}", "--socket", server_kind, "--request-bytes",
+                                       endpoint_text(*server), "--socket", server_kind, "--request-bytes",
                                        str(scenario.workload.request_size_bytes)], stdout=subprocess.PIPE, stderr=log)
             if proc.stdout.readline().strip() != b"ready":
                 raise KernelWorldError(f"the server program did not start (see {log.name})")
@@ -497,7 +512,7 @@ def run_once(scenario: Scenario, *, variant: str, run_index: int, work: Path, pr
             SCHEMES.get(r["scheme"]).proxy for r in requests_plan(scenario, run_index))
         if needs_proxy:
             proxy = (tb.addresses.converter[0], scenario.converter.port)
-            argv = proxy_argv(scenario, proxy, "198.18.0.0/15", proxy_cmd)
+            argv = proxy_argv(scenario, proxy, CLIENT_PREFIXES[scenario.ip_version], proxy_cmd)
             log = open(work / f"{variant}-run{run_index}-proxy.log", "wb")
             logs.append(log)
             tb.popen("converter", argv, stdout=log, stderr=log)

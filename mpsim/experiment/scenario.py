@@ -153,18 +153,20 @@ class Buffers(enum.Enum):
 
 
 def knob(default: Any = dataclasses.MISSING, *, ge: float | None = None, gt: float | None = None,
-         le: float | None = None, check: Callable[[Any], None] | None = None, doc: str = "") -> Any:
-    """A schema field: its default (none: the key is required), its range, an extra ``check``
+         le: float | None = None, choices: tuple | None = None, check: Callable[[Any], None] | None = None,
+         doc: str = "") -> Any:
+    """A schema field: its default (none: the key is required), its range, the only values it may
+    take (``choices``: a number that is one of a few, e.g. an IP version), an extra ``check``
     (raises ValueError or LossSpecError with what was expected), and ``doc``, its meaning in one
     line (docs/scenarios.md and the JSON Schema's descriptions are generated from it; the unit is
     the name's suffix, so the doc does not repeat it)."""
-    meta = {"ge": ge, "gt": gt, "le": le, "check": check, "doc": doc}
+    meta = {"ge": ge, "gt": gt, "le": le, "choices": choices, "check": check, "doc": doc}
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
-_NO_META: Mapping[str, Any] = {"ge": None, "gt": None, "le": None, "check": None, "doc": ""}
+_NO_META: Mapping[str, Any] = {"ge": None, "gt": None, "le": None, "choices": None, "check": None, "doc": ""}
 
 
 def _check_loss(spec: Any) -> None:
@@ -369,6 +371,9 @@ class Scenario:
     drain_s: float = knob(300.0, ge=0, le=1e6, doc="then at most this long for what is under way to finish")
     seed: int = knob(1, ge=0, doc="the root seed; every component's seed derives from it")
     runs: int = knob(1, ge=1, le=10_000, doc="independent runs (run index 0..runs-1), each with its own draws")
+    ip_version: int = knob(4, choices=(4, 6), doc="the address family of every host and packet: 4 (from "
+                                                  "198.18.0.0/15, RFC 2544) or 6 (from 2001:2::/48, RFC 5180; "
+                                                  "docs/sim.md \"Addresses\")")
     client: ClientSpec = knob(ClientSpec(), doc="the client host")
     converter: ConverterSpec = knob(ConverterSpec(), doc="the proxy")
     server: ServerSpec = knob(ServerSpec(), doc="the server")
@@ -407,6 +412,8 @@ def _type_name(tp: Any, meta: Mapping[str, Any] = _NO_META) -> str:
         return f"{_type_name(inner, meta)}, or \"none\""
     if tp is bool:
         return "true or false"
+    if tp is int and meta.get("choices"):
+        return " or ".join(str(c) for c in meta["choices"])
     if tp is int:
         return f"an integer{bounds}"
     if tp is float:
@@ -530,6 +537,8 @@ def _check_range(value: Any, key: str, meta: Mapping[str, Any], expected: str) -
         if (meta["ge"] is not None and not value >= meta["ge"]) or (meta["gt"] is not None and not value > meta["gt"]) \
                 or (meta["le"] is not None and not value <= meta["le"]):
             raise _Invalid(key, expected)
+    if meta.get("choices") and value not in meta["choices"]:
+        raise _Invalid(key, expected)
     if meta["check"] is not None:
         try:
             meta["check"](value)

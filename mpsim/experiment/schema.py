@@ -175,6 +175,8 @@ def _value_schema(tp: Any, meta: Mapping[str, Any], name: str, defs: dict[str, A
         return out
     if tp is bool:
         return {"type": "boolean"}
+    if tp is int and meta.get("choices"):
+        return {"type": "integer", "enum": list(meta["choices"])}
     if tp is int:
         return {"type": "integer", **_bounds(meta)}
     if tp is float:
@@ -336,6 +338,8 @@ def _range_words(tp: Any, meta: Mapping[str, Any]) -> str:
     names = _names(inner) if typing.get_origin(inner) is not tuple else _names(typing.get_args(inner)[0])
     if names is not None:
         return ", ".join(f"`{n}`" for n in names)
+    if meta.get("choices"):
+        return ", ".join(f"`{c}`" for c in meta["choices"])
     low = f"[{_number(meta['ge'])}" if meta.get("ge") is not None else \
         f"({_number(meta['gt'])}" if meta.get("gt") is not None else None
     high = _number(meta["le"]) if meta.get("le") is not None else None

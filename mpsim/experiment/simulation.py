@@ -117,23 +117,67 @@ from mpsim.sim.relay import RelayedTransfer
 from mpsim.sim.transfer import BulkTransfer
 from mpsim.wire.segment import IpPacket, TcpFlags
 
-# Addresses from the benchmarking range (RFC 2544), one /24 per role; path i gets 198.18.(16+i).0/24.
-CONVERTER_UP = ipaddress.IPv4Address("198.18.1.1")
-CONVERTER_IN = ipaddress.IPv4Address("198.18.4.1")  # an on-path proxy's client-side interface
-CONVERTER_DOWN = ipaddress.IPv4Address("198.18.2.1")
-SERVER = ipaddress.IPv4Address("198.18.3.1")
 _FIRST_PATH_NET = 16
 
 CLIENT, ROUTER, CONVERTER, SERVER_NODE = "client", "router", "converter", "server"
 SCENARIO = "scenario"  # the "node" of the scenario's own timed events in the trace
 
 
-def path_address(index: int) -> ipaddress.IPv4Address:
-    return ipaddress.IPv4Address(f"198.18.{_FIRST_PATH_NET + index}.1")
+@dataclass(frozen=True)
+class AddressPlan:
+    """The addresses of one IP version (docs/sim.md "Addresses"): one network per role and per
+    access path, host 1 in it. IPv4 from the benchmarking range 198.18.0.0/15 (RFC 2544), a /24
+    each: role N is 198.18.N.0/24, path i 198.18.(16+i).0/24. IPv6 from the benchmarking range
+    2001:2::/48 (RFC 5180), a /64 each with the same number written as the subnet ID's digits:
+    role N is 2001:2:0:N::/64, path i 2001:2:0:(16+i)::/64, so 198.18.17.1 and 2001:2:0:17::1
+    are the same host in the two plans."""
+
+    ip_version: int
+
+    def _host(self, net: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        if self.ip_version == 4:
+            return ipaddress.IPv4Address(f"198.18.{net}.1")
+        return ipaddress.IPv6Address(f"2001:2:0:{net}::1")
+
+    @property
+    def prefix_length(self) -> int:
+        return 24 if self.ip_version == 4 else 64
+
+    @property
+    def converter_up(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        return self._host(1)
+
+    @property
+    def converter_down(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        return self._host(2)
+
+    @property
+    def server(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        return self._host(3)
+
+    @property
+    def converter_in(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        return self._host(4)  # an on-path proxy's client-side interface
+
+    def path(self, index: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        return self._host(_FIRST_PATH_NET + index)
+
+    def network(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address
+                ) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        return ipaddress.ip_network(f"{address}/{self.prefix_length}", strict=False)
 
 
-def _net(address: ipaddress.IPv4Address) -> str:
-    return str(ipaddress.ip_network(f"{address}/24", strict=False))
+ADDRESS_PLANS = {4: AddressPlan(4), 6: AddressPlan(6)}
+_V4 = ADDRESS_PLANS[4]
+CONVERTER_UP, CONVERTER_IN, CONVERTER_DOWN, SERVER = _V4.converter_up, _V4.converter_in, _V4.converter_down, _V4.server
+
+
+def path_address(index: int, ip_version: int = 4) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ADDRESS_PLANS[ip_version].path(index)
+
+
+def _net(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    return str(ipaddress.ip_network(f"{address}/{24 if address.version == 4 else 64}", strict=False))
 
 
 # --- middleboxes ---------------------------------------------------------------------------------
@@ -325,9 +369,10 @@ class Simulation:
 
     def _build(self) -> None:
         s = self.scenario
-        addresses = {name: path_address(i) for i, name in enumerate(s.paths)}
+        plan = self.addresses = ADDRESS_PLANS[s.ip_version]
+        addresses = {name: plan.path(i) for i, name in enumerate(s.paths)}
         client_addresses = {name: addresses[name] for name in self.path_names}
-        proxies = ((CONVERTER_UP, s.converter.port),) if s.converter.enabled else ()
+        proxies = ((plan.converter_up, s.converter.port),) if s.converter.enabled else ()
         c = s.client
         policy = ClientPolicy(scheme=c.scheme, fallback=c.fallback, upstream_mptcp=c.upstream_mptcp,
                               implicit=c.implicit, signal_acked_as_data=c.signal_acked_as_data,
@@ -353,8 +398,8 @@ class Simulation:
         # On the path the proxy's "up" side sits where the primary access link would, so its
         # address is reached through that port (a subflow from another path to the proxy).
         conv_up_port = f"access.{s.primary_path}" if self.on_path else "conv_up"
-        routes.setdefault(conv_up_port, []).append(_net(CONVERTER_UP))
-        routes |= {"conv_down": [_net(CONVERTER_DOWN)], "server": [_net(SERVER)]}
+        routes.setdefault(conv_up_port, []).append(_net(plan.converter_up))
+        routes |= {"conv_down": [_net(plan.converter_down)], "server": [_net(plan.server)]}
         self.router = Router(routes)
         router_node = self._node(ROUTER, self.router)
         self.converter = self._build_converter() if s.converter.enabled else None
@@ -371,7 +416,7 @@ class Simulation:
             self.links.append(Link(self.env, client_node, name, far, far_port, forward=up, backward=down,
                                    name=f"path.{name}"))
             network = AccessNetwork(name, p.middleboxes, up, down, self.rng(f"middlebox_mix.{name}"),
-                                    self.rng(f"middleboxes.{name}"), Site(ipaddress.IPv4Network(_net(addresses[name]))))
+                                    self.rng(f"middleboxes.{name}"), Site(plan.network(addresses[name])))
             network.attach(s.middlebox_mix)
             self.networks[name] = network
         if conv_node is not None:
@@ -392,7 +437,7 @@ class Simulation:
                     self.cpu.gate_setup(self.networks[s.primary_path].up if self.on_path else there,
                                         cv.cpu_setup_s)
         w, sv = s.workload, s.server
-        self.server = SERVERS.get(sv.kind).create(SERVER_NODE, SERVER, self.rng("server"),
+        self.server = SERVERS.get(sv.kind).create(SERVER_NODE, plan.server, self.rng("server"),
                                                   ResponderApp(w.response_size_bytes,
                                                                request_size_bytes=w.request_size_bytes), (sv.port,))
         server_node = self._node(SERVER_NODE, self.server)
@@ -403,9 +448,11 @@ class Simulation:
 
     def _build_converter(self) -> Any:
         cv = self.scenario.converter
-        addresses = {"up": CONVERTER_UP, "down": CONVERTER_DOWN} | ({"in": CONVERTER_IN} if self.on_path else {})
+        plan = self.addresses
+        addresses = {"up": plan.converter_up, "down": plan.converter_down} | \
+            ({"in": plan.converter_in} if self.on_path else {})
         settings = ProxySettings(port=cv.port, placement=cv.placement, timing=cv.timing,
-                                 client_prefixes=tuple(_net(path_address(i)) for i in range(len(self.scenario.paths))),
+                                 client_prefixes=tuple(_net(plan.path(i)) for i in range(len(self.scenario.paths))),
                                  require_cookie=cv.require_cookie, max_sessions=cv.max_sessions,
                                  connect_timeout_s=cv.connect_timeout_s, convert_mptcp=cv.convert_mptcp)
         return build_proxy_host(self.scenario.proxy_kind, CONVERTER, addresses, rng=self.rng("converter"),
@@ -455,7 +502,7 @@ class Simulation:
 
     def _request(self, scheme: str | None) -> int:
         w = self.scenario.workload
-        request = Request(SERVER, self.scenario.server.port, request_size_bytes=w.request_size_bytes,
+        request = Request(self.addresses.server, self.scenario.server.port, request_size_bytes=w.request_size_bytes,
                           response_size_bytes=w.response_size_bytes, scheme=scheme)
         self._outstanding += 1
         networks = self.networks_label()
@@ -483,7 +530,7 @@ class Simulation:
                 client_node.call(self.client.attach_network)
             case Action.DISCOVER_PROXY:
                 if self.scenario.converter.enabled:
-                    proxy = (CONVERTER_UP, self.scenario.converter.port)
+                    proxy = (self.addresses.converter_up, self.scenario.converter.port)
                     client_node.call(lambda t: self.client.discover_proxy(proxy, t))
             case Action.CONVERTER_DOWN | Action.CONVERTER_UP:
                 self.outage.down = action is Action.CONVERTER_DOWN
@@ -580,7 +627,7 @@ class Simulation:
         ``name`` of a transfer not through a proxy (through one: :meth:`_relay_routes`)."""
         client_address = self.client.interfaces[name]
         up, down = self._access(name, household)
-        towards_server = self._hops(self.networks[name].up, SERVER, SERVER_NODE)
+        towards_server = self._hops(self.networks[name].up, self.addresses.server, SERVER_NODE)
         towards_client = self._hops(self.nodes[SERVER_NODE].ports["eth0"], client_address, CLIENT)
         towards_server = [up, *towards_server[1:]]
         towards_client = [*towards_client[:-1], down]
@@ -599,18 +646,18 @@ class Simulation:
             if logical is not None else None
         client_address = self.client.interfaces[name]
         if conn is None:  # no connection to follow: the addresses the packets would have
-            far = CONVERTER_UP if record.via_proxy else SERVER
+            far = self.addresses.converter_up if record.via_proxy else self.addresses.server
             client_flow = Flow(client_address, 40000 + index, far, self.scenario.server.port)
         elif index == 0:
             client_flow = Flow(conn.local_addr, conn.local_port, conn.remote_addr, conn.remote_port, conn=conn)
         else:  # through a proxy, to its "up" side (the address a proxy on the path has for them)
-            client_flow = Flow(client_address, conn.local_port, CONVERTER_UP if record.via_proxy else conn.remote_addr,
+            client_flow = Flow(client_address, conn.local_port, self.addresses.converter_up if record.via_proxy else conn.remote_addr,
                                conn.remote_port)
         if not record.via_proxy:
             return client_flow, None
         downstream = self._downstream_of(conn)
         if downstream is None:  # the proxy no longer holds the session: its address, a made-up port
-            return client_flow, Flow(CONVERTER_DOWN, 40000, SERVER, self.scenario.server.port, data_level=True)
+            return client_flow, Flow(self.addresses.converter_down, 40000, self.addresses.server, self.scenario.server.port, data_level=True)
         return client_flow, Flow(downstream.local_addr, downstream.local_port, downstream.remote_addr,
                                  downstream.remote_port, data_level=True, conn=downstream)
 
@@ -649,15 +696,26 @@ class Simulation:
             paths.append((Route(f"{tag}.{name}.data", data[0], legs=data[1], volatile=access),
                           Route(f"{tag}.{name}.ack", ack[0], legs=ack[1], volatile=access)))
         cc, coupled = self._congestion_control(spec, multipath)
+        names = self.path_names if multipath else self.path_names[:1]
+        addresses = self._header_addresses([(self.client.interfaces[name], self.addresses.server) for name in names],
+                                           spec.direction)
         transfer = BulkTransfer(self.env, paths, spec.size_bytes, cc=cc, coupled=coupled, mptcp=multipath,
                                 snd_buf_bytes=spec.snd_buf_bytes, rcv_buf_bytes=spec.rcv_buf_bytes,
-                                buffers=spec.buffers.value,
+                                buffers=spec.buffers.value, addresses=addresses,
                                 # the client opens the further subflows (MP_JOIN) on its SYN timers
                                 joins_from="receiver" if spec.direction is Direction.DOWNLOAD else "sender",
                                 syn_policy=self.client.policy, kernel_hz=spec.kernel_hz,
                                 name=f"transfer{row['transfer_id']}")
         self._running.append((row, transfer))
         transfer.done.callbacks.append(lambda _event: self._bulk_done(row, transfer))
+
+    def _header_addresses(self, client_far: list, direction: Direction) -> list | None:
+        """A transfer's (sender, receiver) addresses per path from (client side, far side) pairs,
+        for its header accounting (IPv6: 72-byte headers, MSS 1428); None on IPv4, where the
+        transfer's default placeholders give the same sizes (captures take a route's flow)."""
+        if self.scenario.ip_version != 6:
+            return None
+        return client_far if direction is Direction.UPLOAD else [(far, near) for near, far in client_far]
 
     @staticmethod
     def _congestion_control(spec: TransferSpec, multipath: bool) -> tuple[str, str]:
@@ -706,7 +764,13 @@ class Simulation:
             kernel_hz=spec.kernel_hz,  # both legs' senders (the proxy's kernel too)
             # the client opens the client leg's further subflows (MP_JOIN) on its SYN timers
             client_options={"joins_from": "receiver" if spec.direction is Direction.DOWNLOAD else "sender",
-                            "syn_policy": self.client.policy},
+                            "syn_policy": self.client.policy,
+                            "addresses": self._header_addresses(
+                                [(self.client.interfaces[name], self.addresses.converter_up)
+                                 for name in (self.path_names if multipath else self.path_names[:1])],
+                                spec.direction)},
+            server_options={"addresses": self._header_addresses(
+                [(self.addresses.converter_down, self.addresses.server)], spec.direction)},
             name=tag)
         self._running.append((row, transfer))
         transfer.done.callbacks.append(lambda _event: self._bulk_done(row, transfer))
@@ -721,11 +785,11 @@ class Simulation:
         # A proxy on the path intercepts the primary path's connection when the client addressed
         # the server (implicit signalling); every other subflow, and every subflow of an explicit
         # scheme, addresses the proxy's "up" side (on the path: through the router's port facing it).
-        intercepted = self.on_path and index == 0 and client_flow.dst_ip != CONVERTER_UP
+        intercepted = self.on_path and index == 0 and client_flow.dst_ip != self.addresses.converter_up
         client_side = "in" if intercepted else "up"
-        leg1 = self._hops(self.networks[name].up, SERVER if intercepted else CONVERTER_UP, CONVERTER)
-        leg2 = self._hops(conv.ports["down"], SERVER, SERVER_NODE)
-        back1 = self._hops(self.nodes[SERVER_NODE].ports["eth0"], client_address if intercepted else CONVERTER_DOWN,
+        leg1 = self._hops(self.networks[name].up, self.addresses.server if intercepted else self.addresses.converter_up, CONVERTER)
+        leg2 = self._hops(conv.ports["down"], self.addresses.server, SERVER_NODE)
+        back1 = self._hops(self.nodes[SERVER_NODE].ports["eth0"], client_address if intercepted else self.addresses.converter_down,
                            CONVERTER)
         back2 = self._hops(conv.ports[client_side], client_address, CLIENT)
         towards, back = [up, *leg1[1:]], [*back2[:-1], down]

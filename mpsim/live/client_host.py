@@ -198,7 +198,8 @@ class ClientHostRunner:
     def _record(self, lc: Logical, outcome: Outcome, detail: str) -> dict:
         r = lc.request
         return {"request_id": lc.request_id, "scheme": lc.scheme.name,
-                "destination": f"{self.server[0]}:{self.server[1]}", "outcome": outcome.value,
+                "destination": f"[{self.server[0]}]:{self.server[1]}" if self.server[0].version == 6
+                else f"{self.server[0]}:{self.server[1]}", "outcome": outcome.value,
                 "fallback_reason": lc.fallback_reason.value if lc.fallback_reason else None,
                 "start_s": lc.start, "setup_time_s": lc.setup_s, "first_byte_time_s": lc.first_byte_s,
                 "completion_time_s": None, "bytes_sent": r["request_size_bytes"] if lc.setup_s is not None else 0,

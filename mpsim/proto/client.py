@@ -190,6 +190,15 @@ LOGICAL_TRANSITIONS: dict[LogicalState, dict[LogicalState, str]] = {
 }
 
 
+def _opened(attempt: Attempt) -> TcpConnection:
+    """The attempt's connection, which open_attempt made; typed as one for the compiled build
+    (docs/sim.md "Performance")."""
+    conn = attempt.conn
+    if conn is None:
+        raise RuntimeError("the attempt has no connection yet")  # a bug, not input
+    return conn
+
+
 class LogicalConnection:
     """One request: its attempts, fallbacks, and the record it ends with. Owner of its TCP connections.
 
@@ -292,10 +301,10 @@ class LogicalConnection:
     def send_rest(self, attempt: Attempt, sent_in_syn_bytes: int, now: float) -> None:
         """The request bytes that did not fit into the SYN go after the handshake."""
         if sent_in_syn_bytes < len(self.payload):
-            attempt.conn.send(self.payload[sent_in_syn_bytes:], now)
+            _opened(attempt).send(self.payload[sent_in_syn_bytes:], now)
 
     def collect(self, attempt: Attempt, now: float) -> None:
-        self.host.collect(attempt.conn, now)
+        self.host.collect(_opened(attempt), now)
 
     def proxy_tcp_policy(self) -> TcpPolicy:
         # Give up on an unanswered proxy quickly, as Linux gives up on MP_CAPABLE SYNs: SYNs at
@@ -318,10 +327,10 @@ class LogicalConnection:
             self.open_attempt(attempt, dest, port, now, syn_payload=plan.syn_payload,
                               extensions=(self.host.tfo.extension(plan), *extensions))
             if plan.rest(self.payload):
-                attempt.conn.send(plan.rest(self.payload), now)
+                _opened(attempt).send(plan.rest(self.payload), now)
         else:
             self.open_attempt(attempt, dest, port, now, extensions=extensions)
-            attempt.conn.send(self.payload, now)
+            _opened(attempt).send(self.payload, now)
         self.collect(attempt, now)
 
     def _next_proxy(self, now: float) -> Proxy | None:
@@ -439,7 +448,7 @@ class LogicalConnection:
 
     def _connection_lost(self, attempt: Attempt, now: float, reason: FallbackReason | None, detail: str) -> None:
         if self._reverted_by_proxy(attempt):
-            self._attempt_failed(attempt, now, attempt.mptcp.fallback_reason, detail=detail)
+            self._attempt_failed(attempt, now, attempt.mptcp.fallback_reason, detail=detail)  # type: ignore[union-attr]
         elif attempt.ready:
             # The request was under way: the application sees ECONNRESET or ETIMEDOUT. Replaying
             # it on another path is not the transport's call, nor is blaming the proxy.
@@ -489,7 +498,10 @@ class LogicalConnection:
     def _on_data(self, attempt: Attempt, data: bytes, now: float) -> None:
         if not attempt.ready:
             if attempt.via is not None:
-                data = attempt.via.on_reply(self, attempt, data, now)
+                reply = attempt.via.on_reply(self, attempt, data, now)
+                if not reply:
+                    return
+                data = reply
             if not data:
                 return
         if self.first_byte_s is None:
@@ -515,9 +527,10 @@ class LogicalConnection:
         if self.delivered_bytes < self.request.response_size_bytes:
             # The peer closed before the whole response: the application got less than it asked
             # for, which is no success whatever path carried it.
-            if attempt.conn.state is not TcpState.CLOSED:
-                attempt.conn.close(now)
-                self.host.collect(attempt.conn, now)
+            conn = _opened(attempt)
+            if conn.state is not TcpState.CLOSED:
+                conn.close(now)
+                self.host.collect(conn, now)
             self._finish(now, Outcome.FAILED, f"peer closed after {self.delivered_bytes} response bytes")
             return
         mptcp_ext = attempt.mptcp
@@ -532,9 +545,10 @@ class LogicalConnection:
             outcome = Outcome.FALLBACK_TCP
             if self.fallback_reason is None and mptcp_ext is not None:
                 self.fallback_reason = mptcp_ext.fallback_reason
-        if attempt.conn.state is not TcpState.CLOSED:
-            attempt.conn.close(now)
-            self.host.collect(attempt.conn, now)
+        conn = _opened(attempt)
+        if conn.state is not TcpState.CLOSED:
+            conn.close(now)
+            self.host.collect(conn, now)
         self._finish(now, outcome)
 
     def _finish(self, now: float, outcome: Outcome, detail: str = "") -> None:
@@ -552,7 +566,9 @@ class LogicalConnection:
         record = ConnectionRecord(
             request_id=self.request_id,
             scheme=self.scheme.name,
-            destination=f"{self.request.destination}:{self.request.port}",
+            # ADDR:PORT; an IPv6 address in brackets, so that the port reads apart (RFC 3986 3.2.2).
+            destination=f"[{self.request.destination}]:{self.request.port}" if self.request.destination.version == 6
+            else f"{self.request.destination}:{self.request.port}",
             outcome=outcome.value,
             fallback_reason=self.fallback_reason.value if self.fallback_reason else None,
             start_s=self.start_s,

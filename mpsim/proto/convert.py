@@ -32,7 +32,7 @@ import enum
 import hashlib
 import hmac
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Network, IPv6Network, ip_network
 
@@ -318,10 +318,11 @@ class ConverterSession(RelaySession):
         info = self.request.tlv(InfoTlv) is not None
         key = (server_synack_options, info)
         replies = self.converter.encoded_replies
+        memo = True
         try:
             cached = replies.get(key)
         except TypeError:  # an option holding something unhashable: build the reply without the memo
-            cached, key = None, None
+            cached, memo = None, False
         if cached is None:
             options = tuple(o for o in server_synack_options if not isinstance(o, EndOfOptionList))  # padding
             tlvs: tuple = (ExtendedTcpHeaderTlv(options),)
@@ -329,7 +330,7 @@ class ConverterSession(RelaySession):
                 tlvs += (SupportedTcpExtensionsTlv(tuple(self.policy.supported_kinds)),)
             reply = ConvertMessage(tlvs)
             cached = (reply, encode_convert(reply))
-            if key is not None:
+            if memo:
                 if len(replies) >= _MEMO_ENTRIES:
                     replies.clear()
                 replies[key] = cached
@@ -844,7 +845,7 @@ from mpsim.proto.mptcp import MptcpClientExtension, MptcpServerExtension  # noqa
 from mpsim.proto.proxies import ProxyEntry, ProxySettings  # noqa: E402
 
 
-def _create_converter(name: str, addresses: dict[str, IpAddress], rng: Rng, settings: ProxySettings) -> ConverterHost:
+def _create_converter(name: str, addresses: Mapping[str, IpAddress], rng: Rng, settings: ProxySettings) -> ConverterHost:
     """A converter speaking MPTCP to clients (and, with ``convert_mptcp``, to servers that ask)."""
     defaults = ConverterPolicy()
     supported = defaults.supported_kinds + ((TcpOptionKind.MPTCP,) if settings.convert_mptcp else ())
@@ -856,7 +857,7 @@ def _create_converter(name: str, addresses: dict[str, IpAddress], rng: Rng, sett
         else settings.connect_timeout_s)
     holder: dict[str, ConverterHost] = {}  # the extensions count in the host's MIB, made just below
     host = ConverterHost(
-        name, addresses, rng=rng, convert_port=settings.port, server_interfaces=("down",), policy=policy,
+        name, dict(addresses), rng=rng, convert_port=settings.port, server_interfaces=("down",), policy=policy,
         upstream_extensions=lambda syn: (MptcpServerExtension(rng=rng, mib=holder["host"].mib),),
         downstream_extensions=lambda request: (MptcpClientExtension(rng=rng, mib=holder["host"].mib),)
         if request.mptcp else ())

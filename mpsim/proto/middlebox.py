@@ -31,7 +31,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, NamedTuple
 
 from mpsim.proto.catalogue import MIDDLEBOXES
@@ -637,13 +637,15 @@ class SequenceRewriter:
 
 @dataclass
 class _Mapping:
-    public_addr: IPv4Address
+    public_addr: IPv4Address | IPv6Address
     public_port: int
     last_used_s: float
 
 
 class Nat:
-    """An IPv4 NAPT (NAT44) with an endpoint-independent mapping (RFC 4787 / RFC 5382).
+    """A NAPT with an endpoint-independent mapping (RFC 4787 / RFC 5382): NAT44 with IPv4 public
+    addresses, with IPv6 ones the same translation of IPv6 packets (NAPT66, as Linux's ``ip6 nat``
+    masquerade does; a scenario with ``ip_version = 6`` builds this one).
 
     ``forward`` is the inside-to-outside side: the source (address, port) is mapped to a public
     address and port, allocated in order from ``ports``. ``backward`` maps the destination back,
@@ -653,25 +655,27 @@ class Nat:
     TFO cookies bound to the client address). A mapping idle for ``mapping_timeout_s`` expires.
     Addresses inside payloads and options (Convert TLVs, ADD_ADDR) are not translated, as by real
     NATs without an ALG. ICMP errors coming back are mapped through their quoted packet.
-    IPv6 packets pass untouched.
+    Packets of the other IP version than the public addresses pass untouched.
     """
 
     name = "nat"
-    description = "IPv4 NAPT: rewrites inside source address and port, maps replies back"
+    description = "NAPT: rewrites inside source address and port, maps replies back"
 
-    def __init__(self, public_addrs: Iterable[IPv4Address], *, ports: tuple[int, int] = (1024, 65535),
+    def __init__(self, public_addrs: Iterable[IPv4Address | IPv6Address], *, ports: tuple[int, int] = (1024, 65535),
                  paired: bool = True, mapping_timeout_s: float | None = None) -> None:
         self.public_addrs = tuple(public_addrs)
-        if not self.public_addrs or not all(isinstance(a, IPv4Address) for a in self.public_addrs):
-            raise ValueError("Nat needs at least one public IPv4Address")
+        if not self.public_addrs or not (all(isinstance(a, IPv4Address) for a in self.public_addrs)
+                                         or all(isinstance(a, IPv6Address) for a in self.public_addrs)):
+            raise ValueError("Nat needs at least one public address, all IPv4Address or all IPv6Address")
+        self.version = self.public_addrs[0].version
         if not 1 <= ports[0] <= ports[1] <= 65535:
             raise ValueError(f"bad NAT port range {ports}")
         self.ports = ports
         self.paired = paired
         self.mapping_timeout_s = mapping_timeout_s
-        self._by_inside: dict[tuple[IPv4Address, int], _Mapping] = {}
-        self._by_outside: dict[tuple[IPv4Address, int], tuple[IPv4Address, int]] = {}
-        self._pairs: dict[IPv4Address, IPv4Address] = {}
+        self._by_inside: dict[tuple[IpAddress, int], _Mapping] = {}
+        self._by_outside: dict[tuple[IpAddress, int], tuple[IpAddress, int]] = {}
+        self._pairs: dict[IpAddress, IpAddress] = {}
         self._next_addr = 0
         self._next_port = {addr: ports[0] for addr in self.public_addrs}
         self.hits = 0
@@ -680,12 +684,12 @@ class Nat:
         self.forward = _Side(self, self._forward, "forward")
         self.backward = _Side(self, self._backward, "backward")
 
-    def mapping_of(self, inside_addr: IPv4Address, inside_port: int, now: float) -> tuple[IPv4Address, int] | None:
+    def mapping_of(self, inside_addr: IpAddress, inside_port: int, now: float) -> tuple[IpAddress, int] | None:
         """The live public (address, port) of an inside endpoint, or None."""
         mapping = self._live((inside_addr, inside_port), now)
         return None if mapping is None else (mapping.public_addr, mapping.public_port)
 
-    def _live(self, inside: tuple[IPv4Address, int], now: float) -> _Mapping | None:
+    def _live(self, inside: tuple[IpAddress, int], now: float) -> _Mapping | None:
         mapping = self._by_inside.get(inside)
         if mapping is not None and self.mapping_timeout_s is not None \
                 and now - mapping.last_used_s > self.mapping_timeout_s:
@@ -694,7 +698,7 @@ class Nat:
             return None
         return mapping
 
-    def _pick_address(self, inside_addr: IPv4Address) -> IPv4Address:
+    def _pick_address(self, inside_addr: IpAddress) -> IpAddress:
         if self.paired and inside_addr in self._pairs:
             return self._pairs[inside_addr]
         addr = self.public_addrs[self._next_addr % len(self.public_addrs)]
@@ -702,7 +706,7 @@ class Nat:
         self._pairs.setdefault(inside_addr, addr)
         return addr
 
-    def _allocate(self, inside: tuple[IPv4Address, int], now: float) -> _Mapping | None:
+    def _allocate(self, inside: tuple[IpAddress, int], now: float) -> _Mapping | None:
         addr = self._pick_address(inside[0])
         low, high = self.ports
         for _ in range(high - low + 1):
@@ -717,7 +721,7 @@ class Nat:
         return None
 
     def _forward(self, packet: Any, now: float) -> list:
-        if not isinstance(packet, IpPacket) or packet.src.version != 4:
+        if not isinstance(packet, IpPacket) or packet.src.version != self.version:
             return [packet]
         inside = (packet.src, packet.segment.src_port)
         mapping = self._live(inside, now) or self._allocate(inside, now)
@@ -744,7 +748,7 @@ class Nat:
             inside = found[1]
             original = replace(quoted, src=inside[0], segment=replace(quoted.segment, src_port=inside[1]))
             return [replace(packet, original=original)]
-        if not isinstance(packet, IpPacket) or packet.dst.version != 4:
+        if not isinstance(packet, IpPacket) or packet.dst.version != self.version:
             return [packet]
         found = self._inside_of((packet.dst, packet.segment.dst_port), now)
         if found is None:
@@ -787,10 +791,11 @@ class BuiltBox(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Site:
-    """What a box may need to know about the access network it sits on: the client's prefix
-    (a NAT takes its public addresses from it, so that replies still route to the access link)."""
+    """What a box may need to know about the access network it sits on: the client's prefix, an
+    IPv4 or an IPv6 network (a NAT takes its public addresses from it, so that replies still route
+    to the access link)."""
 
-    client_network: IPv4Network = IPv4Network("198.18.0.0/24")
+    client_network: IPv4Network | IPv6Network = IPv4Network("198.18.0.0/24")
 
 
 @dataclass(frozen=True, slots=True)

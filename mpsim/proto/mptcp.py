@@ -268,6 +268,20 @@ class _MptcpExtension(TcpExtension):
     def peer_idsn(self) -> int | None:
         return None if self.peer_key is None else self._idsn(self.peer_key)
 
+    # Where the keys are known (MPTCP negotiated): the IDSNs as ints, which the compiled build
+    # (docs/sim.md "Performance") needs its arithmetic to be typed as.
+    @property
+    def _negotiated_local_idsn(self) -> int:
+        if self.local_key is None:
+            raise RuntimeError("MPTCP negotiated without a local key")  # a bug, not input
+        return self._idsn(self.local_key)
+
+    @property
+    def _negotiated_peer_idsn(self) -> int:
+        if self.peer_key is None:
+            raise RuntimeError("MPTCP negotiated without a peer key")  # a bug, not input
+        return self._idsn(self.peer_key)
+
     def pull_events(self) -> list[MptcpNegotiated | FellBackToTcp]:
         """The facts since the last call, for the owner to pass on with ``host.emit``."""
         events, self._events = self._events, []
@@ -312,7 +326,7 @@ class _MptcpExtension(TcpExtension):
 
     def options_for_segment(self, conn: TcpConnection, seq: int, flags: TcpFlags, payload: bytes) -> tuple:
         if self._fastclose_pending:
-            return (MpFastclose(self.peer_key),)
+            return (MpFastclose(self.peer_key),)  # type: ignore[arg-type]  # set when fastclose was asked for
         if self.state is MptcpState.FALLEN_BACK:
             return self._fallback_signals()
         if self.state is not MptcpState.NEGOTIATED:
@@ -326,7 +340,7 @@ class _MptcpExtension(TcpExtension):
         data_ack = self._data_ack_to_send(conn)
         if not payload:
             return (Dss(data_ack=data_ack, data_ack_64_bit=True),)
-        dsn = (self.local_idsn + ssn) % _DSN_MODULUS  # the SYN is DSN idsn, so ssn 1 is idsn + 1
+        dsn = (self._negotiated_local_idsn + ssn) % _DSN_MODULUS  # the SYN is DSN idsn, so ssn 1 is idsn + 1
         checksum = dss_checksum(dsn, ssn, len(payload), payload) if self.checksums else None
         # Built once with every field (not a bare Data ACK then dataclasses.replace): a data segment's DSS.
         return (Dss(data_ack=data_ack, dsn=dsn, ssn=ssn % _SSN_MODULUS, data_level_length_bytes=len(payload),
@@ -338,7 +352,7 @@ class _MptcpExtension(TcpExtension):
 
     def _data_ack_to_send(self, conn: TcpConnection) -> int:
         # Every byte delivered in order was mapped (or we would have fallen back).
-        return (self.peer_idsn + 1 + conn.bytes_received - self._peer_ssn_offset_bytes) % _DSN_MODULUS
+        return (self._negotiated_peer_idsn + 1 + conn.bytes_received - self._peer_ssn_offset_bytes) % _DSN_MODULUS
 
     def _fallback_signals(self) -> tuple:
         """The only MPTCP options a fallen-back connection sends: MP_FAIL, one infinite mapping."""
@@ -351,8 +365,8 @@ class _MptcpExtension(TcpExtension):
         if self._infinite_mapping_pending:
             self._infinite_mapping_pending = False
             # Retroactive from the latest point the peer DATA_ACKed (RFC 8684 3.7).
-            dsn = self._peer_data_ack if self._peer_data_ack is not None else (self.local_idsn + 1) % _DSN_MODULUS
-            ssn = (dsn - self.local_idsn) % _SSN_MODULUS
+            dsn = self._peer_data_ack if self._peer_data_ack is not None else (self._negotiated_local_idsn + 1) % _DSN_MODULUS
+            ssn = (dsn - self._negotiated_local_idsn) % _SSN_MODULUS
             options.append(Dss(dsn=dsn, ssn=ssn, data_level_length_bytes=0, dsn_64_bit=True,
                                checksum=0 if self.checksums else None))
             self._count(MptcpMib.InfiniteMapTx)
@@ -403,7 +417,7 @@ class _MptcpExtension(TcpExtension):
     def _peer_dsn_expected(self, conn: TcpConnection, seq: int | None = None) -> int:
         """The data sequence number of the peer's byte at ``seq`` (default: the next one)."""
         ssn = seq_diff(conn.rcv_nxt if seq is None else seq, conn.irs) - self._peer_ssn_offset_bytes
-        return (self.peer_idsn + ssn) % _DSN_MODULUS
+        return (self._negotiated_peer_idsn + ssn) % _DSN_MODULUS
 
     def _peer_mapping(self, conn: TcpConnection, seg: TcpSegment, dss: Dss | None,
                       mpc: MpCapable | None) -> tuple | None:
@@ -413,7 +427,7 @@ class _MptcpExtension(TcpExtension):
             dsn = _widen(dss.dsn, dss.dsn_64_bit, self._peer_dsn_expected(conn, seg.seq))
             return dsn, dss.ssn, dss.data_level_length_bytes, dss.checksum
         if mpc is not None and mpc.data_level_length_bytes is not None:  # the first data, RFC 8684 3.1
-            return (self.peer_idsn + 1) % _DSN_MODULUS, 1, mpc.data_level_length_bytes, mpc.checksum
+            return (self._negotiated_peer_idsn + 1) % _DSN_MODULUS, 1, mpc.data_level_length_bytes, mpc.checksum
         return None
 
     def _on_mapping(self, conn: TcpConnection, seg: TcpSegment, dss: Dss | None, mpc: MpCapable | None) -> None:
@@ -440,7 +454,7 @@ class _MptcpExtension(TcpExtension):
     def _on_data_ack(self, conn: TcpConnection, seg: TcpSegment, dss: Dss | None) -> None:
         acks_our_data = self._first_data_seq is not None and seq_lt(self._first_data_seq, seg.ack)
         if dss is not None and dss.data_ack is not None:
-            expected = (self.local_idsn + seq_diff(seg.ack, conn.iss) - self._local_ssn_offset_bytes) % _DSN_MODULUS
+            expected = (self._negotiated_local_idsn + seq_diff(seg.ack, conn.iss) - self._local_ssn_offset_bytes) % _DSN_MODULUS
             self._peer_data_ack = _widen(dss.data_ack, dss.data_ack_64_bit, expected)
             self._data_ack_seen = self._data_ack_seen or acks_our_data
         elif acks_our_data and not self._data_ack_seen:
@@ -547,7 +561,7 @@ class MptcpClientExtension(_MptcpExtension):
         if not payload:
             return (MpCapable(self.version, self._mpc_flags(), self.local_key, self.peer_key),)
         if ssn == 1 and self.version == 1:
-            dsn = (self.local_idsn + 1) % _DSN_MODULUS
+            dsn = (self._negotiated_local_idsn + 1) % _DSN_MODULUS
             checksum = dss_checksum(dsn, 1, len(payload), payload) if self.checksums else None
             return (MpCapable(1, self._mpc_flags(), self.local_key, self.peer_key, len(payload), checksum),)
         return None

@@ -50,6 +50,7 @@ from mpsim.proto.tcp import (
     TcpPolicy,
     TcpState,
     TimedOut,
+    mypyc_attr,
     reset_for,
 )
 from mpsim.wire.convert import ConnectOption
@@ -167,6 +168,8 @@ class DownstreamFailure(enum.Enum):
 # --- the session base ----------------------------------------------------------------------------
 
 
+# The compiled build (docs/sim.md "Performance") keeps these open to the uncompiled proxies.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class RelaySession:
     """What a proxy session does once it has asked for the downstream connection.
 
@@ -548,6 +551,7 @@ def mptcp_fastclose_or_reset(host: Host, upstream: TcpConnection, now: float) ->
 # --- the host --------------------------------------------------------------------------------------
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class RelayHost(Host):
     """A host whose upstream SYNs become :class:`Relay` objects (see the module doc).
 
@@ -628,9 +632,9 @@ class RelayHost(Host):
         if isinstance(packet, IpPacket):
             seg = packet.segment
             conn = self.connections.get((packet.dst, seg.dst_port, packet.src, seg.src_port))
-            relay = self.owners.get(id(conn)) if conn is not None else None
-            if isinstance(relay, Relay) and relay in self.relays and relay.pull_extension_events(now):
-                relay.apply(now, current=None)
+            owner = self.owners.get(id(conn)) if conn is not None else None
+            if isinstance(owner, Relay) and owner in self.relays and owner.pull_extension_events(now):
+                owner.apply(now, current=None)
 
     def get_timer(self) -> float | None:
         # The earliest of the sessions' deadlines and the host's own, without building a list (asked

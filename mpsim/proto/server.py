@@ -40,6 +40,7 @@ from mpsim.proto.tcp import (
     TcpExtension,
     TcpPolicy,
     TcpState,
+    mypyc_attr,
 )
 from mpsim.wire.segment import IpPacket
 
@@ -95,6 +96,8 @@ def response_payload(size_bytes: int) -> bytes:
     return (_PATTERN * (size_bytes // len(_PATTERN) + 1))[:size_bytes]
 
 
+# The compiled build (docs/sim.md "Performance") keeps it open to uncompiled applications.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ServerApp:
     """The owner of every connection a server accepts. Records, per connection, the bytes the
     application was given in ``received``; closes its side once the peer has closed."""
@@ -123,6 +126,8 @@ class ServerApp:
             if len(self.received) > 1:
                 raise ValueError(f"{len(self.received)} connections: name the four_tuple")
             four_tuple = next(iter(self.received), None)
+            if four_tuple is None:
+                return b""
         return bytes(self.received.get(four_tuple, b""))
 
 

@@ -54,6 +54,12 @@ from mpsim.wire.options import (
 )
 from mpsim.wire.segment import IpPacket, TcpFlags, TcpSegment
 
+try:  # read only by the optional compiled build (docs/sim.md "Performance"); mypy brings mypy_extensions
+    from mypy_extensions import mypyc_attr
+except ImportError:  # pure Python without it: the mark means nothing
+    def mypyc_attr(*attrs: str, **kwattrs: object):  # type: ignore[no-redef,misc]
+        return lambda cls: cls
+
 IpAddress = IPv4Address | IPv6Address
 
 _MIN_SND_MSS_BYTES = 48  # Linux net.ipv4.tcp_min_snd_mss: a smaller advertised MSS is raised to this
@@ -124,7 +130,7 @@ class TcpPolicy:
     synack_retries: int = 5  # net.ipv4.tcp_synack_retries
     data_retries: int = 15  # net.ipv4.tcp_retries2
     time_wait_s: float = 60.0  # TCP_TIMEWAIT_LEN; RFC 9293 says 2*MSL = 240 s
-    mss_bytes: int = 1460
+    mss_bytes: int = 1460  # over IPv4; an IPv6 connection's is 20 less (IPV6_EXTRA_HEADER_BYTES)
     receive_window_bytes: int = 65535 * 4
     window_scale_shift: int | None = 7  # None: do not offer window scaling
     timestamps: bool = True
@@ -257,6 +263,8 @@ TcpEvent = (Established | DataReceived | PeerClosed | ResetReceived | TimedOut |
             | SynRetransmissionReceived | Closed)
 
 
+# Compiled, a class refuses interpreted subclasses: the extensions of proto/ are not compiled.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class TcpExtension:
     """Hooks through which a protocol extension shapes a connection. Defaults do nothing.
 
@@ -307,11 +315,24 @@ def reset_for(packet: IpPacket) -> IpPacket | None:
     return IpPacket(packet.dst, packet.src, rst)
 
 
-def _syn_options(policy: TcpPolicy, *, sack: bool, timestamps: bool, window_scale: bool) -> tuple:
-    """The base options of a SYN or SYN-ACK, offering what ``policy`` allows and the flags permit.
+#: Linux derives the MSS it advertises from the route's MTU less the IP and TCP headers
+#: (tcp_mtu_to_mss): on the same 1500-byte MTU an IPv6 connection's is 20 bytes smaller (1440).
+IPV6_EXTRA_HEADER_BYTES = 20
+
+
+def mss_for(policy: TcpPolicy, local_addr: IpAddress) -> int:
+    """The MSS a connection from ``local_addr`` advertises and sends with: ``policy.mss_bytes``
+    over IPv4, 20 less over IPv6."""
+    return policy.mss_bytes - (IPV6_EXTRA_HEADER_BYTES if local_addr.version == 6 else 0)
+
+
+def _syn_options(policy: TcpPolicy, *, sack: bool, timestamps: bool, window_scale: bool,
+                 mss_bytes: int | None = None) -> tuple:
+    """The base options of a SYN or SYN-ACK, offering what ``policy`` allows and the flags permit
+    (``mss_bytes``: the connection's, :func:`mss_for`; default the policy's).
     Linux's order (tcp_options_write): mss, sackOK, TS, nop, wscale; without TS mss, nop, nop,
     sackOK, nop, wscale; without SACK mss, nop, nop, TS, nop, wscale."""
-    options: list = [MaximumSegmentSize(policy.mss_bytes)]
+    options: list = [MaximumSegmentSize(policy.mss_bytes if mss_bytes is None else mss_bytes)]
     offer_sack = policy.sack_permitted and sack
     if policy.timestamps and timestamps:
         options += [SackPermitted()] if offer_sack else [NoOperation(), NoOperation()]
@@ -841,7 +862,8 @@ class TcpConnection:
         if syn:
             active = self.state is TcpState.SYN_SENT
             return _syn_options(p, sack=active or self.peer.sack_permitted, timestamps=active or self.peer.timestamps,
-                                window_scale=active or self.peer.window_shift is not None)
+                                window_scale=active or self.peer.window_shift is not None,
+                                mss_bytes=mss_for(p, self.local_addr))
         return _TIMESTAMPED_OPTIONS if self.peer.timestamps and p.timestamps else ()
 
     def _stamp(self, options: tuple, now: float) -> tuple:
@@ -856,7 +878,7 @@ class TcpConnection:
         self._last_stamped = (options, ts_value, ts_recent, stamped)
         return stamped
 
-    def _window_field(self, syn: bool) -> int:
+    def _window_field(self, syn: int) -> int:
         shift = 0 if syn or self.peer.window_shift is None else (self.policy.window_scale_shift or 0)
         return min(self._rcv_wnd() >> shift, 0xFFFF)
 
@@ -928,7 +950,7 @@ class TcpConnection:
         (Linux sends 1448-byte segments with Timestamps on a 1500-byte path)."""
         base = self._base_options(syn=False)
         options_bytes = _TIMESTAMPED_OPTIONS_BYTES if base is _TIMESTAMPED_OPTIONS else option_space_bytes(base)
-        return min(self.policy.mss_bytes, self.peer.mss_bytes) - options_bytes
+        return min(mss_for(self.policy, self.local_addr), self.peer.mss_bytes) - options_bytes
 
     def _fin_seq(self) -> int | None:
         """The sequence number of our FIN, once everything queued before it is known."""

@@ -41,6 +41,7 @@ models).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,10 +56,10 @@ from mpsim.sim.transfer import BulkTransfer, TransferRecord
 #: BufferPool(chunk_bytes=65536); a splice pipe's default 16 pages).
 DEFAULT_RELAY_BUFFER_BYTES = 65536
 DIRECTIONS = ("upload", "download")
-#: What ``client_options`` / ``server_options`` may set for one leg (BulkTransfer's keywords).
-LEG_OPTIONS = frozenset({"cc", "coupled", "snd_buf_bytes", "rcv_buf_bytes", "mss_bytes", "initial_cwnd_segments",
-                         "rto_min_s", "delayed_ack_s", "quickack_segments", "loss_detection", "scheduler", "buffers",
-                         "join_handshake", "join_delay_s", "joins_from", "syn_policy"})
+#: What ``client_options`` / ``server_options`` (and the common keywords) may set for one leg:
+#: BulkTransfer's keywords, less those RelayedTransfer sets itself.
+LEG_OPTIONS = frozenset(inspect.signature(BulkTransfer).parameters) - {
+    "env", "paths", "size_bytes", "mptcp", "payload", "subflow_start_s", "name", "source", "sink"}
 
 
 class _Relay:

@@ -150,13 +150,14 @@ does, on the first active subflow), a probe give-up after ``tcp_retries2``.
 
 Header accounting (``size_bytes`` is the IP packet; the links add no framing)
 ------------------------------------------------------------------------------
-* every segment: IPv4 20 + TCP 20 + NOP NOP Timestamps 12 = 52 bytes;
+* every segment: IPv4 20 + TCP 20 + NOP NOP Timestamps 12 = 52 bytes; over IPv6 (the flow's
+  addresses say which) the fixed header is 40 (RFC 8200 section 3, no extension headers): 72;
 * TCP data: 52 + ``mss_bytes`` payload (1448: a 1500-byte packet, the Linux MSS with
-  timestamps on a 1500-byte MTU);
+  timestamps on a 1500-byte MTU; IPv6: 72 + 1428);
 * MPTCP data: 52 + DSS 28 (4 base + Data ACK 8 + DSN 8 + SSN 4 + data-level length 2 = 26,
   padded to 28; no checksum, Linux's defaults: 64-bit DSN and Data ACK) and a payload of
   ``mss_bytes - 28`` (Linux reserves the full DSS when it computes the MSS, so packets still
-  fit the MTU: 1420 bytes of payload in a 1500-byte packet);
+  fit the MTU: 1420 bytes of payload in a 1500-byte packet; IPv6: 1400);
 * pure ACKs: 52, + 12 for the MPTCP DSS Data ACK, + 4 + 8 per SACK block (NOP NOP kind
   length); 40 bytes of option space allow 3 SACK blocks on TCP but only 1 on MPTCP (Linux puts
   the DSS before SACK and trims the blocks to what fits).
@@ -230,7 +231,7 @@ from collections import deque
 from heapq import heappop, heappush
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from operator import attrgetter
 from typing import Any
 
@@ -245,6 +246,8 @@ from mpsim.sim.link import LinkDirection, schedule_call
 # --- header accounting (module docstring) ------------------------------------------------------
 #: IPv4 20 + TCP 20 + NOP NOP Timestamps 12.
 BASE_HEADER_BYTES = 52
+#: The IP header by version: IPv4 without options, the IPv6 fixed header (RFC 8200 section 3).
+IP_HEADER_BYTES = {4: 20, 6: 40}
 TIMESTAMPS_OPTION_BYTES = 12
 TCP_OPTION_SPACE_BYTES = 40
 #: DSS with Data ACK (64-bit), DSN (64-bit), SSN and data-level length, no checksum: 26 + 2 padding.
@@ -276,6 +279,10 @@ DEFAULT_JOIN_DELAY_S = 0.0
 #: Which side opens the further subflows (``BulkTransfer(joins_from=...)``): the client, which
 #: is the data sender in an upload and the receiver in a download.
 JOIN_INITIATORS = ("sender", "receiver")
+#: The Linux MSS with timestamps on a 1500-byte MTU, by IP version: 1500 - IP - TCP 20 - 12.
+MTU_BYTES = 1500
+DEFAULT_MSS_BYTES_BY_VERSION = {version: MTU_BYTES - ip_bytes - 20 - TIMESTAMPS_OPTION_BYTES
+                                for version, ip_bytes in IP_HEADER_BYTES.items()}
 
 # --- Linux constants --------------------------------------------------------------------------
 RTO_MIN_S = 0.2  # TCP_RTO_MIN
@@ -326,6 +333,11 @@ _OPEN, _RECOVERY, _LOSS = 0, 1, 2  # Linux TCP_CA_Open / TCP_CA_Recovery / TCP_C
 #: _REO_TIMEOUT share one timer).
 _TIMER_RTO, _TIMER_TLP, _TIMER_REO = 0, 1, 2
 _SEQ = attrgetter("seq")
+
+
+def base_header_bytes(address: IPv4Address | IPv6Address) -> int:
+    """IP + TCP + NOP NOP Timestamps of every segment of a flow from or to ``address``: 52 or 72."""
+    return BASE_HEADER_BYTES - IP_HEADER_BYTES[4] + IP_HEADER_BYTES[address.version]
 
 
 def sack_capacity(mptcp: bool) -> int:
@@ -570,8 +582,9 @@ class _SubflowSender:
     """The sending side of one subflow: scoreboard, loss recovery, RTO, congestion control."""
 
     def __init__(self, conn: _ConnectionSender, subflow_id: int, forward: LinkDirection, cc: CongestionControl,
-                 payload_max_bytes: int, rto_min_s: float, local_ip: IPv4Address, remote_ip: IPv4Address,
-                 local_port: int, remote_port: int, rack_tlp: bool = True) -> None:
+                 payload_max_bytes: int, rto_min_s: float, local_ip: IPv4Address | IPv6Address,
+                 remote_ip: IPv4Address | IPv6Address, local_port: int, remote_port: int,
+                 rack_tlp: bool = True) -> None:
         self.conn = conn
         self.rack_tlp = rack_tlp
         self.env = conn.env
@@ -591,7 +604,7 @@ class _SubflowSender:
         self.sndbuf_bytes = 0  # set by the connection (pinned, or tcp_init_buffer_space)
         self.sndbuf_locked = False
         self.avg_pacing_rate = 0.0  # bytes/s, mptcp_subflow_context.avg_pacing_rate
-        self.data_header_bytes = BASE_HEADER_BYTES + (DSS_DATA_OPTION_BYTES if conn.mptcp else 0)
+        self.data_header_bytes = base_header_bytes(local_ip) + (DSS_DATA_OPTION_BYTES if conn.mptcp else 0)
         self.snd_una = 0
         self.snd_nxt = 0
         self.rtx: list[_TxRecord] = []  # sent and not cumulatively acknowledged from index head on
@@ -1619,8 +1632,8 @@ class _SubflowReceiver:
     """The receiving side of one subflow: reordering, SACK blocks, delayed ACKs."""
 
     def __init__(self, conn: _ConnectionReceiver, subflow_id: int, backward: LinkDirection, sender: _SubflowSender,
-                 delayed_ack_s: float, quickack_segments: int, local_ip: IPv4Address, remote_ip: IPv4Address,
-                 local_port: int, remote_port: int) -> None:
+                 delayed_ack_s: float, quickack_segments: int, local_ip: IPv4Address | IPv6Address,
+                 remote_ip: IPv4Address | IPv6Address, local_port: int, remote_port: int) -> None:
         self.conn = conn
         self.env = conn.env
         self.subflow_id = subflow_id
@@ -1631,7 +1644,7 @@ class _SubflowReceiver:
         self.local_ip, self.remote_ip, self.local_port, self.remote_port = local_ip, remote_ip, local_port, remote_port
         self.mptcp = conn.mptcp
         self.sack_capacity = sack_capacity(conn.mptcp)
-        self.ack_header_bytes = BASE_HEADER_BYTES + (DSS_ACK_OPTION_BYTES if conn.mptcp else 0)
+        self.ack_header_bytes = base_header_bytes(local_ip) + (DSS_ACK_OPTION_BYTES if conn.mptcp else 0)
         self.full_segment_bytes = sender.payload_max_bytes  # the advertised MSS (advmss)
         # Linux icsk_ack.rcv_mss (tcp_initialize_rcv_mss: at most TCP_MSS_DEFAULT before data)
         # and last_seg_size; rcv_wup: rcv_nxt when the last ACK went out.
@@ -1694,7 +1707,8 @@ class _SubflowReceiver:
             self.rcv_mss = min(length, self.full_segment_bytes)
             return
         with_options = length + (DSS_DATA_OPTION_BYTES if segment.mptcp and self.mptcp else 0)
-        if with_options + BASE_HEADER_BYTES - 20 >= TCP_MSS_DEFAULT_BYTES + 20:  # len + tcphdr >= 536 + 20
+        # Linux: payload + the whole TCP header (20 + timestamps + DSS) >= TCP_MSS_DEFAULT + 20
+        if with_options + 20 + TIMESTAMPS_OPTION_BYTES >= TCP_MSS_DEFAULT_BYTES + 20:
             self.last_seg_bytes = with_options
             if with_options == last:
                 self.rcv_mss = with_options
@@ -2233,7 +2247,11 @@ class BulkTransfer:
     starts established). ``kernel_hz``: the sending kernel's CONFIG_HZ (100, 250, 300 or 1000;
     default 250), the jiffy rate of Linux CUBIC (:class:`~mpsim.sim.congestion.Cubic`).
     ``payload``: optional bytes of length ``size_bytes`` carried for real, so the receiver can
-    hash what it delivers (slower; for tests and pcaps). ``done`` is a SimPy event that
+    hash what it delivers (slower; for tests and pcaps). ``addresses``: per path, the (sender,
+    receiver) IP addresses its packets carry, all IPv4 or all IPv6 (the header accounting follows;
+    default: IPv4 198.18.i.2 to 198.19.0.2; a route's ``flow`` overrides what a capture shows).
+    ``mss_bytes``: default the Linux MSS of a 1500-byte MTU for that version (1448, 1428).
+    ``done`` is a SimPy event that
     succeeds when the last byte reaches the receiving application (with a ``sink``: the
     receiving socket). ``source`` / ``sink`` make the transfer one leg of a longer one (module
     doc, "Composing transfers"; :class:`mpsim.sim.relay.RelayedTransfer`): the sending
@@ -2245,17 +2263,29 @@ class BulkTransfer:
     def __init__(self, env: simpy.Environment, paths: Sequence[tuple[LinkDirection, LinkDirection]], size_bytes: int,
                  *, cc: str = "cubic", coupled: str = "none", mptcp: bool = False,
                  snd_buf_bytes: int = DEFAULT_SND_BUF_BYTES, rcv_buf_bytes: int = DEFAULT_RCV_BUF_BYTES,
-                 mss_bytes: int = DEFAULT_MSS_BYTES, initial_cwnd_segments: int = INITIAL_CWND_SEGMENTS,
+                 mss_bytes: int | None = None, initial_cwnd_segments: int = INITIAL_CWND_SEGMENTS,
                  rto_min_s: float = RTO_MIN_S, delayed_ack_s: float = DELAYED_ACK_S,
                  quickack_segments: int = QUICKACK_SEGMENTS, payload: bytes | None = None,
                  loss_detection: str = "rack-tlp", scheduler: str = "default", buffers: str = "auto",
                  subflow_start_s: Sequence[float] | None = None, join_handshake: bool = True,
                  join_delay_s: float = DEFAULT_JOIN_DELAY_S, joins_from: str = "sender",
                  syn_policy: TcpPolicy | None = None, kernel_hz: int = LINUX_HZ, name: str = "transfer",
-                 source: Any = None, sink: Any = None) -> None:
+                 source: Any = None, sink: Any = None,
+                 addresses: Sequence[tuple[IPv4Address | IPv6Address, IPv4Address | IPv6Address]] | None = None
+                 ) -> None:
         paths = list(paths)
         if not paths:
             raise ValueError("a transfer needs at least one path")
+        if addresses is None:
+            addresses = [(IPv4Address(f"198.18.{index}.2"), IPv4Address("198.19.0.2")) for index in range(len(paths))]
+        addresses = list(addresses)
+        if len(addresses) != len(paths) or not all(
+                isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(a, (IPv4Address, IPv6Address)) for a in pair)
+                for pair in addresses) or len({a.version for pair in addresses for a in pair}) != 1:
+            raise ValueError(f"addresses needs one (sender, receiver) pair per path, all IPv4 or all IPv6, "
+                             f"got {addresses!r}")
+        if mss_bytes is None:
+            mss_bytes = DEFAULT_MSS_BYTES_BY_VERSION[addresses[0][0].version]
         if not mptcp and len(paths) != 1:
             raise ValueError(f"plain TCP uses one path, got {len(paths)}; pass mptcp=True for subflows")
         if type(size_bytes) is not int or size_bytes <= 0:
@@ -2309,11 +2339,10 @@ class BulkTransfer:
         self.receiver = _ConnectionReceiver(env, size_bytes, mptcp, rcv_buf_bytes, payload is not None, sink=sink)
         coupling = LiaCoupling() if coupled == "lia" else None
         self.joins: list[_Join | None] = []  # per path: its MP_JOIN handshake (None: the initial subflow)
-        server_ip = IPv4Address("198.19.0.2")
         for index, (forward, backward) in enumerate(paths):
             _attach(forward)
             _attach(backward)
-            client_ip = IPv4Address(f"198.18.{index}.2")
+            client_ip, server_ip = addresses[index]
             client_port = 40000 + index
             subflow = _SubflowSender(self.sender, index, forward,
                                      make_congestion_control(cc, coupling, initial_cwnd_segments, kernel_hz),

@@ -18,6 +18,14 @@ Topology (addresses from 198.18.0.0/15; path i < 64):
     (the delay namespace's ends have no address: the line forwards Ethernet frames unchanged)
     (interfaces are named after what is at their other end; every subnet is a /24)
 
+With ``ip_version=6`` the same topology is built over IPv6 from the benchmarking range
+2001:2::/48 (RFC 5180), one /64 per link with the IPv4 subnet's last number as its subnet ID
+(198.18.i.0/24 is 2001:2:0:i::/64, 198.18.(64+i) 2001:2:0:(64+i)::/64, and the converter-server
+link 198.19.0.0/24 is 2001:2:0:1900::/64), the same host numbers (198.18.0.1 is 2001:2::1).
+Addresses are added with ``nodad`` and duplicate address detection is off (accept_dad=0), so they
+are usable at once, and kept when a path goes down (keep_addr_on_down=1); the converter (and a middlebox) forward IPv6; loss and middlebox rules go
+into ``table ip6 mpsim`` and ip6tables.
+
 The client's main table routes via path 0; each path address has its own table (source routing),
 and paths 1.. are MPTCP `subflow` endpoints, so one MPTCP connection uses every path. The
 converter (and a middlebox) forward packets. Rate and loss apply at the receiving end of each
@@ -34,6 +42,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import ipaddress
 import itertools
 import json
 import os
@@ -50,8 +59,8 @@ import warnings
 
 from mpsim.testbed import probe as probe_mod
 from mpsim.testbed.probe import TestbedError, TestbedUnavailable, ns_argv, run_command
-from mpsim.testbed.shaping import (DIRECTIONS, NFT_TABLE, PathSpec, iptables_middlebox_rules,
-                                   loss_rules, netem_commands, nft_middlebox_rules, nft_ruleset,
+from mpsim.testbed.shaping import (DIRECTIONS, NFT_TABLE, PathSpec, iptables_command, iptables_middlebox_rules,
+                                   loss_rules, netem_commands, nft_family, nft_middlebox_rules, nft_ruleset,
                                    parse_iptables_counters, parse_nft_counters, rate_commands)
 
 PREFIX = "mps"
@@ -70,7 +79,7 @@ _open_lock = threading.Lock()
 
 @dataclasses.dataclass(frozen=True)
 class Addresses:
-    """IPv4 addresses of a testbed. client[i] and converter[i] are the two ends of path i (with a
+    """IPv4 (or IPv6) addresses of a testbed. client[i] and converter[i] are the two ends of path i (with a
     middlebox on path i, converter[i] is on the middlebox-converter link, and gateway[i] is the
     middlebox); converter_server_side faces the server."""
 
@@ -82,12 +91,43 @@ class Addresses:
     middlebox: tuple[str, ...] = ()
 
 
-def _path_addresses(index: int, via_middlebox: bool) -> dict[str, str]:
+IP_VERSIONS = (4, 6)
+SERVER_SUBNET = "198.19.0"
+
+
+def host_address(subnet: str, host: int, ip_version: int = 4) -> str:
+    """Host ``host`` of the link named by its IPv4 subnet ``subnet`` ("198.18.i"); with IPv6 the
+    same host of that link's /64 in 2001:2::/48 (the module doc)."""
+    if ip_version == 4:
+        return f"{subnet}.{host}"
+    return str(ipaddress.IPv6Address(f"2001:2:0:{_v6_subnet_id(subnet)}::{host:x}"))  # as the kernel writes it
+
+
+def subnet_network(subnet: str, ip_version: int = 4) -> str:
+    """The link's network: 198.18.i.0/24, or 2001:2:0:i::/64."""
+    return f"{subnet}.0/24" if ip_version == 4 else f"2001:2:0:{_v6_subnet_id(subnet)}::/64"
+
+
+def prefix_length(ip_version: int) -> int:
+    return 24 if ip_version == 4 else 64
+
+
+def _v6_subnet_id(subnet: str) -> str:
+    _, second, third = subnet.split(".")
+    return third if second == "18" else f"{second}{third}0"  # 198.18.N -> N, 198.19.0 -> 1900
+
+
+def _path_addresses(index: int, via_middlebox: bool, ip_version: int = 4) -> dict[str, str]:
     base = f"198.18.{index}"
+
+    def host(subnet: str, number: int) -> str:
+        return host_address(subnet, number, ip_version)
+
     if not via_middlebox:
-        return {"client": f"{base}.1", "converter": f"{base}.2", "gateway": f"{base}.2"}
-    return {"client": f"{base}.1", "gateway": f"{base}.3", "middlebox_client_side": f"{base}.3",
-            "middlebox_converter_side": f"198.18.{64 + index}.3", "converter": f"198.18.{64 + index}.2"}
+        return {"client": host(base, 1), "converter": host(base, 2), "gateway": host(base, 2)}
+    return {"client": host(base, 1), "gateway": host(base, 3), "middlebox_client_side": host(base, 3),
+            "middlebox_converter_side": host(f"198.18.{64 + index}", 3),
+            "converter": host(f"198.18.{64 + index}", 2)}
 
 
 CONVERTER_SERVER_SIDE = "198.19.0.1"
@@ -105,6 +145,7 @@ class Testbed:
       that the socket buffers never limit a measurement; None keeps the kernel's values.
     tfo: set net.ipv4.tcp_fastopen=0x207 everywhere (client and server, no cookie needed).
     sysctls: extra sysctls for every namespace, e.g. {"net.mptcp.blackhole_timeout": "0"}.
+    ip_version: 4, or 6 for the same topology over IPv6 (the module doc).
     ready_timeout_s: bound on the bring-up reachability check.
     delay_method: how paths get delay, jitter and Gilbert-Elliott loss: "auto" (netem where the
       kernel has it and the path needs no Gilbert-Elliott loss, else the delay line), "netem", or
@@ -119,8 +160,12 @@ class Testbed:
                  middlebox_ns: bool = False, middlebox_path: int = 0, cc: str = "cubic",
                  tcp_buffer_max_bytes: int | None = DEFAULT_TCP_BUFFER_MAX_BYTES, tfo: bool = False,
                  sysctls: dict[str, str] | None = None, ready_timeout_s: float = 10.0,
-                 delay_method: str = "auto", delay_check_pings: int = 10):
+                 delay_method: str = "auto", delay_check_pings: int = 10, ip_version: int = 4):
         self.paths = tuple(paths)
+        if ip_version not in IP_VERSIONS:
+            raise ValueError(f"ip_version={ip_version!r}: expected 4 or 6")
+        self.ip_version = ip_version
+        self._family = ["-6"] if ip_version == 6 else []   # ip's address family for routes and rules
         if delay_method not in DELAY_METHODS:
             raise ValueError(f"delay_method={delay_method!r}: expected one of {', '.join(DELAY_METHODS)}")
         if not 0 <= delay_check_pings <= 1000:
@@ -142,11 +187,12 @@ class Testbed:
         self.prefix = f"{PREFIX}-{os.getpid()}-{next(_instance_counter)}"
         roles = ROLES if middlebox_ns else ROLES[:3]
         self.ns = {role: f"{self.prefix}-{role}" for role in roles}
-        per_path = [_path_addresses(i, i == self.middlebox_path) for i in range(len(self.paths))]
+        per_path = [_path_addresses(i, i == self.middlebox_path, ip_version) for i in range(len(self.paths))]
         self.addresses = Addresses(
             client=tuple(p["client"] for p in per_path), converter=tuple(p["converter"] for p in per_path),
-            gateway=tuple(p["gateway"] for p in per_path), converter_server_side=CONVERTER_SERVER_SIDE,
-            server=SERVER,
+            gateway=tuple(p["gateway"] for p in per_path),
+            converter_server_side=host_address(SERVER_SUBNET, 1, ip_version),
+            server=host_address(SERVER_SUBNET, 2, ip_version),
             middlebox=tuple(per_path[self.middlebox_path][k] for k in ("middlebox_client_side",
                                                                        "middlebox_converter_side"))
             if middlebox_ns else ())
@@ -252,6 +298,15 @@ class Testbed:
             for key, value in current.items():
                 low, default, _ = value.split()
                 values[key] = f"{low} {default} {self.tcp_buffer_max_bytes}"
+        if self.ip_version == 6:
+            # Addresses usable at once (no duplicate address detection: every address here is
+            # unique by construction), and the routers forward IPv6.
+            # keep_addr_on_down: a path brought down and up again (set_path_up) keeps its address,
+            # as IPv4 does (Linux removes IPv6 addresses of a downed device by default).
+            values |= {"net.ipv6.conf.all.accept_dad": "0", "net.ipv6.conf.default.accept_dad": "0",
+                       "net.ipv6.conf.all.keep_addr_on_down": "1", "net.ipv6.conf.default.keep_addr_on_down": "1",
+                       "net.ipv6.conf.all.forwarding":
+                           "1" if name in (self.ns["converter"], self.ns.get("middlebox")) else "0"}
         if name == self.ns.get(DELAY_ROLE):
             # The delay namespace is a wire: it must not speak (IPv6 router solicitations, DAD) itself.
             values |= {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}
@@ -294,8 +349,10 @@ class Testbed:
                     checksum_off.add((ns, dev))
                 if role == DELAY_ROLE:
                     continue   # the delay line's ports have no address
-                octet = 1 if (subnet == "198.19.0" and role == "converter") else host_octet[role]
-                run_command(["ip", "-n", ns, "addr", "add", f"{subnet}.{octet}/24", "dev", dev])
+                octet = 1 if (subnet == SERVER_SUBNET and role == "converter") else host_octet[role]
+                address = f"{host_address(subnet, octet, self.ip_version)}/{prefix_length(self.ip_version)}"
+                run_command(["ip", "-n", ns, "addr", "add", address, "dev", dev,
+                             *(["nodad"] if self.ip_version == 6 else [])])
         for ns, devs in devices.items():
             for dev in devs:
                 # One skb is one packet for tbf and the loss rule (docs/kernel-facts.md: offloads).
@@ -310,16 +367,18 @@ class Testbed:
     def _path_routes(self, i: int) -> list[tuple[str, list[str]]]:
         """(namespace, ip argv) of path i's static routes. `replace` makes them re-runnable: the
         kernel deletes a device's static routes when the device goes down (set_path_up)."""
-        a, client, table = self.addresses, self.ns["client"], str(100 + i)
-        routes = [(client, ["route", "replace", f"198.18.{i}.0/24", "dev", f"path{i}", "src", a.client[i],
+        a, client, table, family = self.addresses, self.ns["client"], str(100 + i), self._family
+        network = subnet_network(f"198.18.{i}", self.ip_version)
+        routes = [(client, [*family, "route", "replace", network, "dev", f"path{i}", "src", a.client[i],
                             "table", table]),
-                  (client, ["route", "replace", "default", "via", a.gateway[i], "dev", f"path{i}", "table", table])]
+                  (client, [*family, "route", "replace", "default", "via", a.gateway[i], "dev", f"path{i}",
+                            "table", table])]
         if i == 0:
-            routes.append((client, ["route", "replace", "default", "via", a.gateway[0], "dev", "path0"]))
+            routes.append((client, [*family, "route", "replace", "default", "via", a.gateway[0], "dev", "path0"]))
         if i == self.middlebox_path:
-            routes += [(self.ns["converter"], ["route", "replace", f"198.18.{i}.0/24", "via", a.middlebox[1],
+            routes += [(self.ns["converter"], [*family, "route", "replace", network, "via", a.middlebox[1],
                                                "dev", f"path{i}"]),
-                       (self.ns["middlebox"], ["route", "replace", "default", "via", a.converter[i],
+                       (self.ns["middlebox"], [*family, "route", "replace", "default", "via", a.converter[i],
                                                "dev", "converter"])]
         return routes
 
@@ -329,12 +388,13 @@ class Testbed:
             for ns, argv in self._path_routes(i):
                 run_command(["ip", "-n", ns, *argv])
             # Source routing: each path address leaves through its own path.
-            run_command(["ip", "-n", client, "rule", "add", "from", a.client[i], "table", str(100 + i),
-                         "priority", str(1000 + i)])
+            run_command(["ip", "-n", client, *self._family, "rule", "add", "from", a.client[i], "table",
+                         str(100 + i), "priority", str(1000 + i)])
             if i > 0:
                 run_command(["ip", "-n", client, "mptcp", "endpoint", "add", a.client[i], "dev", f"path{i}",
                              "subflow"])
-        run_command(["ip", "-n", self.ns["server"], "route", "add", "default", "via", a.converter_server_side])
+        run_command(["ip", "-n", self.ns["server"], *self._family, "route", "add", "default", "via",
+                     a.converter_server_side])
         limit = str(max(2, n_paths - 1))
         for name in self.ns.values():
             run_command(["ip", "-n", name, "mptcp", "limits", "set", "subflow", limit, "add_addr_accepted", limit])
@@ -366,15 +426,16 @@ class Testbed:
                 if i == self.middlebox_path:
                     ends = (("up", self.ns["middlebox"], "client"), ("down", self.ns["middlebox"], "converter"))
                 for direction, ns, dev in ends:
-                    names, lines = nft_middlebox_rules(dev, i, direction, spec.middlebox)
+                    names, lines = nft_middlebox_rules(dev, i, direction, spec.middlebox, self.ip_version)
                     rules_for(ns)[0].extend(names)
                     rules_for(ns)[2].extend(lines)
-                    for argv in iptables_middlebox_rules(dev, i, direction, spec.middlebox):
+                    for argv in iptables_middlebox_rules(dev, i, direction, spec.middlebox, self.ip_version):
                         run_command(argv, ns=ns)
                         self._iptables_ns.add(ns)
         for ns, (counters, loss_lines, box_lines) in nft.items():
             if loss_lines or box_lines:
-                run_command(["nft", "-f", "-"], ns=ns, input_text=nft_ruleset(counters, loss_lines, box_lines))
+                run_command(["nft", "-f", "-"], ns=ns,
+                            input_text=nft_ruleset(counters, loss_lines, box_lines, self.ip_version))
                 self._nft_counters[ns] = counters
 
     def _start_delay_lines(self) -> None:
@@ -569,10 +630,11 @@ class Testbed:
         ns = self._ns_of(role)
         values = probe_mod.read_netstat(ns)
         if ns in self._nft_counters:
-            done = run_command(["nft", "-j", "list", "counters", "table", "ip", NFT_TABLE], ns=ns)
+            done = run_command(["nft", "-j", "list", "counters", "table", nft_family(self.ip_version), NFT_TABLE],
+                               ns=ns)
             values.update({f"nft.{k}": v for k, v in parse_nft_counters(done.stdout).items()})
         if ns in self._iptables_ns:
-            done = run_command(["iptables-save", "-c", "-t", "mangle"], ns=ns)
+            done = run_command([f"{iptables_command(self.ip_version)}-save", "-c", "-t", "mangle"], ns=ns)
             values.update({f"iptables.{k}": v for k, v in parse_iptables_counters(done.stdout).items()})
         return values
 
@@ -608,6 +670,7 @@ class Testbed:
             "delay_check": {str(i): check for i, check in self.delay_check.items()},
             "delay_lines": {str(i): stats for i, stats in self.delay_line_stats().items()} if self._delay_lines else {},
             "congestion_control": self.cc,
+            "ip_version": self.ip_version,
             "root_ns_changes": self._root_ns_changes,
             "tcp_buffer_max_bytes": self.tcp_buffer_max_bytes,
             "tfo": self.tfo,
@@ -646,9 +709,12 @@ import concurrent.futures, json, socket, sys
 pairs, timeout_s = json.loads(sys.argv[1]), float(sys.argv[2])
 def reaches(pair):
     src, dst = pair
-    with socket.socket() as s:
+    with socket.socket(socket.AF_INET6 if ":" in src else socket.AF_INET) as s:
         s.settimeout(timeout_s)
-        s.bind((src, 0))
+        try:
+            s.bind((src, 0))   # IPv6 refuses an address whose device is down (EADDRNOTAVAIL): unreachable
+        except OSError:
+            return False
         try:
             s.connect((dst, 9))
         except ConnectionRefusedError:

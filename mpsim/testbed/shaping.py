@@ -8,9 +8,12 @@ them in the right namespace. The methods follow docs/testbed.md and the measured
   qdisc out of it, so the sender's TCP sees the queue only through its ACK clock. tbf counts L2
   bytes (1514 per full-size segment), so the TCP goodput ceiling is rate x 1448/1514.
 - loss: nftables `numgen random mod 100000 < N drop` in an ip-family prerouting hook at priority
-  -300, with named counters of packets seen and dropped. (A netdev ingress hook drops nothing
-  once the IFB redirect is in place.) Only IPv4 packets are lost; ARP never is.
-- middlebox: xt TCPOPTSTRIP (iptables, mangle PREROUTING) strips the MPTCP option (kind 30);
+  -300 (ip6 in an IPv6 testbed), with named counters of packets seen and dropped. (A netdev
+  ingress hook drops nothing once the IFB redirect is in place.) Only packets of the testbed's IP
+  version are lost; ARP and neighbour discovery of the other family never are (an IPv6 testbed's
+  ICMPv6 neighbour discovery is in the ip6 table, and may be lost, as the model's links lose any
+  packet).
+- middlebox: xt TCPOPTSTRIP (iptables, or ip6tables, mangle PREROUTING) strips the MPTCP option (kind 30);
   nftables drops MP_CAPABLE SYNs and SYNs with payload and clamps the MSS option. iptables'
   mangle hook (priority -150) runs before the nft middlebox chain (-140): a stripped SYN is not
   then dropped as an MP_CAPABLE SYN.
@@ -38,7 +41,8 @@ class Middlebox:
     strip_mptcp_syn / strip_mptcp_synack: remove the MPTCP option (kind 30) from SYNs (without ACK)
     or SYN-ACKs, as TCPOPTSTRIP does (the option bytes become NOPs).
     drop_mp_capable_syn: silently drop SYNs carrying MP_CAPABLE (MP_JOIN SYNs pass).
-    drop_syn_data: silently drop SYNs carrying payload (IPv4 without IP options).
+    drop_syn_data: silently drop SYNs carrying payload (IPv4 without IP options; IPv6 with TCP
+      right after the fixed header).
     clamp_mss_bytes: lower the MSS option of every SYN and SYN-ACK to this value.
     """
 
@@ -83,7 +87,8 @@ KERNEL_MIDDLEBOXES: dict[str, KernelMiddlebox] = {
     "drop-mp-capable-syn": KernelMiddlebox("nft rule: tcp option mptcp subtype 0 on SYNs, drop",
                                            Middlebox(drop_mp_capable_syn=True)),
     "drop-syn-data": KernelMiddlebox("nft rules: SYN with ip length > headers (one per data offset), drop",
-                                     Middlebox(drop_syn_data=True), "IPv4 packets without IP options only"),
+                                     Middlebox(drop_syn_data=True),
+                                     "IPv4 packets without IP options, IPv6 packets without extension headers"),
 }
 
 
@@ -216,8 +221,10 @@ def loss_rules(dev: str, path_index: int, direction: str, loss_prob: float) -> t
 SYN_ONLY = "tcp flags & (syn|ack) == syn"
 
 
-def nft_middlebox_rules(dev: str, path_index: int, direction: str, box: Middlebox) -> tuple[list[str], list[str]]:
-    """(counter names, rule lines) for the nft part of a middlebox on ingress device `dev`."""
+def nft_middlebox_rules(dev: str, path_index: int, direction: str, box: Middlebox,
+                        ip_version: int = 4) -> tuple[list[str], list[str]]:
+    """(counter names, rule lines) for the nft part of a middlebox on ingress device `dev`, in
+    the table of ``ip_version``'s family (:func:`nft_family`)."""
     counters, rules = [], []
 
     def add(what: str, lines: list[str]):
@@ -231,8 +238,14 @@ def nft_middlebox_rules(dev: str, path_index: int, direction: str, box: Middlebo
     if box.drop_syn_data:
         # nft cannot subtract header lengths, so one rule per TCP data offset: payload exists when
         # the IP total length exceeds 20 (no IP options) + 4 x doff.
-        add("drop_syn_data", [f'iifname "{dev}" {SYN_ONLY} ip hdrlength 5 tcp doff {doff} '
-                              f'ip length > {20 + 4 * doff} {{counter}} drop' for doff in range(5, 16)])
+        if ip_version == 6:
+            # The IPv6 payload length counts the TCP segment only (no extension headers: TCP is
+            # the next header of the fixed one, RFC 8200 section 3).
+            add("drop_syn_data", [f'iifname "{dev}" {SYN_ONLY} ip6 nexthdr tcp tcp doff {doff} '
+                                  f'ip6 length > {4 * doff} {{counter}} drop' for doff in range(5, 16)])
+        else:
+            add("drop_syn_data", [f'iifname "{dev}" {SYN_ONLY} ip hdrlength 5 tcp doff {doff} '
+                                  f'ip length > {20 + 4 * doff} {{counter}} drop' for doff in range(5, 16)])
     if box.clamp_mss_bytes is not None:
         mss = box.clamp_mss_bytes
         add("clamp_mss", [f'iifname "{dev}" tcp flags syn tcp option maxseg size > {mss} '
@@ -240,13 +253,15 @@ def nft_middlebox_rules(dev: str, path_index: int, direction: str, box: Middlebo
     return counters, rules
 
 
-def iptables_middlebox_rules(dev: str, path_index: int, direction: str, box: Middlebox) -> list[list[str]]:
-    """iptables argv lists for the TCPOPTSTRIP part; each rule's comment names its counter."""
+def iptables_middlebox_rules(dev: str, path_index: int, direction: str, box: Middlebox,
+                             ip_version: int = 4) -> list[list[str]]:
+    """iptables (IPv6: ip6tables) argv lists for the TCPOPTSTRIP part; each rule's comment names its
+    counter."""
     out = []
     for wanted, flags, what in ((box.strip_mptcp_syn, "SYN", "strip_syn"),
                                 (box.strip_mptcp_synack, "SYN,ACK", "strip_synack")):
         if wanted:
-            out.append(["iptables", "-t", "mangle", "-A", "PREROUTING", "-i", dev, "-p", "tcp",
+            out.append([iptables_command(ip_version), "-t", "mangle", "-A", "PREROUTING", "-i", dev, "-p", "tcp",
                         "--tcp-flags", "SYN,ACK", flags, "-m", "comment", "--comment",
                         counter_name("mb", path_index, direction, what),
                         "-j", "TCPOPTSTRIP", "--strip-options", str(MPTCP_OPTION_KIND)])
@@ -258,8 +273,17 @@ LOSS_PRIORITY = -300        # before conntrack (-200) and before any mangling
 MIDDLEBOX_PRIORITY = -140   # after iptables' mangle (-150): strip first, then drop or clamp
 
 
-def nft_ruleset(counters: list[str], loss_lines: list[str], middlebox_lines: list[str]) -> str:
-    """The namespace's whole `table ip mpsim`, ready for `nft -f -`."""
+def nft_family(ip_version: int) -> str:
+    """The nftables family of the testbed's tables: ip, or ip6 for an IPv6 testbed."""
+    return "ip6" if ip_version == 6 else "ip"
+
+
+def iptables_command(ip_version: int) -> str:
+    return "ip6tables" if ip_version == 6 else "iptables"
+
+
+def nft_ruleset(counters: list[str], loss_lines: list[str], middlebox_lines: list[str], ip_version: int = 4) -> str:
+    """The namespace's whole `table ip mpsim` (IPv6: `table ip6 mpsim`), ready for `nft -f -`."""
     chains = []
     for chain, priority, lines in (("loss", LOSS_PRIORITY, loss_lines),
                                    ("middlebox", MIDDLEBOX_PRIORITY, middlebox_lines)):
@@ -267,7 +291,7 @@ def nft_ruleset(counters: list[str], loss_lines: list[str], middlebox_lines: lis
             chains.append(f"  chain {chain} {{\n    type filter hook prerouting priority {priority}; policy accept;\n"
                           + "".join(f"    {line}\n" for line in lines) + "  }\n")
     declared = "".join(f"  counter {name} {{ }}\n" for name in counters)
-    return f"table ip {NFT_TABLE} {{\n{declared}{''.join(chains)}}}\n"
+    return f"table {nft_family(ip_version)} {NFT_TABLE} {{\n{declared}{''.join(chains)}}}\n"
 
 
 def parse_nft_counters(json_text: str) -> dict[str, int]:

@@ -48,7 +48,7 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from mpsim.wire.errors import InvalidValueError, MalformedError, TruncatedError, WireError
 from mpsim.wire.options import EndOfOptionList, TcpOption, TcpOptionKind, decode_options, encode_options
@@ -413,6 +413,8 @@ class UnknownTlv:
 
 
 ConvertTlv = InfoTlv | ConnectTlv | ExtendedTcpHeaderTlv | SupportedTcpExtensionsTlv | CookieTlv | ErrorTlv | UnknownTlv
+#: The class asked of ConvertMessage.tlv, so that its answer has that type.
+_Tlv = TypeVar("_Tlv")
 
 
 # --- messages ---------------------------------------------------------------------------------
@@ -447,7 +449,7 @@ class ConvertMessage:
         """The Total Length field: the message's size in 32-bit words, header included."""
         return 1 + sum(len(tlv.encode()) for tlv in self.tlvs) // 4
 
-    def tlv(self, tlv_class: type) -> ConvertTlv | None:
+    def tlv(self, tlv_class: type[_Tlv]) -> _Tlv | None:
         """The message's TLV of class ``tlv_class`` (there is at most one), or None."""
         return next((tlv for tlv in self.tlvs if type(tlv) is tlv_class), None)
 
@@ -469,7 +471,7 @@ def decode_convert(data: bytes | memoryview) -> ConvertMessage:
     return msg
 
 
-def parse_convert_prefix(data: bytes | memoryview) -> tuple[ConvertMessage, int]:
+def parse_convert_prefix(data: bytes | bytearray | memoryview) -> tuple[ConvertMessage, int]:
     """Parse the Convert message at the start of a bytestream; the bytes after it are not read.
 
     Returns the message and the bytes it used (Total Length * 4). Raises :class:`TruncatedError`

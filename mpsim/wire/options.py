@@ -270,7 +270,7 @@ TcpOption = (
 """Every option value of this module; kind-30 values come from :mod:`mpsim.wire.mptcp`."""
 
 # Kinds whose options have one legal length: (label for messages, length in bytes).
-_FIXED_LENGTHS = {
+_FIXED_LENGTHS: dict[int, tuple[str, int]] = {
     TcpOptionKind.MSS: ("MSS", 4),
     TcpOptionKind.WINDOW_SCALE: ("Window Scale", 3),
     TcpOptionKind.SACK_PERMITTED: ("SACK-Permitted", 2),

@@ -31,6 +31,9 @@ from mpsim.wire.options import (
 )
 
 IpAddress = IPv4Address | IPv6Address
+# object.__setattr__ under another name: the compiled build (docs/sim.md "Performance") rewrites a
+# literal ``object.__setattr__`` call into a direct store, which it cannot do for an inherited slot.
+_set_frozen = object.__setattr__
 
 PROTOCOL_TCP = 6  # IANA protocol number: IPv4 protocol field, IPv6 next header
 TCP_HEADER_MIN_BYTES = 20
@@ -92,8 +95,12 @@ class TcpFlags(IntFlag):
             return flags if flags is not None else _flags_of(value)
         return IntFlag.__or__(self, other)
 
-    __rand__ = __and__
-    __ror__ = __or__
+    # Methods, not ``__rand__ = __and__``: the compiled build (docs/sim.md) cannot alias in a class body.
+    def __rand__(self, other):
+        return self.__and__(other)
+
+    def __ror__(self, other):
+        return self.__or__(other)
 
 
 _FLAGS_BY_VALUE: dict[int, TcpFlags] = {}
@@ -117,6 +124,7 @@ class _KnownLength:
     lacks it and works the length out again."""
 
     __slots__ = ("_known_bytes",)
+    _known_bytes: int  # declared for the compiled build (docs/sim.md "Performance"), which has no __slots__
 
 
 def _check_uint(field: str, value: int, bits: int) -> None:
@@ -174,7 +182,7 @@ class TcpSegment(_KnownLength):
                 unpadded_bytes = self._checked_options_length()
                 break
             unpadded_bytes += length
-        object.__setattr__(self, "_known_bytes", unpadded_bytes)
+        _set_frozen(self, "_known_bytes", unpadded_bytes)
         if type(self.payload) is not bytes:
             raise InvalidValueError(f"payload must be bytes, got {type(self.payload).__name__}")
         if type(self.option_padding) is not bytes:
@@ -290,7 +298,7 @@ class IpPacket(_KnownLength):
             if tcp_bytes > 0xFFFF:
                 raise InvalidValueError(f"IPv6 payload length {tcp_bytes} bytes exceeds 65535 (no jumbograms)")
             total_bytes = IPV6_HEADER_BYTES + tcp_bytes
-        object.__setattr__(self, "_known_bytes", total_bytes)
+        _set_frozen(self, "_known_bytes", total_bytes)
 
     @property
     def length_bytes(self) -> int:
@@ -515,6 +523,7 @@ def _decode_tcp_within(
         return decode_segment(data[start:end], src, dst, verify_checksum=verify_checksum)
     except TruncatedError as err:
         # The IP length fixed where the segment ends, so no further bytes can complete it.
-        raise MalformedError(f"{err.message}, as the IP length field sets it", start + err.offset) from None
+        raise MalformedError(f"{err.message}, as the IP length field sets it",
+                             None if err.offset is None else start + err.offset) from None
     except WireError as err:
         raise err.shifted(start) from None

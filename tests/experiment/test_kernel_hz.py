@@ -94,3 +94,14 @@ def test_the_running_kernels_hz_is_read_from_its_config(tmp_path: Path):
     (tmp_path / "empty").write_text("CONFIG_HZ_250=y\n")
     assert running_kernel_hz([tmp_path / "empty"]) == "unknown"
 
+
+def test_a_relayed_transfer_runs_both_legs_at_the_kernel_hz_given():
+    from mpsim.sim.relay import RelayedTransfer
+
+    env = simpy.Environment()
+    client = (LinkDirection(env, "c-up", delay_s=0.005, rate_bps=100e6),
+              LinkDirection(env, "c-down", delay_s=0.005, rate_bps=100e6))
+    server = (LinkDirection(env, "s-up", delay_s=0.005, rate_bps=100e6),
+              LinkDirection(env, "s-down", delay_s=0.005, rate_bps=100e6))
+    transfer = RelayedTransfer(env, [client], [server], 100_000, mptcp=False, kernel_hz=1000)
+    assert transfer.client_leg.sender.subflows[0].cc.hz == transfer.server_leg.sender.subflows[0].cc.hz == 1000

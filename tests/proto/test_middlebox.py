@@ -327,8 +327,20 @@ def test_nat_translates_icmp_quotes_and_ignores_ipv6():
     assert icmp.original == packet(SYN) and icmp.dst == C
     v6 = packet(SYN, src=IPv6Address("2001:db8::1"), dst=IPv6Address("2001:db8::2"))
     assert nat.forward(v6, 0.0) == [v6]
-    with pytest.raises(ValueError):
-        Nat([IPv6Address("2001:db8::9")])
+    with pytest.raises(ValueError, match="all IPv4Address or all IPv6Address"):
+        Nat([PUBLIC, IPv6Address("2001:db8::9")])
+
+
+def test_an_ipv6_pool_makes_a_napt66_that_ignores_ipv4():
+    nat = Nat([IPv6Address("2001:db8::9")], ports=(5000, 5009))
+    v6 = packet(SYN, src=IPv6Address("2001:db8::1"), dst=IPv6Address("2001:db8:1::2"))
+    (out,) = nat.forward(v6, 0.0)
+    assert (out.src, out.segment.src_port) == (IPv6Address("2001:db8::9"), 5000)
+    answer = replace(out, src=out.dst, dst=out.src, segment=replace(out.segment, src_port=out.segment.dst_port,
+                                                                     dst_port=5000, flags=SYN | ACK))
+    (back,) = nat.backward(answer, 0.0)
+    assert (back.dst, back.segment.dst_port) == (IPv6Address("2001:db8::1"), v6.segment.src_port)
+    assert nat.forward(packet(SYN), 0.0) == [packet(SYN)]  # IPv4 passes an IPv6 NAT untouched
 
 
 # --- option mirroring ---------------------------------------------------------------------------

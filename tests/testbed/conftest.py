@@ -60,8 +60,9 @@ IPPROTO_MPTCP, SOL_MPTCP, MPTCP_INFO, SO_RCVBUFFORCE = 262, 284, 1, 33  # not in
 TIMEOUT_S = float(__TIMEOUT__)
 mode, args = sys.argv[1], sys.argv[2:]
 
-def stream_socket(proto):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP if proto == "mptcp" else 0)
+def stream_socket(proto, addr):
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET   # an IPv6 testbed's addresses
+    s = socket.socket(family, socket.SOCK_STREAM, IPPROTO_MPTCP if proto == "mptcp" else 0)
     s.settimeout(TIMEOUT_S)
     return s
 
@@ -76,7 +77,7 @@ def recv_until_eof(conn):
     return total, time.monotonic()
 
 def serve(proto, addr, port, count, kind, tfo):
-    srv = stream_socket(proto)
+    srv = stream_socket(proto, addr)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if tfo:
         srv.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, 16)
@@ -112,7 +113,7 @@ def snd_mss(s):
 def client(proto, src, dst, port, size_bytes, kind, tfo, wait_subflows):
     payload = bytes(range(256)) * (int(size_bytes) // 256 + 1)
     payload = payload[:int(size_bytes)]
-    s = stream_socket(proto)
+    s = stream_socket(proto, src)
     s.bind((src, 0))
     start = time.monotonic()
     if tfo:   # data in the SYN (no cookie needed: tcp_fastopen has 0x4)

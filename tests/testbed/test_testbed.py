@@ -41,9 +41,12 @@ def deltas(tb, action):
 # --- topology --------------------------------------------------------------------------------------
 
 @kernel
+@pytest.mark.parametrize("ip_version", [4, 6], ids=["ipv4", "ipv6"])
 @pytest.mark.parametrize("middlebox_ns", [False, True], ids=["3ns", "with-middlebox-ns"])
-def test_every_namespace_reaches_its_neighbours_and_a_downed_path_is_detected(middlebox_ns):
-    with Testbed(paths=[PathSpec(), PathSpec()], middlebox_ns=middlebox_ns, middlebox_path=1) as tb:
+def test_every_namespace_reaches_its_neighbours_and_a_downed_path_is_detected(middlebox_ns, ip_version):
+    with Testbed(paths=[PathSpec(), PathSpec()], middlebox_ns=middlebox_ns, middlebox_path=1,
+                 ip_version=ip_version) as tb:
+        assert all(":" in a for a in (*tb.addresses.client, tb.addresses.server)) == (ip_version == 6)
         assert set(tb.ns) == {"client", "converter", "server"} | ({"middlebox"} if middlebox_ns else set())
         assert tb.check_reachability() == {}      # bring-up already waited for this
         tb.set_path_up(1, False)
@@ -143,10 +146,11 @@ def test_loss_rule_drops_the_configured_share_and_counts_it():
 # --- middleboxes -----------------------------------------------------------------------------------
 
 @kernel
+@pytest.mark.parametrize("ip_version", [4, 6], ids=["ipv4", "ipv6"])
 @pytest.mark.parametrize("middlebox_ns", [False, True], ids=["at-path-ends", "in-middlebox-ns"])
-def test_mptcp_stripped_from_the_syn_makes_the_client_fall_back(middlebox_ns):
+def test_mptcp_stripped_from_the_syn_makes_the_client_fall_back(middlebox_ns, ip_version):
     box = Middlebox(strip_mptcp_syn=True)
-    with Testbed(paths=[PathSpec(middlebox=box), PathSpec()], middlebox_ns=middlebox_ns) as tb:
+    with Testbed(paths=[PathSpec(middlebox=box), PathSpec()], middlebox_ns=middlebox_ns, ip_version=ip_version) as tb:
         result, delta = deltas(tb, lambda: echo(tb, "mptcp"))
         assert result["subflows"] is None   # fell back: MPTCP_INFO is refused
         assert delta["client"].get("MPTcpExt.MPCapableFallbackSYNACK", 0) == 1, delta["client"]
@@ -179,10 +183,11 @@ def test_dropped_mp_capable_syns_make_the_client_retry_with_plain_tcp():
 
 
 @kernel
+@pytest.mark.parametrize("ip_version", [4, 6], ids=["ipv4", "ipv6"])
 @pytest.mark.parametrize("drop", [False, True], ids=["syn-data-passes", "syn-data-dropped"])
-def test_syn_data_dropped_makes_the_tfo_client_retransmit_the_syn_without_data(drop):
+def test_syn_data_dropped_makes_the_tfo_client_retransmit_the_syn_without_data(drop, ip_version):
     box = Middlebox(drop_syn_data=True) if drop else None
-    with Testbed(paths=[PathSpec(middlebox=box), PathSpec()], tfo=True) as tb:
+    with Testbed(paths=[PathSpec(middlebox=box), PathSpec()], tfo=True, ip_version=ip_version) as tb:
         result, delta = deltas(tb, lambda: echo(tb, "tcp", size_bytes=5_000, tfo=True))
         client, server = delta["client"], delta["server"]
         if drop:
