@@ -29,6 +29,7 @@ Everything else is refused before anything starts (:func:`unbuildable`), one lin
 from __future__ import annotations
 
 import contextlib
+import gzip
 import dataclasses
 import json
 import math
@@ -671,6 +672,24 @@ def _rows(scenario: Scenario, variant: str, run_index: int, seeds: dict, client_
     return RunResult(variant, run_index, seeds, connections, transfers, counters, events, end_s)
 
 
+def running_kernel_hz(config_paths: list[Path] | None = None) -> int | str:
+    """The running kernel's CONFIG_HZ (the jiffy rate of its CUBIC, ``transfers.N.kernel_hz`` in a
+    scenario), from /boot/config-<release> or /proc/config.gz; "unknown" if neither is readable
+    or names it. Recorded in the manifest only: a kernel of another HZ is not refused."""
+    if config_paths is None:
+        config_paths = [Path(f"/boot/config-{os.uname().release}"), Path("/proc/config.gz")]
+    for path in config_paths:
+        try:
+            raw = path.read_bytes()
+            text = (gzip.decompress(raw) if path.suffix == ".gz" else raw).decode("utf-8", "replace")
+        except (OSError, EOFError, gzip.BadGzipFile):
+            continue
+        for line in text.splitlines():
+            if line.startswith("CONFIG_HZ=") and line[len("CONFIG_HZ="):].strip().isdigit():
+                return int(line[len("CONFIG_HZ="):])
+    return "unknown"
+
+
 class KernelResults(Results):
     """The simulator's tables from kernel runs; the manifest adds what the kernel was."""
 
@@ -684,6 +703,8 @@ class KernelResults(Results):
         manifest = super().manifest()
         manifest["world"] = "kernel"
         manifest["skipped_unbuildable"] = self.skipped
+        # The model's CUBIC uses each transfer's kernel_hz; what this kernel runs, to compare.
+        manifest["running_kernel_hz"] = running_kernel_hz()
         manifest["kernel"] = [{"variant": run.variant, "run": run.run_index, "sysctls": k.sysctls,
                                "middleboxes": k.middleboxes, "proxy_argv": k.proxy_argv,
                                "pcaps": sorted(k.pcaps), "testbed": k.facts}

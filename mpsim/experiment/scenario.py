@@ -57,7 +57,7 @@ from mpsim.proto.mptcp import MptcpPolicy
 from mpsim.proto.relay import ConverterTiming
 from mpsim.proto.server import ServerKind
 from mpsim.proto.tcp import TcpPolicy
-from mpsim.sim.congestion import CONGESTION_CONTROLS
+from mpsim.sim.congestion import CONGESTION_CONTROLS, LINUX_HZ, check_kernel_hz
 from mpsim.sim.cpu import DEFAULT_RELAY_CPU_S_PER_GB, DEFAULT_SETUP_S
 from mpsim.sim.loss import LossSpecError, loss_from_spec
 from mpsim.sim.transfer import DEFAULT_RCV_BUF_BYTES, DEFAULT_SND_BUF_BYTES
@@ -346,6 +346,10 @@ class TransferSpec:
     buffers: Buffers = knob(Buffers.AUTO, doc="\"auto\": Linux's send-buffer auto-tuning up to snd_buf_bytes (MPTCP: "
                                                "per subflow, tcp_sndbuf_expand); \"pinned\": SO_SNDBUF, doubled as "
                                                "Linux does")
+    kernel_hz: int = knob(LINUX_HZ, check=check_kernel_hz,
+                          doc="the sending kernel's CONFIG_HZ (100, 250, 300 or 1000: Debian 250, "
+                              "Fedora and Ubuntu generic 1000), the jiffy rate of Linux CUBIC's window updates; "
+                              "a relayed transfer's two legs both use it")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -704,7 +704,7 @@ class Simulation:
                                 buffers=spec.buffers.value, addresses=addresses,
                                 # the client opens the further subflows (MP_JOIN) on its SYN timers
                                 joins_from="receiver" if spec.direction is Direction.DOWNLOAD else "sender",
-                                syn_policy=self.client.policy,
+                                syn_policy=self.client.policy, kernel_hz=spec.kernel_hz,
                                 name=f"transfer{row['transfer_id']}")
         self._running.append((row, transfer))
         transfer.done.callbacks.append(lambda _event: self._bulk_done(row, transfer))
@@ -761,6 +761,7 @@ class Simulation:
             server_mptcp=self._server_leg_mptcp(record), cc=cc, coupled=coupled,
             cpu=self.cpu, cpu_per_byte_s=cv.relay_cpu_s_per_gb / 1e9 if self.cpu is not None else 0.0,
             snd_buf_bytes=spec.snd_buf_bytes, rcv_buf_bytes=spec.rcv_buf_bytes, buffers=spec.buffers.value,
+            kernel_hz=spec.kernel_hz,  # both legs' senders (the proxy's kernel too)
             # the client opens the client leg's further subflows (MP_JOIN) on its SYN timers
             client_options={"joins_from": "receiver" if spec.direction is Direction.DOWNLOAD else "sender",
                             "syn_policy": self.client.policy,

@@ -63,6 +63,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from mpsim.proto.catalogue import Registry
 
@@ -474,9 +475,19 @@ class Lia(Reno):
         self.cwnd_segments += min(coupling.alpha() * acked / total, acked / self.cwnd_segments)
 
 
+def check_kernel_hz(hz: Any) -> None:
+    """A kernel's CONFIG_HZ: one of :data:`LINUX_HZ_CHOICES`, else ValueError naming them."""
+    if type(hz) is not int or hz not in LINUX_HZ_CHOICES:
+        raise ValueError(f"kernel_hz must be one of Linux's CONFIG_HZ values "
+                         f"{', '.join(map(str, LINUX_HZ_CHOICES))}, got {hz!r}")
+
+
 def make_congestion_control(cc: str, coupling: LiaCoupling | None = None,
-                            initial_cwnd_segments: float = INITIAL_CWND_SEGMENTS) -> CongestionControl:
-    """One subflow's algorithm: ``cc`` is "reno", "cubic" (Linux) or "cubic-rfc9438"; with a ``coupling``, LIA (Reno-based)."""
+                            initial_cwnd_segments: float = INITIAL_CWND_SEGMENTS,
+                            hz: int = LINUX_HZ) -> CongestionControl:
+    """One subflow's algorithm: ``cc`` is "reno", "cubic" (Linux) or "cubic-rfc9438"; with a ``coupling``, LIA (Reno-based).
+    ``hz`` is the sending kernel's CONFIG_HZ (checked for every ``cc``; only Linux CUBIC counts jiffies)."""
+    check_kernel_hz(hz)
     if coupling is not None:
         if cc != "reno":
             raise ValueError(f"LIA (RFC 6356) couples Reno's increase; use cc='reno' with coupled='lia', not {cc!r}")
@@ -484,7 +495,7 @@ def make_congestion_control(cc: str, coupling: LiaCoupling | None = None,
     if cc == "reno":
         return Reno(initial_cwnd_segments)
     if cc == "cubic":
-        return Cubic(initial_cwnd_segments)
+        return Cubic(initial_cwnd_segments, hz=hz)
     if cc == "cubic-rfc9438":
         return CubicRfc9438(initial_cwnd_segments)
     raise ValueError(f"cc must be 'reno', 'cubic' or 'cubic-rfc9438', got {cc!r}")

@@ -15,7 +15,12 @@ Sender, per subflow (Linux as the reference where the RFCs leave a choice):
   CUBIC, or LIA coupling across the subflows); the window grows only when the subflow was
   cwnd-limited (Linux ``tcp_is_cwnd_limited``: in slow start while cwnd < 2 x in flight);
 * a SACK scoreboard; pipe is Linux's ``packets_out - sacked_out - lost_out + retrans_out``; lost
-  segments are retransmitted before new data (NextSeg rules 1 and 2). Which segments are lost,
+  segments are retransmitted before new data (NextSeg rules 1 and 2). The scoreboard keeps the
+  SACKed byte ranges; a segment counts as SACKed once those ranges cover it whole, and a segment
+  an ACK covers in part stays unacknowledged and goes again from snd_una (a box that splits
+  segments can deliver one part: Linux 6.x ``tcp_match_skb_to_sack``, which splits only
+  multi-segment skbs (``tcp_fragment``), and ``tcp_clean_rtx_queue`` / ``tcp_trim_head`` in
+  ``__tcp_retransmit_skb``; the model's records are single segments). Which segments are lost,
   by ``loss_detection``:
 
   - ``"rack-tlp"`` (the default): RACK-TLP, RFC 8985 as Linux 6.7-6.18 runs it
@@ -55,10 +60,14 @@ Sender, per subflow (Linux as the reference where the RFCs leave a choice):
 Receiver, per subflow: in-order data goes up at once (an application that reads instantly,
 unless a sink reads it: "Composing transfers" below); out-of-order segments wait in an interval list and are reported in SACK blocks (the block
 holding the segment just received first, then the others from the highest down, as many as
-the option space allows). ACKs: quick ACK for the first 16 segments (Linux
-``TCP_MAX_QUICKACKS``), then one ACK per two full segments or after 40 ms (Linux
-``TCP_DELACK_MIN``); immediate ACKs while out-of-order data is held, when a hole is filled and
-for duplicates. The advertised window is ``rcv_buf_bytes`` minus the bytes held out of order
+the option space allows). A segment overlapping data already received or held keeps only its
+new bytes (RFC 9293 3.10.7.4; a retransmission of a segment a box split, or several coalesced).
+ACKs: quick ACK for the first 16 segments (Linux ``TCP_MAX_QUICKACKS``), then an ACK once more
+than rcv_mss bytes arrived since the last one, else after 40 ms (``TCP_DELACK_MIN``):
+Linux 6.x ``__tcp_ack_snd_check``, with rcv_mss measured as ``tcp_measure_rcv_mss`` does (the
+largest segment, or the size of two equal smaller ones in a row: one ACK per two full segments,
+or per two parts of split ones); immediate ACKs while out-of-order data is held, when a hole is
+filled and for duplicates. The advertised window is ``rcv_buf_bytes`` minus the bytes held out of order
 (subflow- and connection-level) and those in order but not yet read, relative to the cumulative
 (DATA_)ACK, and its right edge never moves back (RFC 9293 3.8.6, Linux ``tcp_select_window``).
 
@@ -195,8 +204,7 @@ Simplifications
   a new SYN-ACK), tokens, nonces and HMACs are not computed (zeros in captures), and the plain
   connection a stripped SYN opens at the server is not modelled beyond its SYN-ACK. Subflows
   without an RTT sample (the initial one) pace as if their RTT were the initial RTO (Linux has
-  the handshake's sample). No partial SACK: a box that splits segments on a lossy path can leave
-  the sender believing a half-delivered segment delivered (the transfer then stalls).
+  the handshake's sample).
 * Receive buffers count payload bytes; Linux counts skb truesize and advertises only part of
   ``tcp_rmem`` (``scaling_ratio``). MPTCP send queues count truesize with one skb per segment
   (Linux builds larger skbs when GSO is on, which costs less overhead); the connection's send
@@ -231,7 +239,8 @@ import simpy
 from simpy.events import NORMAL
 
 from mpsim.proto.tcp import TcpPolicy
-from mpsim.sim.congestion import INITIAL_CWND_SEGMENTS, CongestionControl, LiaCoupling, make_congestion_control
+from mpsim.sim.congestion import (INITIAL_CWND_SEGMENTS, LINUX_HZ, CongestionControl, LiaCoupling, check_kernel_hz,
+                                  make_congestion_control)
 from mpsim.sim.link import LIGHT_PACKET_TYPES, LinkDirection, schedule_call
 
 # --- header accounting (module docstring) ------------------------------------------------------
@@ -282,6 +291,8 @@ RTO_INITIAL_S = 1.0  # RFC 6298 2.1
 DELAYED_ACK_S = 0.04  # TCP_DELACK_MIN
 QUICKACK_SEGMENTS = 16  # TCP_MAX_QUICKACKS
 DUPTHRESH = 3
+#: Linux TCP_MSS_DEFAULT: the receiver's rcv_mss before it has measured one (tcp_initialize_rcv_mss).
+TCP_MSS_DEFAULT_BYTES = 536
 #: Linux TCP_TIMEOUT_MIN_US: added to the RACK reordering timer and to the loss probe timeout
 #: with more than one segment in flight (include/net/tcp.h, Linux 6.7 and later).
 TIMEOUT_MIN_S = 0.002
@@ -533,6 +544,17 @@ class _TxRecord:
         self.rtx_high_seq = 0  # snd_nxt when last retransmitted
 
 
+def _slice(segment: Segment, left: int, right: int) -> Segment:
+    """The part [left, right) of a data segment (its DSN and payload moved with it)."""
+    offset = left - segment.seq
+    length = right - left
+    payload = segment.payload
+    return Segment(segment.size_bytes - segment.payload_bytes + length, segment.dst_endpoint, segment.subflow_id,
+                   left, length, segment.ack, segment.sack_blocks, segment.dsn + offset, segment.data_ack,
+                   segment.window_bytes, segment.flags, segment.sent_s,
+                   None if payload is None else payload[offset:offset + length], segment.mptcp)
+
+
 def _add_range(ranges: list[list[int]], left: int, right: int) -> list[tuple[int, int]]:
     """Merge [left, right) into sorted disjoint ``ranges`` in place; returns the newly covered pieces."""
     i = len(ranges)
@@ -724,6 +746,8 @@ class _SubflowSender:
             record = queue.popleft()
             if record.sacked or record.retrans or not record.lost or record.end <= self.snd_una:
                 continue  # acknowledged meanwhile, or already on its way again
+            if record.seq < self.snd_una:
+                self._trim_head(record)
             record.retrans = True
             record.ever_retrans = True
             record.rtx_high_seq = self.snd_nxt
@@ -738,6 +762,17 @@ class _SubflowSender:
             else:
                 self.retransmitted.append(record)
                 self._emit(record, now)
+
+    def _trim_head(self, record: _TxRecord) -> None:
+        """A segment acknowledged in part (a box split it and the ACK covers the first part)
+        goes again from snd_una only: Linux ``__tcp_retransmit_skb`` trims the acknowledged
+        head off (``tcp_trim_head``); ``tcp_clean_rtx_queue`` keeps a one-segment skb that an
+        ACK covers in part whole until its end is acknowledged."""
+        cut = self.snd_una - record.seq
+        record.seq = self.snd_una
+        record.dsn += cut
+        if record.payload is not None:
+            record.payload = record.payload[cut:]
 
     # --- acknowledgements ---------------------------------------------------------------------
 
@@ -933,13 +968,25 @@ class _SubflowSender:
                 continue
             if left < snd_una:
                 left = snd_una
-            for piece_left, piece_right in _add_range(self.sacked_ranges, left, right):
+            ranges = self.sacked_ranges
+            for piece_left, piece_right in _add_range(ranges, left, right):
+                # The merged SACKed range holding this piece: a record counts as SACKed only when
+                # it lies inside it whole (Linux tcp_match_skb_to_sack: a one-segment skb is
+                # in_sack only if the block covers it entirely; a box that split it may have
+                # delivered one part only). Start from the record the piece's left edge falls in.
+                k = len(ranges) - 1
+                while ranges[k][0] > piece_left:
+                    k -= 1
+                range_left, range_right = ranges[k]
                 i = bisect_left(rtx, piece_left, self.head, end_index, key=_SEQ)
+                if i > self.head and rtx[i - 1].end > piece_left:
+                    i -= 1
                 while i < end_index:
                     record = rtx[i]
                     if record.seq >= piece_right:
                         break
-                    if not record.sacked:
+                    if not record.sacked and record.end <= range_right and (record.seq >= range_left
+                                                                             or range_left <= snd_una):
                         record.sacked = True
                         self.sacked_out += 1
                         newly += 1
@@ -1111,6 +1158,8 @@ class _SubflowSender:
             self.tlp_retrans = False
         else:
             record = self.rtx[-1]
+            if record.seq < self.snd_una:
+                self._trim_head(record)
             record.ever_retrans = True  # Linux __tcp_retransmit_skb: not counted in retrans_out
             record.sent_s = now
             self.retransmissions += 1
@@ -1599,11 +1648,15 @@ class _SubflowReceiver:
         self.mptcp = conn.mptcp
         self.sack_capacity = sack_capacity(conn.mptcp)
         self.ack_header_bytes = base_header_bytes(local_ip) + (DSS_ACK_OPTION_BYTES if conn.mptcp else 0)
-        self.full_segment_bytes = sender.payload_max_bytes
+        self.full_segment_bytes = sender.payload_max_bytes  # the advertised MSS (advmss)
+        # Linux icsk_ack.rcv_mss (tcp_initialize_rcv_mss: at most TCP_MSS_DEFAULT before data)
+        # and last_seg_size; rcv_wup: rcv_nxt when the last ACK went out.
+        self.rcv_mss = min(TCP_MSS_DEFAULT_BYTES, self.full_segment_bytes)
+        self.last_seg_bytes = 0
+        self.rcv_wup = 0
         self.rcv_nxt = 0
         self.ooo: list[list[int]] = []  # out-of-order [left, right) ranges, sorted
         self.ooo_segments: dict[int, Segment] = {}  # by seq
-        self.unacked_full_segments = 0
         self.delack_timer = _Timer(self.env, self._on_delayed_ack)
         # counters
         self.bytes_in_order = 0
@@ -1616,22 +1669,16 @@ class _SubflowReceiver:
         if not segment.mptcp and self.mptcp and self._data_without_dss(segment):
             return
         seq = segment.seq
-        conn = self.conn
+        length = segment.payload_bytes
+        ooo = self.ooo
         latest = None
-        if seq == self.rcv_nxt:
-            self.rcv_nxt = seq + segment.payload_bytes
-            self.bytes_in_order += segment.payload_bytes
-            conn.deliver(segment)
-            ooo = self.ooo
+        if seq == self.rcv_nxt and (not ooo or seq + length <= ooo[0][0]):  # in order, nothing overlapped
+            self.rcv_nxt = seq + length
+            self.bytes_in_order += length
+            self.conn.deliver(segment)
+            self._measure_rcv_mss(segment)
             if ooo and ooo[0][0] == self.rcv_nxt:  # a hole filled: take the range behind it
-                range_end = ooo.pop(0)[1]
-                waiting = self.ooo_segments
-                while self.rcv_nxt < range_end:
-                    queued = waiting.pop(self.rcv_nxt)
-                    conn.held_bytes -= queued.payload_bytes
-                    self.rcv_nxt += queued.payload_bytes
-                    self.bytes_in_order += queued.payload_bytes
-                    conn.deliver(queued)
+                self._drain()
                 immediate = True
             elif ooo:
                 immediate = True  # Linux ACKs every segment while out-of-order data is held
@@ -1639,21 +1686,80 @@ class _SubflowReceiver:
                 self.quickacks_left -= 1
                 immediate = True
             else:
-                if segment.payload_bytes >= self.full_segment_bytes:
-                    self.unacked_full_segments += 1
-                immediate = self.unacked_full_segments >= 2
-        elif seq > self.rcv_nxt and seq not in self.ooo_segments:
-            self.ooo_segments[seq] = segment
-            conn.held_bytes += segment.payload_bytes
-            latest = self._insert_ooo(seq, seq + segment.payload_bytes)
-            immediate = True
+                # __tcp_ack_snd_check: more than one rcv_mss received since the last ACK
+                immediate = self.rcv_nxt - self.rcv_wup > self.rcv_mss
         else:
-            self.duplicate_segments += 1
+            latest = self._receive_overlapping(segment)
             immediate = True
         if immediate:
             self.send_ack(latest)
         elif self.delack_timer.deadline_s is None:
             self.delack_timer.set(self.env.now + self.delayed_ack_s)
+
+    def _measure_rcv_mss(self, segment: Segment) -> None:
+        """Linux ``tcp_measure_rcv_mss`` (net/ipv4/tcp_input.c, 6.x), run on in-order data: a
+        segment at least rcv_mss long sets it (at most the advertised MSS); a shorter one of at
+        least 536 bytes with its header sets it only when the previous one had the same size
+        (payload plus the options beyond the timestamps: the DSS), so a box that splits every
+        segment makes rcv_mss the parts' size. Simplified: the ICSK_ACK_PUSHED flag a short
+        segment sets (an ACK when the application's read empties the queue) is not modelled."""
+        length = segment.payload_bytes
+        last = self.last_seg_bytes
+        self.last_seg_bytes = 0
+        if length >= self.rcv_mss:
+            self.rcv_mss = min(length, self.full_segment_bytes)
+            return
+        with_options = length + (DSS_DATA_OPTION_BYTES if segment.mptcp and self.mptcp else 0)
+        # Linux: payload + the whole TCP header (20 + timestamps + DSS) >= TCP_MSS_DEFAULT + 20
+        if with_options + 20 + TIMESTAMPS_OPTION_BYTES >= TCP_MSS_DEFAULT_BYTES + 20:
+            self.last_seg_bytes = with_options
+            if with_options == last:
+                self.rcv_mss = with_options
+
+    def _receive_overlapping(self, segment: Segment) -> int | None:
+        """A segment out of order, or overlapping data received already (a retransmission of a
+        segment a box split, part of which arrived): RFC 9293 3.10.7.4, only the new bytes are
+        kept; the parts before rcv_nxt or inside held ranges are duplicates. Linux keeps
+        overlapping skbs in its out-of-order queue and skips the overlap when it moves them up
+        (``tcp_data_queue_ofo``, ``tcp_ofo_queue``); the bytes delivered are the same. Returns the
+        index of the out-of-order range holding the segment's newest part (for SACK), or None."""
+        seq = segment.seq
+        end = seq + segment.payload_bytes
+        rcv_nxt = self.rcv_nxt
+        if end <= rcv_nxt:
+            self.duplicate_segments += 1
+            return None
+        left = seq if seq > rcv_nxt else rcv_nxt
+        pieces = _add_range(self.ooo, left, end)
+        if not pieces:
+            self.duplicate_segments += 1
+            return None
+        conn = self.conn
+        waiting = self.ooo_segments
+        for piece_left, piece_right in pieces:
+            part = segment if (piece_left, piece_right) == (seq, end) else _slice(segment, piece_left, piece_right)
+            waiting[piece_left] = part
+            conn.held_bytes += piece_right - piece_left
+        if self.ooo[0][0] == self.rcv_nxt:
+            self._drain()
+        ooo = self.ooo
+        newest = pieces[-1][0]
+        for i in range(len(ooo) - 1, -1, -1):
+            if ooo[i][0] <= newest:
+                return i if newest < ooo[i][1] else None
+        return None
+
+    def _drain(self) -> None:
+        """Pass up the out-of-order range that starts at rcv_nxt (its pieces tile it)."""
+        conn = self.conn
+        range_end = self.ooo.pop(0)[1]
+        waiting = self.ooo_segments
+        while self.rcv_nxt < range_end:
+            queued = waiting.pop(self.rcv_nxt)
+            conn.held_bytes -= queued.payload_bytes
+            self.rcv_nxt += queued.payload_bytes
+            self.bytes_in_order += queued.payload_bytes
+            conn.deliver(queued)
 
     def _on_reset(self, segment: Segment) -> None:
         """The sender reset this subflow: nothing more is taken from it."""
@@ -1677,22 +1783,6 @@ class _SubflowReceiver:
         self.conn.fallen_back = True
         return False
 
-    def _insert_ooo(self, left: int, right: int) -> int:
-        """Add [left, right) to the out-of-order ranges; returns the index of the range holding it."""
-        ooo = self.ooo
-        if ooo and ooo[-1][1] == left:  # the usual case: the newest data extends the last range
-            ooo[-1][1] = right
-            return len(ooo) - 1
-        i = bisect_left(ooo, [left, right])
-        if i > 0 and ooo[i - 1][1] == left:
-            i -= 1
-            ooo[i][1] = right
-        else:
-            ooo.insert(i, [left, right])
-        if i + 1 < len(ooo) and ooo[i + 1][0] == ooo[i][1]:
-            ooo[i][1] = ooo.pop(i + 1)[1]
-        return i
-
     def _sack_blocks(self, latest: int | None) -> tuple | None:
         ooo = self.ooo
         if not ooo or not self.sack_capacity:
@@ -1708,7 +1798,7 @@ class _SubflowReceiver:
         return tuple(blocks)
 
     def send_ack(self, latest: int | None = None) -> None:
-        self.unacked_full_segments = 0
+        self.rcv_wup = self.rcv_nxt
         self.delack_timer.cancel()
         conn = self.conn
         blocks = self._sack_blocks(latest)
@@ -2157,7 +2247,8 @@ class BulkTransfer:
     the path manager opens them), ``joins_from`` ("sender" or "receiver": the client's side),
     ``syn_policy`` (the client's SYN timers; default ``TcpPolicy()``), ``subflow_start_s`` (per
     path, the first entry 0: when its join starts, or with ``join_handshake=False`` when it
-    starts established).
+    starts established). ``kernel_hz``: the sending kernel's CONFIG_HZ (100, 250, 300 or 1000;
+    default 250), the jiffy rate of Linux CUBIC (:class:`~mpsim.sim.congestion.Cubic`).
     ``payload``: optional bytes of length ``size_bytes`` carried for real, so the receiver can
     hash what it delivers (slower; for tests and pcaps). ``addresses``: per path, the (sender,
     receiver) IP addresses its packets carry, all IPv4 or all IPv6 (the header accounting follows;
@@ -2181,7 +2272,7 @@ class BulkTransfer:
                  loss_detection: str = "rack-tlp", scheduler: str = "default", buffers: str = "auto",
                  subflow_start_s: Sequence[float] | None = None, join_handshake: bool = True,
                  join_delay_s: float = DEFAULT_JOIN_DELAY_S, joins_from: str = "sender",
-                 syn_policy: TcpPolicy | None = None, name: str = "transfer",
+                 syn_policy: TcpPolicy | None = None, kernel_hz: int = LINUX_HZ, name: str = "transfer",
                  source: Any = None, sink: Any = None,
                  addresses: Sequence[tuple[IPv4Address | IPv6Address, IPv4Address | IPv6Address]] | None = None
                  ) -> None:
@@ -2204,6 +2295,7 @@ class BulkTransfer:
             raise ValueError(f"size_bytes must be a positive int, got {size_bytes!r}")
         if coupled not in ("none", "lia"):
             raise ValueError(f"coupled must be 'none' or 'lia', got {coupled!r}")
+        check_kernel_hz(kernel_hz)
         if loss_detection not in LOSS_DETECTION_POLICIES:
             raise ValueError(f"loss_detection must be one of {LOSS_DETECTION_POLICIES}, got {loss_detection!r}")
         if scheduler not in SCHEDULERS:
@@ -2256,7 +2348,8 @@ class BulkTransfer:
             client_ip, server_ip = addresses[index]
             client_port = 40000 + index
             subflow = _SubflowSender(self.sender, index, forward,
-                                     make_congestion_control(cc, coupling, initial_cwnd_segments), payload_max_bytes,
+                                     make_congestion_control(cc, coupling, initial_cwnd_segments, kernel_hz),
+                                     payload_max_bytes,
                                      rto_min_s, client_ip, server_ip, client_port, 5201,
                                      rack_tlp=loss_detection == "rack-tlp")
             subflow.receiver = _SubflowReceiver(self.receiver, index, backward, subflow, delayed_ack_s,

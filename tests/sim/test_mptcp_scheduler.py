@@ -191,9 +191,11 @@ def test_reinjection_after_a_subflow_timeout_delivers_each_byte_once():
     # DATA_ACK advance restarts the MPTCP timer for the interval the scheduler last sampled, 1 s
     # (Linux 6.18 __mptcp_clean_una -> mptcp_reset_rtx_timer uses msk->timer_ival; nothing is left
     # to schedule, so it is not sampled again). The last advance, to 32768, comes with the
-    # receiver's delayed ACK: the 23rd segment arrives at 1 + 23 x 1.2 ms + 10 ms = 1.0376 s, the
-    # 108-byte 24th does not force an ACK, so the ACK leaves at 1.0776 s and (64 bytes, 0.0512 ms)
-    # arrives at 1.0876512 s. The timer fires 1 s later, 2.0876512 s, and re-sends the next
+    # receiver's ACK of the 24th segment: the 23rd arrives at 1 + 23 x 1.2 ms + 10 ms = 1.0376 s and
+    # waits (one segment's worth unacknowledged), the 108-byte 24th (188 bytes, 0.1504 ms) makes
+    # 1528 bytes > rcv_mss 1420 unacknowledged, so it is ACKed at once (Linux __tcp_ack_snd_check
+    # counts bytes), at 1.0377504 s; the ACK (64 bytes, 0.0512 ms) arrives at 1.0478016 s. The
+    # timer fires 1 s later, 2.0478016 s, and re-sends the next
     # fragment, 32768-65536, on B. Its 15th segment, 52648-54068, closes the hole: its 108 bytes
     # above 53960 (B's own data, held) are a duplicate the receiver drops, and the transfer is
     # complete (the rest of the fragment arrives after it). Every byte reaches the application
@@ -210,8 +212,8 @@ def test_reinjection_after_a_subflow_timeout_delivers_each_byte_once():
     assert record.reinjected_bytes == 65536 and record.duplicate_bytes == 32768 + 15 * PAYLOAD - 38 * PAYLOAD == 108
     reinjected = [(t, p.dsn) for t, p in tap_b.sent if p.payload_bytes and p.dsn < 38 * PAYLOAD]
     assert reinjected[0] == (pytest.approx(1.0), 0)
-    second_s = 1.0 + 23 * 1500 * 8 / 10e6 + 0.01 + 0.04 + 64 * 8 / 10e6 + 0.01 + 1.0
-    assert second_s == pytest.approx(2.0876512)
+    second_s = 1.0 + 23 * 1500 * 8 / 10e6 + 188 * 8 / 10e6 + 0.01 + 64 * 8 / 10e6 + 0.01 + 1.0
+    assert second_s == pytest.approx(2.0478016)
     assert [t for t, dsn in reinjected if dsn == 32768][0] == pytest.approx(second_s)
     # 15 segments of 1500 bytes at 10 Mbit/s after that, + 10 ms
     assert record.duration_s == pytest.approx(second_s + 15 * 1500 * 8 / 10e6 + 0.01)
@@ -224,8 +226,8 @@ def test_mptcp_timer_interval_is_sampled_by_the_scheduler_not_at_rearm():
     # first pick (A) sees no timer pending: 0.2 s; A then sends and arms its 1 s timer, so the
     # second pick (B) samples 1 s; the push arms the MPTCP timer for 1 s. Nothing is left to
     # schedule afterwards, so the interval stays 1 s, and after the reinjection at 1 s (when A's
-    # RTO was re-armed to 2 s) the last DATA_ACK advance at 1.0876512 s sets the deadline to
-    # 2.0876512 s, not to A's 2 s (what re-sampling at each re-arm would give).
+    # RTO was re-armed to 2 s) the last DATA_ACK advance at 1.0478016 s (the previous test) sets the
+    # deadline to 2.0478016 s, not to A's 2 s (what re-sampling at each re-arm would give).
     env = simpy.Environment()
     paths = [path(env, "a", 10e6, 0.01, loss=DropData()), path(env, "b", 10e6, 0.01)]
     transfer = BulkTransfer(env, paths, 76 * PAYLOAD, mptcp=True, join_handshake=False)
@@ -237,7 +239,7 @@ def test_mptcp_timer_interval_is_sampled_by_the_scheduler_not_at_rearm():
     assert sender.reinjected_bytes == 32768
     assert sender.subflows[0].rto_timer.deadline_s == pytest.approx(2.0)
     assert sender.timer_ival_s == pytest.approx(1.0)
-    assert sender.rtx_timer.deadline_s == pytest.approx(2.0876512)
+    assert sender.rtx_timer.deadline_s == pytest.approx(2.0478016)
 
 
 def test_without_reinjection_a_dead_path_stalls_the_old_scheduler():
