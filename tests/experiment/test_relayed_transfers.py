@@ -9,38 +9,10 @@ import pytest
 from mpsim.experiment import scenario as sc
 from mpsim.experiment.simulation import Simulation
 from mpsim.sim.relay import RelayedTransfer
+from tests.experiment.test_routes import BASE
 
-SCENARIO = """
-description = "relayed transfer"
-duration_s = 1.0
-drain_s = 30.0
-seed = 3
-[client]
-scheme = "convert"
-primary_path = "dsl"
-[converter]
-kind = "convert"
-delay_s = 0.002
-[server]
-kind = "legacy_drop"
-delay_s = 0.015
-[paths.dsl]
-rate_down_bps = 20e6
-rate_up_bps = 2e6
-delay_s = 0.010
-queue_bytes = 150_000
-[paths.lte]
-rate_down_bps = 30e6
-rate_up_bps = 8e6
-delay_s = 0.030
-queue_bytes = 300_000
-[workload]
-arrivals = "none"
-[[transfers]]
-start_s = 0.0
-size_bytes = 1_000_000
-direction = "download"
-"""
+# The two-path converted download of the routes tests (cubic, the default, named there).
+SCENARIO = BASE
 
 
 def _running_transfer(*overrides: str):
