@@ -640,7 +640,10 @@ def _rows(scenario: Scenario, variant: str, run_index: int, seeds: dict, client_
             "goodput_bps": result["goodput_bps"],
             # The sending namespace's Tcp RetransSegs over the run: exact with one transfer per run.
             "retransmissions": snmp_after[sender] - snmp_before[sender] if len(scenario.transfers) == 1 else None,
-            "timeouts": None, "subflow_bytes": "", "via_converter": record["via_proxy"]})
+            # Its TcpExt TCPTimeouts (RTOs, every subflow's), exact with one transfer per run as above.
+            "timeouts": after[sender].get("TcpExt.TCPTimeouts", 0) - before[sender].get("TcpExt.TCPTimeouts", 0)
+            if len(scenario.transfers) == 1 else None,
+            "subflow_bytes": "", "via_converter": record["via_proxy"]})
     for spec_index, spec in enumerate(scenario.transfers):  # a failed negotiation moves nothing
         if not any(t["transfer_id"] == spec_index for t in transfers):
             record = next((r for r in client_out["records"]

@@ -128,6 +128,7 @@ def test_run_on_kernel_writes_the_simulators_columns(kernel_world, tmp_path, cap
     assert list(connections["syns_sent"]) == [1] and list(connections["source_ports_used"]) == [1]
     transfers = pd.read_csv(tmp_path / "kernel" / "transfers.csv")
     assert transfers["completed"].tolist() == [True] and transfers["subflows"].tolist() == [2]
+    assert transfers["timeouts"].tolist() == [0]  # the sender's TcpExt TCPTimeouts, loss-free: none
     counters = pd.read_csv(tmp_path / "kernel" / "counters.csv")
     client = counters[counters["component"] == "client"].set_index("counter")["value"]
     assert client["MPCapableSYNACKRX"] == 1 and client["MPJoinSynAckRx"] == 1  # nstat names, as the model's
