@@ -31,6 +31,7 @@ JOBS = [
     ("convert_two_path", "convert_two_path.toml", []),
     ("socks5", "convert_two_path.toml", ["client.scheme=socks5", "converter.kind=socks5"]),
     ("negotiation", "negotiation.toml", []),
+    ("convert_paths", "convert_paths.toml", []),
 ]
 QUICK_JOBS = [("ci_two_path", "ci_two_path.toml", [])]
 #: What the grid asks for and the kernel world does not compare (docs/kernel-world.md, "What is refused").
