@@ -4,7 +4,9 @@
 Runs ``mpsim compare`` on each job below (the scenario files are the benchmark: docs/kernel-world.md)
 and writes ``benchmarks/results/kernel_world.md`` and ``kernel_world.csv``: per scenario, variant
 and metric the model's value, the kernel's median and min-max over the run indices, and the
-error, with what could not be compared. ``--quick`` runs the CI scenario only, with one seed;
+error, with what could not be compared. Variants under random loss run in jobs of their own with
+``LOSSY_SEEDS`` run indices (the two worlds draw losses independently; with 3 the medians are the
+draw's). ``--quick`` runs the CI scenario only, with one seed;
 ``--from DIR`` builds the report from ``DIR/<job>/compare.json`` files written earlier by
 ``mpsim compare --out DIR/<job>`` (the same jobs, run one after another).
 """
