@@ -32,7 +32,7 @@ MODELS = ROOT / "models" / "kernel"
 LOSSY = {"goodput.toml": ["tcp-10M-rtt40-loss0p5", "tcp-10M-rtt40-loss2", "mptcp-2x10-rtt40-loss0p5",
                           "tcp-50M-rtt40-loss0p5", "tcp-50M-rtt40-loss2"],
          "convert_paths.toml": ["convert-2x10-upload-loss2"]}
-LOSSY_SEEDS = 8
+LOSSY_SEEDS = 16
 #: (job name, scenario file, overrides, variants (None: all but the LOSSY ones), run indices (None: --seeds))
 JOBS = [
     ("goodput", "goodput.toml", [], None, None),
