@@ -48,7 +48,7 @@ from typing import Any
 
 from mpsim.errors import MpsimError
 from mpsim.experiment.results import CONNECTION_COLUMNS, Results
-from mpsim.experiment.scenario import Arrivals, LoadedScenario, Scenario
+from mpsim.experiment.scenario import Arrivals, Buffers, LoadedScenario, Scenario
 from mpsim.experiment.simulation import RunResult, workload_arrival_times
 from mpsim.proto.components import SCHEMES
 from mpsim.proto.client import ClientPolicy
@@ -164,6 +164,10 @@ def unbuildable(scenario: Scenario, *, proxy_cmd: str | None = None) -> list[str
         out.append(f"transfers congestion_control {cc!r}: Linux MPTCP has no coupled congestion control")
     if len(ccs) > 1:
         out.append(f"transfers: congestion controls {sorted(ccs)} differ; the testbed pins one per run")
+    for i, t in enumerate(s.transfers):
+        if t.buffers is Buffers.PINNED:  # kernel_sysctls sets only the auto-tuning maxima
+            out.append(f"transfers[{i}].buffers 'pinned': the kernel world sets tcp_wmem/tcp_rmem maxima only "
+                       "(auto-tuning); no socket sets SO_SNDBUF/SO_RCVBUF (use buffers=\"auto\")")
     for key in ("snd_buf_bytes", "rcv_buf_bytes"):
         if len({getattr(t, key) for t in s.transfers}) > 1:
             out.append(f"transfers {key}: values differ; the kernel's buffer maxima are per namespace")

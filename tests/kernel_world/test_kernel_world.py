@@ -41,6 +41,7 @@ action = "reboot"
 [[transfers]]
 size_bytes = 1000
 congestion_control = "lia"
+buffers = "pinned"
 """
 
 
@@ -48,13 +49,14 @@ def test_unbuildable_elements_are_named_one_line_each():
     scenario = load_text(UNBUILDABLE, name="refuse", source="refuse.toml").base
     lines = kernel_world.unbuildable(scenario)
     for name in ("'mp-convert-option'", "'mp-convert'", "'mptcp_v0'", "paths.lte.jitter_s", "'strip-syn-payload'",
-                 "events[0] reboot", "'lia'", "converter.cores=1", "converter.households=4"):
+                 "events[0] reboot", "'lia'", "converter.cores=1", "converter.households=4",
+                 "transfers[0].buffers 'pinned'"):
         assert sum(name in line for line in lines) == 1, (name, lines)
     assert all("\n" not in line for line in lines)
 
 
 def test_buildable_scenarios_have_nothing_refused():
-    for name in ("ci_two_path", "convert_two_path", "negotiation"):
+    for name in ("ci_two_path", "convert_two_path", "convert_paths", "goodput", "negotiation"):
         loaded = load(str(MODELS / f"{name}.toml"))
         for variant, scenario in loaded.variants.items():
             assert kernel_world.unbuildable(scenario) == [], (name, variant)
