@@ -13,13 +13,11 @@ Two kinds of job use one CPU, so set-ups wait behind relaying and the other way 
 * :meth:`Cpu.gate_setup`: a link direction's delivery to the converter node, where a new
   connection's first SYN waits for a set-up job before the proxy machine sees it (the
   converter's accept, its upstream connect and its bookkeeping, paid before it answers).
-* :class:`RelayStage`: a transfer's data direction behind the converter (in the simulation, the
-  first hop out of the converter node on a converted subflow's route, mpsim/sim/route.py).
-  Every data segment is a job of ``payload_bytes x cpu_per_byte_s`` before it is offered to the link, so one
+* :meth:`Cpu.after`: a job whose end runs a callback; the converter's relay
+  (:class:`mpsim.sim.relay.RelayedTransfer`) copies each chunk from one leg to the other as a
+  job of ``chunk bytes x cpu_per_byte_s``, one at a time per relayed connection, so one
   connection's relay rate is capped at ``1 / cpu_per_byte_s`` bytes/s of payload, and ``cores``
-  of them share the CPU. A connection's segments are relayed in order (one relay thread per
-  connection): a segment's job starts no earlier than the previous one's end. The stage holds
-  what waits (no drop): the relay's socket buffers, bounded by the transfer's own windows.
+  of them share the CPU.
 
 Simplified: the cost is per payload byte only (ACKs, headers and packets the kernel handles
 without the relay cost nothing); the set-up cost is one job on the first SYN (a retransmitted
@@ -103,38 +101,3 @@ class Cpu:
 
     def counters(self) -> dict[str, float]:
         return {"jobs": self.jobs, "busy_us": round(self.busy_s * 1e6), "wait_us_max": round(self.wait_s_max * 1e6)}
-
-
-class RelayStage:
-    """A transfer's data direction behind the relay CPU: ``send`` runs the segment's per-byte job
-    (in order within this stage), then offers it to ``direction``. Stands in for the direction
-    in :class:`mpsim.sim.transfer.BulkTransfer` (``send``, ``name`` and ``deliver`` are the
-    direction's)."""
-
-    def __init__(self, cpu: Cpu, direction: LinkDirection, cpu_per_byte_s: float) -> None:
-        if not cpu_per_byte_s >= 0:
-            raise ValueError(f"cpu_per_byte_s must be >= 0, got {cpu_per_byte_s!r}")
-        self.cpu = cpu
-        self.direction = direction
-        self.cpu_per_byte_s = cpu_per_byte_s
-        self._last_end_s = 0.0
-
-    @property
-    def name(self) -> str:
-        return self.direction.name
-
-    @property
-    def deliver(self) -> Any:
-        return self.direction.deliver
-
-    @deliver.setter
-    def deliver(self, callback: Any) -> None:
-        self.direction.deliver = callback
-
-    def send(self, packet: Any) -> bool:
-        cost_s = getattr(packet, "payload_bytes", 0) * self.cpu_per_byte_s
-        if cost_s <= 0:
-            return self.direction.send(packet)
-        direction = self.direction
-        self._last_end_s = self.cpu.after(cost_s, lambda: direction.send(packet), self._last_end_s)
-        return True

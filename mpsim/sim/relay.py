@@ -194,8 +194,8 @@ class RelayedTransfer:
     ``client_paths``: ``(towards the converter, back to the client)`` direction pairs, one per
     client path (MPTCP, ``mptcp=True``) or one (TCP). ``server_paths``: ``(towards the server,
     back to the converter)``, one (TCP) or one per path when ``server_mptcp``. Any object with a
-    direction's ``send``, ``name`` and ``deliver`` will do (a route, a
-    :class:`~mpsim.sim.cpu.RelayStage`). ``direction``: "upload" or "download". The keywords
+    direction's ``send``, ``name`` and ``deliver`` will do (a link direction, a
+    :class:`~mpsim.sim.route.Route`). ``direction``: "upload" or "download". The keywords
     ``cc`` ... ``buffers`` apply to both legs as :class:`~mpsim.sim.transfer.BulkTransfer` takes
     them; ``client_options`` / ``server_options`` override them per leg (a leg's
     ``snd_buf_bytes`` is its sender's, ``rcv_buf_bytes`` its receiver's: on an upload the
@@ -231,8 +231,7 @@ class RelayedTransfer:
         if direction == "download":  # data flows from the server: each pair's reverse carries it
             client_paths = [(back, forth) for forth, back in client_paths]
             server_paths = [(back, forth) for forth, back in server_paths]
-        if payload is not None and len(payload) != size_bytes:
-            raise ValueError(f"payload holds {len(payload)} bytes, size_bytes is {size_bytes}")
+        # A payload of the wrong length is refused by the leg that sends it (BulkTransfer).
         self.env = env
         self.name = name
         self.size_bytes = size_bytes

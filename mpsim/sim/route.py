@@ -20,11 +20,8 @@ How a light segment (:class:`~mpsim.sim.transfer.Segment`) moves:
 Routes are static: whoever builds one chooses the hops (the simulation follows its router's
 table, :meth:`mpsim.proto.harness.Router.port_for`). A route does not re-route after a change.
 
-Stages and folding:
+Folding:
 
-* ``relay``: ``(index, wrap)``: the hop at ``index`` is offered through ``wrap(step)``, an object
-  with ``send`` (the converter's CPU job, :class:`mpsim.sim.cpu.RelayStage`, sits in front of the
-  first hop out of the converter);
 * hops with no rate limit, no loss, no jitter, no filters and no capture have no queue: a run of
   consecutive such hops is folded into one delay (one SimPy event instead of one per hop; the
   folded directions' counters are kept as if each had carried the segment). ``volatile`` hops
@@ -132,7 +129,6 @@ class Route:
 
     def __init__(self, name: str, hops: Sequence[LinkDirection], *,
                  legs: Sequence[Flow | None] | None = None,
-                 relay: tuple[int, Callable[[Any], Any]] | None = None,
                  volatile: Collection[LinkDirection] = (), fold: bool = True) -> None:
         hops = list(hops)
         if not hops:
@@ -141,8 +137,6 @@ class Route:
             raise ValueError(f"route {name!r}: {len(hops)} hops, more than {MAX_HOPS} (a routing loop?)")
         if legs is not None and len(legs) != len(hops):
             raise ValueError(f"route {name!r}: legs needs one flow per hop ({len(hops)}), got {len(legs)}")
-        if relay is not None and not 0 <= relay[0] < len(hops):
-            raise ValueError(f"route {name!r}: the relay stage's hop {relay[0]} is not one of the {len(hops)} hops")
         self.name = name
         self.hops = tuple(hops)
         #: Called with the segment after the last hop (BulkTransfer's _attach checks it).
@@ -150,19 +144,16 @@ class Route:
         keep = set(map(id, volatile))
         steps: list[Any] = []
         step_legs: list[Flow | None] = []
-        # A step starts at hop index i; folding never crosses the relay stage or a change of flow.
+        # A step starts at hop index i; folding never crosses a change of flow.
         i = 0
         while i < len(hops):
             j = i + 1
             folded = fold and is_pure_delay(hops[i]) and id(hops[i]) not in keep
             if folded:
                 while j < len(hops) and is_pure_delay(hops[j]) and id(hops[j]) not in keep \
-                        and not (relay is not None and relay[0] == j) and (legs is None or legs[j] == legs[i]):
+                        and (legs is None or legs[j] == legs[i]):
                     j += 1
-            step: Any = FoldedHops(self, hops[i:j]) if folded else hops[i]
-            if relay is not None and relay[0] == i:
-                step = relay[1](step)
-            steps.append(step)
+            steps.append(FoldedHops(self, hops[i:j]) if folded else hops[i])
             step_legs.append(None if legs is None else legs[i])
             i = j
         self.steps = tuple(steps)

@@ -2234,8 +2234,7 @@ class BulkTransfer:
 
     ``paths``: ``(forward, backward)`` LinkDirection pairs; one for TCP, one per subflow for
     MPTCP. A direction may be anything with a direction's ``send``, ``name`` and ``deliver``,
-    e.g. a :class:`mpsim.sim.route.Route` (several hops, as the simulation builds them) or
-    :class:`mpsim.sim.cpu.RelayStage`, the converter's relay CPU in front of the link. ``cc``: "cubic" (Linux CUBIC, the kernel benchmark's pinned choice), "cubic-rfc9438" or
+    e.g. a :class:`mpsim.sim.route.Route` (several hops, as the simulation builds them). ``cc``: "cubic" (Linux CUBIC, the kernel benchmark's pinned choice), "cubic-rfc9438" or
     "reno"; ``coupled``:
     "none" (per-subflow CC, upstream Linux) or "lia" (RFC 6356, needs ``cc="reno"``).
     ``loss_detection``: "rack-tlp" (Linux's default) or "rfc6675" (dupACK/SACK counting only;

@@ -9,8 +9,9 @@ import pytest
 
 from mpsim.experiment import scenario as sc
 from mpsim.experiment.simulation import CONVERTER_UP, Simulation
-from mpsim.sim.cpu import RelayStage
+from mpsim.sim.link import LinkDirection
 from mpsim.sim.relay import RelayedTransfer
+from mpsim.sim.route import FoldedHops
 from mpsim.wire.segment import IpPacket, TcpFlags
 
 BASE = """
@@ -148,7 +149,8 @@ def test_the_relay_cpu_job_is_the_converters_relay_copying_between_the_legs():
     assert isinstance(transfer, RelayedTransfer) and transfer.relay.cpu is sim.cpu
     for leg in (transfer.client_leg, transfer.server_leg):
         for subflow in leg.sender.subflows:
-            assert not any(isinstance(step, RelayStage) for step in subflow.forward.steps)
+            # every step is a hop (or folded hops): nothing charges the CPU per segment
+            assert all(isinstance(step, (LinkDirection, FoldedHops)) for step in subflow.forward.steps)
     sim.env.run(until=30)
     capped = transfer.result()
     free = _sim().run().transfers[0]

@@ -6,7 +6,8 @@ import pytest
 
 from mpsim.experiment import scenario as sc
 from mpsim.experiment.simulation import Simulation
-from mpsim.sim.cpu import Cpu, RelayStage
+from mpsim.sim.cpu import Cpu
+from mpsim.sim.relay import RelayedTransfer
 from mpsim.sim.link import LinkDirection
 from mpsim.sim.transfer import BulkTransfer
 
@@ -50,12 +51,16 @@ def test_cores_must_be_a_positive_int(bad):
 
 
 def _relayed_goodput_bps(per_byte_s: float, size_bytes: int = 2_000_000) -> float:
+    # One connection through the converter's relay (mpsim.sim.relay), each copied chunk a CPU job.
     env = simpy.Environment()
     cpu = Cpu(env, 1)
-    forward = LinkDirection(env, "fwd", delay_s=0.005, rate_bps=1e9, queue_limit_bytes=10_000_000)
-    backward = LinkDirection(env, "back", delay_s=0.005, rate_bps=1e9, queue_limit_bytes=10_000_000)
-    transfer = BulkTransfer(env, [(RelayStage(cpu, forward, per_byte_s), backward)], size_bytes,
-                            snd_buf_bytes=4_000_000, rcv_buf_bytes=4_000_000)
+
+    def path(name: str) -> tuple[LinkDirection, LinkDirection]:
+        return tuple(LinkDirection(env, f"{name}.{way}", delay_s=0.005, rate_bps=1e9, queue_limit_bytes=10_000_000)
+                     for way in ("fwd", "back"))
+
+    transfer = RelayedTransfer(env, [path("client")], [path("server")], size_bytes, direction="upload", mptcp=False,
+                               cpu=cpu, cpu_per_byte_s=per_byte_s, snd_buf_bytes=4_000_000, rcv_buf_bytes=4_000_000)
     env.run(until=transfer.done)
     return transfer.result().goodput_bps
 

@@ -207,5 +207,3 @@ def test_bad_routes_are_refused_with_a_clear_message():
         Route("r", [])
     with pytest.raises(ValueError, match="one flow per hop"):
         Route("r", [d], legs=[])
-    with pytest.raises(ValueError, match="relay stage's hop 3"):
-        Route("r", [d], relay=(3, lambda step: step))
