@@ -396,3 +396,35 @@ def test_link_module_sets_no_private_simpy_fields():
     assigned = [node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
                 and isinstance(node.ctx, ast.Store) and node.attr in {"_ok", "_value", "_defused"}]
     assert not assigned, f"mpsim/sim/link.py assigns SimPy private fields {assigned}"
+
+
+def _light_segment(size_bytes: int):
+    from mpsim.sim.transfer import Segment
+    return Segment(size_bytes, None, 0, 0, size_bytes - 52, 0, None, 0, 0, 65535, 0x10, 0.0, None, False)
+
+
+class _PassLight:
+    """A filter that takes light segments and passes them: it sends them down the general path."""
+    accepts_light_segments = True
+
+    def __call__(self, packet, now):
+        return [packet]
+
+
+@pytest.mark.parametrize("filters", [(), (_PassLight(),)], ids=["fast-path", "general-path"])
+def test_light_segments_queue_drop_and_arrive_alike_on_both_paths(filters):
+    # LinkDirection.send has a fast path for light segments on a direction with nothing that
+    # filters them, drops them at random or records them: it must do what the general path does.
+    env = simpy.Environment()
+    arrived = []
+    direction = LinkDirection(env, "d", delay_s=0.01, rate_bps=8e6, queue_limit_packets=2, filters=filters,
+                              deliver=lambda segment: arrived.append((env.now, segment.size_bytes)))
+    accepted = [direction.send(_light_segment(1000)) for _ in range(5)]
+    env.run()
+    # 1 ms per packet: one on the wire, two queued, two dropped at the queue
+    assert accepted == [True, True, True, False, False]
+    assert arrived == [(pytest.approx(0.011), 1000), (pytest.approx(0.012), 1000), (pytest.approx(0.013), 1000)]
+    counters = direction.counters
+    assert (counters.packets_sent, counters.bytes_sent) == (5, 5000)
+    assert (counters.packets_dropped_queue, counters.bytes_dropped_queue) == (2, 2000)
+    assert (counters.packets_delivered, counters.bytes_delivered) == (3, 3000)
