@@ -6,49 +6,21 @@ them into silent skips.
 """
 
 import json
-import os
 import selectors
-import shutil
 import subprocess
 import sys
 import time
 
 import pytest
 
+from tests.namespace_skip import require
+
 PEER_TIMEOUT_S = 20.0  # no peer program may run longer (every socket operation is bounded by it)
-
-
-def _unavailable_reason() -> tuple[str | None, bool]:
-    """(reason the testbed cannot run here, whether CI should fail on it rather than skip)."""
-    if not sys.platform.startswith("linux"):
-        return "the testbed needs Linux network namespaces", False
-    if os.geteuid() != 0:
-        return "the testbed needs root (network namespaces, qdiscs, netfilter)", False
-    if shutil.which("ip") is None:
-        return "`ip` is missing (apt-get install iproute2)", True
-    if subprocess.run(["ip", "netns", "list"], capture_output=True).returncode != 0:
-        return "`ip netns` does not work on this machine", False
-    from mpsim.testbed import probe
-
-    caps = probe()
-    lacks = caps.missing(rate=True, loss=True, strip=True, nft_middlebox=True)
-    if not caps.mptcp:
-        lacks.append("MPTCP is not enabled in this kernel")
-    return ("; ".join(lacks) or None), bool(lacks)
 
 
 @pytest.fixture(scope="session")
 def testbed_available():
-    reason, tool_missing = _unavailable_reason()
-    if reason:
-        if tool_missing and os.environ.get("CI"):
-            pytest.fail(f"testbed prerequisites missing in CI (check .ci/run): {reason}")
-        pytest.skip(f"kernel testbed unavailable: {reason}")
-    from mpsim.testbed import cleanup_stale
-
-    # Leftovers of killed earlier runs (their owner PIDs are gone); live parallel runs are kept.
-    cleanup_stale("mps")
-    return True
+    return require("kernel testbed", rate=True, loss=True, strip=True, nft_middlebox=True)
 
 
 # One program, several modes, run with `python -c PEER MODE ARGS...` inside a namespace. Servers
