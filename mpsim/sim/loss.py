@@ -21,18 +21,14 @@ time, so a quiet link does not move between states.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mpsim.errors import MpsimError
+from mpsim.proto.loss import BernoulliLoss, GilbertElliottLoss, Rng, check_prob
 from mpsim.proto.middlebox import SegmentClass, SegmentClassifier
 from mpsim.wire.segment import IpPacket
-
-
-class Rng(Protocol):
-    def random(self) -> float: ...
 
 
 class LossModel(Protocol):
@@ -47,11 +43,6 @@ class LossSpecError(MpsimError, ValueError):
         self.key = key
 
 
-def _check_prob(field_name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0 or math.isnan(value):
-        raise ValueError(f"{field_name} must be a probability in [0, 1], got {value!r}")
-
-
 class NoLoss:
     """A loss-free link."""
 
@@ -62,67 +53,27 @@ class NoLoss:
         return "NoLoss()"
 
 
-class Bernoulli:
-    """Independent loss: each packet is dropped with probability ``loss_prob``."""
+class Bernoulli(BernoulliLoss):
+    """Independent loss: each packet is dropped with probability ``loss_prob``.
 
-    def __init__(self, loss_prob: float, rng: Rng) -> None:
-        _check_prob("loss_prob", loss_prob)
-        self.loss_prob = float(loss_prob)
-        self.rng = rng
+    The process is :class:`mpsim.proto.loss.BernoulliLoss`, shared with the testbed's delay line."""
 
     def drops(self, packet: Any, now: float) -> bool:
-        # Always draw, even for loss_prob 0 or 1, so the stream position depends on packets only.
+        # Inlined lost(): one call less per packet on the links' hot path.
         return self.rng.random() < self.loss_prob
 
     def __repr__(self) -> str:
         return f"Bernoulli(loss_prob={self.loss_prob})"
 
 
-class GilbertElliott:
+class GilbertElliott(GilbertElliottLoss):
     """Bursty loss: a GOOD and a BAD state, each with its own loss probability.
 
-    Per packet: the packet is lost with the current state's probability, then the chain moves
-    GOOD->BAD with ``p_good_to_bad`` or BAD->GOOD with ``p_bad_to_good``. The first state is
-    drawn from the stationary distribution, so the expected loss is the same from the first
-    packet on:
-
-        P(BAD) = p_good_to_bad / (p_good_to_bad + p_bad_to_good)
-        mean loss = (1 - P(BAD)) * loss_prob_good + P(BAD) * loss_prob_bad
-
-    A stay in BAD lasts 1 / p_bad_to_good packets on average (geometric); with the defaults
-    (loss_prob_good 0, loss_prob_bad 1, the "Gilbert" model) that is the mean loss burst length.
-    """
-
-    def __init__(self, p_good_to_bad: float, p_bad_to_good: float, loss_prob_good: float = 0.0,
-                 loss_prob_bad: float = 1.0, *, rng: Rng) -> None:
-        for name, value in (("p_good_to_bad", p_good_to_bad), ("p_bad_to_good", p_bad_to_good),
-                            ("loss_prob_good", loss_prob_good), ("loss_prob_bad", loss_prob_bad)):
-            _check_prob(name, value)
-        if p_good_to_bad + p_bad_to_good == 0:
-            raise ValueError("p_good_to_bad and p_bad_to_good cannot both be 0 (the chain would never move)")
-        self.p_good_to_bad = float(p_good_to_bad)
-        self.p_bad_to_good = float(p_bad_to_good)
-        self.loss_prob_good = float(loss_prob_good)
-        self.loss_prob_bad = float(loss_prob_bad)
-        self.rng = rng
-        self.bad = rng.random() < self.bad_state_prob
-
-    @property
-    def bad_state_prob(self) -> float:
-        """The stationary probability of the BAD state."""
-        return self.p_good_to_bad / (self.p_good_to_bad + self.p_bad_to_good)
-
-    @property
-    def mean_loss_prob(self) -> float:
-        """The long-run fraction of packets lost (the formula in the class docstring)."""
-        bad = self.bad_state_prob
-        return (1.0 - bad) * self.loss_prob_good + bad * self.loss_prob_bad
+    The chain is :class:`mpsim.proto.loss.GilbertElliottLoss` (its docstring has the formulas),
+    shared with the testbed's delay line."""
 
     def drops(self, packet: Any, now: float) -> bool:
-        random = self.rng.random
-        lost = random() < (self.loss_prob_bad if self.bad else self.loss_prob_good)
-        self.bad = random() >= self.p_bad_to_good if self.bad else random() < self.p_good_to_bad
-        return lost
+        return self.lost()
 
     def __repr__(self) -> str:
         return (f"GilbertElliott(p_good_to_bad={self.p_good_to_bad}, p_bad_to_good={self.p_bad_to_good}, "
@@ -272,7 +223,7 @@ def loss_from_spec(spec: Mapping[str, Any] | None, rng: Rng) -> LossModel:
         return Scripted([_rule_from_spec(rule, i) for i, rule in enumerate(drops)])
     for key, value in params.items():
         try:
-            _check_prob(key, value)
+            check_prob(key, value)
         except ValueError as err:
             raise LossSpecError(f"loss model {model!r}: {err}", key) from None
     try:

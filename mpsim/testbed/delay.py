@@ -22,9 +22,9 @@ loss model, with independent random streams.
   same direction: jitter never reorders (netem's does, unless rate-limited).
 - **Loss** (decided on arrival, so a lost frame takes no queue room): ``bernoulli:P`` and
   ``ge:...``, the same definitions as the model's loss models (mpsim/sim/loss.py: ``Bernoulli``,
-  ``GilbertElliott``, per packet, the chain starting in its stationary state). They are restated
-  here rather than imported because the testbed may not import the simulator (layering,
-  docs/design.md); tests/testbed checks that both make identical decisions from one random stream.
+  ``GilbertElliott``, per packet, the chain starting in its stationary state): both are built on
+  :mod:`mpsim.proto.loss`, the layer the simulator and the testbed share (docs/design.md), and
+  tests/testbed checks that both make identical decisions from one random stream.
 - **Bounded**: at most ``--queue-packets`` frames held per direction (default 100 000: 50 ms at
   about 24 Gbit/s of full frames); beyond that a frame is dropped and counted.
 
@@ -54,6 +54,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from mpsim.proto.loss import BernoulliLoss, GilbertElliottLoss
+
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
 PACKET_IGNORE_OUTGOING = 23  # Linux 4.20+: the socket does not see frames sent on its interface
@@ -80,63 +82,6 @@ class DelayLineError(ValueError):
     """A bad delay-line argument; the message names it."""
 
 
-class BernoulliLoss:
-    """Each frame lost independently with ``loss_prob`` (mpsim/sim/loss.py ``Bernoulli``)."""
-
-    def __init__(self, loss_prob: float, rng: random.Random) -> None:
-        _check_prob("loss_prob", loss_prob)
-        self.loss_prob, self.rng = float(loss_prob), rng
-
-    @property
-    def mean_loss_prob(self) -> float:
-        return self.loss_prob
-
-    def drops(self) -> bool:
-        return self.rng.random() < self.loss_prob
-
-
-class GilbertElliottLoss:
-    """Two-state bursty loss (mpsim/sim/loss.py ``GilbertElliott``): per frame, lost with the
-    current state's probability, then GOOD->BAD with ``p_good_to_bad`` or BAD->GOOD with
-    ``p_bad_to_good``; the first state drawn from the stationary distribution."""
-
-    def __init__(self, p_good_to_bad: float, p_bad_to_good: float, loss_prob_good: float, loss_prob_bad: float,
-                 rng: random.Random) -> None:
-        for name, value in (("p_good_to_bad", p_good_to_bad), ("p_bad_to_good", p_bad_to_good),
-                            ("loss_prob_good", loss_prob_good), ("loss_prob_bad", loss_prob_bad)):
-            _check_prob(name, value)
-        if p_good_to_bad + p_bad_to_good == 0:
-            raise DelayLineError("p_good_to_bad and p_bad_to_good cannot both be 0 (the chain would never move)")
-        self.p_good_to_bad, self.p_bad_to_good = float(p_good_to_bad), float(p_bad_to_good)
-        self.loss_prob_good, self.loss_prob_bad = float(loss_prob_good), float(loss_prob_bad)
-        self.rng = rng
-        self.bad = rng.random() < self.bad_state_prob
-
-    @property
-    def bad_state_prob(self) -> float:
-        return self.p_good_to_bad / (self.p_good_to_bad + self.p_bad_to_good)
-
-    @property
-    def mean_loss_prob(self) -> float:
-        bad = self.bad_state_prob
-        return (1.0 - bad) * self.loss_prob_good + bad * self.loss_prob_bad
-
-    def drops(self) -> bool:
-        # The same order of draws as the model's: the loss decision, then the transition.
-        lost = self.rng.random() < (self.loss_prob_bad if self.bad else self.loss_prob_good)
-        if self.bad:
-            if self.rng.random() < self.p_bad_to_good:
-                self.bad = False
-        elif self.rng.random() < self.p_good_to_bad:
-            self.bad = True
-        return lost
-
-
-def _check_prob(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or not 0 <= value <= 1:
-        raise DelayLineError(f"{name} must be a probability in [0, 1], got {value!r}")
-
-
 def parse_loss(text: str | None, rng: random.Random) -> BernoulliLoss | GilbertElliottLoss | None:
     """``bernoulli:P`` or ``ge:P_GOOD_TO_BAD,P_BAD_TO_GOOD[,LOSS_GOOD[,LOSS_BAD]]`` (defaults 0 and 1,
     the Gilbert model), or None for no loss."""
@@ -147,11 +92,14 @@ def parse_loss(text: str | None, rng: random.Random) -> BernoulliLoss | GilbertE
         values = [float(v) for v in args.split(",")] if args else []
     except ValueError:
         raise DelayLineError(f"--loss {text!r}: the parameters must be numbers") from None
-    if kind == "bernoulli" and len(values) == 1:
-        return BernoulliLoss(values[0], rng)
-    if kind == "ge" and 2 <= len(values) <= 4:
-        values += [0.0, 1.0][len(values) - 2:]
-        return GilbertElliottLoss(*values, rng=rng)
+    try:
+        if kind == "bernoulli" and len(values) == 1:
+            return BernoulliLoss(values[0], rng)
+        if kind == "ge" and 2 <= len(values) <= 4:
+            values += [0.0, 1.0][len(values) - 2:]
+            return GilbertElliottLoss(*values, rng=rng)
+    except ValueError as err:
+        raise DelayLineError(f"--loss {text!r}: {err}") from None
     raise DelayLineError(f"--loss {text!r}: expected bernoulli:P or ge:P_GOOD_TO_BAD,P_BAD_TO_GOOD[,LOSS_GOOD"
                          "[,LOSS_BAD]]")
 
@@ -290,7 +238,7 @@ class DelayLine:
             if received is None:
                 received = time.time()
             d.frames_in += 1
-            if d.loss is not None and d.loss.drops():
+            if d.loss is not None and d.loss.lost():
                 d.lost += 1
                 continue
             if len(d.queue) >= d.queue_packets:

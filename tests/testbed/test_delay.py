@@ -41,17 +41,17 @@ def within_tolerance(measured_s: float, configured_s: float) -> bool:
 
 
 def test_gilbert_elliott_decides_exactly_as_the_models_from_one_random_stream():
-    mine = delay.GilbertElliottLoss(0.02, 0.25, 0.001, 0.9, random.Random(7))
+    mine = delay.parse_loss("ge:0.02,0.25,0.001,0.9", random.Random(7))
     model = GilbertElliott(0.02, 0.25, 0.001, 0.9, rng=random.Random(7))
-    decisions = [mine.drops() for _ in range(20_000)]
+    decisions = [mine.lost() for _ in range(20_000)]
     assert decisions == [model.drops(None, 0.0) for _ in range(20_000)]
     assert mine.mean_loss_prob == pytest.approx(model.mean_loss_prob)
     assert 0 < sum(decisions) < len(decisions)
 
 
 def test_bernoulli_decides_exactly_as_the_models_from_one_random_stream():
-    mine, model = delay.BernoulliLoss(0.03, random.Random(3)), Bernoulli(0.03, random.Random(3))
-    assert [mine.drops() for _ in range(5000)] == [model.drops(None, 0.0) for _ in range(5000)]
+    mine, model = delay.parse_loss("bernoulli:0.03", random.Random(3)), Bernoulli(0.03, random.Random(3))
+    assert [mine.lost() for _ in range(5000)] == [model.drops(None, 0.0) for _ in range(5000)]
 
 
 @pytest.mark.parametrize("text, message", [
