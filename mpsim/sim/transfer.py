@@ -107,9 +107,9 @@ Buffers. ``buffers="auto"``: ``snd_buf_bytes`` is tcp_wmem[2] (4 MiB); each subf
 full (2304 = roundup_pow_of_two(1460 + MAX_TCP_HEADER 256 + 320) + 256, the testbed kernel's;
 4352 on a distribution kernel, whose MAX_TCP_HEADER of 320 crosses the power of two:
 ``MAX_TCP_HEADER_BYTES``), never shrinking, at most tcp_wmem[2]; the connection's buffer is the
-sum of its subflows' (``__mptcp_sync_sndbuf``, 6.7+), compared with the bytes not yet DATA_ACKed. ``buffers="pinned"``:
-SO_SNDBUF doubled (``sock_setsockopt``) for the connection and, synced, for every subflow, no
-growth. Receive side: the window is ``rcv_buf_bytes`` of payload in both modes (pinned: SO_RCVBUF
+sum of its subflows' (``__mptcp_sync_sndbuf``, 6.7+), compared with the bytes not yet DATA_ACKed.
+``buffers="pinned"``: SO_SNDBUF doubled (``sock_setsockopt``) for the connection and, synced, for
+every subflow, no growth. Receive side: the window is ``rcv_buf_bytes`` of payload in both modes (pinned: SO_RCVBUF
 doubled, of which the default ``scaling_ratio`` advertises about half; auto: the tcp_rmem[2]
 that DRS reaches within a few RTTs on a reader as fast as this one). Plain TCP keeps a payload
 send buffer of ``snd_buf_bytes``.
@@ -322,8 +322,8 @@ SKB_TRUESIZE_OVERHEAD_BYTES = MAX_TCP_HEADER_BYTES + SK_BUFF_BYTES + SKB_SHARED_
 #: tcp_sndbuf_expand's per-segment charge (net/ipv4/tcp_input.c, 6.x): roundup_pow_of_two(mss_clamp
 #: 1460 + MAX_TCP_HEADER + skb_shared_info) + sk_buff = 2048 + 256 (a MAX_TCP_HEADER of 320 crosses
 #: the power of two: 4096 + 256, twice the buffer per segment of cwnd).
-SNDBUF_PER_MSS_BYTES = 1 << (1460 + MAX_TCP_HEADER_BYTES + SKB_SHARED_INFO_BYTES - 1).bit_length()
-SNDBUF_PER_MSS_BYTES += SK_BUFF_BYTES
+SNDBUF_PER_MSS_BYTES = (1 << (SYN_MSS_OPTION_BYTES + MAX_TCP_HEADER_BYTES + SKB_SHARED_INFO_BYTES - 1).bit_length()) \
+    + SK_BUFF_BYTES
 #: net/mptcp/protocol.h MPTCP_SEND_BURST_SIZE: 64 KiB less the TCP, IPv6 and fragment headers
 #: and the option space.
 MPTCP_SEND_BURST_BYTES = 65428
