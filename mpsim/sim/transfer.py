@@ -308,9 +308,10 @@ DEFAULT_RCV_BUF_BYTES = 6 * 1024 * 1024
 TCP_WMEM_DEFAULT_BYTES = 16384
 #: Linux MAX_TCP_HEADER (include/net/tcp.h: L1_CACHE_ALIGN(128 + MAX_HEADER)) depends on the kernel's
 #: configuration through LL_MAX_HEADER and the tunnel drivers: 256 on the testbed's 6.18 kernel
-#: (measured, docs/kernel-facts.md "Socket memory": an skb holding 100 bytes costs 932 in
-#: sk_wmem_queued, a subflow's first send buffer is 46080 = 2 x 10 x 2304), 320 on the usual x86-64
-#: distribution kernels (LL_MAX_HEADER 96 plus tunnels), where the buffers below are 896 and 4352.
+#: (measured, docs/kernel-facts.md "Socket memory and pacing of the senders": an skb holding 100
+#: bytes costs 932 in sk_wmem_queued, a subflow's first send buffer is 46080 = 2 x 10 x 2304), 320
+#: on the usual x86-64 distribution kernels (LL_MAX_HEADER 96 plus tunnels), where the buffers
+#: below are 896 and 4352.
 MAX_TCP_HEADER_BYTES = 256
 #: SKB_DATA_ALIGN(sizeof(struct sk_buff)) and SKB_DATA_ALIGN(sizeof(struct skb_shared_info)), x86-64 6.x.
 SK_BUFF_BYTES = 256
