@@ -86,7 +86,8 @@ Linux 6.6-6.18 (``net/mptcp/protocol.c``; ``scheduler="default"``, :class:`_Conn
   from that queue as its cwnd allows (``tcp_write_xmit``), and a tail loss probe sends the next
   segment queued on it. Committed data never moves to another subflow (hence a slow subflow
   can hold megabytes of a pinned buffer while the fast one starves);
-* memory: a queued segment costs its payload + 896 bytes (skb truesize) in ``sk_wmem_queued``
+* memory: a queued segment costs its payload + 832 bytes (skb truesize with the testbed kernel's
+  MAX_TCP_HEADER of 256; 896 on distribution kernels) in ``sk_wmem_queued``
   until cumulatively acknowledged; a subflow may queue while ``wmem_queued < sk_sndbuf``;
 * ``mptcp_retransmit_timer`` / ``__mptcp_retrans``: a connection-level timer, restarted whenever
   the DATA_ACK advances, runs for the longest time left on any subflow's transmit timer
@@ -101,12 +102,14 @@ data straight to the lowest-SRTT subflow with cwnd space, nothing queued beyond 
 retransmitted only on its own subflow, no reinjection (a dead path stalls the connection).
 
 Buffers. ``buffers="auto"``: ``snd_buf_bytes`` is tcp_wmem[2] (4 MiB); each subflow starts at
-``tcp_init_buffer_space``'s 2 x 10 x 4352 bytes and grows as ``tcp_sndbuf_expand``
-(``net/ipv4/tcp_input.c``): 2 x max(10, cwnd) x 4352 whenever an ACK frees data while cwnd is not
-full, never shrinking, at most tcp_wmem[2]; the connection's buffer is the sum of its subflows'
-(``__mptcp_sync_sndbuf``, 6.7+), compared with the bytes not yet DATA_ACKed. ``buffers="pinned"``:
-SO_SNDBUF doubled (``sock_setsockopt``) for the connection and, synced, for every subflow, no
-growth. Receive side: the window is ``rcv_buf_bytes`` of payload in both modes (pinned: SO_RCVBUF
+``tcp_init_buffer_space``'s 2 x 10 x 2304 bytes and grows as ``tcp_sndbuf_expand``
+(``net/ipv4/tcp_input.c``): 2 x max(10, cwnd) x 2304 whenever an ACK frees data while cwnd is not
+full (2304 = roundup_pow_of_two(1460 + MAX_TCP_HEADER 256 + 320) + 256, the testbed kernel's;
+4352 on a distribution kernel, whose MAX_TCP_HEADER of 320 crosses the power of two:
+``MAX_TCP_HEADER_BYTES``), never shrinking, at most tcp_wmem[2]; the connection's buffer is the
+sum of its subflows' (``__mptcp_sync_sndbuf``, 6.7+), compared with the bytes not yet DATA_ACKed.
+``buffers="pinned"``: SO_SNDBUF doubled (``sock_setsockopt``) for the connection and, synced, for
+every subflow, no growth. Receive side: the window is ``rcv_buf_bytes`` of payload in both modes (pinned: SO_RCVBUF
 doubled, of which the default ``scaling_ratio`` advertises about half; auto: the tcp_rmem[2]
 that DRS reaches within a few RTTs on a reader as fast as this one). Plain TCP keeps a payload
 send buffer of ``snd_buf_bytes``.
@@ -303,13 +306,25 @@ DEFAULT_SND_BUF_BYTES = 4 * 1024 * 1024
 DEFAULT_RCV_BUF_BYTES = 6 * 1024 * 1024
 #: Linux tcp_wmem[1]: a socket's send buffer before tcp_init_buffer_space expands it.
 TCP_WMEM_DEFAULT_BYTES = 16384
-#: Memory a queued segment costs beyond its payload (skb truesize): the MAX_TCP_HEADER head
-#: (320, cache aligned), struct sk_buff (256) and skb_shared_info (320) of an x86-64 6.x kernel;
+#: Linux MAX_TCP_HEADER (include/net/tcp.h: L1_CACHE_ALIGN(128 + MAX_HEADER)) depends on the kernel's
+#: configuration through LL_MAX_HEADER and the tunnel drivers: 256 on the testbed's 6.18 kernel
+#: (measured, docs/kernel-facts.md "Socket memory and pacing of the senders": an skb holding 100
+#: bytes costs 932 in sk_wmem_queued, a subflow's first send buffer is 46080 = 2 x 10 x 2304), 320
+#: on the usual x86-64 distribution kernels (LL_MAX_HEADER 96 plus tunnels), where the buffers
+#: below are 896 and 4352.
+MAX_TCP_HEADER_BYTES = 256
+#: SKB_DATA_ALIGN(sizeof(struct sk_buff)) and SKB_DATA_ALIGN(sizeof(struct skb_shared_info)), x86-64 6.x.
+SK_BUFF_BYTES = 256
+SKB_SHARED_INFO_BYTES = 320
+#: Memory a queued segment costs beyond its payload (skb truesize, tcp_stream_alloc_skb's head from
+#: skb_small_head_cache, 6.3+): the MAX_TCP_HEADER head, struct sk_buff and skb_shared_info (832);
 #: the model keeps one skb per segment (no GSO-sized skbs).
-SKB_TRUESIZE_OVERHEAD_BYTES = 896
-#: tcp_sndbuf_expand's per-segment charge (net/ipv4/tcp_input.c): roundup_pow_of_two(mss 1460
-#: + MAX_TCP_HEADER 320 + skb_shared_info 320) + sk_buff 256.
-SNDBUF_PER_MSS_BYTES = 4096 + 256
+SKB_TRUESIZE_OVERHEAD_BYTES = MAX_TCP_HEADER_BYTES + SK_BUFF_BYTES + SKB_SHARED_INFO_BYTES
+#: tcp_sndbuf_expand's per-segment charge (net/ipv4/tcp_input.c, 6.x): roundup_pow_of_two(mss_clamp
+#: 1460 + MAX_TCP_HEADER + skb_shared_info) + sk_buff = 2048 + 256 (a MAX_TCP_HEADER of 320 crosses
+#: the power of two: 4096 + 256, twice the buffer per segment of cwnd).
+SNDBUF_PER_MSS_BYTES = (1 << (SYN_MSS_OPTION_BYTES + MAX_TCP_HEADER_BYTES + SKB_SHARED_INFO_BYTES - 1).bit_length()) \
+    + SK_BUFF_BYTES
 #: net/mptcp/protocol.h MPTCP_SEND_BURST_SIZE: 64 KiB less the TCP, IPv6 and fragment headers
 #: and the option space.
 MPTCP_SEND_BURST_BYTES = 65428

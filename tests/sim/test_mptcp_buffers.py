@@ -49,7 +49,7 @@ def built_transfer(monkeypatch, *overrides: str):
 
 
 @pytest.mark.parametrize("override, buffers, sndbuf", [
-    ((), "auto", 2 * 10 * 4352),  # tcp_init_buffer_space: tcp_sndbuf_expand with cwnd 10
+    ((), "auto", 2 * 10 * 2304),  # tcp_init_buffer_space: tcp_sndbuf_expand with cwnd 10
     (("transfers.0.buffers=\"pinned\"", "transfers.0.snd_buf_bytes=100000"), "pinned", 200000),
 ])
 def test_scenario_selects_the_buffer_policy(monkeypatch, override, buffers, sndbuf):

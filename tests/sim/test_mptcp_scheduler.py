@@ -13,12 +13,13 @@ import random
 import pytest
 import simpy
 
+import mpsim.sim.transfer as transfer_module
 from mpsim.sim.link import LinkDirection
 from mpsim.sim.transfer import (MPTCP_SEND_BURST_BYTES, SKB_TRUESIZE_OVERHEAD_BYTES, SNDBUF_PER_MSS_BYTES,
                                 BulkTransfer)
 
 PAYLOAD = 1420  # MPTCP payload per segment (1448 - DSS 28)
-TRUESIZE = PAYLOAD + SKB_TRUESIZE_OVERHEAD_BYTES  # 2316 per queued full segment
+TRUESIZE = PAYLOAD + SKB_TRUESIZE_OVERHEAD_BYTES  # 2252 per queued full segment
 MIB = 2**20
 
 
@@ -63,26 +64,31 @@ def queued_ranges(subflow):
 
 
 def test_first_bursts_fill_each_subflows_auto_tuned_buffer_in_turn():
-    # Auto-tuned: tcp_init_buffer_space gives each subflow 2 x 10 x 4352 = 87040 bytes. Without an
-    # RTT sample both pace at 2 x 1420 x 10 / 1 s = 28400 B/s; both linger times are 0, so the first
-    # subflow gets the first burst: segments until wmem_queued >= 87040, i.e. 38 (37 x 2316 = 85692 <
-    # 87040), 53960 bytes, well inside the 64 KiB burst. Then the second subflow (linger 0 < 3.1 s):
-    # DSN 53960-107920. Then both are full: nothing more, though the msk buffer (2 x 87040) has room.
-    # Each sends its initial window (10) and keeps 28 queued beyond its cwnd.
+    # Auto-tuned, with the testbed kernel's MAX_TCP_HEADER of 256 (docs/kernel-facts.md, "Socket
+    # memory"): tcp_init_buffer_space gives each subflow 2 x 10 x 2304 = 46080 bytes (per segment
+    # roundup_pow_of_two(1460 + 256 + 320) + 256), as ss showed on the kernel's subflows; a queued
+    # segment costs 1420 + 832 = 2252. Without an RTT sample both pace at 2 x 1420 x 10 / 1 s =
+    # 28400 B/s; both linger times are 0, so the first subflow gets the first burst: segments until
+    # wmem_queued >= 46080, i.e. 21 (20 x 2252 = 45040 < 46080), 29820 bytes. Then the second
+    # subflow (linger 0 < 47292 / 28400 = 1.67 s): DSN 29820-59640. Then both are full: nothing
+    # more, though the msk buffer (2 x 46080) has room. Each sends its initial window (10) and keeps
+    # 11 queued beyond its cwnd. (A distribution kernel's MAX_TCP_HEADER of 320 crosses the power of
+    # two: 4352 per segment, 87040 bytes, 38 segments of 2316.)
     env = simpy.Environment()
     paths = [path(env, "a", 10e6, 0.01), path(env, "b", 10e6, 0.01)]
     transfer = BulkTransfer(env, paths, MIB, mptcp=True, join_handshake=False)
     first, second = transfer.sender.subflows
-    assert first.sndbuf_bytes == second.sndbuf_bytes == 2 * 10 * SNDBUF_PER_MSS_BYTES == 87040
-    assert queued_ranges(first) == [(0, 38 * PAYLOAD)]
-    assert queued_ranges(second) == [(38 * PAYLOAD, 76 * PAYLOAD)]
-    assert first.wmem_queued == second.wmem_queued == 38 * TRUESIZE
+    assert SNDBUF_PER_MSS_BYTES == 2304 and TRUESIZE == 2252
+    assert first.sndbuf_bytes == second.sndbuf_bytes == 2 * 10 * SNDBUF_PER_MSS_BYTES == 46080
+    assert queued_ranges(first) == [(0, 21 * PAYLOAD)]
+    assert queued_ranges(second) == [(21 * PAYLOAD, 42 * PAYLOAD)]
+    assert first.wmem_queued == second.wmem_queued == 21 * TRUESIZE == 47292
     assert first.segments_sent == second.segments_sent == 10
-    assert len(first.send_queue) == len(second.send_queue) == 28
+    assert len(first.send_queue) == len(second.send_queue) == 11
     assert transfer.sender.select_subflow() is None  # both send buffers full
-    # tcp_sndbuf_expand on ACKs that free data while cwnd is not full: 2 x cwnd x 4352, growing
+    # tcp_sndbuf_expand on ACKs that free data while cwnd is not full: 2 x cwnd x 2304, growing
     env.run(until=0.2)
-    assert 87040 < first.sndbuf_bytes <= 2 * int(first.cc.cwnd_segments) * SNDBUF_PER_MSS_BYTES
+    assert 46080 < first.sndbuf_bytes <= 2 * int(first.cc.cwnd_segments) * SNDBUF_PER_MSS_BYTES
     assert first.sndbuf_bytes % (2 * SNDBUF_PER_MSS_BYTES) == 0
 
 
@@ -128,12 +134,12 @@ def test_burst_averages_the_pacing_rate_over_the_queue():
 def test_send_buffer_committed_to_a_slow_subflow_starves_the_fast_one():
     # Pinned SO_SNDBUF 96 KiB: the msk and each subflow may hold 2 x 98304 = 196608 bytes.
     # Slow path 1 Mbit/s, 100 ms one way; fast path 10 Mbit/s, 5 ms. At t=0 (no RTT samples, equal
-    # pacing): the slow subflow takes the first burst, 47 segments = DSN 0-66740 (wmem 108852);
-    # the fast one the second, 66740-133480; linger times are then equal, so the slow subflow
-    # (listed first) takes the third until its own buffer is full: 38 more segments (108852 +
-    # 37 x 2316 < 196608 <= 108852 + 38 x 2316), 133480-187440. The fast subflow (lower linger now)
-    # gets what the msk buffer has left, 187440-196608 (6 segments and 648 bytes).
-    # 61 % of the buffer sits on the slow subflow. The fast subflow sends its 54 segments in a
+    # pacing): the slow subflow takes the first burst, 47 segments = DSN 0-66740 (wmem 47 x 2252 =
+    # 105844); the fast one the second, 66740-133480; linger times are then equal, so the slow
+    # subflow (listed first) takes the third until its own buffer is full: 41 more segments (105844
+    # + 40 x 2252 < 196608 <= 105844 + 41 x 2252), 133480-191700. The fast subflow (lower linger
+    # now) gets what the msk buffer has left, 191700-196608 (3 segments and 648 bytes).
+    # 64 % of the buffer sits on the slow subflow. The fast subflow sends its 51 segments in a
     # few RTTs and then idles: nothing is DATA_ACKed before the slow path's first segment has
     # crossed (12 ms + 100 ms) and its ACK has come back (100 ms), so until 0.21 s the buffer
     # stays full and the fast subflow has nothing to send.
@@ -141,14 +147,14 @@ def test_send_buffer_committed_to_a_slow_subflow_starves_the_fast_one():
     paths = [path(env, "slow", 1e6, 0.1), path(env, "fast", 10e6, 0.005)]
     transfer = BulkTransfer(env, paths, 4 * MIB, mptcp=True, join_handshake=False, buffers="pinned", snd_buf_bytes=96 * 1024)
     slow, fast = transfer.sender.subflows
-    assert queued_ranges(slow) == [(0, 47 * PAYLOAD), (94 * PAYLOAD, 132 * PAYLOAD)]
-    assert queued_ranges(fast) == [(47 * PAYLOAD, 94 * PAYLOAD), (132 * PAYLOAD, 196608)]
+    assert queued_ranges(slow) == [(0, 47 * PAYLOAD), (94 * PAYLOAD, 135 * PAYLOAD)]
+    assert queued_ranges(fast) == [(47 * PAYLOAD, 94 * PAYLOAD), (135 * PAYLOAD, 196608)]
     env.run(until=0.2)
     assert transfer.sender.data_una == 0 and transfer.sender.next_dsn == 196608
-    assert fast.segments_sent == 54 and not fast.send_queue and fast.pipe() == 0
-    assert fast.receiver.bytes_in_order == 196608 - 85 * PAYLOAD
+    assert fast.segments_sent == 51 and not fast.send_queue and fast.pipe() == 0
+    assert fast.receiver.bytes_in_order == 196608 - 88 * PAYLOAD
     env.run(until=0.3)
-    assert transfer.sender.data_una > 0 and fast.segments_sent > 54  # the slow path's ACK freed the buffer
+    assert transfer.sender.data_una > 0 and fast.segments_sent > 51  # the slow path's ACK freed the buffer
 
 
 def _simult_flows_duration_s(buffers: str, sample: list | None = None) -> float:
@@ -181,9 +187,20 @@ def test_pinned_buffers_on_unbalanced_paths_commit_megabytes_to_the_slow_subflow
     assert max(slow_wmem) > 2_000_000
 
 
-def test_reinjection_after_a_subflow_timeout_delivers_each_byte_once():
+@pytest.fixture
+def distribution_kernel_skbs(monkeypatch):
+    """A distribution kernel's skb sizes (MAX_TCP_HEADER 320): 4352 bytes of send buffer per
+    segment of cwnd, 896 of truesize per queued segment (mpsim/sim/transfer.py). The two tests
+    below were worked by hand with them: with the testbed kernel's smaller buffers the first
+    subflow holds less than one 32 KiB fragment and the second reinjection never happens."""
+    monkeypatch.setattr(transfer_module, "SNDBUF_PER_MSS_BYTES", 4096 + 256)
+    monkeypatch.setattr(transfer_module, "SKB_TRUESIZE_OVERHEAD_BYTES", 896)
+
+
+def test_reinjection_after_a_subflow_timeout_delivers_each_byte_once(distribution_kernel_skbs):
     # Path A loses every data segment; path B is clean (10 Mbit/s, 10 ms each way). 76 segments:
-    # at t=0 A takes DSN 0-53960 and B 53960-107920 (as in the first test). B's data arrives at
+    # at t=0 A takes DSN 0-53960 and B 53960-107920 (as in the first test, with 87040-byte
+    # buffers of 2316-byte segments: 38 each). B's data arrives at
     # once but nothing is DATA_ACKed (DSN 0 is missing). The MPTCP-level timer was armed at t=0 for
     # the longest subflow timer, 1 s (no RTT sample). At 1 s A fires its loss probe (lost too) and
     # re-arms its RTO to 2 s; the MPTCP timer finds B idle (nothing in flight, nothing queued) and
@@ -219,7 +236,7 @@ def test_reinjection_after_a_subflow_timeout_delivers_each_byte_once():
     assert record.duration_s == pytest.approx(second_s + 15 * 1500 * 8 / 10e6 + 0.01)
 
 
-def test_mptcp_timer_interval_is_sampled_by_the_scheduler_not_at_rearm():
+def test_mptcp_timer_interval_is_sampled_by_the_scheduler_not_at_rearm(distribution_kernel_skbs):
     # Linux 6.18 net/mptcp/protocol.c: mptcp_subflow_get_send samples msk->timer_ival (the longest
     # time left on an active subflow's pending transmit timer, TCP_RTO_MIN if none) every time it
     # runs; mptcp_reset_rtx_timer re-arms with that stored value. Same paths as above. At t=0 the
@@ -252,7 +269,7 @@ def test_without_reinjection_a_dead_path_stalls_the_old_scheduler():
 
 def test_a_subflow_joins_after_its_start_delay():
     # Without the MP_JOIN handshake (join_handshake=False) subflow_start_s is when the subflow starts
-    # established (here 0.25 s): before it the second path carries nothing; at 0.25 s the joined subflow adds its 87040-byte buffer
+    # established (here 0.25 s): before it the second path carries nothing; at 0.25 s the joined subflow adds its 46080-byte buffer
     # to the connection's and takes the next burst at once.
     env = simpy.Environment()
     taps = [Tap(), Tap()]
