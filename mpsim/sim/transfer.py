@@ -94,6 +94,14 @@ Linux 6.6-6.18 (``net/mptcp/protocol.c``; ``scheduler="default"``, :class:`_Conn
   (a page frag, ``mptcp_data_frag``; up to what was sent) is re-sent on the first active subflow
   with nothing in flight and nothing queued (``mptcp_subflow_get_retrans``); the receiver drops
   the copy that arrives second;
+* stale subflows (``mptcp_pm_subflow_chk_stale``, net/mptcp/pm.c, 6.18): each MPTCP timeout
+  counts a period for every subflow with data in flight or queued; a subflow that has taken no
+  ACK over more than ``stale_loss_cnt`` (4) of them is stale if another active subflow is not
+  itself losing: everything not DATA_ACKed is sent again on the others
+  (``__mptcp_retransmit_pending_data``), the stale subflow gets no new data until an ACK
+  recovers it, and a counting subflow adds nothing to the timer's interval
+  (``_ConnectionSender.check_stale``); a DATA_ACK beyond such a re-sent send head moves the head
+  past it (``__mptcp_clean_una``);
 * further subflows join with the MP_JOIN handshake (below, "Subflows joining").
 
 ``scheduler="lowest-rtt"`` keeps the older model (the out-of-tree Linux MPTCP's default): new
@@ -211,8 +219,8 @@ Simplifications
   buffer counts payload (the msk's data fragments cost little more).
 * Without a sink the receiving application reads instantly (a window never closes with
   nothing in flight then, so only a transfer with a sink probes a zero window).
-* MPTCP: no stale-subflow detection (Linux marks a subflow stale after 4 RTOs without progress and
-  then re-sends all its pending data, ``mptcp_pm_subflow_chk_stale``); reinjection is one 32 KiB
+* MPTCP: rcv_tstamp (stale detection) is the jiffy of the last ACK taken, from the transfer's
+  start or the join (Linux: from the handshake); reinjection is one 32 KiB
   fragment per MPTCP timeout, on an idle subflow only; fragment edges at multiples of 32 KiB of
   DSN (Linux's depend on how the application writes); no backup subflows, no DATA_ACK-only
   window updates on idle subflows, no subflow that leaves; one ACK path per subflow (the
