@@ -259,13 +259,16 @@ def test_stale_count_marks_a_subflow_stale_after_stale_loss_cnt_periods_and_an_a
     assert MPTCP_STALE_LOSS_CNT == 4
     sent_before = sender.snd_nxt
     assert sent_before == 76 * PAYLOAD and sender.data_una == 0
-    b.stale_count = 3  # B losing as well: no alternative, A stays
-    for count in (1, 2, 3, 4, 5, 6):
+    b.stale_count = 2  # B is an alternative (2 < 3)
+    for count in (1, 2, 3, 4):  # not past stale_loss_cnt yet
         sender.check_stale(a, env.now)
         assert a.stale_count == count and not a.stale
-    b.stale_count = 2  # now B is an alternative: the next period marks A
+    b.stale_count = 3  # B losing as well: no alternative, A stays
     sender.check_stale(a, env.now)
-    assert a.stale_count == 7 and a.stale and sender.subflows_stale == 1
+    assert a.stale_count == 5 and not a.stale
+    b.stale_count = 2  # an alternative again: the next period marks A
+    sender.check_stale(a, env.now)
+    assert a.stale_count == 6 and a.stale and sender.subflows_stale == 1
     assert sender.reinjected_bytes == sent_before  # all of it, from DATA_ACK 0
     assert not sender.usable(a) and sender.usable(b)
     assert sender.select_subflow() is not a
