@@ -2292,7 +2292,8 @@ class TransferRecord:
     delivered in order at subflow level. ``payload_sha256`` is the hash of the delivered bytes
     when the transfer carried a payload. ``duplicate_bytes`` counts data the connection
     received twice at data level (zero without reinjection: subflow duplicates are discarded
-    below it).
+    below it). ``subflows_stale`` / ``subflows_recovered`` count subflows marked stale and
+    recovered (Linux's MPTcpExt SubflowStale / SubflowRecover; module docstring).
     """
 
     size_bytes: int
