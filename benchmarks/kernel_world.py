@@ -30,7 +30,8 @@ MODELS = ROOT / "models" / "kernel"
 #: Variants under random loss: their goodput varies from one loss draw to the next in both worlds
 #: (the two worlds draw independently), so they run with more run indices, in jobs of their own.
 LOSSY = {"goodput.toml": ["tcp-10M-rtt40-loss0p5", "tcp-10M-rtt40-loss2", "mptcp-2x10-rtt40-loss0p5",
-                          "tcp-50M-rtt40-loss0p5", "tcp-50M-rtt40-loss2"],
+                          "tcp-50M-rtt40-loss0p5", "tcp-50M-rtt40-loss2", "mptcp-2x50-rtt40-loss2",
+                          "mptcp-2x50-rtt0-loss2-upload"],
          "convert_paths.toml": ["convert-2x10-upload-loss2"]}
 LOSSY_SEEDS = 16
 #: (job name, scenario file, overrides, variants (None: all but the LOSSY ones), run indices (None: --seeds))

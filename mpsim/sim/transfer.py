@@ -95,6 +95,14 @@ Linux 6.6-6.18 (``net/mptcp/protocol.c``; ``scheduler="default"``, :class:`_Conn
   (a page frag, ``mptcp_data_frag``; up to what was sent) is re-sent on the first active subflow
   with nothing in flight and nothing queued (``mptcp_subflow_get_retrans``); the receiver drops
   the copy that arrives second;
+* stale subflows (``mptcp_pm_subflow_chk_stale``, net/mptcp/pm.c, 6.18): each MPTCP timeout
+  counts a period for every subflow with data in flight or queued; a subflow that has taken no
+  ACK over more than ``stale_loss_cnt`` (4) of them is stale if another active subflow is not
+  itself losing: everything not DATA_ACKed is sent again on the others
+  (``__mptcp_retransmit_pending_data``), the stale subflow gets no new data until an ACK
+  recovers it, and a counting subflow adds nothing to the timer's interval
+  (``_ConnectionSender.check_stale``); a DATA_ACK beyond such a re-sent send head moves the head
+  past it (``__mptcp_clean_una``);
 * further subflows join with the MP_JOIN handshake (below, "Subflows joining").
 
 ``scheduler="lowest-rtt"`` keeps the older model (the out-of-tree Linux MPTCP's default): new
@@ -214,8 +222,8 @@ Simplifications
   buffer counts payload (the msk's data fragments cost little more).
 * Without a sink the receiving application reads instantly (a window never closes with
   nothing in flight then, so only a transfer with a sink probes a zero window).
-* MPTCP: no stale-subflow detection (Linux marks a subflow stale after 4 RTOs without progress and
-  then re-sends all its pending data, ``mptcp_pm_subflow_chk_stale``); reinjection is one 32 KiB
+* MPTCP: rcv_tstamp (stale detection) is the jiffy of the last ACK taken, from the transfer's
+  start or the join (Linux: from the handshake); reinjection is one 32 KiB
   fragment per MPTCP timeout, on an idle subflow only; fragment edges at multiples of 32 KiB of
   DSN (Linux's depend on how the application writes); no backup subflows, no DATA_ACK-only
   window updates on idle subflows, no subflow that leaves; one ACK path per subflow (the
@@ -331,6 +339,12 @@ MPTCP_SEND_BURST_BYTES = 65428
 #: An MPTCP data fragment (struct mptcp_data_frag) lives in a 32 KiB page frag
 #: (SKB_FRAG_PAGE_ORDER); __mptcp_retrans re-sends one such fragment at a time.
 MPTCP_DFRAG_BYTES = 32768
+#: net.mptcp.stale_loss_cnt's default (Documentation/networking/mptcp-sysctl.rst): a subflow with
+#: data outstanding that has received no ACK over more than this many MPTCP-level retransmit
+#: timeouts is stale (net/mptcp/pm.c ``mptcp_pm_subflows_chk_stale``).
+MPTCP_STALE_LOSS_CNT = 4
+#: subflow->stale_count is a u8 that saturates (``mptcp_pm_subflow_chk_stale``).
+_STALE_COUNT_MAX = 255
 #: MPTCP packet schedulers (``BulkTransfer(scheduler=...)``).
 SCHEDULERS = ("default", "lowest-rtt")
 #: Buffer policies (``BulkTransfer(buffers=...)``): Linux's auto-tuning, or SO_SNDBUF/SO_RCVBUF set.
@@ -622,6 +636,13 @@ class _SubflowSender:
         self.sndbuf_bytes = 0  # set by the connection (pinned, or tcp_init_buffer_space)
         self.sndbuf_locked = False
         self.avg_pacing_rate = 0.0  # bytes/s, mptcp_subflow_context.avg_pacing_rate
+        # Stale-subflow detection (net/mptcp/pm.c, Linux 6.18; _ConnectionSender.check_stale):
+        # tcp_sock.rcv_tstamp, the jiffy of the last ACK taken (established: the start), and the
+        # subflow context's stale flag, stale_count and stale_rcv_tstamp.
+        self.rcv_tstamp = conn.jiffies(conn.env.now)
+        self.stale = False
+        self.stale_count = 0
+        self.stale_rcv_tstamp = 0
         self.data_header_bytes = base_header_bytes(local_ip) + (DSS_DATA_OPTION_BYTES if conn.mptcp else 0)
         self.snd_una = 0
         self.snd_nxt = 0
@@ -798,6 +819,8 @@ class _SubflowSender:
         if not segment.mptcp and conn.mptcp_options and self._acked_without_dss(now):
             return
         conn.on_data_ack(segment.data_ack, segment.window_bytes)
+        if segment.ack >= self.snd_una:  # tcp_ack: any ACK not older than snd_una (old_ack skips it)
+            self.rcv_tstamp = conn.jiffies(now)
         prior_pipe = self.pipe()
         delivered = 0
         rtt_s = None
@@ -1290,8 +1313,10 @@ class _ConnectionSender:
 
     def __init__(self, env: simpy.Environment, size_bytes: int, mptcp: bool, snd_buf_bytes: int,
                  initial_window_bytes: int, payload: bytes | None, scheduler: str = "default",
-                 pinned: bool = False, source: Any = None, window_probes: bool = False) -> None:
+                 pinned: bool = False, source: Any = None, window_probes: bool = False,
+                 kernel_hz: int = LINUX_HZ) -> None:
         self.env = env
+        self.kernel_hz = kernel_hz  # the clock of the subflows' rcv_tstamp (stale detection)
         self.size_bytes = size_bytes
         # The application's data (module doc, "Composing transfers"): without a source it has
         # written all ``size_bytes`` at the start; with one, ``written_bytes`` is the end of what
@@ -1302,7 +1327,10 @@ class _ConnectionSender:
         self.window_probes = window_probes
         self.mptcp = mptcp
         self.snd_buf_bytes = snd_buf_bytes
-        self.next_dsn = 0
+        self.next_dsn = 0  # the send head: the next DSN to hand to a subflow
+        # Linux msk->snd_nxt: the highest DSN handed to a subflow. Only a re-send of everything
+        # not DATA_ACKed (_retransmit_pending_data) puts the send head below it.
+        self.snd_nxt = 0
         self.data_una = 0
         self.right_edge = initial_window_bytes
         self.payload = memoryview(payload) if payload is not None else None
@@ -1328,6 +1356,8 @@ class _ConnectionSender:
         self.reinjected_bytes = 0
         self.mptcp_retransmit_timeouts = 0
         self.subflow_resets = 0
+        self.subflows_stale = 0  # MPTcpExt SubflowStale
+        self.subflows_recovered = 0  # MPTcpExt SubflowRecover
         self.fallen_back = False
         self.mptcp_options = mptcp  # the segments carry MPTCP options (until a fallback)
 
@@ -1355,7 +1385,9 @@ class _ConnectionSender:
         if data_ack > self.data_una:
             self.data_una = data_ack
             if self.linux:  # __mptcp_clean_una: progress restarts the MPTCP-level timer
-                if data_ack < self.next_dsn:  # with the interval the scheduler last sampled
+                if data_ack > self.next_dsn:  # a re-send overtaken: the head skips what is acked
+                    self.next_dsn = data_ack
+                if data_ack < self.snd_nxt:  # with the interval the scheduler last sampled
                     self.rtx_timer.set(self.env.now + self.timer_ival_s)
                 else:
                     self.rtx_timer.cancel()
@@ -1422,7 +1454,8 @@ class _ConnectionSender:
 
     def select_subflow(self) -> _SubflowSender | None:
         """``mptcp_subflow_get_send``: the active subflow with the lowest linger time
-        (wmem_queued / averaged pacing rate; the first on ties), None if its send buffer is full.
+        (wmem_queued / averaged pacing rate; the first on ties), None if its send buffer is full;
+        a stale subflow is not active (:meth:`usable`).
         On the way it samples the MPTCP-level timer's interval (``__mptcp_set_timeout``, see the
         notes on the MPTCP-level retransmit timer below), whatever it returns."""
         best = None
@@ -1430,10 +1463,11 @@ class _ConnectionSender:
         now = self.env.now
         longest_s = 0.0
         for subflow in self.subflows:
-            if not subflow.active:
+            if not self.usable(subflow):
                 continue
             deadline_s = subflow.rto_timer.deadline_s
-            if deadline_s is not None and deadline_s - now > longest_s:
+            # mptcp_timeout_from_subflow: a subflow counting periods without progress adds nothing
+            if deadline_s is not None and not subflow.stale_count and deadline_s - now > longest_s:
                 longest_s = deadline_s - now
             if not subflow.avg_pacing_rate:
                 subflow.avg_pacing_rate = subflow.pacing_rate()
@@ -1478,6 +1512,8 @@ class _ConnectionSender:
             if not committed:
                 break
             pushed = True
+            if self.next_dsn > self.snd_nxt:
+                self.snd_nxt = self.next_dsn
         # __mptcp_push_pending: only a push that handed data to a subflow starts an idle timer
         # (an armed one is left alone; DATA_ACK progress restarts it in __mptcp_clean_una)
         if pushed and self.rtx_timer.deadline_s is None:
@@ -1503,15 +1539,20 @@ class _ConnectionSender:
         """``mptcp_retransmit_timer`` -> ``__mptcp_retrans``: the oldest fragment not DATA_ACKed
         (up to the bytes already sent) goes again on the first active subflow with nothing in
         flight and nothing queued (``mptcp_subflow_get_retrans``); with none, only re-arm. The
-        re-arm (``__mptcp_clean_una`` at its start) uses the stored ``timer_ival_s``."""
-        if self.data_una >= self.next_dsn or self.fallen_back:
+        re-arm (``__mptcp_clean_una`` at its start) uses the stored ``timer_ival_s``. On the way
+        every subflow with data in flight or queued counts a period without progress
+        (:meth:`check_stale`), in the subflows' order, as ``mptcp_subflow_get_retrans`` does."""
+        if self.data_una >= self.snd_nxt or self.fallen_back:
             return
         self.mptcp_retransmit_timeouts += 1
         pick = None
-        for subflow in self.subflows:
-            if subflow.active and subflow.head >= len(subflow.rtx) and not subflow.send_queue:
+        for subflow in self.subflows:  # every subflow: each busy one counts a period (stale check)
+            if not subflow.active:  # __mptcp_subflow_active: a stale subflow may be picked
+                continue
+            if subflow.head < len(subflow.rtx) or subflow.send_queue:
+                self.check_stale(subflow, now)
+            elif pick is None:
                 pick = subflow
-                break
         if pick is not None:
             start = self.data_una
             end = min((start // MPTCP_DFRAG_BYTES + 1) * MPTCP_DFRAG_BYTES, self.next_dsn)
@@ -1524,9 +1565,80 @@ class _ConnectionSender:
             pick.transmit_queued(now)
         self.rtx_timer.set(now + self.timer_ival_s)
 
+    # --- stale subflows (net/mptcp/pm.c and protocol.c, Linux 6.18) ------------------------------
+
+    # A subflow whose path has gone quiet keeps the data committed to it; the MPTCP-level timer
+    # re-sends only one fragment per expiry, on an idle subflow. Linux marks such a subflow stale
+    # and re-sends everything not DATA_ACKed on the others: ``mptcp_subflow_get_retrans`` calls
+    # ``mptcp_pm_subflow_chk_stale`` for every subflow with data in flight or queued. Its first call
+    # records the subflow's ``rcv_tstamp`` (stale_count 1); each later one finding the same stamp
+    # (no ACK since) counts one more, one finding another resets the count (and recovers a stale
+    # subflow). Past ``stale_loss_cnt`` (4), so at the fifth period, ``mptcp_pm_subflows_chk_stale``
+    # looks for another active subflow with stale_count below max(stale_loss_cnt - 1, 1); with
+    # one, the subflow is stale (``MPTCP_MIB_SUBFLOWSTALE``), ``__mptcp_retransmit_pending_data``
+    # marks everything not DATA_ACKed unsent, and ``__mptcp_push_pending`` sends it again on the
+    # others. A stale subflow gets no new data (``mptcp_subflow_active`` is false while its
+    # rcv_tstamp is unchanged) but still sends what it holds; its first ACK recovers it
+    # (``mptcp_subflow_set_active``, ``MPTCP_MIB_SUBFLOWRECOVER``). A subflow with a count adds
+    # nothing to the MPTCP-level timer's interval (``mptcp_timeout_from_subflow``). Simplified: no
+    # backup subflows, so the pick for a reinjection ignores the counts (Linux consults them for a
+    # backup only).
+
+    def jiffies(self, now: float) -> int:
+        """Linux ``tcp_jiffies32`` at ``now`` for this sender's CONFIG_HZ (rcv_tstamp's unit)."""
+        return int(now * 1e6 + 0.5) * self.kernel_hz // 1_000_000
+
+    def usable(self, subflow: _SubflowSender) -> bool:
+        """``mptcp_subflow_active``: active and not stale; a stale subflow that has taken an ACK
+        since it was marked recovers here."""
+        if subflow.stale:
+            if subflow.stale_rcv_tstamp == subflow.rcv_tstamp:
+                return False
+            subflow.stale = False
+            self.subflows_recovered += 1
+        return subflow.active
+
+    def check_stale(self, subflow: _SubflowSender, now: float) -> None:
+        """``mptcp_pm_subflow_chk_stale`` (net/mptcp/pm.c): one MPTCP-level timeout with data
+        outstanding on ``subflow``; with no ACK since the last, the stale test."""
+        if not subflow.stale_count:
+            subflow.stale_rcv_tstamp = subflow.rcv_tstamp
+            subflow.stale_count = 1
+        elif subflow.stale_rcv_tstamp == subflow.rcv_tstamp:
+            subflow.stale_count = min(subflow.stale_count + 1, _STALE_COUNT_MAX)
+            self._mark_stale(subflow, now)
+        else:
+            subflow.stale_count = 0
+            if subflow.stale:
+                subflow.stale = False
+                self.subflows_recovered += 1
+
+    def _mark_stale(self, subflow: _SubflowSender, now: float) -> None:
+        """``mptcp_pm_subflows_chk_stale``: stale once past stale_loss_cnt periods, if another
+        active subflow is not itself losing (stale_count below max(stale_loss_cnt - 1, 1))."""
+        if subflow.stale or subflow.stale_count <= MPTCP_STALE_LOSS_CNT:
+            return
+        active_max_loss_cnt = max(MPTCP_STALE_LOSS_CNT - 1, 1)
+        for other in self.subflows:
+            if other is not subflow and self.usable(other) and other.stale_count < active_max_loss_cnt:
+                if subflow.head < len(subflow.rtx) or subflow.send_queue:
+                    subflow.stale = True
+                    self.subflows_stale += 1
+                    self._retransmit_pending_data()
+                self.push(now)
+                return
+
+    def _retransmit_pending_data(self) -> None:
+        """``__mptcp_retransmit_pending_data``: everything not DATA_ACKed is marked unsent, so the
+        scheduler sends it again from the DATA_ACK on (the receiver drops what it already has)."""
+        if self.data_una < self.next_dsn:
+            self.reinjected_bytes += self.next_dsn - self.data_una
+            self.next_dsn = self.data_una
+
     def activate(self, subflow: _SubflowSender, now: float) -> None:
         """A subflow that joined late (its MP_JOIN handshake done) starts taking data."""
         subflow.active = True
+        subflow.rcv_tstamp = self.jiffies(now)
         self.sync_sndbuf()
         self.push(now)
 
@@ -1545,9 +1657,7 @@ class _ConnectionSender:
         subflow.retransmit_queue.clear()
         subflow.wmem_queued = 0
         self.subflow_resets += 1
-        if self.data_una < self.next_dsn:
-            self.reinjected_bytes += self.next_dsn - self.data_una
-            self.next_dsn = self.data_una
+        self._retransmit_pending_data()
         self.sync_sndbuf()
         self.push(now)
 
@@ -2197,7 +2307,8 @@ class TransferRecord:
     delivered in order at subflow level. ``payload_sha256`` is the hash of the delivered bytes
     when the transfer carried a payload. ``duplicate_bytes`` counts data the connection
     received twice at data level (zero without reinjection: subflow duplicates are discarded
-    below it).
+    below it). ``subflows_stale`` / ``subflows_recovered`` count subflows marked stale and
+    recovered (Linux's MPTcpExt SubflowStale / SubflowRecover; module docstring).
     """
 
     size_bytes: int
@@ -2234,6 +2345,8 @@ class TransferRecord:
     subflow_join_failures: tuple[str, ...] = ()
     subflow_resets: int = 0
     fallback: bool = False
+    subflows_stale: int = 0
+    subflows_recovered: int = 0
 
 
 def _attach(direction: LinkDirection) -> None:
@@ -2352,7 +2465,7 @@ class BulkTransfer:
         self.start_s = env.now
         self.sender = _ConnectionSender(env, size_bytes, mptcp, snd_buf_bytes, rcv_buf_bytes, payload,
                                         scheduler=scheduler, pinned=buffers == "pinned", source=source,
-                                        window_probes=sink is not None)
+                                        window_probes=sink is not None, kernel_hz=kernel_hz)
         self.receiver = _ConnectionReceiver(env, size_bytes, mptcp, rcv_buf_bytes, payload is not None, sink=sink)
         coupling = LiaCoupling() if coupled == "lia" else None
         self.joins: list[_Join | None] = []  # per path: its MP_JOIN handshake (None: the initial subflow)
@@ -2422,4 +2535,5 @@ class BulkTransfer:
             subflow_join_failures=tuple("" if join is None else join.failure for join in self.joins),
             subflow_resets=self.sender.subflow_resets,
             fallback=self.sender.fallen_back or receiver.fallen_back,
+            subflows_stale=self.sender.subflows_stale, subflows_recovered=self.sender.subflows_recovered,
         )

@@ -15,8 +15,8 @@ import simpy
 
 import mpsim.sim.transfer as transfer_module
 from mpsim.sim.link import LinkDirection
-from mpsim.sim.transfer import (MPTCP_SEND_BURST_BYTES, SKB_TRUESIZE_OVERHEAD_BYTES, SNDBUF_PER_MSS_BYTES,
-                                BulkTransfer)
+from mpsim.sim.transfer import (MPTCP_SEND_BURST_BYTES, MPTCP_STALE_LOSS_CNT, SKB_TRUESIZE_OVERHEAD_BYTES,
+                                SNDBUF_PER_MSS_BYTES, BulkTransfer)
 
 PAYLOAD = 1420  # MPTCP payload per segment (1448 - DSS 28)
 TRUESIZE = PAYLOAD + SKB_TRUESIZE_OVERHEAD_BYTES  # 2252 per queued full segment
@@ -257,6 +257,112 @@ def test_mptcp_timer_interval_is_sampled_by_the_scheduler_not_at_rearm(distribut
     assert sender.subflows[0].rto_timer.deadline_s == pytest.approx(2.0)
     assert sender.timer_ival_s == pytest.approx(1.0)
     assert sender.rtx_timer.deadline_s == pytest.approx(2.0478016)
+
+
+def test_stale_count_marks_a_subflow_stale_after_stale_loss_cnt_periods_and_an_ack_recovers_it():
+    # net/mptcp/pm.c (Linux 6.18) mptcp_pm_subflow_chk_stale, driven by hand: both subflows hold
+    # data in flight (t = 1 ms: their first bursts are out, no ACK back yet). The first call records
+    # A's rcv_tstamp (count 1); each further call with the same stamp counts one more; the test
+    # "stale_count > stale_loss_cnt (4)" first holds at the fifth call, and only while another
+    # active subflow has stale_count below max(4 - 1, 1) = 3. Stale: everything not DATA_ACKed is
+    # marked unsent (the send head back to the DATA_ACK, 0) and pushed again on B; A is not usable
+    # (mptcp_subflow_active) until an ACK changes its rcv_tstamp, which recovers it.
+    env = simpy.Environment()
+    paths = [path(env, "a", 10e6, 0.01), path(env, "b", 10e6, 0.01)]
+    transfer = BulkTransfer(env, paths, MIB, mptcp=True, join_handshake=False)
+    sender = transfer.sender
+    a, b = sender.subflows
+    env.run(until=0.001)
+    assert MPTCP_STALE_LOSS_CNT == 4
+    sent_before = sender.snd_nxt
+    assert sent_before == 76 * PAYLOAD and sender.data_una == 0
+    b.stale_count = 2  # B is an alternative (2 < 3)
+    for count in (1, 2, 3, 4):  # not past stale_loss_cnt yet
+        sender.check_stale(a, env.now)
+        assert a.stale_count == count and not a.stale
+    b.stale_count = 3  # B losing as well: no alternative, A stays
+    sender.check_stale(a, env.now)
+    assert a.stale_count == 5 and not a.stale
+    b.stale_count = 2  # an alternative again: the next period marks A
+    sender.check_stale(a, env.now)
+    assert a.stale_count == 6 and a.stale and sender.subflows_stale == 1
+    assert sender.reinjected_bytes == sent_before  # all of it, from DATA_ACK 0
+    assert not sender.usable(a) and sender.usable(b)
+    assert sender.select_subflow() is not a
+    # B's buffer is full (38 x 2316 = 88008 >= 87040), so the push could hand nothing over yet:
+    # the send head waits at the DATA_ACK for B's ACKs to make room
+    assert b.wmem_queued == 38 * TRUESIZE and sender.next_dsn == 0 and sender.snd_nxt == sent_before
+    a.rcv_tstamp += 1  # an ACK on A, one jiffy later
+    assert sender.usable(a) and not a.stale and sender.subflows_recovered == 1
+    sender.check_stale(a, env.now)  # a new stamp: the count starts again
+    assert a.stale_count == 0
+
+
+def test_a_counting_subflow_adds_nothing_to_the_mptcp_timer_interval():
+    # mptcp_timeout_from_subflow: a subflow with stale_count > 0 contributes 0 to msk->timer_ival.
+    # A on a 100 ms path (RTO armed for 1 s, no sample), B on a 10 ms one: at t = 0.5 s both
+    # have transmit timers pending; A's runs longer. Counting A, the interval is B's time left.
+    env = simpy.Environment()
+    paths = [path(env, "a", 10e6, 0.1, loss=DropData()), path(env, "b", 10e6, 0.01)]
+    transfer = BulkTransfer(env, paths, MIB, mptcp=True, join_handshake=False)
+    sender = transfer.sender
+    a, b = sender.subflows
+    env.run(until=0.5)
+    left_a, left_b = a.rto_timer.deadline_s - env.now, b.rto_timer.deadline_s - env.now
+    assert left_a > left_b > 0
+    sender.select_subflow()
+    assert sender.timer_ival_s == pytest.approx(left_a)
+    a.stale_count = 1
+    sender.select_subflow()
+    assert sender.timer_ival_s == pytest.approx(left_b)
+
+
+def test_a_dead_path_goes_stale_at_the_fifth_mptcp_timeout_and_its_data_is_sent_again():
+    # Path A (10 Mbit/s, 10 ms) loses every data segment, so A never gets an ACK and its
+    # rcv_tstamp stays at the start; B (2 Mbit/s, 10 ms) is clean. A holds DSN 0-53960 (38
+    # segments, its first burst, as in the first test); the send buffer (the sum of the subflows'
+    # buffers: A's 87040, B's 2 x 33 x 4352 = 287232 once B's cwnd is 33) lets B send up to DSN
+    # 374272 while the DATA_ACK stays 0. MPTCP-level timeouts (mptcp_retransmit_timer), each a
+    # period of A without progress (net/mptcp/pm.c mptcp_pm_subflow_chk_stale, Linux 6.18):
+    #  1st, 1 s: A's count 1 (its stamp recorded); B busy, nothing re-sent;
+    #  2nd, 3rd: counts 2, 3 (B still busy);
+    #  4th: count 4; B idle: the head fragment, DSN 0-32768, re-sent on B (as before this change);
+    #       its arrival moves the DATA_ACK to 32768, so B may send up to 32768 + 374272 = 407040;
+    #  5th: count 5 > stale_loss_cnt 4, and B (count below 3) is an alternative: A is stale and
+    #       everything not DATA_ACKed, 407040 - 32768 = 374272 bytes, is marked unsent and pushed
+    #       again on B (__mptcp_retransmit_pending_data, __mptcp_push_pending). B's copy of
+    #       32768-53960 fills the hole and the DATA_ACK jumps to 407040, over the re-sent send
+    #       head, which skips to it (__mptcp_clean_una) instead of re-sending acknowledged data.
+    # Each byte reaches the application once, in order; A never recovers (no ACK ever comes).
+    env = simpy.Environment()
+    data = random.Random(7).randbytes(1_000_000)
+    paths = [path(env, "a", 10e6, 0.01, loss=DropData()), path(env, "b", 2e6, 0.01)]
+    transfer = BulkTransfer(env, paths, len(data), mptcp=True, join_handshake=False, payload=data)
+    sender = transfer.sender
+    a, b = sender.subflows
+    fire = sender.rtx_timer.callback
+    expiries = []
+
+    def expiry(now):
+        before = (sender.data_una, sender.snd_nxt, sender.reinjected_bytes, b.sndbuf_bytes)
+        fire(now)
+        expiries.append((now, before, a.stale_count, b.stale_count, a.stale, sender.reinjected_bytes))
+        assert sender.next_dsn >= sender.data_una  # never a send head below the DATA_ACK
+
+    sender.rtx_timer.callback = expiry
+    env.run(until=env.any_of([transfer.done, env.timeout(60)]))
+    record = transfer.result()
+    assert record.completed and record.payload_sha256 == hashlib.sha256(data).hexdigest()
+    assert expiries[0][0] == pytest.approx(1.0)
+    assert [e[2] for e in expiries[:5]] == [1, 2, 3, 4, 5]
+    assert [e[4] for e in expiries[:5]] == [False, False, False, False, True]
+    assert [e[5] for e in expiries[:4]] == [0, 0, 0, 32768]
+    now, (data_una, snd_nxt, reinjected, b_sndbuf), _, b_count, _, after = expiries[4]
+    assert b_sndbuf == 2 * 33 * SNDBUF_PER_MSS_BYTES == 287232
+    assert (data_una, snd_nxt, reinjected) == (32768, 32768 + 87040 + 287232, 32768)
+    assert b_count < 3 and after - reinjected == 407040 - 32768
+    assert record.subflows_stale == 1 and record.subflows_recovered == 0
+    assert not sender.usable(a) and record.subflow_bytes[0] == 0
 
 
 def test_without_reinjection_a_dead_path_stalls_the_old_scheduler():
