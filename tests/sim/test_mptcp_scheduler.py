@@ -259,7 +259,7 @@ def test_mptcp_timer_interval_is_sampled_by_the_scheduler_not_at_rearm(distribut
     assert sender.rtx_timer.deadline_s == pytest.approx(2.0478016)
 
 
-def test_stale_count_marks_a_subflow_stale_after_stale_loss_cnt_periods_and_an_ack_recovers_it():
+def test_stale_count_marks_a_subflow_stale_after_stale_loss_cnt_periods_and_an_ack_recovers_it(distribution_kernel_skbs):
     # net/mptcp/pm.c (Linux 6.18) mptcp_pm_subflow_chk_stale, driven by hand: both subflows hold
     # data in flight (t = 1 ms: their first bursts are out, no ACK back yet). The first call records
     # A's rcv_tstamp (count 1); each further call with the same stamp counts one more; the test
@@ -291,14 +291,14 @@ def test_stale_count_marks_a_subflow_stale_after_stale_loss_cnt_periods_and_an_a
     assert sender.select_subflow() is not a
     # B's buffer is full (38 x 2316 = 88008 >= 87040), so the push could hand nothing over yet:
     # the send head waits at the DATA_ACK for B's ACKs to make room
-    assert b.wmem_queued == 38 * TRUESIZE and sender.next_dsn == 0 and sender.snd_nxt == sent_before
+    assert b.wmem_queued == 38 * (PAYLOAD + 896) and sender.next_dsn == 0 and sender.snd_nxt == sent_before
     a.rcv_tstamp += 1  # an ACK on A, one jiffy later
     assert sender.usable(a) and not a.stale and sender.subflows_recovered == 1
     sender.check_stale(a, env.now)  # a new stamp: the count starts again
     assert a.stale_count == 0
 
 
-def test_a_counting_subflow_adds_nothing_to_the_mptcp_timer_interval():
+def test_a_counting_subflow_adds_nothing_to_the_mptcp_timer_interval(distribution_kernel_skbs):
     # mptcp_timeout_from_subflow: a subflow with stale_count > 0 contributes 0 to msk->timer_ival.
     # A on a 100 ms path (RTO armed for 1 s, no sample), B on a 10 ms one: at t = 0.5 s both
     # have transmit timers pending; A's runs longer. Counting A, the interval is B's time left.
@@ -317,7 +317,7 @@ def test_a_counting_subflow_adds_nothing_to_the_mptcp_timer_interval():
     assert sender.timer_ival_s == pytest.approx(left_b)
 
 
-def test_a_dead_path_goes_stale_at_the_fifth_mptcp_timeout_and_its_data_is_sent_again():
+def test_a_dead_path_goes_stale_at_the_fifth_mptcp_timeout_and_its_data_is_sent_again(distribution_kernel_skbs):
     # Path A (10 Mbit/s, 10 ms) loses every data segment, so A never gets an ACK and its
     # rcv_tstamp stays at the start; B (2 Mbit/s, 10 ms) is clean. A holds DSN 0-53960 (38
     # segments, its first burst, as in the first test); the send buffer (the sum of the subflows'
@@ -358,7 +358,7 @@ def test_a_dead_path_goes_stale_at_the_fifth_mptcp_timeout_and_its_data_is_sent_
     assert [e[4] for e in expiries[:5]] == [False, False, False, False, True]
     assert [e[5] for e in expiries[:4]] == [0, 0, 0, 32768]
     now, (data_una, snd_nxt, reinjected, b_sndbuf), _, b_count, _, after = expiries[4]
-    assert b_sndbuf == 2 * 33 * SNDBUF_PER_MSS_BYTES == 287232
+    assert b_sndbuf == 2 * 33 * 4352 == 287232  # the distribution kernel's skb sizes (fixture)
     assert (data_una, snd_nxt, reinjected) == (32768, 32768 + 87040 + 287232, 32768)
     assert b_count < 3 and after - reinjected == 407040 - 32768
     assert record.subflows_stale == 1 and record.subflows_recovered == 0
