@@ -71,7 +71,8 @@ def test_first_bursts_fill_each_subflows_auto_tuned_buffer_in_turn():
     # Each sends its initial window (10) and keeps 28 queued beyond its cwnd.
     env = simpy.Environment()
     paths = [path(env, "a", 10e6, 0.01), path(env, "b", 10e6, 0.01)]
-    transfer = BulkTransfer(env, paths, MIB, mptcp=True, join_handshake=False)
+    # The receiver's buffer is pinned (SO_RCVBUF 6 MiB) so that its window does not bound the bursts.
+    transfer = BulkTransfer(env, paths, MIB, mptcp=True, join_handshake=False, rcv_buffers="pinned")
     first, second = transfer.sender.subflows
     assert first.sndbuf_bytes == second.sndbuf_bytes == 2 * 10 * SNDBUF_PER_MSS_BYTES == 87040
     assert queued_ranges(first) == [(0, 38 * PAYLOAD)]
@@ -204,7 +205,8 @@ def test_reinjection_after_a_subflow_timeout_delivers_each_byte_once():
     tap_b = Tap()
     paths = [path(env, "a", 10e6, 0.01, loss=DropData()), path(env, "b", 10e6, 0.01, tap=tap_b)]
     data = random.Random(5).randbytes(76 * PAYLOAD)
-    transfer = BulkTransfer(env, paths, len(data), mptcp=True, join_handshake=False, payload=data)
+    transfer = BulkTransfer(env, paths, len(data), mptcp=True, join_handshake=False, payload=data,
+                            rcv_buffers="pinned")  # as in the first test
     env.run(until=env.any_of([transfer.done, env.timeout(30)]))
     record = transfer.result()
     assert record.completed and record.payload_sha256 == hashlib.sha256(data).hexdigest()
@@ -230,7 +232,7 @@ def test_mptcp_timer_interval_is_sampled_by_the_scheduler_not_at_rearm():
     # deadline to 2.0478016 s, not to A's 2 s (what re-sampling at each re-arm would give).
     env = simpy.Environment()
     paths = [path(env, "a", 10e6, 0.01, loss=DropData()), path(env, "b", 10e6, 0.01)]
-    transfer = BulkTransfer(env, paths, 76 * PAYLOAD, mptcp=True, join_handshake=False)
+    transfer = BulkTransfer(env, paths, 76 * PAYLOAD, mptcp=True, join_handshake=False, rcv_buffers="pinned")
     sender = transfer.sender
     env.run(until=0.5)
     assert sender.timer_ival_s == pytest.approx(1.0)
@@ -257,7 +259,9 @@ def test_a_subflow_joins_after_its_start_delay():
     env = simpy.Environment()
     taps = [Tap(), Tap()]
     paths = [path(env, "a", 10e6, 0.01, tap=taps[0]), path(env, "b", 10e6, 0.01, tap=taps[1])]
-    transfer = BulkTransfer(env, paths, 4 * MIB, mptcp=True, join_handshake=False, subflow_start_s=(0.0, 0.25))
+    # The receiver's buffer pinned (SO_RCVBUF 6 MiB): the window leaves room for the new subflow's burst.
+    transfer = BulkTransfer(env, paths, 4 * MIB, mptcp=True, join_handshake=False, subflow_start_s=(0.0, 0.25),
+                            rcv_buffers="pinned")
     env.run(until=0.25)
     assert not taps[1].sent
     next_dsn = transfer.sender.next_dsn
@@ -270,6 +274,7 @@ def test_a_subflow_joins_after_its_start_delay():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(scheduler="blest"), "scheduler must be one of"),
     (dict(buffers="fixed"), "buffers must be one of"),
+    (dict(rcv_buffers="fixed"), "rcv_buffers must be one of"),
     (dict(subflow_start_s=(0.1, 0.0)), "subflow_start_s"),
     (dict(subflow_start_s=(0.0,)), "subflow_start_s"),
 ])
