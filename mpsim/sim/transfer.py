@@ -1802,7 +1802,9 @@ class _SubflowReceiver:
             self.bytes_in_order += length
             self.conn.deliver(segment)
             self._measure_rcv_mss(segment)
-            if length >= 128:  # tcp_event_data_recv grows rcv_ssthresh for segments of 128 bytes or more
+            # tcp_event_data_recv grows rcv_ssthresh for segments of 128 bytes or more (no room
+            # left under the clamp: nothing to do, tested here for speed)
+            if length >= 128 and self.rcv_ssthresh < self.space.window_clamp_bytes:
                 self._grow_window(length)
             if ooo and ooo[0][0] == self.rcv_nxt:  # a hole filled: take the range behind it
                 self._drain()
@@ -2001,8 +2003,12 @@ class _ConnectionReceiver:
         self.space_time_s = env.now  # rcvq_space.time
         self.rcv_rtt_s = 0.0  # MPTCP: msk->rcvq_space.rtt_us, the subflows' largest at the last check
         self.right_edge = self.space.initial_rcv_ssthresh
+        # The window the handshake offers (``tcp_select_initial_window``, bounded by rcv_ssthresh);
+        # also the data sender's own idle buffer's, which captures show on data segments.
+        self.initial_window_bytes = self.space.initial_rcv_ssthresh
         self.pending: dict[int, Segment] = {}  # by DSN
         self.pending_heap: list[int] = []  # the DSNs of pending (and of some already taken: skipped)
+        self.pending_end = 0  # the end of the furthest byte held in pending (the msk's ooo_last_skb)
         self.duplicate_bytes = 0
         self.fallen_back = False  # RFC 8684 3.7: data without a mapping on the only subflow
         self.finish_s: float | None = None
@@ -2025,11 +2031,6 @@ class _ConnectionReceiver:
         return _ReceiveSpace(min(TCP_RMEM_DEFAULT_BYTES, self.rcv_buf_bytes), self.rcv_buf_bytes, True,
                              self.advmss_bytes)
 
-    @property
-    def initial_window_bytes(self) -> int:
-        """The window the handshake offers (``tcp_select_initial_window``, bounded by rcv_ssthresh)."""
-        return self.space.initial_rcv_ssthresh
-
     def free_space_bytes(self) -> int:
         """Linux ``tcp_space()`` (MPTCP: ``__mptcp_space``): the window of the buffer less the memory
         of what waits out of order and what the application has not read (``sk_rmem_alloc``).
@@ -2045,8 +2046,9 @@ class _ConnectionReceiver:
         ``mptcp_space``): the free space, none when it is below 1/16 of the buffer's window or one
         MSS (receiver SWS avoidance), at most rcv_ssthresh. Not modelled: window-scale rounding."""
         space = self.space
-        allowed = win_from_space(space.ratio, space.rcvbuf_bytes)
-        free = self.free_space_bytes()
+        ratio = space.ratio
+        allowed = (space.rcvbuf_bytes * ratio) >> TCP_RMEM_TO_WIN_SCALE  # free_space_bytes, inlined
+        free = ((space.rcvbuf_bytes - self.held_bytes - self.unread_bytes) * ratio) >> TCP_RMEM_TO_WIN_SCALE
         if free < (allowed >> 4) or free < self.advmss_bytes:
             return 0
         return free if free < rcv_ssthresh else rcv_ssthresh
@@ -2109,10 +2111,10 @@ class _ConnectionReceiver:
         self.space_time_s = now
 
     def _ooo_span_bytes(self) -> int:
-        """From the next byte expected to the end of the last byte held out of order (DSN)."""
+        """From the next byte expected to the end of the furthest byte held out of order (DSN)."""
         if not self.pending:
             return 0
-        return max(dsn + segment.payload_bytes for dsn, segment in self.pending.items()) - self.data_rcv_nxt
+        return max(self.pending_end - self.data_rcv_nxt, 0)
 
     def deliver(self, segment: Segment) -> None:
         """Subflow-level in-order data: pass it up in DSN order. A reinjected fragment need not
@@ -2129,6 +2131,9 @@ class _ConnectionReceiver:
                 self.pending[dsn] = segment
                 heappush(self.pending_heap, dsn)
                 self.held_bytes += segment.payload_bytes
+                end = dsn + segment.payload_bytes
+                if end > self.pending_end:
+                    self.pending_end = end
                 # mptcp_data_queue_ofo grows the buffer for what is held (6.18)
                 self.space.grow(self.space.space_bytes, self._ooo_span_bytes())
             else:
@@ -2175,7 +2180,7 @@ class _ConnectionReceiver:
             payload = segment.payload
             self.sink.on_data(self, None if payload is None else payload[skip:] if skip else payload,
                               self.data_rcv_nxt - length, length)
-        else:
+        elif self.env.now - self.space_time_s >= self.rcv_rtt_s:  # (MPTCP's early return, inlined)
             self._rcv_space_adjust(self.data_rcv_nxt)  # the instant reader has read it
         if self.data_rcv_nxt >= self.size_bytes and self.finish_s is None:
             self.finish_s = self.env.now
