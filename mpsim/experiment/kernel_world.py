@@ -223,7 +223,8 @@ def kernel_sysctls(scenario: Scenario) -> dict[str, dict[str, str]]:
     common = {}
     if snd:  # the model's default buffers (4 MiB, 6 MiB) are Linux's tcp_wmem / tcp_rmem maxima
         common["net.ipv4.tcp_wmem"] = f"4096 16384 {snd}"
-        common["net.ipv4.tcp_rmem"] = f"4096 131072 {rcv}"
+        # tcp_rmem[1], a socket's first buffer, at most the maximum (the model starts there too)
+        common["net.ipv4.tcp_rmem"] = f"4096 {min(131072, rcv)} {rcv}"
     client = {"net.ipv4.tcp_syn_retries": str(c.syn_retries),
               "net.ipv4.tcp_syn_linear_timeouts": str(c.syn_linear_timeouts),
               "net.ipv4.tcp_fastopen": "0x1",

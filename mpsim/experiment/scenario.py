@@ -344,8 +344,9 @@ class TransferSpec:
     snd_buf_bytes: int = knob(DEFAULT_SND_BUF_BYTES, ge=1500, doc="the sender's socket buffer (net.ipv4.tcp_wmem)")
     rcv_buf_bytes: int = knob(DEFAULT_RCV_BUF_BYTES, ge=1500, doc="the receiver's socket buffer (net.ipv4.tcp_rmem)")
     buffers: Buffers = knob(Buffers.AUTO, doc="\"auto\": Linux's send-buffer auto-tuning up to snd_buf_bytes (MPTCP: "
-                                               "per subflow, tcp_sndbuf_expand); \"pinned\": SO_SNDBUF, doubled as "
-                                               "Linux does")
+                                               "per subflow, tcp_sndbuf_expand) and receive-buffer auto-tuning "
+                                               "(DRS) from tcp_rmem[1] up to rcv_buf_bytes; \"pinned\": "
+                                               "SO_SNDBUF and SO_RCVBUF, doubled as Linux does, never grown")
     kernel_hz: int = knob(LINUX_HZ, check=check_kernel_hz,
                           doc="the sending kernel's CONFIG_HZ (100, 250, 300 or 1000: Debian 250, "
                               "Fedora and Ubuntu generic 1000), the jiffy rate of Linux CUBIC's window updates; "

@@ -67,9 +67,48 @@ than rcv_mss bytes arrived since the last one, else after 40 ms (``TCP_DELACK_MI
 Linux 6.x ``__tcp_ack_snd_check``, with rcv_mss measured as ``tcp_measure_rcv_mss`` does (the
 largest segment, or the size of two equal smaller ones in a row: one ACK per two full segments,
 or per two parts of split ones); immediate ACKs while out-of-order data is held, when a hole is
-filled and for duplicates. The advertised window is ``rcv_buf_bytes`` minus the bytes held out of order
-(subflow- and connection-level) and those in order but not yet read, relative to the cumulative
-(DATA_)ACK, and its right edge never moves back (RFC 9293 3.8.6, Linux ``tcp_select_window``).
+filled and for duplicates. The advertised window is the receive buffer's as Linux offers it
+("Receive window" below), relative to the cumulative (DATA_)ACK, and its right edge never moves
+back (RFC 9293 3.8.6, Linux ``tcp_select_window``).
+
+Receive window (Linux 6.18: ``include/net/tcp.h``, ``net/ipv4/tcp_input.c``,
+``net/ipv4/tcp_output.c``, ``net/mptcp/protocol.c``; :class:`_ReceiveSpace`)
+-------------------------------------------------------------------------------------------
+* A socket offers only the payload share of its buffer memory: ``tcp_win_from_space(space) =
+  space x scaling_ratio / 256``, the ratio being payload / truesize of the segment that last
+  changed rcv_mss (``tcp_measure_rcv_mss``; 128, a half, before any). A received segment's skb
+  costs ``RCV_SKB_TRUESIZE_BYTES`` (2304: measured on the kernel world's veths, where the
+  kernel's window is 0.625 of its buffer for 1448-byte segments: ratio 160; 157 for MPTCP's
+  1420). Simplified: one truesize per segment whatever its length or path.
+* ``buffers="auto"``: the buffer (``sk_rcvbuf``) starts at tcp_rmem[1] (131072, at most
+  ``rcv_buf_bytes``) with ``tcp_init_buffer_space``'s clamp (the buffer's window less one MSS:
+  64088 with the default ratio) and grows by DRS towards ``rcv_buf_bytes`` (tcp_rmem[2]):
+  on every read (``tcp_rcv_space_adjust``), once an RTT has passed since the measure began, the
+  bytes read in it (less those still unread) are compared with the last measure and, if more,
+  ``tcp_rcvbuf_grow`` (6.18) sets the buffer to ``tcp_space_from_win`` of twice them plus twice
+  their growth over the last measure scaled by that window plus the out-of-order span (also on
+  every segment held out of order), the clamp following; the first measure is 10 MSS.
+  ``buffers="pinned"`` (or ``rcv_buffers="pinned"``): SO_RCVBUF doubled (``sock_setsockopt``),
+  never grown (``SOCK_RCVBUF_LOCK``).
+* ``rcv_ssthresh`` (per subflow, ``tcp_grow_window``) starts at the first offer (min of the
+  buffer's window in whole MSS and the clamp) and grows by two MSS per segment up to the clamp;
+  the window offered is the free space (``tcp_space``: the buffer less what is held out of order
+  and not yet read) at most rcv_ssthresh, none when below one MSS or 1/16 of the buffer's window
+  (``__tcp_select_window``).
+* MPTCP: the window is the connection's (``mptcp_space``, ``__mptcp_space``: the msk's buffer and
+  memory), with the smallest scaling_ratio of its subflows, bounded per ACK by the subflow's
+  rcv_ssthresh, whose room is that subflow's own clamp. DRS is ``mptcp_rcv_space_adjust``: the
+  largest of the subflows' RTTs, no ``inq``, and when the connection's buffer grows every
+  subflow's grows with the same measure (``tcp_rcvbuf_grow(ssk, copied)``); the subflows' own
+  out-of-order data grows their own buffers.
+* Simplified: held and unread bytes are charged their payload (Linux coalesces queued skbs,
+  ``tcp_try_coalesce`` / ``mptcp_try_coalesce``, freeing all but the payload's pages of each
+  segment after the first of a run); the receiver's RTT estimate is the subflow sender's SRTT
+  (Linux's ``tcp_rcv_rtt_measure_ts`` times the same round trip from the timestamp echo); the
+  msk's ratio is taken over the joined subflows only; no window-scale rounding, no memory
+  pressure, no quick-ACK that rcv_ssthresh growth arms, no ``tcp_clamp_window`` /
+  ``tcp_collapse`` (a full buffer here only closes the window, which the clamp never lets data
+  pass).
 
 MPTCP (RFC 8684): one connection-level sequence space; the receiver reassembles by DSN into
 the shared buffer (trimming data that overlaps what it already has, as a reinjection may) and
@@ -117,10 +156,8 @@ full (2304 = roundup_pow_of_two(1460 + MAX_TCP_HEADER 256 + 320) + 256, the test
 ``MAX_TCP_HEADER_BYTES``), never shrinking, at most tcp_wmem[2]; the connection's buffer is the
 sum of its subflows' (``__mptcp_sync_sndbuf``, 6.7+), compared with the bytes not yet DATA_ACKed.
 ``buffers="pinned"``: SO_SNDBUF doubled (``sock_setsockopt``) for the connection and, synced, for
-every subflow, no growth. Receive side: the window is ``rcv_buf_bytes`` of payload in both modes (pinned: SO_RCVBUF
-doubled, of which the default ``scaling_ratio`` advertises about half; auto: the tcp_rmem[2]
-that DRS reaches within a few RTTs on a reader as fast as this one). Plain TCP keeps a payload
-send buffer of ``snd_buf_bytes``.
+every subflow, no growth. Receive side: "Receive window" above. Plain TCP keeps a payload send buffer of
+``snd_buf_bytes``.
 
 Composing transfers
 -------------------
@@ -142,7 +179,7 @@ them). ``BulkTransfer(source=..., sink=...)``:
   ``sk_rmem_alloc``, which counts unread and out-of-order data alike), so it shrinks as unread
   bytes pile up and closes when the buffer is full. A read that opens the window
   "significantly" is announced at once (``tcp_cleanup_rbuf``, net/ipv4/tcp.c: the window last
-  advertised at most half the buffer and the new one, at least one MSS, at least twice it; on
+  advertised at most half the clamp and the new one, at least one MSS, at least twice it; on
   every active subflow for MPTCP, ``mptcp_cleanup_rbuf``); else the next ACK carries it;
 * **zero-window probes** (with a sink): when the peer's window refuses the next segment and
   nothing is in flight or queued, the sender arms Linux's probe timer (``tcp_check_probe_timer``:
@@ -151,10 +188,8 @@ them). ``BulkTransfer(source=..., sink=...)``:
   ACK carrying its window; an ACK that opens the window ends it (``tcp_ack_probe``).
 
 Without a source and a sink nothing of this runs and a transfer behaves as before. Modelled:
-unread bytes close the window, window updates on reads, probes. Not modelled: truesize
-accounting of the receive buffer, ``scaling_ratio`` and window-scale rounding, the receive
-buffer's auto-tuning (DRS, which grows it with how fast the application reads), the 1/16-buffer
-part of receiver SWS avoidance, ``tcp_cleanup_rbuf``'s other rule (a read sends an ACK already
+unread bytes close the window, window updates on reads (which also run DRS), probes. Not
+modelled: window-scale rounding, ``tcp_cleanup_rbuf``'s other rule (a read sends an ACK already
 scheduled at once when more than one MSS arrived since the last window update), MPTCP's
 one-byte data probe (the model's MPTCP probes as TCP
 does, on the first active subflow), a probe give-up after ``tcp_retries2``.
@@ -209,15 +244,14 @@ Linux departs from this in one case (docs/kernel-departures.md section 3).
 
 Simplifications
 ---------------
-* No teardown: no FIN/DATA_FIN. The initial subflow starts established with the full receive
-  window (no receive-window auto-tuning (DRS), which Linux starts from tcp_rmem[1] = 128 KiB);
-  joins are as above, but the listener has no SYN-ACK timer of its own (a retransmitted SYN gets
+* No teardown: no FIN/DATA_FIN. The initial subflow starts established, its window the
+  handshake's first offer ("Receive window"); joins are as above, but the listener has no SYN-ACK timer of its own (a retransmitted SYN gets
   a new SYN-ACK), tokens, nonces and HMACs are not computed (zeros in captures), and the plain
   connection a stripped SYN opens at the server is not modelled beyond its SYN-ACK. Subflows
   without an RTT sample (the initial one) pace as if their RTT were the initial RTO (Linux has
   the handshake's sample).
-* Receive buffers count payload bytes; Linux counts skb truesize and advertises only part of
-  ``tcp_rmem`` (``scaling_ratio``). MPTCP send queues count truesize with one skb per segment
+* Receive buffers: "Receive window" above says what is simplified. MPTCP send queues count
+  truesize with one skb per segment
   (Linux builds larger skbs when GSO is on, which costs less overhead); the connection's send
   buffer counts payload (the msk's data fragments cost little more).
 * Without a sink the receiving application reads instantly (a window never closes with
@@ -345,6 +379,21 @@ MPTCP_DFRAG_BYTES = 32768
 MPTCP_STALE_LOSS_CNT = 4
 #: subflow->stale_count is a u8 that saturates (``mptcp_pm_subflow_chk_stale``).
 _STALE_COUNT_MAX = 255
+# --- the receive window (module docstring, "Receive window") ----------------------------------------
+#: Linux TCP_RMEM_TO_WIN_SCALE (include/net/tcp.h, 6.5+): scaling_ratio is payload / truesize in 1/256.
+TCP_RMEM_TO_WIN_SCALE = 8
+#: Linux TCP_DEFAULT_SCALING_RATIO: a socket assumes half its buffer is payload until it has measured
+#: a segment (include/net/tcp.h, 6.6+).
+TCP_DEFAULT_SCALING_RATIO = 1 << (TCP_RMEM_TO_WIN_SCALE - 1)
+#: Linux tcp_rmem[1]: an auto-tuned socket's receive buffer when the connection is established.
+TCP_RMEM_DEFAULT_BYTES = 131072
+#: Memory one received segment costs in the receive buffer (skb truesize): a 2 KiB buffer holding
+#: the frame plus struct sk_buff (256 bytes). Measured, not derived: on the kernel world's veths
+#: (Linux 6.18, offloads off) ``ss -tmi`` shows rcv_ssthresh = window_clamp = 163840 with rb 262144
+#: for 1448-byte segments, a scaling_ratio of 160/256, which any truesize from 2303 to 2316 gives.
+RCV_SKB_TRUESIZE_BYTES = 2304
+#: Linux TCP_INIT_CWND: tcp_init_buffer_space's first DRS measure is at most 10 advertised MSS.
+TCP_INIT_CWND_SEGMENTS = 10
 #: MPTCP packet schedulers (``BulkTransfer(scheduler=...)``).
 SCHEDULERS = ("default", "lowest-rtt")
 #: Buffer policies (``BulkTransfer(buffers=...)``): Linux's auto-tuning, or SO_SNDBUF/SO_RCVBUF set.
@@ -711,10 +760,10 @@ class _SubflowSender:
     def _emit(self, record: _TxRecord, now: float) -> None:
         conn = self.conn
         length = record.end - record.seq
-        # The sender's own advertised window: nothing flows towards it, so its whole receive
-        # buffer (both ends get rcv_buf_bytes). Only captures read it; a zero here showed every
-        # data segment as a TCP ZeroWindow in Wireshark.
-        own_window_bytes = self.receiver.conn.rcv_buf_bytes
+        # The sender's own advertised window: nothing flows towards it, so its idle receive
+        # buffer's first offer (both ends get the same buffer settings). Only captures read it; a
+        # zero here showed every data segment as a TCP ZeroWindow in Wireshark.
+        own_window_bytes = self.receiver.conn.initial_window_bytes
         self.forward.send(Segment(self.data_header_bytes + length, self.receiver, self.subflow_id, record.seq, length,
                                   0, None, record.dsn, 0, own_window_bytes, FLAG_ACK | FLAG_PSH, now, record.payload,
                                   conn.mptcp_options))
@@ -1749,11 +1798,81 @@ class _ConnectionSender:
         receiver = subflow.receiver
         header_bytes = BASE_HEADER_BYTES + (DSS_ACK_OPTION_BYTES if self.mptcp else 0)
         subflow.forward.send(Segment(header_bytes, receiver, subflow.subflow_id, subflow.snd_una - 1, 0, 0, None,
-                                     self.data_una - 1, 0, receiver.conn.rcv_buf_bytes, FLAG_ACK, now, None,
+                                     self.data_una - 1, 0, receiver.conn.initial_window_bytes, FLAG_ACK, now, None,
                                      self.mptcp))
         self.window_probes_sent += 1
         self.persist_backoffs += 1
         self.persist_timer.set(now + self._probe0_s())
+
+
+def win_from_space(scaling_ratio: int, space_bytes: int) -> int:
+    """Linux ``__tcp_win_from_space`` (include/net/tcp.h, 6.6-6.18): the share of ``space_bytes``
+    of buffer memory a socket offers as window, ``space x scaling_ratio / 256`` rounded down."""
+    return (space_bytes * scaling_ratio) >> TCP_RMEM_TO_WIN_SCALE
+
+
+def space_from_win(scaling_ratio: int, window_bytes: int) -> int:
+    """Linux ``__tcp_space_from_win``: the buffer memory a window of payload needs (the inverse)."""
+    return (window_bytes << TCP_RMEM_TO_WIN_SCALE) // scaling_ratio
+
+
+def measured_scaling_ratio(payload_bytes: int, truesize_bytes: int = RCV_SKB_TRUESIZE_BYTES) -> int:
+    """Linux ``tcp_measure_rcv_mss`` (net/ipv4/tcp_input.c, 6.6-6.18): payload / truesize of the
+    segment that changed rcv_mss, in 1/256, at least 1."""
+    return (payload_bytes << TCP_RMEM_TO_WIN_SCALE) // truesize_bytes or 1
+
+
+class _ReceiveSpace:
+    """One socket's receive-buffer state as Linux 6.18 keeps it: ``sk_rcvbuf``, ``scaling_ratio``,
+    ``window_clamp`` and the DRS measure ``rcvq_space.space`` (module doc, "Receive window").
+
+    ``tcp_init_buffer_space`` (net/ipv4/tcp_input.c): the clamp is the buffer's window
+    (``tcp_full_space``) less one advertised MSS kept in reserve; the first measure is
+    min(rcv_ssthresh, rcv_wnd, 10 advmss); ``tcp_select_initial_window`` offers the buffer's window
+    rounded down to whole MSS. ``grow`` is ``tcp_rcvbuf_grow`` (6.18: "DRS is always one RTT late":
+    twice the bytes copied in the last RTT, plus twice the growth over the previous RTT scaled by
+    that window, plus the out-of-order span; at most tcp_rmem[2]; the clamp follows the buffer),
+    and for the MPTCP connection ``mptcp_rcvbuf_grow`` (net/mptcp/protocol.c), the same without
+    a clamp. ``auto`` is False after SO_RCVBUF (``SOCK_RCVBUF_LOCK``): no growth."""
+
+    __slots__ = ("ratio", "rcvbuf_bytes", "rmem_max_bytes", "auto", "window_clamp_bytes", "space_bytes",
+                 "initial_rcv_ssthresh")
+
+    def __init__(self, rcvbuf_bytes: int, rmem_max_bytes: int, auto: bool, advmss_bytes: int) -> None:
+        self.ratio = TCP_DEFAULT_SCALING_RATIO
+        self.rcvbuf_bytes = rcvbuf_bytes
+        self.rmem_max_bytes = rmem_max_bytes
+        self.auto = auto
+        full_bytes = win_from_space(self.ratio, rcvbuf_bytes)
+        clamp_bytes = full_bytes
+        if clamp_bytes > 2 * advmss_bytes:  # "Force reservation of one segment"
+            clamp_bytes = max(2 * advmss_bytes, full_bytes - advmss_bytes)
+        self.window_clamp_bytes = clamp_bytes
+        rcv_wnd = full_bytes - full_bytes % advmss_bytes if full_bytes > advmss_bytes else full_bytes
+        self.initial_rcv_ssthresh = min(rcv_wnd, clamp_bytes)
+        self.space_bytes = min(self.initial_rcv_ssthresh, TCP_INIT_CWND_SEGMENTS * advmss_bytes)
+
+    def set_ratio(self, ratio: int) -> None:
+        """A new scaling_ratio; the clamp follows the buffer's window (6.10+)."""
+        if ratio != self.ratio:
+            self.ratio = ratio
+            self.window_clamp_bytes = win_from_space(ratio, self.rcvbuf_bytes)
+
+    def grow(self, new_space_bytes: int, ooo_bytes: int = 0) -> bool:
+        """``tcp_rcvbuf_grow(sk, newval)``: True when the buffer grew."""
+        old_bytes = self.space_bytes
+        self.space_bytes = new_space_bytes
+        if not self.auto:
+            return False
+        rcvwin = 2 * new_space_bytes
+        rcvwin += 2 * (rcvwin * (new_space_bytes - old_bytes) // old_bytes)
+        rcvwin += ooo_bytes
+        rcvbuf = min(space_from_win(self.ratio, rcvwin), self.rmem_max_bytes)
+        if rcvbuf > self.rcvbuf_bytes:
+            self.rcvbuf_bytes = rcvbuf
+            self.window_clamp_bytes = win_from_space(self.ratio, rcvbuf)
+            return True
+        return False
 
 
 class _SubflowReceiver:
@@ -1780,6 +1899,12 @@ class _SubflowReceiver:
         self.last_seg_bytes = 0
         self.rcv_wup = 0
         self.rcv_nxt = 0
+        # The receive window (module doc, "Receive window"): plain TCP's subflow is the socket
+        # whose buffer the connection keeps; an MPTCP subflow has its own (its clamp bounds its
+        # rcv_ssthresh), grown when the connection's grows.
+        self.space = conn.space if not conn.mptcp else conn.new_space()
+        self.scaling_ratio = TCP_DEFAULT_SCALING_RATIO
+        self.rcv_ssthresh = self.space.initial_rcv_ssthresh
         self.ooo: list[list[int]] = []  # out-of-order [left, right) ranges, sorted
         self.ooo_segments: dict[int, Segment] = {}  # by seq
         self.delack_timer = _Timer(self.env, self._on_delayed_ack)
@@ -1802,6 +1927,10 @@ class _SubflowReceiver:
             self.bytes_in_order += length
             self.conn.deliver(segment)
             self._measure_rcv_mss(segment)
+            # tcp_event_data_recv grows rcv_ssthresh for segments of 128 bytes or more (no room
+            # left under the clamp: nothing to do, tested here for speed)
+            if length >= 128 and self.rcv_ssthresh < self.space.window_clamp_bytes:
+                self._grow_window(length)
             if ooo and ooo[0][0] == self.rcv_nxt:  # a hole filled: take the range behind it
                 self._drain()
                 immediate = True
@@ -1832,6 +1961,9 @@ class _SubflowReceiver:
         last = self.last_seg_bytes
         self.last_seg_bytes = 0
         if length >= self.rcv_mss:
+            if length != self.rcv_mss:  # Linux divides only when rcv_mss changes
+                self.scaling_ratio = measured_scaling_ratio(length)
+                self.space.set_ratio(self.scaling_ratio)  # plain TCP: the connection's own
             self.rcv_mss = min(length, self.full_segment_bytes)
             return
         with_options = length + (DSS_DATA_OPTION_BYTES if segment.mptcp and self.mptcp else 0)
@@ -1840,6 +1972,38 @@ class _SubflowReceiver:
             self.last_seg_bytes = with_options
             if with_options == last:
                 self.rcv_mss = with_options
+
+    def _grow_window(self, length: int) -> None:
+        """Linux ``tcp_grow_window`` (net/ipv4/tcp_input.c, 6.18): rcv_ssthresh, which bounds the
+        window offered, grows by at least two advertised MSS (twice the segment) per segment
+        whose truesize the window could hold, up to the clamp and the free buffer
+        (``tcp_space``; an MPTCP subflow's own buffer, which holds nothing: the data moves to
+        the connection at once). Segments whose truesize overhead is worse take the slow check
+        (``__tcp_grow_window``). Not modelled: the quick-ACK it arms, memory pressure."""
+        space = self.space
+        room = space.window_clamp_bytes - self.rcv_ssthresh
+        if not self.mptcp:
+            free_room = self.conn.free_space_bytes() - self.rcv_ssthresh
+            if free_room < room:
+                room = free_room
+        if room <= 0:
+            return
+        ratio = space.ratio
+        advmss = self.conn.advmss_bytes
+        if win_from_space(ratio, RCV_SKB_TRUESIZE_BYTES) <= length:
+            incr = 2 * advmss
+        else:
+            incr = 0
+            truesize_win = win_from_space(ratio, RCV_SKB_TRUESIZE_BYTES) >> 1
+            window = win_from_space(ratio, space.rmem_max_bytes) >> 1
+            while self.rcv_ssthresh <= window:
+                if truesize_win <= length:
+                    incr = 2 * self.rcv_mss
+                    break
+                truesize_win >>= 1
+                window >>= 1
+        if incr:
+            self.rcv_ssthresh += min(room, max(incr, 2 * length))
 
     def _receive_overlapping(self, segment: Segment) -> int | None:
         """A segment out of order, or overlapping data received already (a retransmission of a
@@ -1867,6 +2031,9 @@ class _SubflowReceiver:
             conn.held_bytes += piece_right - piece_left
         if self.ooo[0][0] == self.rcv_nxt:
             self._drain()
+        else:  # tcp_data_queue_ofo: rcv_ssthresh and the buffer grow for the held data too
+            self._grow_window(segment.payload_bytes)
+            self.space.grow(self.space.space_bytes, self.ooo[-1][1] - self.rcv_nxt)
         ooo = self.ooo
         newest = pieces[-1][0]
         for i in range(len(ooo) - 1, -1, -1):
@@ -1932,7 +2099,8 @@ class _SubflowReceiver:
             size_bytes += SACK_BASE_BYTES + SACK_BLOCK_BYTES * len(blocks)
         data_ack = conn.data_rcv_nxt
         self.backward.send(Segment(size_bytes, self.sender, self.subflow_id, 0, 0, self.rcv_nxt, blocks, 0,
-                                   data_ack, conn.window_bytes(), FLAG_ACK, self.env.now, None, self.mptcp))
+                                   data_ack, conn.window_bytes(self.rcv_ssthresh), FLAG_ACK, self.env.now, None,
+                                   self.mptcp))
         self.acks_sent += 1
 
     def _on_delayed_ack(self, now: float) -> None:
@@ -1943,16 +2111,29 @@ class _ConnectionReceiver:
     """Data-level reassembly into the shared receive buffer, and the application reading it."""
 
     def __init__(self, env: simpy.Environment, size_bytes: int, mptcp: bool, rcv_buf_bytes: int,
-                 hash_payload: bool, sink: Any = None) -> None:
+                 hash_payload: bool, sink: Any = None, pinned: bool = False,
+                 advmss_bytes: int = DEFAULT_MSS_BYTES) -> None:
         self.env = env
         self.size_bytes = size_bytes
         self.mptcp = mptcp
         self.rcv_buf_bytes = rcv_buf_bytes
         self.data_rcv_nxt = 0
         self.held_bytes = 0  # out of order, subflow- or connection-level
-        self.right_edge = rcv_buf_bytes
+        # The receive window (module doc, "Receive window"): the buffer starts at tcp_rmem[1] and
+        # DRS grows it towards rcv_buf_bytes (tcp_rmem[2]); SO_RCVBUF pins it at twice the value.
+        self.pinned = pinned
+        self.advmss_bytes = advmss_bytes
+        self.space = self.new_space()
+        self.space_seq = 0  # rcvq_space.seq: the bytes read when the current DRS measure began
+        self.space_time_s = env.now  # rcvq_space.time
+        self.rcv_rtt_s = 0.0  # MPTCP: msk->rcvq_space.rtt_us, the subflows' largest at the last check
+        self.right_edge = self.space.initial_rcv_ssthresh
+        # The window the handshake offers (``tcp_select_initial_window``, bounded by rcv_ssthresh);
+        # also the data sender's own idle buffer's, which captures show on data segments.
+        self.initial_window_bytes = self.space.initial_rcv_ssthresh
         self.pending: dict[int, Segment] = {}  # by DSN
         self.pending_heap: list[int] = []  # the DSNs of pending (and of some already taken: skipped)
+        self.pending_end = 0  # the end of the furthest byte held in pending (the msk's ooo_last_skb)
         self.duplicate_bytes = 0
         self.fallen_back = False  # RFC 8684 3.7: data without a mapping on the only subflow
         self.finish_s: float | None = None
@@ -1967,13 +2148,98 @@ class _ConnectionReceiver:
         self.subflow_receivers: list[_SubflowReceiver] = []  # for window updates (set by BulkTransfer)
         self.window_updates = 0
 
-    def window_bytes(self) -> int:
-        # Free receive-buffer space: less what waits out of order and what the application has
-        # not read yet (Linux tcp_space(): the buffer less sk_rmem_alloc, which holds both).
-        edge = self.data_rcv_nxt + self.rcv_buf_bytes - self.held_bytes - self.unread_bytes
+    def new_space(self) -> _ReceiveSpace:
+        """A socket's receive buffer as it starts: auto-tuned, tcp_rmem[1] (at most tcp_rmem[2]: the
+        kernel world sets both so); pinned, twice SO_RCVBUF (``sock_setsockopt``), never grown."""
+        if self.pinned:
+            return _ReceiveSpace(2 * self.rcv_buf_bytes, DEFAULT_RCV_BUF_BYTES, False, self.advmss_bytes)
+        return _ReceiveSpace(min(TCP_RMEM_DEFAULT_BYTES, self.rcv_buf_bytes), self.rcv_buf_bytes, True,
+                             self.advmss_bytes)
+
+    def free_space_bytes(self) -> int:
+        """Linux ``tcp_space()`` (MPTCP: ``__mptcp_space``): the window of the buffer less the memory
+        of what waits out of order and what the application has not read (``sk_rmem_alloc``).
+        Held and unread bytes are charged their payload: Linux coalesces queued segments
+        (``tcp_try_coalesce``, ``tcp_ooo_try_coalesce``, ``mptcp_try_coalesce``), which moves a
+        segment's payload pages into the skb before it and frees the rest of its truesize.
+        Simplified: the first skb of each run keeps its overhead in Linux, not here."""
+        space = self.space
+        return win_from_space(space.ratio, space.rcvbuf_bytes - self.held_bytes - self.unread_bytes)
+
+    def select_window_bytes(self, rcv_ssthresh: int) -> int:
+        """Linux ``__tcp_select_window`` (net/ipv4/tcp_output.c, 6.18; MPTCP's free space from
+        ``mptcp_space``): the free space, none when it is below 1/16 of the buffer's window or one
+        MSS (receiver SWS avoidance), at most rcv_ssthresh. Not modelled: window-scale rounding."""
+        space = self.space
+        ratio = space.ratio
+        allowed = (space.rcvbuf_bytes * ratio) >> TCP_RMEM_TO_WIN_SCALE  # free_space_bytes, inlined
+        free = ((space.rcvbuf_bytes - self.held_bytes - self.unread_bytes) * ratio) >> TCP_RMEM_TO_WIN_SCALE
+        if free < (allowed >> 4) or free < self.advmss_bytes:
+            return 0
+        return free if free < rcv_ssthresh else rcv_ssthresh
+
+    def window_bytes(self, rcv_ssthresh: int) -> int:
+        """The window an ACK carries, from the cumulative (DATA_)ACK: its right edge never moves
+        back (``tcp_select_window``; for MPTCP ``rcv_wnd_sent``)."""
+        edge = self.data_rcv_nxt + self.select_window_bytes(rcv_ssthresh)
         if edge > self.right_edge:
             self.right_edge = edge
         return self.right_edge - self.data_rcv_nxt
+
+    def _rcv_space_adjust(self, copied_seq: int) -> None:
+        """DRS on a read, ``copied_seq`` being the bytes the application has read. Plain TCP:
+        Linux ``tcp_rcv_space_adjust`` (net/ipv4/tcp_input.c, 6.18): once an RTT (the receiver's
+        estimate) has passed since the measure began, the bytes read in it less those still
+        unread (``inq``) are compared with the last measure; more grows the buffer
+        (:meth:`_ReceiveSpace.grow`). MPTCP: ``mptcp_rcv_space_adjust`` (net/mptcp/protocol.c,
+        6.18): the RTT is the largest of the subflows', the scaling_ratio the smallest (both
+        taken at most once per RTT), no ``inq``; when the connection's buffer grows, every
+        subflow's grows with the same measure (``tcp_rcvbuf_grow(ssk, copied)``). Simplified: the
+        receiver's RTT estimate is the subflow sender's SRTT, where Linux measures the same round
+        trip from the timestamp echo (``tcp_rcv_rtt_measure_ts``)."""
+        now = self.env.now
+        elapsed_s = now - self.space_time_s
+        space = self.space
+        if self.mptcp:
+            if elapsed_s < self.rcv_rtt_s:
+                return
+            rtt_s = 0.0
+            ratio = 0
+            for receiver in self.subflow_receivers:
+                if receiver.sender.active:
+                    srtt_s = receiver.sender.srtt_s
+                    if srtt_s is not None and srtt_s > rtt_s:
+                        rtt_s = srtt_s
+                    if not ratio or receiver.scaling_ratio < ratio:
+                        ratio = receiver.scaling_ratio
+            self.rcv_rtt_s = rtt_s
+            if ratio:
+                space.ratio = ratio  # the msk has no clamp to follow it
+            if not rtt_s or elapsed_s < rtt_s:
+                return
+            copied = copied_seq - self.space_seq
+            if copied > space.space_bytes:
+                if space.grow(copied, self._ooo_span_bytes()):
+                    for receiver in self.subflow_receivers:
+                        if receiver.sender.active:
+                            sub = receiver.ooo
+                            receiver.space.grow(copied, sub[-1][1] - receiver.rcv_nxt if sub else 0)
+        else:
+            srtt_s = self.subflow_receivers[0].sender.srtt_s
+            if srtt_s is None or elapsed_s < srtt_s:
+                return
+            copied = copied_seq - self.space_seq - self.unread_bytes
+            if copied > space.space_bytes:
+                sub = self.subflow_receivers[0].ooo
+                space.grow(copied, sub[-1][1] - self.subflow_receivers[0].rcv_nxt if sub else 0)
+        self.space_seq = copied_seq
+        self.space_time_s = now
+
+    def _ooo_span_bytes(self) -> int:
+        """From the next byte expected to the end of the furthest byte held out of order (DSN)."""
+        if not self.pending:
+            return 0
+        return max(self.pending_end - self.data_rcv_nxt, 0)
 
     def deliver(self, segment: Segment) -> None:
         """Subflow-level in-order data: pass it up in DSN order. A reinjected fragment need not
@@ -1990,6 +2256,11 @@ class _ConnectionReceiver:
                 self.pending[dsn] = segment
                 heappush(self.pending_heap, dsn)
                 self.held_bytes += segment.payload_bytes
+                end = dsn + segment.payload_bytes
+                if end > self.pending_end:
+                    self.pending_end = end
+                # mptcp_data_queue_ofo grows the buffer for what is held (6.18)
+                self.space.grow(self.space.space_bytes, self._ooo_span_bytes())
             else:
                 self.duplicate_bytes += segment.payload_bytes
         elif rcv_nxt < dsn + segment.payload_bytes:  # overlaps the next byte expected
@@ -2034,15 +2305,18 @@ class _ConnectionReceiver:
             payload = segment.payload
             self.sink.on_data(self, None if payload is None else payload[skip:] if skip else payload,
                               self.data_rcv_nxt - length, length)
+        elif self.env.now - self.space_time_s >= self.rcv_rtt_s:  # (MPTCP's early return, inlined)
+            self._rcv_space_adjust(self.data_rcv_nxt)  # the instant reader has read it
         if self.data_rcv_nxt >= self.size_bytes and self.finish_s is None:
             self.finish_s = self.env.now
             self.done.succeed(self.finish_s)
 
     def consume(self, length: int) -> None:
-        """The application reads ``length`` unread bytes (``tcp_recvmsg``), freeing buffer space.
-        If that opened the window "significantly", an ACK announces it at once, as Linux's
-        ``tcp_cleanup_rbuf`` (net/ipv4/tcp.c) decides: the window last advertised is at most half
-        the buffer (``window_clamp``) and the new one at least twice it. MPTCP sends it on every
+        """The application reads ``length`` unread bytes (``tcp_recvmsg``), freeing buffer space;
+        DRS runs (:meth:`_rcv_space_adjust`). If that opened the window "significantly", an ACK
+        announces it at once, as Linux's ``tcp_cleanup_rbuf`` (net/ipv4/tcp.c) decides: the window
+        last advertised is at most half the clamp (the first subflow's ``window_clamp``) and the
+        new one (``__tcp_select_window``, with that subflow's rcv_ssthresh) at least twice it. MPTCP sends it on every
         active subflow (``mptcp_cleanup_rbuf`` -> ``mptcp_subflow_cleanup_rbuf``, simplified:
         Linux repeats the test per subflow). A new window below one segment counts as none
         (``__tcp_select_window``). Otherwise the next ACK carries the new window."""
@@ -2051,10 +2325,12 @@ class _ConnectionReceiver:
         advertised = self.right_edge - self.data_rcv_nxt
         self.unread_bytes -= length
         self.read_bytes += length
-        if 2 * advertised <= self.rcv_buf_bytes and self.subflow_receivers:
-            new_window = self.rcv_buf_bytes - self.held_bytes - self.unread_bytes
+        self._rcv_space_adjust(self.read_bytes)
+        first = self.subflow_receivers[0] if self.subflow_receivers else None
+        if first is not None and 2 * advertised <= first.space.window_clamp_bytes:
+            new_window = self.select_window_bytes(first.rcv_ssthresh)
             # __tcp_select_window offers no window below one MSS (receiver-side SWS avoidance)
-            if new_window >= self.subflow_receivers[0].full_segment_bytes and new_window >= 2 * advertised:
+            if new_window >= first.full_segment_bytes and new_window >= 2 * advertised:
                 self.window_updates += 1
                 for receiver in self.subflow_receivers:
                     if receiver.sender.active:
@@ -2161,8 +2437,14 @@ class _Join:
         side.out.send(Segment(size_bytes, to, self.subflow.subflow_id, 0, 0, 0, None, 0, 0, window_bytes, flags,
                               self.env.now, None, mptcp))
 
-    def _window_bytes(self) -> int:
-        return self.subflow.receiver.conn.rcv_buf_bytes
+    def _window_bytes(self, side: _Endpoint) -> int:
+        """The window a handshake ACK from ``side`` carries: the data receiver's current one, or
+        the data sender's own idle receive buffer's first offer."""
+        receiver = self.subflow.receiver
+        receiving_side = self.listener if self.initiator_is_sender else self.initiator
+        if side is receiving_side:
+            return receiver.conn.window_bytes(receiver.rcv_ssthresh)
+        return receiver.conn.initial_window_bytes
 
     # --- the initiator ------------------------------------------------------------------------
 
@@ -2187,7 +2469,7 @@ class _Join:
         self._send_syn()
 
     def _send_third_ack(self) -> None:
-        self._send(self.initiator, JOIN_THIRD_ACK_BYTES, FLAG_ACK, True, self._window_bytes())
+        self._send(self.initiator, JOIN_THIRD_ACK_BYTES, FLAG_ACK, True, self._window_bytes(self.initiator))
         self._ack_timer.set(self.env.now + 2 * self.handshake_rtt_s)
 
     def _on_third_ack_timer(self, now: float) -> None:
@@ -2258,12 +2540,12 @@ class _Join:
             self.listener_state = "established"
             self.third_ack_s = now
             self.listener_rtt_s = now - self._synack_sent_s
-            self._send(self.listener, JOIN_FOURTH_ACK_BYTES, FLAG_ACK, True, self._window_bytes())
+            self._send(self.listener, JOIN_FOURTH_ACK_BYTES, FLAG_ACK, True, self._window_bytes(self.listener))
             if not self.initiator_is_sender:
                 self._activate(self.listener_rtt_s)
         elif self.listener_state == "established" and segment.mptcp:
             # check_fully_established: a retransmitted third ACK is answered with an ACK
-            self._send(self.listener, JOIN_FOURTH_ACK_BYTES, FLAG_ACK, True, self._window_bytes())
+            self._send(self.listener, JOIN_FOURTH_ACK_BYTES, FLAG_ACK, True, self._window_bytes(self.listener))
 
     # --- outcomes -----------------------------------------------------------------------------
 
@@ -2368,8 +2650,9 @@ class BulkTransfer:
     ``loss_detection``: "rack-tlp" (Linux's default) or "rfc6675" (dupACK/SACK counting only;
     module docstring). ``scheduler`` (MPTCP): "default" (upstream Linux 6.x: lowest linger time,
     per-subflow send queues, reinjection) or "lowest-rtt" (the older model). ``buffers``: "auto"
-    (Linux's auto-tuning; ``snd_buf_bytes`` is tcp_wmem[2]) or "pinned" (SO_SNDBUF =
-    ``snd_buf_bytes``, doubled as Linux does). Joins (module docstring, "Subflows joining"):
+    (Linux's auto-tuning; ``snd_buf_bytes`` is tcp_wmem[2], ``rcv_buf_bytes`` tcp_rmem[2]) or
+    "pinned" (SO_SNDBUF = ``snd_buf_bytes``, SO_RCVBUF = ``rcv_buf_bytes``, doubled as Linux does);
+    ``rcv_buffers`` sets the receiver's policy apart (SO_RCVBUF alone; None: as ``buffers``). Joins (module docstring, "Subflows joining"):
     ``join_handshake`` (default True: further subflows open with MP_JOIN), ``join_delay_s`` (when
     the path manager opens them), ``joins_from`` ("sender" or "receiver": the client's side),
     ``syn_policy`` (the client's SYN timers; default ``TcpPolicy()``), ``subflow_start_s`` (per
@@ -2397,7 +2680,7 @@ class BulkTransfer:
                  rto_min_s: float = RTO_MIN_S, delayed_ack_s: float = DELAYED_ACK_S,
                  quickack_segments: int = QUICKACK_SEGMENTS, payload: bytes | None = None,
                  loss_detection: str = "rack-tlp", scheduler: str = "default", buffers: str = "auto",
-                 subflow_start_s: Sequence[float] | None = None, join_handshake: bool = True,
+                 rcv_buffers: str | None = None, subflow_start_s: Sequence[float] | None = None, join_handshake: bool = True,
                  join_delay_s: float = DEFAULT_JOIN_DELAY_S, joins_from: str = "sender",
                  syn_policy: TcpPolicy | None = None, kernel_hz: int = LINUX_HZ, name: str = "transfer",
                  source: Any = None, sink: Any = None,
@@ -2429,6 +2712,10 @@ class BulkTransfer:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
         if buffers not in BUFFER_POLICIES:
             raise ValueError(f"buffers must be one of {BUFFER_POLICIES}, got {buffers!r}")
+        if rcv_buffers is None:
+            rcv_buffers = buffers
+        elif rcv_buffers not in BUFFER_POLICIES:
+            raise ValueError(f"rcv_buffers must be one of {BUFFER_POLICIES} or None, got {rcv_buffers!r}")
         if not isinstance(join_delay_s, (int, float)) or not join_delay_s >= 0:
             raise ValueError(f"join_delay_s must be a number >= 0, got {join_delay_s!r}")
         if joins_from not in JOIN_INITIATORS:
@@ -2463,10 +2750,11 @@ class BulkTransfer:
         self.scheduler = scheduler
         self.buffers = buffers
         self.start_s = env.now
-        self.sender = _ConnectionSender(env, size_bytes, mptcp, snd_buf_bytes, rcv_buf_bytes, payload,
-                                        scheduler=scheduler, pinned=buffers == "pinned", source=source,
+        self.receiver = _ConnectionReceiver(env, size_bytes, mptcp, rcv_buf_bytes, payload is not None, sink=sink,
+                                            pinned=rcv_buffers == "pinned", advmss_bytes=mss_bytes)
+        self.sender = _ConnectionSender(env, size_bytes, mptcp, snd_buf_bytes, self.receiver.initial_window_bytes,
+                                        payload, scheduler=scheduler, pinned=buffers == "pinned", source=source,
                                         window_probes=sink is not None, kernel_hz=kernel_hz)
-        self.receiver = _ConnectionReceiver(env, size_bytes, mptcp, rcv_buf_bytes, payload is not None, sink=sink)
         coupling = LiaCoupling() if coupled == "lia" else None
         self.joins: list[_Join | None] = []  # per path: its MP_JOIN handshake (None: the initial subflow)
         for index, (forward, backward) in enumerate(paths):

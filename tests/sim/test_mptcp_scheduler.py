@@ -76,7 +76,8 @@ def test_first_bursts_fill_each_subflows_auto_tuned_buffer_in_turn():
     # two: 4352 per segment, 87040 bytes, 38 segments of 2316.)
     env = simpy.Environment()
     paths = [path(env, "a", 10e6, 0.01), path(env, "b", 10e6, 0.01)]
-    transfer = BulkTransfer(env, paths, MIB, mptcp=True, join_handshake=False)
+    # The receiver's buffer is pinned (SO_RCVBUF 6 MiB) so that its window does not bound the bursts.
+    transfer = BulkTransfer(env, paths, MIB, mptcp=True, join_handshake=False, rcv_buffers="pinned")
     first, second = transfer.sender.subflows
     assert SNDBUF_PER_MSS_BYTES == 2304 and TRUESIZE == 2252
     assert first.sndbuf_bytes == second.sndbuf_bytes == 2 * 10 * SNDBUF_PER_MSS_BYTES == 46080
@@ -221,7 +222,8 @@ def test_reinjection_after_a_subflow_timeout_delivers_each_byte_once(distributio
     tap_b = Tap()
     paths = [path(env, "a", 10e6, 0.01, loss=DropData()), path(env, "b", 10e6, 0.01, tap=tap_b)]
     data = random.Random(5).randbytes(76 * PAYLOAD)
-    transfer = BulkTransfer(env, paths, len(data), mptcp=True, join_handshake=False, payload=data)
+    transfer = BulkTransfer(env, paths, len(data), mptcp=True, join_handshake=False, payload=data,
+                            rcv_buffers="pinned")  # as in the first test
     env.run(until=env.any_of([transfer.done, env.timeout(30)]))
     record = transfer.result()
     assert record.completed and record.payload_sha256 == hashlib.sha256(data).hexdigest()
@@ -247,7 +249,7 @@ def test_mptcp_timer_interval_is_sampled_by_the_scheduler_not_at_rearm(distribut
     # deadline to 2.0478016 s, not to A's 2 s (what re-sampling at each re-arm would give).
     env = simpy.Environment()
     paths = [path(env, "a", 10e6, 0.01, loss=DropData()), path(env, "b", 10e6, 0.01)]
-    transfer = BulkTransfer(env, paths, 76 * PAYLOAD, mptcp=True, join_handshake=False)
+    transfer = BulkTransfer(env, paths, 76 * PAYLOAD, mptcp=True, join_handshake=False, rcv_buffers="pinned")
     sender = transfer.sender
     env.run(until=0.5)
     assert sender.timer_ival_s == pytest.approx(1.0)
@@ -269,7 +271,7 @@ def test_stale_count_marks_a_subflow_stale_after_stale_loss_cnt_periods_and_an_a
     # (mptcp_subflow_active) until an ACK changes its rcv_tstamp, which recovers it.
     env = simpy.Environment()
     paths = [path(env, "a", 10e6, 0.01), path(env, "b", 10e6, 0.01)]
-    transfer = BulkTransfer(env, paths, MIB, mptcp=True, join_handshake=False)
+    transfer = BulkTransfer(env, paths, MIB, mptcp=True, join_handshake=False, rcv_buffers="pinned")
     sender = transfer.sender
     a, b = sender.subflows
     env.run(until=0.001)
@@ -304,7 +306,7 @@ def test_a_counting_subflow_adds_nothing_to_the_mptcp_timer_interval(distributio
     # have transmit timers pending; A's runs longer. Counting A, the interval is B's time left.
     env = simpy.Environment()
     paths = [path(env, "a", 10e6, 0.1, loss=DropData()), path(env, "b", 10e6, 0.01)]
-    transfer = BulkTransfer(env, paths, MIB, mptcp=True, join_handshake=False)
+    transfer = BulkTransfer(env, paths, MIB, mptcp=True, join_handshake=False, rcv_buffers="pinned")
     sender = transfer.sender
     a, b = sender.subflows
     env.run(until=0.5)
@@ -337,7 +339,7 @@ def test_a_dead_path_goes_stale_at_the_fifth_mptcp_timeout_and_its_data_is_sent_
     env = simpy.Environment()
     data = random.Random(7).randbytes(1_000_000)
     paths = [path(env, "a", 10e6, 0.01, loss=DropData()), path(env, "b", 2e6, 0.01)]
-    transfer = BulkTransfer(env, paths, len(data), mptcp=True, join_handshake=False, payload=data)
+    transfer = BulkTransfer(env, paths, len(data), mptcp=True, join_handshake=False, payload=data, rcv_buffers="pinned")
     sender = transfer.sender
     a, b = sender.subflows
     fire = sender.rtx_timer.callback
@@ -380,7 +382,9 @@ def test_a_subflow_joins_after_its_start_delay():
     env = simpy.Environment()
     taps = [Tap(), Tap()]
     paths = [path(env, "a", 10e6, 0.01, tap=taps[0]), path(env, "b", 10e6, 0.01, tap=taps[1])]
-    transfer = BulkTransfer(env, paths, 4 * MIB, mptcp=True, join_handshake=False, subflow_start_s=(0.0, 0.25))
+    # The receiver's buffer pinned (SO_RCVBUF 6 MiB): the window leaves room for the new subflow's burst.
+    transfer = BulkTransfer(env, paths, 4 * MIB, mptcp=True, join_handshake=False, subflow_start_s=(0.0, 0.25),
+                            rcv_buffers="pinned")
     env.run(until=0.25)
     assert not taps[1].sent
     next_dsn = transfer.sender.next_dsn
@@ -393,6 +397,7 @@ def test_a_subflow_joins_after_its_start_delay():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(scheduler="blest"), "scheduler must be one of"),
     (dict(buffers="fixed"), "buffers must be one of"),
+    (dict(rcv_buffers="fixed"), "rcv_buffers must be one of"),
     (dict(subflow_start_s=(0.1, 0.0)), "subflow_start_s"),
     (dict(subflow_start_s=(0.0,)), "subflow_start_s"),
 ])

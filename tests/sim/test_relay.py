@@ -50,16 +50,21 @@ def direction(env, name, rate_bps, delay_s, **kwargs):
 
 def test_window_closes_once_relay_buffer_and_receive_buffer_are_full():
     # Upload, TCP both legs, 100 Mbit/s and 5 ms each way; the server leg loses every data
-    # segment, so nothing ever leaves the converter. Converter: receive buffer R = 8 segments,
-    # relay buffer B = 4, send buffer S = 4. The client's first window is R: 8 segments at t=0.
-    # Each arrives (quick ACK: the first 16 are ACKed at once) while the relay still has room, so
-    # the ACK sees one unread segment: window R - 1 = 7 segments, its right edge moving up one
-    # segment per ACK. The relay reads each at once: the first 4 go on into the send buffer (and
-    # out, to be lost), the next 4 fill the relay buffer. From the 9th segment on nothing is
-    # read: the 9th's ACK still moves the edge (to 16 segments, 9 + 7), the 10th..16th leave it
-    # there, so the windows are 6, 5, ..., 0. The client sends exactly 16 segments (ACK k opens
-    # segment k + 7), then waits: its zero-window probes (one bare segment below snd_una) come
-    # after RTO, 2 RTO, 4 RTO, each answered with window 0.
+    # segment, so nothing ever leaves the converter. Converter: receive buffer R = 8 segments
+    # (11584 bytes, tcp_rmem[1] = [2]: no growth), relay buffer B = 4, send buffer S = 4.
+    # The receive window (mpsim/sim/transfer.py, "Receive window"): before any data the buffer's
+    # window is 11584 x 128/256 = 5792, the clamp one MSS less, 4344: the client's first window is
+    # 3 segments. The first segment sets scaling_ratio = 1448 x 256 // 2304 = 160: the buffer's
+    # window is 7240, and rcv_ssthresh grows to it. Each segment arrives (quick ACK) while the
+    # relay still has room, so the ACK sees one unread segment: window (11584 - 1448) x 160/256 =
+    # 6335, its right edge moving up one segment per ACK. The relay reads each at once: the first
+    # 4 go on into the send buffer (and out, to be lost), the next 4 fill the relay buffer. From
+    # the 9th segment on nothing is read: ACK k >= 10 sees k - 8 unread, window
+    # (16 - k) x 1448 x 160/256 = (16 - k) x 905; at ACK 15 that is 905, below one MSS, so
+    # __tcp_select_window offers nothing new and the edge stays at 14 x 1448 + 1810: 362 bytes,
+    # less than a segment. The client sends exactly 15 segments, then waits: its zero-window
+    # probes (one bare segment below snd_una) come after RTO, 2 RTO, 4 RTO, each answered with
+    # the same 362.
     env = simpy.Environment()
     acks, data = Tap(), Tap()
     client = (direction(env, "c-up", 100e6, 0.005, trace=data), direction(env, "c-down", 100e6, 0.005, trace=acks))
@@ -67,20 +72,21 @@ def test_window_closes_once_relay_buffer_and_receive_buffer_are_full():
     transfer = RelayedTransfer(env, [client], [server], 100 * MSS, mptcp=False, relay_buffer_bytes=4 * MSS,
                                client_options={"rcv_buf_bytes": 8 * MSS}, server_options={"snd_buf_bytes": 4 * MSS})
     env.run(until=2.5)
-    windows = [(p.ack // MSS, p.window_bytes / MSS) for _t, p in acks.sent]
-    assert windows[:16] == [(k, 7) for k in range(1, 10)] + [(k, 16 - k) for k in range(10, 17)]
-    assert windows[16:] == [(16, 0)] * 3  # the answers to three probes
+    windows = [(p.ack // MSS, p.window_bytes) for _t, p in acks.sent]
+    assert windows[:15] == [(k, 6335) for k in range(1, 10)] + [(k, (16 - k) * 905) for k in range(10, 15)] + [(15, 362)]
+    assert windows[15:] == [(15, 362)] * 3  # the answers to three probes
     sent = [p for _t, p in data.sent]
-    assert [p.seq for p in sent if p.payload_bytes] == [k * MSS for k in range(16)]
+    assert [p.seq for p in sent if p.payload_bytes] == [k * MSS for k in range(15)]
+    assert [p.seq for _t, p in data.sent[:4]] == [0, MSS, 2 * MSS, 3 * MSS] and data.sent[3][0] > 0.01
     probes = [t for t, p in data.sent if not p.payload_bytes]
-    last_ack_arrival_s = acks.sent[15][0] + 52 * 8 / 100e6 + 0.005
+    last_ack_arrival_s = acks.sent[14][0] + 52 * 8 / 100e6 + 0.005
     rto_s = transfer.client_leg.sender.subflows[0].rto_s
     assert rto_s > 0.2
     assert probes == pytest.approx([last_ack_arrival_s + rto_s, last_ack_arrival_s + 3 * rto_s,
                                     last_ack_arrival_s + 7 * rto_s])
     relay = transfer.relay
     assert relay.held_bytes == relay.high_water_bytes == 4 * MSS
-    assert transfer.client_leg.receiver.unread_bytes == 8 * MSS
+    assert transfer.client_leg.receiver.unread_bytes == 7 * MSS
     assert transfer.server_leg.sender.written_bytes == 4 * MSS
     record = transfer.result()
     assert not record.completed and record.client_window_probes == 3
@@ -98,8 +104,8 @@ def test_download_back_pressure_closes_the_servers_window():
                                relay_buffer_bytes=4 * MSS, server_options={"rcv_buf_bytes": 8 * MSS},
                                client_options={"snd_buf_bytes": 4 * MSS})
     env.run(until=0.2)
-    windows = [(p.ack // MSS, p.window_bytes / MSS) for _t, p in acks.sent]
-    assert windows == [(k, 7) for k in range(1, 10)] + [(k, 16 - k) for k in range(10, 17)]
+    windows = [(p.ack // MSS, p.window_bytes) for _t, p in acks.sent]
+    assert windows == [(k, 6335) for k in range(1, 10)] + [(k, (16 - k) * 905) for k in range(10, 15)] + [(15, 362)]
     assert transfer.relay.high_water_bytes == 4 * MSS
 
 
@@ -112,25 +118,30 @@ class CountingSink:
 
 def test_a_read_announces_the_window_only_when_it_doubles():
     # Linux tcp_cleanup_rbuf (net/ipv4/tcp.c): after a read, an ACK goes out at once if the
-    # window last advertised is at most half the buffer and the new one at least twice it.
-    # Receive buffer 8 segments, nothing read: the sender stops with the window closed. Reading
-    # one segment at a time (all in one instant): 0 -> 1 (ACK), 1 -> 2 (ACK), 2 -> 3 (no: 3 < 4),
-    # 3 -> 4 (ACK: the edge was last advertised at 2), then 5, 6, 7 (no), 8 (ACK, 8 >= 2 x 4).
+    # window last advertised is at most half the clamp and the new one at least twice it.
+    # Receive buffer 8 segments (11584 bytes, no growth; its window 11584 x 160/256 = 7240, the
+    # clamp), nothing read: k unread segments leave (8 - k) x 905 of window; the 7th leaves 905,
+    # below one MSS, so the edge stays where the 6th's ACK put it: 362 bytes, and the sender
+    # stops. rcv_ssthresh stopped at 6335 (the free space when the first segment arrived).
+    # Reading one segment at a time (all in one instant), from 7 unread: 6 left -> 1810
+    # (ACK: 2 x 362 <= 7240 and 1810 >= 2 x 362), 5 -> 2715 (no: < 2 x 1810), 4 -> 3620 (ACK),
+    # 3 -> 4525 (no), 2 -> 5430, 1 -> 6335 and 0 -> 6335 (rcv_ssthresh): none reaches 7240.
     env = simpy.Environment()
     acks = Tap()
     paths = [(direction(env, "fwd", 100e6, 0.005), direction(env, "bwd", 100e6, 0.005, trace=acks))]
     transfer = BulkTransfer(env, paths, 100 * MSS, rcv_buf_bytes=8 * MSS, sink=CountingSink())
     env.run(until=0.05)
     receiver = transfer.receiver
-    assert receiver.unread_bytes == 8 * MSS and acks.sent[-1][1].window_bytes == 0
+    assert [p.window_bytes for _t, p in acks.sent] == [(8 - k) * 905 for k in range(1, 7)] + [362]
+    assert receiver.unread_bytes == 7 * MSS
     before = len(acks.sent)
     announced = []
-    for _ in range(8):
+    for _ in range(7):
         receiver.consume(MSS)
-        announced.append(acks.sent[-1][1].window_bytes // MSS if len(acks.sent) > before else None)
+        announced.append(acks.sent[-1][1].window_bytes if len(acks.sent) > before else None)
         before = len(acks.sent)
-    assert announced == [1, 2, None, 4, None, None, None, 8]
-    assert receiver.window_updates == 4
+    assert announced == [1810, None, 3620, None, None, None, None]
+    assert receiver.window_updates == 2
     with pytest.raises(ValueError, match="consume: 1 bytes asked, 0 unread"):
         receiver.consume(1)
 

@@ -303,14 +303,16 @@ def test_pcapng_names_one_interface_per_link():
 
 
 def test_transfer_data_segments_advertise_the_senders_buffer():
-    # Each side's window is its free receive buffer (1 MB here) scaled by 2**7: the data sender
-    # receives nothing, so its window stays whole; before, data segments advertised 0.
+    # Each side's window is its free receive window scaled by 2**7: the data sender receives
+    # nothing, so its window stays its idle buffer's first offer (tcp_rmem[1] 131072 x 128/256 =
+    # 65536 less one 1448-byte MSS: 64088, field 500); before, data segments advertised 0. The
+    # receiver's is at most its 1 MB buffer's window at scaling_ratio 160: 625000.
     transfer = _transfer_trace()
     interfaces, records = read_pcapng(transfer.pcapng_bytes(["transfer.dsl.down", "transfer.dsl.up"]))
     data = [decode_packet(d).segment for i, _, d in records if interfaces[i].interface_name == "transfer.dsl.down"]
     acks = [decode_packet(d).segment for i, _, d in records if interfaces[i].interface_name == "transfer.dsl.up"]
-    assert data and all(s.payload and s.window == 1_000_000 >> 7 for s in data)
-    assert acks and all(0 < s.window <= 1_000_000 >> 7 for s in acks)
+    assert data and all(s.payload and s.window == 64088 >> 7 == 500 for s in data)
+    assert acks and all(0 < s.window <= 1_000_000 * 160 // 256 >> 7 for s in acks)
 
 
 def test_pcapng_is_the_same_bytes_for_the_same_run():
