@@ -101,7 +101,7 @@ from mpsim.proto.client import ClientHost, ClientPolicy, ConnectionFinished, Req
 from mpsim.proto.events import Outcome
 from mpsim.proto.harness import Router
 from mpsim.proto.middlebox import PASS, BuiltBox, Site, flow_of
-from mpsim.proto.mptcp import MptcpPolicy, MptcpState
+from mpsim.proto.mptcp import MptcpClientExtension, MptcpPolicy, MptcpState
 from mpsim.proto.server import ResponderApp
 from mpsim.proto.tcp import TcpPolicy
 from mpsim.sim.congestion import CONGESTION_CONTROLS
@@ -641,9 +641,7 @@ class Simulation:
         1: it has no handshake of its own), on the converter's leg to the server that
         connection's 4-tuple and sequence numbers for every subflow, carrying the data-level
         stream (the relay's TCP connection)."""
-        logical = self.client.logical.get(record.request_id)
-        conn = next((a.conn for a in reversed(logical.attempts) if a.conn is not None), None) \
-            if logical is not None else None
+        conn = self._client_conn(record)
         client_address = self.client.interfaces[name]
         if conn is None:  # no connection to follow: the addresses the packets would have
             far = self.addresses.converter_up if record.via_proxy else self.addresses.server
@@ -660,6 +658,25 @@ class Simulation:
             return client_flow, Flow(self.addresses.converter_down, 40000, self.addresses.server, self.scenario.server.port, data_level=True)
         return client_flow, Flow(downstream.local_addr, downstream.local_port, downstream.remote_addr,
                                  downstream.remote_port, data_level=True, conn=downstream)
+
+    def _client_conn(self, record: Any) -> Any:
+        """The client's connection the negotiation of ``record`` opened last, or None."""
+        logical = self.client.logical.get(record.request_id) if record is not None else None
+        return next((a.conn for a in reversed(logical.attempts) if a.conn is not None), None) \
+            if logical is not None else None
+
+    def _join_options(self, record: Any, row: dict) -> dict:
+        """The keywords a transfer's MP_JOINs need (mpsim.proto.join): the keys the negotiation's
+        MP_CAPABLE exchanged on the client's connection (client key, the far end's: the server's
+        or the proxy's), so the joins' tokens and HMACs in captures verify against the
+        negotiation's keys, and a generator of its own for the nonces (``transferN.join``)."""
+        options: dict = {"join_rng": self.rng(f"transfer{row['transfer_id']}.join")}
+        conn = self._client_conn(record)
+        mptcp = next((e for e in conn.extensions if isinstance(e, MptcpClientExtension)), None) \
+            if conn is not None else None
+        if mptcp is not None and mptcp.local_key is not None and mptcp.peer_key is not None:
+            options["mptcp_keys"] = (mptcp.local_key, mptcp.peer_key)
+        return options
 
     def _downstream_of(self, conn: Any) -> Any:
         """The proxy's connection to the server for the client's connection ``conn``, if the
@@ -705,7 +722,8 @@ class Simulation:
                                 # the client opens the further subflows (MP_JOIN) on its SYN timers
                                 joins_from="receiver" if spec.direction is Direction.DOWNLOAD else "sender",
                                 syn_policy=self.client.policy, kernel_hz=spec.kernel_hz,
-                                name=f"transfer{row['transfer_id']}")
+                                name=f"transfer{row['transfer_id']}",
+                                **(self._join_options(record, row) if multipath else {}))
         self._running.append((row, transfer))
         transfer.done.callbacks.append(lambda _event: self._bulk_done(row, transfer))
 
@@ -765,6 +783,7 @@ class Simulation:
             # the client opens the client leg's further subflows (MP_JOIN) on its SYN timers
             client_options={"joins_from": "receiver" if spec.direction is Direction.DOWNLOAD else "sender",
                             "syn_policy": self.client.policy,
+                            **(self._join_options(record, row) if multipath else {}),
                             "addresses": self._header_addresses(
                                 [(self.client.interfaces[name], self.addresses.converter_up)
                                  for name in (self.path_names if multipath else self.path_names[:1])],

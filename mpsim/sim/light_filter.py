@@ -278,6 +278,10 @@ class LightFilter:
         copy.size_bytes = out.length_bytes
         if hasattr(source, "hop"):  # stamped by a route (mpsim.sim.route): the copy goes on along it
             copy.route, copy.hop, copy.flow = source.route, source.hop, getattr(source, "flow", None)
+        if getattr(source, "join_option", None) is not None:  # a join's MP_JOIN/MP_TCPRST, as the box left it:
+            option = next((o for o in seg.options if o.kind == TcpOptionKind.MPTCP), None)  # the peer checks it
+            if option is not None:
+                copy.join_option = option
         if source.flags & FLAG_SYN:
             return copy  # handshake numbers are not modelled (seq and ack 0)
         # Sequence numbers as the receiver reads them: what the box left relative to what it
