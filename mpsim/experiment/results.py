@@ -34,7 +34,7 @@ import simpy
 
 from mpsim import __version__
 from mpsim.experiment.scenario import LoadedScenario, as_plain
-from mpsim.experiment.simulation import RunResult, Simulation
+from mpsim.experiment.simulation import CAPTURE_NOTE, RunResult, Simulation
 from mpsim.provenance import git_revision, machine_facts
 
 CONNECTION_COLUMNS = (
@@ -167,7 +167,7 @@ class Results:
                 continue
             for stem, links in run.trace.capture_files(run.simulation.capture_points()).items():
                 path = pcap_dir / f"{run.variant}-run{run.run_index}-{stem}.pcapng"
-                path.write_bytes(run.trace.pcapng_bytes(links))
+                path.write_bytes(run.trace.pcapng_bytes(links, comment=CAPTURE_NOTE))
                 written.append(path)
         return written
 

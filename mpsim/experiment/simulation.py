@@ -67,11 +67,16 @@ relay copies from one leg to the other is a per-byte job.
 
 Captures (``capture_points`` lists the real links, and households' own access lines) show a
 transfer with the addresses and ports of the connection its negotiation opened, continuing that
-connection's sequence numbers after its last segment (its FIN included: the negotiation closes
-it before the transfer starts); on the converter's leg to the server, the converter's own
-connection to the server with its own sequence numbers, continuing that connection's. Another
-subflow than the first has no handshake of its own: it is
-shown from its path's address, with the first subflow's port and sequence numbers from 1.
+connection's sequence numbers after its last segment, and its MPTCP data sequence numbers and
+Data ACKs from where the negotiation's mappings ended (from the keys' IDSNs); on the converter's
+leg to the server, the converter's own connection to the server with its own sequence numbers,
+continuing that connection's. Another subflow than the first is shown from its path's address
+with the first subflow's port: its MP_JOIN handshake (ISN 0; token and HMACs from the negotiated
+keys), then its data from 1. How such a capture is simplified (:data:`CAPTURE_NOTE`, written
+into every pcapng file's comment): the negotiation is a request and a response on a connection
+that the machines then close, before the transfer starts, so the transfer's data follows that
+connection's FINs on the same 4-tuple (its sequence numbers continue after the FINs); the
+transfer itself ends without FIN or DATA_FIN.
 
 ``converter.households`` (default 1) makes one run serve several households: every household's
 arrivals are drawn from a generator of its own and issued from the one client node (so their
@@ -121,6 +126,18 @@ _FIRST_PATH_NET = 16
 
 CLIENT, ROUTER, CONVERTER, SERVER_NODE = "client", "router", "converter", "server"
 SCENARIO = "scenario"  # the "node" of the scenario's own timed events in the trace
+
+
+#: How a simulated capture departs from a real one (docs/sim.md "Routes", captures); the comment of every
+#: pcapng file the simulation writes (Results.write_pcaps), so a reader of the file alone knows.
+CAPTURE_NOTE = (
+    "mpsim simulated capture (docs/sim.md, Routes). Simplified: each transfer runs after its "
+    "negotiation, a request and a response on a connection the simulated hosts close before the "
+    "transfer starts; the transfer's segments then use that connection's 4-tuple, sequence numbers "
+    "continuing after its FINs and MPTCP data sequence numbers after its last mapping, so a transfer's "
+    "data follows a FIN on the same connection. Transfers end without FIN or DATA_FIN. Further MPTCP "
+    "subflows have ISN 0; their MP_JOIN tokens and HMACs are computed from the negotiated keys. "
+    "Timestamps echo 0; payloads are zeros unless the scenario carried real bytes.")
 
 
 @dataclass(frozen=True)
@@ -647,17 +664,18 @@ class Simulation:
             far = self.addresses.converter_up if record.via_proxy else self.addresses.server
             client_flow = Flow(client_address, 40000 + index, far, self.scenario.server.port)
         elif index == 0:
-            client_flow = Flow(conn.local_addr, conn.local_port, conn.remote_addr, conn.remote_port, conn=conn)
+            client_flow = Flow(conn.local_addr, conn.local_port, conn.remote_addr, conn.remote_port, conn=conn,
+                               mptcp_conn=conn)
         else:  # through a proxy, to its "up" side (the address a proxy on the path has for them)
             client_flow = Flow(client_address, conn.local_port, self.addresses.converter_up if record.via_proxy else conn.remote_addr,
-                               conn.remote_port)
+                               conn.remote_port, mptcp_conn=conn)
         if not record.via_proxy:
             return client_flow, None
         downstream = self._downstream_of(conn)
         if downstream is None:  # the proxy no longer holds the session: its address, a made-up port
             return client_flow, Flow(self.addresses.converter_down, 40000, self.addresses.server, self.scenario.server.port, data_level=True)
         return client_flow, Flow(downstream.local_addr, downstream.local_port, downstream.remote_addr,
-                                 downstream.remote_port, data_level=True, conn=downstream)
+                                 downstream.remote_port, data_level=True, conn=downstream, mptcp_conn=downstream)
 
     def _client_conn(self, record: Any) -> Any:
         """The client's connection the negotiation of ``record`` opened last, or None."""

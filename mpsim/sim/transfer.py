@@ -421,6 +421,8 @@ class Segment:
         the negotiation opened, mpsim.sim.route.Flow), sequence numbers plus the flow's bases (on
         a relay's TCP leg, ``flow.data_level``: the DSN and DATA_ACK, no MPTCP or SACK option);
         without a flow from the endpoints, sequence numbers offset by one for the SYN (ISN 0).
+        A DSS's DSN, Data ACK and SSN continue the negotiated connection's (``flow.data_bases``:
+        from its keys' IDSNs, RFC 8684 3.1 and 3.3), or count from 1 without one.
         Modulo 2**32; the window is scaled by 2**7; TSval is the send time in milliseconds; the
         payload is zeros when the transfer carries no real bytes. A join's SYN and SYN-ACK carry
         Linux's SYN options (MSS, SACK-permitted, timestamps, NOP, window scale) and MP_JOIN, with
@@ -467,10 +469,13 @@ class Segment:
             elif flags & FLAG_RST:
                 options.append(MpTcpRst(MpTcpRstReason.MIDDLEBOX_INTERFERENCE))
             elif self.payload_bytes:
-                options.append(Dss(data_ack=self.data_ack + 1, dsn=self.dsn + 1, ssn=self.seq + 1,
+                dsn_base, data_ack_base, ssn_base = flow.data_bases() if flow is not None else (1, 1, 1)
+                options.append(Dss(data_ack=(self.data_ack + data_ack_base) & _MASK64,
+                                   dsn=(self.dsn + dsn_base) & _MASK64, ssn=(self.seq + ssn_base) & mask,
                                    data_level_length_bytes=self.payload_bytes, data_ack_64_bit=True, dsn_64_bit=True))
             else:
-                options.append(Dss(data_ack=self.data_ack + 1, data_ack_64_bit=True))
+                data_ack_base = flow.data_bases()[1] if flow is not None else 1
+                options.append(Dss(data_ack=(self.data_ack + data_ack_base) & _MASK64, data_ack_64_bit=True))
         if self.sack_blocks and not data_level:
             # SACK blocks name the data sender's numbers, which this (reverse) segment's ACK carries.
             blocks = tuple(((left + ack_base) & mask, (right + ack_base) & mask) for left, right in self.sack_blocks)
@@ -486,6 +491,7 @@ class Segment:
         return IpPacket(src_ip, dst_ip, segment)
 
 
+_MASK64 = (1 << 64) - 1  # DSNs and Data ACKs in a capture: 64-bit
 LIGHT_PACKET_TYPES.add(Segment)  # links read its size_bytes directly
 
 

@@ -12,18 +12,28 @@ import subprocess
 
 import pytest
 
-from mpsim.wire.mptcp import MpCapable, MpJoinAck, MpJoinSyn, MpJoinSynAck
+from mpsim.wire.mptcp import Dss, MpCapable, MpJoinAck, MpJoinSyn, MpJoinSynAck
 from mpsim.wire.segment import decode_packet, encode_packet
+from mpsim.experiment.simulation import CONVERTER_UP
 from tests.experiment.test_routes import _sim
 
 
-def _captured(sim, link):
-    """The packets of ``link`` as a capture decodes them (negotiation and transfer alike)."""
+def _captured(sim, link, *, transfer=None):
+    """The packets of ``link`` as a capture decodes them (negotiation and transfer alike; only
+    the transfer's with ``transfer=True``, only the negotiation's with False)."""
     out = []
     for _, packet in sim.trace.packets_at(link):
-        ip = packet if hasattr(packet, "segment") else packet.to_ip_packet()
-        out.append(decode_packet(encode_packet(ip)))
+        negotiation = hasattr(packet, "segment")
+        if transfer is None or transfer != negotiation:
+            out.append(decode_packet(encode_packet(packet if negotiation else packet.to_ip_packet())))
     return out
+
+
+def _keys(sim):
+    """(client key, converter key) from the v1 MP_CAPABLE third ACK (both keys, RFC 8684 3.1)."""
+    third = next(o for p in _captured(sim, "path.dsl") for o in p.segment.options
+                 if isinstance(o, MpCapable) and o.receiver_key is not None)
+    return third.sender_key.to_bytes(8, "big"), third.receiver_key.to_bytes(8, "big")
 
 
 def _option(ip, kind):
@@ -38,11 +48,8 @@ def sim():
 
 
 def test_the_join_verifies_against_the_negotiated_keys(sim):
-    dsl, lte = _captured(sim, "path.dsl"), _captured(sim, "path.lte")
-    # v1 third ACK: both keys (RFC 8684 3.1): the client's (sender) and the converter's (receiver).
-    third = next(_option(p, MpCapable) for p in dsl
-                 if _option(p, MpCapable) is not None and _option(p, MpCapable).receiver_key is not None)
-    key_a, key_b = third.sender_key.to_bytes(8, "big"), third.receiver_key.to_bytes(8, "big")
+    lte = _captured(sim, "path.lte")
+    key_a, key_b = _keys(sim)
     syn = next(p for p in lte if isinstance(_option(p, MpJoinSyn), MpJoinSyn))
     synack = next(p for p in lte if isinstance(_option(p, MpJoinSynAck), MpJoinSynAck))
     ack = next(p for p in lte if isinstance(_option(p, MpJoinAck), MpJoinAck))
@@ -68,3 +75,45 @@ def test_wireshark_puts_both_subflows_in_one_mptcp_connection(sim, tmp_path):
     # two TCP connections, one MPTCP connection: Wireshark matched the join's token to the key
     assert by_link["path.dsl"][0] != by_link["path.lte"][0]
     assert by_link["path.dsl"][1] == by_link["path.lte"][1] != ""
+
+
+def test_the_transfers_dsns_continue_the_negotiated_connections(sim):
+    # RFC 8684 3.1/3.3: the converter's IDSN is the low 64 bits of SHA-256(its key); its first
+    # byte is IDSN + 1. The download's first data continues the DSN where the negotiation's last
+    # mapping (the 1000-byte response) ended, on both subflows; the client's Data ACKs on both
+    # acknowledge the converter's stream, up to the end of the transfer.
+    key_a, key_b = _keys(sim)
+    idsn_b = int.from_bytes(hashlib.sha256(key_b).digest()[-8:], "big")
+    idsn_a = int.from_bytes(hashlib.sha256(key_a).digest()[-8:], "big")
+    size = 1_000_000
+    negotiation = [(p, _option(p, Dss)) for p in _captured(sim, "path.dsl", transfer=False)]
+    last = [d for p, d in negotiation if p.src == CONVERTER_UP and d is not None and d.dsn is not None][-1]
+    start = last.dsn + last.data_level_length_bytes
+    assert start == idsn_b + 1 + 1000
+    for link in ("path.dsl", "path.lte"):
+        packets = [(p, _option(p, Dss)) for p in _captured(sim, link, transfer=True)]
+        data = [d for p, d in packets if p.src == CONVERTER_UP and d is not None and d.dsn is not None]
+        assert data and all(start <= d.dsn and d.dsn + d.data_level_length_bytes <= start + size for d in data)
+        acks = [d.data_ack for p, d in packets if p.dst == CONVERTER_UP and d is not None and d.data_ack is not None]
+        assert acks and all(start <= a <= start + size for a in acks)
+        # the converter's Data ACK acknowledges the client's stream (its request, then nothing more)
+        back = {d.data_ack for p, d in packets if p.src == CONVERTER_UP and d is not None and d.data_ack is not None}
+        assert back and all(idsn_a < a <= idsn_a + 1 + 200 for a in back)
+    first = next(d for p, d in (( p, _option(p, Dss)) for p in _captured(sim, "path.dsl", transfer=True))
+                 if p.src == CONVERTER_UP and d is not None and d.dsn is not None)
+    assert first.dsn == start
+
+
+@pytest.mark.skipif(shutil.which("capinfos") is None, reason="capinfos (Wireshark) is not installed")
+def test_a_written_capture_says_how_it_is_simplified(tmp_path):
+    from mpsim.experiment import results
+    from mpsim.experiment import scenario as sc
+    from mpsim.experiment.simulation import CAPTURE_NOTE
+    from tests.experiment.test_routes import BASE
+
+    loaded = sc.load_text(BASE, name="t", source="t.toml", overrides=["transfers.0.size_bytes=20000"])
+    written = results.run(loaded, record_packets=True).write_pcaps(tmp_path)
+    assert written
+    comment = subprocess.run(["capinfos", "-k", str(written[0])], capture_output=True, text=True, timeout=60,
+                             check=True).stdout
+    assert "follows a FIN on the same connection" in CAPTURE_NOTE and CAPTURE_NOTE in " ".join(comment.split())
