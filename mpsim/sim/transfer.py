@@ -2310,13 +2310,14 @@ class BulkTransfer:
             raise ValueError(f"joins_from must be one of {JOIN_INITIATORS}, got {joins_from!r}")
         if syn_policy is not None and not isinstance(syn_policy, TcpPolicy):
             raise ValueError(f"syn_policy must be a TcpPolicy, got {syn_policy!r}")
-        if join_rng is None:  # the transfer's own generator: the same name gives the same nonces
-            join_rng = random.Random(derive_seed(0, 0, f"{name}.join"))
-        if mptcp_keys is None:
-            mptcp_keys = (join_rng.getrandbits(64), join_rng.getrandbits(64))
-        if not (isinstance(mptcp_keys, tuple) and len(mptcp_keys) == 2):
+        if mptcp_keys is not None and not (isinstance(mptcp_keys, tuple) and len(mptcp_keys) == 2):
             raise ValueError(f"mptcp_keys must be a (client key, server key) pair, got {mptcp_keys!r}")
-        keys = JoinKeys(*mptcp_keys)  # refuses keys that are not 64-bit unsigned ints
+        keys = None if mptcp_keys is None else JoinKeys(*mptcp_keys)  # refuses keys that are not 64-bit
+        if join_handshake and len(paths) > 1:  # joins to come: their keys and nonces
+            if join_rng is None:  # the transfer's own generator: the same name gives the same nonces
+                join_rng = random.Random(derive_seed(0, 0, f"{name}.join"))
+            if keys is None:
+                keys = JoinKeys(join_rng.getrandbits(64), join_rng.getrandbits(64))
         starts_s = [0.0] + [float(join_delay_s)] * (len(paths) - 1) if subflow_start_s is None \
             else list(subflow_start_s)
         if len(starts_s) != len(paths) or any(not isinstance(t, (int, float)) or not t >= 0 for t in starts_s) \
@@ -2370,6 +2371,7 @@ class BulkTransfer:
             self.sender.add_subflow(subflow)
             join = None
             if index and join_handshake:
+                assert keys is not None  # drawn above when there are joins
                 join = _Join(subflow, joins_from == "sender", syn_policy or TcpPolicy(), keys, join_rng)
                 schedule_call(env, starts_s[index], join.start, TIMER_PRIORITY)
             elif not subflow.active:

@@ -248,6 +248,8 @@ def test_without_the_handshake_subflows_start_established():
     (dict(join_delay_s=-1), "join_delay_s"),
     (dict(joins_from="server"), "joins_from"),
     (dict(syn_policy="linux"), "syn_policy"),
+    (dict(mptcp_keys=(1, 2, 3)), "mptcp_keys must be a \\(client key, server key\\) pair"),
+    (dict(mptcp_keys=(1, -2)), "listener_key must be a 64-bit unsigned int"),
 ])
 def test_bad_join_parameters(kwargs, match):
     env = simpy.Environment()
