@@ -47,6 +47,9 @@ TRANSFER_COLUMNS = (
     "variant", "run", "transfer_id", "request_id", "scheme", "outcome", "direction", "congestion_control", "paths",
     "subflows", "bytes", "bytes_delivered", "completed", "start_s", "negotiated_s", "duration_s", "goodput_bps",
     "retransmissions", "timeouts", "subflow_bytes", "via_converter",
+    # Through a proxy (via_converter): the retransmitted segments of each leg's data sender (the
+    # client leg: client to proxy; the server leg: proxy to server); None for a transfer without legs.
+    "client_leg_retransmissions", "server_leg_retransmissions",
 )
 COUNTER_COLUMNS = ("variant", "run", "component", "counter", "value")
 EVENT_COLUMNS = ("variant", "run", "time_s", "node", "event", "detail")

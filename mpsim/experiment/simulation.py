@@ -582,7 +582,8 @@ class Simulation:
                "goodput_bps": None, "subflows": 0, "retransmissions": 0, "completed": False, "timeouts": 0,
                "subflow_bytes": "",
                "paths": " ".join(self.path_names if multipath else self.path_names[:1]),
-               "via_converter": record.via_proxy}
+               "via_converter": record.via_proxy, "client_leg_retransmissions": None,
+               "server_leg_retransmissions": None}
         self.transfer_rows.append(row)
         if record.outcome == Outcome.FAILED.value:
             row["paths"] = ""
@@ -855,6 +856,9 @@ class Simulation:
                    duration_s=record.duration_s if record.completed else None,
                    goodput_bps=record.goodput_bps if record.completed else None,
                    subflow_bytes=" ".join(map(str, record.subflow_bytes)), timeouts=record.timeouts)
+        if isinstance(transfer, RelayedTransfer):  # each leg's sender (results.TRANSFER_COLUMNS)
+            row.update(client_leg_retransmissions=record.client_leg.retransmissions,
+                       server_leg_retransmissions=record.server_leg.retransmissions)
 
     def _transfer_done(self) -> None:
         self._outstanding -= 1
