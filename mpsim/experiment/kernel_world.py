@@ -636,6 +636,14 @@ def _rows(scenario: Scenario, variant: str, run_index: int, seeds: dict, client_
         multipath = record["outcome"] in ("converted", "mptcp")
         direction = spec.direction.value
         sender = "client" if direction == "upload" else ("converter" if record["via_proxy"] else "server")
+        # Through the converter each leg has its own data sender (the client leg: client or
+        # converter; the server leg: converter or server), counted apart and together, as the
+        # simulation's RelayedTransfer counts them; exact with one transfer per run (below).
+        legs = ({"client": sender, "server": "converter" if direction == "upload" else "server"}
+                if record["via_proxy"] else {})
+        single = len(scenario.transfers) == 1
+        leg_retransmissions = {leg: snmp_after[who] - snmp_before[who] if single else None
+                               for leg, who in legs.items()}
         transfers.append({
             "transfer_id": spec_plan["transfer_id"], "request_id": record["request_id"], "scheme": record["scheme"],
             "outcome": record["outcome"], "direction": direction, "congestion_control": spec.congestion_control,
@@ -643,12 +651,16 @@ def _rows(scenario: Scenario, variant: str, run_index: int, seeds: dict, client_
             "bytes": spec.size_bytes, "bytes_delivered": result["bytes_delivered"], "completed": result["completed"],
             "start_s": spec.start_s, "negotiated_s": result["negotiated_s"], "duration_s": result["duration_s"],
             "goodput_bps": result["goodput_bps"],
-            # The sending namespace's Tcp RetransSegs over the run: exact with one transfer per run.
-            "retransmissions": snmp_after[sender] - snmp_before[sender] if len(scenario.transfers) == 1 else None,
+            # The sending namespace's Tcp RetransSegs over the run (through the converter: both
+            # legs' senders'): exact with one transfer per run.
+            "retransmissions": (sum(leg_retransmissions.values()) if legs else snmp_after[sender] - snmp_before[sender])
+            if single else None,
             # Its TcpExt TCPTimeouts (RTOs, every subflow's), exact with one transfer per run as above.
             "timeouts": after[sender].get("TcpExt.TCPTimeouts", 0) - before[sender].get("TcpExt.TCPTimeouts", 0)
-            if len(scenario.transfers) == 1 else None,
-            "subflow_bytes": "", "via_converter": record["via_proxy"]})
+            if single else None,
+            "subflow_bytes": "", "via_converter": record["via_proxy"],
+            "client_leg_retransmissions": leg_retransmissions.get("client"),
+            "server_leg_retransmissions": leg_retransmissions.get("server")})
     for spec_index, spec in enumerate(scenario.transfers):  # a failed negotiation moves nothing
         if not any(t["transfer_id"] == spec_index for t in transfers):
             record = next((r for r in client_out["records"]
@@ -660,7 +672,8 @@ def _rows(scenario: Scenario, variant: str, run_index: int, seeds: dict, client_
                               "paths": "", "subflows": 0, "bytes": spec.size_bytes, "bytes_delivered": 0,
                               "completed": False, "start_s": spec.start_s, "negotiated_s": None, "duration_s": None,
                               "goodput_bps": None, "retransmissions": 0, "timeouts": 0, "subflow_bytes": "",
-                              "via_converter": bool(record and record["via_proxy"])})
+                              "via_converter": bool(record and record["via_proxy"]),
+                              "client_leg_retransmissions": None, "server_leg_retransmissions": None})
     transfers.sort(key=lambda t: t["transfer_id"])
     counters = []
     for role in ("client", "converter", "server"):

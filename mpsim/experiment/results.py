@@ -34,7 +34,7 @@ import simpy
 
 from mpsim import __version__
 from mpsim.experiment.scenario import LoadedScenario, as_plain
-from mpsim.experiment.simulation import RunResult, Simulation
+from mpsim.experiment.simulation import CAPTURE_NOTE, RunResult, Simulation
 from mpsim.provenance import git_revision, machine_facts
 
 CONNECTION_COLUMNS = (
@@ -47,6 +47,9 @@ TRANSFER_COLUMNS = (
     "variant", "run", "transfer_id", "request_id", "scheme", "outcome", "direction", "congestion_control", "paths",
     "subflows", "bytes", "bytes_delivered", "completed", "start_s", "negotiated_s", "duration_s", "goodput_bps",
     "retransmissions", "timeouts", "subflow_bytes", "via_converter",
+    # Through a proxy (via_converter): the retransmitted segments of each leg's data sender (the
+    # client leg: client to proxy; the server leg: proxy to server); None for a transfer without legs.
+    "client_leg_retransmissions", "server_leg_retransmissions",
 )
 COUNTER_COLUMNS = ("variant", "run", "component", "counter", "value")
 EVENT_COLUMNS = ("variant", "run", "time_s", "node", "event", "detail")
@@ -167,7 +170,7 @@ class Results:
                 continue
             for stem, links in run.trace.capture_files(run.simulation.capture_points()).items():
                 path = pcap_dir / f"{run.variant}-run{run.run_index}-{stem}.pcapng"
-                path.write_bytes(run.trace.pcapng_bytes(links))
+                path.write_bytes(run.trace.pcapng_bytes(links, comment=CAPTURE_NOTE))
                 written.append(path)
         return written
 

@@ -67,11 +67,16 @@ relay copies from one leg to the other is a per-byte job.
 
 Captures (``capture_points`` lists the real links, and households' own access lines) show a
 transfer with the addresses and ports of the connection its negotiation opened, continuing that
-connection's sequence numbers after its last segment (its FIN included: the negotiation closes
-it before the transfer starts); on the converter's leg to the server, the converter's own
-connection to the server with its own sequence numbers, continuing that connection's. Another
-subflow than the first has no handshake of its own: it is
-shown from its path's address, with the first subflow's port and sequence numbers from 1.
+connection's sequence numbers after its last segment, and its MPTCP data sequence numbers and
+Data ACKs from where the negotiation's mappings ended (from the keys' IDSNs); on the converter's
+leg to the server, the converter's own connection to the server with its own sequence numbers,
+continuing that connection's. Another subflow than the first is shown from its path's address
+with the first subflow's port: its MP_JOIN handshake (ISN 0; token and HMACs from the negotiated
+keys), then its data from 1. How such a capture is simplified (:data:`CAPTURE_NOTE`, written
+into every pcapng file's comment): the negotiation is a request and a response on a connection
+that the machines then close, before the transfer starts, so the transfer's data follows that
+connection's FINs on the same 4-tuple (its sequence numbers continue after the FINs); the
+transfer itself ends without FIN or DATA_FIN.
 
 ``converter.households`` (default 1) makes one run serve several households: every household's
 arrivals are drawn from a generator of its own and issued from the one client node (so their
@@ -101,7 +106,7 @@ from mpsim.proto.client import ClientHost, ClientPolicy, ConnectionFinished, Req
 from mpsim.proto.events import Outcome
 from mpsim.proto.harness import Router
 from mpsim.proto.middlebox import PASS, BuiltBox, Site, flow_of
-from mpsim.proto.mptcp import MptcpPolicy, MptcpState
+from mpsim.proto.mptcp import MptcpClientExtension, MptcpPolicy, MptcpState
 from mpsim.proto.server import ResponderApp
 from mpsim.proto.tcp import TcpPolicy
 from mpsim.sim.congestion import CONGESTION_CONTROLS
@@ -121,6 +126,18 @@ _FIRST_PATH_NET = 16
 
 CLIENT, ROUTER, CONVERTER, SERVER_NODE = "client", "router", "converter", "server"
 SCENARIO = "scenario"  # the "node" of the scenario's own timed events in the trace
+
+
+#: How a simulated capture departs from a real one (docs/sim.md "Routes", captures); the comment of every
+#: pcapng file the simulation writes (Results.write_pcaps), so a reader of the file alone knows.
+CAPTURE_NOTE = (
+    "mpsim simulated capture (docs/sim.md, Routes). Simplified: each transfer runs after its "
+    "negotiation, a request and a response on a connection the simulated hosts close before the "
+    "transfer starts; the transfer's segments then use that connection's 4-tuple, sequence numbers "
+    "continuing after its FINs and MPTCP data sequence numbers after its last mapping, so a transfer's "
+    "data follows a FIN on the same connection. Transfers end without FIN or DATA_FIN. Further MPTCP "
+    "subflows have ISN 0; their MP_JOIN tokens and HMACs are computed from the negotiated keys. "
+    "Timestamps echo 0; payloads are zeros unless the scenario carried real bytes.")
 
 
 @dataclass(frozen=True)
@@ -565,7 +582,8 @@ class Simulation:
                "goodput_bps": None, "subflows": 0, "retransmissions": 0, "completed": False, "timeouts": 0,
                "subflow_bytes": "",
                "paths": " ".join(self.path_names if multipath else self.path_names[:1]),
-               "via_converter": record.via_proxy}
+               "via_converter": record.via_proxy, "client_leg_retransmissions": None,
+               "server_leg_retransmissions": None}
         self.transfer_rows.append(row)
         if record.outcome == Outcome.FAILED.value:
             row["paths"] = ""
@@ -641,25 +659,43 @@ class Simulation:
         1: it has no handshake of its own), on the converter's leg to the server that
         connection's 4-tuple and sequence numbers for every subflow, carrying the data-level
         stream (the relay's TCP connection)."""
-        logical = self.client.logical.get(record.request_id)
-        conn = next((a.conn for a in reversed(logical.attempts) if a.conn is not None), None) \
-            if logical is not None else None
+        conn = self._client_conn(record)
         client_address = self.client.interfaces[name]
         if conn is None:  # no connection to follow: the addresses the packets would have
             far = self.addresses.converter_up if record.via_proxy else self.addresses.server
             client_flow = Flow(client_address, 40000 + index, far, self.scenario.server.port)
         elif index == 0:
-            client_flow = Flow(conn.local_addr, conn.local_port, conn.remote_addr, conn.remote_port, conn=conn)
+            client_flow = Flow(conn.local_addr, conn.local_port, conn.remote_addr, conn.remote_port, conn=conn,
+                               mptcp_conn=conn)
         else:  # through a proxy, to its "up" side (the address a proxy on the path has for them)
             client_flow = Flow(client_address, conn.local_port, self.addresses.converter_up if record.via_proxy else conn.remote_addr,
-                               conn.remote_port)
+                               conn.remote_port, mptcp_conn=conn)
         if not record.via_proxy:
             return client_flow, None
         downstream = self._downstream_of(conn)
         if downstream is None:  # the proxy no longer holds the session: its address, a made-up port
             return client_flow, Flow(self.addresses.converter_down, 40000, self.addresses.server, self.scenario.server.port, data_level=True)
         return client_flow, Flow(downstream.local_addr, downstream.local_port, downstream.remote_addr,
-                                 downstream.remote_port, data_level=True, conn=downstream)
+                                 downstream.remote_port, data_level=True, conn=downstream, mptcp_conn=downstream)
+
+    def _client_conn(self, record: Any) -> Any:
+        """The client's connection the negotiation of ``record`` opened last, or None."""
+        logical = self.client.logical.get(record.request_id) if record is not None else None
+        return next((a.conn for a in reversed(logical.attempts) if a.conn is not None), None) \
+            if logical is not None else None
+
+    def _join_options(self, record: Any, row: dict) -> dict:
+        """The keywords a transfer's MP_JOINs need (mpsim.proto.join): the keys the negotiation's
+        MP_CAPABLE exchanged on the client's connection (client key, the far end's: the server's
+        or the proxy's), so the joins' tokens and HMACs in captures verify against the
+        negotiation's keys, and a generator of its own for the nonces (``transferN.join``)."""
+        options: dict = {"join_rng": self.rng(f"transfer{row['transfer_id']}.join")}
+        conn = self._client_conn(record)
+        mptcp = next((e for e in conn.extensions if isinstance(e, MptcpClientExtension)), None) \
+            if conn is not None else None
+        if mptcp is not None and mptcp.local_key is not None and mptcp.peer_key is not None:
+            options["mptcp_keys"] = (mptcp.local_key, mptcp.peer_key)
+        return options
 
     def _downstream_of(self, conn: Any) -> Any:
         """The proxy's connection to the server for the client's connection ``conn``, if the
@@ -705,7 +741,8 @@ class Simulation:
                                 # the client opens the further subflows (MP_JOIN) on its SYN timers
                                 joins_from="receiver" if spec.direction is Direction.DOWNLOAD else "sender",
                                 syn_policy=self.client.policy, kernel_hz=spec.kernel_hz,
-                                name=f"transfer{row['transfer_id']}")
+                                name=f"transfer{row['transfer_id']}",
+                                **(self._join_options(record, row) if multipath else {}))
         self._running.append((row, transfer))
         transfer.done.callbacks.append(lambda _event: self._bulk_done(row, transfer))
 
@@ -765,6 +802,7 @@ class Simulation:
             # the client opens the client leg's further subflows (MP_JOIN) on its SYN timers
             client_options={"joins_from": "receiver" if spec.direction is Direction.DOWNLOAD else "sender",
                             "syn_policy": self.client.policy,
+                            **(self._join_options(record, row) if multipath else {}),
                             "addresses": self._header_addresses(
                                 [(self.client.interfaces[name], self.addresses.converter_up)
                                  for name in (self.path_names if multipath else self.path_names[:1])],
@@ -818,6 +856,9 @@ class Simulation:
                    duration_s=record.duration_s if record.completed else None,
                    goodput_bps=record.goodput_bps if record.completed else None,
                    subflow_bytes=" ".join(map(str, record.subflow_bytes)), timeouts=record.timeouts)
+        if isinstance(transfer, RelayedTransfer):  # each leg's sender (results.TRANSFER_COLUMNS)
+            row.update(client_leg_retransmissions=record.client_leg.retransmissions,
+                       server_leg_retransmissions=record.server_leg.retransmissions)
 
     def _transfer_done(self) -> None:
         self._outstanding -= 1

@@ -158,6 +158,18 @@ class MptcpBlackholeState:
             self.times = 0
 
 
+@dataclass(frozen=True, slots=True)
+class StreamPosition:
+    """The next numbers of a connection's two byte streams (:meth:`stream_position`): the DSN of
+    the next byte it sends and of the next it expects, and the relative subflow sequence numbers
+    (SSN, RFC 8684 3.3) of its next byte and the peer's."""
+
+    local_dsn: int
+    peer_dsn: int
+    local_ssn: int
+    peer_ssn: int
+
+
 class MptcpState(enum.Enum):
     """Where an extension is; the RFC 8684 fallback rules are the edges of :data:`TRANSITIONS`."""
 
@@ -281,6 +293,19 @@ class _MptcpExtension(TcpExtension):
         if self.peer_key is None:
             raise RuntimeError("MPTCP negotiated without a peer key")  # a bug, not input
         return self._idsn(self.peer_key)
+
+    def stream_position(self, conn: TcpConnection) -> StreamPosition | None:
+        """Where the connection's data-level and subflow numbers stand now, for whoever continues
+        the connection's streams (a simulated transfer's captures, docs/sim.md "Routes"), or None
+        without both keys. Counted as this extension's own mappings count them: SYN data outside
+        the data sequence space, no DATA_FIN (so a FIN takes a subflow number, no DSN)."""
+        if self.local_key is None or self.peer_key is None:
+            return None
+        local_dsn = (self._idsn(self.local_key) + 1 + conn.bytes_sent - self._local_ssn_offset_bytes) % _DSN_MODULUS
+        peer_dsn = (self._idsn(self.peer_key) + 1 + conn.bytes_received - self._peer_ssn_offset_bytes) % _DSN_MODULUS
+        return StreamPosition(local_dsn, peer_dsn,
+                              (seq_diff(conn.snd_nxt, conn.iss) - self._local_ssn_offset_bytes) % _SSN_MODULUS,
+                              (seq_diff(conn.rcv_nxt, conn.irs) - self._peer_ssn_offset_bytes) % _SSN_MODULUS)
 
     def pull_events(self) -> list[MptcpNegotiated | FellBackToTcp]:
         """The facts since the last call, for the owner to pass on with ``host.emit``."""

@@ -12,9 +12,10 @@ out is mapped back onto light segments:
   receiver sees no option (RFC 8684 3.7 then decides, in the transfer);
 * split -> one light segment per part, each with its part of the sequence space, DSN and payload;
 * coalesced (:meth:`LightFilter.process` on a batch) -> one segment covering the parts; it keeps
-  the first part's DSN (as the wire segment keeps the first DSS mapping), and the transfer's
-  receiver, which reads DSNs not mappings, takes the merged payload as mapped (a simplification:
-  Linux would see data beyond its mapping);
+  the first part's DSN (as the wire segment keeps the first DSS mapping) and is read as mapping
+  the parts whose DSNs follow on (Linux maps a whole TSO skb with one DSS, so such merges lose
+  nothing); parts after a DSN gap have no mapping on the wire and become a segment of their own
+  without MPTCP option (:func:`_unmapped_tail`), which RFC 8684 3.7 handling then resets;
 * sequence numbers, ACKs, SACK blocks, addresses or ports rewritten -> mapped back as the
   segment's receiver would read them: a box that shifts a flow's numbers and shifts them back on
   the way in (``seq-rewrite``), or translates addresses and back (``nat``), leaves the light
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
+from operator import attrgetter
 from dataclasses import replace
 from typing import Any
 
@@ -196,7 +198,7 @@ class LightFilter:
             elif isinstance(out, IpPacket) and sources:
                 mapped = self._from_wire(out, sources, wires)
                 if mapped is not None:
-                    result.append(mapped)
+                    result += _unmapped_tail(mapped, sources.values())
             else:
                 result.append(out)
         return result
@@ -278,6 +280,10 @@ class LightFilter:
         copy.size_bytes = out.length_bytes
         if hasattr(source, "hop"):  # stamped by a route (mpsim.sim.route): the copy goes on along it
             copy.route, copy.hop, copy.flow = source.route, source.hop, getattr(source, "flow", None)
+        if getattr(source, "join_option", None) is not None:  # a join's MP_JOIN/MP_TCPRST, as the box left it:
+            option = next((o for o in seg.options if o.kind == TcpOptionKind.MPTCP), None)  # the peer checks it
+            if option is not None:
+                copy.join_option = option
         if source.flags & FLAG_SYN:
             return copy  # handshake numbers are not modelled (seq and ack 0)
         # Sequence numbers as the receiver reads them: what the box left relative to what it
@@ -300,6 +306,42 @@ class LightFilter:
             if source.sack_blocks:
                 copy.sack_blocks = tuple((left + back, right + back) for left, right in source.sack_blocks)
         return copy
+
+
+def _unmapped_tail(merged: Segment, parts: Iterable[Segment]) -> list[Segment]:
+    """A coalesced MPTCP segment as its receiver reads it: the wire segment keeps the first
+    part's DSS; the model reads it as mapping the parts that follow in DSN as they follow in
+    sequence (Linux maps a whole skb, up to 64 KiB, with one DSS that every TSO segment repeats, so
+    merging those loses nothing), but the bytes after a DSN gap (another mapping: a burst for
+    another subflow in between, a reinjection) have no mapping on the wire: they become a segment
+    of their own with ``mptcp=False``, data without a mapping, which the transfer handles as RFC
+    8684 3.7 says (Linux: ``get_mapping_status`` -> MAPPING_INVALID, the subflow reset or the
+    connection falls back). The two keep the merged packet's bytes: the head its headers, the tail
+    its payload only (one packet more on the link, no byte more)."""
+    if not merged.mptcp or not merged.payload_bytes or merged.flags & FLAG_SYN:
+        return [merged]
+    end = merged.seq + merged.payload_bytes
+    covered = sorted((part for part in parts if part.dst_endpoint is merged.dst_endpoint
+                      and part.subflow_id == merged.subflow_id and merged.seq <= part.seq < end
+                      and part.payload_bytes), key=attrgetter("seq"))
+    mapped = 0
+    for part in covered:
+        if part.seq != merged.seq + mapped or part.dsn != merged.dsn + mapped:
+            break
+        mapped += part.payload_bytes
+    if not 0 < mapped < merged.payload_bytes:
+        return [merged]
+    tail_bytes = merged.payload_bytes - mapped
+    first_unmapped = next(part for part in covered if part.seq >= merged.seq + mapped)
+    tail = Segment(tail_bytes, merged.dst_endpoint, merged.subflow_id, merged.seq + mapped, tail_bytes, merged.ack,
+                   merged.sack_blocks, first_unmapped.dsn + (merged.seq + mapped - first_unmapped.seq),
+                   merged.data_ack, merged.window_bytes, merged.flags, merged.sent_s, None, False)
+    if hasattr(merged, "hop"):  # stamped by a route: the tail goes on along it too
+        tail.route, tail.hop, tail.flow = merged.route, merged.hop, getattr(merged, "flow", None)
+    merged.payload_bytes, merged.size_bytes = mapped, merged.size_bytes - tail_bytes
+    if merged.payload is not None:
+        tail.payload, merged.payload = merged.payload[mapped:], merged.payload[:mapped]
+    return [merged, tail]
 
 
 def wrap_box(box: BuiltBox) -> BuiltBox:

@@ -71,6 +71,11 @@ class Flow:
     #: local side is this flow's source. Overrides the two bases.
     conn: Any = None
     conn_is_src: bool = True
+    #: The negotiated MPTCP connection (a proto ``TcpConnection``) whose data-level numbers a
+    #: capture continues (DSNs from its keys' IDSNs and the bytes it carried; :meth:`data_bases`),
+    #: for every subflow of it; ``conn_is_src`` says which side is this flow's source. None: DSNs
+    #: from 1.
+    mptcp_conn: Any = None
 
     def bases(self) -> tuple[int, int]:
         """(seq_base, ack_base) as they stand now."""
@@ -79,9 +84,24 @@ class Flow:
             return self.seq_base, self.ack_base
         return (conn.snd_nxt, conn.rcv_nxt) if self.conn_is_src else (conn.rcv_nxt, conn.snd_nxt)
 
+    def data_bases(self) -> tuple[int, int, int]:
+        """(DSN base, Data ACK base, SSN base) as they stand now: added to a segment's ``dsn``,
+        ``data_ack`` and ``seq`` for the DSS a capture shows. Subflow 0 (``conn`` set) continues
+        the connection's SSNs; another subflow has ISN 0 (its MP_JOIN SYN's), so SSN = seq + 1."""
+        position = None
+        if self.mptcp_conn is not None:
+            position = next((ext.stream_position(self.mptcp_conn) for ext in self.mptcp_conn.extensions
+                             if hasattr(ext, "stream_position")), None)
+        if position is None:
+            return 1, 1, 1
+        dsn, data_ack = (position.local_dsn, position.peer_dsn) if self.conn_is_src else \
+            (position.peer_dsn, position.local_dsn)
+        ssn = 1 if self.conn is None else position.local_ssn if self.conn_is_src else position.peer_ssn
+        return dsn, data_ack, ssn
+
     def reversed(self) -> Flow:
         return Flow(self.dst_ip, self.dst_port, self.src_ip, self.src_port, self.ack_base, self.seq_base,
-                    self.data_level, self.conn, not self.conn_is_src)
+                    self.data_level, self.conn, not self.conn_is_src, self.mptcp_conn)
 
 
 def forward_segment(segment: Segment) -> None:

@@ -132,10 +132,11 @@ class Trace:
         path.write_bytes(self.pcap_bytes(name, point=point))
         return path
 
-    def pcapng_bytes(self, links: Sequence[str], *, point: str = "sent") -> bytes:
+    def pcapng_bytes(self, links: Sequence[str], *, point: str = "sent", comment: str = "") -> bytes:
         """A pcapng file of the packets on ``links`` (link or lone-direction names), one named
         interface per link in the given order (``frame.interface_name`` in Wireshark, its nodes
-        as the description), both directions at ``point`` ("sent" or "delivered"), in time order."""
+        as the description), both directions at ``point`` ("sent" or "delivered"), in time order;
+        ``comment``: the file's own note (the section's opt_comment), e.g. how it is simplified."""
         if point not in ("sent", "delivered"):
             raise ValueError(f"point must be 'sent' or 'delivered', got {point!r}")
         if isinstance(links, str) or not links:
@@ -157,7 +158,7 @@ class Trace:
                 data = packet_bytes(record.packet)
                 if data is not None:
                     records.append((index[record.link], record.time_s, data))
-        return pcapng_file_bytes(interfaces, records)
+        return pcapng_file_bytes(interfaces, records, comment=comment)
 
     def capture_files(self, links: Iterable[str]) -> dict[str, list[str]]:
         """How ``links`` go into capture files: file stem -> the links (interfaces) it holds.

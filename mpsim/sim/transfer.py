@@ -211,8 +211,8 @@ Header accounting (``size_bytes`` is the IP packet; the links add no framing)
 The kernel testbed shapes with tbf, which counts Ethernet framing (14 bytes more per packet):
 compare goodput as a fraction of the shaped rate with 1448/1514 there and 1448/1500 here.
 
-Subflows joining (RFC 8684 3.2 as Linux 6.x runs it; :class:`_Join`)
---------------------------------------------------------------------
+Subflows joining (RFC 8684 3.2 as Linux 6.x runs it; :mod:`mpsim.proto.join`, wired by :class:`_Join`)
+-----------------------------------------------------------------------------------------------------
 The initial subflow is the negotiated connection: established when the transfer starts. Every
 further one is opened by the client (``joins_from``: the sender in an upload, the receiver in a
 download) when the path manager runs, ``join_delay_s`` after the start (default 0: Linux's
@@ -230,6 +230,11 @@ give-up); a lost fourth ACK is repaired by the third ACK again after 2 SRTT. A j
 Linux fails it: a SYN-ACK without MP_JOIN (a box stripped it from the SYN, which then reached the
 server as a plain SYN and got a plain SYN-ACK, or from the SYN-ACK) or a fourth ACK without DSS:
 the client resets; a third ACK without MP_JOIN: the server resets; no SYN-ACK: given up. The
+handshake's decisions and values are the sans-I/O machines' of :mod:`mpsim.proto.join`: the SYN
+names the token of the server's key, the SYN-ACK and third ACK carry the HMACs of RFC 8684 3.2
+from both keys (``mptcp_keys``; the simulation passes the negotiated connection's) and the nonces
+(``join_rng``), and each side checks what it receives (a wrong HMAC or an unknown token resets
+the subflow, as a stripped option does). The
 other subflows then carry everything; ``TransferRecord.subflow_joined`` / ``subflow_join_s`` /
 ``subflow_join_failures`` record it. ``join_handshake=False`` keeps the older model: subflows
 start established at their ``subflow_start_s`` (default 0).
@@ -245,9 +250,9 @@ Linux departs from this in one case (docs/kernel-departures.md section 3).
 Simplifications
 ---------------
 * No teardown: no FIN/DATA_FIN. The initial subflow starts established, its window the
-  handshake's first offer ("Receive window"); joins are as above, but the listener has no SYN-ACK timer of its own (a retransmitted SYN gets
-  a new SYN-ACK), tokens, nonces and HMACs are not computed (zeros in captures), and the plain
-  connection a stripped SYN opens at the server is not modelled beyond its SYN-ACK. Subflows
+  handshake's first offer ("Receive window"); joins are as above, but the listener has no SYN-ACK
+  timer of its own (a retransmitted SYN gets a new SYN-ACK), and the plain connection a stripped
+  SYN opens at the server is not modelled beyond its SYN-ACK. Subflows
   without an RTT sample (the initial one) pace as if their RTT were the initial RTO (Linux has
   the handshake's sample).
 * Receive buffers: "Receive window" above says what is simplified. MPTCP send queues count
@@ -271,6 +276,7 @@ Simplifications
 from __future__ import annotations
 
 import hashlib
+import random
 from bisect import bisect_left
 from collections import deque
 from heapq import heappop, heappush
@@ -283,10 +289,12 @@ from typing import Any
 import simpy
 from simpy.events import NORMAL
 
+from mpsim.proto.join import JoinFailed, JoinInitiator, JoinKeys, JoinListener, JoinSegment, JoinSegmentKind
 from mpsim.proto.tcp import TcpPolicy
 from mpsim.sim.congestion import (INITIAL_CWND_SEGMENTS, LINUX_HZ, CongestionControl, LiaCoupling, check_kernel_hz,
                                   make_congestion_control)
 from mpsim.sim.link import LIGHT_PACKET_TYPES, LinkDirection, schedule_call
+from mpsim.sim.seeds import derive_seed
 
 # --- header accounting (module docstring) ------------------------------------------------------
 #: IPv4 20 + TCP 20 + NOP NOP Timestamps 12.
@@ -439,11 +447,14 @@ class Segment:
     to a join endpoint; their ``seq``/``ack`` are 0. Treat a segment as immutable once sent,
     except for what a route (:mod:`mpsim.sim.route`) stamps on it: ``route`` and ``hop`` (where
     it is on its route) and ``flow`` (the addresses, ports and sequence bases a capture shows on
-    that hop, or None).
+    that hop, or None). ``join_option``, set only on a join's handshake segments: the MP_JOIN or
+    MP_TCPRST option the join's machine built (:mod:`mpsim.proto.join`), which the other side
+    checks and a capture shows while ``mptcp`` is set.
     """
 
     __slots__ = ("size_bytes", "dst_endpoint", "subflow_id", "seq", "payload_bytes", "ack", "sack_blocks",
-                 "dsn", "data_ack", "window_bytes", "flags", "sent_s", "payload", "mptcp", "route", "hop", "flow")
+                 "dsn", "data_ack", "window_bytes", "flags", "sent_s", "payload", "mptcp", "route", "hop", "flow",
+                 "join_option")
 
     def __init__(self, size_bytes: int, dst_endpoint: Any, subflow_id: int, seq: int, payload_bytes: int, ack: int,
                  sack_blocks: tuple | None, dsn: int, data_ack: int, window_bytes: int, flags: int, sent_s: float,
@@ -471,6 +482,9 @@ class Segment:
                        self.sack_blocks, self.dsn, self.data_ack, self.window_bytes, self.flags, self.sent_s,
                        self.payload, self.mptcp)
         twin.route, twin.hop, twin.flow = self.route, self.hop, getattr(self, "flow", None)
+        option = getattr(self, "join_option", None)
+        if option is not None:
+            twin.join_option = option
         return twin
 
     def __repr__(self) -> str:
@@ -485,14 +499,17 @@ class Segment:
         the negotiation opened, mpsim.sim.route.Flow), sequence numbers plus the flow's bases (on
         a relay's TCP leg, ``flow.data_level``: the DSN and DATA_ACK, no MPTCP or SACK option);
         without a flow from the endpoints, sequence numbers offset by one for the SYN (ISN 0).
+        A DSS's DSN, Data ACK and SSN continue the negotiated connection's (``flow.data_bases``:
+        from its keys' IDSNs, RFC 8684 3.1 and 3.3), or count from 1 without one.
         Modulo 2**32; the window is scaled by 2**7; TSval is the send time in milliseconds; the
         payload is zeros when the transfer carries no real bytes. A join's SYN and SYN-ACK carry
         Linux's SYN options (MSS, SACK-permitted, timestamps, NOP, window scale) and MP_JOIN, with
-        sequence numbers 0 (handshake numbers are not modelled); its third ACK MP_JOIN with the
-        HMAC (tokens, nonces and HMACs are zeros: the model does not compute them); a RST
-        MP_TCPRST (reason: middlebox interference).
+        sequence numbers 0 (ISN 0: handshake numbers are not drawn); its third ACK MP_JOIN with
+        the HMAC: the options the join's machine built (``join_option``: real tokens, nonces and
+        HMACs from the connection's keys, RFC 8684 3.2); a RST MP_TCPRST (reason: middlebox
+        interference).
         """
-        from mpsim.wire.mptcp import Dss, MpJoinAck, MpJoinSyn, MpJoinSynAck, MpTcpRst, MpTcpRstReason
+        from mpsim.wire.mptcp import Dss, MpTcpRst, MpTcpRstReason
         from mpsim.wire.options import MaximumSegmentSize, NoOperation, Sack, SackPermitted, Timestamps, WindowScale
         from mpsim.wire.segment import IpPacket, TcpFlags, TcpSegment
 
@@ -514,26 +531,29 @@ class Segment:
         timestamps = Timestamps(int(self.sent_s * 1000) & mask, 0)
         seq, ack = (self.dsn, self.data_ack) if data_level else (self.seq, self.ack)
         seq, ack = (seq + seq_base) & mask, (ack + ack_base) & mask
+        join_option = getattr(self, "join_option", None)  # a join's own option (mpsim.proto.join)
         if flags & FLAG_SYN:
             seq, ack = 0, 1 if flags & FLAG_ACK else 0
             options: list = [MaximumSegmentSize(SYN_MSS_OPTION_BYTES), SackPermitted(), timestamps, NoOperation(),
                              WindowScale(WINDOW_SCALE_SHIFT)]
-            if mptcp_option:
-                options.append(MpJoinSynAck(self.subflow_id & 0xFF, bytes(8), 0) if flags & FLAG_ACK
-                               else MpJoinSyn(self.subflow_id & 0xFF, 0, 0))
+            if mptcp_option and join_option is not None:
+                options.append(join_option)
         else:
             options = [NoOperation(), NoOperation(), timestamps]
             if not mptcp_option:
                 pass
+            elif join_option is not None:  # a join's third ACK (MP_JOIN) or a RST (MP_TCPRST)
+                options.append(join_option)
             elif flags & FLAG_RST:
                 options.append(MpTcpRst(MpTcpRstReason.MIDDLEBOX_INTERFERENCE))
-            elif getattr(endpoint, "join_listener", False):
-                options.append(MpJoinAck(bytes(20)))
             elif self.payload_bytes:
-                options.append(Dss(data_ack=self.data_ack + 1, dsn=self.dsn + 1, ssn=self.seq + 1,
+                dsn_base, data_ack_base, ssn_base = flow.data_bases() if flow is not None else (1, 1, 1)
+                options.append(Dss(data_ack=(self.data_ack + data_ack_base) & _MASK64,
+                                   dsn=(self.dsn + dsn_base) & _MASK64, ssn=(self.seq + ssn_base) & mask,
                                    data_level_length_bytes=self.payload_bytes, data_ack_64_bit=True, dsn_64_bit=True))
             else:
-                options.append(Dss(data_ack=self.data_ack + 1, data_ack_64_bit=True))
+                data_ack_base = flow.data_bases()[1] if flow is not None else 1
+                options.append(Dss(data_ack=(self.data_ack + data_ack_base) & _MASK64, data_ack_64_bit=True))
         if self.sack_blocks and not data_level:
             # SACK blocks name the data sender's numbers, which this (reverse) segment's ACK carries.
             blocks = tuple(((left + ack_base) & mask, (right + ack_base) & mask) for left, right in self.sack_blocks)
@@ -549,6 +569,7 @@ class Segment:
         return IpPacket(src_ip, dst_ip, segment)
 
 
+_MASK64 = (1 << 64) - 1  # DSNs and Data ACKs in a capture: 64-bit
 LIGHT_PACKET_TYPES.add(Segment)  # links read its size_bytes directly
 
 
@@ -2371,40 +2392,27 @@ class _ListenerEndpoint(_Endpoint):
 
 
 class _Join:
-    """The MP_JOIN handshake of one further subflow (RFC 8684 3.2) as Linux 6.x runs it.
+    """One further subflow's MP_JOIN handshake in the simulation: the sans-I/O machines of
+    :mod:`mpsim.proto.join` (which decide what every segment carries, when each side may send and
+    when the join fails; docs/protocols.md 3.2) wired to the subflow's directions and timers.
 
-    The initiator (the client) sends SYN + MP_JOIN; the listener answers SYN-ACK + MP_JOIN; the
-    initiator sends the third ACK with MP_JOIN (HMAC) and may not send data before the fourth
-    ACK (``__mptcp_subflow_active``: a ``request_join`` subflow is usable only once
-    ``fully_established``, net/mptcp/protocol.h); the listener's subflow is fully established
-    as it is created on the third ACK (``subflow_ulp_clone``), and answers it at once with an
-    ACK carrying a DSS (``check_fully_established``, net/mptcp/options.c, Linux 6.18; the
-    fourth ACK), so it may send data from then on. Hence, with one-way delays d (client to
-    server) and d' (back), an upload's joined subflow sends its first data 2 (d + d') after its
-    SYN, a download's 2 d + d' after it (the server, its data sender, is the listener).
-
-    Timers: the SYN on the proto TCP policy's SYN timer (:meth:`TcpPolicy.syn_rto_s`, give-up
-    :meth:`TcpPolicy.syn_given_up`); the third ACK again after 2 SRTT of the handshake's RTT
-    without a fourth ACK (``schedule_3rdack_retransmission``, net/mptcp/protocol.c), at most
-    ``data_retries`` times; the listener answers a retransmitted SYN with a SYN-ACK and a
-    retransmitted third ACK with an ACK (it has no SYN-ACK timer of its own: simplified).
-
-    Failures, as Linux fails them (the join is recorded as failed and the other subflows carry
-    everything): a SYN-ACK without MP_JOIN (a box stripped it, or a plain SYN reached the
-    server: ``subflow_finish_connect`` resets the subflow, MPTcpExtJoinSynAckRx not counted) and
-    a fourth ACK without DSS (``check_fully_established``: reset) make the initiator send a RST;
-    a third ACK without MP_JOIN makes the listener reset (``subflow_syn_recv_sock``,
-    MPTcpExtJoinAckHMacFailure); a SYN without MP_JOIN reaches the listener as a plain SYN,
-    which Linux's MPTCP listener accepts as a new plain TCP connection unrelated to this one:
-    the model answers it with a plain SYN-ACK (counted in ``plain_syns``) and lets the
-    initiator's RST end it; SYNs unanswered until the give-up.
+    It turns each :class:`~mpsim.proto.join.JoinSegment` into a light :class:`Segment` (sizes:
+    the module docstring's header accounting; the MP_JOIN option rides along for captures and
+    for the other side's checks, and counts as absent once a box has cleared ``mptcp``), feeds
+    what arrives to the machine of that side, and on
+    :class:`~mpsim.proto.join.SubflowFullyEstablished` at the data sender's side activates the
+    subflow with the handshake's RTT. A failure on either side ends the join for the model: the
+    initiator's machine stops at once (simplified: it would learn of the listener's reset from the
+    RST) and the subflow, if active, is closed (``conn.close_subflow``). With one-way delays d
+    (client to server) and d' (back), an upload's joined subflow sends its first data 2 (d + d')
+    after its SYN, a download's 2 d + d' after it (the server, its data sender, is the listener).
     """
 
-    def __init__(self, subflow: _SubflowSender, initiator_is_sender: bool, policy: TcpPolicy) -> None:
+    def __init__(self, subflow: _SubflowSender, initiator_is_sender: bool, policy: TcpPolicy, keys: JoinKeys,
+                 rng: Any) -> None:
         self.subflow = subflow
         self.env = subflow.env
         self.initiator_is_sender = initiator_is_sender
-        self.policy = policy
         receiver = subflow.receiver
         if initiator_is_sender:
             self.initiator = _Endpoint(self._at_initiator, subflow, subflow.forward)
@@ -2412,30 +2420,22 @@ class _Join:
         else:
             self.initiator = _Endpoint(self._at_initiator, receiver, receiver.backward)
             self.listener = _ListenerEndpoint(self._at_listener, subflow, subflow.forward)
-        self.state = "idle"  # -> syn_sent -> pre_established -> joined, or failed
-        self.listener_state = "listen"  # -> synack_sent -> established, plain, or closed
-        self.syn_times_s: list[float] = []
-        self.synack_s: float | None = None  # when the initiator received the SYN-ACK
-        self.third_ack_s: float | None = None  # when the listener received the third ACK
-        self.fourth_ack_s: float | None = None  # when the initiator received the fourth ACK
+        address_id = subflow.subflow_id & 0xFF
+        self.client = JoinInitiator(keys, address_id, policy, rng)
+        self.server = JoinListener(keys, address_id, rng)
         self.joined_s: float | None = None  # when the data sender could send on the subflow
         self.failure = ""
-        self.handshake_rtt_s: float | None = None  # SYN -> SYN-ACK at the initiator
-        self.listener_rtt_s: float | None = None  # SYN-ACK -> third ACK at the listener
-        self._synack_sent_s = 0.0
-        self.third_ack_retransmissions = 0
-        self.plain_syns = 0
-        self._syn_timer = _Timer(self.env, self._on_syn_timer)
-        self._ack_timer = _Timer(self.env, self._on_third_ack_timer)
+        self._syn_timer = _Timer(self.env, self._on_timer)
+        self._ack_timer = _Timer(self.env, self._on_timer)
 
+    # The handshake's record, read by tests and reports.
     @property
     def joined(self) -> bool:
         return self.joined_s is not None and not self.failure
 
-    def _send(self, side: _Endpoint, size_bytes: int, flags: int, mptcp: bool, window_bytes: int) -> None:
-        to = self.listener if side is self.initiator else self.initiator
-        side.out.send(Segment(size_bytes, to, self.subflow.subflow_id, 0, 0, 0, None, 0, 0, window_bytes, flags,
-                              self.env.now, None, mptcp))
+    @property
+    def state(self) -> str:
+        return self.client.state
 
     def _window_bytes(self, side: _Endpoint) -> int:
         """The window a handshake ACK from ``side`` carries: the data receiver's current one, or
@@ -2446,106 +2446,107 @@ class _Join:
             return receiver.conn.window_bytes(receiver.rcv_ssthresh)
         return receiver.conn.initial_window_bytes
 
-    # --- the initiator ------------------------------------------------------------------------
+    @property
+    def listener_state(self) -> str:
+        return self.server.state
+
+    @property
+    def syn_times_s(self) -> list[float]:
+        return self.client.syn_times_s
+
+    @property
+    def synack_s(self) -> float | None:
+        return self.client.synack_s
+
+    @property
+    def third_ack_s(self) -> float | None:
+        return self.server.third_ack_s
+
+    @property
+    def fourth_ack_s(self) -> float | None:
+        return self.client.fourth_ack_s
+
+    @property
+    def handshake_rtt_s(self) -> float | None:
+        return self.client.handshake_rtt_s
+
+    @property
+    def listener_rtt_s(self) -> float | None:
+        return self.server.rtt_s
+
+    @property
+    def third_ack_retransmissions(self) -> int:
+        return self.client.third_ack_retransmissions
+
+    @property
+    def plain_syns(self) -> int:
+        return self.server.plain_syns
 
     def start(self, _event: Any = None) -> None:
         """The path manager opens the subflow: the first SYN + MP_JOIN."""
-        self.state = "syn_sent"
-        self._send_syn()
+        self.client.start(self.env.now)
+        self._flush()
 
-    def _send_syn(self) -> None:
-        now = self.env.now
-        self.syn_times_s.append(now)
-        self._send(self.initiator, JOIN_SYN_BYTES, FLAG_SYN, True, SYN_WINDOW_BYTES)
-        self._syn_timer.set(now + self.policy.syn_rto_s(len(self.syn_times_s) - 1))
+    # --- wiring -------------------------------------------------------------------------------
 
-    def _on_syn_timer(self, now: float) -> None:
-        if self.state != "syn_sent":
-            return
-        retransmissions = len(self.syn_times_s) - 1
-        if self.policy.syn_given_up(retransmissions, now - self.syn_times_s[0]):
-            self._fail(f"no SYN-ACK to {len(self.syn_times_s)} SYNs")
-            return
-        self._send_syn()
-
-    def _send_third_ack(self) -> None:
-        self._send(self.initiator, JOIN_THIRD_ACK_BYTES, FLAG_ACK, True, self._window_bytes(self.initiator))
-        self._ack_timer.set(self.env.now + 2 * self.handshake_rtt_s)
-
-    def _on_third_ack_timer(self, now: float) -> None:
-        if self.state != "pre_established":
-            return
-        if self.third_ack_retransmissions >= self.policy.data_retries:
-            self._reset(self.initiator, "no fourth ACK")
-            return
-        self.third_ack_retransmissions += 1
-        self._send_third_ack()
+    def _on_timer(self, now: float) -> None:
+        self.client.handle_timer(now)
+        self._flush()
 
     def _at_initiator(self, segment: Segment) -> None:
         now = self.env.now
         flags = segment.flags
+        option = getattr(segment, "join_option", None) if segment.mptcp else None
         if flags & FLAG_RST:
-            if self.state in ("syn_sent", "pre_established") or (self.state == "joined" and not self.initiator_is_sender):
-                self._fail("reset by the listener")
-            return
-        if flags & FLAG_SYN:
-            if self.state == "syn_sent":
-                self._syn_timer.cancel()
-                self.synack_s = now
-                self.handshake_rtt_s = now - self.syn_times_s[-1]
-                if not segment.mptcp:
-                    self._reset(self.initiator, "SYN-ACK without MP_JOIN")
-                    return
-                self.state = "pre_established"
-                self._send_third_ack()
-            elif self.state == "pre_established":
-                self._send_third_ack()  # a retransmitted SYN's answer: the third ACK again
-            return
-        if self.state != "pre_established":
-            return
-        self._ack_timer.cancel()
-        self.fourth_ack_s = now
-        if not segment.mptcp:
-            self._reset(self.initiator, "fourth ACK without DSS")
-            return
-        self.state = "joined"
-        if self.initiator_is_sender:
-            self._activate(self.handshake_rtt_s)
-
-    # --- the listener -------------------------------------------------------------------------
+            self.client.receive_rst(now)
+        elif flags & FLAG_SYN:
+            self.client.receive_synack(option, now)
+        else:
+            self.client.receive_ack(segment.mptcp, now)
+        self._flush()
 
     def _at_listener(self, segment: Segment) -> None:
         now = self.env.now
         flags = segment.flags
+        option = getattr(segment, "join_option", None) if segment.mptcp else None
         if flags & FLAG_RST:
-            if self.listener_state == "established" and not self.failure:
-                self._fail("reset by the initiator")
-            self.listener_state = "closed"
-            return
-        if flags & FLAG_SYN:
-            if not segment.mptcp:
-                if self.listener_state in ("listen", "plain"):
-                    self.listener_state = "plain"
-                    self.plain_syns += 1
-                    self._send(self.listener, PLAIN_SYNACK_BYTES, FLAG_SYN | FLAG_ACK, False, SYN_WINDOW_BYTES)
-            elif self.listener_state in ("listen", "synack_sent"):
-                self.listener_state = "synack_sent"
-                self._synack_sent_s = now
-                self._send(self.listener, JOIN_SYNACK_BYTES, FLAG_SYN | FLAG_ACK, True, SYN_WINDOW_BYTES)
-            return
-        if self.listener_state == "synack_sent":
-            if not segment.mptcp:
-                self._reset(self.listener, "third ACK without MP_JOIN")
-                return
-            self.listener_state = "established"
-            self.third_ack_s = now
-            self.listener_rtt_s = now - self._synack_sent_s
-            self._send(self.listener, JOIN_FOURTH_ACK_BYTES, FLAG_ACK, True, self._window_bytes(self.listener))
-            if not self.initiator_is_sender:
-                self._activate(self.listener_rtt_s)
-        elif self.listener_state == "established" and segment.mptcp:
-            # check_fully_established: a retransmitted third ACK is answered with an ACK
-            self._send(self.listener, JOIN_FOURTH_ACK_BYTES, FLAG_ACK, True, self._window_bytes(self.listener))
+            self.server.receive_rst(now)
+        elif flags & FLAG_SYN:
+            self.server.receive_syn(option, now)
+        else:
+            self.server.receive_ack(option, now)
+        self._flush()
+
+    def _flush(self) -> None:
+        """Send what the machines produced, act on their events, follow the initiator's timer."""
+        for machine, side in ((self.client, self.initiator), (self.server, self.listener)):
+            for out in machine.pull_segments():
+                self._send(side, out)
+            for event in machine.pull_events():
+                if isinstance(event, JoinFailed):
+                    self._fail(event.reason)
+                elif (machine is self.client) == self.initiator_is_sender and not self.failure:
+                    self._activate(event.rtt_s)
+        # Two timers (as Linux's SYN timer and 3rd-ACK timer are): each deadline on its own event.
+        deadline_s = self.client.get_timer()
+        state = self.client.state
+        for timer, armed_in in ((self._syn_timer, "syn_sent"), (self._ack_timer, "pre_established")):
+            if state != armed_in or deadline_s is None:
+                timer.cancel()
+            elif timer.deadline_s != deadline_s:
+                timer.set(deadline_s)
+
+    def _send(self, side: _Endpoint, out: JoinSegment) -> None:
+        size_bytes, flags, syn_window = _JOIN_SEGMENTS[out.kind]
+        mptcp = out.kind is not JoinSegmentKind.PLAIN_SYNACK
+        window_bytes = SYN_WINDOW_BYTES if syn_window else 0 if out.kind is JoinSegmentKind.RST \
+            else self._window_bytes(side)
+        to = self.listener if side is self.initiator else self.initiator
+        segment = Segment(size_bytes, to, self.subflow.subflow_id, 0, 0, 0, None, 0, 0, window_bytes, flags,
+                          self.env.now, None, mptcp)
+        if out.option is not None:
+            segment.join_option = out.option
+        side.out.send(segment)
 
     # --- outcomes -----------------------------------------------------------------------------
 
@@ -2559,24 +2560,25 @@ class _Join:
         subflow.rto_s = subflow.rto_base_s  # tcp_set_rto once the handshake has a sample
         subflow.conn.activate(subflow, now)
 
-    def _reset(self, side: _Endpoint, reason: str) -> None:
-        self._send(side, RESET_BYTES, FLAG_RST, True, 0)
-        if side is self.listener:
-            self.listener_state = "closed"
-        self._fail(reason)
-
     def _fail(self, reason: str) -> None:
         if self.failure:
             return
         self.failure = reason
-        self.state = "failed"
-        self._syn_timer.cancel()
-        self._ack_timer.cancel()
+        self.client.abort()
         subflow = self.subflow
         if subflow.active:
             subflow.conn.close_subflow(subflow, self.env.now)
 
 
+#: Per handshake segment: (size_bytes, TCP flags, carries the unscaled SYN window).
+_JOIN_SEGMENTS = {
+    JoinSegmentKind.SYN: (JOIN_SYN_BYTES, FLAG_SYN, True),
+    JoinSegmentKind.SYNACK: (JOIN_SYNACK_BYTES, FLAG_SYN | FLAG_ACK, True),
+    JoinSegmentKind.PLAIN_SYNACK: (PLAIN_SYNACK_BYTES, FLAG_SYN | FLAG_ACK, True),
+    JoinSegmentKind.THIRD_ACK: (JOIN_THIRD_ACK_BYTES, FLAG_ACK, False),
+    JoinSegmentKind.FOURTH_ACK: (JOIN_FOURTH_ACK_BYTES, FLAG_ACK, False),
+    JoinSegmentKind.RST: (RESET_BYTES, FLAG_RST, False),
+}
 
 
 @dataclass(frozen=True)
@@ -2664,6 +2666,10 @@ class BulkTransfer:
     receiver) IP addresses its packets carry, all IPv4 or all IPv6 (the header accounting follows;
     default: IPv4 198.18.i.2 to 198.19.0.2; a route's ``flow`` overrides what a capture shows).
     ``mss_bytes``: default the Linux MSS of a 1500-byte MTU for that version (1448, 1428).
+    ``mptcp_keys``: (client key, server key), the 64-bit MP_CAPABLE keys of the connection the
+    joins join (the simulation passes the negotiated connection's), from which the joins'
+    tokens and HMACs are computed; ``join_rng``: where the joins' nonces come from. Defaults: a
+    generator seeded from ``name`` (:func:`mpsim.sim.seeds.derive_seed`), keys drawn from it.
     ``done`` is a SimPy event that
     succeeds when the last byte reaches the receiving application (with a ``sink``: the
     receiving socket). ``source`` / ``sink`` make the transfer one leg of a longer one (module
@@ -2684,8 +2690,8 @@ class BulkTransfer:
                  join_delay_s: float = DEFAULT_JOIN_DELAY_S, joins_from: str = "sender",
                  syn_policy: TcpPolicy | None = None, kernel_hz: int = LINUX_HZ, name: str = "transfer",
                  source: Any = None, sink: Any = None,
-                 addresses: Sequence[tuple[IPv4Address | IPv6Address, IPv4Address | IPv6Address]] | None = None
-                 ) -> None:
+                 addresses: Sequence[tuple[IPv4Address | IPv6Address, IPv4Address | IPv6Address]] | None = None,
+                 mptcp_keys: tuple[int, int] | None = None, join_rng: Any = None) -> None:
         paths = list(paths)
         if not paths:
             raise ValueError("a transfer needs at least one path")
@@ -2722,6 +2728,14 @@ class BulkTransfer:
             raise ValueError(f"joins_from must be one of {JOIN_INITIATORS}, got {joins_from!r}")
         if syn_policy is not None and not isinstance(syn_policy, TcpPolicy):
             raise ValueError(f"syn_policy must be a TcpPolicy, got {syn_policy!r}")
+        if mptcp_keys is not None and not (isinstance(mptcp_keys, tuple) and len(mptcp_keys) == 2):
+            raise ValueError(f"mptcp_keys must be a (client key, server key) pair, got {mptcp_keys!r}")
+        keys = None if mptcp_keys is None else JoinKeys(*mptcp_keys)  # refuses keys that are not 64-bit
+        if join_handshake and len(paths) > 1:  # joins to come: their keys and nonces
+            if join_rng is None:  # the transfer's own generator: the same name gives the same nonces
+                join_rng = random.Random(derive_seed(0, 0, f"{name}.join"))
+            if keys is None:
+                keys = JoinKeys(join_rng.getrandbits(64), join_rng.getrandbits(64))
         starts_s = [0.0] + [float(join_delay_s)] * (len(paths) - 1) if subflow_start_s is None \
             else list(subflow_start_s)
         if len(starts_s) != len(paths) or any(not isinstance(t, (int, float)) or not t >= 0 for t in starts_s) \
@@ -2776,7 +2790,8 @@ class BulkTransfer:
             self.sender.add_subflow(subflow)
             join = None
             if index and join_handshake:
-                join = _Join(subflow, joins_from == "sender", syn_policy or TcpPolicy())
+                assert keys is not None  # drawn above when there are joins
+                join = _Join(subflow, joins_from == "sender", syn_policy or TcpPolicy(), keys, join_rng)
                 schedule_call(env, starts_s[index], join.start, TIMER_PRIORITY)
             elif not subflow.active:
                 schedule_call(env, starts_s[index], lambda _event, sf=subflow: self.sender.activate(sf, env.now))

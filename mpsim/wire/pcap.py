@@ -109,6 +109,7 @@ _BLOCK_IDB = 0x00000001
 _BLOCK_EPB = 0x00000006
 _BYTE_ORDER_MAGIC = 0x1A2B3C4D
 _OPT_ENDOFOPT = 0
+_OPT_COMMENT = 1  # opt_comment, valid in every block (pcapng, draft-ietf-opsawg-pcapng section 3.5)
 _OPT_SHB_USERAPPL = 4
 _OPT_IF_NAME = 2
 _OPT_IF_DESCRIPTION = 3
@@ -150,17 +151,19 @@ def _block(block_type: int, body: bytes) -> bytes:
 
 
 def pcapng_file_bytes(interfaces: Sequence[PcapngInterface], records: Iterable[tuple[int, float, bytes]], *,
-                      application: str = "mpsim") -> bytes:
+                      application: str = "mpsim", comment: str = "") -> bytes:
     """A whole pcapng file: a section header, ``interfaces`` in order (interface ID = index), then
     one Enhanced Packet Block per ``(interface_id, timestamp_s, packet)``.
 
     Timestamps are seconds as for :func:`pcap_file_bytes` (microsecond resolution, the pcapng
     default; 0 <= t < 2**64 us); packets are stored whole (at most :data:`SNAPLEN_BYTES`).
-    ``application`` goes into ``shb_userappl``.
+    ``application`` goes into ``shb_userappl``, ``comment`` (if any) into the section's
+    ``opt_comment`` (Wireshark: Statistics > Capture File Properties; ``capinfos -k``).
     """
     if not isinstance(interfaces, Sequence) or not all(isinstance(i, PcapngInterface) for i in interfaces):
         raise InvalidValueError(f"interfaces must be a sequence of PcapngInterface, got {interfaces!r}")
-    shb_options = _option(_OPT_SHB_USERAPPL, application.encode()) if application else b""
+    shb_options = _option(_OPT_COMMENT, comment.encode()) if comment else b""
+    shb_options += _option(_OPT_SHB_USERAPPL, application.encode()) if application else b""
     # Major 1, minor 0, section length -1 (not given: the writer does not seek back).
     chunks = [_block(_BLOCK_SHB, struct.pack("<IHHq", _BYTE_ORDER_MAGIC, 1, 0, -1) + shb_options
                      + _option(_OPT_ENDOFOPT, b""))]

@@ -61,3 +61,22 @@ def test_the_transfer_row_is_end_to_end(direction, monkeypatch):
     # end to end: the final receiver's last byte, after the upstream leg's
     upstream = record.server_leg if direction == "download" else record.client_leg
     assert record.duration_s >= upstream.duration_s
+
+
+@pytest.mark.parametrize("direction", ["download", "upload"])
+def test_each_legs_retransmissions_have_their_own_columns(direction):
+    # 2 % loss on the access path (both ways) touches the client leg only: the client leg's sender
+    # retransmits, the server leg's (proxy to server, loss-free) does not; the sum is the old column.
+    scenario = sc.load_text(SCENARIO, name="t", source="t.toml", overrides=(
+        f"transfers.0.direction={direction!r}", "paths.dsl.loss={model='bernoulli', loss_prob=0.02}",
+        "paths.lte.loss={model='bernoulli', loss_prob=0.02}"))
+    (row,) = Simulation(scenario.base, variant="", run_index=0).run().transfers
+    assert row["client_leg_retransmissions"] > 0 and row["server_leg_retransmissions"] == 0
+    assert row["retransmissions"] == row["client_leg_retransmissions"] + row["server_leg_retransmissions"]
+
+
+def test_a_transfer_without_a_proxy_has_no_leg_columns():
+    scenario = sc.load_text(SCENARIO, name="t", source="t.toml", overrides=("client.scheme='mptcp'",))
+    (row,) = Simulation(scenario.base, variant="", run_index=0).run().transfers
+    assert not row["via_converter"] and row["completed"]
+    assert row["client_leg_retransmissions"] is None and row["server_leg_retransmissions"] is None

@@ -90,6 +90,23 @@ def test_coalesce_merges_a_batch_into_one_segment():
     assert merged.size_bytes == 80 + 2840
 
 
+def test_coalesced_parts_after_a_dsn_gap_arrive_without_a_mapping():
+    # Subflow-contiguous parts (seq 0 and 1420) whose DSNs jump (0, then 5680: another subflow's
+    # burst in between): the wire segment keeps the first DSS, so the second part has no mapping.
+    env = simpy.Environment()
+    f = LinkDirection(env, "f", delay_s=0.01, rate_bps=10e6)
+    b = LinkDirection(env, "b", delay_s=0.01, rate_bps=10e6)
+    transfer = BulkTransfer(env, [(f, b)], 2840, mptcp=True)
+    sender = transfer.sender.subflows[0]
+    parts = [Segment(80 + 1420, sender.receiver, 0, i * 1420, 1420, 0, None, dsn, 0, 0, 0x18, 0.0,
+                     memoryview(bytes([i]) * 1420), True) for i, dsn in enumerate((0, 5680))]
+    head, tail = LightFilter(Coalesce()).process(parts, 0.0)
+    assert (head.seq, head.dsn, head.payload_bytes, head.mptcp) == (0, 0, 1420, True)
+    assert (tail.seq, tail.dsn, tail.payload_bytes, tail.mptcp) == (1420, 5680, 1420, False)
+    assert bytes(head.payload) == bytes(1420) and bytes(tail.payload) == bytes([1]) * 1420
+    assert head.size_bytes + tail.size_bytes == 80 + 2840  # the merged packet's bytes, no more
+
+
 def test_drop_maps_to_dropped():
     adapter = LightFilter(DropSegments(SegmentClass.DATA))
     env = simpy.Environment()

@@ -122,6 +122,41 @@ def test_join_segments_decode_as_mp_join():
     assert [len(encode_packet(p.to_ip_packet())) for p in (out[0], back[0], out[1])] == [72, 76, 76]
 
 
+def test_join_captures_carry_tokens_and_hmacs_that_verify_from_the_keys():
+    # RFC 8684 3.1/3.2, checked the way Wireshark checks a capture: the SYN names the token of the
+    # server's key; the SYN-ACK's truncated HMAC and the third ACK's HMAC recompute from the two
+    # keys and the nonces the capture shows (computed here with hashlib/hmac, not mpsim.wire).
+    import hmac as hmac_module
+
+    client_key, server_key = 0x0102030405060708, 0x1112131415161718
+    env = simpy.Environment()
+    paths = two_paths(env)
+    transfer = BulkTransfer(env, paths, MIB, mptcp=True, mptcp_keys=(client_key, server_key))
+    env.run(until=transfer.done)
+    wire = lambda p: decode_packet(encode_packet(p.to_ip_packet())).segment.options[-1]
+    syn, third = [wire(p) for _, p in paths[1][0].trace.sent() if not p.payload_bytes][:2]
+    synack = wire(paths[1][1].trace.sent()[0][1])
+    k_a, k_b = client_key.to_bytes(8, "big"), server_key.to_bytes(8, "big")
+    assert syn.receiver_token == int.from_bytes(hashlib.sha256(k_b).digest()[:4], "big") == 0xCCAD45AC
+    r_a, r_b = syn.sender_random.to_bytes(4, "big"), synack.sender_random.to_bytes(4, "big")
+    assert r_a != bytes(4) and r_b != bytes(4)
+    assert synack.sender_truncated_hmac == hmac_module.new(k_b + k_a, r_b + r_a, hashlib.sha256).digest()[:8]
+    assert third.sender_hmac == hmac_module.new(k_a + k_b, r_a + r_b, hashlib.sha256).digest()[:20]
+
+
+def test_join_nonces_are_the_same_for_the_same_transfer_and_differ_between_subflows():
+    def nonces(name):
+        env = simpy.Environment()
+        paths = two_paths(env) + [(direction(env, "c.f", 0.01, 10e6), direction(env, "c.b", 0.01, 10e6))]
+        transfer = BulkTransfer(env, paths, MIB, mptcp=True, name=name)
+        env.run(until=transfer.done)
+        return [(j.client.nonce, j.server.nonce) for j in transfer.joins[1:]]
+
+    first = nonces("t")
+    assert first == nonces("t") and first != nonces("u")
+    assert len({n for pair in first for n in pair}) == 4
+
+
 class DropFirstSyn:
     def __init__(self):
         self.dropped = 0
@@ -223,6 +258,8 @@ def test_without_the_handshake_subflows_start_established():
     (dict(join_delay_s=-1), "join_delay_s"),
     (dict(joins_from="server"), "joins_from"),
     (dict(syn_policy="linux"), "syn_policy"),
+    (dict(mptcp_keys=(1, 2, 3)), "mptcp_keys must be a \\(client key, server key\\) pair"),
+    (dict(mptcp_keys=(1, -2)), "listener_key must be a 64-bit unsigned int"),
 ])
 def test_bad_join_parameters(kwargs, match):
     env = simpy.Environment()

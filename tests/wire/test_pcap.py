@@ -214,6 +214,15 @@ def test_pcapng_blocks_are_hand_checked():
     assert data == PCAPNG_ONE_PACKET
 
 
+def test_pcapng_section_comment_is_an_opt_comment_before_the_application():
+    # draft-ietf-opsawg-pcapng 3.5: opt_comment (code 1) is valid in every block; UTF-8, padded.
+    data = pcapng_file_bytes([], [], application="ab", comment="hey")
+    assert data == bytes.fromhex(
+        "0a0d0d0a 30000000" "4d3c2b1a 0100 0000 ffffffffffffffff"
+        "0100 0300 68657900"  # opt_comment "hey", padded
+        "0400 0200 6162 0000" "0000 0000" "30000000")
+
+
 def test_pcapng_round_trip_with_several_interfaces():
     interfaces = [PcapngInterface("path.access", description="client <-> router"), PcapngInterface("server.link")]
     records = [(0, 0.0, SYN), (1, 0.25, SYN), (0, 2**33 / 1e6, b"\x45")]  # past 2**32 us: the high word counts
