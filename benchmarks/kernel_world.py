@@ -1,5 +1,5 @@
-"""Model against kernel over the scenario files in models/kernel (root only):
-``python benchmarks/kernel_world.py [--seeds N] [--quick] [--from DIR]``.
+"""Model against kernel over the scenario files in models/kernel:
+``python benchmarks/kernel_world.py [--seeds N] [--quick] [--from DIR] [--kernel-only | --kernel-from DIR] [--jobs ...]``.
 
 Runs ``mpsim compare`` on each job below (the scenario files are the benchmark: docs/kernel-world.md)
 and writes ``benchmarks/results/kernel_world.md`` and ``kernel_world.csv``: per scenario, variant
@@ -9,6 +9,14 @@ error, with what could not be compared. Variants under random loss run in jobs o
 draw's). ``--quick`` runs the CI scenario only, with one seed;
 ``--from DIR`` builds the report from ``DIR/<job>/compare.json`` files written earlier by
 ``mpsim compare --out DIR/<job>`` (the same jobs, run one after another).
+
+The kernel side of every job is recorded in ``KERNEL_RUNS/<job>.json`` (``kernel_runs.json`` of
+``mpsim compare``: the connections and transfers tables per variant and run index, with the values
+each variant was built from, the time, the commit and the machine). ``--kernel-only`` runs only the
+kernel side and records it (root; no report); ``--kernel-from DIR`` reuses the recordings in DIR
+(``benchmarks/results/kernel_runs``: the runs of the report) and runs only the model, so the report
+follows model changes in a minute or two instead of half an hour; a job whose scenario, variants or
+run indices changed since is refused by name (run ``--kernel-only --jobs JOB`` again for it).
 """
 
 import argparse
@@ -16,6 +24,7 @@ import datetime
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -27,6 +36,7 @@ from mpsim.provenance import git_revision, machine_facts
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 MODELS = ROOT / "models" / "kernel"
+KERNEL_RUNS = RESULTS_DIR / "kernel_runs"
 #: Variants under random loss: their goodput varies from one loss draw to the next in both worlds
 #: (the two worlds draw independently), so they run with more run indices, in jobs of their own.
 LOSSY = {"goodput.toml": ["tcp-10M-rtt40-loss0p5", "tcp-10M-rtt40-loss2", "mptcp-2x10-rtt40-loss0p5",
@@ -68,6 +78,12 @@ NOT_COMPARED = [
 ]
 
 
+def _write_record(path: Path, record: dict) -> None:
+    """One job's kernel side, compact (one line of JSON: the report's runs stay well below 2 MB)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n", encoding="utf-8")
+
+
 def _report_from(path: Path) -> dict:
     return json.loads(path.read_text())
 
@@ -85,7 +101,10 @@ def markdown(reports: dict[str, dict], seeds_note: str) -> str:
              "model median| / model median; the kernel's min-max over the run indices beside it. "
              "What the differences come from: docs/kernel-world.md, \"Measured here\".", ""]
     for job, report in reports.items():
-        lines += [f"## {job}: scenario {report['scenario']}, {report['seeds']} run index(es)", "",
+        lines += [f"## {job}: scenario {report['scenario']}, {report['seeds']} run index(es)", ""]
+        if report.get("kernel_source"):
+            lines += [report["kernel_source"], *report.get("notes", []), ""]
+        lines += [
                   "| variant | metric | model | kernel median | kernel min-max | error |",
                   "|---|---|---:|---:|---:|---:|"]
         for row in report["rows"]:
@@ -138,13 +157,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from", dest="source", type=Path, help="build the report from earlier compare outputs")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--note", default="", help="a sentence for the header (e.g. how long the jobs took)")
+    world = parser.add_mutually_exclusive_group()
+    world.add_argument("--kernel-only", action="store_true",
+                       help="run only the kernel side and record it in --kernel-runs (root; no report)")
+    world.add_argument("--kernel-from", type=Path, metavar="DIR",
+                       help="reuse the kernel side recorded in DIR/<job>.json; run only the model")
+    parser.add_argument("--kernel-runs", type=Path, default=KERNEL_RUNS, metavar="DIR",
+                        help="where the kernel side of each job is recorded (default %(default)s)")
+    parser.add_argument("--jobs", help="comma-separated job names (default: all)")
     args = parser.parse_args(argv)
     jobs = QUICK_JOBS if args.quick else JOBS
+    if args.jobs:
+        unknown = set(args.jobs.split(",")) - {job[0] for job in jobs}
+        if unknown:
+            parser.error(f"--jobs: unknown {', '.join(sorted(unknown))} (jobs: {', '.join(j[0] for j in jobs)})")
+        jobs = [job for job in jobs if job[0] in args.jobs.split(",")]
     seeds = 1 if args.quick else args.seeds
     reports = {}
     for job, scenario, overrides, wanted, job_seeds in jobs:
         loaded = load(str(MODELS / scenario), [*overrides, f"runs={job_seeds or seeds}"])
         names = wanted or [name for name in loaded.variants if name not in LOSSY.get(scenario, [])]
+        if args.kernel_only:
+            started = time.monotonic()
+            try:
+                kernel = kernel_world.run_kernel(loaded, variants=names,
+                                                 progress=lambda line: print(line, file=sys.stderr, flush=True))
+            except kernel_world.KernelWorldError as err:
+                print(f"{job}: {err}", file=sys.stderr)
+                return 2
+            _write_record(args.kernel_runs / f"{job}.json", kernel.record())
+            print(f"{job}: kernel side recorded in {args.kernel_runs / f'{job}.json'} "
+                  f"({time.monotonic() - started:.0f} s)", flush=True)
+            continue
         if args.source is not None:
             path = args.source / job / "compare.json"
             if path.exists():
@@ -158,12 +202,18 @@ def main(argv: list[str] | None = None) -> int:
             continue
         try:
             report = compare.compare(loaded, variants=names,
+                                     kernel_from=None if args.kernel_from is None else args.kernel_from / f"{job}.json",
                                      progress=lambda line: print(line, file=sys.stderr, flush=True))
         except kernel_world.KernelWorldError as err:
             print(f"{job}: {err}", file=sys.stderr)
             return 2
+        if report.kernel_record is not None:  # recorded once, in --kernel-runs
+            _write_record(args.kernel_runs / f"{job}.json", report.kernel_record)
+            report.kernel_record = None
         report.write(args.out / f"kernel_world-{job}")
         reports[job] = report.as_dict()
+    if args.kernel_only:
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     note = "Run indices per job: see each heading." if args.source else f"{seeds} run index(es) per job."
     note = f"{note} {args.note}".strip()

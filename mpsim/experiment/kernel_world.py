@@ -29,6 +29,8 @@ Everything else is refused before anything starts (:func:`unbuildable`), one lin
 from __future__ import annotations
 
 import contextlib
+import datetime
+import fnmatch
 import gzip
 import dataclasses
 import json
@@ -76,6 +78,17 @@ PROXY_PORT_DEFAULT = 1234
 #: they stand for the model's endpoints, which take no time, so a loaded machine's scheduling
 #: latency should not be in their times. The proxy under test runs as it would be deployed.
 REALTIME = ["chrt", "-f", "10"] if shutil.which("chrt") else []
+#: Scenario keys the kernel world does not build: the model's description of the machine and of the
+#: kernel it copies (the converter's CPU per set-up and per byte, the jiffy rate of the model's
+#: CUBIC), the run count and the words. A kernel run records their values as model-only
+#: (manifest ``model_only``), and a recording of kernel runs is reused whatever they are
+#: (``mpsim compare --kernel-from``: docs/kernel-world.md, "Reusing recorded kernel runs").
+MODEL_ONLY_KEYS = ("description", "runs", "variants", "converter.cpu_setup_s", "converter.relay_cpu_s_per_gb",
+                   "transfers.*.kernel_hz")
+#: The file of a recording of kernel runs (``KernelResults.record``), in ``--out`` directories.
+RECORD_FILE = "kernel_runs.json"
+#: The tables a recording keeps: those ``mpsim compare`` reads.
+RECORD_TABLES = ("connections", "transfers")
 SETTLE_S = 0.3  # after the last record: let FINs and RSTs reach the captures
 RST_GRACE_S = 0.002  # an RST the close itself sent is stamped within this of the close
 
@@ -172,6 +185,44 @@ def unbuildable(scenario: Scenario, *, proxy_cmd: str | None = None) -> list[str
         if len({getattr(t, key) for t in s.transfers}) > 1:
             out.append(f"transfers {key}: values differ; the kernel's buffer maxima are per namespace")
     return out
+
+
+# --- what a kernel run is the run of --------------------------------------------------------------
+
+
+def flat_values(value: Any, prefix: str = "") -> dict[str, Any]:
+    """A resolved scenario (``as_plain``) as dotted keys: ``paths.a.delay_s``, ``transfers.0.size_bytes``;
+    an empty table or list stays one value."""
+    if isinstance(value, dict) and value:
+        items = value.items()
+    elif isinstance(value, list) and value:
+        items = ((str(i), v) for i, v in enumerate(value))
+    else:
+        return {prefix: value}
+    out: dict[str, Any] = {}
+    for key, item in items:
+        out.update(flat_values(item, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def model_only(key: str) -> bool:
+    return any(key == pattern or key.startswith(pattern + ".") or fnmatch.fnmatchcase(key, pattern)
+               for pattern in MODEL_ONLY_KEYS)
+
+
+def built_values(scenario: Scenario) -> dict[str, Any]:
+    """The scenario's resolved values the kernel world builds or reads (every key but
+    :data:`MODEL_ONLY_KEYS`), as dotted keys: what a kernel run is the run of."""
+    from mpsim.experiment.scenario import as_plain
+
+    # Through JSON, so a recording read back compares equal (tuples become lists).
+    return {k: v for k, v in json.loads(json.dumps(flat_values(as_plain(scenario)))).items() if not model_only(k)}
+
+
+def model_only_values(scenario: Scenario) -> dict[str, Any]:
+    from mpsim.experiment.scenario import as_plain
+
+    return {k: v for k, v in flat_values(as_plain(scenario)).items() if model_only(k) and k not in ("variants",)}
 
 
 # --- the plan ----------------------------------------------------------------------------------------
@@ -701,10 +752,12 @@ class KernelResults(Results):
     """The simulator's tables from kernel runs; the manifest adds what the kernel was."""
 
     def __init__(self, loaded: LoadedScenario, runs: list[RunResult], kernel: list[KernelRun],
-                 skipped: list[str]) -> None:
+                 skipped: list[str], proxy_cmd: str | None = None) -> None:
         super().__init__(loaded, runs)
         self.kernel = kernel
         self.skipped = skipped
+        self.proxy_cmd = proxy_cmd
+        self.measured_utc = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
     def manifest(self) -> dict[str, Any]:
         manifest = super().manifest()
@@ -716,7 +769,38 @@ class KernelResults(Results):
                                "middleboxes": k.middleboxes, "proxy_argv": k.proxy_argv,
                                "pcaps": sorted(k.pcaps), "testbed": k.facts}
                               for run, k in zip(self.runs, self.kernel)]
+        manifest["model_only"] = {name: model_only_values(self.loaded.variants[name])
+                                  for name in dict.fromkeys(run.variant for run in self.runs)}
         return manifest
+
+    def record(self) -> dict[str, Any]:
+        """The recording ``mpsim compare --kernel-from`` reuses: per variant, the values it was
+        built from (:func:`built_values`) and, per run index, the rows of :data:`RECORD_TABLES`
+        (columns once), with when, at which commit and on which machine they were measured."""
+        from mpsim.experiment.results import TABLES
+        from mpsim.provenance import git_revision, machine_facts
+
+        facts = machine_facts()
+        variants: dict[str, Any] = {}
+        for run, k in zip(self.runs, self.kernel):
+            entry = variants.setdefault(run.variant, {"built": built_values(self.loaded.variants[run.variant]),
+                                                      "sysctls": k.sysctls, "runs": {}})
+            entry["runs"][str(run.run_index)] = {table: [] for table in RECORD_TABLES}
+        for table in RECORD_TABLES:  # rows() gives JSON's cells (NaN as null), run by run
+            for row in self.rows(table):
+                variants[row["variant"]]["runs"][str(row["run"])][table].append(list(row.values()))
+        return {"format": 1, "scenario": self.loaded.name, "file": self.loaded.source,
+                "overrides": list(self.loaded.overrides), "measured_utc": self.measured_utc,
+                "git": git_revision(), "proxy_cmd": self.proxy_cmd,
+                "machine": {key: facts.get(key) for key in ("platform", "cpu_model", "cpu_count", "load_average")},
+                "running_kernel_hz": running_kernel_hz(), "skipped_unbuildable": self.skipped,
+                "columns": {table: list(TABLES[table]) for table in RECORD_TABLES}, "variants": variants}
+
+    def write(self, out_dir: Path, *, pcap: bool = False) -> list[Path]:
+        written = super().write(out_dir, pcap=pcap)
+        path = out_dir / RECORD_FILE
+        path.write_text(json.dumps(self.record(), separators=(",", ":"), allow_nan=False) + "\n", encoding="utf-8")
+        return [*written, path]
 
     def write_pcaps(self, pcap_dir: Path) -> list[Path]:
         pcap_dir.mkdir(parents=True, exist_ok=True)
@@ -770,4 +854,4 @@ def run_kernel(loaded: LoadedScenario, *, variants: list[str] | None = None, ski
                                            + " ".join(str(err).split())) from None
                 runs.append(result)
                 kernel.append(k)
-    return KernelResults(loaded, runs, kernel, skipped)
+    return KernelResults(loaded, runs, kernel, skipped, proxy_cmd)

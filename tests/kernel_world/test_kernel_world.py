@@ -150,6 +150,11 @@ def test_compare_agrees_on_a_loss_free_two_path_scenario(kernel_world, tmp_path,
     assert rows.loc["outcome", "error"] == 1.0
     assert rows.loc["goodput", "error"] < 0.5  # a loose sanity bound; the report holds the measured error
     assert (tmp_path / "compare.png").stat().st_size > 1000
+    # The kernel side is recorded beside the report and reused as it was measured: the same rows.
+    assert main(["compare", CI_SCENARIO, "--kernel-from", str(tmp_path), "--out", str(tmp_path / "again")]) == 0
+    again = pd.read_csv(tmp_path / "again" / "compare.csv").set_index("metric")
+    assert "Kernel side recorded" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(again, rows)
 
 
 def test_compare_exits_1_beyond_a_tolerance(kernel_world, capsys):
