@@ -752,12 +752,15 @@ class KernelResults(Results):
     """The simulator's tables from kernel runs; the manifest adds what the kernel was."""
 
     def __init__(self, loaded: LoadedScenario, runs: list[RunResult], kernel: list[KernelRun],
-                 skipped: list[str], proxy_cmd: str | None = None) -> None:
+                 skipped: list[str], proxy_cmd: str | None = None, *, started_utc: str | None = None,
+                 revision: dict | None = None) -> None:
         super().__init__(loaded, runs)
         self.kernel = kernel
         self.skipped = skipped
         self.proxy_cmd = proxy_cmd
-        self.measured_utc = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        # When the runs started and the code they ran (a commit made while they run is not theirs).
+        self.measured_utc = started_utc or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        self.revision = revision
 
     def manifest(self) -> dict[str, Any]:
         manifest = super().manifest()
@@ -791,7 +794,7 @@ class KernelResults(Results):
                 variants[row["variant"]]["runs"][str(row["run"])][table].append(list(row.values()))
         return {"format": 1, "scenario": self.loaded.name, "file": self.loaded.source,
                 "overrides": list(self.loaded.overrides), "measured_utc": self.measured_utc,
-                "git": git_revision(), "proxy_cmd": self.proxy_cmd,
+                "git": self.revision or git_revision(), "proxy_cmd": self.proxy_cmd,
                 "machine": {key: facts.get(key) for key in ("platform", "cpu_model", "cpu_count", "load_average")},
                 "running_kernel_hz": running_kernel_hz(), "skipped_unbuildable": self.skipped,
                 "columns": {table: list(TABLES[table]) for table in RECORD_TABLES}, "variants": variants}
@@ -838,6 +841,9 @@ def run_kernel(loaded: LoadedScenario, *, variants: list[str] | None = None, ski
         raise KernelWorldError("no variant can be built in the kernel: " + "; ".join(skipped[:3])
                                + (f" (and {len(skipped) - 3} more)" if len(skipped) > 3 else ""))
     check_root()  # after the refusals: what cannot be built is said on any machine
+    from mpsim.provenance import git_revision
+
+    started_utc, revision = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), git_revision()
     runs, kernel = [], []
     # MPSIM_KERNEL_WORK=DIR keeps the work files (plans, the client's JSON, program logs) there.
     keep = os.environ.get("MPSIM_KERNEL_WORK")
@@ -854,4 +860,4 @@ def run_kernel(loaded: LoadedScenario, *, variants: list[str] | None = None, ski
                                            + " ".join(str(err).split())) from None
                 runs.append(result)
                 kernel.append(k)
-    return KernelResults(loaded, runs, kernel, skipped, proxy_cmd)
+    return KernelResults(loaded, runs, kernel, skipped, proxy_cmd, started_utc=started_utc, revision=revision)
