@@ -138,9 +138,10 @@ def unbuildable(scenario: Scenario, *, proxy_cmd: str | None = None) -> list[str
         if s.converter.timing.value != "socket" and kind == "convert" and proxy_cmd is None:
             out.append(f"converter.timing {s.converter.timing.value!r}: the live converter answers in its first "
                        "bytes after the server's SYN-ACK (socket timing; set converter.timing=\"socket\")")
-    if s.converter.cores:
-        out.append(f"converter.cores={s.converter.cores}: the kernel world runs the real converter, whose CPU is "
-                   "the machine's (set converter.cores=0)")
+        cpus = os.cpu_count() or 1
+        if s.converter.cores > cpus:  # converter_cores(): the model's cores are the machine's
+            out.append(f"converter.cores={s.converter.cores}: this machine has {cpus} CPUs for the proxy "
+                       f"(set converter.cores to at most {cpus})")
     if s.converter.households > 1:
         out.append(f"converter.households={s.converter.households}: the testbed has one client host "
                    "(set converter.households=1)")
@@ -523,7 +524,29 @@ def proxy_argv(scenario: Scenario, listen: tuple[str, int], allow: str, proxy_cm
         argv.append("--require-cookie")
     if cv.max_sessions:
         argv += ["--max-conns", str(cv.max_sessions)]
+    if cv.cores:  # converter_cores(): one serving process per modelled core
+        argv += ["--workers", str(cv.cores)]
     return argv
+
+
+def converter_cores(scenario: Scenario, proxy_cmd: str | None = None) -> str:
+    """How the kernel world builds ``converter.cores`` (recorded in the manifest). The model's
+    cores are processors of the proxy machine; here the proxy runs on this machine's CPUs, shared
+    with everything else. The live converter gets one serving process per core (``--workers N``;
+    each is single-threaded); 0 (the CPU not modelled) runs its default, one process. A SOCKS5
+    server or a ``--proxy-cmd`` program runs as it is (microsocks: a thread per connection, on any
+    CPU), so there the value describes the model only. ``cpu_setup_s`` and ``relay_cpu_s_per_gb``
+    are never built: they are the model's description of what the proxy costs on this machine
+    (docs/kernel-world.md, "The proxy's CPU")."""
+    cores = scenario.converter.cores
+    if proxy_cmd is not None:
+        return f"{cores}: model only (--proxy-cmd runs as it is)"
+    if scenario.proxy_kind == "socks5":
+        return f"{cores}: model only (microsocks runs a thread per connection)"
+    if scenario.proxy_kind == "convert":
+        return f"{cores}: the live converter with --workers {cores}" if cores else \
+            "0: the CPU not modelled; the live converter with one process"
+    return f"{cores}: no proxy built"
 
 
 def run_once(scenario: Scenario, *, variant: str, run_index: int, work: Path, proxy_cmd: str | None = None,
@@ -772,8 +795,10 @@ class KernelResults(Results):
                                "middleboxes": k.middleboxes, "proxy_argv": k.proxy_argv,
                                "pcaps": sorted(k.pcaps), "testbed": k.facts}
                               for run, k in zip(self.runs, self.kernel)]
-        manifest["model_only"] = {name: model_only_values(self.loaded.variants[name])
-                                  for name in dict.fromkeys(run.variant for run in self.runs)}
+        names = list(dict.fromkeys(run.variant for run in self.runs))
+        manifest["model_only"] = {name: model_only_values(self.loaded.variants[name]) for name in names}
+        manifest["converter_cores"] = {name: converter_cores(self.loaded.variants[name], self.proxy_cmd)
+                                       for name in names}
         return manifest
 
     def record(self) -> dict[str, Any]:
