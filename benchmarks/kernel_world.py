@@ -41,17 +41,22 @@ KERNEL_RUNS = RESULTS_DIR / "kernel_runs"
 #: (the two worlds draw independently), so they run with more run indices, in jobs of their own.
 LOSSY = {"goodput.toml": ["tcp-10M-rtt40-loss0p5", "tcp-10M-rtt40-loss2", "mptcp-2x10-rtt40-loss0p5",
                           "tcp-50M-rtt40-loss0p5", "tcp-50M-rtt40-loss2"],
-         "convert_paths.toml": ["convert-2x10-upload-loss2"]}
+         "convert_paths.toml": ["convert-2x10-upload-loss2"],
+         "grid.toml": ["mptcp-10and3-rtt40-loss0p5", "tcp-10M-rtt40-loss0p5-ipv6"]}
 LOSSY_SEEDS = 16
 #: (job name, scenario file, overrides, variants (None: all but the LOSSY ones), run indices (None: --seeds))
 JOBS = [
     ("goodput", "goodput.toml", [], None, None),
     ("goodput_loss", "goodput.toml", [], LOSSY["goodput.toml"], LOSSY_SEEDS),
     ("convert_two_path", "convert_two_path.toml", [], None, None),
-    ("socks5", "convert_two_path.toml", ["client.scheme=socks5", "converter.kind=socks5"], None, None),
+    # microsocks's own time per set-up (benchmarks/results/proxy_calibration.md), as negotiation.toml's socks5 variants.
+    ("socks5", "convert_two_path.toml", ["client.scheme=socks5", "converter.kind=socks5", "converter.cpu_setup_s=0.0010"],
+     None, None),
     ("negotiation", "negotiation.toml", [], None, None),
     ("convert_paths", "convert_paths.toml", [], None, None),
     ("convert_paths_loss", "convert_paths.toml", [], LOSSY["convert_paths.toml"], LOSSY_SEEDS),
+    ("grid", "grid.toml", [], None, None),
+    ("grid_loss", "grid.toml", [], LOSSY["grid.toml"], LOSSY_SEEDS),
 ]
 QUICK_JOBS = [("ci_two_path", "ci_two_path.toml", [], None, 1)]
 #: What the grid asks for and the kernel world does not compare (docs/kernel-world.md, "What is refused").
@@ -63,16 +68,21 @@ NOT_COMPARED = [
     "box on one of two paths only strip-mptcp-syn (goodput.toml, convert_paths.toml)",
     "buffers = \"pinned\" (SO_SNDBUF/SO_RCVBUF): the kernel world sets only the auto-tuning maxima "
     "(tcp_wmem/tcp_rmem) and refuses it; capped maxima (256 KiB) are compared instead, on one path and on 10 + 3",
-    "RTTs 10 and 100 ms only for one-path TCP at 10 Mbit/s: 50 Mbit/s, two paths, loss, upload and IPv6 at 40 ms "
-    "only (one axis at a time around a base, to keep the report near 20 minutes)",
-    "two paths at 50 Mbit/s; 10 + 3 under random loss or through a proxy; IPv6 under random loss, over 10 + 3 and through a proxy "
-    "for transfers (IPv6 negotiation through every buildable proxy is compared)",
+    "RTTs 10 and 100 ms: compared for one-path TCP at 10 and 50 Mbit/s and MPTCP over 10 + 10 (downloads); loss, "
+    "upload, IPv6, 10 + 3, capped buffers and middleboxes at 40 ms only, the proxies' transfers at 20 ms only "
+    "(one axis at a time around a base, to keep the report near 40 minutes)",
+    "two paths at 50 Mbit/s under loss, as an upload or through a proxy; 10 + 3 under 2 % loss and as an upload "
+    "under loss; IPv6 under 2 % loss, over two paths under loss, and SOCKS5 transfers over IPv6 (IPv6 under 0.5 % "
+    "loss on one path, over 10 + 3 and through the converter as an upload are compared)",
     "downloads through the live converter other than the loss-free 10 + 10 one (under loss, a stripped join): "
     "Linux 6.18 drops data beyond the MPTCP receive window on a client leg opened with SYN data "
-    "(docs/live-converter.md), which the model does not reproduce; the same cases are compared as uploads",
-    "SOCKS5 transfers other than the loss-free 10 + 10 download",
-    "the converter's CPU (converter.cores > 0): refused by the kernel world, whose converter uses the machine's "
-    "CPU; the model with it is run apart (docs/kernel-world.md, \"Measured here\")",
+    "(docs/live-converter.md), which the model does not reproduce; the same cases are compared as uploads "
+    "(and 10 + 3, and IPv6)",
+    "SOCKS5 transfers other than the loss-free 10 + 10 and 10 + 3 downloads",
+    "the proxies' CPU cost itself: the scenarios through a proxy give the model converter.cores = 1 and "
+    "cpu_setup_s from a calibration on this machine (benchmarks/results/proxy_calibration.md), so their set-up "
+    "times check one constant per connection across RTTs, paths and middleboxes, not its value; several "
+    "connections at once through a proxy (queueing on its cores) are not compared",
     "coupled congestion control (lia): Linux MPTCP has none",
     "timed events (reboot, attach_network, converter_down): not built",
 ]

@@ -74,9 +74,11 @@ SERVER_SOCKETS = {"legacy_drop": ("tcp", "0x1"), "legacy_queue": ("tfo-no-cookie
                   "tfo": ("tfo", "0x3"), "mptcp_v1": ("mptcp", "0x1"), "closed": (None, "0x1")}
 KERNEL_CONGESTION_CONTROLS = ("reno", "cubic")
 PROXY_PORT_DEFAULT = 1234
-#: The kernel world's own endpoints (client host, responder) run SCHED_FIFO, as the delay line does:
-#: they stand for the model's endpoints, which take no time, so a loaded machine's scheduling
-#: latency should not be in their times. The proxy under test runs as it would be deployed.
+#: The kernel world's programs (client host, responder, proxy) run SCHED_FIFO, as the delay line
+#: does: the endpoints stand for the model's, which take no time, and the proxy for a proxy machine
+#: of its own, whose time per connection is its own work, not the wait behind other work on this
+#: shared machine (at load 11-16 on 2 CPUs the live converter's set-up took 1.0-14.6 ms more than
+#: the model's without SCHED_FIFO, 1.1-1.4 ms with it: benchmarks/results/proxy_calibration.md).
 REALTIME = ["chrt", "-f", "10"] if shutil.which("chrt") else []
 #: Scenario keys the kernel world does not build: the model's description of the machine and of the
 #: kernel it copies (the converter's CPU per set-up and per byte, the jiffy rate of the model's
@@ -593,7 +595,7 @@ def run_once(scenario: Scenario, *, variant: str, run_index: int, work: Path, pr
             argv = proxy_argv(scenario, proxy, CLIENT_PREFIXES[scenario.ip_version], proxy_cmd)
             log = open(work / f"{variant}-run{run_index}-proxy.log", "wb")
             logs.append(log)
-            tb.popen("converter", argv, stdout=log, stderr=log)
+            tb.popen("converter", [*REALTIME, *argv], stdout=log, stderr=log)
             wait_listening(tb, "client", proxy[0], proxy[1], 15.0)
         captures, pcaps = [], []
         capture = capture_argv() if pcap else None

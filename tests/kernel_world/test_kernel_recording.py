@@ -102,3 +102,43 @@ def test_a_key_the_recording_predates_is_named_not_refused(tmp_path):
     report = compare.compare(load(CI_SCENARIO, ["runs=2"]), kernel_from=path)
     assert report.notes == ["base: keys the recording predates, taken as not changing the kernel: "
                             "client.max_attempts = 6"]
+
+
+def _benchmark():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "kernel_world.py"
+    spec = importlib.util.spec_from_file_location("kernel_world_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_benchmark_rebuilds_its_report_from_recorded_kernel_runs(tmp_path, capsys):
+    bench = _benchmark()
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    _recording(runs, runs=1).rename(runs / "ci_two_path.json")  # the quick job's name
+    assert bench.main(["--quick", "--kernel-from", str(runs), "--out", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / "kernel_world.md").read_text()
+    assert "Kernel side recorded" in text and "goodput within 5 % (loss-free) 1/1" in text
+    record = json.loads((runs / "ci_two_path.json").read_text())
+    record["variants"]["base"]["built"]["seed"] = 7  # recorded from another root seed
+    (runs / "ci_two_path.json").write_text(json.dumps(record))
+    assert bench.main(["--quick", "--kernel-from", str(runs), "--out", str(tmp_path / "out")]) == 2
+    assert "seed is 1 here, 7 in the recording" in capsys.readouterr().err
+
+
+def test_the_reports_recorded_kernel_runs_are_small_and_fit_the_scenarios_now():
+    """benchmarks/results/kernel_runs holds the kernel side of the report's jobs: well below 2 MB
+    together, and reusable for the scenario files as they are (a changed built value needs the
+    kernel run again: `python benchmarks/kernel_world.py --kernel-only --jobs JOB`)."""
+    bench = _benchmark()
+    files = sorted(bench.KERNEL_RUNS.glob("*.json"))
+    assert {f.stem for f in files} == {job[0] for job in bench.JOBS}
+    assert sum(f.stat().st_size for f in files) < 2_000_000
+    for job, scenario, overrides, wanted, seeds in bench.JOBS:
+        loaded = load(str(bench.MODELS / scenario), [*overrides, f"runs={seeds or 3}"])
+        names = wanted or [n for n in loaded.variants if n not in bench.LOSSY.get(scenario, [])]
+        recorded = compare.recorded_kernel(loaded, bench.KERNEL_RUNS / f"{job}.json", variants=names)
+        assert recorded.variants == names and len(recorded.connections) >= len(names) * (seeds or 3), job
