@@ -225,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.kernel_only:
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
-    note = "Run indices per job: see each heading." if args.source else f"{seeds} run index(es) per job."
+    own_seeds = args.source or args.kernel_from or any(job[4] for job in jobs)  # the lossy jobs have their own
+    note = "Run indices per job: see each heading." if own_seeds else f"{seeds} run index(es) per job."
     note = f"{note} {args.note}".strip()
     (args.out / "kernel_world.md").write_text(markdown(reports, note))
     rows = [{"job": job, **row} for job, report in reports.items() for row in report["rows"]]
