@@ -1,5 +1,5 @@
-"""Model against kernel over the scenario files in models/kernel (root only):
-``python benchmarks/kernel_world.py [--seeds N] [--quick] [--from DIR]``.
+"""Model against kernel over the scenario files in models/kernel:
+``python benchmarks/kernel_world.py [--seeds N] [--quick] [--from DIR] [--kernel-only | --kernel-from DIR] [--jobs ...]``.
 
 Runs ``mpsim compare`` on each job below (the scenario files are the benchmark: docs/kernel-world.md)
 and writes ``benchmarks/results/kernel_world.md`` and ``kernel_world.csv``: per scenario, variant
@@ -9,6 +9,14 @@ error, with what could not be compared. Variants under random loss run in jobs o
 draw's). ``--quick`` runs the CI scenario only, with one seed;
 ``--from DIR`` builds the report from ``DIR/<job>/compare.json`` files written earlier by
 ``mpsim compare --out DIR/<job>`` (the same jobs, run one after another).
+
+The kernel side of every job is recorded in ``KERNEL_RUNS/<job>.json`` (``kernel_runs.json`` of
+``mpsim compare``: the connections and transfers tables per variant and run index, with the values
+each variant was built from, the time, the commit and the machine). ``--kernel-only`` runs only the
+kernel side and records it (root; no report); ``--kernel-from DIR`` reuses the recordings in DIR
+(``benchmarks/results/kernel_runs``: the runs of the report) and runs only the model, so the report
+follows model changes in a minute or two instead of half an hour; a job whose scenario, variants or
+run indices changed since is refused by name (run ``--kernel-only --jobs JOB`` again for it).
 """
 
 import argparse
@@ -16,6 +24,7 @@ import datetime
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -27,22 +36,28 @@ from mpsim.provenance import git_revision, machine_facts
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 MODELS = ROOT / "models" / "kernel"
+KERNEL_RUNS = RESULTS_DIR / "kernel_runs"
 #: Variants under random loss: their goodput varies from one loss draw to the next in both worlds
 #: (the two worlds draw independently), so they run with more run indices, in jobs of their own.
 LOSSY = {"goodput.toml": ["tcp-10M-rtt40-loss0p5", "tcp-10M-rtt40-loss2", "mptcp-2x10-rtt40-loss0p5",
                           "tcp-50M-rtt40-loss0p5", "tcp-50M-rtt40-loss2", "mptcp-2x50-rtt40-loss2",
                           "mptcp-2x50-rtt0-loss2-upload"],
-         "convert_paths.toml": ["convert-2x10-upload-loss2"]}
+         "convert_paths.toml": ["convert-2x10-upload-loss2"],
+         "grid.toml": ["mptcp-10and3-rtt40-loss0p5", "tcp-10M-rtt40-loss0p5-ipv6"]}
 LOSSY_SEEDS = 16
 #: (job name, scenario file, overrides, variants (None: all but the LOSSY ones), run indices (None: --seeds))
 JOBS = [
     ("goodput", "goodput.toml", [], None, None),
     ("goodput_loss", "goodput.toml", [], LOSSY["goodput.toml"], LOSSY_SEEDS),
     ("convert_two_path", "convert_two_path.toml", [], None, None),
-    ("socks5", "convert_two_path.toml", ["client.scheme=socks5", "converter.kind=socks5"], None, None),
+    # microsocks's own time per set-up (benchmarks/results/proxy_calibration.md), as negotiation.toml's socks5 variants.
+    ("socks5", "convert_two_path.toml", ["client.scheme=socks5", "converter.kind=socks5", "converter.cpu_setup_s=0.0010"],
+     None, None),
     ("negotiation", "negotiation.toml", [], None, None),
     ("convert_paths", "convert_paths.toml", [], None, None),
     ("convert_paths_loss", "convert_paths.toml", [], LOSSY["convert_paths.toml"], LOSSY_SEEDS),
+    ("grid", "grid.toml", [], None, None),
+    ("grid_loss", "grid.toml", [], LOSSY["grid.toml"], LOSSY_SEEDS),
 ]
 QUICK_JOBS = [("ci_two_path", "ci_two_path.toml", [], None, 1)]
 #: What the grid asks for and the kernel world does not compare (docs/kernel-world.md, "What is refused").
@@ -54,19 +69,30 @@ NOT_COMPARED = [
     "box on one of two paths only strip-mptcp-syn (goodput.toml, convert_paths.toml)",
     "buffers = \"pinned\" (SO_SNDBUF/SO_RCVBUF): the kernel world sets only the auto-tuning maxima "
     "(tcp_wmem/tcp_rmem) and refuses it; capped maxima (256 KiB) are compared instead, on one path and on 10 + 3",
-    "RTTs 10 and 100 ms only for one-path TCP at 10 Mbit/s: 50 Mbit/s, two paths, loss, upload and IPv6 at 40 ms "
-    "only (one axis at a time around a base, to keep the report near 20 minutes)",
-    "two paths at 50 Mbit/s; 10 + 3 under random loss or through a proxy; IPv6 under random loss, over 10 + 3 and through a proxy "
-    "for transfers (IPv6 negotiation through every buildable proxy is compared)",
+    "RTTs 10 and 100 ms: compared for one-path TCP at 10 and 50 Mbit/s and MPTCP over 10 + 10 (downloads); loss, "
+    "upload, IPv6, 10 + 3, capped buffers and middleboxes at 40 ms only, the proxies' transfers at 20 ms only "
+    "(one axis at a time around a base, to keep the report near 40 minutes)",
+    "two paths at 50 Mbit/s under loss, as an upload or through a proxy; 10 + 3 under 2 % loss and as an upload "
+    "under loss; IPv6 under 2 % loss, over two paths under loss, and SOCKS5 transfers over IPv6 (IPv6 under 0.5 % "
+    "loss on one path, over 10 + 3 and through the converter as an upload are compared)",
     "downloads through the live converter other than the loss-free 10 + 10 one (under loss, a stripped join): "
     "Linux 6.18 drops data beyond the MPTCP receive window on a client leg opened with SYN data "
-    "(docs/live-converter.md), which the model does not reproduce; the same cases are compared as uploads",
-    "SOCKS5 transfers other than the loss-free 10 + 10 download",
-    "the converter's CPU (converter.cores > 0): refused by the kernel world, whose converter uses the machine's "
-    "CPU; the model with it is run apart (docs/kernel-world.md, \"Measured here\")",
+    "(docs/live-converter.md), which the model does not reproduce; the same cases are compared as uploads "
+    "(and 10 + 3, and IPv6)",
+    "SOCKS5 transfers other than the loss-free 10 + 10 and 10 + 3 downloads",
+    "the proxies' CPU cost itself: the scenarios through a proxy give the model converter.cores = 1 and "
+    "cpu_setup_s from a calibration on this machine (benchmarks/results/proxy_calibration.md), so their set-up "
+    "times check one constant per connection across RTTs, paths and middleboxes, not its value; several "
+    "connections at once through a proxy (queueing on its cores) are not compared",
     "coupled congestion control (lia): Linux MPTCP has none",
     "timed events (reboot, attach_network, converter_down): not built",
 ]
+
+
+def _write_record(path: Path, record: dict) -> None:
+    """One job's kernel side, compact (one line of JSON: the report's runs stay well below 2 MB)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n", encoding="utf-8")
 
 
 def _report_from(path: Path) -> dict:
@@ -86,7 +112,10 @@ def markdown(reports: dict[str, dict], seeds_note: str) -> str:
              "model median| / model median; the kernel's min-max over the run indices beside it. "
              "What the differences come from: docs/kernel-world.md, \"Measured here\".", ""]
     for job, report in reports.items():
-        lines += [f"## {job}: scenario {report['scenario']}, {report['seeds']} run index(es)", "",
+        lines += [f"## {job}: scenario {report['scenario']}, {report['seeds']} run index(es)", ""]
+        if report.get("kernel_source"):
+            lines += [report["kernel_source"], *report.get("notes", []), ""]
+        lines += [
                   "| variant | metric | model | kernel median | kernel min-max | error |",
                   "|---|---|---:|---:|---:|---:|"]
         for row in report["rows"]:
@@ -139,13 +168,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from", dest="source", type=Path, help="build the report from earlier compare outputs")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--note", default="", help="a sentence for the header (e.g. how long the jobs took)")
+    world = parser.add_mutually_exclusive_group()
+    world.add_argument("--kernel-only", action="store_true",
+                       help="run only the kernel side and record it in --kernel-runs (root; no report)")
+    world.add_argument("--kernel-from", type=Path, metavar="DIR",
+                       help="reuse the kernel side recorded in DIR/<job>.json; run only the model")
+    parser.add_argument("--kernel-runs", type=Path, default=KERNEL_RUNS, metavar="DIR",
+                        help="where the kernel side of each job is recorded (default %(default)s)")
+    parser.add_argument("--jobs", help="comma-separated job names (default: all)")
     args = parser.parse_args(argv)
     jobs = QUICK_JOBS if args.quick else JOBS
+    if args.jobs:
+        unknown = set(args.jobs.split(",")) - {job[0] for job in jobs}
+        if unknown:
+            parser.error(f"--jobs: unknown {', '.join(sorted(unknown))} (jobs: {', '.join(j[0] for j in jobs)})")
+        jobs = [job for job in jobs if job[0] in args.jobs.split(",")]
     seeds = 1 if args.quick else args.seeds
     reports = {}
     for job, scenario, overrides, wanted, job_seeds in jobs:
         loaded = load(str(MODELS / scenario), [*overrides, f"runs={job_seeds or seeds}"])
         names = wanted or [name for name in loaded.variants if name not in LOSSY.get(scenario, [])]
+        if args.kernel_only:
+            started = time.monotonic()
+            try:
+                kernel = kernel_world.run_kernel(loaded, variants=names,
+                                                 progress=lambda line: print(line, file=sys.stderr, flush=True))
+            except kernel_world.KernelWorldError as err:
+                print(f"{job}: {err}", file=sys.stderr)
+                return 2
+            _write_record(args.kernel_runs / f"{job}.json", kernel.record())
+            print(f"{job}: kernel side recorded in {args.kernel_runs / f'{job}.json'} "
+                  f"({time.monotonic() - started:.0f} s)", flush=True)
+            continue
         if args.source is not None:
             path = args.source / job / "compare.json"
             if path.exists():
@@ -159,14 +213,21 @@ def main(argv: list[str] | None = None) -> int:
             continue
         try:
             report = compare.compare(loaded, variants=names,
+                                     kernel_from=None if args.kernel_from is None else args.kernel_from / f"{job}.json",
                                      progress=lambda line: print(line, file=sys.stderr, flush=True))
         except kernel_world.KernelWorldError as err:
             print(f"{job}: {err}", file=sys.stderr)
             return 2
+        if report.kernel_record is not None:  # recorded once, in --kernel-runs
+            _write_record(args.kernel_runs / f"{job}.json", report.kernel_record)
+            report.kernel_record = None
         report.write(args.out / f"kernel_world-{job}")
         reports[job] = report.as_dict()
+    if args.kernel_only:
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
-    note = "Run indices per job: see each heading." if args.source else f"{seeds} run index(es) per job."
+    own_seeds = args.source or args.kernel_from or any(job[4] for job in jobs)  # the lossy jobs have their own
+    note = "Run indices per job: see each heading." if own_seeds else f"{seeds} run index(es) per job."
     note = f"{note} {args.note}".strip()
     (args.out / "kernel_world.md").write_text(markdown(reports, note))
     rows = [{"job": job, **row} for job, report in reports.items() for row in report["rows"]]

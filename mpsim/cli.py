@@ -213,7 +213,7 @@ def _compare(args: argparse.Namespace) -> int:
     loaded = _load(args)
     try:
         report = compare.compare(loaded, variants=args.variants, proxy_cmd=args.proxy_cmd,
-                                 skip_unbuildable=args.skip_unbuildable,
+                                 skip_unbuildable=args.skip_unbuildable, kernel_from=args.kernel_from,
                                  progress=lambda line: print(line, file=sys.stderr))
     except kernel_world.KernelWorldError as err:
         raise CliError(str(err)) from None
@@ -564,6 +564,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare_.add_argument("--skip-unbuildable", action="store_true",
                           help="leave out the variants the kernel cannot build, naming them")
     compare_.add_argument("--proxy-cmd", metavar="COMMAND", help="a third-party proxy in place of the scenario's")
+    compare_.add_argument("--kernel-from", type=Path, metavar="DIR",
+                          help="reuse kernel runs recorded earlier (DIR/kernel_runs.json, written by --out here or by "
+                               "mpsim run --on kernel --out) and run only the model; refused unless the variants, their "
+                               "values and the run indices are the recorded ones (no root needed)")
     compare_.set_defaults(handler=_compare)
 
     ladder = commands.add_parser(

@@ -13,6 +13,11 @@ indices: min to max) and the error:
 * ``syns``, ``rsts``, ``ports``: the largest absolute difference per request.
 * ``setup_rtts``, ``first_byte_rtts``, ``goodput``: the relative error of the kernel's median
   against the model's median, |kernel - model| / model.
+
+The kernel side can be a recording of earlier kernel runs (``--kernel-from``, :func:`recorded_kernel`):
+the tables ``mpsim compare --out`` and ``mpsim run --on kernel --out`` write as ``kernel_runs.json``,
+reused only for the same variants built from the same values and the same run indices, so the
+model side can follow model changes without running the kernel again.
 """
 
 from __future__ import annotations
@@ -71,11 +76,19 @@ class Report:
     rows: list[Row]
     skipped: list[str] = field(default_factory=list)
     mismatches: list[str] = field(default_factory=list)
+    #: Where the kernel side comes from when it was recorded earlier (``--kernel-from``), else "".
+    kernel_source: str = ""
+    #: What the reader should know about the kernel side (keys the recording predates).
+    notes: list[str] = field(default_factory=list)
+    #: The kernel runs as a recording (``KernelResults.record``), when they ran now: written by ``write``.
+    kernel_record: dict | None = field(default=None, repr=False)
 
     def text(self) -> str:
         header = ["variant", "metric", "model", "kernel (median)", "kernel min-max", "error", "n"]
-        lines = [f"mpsim compare: scenario {self.scenario}, {self.seeds} run index(es) in the model and the kernel",
-                 ""]
+        lines = [f"mpsim compare: scenario {self.scenario}, {self.seeds} run index(es) in the model and the kernel"]
+        if self.kernel_source:
+            lines.append(self.kernel_source)
+        lines += [*self.notes, ""]
         table = [[r.variant, r.metric, _show(r.model), _show(r.kernel),
                   "-" if r.kernel_min is None else f"{_show(r.kernel_min)}-{_show(r.kernel_max)}",
                   _error(r), str(r.samples)] for r in self.rows]
@@ -104,7 +117,8 @@ class Report:
 
     def as_dict(self) -> dict[str, Any]:
         return {"scenario": self.scenario, "seeds": self.seeds, "rows": [r.__dict__ for r in self.rows],
-                "mismatches": self.mismatches, "skipped": self.skipped}
+                "mismatches": self.mismatches, "skipped": self.skipped, "kernel_source": self.kernel_source,
+                "notes": self.notes}
 
     def write(self, out_dir: Path) -> list[Path]:
         import pandas as pd
@@ -114,7 +128,12 @@ class Report:
         pd.DataFrame([r.__dict__ for r in self.rows]).to_csv(csv, index=False, lineterminator="\n")
         js.write_text(json.dumps(self.as_dict(), indent=1, allow_nan=False, default=_none) + "\n")
         self.figure(png)
-        return [csv, js, png]
+        written = [csv, js, png]
+        if self.kernel_record is not None:
+            written.append(out_dir / kernel_world.RECORD_FILE)
+            written[-1].write_text(json.dumps(self.kernel_record, separators=(",", ":"), allow_nan=False) + "\n",
+                                   encoding="utf-8")
+        return written
 
     def figure(self, path: Path) -> None:
         """Model against kernel for the relative metrics: the kernel's median with its min-max
@@ -226,13 +245,114 @@ def compare_results(model: results.Results, kernel: results.Results, *, skipped:
     return Report(model.loaded.name, model.loaded.base.runs, rows, list(skipped), mismatches)
 
 
+@dataclass
+class RecordedKernel:
+    """Kernel runs read back from a recording (:func:`recorded_kernel`): the tables compare reads."""
+
+    connections: Any
+    transfers: Any
+    variants: list[str]
+    skipped: list[str]
+    source: str  # one line: where, when and at which commit the kernel side was measured
+    notes: list[str]
+
+
+def _refuse(path: Path, text: str) -> kernel_world.KernelWorldError:
+    return kernel_world.KernelWorldError(f"--kernel-from {path}: {text}")
+
+
+def _show_value(value: Any) -> str:
+    return json.dumps(value) if not isinstance(value, str) else repr(value)
+
+
+def recorded_kernel(loaded: LoadedScenario, source: Path, *, variants: Sequence[str] | None = None,
+                    proxy_cmd: str | None = None, skip_unbuildable: bool = False) -> RecordedKernel:
+    """The kernel side of ``loaded`` from a recording (``kernel_runs.json``, or a directory holding
+    one), refused in one line (:class:`KernelWorldError`) unless every variant asked for was built
+    from the values it has now (``kernel_world.built_values``: the model-only keys aside) with the
+    same proxy, and every run index 0..runs-1 is recorded. A key the recording predates (added to
+    the scenario schema since) is accepted and named in the notes."""
+    import pandas as pd
+
+    from mpsim.provenance import git_revision, short_revision
+
+    path = source / kernel_world.RECORD_FILE if source.is_dir() else source
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise _refuse(path, f"cannot read it: {err.strerror or err}") from None
+    except ValueError as err:
+        raise _refuse(path, f"not a recording of kernel runs (bad JSON: {err})") from None
+    if not isinstance(record, dict) or record.get("format") != 1 or not isinstance(record.get("variants"), dict):
+        raise _refuse(path, "not a recording of kernel runs (format 1; mpsim compare --out or mpsim run --on "
+                            "kernel --out writes one)")
+    if record.get("proxy_cmd") != proxy_cmd:
+        raise _refuse(path, f"recorded with --proxy-cmd {record.get('proxy_cmd')!r}, asked with {proxy_cmd!r}")
+    names = list(variants) if variants else list(loaded.variants)
+    skipped = []
+    for name in list(names):
+        problems = kernel_world.unbuildable(loaded.variants[name], proxy_cmd=proxy_cmd)
+        if problems:
+            if not skip_unbuildable:
+                raise kernel_world.KernelWorldError(f"cannot build variant {name!r} in the kernel: {problems[0]}")
+            skipped += [f"{name}: {line}" for line in problems]
+            names.remove(name)
+    if not names:
+        raise kernel_world.KernelWorldError("no variant can be built in the kernel: " + "; ".join(skipped[:3]))
+    runs = loaded.base.runs
+    notes, rows = [], {table: [] for table in kernel_world.RECORD_TABLES}
+    for name in names:
+        entry = record["variants"].get(name)
+        if entry is None:
+            raise _refuse(path, f"variant {name!r} is not recorded (recorded: {', '.join(record['variants']) or 'none'})")
+        now, then = kernel_world.built_values(loaded.variants[name]), entry["built"]
+        for key in then:
+            if key not in now:
+                raise _refuse(path, f"variant {name!r}: the recording has {key} = {_show_value(then[key])}, the "
+                                    "scenario has no such key now (run the kernel again)")
+            if now[key] != then[key]:
+                raise _refuse(path, f"variant {name!r}: {key} is {_show_value(now[key])} here, "
+                                    f"{_show_value(then[key])} in the recording (run the kernel again)")
+        added = [f"{key} = {_show_value(now[key])}" for key in now if key not in then]
+        if added:
+            notes.append(f"{name}: keys the recording predates, taken as not changing the kernel: {', '.join(added)}")
+        missing = [i for i in range(runs) if str(i) not in entry["runs"]]
+        if missing:
+            raise _refuse(path, f"variant {name!r}: run index {missing[0]} is not recorded (recorded: "
+                                f"{', '.join(sorted(entry['runs'], key=int))}; use --seeds {len(entry['runs'])} or fewer)")
+        for i in range(runs):
+            for table in kernel_world.RECORD_TABLES:
+                rows[table] += entry["runs"][str(i)][table]
+    frames = {table: pd.DataFrame(rows[table], columns=record["columns"][table]) for table in rows}
+    then = short_revision(record.get("git")) or "an unknown commit"
+    now = short_revision(git_revision()) or "an unknown commit"
+    recorded = sorted({int(i) for name in names for i in record["variants"][name]["runs"]})
+    source_line = (f"Kernel side recorded {record.get('measured_utc', '?')} at mpsim {then} "
+                   f"({path}; run indices 0-{runs - 1} of {len(recorded)} recorded), "
+                   f"model side run now at mpsim {now}.")
+    return RecordedKernel(frames["connections"], frames["transfers"], names,
+                          [*record.get("skipped_unbuildable", []), *skipped], source_line, notes)
+
+
 def compare(loaded: LoadedScenario, *, variants: Sequence[str] | None = None, proxy_cmd: str | None = None,
-            skip_unbuildable: bool = False, progress: Callable[[str], None] | None = None) -> Report:
-    """Run ``loaded`` in both worlds and compare (the kernel first refuses what it cannot build)."""
-    kernel = kernel_world.run_kernel(loaded, variants=list(variants) if variants else None,
-                                     skip_unbuildable=skip_unbuildable, proxy_cmd=proxy_cmd, progress=progress)
-    built = list(dict.fromkeys(r.variant for r in kernel.runs))
+            skip_unbuildable: bool = False, progress: Callable[[str], None] | None = None,
+            kernel_from: Path | None = None) -> Report:
+    """Run ``loaded`` in both worlds and compare (the kernel first refuses what it cannot build);
+    with ``kernel_from``, the kernel side is a recording (:func:`recorded_kernel`) and only the model runs."""
+    if kernel_from is not None:
+        kernel: Any = recorded_kernel(loaded, kernel_from, variants=variants, proxy_cmd=proxy_cmd,
+                                      skip_unbuildable=skip_unbuildable)
+        built = kernel.variants
+    else:
+        kernel = kernel_world.run_kernel(loaded, variants=list(variants) if variants else None,
+                                         skip_unbuildable=skip_unbuildable, proxy_cmd=proxy_cmd, progress=progress)
+        built = list(dict.fromkeys(r.variant for r in kernel.runs))
     if progress:
         progress("model: " + ", ".join(built))
     model = results.run(loaded, variants=built)
-    return compare_results(model, kernel, skipped=kernel.skipped)
+    report = compare_results(model, kernel, skipped=kernel.skipped)
+    if kernel_from is not None:
+        report.kernel_source, report.notes = kernel.source, kernel.notes
+    else:
+        report.kernel_record = kernel.record()
+    return report

@@ -29,6 +29,8 @@ Everything else is refused before anything starts (:func:`unbuildable`), one lin
 from __future__ import annotations
 
 import contextlib
+import datetime
+import fnmatch
 import gzip
 import dataclasses
 import json
@@ -72,10 +74,23 @@ SERVER_SOCKETS = {"legacy_drop": ("tcp", "0x1"), "legacy_queue": ("tfo-no-cookie
                   "tfo": ("tfo", "0x3"), "mptcp_v1": ("mptcp", "0x1"), "closed": (None, "0x1")}
 KERNEL_CONGESTION_CONTROLS = ("reno", "cubic")
 PROXY_PORT_DEFAULT = 1234
-#: The kernel world's own endpoints (client host, responder) run SCHED_FIFO, as the delay line does:
-#: they stand for the model's endpoints, which take no time, so a loaded machine's scheduling
-#: latency should not be in their times. The proxy under test runs as it would be deployed.
+#: The kernel world's programs (client host, responder, proxy) run SCHED_FIFO, as the delay line
+#: does: the endpoints stand for the model's, which take no time, and the proxy for a proxy machine
+#: of its own, whose time per connection is its own work, not the wait behind other work on this
+#: shared machine (at load 11-16 on 2 CPUs the live converter's set-up took 1.0-14.6 ms more than
+#: the model's without SCHED_FIFO, 1.1-1.4 ms with it: benchmarks/results/proxy_calibration.md).
 REALTIME = ["chrt", "-f", "10"] if shutil.which("chrt") else []
+#: Scenario keys the kernel world does not build: the model's description of the machine and of the
+#: kernel it copies (the converter's CPU per set-up and per byte, the jiffy rate of the model's
+#: CUBIC), the run count and the words. A kernel run records their values as model-only
+#: (manifest ``model_only``), and a recording of kernel runs is reused whatever they are
+#: (``mpsim compare --kernel-from``: docs/kernel-world.md, "Reusing recorded kernel runs").
+MODEL_ONLY_KEYS = ("description", "runs", "variants", "converter.cpu_setup_s", "converter.relay_cpu_s_per_gb",
+                   "transfers.*.kernel_hz")
+#: The file of a recording of kernel runs (``KernelResults.record``), in ``--out`` directories.
+RECORD_FILE = "kernel_runs.json"
+#: The tables a recording keeps: those ``mpsim compare`` reads.
+RECORD_TABLES = ("connections", "transfers")
 SETTLE_S = 0.3  # after the last record: let FINs and RSTs reach the captures
 RST_GRACE_S = 0.002  # an RST the close itself sent is stamped within this of the close
 
@@ -125,9 +140,10 @@ def unbuildable(scenario: Scenario, *, proxy_cmd: str | None = None) -> list[str
         if s.converter.timing.value != "socket" and kind == "convert" and proxy_cmd is None:
             out.append(f"converter.timing {s.converter.timing.value!r}: the live converter answers in its first "
                        "bytes after the server's SYN-ACK (socket timing; set converter.timing=\"socket\")")
-    if s.converter.cores:
-        out.append(f"converter.cores={s.converter.cores}: the kernel world runs the real converter, whose CPU is "
-                   "the machine's (set converter.cores=0)")
+        cpus = os.cpu_count() or 1
+        if s.converter.cores > cpus:  # converter_cores(): the model's cores are the machine's
+            out.append(f"converter.cores={s.converter.cores}: this machine has {cpus} CPUs for the proxy "
+                       f"(set converter.cores to at most {cpus})")
     if s.converter.households > 1:
         out.append(f"converter.households={s.converter.households}: the testbed has one client host "
                    "(set converter.households=1)")
@@ -172,6 +188,44 @@ def unbuildable(scenario: Scenario, *, proxy_cmd: str | None = None) -> list[str
         if len({getattr(t, key) for t in s.transfers}) > 1:
             out.append(f"transfers {key}: values differ; the kernel's buffer maxima are per namespace")
     return out
+
+
+# --- what a kernel run is the run of --------------------------------------------------------------
+
+
+def flat_values(value: Any, prefix: str = "") -> dict[str, Any]:
+    """A resolved scenario (``as_plain``) as dotted keys: ``paths.a.delay_s``, ``transfers.0.size_bytes``;
+    an empty table or list stays one value."""
+    if isinstance(value, dict) and value:
+        items = value.items()
+    elif isinstance(value, list) and value:
+        items = ((str(i), v) for i, v in enumerate(value))
+    else:
+        return {prefix: value}
+    out: dict[str, Any] = {}
+    for key, item in items:
+        out.update(flat_values(item, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def model_only(key: str) -> bool:
+    return any(key == pattern or key.startswith(pattern + ".") or fnmatch.fnmatchcase(key, pattern)
+               for pattern in MODEL_ONLY_KEYS)
+
+
+def built_values(scenario: Scenario) -> dict[str, Any]:
+    """The scenario's resolved values the kernel world builds or reads (every key but
+    :data:`MODEL_ONLY_KEYS`), as dotted keys: what a kernel run is the run of."""
+    from mpsim.experiment.scenario import as_plain
+
+    # Through JSON, so a recording read back compares equal (tuples become lists).
+    return {k: v for k, v in json.loads(json.dumps(flat_values(as_plain(scenario)))).items() if not model_only(k)}
+
+
+def model_only_values(scenario: Scenario) -> dict[str, Any]:
+    from mpsim.experiment.scenario import as_plain
+
+    return {k: v for k, v in flat_values(as_plain(scenario)).items() if model_only(k) and k not in ("variants",)}
 
 
 # --- the plan ----------------------------------------------------------------------------------------
@@ -473,7 +527,29 @@ def proxy_argv(scenario: Scenario, listen: tuple[str, int], allow: str, proxy_cm
         argv.append("--require-cookie")
     if cv.max_sessions:
         argv += ["--max-conns", str(cv.max_sessions)]
+    if cv.cores:  # converter_cores(): one serving process per modelled core
+        argv += ["--workers", str(cv.cores)]
     return argv
+
+
+def converter_cores(scenario: Scenario, proxy_cmd: str | None = None) -> str:
+    """How the kernel world builds ``converter.cores`` (recorded in the manifest). The model's
+    cores are processors of the proxy machine; here the proxy runs on this machine's CPUs, shared
+    with everything else. The live converter gets one serving process per core (``--workers N``;
+    each is single-threaded); 0 (the CPU not modelled) runs its default, one process. A SOCKS5
+    server or a ``--proxy-cmd`` program runs as it is (microsocks: a thread per connection, on any
+    CPU), so there the value describes the model only. ``cpu_setup_s`` and ``relay_cpu_s_per_gb``
+    are never built: they are the model's description of what the proxy costs on this machine
+    (docs/kernel-world.md, "The proxy's CPU")."""
+    cores = scenario.converter.cores
+    if proxy_cmd is not None:
+        return f"{cores}: model only (--proxy-cmd runs as it is)"
+    if scenario.proxy_kind == "socks5":
+        return f"{cores}: model only (microsocks runs a thread per connection)"
+    if scenario.proxy_kind == "convert":
+        return f"{cores}: the live converter with --workers {cores}" if cores else \
+            "0: the CPU not modelled; the live converter with one process"
+    return f"{cores}: no proxy built"
 
 
 def run_once(scenario: Scenario, *, variant: str, run_index: int, work: Path, proxy_cmd: str | None = None,
@@ -520,7 +596,7 @@ def run_once(scenario: Scenario, *, variant: str, run_index: int, work: Path, pr
             argv = proxy_argv(scenario, proxy, CLIENT_PREFIXES[scenario.ip_version], proxy_cmd)
             log = open(work / f"{variant}-run{run_index}-proxy.log", "wb")
             logs.append(log)
-            tb.popen("converter", argv, stdout=log, stderr=log)
+            tb.popen("converter", [*REALTIME, *argv], stdout=log, stderr=log)
             wait_listening(tb, "client", proxy[0], proxy[1], 15.0)
         captures, pcaps = [], []
         capture = capture_argv() if pcap else None
@@ -715,10 +791,15 @@ class KernelResults(Results):
     """The simulator's tables from kernel runs; the manifest adds what the kernel was."""
 
     def __init__(self, loaded: LoadedScenario, runs: list[RunResult], kernel: list[KernelRun],
-                 skipped: list[str]) -> None:
+                 skipped: list[str], proxy_cmd: str | None = None, *, started_utc: str | None = None,
+                 revision: dict | None = None) -> None:
         super().__init__(loaded, runs)
         self.kernel = kernel
         self.skipped = skipped
+        self.proxy_cmd = proxy_cmd
+        # When the runs started and the code they ran (a commit made while they run is not theirs).
+        self.measured_utc = started_utc or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        self.revision = revision
 
     def manifest(self) -> dict[str, Any]:
         manifest = super().manifest()
@@ -730,7 +811,40 @@ class KernelResults(Results):
                                "middleboxes": k.middleboxes, "proxy_argv": k.proxy_argv,
                                "pcaps": sorted(k.pcaps), "testbed": k.facts}
                               for run, k in zip(self.runs, self.kernel)]
+        names = list(dict.fromkeys(run.variant for run in self.runs))
+        manifest["model_only"] = {name: model_only_values(self.loaded.variants[name]) for name in names}
+        manifest["converter_cores"] = {name: converter_cores(self.loaded.variants[name], self.proxy_cmd)
+                                       for name in names}
         return manifest
+
+    def record(self) -> dict[str, Any]:
+        """The recording ``mpsim compare --kernel-from`` reuses: per variant, the values it was
+        built from (:func:`built_values`) and, per run index, the rows of :data:`RECORD_TABLES`
+        (columns once), with when, at which commit and on which machine they were measured."""
+        from mpsim.experiment.results import TABLES
+        from mpsim.provenance import git_revision, machine_facts
+
+        facts = machine_facts()
+        variants: dict[str, Any] = {}
+        for run, k in zip(self.runs, self.kernel):
+            entry = variants.setdefault(run.variant, {"built": built_values(self.loaded.variants[run.variant]),
+                                                      "sysctls": k.sysctls, "runs": {}})
+            entry["runs"][str(run.run_index)] = {table: [] for table in RECORD_TABLES}
+        for table in RECORD_TABLES:  # rows() gives JSON's cells (NaN as null), run by run
+            for row in self.rows(table):
+                variants[row["variant"]]["runs"][str(row["run"])][table].append(list(row.values()))
+        return {"format": 1, "scenario": self.loaded.name, "file": self.loaded.source,
+                "overrides": list(self.loaded.overrides), "measured_utc": self.measured_utc,
+                "git": self.revision or git_revision(), "proxy_cmd": self.proxy_cmd,
+                "machine": {key: facts.get(key) for key in ("platform", "cpu_model", "cpu_count", "load_average")},
+                "running_kernel_hz": running_kernel_hz(), "skipped_unbuildable": self.skipped,
+                "columns": {table: list(TABLES[table]) for table in RECORD_TABLES}, "variants": variants}
+
+    def write(self, out_dir: Path, *, pcap: bool = False) -> list[Path]:
+        written = super().write(out_dir, pcap=pcap)
+        path = out_dir / RECORD_FILE
+        path.write_text(json.dumps(self.record(), separators=(",", ":"), allow_nan=False) + "\n", encoding="utf-8")
+        return [*written, path]
 
     def write_pcaps(self, pcap_dir: Path) -> list[Path]:
         pcap_dir.mkdir(parents=True, exist_ok=True)
@@ -768,6 +882,9 @@ def run_kernel(loaded: LoadedScenario, *, variants: list[str] | None = None, ski
         raise KernelWorldError("no variant can be built in the kernel: " + "; ".join(skipped[:3])
                                + (f" (and {len(skipped) - 3} more)" if len(skipped) > 3 else ""))
     check_root()  # after the refusals: what cannot be built is said on any machine
+    from mpsim.provenance import git_revision
+
+    started_utc, revision = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), git_revision()
     runs, kernel = [], []
     # MPSIM_KERNEL_WORK=DIR keeps the work files (plans, the client's JSON, program logs) there.
     keep = os.environ.get("MPSIM_KERNEL_WORK")
@@ -784,4 +901,4 @@ def run_kernel(loaded: LoadedScenario, *, variants: list[str] | None = None, ski
                                            + " ".join(str(err).split())) from None
                 runs.append(result)
                 kernel.append(k)
-    return KernelResults(loaded, runs, kernel, skipped)
+    return KernelResults(loaded, runs, kernel, skipped, proxy_cmd, started_utc=started_utc, revision=revision)

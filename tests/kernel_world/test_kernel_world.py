@@ -4,6 +4,7 @@ client (mpsim/live/client_host.py) and `mpsim compare` (mpsim/experiment/compare
 The first tests need nothing but Python; those taking the ``kernel_world`` fixture build testbeds
 (root; about 15 s each)."""
 
+import json
 import struct
 from pathlib import Path
 
@@ -28,7 +29,7 @@ description = "everything the kernel world refuses"
 scheme = "mp-convert-option"
 [converter]
 kind = "mp-convert"
-cores = 1
+cores = 1024
 households = 4
 [server]
 kind = "mptcp_v0"
@@ -49,15 +50,17 @@ def test_unbuildable_elements_are_named_one_line_each():
     scenario = load_text(UNBUILDABLE, name="refuse", source="refuse.toml").base
     lines = kernel_world.unbuildable(scenario)
     for name in ("'mp-convert-option'", "'mp-convert'", "'mptcp_v0'", "paths.lte.jitter_s", "'strip-syn-payload'",
-                 "events[0] reboot", "'lia'", "converter.cores=1", "converter.households=4",
+                 "events[0] reboot", "'lia'", "converter.cores=1024", "converter.households=4",
                  "transfers[0].buffers 'pinned'"):
         assert sum(name in line for line in lines) == 1, (name, lines)
     assert all("\n" not in line for line in lines)
 
 
 def test_buildable_scenarios_have_nothing_refused():
-    for name in ("ci_two_path", "convert_two_path", "convert_paths", "goodput", "negotiation"):
-        loaded = load(str(MODELS / f"{name}.toml"))
+    files = sorted(MODELS.glob("*.toml"))
+    assert {"ci_two_path", "convert_paths", "grid", "negotiation", "proxy_calibration"} <= {f.stem for f in files}
+    for path in files:
+        name, loaded = path.stem, load(str(path))
         for variant, scenario in loaded.variants.items():
             assert kernel_world.unbuildable(scenario) == [], (name, variant)
 
@@ -72,6 +75,25 @@ def test_run_on_kernel_refuses_an_unbuildable_middlebox_by_name(capsys, tmp_path
 
 
 # --- pieces checked by hand -------------------------------------------------------------------------
+
+
+def test_converter_cores_are_the_live_converters_workers_and_model_only_elsewhere():
+    def scenario(*overrides):
+        return load(str(MODELS / "convert_two_path.toml"), list(overrides)).base
+
+    listen = ("198.18.0.1", 1234)
+    two = scenario("converter.cores=2")
+    assert kernel_world.unbuildable(two) == []
+    assert kernel_world.proxy_argv(two, listen, "198.18.0.0/15", None)[-2:] == ["--workers", "2"]
+    assert "--workers" not in kernel_world.proxy_argv(scenario("converter.cores=0"), listen, "198.18.0.0/15", None)
+    assert kernel_world.converter_cores(two) == "2: the live converter with --workers 2"
+    socks = scenario("converter.cores=1", "client.scheme=socks5", "converter.kind=socks5")
+    assert "--workers" not in kernel_world.proxy_argv(socks, listen, "198.18.0.0/15", None)
+    assert kernel_world.converter_cores(socks).startswith("1: model only")
+    assert kernel_world.converter_cores(two, "microsocks -p {port}").startswith("2: model only")
+    # The CPU costs are the model's description of the machine: recorded apart, never built.
+    assert "converter.cpu_setup_s" not in kernel_world.built_values(two)
+    assert kernel_world.model_only_values(scenario("converter.cpu_setup_s=0.002"))["converter.cpu_setup_s"] == 0.002
 
 
 def test_syn_give_up_follows_the_models_schedule():
@@ -138,6 +160,10 @@ def test_run_on_kernel_writes_the_simulators_columns(kernel_world, tmp_path, cap
         ["base-run0-path.a.pcap", "base-run0-path.b.pcap"]
     manifest = (tmp_path / "kernel" / "manifest.json").read_text()
     assert '"net.ipv4.tcp_syn_linear_timeouts": "0"' in manifest and '"world": "kernel"' in manifest
+    parsed = json.loads(manifest)
+    assert parsed["converter_cores"] == {"base": "1: the live converter with --workers 1"}
+    assert set(parsed["model_only"]["base"]) >= {"converter.cpu_setup_s", "converter.relay_cpu_s_per_gb"}
+    assert "--workers" in parsed["kernel"][0]["proxy_argv"]
 
 
 def test_compare_agrees_on_a_loss_free_two_path_scenario(kernel_world, tmp_path, capsys):
@@ -150,6 +176,11 @@ def test_compare_agrees_on_a_loss_free_two_path_scenario(kernel_world, tmp_path,
     assert rows.loc["outcome", "error"] == 1.0
     assert rows.loc["goodput", "error"] < 0.5  # a loose sanity bound; the report holds the measured error
     assert (tmp_path / "compare.png").stat().st_size > 1000
+    # The kernel side is recorded beside the report and reused as it was measured: the same rows.
+    assert main(["compare", CI_SCENARIO, "--kernel-from", str(tmp_path), "--out", str(tmp_path / "again")]) == 0
+    again = pd.read_csv(tmp_path / "again" / "compare.csv").set_index("metric")
+    assert "Kernel side recorded" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(again, rows)
 
 
 def test_compare_exits_1_beyond_a_tolerance(kernel_world, capsys):
