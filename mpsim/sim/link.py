@@ -237,11 +237,13 @@ class LinkDirection:
         """Offer ``packet`` at ``env.now``; True if it (or a packet a filter made of it) will arrive."""
         now = self.env.now
         trace = self.trace
-        if type(packet) in LIGHT_PACKET_TYPES and not self._light_filters and type(self.loss) is NoLoss \
-                and (trace is None or not trace.record_packets):
-            # The bulk of all packets: a transfer's light segment on a direction with nothing that
-            # filters, drops at random or records it. The same steps as below, without their tests.
-            size_bytes = packet.size_bytes
+        plain = type(self.loss) is NoLoss and (trace is None or not trace.record_packets)
+        if plain and ((type(packet) in LIGHT_PACKET_TYPES and not self._light_filters)
+                      or (type(packet) is IpPacket and not self._filters)):
+            # The bulk of all packets: a transfer's light segment, or a negotiating machine's IP
+            # packet, on a direction with nothing that filters it, drops at random or records it.
+            # The same steps as below, without their tests.
+            size_bytes = packet.length_bytes if type(packet) is IpPacket else packet.size_bytes
             counters = self.counters
             counters.packets_sent += 1
             counters.bytes_sent += size_bytes
