@@ -899,9 +899,11 @@ class TcpConnection:
         now = self._now_s if now is None else now
         bits = int(flags)  # plain int tests: TcpFlags' own operators are Python code
         ack = self.rcv_nxt if bits & _ACK_BIT else 0
+        # _window_field, inlined (once per segment sent).
+        shift = 0 if bits & _SYN_BIT or self.peer.window_shift is None else (self.policy.window_scale_shift or 0)
+        window = min(self._rcv_wnd() >> shift, 0xFFFF)
         # Built from the connection's own state, so without the constructors' field checks.
-        segment = trusted_segment(self.local_port, self.remote_port, seq, ack, flags,
-                                  self._window_field(bits & _SYN_BIT),
+        segment = trusted_segment(self.local_port, self.remote_port, seq, ack, flags, window,
                                   self._stamp(options, now) if options else options, payload)
         self._packets.append(trusted_packet(self.local_addr, self.remote_addr, segment))
 
