@@ -699,9 +699,13 @@ class ClientHost(Host):
                                         default=None)
             self._request_timer_stale = False
         timer_s = self._request_timer_s
-        for deadline in (super().get_timer(), self.caches.get_timer()):
-            if deadline is not None and (timer_s is None or deadline < timer_s):
-                timer_s = deadline
+        # Asked after every input of the machine: the two other deadlines without a tuple or a loop.
+        deadline = super().get_timer()
+        if deadline is not None and (timer_s is None or deadline < timer_s):
+            timer_s = deadline
+        deadline = self.caches.get_timer()
+        if deadline is not None and (timer_s is None or deadline < timer_s):
+            timer_s = deadline
         return timer_s
 
     def handle_timer(self, now: float) -> None:
@@ -716,9 +720,10 @@ class ClientHost(Host):
                 logical.handle_timer(now)
 
     def next_event(self) -> Any | None:
-        for event in self.caches.events:
-            self.emit(event)
-        self.caches.events.clear()
+        if self.caches.events:  # asked after every input; mostly the caches have nothing to say
+            for event in self.caches.events:
+                self.emit(event)
+            self.caches.events.clear()
         return super().next_event()
 
     def proxy_state(self, proxy: Proxy, now: float) -> ProxyState:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import heapq
 from collections import Counter, deque
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from mpsim.proto.errors import LocalProtocolError
 from mpsim.proto.tcp import (
@@ -40,9 +40,9 @@ FourTuple = tuple[IpAddress, int, IpAddress, int]
 EPHEMERAL_PORTS = (32768, 60999)
 
 
-@dataclass(frozen=True, slots=True)
-class Transmit:
-    """A packet to put on the link behind interface ``port``."""
+class Transmit(NamedTuple):
+    """A packet to put on the link behind interface ``port``. A named tuple rather than a frozen
+    dataclass: one is made per packet sent, and a tuple is built in one step."""
 
     port: str
     packet: IpPacket
@@ -352,11 +352,11 @@ class Host:
         # An owner may act on the connection while handling an event (send, abort), which can
         # produce more packets and events: loop until the connection is quiet.
         for _ in range(64):
-            packets = conn.pull_packets()
-            events = conn.pull_events()
-            if not packets and not events:
+            output = conn.pull_output()
+            if output is None:
                 self._arm(conn)
                 return
+            packets, events = output
             for packet in packets:
                 self._out.append(Transmit(self.route(packet), packet))  # _transmit, inlined
             owner = self.owners.get(id(conn))

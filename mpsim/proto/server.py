@@ -108,9 +108,11 @@ class ServerApp:
 
     def on_tcp_event(self, host: Host, conn: TcpConnection, event: TcpEvent, now: float) -> None:
         key = conn.four_tuple
-        self.received.setdefault(key, bytearray())
+        received = self.received.get(key)  # one lookup per event: hashing a 4-tuple hashes two addresses
+        if received is None:
+            received = self.received[key] = bytearray()
         if isinstance(event, DataReceived):
-            self.received[key] += event.data
+            received += event.data
             self.on_data(host, conn, event.data, now)
         elif isinstance(event, PeerClosed) and conn.state is TcpState.CLOSE_WAIT:
             conn.close(now)

@@ -52,7 +52,7 @@ from mpsim.wire.options import (
     WindowScale,
     option_space_bytes,
 )
-from mpsim.wire.segment import IpPacket, TcpFlags, TcpSegment
+from mpsim.wire.segment import IpPacket, TcpFlags, TcpSegment, trusted_packet, trusted_segment
 
 try:  # read only by the optional compiled build (docs/sim.md "Performance"); mypy brings mypy_extensions
     from mypy_extensions import mypyc_attr
@@ -567,6 +567,15 @@ class TcpConnection:
         events, self._events = self._events, []
         return events
 
+    def pull_output(self) -> tuple[list[IpPacket], list[TcpEvent]] | None:
+        """:meth:`pull_packets` and :meth:`pull_events` in one call, or None when both are empty
+        (the host asks after every input, and mostly the second time finds nothing)."""
+        if not self._packets and not self._events:
+            return None
+        output = (self._packets, self._events)
+        self._packets, self._events = [], []
+        return output
+
     def get_timer(self) -> float | None:
         return self._deadline
 
@@ -890,9 +899,13 @@ class TcpConnection:
         now = self._now_s if now is None else now
         bits = int(flags)  # plain int tests: TcpFlags' own operators are Python code
         ack = self.rcv_nxt if bits & _ACK_BIT else 0
-        segment = TcpSegment(self.local_port, self.remote_port, seq, ack, flags, self._window_field(bits & _SYN_BIT),
-                             self._stamp(options, now) if options else options, payload)
-        self._packets.append(IpPacket(self.local_addr, self.remote_addr, segment))
+        # _window_field, inlined (once per segment sent).
+        shift = 0 if bits & _SYN_BIT or self.peer.window_shift is None else (self.policy.window_scale_shift or 0)
+        window = min(self._rcv_wnd() >> shift, 0xFFFF)
+        # Built from the connection's own state, so without the constructors' field checks.
+        segment = trusted_segment(self.local_port, self.remote_port, seq, ack, flags, window,
+                                  self._stamp(options, now) if options else options, payload)
+        self._packets.append(trusted_packet(self.local_addr, self.remote_addr, segment))
 
     def _send_syn(self, now: float, retransmission: int) -> None:
         extra = tuple(o for ext in self.extensions for o in ext.syn_options(self, retransmission))
@@ -941,8 +954,9 @@ class TcpConnection:
             self._emit(seq, flags, payload, self._base_options(syn=False), now=now)
 
     def _send_rst(self, seq: int) -> None:
-        self._packets.append(IpPacket(self.local_addr, self.remote_addr,
-                                      TcpSegment(self.local_port, self.remote_port, seq, 0, TcpFlags.RST, 0)))
+        self._packets.append(trusted_packet(self.local_addr, self.remote_addr,
+                                            trusted_segment(self.local_port, self.remote_port, seq, 0, TcpFlags.RST,
+                                                            0, (), b"")))
         self.rsts_sent += 1
 
     def _effective_mss(self) -> int:
@@ -962,7 +976,7 @@ class TcpConnection:
         """Send what the peer's window allows, then the FIN when everything else is out. Bytes
         below the highest sequence number sent so far (SYN data the SYN-ACK did not ACK) count
         as retransmissions. Returns whether anything was sent."""
-        mss = self._effective_mss()
+        mss = 0  # worked out once there is something to send: mostly there is not (a pure ACK came)
         emitted = False
         # In SYN-RECEIVED (early data) our unACKed SYN still holds the first sequence number.
         syn_unacked = 1 if self.state is TcpState.SYN_RECEIVED else 0
@@ -972,6 +986,8 @@ class TcpConnection:
             room = self.peer_window_bytes - sent
             if unsent <= 0 or room <= 0:
                 break
+            if not mss:
+                mss = self._effective_mss()
             size = min(mss, unsent, room)
             chunk = bytes(self._tx[sent: sent + size])
             last = size == unsent

@@ -116,6 +116,10 @@ def _check_uint(owner: str, field: str, value: int, bits: int) -> None:
         raise InvalidValueError(f"{owner} {field} must be an int in 0..{(1 << bits) - 1}, got {value!r}")
 
 
+_U32 = 1 << 32
+_U64 = 1 << 64
+
+
 def _check_optional_uint(owner: str, field: str, value: int | None, bits: int) -> None:
     if value is not None:
         _check_uint(owner, field, value, bits)
@@ -338,6 +342,20 @@ class Dss:
     reserved_bits: int = 0
 
     def __post_init__(self) -> None:
+        # The usual DSS (one per converted data segment) passes one test; anything else gets the
+        # checks one by one, with their messages.
+        data_ack, dsn, ssn, length = self.data_ack, self.dsn, self.ssn, self.data_level_length_bytes
+        if (type(self.reserved_bits) is int and self.reserved_bits == 0 and self.checksum is None
+                and (data_ack is None or (type(data_ack) is int
+                                          and 0 <= data_ack < (_U64 if self.data_ack_64_bit else _U32)))
+                and ((dsn is None and ssn is None and length is None)
+                     or (type(dsn) is int and 0 <= dsn < (_U64 if self.dsn_64_bit else _U32)
+                         and type(ssn) is int and 0 <= ssn < _U32
+                         and type(length) is int and 0 <= length <= 0xFFFF))):
+            return
+        self._check_fields()
+
+    def _check_fields(self) -> None:
         _check_optional_uint("DSS", "data_ack", self.data_ack, 64 if self.data_ack_64_bit else 32)
         mapping = (self.dsn, self.ssn, self.data_level_length_bytes)
         if any(v is None for v in mapping) and any(v is not None for v in mapping):

@@ -16,6 +16,7 @@ other next headers raise :class:`~mpsim.wire.errors.MalformedError` naming what 
 """
 
 import struct
+import types
 from dataclasses import dataclass
 from enum import IntFlag
 from ipaddress import IPv4Address, IPv6Address
@@ -23,6 +24,7 @@ from ipaddress import IPv4Address, IPv6Address
 from mpsim.wire.errors import InvalidValueError, MalformedError, OptionSpaceError, TruncatedError, WireError
 from mpsim.wire.options import (
     _FIXED_LENGTH_BYTES,
+    _SELF_SIZED_TYPES,
     TCP_OPTION_SPACE_BYTES,
     EndOfOptionList,
     decode_options,
@@ -322,6 +324,87 @@ class IpPacket(_KnownLength):
         _check_uint("flow_label", self.flow_label, 20)
         if type(self.ipv4_options) is not bytes:
             raise InvalidValueError(f"ipv4_options must be bytes, got {type(self.ipv4_options).__name__}")
+
+
+# --- the machines' own segments, built without the checks ------------------------------------------
+
+# Pure Python only: a compiled build (docs/sim.md "Performance") makes these classes native, which
+# object.__new__ refuses; there the validating constructors are fast anyway and are used instead.
+_INTERPRETED = isinstance(_check_uint, types.FunctionType)
+_new_object = object.__new__
+
+
+def trusted_segment(src_port: int, dst_port: int, seq: int, ack: int, flags: TcpFlags, window: int,
+                    options: tuple, payload: bytes) -> TcpSegment:
+    """``TcpSegment(src_port, dst_port, seq, ack, flags, window, options, payload)`` for a segment a
+    machine builds from its own state (docs/sim.md "Performance"): the caller guarantees the
+    header fields are in range (ports and 32-bit sequence numbers it keeps, a 16-bit window,
+    ``TcpFlags``) and the payload is ``bytes``, so the field checks are skipped and the fields
+    are stored directly; the options are still sized as the constructor sizes them. Anything
+    unusual (an option of another type, an EOL, flags that are not ``TcpFlags``) goes through
+    the constructor, with its checks and errors. The value equals the constructor's
+    (tests/wire/test_trusted_segment.py)."""
+    unpadded_bytes = 0
+    for option in options:
+        length = _FIXED_LENGTH_BYTES.get(type(option))
+        if length is None:
+            if type(option) not in _SELF_SIZED_TYPES:
+                return TcpSegment(src_port, dst_port, seq, ack, flags, window, options, payload)
+            length = option.size_bytes
+        elif type(option) is EndOfOptionList:
+            return TcpSegment(src_port, dst_port, seq, ack, flags, window, options, payload)
+        unpadded_bytes += length
+    if not _INTERPRETED or type(flags) is not TcpFlags or type(options) is not tuple or type(payload) is not bytes:
+        return TcpSegment(src_port, dst_port, seq, ack, flags, window, options, payload)
+    segment = _new_object(TcpSegment)
+    _set_frozen(segment, "src_port", src_port)
+    _set_frozen(segment, "dst_port", dst_port)
+    _set_frozen(segment, "seq", seq)
+    _set_frozen(segment, "ack", ack)
+    _set_frozen(segment, "flags", flags)
+    _set_frozen(segment, "window", window)
+    _set_frozen(segment, "options", options)
+    _set_frozen(segment, "payload", payload)
+    _set_frozen(segment, "urgent_pointer", 0)
+    _set_frozen(segment, "reserved_bits", 0)
+    _set_frozen(segment, "option_padding", b"")
+    _set_frozen(segment, "_known_bytes", unpadded_bytes)
+    return segment
+
+
+def trusted_packet(src: IpAddress, dst: IpAddress, segment: TcpSegment) -> IpPacket:
+    """``IpPacket(src, dst, segment)`` with the default IP fields, for a packet a machine builds
+    from its own connection (two addresses of one family) around a :func:`trusted_segment`: the
+    length is worked out as the constructor does, without its field checks. A segment whose
+    options overflow the header, or an address pair that is not two IPv4 or two IPv6 addresses,
+    goes through the constructor and its errors."""
+    try:
+        unpadded_bytes = segment._known_bytes
+    except AttributeError:  # a copy made without __init__: the constructor works it out
+        return IpPacket(src, dst, segment)
+    option_bytes = unpadded_bytes + -unpadded_bytes % 4
+    if option_bytes > TCP_OPTION_SPACE_BYTES or segment.option_padding or not _INTERPRETED:
+        return IpPacket(src, dst, segment)
+    if type(src) is IPv4Address and type(dst) is IPv4Address:
+        total_bytes = IPV4_HEADER_MIN_BYTES + TCP_HEADER_MIN_BYTES + option_bytes + len(segment.payload)
+    elif type(src) is IPv6Address and type(dst) is IPv6Address:
+        total_bytes = IPV6_HEADER_BYTES + TCP_HEADER_MIN_BYTES + option_bytes + len(segment.payload)
+    else:
+        return IpPacket(src, dst, segment)
+    if total_bytes > 0xFFFF:
+        return IpPacket(src, dst, segment)  # which names the limit
+    packet = _new_object(IpPacket)
+    _set_frozen(packet, "src", src)
+    _set_frozen(packet, "dst", dst)
+    _set_frozen(packet, "segment", segment)
+    _set_frozen(packet, "ttl_hops", 64)
+    _set_frozen(packet, "identification", 0)
+    _set_frozen(packet, "dont_fragment", True)
+    _set_frozen(packet, "dscp_ecn", 0)
+    _set_frozen(packet, "flow_label", 0)
+    _set_frozen(packet, "ipv4_options", b"")
+    _set_frozen(packet, "_known_bytes", total_bytes)
+    return packet
 
 
 def internet_checksum(data: bytes | memoryview) -> int:

@@ -428,3 +428,30 @@ def test_light_segments_queue_drop_and_arrive_alike_on_both_paths(filters):
     assert (counters.packets_sent, counters.bytes_sent) == (5, 5000)
     assert (counters.packets_dropped_queue, counters.bytes_dropped_queue) == (2, 2000)
     assert (counters.packets_delivered, counters.bytes_delivered) == (3, 3000)
+
+
+class _PassPacket:
+    """A filter that passes every packet: it sends IP packets down the general path."""
+
+    def __call__(self, packet, now):
+        return [packet]
+
+
+@pytest.mark.parametrize("filters", [(), (_PassPacket(),)], ids=["fast-path", "general-path"])
+def test_ip_packets_queue_drop_and_arrive_alike_on_both_paths(filters):
+    # A negotiating machine's IP packet on a direction with nothing that filters it, drops it at
+    # random or records it takes the short path of LinkDirection.send: the same as the general one.
+    packet = IpPacket(IPv4Address("198.18.0.1"), IPv4Address("198.18.0.2"),
+                      TcpSegment(1, 2, 3, 4, TcpFlags.ACK, 5, (), bytes(960)))  # 1000 bytes on the wire
+    env = simpy.Environment()
+    arrived = []
+    direction = LinkDirection(env, "d", delay_s=0.01, rate_bps=8e6, queue_limit_packets=2, filters=filters,
+                              deliver=lambda p: arrived.append((env.now, p)))
+    accepted = [direction.send(packet) for _ in range(5)]
+    env.run()
+    assert accepted == [True, True, True, False, False]
+    assert arrived == [(pytest.approx(0.011), packet), (pytest.approx(0.012), packet), (pytest.approx(0.013), packet)]
+    counters = direction.counters
+    assert (counters.packets_sent, counters.bytes_sent) == (5, 5000)
+    assert (counters.packets_dropped_queue, counters.bytes_dropped_queue) == (2, 2000)
+    assert (counters.packets_delivered, counters.bytes_delivered) == (3, 3000)

@@ -541,3 +541,36 @@ def test_total_on_every_subtype_and_flags_byte(subtype_byte, flags_byte, rest):
 @given(st.binary(max_size=300))
 def test_total_on_arbitrary_bytes(data):
     check_total(data)
+
+
+
+
+_DSS_EDGES = [None, 0, 0xFFFF, 0x10000, 2**32 - 1, 2**32, 2**64 - 1, 2**64, -1, True, False, "1"]
+_DSS_FIELDS = ["data_ack", "dsn", "ssn", "data_level_length_bytes", "checksum", "reserved_bits"]
+
+
+@pytest.mark.parametrize("wide", [False, True])
+@pytest.mark.parametrize("mapping", [True, False])
+@pytest.mark.parametrize("field", _DSS_FIELDS)
+@pytest.mark.parametrize("value", _DSS_EDGES)
+def test_dss_one_test_fast_path_accepts_exactly_what_the_field_checks_accept(wide, mapping, field, value):
+    """Every field at every edge, in a DSS otherwise valid (with or without a mapping, 32- or
+    64-bit fields): the one-test path of ``__post_init__`` lets through only what the checks
+    one by one accept."""
+    fields = dict(data_ack=7, dsn=8 if mapping else None, ssn=9 if mapping else None,
+                  data_level_length_bytes=10 if mapping else None, checksum=None,
+                  data_ack_64_bit=wide, dsn_64_bit=wide, reserved_bits=0, data_fin=False)
+    fields[field] = value
+    unchecked = object.__new__(Dss)
+    for name, field_value in fields.items():
+        object.__setattr__(unchecked, name, field_value)
+    try:
+        unchecked._check_fields()
+        valid = True
+    except InvalidValueError:
+        valid = False
+    if valid:
+        assert Dss(**fields) == unchecked
+    else:
+        with pytest.raises(InvalidValueError):
+            Dss(**fields)
