@@ -313,6 +313,9 @@ def recorded_kernel(loaded: LoadedScenario, source: Path, *, variants: Sequence[
             if now[key] != then[key]:
                 raise _refuse(path, f"variant {name!r}: {key} is {_show_value(now[key])} here, "
                                     f"{_show_value(then[key])} in the recording (run the kernel again)")
+        if "measured_utc" in entry:  # a variant recorded apart from the rest of its file, and added to it
+            notes.append(f"{name}: kernel side recorded {entry['measured_utc']} at mpsim "
+                         f"{short_revision(entry.get('git')) or 'an unknown commit'}")
         added = [f"{key} = {_show_value(now[key])}" for key in now if key not in then]
         if added:
             notes.append(f"{name}: keys the recording predates, taken as not changing the kernel: {', '.join(added)}")

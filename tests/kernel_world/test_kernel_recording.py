@@ -104,6 +104,18 @@ def test_a_key_the_recording_predates_is_named_not_refused(tmp_path):
                             "client.max_attempts = 6"]
 
 
+def test_a_variant_recorded_apart_names_when_and_where(tmp_path):
+    # A variant measured later and added to an older recording keeps its own stamp, and the report
+    # says so rather than giving it the file's.
+    path = _recording(tmp_path)
+    record = json.loads(path.read_text())
+    record["variants"]["base"].update(measured_utc="2026-12-08T01:51:56+00:00",
+                                      git={"commit": "4ffe9e82a7d6" + "0" * 28, "dirty": False})
+    path.write_text(json.dumps(record))
+    report = compare.compare(load(CI_SCENARIO, ["runs=2"]), kernel_from=path)
+    assert report.notes == ["base: kernel side recorded 2026-12-08T01:51:56+00:00 at mpsim 4ffe9e82a7"]
+
+
 def _benchmark():
     import importlib.util
 
