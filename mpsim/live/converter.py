@@ -752,8 +752,8 @@ class ConverterDaemon:
                 case OpenDownstream():
                     self._open_downstream(conn, decision, now)
                 case SendUpstream(data=data, reply=reply):
-                    if reply is not None:
-                        self._log_reply(conn, reply)
+                    if reply is not None and (session.error is not None or self.config.log_connections):
+                        self._log_reply(conn, reply)  # refusals always; successes unless --quiet
                     (conn.down2up.prefix if conn.down2up is not None else conn.to_client).extend(data)
                 case SendDownstream(data=data):
                     (conn.up2down.prefix if conn.up2down is not None else conn.to_server).extend(data)

@@ -186,6 +186,17 @@ class Converter:
         self.parsed_requests: dict[bytes, tuple[ConvertMessage, int]] = {}
         self.encoded_replies: dict[tuple, tuple[ConvertMessage, bytes]] = {}
         self.address_problems: dict[IpAddress, str | None] = {}  # connect_address_problem's answers
+        self.allowed_addresses: dict[IpAddress, bool] = {}  # policy.client_allowed's answers
+
+    def client_allowed(self, address: IpAddress) -> bool:
+        """``policy.client_allowed(address)``, remembered (the policy is fixed): asked twice per
+        request (the client, and the destination for the hairpin rule)."""
+        allowed = self.allowed_addresses.get(address)
+        if allowed is None:
+            if len(self.allowed_addresses) >= _MEMO_ENTRIES:
+                self.allowed_addresses.clear()
+            allowed = self.allowed_addresses[address] = self.policy.client_allowed(address)
+        return allowed
 
     def session(self, client_address: IpAddress, now: float) -> ConverterSession:
         """A session for a new upstream connection from ``client_address``."""
@@ -445,8 +456,8 @@ class ConverterSession(RelaySession):
                 else:
                     self._refuse(ErrorTlv(ConvertErrorCode.NOT_AUTHORIZED))
                 return
-        if not self.policy.client_allowed(self.client_address) or (
-                connect is not None and not self.policy.allow_hairpin and self.policy.client_allowed(connect.address)):
+        if not self.converter.client_allowed(self.client_address) or (
+                connect is not None and not self.policy.allow_hairpin and self.converter.client_allowed(connect.address)):
             self._refuse(ErrorTlv(ConvertErrorCode.NOT_AUTHORIZED))
             return
         if connect is None:  # Info alone: tell the client what we convert, then close (6.2.2)
