@@ -214,7 +214,7 @@ class _Conn:
         self.closing_deadline: float | None = None
         self.scheduled: float | None = None
         self.started = now
-        self.down_family = socket.AF_INET
+        self.down_family: int = socket.AF_INET
         self.up_events = 0  # the epoll events registered for each socket (0: not registered)
         self.down_events = 0
         self.eof_seen = False  # the client's FIN (or reset) was read
@@ -499,13 +499,13 @@ class ConverterDaemon:
             if index and not waiting(0):
                 return  # the queue is empty (epoll said so for the first)
             try:
-                fd, sockaddr = listener._accept()
+                fd, sockaddr = listener._accept()  # type: ignore[attr-defined]  # what accept() wraps
                 sock = socket.socket(family, socket.SOCK_STREAM, proto, fd)
             except BlockingIOError:
                 return
             except OSError as err:  # EMFILE and the like: the listener stays readable, so pause, not spin
                 self._counters["accept_errors"] += 1
-                self._log("accept_error", error=errno.errorcode.get(err.errno, err.errno))
+                self._log("accept_error", error=errno.errorcode.get(err.errno or 0, err.errno))
                 self._pause_accepting()
                 self._accept_resume_at = now + _ACCEPT_ERROR_PAUSE_S
                 return
@@ -593,10 +593,11 @@ class ConverterDaemon:
             if not mask & _NOT_FORWARDABLE:
                 # Bytes (or a FIN) to read and nothing to write: the short exchange's common case,
                 # one recv and one send without the general pump's rounds, pools and re-registration.
-                pump = conn.up2down if side == "up" else conn.down2up
-                if pump.can_forward and not (conn.down2up if side == "up" else conn.up2down).wants_write:
+                pump, other = (conn.up2down, conn.down2up) if side == "up" else (conn.down2up, conn.up2down)
+                assert pump is not None and other is not None
+                if pump.can_forward and not other.wants_write:
                     result = pump.forward()
-                    if result.__class__ is int:
+                    if isinstance(result, int):
                         if result:
                             self._forwarded(conn, now)
                         return
@@ -737,6 +738,7 @@ class ConverterDaemon:
     def _forwarded(self, conn: _Conn, now: float) -> None:
         """Bytes went straight through (:meth:`Pump.forward`): what _settle would change is only the
         progress time and, when none is pending, the relay's stall re-check."""
+        assert conn.up2down is not None and conn.down2up is not None
         conn.relayed_bytes = conn.up2down.relayed_bytes + conn.down2up.relayed_bytes
         conn.last_progress_s = now
         if conn.scheduled is None or conn.scheduled < now:
@@ -813,7 +815,7 @@ class ConverterDaemon:
             down = stream_socket(family, mptcp=self.config.mptcp, nonblocking=True)  # MPTCP attempted; the kernel falls back
         except OSError as err:
             self._counters["downstream_socket_errors"] += 1
-            self._log("downstream_socket_error", conn=conn.id, error=errno.errorcode.get(err.errno, err.errno))
+            self._log("downstream_socket_error", conn=conn.id, error=errno.errorcode.get(err.errno or 0, err.errno))
             conn.session.downstream_failed(now)
             return
         text = self._sockaddrs.get(request.address)
@@ -872,7 +874,9 @@ class ConverterDaemon:
         if conn.phase == "closed":
             return
         if self._finished(conn):
-            self._finish(conn, reset=conn.up2down is not None and not (conn.up2down.finished and conn.down2up.finished))
+            up2down, down2up = conn.up2down, conn.down2up
+            self._finish(conn, reset=up2down is not None and down2up is not None
+                         and not (up2down.finished and down2up.finished))
             return
         self._register(conn)
         # The earliest of: the session's timer, the closing linger, the request's minimum-rate
@@ -917,7 +921,9 @@ class ConverterDaemon:
     def _events_up(conn: _Conn) -> int:
         phase = conn.phase
         if phase == "relaying":
-            return (_IN if conn.up2down.wants_read else 0) | (_OUT if conn.down2up.wants_write else 0)
+            up2down, down2up = conn.up2down, conn.down2up
+            assert up2down is not None and down2up is not None
+            return (_IN if up2down.wants_read else 0) | (_OUT if down2up.wants_write else 0)
         if phase == "request":
             return _IN
         if phase == "closing":
@@ -928,7 +934,9 @@ class ConverterDaemon:
     def _events_down(conn: _Conn) -> int:
         phase = conn.phase
         if phase == "relaying":
-            return (_IN if conn.down2up.wants_read else 0) | (_OUT if conn.up2down.wants_write else 0)
+            up2down, down2up = conn.up2down, conn.down2up
+            assert up2down is not None and down2up is not None
+            return (_IN if down2up.wants_read else 0) | (_OUT if up2down.wants_write else 0)
         if phase == "connecting":
             return _OUT
         return 0

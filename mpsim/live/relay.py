@@ -262,7 +262,8 @@ class Pump:
         while self._held:
             if self.mode is RelayMode.SPLICE:
                 assert self._pipe is not None
-                moved = self._splice(self._pipe[0], self.destination.fileno(), self._held, PumpEvent.DESTINATION_RESET)
+                moved = self._splice(self._pipe[0], self.destination.fileno(), self._held,
+                                     PumpEvent.DESTINATION_RESET) or 0  # a destination never says None
             else:
                 assert self._buffer is not None
                 view = memoryview(self._buffer)[self._buffer_start:self._buffer_start + self._held]

@@ -232,7 +232,7 @@ class SynAckOptions:
 #: What a connect() errno says about the ICMP Destination Unreachable behind it (inverting
 #: icmp_err_convert / icmpv6_err_convert; the Code itself is not exposed): the lowest code that
 #: maps to the errno. The same errnos come from local routes (unreachable, prohibit).
-_ICMP_CODE_FOR_ERRNO = {
+_ICMP_CODE_FOR_ERRNO: dict[int, dict[int, int]] = {
     socket.AF_INET: {errno.ENETUNREACH: 0, errno.EHOSTUNREACH: 1, errno.ENOPROTOOPT: 2, errno.EHOSTDOWN: 7,
                      errno.ENONET: 8, errno.EACCES: 13, errno.EPERM: 13},
     socket.AF_INET6: {errno.ENETUNREACH: 0, errno.EACCES: 1, errno.EPERM: 1, errno.EHOSTUNREACH: 3},
@@ -241,7 +241,8 @@ _ICMP_CODE_FOR_ERRNO = {
 
 def icmp_code_for_errno(family: int, error: int) -> int | None:
     """The Error 97 Value for a connect() failure, or None if the errno is no unreachability."""
-    return _ICMP_CODE_FOR_ERRNO.get(family, {}).get(error)
+    codes = _ICMP_CODE_FOR_ERRNO.get(family)
+    return None if codes is None else codes.get(error)
 
 
 # --- sysctls --------------------------------------------------------------------------------------
