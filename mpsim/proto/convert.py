@@ -204,9 +204,10 @@ class Converter:
             requested: tuple = ()
             unsupported: tuple = ()
             if connect is not None:
-                problems = self.address_problems
-                problem = problems.get(connect.address, problems)  # type: ignore[arg-type]  # the dict: not asked yet
-                if problem is problems:
+                problems = self.address_problems  # once per distinct request: two lookups are cheap here
+                if connect.address in problems:
+                    problem = problems[connect.address]
+                else:
                     problem = connect_address_problem(connect.address)
                     if len(problems) >= _MEMO_ENTRIES:
                         problems.clear()
