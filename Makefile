@@ -16,7 +16,8 @@ TEST_STAMP := $(VENV)/.installed-test
 FAST_STAMP := $(VENV)/.installed-fast
 FAST_DIR := build/fast
 FAST_MODULES := mpsim/wire/segment.py mpsim/proto/seqnum.py mpsim/proto/tcp.py mpsim/proto/host.py \
-	mpsim/proto/mptcp.py mpsim/proto/relay.py mpsim/proto/client.py mpsim/proto/server.py mpsim/proto/convert.py
+	mpsim/proto/mptcp.py mpsim/proto/relay.py mpsim/proto/client.py mpsim/proto/server.py mpsim/proto/convert.py \
+	mpsim/live/sockets.py mpsim/live/relay.py mpsim/live/converter.py
 
 .PHONY: run test venv clean fast
 

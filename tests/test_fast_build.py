@@ -20,7 +20,7 @@ FAST_DIR = ROOT / "build" / "fast"
 #: The modules the Makefile's FAST_MODULES compiles.
 COMPILED = ("mpsim.wire.segment", "mpsim.proto.seqnum", "mpsim.proto.tcp", "mpsim.proto.host",
             "mpsim.proto.mptcp", "mpsim.proto.relay", "mpsim.proto.client", "mpsim.proto.server",
-            "mpsim.proto.convert")
+            "mpsim.proto.convert", "mpsim.live.sockets", "mpsim.live.relay", "mpsim.live.converter")
 
 
 def _compiled_modules_present() -> bool:
@@ -63,3 +63,26 @@ def test_compiled_build_reproduces_the_goldens():
     done = subprocess.run([sys.executable, "-P", "-c", program], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=1800)
     assert done.returncode == 0, f"tests/golden with the compiled build:\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}"
+
+
+@pytest.mark.skipif(not _compiled_modules_present(), reason="no compiled build in build/fast (`make fast`)")
+def test_compiled_converter_daemon_passes_the_live_tests():
+    """The daemon's hot modules compiled (mpsim.live.*): its shortcuts against the general paths,
+    the session memos, and the daemon itself on real sockets (those need root: they skip without
+    it, as in the pure-Python run). The daemons the live tests start import the compiled build too
+    (tests/live/__init__.py starts them with the tests' own package)."""
+    stale = _stale_sources()
+    assert not stale, f"build/fast is stale (run `make fast` again): {', '.join(stale[:5])}"
+    program = (
+        "import importlib, sys, pytest\n"
+        "for name in ('mpsim.live.converter', 'mpsim.live.relay', 'mpsim.proto.convert'):\n"
+        "    path = importlib.import_module(name).__file__\n"
+        "    if not path.endswith('.so'):\n"
+        "        sys.exit(f'{name} is not compiled: {path}')\n"
+        "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', 'tests/live/test_hot_path.py',\n"
+        "                      'tests/proto/test_convert_memo.py', 'tests/live/test_converter.py']))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(FAST_DIR)}
+    done = subprocess.run([sys.executable, "-P", "-c", program], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=1800)
+    assert done.returncode == 0, f"live tests with the compiled build:\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}"

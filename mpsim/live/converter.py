@@ -48,12 +48,12 @@ from mpsim.live.sockets import (
     KernelSettingError,
     converter_kernel_problems,
     LocalAddressCheck,
+    SynAckOptions,
     family_of,
     icmp_code_for_errno,
     mptcp_info,
     peer_address,
     read_sysctl,
-    reconstruct_synack_options,
     reset_close,
     stream_socket,
     tcp_info,
@@ -107,6 +107,7 @@ _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
 _READABLE = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP | select.EPOLLRDHUP
 _WRITABLE = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
+_NOT_FORWARDABLE = ~(select.EPOLLIN | select.EPOLLHUP)  # readiness that Pump.forward leaves to the general pump
 
 
 class ConfigError(MpsimError):
@@ -189,7 +190,7 @@ class _Conn:
     __slots__ = ("id", "up", "down", "client", "session", "phase", "to_client", "to_server", "up2down",
                  "down2up", "closing_deadline", "scheduled", "started", "down_family", "events", "eof_seen",
                  "fin_sent", "reset_sent", "last_progress_s", "relayed_bytes", "source", "request_bytes",
-                 "linger_armed", "connected_early", "up_events", "down_events")
+                 "linger_armed", "connected_early", "up_events", "down_events", "down_peer")
 
     def __init__(self, conn_id: int, up: socket.socket, client: str, session: ConverterSession, now: float,
                  source: str = "") -> None:
@@ -197,6 +198,7 @@ class _Conn:
         self.source = source  # the client's address: the per-source pending cap
         self.request_bytes = 0  # read in the request phase (the minimum rate)
         self.connected_early = False  # connect() had finished when it returned
+        self.down_peer: tuple | None = None  # getpeername() of the downstream socket, once connected
         # Reset on close (SO_LINGER 0) from accept on, inherited from the listener: a crash resets
         # the client; an orderly close (_drop_socket with reset=False) switches it back first.
         self.linger_armed = True
@@ -212,7 +214,7 @@ class _Conn:
         self.closing_deadline: float | None = None
         self.scheduled: float | None = None
         self.started = now
-        self.down_family = socket.AF_INET
+        self.down_family: int = socket.AF_INET
         self.up_events = 0  # the epoll events registered for each socket (0: not registered)
         self.down_events = 0
         self.eof_seen = False  # the client's FIN (or reset) was read
@@ -272,6 +274,9 @@ class ConverterDaemon:
         self._stop_deadline: float | None = None
         self._accept_resume_at: float | None = None  # after an accept() error
         self._wakeup: tuple[socket.socket, socket.socket] | None = None
+        self._synack_options = SynAckOptions()  # the server's options, remembered per TCP_INFO bytes
+        self._sockaddrs: dict = {}  # destination address -> its text for connect(): str() costs more than a lookup
+        self._max_open_conns = config.max_open_conns
         self._is_local = LocalAddressCheck()  # the host's own addresses, kept current by rtnetlink
         if self._is_local.sock is not None:
             self._watch(self._is_local.sock.fileno(), _IN, ("netlink", self._is_local))
@@ -289,6 +294,15 @@ class ConverterDaemon:
             self._listeners.append(self._listener(address, port))
         for listener in self._listeners:
             self._watch(listener.fileno(), _IN, ("listener", listener))
+        # Accepted sockets are made from the listener's family and protocol read once here: the
+        # socket module's accept() converts both to enums on every call.
+        self._accept_kinds = {listener.fileno(): (int(listener.family), listener.proto) for listener in self._listeners}
+        # Whether another connection waits, asked before accepting it: an accept() that finds none
+        # raises (BlockingIOError), which costs several times a poll(0).
+        self._accept_polls = {}
+        for listener in self._listeners:
+            self._accept_polls[listener.fileno()] = poll = select.poll()
+            poll.register(listener.fileno(), select.POLLIN)
         self._accepting = True
         self.addresses = [listener.getsockname()[:2] for listener in self._listeners]
         for host, port in self.addresses:
@@ -476,17 +490,22 @@ class ConverterDaemon:
 
     def _accept(self, listener: socket.socket) -> None:
         now = time.monotonic()
-        for _ in range(_ACCEPTS_PER_WAKEUP):
-            if len(self._conns) >= self.config.max_open_conns:
+        family, proto = self._accept_kinds[listener.fileno()]
+        waiting = self._accept_polls[listener.fileno()].poll
+        for index in range(_ACCEPTS_PER_WAKEUP):
+            if len(self._conns) >= self._max_open_conns:
                 self._pause_accepting()
                 return
+            if index and not waiting(0):
+                return  # the queue is empty (epoll said so for the first)
             try:
-                sock, sockaddr = listener.accept()
+                fd, sockaddr = listener._accept()  # type: ignore[attr-defined]  # what accept() wraps
+                sock = socket.socket(family, socket.SOCK_STREAM, proto, fd)
             except BlockingIOError:
                 return
             except OSError as err:  # EMFILE and the like: the listener stays readable, so pause, not spin
                 self._counters["accept_errors"] += 1
-                self._log("accept_error", error=errno.errorcode.get(err.errno, err.errno))
+                self._log("accept_error", error=errno.errorcode.get(err.errno or 0, err.errno))
                 self._pause_accepting()
                 self._accept_resume_at = now + _ACCEPT_ERROR_PAUSE_S
                 return
@@ -571,6 +590,22 @@ class ConverterDaemon:
         now = time.monotonic()
         phase = conn.phase
         if phase == "relaying":
+            if not mask & _NOT_FORWARDABLE:
+                # Bytes (or a FIN) to read and nothing to write: the short exchange's common case,
+                # one recv and one send without the general pump's rounds, pools and re-registration.
+                pump, other = (conn.up2down, conn.down2up) if side == "up" else (conn.down2up, conn.up2down)
+                assert pump is not None and other is not None
+                if pump.can_forward and not other.wants_write:
+                    result = pump.forward()
+                    if isinstance(result, int):
+                        if result:
+                            self._forwarded(conn, now)
+                        return
+                    if result is not None:
+                        self._pump_event(conn, side, result, now)
+                    self._note_progress(conn, now)
+                    self._settle(conn, now)
+                    return
             # Only the directions this socket's readiness concerns: the other socket has its own
             # registration (level-triggered), so nothing waits on a direction not pumped here.
             readable, writable = bool(mask & _READABLE), bool(mask & _WRITABLE)
@@ -607,16 +642,18 @@ class ConverterDaemon:
         """The non-blocking connect() finished: SYN-ACK (the reply), or why not (the Error TLV)."""
         down = conn.down
         assert down is not None and conn.up is not None
-        error = down.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        # Connected inside connect() (the peer is known): nothing can have failed yet that the
+        # relay would not see; else SO_ERROR says how the handshake ended.
+        error = 0 if conn.down_peer is not None else down.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if error:
             self._drop_socket(conn, "down", reset=False)
             self._downstream_error(conn, error, now)
-        elif self._connected_to_self(down):  # the last line of defence: an address added since the check
+        elif self._connected_to_self(down, conn.down_peer):  # the last line of defence: an address added since the check
             self._log("forbidden_destination", conn=conn.id, client=conn.client, dest=_dest(conn), stage="connected")
             self._drop_socket(conn, "down", reset=True)
             conn.session.downstream_forbidden(now)
         else:
-            info, mptcp = tcp_info(down), mptcp_info(down)
+            options, mptcp = self._synack_options(down)
             relay = self.config.relay
             conn.up2down = Pump(conn.up, down, mode_for(conn.up, relay), pipes=self._pipes, buffers=self._buffers)
             conn.down2up = Pump(down, conn.up, mode_for(down, relay), pipes=self._pipes, buffers=self._buffers)
@@ -634,7 +671,7 @@ class ConverterDaemon:
             if self.config.log_connections:
                 self._log("connected", conn=conn.id, dest=_dest(conn), mptcp=int(mptcp is not None),
                           relay_up=conn.up2down.mode.value, relay_down=conn.down2up.mode.value)
-            conn.session.downstream_connected(now, reconstruct_synack_options(info, mptcp))
+            conn.session.downstream_connected(now, options)
         self._apply(conn, now, settle=False)
         if conn.phase == "relaying":
             # The reply and any early client bytes go at once (and it settles); nothing is read
@@ -644,15 +681,18 @@ class ConverterDaemon:
             self._settle(conn, now)
 
     @staticmethod
-    def _connected_to_self(down: socket.socket) -> bool:
+    def _connected_to_self(down: socket.socket, peer: tuple | None = None) -> bool:
         """After connect(): is the peer this host? Linux gives a connection to a local address that
         address itself as source (the local route's preferred source), so peer == local says it
-        without another syscall; the check before connect() asked the kernel already."""
+        without another syscall; the check before connect() asked the kernel already. ``peer``:
+        getpeername() when already known."""
         try:
-            peer, local = down.getpeername()[0], down.getsockname()[0]
+            if peer is None:
+                peer = down.getpeername()
+            local = down.getsockname()
         except OSError:
             return False  # reset already: the relay finds out
-        return peer == local
+        return peer[0] == local[0]
 
     def _downstream_error(self, conn: _Conn, error: int, now: float) -> None:
         """A connect() errno, to the session's words for it (which pick the Error TLV)."""
@@ -668,28 +708,43 @@ class ConverterDaemon:
 
     def _pump(self, conn: _Conn, now: float, *, up2down: bool = True, down2up: bool = True,
               read: bool = True) -> None:
-        session = conn.session
         for pump, source, wanted in ((conn.up2down, "up", up2down), (conn.down2up, "down", down2up)):
             if not wanted or pump is None or conn.phase != "relaying":
                 continue
             event = pump.pump(read)
             if event is None:
                 continue  # the session heard nothing, so it has nothing to decide (its queue is empty)
-            if event is PumpEvent.SOURCE_EOF:
-                if source == "up":
-                    session.upstream_closed(now)
-                else:
-                    session.downstream_closed()
-            else:
-                upstream_side = (source == "up") == (event is PumpEvent.SOURCE_RESET)
-                self._counters["relay_resets_up" if upstream_side else "relay_resets_down"] += 1
-                if upstream_side:
-                    session.upstream_reset(now)
-                else:
-                    session.downstream_reset(now)
-            self._apply(conn, now, settle=False)
+            self._pump_event(conn, source, event, now)
         self._note_progress(conn, now)
         self._settle(conn, now)  # once for both directions (it re-registers and re-arms the timer)
+
+    def _pump_event(self, conn: _Conn, source: str, event: PumpEvent, now: float) -> None:
+        """A pump's EOF or reset, told to the session, whose decisions are carried out (no settle)."""
+        session = conn.session
+        if event is PumpEvent.SOURCE_EOF:
+            if source == "up":
+                session.upstream_closed(now)
+            else:
+                session.downstream_closed()
+        else:
+            upstream_side = (source == "up") == (event is PumpEvent.SOURCE_RESET)
+            self._counters["relay_resets_up" if upstream_side else "relay_resets_down"] += 1
+            if upstream_side:
+                session.upstream_reset(now)
+            else:
+                session.downstream_reset(now)
+        self._apply(conn, now, settle=False)
+
+    def _forwarded(self, conn: _Conn, now: float) -> None:
+        """Bytes went straight through (:meth:`Pump.forward`): what _settle would change is only the
+        progress time and, when none is pending, the relay's stall re-check."""
+        assert conn.up2down is not None and conn.down2up is not None
+        conn.relayed_bytes = conn.up2down.relayed_bytes + conn.down2up.relayed_bytes
+        conn.last_progress_s = now
+        if conn.scheduled is None or conn.scheduled < now:
+            conn.scheduled = deadline = now + _RELAY_RECHECK_S
+            self._timer_seq += 1
+            heapq.heappush(self._timers, (deadline, self._timer_seq, conn.id))
 
     @staticmethod
     def _note_progress(conn: _Conn, now: float) -> None:
@@ -708,8 +763,8 @@ class ConverterDaemon:
                 case OpenDownstream():
                     self._open_downstream(conn, decision, now)
                 case SendUpstream(data=data, reply=reply):
-                    if reply is not None:
-                        self._log_reply(conn, reply)
+                    if reply is not None and (session.error is not None or self.config.log_connections):
+                        self._log_reply(conn, reply)  # refusals always; successes unless --quiet
                     (conn.down2up.prefix if conn.down2up is not None else conn.to_client).extend(data)
                 case SendDownstream(data=data):
                     (conn.up2down.prefix if conn.up2down is not None else conn.to_server).extend(data)
@@ -760,16 +815,21 @@ class ConverterDaemon:
             down = stream_socket(family, mptcp=self.config.mptcp, nonblocking=True)  # MPTCP attempted; the kernel falls back
         except OSError as err:
             self._counters["downstream_socket_errors"] += 1
-            self._log("downstream_socket_error", conn=conn.id, error=errno.errorcode.get(err.errno, err.errno))
+            self._log("downstream_socket_error", conn=conn.id, error=errno.errorcode.get(err.errno or 0, err.errno))
             conn.session.downstream_failed(now)
             return
-        error = down.connect_ex((str(request.address), request.port))
+        text = self._sockaddrs.get(request.address)
+        if text is None:
+            if len(self._sockaddrs) >= _CLIENT_MEMO_ENTRIES:
+                self._sockaddrs.clear()
+            text = self._sockaddrs[request.address] = str(request.address)
+        error = down.connect_ex((text, request.port))
         if error in (0, errno.EINPROGRESS):
             conn.down = down
             # Between namespaces of one host the SYN-ACK is often processed inside connect()
             # itself: then the outcome is handled now, without a round trip through epoll.
             try:
-                down.getpeername()  # ENOTCONN while the handshake is still under way
+                conn.down_peer = down.getpeername()  # ENOTCONN while the handshake is still under way
                 conn.connected_early = True
             except OSError:
                 pass
@@ -814,7 +874,9 @@ class ConverterDaemon:
         if conn.phase == "closed":
             return
         if self._finished(conn):
-            self._finish(conn, reset=conn.up2down is not None and not (conn.up2down.finished and conn.down2up.finished))
+            up2down, down2up = conn.up2down, conn.down2up
+            self._finish(conn, reset=up2down is not None and down2up is not None
+                         and not (up2down.finished and down2up.finished))
             return
         self._register(conn)
         # The earliest of: the session's timer, the closing linger, the request's minimum-rate
@@ -859,7 +921,9 @@ class ConverterDaemon:
     def _events_up(conn: _Conn) -> int:
         phase = conn.phase
         if phase == "relaying":
-            return (_IN if conn.up2down.wants_read else 0) | (_OUT if conn.down2up.wants_write else 0)
+            up2down, down2up = conn.up2down, conn.down2up
+            assert up2down is not None and down2up is not None
+            return (_IN if up2down.wants_read else 0) | (_OUT if down2up.wants_write else 0)
         if phase == "request":
             return _IN
         if phase == "closing":
@@ -870,7 +934,9 @@ class ConverterDaemon:
     def _events_down(conn: _Conn) -> int:
         phase = conn.phase
         if phase == "relaying":
-            return (_IN if conn.down2up.wants_read else 0) | (_OUT if conn.up2down.wants_write else 0)
+            up2down, down2up = conn.up2down, conn.down2up
+            assert up2down is not None and down2up is not None
+            return (_IN if down2up.wants_read else 0) | (_OUT if up2down.wants_write else 0)
         if phase == "connecting":
             return _OUT
         return 0

@@ -189,12 +189,50 @@ def reconstruct_synack_options(info: TcpInfo, mptcp: MptcpInfo | None) -> tuple:
     return tuple(options)
 
 
+#: TCP_INFO up to and including tcpi_snd_mss (u32 at 16): all reconstruct_synack_options reads of it.
+_SYNACK_INFO_BYTES = 20
+_SYNACK_MEMO_ENTRIES = 256
+
+
+class SynAckOptions:
+    """:func:`reconstruct_synack_options` of a connected socket, read with one 20-byte TCP_INFO
+    (and MPTCP's answers) and remembered by exactly the bytes and flags it depends on: a server
+    answers every connection with the same options, so the tuple (and its reply, memoised by the
+    session on it) is built once. ``tests/live/test_hot_path.py`` checks that the remembered answer
+    equals the full parse's for any ``struct tcp_info``."""
+
+    def __init__(self) -> None:
+        self._memo: dict[tuple, tuple] = {}
+
+    def __call__(self, sock: socket.socket) -> tuple[tuple, MptcpInfo | None]:
+        """(the server's SYN-ACK options as far as they can be known, the MPTCP_INFO or None)."""
+        mptcp = mptcp_info(sock)
+        return self.from_info(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _SYNACK_INFO_BYTES), mptcp), mptcp
+
+    def from_info(self, raw: bytes, mptcp: MptcpInfo | None) -> tuple:
+        """The options for TCP_INFO bytes ``raw`` (at least the first 20) and ``mptcp``."""
+        if len(raw) < _SYNACK_INFO_BYTES:
+            raise ValueError(f"struct tcp_info: need its first {_SYNACK_INFO_BYTES} bytes, got {len(raw)}")
+        key = (raw[5], raw[6] & 0xF, raw[16:20],
+               None if mptcp is None else (mptcp.remote_key_received, mptcp.csum_enabled))
+        options = self._memo.get(key)
+        if options is None:
+            # options, the wscale byte and snd_mss are all the reconstruction reads; the rest of
+            # the struct (zero here) does not enter it.
+            info = parse_tcp_info(raw[:_SYNACK_INFO_BYTES].ljust(88, b"\0"))
+            options = reconstruct_synack_options(info, mptcp)
+            if len(self._memo) >= _SYNACK_MEMO_ENTRIES:
+                self._memo.clear()
+            self._memo[key] = options
+        return options
+
+
 # --- errno -> Convert error ---------------------------------------------------------------------
 
 #: What a connect() errno says about the ICMP Destination Unreachable behind it (inverting
 #: icmp_err_convert / icmpv6_err_convert; the Code itself is not exposed): the lowest code that
 #: maps to the errno. The same errnos come from local routes (unreachable, prohibit).
-_ICMP_CODE_FOR_ERRNO = {
+_ICMP_CODE_FOR_ERRNO: dict[int, dict[int, int]] = {
     socket.AF_INET: {errno.ENETUNREACH: 0, errno.EHOSTUNREACH: 1, errno.ENOPROTOOPT: 2, errno.EHOSTDOWN: 7,
                      errno.ENONET: 8, errno.EACCES: 13, errno.EPERM: 13},
     socket.AF_INET6: {errno.ENETUNREACH: 0, errno.EACCES: 1, errno.EPERM: 1, errno.EHOSTUNREACH: 3},
@@ -203,7 +241,8 @@ _ICMP_CODE_FOR_ERRNO = {
 
 def icmp_code_for_errno(family: int, error: int) -> int | None:
     """The Error 97 Value for a connect() failure, or None if the errno is no unreachability."""
-    return _ICMP_CODE_FOR_ERRNO.get(family, {}).get(error)
+    codes = _ICMP_CODE_FOR_ERRNO.get(family)
+    return None if codes is None else codes.get(error)
 
 
 # --- sysctls --------------------------------------------------------------------------------------

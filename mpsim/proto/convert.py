@@ -186,6 +186,54 @@ class Converter:
         self.parsed_requests: dict[bytes, tuple[ConvertMessage, int]] = {}
         self.encoded_replies: dict[tuple, tuple[ConvertMessage, bytes]] = {}
         self.address_problems: dict[IpAddress, str | None] = {}  # connect_address_problem's answers
+        self.allowed_addresses: dict[IpAddress, bool] = {}  # policy.client_allowed's answers
+        self._request_facts: dict[int, RequestFacts] = {}  # by id() of the parsed request (held by the entry)
+        # The last server options a reply was built for, and the reply: a driver that remembers the
+        # options (mpsim.live.sockets.SynAckOptions) passes the same tuple every time, which is
+        # then recognised by identity before any hashing of its option objects.
+        self._last_reply: tuple | None = None
+
+    def request_facts(self, request: ConvertMessage) -> RequestFacts:
+        """:class:`RequestFacts` of ``request``, remembered per request object: the parsed-request
+        memo hands the same object to every session that sent the same bytes. The entry holds the
+        request, so the id() it is filed under cannot be another object's while it is kept."""
+        facts = self._request_facts.get(id(request))
+        if facts is None or facts.request is not request:
+            connect = request.tlv(ConnectTlv)
+            problem: str | None = None
+            requested: tuple = ()
+            unsupported: tuple = ()
+            if connect is not None:
+                problems = self.address_problems  # once per distinct request: two lookups are cheap here
+                if connect.address in problems:
+                    problem = problems[connect.address]
+                else:
+                    problem = connect_address_problem(connect.address)
+                    if len(problems) >= _MEMO_ENTRIES:
+                        problems.clear()
+                    problems[connect.address] = problem
+                requested = tuple(o for o in connect.options if o.kind not in IGNORED_CONNECT_KINDS)
+                unsupported = tuple(dict.fromkeys(o.kind for o in requested
+                                                  if o.kind not in self.policy.supported_kinds))
+            facts = RequestFacts(
+                request=request, foreign_tlv=any(not isinstance(tlv, _CLIENT_TLVS) for tlv in request.tlvs),
+                connect=connect, info=request.tlv(InfoTlv), cookie=request.tlv(CookieTlv),
+                destination_allowed=connect is not None and self.client_allowed(connect.address),
+                address_problem=problem, requested=requested, unsupported=unsupported)
+            if len(self._request_facts) >= _MEMO_ENTRIES:
+                self._request_facts.clear()
+            self._request_facts[id(request)] = facts
+        return facts
+
+    def client_allowed(self, address: IpAddress) -> bool:
+        """``policy.client_allowed(address)``, remembered (the policy is fixed): asked twice per
+        request (the client, and the destination for the hairpin rule)."""
+        allowed = self.allowed_addresses.get(address)
+        if allowed is None:
+            if len(self.allowed_addresses) >= _MEMO_ENTRIES:
+                self.allowed_addresses.clear()
+            allowed = self.allowed_addresses[address] = self.policy.client_allowed(address)
+        return allowed
 
     def session(self, client_address: IpAddress, now: float) -> ConverterSession:
         """A session for a new upstream connection from ``client_address``."""
@@ -209,6 +257,23 @@ class Converter:
         return any(hmac.compare_digest(cookie, _cookie(secret, client_address)) for secret in self._cookie_secrets[1:])
 
 
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What the request checks (:meth:`ConverterSession._validate`) read that depends only on the
+    request and the converter's fixed policy: worked out once per distinct request
+    (:meth:`Converter.request_facts`); the checks themselves, and their order, stay the session's."""
+
+    request: ConvertMessage
+    foreign_tlv: bool  # a TLV a client may not send
+    connect: ConnectTlv | None
+    info: InfoTlv | None
+    cookie: CookieTlv | None
+    destination_allowed: bool  # the Connect address is inside the client prefixes (the hairpin rule)
+    address_problem: str | None  # connect_address_problem(address)
+    requested: tuple  # the Connect options, less the kinds section 7 ignores
+    unsupported: tuple  # the requested kinds this converter does not support, in order, once each
+
+
 def _cookie(secret: bytes, client_address: IpAddress) -> bytes:
     return hmac.new(secret, client_address.packed, hashlib.sha256).digest()[:COOKIE_BYTES]
 
@@ -225,6 +290,11 @@ ConverterDecision = RelayDecision
 
 
 class SessionState(enum.Enum):
+    # Identity hash in C: Enum's hashes the member's name in Python, and every state change looks
+    # the states up in SESSION_TRANSITIONS. Members are singletons compared by identity, so the
+    # two agree; nothing iterates a set of states (iteration order would follow the hash).
+    __hash__ = object.__hash__
+
     EXPECT_CONVERT_MESSAGE = "expect_convert_message"
     CONNECTING_DOWNSTREAM = "connecting_downstream"
     RELAYING = "relaying"
@@ -316,6 +386,12 @@ class ConverterSession(RelaySession):
         """The server's SYN-ACK arrived: reply with its options as received (6.2.6)."""
         assert self.request is not None
         info = self.request.tlv(InfoTlv) is not None
+        last = self.converter._last_reply
+        if last is not None and last[0] is server_synack_options and last[1] is info:
+            self._upstream_answered = True
+            self._decisions.append(SendUpstream(last[2][1], last[2][0]))
+            self.converter.counters["converted"] += 1
+            return
         key = (server_synack_options, info)
         replies = self.converter.encoded_replies
         memo = True
@@ -334,6 +410,7 @@ class ConverterSession(RelaySession):
                 if len(replies) >= _MEMO_ENTRIES:
                     replies.clear()
                 replies[key] = cached
+        self.converter._last_reply = (server_synack_options, info, cached)
         self._upstream_answered = True
         self._decisions.append(SendUpstream(cached[1], cached[0]))
         self.converter.counters["converted"] += 1
@@ -417,16 +494,17 @@ class ConverterSession(RelaySession):
     def _validate(self, request: ConvertMessage, raw: bytes, user_data: bytes, now: float) -> None:
         """Steps 2-6 of the order on a well-framed request (``raw``: its bytes as received, for the
         echo); the first failing check answers."""
-        if any(not isinstance(tlv, _CLIENT_TLVS) for tlv in request.tlvs):
+        facts = self.converter.request_facts(request)
+        if facts.foreign_tlv:
             self._refuse(ErrorTlv(ConvertErrorCode.UNSUPPORTED_MESSAGE, 0, _echo(raw)))
             return
-        connect = request.tlv(ConnectTlv)
-        info = request.tlv(InfoTlv)
+        connect = facts.connect
+        info = facts.info
         if connect is None and info is None:  # nothing asked: the request cannot be acted on
             self._refuse(ErrorTlv(ConvertErrorCode.MALFORMED_MESSAGE, 0, _echo(raw)))
             return
         if self.policy.require_cookie:
-            cookie = request.tlv(CookieTlv)
+            cookie = facts.cookie
             if cookie is None:
                 if self.policy.issue_cookies:
                     self._refuse(ErrorTlv(ConvertErrorCode.MISSING_COOKIE, 0,
@@ -445,8 +523,8 @@ class ConverterSession(RelaySession):
                 else:
                     self._refuse(ErrorTlv(ConvertErrorCode.NOT_AUTHORIZED))
                 return
-        if not self.policy.client_allowed(self.client_address) or (
-                connect is not None and not self.policy.allow_hairpin and self.policy.client_allowed(connect.address)):
+        if not self.converter.client_allowed(self.client_address) or (
+                connect is not None and not self.policy.allow_hairpin and facts.destination_allowed):
             self._refuse(ErrorTlv(ConvertErrorCode.NOT_AUTHORIZED))
             return
         if connect is None:  # Info alone: tell the client what we convert, then close (6.2.2)
@@ -458,22 +536,13 @@ class ConverterSession(RelaySession):
         if self.converter.active_sessions >= self.policy.max_sessions:
             self._refuse(ErrorTlv(ConvertErrorCode.RESOURCE_EXCEEDED, self.policy.resource_backoff_s))
             return
-        problems = self.converter.address_problems
-        problem = problems.get(connect.address, problems)  # the dict itself: not asked yet
-        if problem is problems:
-            problem = connect_address_problem(connect.address)
-            if len(problems) >= _MEMO_ENTRIES:
-                problems.clear()
-            problems[connect.address] = problem
-        if problem is not None:
+        if facts.address_problem is not None:
             self._refuse(ErrorTlv(ConvertErrorCode.MALFORMED_MESSAGE, 0, _echo(raw)))
             return
-        requested = tuple(o for o in connect.options if o.kind not in IGNORED_CONNECT_KINDS)
-        unsupported = tuple(dict.fromkeys(o.kind for o in requested if o.kind not in self.policy.supported_kinds))
-        if unsupported:
-            self._refuse(ErrorTlv.with_list(ConvertErrorCode.UNSUPPORTED_TCP_OPTION, unsupported))
+        if facts.unsupported:
+            self._refuse(ErrorTlv.with_list(ConvertErrorCode.UNSUPPORTED_TCP_OPTION, facts.unsupported))
             return
-        self._open_downstream(connect, requested, user_data, now)
+        self._open_downstream(connect, facts.requested, user_data, now)
 
     def _open_downstream(self, connect: ConnectTlv, requested: tuple, user_data: bytes, now: float) -> None:
         tfo = next((o for o in requested if o.kind == TcpOptionKind.TFO), None)

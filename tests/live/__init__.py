@@ -34,6 +34,12 @@ import pytest
 from mpsim.live.sockets import IPPROTO_MPTCP, MSG_FASTOPEN, TCP_FASTOPEN, TCP_FASTOPEN_NO_COOKIE
 
 ROOT = Path(__file__).resolve().parents[2]
+#: Where the tests' own ``mpsim`` was imported from (the repository, or build/fast: the compiled
+#: build). The daemons they start import that one too: ``-P`` keeps the working directory (the
+#: repository root, which ``-m`` would put first) off their path.
+_PACKAGE_PARENT = str(Path(__import__("mpsim").__file__).resolve().parents[1])
+_DAEMON_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (_PACKAGE_PARENT, os.environ.get("PYTHONPATH"))
+                                                          if p)}
 CONVERTER_V4, SERVER_V4 = "198.18.0.1", "198.18.0.2"
 CONVERTER_V6, SERVER_V6 = "2001:2::1", "2001:2::2"
 OUTSIDER_V4 = "198.19.0.1"  # a client address outside CLIENT_PREFIXES
@@ -166,8 +172,8 @@ class ConverterProcess:
     """``python -m mpsim.live.serve ARGS`` in its own session; its stderr log collected."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "mpsim.live.serve", *args], cwd=ROOT,
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-P", "-m", "mpsim.live.serve", *args], cwd=ROOT,
+                                     env=_DAEMON_ENV, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      text=True, start_new_session=True)
         self.lines: list[str] = []
         self._changed = threading.Condition()

@@ -63,3 +63,61 @@ def test_the_memos_stay_bounded():
         _decisions(converter, ConvertClientExchange().syn_payload(address, port), (MaximumSegmentSize(port),))
         assert len(converter.parsed_requests) <= _MEMO_ENTRIES and len(converter.encoded_replies) <= _MEMO_ENTRIES
         assert len(converter.address_problems) <= _MEMO_ENTRIES
+
+
+# --- request facts and the last reply, remembered by identity (the live daemon's hot path) ------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from mpsim.proto.convert import SESSION_TRANSITIONS, SessionState  # noqa: E402
+from mpsim.wire.convert import (  # noqa: E402
+    ConnectOption,
+    ConvertMessage,
+    ExtendedTcpHeaderTlv,
+    encode_convert,
+)
+from mpsim.wire.options import TcpOptionKind  # noqa: E402
+
+_ADDRESSES = ("198.19.0.2", "198.18.0.9", "127.0.0.1", "224.0.0.1", "0.0.0.1", "203.0.113.7")
+_OPTION_SETS = ((), (ConnectOption(TcpOptionKind.SACK_PERMITTED, b""),), (ConnectOption(TcpOptionKind.TFO, b""),),
+                (ConnectOption(TcpOptionKind.NOP, b""), ConnectOption(99, b"ab"), ConnectOption(99, b"cd")))
+#: The same tuple objects over and over (what mpsim.live.sockets.SynAckOptions hands over), an
+#: equal tuple that is another object, and different ones.
+_SYNACKS = (OPTIONS, OPTIONS, tuple(OPTIONS), OPTIONS[:1], (MaximumSegmentSize(1400),))
+_REQUESTS = st.one_of(
+    st.builds(lambda a, port, info, opts, app, cookie: ConvertClientExchange().syn_payload(
+        IPv4Address(a), port, info=info, options=opts, app_data=app, cookie=cookie),
+        st.sampled_from(_ADDRESSES), st.sampled_from((80, 443)), st.booleans(), st.sampled_from(_OPTION_SETS),
+        st.sampled_from((b"", b"GET /")), st.sampled_from((None, b"\x00" * 16))),
+    st.just(ConvertClientExchange().syn_payload(None, info=True)),  # Info alone
+    st.just(encode_convert(ConvertMessage((ExtendedTcpHeaderTlv(()),)))),  # a TLV only a converter sends
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=st.lists(st.tuples(_REQUESTS, st.integers(0, len(_SYNACKS) - 1)), min_size=1, max_size=12),
+       require_cookie=st.booleans(), hairpin=st.booleans())
+def test_remembered_request_facts_and_replies_decide_what_a_fresh_converter_does(steps, require_cookie, hairpin):
+    policy = ConverterPolicy(allowed_client_prefixes=("198.18.0.0/15",), timing=ConverterTiming.SOCKET,
+                             require_cookie=require_cookie, allow_hairpin=hairpin,
+                             supported_kinds=(TcpOptionKind.SACK_PERMITTED, TcpOptionKind.TIMESTAMPS))
+    shared = Converter(policy, random.Random(1))
+    for payload, synack in steps:
+        fresh = Converter(policy, random.Random(1))
+        assert _decisions(shared, payload, _SYNACKS[synack]) == _decisions(fresh, payload, _SYNACKS[synack])
+    assert len(shared.parsed_requests) <= _MEMO_ENTRIES
+
+
+def test_request_facts_are_filed_by_the_request_object_and_stay_bounded():
+    converter = Converter(POLICY, random.Random(1))
+    for port in range(1, 2 * _MEMO_ENTRIES):
+        _decisions(converter, _payload(port))
+        assert len(converter._request_facts) <= _MEMO_ENTRIES
+    request = converter.parsed_requests[_payload(2 * _MEMO_ENTRIES - 1)][0]
+    assert converter.request_facts(request).request is request
+
+
+def test_session_states_hash_by_identity_and_the_transitions_still_hold():
+    assert hash(SessionState.DONE) == object.__hash__(SessionState.DONE)
+    assert SessionState.RELAYING in SESSION_TRANSITIONS[SessionState.CONNECTING_DOWNSTREAM]
