@@ -794,6 +794,7 @@ class _SubflowSender:
         # RACK: the newest (send time, end) among the segments this ACK delivers (tcp_rack_advance)
         rack_best_s = self.rack_xmit_s if self.rack_xmit_s is not None else -1.0
         rack_best_end = self.rack_end
+        data_acked = False  # Linux FLAG_DATA_ACKED: the cumulative ACK freed a whole segment
         if una_advanced:
             rtx = self.rtx
             i = first = self.head
@@ -841,6 +842,7 @@ class _SubflowSender:
                         if sent_s > rack_best_s or (sent_s == rack_best_s and record.end > rack_best_end):
                             rack_best_s, rack_best_end = sent_s, record.end
             self.head = i
+            data_acked = i > first
             # tcp_clean_rtx_queue frees the acknowledged skbs (their payload and truesize overhead)
             self.wmem_queued -= ack - self.snd_una + (i - first) * SKB_TRUESIZE_OVERHEAD_BYTES
             self.snd_una = ack
@@ -910,7 +912,12 @@ class _SubflowSender:
             state = _RECOVERY
         if state == _RECOVERY:
             self._prr(delivered, una_advanced)
-        elif delivered:
+        elif delivered and data_acked:
+            # Linux tcp_cong_control grows the window only on an ACK that cumulatively
+            # acknowledges data (tcp_may_raise_cwnd: FLAG_DATA_ACKED, with tp->reordering at the
+            # sysctl's 3), by everything newly delivered, SACKed included; a SACK-only ACK in
+            # Open or Loss state (a hole not yet marked lost, the RTO's retransmissions) grows
+            # nothing, and what it delivered is not counted again when the hole fills.
             cwnd = cc.cwnd_segments
             # Grow only a window that limited the sending (Linux tcp_is_cwnd_limited).
             limited = 2 * prior_pipe > cwnd if cwnd < cc.ssthresh_segments else prior_pipe >= int(cwnd)
