@@ -100,6 +100,11 @@ class CongestionControl:
     def on_ack(self, acked_segments: float, now: float, srtt_s: float, min_rtt_s: float) -> None:
         raise NotImplementedError
 
+    def tcp_ext_counters(self) -> dict[str, int]:
+        """The algorithm's own counters under Linux's TcpExt names (nstat), for comparing a
+        model run's counters with a kernel run's; none here."""
+        return {}
+
     def pkts_acked(self, now: float, acked_segments: int, rtt_s: float | None, snd_una: int, snd_nxt: int) -> None:
         """Every ACK that acknowledges data, in any state (Linux ``pkts_acked``): ``rtt_s`` is the
         RTT of the most recently sent segment it acknowledges (Linux ``ca_rtt_us``), or None;
@@ -273,6 +278,10 @@ class Cubic(CongestionControl):
         self.snd_cwnd_cnt = 0  # tcp_sock.snd_cwnd_cnt: ACKed segments toward the next increase
         self.snd_nxt = 0  # as last reported by the sender (HyStart's round end)
         self.hystart_found = False
+        # Linux's HyStart MIB counters (hystart_update): exits by each detector and the sum of
+        # the windows at which they happened (TCPHystartTrainDetect/Cwnd, TCPHystartDelayDetect/Cwnd).
+        self.hystart_train_detect = self.hystart_train_cwnd = 0
+        self.hystart_delay_detect = self.hystart_delay_cwnd = 0
         self._reset()
         self._hystart_reset(0, 0)
 
@@ -331,6 +340,8 @@ class Cubic(CongestionControl):
             threshold_us = (self.delay_min_us + HYSTART_ACK_DELAY_US) >> 1
             if now_us - self.round_start_us > threshold_us:
                 self.hystart_found = True
+                self.hystart_train_detect += 1
+                self.hystart_train_cwnd += int(self.cwnd_segments)
                 self.ssthresh_segments = self.cwnd_segments
         if self.curr_rtt_us > delay_us:
             self.curr_rtt_us = delay_us
@@ -340,7 +351,13 @@ class Cubic(CongestionControl):
             allowance_us = min(max(self.delay_min_us >> 3, HYSTART_DELAY_MIN_US), HYSTART_DELAY_MAX_US)
             if self.curr_rtt_us > self.delay_min_us + allowance_us:
                 self.hystart_found = True
+                self.hystart_delay_detect += 1
+                self.hystart_delay_cwnd += int(self.cwnd_segments)
                 self.ssthresh_segments = self.cwnd_segments
+
+    def tcp_ext_counters(self) -> dict[str, int]:
+        return {"TCPHystartTrainDetect": self.hystart_train_detect, "TCPHystartTrainCwnd": self.hystart_train_cwnd,
+                "TCPHystartDelayDetect": self.hystart_delay_detect, "TCPHystartDelayCwnd": self.hystart_delay_cwnd}
 
     def on_ack(self, acked_segments: float, now: float, srtt_s: float, min_rtt_s: float) -> None:
         """``cubictcp_cong_avoid`` (the sender calls it only when cwnd-limited and in Open)."""

@@ -2226,6 +2226,10 @@ class TransferRecord:
     subflow_join_failures: tuple[str, ...] = ()
     subflow_resets: int = 0
     fallback: bool = False
+    #: The sender's counters under Linux's TcpExt names (nstat), summed over its subflows, as
+    #: (name, value) pairs: TCPSackRecovery (fast recoveries), TCPLossProbes, TCPTimeouts (RTO
+    #: expiries) and the congestion control's own (CUBIC: HyStart exits, ``tcp_ext_counters``).
+    tcp_ext: tuple[tuple[str, int], ...] = ()
 
 
 def _attach(direction: LinkDirection) -> None:
@@ -2414,4 +2418,15 @@ class BulkTransfer:
             subflow_join_failures=tuple("" if join is None else join.failure for join in self.joins),
             subflow_resets=self.sender.subflow_resets,
             fallback=self.sender.fallen_back or receiver.fallen_back,
+            tcp_ext=self._tcp_ext_counters(),
         )
+
+    def _tcp_ext_counters(self) -> tuple[tuple[str, int], ...]:
+        counters = {"TCPSackRecovery": 0, "TCPLossProbes": 0, "TCPTimeouts": 0}
+        for subflow in self.sender.subflows:
+            counters["TCPSackRecovery"] += subflow.fast_recoveries
+            counters["TCPLossProbes"] += subflow.loss_probes
+            counters["TCPTimeouts"] += subflow.timeouts
+            for name, value in subflow.cc.tcp_ext_counters().items():
+                counters[name] = counters.get(name, 0) + value
+        return tuple(counters.items())

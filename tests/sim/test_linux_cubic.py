@@ -135,6 +135,9 @@ def test_hystart_leaves_slow_start_on_a_delay_increase(rtt_ms, exits):
     assert cc.sample_cnt == 8
     assert cc.hystart_found is exits
     assert cc.ssthresh_segments == (20.0 if exits else float("inf"))
+    # Linux counts the exit by its detector and adds the window it happened at (hystart_update).
+    assert cc.tcp_ext_counters() == {"TCPHystartTrainDetect": 0, "TCPHystartTrainCwnd": 0,
+                                     "TCPHystartDelayDetect": int(exits), "TCPHystartDelayCwnd": 20 * exits}
 
 
 @pytest.mark.parametrize("gap_ms, exits", [(1.0, True), (3.0, False)])
@@ -157,6 +160,8 @@ def test_hystart_leaves_slow_start_on_an_ack_train(gap_ms, exits):
         assert cc.ssthresh_segments == 20.0
     else:
         assert seen_exit_at is None and cc.ssthresh_segments == float("inf")
+    assert cc.tcp_ext_counters() == {"TCPHystartTrainDetect": int(exits), "TCPHystartTrainCwnd": 20 * exits,
+                                     "TCPHystartDelayDetect": 0, "TCPHystartDelayCwnd": 0}
 
 
 def test_hystart_waits_for_the_low_window():
