@@ -32,8 +32,10 @@ segments only (except the last one), so counting bytes would add nothing but div
   ``100 cwnd``, at most 20 before the first loss, at most ``cwnd / (tcp_cwnd - cwnd)`` while the
   Reno estimate (one segment per ``15 cwnd / 8`` ACKed) is ahead, at least 2; the increase is
   ``tcp_cong_avoid_ai`` with ``snd_cwnd_cnt``. Beta 717/1024, fast convergence, no RFC 9438
-  alpha switch (Linux has none). HyStart (``hystart_update``): from cwnd 16 in slow start, an
-  ACK train (ACKs at most 2 ms apart) lasting more than (delay_min + 1 ms) / 2 since the round
+  alpha switch (Linux has none). HyStart (``hystart_update``): rounds start at the first ACK
+  past the previous round's end whatever cwnd is (Linux 6.14+, commit 25c1a9ca53db; before it a
+  round began at the first ACK with cwnd 16, which shortened the measured ACK train); from cwnd
+  16 in slow start, an ACK train (ACKs at most 2 ms apart) lasting more than (delay_min + 1 ms) / 2 since the round
   started, or the minimum of a round's first 8+ RTT samples above delay_min + clamp(delay_min/8,
   4 ms, 16 ms), sets ssthresh = cwnd. delay_min ignores samples in the first second of an epoch;
   a timeout resets all state (``cubictcp_state`` on TCP_CA_Loss). Differences from the kernel:
@@ -323,9 +325,7 @@ class Cubic(CongestionControl):
         delay_us = max(int(rtt_s * 1e6 + 0.5), 1)
         if self.delay_min_us == 0 or self.delay_min_us > delay_us:
             self.delay_min_us = delay_us
-        cwnd = self.cwnd_segments
-        if (self.hystart and not self.hystart_found and cwnd < self.ssthresh_segments
-                and cwnd >= HYSTART_LOW_WINDOW):
+        if self.hystart and not self.hystart_found and self.cwnd_segments < self.ssthresh_segments:
             self._hystart_update(now_us, delay_us, snd_una, snd_nxt)
 
     def _hystart_update(self, now_us: int, delay_us: int, snd_una: int, snd_nxt: int) -> None:
@@ -333,6 +333,11 @@ class Cubic(CongestionControl):
         minimum delay, or on a round's minimum RTT rising by clamp(delay_min / 8, 4, 16) ms."""
         if snd_una > self.end_seq:
             self._hystart_reset(now_us, snd_nxt)
+        # Rounds start at their first ACK whatever the window; only the detectors wait for
+        # hystart_low_window (Linux 6.14+, commit 25c1a9ca53db "tcp_cubic: fix incorrect HyStart
+        # round start detection"; before it, a round began at the first ACK with cwnd >= 16).
+        if self.cwnd_segments < HYSTART_LOW_WINDOW:
+            return
         # ACK train: ACKs no more than 2 ms apart since the round started, for longer than
         # (delay_min + ack delay) / 2 (halved: no pacing, sk_pacing_status is SK_PACING_NONE).
         if now_us - self.last_ack_us <= HYSTART_ACK_DELTA_US:
