@@ -15,7 +15,8 @@ Sender, per subflow (Linux as the reference where the RFCs leave a choice):
   CUBIC, or LIA coupling across the subflows); the window grows only when the subflow was
   cwnd-limited (Linux ``tcp_is_cwnd_limited``: in slow start while cwnd < 2 x in flight) and
   only on an ACK that cumulatively acknowledges a segment, by all it newly delivered (Linux 6.x
-  ``tcp_cong_control`` / ``tcp_may_raise_cwnd``, FLAG_DATA_ACKED; docs/sim.md "Window growth");
+  ``tcp_cong_control`` / ``tcp_may_raise_cwnd``, FLAG_DATA_ACKED; docs/sim.md "Linux's
+  algorithms in the transfer model", window growth);
 * a SACK scoreboard; pipe is Linux's ``packets_out - sacked_out - lost_out + retrans_out``; lost
   segments are retransmitted before new data (NextSeg rules 1 and 2). The scoreboard keeps the
   SACKed byte ranges; a segment counts as SACKed once those ranges cover it whole, and a segment

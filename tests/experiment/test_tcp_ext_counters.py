@@ -1,7 +1,7 @@
 """A model run's counters table carries each transfer sender's counters under Linux's TcpExt names
 (TransferRecord.tcp_ext), on the machine that sent the data, as a kernel run's nstat deltas are
 listed (mpsim/experiment/kernel_world.py): the server for a download, the client for an upload;
-only counters that moved. docs/sim.md, "Counters named as Linux's"."""
+only counters that moved. docs/sim.md, "Linux's algorithms in the transfer model" (counters named as Linux's)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Linux 6.7 to 6.18: ``tcp_cong_control`` runs the congestion control's increase o
 an ACK that cumulatively acknowledges a whole segment; the increase is by every segment the ACK
 newly delivered, SACKed ones included). A SACK-only ACK (a hole not yet marked lost: Linux's
 Disorder state, which the model keeps as Open) grows nothing, and what it delivered does not
-count again when the hole fills. docs/sim.md, "Window growth".
+count again when the hole fills. docs/sim.md, "Linux's algorithms in the transfer model" (window growth).
 
 The path (as tests/sim/test_rack_tlp.py's): 100 Mbit/s, 25 ms each way; a data segment is 1,500
 bytes, 120 us on the wire; the first 16 segments are ACKed at once (quick ACKs).
