@@ -345,6 +345,7 @@ class Simulation:
         self.transfer_rows: list[dict] = []
         self._pending_transfers: dict[int, tuple[int, TransferSpec, int]] = {}  # request id -> (id, spec, household)
         self._running: list[tuple[dict, BulkTransfer | RelayedTransfer]] = []
+        self._tcp_ext: dict[tuple[str, str], int] = {}  # (machine, TcpExt name) -> count (_count_tcp_ext)
         # (path, household) -> that household's own access line (up, down); household 0 uses the path's link
         self._household_access: dict[tuple[str, int], tuple[LinkDirection, LinkDirection]] = {}
         self._hops_cache: dict[tuple, list[LinkDirection]] = {}
@@ -845,8 +846,24 @@ class Simulation:
 
     def _bulk_done(self, row: dict, transfer: BulkTransfer | RelayedTransfer) -> None:
         self._fill(row, transfer)
+        self._count_tcp_ext(row, transfer)
         self._running.remove((row, transfer))
         self._transfer_done()
+
+    def _count_tcp_ext(self, row: dict, transfer: BulkTransfer | RelayedTransfer) -> None:
+        """Adds a transfer's sender counters under Linux's TcpExt names (TransferRecord.tcp_ext)
+        to its sending machine's, as nstat shows them in a kernel run: the server sends a
+        download, the client an upload; through the converter each leg's sender counts its own."""
+        record = transfer.result()
+        download = row["direction"] == Direction.DOWNLOAD.value
+        if isinstance(transfer, RelayedTransfer):
+            legs = ((CONVERTER if download else CLIENT, record.client_leg),
+                    (SERVER_NODE if download else CONVERTER, record.server_leg))
+        else:
+            legs = ((SERVER_NODE if download else CLIENT, record),)
+        for machine, leg in legs:
+            for name, value in leg.tcp_ext:
+                self._tcp_ext[(machine, name)] = self._tcp_ext.get((machine, name), 0) + value
 
     @staticmethod
     def _fill(row: dict, transfer: BulkTransfer | RelayedTransfer) -> None:
@@ -880,6 +897,7 @@ class Simulation:
         self._abandon_unfinished(end_s)
         for row, transfer in list(self._running):  # cut short by the drain limit
             self._fill(row, transfer)
+            self._count_tcp_ext(row, transfer)
         return RunResult(self.variant, self.run_index, dict(self.seeds), self._connection_rows(),
                          list(self.transfer_rows), self._counter_rows(), self._event_rows(), end_s, self.trace, self)
 
@@ -960,6 +978,11 @@ class Simulation:
                 add(name, counter, value)
             add(name, "RstsForUnknown", machine.rsts_for_unknown)
             add(name, "ConnectionsOpenAtEnd", len(machine.connections))
+            # Transfer senders' counters under TcpExt names; like a kernel run's nstat deltas,
+            # only those that moved.
+            for (machine_name, counter), value in sorted(self._tcp_ext.items()):
+                if machine_name == name and value:
+                    add(name, counter, value)
         add(CLIENT, "PortsAllocated", self.client.ports.allocated)
         if self.converter is not None and hasattr(self.converter, "converter"):
             for counter, value in sorted(self.converter.converter.counters.items()):

@@ -32,8 +32,10 @@ segments only (except the last one), so counting bytes would add nothing but div
   ``100 cwnd``, at most 20 before the first loss, at most ``cwnd / (tcp_cwnd - cwnd)`` while the
   Reno estimate (one segment per ``15 cwnd / 8`` ACKed) is ahead, at least 2; the increase is
   ``tcp_cong_avoid_ai`` with ``snd_cwnd_cnt``. Beta 717/1024, fast convergence, no RFC 9438
-  alpha switch (Linux has none). HyStart (``hystart_update``): from cwnd 16 in slow start, an
-  ACK train (ACKs at most 2 ms apart) lasting more than (delay_min + 1 ms) / 2 since the round
+  alpha switch (Linux has none). HyStart (``hystart_update``): rounds start at the first ACK
+  past the previous round's end whatever cwnd is (Linux 6.14+, commit 25c1a9ca53db; before it a
+  round began at the first ACK with cwnd 16, which shortened the measured ACK train); from cwnd
+  16 in slow start, an ACK train (ACKs at most 2 ms apart) lasting more than (delay_min + 1 ms) / 2 since the round
   started, or the minimum of a round's first 8+ RTT samples above delay_min + clamp(delay_min/8,
   4 ms, 16 ms), sets ssthresh = cwnd. delay_min ignores samples in the first second of an epoch;
   a timeout resets all state (``cubictcp_state`` on TCP_CA_Loss). Differences from the kernel:
@@ -99,6 +101,11 @@ class CongestionControl:
 
     def on_ack(self, acked_segments: float, now: float, srtt_s: float, min_rtt_s: float) -> None:
         raise NotImplementedError
+
+    def tcp_ext_counters(self) -> dict[str, int]:
+        """The algorithm's own counters under Linux's TcpExt names (nstat), for comparing a
+        model run's counters with a kernel run's; none here."""
+        return {}
 
     def pkts_acked(self, now: float, acked_segments: int, rtt_s: float | None, snd_una: int, snd_nxt: int) -> None:
         """Every ACK that acknowledges data, in any state (Linux ``pkts_acked``): ``rtt_s`` is the
@@ -273,6 +280,10 @@ class Cubic(CongestionControl):
         self.snd_cwnd_cnt = 0  # tcp_sock.snd_cwnd_cnt: ACKed segments toward the next increase
         self.snd_nxt = 0  # as last reported by the sender (HyStart's round end)
         self.hystart_found = False
+        # Linux's HyStart MIB counters (hystart_update): exits by each detector and the sum of
+        # the windows at which they happened (TCPHystartTrainDetect/Cwnd, TCPHystartDelayDetect/Cwnd).
+        self.hystart_train_detect = self.hystart_train_cwnd = 0
+        self.hystart_delay_detect = self.hystart_delay_cwnd = 0
         self._reset()
         self._hystart_reset(0, 0)
 
@@ -314,9 +325,7 @@ class Cubic(CongestionControl):
         delay_us = max(int(rtt_s * 1e6 + 0.5), 1)
         if self.delay_min_us == 0 or self.delay_min_us > delay_us:
             self.delay_min_us = delay_us
-        cwnd = self.cwnd_segments
-        if (self.hystart and not self.hystart_found and cwnd < self.ssthresh_segments
-                and cwnd >= HYSTART_LOW_WINDOW):
+        if self.hystart and not self.hystart_found and self.cwnd_segments < self.ssthresh_segments:
             self._hystart_update(now_us, delay_us, snd_una, snd_nxt)
 
     def _hystart_update(self, now_us: int, delay_us: int, snd_una: int, snd_nxt: int) -> None:
@@ -324,6 +333,11 @@ class Cubic(CongestionControl):
         minimum delay, or on a round's minimum RTT rising by clamp(delay_min / 8, 4, 16) ms."""
         if snd_una > self.end_seq:
             self._hystart_reset(now_us, snd_nxt)
+        # Rounds start at their first ACK whatever the window; only the detectors wait for
+        # hystart_low_window (Linux 6.14+, commit 25c1a9ca53db "tcp_cubic: fix incorrect HyStart
+        # round start detection"; before it, a round began at the first ACK with cwnd >= 16).
+        if self.cwnd_segments < HYSTART_LOW_WINDOW:
+            return
         # ACK train: ACKs no more than 2 ms apart since the round started, for longer than
         # (delay_min + ack delay) / 2 (halved: no pacing, sk_pacing_status is SK_PACING_NONE).
         if now_us - self.last_ack_us <= HYSTART_ACK_DELTA_US:
@@ -331,6 +345,8 @@ class Cubic(CongestionControl):
             threshold_us = (self.delay_min_us + HYSTART_ACK_DELAY_US) >> 1
             if now_us - self.round_start_us > threshold_us:
                 self.hystart_found = True
+                self.hystart_train_detect += 1
+                self.hystart_train_cwnd += int(self.cwnd_segments)
                 self.ssthresh_segments = self.cwnd_segments
         if self.curr_rtt_us > delay_us:
             self.curr_rtt_us = delay_us
@@ -340,7 +356,13 @@ class Cubic(CongestionControl):
             allowance_us = min(max(self.delay_min_us >> 3, HYSTART_DELAY_MIN_US), HYSTART_DELAY_MAX_US)
             if self.curr_rtt_us > self.delay_min_us + allowance_us:
                 self.hystart_found = True
+                self.hystart_delay_detect += 1
+                self.hystart_delay_cwnd += int(self.cwnd_segments)
                 self.ssthresh_segments = self.cwnd_segments
+
+    def tcp_ext_counters(self) -> dict[str, int]:
+        return {"TCPHystartTrainDetect": self.hystart_train_detect, "TCPHystartTrainCwnd": self.hystart_train_cwnd,
+                "TCPHystartDelayDetect": self.hystart_delay_detect, "TCPHystartDelayCwnd": self.hystart_delay_cwnd}
 
     def on_ack(self, acked_segments: float, now: float, srtt_s: float, min_rtt_s: float) -> None:
         """``cubictcp_cong_avoid`` (the sender calls it only when cwnd-limited and in Open)."""

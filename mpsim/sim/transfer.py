@@ -13,7 +13,10 @@ Sender, per subflow (Linux as the reference where the RFCs leave a choice):
 
 * congestion control from :mod:`mpsim.sim.congestion` (Reno, Linux CUBIC with HyStart, RFC 9438
   CUBIC, or LIA coupling across the subflows); the window grows only when the subflow was
-  cwnd-limited (Linux ``tcp_is_cwnd_limited``: in slow start while cwnd < 2 x in flight);
+  cwnd-limited (Linux ``tcp_is_cwnd_limited``: in slow start while cwnd < 2 x in flight) and
+  only on an ACK that cumulatively acknowledges a segment, by all it newly delivered (Linux 6.x
+  ``tcp_cong_control`` / ``tcp_may_raise_cwnd``, FLAG_DATA_ACKED; docs/sim.md "Linux's
+  algorithms in the transfer model", window growth);
 * a SACK scoreboard; pipe is Linux's ``packets_out - sacked_out - lost_out + retrans_out``; lost
   segments are retransmitted before new data (NextSeg rules 1 and 2). The scoreboard keeps the
   SACKed byte ranges; a segment counts as SACKed once those ranges cover it whole, and a segment
@@ -902,6 +905,7 @@ class _SubflowSender:
         # RACK: the newest (send time, end) among the segments this ACK delivers (tcp_rack_advance)
         rack_best_s = self.rack_xmit_s if self.rack_xmit_s is not None else -1.0
         rack_best_end = self.rack_end
+        data_acked = False  # Linux FLAG_DATA_ACKED: the cumulative ACK freed a whole segment
         if una_advanced:
             rtx = self.rtx
             i = first = self.head
@@ -949,6 +953,7 @@ class _SubflowSender:
                         if sent_s > rack_best_s or (sent_s == rack_best_s and record.end > rack_best_end):
                             rack_best_s, rack_best_end = sent_s, record.end
             self.head = i
+            data_acked = i > first
             # tcp_clean_rtx_queue frees the acknowledged skbs (their payload and truesize overhead)
             self.wmem_queued -= ack - self.snd_una + (i - first) * SKB_TRUESIZE_OVERHEAD_BYTES
             self.snd_una = ack
@@ -1018,7 +1023,12 @@ class _SubflowSender:
             state = _RECOVERY
         if state == _RECOVERY:
             self._prr(delivered, una_advanced)
-        elif delivered:
+        elif delivered and data_acked:
+            # Linux tcp_cong_control grows the window only on an ACK that cumulatively
+            # acknowledges data (tcp_may_raise_cwnd: FLAG_DATA_ACKED, with tp->reordering at the
+            # sysctl's 3), by everything newly delivered, SACKed included; a SACK-only ACK in
+            # Open or Loss state (a hole not yet marked lost, the RTO's retransmissions) grows
+            # nothing, and what it delivered is not counted again when the hole fills.
             cwnd = cc.cwnd_segments
             # Grow only a window that limited the sending (Linux tcp_is_cwnd_limited).
             limited = 2 * prior_pipe > cwnd if cwnd < cc.ssthresh_segments else prior_pipe >= int(cwnd)
@@ -2631,6 +2641,10 @@ class TransferRecord:
     fallback: bool = False
     subflows_stale: int = 0
     subflows_recovered: int = 0
+    #: The sender's counters under Linux's TcpExt names (nstat), summed over its subflows, as
+    #: (name, value) pairs: TCPSackRecovery (fast recoveries), TCPLossProbes, TCPTimeouts (RTO
+    #: expiries) and the congestion control's own (CUBIC: HyStart exits, ``tcp_ext_counters``).
+    tcp_ext: tuple[tuple[str, int], ...] = ()
 
 
 def _attach(direction: LinkDirection) -> None:
@@ -2839,4 +2853,15 @@ class BulkTransfer:
             subflow_resets=self.sender.subflow_resets,
             fallback=self.sender.fallen_back or receiver.fallen_back,
             subflows_stale=self.sender.subflows_stale, subflows_recovered=self.sender.subflows_recovered,
+            tcp_ext=self._tcp_ext_counters(),
         )
+
+    def _tcp_ext_counters(self) -> tuple[tuple[str, int], ...]:
+        counters = {"TCPSackRecovery": 0, "TCPLossProbes": 0, "TCPTimeouts": 0}
+        for subflow in self.sender.subflows:
+            counters["TCPSackRecovery"] += subflow.fast_recoveries
+            counters["TCPLossProbes"] += subflow.loss_probes
+            counters["TCPTimeouts"] += subflow.timeouts
+            for name, value in subflow.cc.tcp_ext_counters().items():
+                counters[name] = counters.get(name, 0) + value
+        return tuple(counters.items())

@@ -135,6 +135,9 @@ def test_hystart_leaves_slow_start_on_a_delay_increase(rtt_ms, exits):
     assert cc.sample_cnt == 8
     assert cc.hystart_found is exits
     assert cc.ssthresh_segments == (20.0 if exits else float("inf"))
+    # Linux counts the exit by its detector and adds the window it happened at (hystart_update).
+    assert cc.tcp_ext_counters() == {"TCPHystartTrainDetect": 0, "TCPHystartTrainCwnd": 0,
+                                     "TCPHystartDelayDetect": int(exits), "TCPHystartDelayCwnd": 20 * exits}
 
 
 @pytest.mark.parametrize("gap_ms, exits", [(1.0, True), (3.0, False)])
@@ -157,6 +160,8 @@ def test_hystart_leaves_slow_start_on_an_ack_train(gap_ms, exits):
         assert cc.ssthresh_segments == 20.0
     else:
         assert seen_exit_at is None and cc.ssthresh_segments == float("inf")
+    assert cc.tcp_ext_counters() == {"TCPHystartTrainDetect": int(exits), "TCPHystartTrainCwnd": 20 * exits,
+                                     "TCPHystartDelayDetect": 0, "TCPHystartDelayCwnd": 0}
 
 
 def test_hystart_waits_for_the_low_window():
@@ -166,6 +171,35 @@ def test_hystart_waits_for_the_low_window():
     for i in range(30):
         cc.pkts_acked(1.05 + 0.001 * i, 1, 0.080, 16 * MSS + i * MSS, 40 * MSS)
     assert not cc.hystart_found and cc.ssthresh_segments == float("inf")
+
+
+def test_a_hystart_round_starts_at_its_first_ack_even_below_the_low_window():
+    # Linux 6.14+ (commit 25c1a9ca53db, net/ipv4/tcp_cubic.c hystart_update): the round is reset
+    # on the first ACK past the previous round's end whatever cwnd is; only the detectors wait
+    # for cwnd 16. A round starts at 1.05 s with cwnd 12 (the ACK acknowledges past end_seq =
+    # 20 MSS); ACKs follow 0.5 ms apart at an unchanged 40 ms RTT, cwnd + 1 per ACK (slow start,
+    # as the sender would grow it), so cwnd reaches 16 on the fifth ACK (1.052 s). The ACK train
+    # is measured from the round's start: the first ACK more than (40000 + 1000) >> 1 = 20500 us
+    # after 1.05 s is the one at 1.071 s, cwnd 12 + 42 = 54. Starting the round at the first ACK
+    # with cwnd 16 (before the fix, and the model before) would exit 2 ms later, at cwnd 58.
+    cc = Cubic(hz=1000)
+    cc.cwnd_segments = 12.0
+    cc.pkts_acked(1.0, 1, 0.040, MSS, 20 * MSS)  # delay_min 40000 us; round end 20 MSS
+    assert cc.end_seq == 20 * MSS
+    start = 1.05
+    exit_at = None
+    for i in range(80):
+        now = start + 0.0005 * i
+        cc.pkts_acked(now, 1, 0.040, 21 * MSS + i * MSS, 200 * MSS)
+        if i == 0:
+            assert cc.round_start_us == 1_050_000 and cc.end_seq == 200 * MSS
+        if cc.hystart_found:
+            exit_at = (round((now - start) * 1000, 3), cc.cwnd_segments)
+            break
+        cc.cwnd_segments += 1
+    assert exit_at == (21.0, 54.0)
+    assert cc.ssthresh_segments == 54.0
+    assert cc.tcp_ext_counters()["TCPHystartTrainCwnd"] == 54
 
 
 def test_hystart_spares_a_deep_queue_the_slow_start_overshoot():
