@@ -206,3 +206,18 @@ def test_converters_remembered_client_allowed_is_the_policys_answer_also_past_it
         for address in addresses:
             assert converter.client_allowed(address) == policy.client_allowed(address)
     assert len(converter.allowed_addresses) <= 256
+
+
+def test_the_wakeup_bytes_stop_or_reload_the_daemon_themselves():
+    # signal.set_wakeup_fd writes one byte per signal caught; the daemon acts on those bytes, not
+    # only in its Python-level handlers, which the compiled build's native loop may not run until
+    # the next event (ConverterDaemon._on_signals).
+    import signal
+    from types import SimpleNamespace
+
+    from mpsim.live.converter import ConverterDaemon
+
+    calls = []
+    daemon = SimpleNamespace(stop=lambda: calls.append("stop"), reload=lambda: calls.append("reload"))
+    ConverterDaemon._on_signals(daemon, bytes([signal.SIGHUP, signal.SIGTERM, signal.SIGUSR1, signal.SIGINT]))
+    assert calls == ["reload", "stop", "stop"]
