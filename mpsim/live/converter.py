@@ -224,6 +224,13 @@ class _Conn:
         self.relayed_bytes = 0
 
 
+def signal_actions(caught: bytes) -> tuple[bool, bool]:
+    """(stop, reload) for the signal numbers a wakeup socket carried: SIGTERM or SIGINT stops,
+    SIGHUP reloads the cookie secrets; other signals do nothing."""
+    stop = signal.SIGTERM in caught or signal.SIGINT in caught
+    return stop, signal.SIGHUP in caught
+
+
 class ConverterDaemon:
     """The converter: :meth:`start` opens the listeners, :meth:`run` serves until :meth:`stop`
     (or SIGTERM/SIGINT with :meth:`install_signal_handlers`), then returns the exit status."""
@@ -333,11 +340,11 @@ class ConverterDaemon:
         native code, and a SIGTERM with nothing else happening (an idle relay open) waited there
         for the next event, past the grace period (tests/live/test_converter.py, seen in 3 of 6
         compiled runs). Both paths only set flags, so acting twice is harmless."""
-        for signum in caught:
-            if signum in (signal.SIGTERM, signal.SIGINT):
-                self.stop()
-            elif signum == signal.SIGHUP:
-                self.reload()
+        stop, reload = signal_actions(caught)
+        if stop:
+            self.stop()
+        if reload:
+            self.reload()
 
     def reload(self) -> None:
         """Re-read the cookie secret file (after a rotation) at the next turn of the loop."""
