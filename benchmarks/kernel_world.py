@@ -221,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         if report.kernel_record is not None:  # recorded once, in --kernel-runs
             _write_record(args.kernel_runs / f"{job}.json", report.kernel_record)
             report.kernel_record = None
-        report.write(args.out / f"kernel_world-{job}")
+        args.out.mkdir(parents=True, exist_ok=True)
+        report.figure(args.out / f"kernel_world-{job}.png")  # its rows go into kernel_world.csv
         reports[job] = report.as_dict()
     if args.kernel_only:
         return 0
