@@ -124,7 +124,11 @@ Linux 6.6-6.18 (``net/mptcp/protocol.c``; ``scheduler="default"``, :class:`_Conn
   queued bytes (``avg_pacing_rate``); nothing is sent if that subflow's buffer is full;
 * ``__mptcp_push_pending`` / ``__subflow_push_pending`` / ``mptcp_sendmsg_frag``: the pick gets a
   burst of up to 65,428 bytes (``MPTCP_SEND_BURST_SIZE``, bounded by the connection window and
-  the subflow's buffer) *committed to its own send queue*, whatever its cwnd; the subflow sends
+  the subflow's buffer) *committed to its own send queue*, whatever its cwnd, in whole data
+  fragments (the application's bytes in 32 KiB page frags, ``struct mptcp_data_frag``): the burst
+  and the buffer are checked only after each fragment, so a pick runs on to the next fragment
+  boundary (up to a fragment past the burst or ``sk_sndbuf``; fragments are taken as aligned at
+  every 32,768 bytes of the data sequence, without the 40-byte header each carries); the subflow sends
   from that queue as its cwnd allows (``tcp_write_xmit``), and a tail loss probe sends the next
   segment queued on it. Committed data never moves to another subflow (hence a slow subflow
   can hold megabytes of a pinned buffer while the fast one starves);
@@ -1576,10 +1580,13 @@ class _ConnectionSender:
             subflow.avg_pacing_rate = (subflow.avg_pacing_rate * wmem + subflow.pacing_rate() * burst) / (burst + wmem)
             mss = subflow.payload_max_bytes
             committed = 0
-            # __subflow_push_pending: until the burst is spent or the subflow's buffer is full;
-            # mptcp_sendmsg_frag never crosses the connection window (and, in the model, sends no
-            # partial segment to fit it: sender-side silly window avoidance).
-            while burst > 0 and subflow.wmem_queued < subflow.sndbuf_bytes:
+            # __subflow_push_pending: whole data fragments (the application's bytes in 32 KiB page
+            # frags, MPTCP_DFRAG_BYTES) until the burst is spent or the subflow's buffer is full,
+            # both checked only between fragments: a fragment once begun goes on this subflow
+            # whatever its buffer (up to a fragment beyond sk_sndbuf). mptcp_sendmsg_frag never
+            # crosses the connection window (and, in the model, sends no partial segment to fit
+            # it: sender-side silly window avoidance).
+            while True:
                 dsn = self.next_dsn
                 length = min(mss, written_end - dsn)
                 if length <= 0 or dsn + length > self.right_edge:
@@ -1588,6 +1595,9 @@ class _ConnectionSender:
                 self.next_dsn = dsn + length
                 burst -= length
                 committed += length
+                if self.next_dsn // MPTCP_DFRAG_BYTES != dsn // MPTCP_DFRAG_BYTES and \
+                        (burst <= 0 or subflow.wmem_queued >= subflow.sndbuf_bytes):
+                    break
             subflow.transmit_queued(now)
             if not committed:
                 break
