@@ -145,11 +145,28 @@ def _check_address_id(address_id: int) -> None:
         raise ValueError(f"address_id must be an int in 0..255, got {address_id!r}")
 
 
-class JoinInitiator:
+class _JoinOutputs:
+    """What a join machine produced since it was last asked: segments to send and events."""
+
+    def __init__(self) -> None:
+        self._segments: list[JoinSegment] = []
+        self._events: list[SubflowFullyEstablished | JoinFailed] = []
+
+    def pull_segments(self) -> list[JoinSegment]:
+        segments, self._segments = self._segments, []
+        return segments
+
+    def pull_events(self) -> list[SubflowFullyEstablished | JoinFailed]:
+        events, self._events = self._events, []
+        return events
+
+
+class JoinInitiator(_JoinOutputs):
     """Host A's side of one MP_JOIN handshake (module doc). States: ``idle`` -> ``syn_sent`` ->
     ``pre_established`` -> ``joined``, or ``failed``."""
 
     def __init__(self, keys: JoinKeys, address_id: int, policy: TcpPolicy, rng: Rng) -> None:
+        super().__init__()
         if not isinstance(keys, JoinKeys):
             raise ValueError(f"keys must be JoinKeys, got {keys!r}")
         if not isinstance(policy, TcpPolicy):
@@ -168,18 +185,8 @@ class JoinInitiator:
         self.handshake_rtt_s: float | None = None  # SYN -> SYN-ACK
         self.third_ack_retransmissions = 0
         self._timer_s: float | None = None
-        self._segments: list[JoinSegment] = []
-        self._events: list[SubflowFullyEstablished | JoinFailed] = []
 
-    # --- outputs ------------------------------------------------------------------------------
-
-    def pull_segments(self) -> list[JoinSegment]:
-        segments, self._segments = self._segments, []
-        return segments
-
-    def pull_events(self) -> list[SubflowFullyEstablished | JoinFailed]:
-        events, self._events = self._events, []
-        return events
+    # --- outputs (and pull_segments / pull_events, from _JoinOutputs) ------------------------------
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` is due (the SYN or the third-ACK timer), or None."""
@@ -279,12 +286,13 @@ class JoinInitiator:
         self._events.append(JoinFailed(now, reason, reset))
 
 
-class JoinListener:
+class JoinListener(_JoinOutputs):
     """Host B's side of one MP_JOIN handshake (module doc). States: ``listen`` ->
     ``synack_sent`` -> ``established``; ``plain`` (a SYN without MP_JOIN was answered as plain
     TCP); ``closed`` (reset)."""
 
     def __init__(self, keys: JoinKeys, address_id: int, rng: Rng) -> None:
+        super().__init__()
         if not isinstance(keys, JoinKeys):
             raise ValueError(f"keys must be JoinKeys, got {keys!r}")
         _check_address_id(address_id)
@@ -300,16 +308,7 @@ class JoinListener:
         self.third_ack_s: float | None = None
         self.rtt_s: float | None = None  # SYN-ACK -> third ACK
         self._synack_sent_s = 0.0
-        self._segments: list[JoinSegment] = []
-        self._events: list[SubflowFullyEstablished | JoinFailed] = []
 
-    def pull_segments(self) -> list[JoinSegment]:
-        segments, self._segments = self._segments, []
-        return segments
-
-    def pull_events(self) -> list[SubflowFullyEstablished | JoinFailed]:
-        events, self._events = self._events, []
-        return events
 
     def receive_syn(self, option: MpJoinSyn | None, now: float) -> None:
         """A SYN arrived; ``option``: its MP_JOIN, None if it carries none."""

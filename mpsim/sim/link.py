@@ -240,7 +240,9 @@ class LinkDirection:
         if type(packet) in LIGHT_PACKET_TYPES and not self._light_filters and type(self.loss) is NoLoss \
                 and (trace is None or not trace.record_packets):
             # The bulk of all packets: a transfer's light segment on a direction with nothing that
-            # filters, drops at random or records it. The same steps as below, without their tests.
+            # filters, drops at random or records it. The same steps as below, without their tests,
+            # and as _send_unfiltered, inlined here: one call less per segment of every bulk
+            # transfer (0.8 % of a bulk flow's instructions when it called the method).
             size_bytes = packet.size_bytes
             counters = self.counters
             counters.packets_sent += 1
