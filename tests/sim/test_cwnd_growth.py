@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import simpy
 
-from mpsim.sim.link import schedule_call
-from mpsim.sim.transfer import BulkTransfer, deliver_segment
-from tests.sim.test_transfer import MSS, Tap, make_path
+from mpsim.sim.transfer import BulkTransfer
+from tests.sim.test_transfer import MSS, Tap, delay_first_copies, make_path
 
 ONE_WAY_S = 0.025
 
@@ -29,16 +28,7 @@ def first_flight(delays):
     tap = Tap()
     forward, backward = make_path(env, "p", rate_bps=100e6, one_way_delay_s=ONE_WAY_S, trace=tap)
     transfer = BulkTransfer(env, [(forward, backward)], 200 * MSS)
-    pending = {i * MSS: extra_s for i, extra_s in delays.items()}
-
-    def deliver_late(segment):
-        extra_s = pending.pop(segment.seq, None) if segment.payload_bytes else None
-        if extra_s is None:
-            deliver_segment(segment)
-        else:
-            schedule_call(env, extra_s, lambda _event: deliver_segment(segment))
-
-    forward.deliver = deliver_late
+    delay_first_copies(env, forward, delays)
     env.run(until=0.075)
     subflow = transfer.sender.subflows[0]
     sent = sum(1 for _t, p in tap.sent if p.payload_bytes)

@@ -12,9 +12,8 @@ from __future__ import annotations
 import pytest
 import simpy
 
-from mpsim.sim.link import schedule_call
-from mpsim.sim.transfer import BulkTransfer, deliver_segment
-from tests.sim.test_transfer import MSS, DropSegments, Tap, make_path
+from mpsim.sim.transfer import BulkTransfer
+from tests.sim.test_transfer import MSS, DropSegments, Tap, delay_first_copies, make_path
 
 ONE_WAY_S = 0.025
 DATA_WIRE_S = 1500 * 8 / 100e6  # 120 us
@@ -31,16 +30,7 @@ def transfer_on_one_path(segments, loss_detection, *, drop=(), delays=None):
                                   loss=DropSegments([i * MSS for i in drop]) if drop else None)
     transfer = BulkTransfer(env, [(forward, backward)], segments * MSS, loss_detection=loss_detection)
     if delays:
-        pending = {i * MSS: extra_s for i, extra_s in delays.items()}
-
-        def deliver_late(segment):
-            extra_s = pending.pop(segment.seq, None) if segment.payload_bytes else None
-            if extra_s is None:
-                deliver_segment(segment)
-            else:
-                schedule_call(env, extra_s, lambda _event: deliver_segment(segment))
-
-        forward.deliver = deliver_late
+        delay_first_copies(env, forward, delays)
     env.run()
     sent = [(t, p.seq // MSS) for t, p in tap.sent if p.payload_bytes]
     return transfer, sent

@@ -11,20 +11,10 @@ from mpsim.sim.link import LinkDirection
 from mpsim.sim.transfer import (BulkTransfer, _ReceiveSpace, measured_scaling_ratio, space_from_win,
                                 win_from_space)
 from mpsim.wire.segment import decode_packet, encode_packet
+from tests.sim.test_transfer import Tap
 
 MIB = 1024 * 1024
 MSS = 1448
-
-
-class Tap:
-    record_packets = True
-
-    def __init__(self):
-        self.sent = []
-
-    def packet(self, time_s, direction, kind, packet, packet_id, reason=None):
-        if kind == "sent":
-            self.sent.append((time_s, packet))
 
 
 def one_path(env, rate_bps=10e6, one_way_delay_s=0.02, ack_trace=None, name="p"):

@@ -14,7 +14,7 @@ import simpy
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mpsim.sim.link import LinkDirection
+from mpsim.sim.link import LinkDirection, schedule_call
 from mpsim.sim.loss import Bernoulli, GilbertElliott
 from mpsim.sim.seeds import component_rng
 from mpsim.sim.transfer import BulkTransfer, Segment, _add_range, deliver_segment, sack_capacity
@@ -45,6 +45,21 @@ def run_transfer(paths_spec, size_bytes, *, seed=1, until=None, **kwargs):
     transfer = BulkTransfer(env, paths, size_bytes, **kwargs)
     env.run(until=until)
     return transfer.result()
+
+
+def delay_first_copies(env, direction, delays):
+    """Make ``direction`` deliver the first copy of the data segments ``delays`` names ({segment
+    index: extra seconds}) that much later: reordering. Retransmissions arrive on time."""
+    pending = {i * MSS: extra_s for i, extra_s in delays.items()}
+
+    def deliver_late(segment):
+        extra_s = pending.pop(segment.seq, None) if segment.payload_bytes else None
+        if extra_s is None:
+            deliver_segment(segment)
+        else:
+            schedule_call(env, extra_s, lambda _event: deliver_segment(segment))
+
+    direction.deliver = deliver_late
 
 
 class Tap:
