@@ -69,8 +69,11 @@ ACKs: quick ACK for the first 16 segments (Linux ``TCP_MAX_QUICKACKS``), then an
 than rcv_mss bytes arrived since the last one, else after 40 ms (``TCP_DELACK_MIN``):
 Linux 6.x ``__tcp_ack_snd_check``, with rcv_mss measured as ``tcp_measure_rcv_mss`` does (the
 largest segment, or the size of two equal smaller ones in a row: one ACK per two full segments,
-or per two parts of split ones); immediate ACKs while out-of-order data is held, when a hole is
-filled and for duplicates. The advertised window is the receive buffer's as Linux offers it
+or per two parts of split ones); immediate ACKs when a hole is filled, for in-order data while
+out-of-order data is held, and for duplicates; a segment that is itself held out of order is
+ACKed at once only three times per rcv_nxt, after that with SACK compression (Linux 4.18+,
+``__tcp_ack_snd_check``: held back for min(1 ms, RTT / 20), at most 44 ACKs;
+``_SubflowReceiver._compress_sack``). The advertised window is the receive buffer's as Linux offers it
 ("Receive window" below), relative to the cumulative (DATA_)ACK, and its right edge never moves
 back (RFC 9293 3.8.6, Linux ``tcp_select_window``).
 
@@ -351,6 +354,13 @@ RTO_INITIAL_S = 1.0  # RFC 6298 2.1
 DELAYED_ACK_S = 0.04  # TCP_DELACK_MIN
 QUICKACK_SEGMENTS = 16  # TCP_MAX_QUICKACKS
 DUPTHRESH = 3
+#: SACK compression (net/ipv4/tcp_input.c ``__tcp_ack_snd_check``, Linux 4.18+; the defaults of
+#: net.ipv4.tcp_comp_sack_nr and tcp_comp_sack_delay_ns): at most this many ACKs held back...
+TCP_COMP_SACK_NR = 44
+#: ...and for at most this long (or 5 % of the receiver's RTT estimate, whichever is shorter).
+TCP_COMP_SACK_DELAY_S = 0.001
+#: Linux TCP_FASTRETRANS_THRESH: the duplicate ACKs sent at once for one rcv_nxt before compressing.
+TCP_FASTRETRANS_THRESH = 3
 #: Linux TCP_MSS_DEFAULT: the receiver's rcv_mss before it has measured one (tcp_initialize_rcv_mss).
 TCP_MSS_DEFAULT_BYTES = 536
 #: Linux TCP_TIMEOUT_MIN_US: added to the RACK reordering timer and to the loss probe timeout
@@ -1949,10 +1959,19 @@ class _SubflowReceiver:
         self.ooo: list[list[int]] = []  # out-of-order [left, right) ranges, sorted
         self.ooo_segments: dict[int, Segment] = {}  # by seq
         self.delack_timer = _Timer(self.env, self._on_delayed_ack)
+        # SACK compression (_compress_sack): Linux tp->compressed_ack, compressed_ack_rcv_nxt,
+        # dup_ack_counter and the compressed_ack_timer; the seq of the newest held segment, whose
+        # SACK block goes first when the held-back ACK leaves.
+        self.compressed_acks = 0
+        self.compressed_ack_rcv_nxt = 0
+        self.dup_ack_counter = 0
+        self.compressed_latest_seq = 0
+        self.comp_sack_timer = _Timer(self.env, self._on_compressed_ack)
         # counters
         self.bytes_in_order = 0
         self.duplicate_segments = 0
         self.acks_sent = 0
+        self.acks_compressed = 0  # Linux LINUX_MIB_TCPACKCOMPRESSED (TcpExt TCPAckCompressed)
         self.resets_sent = 0
 
     def receive(self, segment: Segment) -> None:
@@ -1985,11 +2004,70 @@ class _SubflowReceiver:
                 immediate = self.rcv_nxt - self.rcv_wup > self.rcv_mss
         else:
             latest = self._receive_overlapping(segment)
+            if latest is not None and seq > self.rcv_nxt and not self._ack_now():
+                self._compress_sack(seq, latest)
+                return
             immediate = True
         if immediate:
             self.send_ack(latest)
         elif self.delack_timer.deadline_s is None:
             self.delack_timer.set(self.env.now + self.delayed_ack_s)
+
+    def _ack_now(self) -> bool:
+        """The first test of Linux ``__tcp_ack_snd_check`` for a segment held out of order: more
+        than rcv_mss received since the last ACK, or quick-ACK mode (which the ACK then uses up,
+        ``tcp_dec_quickack_mode``)."""
+        if self.rcv_nxt - self.rcv_wup > self.rcv_mss:
+            return True
+        if self.quickacks_left > 0:
+            self.quickacks_left -= 1
+            return True
+        return False
+
+    def _compress_sack(self, seq: int, latest: int) -> None:
+        """SACK compression, as Linux 6.18 runs it for a segment that leaves data held out of order
+        (``__tcp_ack_snd_check`` in net/ipv4/tcp_input.c; ``tcp_event_ack_sent`` in tcp_output.c;
+        ``tcp_compressed_ack_kick`` in tcp_timer.c): the first TCP_FASTRETRANS_THRESH (3) ACKs
+        for one rcv_nxt go at once (the sender's duplicate-ACK threshold), later ones are held
+        back until 44 are held (net.ipv4.tcp_comp_sack_nr) or a timer of min(1 ms
+        (tcp_comp_sack_delay_ns), 5 % of the RTT) expires; any ACK sent meanwhile (in-order data,
+        a filled hole) takes them along and stops the timer. The RTT is Linux's smaller of the
+        receiver's estimate (here the sender's SRTT, module docstring) and its own srtt, which a
+        receiver has from its handshake (here the sender's smallest RTT sample); none yet: 0.
+        Simplified: the timer fires at its delay (Linux's hrtimer has 100 us of slack,
+        tcp_comp_sack_slack_ns), no socket-owned-by-user deferral. At 50 Mbit/s (a segment every
+        0.24 ms) one ACK per about four segments held; at 10 Mbit/s (1.2 ms) none is held."""
+        if self.compressed_acks >= TCP_COMP_SACK_NR:
+            self.send_ack(latest)
+            return
+        if self.compressed_ack_rcv_nxt != self.rcv_nxt:
+            self.compressed_ack_rcv_nxt = self.rcv_nxt
+            self.dup_ack_counter = 0
+        if self.dup_ack_counter < TCP_FASTRETRANS_THRESH:
+            self.dup_ack_counter += 1
+            self.send_ack(latest)
+            return
+        self.compressed_acks += 1
+        self.compressed_latest_seq = seq
+        if self.comp_sack_timer.deadline_s is None:
+            sender = self.sender
+            rtt_s = sender.srtt_s or 0.0
+            if sender.min_rtt_s < rtt_s:
+                rtt_s = sender.min_rtt_s
+            delay_s = min(TCP_COMP_SACK_DELAY_S, rtt_s / 20)
+            self.comp_sack_timer.set(self.env.now + delay_s)
+
+    def _range_holding(self, seq: int) -> int | None:
+        """The index of the out-of-order range holding seq (its SACK block goes first), or None."""
+        for i, (left, right) in enumerate(self.ooo):
+            if left <= seq < right:
+                return i
+        return None
+
+    def _on_compressed_ack(self, now: float) -> None:
+        if self.compressed_acks:
+            self.compressed_acks -= 1  # the ACK that goes now is not counted as compressed
+            self.send_ack(self._range_holding(self.compressed_latest_seq))
 
     def _measure_rcv_mss(self, segment: Segment) -> None:
         """Linux ``tcp_measure_rcv_mss`` (net/ipv4/tcp_input.c, 6.x), run on in-order data: a
@@ -2133,6 +2211,10 @@ class _SubflowReceiver:
     def send_ack(self, latest: int | None = None) -> None:
         self.rcv_wup = self.rcv_nxt
         self.delack_timer.cancel()
+        if self.compressed_acks:  # tcp_event_ack_sent: this ACK carries the held-back ones
+            self.acks_compressed += self.compressed_acks
+            self.compressed_acks = 0
+            self.comp_sack_timer.cancel()
         conn = self.conn
         blocks = self._sack_blocks(latest)
         size_bytes = self.ack_header_bytes
