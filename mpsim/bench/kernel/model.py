@@ -84,7 +84,12 @@ class ModelSettings:
     """How a testbed configuration maps onto the model (recorded with the results)."""
 
     one_way_delay_s: float  # half the testbed's measured base RTT: veth has no propagation delay
-    buffer_bytes: int = 8 * MIB  # 16 MiB tcp_rmem/tcp_wmem of truesize, about half of it payload
+    # The testbed's tcp_rmem/tcp_wmem maxima, counted as the kernel counts them: the model's receive
+    # buffer is truesize (2304 bytes per received skb) and offers scaling_ratio / 256 of it as
+    # window, its subflows' send buffers charge 2304 per segment (docs/sim.md, "The receive
+    # window"). It was 8 MiB while the model counted payload (about half); the figures are the
+    # same with either, as auto-tuning stays far below both at these rates and delays.
+    buffer_bytes: int = 16 * MIB
     rate_factor: float = L2_FACTOR  # tbf's L2 rate -> the model's IP-level rate
     queue_s: float = QUEUE_S
 
