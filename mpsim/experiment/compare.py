@@ -352,7 +352,8 @@ def compare(loaded: LoadedScenario, *, variants: Sequence[str] | None = None, pr
         built = list(dict.fromkeys(r.variant for r in kernel.runs))
     if progress:
         progress("model: " + ", ".join(built))
-    model = results.run(loaded, variants=built)
+    # The model's access links shape as the kernel world's tbf qdiscs do (docs/kernel-world.md).
+    model = results.run(loaded, variants=built, shaper="tbf")
     report = compare_results(model, kernel, skipped=kernel.skipped)
     if kernel_from is not None:
         report.kernel_source, report.notes = kernel.source, kernel.notes

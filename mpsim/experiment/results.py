@@ -270,15 +270,16 @@ def _networks(conns: pd.DataFrame) -> list[str]:
 
 
 def run(loaded: LoadedScenario, *, variants: Sequence[str] | None = None, record_packets: bool = False,
-        on_simulation_done: Callable[[], None] | None = None) -> Results:
+        on_simulation_done: Callable[[], None] | None = None, shaper: str = "ideal") -> Results:
     """Run every variant (or those named) for every run index of a loaded scenario;
-    ``on_simulation_done`` is called after each (run index, variant) simulation (progress)."""
+    ``on_simulation_done`` is called after each (run index, variant) simulation (progress);
+    ``shaper``: how the access links shape (:data:`mpsim.experiment.simulation.SHAPERS`)."""
     names = list(variants) if variants else list(loaded.variants)
     results = []
     for run_index in range(loaded.base.runs):
         for name in names:
             simulation = Simulation(loaded.variants[name], variant=name, run_index=run_index,
-                                    record_packets=record_packets)
+                                    record_packets=record_packets, shaper=shaper)
             result = simulation.run()
             if not record_packets:
                 result.trace, result.simulation = None, None  # events are in the rows; keep memory flat

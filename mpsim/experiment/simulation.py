@@ -327,10 +327,20 @@ def workload_arrival_times(workload: WorkloadSpec, duration_s: float, rng: Calla
         times.append(t)
 
 
+#: How the access paths' links shape (``Simulation(shaper=...)``): "ideal" serializes at the rate;
+#: "tbf" shapes as the kernel world's tbf qdiscs do (mpsim/sim/link.py: a token bucket of the
+#: kernel world's burst, Ethernet framing counted, its queue limit), which ``mpsim compare`` uses.
+SHAPERS = ("ideal", "tbf")
+
+
 class Simulation:
     """One run of one scenario variant: build with the constructor, then :meth:`run`."""
 
-    def __init__(self, scenario: Scenario, *, variant: str, run_index: int, record_packets: bool = False) -> None:
+    def __init__(self, scenario: Scenario, *, variant: str, run_index: int, record_packets: bool = False,
+                 shaper: str = "ideal") -> None:
+        if shaper not in SHAPERS:
+            raise ValueError(f"shaper {shaper!r}: expected one of {', '.join(SHAPERS)}")
+        self.shaper = shaper
         self.scenario = scenario
         self.variant = variant
         self.run_index = run_index
@@ -379,11 +389,15 @@ class Simulation:
         return node
 
     def _direction(self, name: str, *, delay_s: float, rate_bps: float, jitter_s: float = 0.0,
-                   queue_bytes: int | None = None, loss: dict | None = None, filters: tuple = ()) -> LinkDirection:
+                   queue_bytes: int | None = None, loss: dict | None = None, filters: tuple = (),
+                   access: bool = False) -> LinkDirection:
+        burst_bytes, framing_bytes = None, 0
+        if access and self.shaper == "tbf":
+            burst_bytes, queue_bytes, framing_bytes = tbf_shaper(rate_bps, queue_bytes)
         return LinkDirection(self.env, name, delay_s=delay_s, rate_bps=rate_bps, jitter_s=jitter_s,
                              rng=self.rng(f"jitter.{name}") if jitter_s else None, queue_limit_bytes=queue_bytes,
                              loss=loss_from_spec(loss, self.rng(f"loss.{name}")) if loss else None,
-                             filters=filters)
+                             filters=filters, burst_bytes=burst_bytes, framing_bytes=framing_bytes)
 
     def _build(self) -> None:
         s = self.scenario
@@ -425,9 +439,9 @@ class Simulation:
         for name in self.path_names:
             p = s.paths[name]
             up = self._direction(f"{name}.up", delay_s=p.delay_s, rate_bps=p.rate_up_bps, jitter_s=p.jitter_s,
-                                 queue_bytes=p.queue_bytes, loss=p.loss)
+                                 queue_bytes=p.queue_bytes, loss=p.loss, access=True)
             down = self._direction(f"{name}.down", delay_s=p.delay_s, rate_bps=p.rate_down_bps, jitter_s=p.jitter_s,
-                                   queue_bytes=p.queue_bytes, loss=p.loss)
+                                   queue_bytes=p.queue_bytes, loss=p.loss, access=True)
             # On the path, the primary access link ends at the proxy's client side, not the router.
             far, far_port = (conv_node, "in") if self.on_path and name == s.primary_path else \
                 (router_node, f"access.{name}")
@@ -608,7 +622,7 @@ class Simulation:
             pair = []
             for side, rate_bps, real in (("up", p.rate_up_bps, link.up), ("down", p.rate_down_bps, link.down)):
                 own = self._direction(f"{name}.h{household}.{side}", delay_s=p.delay_s, rate_bps=rate_bps,
-                                      jitter_s=p.jitter_s, queue_bytes=p.queue_bytes, loss=p.loss)
+                                      jitter_s=p.jitter_s, queue_bytes=p.queue_bytes, loss=p.loss, access=True)
                 own.link_name, own.label = f"path.{name}.h{household}", real.label
                 own.src_node, own.dst_node, own.dst_port = real.src_node, real.dst_node, real.dst_port
                 own.trace, own.deliver = self.trace, forward_segment
@@ -1006,5 +1020,19 @@ class Simulation:
                  "detail": event_detail(r.event)} for r in self.trace.events]
 
 
-def run_scenario(scenario: Scenario, *, variant: str, run_index: int, record_packets: bool = False) -> RunResult:
-    return Simulation(scenario, variant=variant, run_index=run_index, record_packets=record_packets).run()
+def tbf_shaper(rate_bps: float, queue_bytes: int | None) -> tuple[int, int, int]:
+    """(burst, queue limit, framing) in bytes of the tbf the kernel world puts on an access
+    direction of this rate and queue (mpsim/testbed/shaping.py ``PathSpec.tbf_sizes``: burst
+    max(15 KB, 1 ms at the rate), limit the queue's time at the rate but at least the burst and two
+    frames; tbf counts the 14-byte Ethernet header)."""
+    from mpsim.testbed.shaping import MTU_FRAME_BYTES, PathSpec
+
+    queue_s = (queue_bytes or 0) * 8 / rate_bps
+    burst_bytes, limit_bytes = PathSpec(rate_bps=int(rate_bps), queue_s=min(max(queue_s, 1e-6), 10.0)).tbf_sizes()
+    return burst_bytes, limit_bytes, MTU_FRAME_BYTES - 1500
+
+
+def run_scenario(scenario: Scenario, *, variant: str, run_index: int, record_packets: bool = False,
+                 shaper: str = "ideal") -> RunResult:
+    return Simulation(scenario, variant=variant, run_index=run_index, record_packets=record_packets,
+                      shaper=shaper).run()

@@ -12,6 +12,15 @@ A packet offered to a direction goes through, in order:
 5. **propagation**: arrival = departure + ``delay_s`` (+ a uniform draw in ``[0, jitter_s)``);
 6. **delivery** to the ``deliver`` callback (the receiving node's port), at the arrival time.
 
+A direction may instead shape as Linux's token bucket filter does (``burst_bytes``, net/sched/
+sch_tbf.c, Linux 6.18; :meth:`LinkDirection._depart_tbf`): a packet leaves as soon as the bucket
+holds its length, and the bucket refills at ``rate_bps`` up to ``burst_bytes``, full at the start;
+the device behind the qdisc takes no time (a veth or an IFB), so after an idle spell up to
+``burst_bytes`` pass at once. ``framing_bytes`` is what the shaper counts beyond the IP length
+(14: the Ethernet header, which tbf charges on the veth and the IFB), for the rate, the bucket and
+the queue alike. The kernel world shapes its paths this way (``mpsim compare`` gives the model the
+same shaper: docs/kernel-world.md).
+
 Simplifications: the queue is computed, not simulated: each accepted packet's departure time is
 known when it is offered (``max(now, busy_until) + size * 8 / rate``), so a direction costs one
 SimPy event per delivered packet and no process. The packet being serialized does not count
@@ -161,7 +170,7 @@ class LinkDirection:
                  queue_limit_bytes: int | None = None, queue_limit_packets: int | None = None,
                  jitter_s: float = 0.0, rng: Any = None, loss: LossModel | None = None,
                  filters: Iterable[PacketFilter] = (), deliver: Callable[[Any], None] | None = None,
-                 trace: PacketTracer | None = None) -> None:
+                 trace: PacketTracer | None = None, burst_bytes: int | None = None, framing_bytes: int = 0) -> None:
         if not delay_s >= 0:
             raise ValueError(f"{name}: delay_s must be >= 0, got {delay_s!r}")
         if rate_bps is not None and not rate_bps > 0:
@@ -176,6 +185,13 @@ class LinkDirection:
             raise ValueError(f"{name}: jitter_s must be >= 0, got {jitter_s!r}")
         if jitter_s > 0 and rng is None:
             raise ValueError(f"{name}: jitter_s > 0 needs an rng of its own (see mpsim.sim.seeds)")
+        if type(framing_bytes) is not int or framing_bytes < 0:
+            raise ValueError(f"{name}: framing_bytes must be an int >= 0, got {framing_bytes!r}")
+        if burst_bytes is not None:
+            if rate_bps is None:
+                raise ValueError(f"{name}: burst_bytes needs a rate_bps (a token bucket refills at the rate)")
+            if type(burst_bytes) is not int or burst_bytes < 1:
+                raise ValueError(f"{name}: burst_bytes must be an int >= 1 (None: no token bucket), got {burst_bytes!r}")
         self.env = env
         self.name = name
         self.delay_s = float(delay_s)
@@ -199,6 +215,15 @@ class LinkDirection:
         self._waiting: deque[tuple[float, int]] = deque()  # (start of serialization, size) of queued packets
         self._waiting_bytes = 0
         self._ids = itertools.count(1)
+        self.framing_bytes = framing_bytes
+        self.burst_bytes = burst_bytes
+        if burst_bytes is not None:
+            # the bucket in bytes at the instant tokens_s; sch_tbf's tbf_change fills it
+            self._tokens_bytes = float(burst_bytes)
+            self._tokens_s = 0.0
+            self._depart = self._depart_tbf  # type: ignore[method-assign]
+        elif framing_bytes:
+            self._depart = self._depart_framed  # type: ignore[method-assign]
 
     def __repr__(self) -> str:
         return f"<LinkDirection {self.name}>"
@@ -341,6 +366,41 @@ class LinkDirection:
             self._waiting_bytes += size_bytes
         self.busy_until_s = start_s + size_bytes * 8 / self.rate_bps
         return self.busy_until_s
+
+    def _depart_framed(self, now: float, size_bytes: int) -> float | None:
+        """:meth:`_depart` with the shaper counting ``framing_bytes`` more per packet."""
+        return LinkDirection._depart(self, now, size_bytes + self.framing_bytes)
+
+    def _depart_tbf(self, now: float, size_bytes: int) -> float | None:
+        """When the packet leaves a token bucket filter (net/sched/sch_tbf.c ``tbf_dequeue``, Linux
+        6.18), or None if its queue is full: first in first out, it leaves once the bucket holds
+        its framed length (the bucket grows at the rate, at most to ``burst_bytes``) and takes
+        those tokens; the device behind it adds no time. The queue (tbf's child bfifo) holds the
+        packets not yet gone, limited in framed bytes."""
+        size_bytes += self.framing_bytes
+        start_s = self.busy_until_s if self.busy_until_s > now else now  # after the one before
+        if self._waiting:  # tbf_enqueue: the child queue's limit, over the packets not yet gone
+            self._dequeue_started(now)
+        if self.queue_limit_packets is not None and len(self._waiting) >= self.queue_limit_packets:
+            return None
+        if self.queue_limit_bytes is not None and self._waiting_bytes + size_bytes > self.queue_limit_bytes:
+            return None
+        bytes_per_s = self.rate_bps / 8  # type: ignore[operator]
+        tokens = self._tokens_bytes + (start_s - self._tokens_s) * bytes_per_s
+        if tokens > self.burst_bytes:  # type: ignore[operator]
+            tokens = float(self.burst_bytes)  # type: ignore[arg-type]
+        if tokens >= size_bytes:
+            depart_s = start_s
+            tokens -= size_bytes
+        else:  # it waits for the tokens it lacks
+            depart_s = start_s + (size_bytes - tokens) / bytes_per_s
+            tokens = 0.0
+        self._tokens_bytes, self._tokens_s = tokens, depart_s
+        if depart_s > now:
+            self._waiting.append((depart_s, size_bytes))
+            self._waiting_bytes += size_bytes
+        self.busy_until_s = depart_s
+        return depart_s
 
     def _arrive(self, packet: Any, size_bytes: int, packet_id: int, _event: Event) -> None:
         self.counters.packets_delivered += 1

@@ -17,9 +17,10 @@ CI_SCENARIO = str(MODELS / "ci_two_path.toml")
 
 
 def _recording(tmp_path: Path, overrides=(), runs: int = 2) -> Path:
-    """A tiny recording: the model's run of the CI scenario, stored as kernel runs would be."""
+    """A tiny recording: the model's run of the CI scenario with the shaper compare gives the model
+    (the kernel world's tbf), stored as kernel runs would be."""
     loaded = load(CI_SCENARIO, [*overrides, f"runs={runs}"])
-    model = results.run(loaded)
+    model = results.run(loaded, shaper="tbf")
     kernel = kernel_world.KernelResults(loaded, model.runs,
                                         [kernel_world.KernelRun({}, {"client": {}}, {}, [], {}) for _ in model.runs],
                                         [])
