@@ -73,7 +73,11 @@ or per two parts of split ones); immediate ACKs when a hole is filled, for in-or
 out-of-order data is held, and for duplicates; a segment that is itself held out of order is
 ACKed at once only three times per rcv_nxt, after that with SACK compression (Linux 4.18+,
 ``__tcp_ack_snd_check``: held back for min(1 ms, RTT / 20), at most 44 ACKs;
-``_SubflowReceiver._compress_sack``). The advertised window is the receive buffer's as Linux offers it
+``_SubflowReceiver._compress_sack``). Not modelled: Linux sends the every-second-segment ACK only
+if the window it would offer is not smaller than the last one (``__tcp_select_window(sk) >=
+tp->rcv_wnd``), so with unread data it waits for the application's read (``tcp_cleanup_rbuf``)
+or the socket's backlog (``tcp_backlog_ack_defer``): the kernel world's receivers ACK in-order
+data about once per three segments at 50 Mbit/s (docs/kernel-facts.md). The advertised window is the receive buffer's as Linux offers it
 ("Receive window" below), relative to the cumulative (DATA_)ACK, and its right edge never moves
 back (RFC 9293 3.8.6, Linux ``tcp_select_window``).
 

@@ -108,3 +108,14 @@ def test_a_fresh_hole_after_progress_gets_its_three_acks_at_once_again():
     arrive(env, receiver, 0.0012, 2)
     arrive(env, receiver, 0.0013, 8)
     assert [s.ack for s in sink.sent[4:]] == [7 * MSS, 7 * MSS] and receiver.compressed_acks == 0
+
+
+def test_quick_ack_mode_acks_held_data_at_once_and_is_used_up_by_it():
+    """In quick-ACK mode (the first TCP_MAX_QUICKACKS segments) ``__tcp_ack_snd_check`` sends at
+    once before any compression; each ACK sent uses one up (``tcp_dec_quickack_mode``)."""
+    env, receiver, sink = receiver_with_a_hole()
+    receiver.quickacks_left = 2
+    for k in (3, 4, 5, 6, 7, 8):  # 3, 4: quick ACKs; 5, 6, 7: the three duplicates; 8: held
+        arrive(env, receiver, 0.001, k)
+    assert receiver.quickacks_left == 0 and len(sink.sent) == 1 + 5
+    assert receiver.dup_ack_counter == 3 and receiver.compressed_acks == 1
