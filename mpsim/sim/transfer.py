@@ -76,8 +76,10 @@ ACKed at once only three times per rcv_nxt, after that with SACK compression (Li
 ``_SubflowReceiver._compress_sack``). Not modelled: Linux sends the every-second-segment ACK only
 if the window it would offer is not smaller than the last one (``__tcp_select_window(sk) >=
 tp->rcv_wnd``), so with unread data it waits for the application's read (``tcp_cleanup_rbuf``)
-or the socket's backlog (``tcp_backlog_ack_defer``): the kernel world's receivers ACK in-order
-data about once per three segments at 50 Mbit/s (docs/kernel-facts.md). The advertised window is the receive buffer's as Linux offers it
+or the socket's backlog (``tcp_backlog_ack_defer``): under loss, when flights arrive back to back
+faster than the application reads, the kernel world's receivers ACK in-order data about once per
+three segments (docs/kernel-facts.md); the model's application reads each segment as it arrives.
+The advertised window is the receive buffer's as Linux offers it
 ("Receive window" below), relative to the cumulative (DATA_)ACK, and its right edge never moves
 back (RFC 9293 3.8.6, Linux ``tcp_select_window``).
 
