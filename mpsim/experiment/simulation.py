@@ -738,7 +738,7 @@ class Simulation:
                                            spec.direction)
         transfer = BulkTransfer(self.env, paths, spec.size_bytes, cc=cc, coupled=coupled, mptcp=multipath,
                                 snd_buf_bytes=spec.snd_buf_bytes, rcv_buf_bytes=spec.rcv_buf_bytes,
-                                buffers=spec.buffers.value, addresses=addresses,
+                                buffers=spec.buffers.value, addresses=addresses, handshake_rtt_sample=True,
                                 # the client opens the further subflows (MP_JOIN) on its SYN timers
                                 joins_from="receiver" if spec.direction is Direction.DOWNLOAD else "sender",
                                 syn_policy=self.client.policy, kernel_hz=spec.kernel_hz,
@@ -809,6 +809,7 @@ class Simulation:
             cpu=self.cpu, cpu_per_byte_s=cv.relay_cpu_s_per_gb / 1e9 if self.cpu is not None else 0.0,
             snd_buf_bytes=spec.snd_buf_bytes, rcv_buf_bytes=spec.rcv_buf_bytes, buffers=spec.buffers.value,
             kernel_hz=spec.kernel_hz,  # both legs' senders (the proxy's kernel too)
+            handshake_rtt_sample=True,  # each leg's sender has its connection's handshake sample
             # the client opens the client leg's further subflows (MP_JOIN) on its SYN timers
             client_options={**client_pins,
                             "joins_from": "receiver" if spec.direction is Direction.DOWNLOAD else "sender",

@@ -2690,6 +2690,17 @@ class TransferRecord:
     tcp_ext: tuple[tuple[str, int], ...] = ()
 
 
+#: A SYN or SYN-ACK without MPTCP options: IPv4 and TCP headers and SYN_OPTIONS_BYTES (60).
+HANDSHAKE_SEGMENT_BYTES = 20 + 20 + SYN_OPTIONS_BYTES
+
+
+def _handshake_delay_s(direction: Any) -> float:
+    """One way of a handshake over ``direction`` (a link direction or a route of them): every
+    hop's delay and its serialisation of a SYN (HANDSHAKE_SEGMENT_BYTES), no queueing."""
+    return sum(hop.delay_s + (HANDSHAKE_SEGMENT_BYTES * 8 / hop.rate_bps if hop.rate_bps else 0.0)
+               for hop in getattr(direction, "hops", (direction,)))
+
+
 def _attach(direction: LinkDirection) -> None:
     if direction.deliver is None:
         direction.deliver = deliver_segment
@@ -2748,7 +2759,8 @@ class BulkTransfer:
                  syn_policy: TcpPolicy | None = None, kernel_hz: int = LINUX_HZ, name: str = "transfer",
                  source: Any = None, sink: Any = None,
                  addresses: Sequence[tuple[IPv4Address | IPv6Address, IPv4Address | IPv6Address]] | None = None,
-                 mptcp_keys: tuple[int, int] | None = None, join_rng: Any = None) -> None:
+                 mptcp_keys: tuple[int, int] | None = None, join_rng: Any = None,
+                 handshake_rtt_sample: bool = False) -> None:
         paths = list(paths)
         if not paths:
             raise ValueError("a transfer needs at least one path")
@@ -2854,6 +2866,15 @@ class BulkTransfer:
                 schedule_call(env, starts_s[index], lambda _event, sf=subflow: self.sender.activate(sf, env.now))
             self.joins.append(join)
         self.receiver.subflow_receivers = [s.receiver for s in self.sender.subflows]
+        if handshake_rtt_sample:
+            # The negotiated connection's handshake gave the sender an RTT sample (Linux
+            # tcp_ack_update_rtt on the SYN-ACK, tcp_synack_rtt_meas on the third ACK), as a
+            # join's does (_Join._activate): SRTT, RTO and the pacing rate the MPTCP scheduler's
+            # first picks weigh (mptcp_subflow_get_send) start from it.
+            first = self.sender.subflows[0]
+            forward, backward = paths[0]
+            first._rtt_sample(_handshake_delay_s(forward) + _handshake_delay_s(backward))
+            first.rto_s = first.rto_base_s
         self.sender.push(env.now)
 
     @property
