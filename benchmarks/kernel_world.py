@@ -49,7 +49,8 @@ LOSSY_SEEDS = 16
 #: 10 + 3 ones spread from run to run in the kernel (which subflow the scheduler commits megabytes
 #: to: docs/kernel-departures.md, section 5), so they run with more run indices.
 PINNED = {"goodput.toml": ["tcp-10M-rtt40-pinned-sndbuf", "tcp-10M-rtt40-pinned-rcvbuf",
-                           "mptcp-10and3-rtt40-pinned-4M-upload", "mptcp-10and3-rtt40-pinned-256k-upload"]}
+                           "mptcp-10and3-rtt40-pinned-4M-upload", "mptcp-10and3-rtt40-pinned-256k-upload",
+                           "mptcp-10and3-rtt0-pinned-4M-upload"]}
 PINNED_SEEDS = 5
 #: Variants the jobs over a whole file leave to their own jobs.
 APART = {scenario: LOSSY.get(scenario, []) + PINNED.get(scenario, []) for scenario in {*LOSSY, *PINNED}}
