@@ -50,7 +50,8 @@ LOSSY_SEEDS = 16
 #: to: docs/kernel-departures.md, section 5), so they run with more run indices.
 PINNED = {"goodput.toml": ["tcp-10M-rtt40-pinned-sndbuf", "tcp-10M-rtt40-pinned-rcvbuf",
                            "mptcp-10and3-rtt40-pinned-4M-upload", "mptcp-10and3-rtt40-pinned-256k-upload",
-                           "mptcp-10and3-rtt0-pinned-4M-upload"]}
+                           "mptcp-10and3-rtt0-pinned-4M-upload"],
+          "convert_paths.toml": ["convert-2x10-upload-pinned-4M"]}
 PINNED_SEEDS = 5
 #: Variants the jobs over a whole file leave to their own jobs.
 APART = {scenario: LOSSY.get(scenario, []) + PINNED.get(scenario, []) for scenario in {*LOSSY, *PINNED}}
@@ -66,6 +67,7 @@ JOBS = [
     ("negotiation", "negotiation.toml", [], None, None),
     ("convert_paths", "convert_paths.toml", [], None, None),
     ("convert_paths_loss", "convert_paths.toml", [], LOSSY["convert_paths.toml"], LOSSY_SEEDS),
+    ("convert_paths_pinned", "convert_paths.toml", [], PINNED["convert_paths.toml"], PINNED_SEEDS),
     ("grid", "grid.toml", [], None, None),
     ("grid_loss", "grid.toml", [], LOSSY["grid.toml"], LOSSY_SEEDS),
 ]
@@ -77,9 +79,10 @@ NOT_COMPARED = [
     "middlebox x scheme pairs not in negotiation.toml: plain TCP through the MPTCP-option boxes (nothing to act "
     "on), mptcp and socks5 through drop-syn-data (they send no SYN data), socks5 through strip-mptcp-synack; of a "
     "box on one of two paths only strip-mptcp-syn (goodput.toml, convert_paths.toml)",
-    "pinned buffers (SO_SNDBUF/SO_RCVBUF) at 40 ms only: one-path TCP downloads with a small send or receive "
-    "buffer and 10 + 3 MPTCP uploads (deep queues, 16 MiB) at 4 MiB and 256 KiB; not under loss, over IPv6 or "
-    "through a proxy (whose own sockets auto-tune in both worlds)",
+    "pinned buffers (SO_SNDBUF/SO_RCVBUF): one-path TCP downloads with a small send or receive buffer (40 ms), "
+    "10 + 3 MPTCP uploads with deep queues (4 MiB at 40 ms and with no added delay, 256 KiB at 40 ms) and an "
+    "upload through the converter at 4 MiB (the converter's sockets auto-tune); not under loss, over IPv6 or as "
+    "downloads through a proxy",
     "RTTs 10 and 100 ms: compared for one-path TCP at 10 and 50 Mbit/s and MPTCP over 10 + 10 (downloads); loss, "
     "upload, IPv6, 10 + 3, capped buffers and middleboxes at 40 ms only, the proxies' transfers at 20 ms only "
     "(one axis at a time around a base, to keep the report near 40 minutes)",
