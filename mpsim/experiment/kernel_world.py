@@ -20,7 +20,8 @@ How the scenario maps onto the kernel:
 * Servers: :data:`SERVER_SOCKETS`; middleboxes: the testbed's catalogue mapping
   (:data:`mpsim.testbed.shaping.KERNEL_MIDDLEBOXES`); the mix is drawn with the simulator's
   seeded generator (``middlebox_mix.<path>``), so one run index meets the same networks in both.
-* Kernel settings the model reads come from the scenario (:func:`kernel_sysctls`) and go into the
+* Kernel settings the model reads come from the scenario (:func:`kernel_sysctls`; pinned buffers:
+  :func:`socket_buffers`, set by the client and server programs on their sockets) and go into the
   manifest.
 
 Everything else is refused before anything starts (:func:`unbuildable`), one line per element.
@@ -180,13 +181,12 @@ def unbuildable(scenario: Scenario, *, proxy_cmd: str | None = None) -> list[str
         out.append(f"transfers congestion_control {cc!r}: Linux MPTCP has no coupled congestion control")
     if len(ccs) > 1:
         out.append(f"transfers: congestion controls {sorted(ccs)} differ; the testbed pins one per run")
-    for i, t in enumerate(s.transfers):
-        if t.buffers is Buffers.PINNED:  # kernel_sysctls sets only the auto-tuning maxima
-            out.append(f"transfers[{i}].buffers 'pinned': the kernel world sets tcp_wmem/tcp_rmem maxima only "
-                       "(auto-tuning); no socket sets SO_SNDBUF/SO_RCVBUF (use buffers=\"auto\")")
     for key in ("snd_buf_bytes", "rcv_buf_bytes"):
         if len({getattr(t, key) for t in s.transfers}) > 1:
             out.append(f"transfers {key}: values differ; the kernel's buffer maxima are per namespace")
+    if len({t.buffers for t in s.transfers}) > 1:
+        out.append("transfers buffers: \"auto\" and \"pinned\" mixed; the endpoints pin every socket they open "
+                   "or none (socket_buffers)")
     return out
 
 
@@ -290,6 +290,21 @@ def kernel_sysctls(scenario: Scenario) -> dict[str, dict[str, str]]:
             "server": common | {"net.ipv4.tcp_fastopen": server_fastopen}}
 
 
+def socket_buffers(scenario: Scenario) -> dict[str, dict[str, int] | None] | None:
+    """Per role, the SO_SNDBUF/SO_RCVBUF values its program sets on every socket it opens when the
+    transfers' buffers are pinned (None: auto-tuned, only the sysctl maxima of
+    :func:`kernel_sysctls`). The model's ``buffers = "pinned"`` is the endpoints' sockets: the
+    client's and the server's, SO_SNDBUF = ``snd_buf_bytes`` and SO_RCVBUF = ``rcv_buf_bytes`` each,
+    which Linux doubles (the model's buffers are the doubled bytes: docs/sim.md). A proxy's own
+    sockets (the converter's two legs' ends) stay auto-tuned in both worlds: a proxy is a machine
+    of its own with its own settings (docs/kernel-world.md, "Pinned socket buffers")."""
+    if not scenario.transfers or scenario.transfers[0].buffers is not Buffers.PINNED:
+        return None
+    t = scenario.transfers[0]
+    values = {"snd_buf_bytes": t.snd_buf_bytes, "rcv_buf_bytes": t.rcv_buf_bytes}
+    return {"client": values, "converter": None, "server": dict(values)}
+
+
 def client_plan(scenario: Scenario, run_index: int, proxy: tuple[str, int] | None, server: tuple[str, int]) -> dict:
     c = scenario.client
     policy = ClientPolicy(scheme=c.scheme)  # the defaults the schema does not expose
@@ -310,6 +325,7 @@ def client_plan(scenario: Scenario, run_index: int, proxy: tuple[str, int] | Non
         "connect_wait_s": 130.0,
         "syn_linear_timeouts": c.syn_linear_timeouts,
         "deadline_s": drain,
+        "socket_buffers": (socket_buffers(scenario) or {}).get("client"),
     }
 
 
@@ -362,6 +378,8 @@ class KernelRun:
     middleboxes: dict
     proxy_argv: list[str]
     pcaps: dict[str, bytes]  # file name -> the capture (client side of each path, 128-byte snaplen)
+    # Pinned buffers: per role, what its program set and what its socket reported back (doubled)
+    socket_buffers: dict | None = None
 
 
 def _testbed_paths(scenario: Scenario, boxes: dict[str, tuple[str, ...]]) -> list[Any]:
@@ -580,14 +598,23 @@ def run_once(scenario: Scenario, *, variant: str, run_index: int, work: Path, pr
         server_kind, _ = SERVER_SOCKETS[scenario.server.kind]
         server = (tb.addresses.server, scenario.server.port)
         logs = []
+        pinned = socket_buffers(scenario)
+        buffers_read: dict[str, Any] = {}
         if server_kind is not None:
             log = open(work / f"{variant}-run{run_index}-server.log", "wb")
             logs.append(log)
+            pin = [] if pinned is None else ["--sndbuf", str(pinned["server"]["snd_buf_bytes"]),
+                                             "--rcvbuf", str(pinned["server"]["rcv_buf_bytes"])]
             proc = tb.popen("server", [*REALTIME, sys.executable, "-m", "mpsim.live.responder", "--listen",
                                        endpoint_text(*server), "--socket", server_kind, "--request-bytes",
-                                       str(scenario.workload.request_size_bytes)], stdout=subprocess.PIPE, stderr=log)
-            if proc.stdout.readline().strip() != b"ready":
+                                       str(scenario.workload.request_size_bytes), *pin],
+                            stdout=subprocess.PIPE, stderr=log)
+            ready = proc.stdout.readline().split()
+            if not ready or ready[0] != b"ready":
                 raise KernelWorldError(f"the server program did not start (see {log.name})")
+            if pinned is not None:  # "ready sndbuf=N rcvbuf=M": what the listener reports back
+                buffers_read["server"] = {f"SO_{key.decode().upper()}": int(value)
+                                          for key, value in (field.split(b"=") for field in ready[1:])}
         proxy, argv = None, []
         needs_proxy = scenario.converter.enabled and any(
             SCHEMES.get(r["scheme"]).proxy for r in requests_plan(scenario, run_index))
@@ -647,7 +674,11 @@ def run_once(scenario: Scenario, *, variant: str, run_index: int, work: Path, pr
     result = _rows(scenario, variant, run_index, seeds, client_out, flags, before, after, snmp_before, snmp_after,
                    boxes, bool(pcaps))
     captured = {Path(p).name: Path(p).read_bytes() for p in pcaps if Path(p).exists()}
-    return result, KernelRun(facts, sysctls, {k: list(v) for k, v in boxes.items()}, argv, captured)
+    if pinned is not None:
+        buffers_read["client"] = client_out.get("socket_buffers_read")
+        pinned = {role: None if values is None else {**values, "read_back": buffers_read.get(role)}
+                  for role, values in pinned.items()}
+    return result, KernelRun(facts, sysctls, {k: list(v) for k, v in boxes.items()}, argv, captured, pinned)
 
 
 def capture_argv() -> Any:
@@ -808,6 +839,7 @@ class KernelResults(Results):
         # The model's CUBIC uses each transfer's kernel_hz; what this kernel runs, to compare.
         manifest["running_kernel_hz"] = running_kernel_hz()
         manifest["kernel"] = [{"variant": run.variant, "run": run.run_index, "sysctls": k.sysctls,
+                               "socket_buffers": k.socket_buffers,
                                "middleboxes": k.middleboxes, "proxy_argv": k.proxy_argv,
                                "pcaps": sorted(k.pcaps), "testbed": k.facts}
                               for run, k in zip(self.runs, self.kernel)]
@@ -829,6 +861,8 @@ class KernelResults(Results):
         for run, k in zip(self.runs, self.kernel):
             entry = variants.setdefault(run.variant, {"built": built_values(self.loaded.variants[run.variant]),
                                                       "sysctls": k.sysctls, "runs": {}})
+            if k.socket_buffers is not None:
+                entry.setdefault("socket_buffers", {})[str(run.run_index)] = k.socket_buffers
             entry["runs"][str(run.run_index)] = {table: [] for table in RECORD_TABLES}
         for table in RECORD_TABLES:  # rows() gives JSON's cells (NaN as null), run by run
             for row in self.rows(table):

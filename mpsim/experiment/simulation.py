@@ -99,7 +99,7 @@ from typing import Any
 
 import simpy
 
-from mpsim.experiment.scenario import Action, Arrivals, Direction, Scenario, TransferSpec, WorkloadSpec
+from mpsim.experiment.scenario import Action, Arrivals, Buffers, Direction, Scenario, TransferSpec, WorkloadSpec
 from mpsim.proto.cache import CachePolicy
 from mpsim.proto.components import MIDDLEBOXES, SERVERS, Placement, ProxySettings, build_proxy_host
 from mpsim.proto.client import ClientHost, ClientPolicy, ConnectionFinished, Request
@@ -752,7 +752,7 @@ class Simulation:
                                            spec.direction)
         transfer = BulkTransfer(self.env, paths, spec.size_bytes, cc=cc, coupled=coupled, mptcp=multipath,
                                 snd_buf_bytes=spec.snd_buf_bytes, rcv_buf_bytes=spec.rcv_buf_bytes,
-                                buffers=spec.buffers.value, addresses=addresses,
+                                buffers=spec.buffers.value, addresses=addresses, handshake_rtt_sample=True,
                                 # the client opens the further subflows (MP_JOIN) on its SYN timers
                                 joins_from="receiver" if spec.direction is Direction.DOWNLOAD else "sender",
                                 syn_policy=self.client.policy, kernel_hz=spec.kernel_hz,
@@ -807,6 +807,15 @@ class Simulation:
                                legs=[None if flow is None else flow.reversed()] * len(to_converter)))]
         cc, coupled = self._congestion_control(spec, multipath)
         cv = self.scenario.converter
+        # Pinned buffers are the endpoints' sockets (the client's, the server's); the proxy's own ends
+        # of the two legs keep Linux's auto-tuning: a proxy is a machine with its own settings, and
+        # the kernel world pins what the client and server programs open (docs/sim.md "The relay").
+        client_pins: dict = {}
+        server_pins: dict = {}
+        if spec.buffers is Buffers.PINNED:
+            upload = spec.direction is Direction.UPLOAD
+            client_pins = {"buffers": "pinned" if upload else "auto", "rcv_buffers": "auto" if upload else "pinned"}
+            server_pins = {"buffers": "auto" if upload else "pinned", "rcv_buffers": "pinned" if upload else "auto"}
         transfer = RelayedTransfer(
             self.env, client_paths, server_paths, spec.size_bytes,
             direction="download" if spec.direction is Direction.DOWNLOAD else "upload", mptcp=multipath,
@@ -814,15 +823,17 @@ class Simulation:
             cpu=self.cpu, cpu_per_byte_s=cv.relay_cpu_s_per_gb / 1e9 if self.cpu is not None else 0.0,
             snd_buf_bytes=spec.snd_buf_bytes, rcv_buf_bytes=spec.rcv_buf_bytes, buffers=spec.buffers.value,
             kernel_hz=spec.kernel_hz,  # both legs' senders (the proxy's kernel too)
+            handshake_rtt_sample=True,  # each leg's sender has its connection's handshake sample
             # the client opens the client leg's further subflows (MP_JOIN) on its SYN timers
-            client_options={"joins_from": "receiver" if spec.direction is Direction.DOWNLOAD else "sender",
+            client_options={**client_pins,
+                            "joins_from": "receiver" if spec.direction is Direction.DOWNLOAD else "sender",
                             "syn_policy": self.client.policy,
                             **(self._join_options(record, row) if multipath else {}),
                             "addresses": self._header_addresses(
                                 [(self.client.interfaces[name], self.addresses.converter_up)
                                  for name in (self.path_names if multipath else self.path_names[:1])],
                                 spec.direction)},
-            server_options={"addresses": self._header_addresses(
+            server_options={**server_pins, "addresses": self._header_addresses(
                 [(self.addresses.converter_down, self.addresses.server)], spec.direction)},
             name=tag)
         self._running.append((row, transfer))

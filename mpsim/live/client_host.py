@@ -50,6 +50,7 @@ from mpsim.live.sockets import (
     MSG_FASTOPEN,
     TCP_FASTOPEN_NO_COOKIE,
     mptcp_info,
+    pin_buffers,
     reset_close,
     stream_socket,
     tcp_info,
@@ -152,6 +153,10 @@ class ClientHostRunner:
         self.t0 = 0.0
         self.records: list[dict] = []
         self.transfers: list[dict] = []
+        # A scenario's pinned buffers (docs/kernel-world.md, "Pinned socket buffers"): SO_SNDBUF and
+        # SO_RCVBUF on every socket this host opens; what the kernel reported back, once.
+        self.pinned = plan.get("socket_buffers")
+        self.buffers_read: dict | None = None
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -178,7 +183,16 @@ class ClientHostRunner:
                 if request_id not in finished:  # still running at the deadline: ended as the simulator ends it
                     records.append(self._record(Logical(request_id, SCHEMES.get(request["scheme"]), 0.0, request),
                                                 Outcome.FAILED, "unfinished when the run ended"))
-        return {"t0_monotonic": self.t0, "records": records, "transfers": self.transfers}
+        return {"t0_monotonic": self.t0, "records": records, "transfers": self.transfers,
+                "socket_buffers_read": self.buffers_read}
+
+    def _pin(self, sock: socket.socket) -> None:
+        if not self.pinned:
+            return
+        snd, rcv = pin_buffers(sock, self.pinned["snd_buf_bytes"], self.pinned["rcv_buf_bytes"])
+        with self.lock:
+            if self.buffers_read is None:
+                self.buffers_read = {"SO_SNDBUF": snd, "SO_RCVBUF": rcv}
 
     def _one(self, request_id: int, request: dict) -> None:
         counters = mptcp_counters()
@@ -268,6 +282,7 @@ class ClientHostRunner:
         sock = stream_socket(socket.AF_INET6 if address[0].version == 6 else socket.AF_INET, mptcp=mptcp)
         if no_cookie:
             sock.setsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN_NO_COOKIE, 1)
+        self._pin(sock)  # before the SYN: its window is the pinned buffer's
         sock.bind(("", 0))
         lc.ports.append(sock.getsockname()[1])
         target = (str(address[0]), address[1])
@@ -302,6 +317,9 @@ class ClientHostRunner:
             raise AttemptFailed(detail)
         after = mptcp_counters()
         sock.setblocking(True)
+        # Again once connected: an MPTCP socket copies the values to the subflows it has
+        # (mptcp_sol_socket_sync_intval), the first included; joins take them when they join.
+        self._pin(sock)
         return sock, syn_bytes, {k: after.get(k, 0) - before.get(k, 0) for k in after}
 
     def _end(self, lc: Logical, sock: socket.socket, *, reset: bool) -> None:

@@ -12,6 +12,11 @@ plain listener; with the namespace's tcp_fastopen lacking the server bit, SYN da
 legacy_drop), ``tfo`` (TCP_FASTOPEN on the listener: SYN data taken with a valid cookie),
 ``tfo-no-cookie`` (also TCP_FASTOPEN_NO_COOKIE: SYN data taken without one: legacy_queue),
 ``mptcp`` (an IPPROTO_MPTCP listener: mptcp_v1).
+
+``--sndbuf N --rcvbuf M`` (a scenario's ``buffers = "pinned"``): SO_SNDBUF and SO_RCVBUF on the
+listener (accepted sockets inherit them, the SYN-ACK's window is the pinned buffer's) and again on
+each accepted socket (an MPTCP socket copies them to its subflows); ``ready`` then carries what the
+listener reports back (``ready sndbuf=2N rcvbuf=2M``: Linux doubles them).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import sys
 import threading
 import time
 
-from mpsim.live.sockets import TCP_FASTOPEN, TCP_FASTOPEN_NO_COOKIE, parse_endpoint, stream_socket
+from mpsim.live.sockets import TCP_FASTOPEN, TCP_FASTOPEN_NO_COOKIE, parse_endpoint, pin_buffers, stream_socket
 
 SOCKET_KINDS = ("tcp", "tfo", "tfo-no-cookie", "mptcp")
 STAMP_BYTES = 32
@@ -69,8 +74,10 @@ class Reader:
         return got
 
 
-def serve_connection(conn: socket.socket, request_bytes: int) -> None:
+def serve_connection(conn: socket.socket, request_bytes: int, buffers: tuple[int, int] | None = None) -> None:
     try:
+        if buffers is not None:
+            pin_buffers(conn, *buffers)
         _serve(conn, request_bytes)
     except (OSError, ValueError):  # the peer reset or sent nonsense: this connection only
         pass
@@ -102,10 +109,12 @@ def _serve(conn: socket.socket, request_bytes: int) -> None:
             return
 
 
-def listener(address: str, kind: str) -> socket.socket:
+def listener(address: str, kind: str, buffers: tuple[int, int] | None = None) -> socket.socket:
     host, port = parse_endpoint(address)
     sock = stream_socket(socket.AF_INET6 if host.version == 6 else socket.AF_INET, mptcp=kind == "mptcp")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if buffers is not None:
+        pin_buffers(sock, *buffers)
     if kind in ("tfo", "tfo-no-cookie"):
         sock.setsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN, 64)
     if kind == "tfo-no-cookie":
@@ -121,13 +130,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen", required=True, metavar="ADDR:PORT")
     parser.add_argument("--socket", choices=SOCKET_KINDS, default="tcp")
     parser.add_argument("--request-bytes", type=int, required=True)
+    parser.add_argument("--sndbuf", type=int, metavar="BYTES", help="SO_SNDBUF on every socket (pinned buffers)")
+    parser.add_argument("--rcvbuf", type=int, metavar="BYTES", help="SO_RCVBUF on every socket (pinned buffers)")
     args = parser.parse_args(argv)
-    sock = listener(args.listen, args.socket)
-    print("ready", flush=True)
+    if (args.sndbuf is None) != (args.rcvbuf is None) or any(v is not None and v < 1 for v in (args.sndbuf, args.rcvbuf)):
+        parser.error("--sndbuf and --rcvbuf go together, each a positive byte count")
+    buffers = None if args.sndbuf is None else (args.sndbuf, args.rcvbuf)
+    sock = listener(args.listen, args.socket, buffers)
+    if buffers is None:
+        print("ready", flush=True)
+    else:
+        print(f"ready sndbuf={sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)} "
+              f"rcvbuf={sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)}", flush=True)
     while True:
         conn, _ = sock.accept()
         conn.settimeout(600.0)  # bounded: a peer that vanished does not keep a thread for ever
-        threading.Thread(target=serve_connection, args=(conn, args.request_bytes), daemon=True).start()
+        threading.Thread(target=serve_connection, args=(conn, args.request_bytes, buffers), daemon=True).start()
 
 
 if __name__ == "__main__":

@@ -49,6 +49,11 @@ TFO_SERVER_ENABLE = 0x2
 TFO_CLIENT_NO_COOKIE = 0x4
 TFO_SERVER_COOKIE_NOT_REQD = 0x200
 
+# SO_SNDBUF/SO_RCVBUF without the net.core.wmem_max/rmem_max cap (CAP_NET_ADMIN;
+# include/uapi/asm-generic/socket.h); not in Python's socket module.
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+
 SPLICE_F_MOVE = 0x1
 SPLICE_F_NONBLOCK = 0x2
 F_SETPIPE_SZ = 1031
@@ -355,6 +360,25 @@ def stream_socket(family: int, *, mptcp: bool, nonblocking: bool = False) -> soc
             raise KernelSettingError(f"cannot create an MPTCP socket ({err.strerror}): is net.mptcp.enabled 1 "
                                      f"and MPTCP built into this kernel?") from None
         raise
+
+
+def pin_buffers(sock: socket.socket, snd_buf_bytes: int, rcv_buf_bytes: int) -> tuple[int, int]:
+    """SO_SNDBUF = ``snd_buf_bytes`` and SO_RCVBUF = ``rcv_buf_bytes`` (the FORCE forms, which skip the
+    net.core.wmem_max/rmem_max cap, where the process may use them; else the plain ones, capped), as
+    a scenario's ``buffers = "pinned"`` asks (docs/kernel-world.md, "Pinned socket buffers"). Linux
+    doubles the value (``sock_setsockopt``: room for the skb overhead) and locks the buffer
+    (SOCK_SNDBUF_LOCK / SOCK_RCVBUF_LOCK: no auto-tuning). On an MPTCP socket the kernel copies both
+    to every subflow, present and joining (net/mptcp/sockopt.c, Linux 6.18:
+    ``mptcp_sol_socket_sync_intval``, ``sync_socket_options``). Returns what the socket reports back
+    (SO_SNDBUF, SO_RCVBUF): twice the values unless capped."""
+    for force, plain, size in ((SO_SNDBUFFORCE, socket.SO_SNDBUF, snd_buf_bytes),
+                               (SO_RCVBUFFORCE, socket.SO_RCVBUF, rcv_buf_bytes)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, size)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, plain, size)
+    return (sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
 
 
 def reset_close(sock: socket.socket) -> None:

@@ -1448,6 +1448,9 @@ class _ConnectionSender:
             # Linux's zero-window probe timer (ICSK_TIME_PROBE0), for a peer whose reader may stop
             self.persist_timer = _Timer(env, self._on_persist)
             self.persist_backoffs = 0
+        if pinned and not mptcp:  # plain TCP after SO_SNDBUF: the payload limit follows the skb sizes
+            self._push_unpinned = self.push
+            self.push = self._push_pinned_tcp  # type: ignore[method-assign]
         self.window_probes_sent = 0
         self.rtx_timer = _Timer(env, self._on_rtx_timer)
         # msk->timer_ival: sampled by the scheduler (mptcp_subflow_get_send), TCP_RTO_MIN at first
@@ -1522,6 +1525,36 @@ class _ConnectionSender:
     def push(self, now: float) -> None:
         """Hand new data to the subflows (replaced per instance by the scheduler's own method)."""
         raise NotImplementedError
+
+    def _push_pinned_tcp(self, now: float) -> None:
+        """Plain TCP with SO_SNDBUF set: ``snd_buf_bytes`` (the payload the send buffer lets the
+        application have written and not ACKed) becomes :meth:`pinned_tcp_payload_bytes` of now,
+        then the push as usual."""
+        self.snd_buf_bytes = self.pinned_tcp_payload_bytes()
+        self._push_unpinned(now)
+
+    def pinned_tcp_payload_bytes(self) -> int:
+        """The payload plain TCP's locked send buffer (``sk_sndbuf``, twice SO_SNDBUF) holds, as
+        Linux 6.18 fills it (net/ipv4/tcp.c ``tcp_sendmsg_locked``, net/ipv4/tcp_output.c
+        ``tcp_tso_autosize``): the writer takes a new skb while ``sk_wmem_queued < sk_sndbuf``
+        (``sk_stream_memory_free``) and fills it up to size_goal, the segments ``tcp_tso_autosize``
+        gives (the pacing rate's bytes per 1,024 us, ``sk_pacing_shift`` 10, at most 64 KiB, at
+        least ``tcp_min_tso_segs`` 2; TCP builds such GSO skbs whatever the device, which
+        segments them in software); each skb costs its payload and SKB_TRUESIZE_OVERHEAD_BYTES
+        until it is ACKed. So N = ceil(sk_sndbuf / (skb payload + overhead)) skbs of payload each.
+        ``tcp_tso_rtt_log`` (9) adds 64 KiB >> (min_rtt in us >> 9): nothing above an RTT of about
+        9 ms, all of it below 0.5 ms. Simplified: every skb full (a write's tail skb may be
+        shorter), and of the size of now (Linux sized each when it was written)."""
+        subflow = self.subflows[0]
+        mss = subflow.payload_max_bytes
+        paced_bytes = int(subflow.pacing_rate()) >> 10
+        rtt_shift = int(subflow.min_rtt_s * 1e6) >> 9 if subflow.min_rtt_s < 1e3 else 32  # tcp_tso_rtt_log 9
+        if rtt_shift < 32:
+            paced_bytes += 65536 >> rtt_shift
+        segments = max(2, min(paced_bytes, 65536) // mss)
+        skb_bytes = segments * mss
+        sndbuf = 2 * self.wmem_max_bytes
+        return -(-sndbuf // (skb_bytes + SKB_TRUESIZE_OVERHEAD_BYTES)) * skb_bytes
 
     def _push_lowest_rtt(self, now: float) -> None:
         """Hand new data to the lowest-RTT subflow with cwnd space, while windows and buffer allow."""
@@ -2745,6 +2778,17 @@ class TransferRecord:
     tcp_ext: tuple[tuple[str, int], ...] = ()
 
 
+#: A SYN or SYN-ACK without MPTCP options: IPv4 and TCP headers and SYN_OPTIONS_BYTES (60).
+HANDSHAKE_SEGMENT_BYTES = 20 + 20 + SYN_OPTIONS_BYTES
+
+
+def _handshake_delay_s(direction: Any) -> float:
+    """One way of a handshake over ``direction`` (a link direction or a route of them): every
+    hop's delay and its serialisation of a SYN (HANDSHAKE_SEGMENT_BYTES), no queueing."""
+    return sum(hop.delay_s + (HANDSHAKE_SEGMENT_BYTES * 8 / hop.rate_bps if hop.rate_bps else 0.0)
+               for hop in getattr(direction, "hops", (direction,)))
+
+
 def _attach(direction: LinkDirection) -> None:
     if direction.deliver is None:
         direction.deliver = deliver_segment
@@ -2803,7 +2847,8 @@ class BulkTransfer:
                  syn_policy: TcpPolicy | None = None, kernel_hz: int = LINUX_HZ, name: str = "transfer",
                  source: Any = None, sink: Any = None,
                  addresses: Sequence[tuple[IPv4Address | IPv6Address, IPv4Address | IPv6Address]] | None = None,
-                 mptcp_keys: tuple[int, int] | None = None, join_rng: Any = None) -> None:
+                 mptcp_keys: tuple[int, int] | None = None, join_rng: Any = None,
+                 handshake_rtt_sample: bool = False) -> None:
         paths = list(paths)
         if not paths:
             raise ValueError("a transfer needs at least one path")
@@ -2909,6 +2954,15 @@ class BulkTransfer:
                 schedule_call(env, starts_s[index], lambda _event, sf=subflow: self.sender.activate(sf, env.now))
             self.joins.append(join)
         self.receiver.subflow_receivers = [s.receiver for s in self.sender.subflows]
+        if handshake_rtt_sample:
+            # The negotiated connection's handshake gave the sender an RTT sample (Linux
+            # tcp_ack_update_rtt on the SYN-ACK, tcp_synack_rtt_meas on the third ACK), as a
+            # join's does (_Join._activate): SRTT, RTO and the pacing rate the MPTCP scheduler's
+            # first picks weigh (mptcp_subflow_get_send) start from it.
+            first = self.sender.subflows[0]
+            forward, backward = paths[0]
+            first._rtt_sample(_handshake_delay_s(forward) + _handshake_delay_s(backward))
+            first.rto_s = first.rto_base_s
         self.sender.push(env.now)
 
     @property

@@ -80,3 +80,19 @@ def test_a_transfer_without_a_proxy_has_no_leg_columns():
     (row,) = Simulation(scenario.base, variant="", run_index=0).run().transfers
     assert not row["via_converter"] and row["completed"]
     assert row["client_leg_retransmissions"] is None and row["server_leg_retransmissions"] is None
+
+
+@pytest.mark.parametrize("direction", ["download", "upload"])
+def test_pinned_buffers_are_the_endpoints_sockets_and_the_proxys_auto_tune(direction):
+    # buffers = "pinned" is SO_SNDBUF/SO_RCVBUF on the client's and the server's sockets (what the
+    # kernel world's programs set); the converter's two ends keep auto-tuning.
+    upload = direction == "upload"
+    sim, row, transfer = _running_transfer(f"transfers.0.direction={direction!r}", "transfers.0.buffers='pinned'")
+    client, server = transfer.client_leg, transfer.server_leg
+    # The client's socket is the client leg's sender on an upload and its receiver on a download.
+    assert client.sender.pinned is upload and client.receiver.pinned is not upload
+    assert server.sender.pinned is not upload and server.receiver.pinned is upload
+    endpoint_sender = client.sender if upload else server.sender
+    assert endpoint_sender.msk_sndbuf_bytes == 2 * sim.scenario.transfers[0].snd_buf_bytes or not endpoint_sender.mptcp
+    endpoint_receiver = server.receiver if upload else client.receiver
+    assert endpoint_receiver.space.rcvbuf_bytes == 2 * sim.scenario.transfers[0].rcv_buf_bytes

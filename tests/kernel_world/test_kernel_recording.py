@@ -152,6 +152,6 @@ def test_the_reports_recorded_kernel_runs_are_small_and_fit_the_scenarios_now():
     assert sum(f.stat().st_size for f in files) < 2_000_000
     for job, scenario, overrides, wanted, seeds in bench.JOBS:
         loaded = load(str(bench.MODELS / scenario), [*overrides, f"runs={seeds or 3}"])
-        names = wanted or [n for n in loaded.variants if n not in bench.LOSSY.get(scenario, [])]
+        names = wanted or [n for n in loaded.variants if n not in bench.APART.get(scenario, [])]
         recorded = compare.recorded_kernel(loaded, bench.KERNEL_RUNS / f"{job}.json", variants=names)
         assert recorded.variants == names and len(recorded.connections) >= len(names) * (seeds or 3), job

@@ -43,6 +43,28 @@ action = "reboot"
 size_bytes = 1000
 congestion_control = "lia"
 buffers = "pinned"
+[[transfers]]
+size_bytes = 1000
+congestion_control = "lia"
+"""
+
+
+CI_TEXT_PINNED = """
+description = "pinned buffers"
+[client]
+scheme = "mptcp"
+[converter]
+enabled = false
+[server]
+kind = "mptcp_v1"
+[paths.a]
+[workload]
+arrivals = "none"
+[[transfers]]
+size_bytes = 100000
+snd_buf_bytes = 524288
+rcv_buf_bytes = 1048576
+buffers = "pinned"
 """
 
 
@@ -51,9 +73,33 @@ def test_unbuildable_elements_are_named_one_line_each():
     lines = kernel_world.unbuildable(scenario)
     for name in ("'mp-convert-option'", "'mp-convert'", "'mptcp_v0'", "paths.lte.jitter_s", "'strip-syn-payload'",
                  "events[0] reboot", "'lia'", "converter.cores=1024", "converter.households=4",
-                 "transfers[0].buffers 'pinned'"):
+                 "transfers buffers: \"auto\" and \"pinned\" mixed"):
         assert sum(name in line for line in lines) == 1, (name, lines)
     assert all("\n" not in line for line in lines)
+
+
+def test_pinned_buffers_are_set_on_the_endpoints_sockets_and_recorded():
+    # buffers = "pinned": the client and the server set SO_SNDBUF/SO_RCVBUF (the scenario's values;
+    # Linux doubles them, as the model does); the proxy's sockets auto-tune; the plan carries the client's.
+    text = CI_TEXT_PINNED
+    scenario = load_text(text, name="pinned", source="pinned.toml").base
+    assert kernel_world.unbuildable(scenario) == []
+    values = {"snd_buf_bytes": 524288, "rcv_buf_bytes": 1048576}
+    assert kernel_world.socket_buffers(scenario) == {"client": values, "converter": None, "server": values}
+    plan = kernel_world.client_plan(scenario, 0, None, ("198.19.0.2", 80))
+    assert plan["socket_buffers"] == values
+    auto = load_text(text.replace('buffers = "pinned"', ""), name="auto", source="auto.toml").base
+    assert kernel_world.socket_buffers(auto) is None
+    assert kernel_world.client_plan(auto, 0, None, ("198.19.0.2", 80))["socket_buffers"] is None
+
+
+def test_pin_buffers_sets_both_and_linux_doubles_them():
+    import socket
+
+    from mpsim.live.sockets import pin_buffers
+
+    with socket.socket() as sock:
+        assert pin_buffers(sock, 65536, 98304) == (131072, 196608)
 
 
 def test_buildable_scenarios_have_nothing_refused():

@@ -53,11 +53,15 @@ def built_transfer(monkeypatch, *overrides: str):
     (("transfers.0.buffers=\"pinned\"", "transfers.0.snd_buf_bytes=100000"), "pinned", 200000),
 ])
 def test_scenario_selects_the_buffer_policy(monkeypatch, override, buffers, sndbuf):
-    built = built_transfer(monkeypatch, *override)
+    # An upload: the client's MPTCP leg is sent by the client, whose socket "pinned" is about.
+    built = built_transfer(monkeypatch, "transfers.0.direction=\"upload\"", *override)
     assert built, "the scenario ran no bulk transfer"
-    assert all(t.buffers == buffers for t in built)  # both legs of the relayed transfer
     transfer = next(t for t in built if t.mptcp)  # the client's MPTCP leg
     assert transfer.buffers == buffers and transfer.result().buffers == buffers
+    server_leg = next(t for t in built if not t.mptcp)  # the converter's TCP connection to the server
+    # pinned: the endpoints' sockets; the converter's ends of both legs auto-tune (docs/sim.md "The relay")
+    assert server_leg.buffers == "auto" and server_leg.receiver.pinned is (buffers == "pinned")
+    assert not transfer.receiver.pinned
     # the first subflow's buffer as set at the start (auto-tuning only grows it)
     assert min(s.sndbuf_bytes for s in transfer.sender.subflows) >= sndbuf
     if buffers == "pinned":
