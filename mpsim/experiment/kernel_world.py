@@ -93,6 +93,15 @@ RECORD_FILE = "kernel_runs.json"
 RECORD_TABLES = ("connections", "transfers")
 SETTLE_S = 0.3  # after the last record: let FINs and RSTs reach the captures
 RST_GRACE_S = 0.002  # an RST the close itself sent is stamped within this of the close
+CAPTURE_SNAPLEN_BYTES = 128  # headers and options, not payloads: a long transfer's capture stays small
+#: Written into every pcapng file of a kernel run (its section comment), as the simulator writes
+#: CAPTURE_NOTE into its own: how these captures differ from the simulator's of the same names.
+KERNEL_CAPTURE_NOTE = (
+    "mpsim kernel-world capture (docs/kernel-world.md, Captures): tcpdump on one device of the link, "
+    "both directions, Ethernet frames cut at 128 bytes (frame.len is the packet's length), timestamps of "
+    "the kernel's wall clock. path.NAME is captured at the client's end (its sends before the path's delay "
+    "and loss, its receptions after them), server.link at the server's end. Real kernel packets: "
+    "checksums, timestamps, payloads and retransmissions are Linux's.")
 
 
 class KernelWorldError(MpsimError):
@@ -361,7 +370,7 @@ class KernelRun:
     sysctls: dict
     middleboxes: dict
     proxy_argv: list[str]
-    pcaps: dict[str, bytes]  # file name -> the capture (client side of each path, 128-byte snaplen)
+    pcaps: dict[str, bytes]  # file name -> pcapng bytes (KERNEL_CAPTURE_NOTE); empty unless kept
 
 
 def _testbed_paths(scenario: Scenario, boxes: dict[str, tuple[str, ...]]) -> list[Any]:
@@ -553,8 +562,13 @@ def converter_cores(scenario: Scenario, proxy_cmd: str | None = None) -> str:
 
 
 def run_once(scenario: Scenario, *, variant: str, run_index: int, work: Path, proxy_cmd: str | None = None,
-             pcap: bool = True) -> tuple[RunResult, KernelRun]:
-    """Build the scenario's testbed, run its workload, tear it down; the simulator's rows."""
+             pcap: bool = True, keep_pcaps: bool = False) -> tuple[RunResult, KernelRun]:
+    """Build the scenario's testbed, run its workload, tear it down; the simulator's rows.
+
+    ``pcap``: capture every link (:func:`capture_points`); the SYN and RST columns are read from
+    the paths' captures (empty without). ``keep_pcaps``: also keep the captures, as pcapng bytes
+    named as the simulator names its files (``<variant>-run<N>-<link>.pcapng``), in the
+    KernelRun (for ``--pcap``; a comparison does not keep them, so memory stays bounded)."""
     from mpsim.testbed import Testbed
     from mpsim.testbed.probe import run_command
 
@@ -598,20 +612,20 @@ def run_once(scenario: Scenario, *, variant: str, run_index: int, work: Path, pr
             logs.append(log)
             tb.popen("converter", [*REALTIME, *argv], stdout=log, stderr=log)
             wait_listening(tb, "client", proxy[0], proxy[1], 15.0)
-        captures, pcaps = [], []
+        captures, pcaps = [], {}  # pcaps: link -> (raw pcap file, role, device)
         capture = capture_argv() if pcap else None
         if capture is not None:
-            for i, name in enumerate(path_names(scenario)):
-                path = work / f"{variant}-run{run_index}-path.{name}.pcap"
-                pcaps.append(str(path))
-                log = open(work / f"{variant}-run{run_index}-capture.{name}.log", "wb")
+            for link, (role, device) in capture_points(scenario).items():
+                path = work / f"{variant}-run{run_index}-{link}.pcap"
+                pcaps[link] = (path, role, device)
+                log = open(work / f"{variant}-run{run_index}-capture.{link}.log", "wb")
                 logs.append(log)
-                captures.append(tb.popen("client", capture(f"path{i}", str(path)), stdout=log, stderr=log))
+                captures.append(tb.popen(role, capture(device, str(path)), stdout=log, stderr=log))
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and not all(Path(p).exists() and Path(p).stat().st_size >= 24
-                                                          for p in pcaps):
+            while time.monotonic() < deadline and not all(p.exists() and p.stat().st_size >= 24
+                                                          for p, _, _ in pcaps.values()):
                 time.sleep(0.05)
-            missing = [p for p in pcaps if not Path(p).exists()]
+            missing = [str(p) for p, _, _ in pcaps.values() if not p.exists()]
             if missing:
                 raise KernelWorldError(f"the packet capture did not start writing {', '.join(missing)}")
         before = {role: tb.counters(role) for role in ("client", "converter", "server")}
@@ -639,26 +653,49 @@ def run_once(scenario: Scenario, *, variant: str, run_index: int, work: Path, pr
             log.close()
     client_out = json.loads(out_path.read_text())
     flags: dict[int, dict[str, list[float]]] = {}
-    for path in pcaps:
-        for port, times in pcap_flags(Path(path), set(facts["addresses"]["client"])).items():
+    # The client's own links only: on the server link a direct connection's packets pass again.
+    for link in (f"path.{name}" for name in path_names(scenario) if f"path.{name}" in pcaps):
+        for port, times in pcap_flags(pcaps[link][0], set(facts["addresses"]["client"])).items():
             total = flags.setdefault(port, {"syns": [], "rsts": []})
             total["syns"] += times["syns"]
             total["rsts"] += times["rsts"]
     result = _rows(scenario, variant, run_index, seeds, client_out, flags, before, after, snmp_before, snmp_after,
                    boxes, bool(pcaps))
-    captured = {Path(p).name: Path(p).read_bytes() for p in pcaps if Path(p).exists()}
+    captured = {f"{variant}-run{run_index}-{link}.pcapng": kernel_pcapng(path, link, role, device)
+                for link, (path, role, device) in pcaps.items() if keep_pcaps and path.exists()}
     return result, KernelRun(facts, sysctls, {k: list(v) for k, v in boxes.items()}, argv, captured)
+
+
+def capture_points(scenario: Scenario) -> dict[str, tuple[str, str]]:
+    """Link name -> (namespace role, device) of its capture: the simulator's link names
+    (``path.NAME`` per access path, ``server.link``), each captured at its endpoint's end: the
+    client's device of each path (``pathI``, before the path's delay line), the server's device
+    towards the converter (behind the server's delay line, if any)."""
+    points = {f"path.{name}": ("client", f"path{i}") for i, name in enumerate(path_names(scenario))}
+    points["server.link"] = ("server", "converter")
+    return points
+
+
+def kernel_pcapng(path: Path, link: str, role: str, device: str) -> bytes:
+    """A kernel run's raw capture (tcpdump's pcap) as the pcapng the simulator's files are: one
+    interface named as the link, described by where it was captured, KERNEL_CAPTURE_NOTE as the
+    section comment. A record cut short by the capture's stop is left out."""
+    from mpsim.wire.pcap import LINKTYPE_ETHERNET, PcapngInterface, pcap_as_pcapng
+
+    interface = PcapngInterface(link, LINKTYPE_ETHERNET, f"{role} namespace, device {device}")
+    return pcap_as_pcapng(path.read_bytes(), interface, comment=KERNEL_CAPTURE_NOTE, partial_ok=True)
 
 
 def capture_argv() -> Any:
     """A function (interface, file) -> argv of a packet capture writing pcap with 128-byte
     snapshots: tcpdump (what .ci/run installs) or dumpcap; None when neither is installed (the
     SYN and RST columns are then empty)."""
+    snap = str(CAPTURE_SNAPLEN_BYTES)
     if shutil.which("tcpdump"):
-        return lambda dev, path: ["tcpdump", "-q", "--immediate-mode", "-i", dev, "-s", "128", "-U", "-Z", "root",
+        return lambda dev, path: ["tcpdump", "-q", "--immediate-mode", "-i", dev, "-s", snap, "-U", "-Z", "root",
                                           "-w", path]
     if shutil.which("dumpcap"):
-        return lambda dev, path: ["dumpcap", "-q", "-i", dev, "-s", "128", "-P", "-w", path]
+        return lambda dev, path: ["dumpcap", "-q", "-i", dev, "-s", snap, "-P", "-w", path]
     return None
 
 
@@ -811,6 +848,8 @@ class KernelResults(Results):
                                "middleboxes": k.middleboxes, "proxy_argv": k.proxy_argv,
                                "pcaps": sorted(k.pcaps), "testbed": k.facts}
                               for run, k in zip(self.runs, self.kernel)]
+        if any(k.pcaps for k in self.kernel):  # how these files differ from the simulator's of the same names
+            manifest["capture_note"] = KERNEL_CAPTURE_NOTE
         names = list(dict.fromkeys(run.variant for run in self.runs))
         manifest["model_only"] = {name: model_only_values(self.loaded.variants[name]) for name in names}
         manifest["converter_cores"] = {name: converter_cores(self.loaded.variants[name], self.proxy_cmd)
@@ -847,6 +886,9 @@ class KernelResults(Results):
         return [*written, path]
 
     def write_pcaps(self, pcap_dir: Path) -> list[Path]:
+        """The kept captures (``run_kernel(keep_pcaps=True)``), one pcapng per link and run,
+        named as the simulator's (``<variant>-run<N>-<link>.pcapng``); KERNEL_CAPTURE_NOTE in each
+        says how they differ from the simulator's. Nothing was kept: nothing is written."""
         pcap_dir.mkdir(parents=True, exist_ok=True)
         written = []
         for k in self.kernel:
@@ -862,7 +904,8 @@ def check_root() -> None:
 
 
 def run_kernel(loaded: LoadedScenario, *, variants: list[str] | None = None, skip_unbuildable: bool = False,
-               proxy_cmd: str | None = None, pcap: bool = True, progress: Any = None) -> KernelResults:
+               proxy_cmd: str | None = None, pcap: bool = True, keep_pcaps: bool = False,
+               progress: Any = None) -> KernelResults:
     """Every variant (or those named) and run index of ``loaded`` in the kernel. Unbuildable
     variants are refused (KernelWorldError naming the first element) or, with
     ``skip_unbuildable``, left out and named in the manifest."""
@@ -895,7 +938,8 @@ def run_kernel(loaded: LoadedScenario, *, variants: list[str] | None = None, ski
                     progress(f"kernel: variant {name} run {run_index}")
                 try:
                     result, k = run_once(loaded.variants[name], variant=name, run_index=run_index,
-                                         work=Path(scratch) / "work", proxy_cmd=proxy_cmd, pcap=pcap)
+                                         work=Path(scratch) / "work", proxy_cmd=proxy_cmd, pcap=pcap,
+                                         keep_pcaps=keep_pcaps and pcap)
                 except TestbedError as err:  # the machine cannot build it (probe) or a command failed
                     raise KernelWorldError(f"variant {name!r} run {run_index}: "
                                            + " ".join(str(err).split())) from None

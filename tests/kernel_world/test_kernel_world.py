@@ -16,6 +16,8 @@ from mpsim.experiment import compare, kernel_world
 from mpsim.experiment.results import TABLES
 from mpsim.experiment.scenario import load, load_text
 from mpsim.live.client_host import syn_give_up_s
+from mpsim.wire.pcap import read_pcapng
+from mpsim.wire.segment import decode_packet
 
 MODELS = Path(__file__).resolve().parents[2] / "models" / "kernel"
 CI_SCENARIO = str(MODELS / "ci_two_path.toml")
@@ -157,13 +159,56 @@ def test_run_on_kernel_writes_the_simulators_columns(kernel_world, tmp_path, cap
     client = counters[counters["component"] == "client"].set_index("counter")["value"]
     assert client["MPCapableSYNACKRX"] == 1 and client["MPJoinSynAckRx"] == 1  # nstat names, as the model's
     assert sorted(p.name for p in (tmp_path / "kernel" / "pcap").iterdir()) == \
-        ["base-run0-path.a.pcap", "base-run0-path.b.pcap"]
+        ["base-run0-path.a.pcapng", "base-run0-path.b.pcapng", "base-run0-server.link.pcapng"]
     manifest = (tmp_path / "kernel" / "manifest.json").read_text()
     assert '"net.ipv4.tcp_syn_linear_timeouts": "0"' in manifest and '"world": "kernel"' in manifest
     parsed = json.loads(manifest)
     assert parsed["converter_cores"] == {"base": "1: the live converter with --workers 1"}
     assert set(parsed["model_only"]["base"]) >= {"converter.cpu_setup_s", "converter.relay_cpu_s_per_gb"}
     assert "--workers" in parsed["kernel"][0]["proxy_argv"]
+
+
+def _syns(path: Path) -> list[tuple[str, str, list[str]]]:
+    """(interface, source address, option class names) of every SYN (with or without ACK) in a
+    pcapng file of Ethernet frames (IPv4; a SYN fits the 128-byte snapshot whole)."""
+    interfaces, records = read_pcapng(path.read_bytes())
+    syns = []
+    for interface_id, _t, frame in records:
+        ip = frame[14:]
+        if frame[12:14] != b"\x08\x00" or ip[9] != 6 or not ip[(ip[0] & 0x0F) * 4 + 13] & 0x02:
+            continue
+        packet = decode_packet(ip, verify_checksums=False)  # offloaded checksums are partial on the sender
+        syns.append((interfaces[interface_id].interface_name, str(packet.src),
+                     [type(option).__name__ for option in packet.segment.options]))
+    return syns
+
+
+def test_run_on_kernel_pcap_writes_the_simulators_capture_files(kernel_world, tmp_path, capsys):
+    """`mpsim run --on kernel --pcap` leaves one readable pcapng per link, named as the simulator's,
+    holding the negotiation: the MP_CAPABLE SYN and SYN-ACK on the primary path, the MP_JOIN SYN
+    on the second, both passing the server link (end-to-end MPTCP, no proxy)."""
+    assert main(["run", CI_SCENARIO, "--out", str(tmp_path / "sim"), "--pcap"]) == 0
+    capsys.readouterr()
+    assert main(["run", CI_SCENARIO, "--on", "kernel", "--out", str(tmp_path / "kernel"), "--pcap"]) == 0
+    out = capsys.readouterr().out
+    assert "and 3 captures (pcapng)" in out
+    names = sorted(p.name for p in (tmp_path / "kernel" / "pcap").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "sim" / "pcap").iterdir())
+    client = {"198.18.0.1": "a", "198.18.1.1": "b"}
+    syns = {link: _syns(tmp_path / "kernel" / "pcap" / f"base-run0-{link}.pcapng")
+            for link in ("path.a", "path.b", "server.link")}
+    assert [(src, "MpCapable" in options) for _, src, options in syns["path.a"]] == \
+        [("198.18.0.1", True), ("198.19.0.2", True)]  # SYN, SYN-ACK
+    assert [(src, "MpJoinSyn" in options or "MpJoinSynAck" in options) for _, src, options in syns["path.b"]] == \
+        [("198.18.1.1", True), ("198.19.0.2", True)]
+    assert sorted(client.get(src, "server") for _, src, _ in syns["server.link"]) == ["a", "b", "server", "server"]
+    assert {interface for link in syns for interface, _, _ in syns[link]} == set(syns)  # if_name is the link
+    manifest = json.loads((tmp_path / "kernel" / "manifest.json").read_text())
+    assert manifest["kernel"][0]["pcaps"] == names and "128 bytes" in manifest["capture_note"]
+    # Without --pcap nothing is kept or written.
+    assert main(["run", CI_SCENARIO, "--on", "kernel", "--out", str(tmp_path / "bare")]) == 0
+    assert not (tmp_path / "bare" / "pcap").exists()
+    assert json.loads((tmp_path / "bare" / "manifest.json").read_text())["kernel"][0]["pcaps"] == []
 
 
 def test_compare_agrees_on_a_loss_free_two_path_scenario(kernel_world, tmp_path, capsys):
