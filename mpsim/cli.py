@@ -220,7 +220,7 @@ def _compare(args: argparse.Namespace) -> int:
     print(report.text())
     if args.out is not None:
         try:
-            written = report.write(args.out)
+            written = report.write(args.out, tolerances)
         except OSError as err:
             raise CliError(f"--out {args.out}: {err.strerror or err}") from None
         print(f"\nWritten to {args.out}: " + ", ".join(p.name for p in written))

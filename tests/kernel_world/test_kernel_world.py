@@ -254,6 +254,46 @@ def test_compare_finds_outcomes_that_disagree_and_measures_errors():
     assert 0.1 < goodput.error < 0.5 and slower.check({"goodput": 0.05})
 
 
+def _synthetic_report(variants: int) -> compare.Report:
+    """Every variant agrees but variant 1 (its goodput 30 % above the model, kernel spread
+    -5..+40 %) and variant 2 (one SYN more per request)."""
+    rows = []
+    for i in range(variants):
+        v = f"v{i:02d}"
+        rows += [compare.Row(v, "outcome", None, None, None, None, 1.0, 3),
+                 compare.Row(v, "syns", 1, 1 + (i == 2), 1, 2, float(i == 2), 3),
+                 compare.Row(v, "setup_rtts", 1.0, 1.01, 1.0, 1.02, 0.01, 3),
+                 compare.Row(v, "goodput", 10e6, 13e6 if i == 1 else 10.1e6, 9.5e6 if i == 1 else 10e6,
+                             14e6 if i == 1 else 10.2e6, 0.3 if i == 1 else 0.01, 3)]
+    return compare.Report("synthetic", 3, rows)
+
+
+def test_compare_figure_has_a_row_per_variant_and_marks_what_fails():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = {}
+    for n in (10, 40):
+        fig = compare.report_figure(_synthetic_report(n), {"goodput": 0.15})
+        sizes[n] = tuple(fig.get_size_inches())
+        texts = [t for ax in fig.axes for t in ax.texts]
+        red = [t.get_text() for t in texts if t.get_color() == "tab:red"]
+        assert red == ["100%   1 / - / -"]  # variant 2's SYN count, the only exact metric that fails
+        assert "10.00 | 13.00 (9.50-14.00)" in [t.get_text() for t in texts]  # model | kernel (min-max), Mbit/s
+        labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+        assert labels == [f"v{i:02d}" for i in range(n)]  # one row each, the first on top
+        goodput = next(ax for ax in fig.axes if ax.get_title().startswith("goodput"))
+        assert "band ±15%" in goodput.get_title()
+        dots = sorted((round(line.get_xdata()[0], 6), line.get_marker(), line.get_color()) for line in goodput.lines
+                      if len(line.get_xdata()) == 1)
+        assert dots == [(0.01, "o", "tab:blue")] * (n - 1) + [(0.3, "D", "tab:red")]  # (kernel - model) / model
+        plt.close(fig)
+    assert sizes[40][0] == sizes[10][0] < 16  # as wide for 40 variants as for 10
+    assert (sizes[40][1] - sizes[10][1]) / 30 >= 0.2  # each row at least 0.2 in high: 7-point labels fit
+
+
 def test_skip_unbuildable_with_nothing_left_is_refused_by_name(capsys):
     status = main(["run", CI_SCENARIO, "--on", "kernel", "--skip-unbuildable",
                    "--set", "client.scheme=syn-payload-eol"])
