@@ -123,6 +123,26 @@ def _loss(spec: dict) -> tuple[float, tuple | None] | str:
     return f"loss model {spec['model']!r} (scripted drops have no kernel rule)"
 
 
+def uses_proxy(scenario: Scenario) -> bool:
+    """Whether a run of ``scenario`` starts a proxy: the converter is enabled and a scheme its
+    requests use goes through one (what ``--proxy-cmd`` replaces)."""
+    schemes = dict.fromkeys((scenario.client.scheme, *scenario.workload.schemes))
+    return scenario.converter.enabled and any(SCHEMES.get(name).proxy for name in schemes if name in SCHEMES)
+
+
+def proxy_cmd_problems(proxy_cmd: str) -> list[str]:
+    """What is wrong with a ``--proxy-cmd`` before anything is built, one line each: no words, a
+    placeholder other than {listen}, {allow}, {addr}, {port}, a program not found on PATH."""
+    try:
+        argv = fill_proxy_cmd(proxy_cmd, ("198.18.0.2", PROXY_PORT_DEFAULT), CLIENT_PREFIXES[4])
+    except KernelWorldError as err:
+        return [str(err)]
+    program = argv[0]
+    found = (os.access(program, os.X_OK) and not os.path.isdir(program)) if os.sep in program else \
+        shutil.which(program) is not None
+    return [] if found else [f"--proxy-cmd {proxy_cmd!r}: {program}: command not found"]
+
+
 def unbuildable(scenario: Scenario, *, proxy_cmd: str | None = None) -> list[str]:
     """One line per element of ``scenario`` the kernel world cannot build, naming it (empty: all can)."""
     from mpsim.testbed.shaping import KERNEL_MIDDLEBOXES
@@ -133,7 +153,7 @@ def unbuildable(scenario: Scenario, *, proxy_cmd: str | None = None) -> list[str
     for name in schemes:
         if name not in KERNEL_SCHEMES:
             out.append(f"client.scheme {name!r}: " + REFUSED_SCHEMES.get(name, "no socket form in the kernel world"))
-    if s.converter.enabled and any(SCHEMES.get(name).proxy for name in schemes):
+    if uses_proxy(s):
         kind = s.proxy_kind
         if kind not in KERNEL_PROXIES and proxy_cmd is None:
             out.append(f"converter.kind {kind!r}: the kernel world runs {', '.join(KERNEL_PROXIES)} "
@@ -484,8 +504,11 @@ class ServerLinkDelay:
         self.close()
 
 
-def wait_listening(tb: Any, role: str, address: str, port: int, timeout_s: float) -> None:
-    """The readiness check: a TCP connect from the client namespace succeeds."""
+def wait_listening(tb: Any, role: str, address: str, port: int, timeout_s: float,
+                   proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    """The readiness check: a TCP connect from the client namespace succeeds. With the proxy's
+    ``proc`` (and its ``log``), a proxy that exits first is reported at once, with its status and
+    the last line it wrote, rather than after the whole wait."""
     family = "AF_INET6" if ":" in address else "AF_INET"
     probe = (f"import socket,sys\ns=socket.socket(socket.{family});s.settimeout(1)\n"
              f"sys.exit(s.connect_ex(({address!r},{port})))")
@@ -494,8 +517,24 @@ def wait_listening(tb: Any, role: str, address: str, port: int, timeout_s: float
         done = tb.run(role, [sys.executable, "-c", probe], timeout_s=5)
         if done.returncode == 0:
             return
+        if proc is not None and proc.poll() is not None:
+            said = _first_lines(log)
+            raise KernelWorldError(f"the proxy exited with status {proc.returncode} before listening on "
+                                   f"{endpoint_text(address, port)}" + (f": {said}" if said else ""))
         time.sleep(0.1)
-    raise KernelWorldError(f"nothing listens on {address}:{port} after {timeout_s:g} s (the proxy did not start)")
+    raise KernelWorldError(f"nothing listens on {endpoint_text(address, port)} after {timeout_s:g} s "
+                           "(the proxy did not start)")
+
+
+def _first_lines(log: Path | None, count: int = 3) -> str:
+    """A program's first ``count`` non-empty log lines joined by " / " (at most 240 characters; a
+    usage text or an error comes first), or ""."""
+    try:
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()] if log else []
+    except OSError:
+        return ""
+    text = " / ".join(lines[:count]) + (f" (+{len(lines) - count} lines)" if len(lines) > count else "")
+    return text if len(text) <= 240 else text[:237] + "..."
 
 
 def endpoint_text(address: str, port: int) -> str:
@@ -512,7 +551,11 @@ def fill_proxy_cmd(proxy_cmd: str, listen: tuple[str, int], allow: str) -> list[
     (the clients' prefix) filled in; a clear error for another placeholder."""
     fields = {"listen": endpoint_text(*listen), "allow": allow, "addr": listen[0], "port": str(listen[1])}
     try:
-        argv = [word.format(**fields) for word in shlex.split(proxy_cmd)]
+        words = shlex.split(proxy_cmd)
+    except ValueError as err:  # an unclosed quote
+        raise KernelWorldError(f"--proxy-cmd {proxy_cmd!r}: {err}") from None
+    try:
+        argv = [word.format(**fields) for word in words]
     except (KeyError, IndexError, ValueError) as err:
         raise KernelWorldError(f"--proxy-cmd {proxy_cmd!r}: bad placeholder {err}; use {{listen}}, {{allow}}, "
                                "{addr}, {port}") from None
@@ -610,8 +653,8 @@ def run_once(scenario: Scenario, *, variant: str, run_index: int, work: Path, pr
             argv = proxy_argv(scenario, proxy, CLIENT_PREFIXES[scenario.ip_version], proxy_cmd)
             log = open(work / f"{variant}-run{run_index}-proxy.log", "wb")
             logs.append(log)
-            tb.popen("converter", [*REALTIME, *argv], stdout=log, stderr=log)
-            wait_listening(tb, "client", proxy[0], proxy[1], 15.0)
+            proxy_proc = tb.popen("converter", [*REALTIME, *argv], stdout=log, stderr=log)
+            wait_listening(tb, "client", proxy[0], proxy[1], 15.0, proxy_proc, Path(log.name))
         captures, pcaps = [], {}  # pcaps: link -> (raw pcap file, role, device)
         capture = capture_argv() if pcap else None
         if capture is not None:
@@ -912,6 +955,8 @@ def run_kernel(loaded: LoadedScenario, *, variants: list[str] | None = None, ski
     from mpsim.testbed.probe import TestbedError
 
     names = list(variants) if variants else list(loaded.variants)
+    if proxy_cmd is not None and proxy_cmd_problems(proxy_cmd):
+        raise KernelWorldError(proxy_cmd_problems(proxy_cmd)[0])
     problems = {name: unbuildable(loaded.variants[name], proxy_cmd=proxy_cmd) for name in names}
     skipped = []
     for name in names:
@@ -924,6 +969,9 @@ def run_kernel(loaded: LoadedScenario, *, variants: list[str] | None = None, ski
     if not names:
         raise KernelWorldError("no variant can be built in the kernel: " + "; ".join(skipped[:3])
                                + (f" (and {len(skipped) - 3} more)" if len(skipped) > 3 else ""))
+    if proxy_cmd is not None and not any(uses_proxy(loaded.variants[name]) for name in names):
+        raise KernelWorldError(f"--proxy-cmd: no variant of scenario {loaded.name} runs through a proxy "
+                               "(converter.enabled = false or a direct client.scheme): nothing would run it")
     check_root()  # after the refusals: what cannot be built is said on any machine
     from mpsim.provenance import git_revision
 

@@ -6,6 +6,7 @@ The first tests need nothing but Python; those taking the ``kernel_world`` fixtu
 
 import json
 import struct
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -74,6 +75,28 @@ def test_run_on_kernel_refuses_an_unbuildable_middlebox_by_name(capsys, tmp_path
     err = capsys.readouterr().err
     assert status == 2
     assert err.count("\n") == 1 and "paths.a.middleboxes 'strip-syn-payload'" in err and "variant 'lost'" in err
+
+
+@pytest.mark.parametrize("proxy_cmd, named", [
+    ("", "--proxy-cmd is empty"),
+    ("microsocks -p {prt}", "bad placeholder 'prt'"),
+    ("microsocks '-p", "No closing quotation"),
+    ("no-such-proxy-program {listen}", "no-such-proxy-program: command not found"),
+])
+def test_a_bad_proxy_cmd_is_refused_before_anything_starts(capsys, proxy_cmd, named):
+    status = main(["run", str(MODELS / "convert_two_path.toml"), "--on", "kernel", "--proxy-cmd", proxy_cmd])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and named in err, err
+    assert "kernel: variant" not in err  # nothing was built
+
+
+def test_a_proxy_cmd_nothing_would_run_is_refused(capsys, tmp_path):
+    status = main(["run", CI_SCENARIO, "--on", "kernel", "--proxy-cmd", "microsocks -p {port}"])
+    err = capsys.readouterr().err
+    assert status == 2 and "no variant of scenario ci_two_path runs through a proxy" in err
+    status = main(["sweep", CI_SCENARIO, "--on", "kernel", "--grid", "paths.a.delay_s=0.005", "--proxy-cmd",
+                   "microsocks -p {port}", "--out", str(tmp_path / "s")])
+    assert status == 2 and "no grid point of scenario ci_two_path runs through a proxy" in capsys.readouterr().err
 
 
 # --- pieces checked by hand -------------------------------------------------------------------------
@@ -209,6 +232,16 @@ def test_run_on_kernel_pcap_writes_the_simulators_capture_files(kernel_world, tm
     assert main(["run", CI_SCENARIO, "--on", "kernel", "--out", str(tmp_path / "bare")]) == 0
     assert not (tmp_path / "bare" / "pcap").exists()
     assert json.loads((tmp_path / "bare" / "manifest.json").read_text())["kernel"][0]["pcaps"] == []
+
+
+def test_a_proxy_that_exits_is_named_with_its_status_and_words_at_once(kernel_world, capsys):
+    started = time.monotonic()
+    status = main(["run", str(MODELS / "convert_two_path.toml"), "--on", "kernel", "--proxy-cmd",
+                   "sh -c 'echo no such option: -x >&2; exit 3'"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert status == 2 and "the proxy exited with status 3 before listening on 198.18.0.2:1234" in err, err
+    assert "no such option: -x" in err
+    assert time.monotonic() - started < 14  # not the readiness check's whole 15 s
 
 
 def test_compare_agrees_on_a_loss_free_two_path_scenario(kernel_world, tmp_path, capsys):
