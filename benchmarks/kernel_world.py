@@ -175,6 +175,11 @@ def targets(reports: dict[str, dict]) -> list[str]:
             + "; ".join(f"{name} {ok}/{total}" for name, (ok, total) in tally.items()) + "."]
 
 
+def figure_bands(job: str) -> dict[str, float]:
+    """The targets of :func:`targets` as the figure's tolerance bands (a job of lossy variants ends in "_loss")."""
+    return {"setup_rtts": 0.05, "first_byte_rtts": 0.05, "goodput": 0.15 if job.endswith("_loss") else 0.05}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks/kernel_world.py", description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
@@ -223,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.out.mkdir(parents=True, exist_ok=True)
                 compare.Report(scenario=report["scenario"], seeds=report["seeds"],
                                rows=[compare.Row(**row) for row in report["rows"]]).figure(
-                    args.out / f"kernel_world-{job}.png")
+                    args.out / f"kernel_world-{job}.png", figure_bands(job))
             continue
         try:
             report = compare.compare(loaded, variants=names,
@@ -236,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             _write_record(args.kernel_runs / f"{job}.json", report.kernel_record)
             report.kernel_record = None
         args.out.mkdir(parents=True, exist_ok=True)
-        report.figure(args.out / f"kernel_world-{job}.png")  # its rows go into kernel_world.csv
+        report.figure(args.out / f"kernel_world-{job}.png", figure_bands(job))  # its rows go into kernel_world.csv
         reports[job] = report.as_dict()
     if args.kernel_only:
         return 0

@@ -193,7 +193,7 @@ def _run_kernel(args: argparse.Namespace, loaded: Any) -> Any:
 
     try:
         return kernel_world.run_kernel(loaded, variants=args.variants, skip_unbuildable=args.skip_unbuildable,
-                                       proxy_cmd=args.proxy_cmd, pcap=True,
+                                       proxy_cmd=args.proxy_cmd, pcap=True, keep_pcaps=args.pcap,
                                        progress=lambda line: print(line, file=sys.stderr))
     except kernel_world.KernelWorldError as err:
         raise CliError(str(err)) from None
@@ -220,7 +220,7 @@ def _compare(args: argparse.Namespace) -> int:
     print(report.text())
     if args.out is not None:
         try:
-            written = report.write(args.out)
+            written = report.write(args.out, tolerances)
         except OSError as err:
             raise CliError(f"--out {args.out}: {err.strerror or err}") from None
         print(f"\nWritten to {args.out}: " + ", ".join(p.name for p in written))
@@ -531,7 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     _scenario_arguments(run, default="default")
     run.add_argument("--out", type=Path, metavar="DIR", help="write the result tables (and captures) here")
     run.add_argument("--pcap", action="store_true", help="also write a pcapng capture per link that carried packets into "
-                     "DIR/pcap, named VARIANT-runN-LINK.pcapng (docs/wireshark.md)")
+                     "DIR/pcap, named VARIANT-runN-LINK.pcapng (docs/wireshark.md; --on kernel: tcpdump's, "
+                     "docs/kernel-world.md \"Captures\")")
     run.add_argument("--json", action="store_true",
                      help="print the results as one JSON object (connections, transfers, counters) instead")
     run.add_argument("--on", choices=("sim", "kernel"), default="sim",

@@ -120,14 +120,16 @@ class Report:
                 "mismatches": self.mismatches, "skipped": self.skipped, "kernel_source": self.kernel_source,
                 "notes": self.notes}
 
-    def write(self, out_dir: Path) -> list[Path]:
+    def write(self, out_dir: Path, tolerances: dict[str, float] | None = None) -> list[Path]:
+        """compare.csv, compare.json, compare.png (its bands the ``tolerances``) and, when the
+        kernel ran now, its recording."""
         import pandas as pd
 
         out_dir.mkdir(parents=True, exist_ok=True)
         csv, js, png = out_dir / "compare.csv", out_dir / "compare.json", out_dir / "compare.png"
         pd.DataFrame([r.__dict__ for r in self.rows]).to_csv(csv, index=False, lineterminator="\n")
         js.write_text(json.dumps(self.as_dict(), indent=1, allow_nan=False, default=_none) + "\n")
-        self.figure(png)
+        self.figure(png, tolerances)
         written = [csv, js, png]
         if self.kernel_record is not None:
             written.append(out_dir / kernel_world.RECORD_FILE)
@@ -135,26 +137,150 @@ class Report:
                                    encoding="utf-8")
         return written
 
-    def figure(self, path: Path) -> None:
-        """Model against kernel for the relative metrics: the kernel's median with its min-max
-        spread as an error bar, divided by the model's value (1 = agreement)."""
+    def figure(self, path: Path, tolerances: dict[str, float] | None = None) -> None:
+        """The report as a figure (:func:`report_figure`), written to ``path`` (PNG)."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        rows = [r for r in self.rows if r.metric in RELATIVE and r.model and r.kernel is not None]
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(rows) + 2), 3.2))
-        for i, r in enumerate(rows):
-            low, high = r.kernel / r.model - r.kernel_min / r.model, r.kernel_max / r.model - r.kernel / r.model
-            ax.errorbar([i], [r.kernel / r.model], yerr=[[low], [high]], fmt="o", capsize=4)
-        ax.axhline(1.0, color="grey", linewidth=0.8)
-        ax.set_xticks(range(len(rows)), [f"{r.variant}\n{r.metric}" for r in rows], fontsize=7)
-        ax.set_ylabel("kernel / model")
-        ax.set_title(f"{self.scenario}: kernel against model ({self.seeds} run indices)", fontsize=9)
-        fig.tight_layout()
+        fig = report_figure(self, tolerances)
         fig.savefig(path, dpi=120)
         plt.close(fig)
+
+
+#: The band drawn around the model where no tolerance is given: the reference the benchmark's
+#: report counts against for times and loss-free goodput (docs/kernel-world.md, "Comparing").
+DEFAULT_BAND = 0.05
+_METRIC_TITLES = {"setup_rtts": "setup time", "first_byte_rtts": "first-byte time", "goodput": "goodput"}
+_METRIC_UNITS = {"setup_rtts": "RTTs", "first_byte_rtts": "RTTs", "goodput": "Mbit/s"}
+
+
+def _values_text(r: Row) -> str:
+    """model | kernel median (min-max) in the metric's unit, one precision for the row (about four digits)."""
+    scale = 1e6 if r.metric == "goodput" else 1.0
+    values = [v / scale for v in (r.model, r.kernel, r.kernel_min, r.kernel_max)]
+    largest = max(abs(v) for v in values)
+    digits = 3 if largest < 10 else 2 if largest < 100 else 1
+    model, kernel, low, high = (f"{v:.{digits}f}" for v in values)
+    return f"{model} | {kernel} ({low}-{high})"
+
+
+def report_figure(report: Report, tolerances: dict[str, float] | None = None) -> Any:
+    """One row per variant (top to bottom, in the report's order), so 10 or 40 variants read alike.
+
+    Left: the exact metrics as text (outcome agreement, the largest SYN, RST and port count
+    difference per request), red where they fail (an outcome below 100 %, a count beyond its
+    tolerance, 0 when none is given). Then one panel per relative metric (setup and first-byte time
+    in RTTs, goodput): the model is the zero line, the kernel's median a dot and its min-max over
+    the run indices a bar, all as (kernel - model) / model, the error the tolerance applies to;
+    the shaded band is the metric's tolerance (``tolerances``, else :data:`DEFAULT_BAND`), a dot
+    outside it red. Beyond the axis range a value is drawn at the edge with its number. Beside
+    each panel the values themselves: model | kernel median (min-max)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+    tolerances = tolerances or {}
+    variants = list(dict.fromkeys(r.variant for r in report.rows))
+    by_key = {(r.variant, r.metric): r for r in report.rows}
+    metrics = [m for m in RELATIVE if any(by_key.get((v, m)) is not None and by_key[(v, m)].kernel is not None
+                                          for v in variants)]
+    n = max(1, len(variants))
+    label_in = min(3.0, 0.9 + 0.055 * max((len(v) for v in variants), default=4))
+    widths = [1.9] + [2.6, 1.55] * len(metrics)
+    fig_w = label_in + sum(widths) + 0.3
+    fig_h = 1.25 + 0.24 * n
+    fig = plt.figure(figsize=(fig_w, fig_h))
+    grid = fig.add_gridspec(1, len(widths), width_ratios=widths, left=label_in / fig_w, right=1 - 0.15 / fig_w,
+                            top=1 - 0.85 / fig_h, bottom=0.45 / fig_h, wspace=0.08)
+    ys = {v: n - 1 - i for i, v in enumerate(variants)}  # the first variant on top
+    axes = [fig.add_subplot(grid[0, i]) for i in range(len(widths))]
+    for ax in axes:
+        ax.set_ylim(-0.5, n - 0.5)
+        ax.set_yticks([])
+        for i in range(0, n, 2):  # stripes: a row's panels read across
+            ax.axhspan(n - 1 - i - 0.5, n - 1 - i + 0.5, color="0.94", zorder=0, linewidth=0)
+    axes[0].set_yticks([ys[v] for v in variants], variants, fontsize=7)
+    axes[0].tick_params(axis="y", length=0)
+
+    exact = axes[0]
+    exact.set_xlim(0, 1)
+    exact.set_xticks([])
+    exact.set_title("outcomes agree; max diff per\nrequest: SYNs / RSTs / ports", fontsize=7.5)
+    for v in variants:
+        parts, bad = [], False
+        outcome = by_key.get((v, "outcome"))
+        if outcome is not None and outcome.error is not None:
+            parts.append(f"{outcome.error:.0%}")
+            bad |= outcome.error < 1.0
+        for metric in ABSOLUTE:
+            r = by_key.get((v, metric))
+            if r is None or r.error is None:
+                parts.append("-")
+                continue
+            parts.append(f"{r.error:g}")
+            bad |= r.error > tolerances.get(metric, 0.0)
+        exact.text(0.04, ys[v], "  ".join(parts[:1]) + "   " + " / ".join(parts[1:]), va="center", fontsize=7,
+                   color="tab:red" if bad else "black", family="monospace")
+
+    for index, metric in enumerate(metrics):
+        ax, text_ax = axes[1 + 2 * index], axes[2 + 2 * index]
+        band = tolerances.get(metric, DEFAULT_BAND)
+        rows = [(v, by_key.get((v, metric))) for v in variants]
+        extents = [abs(x) for _, r in rows if r is not None and r.model and r.kernel is not None
+                   for x in ((r.kernel - r.model) / r.model, (r.kernel_min - r.model) / r.model,
+                             (r.kernel_max - r.model) / r.model)]
+        # Wide enough for the band and 90 % of the values (an outlier is drawn at the edge, numbered),
+        # and never so wide that the band shrinks to a line.
+        typical = sorted(extents)[int(0.9 * (len(extents) - 1))] if extents else 0.0
+        limit = min(max(2 * band, 0.02, typical * 1.15), max(6 * band, 0.3))
+        ax.set_xlim(-limit, limit)
+        ax.axvspan(-band, band, color="tab:green", alpha=0.13, linewidth=0, zorder=1)
+        ax.axvline(0, color="black", linewidth=0.9, zorder=2)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4, steps=[1, 2, 5, 10], symmetric=True))
+        ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0 if limit >= 0.1 else 1))
+        ax.tick_params(axis="x", labelsize=7)
+        ax.set_title(f"{_METRIC_TITLES[metric]}: (kernel - model) / model\nband ±{band:.0%}", fontsize=7.5)
+        text_ax.set_xlim(0, 1)
+        text_ax.set_xticks([])
+        text_ax.set_title(f"model | kernel (min-max)\n{_METRIC_UNITS[metric]}", fontsize=7.5)
+        for v, r in rows:
+            y = ys[v]
+            if r is None or r.kernel is None or r.model is None:
+                missing = ("-" if r is None else "none in either world" if r.kernel is None and r.model is None
+                           else "no kernel value" if r.kernel is None else "no model value")
+                text_ax.text(0.04, y, missing, va="center", fontsize=6.5, color="0.4")
+                continue
+            text_ax.text(0.04, y, _values_text(r), va="center", fontsize=6.5)
+            if not r.model:
+                ax.text(0, y, "model 0", va="center", ha="center", fontsize=6.5, color="0.4")
+                continue
+            low, median, high = ((x - r.model) / r.model for x in (r.kernel_min, r.kernel, r.kernel_max))
+            ax.plot([max(low, -limit), min(high, limit)], [y, y], color="0.45", linewidth=3, alpha=0.55,
+                    solid_capstyle="butt", zorder=3)
+            inside = abs(median) <= band
+            color = "tab:blue" if inside else "tab:red"
+            if abs(median) > limit:
+                edge = 0.96 * (limit if median > 0 else -limit)
+                ax.plot([edge], [y], marker=">" if median > 0 else "<", color=color, markersize=6, zorder=4)
+                ax.text(edge * 0.93, y, f"{median:+.0%}", ha="right" if median > 0 else "left", va="center",
+                        fontsize=6.5, color=color, zorder=5)
+            else:
+                ax.plot([median], [y], marker="o" if inside else "D", color=color, markersize=4.5, zorder=4)
+    for ax in axes[2::2]:
+        ax.axis("off")
+    handles = [Line2D([], [], color="black", linewidth=0.9, label="model (0)"),
+               Line2D([], [], color="0.45", linewidth=3, alpha=0.55, label="kernel min-max"),
+               Line2D([], [], color="tab:blue", marker="o", linestyle="", label="kernel median, in band"),
+               Line2D([], [], color="tab:red", marker="D", linestyle="", label="outside the band"),
+               Patch(color="tab:green", alpha=0.13, label="tolerance band")]
+    fig.legend(handles=handles, loc="upper right", ncol=5, fontsize=7, frameon=False,
+               bbox_to_anchor=(1 - 0.15 / fig_w, 1 - 0.02 / fig_h))
+    fig.text(0.15 / fig_w, 1 - 0.12 / fig_h, f"{report.scenario}: kernel against model, {report.seeds} run "
+             f"index(es) per variant", fontsize=9, va="top")
+    return fig
 
 
 def _none(value: Any) -> Any:

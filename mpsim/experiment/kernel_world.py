@@ -94,6 +94,15 @@ RECORD_FILE = "kernel_runs.json"
 RECORD_TABLES = ("connections", "transfers")
 SETTLE_S = 0.3  # after the last record: let FINs and RSTs reach the captures
 RST_GRACE_S = 0.002  # an RST the close itself sent is stamped within this of the close
+CAPTURE_SNAPLEN_BYTES = 128  # headers and options, not payloads: a long transfer's capture stays small
+#: Written into every pcapng file of a kernel run (its section comment), as the simulator writes
+#: CAPTURE_NOTE into its own: how these captures differ from the simulator's of the same names.
+KERNEL_CAPTURE_NOTE = (
+    "mpsim kernel-world capture (docs/kernel-world.md, Captures): tcpdump on one device of the link, "
+    "both directions, Ethernet frames cut at 128 bytes (frame.len is the packet's length), timestamps of "
+    "the kernel's wall clock. path.NAME is captured at the client's end (its sends before the path's delay "
+    "and loss, its receptions after them), server.link at the server's end. Real kernel packets: "
+    "checksums, timestamps, payloads and retransmissions are Linux's.")
 
 
 class KernelWorldError(MpsimError):
@@ -115,6 +124,26 @@ def _loss(spec: dict) -> tuple[float, tuple | None] | str:
     return f"loss model {spec['model']!r} (scripted drops have no kernel rule)"
 
 
+def uses_proxy(scenario: Scenario) -> bool:
+    """Whether a run of ``scenario`` starts a proxy: the converter is enabled and a scheme its
+    requests use goes through one (what ``--proxy-cmd`` replaces)."""
+    schemes = dict.fromkeys((scenario.client.scheme, *scenario.workload.schemes))
+    return scenario.converter.enabled and any(SCHEMES.get(name).proxy for name in schemes if name in SCHEMES)
+
+
+def proxy_cmd_problems(proxy_cmd: str) -> list[str]:
+    """What is wrong with a ``--proxy-cmd`` before anything is built, one line each: no words, a
+    placeholder other than {listen}, {allow}, {addr}, {port}, a program not found on PATH."""
+    try:
+        argv = fill_proxy_cmd(proxy_cmd, ("198.18.0.2", PROXY_PORT_DEFAULT), CLIENT_PREFIXES[4])
+    except KernelWorldError as err:
+        return [str(err)]
+    program = argv[0]
+    found = (os.access(program, os.X_OK) and not os.path.isdir(program)) if os.sep in program else \
+        shutil.which(program) is not None
+    return [] if found else [f"--proxy-cmd {proxy_cmd!r}: {program}: command not found"]
+
+
 def unbuildable(scenario: Scenario, *, proxy_cmd: str | None = None) -> list[str]:
     """One line per element of ``scenario`` the kernel world cannot build, naming it (empty: all can)."""
     from mpsim.testbed.shaping import KERNEL_MIDDLEBOXES
@@ -125,7 +154,7 @@ def unbuildable(scenario: Scenario, *, proxy_cmd: str | None = None) -> list[str
     for name in schemes:
         if name not in KERNEL_SCHEMES:
             out.append(f"client.scheme {name!r}: " + REFUSED_SCHEMES.get(name, "no socket form in the kernel world"))
-    if s.converter.enabled and any(SCHEMES.get(name).proxy for name in schemes):
+    if uses_proxy(s):
         kind = s.proxy_kind
         if kind not in KERNEL_PROXIES and proxy_cmd is None:
             out.append(f"converter.kind {kind!r}: the kernel world runs {', '.join(KERNEL_PROXIES)} "
@@ -377,7 +406,7 @@ class KernelRun:
     sysctls: dict
     middleboxes: dict
     proxy_argv: list[str]
-    pcaps: dict[str, bytes]  # file name -> the capture (client side of each path, 128-byte snaplen)
+    pcaps: dict[str, bytes]  # file name -> pcapng bytes (KERNEL_CAPTURE_NOTE); empty unless kept
     # Pinned buffers: per role, what its program set and what its socket reported back (doubled)
     socket_buffers: dict | None = None
 
@@ -493,8 +522,11 @@ class ServerLinkDelay:
         self.close()
 
 
-def wait_listening(tb: Any, role: str, address: str, port: int, timeout_s: float) -> None:
-    """The readiness check: a TCP connect from the client namespace succeeds."""
+def wait_listening(tb: Any, role: str, address: str, port: int, timeout_s: float,
+                   proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    """The readiness check: a TCP connect from the client namespace succeeds. With the proxy's
+    ``proc`` (and its ``log``), a proxy that exits first is reported at once, with its status and
+    the last line it wrote, rather than after the whole wait."""
     family = "AF_INET6" if ":" in address else "AF_INET"
     probe = (f"import socket,sys\ns=socket.socket(socket.{family});s.settimeout(1)\n"
              f"sys.exit(s.connect_ex(({address!r},{port})))")
@@ -503,8 +535,24 @@ def wait_listening(tb: Any, role: str, address: str, port: int, timeout_s: float
         done = tb.run(role, [sys.executable, "-c", probe], timeout_s=5)
         if done.returncode == 0:
             return
+        if proc is not None and proc.poll() is not None:
+            said = _first_lines(log)
+            raise KernelWorldError(f"the proxy exited with status {proc.returncode} before listening on "
+                                   f"{endpoint_text(address, port)}" + (f": {said}" if said else ""))
         time.sleep(0.1)
-    raise KernelWorldError(f"nothing listens on {address}:{port} after {timeout_s:g} s (the proxy did not start)")
+    raise KernelWorldError(f"nothing listens on {endpoint_text(address, port)} after {timeout_s:g} s "
+                           "(the proxy did not start)")
+
+
+def _first_lines(log: Path | None, count: int = 3) -> str:
+    """A program's first ``count`` non-empty log lines joined by " / " (at most 240 characters; a
+    usage text or an error comes first), or ""."""
+    try:
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()] if log else []
+    except OSError:
+        return ""
+    text = " / ".join(lines[:count]) + (f" (+{len(lines) - count} lines)" if len(lines) > count else "")
+    return text if len(text) <= 240 else text[:237] + "..."
 
 
 def endpoint_text(address: str, port: int) -> str:
@@ -521,7 +569,11 @@ def fill_proxy_cmd(proxy_cmd: str, listen: tuple[str, int], allow: str) -> list[
     (the clients' prefix) filled in; a clear error for another placeholder."""
     fields = {"listen": endpoint_text(*listen), "allow": allow, "addr": listen[0], "port": str(listen[1])}
     try:
-        argv = [word.format(**fields) for word in shlex.split(proxy_cmd)]
+        words = shlex.split(proxy_cmd)
+    except ValueError as err:  # an unclosed quote
+        raise KernelWorldError(f"--proxy-cmd {proxy_cmd!r}: {err}") from None
+    try:
+        argv = [word.format(**fields) for word in words]
     except (KeyError, IndexError, ValueError) as err:
         raise KernelWorldError(f"--proxy-cmd {proxy_cmd!r}: bad placeholder {err}; use {{listen}}, {{allow}}, "
                                "{addr}, {port}") from None
@@ -571,8 +623,13 @@ def converter_cores(scenario: Scenario, proxy_cmd: str | None = None) -> str:
 
 
 def run_once(scenario: Scenario, *, variant: str, run_index: int, work: Path, proxy_cmd: str | None = None,
-             pcap: bool = True) -> tuple[RunResult, KernelRun]:
-    """Build the scenario's testbed, run its workload, tear it down; the simulator's rows."""
+             pcap: bool = True, keep_pcaps: bool = False) -> tuple[RunResult, KernelRun]:
+    """Build the scenario's testbed, run its workload, tear it down; the simulator's rows.
+
+    ``pcap``: capture every link (:func:`capture_points`); the SYN and RST columns are read from
+    the paths' captures (empty without). ``keep_pcaps``: also keep the captures, as pcapng bytes
+    named as the simulator names its files (``<variant>-run<N>-<link>.pcapng``), in the
+    KernelRun (for ``--pcap``; a comparison does not keep them, so memory stays bounded)."""
     from mpsim.testbed import Testbed
     from mpsim.testbed.probe import run_command
 
@@ -623,22 +680,22 @@ def run_once(scenario: Scenario, *, variant: str, run_index: int, work: Path, pr
             argv = proxy_argv(scenario, proxy, CLIENT_PREFIXES[scenario.ip_version], proxy_cmd)
             log = open(work / f"{variant}-run{run_index}-proxy.log", "wb")
             logs.append(log)
-            tb.popen("converter", [*REALTIME, *argv], stdout=log, stderr=log)
-            wait_listening(tb, "client", proxy[0], proxy[1], 15.0)
-        captures, pcaps = [], []
+            proxy_proc = tb.popen("converter", [*REALTIME, *argv], stdout=log, stderr=log)
+            wait_listening(tb, "client", proxy[0], proxy[1], 15.0, proxy_proc, Path(log.name))
+        captures, pcaps = [], {}  # pcaps: link -> (raw pcap file, role, device)
         capture = capture_argv() if pcap else None
         if capture is not None:
-            for i, name in enumerate(path_names(scenario)):
-                path = work / f"{variant}-run{run_index}-path.{name}.pcap"
-                pcaps.append(str(path))
-                log = open(work / f"{variant}-run{run_index}-capture.{name}.log", "wb")
+            for link, (role, device) in capture_points(scenario).items():
+                path = work / f"{variant}-run{run_index}-{link}.pcap"
+                pcaps[link] = (path, role, device)
+                log = open(work / f"{variant}-run{run_index}-capture.{link}.log", "wb")
                 logs.append(log)
-                captures.append(tb.popen("client", capture(f"path{i}", str(path)), stdout=log, stderr=log))
+                captures.append(tb.popen(role, capture(device, str(path)), stdout=log, stderr=log))
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and not all(Path(p).exists() and Path(p).stat().st_size >= 24
-                                                          for p in pcaps):
+            while time.monotonic() < deadline and not all(p.exists() and p.stat().st_size >= 24
+                                                          for p, _, _ in pcaps.values()):
                 time.sleep(0.05)
-            missing = [p for p in pcaps if not Path(p).exists()]
+            missing = [str(p) for p, _, _ in pcaps.values() if not p.exists()]
             if missing:
                 raise KernelWorldError(f"the packet capture did not start writing {', '.join(missing)}")
         before = {role: tb.counters(role) for role in ("client", "converter", "server")}
@@ -666,14 +723,16 @@ def run_once(scenario: Scenario, *, variant: str, run_index: int, work: Path, pr
             log.close()
     client_out = json.loads(out_path.read_text())
     flags: dict[int, dict[str, list[float]]] = {}
-    for path in pcaps:
-        for port, times in pcap_flags(Path(path), set(facts["addresses"]["client"])).items():
+    # The client's own links only: on the server link a direct connection's packets pass again.
+    for link in (f"path.{name}" for name in path_names(scenario) if f"path.{name}" in pcaps):
+        for port, times in pcap_flags(pcaps[link][0], set(facts["addresses"]["client"])).items():
             total = flags.setdefault(port, {"syns": [], "rsts": []})
             total["syns"] += times["syns"]
             total["rsts"] += times["rsts"]
     result = _rows(scenario, variant, run_index, seeds, client_out, flags, before, after, snmp_before, snmp_after,
                    boxes, bool(pcaps))
-    captured = {Path(p).name: Path(p).read_bytes() for p in pcaps if Path(p).exists()}
+    captured = {f"{variant}-run{run_index}-{link}.pcapng": kernel_pcapng(path, link, role, device)
+                for link, (path, role, device) in pcaps.items() if keep_pcaps and path.exists()}
     if pinned is not None:
         buffers_read["client"] = client_out.get("socket_buffers_read")
         pinned = {role: None if values is None else {**values, "read_back": buffers_read.get(role)}
@@ -681,15 +740,36 @@ def run_once(scenario: Scenario, *, variant: str, run_index: int, work: Path, pr
     return result, KernelRun(facts, sysctls, {k: list(v) for k, v in boxes.items()}, argv, captured, pinned)
 
 
+def capture_points(scenario: Scenario) -> dict[str, tuple[str, str]]:
+    """Link name -> (namespace role, device) of its capture: the simulator's link names
+    (``path.NAME`` per access path, ``server.link``), each captured at its endpoint's end: the
+    client's device of each path (``pathI``, before the path's delay line), the server's device
+    towards the converter (behind the server's delay line, if any)."""
+    points = {f"path.{name}": ("client", f"path{i}") for i, name in enumerate(path_names(scenario))}
+    points["server.link"] = ("server", "converter")
+    return points
+
+
+def kernel_pcapng(path: Path, link: str, role: str, device: str) -> bytes:
+    """A kernel run's raw capture (tcpdump's pcap) as the pcapng the simulator's files are: one
+    interface named as the link, described by where it was captured, KERNEL_CAPTURE_NOTE as the
+    section comment. A record cut short by the capture's stop is left out."""
+    from mpsim.wire.pcap import LINKTYPE_ETHERNET, PcapngInterface, pcap_as_pcapng
+
+    interface = PcapngInterface(link, LINKTYPE_ETHERNET, f"{role} namespace, device {device}")
+    return pcap_as_pcapng(path.read_bytes(), interface, comment=KERNEL_CAPTURE_NOTE, partial_ok=True)
+
+
 def capture_argv() -> Any:
     """A function (interface, file) -> argv of a packet capture writing pcap with 128-byte
     snapshots: tcpdump (what .ci/run installs) or dumpcap; None when neither is installed (the
     SYN and RST columns are then empty)."""
+    snap = str(CAPTURE_SNAPLEN_BYTES)
     if shutil.which("tcpdump"):
-        return lambda dev, path: ["tcpdump", "-q", "--immediate-mode", "-i", dev, "-s", "128", "-U", "-Z", "root",
+        return lambda dev, path: ["tcpdump", "-q", "--immediate-mode", "-i", dev, "-s", snap, "-U", "-Z", "root",
                                           "-w", path]
     if shutil.which("dumpcap"):
-        return lambda dev, path: ["dumpcap", "-q", "-i", dev, "-s", "128", "-P", "-w", path]
+        return lambda dev, path: ["dumpcap", "-q", "-i", dev, "-s", snap, "-P", "-w", path]
     return None
 
 
@@ -843,6 +923,8 @@ class KernelResults(Results):
                                "middleboxes": k.middleboxes, "proxy_argv": k.proxy_argv,
                                "pcaps": sorted(k.pcaps), "testbed": k.facts}
                               for run, k in zip(self.runs, self.kernel)]
+        if any(k.pcaps for k in self.kernel):  # how these files differ from the simulator's of the same names
+            manifest["capture_note"] = KERNEL_CAPTURE_NOTE
         names = list(dict.fromkeys(run.variant for run in self.runs))
         manifest["model_only"] = {name: model_only_values(self.loaded.variants[name]) for name in names}
         manifest["converter_cores"] = {name: converter_cores(self.loaded.variants[name], self.proxy_cmd)
@@ -881,6 +963,9 @@ class KernelResults(Results):
         return [*written, path]
 
     def write_pcaps(self, pcap_dir: Path) -> list[Path]:
+        """The kept captures (``run_kernel(keep_pcaps=True)``), one pcapng per link and run,
+        named as the simulator's (``<variant>-run<N>-<link>.pcapng``); KERNEL_CAPTURE_NOTE in each
+        says how they differ from the simulator's. Nothing was kept: nothing is written."""
         pcap_dir.mkdir(parents=True, exist_ok=True)
         written = []
         for k in self.kernel:
@@ -896,13 +981,16 @@ def check_root() -> None:
 
 
 def run_kernel(loaded: LoadedScenario, *, variants: list[str] | None = None, skip_unbuildable: bool = False,
-               proxy_cmd: str | None = None, pcap: bool = True, progress: Any = None) -> KernelResults:
+               proxy_cmd: str | None = None, pcap: bool = True, keep_pcaps: bool = False,
+               progress: Any = None) -> KernelResults:
     """Every variant (or those named) and run index of ``loaded`` in the kernel. Unbuildable
     variants are refused (KernelWorldError naming the first element) or, with
     ``skip_unbuildable``, left out and named in the manifest."""
     from mpsim.testbed.probe import TestbedError
 
     names = list(variants) if variants else list(loaded.variants)
+    if proxy_cmd is not None and proxy_cmd_problems(proxy_cmd):
+        raise KernelWorldError(proxy_cmd_problems(proxy_cmd)[0])
     problems = {name: unbuildable(loaded.variants[name], proxy_cmd=proxy_cmd) for name in names}
     skipped = []
     for name in names:
@@ -915,6 +1003,9 @@ def run_kernel(loaded: LoadedScenario, *, variants: list[str] | None = None, ski
     if not names:
         raise KernelWorldError("no variant can be built in the kernel: " + "; ".join(skipped[:3])
                                + (f" (and {len(skipped) - 3} more)" if len(skipped) > 3 else ""))
+    if proxy_cmd is not None and not any(uses_proxy(loaded.variants[name]) for name in names):
+        raise KernelWorldError(f"--proxy-cmd: no variant of scenario {loaded.name} runs through a proxy "
+                               "(converter.enabled = false or a direct client.scheme): nothing would run it")
     check_root()  # after the refusals: what cannot be built is said on any machine
     from mpsim.provenance import git_revision
 
@@ -929,7 +1020,8 @@ def run_kernel(loaded: LoadedScenario, *, variants: list[str] | None = None, ski
                     progress(f"kernel: variant {name} run {run_index}")
                 try:
                     result, k = run_once(loaded.variants[name], variant=name, run_index=run_index,
-                                         work=Path(scratch) / "work", proxy_cmd=proxy_cmd, pcap=pcap)
+                                         work=Path(scratch) / "work", proxy_cmd=proxy_cmd, pcap=pcap,
+                                         keep_pcaps=keep_pcaps and pcap)
                 except TestbedError as err:  # the machine cannot build it (probe) or a command failed
                     raise KernelWorldError(f"variant {name!r} run {run_index}: "
                                            + " ".join(str(err).split())) from None

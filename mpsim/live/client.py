@@ -178,7 +178,16 @@ def convert_open(converter: str | tuple, dest: str | tuple, *, mptcp: bool = Fal
     try:
         sock.setsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN_NO_COOKIE, 1)  # no cookie towards a converter (RFC 8803 4.2)
         sock.setblocking(False)
-        syn_bytes = _connect_with_syn_data(sock, payload, converter_address, deadline, mptcp)
+        syn_bytes, reset = _connect_with_syn_data(sock, payload, converter_address, deadline, mptcp)
+        if reset:
+            # The converter replied and reset before this thread woke: the connection is over and
+            # only why is left. The RFC 8803 8 SYN-ACK check cannot be made (an MPTCP socket's
+            # TCP_INFO went with its reset subflow); the queued reply's Error TLV is the answer.
+            reply = _read_reply(sock, dest_ep, info, cookie, deadline)
+            if reply.error is not None:
+                raise _error_for(reply)
+            raise ConnectionResetError(errno.ECONNRESET, f"the converter at {converter_address[0]}:"
+                                                         f"{converter_address[1]} reset the connection after its reply")
         # RFC 8803 8: the SYN-ACK must ACK the whole Convert message (TCPI_OPT_SYN_DATA: all SYN data ACKed)
         syn_data = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_OPTIONS_BYTES)[5] & TCPI_OPT_SYN_DATA
         if not syn_data or syn_bytes < len(message):
@@ -232,8 +241,9 @@ def _wait(sock: socket.socket, events: int, deadline: float, what: str) -> None:
 
 
 def _connect_with_syn_data(sock: socket.socket, payload: bytes, address: tuple[str, int], deadline: float,
-                           mptcp: bool) -> int:
-    """SYN with ``payload`` (what fits), wait for the handshake; the bytes that went in the SYN.
+                           mptcp: bool) -> tuple[int, bool]:
+    """SYN with ``payload`` (what fits), wait for the handshake; the bytes that went in the SYN,
+    and whether the converter has already reset the connection after queuing a reply.
     When no data could go in the SYN, the kernel settings say why (checked only then: a sysctl
     read per connection cost more than the Convert message)."""
     try:
@@ -247,12 +257,24 @@ def _connect_with_syn_data(sock: socket.socket, payload: bytes, address: tuple[s
         _raise_kernel_problems(mptcp)
     _wait(sock, selectors.EVENT_WRITE, deadline, "connecting to the converter")
     error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-    if error:
+    # ECONNRESET here means the handshake completed and the converter then reset: a refusal (Error
+    # 32 at accept) is its reply and a reset at once, both in before a client on a busy machine
+    # wakes. The reply is still queued: read it (RFC 8803 6.2.8) rather than report no converter.
+    reset = error == errno.ECONNRESET and _queued(sock)
+    if error and not reset:
         raise OSError(error, f"cannot reach the converter at {address[0]}:{address[1]}: {os.strerror(error)}")
     if syn_bytes == 0:
         raise ConvertError("the kernel put no data in the SYN (TFO off for this destination: SYN-data losses "
                            "back-off or blackhole detection); the Convert message must be in the SYN (RFC 8803 4.2)")
-    return syn_bytes
+    return syn_bytes, reset
+
+
+def _queued(sock: socket.socket) -> bool:
+    """Whether bytes wait to be read (a peek; the socket is non-blocking)."""
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:
+        return False
 
 
 def _raise_kernel_problems(mptcp: bool) -> None:

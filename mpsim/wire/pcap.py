@@ -69,6 +69,21 @@ def read_pcap(data: bytes | memoryview, *, linktype: int | None = LINKTYPE_RAW) 
     ends inside a record (e.g. one still being written) raises TruncatedError.
     """
     data = bytes(data)
+    header = _pcap_header(data, linktype)
+    # Integer arithmetic first, then one correctly rounded division.
+    return [((seconds * header.ticks_per_s + ticks) / header.ticks_per_s, packet)
+            for seconds, ticks, packet, _original in _pcap_records(data, header, partial_ok=False)]
+
+
+@dataclass(frozen=True, slots=True)
+class _PcapHeader:
+    order: str
+    ticks_per_s: int
+    snaplen_bytes: int
+    linktype: int
+
+
+def _pcap_header(data: bytes, linktype: int | None) -> _PcapHeader:
     if len(data) < FILE_HEADER_BYTES:
         raise TruncatedError(
             f"pcap file header needs {FILE_HEADER_BYTES} bytes, got {len(data)}", len(data), FILE_HEADER_BYTES
@@ -78,26 +93,36 @@ def read_pcap(data: bytes | memoryview, *, linktype: int | None = LINKTYPE_RAW) 
         kind = "a pcapng file, which is not supported" if magic == _PCAPNG_MAGIC else "not a pcap file"
         raise MalformedError(f"pcap magic number 0x{magic.hex()}: {kind}", 0)
     order, ticks_per_s = _MAGICS[magic]
-    major, minor, link_info = struct.unpack_from(order + "HH12xI", data, 4)
+    major, minor, snaplen, link_info = struct.unpack_from(order + "HH8xII", data, 4)
     if major != 2:
         raise MalformedError(f"pcap version {major}.{minor}, expected 2.x", 4)
     # The upper 16 bits carry FCS information (draft-ietf-opsawg-pcap, LinkType field).
     if linktype is not None and link_info & 0xFFFF != linktype:
         raise MalformedError(f"pcap link type {link_info & 0xFFFF}, expected {linktype}", 20)
+    return _PcapHeader(order, ticks_per_s, snaplen, link_info & 0xFFFF)
+
+
+def _pcap_records(data: bytes, header: _PcapHeader, *, partial_ok: bool) -> list[tuple[int, int, bytes, int]]:
+    """(seconds, ticks, stored bytes, original length) of every record after the file header;
+    a record cut short at the end raises TruncatedError, or with ``partial_ok`` ends the list."""
     records = []
     offset = FILE_HEADER_BYTES
     while offset < len(data):
         if len(data) - offset < RECORD_HEADER_BYTES:
+            if partial_ok:
+                break
             raise TruncatedError("pcap file ends inside a record header", len(data), offset + RECORD_HEADER_BYTES)
-        seconds, ticks, captured_bytes, _original_bytes = struct.unpack_from(order + "IIII", data, offset)
-        if ticks >= ticks_per_s:
-            unit = "microseconds" if ticks_per_s == _MICROS_PER_S else "nanoseconds"
-            raise MalformedError(f"pcap record timestamp {unit} {ticks} out of range 0..{ticks_per_s - 1}", offset + 4)
+        seconds, ticks, captured_bytes, original_bytes = struct.unpack_from(header.order + "IIII", data, offset)
+        if ticks >= header.ticks_per_s:
+            unit = "microseconds" if header.ticks_per_s == _MICROS_PER_S else "nanoseconds"
+            raise MalformedError(f"pcap record timestamp {unit} {ticks} out of range 0..{header.ticks_per_s - 1}",
+                                 offset + 4)
         end = offset + RECORD_HEADER_BYTES + captured_bytes
         if end > len(data):
+            if partial_ok:
+                break
             raise TruncatedError(f"pcap record of {captured_bytes} bytes runs past the end of the file", len(data), end)
-        # Integer arithmetic first, then one correctly rounded division.
-        records.append(((seconds * ticks_per_s + ticks) / ticks_per_s, data[offset + RECORD_HEADER_BYTES : end]))
+        records.append((seconds, ticks, data[offset + RECORD_HEADER_BYTES : end], original_bytes))
         offset = end
     return records
 
@@ -162,17 +187,8 @@ def pcapng_file_bytes(interfaces: Sequence[PcapngInterface], records: Iterable[t
     """
     if not isinstance(interfaces, Sequence) or not all(isinstance(i, PcapngInterface) for i in interfaces):
         raise InvalidValueError(f"interfaces must be a sequence of PcapngInterface, got {interfaces!r}")
-    shb_options = _option(_OPT_COMMENT, comment.encode()) if comment else b""
-    shb_options += _option(_OPT_SHB_USERAPPL, application.encode()) if application else b""
-    # Major 1, minor 0, section length -1 (not given: the writer does not seek back).
-    chunks = [_block(_BLOCK_SHB, struct.pack("<IHHq", _BYTE_ORDER_MAGIC, 1, 0, -1) + shb_options
-                     + _option(_OPT_ENDOFOPT, b""))]
-    for interface in interfaces:
-        options = _option(_OPT_IF_NAME, interface.interface_name.encode())
-        if interface.description:
-            options += _option(_OPT_IF_DESCRIPTION, interface.description.encode())
-        chunks.append(_block(_BLOCK_IDB, struct.pack("<HHI", interface.linktype, 0, SNAPLEN_BYTES) + options
-                             + _option(_OPT_ENDOFOPT, b"")))
+    chunks = [_shb(application, comment)]
+    chunks += [_idb(interface, SNAPLEN_BYTES) for interface in interfaces]
     for index, record in enumerate(records):
         if not isinstance(record, tuple) or len(record) != 3:
             raise InvalidValueError(f"record {index}: must be (interface_id, timestamp_s, packet), got {record!r}")
@@ -190,9 +206,54 @@ def pcapng_file_bytes(interfaces: Sequence[PcapngInterface], records: Iterable[t
         micros = round(timestamp_s * _MICROS_PER_S)
         if micros >= 2**64:
             raise InvalidValueError(f"record {index}: timestamp_s {timestamp_s!r} rounds to 2**64 us")
-        chunks.append(_block(_BLOCK_EPB, struct.pack("<IIIII", interface_id, micros >> 32, micros & 0xFFFFFFFF,
-                                                     len(packet), len(packet))
-                             + packet + bytes(-len(packet) % 4)))
+        chunks.append(_epb(interface_id, micros, packet, len(packet)))
+    return b"".join(chunks)
+
+
+def _shb(application: str, comment: str) -> bytes:
+    """The Section Header Block (draft-ietf-opsawg-pcapng 4.1): byte-order magic, version 1.0,
+    section length -1 (not given: the writer does not seek back), then the comment and application."""
+    options = _option(_OPT_COMMENT, comment.encode()) if comment else b""
+    options += _option(_OPT_SHB_USERAPPL, application.encode()) if application else b""
+    return _block(_BLOCK_SHB, struct.pack("<IHHq", _BYTE_ORDER_MAGIC, 1, 0, -1) + options + _option(_OPT_ENDOFOPT, b""))
+
+
+def _idb(interface: PcapngInterface, snaplen_bytes: int, tsresol: int | None = None) -> bytes:
+    """An Interface Description Block (section 4.2): link type, snapshot length, if_name,
+    if_description, and if_tsresol when it is not the default (microseconds)."""
+    options = _option(_OPT_IF_NAME, interface.interface_name.encode())
+    if interface.description:
+        options += _option(_OPT_IF_DESCRIPTION, interface.description.encode())
+    if tsresol is not None:
+        options += _option(_OPT_IF_TSRESOL, bytes((tsresol,)))
+    return _block(_BLOCK_IDB, struct.pack("<HHI", interface.linktype, 0, snaplen_bytes) + options
+                  + _option(_OPT_ENDOFOPT, b""))
+
+
+def _epb(interface_id: int, ticks: int, packet: bytes, original_bytes: int) -> bytes:
+    """An Enhanced Packet Block (section 4.3): the timestamp in the interface's ticks as two 32-bit
+    words, the captured and the original length, the packet padded to 32 bits."""
+    return _block(_BLOCK_EPB, struct.pack("<IIIII", interface_id, ticks >> 32, ticks & 0xFFFFFFFF, len(packet),
+                                          original_bytes) + packet + bytes(-len(packet) % 4))
+
+
+def pcap_as_pcapng(data: bytes | memoryview, interface: PcapngInterface, *, application: str = "mpsim",
+                   comment: str = "", partial_ok: bool = False) -> bytes:
+    """A classic pcap file (as tcpdump writes it) as a one-interface pcapng file, so that captures
+    made by a program and captures written here have one format: the interface is ``interface``
+    (its link type must be the file's, MalformedError otherwise), with the file's snapshot length;
+    every record keeps its timestamp (nanosecond files get ``if_tsresol`` 9, draft-ietf-opsawg-pcapng
+    4.2), its stored bytes and its original length (larger than the stored bytes when the snapshot
+    cut the packet). A record cut short at the end of the file (a capture stopped while writing)
+    raises TruncatedError, or with ``partial_ok`` is left out."""
+    data = bytes(data)
+    if not isinstance(interface, PcapngInterface):
+        raise InvalidValueError(f"interface must be a PcapngInterface, got {interface!r}")
+    header = _pcap_header(data, interface.linktype)
+    tsresol = None if header.ticks_per_s == _MICROS_PER_S else 9
+    chunks = [_shb(application, comment), _idb(interface, header.snaplen_bytes, tsresol)]
+    for seconds, ticks, packet, original_bytes in _pcap_records(data, header, partial_ok=partial_ok):
+        chunks.append(_epb(0, seconds * header.ticks_per_s + ticks, packet, original_bytes))
     return b"".join(chunks)
 
 

@@ -6,6 +6,7 @@ The first tests need nothing but Python; those taking the ``kernel_world`` fixtu
 
 import json
 import struct
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +17,8 @@ from mpsim.experiment import compare, kernel_world
 from mpsim.experiment.results import TABLES
 from mpsim.experiment.scenario import load, load_text
 from mpsim.live.client_host import syn_give_up_s
+from mpsim.wire.pcap import read_pcapng
+from mpsim.wire.segment import decode_packet
 
 MODELS = Path(__file__).resolve().parents[2] / "models" / "kernel"
 CI_SCENARIO = str(MODELS / "ci_two_path.toml")
@@ -120,6 +123,28 @@ def test_run_on_kernel_refuses_an_unbuildable_middlebox_by_name(capsys, tmp_path
     assert err.count("\n") == 1 and "paths.a.middleboxes 'strip-syn-payload'" in err and "variant 'lost'" in err
 
 
+@pytest.mark.parametrize("proxy_cmd, named", [
+    ("", "--proxy-cmd is empty"),
+    ("microsocks -p {prt}", "bad placeholder 'prt'"),
+    ("microsocks '-p", "No closing quotation"),
+    ("no-such-proxy-program {listen}", "no-such-proxy-program: command not found"),
+])
+def test_a_bad_proxy_cmd_is_refused_before_anything_starts(capsys, proxy_cmd, named):
+    status = main(["run", str(MODELS / "convert_two_path.toml"), "--on", "kernel", "--proxy-cmd", proxy_cmd])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and named in err, err
+    assert "kernel: variant" not in err  # nothing was built
+
+
+def test_a_proxy_cmd_nothing_would_run_is_refused(capsys, tmp_path):
+    status = main(["run", CI_SCENARIO, "--on", "kernel", "--proxy-cmd", "microsocks -p {port}"])
+    err = capsys.readouterr().err
+    assert status == 2 and "no variant of scenario ci_two_path runs through a proxy" in err
+    status = main(["sweep", CI_SCENARIO, "--on", "kernel", "--grid", "paths.a.delay_s=0.005", "--proxy-cmd",
+                   "microsocks -p {port}", "--out", str(tmp_path / "s")])
+    assert status == 2 and "no grid point of scenario ci_two_path runs through a proxy" in capsys.readouterr().err
+
+
 # --- pieces checked by hand -------------------------------------------------------------------------
 
 
@@ -203,13 +228,66 @@ def test_run_on_kernel_writes_the_simulators_columns(kernel_world, tmp_path, cap
     client = counters[counters["component"] == "client"].set_index("counter")["value"]
     assert client["MPCapableSYNACKRX"] == 1 and client["MPJoinSynAckRx"] == 1  # nstat names, as the model's
     assert sorted(p.name for p in (tmp_path / "kernel" / "pcap").iterdir()) == \
-        ["base-run0-path.a.pcap", "base-run0-path.b.pcap"]
+        ["base-run0-path.a.pcapng", "base-run0-path.b.pcapng", "base-run0-server.link.pcapng"]
     manifest = (tmp_path / "kernel" / "manifest.json").read_text()
     assert '"net.ipv4.tcp_syn_linear_timeouts": "0"' in manifest and '"world": "kernel"' in manifest
     parsed = json.loads(manifest)
     assert parsed["converter_cores"] == {"base": "1: the live converter with --workers 1"}
     assert set(parsed["model_only"]["base"]) >= {"converter.cpu_setup_s", "converter.relay_cpu_s_per_gb"}
     assert "--workers" in parsed["kernel"][0]["proxy_argv"]
+
+
+def _syns(path: Path) -> list[tuple[str, str, list[str]]]:
+    """(interface, source address, option class names) of every SYN (with or without ACK) in a
+    pcapng file of Ethernet frames (IPv4; a SYN fits the 128-byte snapshot whole)."""
+    interfaces, records = read_pcapng(path.read_bytes())
+    syns = []
+    for interface_id, _t, frame in records:
+        ip = frame[14:]
+        if frame[12:14] != b"\x08\x00" or ip[9] != 6 or not ip[(ip[0] & 0x0F) * 4 + 13] & 0x02:
+            continue
+        packet = decode_packet(ip, verify_checksums=False)  # offloaded checksums are partial on the sender
+        syns.append((interfaces[interface_id].interface_name, str(packet.src),
+                     [type(option).__name__ for option in packet.segment.options]))
+    return syns
+
+
+def test_run_on_kernel_pcap_writes_the_simulators_capture_files(kernel_world, tmp_path, capsys):
+    """`mpsim run --on kernel --pcap` leaves one readable pcapng per link, named as the simulator's,
+    holding the negotiation: the MP_CAPABLE SYN and SYN-ACK on the primary path, the MP_JOIN SYN
+    on the second, both passing the server link (end-to-end MPTCP, no proxy)."""
+    assert main(["run", CI_SCENARIO, "--out", str(tmp_path / "sim"), "--pcap"]) == 0
+    capsys.readouterr()
+    assert main(["run", CI_SCENARIO, "--on", "kernel", "--out", str(tmp_path / "kernel"), "--pcap"]) == 0
+    out = capsys.readouterr().out
+    assert "and 3 captures (pcapng)" in out
+    names = sorted(p.name for p in (tmp_path / "kernel" / "pcap").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "sim" / "pcap").iterdir())
+    client = {"198.18.0.1": "a", "198.18.1.1": "b"}
+    syns = {link: _syns(tmp_path / "kernel" / "pcap" / f"base-run0-{link}.pcapng")
+            for link in ("path.a", "path.b", "server.link")}
+    assert [(src, "MpCapable" in options) for _, src, options in syns["path.a"]] == \
+        [("198.18.0.1", True), ("198.19.0.2", True)]  # SYN, SYN-ACK
+    assert [(src, "MpJoinSyn" in options or "MpJoinSynAck" in options) for _, src, options in syns["path.b"]] == \
+        [("198.18.1.1", True), ("198.19.0.2", True)]
+    assert sorted(client.get(src, "server") for _, src, _ in syns["server.link"]) == ["a", "b", "server", "server"]
+    assert {interface for link in syns for interface, _, _ in syns[link]} == set(syns)  # if_name is the link
+    manifest = json.loads((tmp_path / "kernel" / "manifest.json").read_text())
+    assert manifest["kernel"][0]["pcaps"] == names and "128 bytes" in manifest["capture_note"]
+    # Without --pcap nothing is kept or written.
+    assert main(["run", CI_SCENARIO, "--on", "kernel", "--out", str(tmp_path / "bare")]) == 0
+    assert not (tmp_path / "bare" / "pcap").exists()
+    assert json.loads((tmp_path / "bare" / "manifest.json").read_text())["kernel"][0]["pcaps"] == []
+
+
+def test_a_proxy_that_exits_is_named_with_its_status_and_words_at_once(kernel_world, capsys):
+    started = time.monotonic()
+    status = main(["run", str(MODELS / "convert_two_path.toml"), "--on", "kernel", "--proxy-cmd",
+                   "sh -c 'echo no such option: -x >&2; exit 3'"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert status == 2 and "the proxy exited with status 3 before listening on 198.18.0.2:1234" in err, err
+    assert "no such option: -x" in err
+    assert time.monotonic() - started < 14  # not the readiness check's whole 15 s
 
 
 def test_compare_agrees_on_a_loss_free_two_path_scenario(kernel_world, tmp_path, capsys):
@@ -253,6 +331,46 @@ def test_compare_finds_outcomes_that_disagree_and_measures_errors():
     slower = compare.compare_results(model, results.run(load(CI_SCENARIO, ["paths.b.rate_down_bps=5e6"])))
     goodput = {r.metric: r for r in slower.rows}["goodput"]
     assert 0.1 < goodput.error < 0.5 and slower.check({"goodput": 0.05})
+
+
+def _synthetic_report(variants: int) -> compare.Report:
+    """Every variant agrees but variant 1 (its goodput 30 % above the model, kernel spread
+    -5..+40 %) and variant 2 (one SYN more per request)."""
+    rows = []
+    for i in range(variants):
+        v = f"v{i:02d}"
+        rows += [compare.Row(v, "outcome", None, None, None, None, 1.0, 3),
+                 compare.Row(v, "syns", 1, 1 + (i == 2), 1, 2, float(i == 2), 3),
+                 compare.Row(v, "setup_rtts", 1.0, 1.01, 1.0, 1.02, 0.01, 3),
+                 compare.Row(v, "goodput", 10e6, 13e6 if i == 1 else 10.1e6, 9.5e6 if i == 1 else 10e6,
+                             14e6 if i == 1 else 10.2e6, 0.3 if i == 1 else 0.01, 3)]
+    return compare.Report("synthetic", 3, rows)
+
+
+def test_compare_figure_has_a_row_per_variant_and_marks_what_fails():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = {}
+    for n in (10, 40):
+        fig = compare.report_figure(_synthetic_report(n), {"goodput": 0.15})
+        sizes[n] = tuple(fig.get_size_inches())
+        texts = [t for ax in fig.axes for t in ax.texts]
+        red = [t.get_text() for t in texts if t.get_color() == "tab:red"]
+        assert red == ["100%   1 / - / -"]  # variant 2's SYN count, the only exact metric that fails
+        assert "10.00 | 13.00 (9.50-14.00)" in [t.get_text() for t in texts]  # model | kernel (min-max), Mbit/s
+        labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+        assert labels == [f"v{i:02d}" for i in range(n)]  # one row each, the first on top
+        goodput = next(ax for ax in fig.axes if ax.get_title().startswith("goodput"))
+        assert "band ±15%" in goodput.get_title()
+        dots = sorted((round(line.get_xdata()[0], 6), line.get_marker(), line.get_color()) for line in goodput.lines
+                      if len(line.get_xdata()) == 1)
+        assert dots == [(0.01, "o", "tab:blue")] * (n - 1) + [(0.3, "D", "tab:red")]  # (kernel - model) / model
+        plt.close(fig)
+    assert sizes[40][0] == sizes[10][0] < 16  # as wide for 40 variants as for 10
+    assert (sizes[40][1] - sizes[10][1]) / 30 >= 0.2  # each row at least 0.2 in high: 7-point labels fit
 
 
 def test_skip_unbuildable_with_nothing_left_is_refused_by_name(capsys):

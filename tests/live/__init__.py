@@ -297,6 +297,14 @@ class EchoServer:
             except OSError:
                 pass
 
+    def wait_idle(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every connection it accepted has ended (its thread closed the socket);
+        False if one is still open at the deadline (its client never closed: a leak)."""
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads[1:]:  # the first is the accept loop
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in self._threads[1:])
+
     def __exit__(self, *exc) -> None:
         self._stop.set()
         for thread in self._threads:

@@ -219,6 +219,31 @@ def test_no_allow_refuses_everyone_and_says_so(ns):
     assert server.accepted == 0
 
 
+@pytest.mark.parametrize("mptcp", [False, True])
+def test_a_refusal_reaches_a_client_that_wakes_after_the_reset(ns, monkeypatch, mptcp):
+    """The converter refuses at accept with Error 32 and resets at once; a client descheduled
+    between its handshake and reading the result (a busy machine) finds ECONNRESET pending and the
+    reply still queued: it reports the refusal, not an unreachable converter."""
+    from mpsim.live import client
+
+    woken = []
+
+    def late_wait(sock, events, deadline, what):  # the client's poll, then 0.3 s off the CPU
+        original_wait(sock, events, deadline, what)
+        if not woken:
+            woken.append(what)
+            time.sleep(0.3)
+
+    original_wait = client._wait
+    monkeypatch.setattr(client, "_wait", late_wait)
+    with EchoServer() as server, converter(allow=()) as conv:
+        with pytest.raises(ConvertError) as caught:
+            convert_open(conv.address, server.address, mptcp=mptcp)
+    assert woken == ["connecting to the converter"]
+    assert caught.value.code == ConvertErrorCode.NOT_AUTHORIZED
+    assert server.accepted == 0
+
+
 def test_malformed_message_gives_error_1_and_forwards_nothing(ns):
     with EchoServer() as server, converter() as conv:
         port = server.port

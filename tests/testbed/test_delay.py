@@ -165,12 +165,64 @@ def test_ping_rtt_is_the_configured_delay(delayed, path):
     assert within_tolerance(check["rtt_min_s"], configured), check
 
 
+# How late a process at the delay line's real-time priority (SCHED_FIFO 10, mpsim/testbed/delay.py)
+# wakes from 1 ms sleeps, until its stdin closes: whether the machine held such a process off the
+# CPU (other testbeds' delay lines and programs run at that priority too) while a measurement ran.
+RT_PROBE = r'''
+import json, select, sys, time
+late = []
+for _ in range(200_000):
+    t = time.monotonic()
+    if select.select([sys.stdin], [], [], 0.001)[0]:
+        break
+    late.append(time.monotonic() - t - 0.001)
+late.sort()
+print(json.dumps({"wakes": len(late), "max_late_s": late[-1] if late else 0.0,
+                  "p99_late_s": late[int(0.99 * (len(late) - 1))] if late else 0.0}), flush=True)
+'''
+ATTEMPTS = 3
+
+
+class RealtimeProbe:
+    """:data:`RT_PROBE` around a block, at the delay line's priority where real-time works; its
+    ``result`` after the block."""
+
+    def __enter__(self) -> "RealtimeProbe":
+        prefix = ["chrt", "-f", "10"] if REALTIME else []
+        self.proc = subprocess.Popen([*prefix, sys.executable, "-c", RT_PROBE], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, start_new_session=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            out, _ = self.proc.communicate(input="", timeout=10)
+            self.result = json.loads(out)
+        except (subprocess.TimeoutExpired, ValueError):
+            self.proc.kill()
+            self.proc.wait(5)
+            self.result = {"wakes": 0, "max_late_s": float("inf"), "p99_late_s": float("inf")}
+
+
 @pytest.mark.parametrize("path", [0, 1])
 def test_tcp_srtt_is_the_configured_delay(delayed, path):
-    measured = tcp_rtt(delayed, path, 5300 + path)
+    """TCP's smoothed RTT after 30 echo rounds within 0.2 ms + 2 % of 2 x delay_s. SRTT weighs each
+    new sample 1/8: one round the delay line forwards late because the machine held it off the CPU
+    (a 3 ms burst of other real-time work) moves it past the tolerance. So an attempt that misses it
+    is retried (at most ATTEMPTS in all) only when a probe at the line's priority was held up during
+    the attempt by at least the attempt's error (late samples add at most their own lateness to an
+    average): a miss that no measured hold-up explains fails at once, and one attempt must meet the
+    tolerance as it stands."""
     configured = 2 * delayed.paths[path].delay_s
-    assert within_tolerance(measured["srtt_s"], configured), measured
-    assert within_tolerance(measured["min_rtt_s"], configured), measured
+    attempts = []
+    for attempt in range(ATTEMPTS):
+        with RealtimeProbe() as probe:
+            measured = tcp_rtt(delayed, path, 5300 + 10 * attempt + path)
+        attempts.append({**measured, **probe.result})
+        ok = within_tolerance(measured["srtt_s"], configured) and within_tolerance(measured["min_rtt_s"], configured)
+        error_s = max(abs(measured["srtt_s"] - configured), abs(measured["min_rtt_s"] - configured))
+        if ok or probe.result["max_late_s"] < max(error_s, TOLERANCE_S):
+            break
+    assert ok, attempts
 
 
 def test_delay_line_reports_its_lateness_and_cpu(delayed):

@@ -262,3 +262,62 @@ def test_tshark_reads_interface_names(tmp_path):
     out = subprocess.run(["tshark", "-r", str(path), "-T", "fields", "-e", "frame.interface_name", "-e", "tcp.dstport"],
                          capture_output=True, text=True, check=True, timeout=120).stdout
     assert out.split() == ["path.access", "443", "server.link", "443"]
+
+
+# --- a classic pcap (tcpdump's) as pcapng -----------------------------------------------------------
+
+from mpsim.wire.pcap import pcap_as_pcapng  # noqa: E402
+
+# A tcpdump file by hand (draft-ietf-opsawg-pcap sections 4 and 5): little-endian, microseconds,
+# snapshot length 128, Ethernet; one record stored 3 bytes of a 60-byte frame at 1.5 s.
+TCPDUMP_ONE_RECORD = bytes.fromhex(
+    "d4c3b2a1 0200 0400 00000000 00000000 80000000 01000000"
+    "01000000 20a10700 03000000 3c000000" "0a0b0c")
+PCAPNG_FROM_TCPDUMP = bytes.fromhex(
+    "0a0d0d0a 20000000" "4d3c2b1a 0100 0000 ffffffffffffffff" "0000 0000" "20000000"  # SHB, no options
+    "01000000 24000000"  # IDB, total length 36
+    "0100 0000 80000000"  # link type 1 (Ethernet), reserved, the file's snapshot length 128
+    "0200 0600 706174682e6100 00"  # if_name "path.a", padded
+    "0000 0000" "24000000"
+    "06000000 24000000" "00000000"  # EPB, interface 0
+    "00000000 60e31600"  # 1,500,000 us
+    "03000000 3c000000"  # captured 3, original 60: the snapshot's cut is kept
+    "0a0b0c 00" "24000000")
+
+
+def test_pcap_as_pcapng_is_hand_checked():
+    assert pcap_as_pcapng(TCPDUMP_ONE_RECORD, PcapngInterface("path.a", LINKTYPE_ETHERNET), application="") == \
+        PCAPNG_FROM_TCPDUMP
+    interfaces, records = read_pcapng(PCAPNG_FROM_TCPDUMP)
+    assert interfaces == [PcapngInterface("path.a", LINKTYPE_ETHERNET)] and records == [(0, 1.5, b"\x0a\x0b\x0c")]
+
+
+def test_pcap_as_pcapng_keeps_nanoseconds_and_refuses_the_wrong_link_type():
+    nanos = pcap_file_bytes([]).replace(bytes.fromhex("d4c3b2a1"), bytes.fromhex("4d3cb2a1"), 1)
+    nanos += struct.pack("<IIII", 2, 123_456_789, 1, 1) + b"\x45"
+    interfaces, records = read_pcapng(pcap_as_pcapng(nanos, PcapngInterface("x")))
+    assert records == [(0, 2.123456789, b"\x45")]  # if_tsresol 9: no rounding to microseconds
+    with pytest.raises(MalformedError, match="link type 101, expected 1"):
+        pcap_as_pcapng(nanos, PcapngInterface("x", LINKTYPE_ETHERNET))
+
+
+def test_pcap_as_pcapng_drops_a_cut_last_record_only_when_asked():
+    cut = TCPDUMP_ONE_RECORD + bytes.fromhex("02000000 00000000 05000000 05000000") + b"\x01\x02"
+    with pytest.raises(TruncatedError):
+        pcap_as_pcapng(cut, PcapngInterface("path.a", LINKTYPE_ETHERNET))
+    assert read_pcapng(pcap_as_pcapng(cut, PcapngInterface("path.a", LINKTYPE_ETHERNET), partial_ok=True))[1] == \
+        [(0, 1.5, b"\x0a\x0b\x0c")]
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
+def test_tshark_reads_a_converted_capture_with_its_original_length(tmp_path):
+    frame = bytes(12) + b"\x08\x00" + SYN
+    original = frame + bytes(40)
+    data = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 128, 1)
+    data += struct.pack("<IIII", 7, 0, len(frame), len(original)) + frame
+    path = tmp_path / "k.pcapng"
+    path.write_bytes(pcap_as_pcapng(data, PcapngInterface("path.a", LINKTYPE_ETHERNET), comment="kernel"))
+    out = subprocess.run(["tshark", "-r", str(path), "-T", "fields", "-e", "frame.interface_name", "-e", "frame.len",
+                          "-e", "frame.cap_len", "-e", "tcp.flags.syn"], capture_output=True, text=True, check=True,
+                         timeout=120).stdout
+    assert out.split() == ["path.a", str(len(original)), str(len(frame)), "1"]

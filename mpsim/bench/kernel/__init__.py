@@ -115,6 +115,12 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "mpsim bench kernel")
     args = parser.parse_args(argv)
     if args.proxy_cmd is not None and args.benchmark not in ("fastpath", "setup"):
         parser.error("--proxy-cmd goes with fastpath or setup")
+    if args.proxy_cmd is not None:  # a bad command is named before a testbed is built
+        from mpsim.experiment.kernel_world import proxy_cmd_problems
+
+        problems = proxy_cmd_problems(args.proxy_cmd)
+        if problems:
+            parser.error(problems[0])
     from mpsim.bench.kernel import services
     from mpsim.bench.kernel.report import markdown, write_results
 

@@ -183,7 +183,7 @@ class Services:
 
             daemon = Peer(self.tb, "converter", fill_proxy_cmd(PROXY_CMD, listen, "198.18.0.0/15"), self.log_dir,
                           f"proxy-{mode}")
-            wait_listening(self.tb, "client", listen[0], listen[1], 15.0)
+            wait_listening(self.tb, "client", listen[0], listen[1], 15.0, daemon.proc, daemon.log_path)
             pin_relay(daemon)
             self.daemons[mode] = daemon
             return daemon

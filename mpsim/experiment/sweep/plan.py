@@ -203,6 +203,9 @@ def check_kernel_buildable(plan: SweepPlan) -> None:
     from mpsim.experiment import kernel_world
 
     loaded = plan.loaded
+    if plan.proxy_cmd is not None and kernel_world.proxy_cmd_problems(plan.proxy_cmd):
+        raise SweepError(kernel_world.proxy_cmd_problems(plan.proxy_cmd)[0])
+    proxied = False
     seen: set[int] = set()
     for point in plan.points:
         if point.grid_index in seen:
@@ -227,12 +230,16 @@ def check_kernel_buildable(plan: SweepPlan) -> None:
             unbuilt += bool(problems)
             if not problems:
                 settings[name] = kernel_world.kernel_sysctls(variants[name])
+                proxied |= kernel_world.uses_proxy(variants[name])
         if unbuilt == len(names):
             raise SweepError(f"{where}: no variant can be built in the kernel: {skipped[0]}"
                              + (f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""))
         if skipped:
             plan.kernel_skipped[grid_point_id(plan, point.grid_index)] = skipped
         plan.kernel_settings[grid_point_id(plan, point.grid_index)] = settings
+    if plan.proxy_cmd is not None and not proxied:
+        raise SweepError(f"--proxy-cmd: no grid point of scenario {loaded.name} runs through a proxy "
+                         "(converter.enabled = false or a direct client.scheme): nothing would run it")
 
 
 def _values_to_check(axis: GridAxis) -> list[int]:
