@@ -87,7 +87,9 @@ def test_the_transfers_dsns_continue_the_negotiated_connections(sim):
     idsn_a = int.from_bytes(hashlib.sha256(key_a).digest()[-8:], "big")
     size = 1_000_000
     negotiation = [(p, _option(p, Dss)) for p in _captured(sim, "path.dsl", transfer=False)]
-    last = [d for p, d in negotiation if p.src == CONVERTER_UP and d is not None and d.dsn is not None][-1]
+    # the response's mapping (the converter's DATA_FIN, after the transfer, is the close's)
+    last = [d for p, d in negotiation if p.src == CONVERTER_UP and d is not None and d.dsn is not None
+            and not d.data_fin][-1]
     start = last.dsn + last.data_level_length_bytes
     assert start == idsn_b + 1 + 1000
     for link in ("path.dsl", "path.lte"):
