@@ -879,9 +879,9 @@ class Simulation:
         relay = self._relay_of(conn)
         download = direction is Direction.DOWNLOAD
 
-        def leg(tag: str, near: End, far: End, far_is_origin: bool) -> tuple[str, End, End, bool]:
+        def leg(tag: str, near: End, far: End, *, near_origin: bool, far_origin: bool) -> tuple[str, End, End, bool]:
             # ``near`` is nearer the client; on a download data flows from ``far``
-            return (tag, far, near, far_is_origin) if download else (tag, near, far, not far_is_origin)
+            return (tag, far, near, far_origin) if download else (tag, near, far, near_origin)
 
         def server_end(c: Any) -> End | None:
             found = self.server.connections.get((c.remote_addr, c.remote_port, c.local_addr, c.local_port))
@@ -891,13 +891,14 @@ class Simulation:
             peer = server_end(conn)
             if peer is None and relay is not None and relay.upstream is not None:  # intercepted on the path
                 peer = End(self.nodes[CONVERTER], relay.upstream)
-            return [] if peer is None else [leg("single", client, peer, True)]
+            return [] if peer is None else [leg("single", client, peer, near_origin=True, far_origin=True)]
         if relay is None or relay.upstream is None:
             return []
-        legs = [leg("client", client, End(self.nodes[CONVERTER], relay.upstream), False)]
+        legs = [leg("client", client, End(self.nodes[CONVERTER], relay.upstream), near_origin=True, far_origin=False)]
         server = server_end(relay.downstream) if relay.downstream is not None else None
         if server is not None:
-            legs.append(leg("server", End(self.nodes[CONVERTER], relay.downstream), server, True))
+            legs.append(leg("server", End(self.nodes[CONVERTER], relay.downstream), server, near_origin=False,
+                            far_origin=True))
         return legs
 
     def _close_after(self, row: dict, transfer: BulkTransfer | RelayedTransfer, record: Any,
