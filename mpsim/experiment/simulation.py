@@ -72,11 +72,11 @@ Data ACKs from where the negotiation's mappings ended (from the keys' IDSNs); on
 leg to the server, the converter's own connection to the server with its own sequence numbers,
 continuing that connection's. Another subflow than the first is shown from its path's address
 with the first subflow's port: its MP_JOIN handshake (ISN 0; token and HMACs from the negotiated
-keys), then its data from 1. How such a capture is simplified (:data:`CAPTURE_NOTE`, written
-into every pcapng file's comment): the negotiation is a request and a response on a connection
-that the machines then close, before the transfer starts, so the transfer's data follows that
-connection's FINs on the same 4-tuple (its sequence numbers continue after the FINs); the
-transfer itself ends without FIN or DATA_FIN.
+keys), then its data from 1. The transfer runs inside that connection's life: the client keeps
+it open after the negotiation's response (``Request.keep_open``) and every connection the
+transfer runs on closes after it, the data's origin first, with a DATA_FIN on MPTCP, through a
+proxy in the order its relay closes the two legs (:mod:`mpsim.experiment.transfer_close`). How
+such a capture is simplified: :data:`CAPTURE_NOTE`, written into every pcapng file's comment.
 
 ``converter.households`` (default 1) makes one run serve several households: every household's
 arrivals are drawn from a generator of its own and issued from the one client node (so their
@@ -132,13 +132,13 @@ SCENARIO = "scenario"  # the "node" of the scenario's own timed events in the tr
 #: How a simulated capture departs from a real one (docs/sim.md "Routes", captures); the comment of every
 #: pcapng file the simulation writes (Results.write_pcaps), so a reader of the file alone knows.
 CAPTURE_NOTE = (
-    "mpsim simulated capture (docs/sim.md, Routes). Simplified: each transfer runs after its "
-    "negotiation, a request and a response on a connection the simulated hosts close before the "
-    "transfer starts; the transfer's segments then use that connection's 4-tuple, sequence numbers "
-    "continuing after its FINs and MPTCP data sequence numbers after its last mapping, so a transfer's "
-    "data follows a FIN on the same connection. Transfers end without FIN or DATA_FIN. Further MPTCP "
-    "subflows have ISN 0; their MP_JOIN tokens and HMACs are computed from the negotiated keys. "
-    "Timestamps echo 0; payloads are zeros unless the scenario carried real bytes.")
+    "mpsim simulated capture (docs/sim.md, Routes). Simplified: a transfer's segments use the 4-tuple "
+    "of the connection its negotiation opened, continuing its sequence numbers and MPTCP data sequence "
+    "numbers; that connection closes after the transfer (FIN, with DATA_FIN on MPTCP), each sender's FIN "
+    "leaving when its receiver has the last byte (Linux sends it with the last data, half a round trip "
+    "earlier). Further MPTCP subflows have ISN 0 and end without FIN; their MP_JOIN tokens and HMACs are "
+    "computed from the negotiated keys. Transfer segments' timestamps echo 0; payloads are zeros unless "
+    "the scenario carried real bytes.")
 
 
 @dataclass(frozen=True)

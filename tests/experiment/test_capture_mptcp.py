@@ -118,4 +118,4 @@ def test_a_written_capture_says_how_it_is_simplified(tmp_path):
     assert written
     comment = subprocess.run(["capinfos", "-k", str(written[0])], capture_output=True, text=True, timeout=60,
                              check=True).stdout
-    assert "follows a FIN on the same connection" in CAPTURE_NOTE and CAPTURE_NOTE in " ".join(comment.split())
+    assert "closes after the transfer" in CAPTURE_NOTE and CAPTURE_NOTE in " ".join(comment.split())
