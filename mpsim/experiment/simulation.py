@@ -136,8 +136,9 @@ CAPTURE_NOTE = (
     "of the connection its negotiation opened, continuing its sequence numbers and MPTCP data sequence "
     "numbers; that connection closes after the transfer (FIN, with DATA_FIN on MPTCP), each sender's FIN "
     "leaving when its receiver has the last byte (Linux sends it with the last data, half a round trip "
-    "earlier). Further MPTCP subflows have ISN 0 and end without FIN; their MP_JOIN tokens and HMACs are "
-    "computed from the negotiated keys. Transfer segments' timestamps echo 0; payloads are zeros unless "
+    "earlier); the DATA_FIN rides on the first subflow's FIN (Linux sends it on an ACK first). Further "
+    "MPTCP subflows have ISN 0 and close with FINs after the first (not retransmitted if lost); their "
+    "MP_JOIN tokens and HMACs are computed from the negotiated keys. Transfer segments' timestamps echo 0; payloads are zeros unless "
     "the scenario carried real bytes.")
 
 

@@ -61,7 +61,8 @@ def _check_no_data_after_fin(packets):
         if seg.flags & TcpFlags.FIN:
             # a SYN takes one number before its data (SYN data: a Convert request, TFO)
             ends = [(p.segment.seq + len(p.segment.payload) + bool(p.segment.flags & TcpFlags.SYN)) & 0xFFFFFFFF
-                    for _, p in packets[:index] if _direction(p) == key and p.segment.payload]
+                    for _, p in packets[:index] if _direction(p) == key
+                    and (p.segment.payload or p.segment.flags & TcpFlags.SYN)]
             assert ends and seg.seq == max(ends), f"{key}: FIN at {seg.seq}, data up to {max(ends, default=None)}"
             closed.setdefault(key, index)
     return set(closed)
@@ -77,14 +78,15 @@ def converted_upload():
     return _run("transfers.0.direction=upload")
 
 
-@pytest.mark.parametrize("link", ["path.dsl", "converter.up", "converter.down", "server.link"])
+@pytest.mark.parametrize("link", ["path.dsl", "path.lte", "converter.up", "converter.down", "server.link"])
 def test_a_converted_download_shows_no_data_after_a_fin(converted_download, link):
     sim, result = converted_download
     assert result.transfers[0]["completed"] and result.transfers[0]["outcome"] == "converted"
     packets = _captured(sim, link)
     closed = _check_no_data_after_fin(packets)
-    # both directions of the negotiated connection (and of the converter's to the server) closed
-    assert len(closed) == 2, closed
+    # both directions of the negotiated connection (of the joined subflow on the LTE path, of the
+    # converter's connection to the server; the converter's client side carries both subflows)
+    assert len(closed) == (4 if link == "converter.up" else 2), closed
     # the last packet of each capture is the close's, not the transfer's
     assert not packets[-1][1].segment.payload
 
@@ -93,13 +95,14 @@ def test_the_mptcp_leg_ends_with_data_fins_after_the_last_byte(converted_downloa
     sim, _ = converted_download
     # both subflows, in time order (the DATA_FIN must follow every mapping of either)
     packets = sorted(_captured(sim, "path.dsl") + _captured(sim, "path.lte"), key=lambda item: item[0])
+    dsl = _captured(sim, "path.dsl")
     for src in (CONVERTER_UP, CLIENT_DSL):
-        (_, fin), = _fins(packets, src)
+        (_, fin), = _fins(dsl, src)
         dss = _dss(fin)
         # RFC 8684 3.3.3: a DATA_FIN on a segment without data: SSN 0, data-level length 1
         assert dss is not None and dss.data_fin and dss.ssn == 0 and dss.data_level_length_bytes == 1
-    (_, down_fin), = _fins(packets, CONVERTER_UP)
-    (_, client_fin), = _fins(packets, CLIENT_DSL)
+    (_, down_fin), = _fins(dsl, CONVERTER_UP)
+    (_, client_fin), = _fins(dsl, CLIENT_DSL)
     # the converter's DATA_FIN: the DSN after its stream's last byte, on either subflow; that
     # stream is the negotiation's response, then the transfer
     mapped = [d.dsn + d.data_level_length_bytes for _, ip in packets if ip.src == CONVERTER_UP
@@ -110,14 +113,38 @@ def test_the_mptcp_leg_ends_with_data_fins_after_the_last_byte(converted_downloa
     assert _dss(down_fin).dsn == first_data.dsn + 1000 + SIZE
     # the client sent only its Convert request (SYN data, before the data sequence space): its
     # DATA_FIN takes the DSN the converter's Data ACKs expected all along
-    client_fin_s = _fins(packets, CLIENT_DSL)[0][0]
+    client_fin_s = _fins(dsl, CLIENT_DSL)[0][0]
     converter_acks = {d.data_ack for t, ip in packets if ip.src == CONVERTER_UP and t < client_fin_s
                       and (d := _dss(ip)) is not None and d.data_ack is not None}
     assert converter_acks == {_dss(client_fin).dsn}
     # each side's Data ACK covers the other's DATA_FIN (it takes one DSN)
     assert _dss(client_fin).data_ack == _dss(down_fin).dsn + 1
-    last_ack = [ip for _, ip in packets if ip.src == CONVERTER_UP][-1]
+    last_ack = [ip for _, ip in dsl if ip.src == CONVERTER_UP][-1]
     assert _dss(last_ack).data_ack == _dss(client_fin).dsn + 1
+
+
+def test_the_joined_subflow_closes_after_the_first(converted_download):
+    # Linux closes every subflow once the MPTCP connection is closed (both DATA_FINs exchanged):
+    # the joined subflow's FINs follow the first subflow's close (here the client's, which
+    # closed second: its FIN has just been ACKed), their Data ACKs cover both DATA_FINs.
+    sim, _ = converted_download
+    dsl, lte = _captured(sim, "path.dsl"), _captured(sim, "path.lte")
+    lte_client = path_address(1)
+    (converter_fin_s, converter_fin), = _fins(lte, CONVERTER_UP)
+    (client_fin_s, client_fin), = _fins(lte, lte_client)
+    last_ack_s, last_ack = lte[-1]
+    assert last_ack.src == lte_client and last_ack.segment.flags == TcpFlags.ACK
+    assert last_ack.segment.ack == converter_fin.segment.seq + 1
+    assert converter_fin.segment.ack == client_fin.segment.seq + 1
+    # the converter's ACK of the client's FIN on the first subflow, one DSL delay before it arrives
+    first_closed_s = dsl[-1][0] + 0.010
+    assert dsl[-1][1].src == CONVERTER_UP and not dsl[-1][1].segment.payload
+    assert first_closed_s == pytest.approx(client_fin_s, abs=1e-3)
+    assert client_fin_s < converter_fin_s < last_ack_s
+    (_, dsl_converter_fin), = _fins(dsl, CONVERTER_UP)
+    (_, dsl_client_fin), = _fins(dsl, CLIENT_DSL)
+    assert _dss(client_fin).data_ack == _dss(dsl_converter_fin).dsn + 1
+    assert _dss(converter_fin).data_ack == _dss(dsl_client_fin).dsn + 1
 
 
 def test_the_server_leg_is_plain_tcp_and_closes_with_fin_alone(converted_download):
@@ -147,7 +174,7 @@ def test_through_the_converter_a_download_closes_from_the_server_on(converted_do
     # the client leg's FIN leaves when the client has read the last byte (the transfer's end)
     row = result.transfers[0]
     converter_sent = [t for t, ip in _captured(sim, "converter.up") if ip.src == CONVERTER_UP
-                      and ip.segment.flags & TcpFlags.FIN]
+                      and ip.dst == CLIENT_DSL and ip.segment.flags & TcpFlags.FIN]
     assert converter_sent == [pytest.approx(row["negotiated_s"] + row["duration_s"], abs=1e-9)]
 
 
@@ -183,7 +210,7 @@ def test_a_plain_tcp_transfer_closes_after_its_data(direction):
 def test_wireshark_sees_the_data_fin_and_no_data_after_a_fin(converted_download, tmp_path):
     sim, _ = converted_download
     path = tmp_path / "close.pcapng"
-    path.write_bytes(sim.trace.pcapng_bytes(["path.dsl", "server.link"]))
+    path.write_bytes(sim.trace.pcapng_bytes(["path.dsl", "path.lte", "server.link"]))
     fields = ["frame.interface_name", "tcp.stream", "ip.src", "tcp.flags.fin", "tcp.len",
               "tcp.options.mptcp.datafin.flag", "tcp.analysis.lost_segment", "tcp.analysis.out_of_order"]
     analysis = ["-o", "mptcp.analyze_mptcp:TRUE"]
@@ -201,7 +228,8 @@ def test_wireshark_sees_the_data_fin_and_no_data_after_a_fin(converted_download,
             data_fins += row["tcp.options.mptcp.datafin.flag"] in ("1", "True")
         # the numbers continue: Wireshark finds no gap and nothing out of order
         assert not row["tcp.analysis.lost_segment"] and not row["tcp.analysis.out_of_order"], row
-    assert len(finished) == 4  # both directions of the client's and of the converter's connection
+    # both directions of the client's two subflows and of the converter's connection
+    assert len(finished) == 6
     assert data_fins == 2  # the MPTCP connection's two DATA_FINs
     # and its TCP and MPTCP analysis finds nothing to warn about in the whole capture
     warnings = subprocess.run(["tshark", "-r", str(path), *analysis, "-Y", "_ws.expert.severity >= warning",
