@@ -742,7 +742,7 @@ class Simulation:
         close_legs = self._close_legs(record, spec.direction)
         held = {tag_ for tag_, sender, receiver, _ in close_legs if holdable(sender.conn) and holdable(receiver.conn)}
         for index, name in enumerate(self.path_names if multipath else self.path_names[:1]):
-            flows = self._flows(record, index, name, pin_client="single" in held)
+            flows = self._flows(record, index, name, pin_client=bool(held & {"single", "client"}))
             (up_hops, up_legs), (down_hops, down_legs) = self._subflow_routes(name, household, flows[0])
             if spec.direction is Direction.DOWNLOAD:
                 data, ack = (down_hops, down_legs), (up_hops, up_legs)
@@ -764,7 +764,9 @@ class Simulation:
                                 name=f"transfer{row['transfer_id']}",
                                 **(self._join_options(record, row) if multipath else {}))
         self._running.append((row, transfer))
-        self._close_after(row, transfer, record, close_legs, {"single": transfer})
+        # (an on-path proxy that intercepted the connection: its two legs carry this one transfer)
+        self._close_after(row, transfer, record, close_legs, {"single": transfer, "client": transfer,
+                                                               "server": transfer})
 
     def _header_addresses(self, client_far: list, direction: Direction) -> list | None:
         """A transfer's (sender, receiver) addresses per path from (client side, far side) pairs,
@@ -888,11 +890,11 @@ class Simulation:
             found = self.server.connections.get((c.remote_addr, c.remote_port, c.local_addr, c.local_port))
             return None if found is None else End(self.nodes[SERVER_NODE], found)
 
-        if not record.via_proxy:
+        if relay is None and not record.via_proxy:
             peer = server_end(conn)
-            if peer is None and relay is not None and relay.upstream is not None:  # intercepted on the path
-                peer = End(self.nodes[CONVERTER], relay.upstream)
             return [] if peer is None else [leg("single", client, peer, near_origin=True, far_origin=True)]
+        # Through the proxy, or intercepted by a proxy on the path (whose two connections then
+        # carry a transfer modelled end to end: both legs end with it).
         if relay is None or relay.upstream is None:
             return []
         legs = [leg("client", client, End(self.nodes[CONVERTER], relay.upstream), near_origin=True, far_origin=False)]
