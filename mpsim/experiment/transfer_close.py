@@ -129,7 +129,8 @@ class TransferClose:
     @staticmethod
     def _release(end: End, sending: bool, closes: bool, subflow_bytes: int, size_bytes: int, now: float) -> None:
         conn = end.conn
-        if conn.state is TcpState.CLOSED:
+        # Gone, or forgotten by its host (a reboot): the peer's FIN then meets a RST.
+        if conn.state is TcpState.CLOSED or end.node.machine.connections.get(conn.four_tuple) is not conn:
             return
         if conn.idle:
             conn.carry_stream(subflow_bytes if sending else 0, 0 if sending else subflow_bytes)

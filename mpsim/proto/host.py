@@ -141,7 +141,9 @@ class Host:
         self.ports = PortAllocator(rng)
         self.connections: dict[FourTuple, TcpConnection] = {}
         self.owners: dict[int, ConnectionOwner] = {}  # id(conn) -> owner
-        self._watched: set[int] = set()  # id(conn) of connections whose end is reported (watch_close)
+        # id(conn) -> conn whose end is reported (watch_close); the object itself, so that an id
+        # reused after a reboot forgot the connection never matches another one
+        self._watched: dict[int, TcpConnection] = {}
         self.listeners: dict[int, Listener] = {}
         self._out: list[Transmit] = []
         self._timers: list[tuple[float, int, TcpConnection]] = []  # (deadline, arm order, connection)
@@ -304,7 +306,7 @@ class Host:
         :class:`WatchedConnectionClosed` fact: for a driver that waits for a connection's close
         (a simulated transfer's, docs/sim.md "Routes") without owning the connection."""
         if self._is_ours(conn):
-            self._watched.add(id(conn))
+            self._watched[id(conn)] = conn
 
     def collect(self, conn: TcpConnection, now: float) -> None:
         """Flush a connection's packets and events after an owner acted on it directly."""
@@ -360,7 +362,8 @@ class Host:
     def _drop(self, conn: TcpConnection) -> None:
         self.connections.pop(conn.four_tuple, None)
         self.owners.pop(id(conn), None)
-        self._watched.discard(id(conn))
+        if self._watched.get(id(conn)) is conn:
+            del self._watched[id(conn)]
         self._armed.pop(id(conn), None)  # its heap entries are stale now; the id may be reused
 
     def _transmit(self, packet: IpPacket) -> None:
@@ -380,8 +383,8 @@ class Host:
             owner = self.owners.get(id(conn))
             for event in events:
                 if isinstance(event, Closed):
-                    if self._watched and id(conn) in self._watched:
-                        self._watched.discard(id(conn))
+                    if self._watched and self._watched.get(id(conn)) is conn:
+                        del self._watched[id(conn)]
                         self.emit(WatchedConnectionClosed(conn.four_tuple, event.reason))
                     self._drop(conn)
                     if not event.clean:
