@@ -125,12 +125,21 @@ class TransferClose:
         for end, sending in ((leg.receiver, False), (leg.sender, True)):
             end.node.call(lambda now, end=end, sending=sending: self._release(end, sending, leg.origin and sending,
                                                                              subflow_bytes, size_bytes, now))
+        if any(not self._held_by_host(end) for end in leg.ends) and not leg.closed:
+            # A host forgot its connection (a reboot): no close of its own will come, and the
+            # peer's, if any, meets a RST; the leg is over.
+            leg.closed = True
+            self._check()
+
+    @staticmethod
+    def _held_by_host(end: End) -> bool:
+        return end.node.machine.connections.get(end.conn.four_tuple) is end.conn
 
     @staticmethod
     def _release(end: End, sending: bool, closes: bool, subflow_bytes: int, size_bytes: int, now: float) -> None:
         conn = end.conn
         # Gone, or forgotten by its host (a reboot): the peer's FIN then meets a RST.
-        if conn.state is TcpState.CLOSED or end.node.machine.connections.get(conn.four_tuple) is not conn:
+        if conn.state is TcpState.CLOSED or not TransferClose._held_by_host(end):
             return
         if conn.idle:
             conn.carry_stream(subflow_bytes if sending else 0, 0 if sending else subflow_bytes)

@@ -264,3 +264,20 @@ def test_other_mptcp_connections_close_after_their_transfer(overrides):
     for src in (CLIENT_DSL, SERVER):
         (_, fin), = _fins(dsl, src)
         assert _dss(fin).data_fin
+
+
+@pytest.mark.parametrize("direction", ["download", "upload"])
+def test_a_client_that_rebooted_mid_transfer_sends_no_close(direction):
+    # The reboot forgets the connection (no RST, no FIN: a host that lost its memory cannot
+    # close what it no longer knows); the light transfer still completes, and the run does not
+    # wait for a close that cannot come: it ends with the transfer (or the scenario's second).
+    from tests.experiment.test_routes import BASE
+
+    text = BASE + '\n[[events]]\nat_s = 0.3\naction = "reboot"\n'
+    sim = _sim("transfers.0.size_bytes=500000", "client.scheme=plain", f"transfers.0.direction={direction}",
+               text=text, record_packets=True)
+    result = sim.run()
+    row = result.transfers[0]
+    assert row["completed"]
+    assert result.end_s == pytest.approx(max(1.0, row["negotiated_s"] + row["duration_s"]))
+    assert not _fins(_captured(sim, "path.dsl"), CLIENT_DSL)
