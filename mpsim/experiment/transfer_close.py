@@ -96,6 +96,7 @@ class TransferClose:
         self.legs = [leg for leg in legs if all(holdable(end.conn) for end in leg.ends)]
         self.on_closed = on_closed
         self.finished = False
+        self._joins_closed: set[int] = set()  # id() of the transfers whose joined subflows were closed
         if kept_open is not None and kept_open.conn.state is TcpState.ESTABLISHED \
                 and not any(end.conn is kept_open.conn for leg in self.legs for end in leg.ends):
             kept_open.node.call(lambda now: (kept_open.conn.close(now), kept_open.node.machine.collect(kept_open.conn, now)))
@@ -173,6 +174,11 @@ class TransferClose:
         __mptcp_close_ssk), each with a FIN from the side that has just seen the first subflow
         close, the other side's FIN and the last ACK, as light segments on the subflow's routes."""
         transfer = leg.transfer
+        # Once per transfer (a proxy on the path that intercepted the connection has two legs on
+        # one transfer), and only on the MPTCP connection the joins belong to.
+        if id(transfer) in self._joins_closed or not any(end.mptcp is not None for end in leg.ends):
+            return
+        self._joins_closed.add(id(transfer))
         for index, subflow in enumerate(transfer.sender.subflows):
             join = transfer.joins[index] if index < len(transfer.joins) else None
             if index == 0 or subflow.closed or not subflow.active or (join is not None and not join.joined):

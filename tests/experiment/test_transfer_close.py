@@ -264,6 +264,8 @@ def test_other_mptcp_connections_close_after_their_transfer(overrides):
     for src in (CLIENT_DSL, SERVER):
         (_, fin), = _fins(dsl, src)
         assert _dss(fin).data_fin
+    # the joined subflow closes once: one FIN each way
+    assert sum(1 for _, ip in _captured(sim, "path.lte") if ip.segment.flags & TcpFlags.FIN) == 2
 
 
 @pytest.mark.parametrize("direction", ["download", "upload"])
