@@ -323,14 +323,14 @@ class _MptcpExtension(TcpExtension):
 
     def carry_data(self, sent_subflow_bytes: int, sent_data_bytes: int, received_subflow_bytes: int,
                    received_data_bytes: int) -> None:
-        """A simulated transfer moved ``sent_data_bytes`` of our data-level stream, of which
-        ``sent_subflow_bytes`` on this connection's subflow (the rest on joined subflows), and
-        received likewise (docs/sim.md "Routes"); with :meth:`TcpConnection.carry_stream` for the
-        subflow's own numbers, the DSNs and Data ACKs this connection sends next continue after
-        them (its DATA_FIN included)."""
-        if min(sent_subflow_bytes, sent_data_bytes, received_subflow_bytes, received_data_bytes) < 0 \
-                or sent_subflow_bytes > sent_data_bytes or received_subflow_bytes > received_data_bytes:
-            raise ValueError("carry_data needs byte counts >= 0, a subflow's share at most the data level's")
+        """A simulated transfer moved ``sent_data_bytes`` of our data-level stream and
+        ``sent_subflow_bytes`` of subflow sequence space on this connection's subflow (the rest
+        on joined subflows; more than the data level when data went again on it, reinjected),
+        and received likewise (docs/sim.md "Routes"); with :meth:`TcpConnection.carry_stream`
+        for the subflow's own numbers, the DSNs and Data ACKs this connection sends next
+        continue after them (its DATA_FIN included)."""
+        if min(sent_subflow_bytes, sent_data_bytes, received_subflow_bytes, received_data_bytes) < 0:
+            raise ValueError("carry_data needs byte counts >= 0")
         self._local_dsn_shift_bytes += sent_data_bytes - sent_subflow_bytes
         self._peer_dsn_shift_bytes += received_data_bytes - received_subflow_bytes
 

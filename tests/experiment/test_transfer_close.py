@@ -283,3 +283,25 @@ def test_a_client_that_rebooted_mid_transfer_sends_no_close(direction):
     assert row["completed"]
     assert result.end_s == pytest.approx(max(1.0, row["negotiated_s"] + row["duration_s"]))
     assert not _fins(_captured(sim, "path.dsl"), CLIENT_DSL)
+
+
+def test_an_outage_and_loss_with_data_sent_again_still_end_in_a_data_fin_after_the_last_byte():
+    # The converter is unreachable for most of the transfer on a lossy DSL path: the first
+    # subflow carries data again (more subflow sequence space than data-level bytes, found by
+    # seed 2); its DATA_FIN still takes the DSN after the stream's last byte.
+    from tests.experiment.test_routes import BASE
+
+    text = BASE.replace("duration_s = 1.0", "duration_s = 3.0") + \
+        '\n[[events]]\nat_s = 0.2\naction = "converter_down"\n[[events]]\nat_s = 2.5\naction = "converter_up"\n'
+    sim = _sim("seed=2", f"transfers.0.size_bytes={SIZE}", "paths.dsl.loss={model='bernoulli', loss_prob=0.02}",
+               text=text, record_packets=True)
+    result = sim.run()
+    assert result.transfers[0]["completed"]
+    transfer = sim.transfer_rows[0]
+    dsl = _captured(sim, "path.dsl")
+    packets = sorted(dsl + _captured(sim, "path.lte"), key=lambda item: item[0])
+    (_, fin), = _fins(dsl, CONVERTER_UP)
+    mapped = [d.dsn + d.data_level_length_bytes for _, ip in packets if ip.src == CONVERTER_UP
+              and ip.segment.payload and (d := _dss(ip)) is not None and d.dsn is not None]
+    assert _dss(fin).data_fin and _dss(fin).dsn == max(mapped)
+    assert transfer["completed"] and len(_check_no_data_after_fin(dsl)) == 2

@@ -534,6 +534,31 @@ def test_a_data_fin_after_bytes_carried_on_other_subflows():
     assert client.negotiated and server.negotiated
 
 
+def test_a_data_fin_after_data_sent_again_on_the_subflow():
+    # Reinjection: 1000 data-level bytes, but 1200 bytes of this subflow's sequence space (200
+    # of them sent again here after another subflow failed). The FIN takes TCP sequence number
+    # ISN + 1 + 6 + 1200; the DATA_FIN still DSN idsn + 1 + 6 + 1000.
+    net = Net(server_data=b"banner")
+    client, app = net.connect()
+    net.run(1.0)
+    server_conn = net.server_app.conn
+    server_conn.carry_stream(1200, 0)
+    net.server_ext.carry_data(1200, 1000, 0, 0)
+    app.conn.carry_stream(0, 1200)
+    client.carry_data(0, 0, 1200, 1000)
+    net.server_ext.data_fin_on_close = client.data_fin_on_close = True
+    server_conn.close(net.harness.now)
+    net.server.collect(server_conn, net.harness.now)
+    net.run(2.0)
+    (fin,) = net.segments("server", is_fin)
+    dss = find(fin, Dss)
+    assert seq_offset(fin.seq, server_conn.iss) == 1 + 6 + 1200
+    assert (dss.data_fin, dss.dsn) == (True, net.server_ext.local_idsn + 1007)
+    assert find(net.segments("client", is_pure_ack)[-1], Dss).data_ack == net.server_ext.local_idsn + 1008
+    with pytest.raises(ValueError):
+        client.carry_data(-1, 0, 0, 0)
+
+
 def test_without_data_fin_on_close_a_fin_carries_only_the_data_ack():
     # Connections that carry no transfer close as before: no DATA_FIN, the Data ACK alone.
     net = Net(server_data=b"banner")
