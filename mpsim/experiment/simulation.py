@@ -72,11 +72,11 @@ Data ACKs from where the negotiation's mappings ended (from the keys' IDSNs); on
 leg to the server, the converter's own connection to the server with its own sequence numbers,
 continuing that connection's. Another subflow than the first is shown from its path's address
 with the first subflow's port: its MP_JOIN handshake (ISN 0; token and HMACs from the negotiated
-keys), then its data from 1. How such a capture is simplified (:data:`CAPTURE_NOTE`, written
-into every pcapng file's comment): the negotiation is a request and a response on a connection
-that the machines then close, before the transfer starts, so the transfer's data follows that
-connection's FINs on the same 4-tuple (its sequence numbers continue after the FINs); the
-transfer itself ends without FIN or DATA_FIN.
+keys), then its data from 1. The transfer runs inside that connection's life: the client keeps
+it open after the negotiation's response (``Request.keep_open``) and every connection the
+transfer runs on closes after it, the data's origin first, with a DATA_FIN on MPTCP, through a
+proxy in the order its relay closes the two legs (:mod:`mpsim.experiment.transfer_close`). How
+such a capture is simplified: :data:`CAPTURE_NOTE`, written into every pcapng file's comment.
 
 ``converter.households`` (default 1) makes one run serve several households: every household's
 arrivals are drawn from a generator of its own and issued from the one client node (so their
@@ -100,6 +100,7 @@ from typing import Any
 import simpy
 
 from mpsim.experiment.scenario import Action, Arrivals, Buffers, Direction, Scenario, TransferSpec, WorkloadSpec
+from mpsim.experiment.transfer_close import End, Leg, TransferClose, holdable
 from mpsim.proto.cache import CachePolicy
 from mpsim.proto.components import MIDDLEBOXES, SERVERS, Placement, ProxySettings, build_proxy_host
 from mpsim.proto.client import ClientHost, ClientPolicy, ConnectionFinished, Request
@@ -131,13 +132,14 @@ SCENARIO = "scenario"  # the "node" of the scenario's own timed events in the tr
 #: How a simulated capture departs from a real one (docs/sim.md "Routes", captures); the comment of every
 #: pcapng file the simulation writes (Results.write_pcaps), so a reader of the file alone knows.
 CAPTURE_NOTE = (
-    "mpsim simulated capture (docs/sim.md, Routes). Simplified: each transfer runs after its "
-    "negotiation, a request and a response on a connection the simulated hosts close before the "
-    "transfer starts; the transfer's segments then use that connection's 4-tuple, sequence numbers "
-    "continuing after its FINs and MPTCP data sequence numbers after its last mapping, so a transfer's "
-    "data follows a FIN on the same connection. Transfers end without FIN or DATA_FIN. Further MPTCP "
-    "subflows have ISN 0; their MP_JOIN tokens and HMACs are computed from the negotiated keys. "
-    "Timestamps echo 0; payloads are zeros unless the scenario carried real bytes.")
+    "mpsim simulated capture (docs/sim.md, Routes). Simplified: a transfer's segments use the 4-tuple "
+    "of the connection its negotiation opened, continuing its sequence numbers and MPTCP data sequence "
+    "numbers; that connection closes after the transfer (FIN, with DATA_FIN on MPTCP), each sender's FIN "
+    "leaving when its receiver has the last byte (Linux sends it with the last data, half a round trip "
+    "earlier); the DATA_FIN rides on the first subflow's FIN (Linux sends it on an ACK first). Further "
+    "MPTCP subflows have ISN 0 and close with FINs after the first (not retransmitted if lost); their "
+    "MP_JOIN tokens and HMACs are computed from the negotiated keys. Transfer segments' timestamps echo 0; payloads are zeros unless "
+    "the scenario carried real bytes.")
 
 
 @dataclass(frozen=True)
@@ -532,10 +534,10 @@ class Simulation:
         self._scheduled_done = True
         self._check_done()
 
-    def _request(self, scheme: str | None) -> int:
+    def _request(self, scheme: str | None, keep_open: bool = False) -> int:
         w = self.scenario.workload
         request = Request(self.addresses.server, self.scenario.server.port, request_size_bytes=w.request_size_bytes,
-                          response_size_bytes=w.response_size_bytes, scheme=scheme)
+                          response_size_bytes=w.response_size_bytes, scheme=scheme, keep_open=keep_open)
         self._outstanding += 1
         networks = self.networks_label()
         # The record (ConnectionFinished) reaches _on_client_event only when the node flushes,
@@ -574,7 +576,9 @@ class Simulation:
 
     def _start_transfer(self, index: int, spec: TransferSpec, household: int = 0) -> None:
         self._outstanding += 1  # the transfer; its negotiation counts as a request of its own
-        request_id = self._request(None)
+        # The client keeps the negotiated connection open: the transfer runs inside its life
+        # (mpsim.experiment.transfer_close).
+        request_id = self._request(None, keep_open=True)
         self._pending_transfers[request_id] = (index, spec, household)
 
     def _on_client_event(self, now: float, event: Any) -> None:
@@ -667,13 +671,17 @@ class Simulation:
         n_up, n_down = len(towards_server), len(towards_client)
         return (towards_server, [to_server_flow] * n_up), (towards_client, [to_server_flow.reversed()] * n_down)
 
-    def _flows(self, record: Any, index: int, name: str) -> tuple[Flow, Flow | None]:
+    def _flows(self, record: Any, index: int, name: str, *, pin_client: bool = False,
+               pin_server: bool = False) -> tuple[Flow, Flow | None]:
         """What captures show for subflow ``index`` (mpsim.sim.route.Flow): on the client's leg
         the 4-tuple of the connection the negotiation opened (subflow 0 continuing its sequence
-        numbers after its last segment, FIN included: the negotiation closed it; another subflow from its path's address, the same port, sequence numbers from
-        1: it has no handshake of its own), on the converter's leg to the server that
-        connection's 4-tuple and sequence numbers for every subflow, carrying the data-level
-        stream (the relay's TCP connection)."""
+        numbers after its last segment; another subflow from its path's address, the same port,
+        its own numbers after its MP_JOIN handshake's ISN 0), on the converter's leg to the
+        server that connection's 4-tuple and sequence numbers for every subflow, carrying the
+        data-level stream (the relay's TCP connection). ``pin_client`` / ``pin_server``: that
+        leg's connections stay open through the transfer (mpsim.experiment.transfer_close), so
+        its numbers are fixed now (Flow.pinned); otherwise a capture reads them when it is made
+        (after the connection's FIN, which then comes before the transfer)."""
         conn = self._client_conn(record)
         client_address = self.client.interfaces[name]
         if conn is None:  # no connection to follow: the addresses the packets would have
@@ -685,13 +693,16 @@ class Simulation:
         else:  # through a proxy, to its "up" side (the address a proxy on the path has for them)
             client_flow = Flow(client_address, conn.local_port, self.addresses.converter_up if record.via_proxy else conn.remote_addr,
                                conn.remote_port, mptcp_conn=conn)
+        if pin_client:  # the connection stays open through the transfer: its numbers as they stand now
+            client_flow = client_flow.pinned()
         if not record.via_proxy:
             return client_flow, None
         downstream = self._downstream_of(conn)
         if downstream is None:  # the proxy no longer holds the session: its address, a made-up port
             return client_flow, Flow(self.addresses.converter_down, 40000, self.addresses.server, self.scenario.server.port, data_level=True)
-        return client_flow, Flow(downstream.local_addr, downstream.local_port, downstream.remote_addr,
-                                 downstream.remote_port, data_level=True, conn=downstream, mptcp_conn=downstream)
+        server_flow = Flow(downstream.local_addr, downstream.local_port, downstream.remote_addr,
+                           downstream.remote_port, data_level=True, conn=downstream, mptcp_conn=downstream)
+        return client_flow, server_flow.pinned() if pin_server else server_flow
 
     def _client_conn(self, record: Any) -> Any:
         """The client's connection the negotiation of ``record`` opened last, or None."""
@@ -715,12 +726,18 @@ class Simulation:
     def _downstream_of(self, conn: Any) -> Any:
         """The proxy's connection to the server for the client's connection ``conn``, if the
         proxy still holds the session (its relays)."""
+        relay = self._relay_of(conn)
+        return None if relay is None else relay.downstream
+
+    def _relay_of(self, conn: Any) -> Any:
+        """The proxy's relay (mpsim.proto.relay.Relay) of the client's connection ``conn``, if
+        the proxy still holds the session."""
         if conn is None or self.converter is None:
             return None
         upstream_key = (conn.remote_addr, conn.remote_port, conn.local_addr, conn.local_port)
         for relay in getattr(self.converter, "relays", ()):
             if getattr(relay, "upstream_key", None) == upstream_key:
-                return relay.downstream
+                return relay
         return None
 
     def capture_points(self) -> list[str]:
@@ -736,8 +753,10 @@ class Simulation:
             return
         paths: list = []
         tag = f"transfer{row['transfer_id']}"
+        close_legs = self._close_legs(record, spec.direction)
+        held = {tag_ for tag_, sender, receiver, _ in close_legs if holdable(sender.conn) and holdable(receiver.conn)}
         for index, name in enumerate(self.path_names if multipath else self.path_names[:1]):
-            flows = self._flows(record, index, name)
+            flows = self._flows(record, index, name, pin_client=bool(held & {"single", "client"}))
             (up_hops, up_legs), (down_hops, down_legs) = self._subflow_routes(name, household, flows[0])
             if spec.direction is Direction.DOWNLOAD:
                 data, ack = (down_hops, down_legs), (up_hops, up_legs)
@@ -759,7 +778,9 @@ class Simulation:
                                 name=f"transfer{row['transfer_id']}",
                                 **(self._join_options(record, row) if multipath else {}))
         self._running.append((row, transfer))
-        transfer.done.callbacks.append(lambda _event: self._bulk_done(row, transfer))
+        # (an on-path proxy that intercepted the connection: its two legs carry this one transfer)
+        self._close_after(row, transfer, record, close_legs, {"single": transfer, "client": transfer,
+                                                               "server": transfer})
 
     def _header_addresses(self, client_far: list, direction: Direction) -> list | None:
         """A transfer's (sender, receiver) addresses per path from (client side, far side) pairs,
@@ -790,8 +811,11 @@ class Simulation:
         client_paths: list = []
         server_flow: Flow | None = None
         intercepted_leg = None
+        close_legs = self._close_legs(record, spec.direction)
+        held = {tag_ for tag_, sender, receiver, _ in close_legs if holdable(sender.conn) and holdable(receiver.conn)}
         for index, name in enumerate(self.path_names if multipath else self.path_names[:1]):
-            client_flow, server_leg_flow = self._flows(record, index, name)
+            client_flow, server_leg_flow = self._flows(record, index, name, pin_client="client" in held,
+                                                       pin_server="server" in held)
             (towards, towards_legs), (back, back_legs), server_leg = self._relay_routes(index, name, household,
                                                                                          client_flow)
             if index == 0:
@@ -837,7 +861,8 @@ class Simulation:
                 [(self.addresses.converter_down, self.addresses.server)], spec.direction)},
             name=tag)
         self._running.append((row, transfer))
-        transfer.done.callbacks.append(lambda _event: self._bulk_done(row, transfer))
+        self._close_after(row, transfer, record, close_legs, {"client": transfer.client_leg,
+                                                               "server": transfer.server_leg})
 
     def _relay_routes(self, index: int, name: str, household: int, client_flow: Flow) -> tuple:
         """The hops of a relayed transfer for the subflow on access path ``name``: (towards the
@@ -869,11 +894,62 @@ class Simulation:
         return downstream is not None and any(getattr(ext, "state", None) is MptcpState.NEGOTIATED
                                               for ext in downstream.extensions)
 
-    def _bulk_done(self, row: dict, transfer: BulkTransfer | RelayedTransfer) -> None:
-        self._fill(row, transfer)
-        self._count_tcp_ext(row, transfer)
-        self._running.remove((row, transfer))
-        self._transfer_done()
+    def _close_legs(self, record: Any, direction: Direction) -> list[tuple[str, End, End, bool]]:
+        """The connections a transfer's legs run on, as (leg, sender, receiver, origin)
+        (mpsim.experiment.transfer_close): "single" between the client and its peer (the server,
+        or an on-path proxy that intercepted the connection), or through a proxy "client" (client
+        and proxy) and "server" (the proxy's connection and the server's); ``origin``: the sender
+        wrote the data (it is no relay). Legs whose connections are unknown are left out."""
+        conn = self._client_conn(record)
+        if conn is None:
+            return []
+        client = End(self.nodes[CLIENT], conn)
+        relay = self._relay_of(conn)
+        download = direction is Direction.DOWNLOAD
+
+        def leg(tag: str, near: End, far: End, *, near_origin: bool, far_origin: bool) -> tuple[str, End, End, bool]:
+            # ``near`` is nearer the client; on a download data flows from ``far``
+            return (tag, far, near, far_origin) if download else (tag, near, far, near_origin)
+
+        def server_end(c: Any) -> End | None:
+            found = self.server.connections.get((c.remote_addr, c.remote_port, c.local_addr, c.local_port))
+            return None if found is None else End(self.nodes[SERVER_NODE], found)
+
+        if relay is None and not record.via_proxy:
+            peer = server_end(conn)
+            return [] if peer is None else [leg("single", client, peer, near_origin=True, far_origin=True)]
+        # Through the proxy, or intercepted by a proxy on the path (whose two connections then
+        # carry a transfer modelled end to end: both legs end with it).
+        if relay is None or relay.upstream is None:
+            return []
+        legs = [leg("client", client, End(self.nodes[CONVERTER], relay.upstream), near_origin=True, far_origin=False)]
+        server = server_end(relay.downstream) if relay.downstream is not None else None
+        if server is not None:
+            legs.append(leg("server", End(self.nodes[CONVERTER], relay.downstream), server, near_origin=False,
+                            far_origin=True))
+        return legs
+
+    def _close_after(self, row: dict, transfer: BulkTransfer | RelayedTransfer, record: Any,
+                     close_legs: list[tuple[str, End, End, bool]], transfers: dict[str, BulkTransfer]) -> None:
+        """The transfer runs until its last byte is read and the connections it ran on have
+        closed after it (mpsim.experiment.transfer_close); its row is filled at the former."""
+        pending = {"done", "closed"}
+
+        def finished(part: str) -> None:
+            pending.discard(part)
+            if not pending:
+                self._transfer_done()
+
+        def done(_event: Any) -> None:
+            self._fill(row, transfer)
+            self._count_tcp_ext(row, transfer)
+            self._running.remove((row, transfer))
+            finished("done")
+
+        transfer.done.callbacks.append(done)
+        conn = self._client_conn(record)
+        TransferClose([Leg(sender, receiver, transfers[tag], origin) for tag, sender, receiver, origin in close_legs],
+                      lambda: finished("closed"), kept_open=None if conn is None else End(self.nodes[CLIENT], conn))
 
     def _count_tcp_ext(self, row: dict, transfer: BulkTransfer | RelayedTransfer) -> None:
         """Adds a transfer's sender counters under Linux's TcpExt names (TransferRecord.tcp_ext)

@@ -123,6 +123,10 @@ class Request:
     response_size_bytes: int = 1000
     scheme: str | None = None  # a name in SCHEMES; None: the client policy's scheme
     data: bytes = b""  # the request's bytes; empty: a generated one of request_size_bytes
+    #: The application keeps the connection after the whole response: more follows on it (a
+    #: simulated transfer, docs/sim.md "Routes"), and it closes once the peer has closed (or when
+    #: its owner closes it). False: it closes as soon as the response is complete.
+    keep_open: bool = False
 
     def __post_init__(self) -> None:
         if self.scheme is not None:
@@ -415,7 +419,13 @@ class LogicalConnection:
 
     def on_tcp_event(self, host: Host, conn: TcpConnection, event: TcpEvent, now: float) -> None:
         attempt = next((a for a in self.attempts if a.conn is conn), None)
-        if attempt is None or self.finished:
+        if attempt is None:
+            return
+        if self.finished:
+            # A connection kept open after its response (Request.keep_open) answers the peer's
+            # FIN with its own, as an application that reads EOF and closes does.
+            if isinstance(event, PeerClosed) and self.request.keep_open and conn.state is TcpState.CLOSE_WAIT:
+                conn.close(now)
             return
         if attempt.mptcp is not None:
             for fact in attempt.mptcp.pull_events():
@@ -546,7 +556,8 @@ class LogicalConnection:
             if self.fallback_reason is None and mptcp_ext is not None:
                 self.fallback_reason = mptcp_ext.fallback_reason
         conn = _opened(attempt)
-        if conn.state is not TcpState.CLOSED:
+        # Kept open only while both directions are: a peer that closed already has nothing more to send.
+        if conn.state is not TcpState.CLOSED and not (self.request.keep_open and conn.state is TcpState.ESTABLISHED):
             conn.close(now)
             self.host.collect(conn, now)
         self._finish(now, outcome)

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple, Protocol
 from mpsim.proto.errors import LocalProtocolError
 from mpsim.proto.tcp import (
     Closed,
+    CloseReason,
     IpAddress,
     Rng,
     SynDataMode,
@@ -52,6 +53,14 @@ class ConnectionOwner(Protocol):
     """Whoever gives a connection its meaning; told of every event of the connections it owns."""
 
     def on_tcp_event(self, host: Host, conn: TcpConnection, event: TcpEvent, now: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class WatchedConnectionClosed:
+    """A connection given to :meth:`Host.watch_close` is gone (``reason``: how, as its Closed said)."""
+
+    four_tuple: tuple
+    reason: CloseReason
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +141,9 @@ class Host:
         self.ports = PortAllocator(rng)
         self.connections: dict[FourTuple, TcpConnection] = {}
         self.owners: dict[int, ConnectionOwner] = {}  # id(conn) -> owner
+        # id(conn) -> conn whose end is reported (watch_close); the object itself, so that an id
+        # reused after a reboot forgot the connection never matches another one
+        self._watched: dict[int, TcpConnection] = {}
         self.listeners: dict[int, Listener] = {}
         self._out: list[Transmit] = []
         self._timers: list[tuple[float, int, TcpConnection]] = []  # (deadline, arm order, connection)
@@ -289,6 +301,13 @@ class Host:
         conn.abort(now)
         self._collect(conn, now)
 
+    def watch_close(self, conn: TcpConnection) -> None:
+        """Report the end of ``conn`` (CLOSED, however it got there) as a
+        :class:`WatchedConnectionClosed` fact: for a driver that waits for a connection's close
+        (a simulated transfer's, docs/sim.md "Routes") without owning the connection."""
+        if self._is_ours(conn):
+            self._watched[id(conn)] = conn
+
     def collect(self, conn: TcpConnection, now: float) -> None:
         """Flush a connection's packets and events after an owner acted on it directly."""
         self._collect(conn, now)
@@ -343,6 +362,8 @@ class Host:
     def _drop(self, conn: TcpConnection) -> None:
         self.connections.pop(conn.four_tuple, None)
         self.owners.pop(id(conn), None)
+        if self._watched.get(id(conn)) is conn:
+            del self._watched[id(conn)]
         self._armed.pop(id(conn), None)  # its heap entries are stale now; the id may be reused
 
     def _transmit(self, packet: IpPacket) -> None:
@@ -362,6 +383,9 @@ class Host:
             owner = self.owners.get(id(conn))
             for event in events:
                 if isinstance(event, Closed):
+                    if self._watched and self._watched.get(id(conn)) is conn:
+                        del self._watched[id(conn)]
+                        self.emit(WatchedConnectionClosed(conn.four_tuple, event.reason))
                     self._drop(conn)
                     if not event.clean:
                         # Reset, aborted or timed out: the peer may still hold the old connection

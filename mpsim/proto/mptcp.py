@@ -1,7 +1,8 @@
 """MPTCP negotiation on one TCP connection (RFC 8684 v1, RFC 6824 v0), with Linux's fallback logic.
 
-Two :class:`~mpsim.proto.tcp.TcpExtension` classes ride on the initial subflow (joins, extra
-subflows and DATA_FIN are out of scope):
+Two :class:`~mpsim.proto.tcp.TcpExtension` classes ride on the initial subflow (joins and extra
+subflows are :mod:`mpsim.proto.join`'s; a DATA_FIN goes with the FIN only with
+``data_fin_on_close``, which the simulation sets on connections that carry a transfer):
 
 * :class:`MptcpClientExtension`, the active opener: MP_CAPABLE on the SYN, a plain SYN after
   ``syn_retrans_before_tcp_fallback`` unanswered MP_CAPABLE retransmissions, and the per-host
@@ -69,6 +70,8 @@ from mpsim.wire.mptcp import (
     key_token,
 )
 from mpsim.wire.segment import TcpFlags, TcpSegment, internet_checksum
+
+_FIN_FLAG = int(TcpFlags.FIN)
 
 _DSN_MODULUS = 1 << 64
 _SSN_MODULUS = 1 << 32
@@ -238,6 +241,14 @@ class _MptcpExtension(TcpExtension):
         # Data phase. SYN data (ours, peer's) sits before the data sequence space.
         self._local_ssn_offset_bytes = 0
         self._peer_ssn_offset_bytes = 0
+        # Data a simulated transfer carried on other subflows (carry_data): the DSN of a byte on
+        # this subflow is then IDSN + SSN + the shift.
+        self._local_dsn_shift_bytes = 0
+        self._peer_dsn_shift_bytes = 0
+        #: Send a DATA_FIN with our FIN (RFC 8684 3.3.3); set for a connection that carries a
+        #: simulated transfer (docs/sim.md "Routes"); other connections close with FIN alone.
+        self.data_fin_on_close = False
+        self._peer_data_fin = False  # the peer's DATA_FIN arrived: it takes one DSN, our Data ACK covers it
         self._peer_dss_seen = False  # a DSS arrived: the peer has our key (handshake confirmed)
         self._mapping_seen = False  # a mapping arrived: the peer's options reach us on data
         self._data_ack_seen = False  # a Data ACK covered our data: our options reach the peer
@@ -298,14 +309,30 @@ class _MptcpExtension(TcpExtension):
         """Where the connection's data-level and subflow numbers stand now, for whoever continues
         the connection's streams (a simulated transfer's captures, docs/sim.md "Routes"), or None
         without both keys. Counted as this extension's own mappings count them: SYN data outside
-        the data sequence space, no DATA_FIN (so a FIN takes a subflow number, no DSN)."""
+        the data sequence space, a FIN without DATA_FIN takes a subflow number and no DSN, and
+        what :meth:`carry_data` counted on other subflows is in the DSNs."""
         if self.local_key is None or self.peer_key is None:
             return None
-        local_dsn = (self._idsn(self.local_key) + 1 + conn.bytes_sent - self._local_ssn_offset_bytes) % _DSN_MODULUS
-        peer_dsn = (self._idsn(self.peer_key) + 1 + conn.bytes_received - self._peer_ssn_offset_bytes) % _DSN_MODULUS
+        local_dsn = (self._idsn(self.local_key) + 1 + conn.bytes_sent - self._local_ssn_offset_bytes
+                     + self._local_dsn_shift_bytes) % _DSN_MODULUS
+        peer_dsn = (self._idsn(self.peer_key) + 1 + conn.bytes_received - self._peer_ssn_offset_bytes
+                    + self._peer_dsn_shift_bytes) % _DSN_MODULUS
         return StreamPosition(local_dsn, peer_dsn,
                               (seq_diff(conn.snd_nxt, conn.iss) - self._local_ssn_offset_bytes) % _SSN_MODULUS,
                               (seq_diff(conn.rcv_nxt, conn.irs) - self._peer_ssn_offset_bytes) % _SSN_MODULUS)
+
+    def carry_data(self, sent_subflow_bytes: int, sent_data_bytes: int, received_subflow_bytes: int,
+                   received_data_bytes: int) -> None:
+        """A simulated transfer moved ``sent_data_bytes`` of our data-level stream and
+        ``sent_subflow_bytes`` of subflow sequence space on this connection's subflow (the rest
+        on joined subflows; more than the data level when data went again on it, reinjected),
+        and received likewise (docs/sim.md "Routes"); with :meth:`TcpConnection.carry_stream`
+        for the subflow's own numbers, the DSNs and Data ACKs this connection sends next
+        continue after them (its DATA_FIN included)."""
+        if min(sent_subflow_bytes, sent_data_bytes, received_subflow_bytes, received_data_bytes) < 0:
+            raise ValueError("carry_data needs byte counts >= 0")
+        self._local_dsn_shift_bytes += sent_data_bytes - sent_subflow_bytes
+        self._peer_dsn_shift_bytes += received_data_bytes - received_subflow_bytes
 
     def pull_events(self) -> list[MptcpNegotiated | FellBackToTcp]:
         """The facts since the last call, for the owner to pass on with ``host.emit``."""
@@ -363,9 +390,16 @@ class _MptcpExtension(TcpExtension):
         if handshake is not None:
             return handshake
         data_ack = self._data_ack_to_send(conn)
+        # the SYN is DSN idsn, so ssn 1 is idsn + 1
+        dsn = (self._negotiated_local_idsn + ssn + self._local_dsn_shift_bytes) % _DSN_MODULUS
+        if not payload and int(flags) & _FIN_FLAG and self.data_fin_on_close:
+            # RFC 8684 3.3.3: a DATA_FIN on a segment without data maps subflow sequence number 0
+            # and data-level length 1, its DSN the DATA_FIN's own (the next after our last byte).
+            checksum = dss_checksum(dsn, 0, 1, b"") if self.checksums else None
+            return (Dss(data_ack=data_ack, dsn=dsn, ssn=0, data_level_length_bytes=1, checksum=checksum,
+                        data_ack_64_bit=True, dsn_64_bit=True, data_fin=True),)
         if not payload:
             return (Dss(data_ack=data_ack, data_ack_64_bit=True),)
-        dsn = (self._negotiated_local_idsn + ssn) % _DSN_MODULUS  # the SYN is DSN idsn, so ssn 1 is idsn + 1
         checksum = dss_checksum(dsn, ssn, len(payload), payload) if self.checksums else None
         # Built once with every field (not a bare Data ACK then dataclasses.replace): a data segment's DSS.
         return (Dss(data_ack=data_ack, dsn=dsn, ssn=ssn % _SSN_MODULUS, data_level_length_bytes=len(payload),
@@ -377,7 +411,8 @@ class _MptcpExtension(TcpExtension):
 
     def _data_ack_to_send(self, conn: TcpConnection) -> int:
         # Every byte delivered in order was mapped (or we would have fallen back).
-        return (self._negotiated_peer_idsn + 1 + conn.bytes_received - self._peer_ssn_offset_bytes) % _DSN_MODULUS
+        return (self._negotiated_peer_idsn + 1 + conn.bytes_received - self._peer_ssn_offset_bytes
+                + self._peer_dsn_shift_bytes + (1 if self._peer_data_fin else 0)) % _DSN_MODULUS
 
     def _fallback_signals(self) -> tuple:
         """The only MPTCP options a fallen-back connection sends: MP_FAIL, one infinite mapping."""
@@ -426,6 +461,8 @@ class _MptcpExtension(TcpExtension):
             return "mp_fastclose"  # the connection resets (a wrong key is ignored, RFC 8684 3.5)
         if dss is not None:
             self._peer_dss_seen = True
+            if dss.data_fin:
+                self._peer_data_fin = True
         if fail is not None:
             # The peer's checksum check failed on our data: answer with MP_FAIL and an infinite
             # mapping, and both sides revert to TCP (RFC 8684 3.7).
@@ -442,7 +479,7 @@ class _MptcpExtension(TcpExtension):
     def _peer_dsn_expected(self, conn: TcpConnection, seq: int | None = None) -> int:
         """The data sequence number of the peer's byte at ``seq`` (default: the next one)."""
         ssn = seq_diff(conn.rcv_nxt if seq is None else seq, conn.irs) - self._peer_ssn_offset_bytes
-        return (self._negotiated_peer_idsn + ssn) % _DSN_MODULUS
+        return (self._negotiated_peer_idsn + ssn + self._peer_dsn_shift_bytes) % _DSN_MODULUS
 
     def _peer_mapping(self, conn: TcpConnection, seg: TcpSegment, dss: Dss | None,
                       mpc: MpCapable | None) -> tuple | None:
@@ -479,7 +516,8 @@ class _MptcpExtension(TcpExtension):
     def _on_data_ack(self, conn: TcpConnection, seg: TcpSegment, dss: Dss | None) -> None:
         acks_our_data = self._first_data_seq is not None and seq_lt(self._first_data_seq, seg.ack)
         if dss is not None and dss.data_ack is not None:
-            expected = (self._negotiated_local_idsn + seq_diff(seg.ack, conn.iss) - self._local_ssn_offset_bytes) % _DSN_MODULUS
+            expected = (self._negotiated_local_idsn + seq_diff(seg.ack, conn.iss) - self._local_ssn_offset_bytes
+                        + self._local_dsn_shift_bytes) % _DSN_MODULUS
             self._peer_data_ack = _widen(dss.data_ack, dss.data_ack_64_bit, expected)
             self._data_ack_seen = self._data_ack_seen or acks_our_data
         elif acks_our_data and not self._data_ack_seen:

@@ -403,6 +403,10 @@ class TcpConnection:
         self.peer = _Peer()
         self._tx = bytearray()  # unACKed and unsent stream bytes, from snd_una's first data byte
         self._fin_queued = False
+        # hold_close: the owner's close() waits until release_close (a simulated transfer runs on
+        # the connection outside this machine, docs/sim.md "Routes").
+        self._close_held = False
+        self._close_asked = False
         self._syn_payload_bytes = 0
         self._queued_syn_data = b""  # SynDataMode.QUEUE: delivered once ESTABLISHED
         self._synack_withheld = False
@@ -522,10 +526,52 @@ class TcpConnection:
             return
         if self._fin_queued:
             return
+        if self._close_held:
+            self._close_asked = True  # release_close carries it out
+            return
         self._fin_queued = True
         if self.state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT):
             self._move(TcpState.FIN_WAIT_1 if self.state is TcpState.ESTABLISHED else TcpState.LAST_ACK)
             self._transmit_new(now)
+
+    def hold_close(self) -> None:
+        """From now on :meth:`close` only notes that the owner asked, until :meth:`release_close`.
+
+        For a simulation that carries a transfer's bytes on this connection outside the machine
+        (light segments, docs/sim.md "Routes"): the application has not written or read them all
+        yet, so its FIN must wait, whoever asks for it (the client, the server's application,
+        a proxy's relay coupling the FINs of its two legs)."""
+        self._close_held = True
+
+    def release_close(self, now: float) -> None:
+        """Lift :meth:`hold_close`; a close asked meanwhile happens now (FIN after the queued data)."""
+        self._close_held = False
+        if self._close_asked and self.state is not TcpState.CLOSED:
+            self._close_asked = False
+            self.close(now)
+
+    def carry_stream(self, sent_bytes: int, received_bytes: int) -> None:
+        """Count ``sent_bytes`` as sent and ACKed and ``received_bytes`` as received in order,
+        without segments: bytes a simulated transfer moved on this connection outside the
+        machine (docs/sim.md "Routes"), so that what the connection sends next (its FIN)
+        continues the sequence numbers after them. Only on a synchronized connection with
+        nothing of its own unacknowledged and no FIN yet (the transfer ran while it was idle)."""
+        if sent_bytes < 0 or received_bytes < 0:
+            raise ValueError(f"carry_stream needs byte counts >= 0, got {sent_bytes}, {received_bytes}")
+        if self.state not in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT) or self._fin_queued \
+                or self.snd_una != self.snd_nxt or self._tx:
+            raise LocalProtocolError(f"cannot carry stream bytes in state {self.state.name}"
+                                     f"{' with unacknowledged data' if self._tx or self.snd_una != self.snd_nxt else ''}")
+        self.snd_una = self.snd_nxt = self._snd_max = seq_add(self.snd_nxt, sent_bytes)
+        self.rcv_nxt = seq_add(self.rcv_nxt, received_bytes)
+        self.bytes_sent += sent_bytes
+        self.bytes_received += received_bytes
+
+    @property
+    def idle(self) -> bool:
+        """Synchronized, nothing unacknowledged and no FIN sent or asked: :meth:`carry_stream` may run."""
+        return self.state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT) and not self._fin_queued \
+            and self.snd_una == self.snd_nxt and not self._tx
 
     def abort(self, now: float) -> None:
         """Send RST (if the peer can know us) and forget the connection. Does nothing on a

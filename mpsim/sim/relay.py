@@ -35,8 +35,9 @@ alternates between one full chunk and empty); the relay wakes in the same instan
 in-order arrival (no scheduling latency beyond the CPU job); the downstream sender applies
 Nagle's algorithm to what the relay writes but not Linux's Minshall refinement or autocorking
 (:mod:`mpsim.sim.transfer`, "Composing transfers"); the end of the stream needs no FIN or
-DATA_FIN; both legs start at the same instant (no connection set-up, which the negotiation
-models).
+DATA_FIN here (in a simulation the negotiated connections close after it,
+mpsim/experiment/transfer_close.py); both legs start at the same instant (no connection set-up,
+which the negotiation models).
 """
 
 from __future__ import annotations

@@ -76,6 +76,22 @@ class Flow:
     #: for every subflow of it; ``conn_is_src`` says which side is this flow's source. None: DSNs
     #: from 1.
     mptcp_conn: Any = None
+    #: Set by :meth:`pinned`: the data-level position (a proto ``StreamPosition``, from the
+    #: connection's local side) and whether the flow is the connection's own subflow.
+    position: Any = None
+    first_subflow: bool = False
+
+    def pinned(self) -> Flow:
+        """This flow with its bases fixed as they stand now, for a connection that keeps going
+        after the transfer starts (it carries the transfer, then closes after it: its later
+        numbers must not move the transfer's)."""
+        seq_base, ack_base = self.bases()
+        position = self.position
+        if position is None and self.mptcp_conn is not None:
+            position = next((ext.stream_position(self.mptcp_conn) for ext in self.mptcp_conn.extensions
+                             if hasattr(ext, "stream_position")), None)
+        return Flow(self.src_ip, self.src_port, self.dst_ip, self.dst_port, seq_base, ack_base, self.data_level,
+                    None, self.conn_is_src, None, position, self.first_subflow or self.conn is not None)
 
     def bases(self) -> tuple[int, int]:
         """(seq_base, ack_base) as they stand now."""
@@ -88,20 +104,24 @@ class Flow:
         """(DSN base, Data ACK base, SSN base) as they stand now: added to a segment's ``dsn``,
         ``data_ack`` and ``seq`` for the DSS a capture shows. Subflow 0 (``conn`` set) continues
         the connection's SSNs; another subflow has ISN 0 (its MP_JOIN SYN's), so SSN = seq + 1."""
-        position = None
-        if self.mptcp_conn is not None:
+        position = self.position
+        if position is None and self.mptcp_conn is not None:
             position = next((ext.stream_position(self.mptcp_conn) for ext in self.mptcp_conn.extensions
                              if hasattr(ext, "stream_position")), None)
         if position is None:
             return 1, 1, 1
         dsn, data_ack = (position.local_dsn, position.peer_dsn) if self.conn_is_src else \
             (position.peer_dsn, position.local_dsn)
-        ssn = 1 if self.conn is None else position.local_ssn if self.conn_is_src else position.peer_ssn
+        if self.conn is None and not self.first_subflow:
+            ssn = 1
+        else:
+            ssn = position.local_ssn if self.conn_is_src else position.peer_ssn
         return dsn, data_ack, ssn
 
     def reversed(self) -> Flow:
         return Flow(self.dst_ip, self.dst_port, self.src_ip, self.src_port, self.ack_base, self.seq_base,
-                    self.data_level, self.conn, not self.conn_is_src, self.mptcp_conn)
+                    self.data_level, self.conn, not self.conn_is_src, self.mptcp_conn, self.position,
+                    self.first_subflow)
 
 
 def forward_segment(segment: Segment) -> None:

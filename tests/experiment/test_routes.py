@@ -171,8 +171,10 @@ def test_a_capture_of_the_access_link_holds_the_negotiation_and_the_transfer_of_
 
     to_client = {flow(p) for p in negotiation if p.src == CONVERTER_UP}
     assert len(to_client) == 1 and {flow(p) for p in transfer if p.src == CONVERTER_UP} == to_client
-    # The transfer continues the converter's sequence numbers where its last negotiation segment ended.
-    last = [p.segment for p in negotiation if p.src == CONVERTER_UP][-1]
+    # The transfer continues the converter's sequence numbers where its last negotiation segment
+    # before it ended (its FIN comes after the transfer: tests/experiment/test_transfer_close.py).
+    first_s = next(t for t, p in records if not isinstance(p, IpPacket))
+    last = [p.segment for t, p in records if isinstance(p, IpPacket) and p.src == CONVERTER_UP and t < first_s][-1]
     next_seq = (last.seq + len(last.payload) + bool(last.flags & (TcpFlags.SYN | TcpFlags.FIN))) & 0xFFFFFFFF
     first_data = next(p.segment for p in transfer if p.src == CONVERTER_UP and p.segment.payload)
     assert first_data.seq == next_seq

@@ -255,6 +255,32 @@ def test_legacy_drop_acks_isn_only_reset_without_resending_the_signalling():
 # --- 2. the RST is lost ------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("keep_open", [False, True])
+def test_a_connection_kept_open_closes_only_after_its_peer(keep_open):
+    # Request.keep_open (a simulated transfer follows on the connection, docs/sim.md "Routes"):
+    # the record is the same and comes at the same time, but the client sends no FIN after the
+    # response; it answers the server's FIN with its own. Without it the client closes at once.
+    net = build_net(ClientPolicy(scheme="plain"))
+    record = net.request(0.0, replace(REQUEST, keep_open=keep_open), run_s=1.0)
+    assert record.outcome == "tcp" and record.completion_time_s == pytest.approx(2 * CLIENT_SERVER_RTT_S)
+    (port,) = client_ports(net)
+    client_fins = [t for t, seg in net.sent("client", src_port=port) if seg.flags & TcpFlags.FIN]
+    if not keep_open:
+        assert client_fins == [pytest.approx(record.completion_time_s)]
+        return
+    assert client_fins == []
+    conn = net.client.connections[(CLIENT, port, SERVER, SERVER_PORT)]
+    assert conn.state is TcpState.ESTABLISHED
+    server_conn = net.server.connections[(SERVER, SERVER_PORT, CLIENT, port)]
+    server_conn.close(1.0)
+    net.server.collect(server_conn, 1.0)
+    net.harness.run(2.0)
+    # the server's FIN reaches the client half an RTT later; the client's FIN goes at once
+    assert [t for t, seg in net.sent("client", src_port=port) if seg.flags & TcpFlags.FIN] == \
+        [pytest.approx(1.0 + CLIENT_SERVER_RTT_S / 2)]
+    assert conn.state is TcpState.CLOSED and server_conn.state is TcpState.TIME_WAIT
+
+
 def test_lost_rst_fallback_uses_a_new_port_and_succeeds_at_once():
     net = build_net(IMPLICIT_EOL, ServerKind.LEGACY_QUEUE, up=drop_matching(is_rst))
     record = net.request(0.0, run_s=0.3)

@@ -480,6 +480,99 @@ def test_bad_checksum_draws_mp_fail_and_both_revert_to_tcp(checksums):
     assert net.server_app.received == b"HELLO again"  # the infinite mapping makes it plain TCP data
 
 
+# --- a transfer carried outside the machine, then DATA_FIN (RFC 8684 3.3.3) ---------------------------
+
+
+def is_fin(seg) -> bool:
+    return bool(seg.flags & TcpFlags.FIN)
+
+
+def _carried(net, client, app, *, data_fin: bool):
+    """After the banner, 1000 more bytes of the server's stream went outside the machines, 600 of
+    them on this subflow (the rest on joined subflows): both ends count them."""
+    net.run(1.0)
+    server_conn = net.server_app.conn
+    server_conn.carry_stream(600, 0)
+    net.server_ext.carry_data(600, 1000, 0, 0)
+    app.conn.carry_stream(0, 600)
+    client.carry_data(0, 0, 600, 1000)
+    client.data_fin_on_close = net.server_ext.data_fin_on_close = data_fin
+    return server_conn
+
+
+def test_a_data_fin_after_bytes_carried_on_other_subflows():
+    # Hand-worked: the server's stream is the 6-byte banner (DSN idsn+1 .. idsn+6), then 1000
+    # carried bytes (idsn+7 .. idsn+1006): its DATA_FIN is DSN idsn+1007 with SSN 0 and length 1
+    # (3.3.3: a DATA_FIN on a segment without data); its FIN takes TCP sequence number
+    # ISN + 1 + 6 + 600 (only 600 of the bytes were on this subflow). The client's Data ACK
+    # then covers the DATA_FIN (idsn+1008), and its own DATA_FIN is DSN client idsn + 1 (it sent
+    # nothing), acknowledged as client idsn + 2.
+    net = Net(server_data=b"banner")
+    client, app = net.connect()
+    server_conn = _carried(net, client, app, data_fin=True)
+    server = net.server_ext
+    server_conn.close(net.harness.now)
+    net.server.collect(server_conn, net.harness.now)
+    net.run(2.0)
+    (fin,) = net.segments("server", is_fin)
+    (dss,) = mptcp_options(fin)
+    assert seq_offset(fin.seq, server_conn.iss) == 1 + 6 + 600
+    assert (dss.data_fin, dss.dsn, dss.ssn, dss.data_level_length_bytes) == (True, server.local_idsn + 1007, 0, 1)
+    assert dss.data_ack == client.local_idsn + 1
+    ack = find(net.segments("client", is_pure_ack)[-1], Dss)
+    assert ack.data_ack == server.local_idsn + 1008 and app.conn.state is TcpState.CLOSE_WAIT
+    app.conn.close(net.harness.now)
+    net.client.collect(app.conn, net.harness.now)
+    net.run(3.0)
+    (client_fin,) = net.segments("client", is_fin)
+    client_dss = find(client_fin, Dss)
+    assert (client_dss.data_fin, client_dss.dsn, client_dss.ssn, client_dss.data_level_length_bytes) == \
+        (True, client.local_idsn + 1, 0, 1)
+    assert client_dss.data_ack == server.local_idsn + 1008
+    assert find(net.segments("server", is_pure_ack)[-1], Dss).data_ack == client.local_idsn + 2
+    assert (server_conn.state, app.conn.state) == (TcpState.TIME_WAIT, TcpState.CLOSED)
+    assert client.negotiated and server.negotiated
+
+
+def test_a_data_fin_after_data_sent_again_on_the_subflow():
+    # Reinjection: 1000 data-level bytes, but 1200 bytes of this subflow's sequence space (200
+    # of them sent again here after another subflow failed). The FIN takes TCP sequence number
+    # ISN + 1 + 6 + 1200; the DATA_FIN still DSN idsn + 1 + 6 + 1000.
+    net = Net(server_data=b"banner")
+    client, app = net.connect()
+    net.run(1.0)
+    server_conn = net.server_app.conn
+    server_conn.carry_stream(1200, 0)
+    net.server_ext.carry_data(1200, 1000, 0, 0)
+    app.conn.carry_stream(0, 1200)
+    client.carry_data(0, 0, 1200, 1000)
+    net.server_ext.data_fin_on_close = client.data_fin_on_close = True
+    server_conn.close(net.harness.now)
+    net.server.collect(server_conn, net.harness.now)
+    net.run(2.0)
+    (fin,) = net.segments("server", is_fin)
+    dss = find(fin, Dss)
+    assert seq_offset(fin.seq, server_conn.iss) == 1 + 6 + 1200
+    assert (dss.data_fin, dss.dsn) == (True, net.server_ext.local_idsn + 1007)
+    assert find(net.segments("client", is_pure_ack)[-1], Dss).data_ack == net.server_ext.local_idsn + 1008
+    with pytest.raises(ValueError):
+        client.carry_data(-1, 0, 0, 0)
+
+
+def test_without_data_fin_on_close_a_fin_carries_only_the_data_ack():
+    # Connections that carry no transfer close as before: no DATA_FIN, the Data ACK alone.
+    net = Net(server_data=b"banner")
+    client, app = net.connect()
+    server_conn = _carried(net, client, app, data_fin=False)
+    server_conn.close(net.harness.now)
+    net.server.collect(server_conn, net.harness.now)
+    net.run(2.0)
+    (fin,) = net.segments("server", is_fin)
+    (dss,) = mptcp_options(fin)
+    assert dss.dsn is None and not dss.data_fin and dss.data_ack == client.local_idsn + 1
+    assert find(net.segments("client", is_pure_ack)[-1], Dss).data_ack == net.server_ext.local_idsn + 1007
+
+
 # --- MP_FASTCLOSE (packetdrill fastclose/receive_fastclose_with_ack) --------------------------------
 
 

@@ -643,6 +643,54 @@ def test_passive_close():
     assert net.server_app.log[-2:] == [(1.1, PeerClosed()), (61.1, Closed(CloseReason.TIME_WAIT_EXPIRED))]
 
 
+def test_a_held_close_waits_for_its_release():
+    # A simulated transfer runs on the connection outside the machine (docs/sim.md "Routes"):
+    # whoever asks for the close meanwhile (the peer's FIN answered by the application), the FIN
+    # waits for release_close.
+    net, client, server = _established_net()
+    net.client_app.reactions[PeerClosed] = lambda host, conn, now: conn.close(now)
+    client.hold_close()
+    net.harness.run(1.0)
+    net.act(net.server, server, "close")
+    net.harness.run(2.0)
+    assert (client.state, server.state) == (TcpState.CLOSE_WAIT, TcpState.FIN_WAIT_2)  # asked, held
+    net.act(net.client, client, "release_close")
+    net.harness.run(2.2)
+    assert net.client_app.log[-1] == (2.1, Closed(CloseReason.LAST_ACK))
+    assert server.state is TcpState.TIME_WAIT
+
+
+def test_release_without_a_close_asked_sends_nothing():
+    conn = established_client()
+    conn.hold_close()
+    conn.release_close(1.0)
+    assert conn.state is TcpState.ESTABLISHED and not conn.pull_packets()
+
+
+def test_carried_stream_bytes_move_the_fin_and_the_ack():
+    # 500 bytes sent and 700 received outside the machine: the FIN takes the number after the
+    # 500 (ISN 1000 + SYN + 500 = 1501) and acknowledges the 700 (ISN 5000 + SYN + 700 = 5701).
+    conn = established_client()
+    conn.carry_stream(500, 700)
+    assert (conn.bytes_sent, conn.bytes_received) == (500, 700)
+    conn.close(1.0)
+    (fin,) = segments(conn)
+    assert fin.flags == FIN | ACK and (fin.seq, fin.ack) == (CLIENT_ISS + 1 + 500, SERVER_ISS + 1 + 700)
+    # the peer's ACK of the FIN closes it as usual
+    conn.receive(to_client(SERVER_ISS + 701, CLIENT_ISS + 502, ACK), 1.1)
+    assert conn.state is TcpState.FIN_WAIT_2
+
+
+def test_carrying_stream_bytes_needs_an_idle_connection():
+    conn = established_client()
+    conn.send(b"x" * 10, 0.2)  # unacknowledged
+    with pytest.raises(LocalProtocolError, match="unacknowledged"):
+        conn.carry_stream(100, 0)
+    assert not conn.idle
+    with pytest.raises(ValueError):
+        established_client().carry_stream(-1, 0)
+
+
 def test_simultaneous_close_goes_through_closing():
     net, client, server = _established_net()
     net.harness.run(1.0)
