@@ -40,7 +40,8 @@ def _header(result: dict, title: str) -> list[str]:
             f"average {m['load_average_before'][0]:.1f} before, {m['load_average'][0]:.1f} after (other work shares "
             f"these cores). CUBIC pinned, tcp_rmem/tcp_wmem maxima 16 MiB, tcp_no_metrics_save=1, TFO 0x207. "
             "Every transfer's SHA-256 checked at the receiver: "
-            f"{'all matched' if result['hashes_ok'] else 'MISMATCH'}.",
+            f"{'all matched' if result['hashes_ok'] else 'MISMATCH'}. "
+            f"Converter daemons: {result.get('daemon_build', 'pure Python')}.",
             ""]
 
 

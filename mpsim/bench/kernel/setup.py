@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,7 +21,7 @@ import os
 from mpsim.bench.kernel.config import CONVERT_TIMEOUT_S, ECHO_PORTS, PEER_LIMIT_S, ROUTES, Route, Scale
 from mpsim.bench.kernel.measure import (meminfo_bytes, percentile, process_cpu_s, ratios, rss_bytes, slab_bytes,
                                         summary)
-from mpsim.bench.kernel.services import Peer, Services, new_testbed, peer_argv, testbed_facts
+from mpsim.bench.kernel.services import Peer, Services, daemon_command, new_testbed, peer_argv, testbed_facts
 
 
 WORKERS_ROUTE = "converter-auto-workers"
@@ -43,10 +42,11 @@ def _target(tb: Any, services: Services, config: str) -> tuple[str, str]:
 
 def _start_workers(tb: Any, log_dir: Path) -> Peer:
     """The converter with --workers N (not pinned to the relay CPU: its workers are meant to spread)."""
-    argv = [sys.executable, "-m", "mpsim.live.serve", "--listen", f"{tb.addresses.converter[0]}:{WORKERS_PORT}",
+    command, env = daemon_command()
+    argv = [*command, "--listen", f"{tb.addresses.converter[0]}:{WORKERS_PORT}",
             "--allow", "198.18.0.0/15", "--relay", "auto", "--quiet", "--connect-timeout", "10",
             "--workers", str(WORKERS)]
-    daemon = Peer(tb, "converter", argv, log_dir, "converter-workers")
+    daemon = Peer(tb, "converter", argv, log_dir, "converter-workers", env=env)
     daemon.wait_log("event=listening")
     return daemon
 
