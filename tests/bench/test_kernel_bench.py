@@ -163,3 +163,23 @@ def test_abuse_serves_every_good_client_and_sends_no_forbidden_syn(results):
     assert abuse["forbidden_syns"] == 0
     daemon = abuse["daemon"]
     assert max(s["fds"] for s in daemon["during"]) > daemon["before"]["fds"] >= daemon["after"]["fds"]
+
+
+def test_daemons_use_a_compiled_build_only_when_it_is_current(tmp_path):
+    """build/fast is used when every compiled daemon module is there and the daemon's sources
+    (live, proto, wire, the top level) equal the package's; a changed source makes it stale."""
+    from mpsim.bench.kernel.services import daemon_package
+
+    root = tmp_path / "repo"
+    for rel in ("mpsim/__init__.py", "mpsim/live/converter.py", "mpsim/proto/convert.py", "mpsim/bench/x.py"):
+        for base in (root, root / "build" / "fast"):
+            (base / rel).parent.mkdir(parents=True, exist_ok=True)
+            (base / rel).write_text(f"# {rel}\n")
+    assert daemon_package(root) == (str(root), "pure Python (no compiled build: `make fast` builds one)")
+    for module in ("live/converter", "live/relay", "live/sockets", "proto/convert", "proto/relay"):
+        (root / "build" / "fast" / "mpsim" / f"{module}.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
+    assert daemon_package(root) == (str(root / "build" / "fast"), "compiled (build/fast, mypyc)")
+    (root / "mpsim" / "bench" / "x.py").write_text("# the bench changed: the daemon does not import it\n")
+    assert daemon_package(root)[0] == str(root / "build" / "fast")
+    (root / "mpsim" / "live" / "converter.py").write_text("# changed after make fast\n")
+    assert daemon_package(root) == (str(root), "pure Python (build/fast is stale, 1 files differ: `make fast` again)")

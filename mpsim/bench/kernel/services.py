@@ -105,19 +105,20 @@ _DAEMON_COMPILED = ("mpsim/live/converter", "mpsim/live/relay", "mpsim/live/sock
                     "mpsim/proto/relay")
 
 
-def daemon_package() -> tuple[str, str]:
+def daemon_package(parent: Path | None = None) -> tuple[str, str]:
     """Where the converter daemons import mpsim from, and what that is in words for the report:
     the compiled build (``make fast``: ``build/fast`` beside the package, docs/sim.md
     "Performance") when it is present and current, else the bench's own (pure Python) package.
     A build whose daemon sources (mpsim/live and the layers it imports: proto, wire, the package's
     top-level modules) differ from the package's is stale and not used: its daemon would run other
-    code than the one measured."""
+    code than the one measured. ``parent``: the directory holding the package (default: the bench's)."""
     import mpsim
     import mpsim.live.converter
 
-    parent = Path(mpsim.__file__).resolve().parents[1]
-    if mpsim.live.converter.__file__.endswith(".so"):
-        return str(parent), f"compiled (the bench's own package, {parent.name})"
+    if parent is None:
+        parent = Path(mpsim.__file__).resolve().parents[1]
+        if mpsim.live.converter.__file__.endswith(".so"):
+            return str(parent), f"compiled (the bench's own package, {parent.name})"
     fast = parent / "build" / "fast"
     if not all(list((fast / path).parent.glob(Path(path).name + ".*.so")) for path in _DAEMON_COMPILED):
         return str(parent), "pure Python (no compiled build: `make fast` builds one)"
