@@ -662,9 +662,16 @@ class ConverterDaemon:
         """The non-blocking connect() finished: SYN-ACK (the reply), or why not (the Error TLV)."""
         down = conn.down
         assert down is not None and conn.up is not None
-        # Connected inside connect() (the peer is known): nothing can have failed yet that the
-        # relay would not see; else SO_ERROR says how the handshake ended.
-        error = 0 if conn.down_peer is not None else down.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        # Connected (the peer is known: inside connect(), or getpeername() answers now): nothing
+        # can have failed yet that the relay would not see; else SO_ERROR says how the handshake
+        # ended. getpeername() first because the self-check below needs the peer anyway: one
+        # system call on the common path instead of SO_ERROR and getpeername().
+        error = 0
+        if conn.down_peer is None:
+            try:
+                conn.down_peer = down.getpeername()
+            except OSError:  # ENOTCONN: the handshake failed (or the connection was reset since)
+                error = down.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if error:
             self._drop_socket(conn, "down", reset=False)
             self._downstream_error(conn, error, now)

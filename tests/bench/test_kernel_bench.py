@@ -63,10 +63,12 @@ def test_fastpath_measures_every_route_with_matching_hashes_and_relay_cpu(result
 def test_setup_counts_connections_and_idle_memory(results):
     setup = results["setup"]
     assert setup["hashes_ok"]   # every echo came back intact
-    assert {r["route"] for r in setup["churn"]} == set(SMOKE.churn_configs) | {"converter-auto-workers"}
+    assert {r["route"] for r in setup["churn"]} == set(SMOKE.churn_configs) | {"converter-auto-workers",
+                                                                               "minimal-relay"}
     assert {r["route"] for r in setup["parallel"]} == {"direct-mptcp", "converter-auto", "converter-auto-workers"}
     for row in setup["churn"]:
         assert row["connections"] == SMOKE.churn_conns * SMOKE.churn_rounds and row["errors"] == 0
+        assert row["fallbacks"] == 0  # every Convert answered (a relay's bad reply sends the client direct)
         relayed = row["route"] != "direct-mptcp"   # the daemon's (or its workers') CPU per conversion
         assert (row["relay_cpu_us_per_conn"]["median"] is not None) == relayed
         if relayed:
