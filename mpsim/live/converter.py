@@ -187,12 +187,12 @@ def _kv(value: object) -> str:
 class _Conn:
     """One client: its upstream socket, its session, and what the driver keeps around them."""
 
-    __slots__ = ("id", "up", "down", "client", "session", "phase", "to_client", "to_server", "up2down",
+    __slots__ = ("id", "up", "down", "sockaddr", "session", "phase", "to_client", "to_server", "up2down",
                  "down2up", "closing_deadline", "scheduled", "started", "down_family", "events", "eof_seen",
                  "fin_sent", "reset_sent", "last_progress_s", "relayed_bytes", "source", "request_bytes",
                  "linger_armed", "connected_early", "up_events", "down_events", "down_peer")
 
-    def __init__(self, conn_id: int, up: socket.socket, client: str, session: ConverterSession, now: float,
+    def __init__(self, conn_id: int, up: socket.socket, sockaddr: tuple, session: ConverterSession, now: float,
                  source: str = "") -> None:
         self.id = conn_id
         self.source = source  # the client's address: the per-source pending cap
@@ -204,7 +204,7 @@ class _Conn:
         self.linger_armed = True
         self.up: socket.socket | None = up
         self.down: socket.socket | None = None
-        self.client = client
+        self.sockaddr = sockaddr  # the client's (address, port, ...): its text only when a log line needs it
         self.session = session
         self.phase = "request"  # request, connecting, relaying, closing, closed
         self.to_client = bytearray()  # before the relay exists: error replies
@@ -222,6 +222,11 @@ class _Conn:
         self.reset_sent = False  # a leg was closed with RST
         self.last_progress_s = now  # the last time a pump moved bytes (for the stall re-check)
         self.relayed_bytes = 0
+
+    @property
+    def client(self) -> str:
+        """The client's ``address:port`` for log lines."""
+        return f"{self.sockaddr[0]}:{self.sockaddr[1]}"
 
 
 def signal_actions(caught: bytes) -> tuple[bool, bool]:
@@ -551,7 +556,7 @@ class ConverterDaemon:
                 same_source = self._pending_by_source.setdefault(source, {})
             conn_id, self._next_id = self._next_id, self._next_id + 1
             session = self.converter.session(address, now)
-            conn = _Conn(conn_id, sock, f"{sockaddr[0]}:{sockaddr[1]}", session, now, source)
+            conn = _Conn(conn_id, sock, sockaddr, session, now, source)
             self._conns[conn_id] = conn
             self._pending[conn_id] = conn
             same_source[conn_id] = conn
@@ -662,9 +667,16 @@ class ConverterDaemon:
         """The non-blocking connect() finished: SYN-ACK (the reply), or why not (the Error TLV)."""
         down = conn.down
         assert down is not None and conn.up is not None
-        # Connected inside connect() (the peer is known): nothing can have failed yet that the
-        # relay would not see; else SO_ERROR says how the handshake ended.
-        error = 0 if conn.down_peer is not None else down.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        # Connected (the peer is known: inside connect(), or getpeername() answers now): nothing
+        # can have failed yet that the relay would not see; else SO_ERROR says how the handshake
+        # ended. getpeername() first because the self-check below needs the peer anyway: one
+        # system call on the common path instead of SO_ERROR and getpeername().
+        error = 0
+        if conn.down_peer is None:
+            try:
+                conn.down_peer = down.getpeername()
+            except OSError:  # ENOTCONN: the handshake failed (or the connection was reset since)
+                error = down.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if error:
             self._drop_socket(conn, "down", reset=False)
             self._downstream_error(conn, error, now)
@@ -844,15 +856,20 @@ class ConverterDaemon:
                 self._sockaddrs.clear()
             text = self._sockaddrs[request.address] = str(request.address)
         error = down.connect_ex((text, request.port))
-        if error in (0, errno.EINPROGRESS):
+        if error == errno.EINPROGRESS:
+            # epoll says when the handshake has ended. Not asked at once with getpeername(), which
+            # answers only when the SYN-ACK was processed inside connect() itself (between
+            # namespaces on one CPU): on the benchmark's testbed, whose receive processing runs on
+            # the other CPU, in 2.5 % of connections, and never for a server across a network; an
+            # ENOTCONN raised for every other connection cost more than the epoll round it saves.
             conn.down = down
-            # Between namespaces of one host the SYN-ACK is often processed inside connect()
-            # itself: then the outcome is handled now, without a round trip through epoll.
+        elif error == 0:  # connected already
+            conn.down = down
             try:
-                conn.down_peer = down.getpeername()  # ENOTCONN while the handshake is still under way
+                conn.down_peer = down.getpeername()
                 conn.connected_early = True
             except OSError:
-                pass
+                pass  # reset meanwhile: epoll reports it
         else:  # a local route said no at once (unreachable, prohibit, no route): same words as an ICMP error
             down.close()
             self._downstream_error(conn, error, now)

@@ -63,10 +63,12 @@ def test_fastpath_measures_every_route_with_matching_hashes_and_relay_cpu(result
 def test_setup_counts_connections_and_idle_memory(results):
     setup = results["setup"]
     assert setup["hashes_ok"]   # every echo came back intact
-    assert {r["route"] for r in setup["churn"]} == set(SMOKE.churn_configs) | {"converter-auto-workers"}
+    assert {r["route"] for r in setup["churn"]} == set(SMOKE.churn_configs) | {"converter-auto-workers",
+                                                                               "minimal-relay"}
     assert {r["route"] for r in setup["parallel"]} == {"direct-mptcp", "converter-auto", "converter-auto-workers"}
     for row in setup["churn"]:
         assert row["connections"] == SMOKE.churn_conns * SMOKE.churn_rounds and row["errors"] == 0
+        assert row["fallbacks"] == 0  # every Convert answered (a relay's bad reply sends the client direct)
         relayed = row["route"] != "direct-mptcp"   # the daemon's (or its workers') CPU per conversion
         assert (row["relay_cpu_us_per_conn"]["median"] is not None) == relayed
         if relayed:
@@ -163,3 +165,23 @@ def test_abuse_serves_every_good_client_and_sends_no_forbidden_syn(results):
     assert abuse["forbidden_syns"] == 0
     daemon = abuse["daemon"]
     assert max(s["fds"] for s in daemon["during"]) > daemon["before"]["fds"] >= daemon["after"]["fds"]
+
+
+def test_daemons_use_a_compiled_build_only_when_it_is_current(tmp_path):
+    """build/fast is used when every compiled daemon module is there and the daemon's sources
+    (live, proto, wire, the top level) equal the package's; a changed source makes it stale."""
+    from mpsim.bench.kernel.services import daemon_package
+
+    root = tmp_path / "repo"
+    for rel in ("mpsim/__init__.py", "mpsim/live/converter.py", "mpsim/proto/convert.py", "mpsim/bench/x.py"):
+        for base in (root, root / "build" / "fast"):
+            (base / rel).parent.mkdir(parents=True, exist_ok=True)
+            (base / rel).write_text(f"# {rel}\n")
+    assert daemon_package(root) == (str(root), "pure Python (no compiled build: `make fast` builds one)")
+    for module in ("live/converter", "live/relay", "live/sockets", "proto/convert", "proto/relay"):
+        (root / "build" / "fast" / "mpsim" / f"{module}.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
+    assert daemon_package(root) == (str(root / "build" / "fast"), "compiled (build/fast, mypyc)")
+    (root / "mpsim" / "bench" / "x.py").write_text("# the bench changed: the daemon does not import it\n")
+    assert daemon_package(root)[0] == str(root / "build" / "fast")
+    (root / "mpsim" / "live" / "converter.py").write_text("# changed after make fast\n")
+    assert daemon_package(root) == (str(root), "pure Python (build/fast is stale, 1 files differ: `make fast` again)")

@@ -97,6 +97,7 @@ def run(name: str, scale: Scale, progress: Callable[[str], None] = lambda line: 
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "scale": dataclasses.asdict(scale), "machine": machine_facts() | {"load_average_before": load_before},
             "wall_s": time.monotonic() - started, **shared_facts(), "proxy_cmd": services.PROXY_CMD,
+            "daemon_build": services.DAEMON_PACKAGE[1] if services.PROXY_CMD is None else "none (--proxy-cmd)",
             "settings": {"congestion_control": "cubic", "tcp_buffer_max_bytes": 16 * MIB, "relay_cpu": RELAY_CPU,
                          "testbed_sysctls": TESTBED_SYSCTLS, "block_seed": BLOCK_SEED, "gb_bytes": GB},
             **result}

@@ -1,5 +1,6 @@
 """The peer programs of the kernel benchmarks, run inside the testbed's namespaces:
-``python -m mpsim.bench.kernel.peer MODE ARGS...`` (sink, send, echo, churn, hold, relay, rtt).
+``python -m mpsim.bench.kernel.peer MODE ARGS...`` (sink, send, echo, churn, hold, relay, rtt,
+bare-convert).
 
 Standard library only, plus the limit from :mod:`mpsim.bench.kernel.config` and :mod:`mpsim.live.client` for the Convert client (imported where used),
 so that a peer starts fast and measures the kernel, not mpsim. Every socket operation and every loop
@@ -301,10 +302,90 @@ def rtt(destination, count):
     out({"rtt_min_s": samples[0], "rtt_median_s": samples[len(samples) // 2], "samples": len(samples)})
 
 
+def bare_convert(listen, lifetime_s):
+    """The ceiling of a Python converter on one core (the setup benchmark's ``minimal-relay``): the
+    fewest system calls a Convert relay can make, in one epoll loop. Accept (the Convert message is
+    in the SYN data, RFC 8803 4.2), read it, a non-blocking MPTCP connect to its Connect TLV's IPv4
+    destination, on EPOLLOUT reply with a bare Convert header (RFC 8803 5: version 1, Total Length
+    1 word, magic 0x2263), then relay with recv/send and pass each end on with shutdown(SHUT_WR).
+    Nothing else: no authorization, destination checks, limits, timers, Error TLVs, SO_LINGER or
+    counters, and it assumes what the churn client sends: one Connect TLV for an IPv4 address,
+    and reads small enough for the other socket's send buffer (100 bytes). Not a converter: a
+    measure of what the live converter's checks and bookkeeping cost."""
+    lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP)
+    lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lst.setsockopt(socket.IPPROTO_TCP, 23, 1024)  # TCP_FASTOPEN: the server side, queue length
+    lst.setsockopt(socket.IPPROTO_TCP, 34, 1)  # TCP_FASTOPEN_NO_COOKIE: SYN data without a cookie
+    lst.bind(endpoint(listen))
+    lst.listen(1024)
+    lst.setblocking(False)
+    poller = select.epoll()
+    poller.register(lst.fileno(), select.EPOLLIN)
+    reply, listener_fd = b"\x01\x01\x22\x63", lst.fileno()
+    conns = {}  # fd -> [socket, the other leg's socket, client bytes after the request (until connected), EOF read]
+    out("ready")
+    end = time.monotonic() + float(lifetime_s)
+
+    def drop(*socks):
+        for sock in socks:
+            conns.pop(sock.fileno(), None)
+            sock.close()  # closing takes it out of the epoll set
+
+    while time.monotonic() < end:
+        for fd, _mask in poller.poll(1.0):
+            if fd == listener_fd:
+                for _ in range(64):
+                    try:
+                        up, _peer = lst.accept()
+                    except BlockingIOError:
+                        break
+                    up.setblocking(False)
+                    try:
+                        request = up.recv(1020)
+                        # the Connect TLV right after the 4-byte header: type, length, port, IPv4-mapped address
+                        destination = (socket.inet_ntoa(request[20:24]), int.from_bytes(request[6:8], "big"))
+                        down = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK, IPPROTO_MPTCP)
+                    except OSError:
+                        up.close()
+                        continue
+                    down.connect_ex(destination)
+                    conns[down.fileno()] = [down, up, request[request[1] * 4:], False]
+                    poller.register(down.fileno(), select.EPOLLOUT)
+                continue
+            entry = conns.get(fd)
+            if entry is None:
+                continue
+            sock, other, early, _eof = entry
+            try:
+                if early is not None:  # the downstream connect finished
+                    sock.getpeername()  # ENOTCONN if it failed: no reply then
+                    other.send(reply)
+                    if early:
+                        sock.send(early)
+                    entry[2] = None
+                    poller.modify(fd, select.EPOLLIN)
+                    conns[other.fileno()] = [other, sock, None, False]
+                    poller.register(other.fileno(), select.EPOLLIN)
+                    continue
+                data = sock.recv(65536)
+                if data:
+                    other.send(data)
+                    continue
+                other.shutdown(socket.SHUT_WR)
+            except OSError:  # refused, reset: both legs go
+                drop(sock, other)
+                continue
+            poller.unregister(fd)
+            entry[3] = True
+            if conns[other.fileno()][3]:
+                drop(sock, other)
+
+
 if __name__ == "__main__":
     mode, args = sys.argv[1], sys.argv[2:]
     try:
-        modes = {"sink": sink, "send": send, "echo": echo, "churn": churn, "hold": hold, "relay": relay, "rtt": rtt}
+        modes = {"sink": sink, "send": send, "echo": echo, "churn": churn, "hold": hold, "relay": relay, "rtt": rtt,
+                 "bare-convert": bare_convert}
         modes[mode](*args)
     except Exception as err:
         out({"failed": f"{type(err).__name__}: {err}"})

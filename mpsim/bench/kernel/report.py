@@ -40,7 +40,8 @@ def _header(result: dict, title: str) -> list[str]:
             f"average {m['load_average_before'][0]:.1f} before, {m['load_average'][0]:.1f} after (other work shares "
             f"these cores). CUBIC pinned, tcp_rmem/tcp_wmem maxima 16 MiB, tcp_no_metrics_save=1, TFO 0x207. "
             "Every transfer's SHA-256 checked at the receiver: "
-            f"{'all matched' if result['hashes_ok'] else 'MISMATCH'}.",
+            f"{'all matched' if result['hashes_ok'] else 'MISMATCH'}. "
+            f"Converter daemons: {result.get('daemon_build', 'pure Python')}.",
             ""]
 
 
@@ -84,7 +85,10 @@ def _setup_markdown(result: dict) -> list[str]:
                      for r in result["churn"]])
     lines += ["", "Relay CPU: the daemon's (or workers', or the mptcpize relay's) utime + stime per connection "
               "(single-threaded processes from /proc/PID/schedstat), the measure of the per-connection path that the "
-              "machine's load does not scale the way it scales the wall rate; client CPU: the churn client's own."]
+              "machine's load does not scale the way it scales the wall rate; client CPU: the churn client's own. "
+              "minimal-relay: the ceiling of a Python converter, the fewest system calls a Convert relay makes (accept, "
+              "read the request, connect, reply with a bare header, recv/send, shutdown, close) in one epoll loop, "
+              "without any of the converter's checks, limits, timers or SO_LINGER (pinned like every relay)."]
     if result.get("parallel"):
         lines += ["", f"Parallel: {result['workers']} churn clients at once, {result['scale']['churn_conns']} connections "
                   f"per route and round in all; the converter as one process and with --workers {result['workers']}.",

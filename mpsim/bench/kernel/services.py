@@ -27,12 +27,13 @@ class Peer:
     """A process in a testbed namespace (``tb.popen``: its own session, killed with the testbed):
     JSON lines read from stdout within deadlines, stderr kept in a file for error messages."""
 
-    def __init__(self, tb: Any, role: str, argv: list[str], log_dir: Path, name: str, *, stdin: bool = False) -> None:
+    def __init__(self, tb: Any, role: str, argv: list[str], log_dir: Path, name: str, *, stdin: bool = False,
+                 env: dict[str, str] | None = None) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         with open(self.log_path, "wb") as log:
             self.proc = tb.popen(role, argv, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                                 stdout=subprocess.PIPE, stderr=log)
+                                 stdout=subprocess.PIPE, stderr=log, env=env)
         self._buffer = b""
 
     def stderr_tail(self, chars: int = 1500) -> str:
@@ -96,6 +97,51 @@ class Peer:
             return self.proc.wait(timeout=timeout_s)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             return self.proc.poll()
+
+
+#: The modules ``make fast`` compiles that the daemon's per-connection path runs (the Makefile's
+#: FAST_MODULES of mpsim.live and the sessions they drive).
+_DAEMON_COMPILED = ("mpsim/live/converter", "mpsim/live/relay", "mpsim/live/sockets", "mpsim/proto/convert",
+                    "mpsim/proto/relay")
+
+
+def daemon_package(parent: Path | None = None) -> tuple[str, str]:
+    """Where the converter daemons import mpsim from, and what that is in words for the report:
+    the compiled build (``make fast``: ``build/fast`` beside the package, docs/sim.md
+    "Performance") when it is present and current, else the bench's own (pure Python) package.
+    A build whose daemon sources (mpsim/live and the layers it imports: proto, wire, the package's
+    top-level modules) differ from the package's is stale and not used: its daemon would run other
+    code than the one measured. ``parent``: the directory holding the package (default: the bench's)."""
+    import mpsim
+    import mpsim.live.converter
+
+    if parent is None:
+        parent = Path(mpsim.__file__).resolve().parents[1]
+        if mpsim.live.converter.__file__.endswith(".so"):
+            return str(parent), f"compiled (the bench's own package, {parent.name})"
+    fast = parent / "build" / "fast"
+    if not all(list((fast / path).parent.glob(Path(path).name + ".*.so")) for path in _DAEMON_COMPILED):
+        return str(parent), "pure Python (no compiled build: `make fast` builds one)"
+    sources = [*(parent / "mpsim").glob("*.py"),
+               *(source for layer in ("live", "proto", "wire") for source in (parent / "mpsim" / layer).rglob("*.py"))]
+    stale = [source for source in sources
+             if not (fast / source.relative_to(parent)).is_file()
+             or (fast / source.relative_to(parent)).read_bytes() != source.read_bytes()]
+    if stale:
+        return str(parent), f"pure Python (build/fast is stale, {len(stale)} files differ: `make fast` again)"
+    return str(fast), "compiled (build/fast, mypyc)"
+
+
+def daemon_command() -> tuple[list[str], dict[str, str]]:
+    """(argv prefix, environment) of a converter daemon: ``python -P -m mpsim.live.serve`` with
+    :func:`daemon_package` first on PYTHONPATH (``-P``: the working directory, which ``-m`` puts
+    first, must not shadow it)."""
+    package, _label = DAEMON_PACKAGE
+    path = os.pathsep.join(p for p in (package, os.environ.get("PYTHONPATH")) if p)
+    return [sys.executable, "-P", "-m", "mpsim.live.serve"], {**os.environ, "PYTHONPATH": path}
+
+
+DAEMON_PACKAGE = daemon_package()
 
 
 def peer_argv(mode: str, *args: object) -> list[str]:
@@ -187,9 +233,10 @@ class Services:
             pin_relay(daemon)
             self.daemons[mode] = daemon
             return daemon
-        argv = [sys.executable, "-m", "mpsim.live.serve", "--listen", f"{listen[0]}:{listen[1]}", "--allow",
+        command, env = daemon_command()
+        argv = [*command, "--listen", f"{listen[0]}:{listen[1]}", "--allow",
                 "198.18.0.0/15", "--relay", mode, "--quiet", "--connect-timeout", "10"]
-        daemon = Peer(self.tb, "converter", argv, self.log_dir, f"converter-{mode}")
+        daemon = Peer(self.tb, "converter", argv, self.log_dir, f"converter-{mode}", env=env)
         daemon.wait_log("event=listening")
         pin_relay(daemon)
         self.daemons[mode] = daemon

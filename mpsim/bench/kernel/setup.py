@@ -5,13 +5,14 @@ connection (slab deltas, /proc/slabinfo, machine-wide) and the daemon's RSS per 
 The converter runs twice: one process (``converter-auto``, pinned like every relay) and
 ``--workers N`` with N = the machine's CPUs (``converter-auto-workers``, not pinned: its workers
 are meant to spread). One sequential client cannot show what more workers give, so a second
-table runs N churn clients at once against direct MPTCP and both converters ("parallel")."""
+table runs N churn clients at once against direct MPTCP and both converters ("parallel").
+``minimal-relay`` is the ceiling a Python converter could reach here: the fewest system calls a
+Convert relay makes, without the converter's checks (:func:`mpsim.bench.kernel.peer.bare_convert`)."""
 
 from __future__ import annotations
 
 import math
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,33 +23,47 @@ import os
 from mpsim.bench.kernel.config import CONVERT_TIMEOUT_S, ECHO_PORTS, PEER_LIMIT_S, ROUTES, Route, Scale
 from mpsim.bench.kernel.measure import (meminfo_bytes, percentile, process_cpu_s, ratios, rss_bytes, slab_bytes,
                                         summary)
-from mpsim.bench.kernel.services import Peer, Services, new_testbed, peer_argv, testbed_facts
+from mpsim.bench.kernel.services import (Peer, Services, daemon_command, new_testbed, peer_argv, pin_relay,
+                                         testbed_facts)
 
 
 WORKERS_ROUTE = "converter-auto-workers"
 WORKERS_PORT = 6005
 WORKERS = max(2, os.cpu_count() or 1)
 PARALLEL_ROUTES = ("direct-mptcp", "converter-auto", WORKERS_ROUTE)
+#: The ceiling of a Python converter: peer.bare_convert, the fewest system calls a Convert relay
+#: makes, without any of the converter's checks (pinned like every relay).
+MINIMAL_ROUTE = "minimal-relay"
+MINIMAL_PORT = 6006
+_EXTRA_PORTS = {WORKERS_ROUTE: WORKERS_PORT, MINIMAL_ROUTE: MINIMAL_PORT}
 
 
 def _route(config: str) -> Route:
-    return ROUTES["converter-auto"] if config == WORKERS_ROUTE else ROUTES[config]
+    return ROUTES["converter-auto"] if config in _EXTRA_PORTS else ROUTES[config]
 
 
 def _target(tb: Any, services: Services, config: str) -> tuple[str, str]:
-    if config == WORKERS_ROUTE:
-        return f"{tb.addresses.converter[0]}:{WORKERS_PORT}", f"{tb.addresses.server}:{ECHO_PORTS['tcp']}"
+    if config in _EXTRA_PORTS:
+        return f"{tb.addresses.converter[0]}:{_EXTRA_PORTS[config]}", f"{tb.addresses.server}:{ECHO_PORTS['tcp']}"
     return services.target(ROUTES[config], ECHO_PORTS)
 
 
 def _start_workers(tb: Any, log_dir: Path) -> Peer:
     """The converter with --workers N (not pinned to the relay CPU: its workers are meant to spread)."""
-    argv = [sys.executable, "-m", "mpsim.live.serve", "--listen", f"{tb.addresses.converter[0]}:{WORKERS_PORT}",
+    command, env = daemon_command()
+    argv = [*command, "--listen", f"{tb.addresses.converter[0]}:{WORKERS_PORT}",
             "--allow", "198.18.0.0/15", "--relay", "auto", "--quiet", "--connect-timeout", "10",
             "--workers", str(WORKERS)]
-    daemon = Peer(tb, "converter", argv, log_dir, "converter-workers")
+    daemon = Peer(tb, "converter", argv, log_dir, "converter-workers", env=env)
     daemon.wait_log("event=listening")
     return daemon
+
+
+def _start_minimal(tb: Any, log_dir: Path, lifetime_s: float) -> Peer:
+    argv = peer_argv("bare-convert", f"{tb.addresses.converter[0]}:{MINIMAL_PORT}", lifetime_s)
+    relay = Peer(tb, "converter", argv, log_dir, "minimal-relay").expect_ready()
+    pin_relay(relay)
+    return relay
 
 
 def _churn_clients(tb: Any, services: Services, config: str, count: int, log_dir: Path, clients: int = 1) -> dict:
@@ -67,9 +82,11 @@ def _churn_clients(tb: Any, services: Services, config: str, count: int, log_dir
                      "fallbacks": sum(r["fallbacks"] for r in results)}
 
 
-def _relay_pids(services: Services, config: str, workers: Peer | None) -> list[int]:
-    """The processes that relay ``config``'s connections: the daemon, the peer relay, or the
-    --workers supervisor and its workers; none for a direct route."""
+def _relay_pids(services: Services, config: str, workers: Peer | None, minimal: Peer | None = None) -> list[int]:
+    """The processes that relay ``config``'s connections: the daemon, the peer relay, the minimal
+    relay, or the --workers supervisor and its workers; none for a direct route."""
+    if config == MINIMAL_ROUTE:
+        return [minimal.proc.pid] if minimal is not None else []
     if config == WORKERS_ROUTE:
         if workers is None:
             return []
@@ -98,8 +115,8 @@ def _relay_cpu_s(pids: list[int]) -> float:
 
 
 def _churn(tb: Any, services: Services, config: str, count: int, log_dir: Path, clients: int = 1,
-           workers: Peer | None = None) -> dict[str, Any]:
-    pids = _relay_pids(services, config, workers)
+           workers: Peer | None = None, minimal: Peer | None = None) -> dict[str, Any]:
+    pids = _relay_pids(services, config, workers, minimal)
     cpu0 = _relay_cpu_s(pids)
     result = _churn_clients(tb, services, config, count, log_dir, clients)
     relay_cpu_s = _relay_cpu_s(pids) - cpu0 if pids else None
@@ -186,7 +203,8 @@ def setup(scale: Scale, log_dir: Path, progress: Callable[[str], None]) -> dict[
     from mpsim.testbed import PathSpec
 
     configs = sorted(set(scale.churn_configs) | set(scale.memory_configs), key=list(ROUTES).index)
-    churn_configs = tuple(scale.churn_configs) + ((WORKERS_ROUTE,) if "converter-auto" in scale.churn_configs else ())
+    churn_configs = tuple(scale.churn_configs) + ((WORKERS_ROUTE, MINIMAL_ROUTE) if "converter-auto" in
+                                                  scale.churn_configs else ())
     parallel_configs = PARALLEL_ROUTES if WORKERS_ROUTE in churn_configs and "direct-mptcp" in churn_configs else ()
     churn_rows, memory_rows, parallel_rows = [], [], []
     with new_testbed([PathSpec(), PathSpec()]) as tb:
@@ -198,10 +216,11 @@ def setup(scale: Scale, log_dir: Path, progress: Callable[[str], None]) -> dict[
         if any(ROUTES[c].relay == "peer" for c in configs):
             services.start_relay(ECHO_PORTS["tcp"], 100_000, lifetime_s)
         workers = _start_workers(tb, log_dir) if WORKERS_ROUTE in churn_configs else None
+        minimal = _start_minimal(tb, log_dir, lifetime_s) if MINIMAL_ROUTE in churn_configs else None
         for round_index in range(scale.churn_rounds):
             order = churn_configs if round_index % 2 == 0 else churn_configs[::-1]
             for config in order:
-                row = _churn(tb, services, config, scale.churn_conns, log_dir, workers=workers) | {
+                row = _churn(tb, services, config, scale.churn_conns, log_dir, workers=workers, minimal=minimal) | {
                     "round": round_index, "session": "churn"}
                 churn_rows.append(row)
                 cpu = row["relay_cpu_us_per_conn"]
