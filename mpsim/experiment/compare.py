@@ -313,6 +313,9 @@ def recorded_kernel(loaded: LoadedScenario, source: Path, *, variants: Sequence[
             if now[key] != then[key]:
                 raise _refuse(path, f"variant {name!r}: {key} is {_show_value(now[key])} here, "
                                     f"{_show_value(then[key])} in the recording (run the kernel again)")
+        if kernel_world.loss_seeds(loaded.variants[name], 0) and entry.get("loss_streams") != kernel_world.LOSS_STREAMS:
+            notes.append(f"{name}: the recorded kernel runs drew their losses independently of the model's "
+                         "(recorded before the delay line drew the model's loss streams)")
         if "measured_utc" in entry:  # a variant recorded apart from the rest of its file, and added to it
             notes.append(f"{name}: kernel side recorded {entry['measured_utc']} at mpsim "
                          f"{short_revision(entry.get('git')) or 'an unknown commit'}")
