@@ -34,9 +34,9 @@ loss model, with independent random streams.
 - ``--loss-tcp-only``: draw (and lose) only TCP frames over IPv4 or IPv6, the packets the model
   has; ARP, neighbour discovery, ICMP (the delay check's pings) and everything else pass undrawn
   and unharmed, so the n-th TCP packet of a direction meets the n-th draw in both worlds.
-- ``--loss-held``: no frame is drawn or lost until SIGUSR2 arms the loss (the statistics, written
-  at once, then say ``"loss_armed": true``), so the testbed's own bring-up probes do not take
-  draws meant for the workload.
+- ``--loss-held``: no frame is drawn or lost until SIGUSR2 arms the loss (the statistics, written on
+  the next turn of the loop, then say ``"loss_armed": true``), so the testbed's bring-up probes take no
+  draw meant for the workload.
 - **Bounded**: at most ``--queue-packets`` frames held per direction (default 100 000: 50 ms at
   about 24 Gbit/s of full frames); beyond that a frame is dropped and counted.
 
