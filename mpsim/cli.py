@@ -559,7 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     _scenario_arguments(compare_, default=None)
     compare_.add_argument("--seeds", type=int, default=1, metavar="N", help="run indices 0..N-1 in both worlds")
     compare_.add_argument("--tolerance", dest="tolerances", action="append", default=[], metavar="METRIC=VALUE",
-                          help="fail (exit 1) beyond it: setup_rtts, first_byte_rtts, goodput (relative error, "
+                          help="fail (exit 1) beyond it: setup_rtts, first_byte_rtts, goodput, goodput_paired (relative error, "
                                "e.g. 0.05) or syns, rsts, ports (absolute difference); repeatable")
     compare_.add_argument("--out", type=Path, metavar="DIR", help="write the table (CSV, JSON) and the figure here")
     compare_.add_argument("--skip-unbuildable", action="store_true",

@@ -13,6 +13,10 @@ indices: min to max) and the error:
 * ``syns``, ``rsts``, ``ports``: the largest absolute difference per request.
 * ``setup_rtts``, ``first_byte_rtts``, ``goodput``: the relative error of the kernel's median
   against the model's median, |kernel - model| / model.
+* ``goodput_paired`` (variants under random loss whose kernel runs drew the model's loss streams,
+  docs/kernel-world.md "Loss: one stream for both worlds"): per transfer matched by run index, the
+  ratio kernel / model of the two goodputs with the same loss draws; the kernel column holds the
+  median ratio and its min-max, the model column 1 (the reference), the error |median - 1|.
 
 The kernel side can be a recording of earlier kernel runs (``--kernel-from``, :func:`recorded_kernel`):
 the tables ``mpsim compare --out`` and ``mpsim run --on kernel --out`` write as ``kernel_runs.json``,
@@ -33,7 +37,7 @@ from typing import Any
 from mpsim.experiment import kernel_world, results
 from mpsim.experiment.scenario import LoadedScenario
 
-RELATIVE = ("setup_rtts", "first_byte_rtts", "goodput")
+RELATIVE = ("setup_rtts", "first_byte_rtts", "goodput", "goodput_paired")
 ABSOLUTE = ("syns", "rsts", "ports")
 METRICS = ("outcome", "fallback_reason", *ABSOLUTE, *RELATIVE)
 _COUNT_COLUMN = {"syns": "syns_sent", "rsts": "rsts_sent", "ports": "source_ports_used"}
@@ -323,8 +327,26 @@ def _relative(variant: str, metric: str, model: list[float], kernel: list[float]
     return Row(variant, metric, m, k, min(kernel), max(kernel), error, len(kernel))
 
 
-def compare_results(model: results.Results, kernel: results.Results, *, skipped: Sequence[str] = ()) -> Report:
-    """The report of two finished runs of one loaded scenario."""
+def _paired(variant: str, model: list[dict], kernel: list[dict]) -> Row:
+    """kernel / model goodput per transfer, matched by (run, transfer_id): the same loss draws."""
+    m = {(r["run"], r["transfer_id"]): r["goodput_bps"] for r in model}
+    ratios = []
+    for r in kernel:
+        mv, kv = m.get((r["run"], r["transfer_id"])), r["goodput_bps"]
+        if mv and kv is not None and not (isinstance(kv, float) and math.isnan(kv)):
+            ratios.append(float(kv) / float(mv))
+    if not ratios:
+        return Row(variant, "goodput_paired", 1.0, None, None, None, None, 0)
+    median = statistics.median(ratios)
+    return Row(variant, "goodput_paired", 1.0, median, min(ratios), max(ratios), abs(median - 1.0), len(ratios),
+               "kernel / model per run index, the same loss draws")
+
+
+def compare_results(model: results.Results, kernel: results.Results, *, skipped: Sequence[str] = (),
+                    unpaired: Sequence[str] = ()) -> Report:
+    """The report of two finished runs of one loaded scenario. A variant under random loss gets a
+    ``goodput_paired`` row unless it is in ``unpaired`` (its kernel runs did not draw the model's
+    loss streams: a recording older than that)."""
     mc, kc = model.connections, kernel.connections
     mt, kt = model.transfers, kernel.transfers
     rows, mismatches = [], []
@@ -368,6 +390,9 @@ def compare_results(model: results.Results, kernel: results.Results, *, skipped:
         kg = _values(kt[(kt["variant"] == variant)], "goodput_bps") if len(kt) else []
         if mg or kg:
             rows.append(_relative(variant, "goodput", mg, kg))
+            if kernel_world.loss_seeds(model.loaded.variants[variant], 0) and variant not in unpaired:
+                rows.append(_paired(variant, mt[mt["variant"] == variant].to_dict("records"),
+                                    kt[kt["variant"] == variant].to_dict("records")))
     return Report(model.loaded.name, model.loaded.base.runs, rows, list(skipped), mismatches)
 
 
@@ -381,6 +406,8 @@ class RecordedKernel:
     skipped: list[str]
     source: str  # one line: where, when and at which commit the kernel side was measured
     notes: list[str]
+    #: Variants under random loss whose recorded runs drew their losses independently of the model's.
+    unpaired: list[str] = field(default_factory=list)
 
 
 def _refuse(path: Path, text: str) -> kernel_world.KernelWorldError:
@@ -426,7 +453,7 @@ def recorded_kernel(loaded: LoadedScenario, source: Path, *, variants: Sequence[
     if not names:
         raise kernel_world.KernelWorldError("no variant can be built in the kernel: " + "; ".join(skipped[:3]))
     runs = loaded.base.runs
-    notes, rows = [], {table: [] for table in kernel_world.RECORD_TABLES}
+    notes, rows, unpaired = [], {table: [] for table in kernel_world.RECORD_TABLES}, []
     for name in names:
         entry = record["variants"].get(name)
         if entry is None:
@@ -439,6 +466,10 @@ def recorded_kernel(loaded: LoadedScenario, source: Path, *, variants: Sequence[
             if now[key] != then[key]:
                 raise _refuse(path, f"variant {name!r}: {key} is {_show_value(now[key])} here, "
                                     f"{_show_value(then[key])} in the recording (run the kernel again)")
+        if kernel_world.loss_seeds(loaded.variants[name], 0) and entry.get("loss_streams") != kernel_world.LOSS_STREAMS:
+            notes.append(f"{name}: the recorded kernel runs drew their losses independently of the model's "
+                         "(recorded before the delay line drew the model's loss streams)")
+            unpaired.append(name)
         if "measured_utc" in entry:  # a variant recorded apart from the rest of its file, and added to it
             notes.append(f"{name}: kernel side recorded {entry['measured_utc']} at mpsim "
                          f"{short_revision(entry.get('git')) or 'an unknown commit'}")
@@ -460,7 +491,7 @@ def recorded_kernel(loaded: LoadedScenario, source: Path, *, variants: Sequence[
                    f"({path}; run indices 0-{runs - 1} of {len(recorded)} recorded), "
                    f"model side run now at mpsim {now}.")
     return RecordedKernel(frames["connections"], frames["transfers"], names,
-                          [*record.get("skipped_unbuildable", []), *skipped], source_line, notes)
+                          [*record.get("skipped_unbuildable", []), *skipped], source_line, notes, unpaired)
 
 
 def compare(loaded: LoadedScenario, *, variants: Sequence[str] | None = None, proxy_cmd: str | None = None,
@@ -480,7 +511,7 @@ def compare(loaded: LoadedScenario, *, variants: Sequence[str] | None = None, pr
         progress("model: " + ", ".join(built))
     # The model's access links shape as the kernel world's tbf qdiscs do (docs/kernel-world.md).
     model = results.run(loaded, variants=built, shaper="tbf")
-    report = compare_results(model, kernel, skipped=kernel.skipped)
+    report = compare_results(model, kernel, skipped=kernel.skipped, unpaired=getattr(kernel, "unpaired", ()))
     if kernel_from is not None:
         report.kernel_source, report.notes = kernel.source, kernel.notes
     else:

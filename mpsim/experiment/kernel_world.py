@@ -10,8 +10,10 @@ How the scenario maps onto the kernel:
 * Paths: one testbed path per scenario path, the primary first (the client's main route). Rate per
   direction: the testbed shapes both directions at ``rate_down_bps``; the up direction's tbf is then
   replaced with ``rate_up_bps`` (the same burst and queue rules). Queue: ``queue_bytes`` as time at
-  each direction's rate. Loss: ``bernoulli`` is the testbed's nftables rule, ``gilbert_elliott``
-  the delay line's. Delay: the testbed's (netem, or the project's delay line). The server's
+  each direction's rate. Loss: ``bernoulli`` and ``gilbert_elliott`` are drawn by the path's delay
+  line, per direction from the seed of the model's link direction of that path and run index
+  (:func:`loss_seeds`: common random numbers), for TCP frames only, armed just before the
+  workload starts. Delay: the testbed's (netem, or the project's delay line). The server's
   one-way delay: the same delay line spliced into the converter-server link
   (:class:`ServerLinkDelay`).
 * The converter is the testbed's converter namespace (the access router): ``convert`` runs the
@@ -411,9 +413,27 @@ class KernelRun:
     socket_buffers: dict | None = None
 
 
-def _testbed_paths(scenario: Scenario, boxes: dict[str, tuple[str, ...]]) -> list[Any]:
+#: How a recording's lossy variant drew its losses: the model's streams (:func:`loss_seeds`). A
+#: recording without it drew them independently (nftables' own random numbers).
+LOSS_STREAMS = "model"
+
+
+def loss_seeds(scenario: Scenario, run_index: int) -> dict[str, tuple[int, int]]:
+    """{path: (up seed, down seed)} for every path with random loss: the seeds the simulator gives
+    the loss models of that path's link directions (``loss.<path>.up`` / ``.down``,
+    mpsim/experiment/simulation.py), so the delay line draws the model's stream."""
+    return {name: (derive_seed(scenario.seed, run_index, f"loss.{name}.up"),
+                   derive_seed(scenario.seed, run_index, f"loss.{name}.down"))
+            for name in path_names(scenario) if isinstance(_loss(scenario.paths[name].loss), tuple)
+            and _loss(scenario.paths[name].loss) != (0.0, None)}
+
+
+def _testbed_paths(scenario: Scenario, boxes: dict[str, tuple[str, ...]], run_index: int = 0) -> list[Any]:
+    """One testbed PathSpec per scenario path, the primary first; random loss drawn by the delay line
+    from the model's seeds of ``run_index`` (:func:`loss_seeds`)."""
     from mpsim.testbed.shaping import KERNEL_MIDDLEBOXES, Middlebox, PathSpec
 
+    seeds = loss_seeds(scenario, run_index)
     out = []
     for name in path_names(scenario):
         p = scenario.paths[name]
@@ -425,7 +445,7 @@ def _testbed_paths(scenario: Scenario, boxes: dict[str, tuple[str, ...]]) -> lis
                     flags[field.name] = value
         loss_prob, ge = _loss(p.loss)
         out.append(PathSpec(rate_bps=int(p.rate_down_bps), queue_s=p.queue_bytes * 8 / p.rate_down_bps,
-                            loss_prob=loss_prob, gilbert_elliott=ge,
+                            loss_prob=loss_prob, gilbert_elliott=ge, loss_seeds=seeds.get(name),
                             delay_s=p.delay_s,
                             middlebox=Middlebox(**flags) if flags else None))
     return out
@@ -524,7 +544,7 @@ class ServerLinkDelay:
 
 def wait_listening(tb: Any, role: str, address: str, port: int, timeout_s: float,
                    proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
-    """The readiness check: a TCP connect from the client namespace succeeds. With the proxy's
+    """The readiness check: a TCP connect from ``role``'s namespace succeeds. With the proxy's
     ``proc`` (and its ``log``), a proxy that exits first is reported at once, with its status and
     the last line it wrote, rather than after the whole wait."""
     family = "AF_INET6" if ":" in address else "AF_INET"
@@ -634,7 +654,7 @@ def run_once(scenario: Scenario, *, variant: str, run_index: int, work: Path, pr
     from mpsim.testbed.probe import run_command
 
     boxes = drawn_middleboxes(scenario, run_index)
-    paths = _testbed_paths(scenario, boxes)
+    paths = _testbed_paths(scenario, boxes, run_index)
     cc = scenario.transfers[0].congestion_control if scenario.transfers else "cubic"
     sysctls = kernel_sysctls(scenario)
     work.mkdir(parents=True, exist_ok=True)
@@ -642,10 +662,13 @@ def run_once(scenario: Scenario, *, variant: str, run_index: int, work: Path, pr
              for name in scenario.paths}
     if scenario.workload.arrivals is Arrivals.POISSON:
         seeds["workload"] = derive_seed(scenario.seed, run_index, "workload")
+    for name, (up, down) in loss_seeds(scenario, run_index).items():
+        seeds[f"loss.{name}.up"], seeds[f"loss.{name}.down"] = up, down
     with contextlib.ExitStack() as stack:
+        # Loss held until the workload starts: the bring-up's probes take none of the model's draws.
         tb = stack.enter_context(Testbed(paths=paths, cc=cc, tcp_buffer_max_bytes=None, delay_check_pings=3,
                                          sysctls={"net.mptcp.blackhole_timeout": "0"},
-                                         ip_version=scenario.ip_version))
+                                         ip_version=scenario.ip_version, loss_held=True))
         if scenario.server.delay_s:
             stack.enter_context(ServerLinkDelay(tb, scenario.server.delay_s))
         for role, values in sysctls.items():
@@ -681,7 +704,9 @@ def run_once(scenario: Scenario, *, variant: str, run_index: int, work: Path, pr
             log = open(work / f"{variant}-run{run_index}-proxy.log", "wb")
             logs.append(log)
             proxy_proc = tb.popen("converter", [*REALTIME, *argv], stdout=log, stderr=log)
-            wait_listening(tb, "client", proxy[0], proxy[1], 15.0, proxy_proc, Path(log.name))
+            # From the converter's own namespace: the probe crosses no access path, so it can
+            # neither be lost nor leave packets in flight when the loss is armed.
+            wait_listening(tb, "converter", proxy[0], proxy[1], 15.0, proxy_proc, Path(log.name))
         captures, pcaps = [], {}  # pcaps: link -> (raw pcap file, role, device)
         capture = capture_argv() if pcap else None
         if capture is not None:
@@ -704,6 +729,7 @@ def run_once(scenario: Scenario, *, variant: str, run_index: int, work: Path, pr
         plan_path = work / f"{variant}-run{run_index}-plan.json"
         out_path = work / f"{variant}-run{run_index}-client.json"
         plan_path.write_text(json.dumps(plan, indent=1))
+        tb.arm_loss()   # from here the n-th TCP packet of a path direction meets the model's n-th draw
         timeout_s = plan["deadline_s"] + 30
         done = tb.run("client", [*REALTIME, sys.executable, "-m", "mpsim.live.client_host", str(plan_path),
                                  str(out_path)], timeout_s=timeout_s)
@@ -945,6 +971,8 @@ class KernelResults(Results):
                                                       "sysctls": k.sysctls, "runs": {}})
             if k.socket_buffers is not None:
                 entry.setdefault("socket_buffers", {})[str(run.run_index)] = k.socket_buffers
+            if loss_seeds(self.loaded.variants[run.variant], run.run_index):
+                entry["loss_streams"] = LOSS_STREAMS
             entry["runs"][str(run.run_index)] = {table: [] for table in RECORD_TABLES}
         for table in RECORD_TABLES:  # rows() gives JSON's cells (NaN as null), run by run
             for row in self.rows(table):

@@ -2,7 +2,8 @@
 
     python -m mpsim.testbed.delay --port-a c0 --port-b s0 --delay-s 0.02 [--jitter-s 0.001]
         [--loss bernoulli:0.01 | --loss ge:P_GOOD_TO_BAD,P_BAD_TO_GOOD,LOSS_GOOD,LOSS_BAD]
-        [--seed N] [--stats FILE] [--queue-packets N]
+        [--seed N] [--loss-seeds UP,DOWN] [--loss-tcp-only] [--loss-held] [--stats FILE]
+        [--queue-packets N]
 
 It runs in a namespace of its own that holds two veth ends with no addresses, ``port-a`` and
 ``port-b``, spliced into one testbed path (docs/testbed.md). Every Ethernet frame that arrives on
@@ -24,7 +25,18 @@ loss model, with independent random streams.
   ``ge:...``, the same definitions as the model's loss models (mpsim/sim/loss.py: ``Bernoulli``,
   ``GilbertElliott``, per packet, the chain starting in its stationary state): both are built on
   :mod:`mpsim.proto.loss`, the layer the simulator and the testbed share (docs/design.md), and
-  tests/testbed checks that both make identical decisions from one random stream.
+  tests/testbed checks that both make identical decisions from one random stream. Each direction
+  draws from its own generator: ``random.Random("<seed>:loss.ab")`` (and ``...ba``) by default, or
+  ``random.Random(UP)`` / ``random.Random(DOWN)`` with ``--loss-seeds UP,DOWN`` (a to b is up):
+  the kernel world passes the seeds of the model's link directions of that path and run index,
+  so both worlds take their losses from one stream (docs/kernel-world.md, "Loss: one stream for
+  both worlds").
+- ``--loss-tcp-only``: draw (and lose) only TCP frames over IPv4 or IPv6, the packets the model
+  has; ARP, neighbour discovery, ICMP (the delay check's pings) and everything else pass undrawn
+  and unharmed, so the n-th TCP packet of a direction meets the n-th draw in both worlds.
+- ``--loss-held``: no frame is drawn or lost until SIGUSR2 arms the loss (the statistics, written on
+  the next turn of the loop, then say ``"loss_armed": true``), so the testbed's bring-up probes take no
+  draw meant for the workload.
 - **Bounded**: at most ``--queue-packets`` frames held per direction (default 100 000: 50 ms at
   about 24 Gbit/s of full frames); beyond that a frame is dropped and counted.
 
@@ -60,6 +72,13 @@ ETH_P_ALL = 0x0003
 SOL_PACKET = 263
 PACKET_IGNORE_OUTGOING = 23  # Linux 4.20+: the socket does not see frames sent on its interface
 PACKET_OUTGOING = 4          # sll_pkttype of a frame this host sent
+ETH_HEADER_BYTES = 14
+ETHERTYPE_IPV4 = b"\x08\x00"
+ETHERTYPE_IPV6 = b"\x86\xdd"
+IPPROTO_TCP = 6
+IPV4_PROTOCOL_OFFSET = ETH_HEADER_BYTES + 9   # RFC 791: the protocol byte of the IPv4 header
+IPV6_NEXT_HEADER_OFFSET = ETH_HEADER_BYTES + 6  # RFC 8200: the next-header byte of the fixed header
+MAX_SEED = 2**64 - 1        # the model's seeds are 64-bit (mpsim/sim/seeds.py)
 SO_TIMESTAMPNS = 35          # SCM_TIMESTAMPNS: struct timespec of the receive time (CLOCK_REALTIME)
 SO_RCVBUFFORCE = 33
 SO_SNDBUFFORCE = 32
@@ -102,6 +121,39 @@ def parse_loss(text: str | None, rng: random.Random) -> BernoulliLoss | GilbertE
         raise DelayLineError(f"--loss {text!r}: {err}") from None
     raise DelayLineError(f"--loss {text!r}: expected bernoulli:P or ge:P_GOOD_TO_BAD,P_BAD_TO_GOOD[,LOSS_GOOD"
                          "[,LOSS_BAD]]")
+
+
+def is_tcp_frame(frame: bytes) -> bool:
+    """True for an Ethernet frame carrying TCP over IPv4, or over IPv6 with TCP right after the
+    fixed header (the testbed's packets have no extension headers); False for ARP, ICMP, ND, ...."""
+    kind = frame[12:14]
+    if kind == ETHERTYPE_IPV4:
+        return len(frame) > IPV4_PROTOCOL_OFFSET and frame[IPV4_PROTOCOL_OFFSET] == IPPROTO_TCP
+    if kind == ETHERTYPE_IPV6:
+        return len(frame) > IPV6_NEXT_HEADER_OFFSET and frame[IPV6_NEXT_HEADER_OFFSET] == IPPROTO_TCP
+    return False
+
+
+def parse_loss_seeds(text: str | None) -> tuple[int, int] | None:
+    """``UP,DOWN`` (two integers 0..2**64-1) for ``--loss-seeds``, or None."""
+    if text is None:
+        return None
+    parts = text.split(",")
+    try:
+        seeds = tuple(int(part) for part in parts)
+    except ValueError:
+        seeds = ()
+    if len(seeds) != 2 or not all(0 <= seed <= MAX_SEED for seed in seeds):
+        raise DelayLineError(f"--loss-seeds {text!r}: expected UP,DOWN, two integers 0..{MAX_SEED}")
+    return seeds[0], seeds[1]
+
+
+def loss_rngs(seed: int, loss_seeds: tuple[int, int] | None) -> tuple[random.Random, random.Random]:
+    """The loss generators of the two directions (a to b, b to a): from ``loss_seeds`` (up, down)
+    as the model seeds its links' loss (``random.Random(derive_seed(...))``), else from ``seed``."""
+    if loss_seeds is not None:
+        return random.Random(loss_seeds[0]), random.Random(loss_seeds[1])
+    return random.Random(f"{seed}:loss.ab"), random.Random(f"{seed}:loss.ba")
 
 
 def loss_argument(spec: Any) -> str | None:
@@ -148,9 +200,11 @@ class Lateness:
 class Direction:
     """One direction of the line: frames read from ``rx``, held, written to ``tx``."""
 
-    def __init__(self, name: str, rx: socket.socket, tx: socket.socket, loss: Any, jitter_rng: random.Random,
-                 queue_packets: int) -> None:
+    def __init__(self, name: str, rx: Any, tx: Any, loss: Any, jitter_rng: random.Random,
+                 queue_packets: int, *, loss_tcp_only: bool = False, loss_armed: bool = True) -> None:
         self.name, self.rx, self.tx, self.loss, self.rng = name, rx, tx, loss, jitter_rng
+        self.loss_tcp_only, self.loss_armed = loss_tcp_only, loss_armed
+        self.drawn = 0
         self.queue: collections.deque[tuple[float, bytes]] = collections.deque()
         self.queue_packets = queue_packets
         self.last_due = 0.0
@@ -161,9 +215,20 @@ class Direction:
 
     def stats(self) -> dict[str, Any]:
         return {"frames_in": self.frames_in, "forwarded": self.forwarded, "bytes_forwarded": self.bytes_forwarded,
-                "lost": self.lost, "overflow": self.overflow, "send_errors": self.send_errors,
+                "drawn": self.drawn, "lost": self.lost, "overflow": self.overflow, "send_errors": self.send_errors,
                 "send_retries": self.send_retries, "send_error_kinds": dict(self.send_error_kinds),
                 "queued": len(self.queue), "lateness": self.lateness.as_dict()}
+
+    def loses(self, frame: bytes) -> bool:
+        """The loss decision for one arriving frame: a draw from this direction's stream, unless
+        the loss is held or (with ``loss_tcp_only``) the frame is not TCP, which then passes undrawn."""
+        if self.loss is None or not self.loss_armed or (self.loss_tcp_only and not is_tcp_frame(frame)):
+            return False
+        self.drawn += 1
+        if self.loss.lost():
+            self.lost += 1
+            return True
+        return False
 
 
 def open_port(ifname: str) -> socket.socket:
@@ -195,11 +260,21 @@ def _timer_slack_1us() -> None:
         pass
 
 
+def direction_losses(loss: str | None, seed: int = 1, loss_seeds: tuple[int, int] | None = None) -> tuple[Any, Any]:
+    """The loss processes of the two directions (a to b, b to a), each on its own generator
+    (:func:`loss_rngs`); (None, None) without ``loss``."""
+    parse_loss(loss, random.Random(0))  # a bad argument fails here, named, before any generator is used
+    rng_ab, rng_ba = loss_rngs(seed, loss_seeds)
+    return parse_loss(loss, rng_ab), parse_loss(loss, rng_ba)
+
+
 class DelayLine:
     """The forwarder: two ports, two directions, one loop."""
 
     def __init__(self, port_a: str, port_b: str, delay_s: float, jitter_s: float = 0.0, loss: str | None = None,
-                 seed: int = 1, queue_packets: int = DEFAULT_QUEUE_PACKETS) -> None:
+                 seed: int = 1, queue_packets: int = DEFAULT_QUEUE_PACKETS, *,
+                 loss_seeds: tuple[int, int] | None = None, loss_tcp_only: bool = False,
+                 loss_held: bool = False) -> None:
         if not (math.isfinite(delay_s) and 0 <= delay_s <= 10):
             raise DelayLineError(f"--delay-s {delay_s}: expected 0..10 seconds")
         if not (math.isfinite(jitter_s) and 0 <= jitter_s <= delay_s):
@@ -208,14 +283,16 @@ class DelayLine:
             raise DelayLineError(f"--queue-packets {queue_packets}: expected 1..10000000")
         self.delay_s, self.jitter_s = delay_s, jitter_s
         self.settings = {"port_a": port_a, "port_b": port_b, "delay_s": delay_s, "jitter_s": jitter_s,
-                         "loss": loss, "seed": seed, "queue_packets": queue_packets}
-        rngs = {name: random.Random(f"{seed}:{name}") for name in ("loss.ab", "loss.ba", "jitter.ab", "jitter.ba")}
-        parse_loss(loss, random.Random(0))  # check the argument before opening anything
+                         "loss": loss, "seed": seed, "queue_packets": queue_packets,
+                         "loss_seeds": list(loss_seeds) if loss_seeds else None, "loss_tcp_only": loss_tcp_only,
+                         "loss_held": loss_held}
+        losses = direction_losses(loss, seed, loss_seeds)  # checks the argument before opening anything
+        jitter = {name: random.Random(f"{seed}:{name}") for name in ("jitter.ab", "jitter.ba")}
         a, b = open_port(port_a), open_port(port_b)
-        self.directions = (Direction("a_to_b", a, b, parse_loss(loss, rngs["loss.ab"]), rngs["jitter.ab"],
-                                     queue_packets),
-                           Direction("b_to_a", b, a, parse_loss(loss, rngs["loss.ba"]), rngs["jitter.ba"],
-                                     queue_packets))
+        self.directions = (Direction("a_to_b", a, b, losses[0], jitter["jitter.ab"], queue_packets,
+                                     loss_tcp_only=loss_tcp_only, loss_armed=not loss_held),
+                           Direction("b_to_a", b, a, losses[1], jitter["jitter.ba"], queue_packets,
+                                     loss_tcp_only=loss_tcp_only, loss_armed=not loss_held))
         self.by_socket = {d.rx: d for d in self.directions}
         self.started = time.time()
         self.wake_margin_s = INITIAL_WAKE_MARGIN_S
@@ -238,8 +315,7 @@ class DelayLine:
             if received is None:
                 received = time.time()
             d.frames_in += 1
-            if d.loss is not None and d.loss.lost():
-                d.lost += 1
+            if d.loses(frame):
                 continue
             if len(d.queue) >= d.queue_packets:
                 d.overflow += 1
@@ -292,9 +368,16 @@ class DelayLine:
         def on_dump(_signum, _frame):
             flags["dump"] = True
 
+        def on_arm(_signum, _frame):
+            # Armed in the handler itself, between two frames: the next frame read is drawn for.
+            for d in self.directions:
+                d.loss_armed = True
+            flags["dump"] = True
+
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)
         signal.signal(signal.SIGUSR1, on_dump)
+        signal.signal(signal.SIGUSR2, on_arm)
         sockets = [d.rx for d in self.directions]
         if ready:
             print("ready", flush=True)
@@ -324,7 +407,7 @@ class DelayLine:
     def stats(self) -> dict[str, Any]:
         cpu = os.times()
         return {"settings": self.settings, "pid": os.getpid(), "wall_s": time.time() - self.started,
-                "wake_margin_s": self.wake_margin_s,
+                "wake_margin_s": self.wake_margin_s, "loss_armed": all(d.loss_armed for d in self.directions),
                 "cpu_s": cpu.user + cpu.system, "directions": {d.name: d.stats() for d in self.directions}}
 
     def write_stats(self, path: str | None, dumps: int) -> dict[str, Any]:
@@ -347,12 +430,19 @@ def read_stats(path: str) -> dict[str, Any] | None:
 
 
 def argv(port_a: str, port_b: str, delay_s: float, *, jitter_s: float = 0.0, loss: str | None = None, seed: int = 1,
-         stats_path: str | None = None, realtime: bool = True) -> list[str]:
+         stats_path: str | None = None, realtime: bool = True, loss_seeds: tuple[int, int] | None = None,
+         loss_tcp_only: bool = False, loss_held: bool = False) -> list[str]:
     """The command line that runs a delay line (with this interpreter)."""
     out = [sys.executable, "-m", "mpsim.testbed.delay", "--port-a", port_a, "--port-b", port_b,
            "--delay-s", repr(float(delay_s)), "--jitter-s", repr(float(jitter_s)), "--seed", str(seed)]
     if loss:
         out += ["--loss", loss]
+    if loss_seeds is not None:
+        out += ["--loss-seeds", f"{loss_seeds[0]},{loss_seeds[1]}"]
+    if loss_tcp_only:
+        out.append("--loss-tcp-only")
+    if loss_held:
+        out.append("--loss-held")
     if stats_path:
         out += ["--stats", stats_path]
     if realtime:
@@ -360,7 +450,8 @@ def argv(port_a: str, port_b: str, delay_s: float, *, jitter_s: float = 0.0, los
     return out
 
 
-def main(args: Sequence[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m mpsim.testbed.delay``."""
     parser = argparse.ArgumentParser(prog="python -m mpsim.testbed.delay",
                                      description="Hold every frame between two interfaces for a delay "
                                                  "(docs/testbed.md: the delay line).")
@@ -370,14 +461,24 @@ def main(args: Sequence[str] | None = None) -> int:
     parser.add_argument("--jitter-s", type=float, default=0.0, help="uniform jitter +-, without reordering")
     parser.add_argument("--loss", help="bernoulli:P or ge:P_GOOD_TO_BAD,P_BAD_TO_GOOD[,LOSS_GOOD[,LOSS_BAD]]")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--loss-seeds", help="UP,DOWN: seed each direction's loss generator with random.Random(N) "
+                                             "(a to b is up), as the model seeds its links' loss")
+    parser.add_argument("--loss-tcp-only", action="store_true",
+                        help="draw and lose only TCP frames (IPv4/IPv6); ARP, ND, ICMP pass undrawn")
+    parser.add_argument("--loss-held", action="store_true", help="no loss and no draws until SIGUSR2 arms it")
     parser.add_argument("--queue-packets", type=int, default=DEFAULT_QUEUE_PACKETS)
     parser.add_argument("--stats", help="write statistics (JSON) here on SIGUSR1 and at exit")
     parser.add_argument("--realtime", action="store_true", help="run SCHED_FIFO (root) for punctual wake-ups")
     parser.add_argument("--run-for-s", type=float, help=argparse.SUPPRESS)
-    opts = parser.parse_args(args)
+    return parser
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    opts = parser().parse_args(args)
     try:
         line = DelayLine(opts.port_a, opts.port_b, opts.delay_s, opts.jitter_s, opts.loss, opts.seed,
-                         opts.queue_packets)
+                         opts.queue_packets, loss_seeds=parse_loss_seeds(opts.loss_seeds),
+                         loss_tcp_only=opts.loss_tcp_only, loss_held=opts.loss_held)
     except (DelayLineError, OSError) as err:
         print(f"delay line: {err}", file=sys.stderr)
         return 2

@@ -152,6 +152,8 @@ class Testbed:
       "delay-line" (mpsim/testbed/delay.py, run in a namespace of its own).
     delay_check_pings: at bring-up, ping across every delayed path this many times and record the
       measured RTT against the configured one (facts()["delay_check"]); 0 skips the check.
+    loss_held: the delay lines of paths with ``loss_seeds`` start with their loss held (no frame
+      drawn or lost) until :meth:`arm_loss`, so the bring-up's own probes take no draws.
     """
 
     __test__ = False
@@ -160,8 +162,10 @@ class Testbed:
                  middlebox_ns: bool = False, middlebox_path: int = 0, cc: str = "cubic",
                  tcp_buffer_max_bytes: int | None = DEFAULT_TCP_BUFFER_MAX_BYTES, tfo: bool = False,
                  sysctls: dict[str, str] | None = None, ready_timeout_s: float = 10.0,
-                 delay_method: str = "auto", delay_check_pings: int = 10, ip_version: int = 4):
+                 delay_method: str = "auto", delay_check_pings: int = 10, ip_version: int = 4,
+                 loss_held: bool = False):
         self.paths = tuple(paths)
+        self.loss_held = loss_held
         if ip_version not in IP_VERSIONS:
             raise ValueError(f"ip_version={ip_version!r}: expected 4 or 6")
         self.ip_version = ip_version
@@ -250,7 +254,7 @@ class Testbed:
     def _build(self) -> None:
         caps = self.capabilities = probe_mod.probe()
         boxes = [p.middlebox for p in self.paths if p.middlebox]
-        lacks = caps.missing(rate=any(p.rate_bps for p in self.paths), loss=any(p.loss_prob for p in self.paths),
+        lacks = caps.missing(rate=any(p.rate_bps for p in self.paths), loss=any(p.nft_loss_prob for p in self.paths),
                              strip=any(b.uses_iptables for b in boxes), nft_middlebox=any(b.uses_nft for b in boxes))
         if not caps.mptcp:
             lacks.append("MPTCP (net.mptcp.enabled=1 and IPPROTO_MPTCP sockets)")
@@ -260,6 +264,9 @@ class Testbed:
                                    for i, spec in enumerate(self.paths) if spec.needs_delay}
         if "netem" in self.path_delay_methods.values() and not caps.qdiscs.get("netem"):
             lacks.append("netem (delay_method='netem'; this kernel has no netem qdisc: use 'auto' or 'delay-line')")
+        if any(self.path_delay_methods.get(i) == "netem" for i, p in enumerate(self.paths) if p.delay_line_loss):
+            lacks.append("seeded loss (PathSpec.loss_seeds) with delay_method='netem': only the delay line draws "
+                         "from given seeds; use 'auto' or 'delay-line'")
         if "delay-line" in self.path_delay_methods.values():
             lacks += caps.missing(delay_line=True)
             self.ns[DELAY_ROLE] = f"{self.prefix}-{DELAY_ROLE}"
@@ -284,7 +291,8 @@ class Testbed:
     def _choose_delay_method(self, caps: probe_mod.Capabilities, spec: PathSpec) -> str:
         if self.delay_method != "auto":
             return self.delay_method
-        return "netem" if caps.qdiscs.get("netem") and not spec.gilbert_elliott else "delay-line"
+        netem_can = caps.qdiscs.get("netem") and not spec.gilbert_elliott and not spec.delay_line_loss
+        return "netem" if netem_can else "delay-line"
 
     def _set_sysctls(self, name: str) -> None:
         # Before any link exists, so new interfaces inherit rp_filter=0 from `default`.
@@ -418,8 +426,8 @@ class Testbed:
                 if spec.rate_bps:
                     for argv in rate_commands(dev, spec):
                         run_command(argv, ns=ns)
-                if spec.loss_prob:
-                    names, lines = loss_rules(dev, i, direction, spec.loss_prob)
+                if spec.nft_loss_prob:
+                    names, lines = loss_rules(dev, i, direction, spec.nft_loss_prob)
                     rules_for(ns)[0].extend(names)
                     rules_for(ns)[1].extend(lines)
             if spec.middlebox:
@@ -448,9 +456,8 @@ class Testbed:
 
         self._scratch = tempfile.mkdtemp(prefix=f"{self.prefix}-")
         for i in lines:
-            spec, stats_path = self.paths[i], os.path.join(self._scratch, f"delay-path{i}.json")
-            argv = delay_mod.argv(f"c{i}", f"s{i}", spec.delay_s, jitter_s=spec.jitter_s,
-                                  loss=delay_mod.loss_argument(spec.gilbert_elliott), seed=1 + i, stats_path=stats_path)
+            stats_path = os.path.join(self._scratch, f"delay-path{i}.json")
+            argv = self.delay_line_argv(i, stats_path)
             with open(os.path.join(self._scratch, f"delay-path{i}.log"), "wb") as log:
                 proc = self.popen(DELAY_ROLE, argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
             self._delay_lines[i] = (proc, stats_path)
@@ -460,6 +467,38 @@ class Testbed:
                 log = os.path.join(self._scratch, f"delay-path{i}.log")
                 with open(log, errors="replace") as f:
                     raise TestbedError(f"delay line of path {i} did not start (exit {proc.poll()}): {f.read()[-800:]}")
+
+    def delay_line_argv(self, i: int, stats_path: str | None = None) -> list[str]:
+        """The command line of path i's delay line: its client end c{i} is port a, so a to b is the
+        path's up direction; with ``loss_seeds`` the path's loss is drawn there, TCP frames only
+        (held until :meth:`arm_loss` with ``loss_held``)."""
+        from mpsim.testbed import delay as delay_mod
+
+        spec = self.paths[i]
+        return delay_mod.argv(f"c{i}", f"s{i}", spec.delay_s, jitter_s=spec.jitter_s,
+                              loss=spec.delay_line_loss_argument(), seed=1 + i, stats_path=stats_path,
+                              loss_seeds=spec.loss_seeds if spec.delay_line_loss else None,
+                              loss_tcp_only=spec.delay_line_loss, loss_held=self.loss_held and spec.delay_line_loss)
+
+    def arm_loss(self, timeout_s: float = 3.0) -> None:
+        """Start the held loss of every delay line with ``loss_seeds`` (SIGUSR2); returns once each
+        has written statistics saying so (a clear error after ``timeout_s``)."""
+        from mpsim.testbed import delay as delay_mod
+
+        held = {i: entry for i, entry in self._delay_lines.items() if self.paths[i].delay_line_loss}
+        for proc, _path in held.values():
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGUSR2)
+        deadline = time.monotonic() + timeout_s
+        for i, (proc, path) in held.items():
+            for _ in range(10_000):
+                stats = delay_mod.read_stats(path)
+                if stats and stats.get("loss_armed"):
+                    break
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise TestbedError(f"the delay line of path {i} did not arm its loss within {timeout_s} s "
+                                       f"(exit {proc.poll()})")
+                time.sleep(0.002)
 
     def delay_line_stats(self, timeout_s: float = 3.0) -> dict[int, dict]:
         """{path: statistics} of every running delay line (frames forwarded, lost, lateness against
@@ -642,8 +681,16 @@ class Testbed:
         """{path: {"up"/"down": {"seen_packets", "dropped_packets"}}} for every path with loss."""
         out: dict[int, dict[str, dict[str, int]]] = {}
         cache = {ns: self.counters(role) for role, ns in self.ns.items() if ns in self._nft_counters}
+        if any(spec.delay_line_loss for spec in self.paths):
+            lines = self.delay_line_stats()
+            for i, spec in enumerate(self.paths):
+                directions = (lines.get(i) or {}).get("directions") if spec.delay_line_loss else None
+                if directions:   # the delay line's own counts: frames drawn for and lost, per direction
+                    out[i] = {direction: {"seen_packets": directions[name]["drawn"],
+                                          "dropped_packets": directions[name]["lost"]}
+                              for direction, name in zip(DIRECTIONS, ("a_to_b", "b_to_a"))}
         for i, spec in enumerate(self.paths):
-            if not spec.loss_prob:
+            if not spec.nft_loss_prob:
                 continue
             out[i] = {}
             for direction, role in zip(DIRECTIONS, ("converter", "client")):

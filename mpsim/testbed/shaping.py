@@ -117,8 +117,14 @@ class PathSpec:
     jitter_s: each packet's delay varies uniformly by +-jitter_s (at most delay_s).
     gilbert_elliott: bursty loss in each direction, (p_good_to_bad, p_bad_to_good, loss_prob_good,
       loss_prob_bad) as in the model's GilbertElliott; applied by the delay line, besides loss_prob.
+    loss_seeds: (up, down): the path's random loss (loss_prob or gilbert_elliott, not both) is then
+      drawn by the delay line, not by nftables, each direction from ``random.Random(seed)``, for TCP
+      frames only (ARP, neighbour discovery and ICMP pass undrawn): the kernel world gives the
+      seeds of the model's link directions, so both worlds draw from one stream
+      (docs/kernel-world.md, "Loss: one stream for both worlds").
     Delay, jitter and Gilbert-Elliott loss use netem where the kernel has it, else the project's
-    delay line (mpsim/testbed/delay.py; docs/testbed.md).
+    delay line (mpsim/testbed/delay.py; docs/testbed.md); a path with loss_seeds always uses the
+    delay line.
     """
 
     rate_bps: int | None = None
@@ -129,6 +135,7 @@ class PathSpec:
     delay_s: float = 0.0
     jitter_s: float = 0.0
     gilbert_elliott: tuple[float, float, float, float] | None = None
+    loss_seeds: tuple[int, int] | None = None
 
     def __post_init__(self):
         if not (isinstance(self.delay_s, (int, float)) and 0.0 <= self.delay_s <= 10.0):
@@ -146,8 +153,14 @@ class PathSpec:
             raise ValueError(f"rate_bps={self.rate_bps}: expected None or 8e3..1e11 bit/s")
         if not 0.0 <= self.loss_prob < 1.0:
             raise ValueError(f"loss_prob={self.loss_prob}: expected 0 <= loss_prob < 1")
-        if 0 < self.loss_prob and loss_threshold(self.loss_prob) == 0:
+        if 0 < self.loss_prob and loss_threshold(self.loss_prob) == 0 and self.loss_seeds is None:
             raise ValueError(f"loss_prob={self.loss_prob}: below the rule's resolution of {1 / LOSS_RESOLUTION}")
+        if self.loss_seeds is not None:
+            seeds = tuple(self.loss_seeds)
+            if len(seeds) != 2 or not all(type(v) is int and 0 <= v < 2**64 for v in seeds):
+                raise ValueError(f"loss_seeds={self.loss_seeds}: expected (up, down), two integers 0..2**64-1")
+            if self.loss_prob and self.gilbert_elliott:
+                raise ValueError("loss_seeds: one loss process per path (loss_prob or gilbert_elliott), as the model has")
         if not 0.0 < self.queue_s <= 10.0:
             raise ValueError(f"queue_s={self.queue_s}: expected 0 < queue_s <= 10")
         if self.burst_bytes is not None and self.burst_bytes < MTU_FRAME_BYTES:
@@ -155,8 +168,27 @@ class PathSpec:
 
     @property
     def needs_delay(self) -> bool:
-        """True when the path needs netem or the delay line (delay, jitter or bursty loss)."""
-        return bool(self.delay_s or self.jitter_s or self.gilbert_elliott)
+        """True when the path needs netem or the delay line (delay, jitter, bursty or seeded loss)."""
+        return bool(self.delay_s or self.jitter_s or self.gilbert_elliott or self.delay_line_loss)
+
+    @property
+    def delay_line_loss(self) -> bool:
+        """True when the delay line draws this path's loss from the given seeds (not nftables)."""
+        return self.loss_seeds is not None and bool(self.loss_prob or self.gilbert_elliott)
+
+    @property
+    def nft_loss_prob(self) -> float:
+        """The loss the nftables rule applies: loss_prob, unless the delay line draws it."""
+        return 0.0 if self.delay_line_loss else self.loss_prob
+
+    def delay_line_loss_argument(self) -> str | None:
+        """The delay line's ``--loss`` for this path: Gilbert-Elliott, or with loss_seeds the path's
+        Bernoulli loss_prob (exact: the model's float, not the nft rule's 1e-5 steps)."""
+        if self.gilbert_elliott:
+            return "ge:" + ",".join(repr(float(v)) for v in self.gilbert_elliott)
+        if self.delay_line_loss:
+            return f"bernoulli:{float(self.loss_prob)!r}"
+        return None
 
     def tbf_sizes(self) -> tuple[int, int]:
         """(burst_bytes, limit_bytes) for this path's tbf qdisc."""

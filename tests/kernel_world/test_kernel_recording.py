@@ -117,6 +117,41 @@ def test_a_variant_recorded_apart_names_when_and_where(tmp_path):
     assert report.notes == ["base: kernel side recorded 2026-12-08T01:51:56+00:00 at mpsim 4ffe9e82a7"]
 
 
+LOSSY = ["paths.a.loss={model=\"bernoulli\", loss_prob=0.02}", "transfers.0.size_bytes=300000"]
+
+
+def test_a_lossy_recording_is_paired_run_by_run_and_an_older_one_is_named(tmp_path):
+    """A lossy variant's recording says it drew the model's loss streams, and compare then pairs the
+    goodputs by run index (goodput_paired: kernel / model with the same draws); a recording without
+    the mark is read with a note and no paired row (docs/kernel-world.md, "Loss: one stream for both
+    worlds")."""
+    path = _recording(tmp_path, LOSSY, runs=3)
+    record = json.loads(path.read_text())
+    assert record["variants"]["base"]["loss_streams"] == kernel_world.LOSS_STREAMS
+    # The stand-in kernel is the model with its goodputs scaled per run: the pairing must see the scale.
+    scale = {0: 0.5, 1: 1.0, 2: 2.0}
+    columns = record["columns"]["transfers"]
+    for run, entry in record["variants"]["base"]["runs"].items():
+        for row in entry["transfers"]:
+            row[columns.index("goodput_bps")] *= scale[int(run)]
+    path.write_text(json.dumps(record))
+    loaded = load(CI_SCENARIO, [*LOSSY, "runs=3"])
+    rows = {r.metric: r for r in compare.compare(loaded, kernel_from=path).rows}
+    paired = rows["goodput_paired"]
+    assert (paired.kernel, paired.kernel_min, paired.kernel_max, paired.samples) == pytest.approx((1.0, 0.5, 2.0, 3))
+    assert paired.error == pytest.approx(0.0)
+    del record["variants"]["base"]["loss_streams"]
+    path.write_text(json.dumps(record))
+    report = compare.compare(loaded, kernel_from=path)
+    assert "goodput_paired" not in {r.metric for r in report.rows}
+    assert report.notes == ["base: the recorded kernel runs drew their losses independently of the model's "
+                            "(recorded before the delay line drew the model's loss streams)"]
+    # A loss-free variant has no paired row either (nothing drawn).
+    _recording(tmp_path)
+    assert "goodput_paired" not in {r.metric for r in compare.compare(load(CI_SCENARIO, ["runs=2"]),
+                                                                      kernel_from=tmp_path).rows}
+
+
 def _benchmark():
     import importlib.util
 
@@ -155,3 +190,4 @@ def test_the_reports_recorded_kernel_runs_are_small_and_fit_the_scenarios_now():
         names = wanted or [n for n in loaded.variants if n not in bench.APART.get(scenario, [])]
         recorded = compare.recorded_kernel(loaded, bench.KERNEL_RUNS / f"{job}.json", variants=names)
         assert recorded.variants == names and len(recorded.connections) >= len(names) * (seeds or 3), job
+        assert not recorded.unpaired, f"{job}: recorded before the kernel drew the model's loss streams"

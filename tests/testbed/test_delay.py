@@ -17,7 +17,7 @@ import pytest
 
 from mpsim.sim.loss import Bernoulli, GilbertElliott
 from mpsim.testbed import delay
-from .conftest import peer, run_peer, start_ready
+from .conftest import finish, peer, run_peer, start_ready
 
 
 def _realtime_prefix() -> list[str]:
@@ -299,3 +299,38 @@ def test_a_delay_line_refuses_a_missing_interface_in_one_line():
     done = subprocess.run([sys.executable, "-m", "mpsim.testbed.delay", "--port-a", "a", "--port-b", "b",
                            "--delay-s", "0.01", "--jitter-s", "0.02"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "--jitter-s 0.02" in done.stderr
+
+
+def test_seeded_loss_draws_the_given_streams_for_tcp_only_once_armed(testbed_available):
+    """The kernel world's loss (docs/kernel-world.md, "Loss: one stream for both worlds"), in a real
+    delay line: held through the bring-up's TCP probes, then each direction loses exactly the TCP
+    frames its own seeded stream says, while pings (and ARP) pass undrawn."""
+    from mpsim.proto.loss import BernoulliLoss
+    from mpsim.testbed import PathSpec, Testbed
+
+    loss_prob, seeds = 0.05, (1234567, 7654321)
+    with Testbed(paths=[PathSpec(delay_s=0.001, loss_prob=loss_prob, loss_seeds=seeds)], delay_check_pings=0,
+                 loss_held=True) as tb:
+        assert tb.path_delay_methods[0] == "delay-line" and not tb._nft_counters   # no nft loss rule
+        held = tb.delay_line_stats()[0]
+        assert held["loss_armed"] is False
+        assert all(d["drawn"] == d["lost"] == 0 and d["frames_in"] > 0 for d in held["directions"].values())
+        tb.arm_loss()
+        a = tb.addresses
+        pings = tb.run("client", ["ping", "-n", "-c", "30", "-i", "0.01", "-W", "2", "-I", a.client[0],
+                                  a.gateway[0]], timeout_s=20)
+        assert " 30 received" in pings.stdout, pings.stdout
+        assert all(d["drawn"] == 0 for d in tb.delay_line_stats()[0]["directions"].values())   # ICMP: undrawn
+        sink = start_ready(tb, "converter", peer("serve", "tcp", a.converter[0], 5402, 1, "sink", "no"))
+        result = run_peer(tb, "client", peer("client", "tcp", a.client[0], a.converter[0], 5402, 300_000, "sink",
+                                             "no", 0))
+        finish(sink)
+        stats = tb.delay_line_stats()[0]["directions"]
+        counters = tb.loss_counters()[0]
+    assert result["receiver"]["bytes"] == 300_000
+    for (name, direction), seed in zip((("a_to_b", "up"), ("b_to_a", "down")), seeds):
+        d = stats[name]
+        stream = BernoulliLoss(loss_prob, random.Random(seed))
+        assert d["drawn"] > 50 and d["lost"] == sum(stream.lost() for _ in range(d["drawn"])), (name, d)
+        assert counters[direction]["dropped_packets"] >= d["lost"] and counters[direction]["seen_packets"] >= d["drawn"]
+    assert stats["a_to_b"]["lost"] > 0
