@@ -39,6 +39,7 @@ import os
 import shlex
 import shutil
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -362,6 +363,8 @@ class KernelRun:
     middleboxes: dict
     proxy_argv: list[str]
     pcaps: dict[str, bytes]  # file name -> the capture (client side of each path, 128-byte snaplen)
+    #: The paths as built: each line's measured forwarding latency (:func:`measure_path_latency`).
+    path_latency: dict = dataclasses.field(default_factory=dict)
 
 
 def _testbed_paths(scenario: Scenario, boxes: dict[str, tuple[str, ...]]) -> list[Any]:
@@ -412,6 +415,8 @@ class ServerLinkDelay:
         self.tb, self.delay_s = tb, delay_s
         self.ns = f"{tb.prefix}-sdelay"
         self.proc: subprocess.Popen | None = None
+        self._scratch = tempfile.TemporaryDirectory(prefix="mpsim-sdelay-")
+        self.stats_path = os.path.join(self._scratch.name, "stats.json")
 
     def __enter__(self) -> ServerLinkDelay:
         from mpsim.testbed import delay as delay_mod
@@ -440,7 +445,8 @@ class ServerLinkDelay:
                          "converter", *(["nodad"] if v6 else [])])
             run_command(["ip", "-n", server, *(["-6"] if v6 else []), "route", "replace", "default", "via",
                          tb.addresses.converter_server_side])
-            self.proc = subprocess.Popen(ns_argv(d, delay_mod.argv("c", "s", self.delay_s, seed=101)),
+            self.proc = subprocess.Popen(ns_argv(d, delay_mod.argv("c", "s", self.delay_s, seed=101,
+                                                                   stats_path=self.stats_path)),
                                          start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                          stderr=subprocess.DEVNULL)
             if self.proc.stdout.readline().strip() != b"ready":
@@ -452,6 +458,22 @@ class ServerLinkDelay:
             self.close()
             raise
         return self
+
+    def stats(self, timeout_s: float = 3.0) -> dict | None:
+        """The line's statistics (mpsim/testbed/delay.py: lateness per direction), written on request."""
+        from mpsim.testbed import delay as delay_mod
+
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        asked = (delay_mod.read_stats(self.stats_path) or {}).get("dumps", 0)
+        os.kill(self.proc.pid, 10)  # SIGUSR1
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            stats = delay_mod.read_stats(self.stats_path)
+            if stats and stats.get("dumps", 0) > asked:
+                return stats
+            time.sleep(0.01)
+        return None
 
     def close(self) -> None:
         from mpsim.testbed.probe import run_command
@@ -470,9 +492,76 @@ class ServerLinkDelay:
             except (ProcessLookupError, ValueError):
                 pass
         run_command(["ip", "netns", "del", self.ns], check=False)
+        self._scratch.cleanup()
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+#: Echo round trips per line in a run's path measurement (:func:`measure_path_latency`).
+PATH_ECHOES = 20
+PATH_ECHO_INTERVAL_S = 0.005
+
+
+def _echo_rtts_s(tb: Any, role: str, to: str, source: str | None, count: int) -> dict:
+    argv = [*REALTIME, sys.executable, "-m", "mpsim.testbed.echo", "--to", to, "--count", str(count),
+            "--interval-s", repr(PATH_ECHO_INTERVAL_S), *(["--from", source] if source else [])]
+    return tb.popen(role, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def measure_path_latency(tb: Any, scenario: Scenario, server_line: ServerLinkDelay | None = None,
+                         count: int = PATH_ECHOES) -> dict:
+    """The paths as built (docs/kernel-world.md, "The path as built"): ICMP echo round trips
+    (:mod:`mpsim.testbed.echo`, kernel receive timestamps) from each client path's address to the
+    server and from the converter to the server, against the configured round trips. What they
+    exceed it by is what the testbed adds to every round trip on that route: the delay lines'
+    lateness, the veths, the forwarding, the IFB shapers and the stacks up to the kernel's echo
+    reply. Per line: ``server`` (converter - server) is the second echo's excess, each access path
+    its route's excess less the server's; ``one_way_s`` halves it for each direction (the echo
+    measures the round trip only; the delay lines' own lateness per direction is recorded beside it,
+    ``lateness_median_s``). The echoes of all routes run one after another (they share the server
+    line)."""
+    names = path_names(scenario)
+    server_delay = scenario.server.delay_s
+    routes = [("server", "converter", tb.addresses.server, None, 2 * server_delay)]
+    for i, name in enumerate(names):
+        routes.append((name, "client", tb.addresses.server, tb.addresses.client[i],
+                       2 * (scenario.paths[name].delay_s + server_delay)))
+    measured = {}
+    for line, role, to, source, configured in routes:
+        proc = _echo_rtts_s(tb, role, to, source, count + 1)
+        try:
+            text, err = proc.communicate(timeout=10 + (count + 1) * (PATH_ECHO_INTERVAL_S + configured))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            text, err = proc.communicate()
+        rtts = json.loads(text)["rtts_s"][1:] if proc.returncode == 0 and text.strip() else []  # the 1st: ARP
+        measured[line] = {"configured_rtt_s": configured, "echoes": len(rtts),
+                          "rtt_min_s": min(rtts) if rtts else None,
+                          "rtt_median_s": statistics.median(rtts) if rtts else None,
+                          "rtt_max_s": max(rtts) if rtts else None,
+                          "excess_s": statistics.median(rtts) - configured if rtts else None,
+                          "error": None if rtts else (err.strip()[-200:] or "no echo replies")}
+    lines = {"server": measured["server"]}
+    server_excess = measured["server"]["excess_s"]
+    for name in names:
+        route = measured[name]
+        own = None if route["excess_s"] is None or server_excess is None else route["excess_s"] - server_excess
+        lines[name] = route | {"route_excess_s": route["excess_s"], "excess_s": own}
+    for line in lines.values():
+        line["one_way_s"] = None if line["excess_s"] is None else max(0.0, line["excess_s"]) / 2
+    lateness = tb.delay_line_stats() if getattr(tb, "_delay_lines", None) else {}
+    for i, name in enumerate(names):
+        stats = lateness.get(i)
+        if stats:
+            lines[name]["lateness_median_s"] = {d: v["lateness"].get("median_s")
+                                                for d, v in stats["directions"].items()}
+    if server_line is not None:
+        stats = server_line.stats()
+        if stats:
+            lines["server"]["lateness_median_s"] = {d: v["lateness"].get("median_s")
+                                                    for d, v in stats["directions"].items()}
+    return {"method": "icmp echo (mpsim.testbed.echo)", "echoes": count, "lines": lines}
 
 
 def wait_listening(tb: Any, role: str, address: str, port: int, timeout_s: float) -> None:
@@ -571,8 +660,8 @@ def run_once(scenario: Scenario, *, variant: str, run_index: int, work: Path, pr
         tb = stack.enter_context(Testbed(paths=paths, cc=cc, tcp_buffer_max_bytes=None, delay_check_pings=3,
                                          sysctls={"net.mptcp.blackhole_timeout": "0"},
                                          ip_version=scenario.ip_version))
-        if scenario.server.delay_s:
-            stack.enter_context(ServerLinkDelay(tb, scenario.server.delay_s))
+        server_line = stack.enter_context(ServerLinkDelay(tb, scenario.server.delay_s)) \
+            if scenario.server.delay_s else None
         for role, values in sysctls.items():
             run_command(["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in values.items())], ns=tb.ns[role])
         for argv in _up_rate_commands(scenario):
@@ -614,6 +703,8 @@ def run_once(scenario: Scenario, *, variant: str, run_index: int, work: Path, pr
             missing = [p for p in pcaps if not Path(p).exists()]
             if missing:
                 raise KernelWorldError(f"the packet capture did not start writing {', '.join(missing)}")
+        # Before the workload, so the echoes meet idle lines (as a connection's handshake does).
+        path_latency = measure_path_latency(tb, scenario, server_line)
         before = {role: tb.counters(role) for role in ("client", "converter", "server")}
         snmp_before = {role: _retrans_segs(tb, role) for role in ("client", "converter", "server")}
         plan = client_plan(scenario, run_index, proxy, server)
@@ -647,7 +738,7 @@ def run_once(scenario: Scenario, *, variant: str, run_index: int, work: Path, pr
     result = _rows(scenario, variant, run_index, seeds, client_out, flags, before, after, snmp_before, snmp_after,
                    boxes, bool(pcaps))
     captured = {Path(p).name: Path(p).read_bytes() for p in pcaps if Path(p).exists()}
-    return result, KernelRun(facts, sysctls, {k: list(v) for k, v in boxes.items()}, argv, captured)
+    return result, KernelRun(facts, sysctls, {k: list(v) for k, v in boxes.items()}, argv, captured, path_latency)
 
 
 def capture_argv() -> Any:
