@@ -900,7 +900,7 @@ class KernelResults(Results):
         manifest["running_kernel_hz"] = running_kernel_hz()
         manifest["kernel"] = [{"variant": run.variant, "run": run.run_index, "sysctls": k.sysctls,
                                "middleboxes": k.middleboxes, "proxy_argv": k.proxy_argv,
-                               "pcaps": sorted(k.pcaps), "testbed": k.facts}
+                               "pcaps": sorted(k.pcaps), "path_latency": k.path_latency, "testbed": k.facts}
                               for run, k in zip(self.runs, self.kernel)]
         names = list(dict.fromkeys(run.variant for run in self.runs))
         manifest["model_only"] = {name: model_only_values(self.loaded.variants[name]) for name in names}
@@ -921,6 +921,8 @@ class KernelResults(Results):
             entry = variants.setdefault(run.variant, {"built": built_values(self.loaded.variants[run.variant]),
                                                       "sysctls": k.sysctls, "runs": {}})
             entry["runs"][str(run.run_index)] = {table: [] for table in RECORD_TABLES}
+            if k.path_latency:  # the paths as built (docs/kernel-world.md); older recordings lack it
+                entry["runs"][str(run.run_index)]["path_latency"] = k.path_latency
         for table in RECORD_TABLES:  # rows() gives JSON's cells (NaN as null), run by run
             for row in self.rows(table):
                 variants[row["variant"]]["runs"][str(row["run"])][table].append(list(row.values()))
