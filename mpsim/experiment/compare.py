@@ -346,6 +346,7 @@ def recorded_kernel(loaded: LoadedScenario, source: Path, *, variants: Sequence[
     runs = loaded.base.runs
     notes, rows = [], {table: [] for table in kernel_world.RECORD_TABLES}
     path_latency: dict[tuple[str, int], dict] = {}
+    unmeasured: list[str] = []
     for name in names:
         entry = record["variants"].get(name)
         if entry is None:
@@ -374,8 +375,12 @@ def recorded_kernel(loaded: LoadedScenario, source: Path, *, variants: Sequence[
             if entry["runs"][str(i)].get("path_latency"):
                 path_latency[(name, i)] = entry["runs"][str(i)]["path_latency"]
         if not all((name, i) in path_latency for i in range(runs)):
-            notes.append(f"{name}: the recording has no measurement of the paths as built (recorded before it); "
-                         "the model's lines get the calibrated forwarding latency (benchmarks/results/path_latency.md)")
+            unmeasured.append(name)
+    if unmeasured:  # one note for the recording, not one per variant
+        which = "every variant" if len(unmeasured) == len(names) else ", ".join(unmeasured)
+        notes.append(f"No measurement of the paths as built in the recording ({which}: recorded before it); the "
+                     "model's lines get the calibrated forwarding latency (CALIBRATED_PATH_LATENCY_S, "
+                     "benchmarks/results/path_latency.md).")
     frames = {table: pd.DataFrame(rows[table], columns=record["columns"][table]) for table in rows}
     then = short_revision(record.get("git")) or "an unknown commit"
     now = short_revision(git_revision()) or "an unknown commit"
