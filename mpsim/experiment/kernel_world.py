@@ -28,6 +28,7 @@ Everything else is refused before anything starts (:func:`unbuildable`), one lin
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import datetime
 import fnmatch
@@ -499,12 +500,16 @@ class ServerLinkDelay:
 
 
 #: Echo round trips per line in a run's path measurement (:func:`measure_path_latency`).
-PATH_ECHOES = 20
-PATH_ECHO_INTERVAL_S = 0.005
+PATH_ECHOES = 10
+PATH_ECHO_INTERVAL_S = 0.01
 
 
-def _echo_rtts_s(tb: Any, role: str, to: str, source: str | None, count: int) -> dict:
-    argv = [*REALTIME, sys.executable, "-m", "mpsim.testbed.echo", "--to", to, "--count", str(count),
+def _echo_rtts_s(tb: Any, role: str, to: str, source: str | None, count: int) -> subprocess.Popen:
+    from mpsim.testbed import echo
+
+    # By its file, isolated (-I): it needs only the standard library, and skipping the package's
+    # imports starts it in 0.2 s instead of 1.3-1.9 s on this loaded machine, once per kernel run.
+    argv = [*REALTIME, sys.executable, "-I", echo.__file__, "--to", to, "--count", str(count),
             "--interval-s", repr(PATH_ECHO_INTERVAL_S), *(["--from", source] if source else [])]
     return tb.popen(role, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -519,17 +524,24 @@ def measure_path_latency(tb: Any, scenario: Scenario, server_line: ServerLinkDel
     reply. Per line: ``server`` (converter - server) is the second echo's excess, each access path
     its route's excess less the server's; ``one_way_s`` halves it for each direction (the echo
     measures the round trip only; the delay lines' own lateness per direction is recorded beside it,
-    ``lateness_median_s``). The echoes of all routes run one after another (they share the server
-    line)."""
+    ``lateness_median_s``). The routes' echoes run at once (started apart by a share of the
+    interval, as they share the server line), in ``count`` + 1 round trips of the longest route
+    (each echo waits for its reply, so each crosses idle lines, as a handshake does)."""
     names = path_names(scenario)
     server_delay = scenario.server.delay_s
     routes = [("server", "converter", tb.addresses.server, None, 2 * server_delay)]
     for i, name in enumerate(names):
         routes.append((name, "client", tb.addresses.server, tb.addresses.client[i],
                        2 * (scenario.paths[name].delay_s + server_delay)))
-    measured = {}
+    measured, procs = {}, {}
+    for line, role, to, source, _configured in routes:
+        # All routes at once (one round trip's time, not one per route, per kernel run), started
+        # apart by a share of the interval so that their echoes do not reach the shared server
+        # line together.
+        procs[line] = _echo_rtts_s(tb, role, to, source, count + 1)
+        time.sleep(PATH_ECHO_INTERVAL_S / len(routes))
     for line, role, to, source, configured in routes:
-        proc = _echo_rtts_s(tb, role, to, source, count + 1)
+        proc = procs[line]
         try:
             text, err = proc.communicate(timeout=10 + (count + 1) * (PATH_ECHO_INTERVAL_S + configured))
         except subprocess.TimeoutExpired:
@@ -550,17 +562,20 @@ def measure_path_latency(tb: Any, scenario: Scenario, server_line: ServerLinkDel
         lines[name] = route | {"route_excess_s": route["excess_s"], "excess_s": own}
     for line in lines.values():
         line["one_way_s"] = None if line["excess_s"] is None else max(0.0, line["excess_s"]) / 2
-    lateness = tb.delay_line_stats() if getattr(tb, "_delay_lines", None) else {}
+    # The lines write their statistics when their loop next wakes (up to half a second when idle):
+    # the server line's are asked for beside the paths' lines, not after them.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        server_stats = pool.submit(server_line.stats) if server_line is not None else None
+        lateness = tb.delay_line_stats() if getattr(tb, "_delay_lines", None) else {}
+        server_stats = server_stats.result() if server_stats is not None else None
     for i, name in enumerate(names):
         stats = lateness.get(i)
         if stats:
             lines[name]["lateness_median_s"] = {d: v["lateness"].get("median_s")
                                                 for d, v in stats["directions"].items()}
-    if server_line is not None:
-        stats = server_line.stats()
-        if stats:
-            lines["server"]["lateness_median_s"] = {d: v["lateness"].get("median_s")
-                                                    for d, v in stats["directions"].items()}
+    if server_stats:
+        lines["server"]["lateness_median_s"] = {d: v["lateness"].get("median_s")
+                                                for d, v in server_stats["directions"].items()}
     return {"method": "icmp echo (mpsim.testbed.echo)", "echoes": count, "lines": lines}
 
 

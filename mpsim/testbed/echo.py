@@ -10,7 +10,8 @@ the kernel's receive timestamp (SO_TIMESTAMPNS, CLOCK_REALTIME like ``time.time(
 prober's own wake-up is not in the figure, as ping's is not (it timestamps the same way). The
 echo reply is made by the far kernel in softirq, as a SYN-ACK is: no process wakes up there.
 
-IPv4 (raw ICMP, RFC 792 checksum computed here) and IPv6 (raw ICMPv6, RFC 4443: the kernel fills
+It imports only the standard library, so the kernel world runs it by its file (``python -I
+.../echo.py``), without the package's start-up. IPv4 (raw ICMP, RFC 792 checksum computed here) and IPv6 (raw ICMPv6, RFC 4443: the kernel fills
 the checksum). Root (CAP_NET_RAW). Bounded: ``count`` requests, each waited for at most
 ``timeout_s``; a lost or late reply is left out of ``rtts_s``.
 """
