@@ -22,6 +22,9 @@ How the scenario maps onto the kernel:
   seeded generator (``middlebox_mix.<path>``), so one run index meets the same networks in both.
 * Kernel settings the model reads come from the scenario (:func:`kernel_sysctls`) and go into the
   manifest.
+* Before its workload each run measures its paths as built (:func:`measure_path_latency`: the
+  forwarding latency its lines add to the configured delays), recorded with the run; ``mpsim
+  compare`` gives it to the model's links (docs/kernel-world.md, "The path as built").
 
 Everything else is refused before anything starts (:func:`unbuildable`), one line per element.
 """
