@@ -5,8 +5,10 @@ Runs models/kernel/proxy_calibration.toml (one request through the live converte
 microsocks, one direct; 20 ms RTT) N times in the kernel and once per run index in the model
 without the converter's CPU (``converter.cores = 0``), and writes
 ``benchmarks/results/proxy_calibration.{md,json}``: per variant the kernel's set-up time minus the
-model's, run by run, and per proxy its own time, the median difference less the direct
-request's median difference (what the delay lines and the stacks add to any connection). That is
+model's (the model ``mpsim compare`` runs: tbf shaping and each kernel run's measured path latency,
+docs/kernel-world.md "The path as built"), run by run, and per proxy its own time, the median
+difference less the direct request's median difference (the hosts' own time, which any connection
+has). That is
 the figure the models/kernel scenarios through a proxy give the model as ``converter.cpu_setup_s``
 with ``converter.cores = 1`` (docs/kernel-world.md, "The proxy's CPU"). It holds for this machine
 under its load; another machine needs its own run.
@@ -20,7 +22,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from mpsim.experiment import kernel_world, results
+from mpsim.experiment import compare, kernel_world, results
 from mpsim.experiment.scenario import load
 from mpsim.provenance import git_revision, machine_facts, short_revision
 
@@ -41,7 +43,13 @@ def calibrate(runs: int, progress=None) -> dict:
     load_before = os.getloadavg()[0]
     started = datetime.datetime.now(datetime.timezone.utc)
     kernel = kernel_world.run_kernel(loaded, pcap=False, progress=progress)
-    model = results.run(loaded)
+    # The model mpsim compare runs: the kernel world's tbf and each run's measured path latency
+    # (docs/kernel-world.md, "The path as built"), so the direct request's remaining difference is
+    # the hosts' own time and a proxy's beyond it its own.
+    measured = {(r.variant, r.run_index): k.path_latency for r, k in zip(kernel.runs, kernel.kernel)}
+    model = results.run(loaded, shaper="tbf",
+                        path_latency=lambda variant, run: compare.model_path_latency(loaded.variants[variant],
+                                                                                     measured.get((variant, run))))
     out = {"scenario": str(SCENARIO.relative_to(ROOT)), "runs": runs, "started_utc": started.isoformat(timespec="seconds"),
            "seconds": round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()),
            "git": short_revision(git_revision()), "machine": {k: machine_facts()[k] for k in ("platform", "cpu_count")},
@@ -50,7 +58,7 @@ def calibrate(runs: int, progress=None) -> dict:
         k, m = _setup_s(kernel.connections, variant), _setup_s(model.connections, variant)
         excess = [k[i] - m[i] for i in sorted(k) if i in m]
         out["variants"][variant] = {"kernel_setup_s": [k[i] for i in sorted(k)], "model_setup_s": m.get(0),
-                                    "excess_s": excess}
+                                    "model_setup_s_per_run": [m[i] for i in sorted(m)], "excess_s": excess}
     direct = statistics.median(out["variants"]["direct"]["excess_s"])
     for proxy in PROXIES:
         excess = out["variants"][proxy]["excess_s"]
@@ -74,8 +82,11 @@ def markdown(result: dict) -> str:
         k, e = v["kernel_setup_s"], v["excess_s"]
         lines.append(f"| {name} | {ms(v['model_setup_s'])} | {ms(min(k))} / {ms(statistics.median(k))} / "
                      f"{ms(max(k))} | {ms(min(e))} / {ms(statistics.median(e))} / {ms(max(e))} |")
-    lines += ["", f"The direct request's difference ({ms(result['direct_excess_s'])} ms median) is what the delay "
-              "lines and the stacks add to any connection; the rest is the proxy program's own time per set-up "
+    lines += ["", f"The model is the one `mpsim compare` runs: the kernel world's tbf shaping and each kernel run's "
+              "measured forwarding latency on its lines (docs/kernel-world.md, \"The path as built\"). The direct "
+              f"request's remaining difference ({ms(result['direct_excess_s'])} ms median) is the hosts' own time "
+              "(the connect's completion waking the client), which any connection has; the rest is the proxy "
+              "program's own time per set-up "
               "(accepting, reading the request, connecting to the server, answering: CPU and the wake-ups of a "
               "freshly started process on a loaded machine):", "",
               "| proxy | converter.cpu_setup_s (cores = 1) ms: min / median / max |", "|---|---:|"]

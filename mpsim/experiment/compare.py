@@ -43,6 +43,47 @@ METRICS = ("outcome", "fallback_reason", *ABSOLUTE, *RELATIVE)
 _COUNT_COLUMN = {"syns": "syns_sent", "rsts": "rsts_sent", "ports": "source_ports_used"}
 
 
+#: One-way forwarding latency per line kind of the kernel world's testbed (seconds, each direction),
+#: for kernel runs recorded before each run measured its own (docs/kernel-world.md, "The path as
+#: built"): medians of ``python benchmarks/path_latency.py`` on this machine
+#: (benchmarks/results/path_latency.md: round trips 0, 10, 40 and 100 ms). Measured, not fitted to
+#: the report: the calibration runs a lone request, not the report's scenarios.
+CALIBRATED_PATH_LATENCY_S = {
+    "access, delay line": 0.000108,  # 0.082 at 40 ms RTT, 0.131 at 100 ms: the line's wake-ups
+    "access, no delay line": 0.000006,
+    "server, delay line": 0.000044,
+    "server, no delay line": 0.000016,
+}
+
+
+def line_kinds(scenario: Any) -> dict[str, str]:
+    """{line: kind} of the kernel world's build of ``scenario``: each access path and the server link,
+    with or without a delay line (a path gets one for a delay or Gilbert-Elliott loss, the server
+    link for a delay: mpsim/experiment/kernel_world.py)."""
+    from mpsim.experiment.simulation import SERVER_LINE
+
+    out = {}
+    for name, p in scenario.paths.items():
+        line = bool(p.delay_s) or (p.loss or {}).get("model") == "gilbert_elliott"
+        out[name] = f"access, {'delay line' if line else 'no delay line'}"
+    out[SERVER_LINE] = f"server, {'delay line' if scenario.server.delay_s else 'no delay line'}"
+    return out
+
+
+def model_path_latency(scenario: Any, measured: dict | None) -> dict[str, tuple[float, float]]:
+    """The model's ``path_latency_s`` for one kernel run of ``scenario``: each line's measured one-way
+    latency (``kernel_world.measure_path_latency``, the same each way: the echo measures round trips),
+    or, for a line the run did not measure (a recording made before the measurement), the calibrated
+    constant of its kind (:data:`CALIBRATED_PATH_LATENCY_S`)."""
+    lines = (measured or {}).get("lines", {})
+    out = {}
+    for line, kind in line_kinds(scenario).items():
+        one_way = lines.get(line, {}).get("one_way_s")
+        value = CALIBRATED_PATH_LATENCY_S[kind] if one_way is None else float(one_way)
+        out[line] = (value, value)
+    return out
+
+
 def parse_tolerances(items: Sequence[str]) -> dict[str, float]:
     """``METRIC=VALUE`` items; a clear error for an unknown metric or a bad value."""
     out = {}
@@ -408,6 +449,9 @@ class RecordedKernel:
     notes: list[str]
     #: Variants under random loss whose recorded runs drew their losses independently of the model's.
     unpaired: list[str] = field(default_factory=list)
+    #: (variant, run index) -> the run's path measurement (``kernel_world.measure_path_latency``);
+    #: absent for recordings made before it.
+    path_latency: dict[tuple[str, int], dict] = field(default_factory=dict)
 
 
 def _refuse(path: Path, text: str) -> kernel_world.KernelWorldError:
@@ -454,6 +498,8 @@ def recorded_kernel(loaded: LoadedScenario, source: Path, *, variants: Sequence[
         raise kernel_world.KernelWorldError("no variant can be built in the kernel: " + "; ".join(skipped[:3]))
     runs = loaded.base.runs
     notes, rows, unpaired = [], {table: [] for table in kernel_world.RECORD_TABLES}, []
+    path_latency: dict[tuple[str, int], dict] = {}
+    unmeasured: list[str] = []
     for name in names:
         entry = record["variants"].get(name)
         if entry is None:
@@ -483,6 +529,15 @@ def recorded_kernel(loaded: LoadedScenario, source: Path, *, variants: Sequence[
         for i in range(runs):
             for table in kernel_world.RECORD_TABLES:
                 rows[table] += entry["runs"][str(i)][table]
+            if entry["runs"][str(i)].get("path_latency"):
+                path_latency[(name, i)] = entry["runs"][str(i)]["path_latency"]
+        if not all((name, i) in path_latency for i in range(runs)):
+            unmeasured.append(name)
+    if unmeasured:  # one note for the recording, not one per variant
+        which = "every variant" if len(unmeasured) == len(names) else ", ".join(unmeasured)
+        notes.append(f"No measurement of the paths as built in the recording ({which}: recorded before it); the "
+                     "model's lines get the calibrated forwarding latency (CALIBRATED_PATH_LATENCY_S, "
+                     "benchmarks/results/path_latency.md).")
     frames = {table: pd.DataFrame(rows[table], columns=record["columns"][table]) for table in rows}
     then = short_revision(record.get("git")) or "an unknown commit"
     now = short_revision(git_revision()) or "an unknown commit"
@@ -491,7 +546,8 @@ def recorded_kernel(loaded: LoadedScenario, source: Path, *, variants: Sequence[
                    f"({path}; run indices 0-{runs - 1} of {len(recorded)} recorded), "
                    f"model side run now at mpsim {now}.")
     return RecordedKernel(frames["connections"], frames["transfers"], names,
-                          [*record.get("skipped_unbuildable", []), *skipped], source_line, notes, unpaired)
+                          [*record.get("skipped_unbuildable", []), *skipped], source_line, notes, unpaired,
+                          path_latency)
 
 
 def compare(loaded: LoadedScenario, *, variants: Sequence[str] | None = None, proxy_cmd: str | None = None,
@@ -503,14 +559,19 @@ def compare(loaded: LoadedScenario, *, variants: Sequence[str] | None = None, pr
         kernel: Any = recorded_kernel(loaded, kernel_from, variants=variants, proxy_cmd=proxy_cmd,
                                       skip_unbuildable=skip_unbuildable)
         built = kernel.variants
+        measured = kernel.path_latency
     else:
         kernel = kernel_world.run_kernel(loaded, variants=list(variants) if variants else None,
                                          skip_unbuildable=skip_unbuildable, proxy_cmd=proxy_cmd, progress=progress)
         built = list(dict.fromkeys(r.variant for r in kernel.runs))
+        measured = {(r.variant, r.run_index): k.path_latency for r, k in zip(kernel.runs, kernel.kernel)}
     if progress:
         progress("model: " + ", ".join(built))
-    # The model's access links shape as the kernel world's tbf qdiscs do (docs/kernel-world.md).
-    model = results.run(loaded, variants=built, shaper="tbf")
+    # The model's access links shape as the kernel world's tbf qdiscs do, and its lines forward with
+    # the latency the kernel run measured on its own (docs/kernel-world.md, "The path as built").
+    model = results.run(loaded, variants=built, shaper="tbf",
+                        path_latency=lambda variant, run: model_path_latency(loaded.variants[variant],
+                                                                             measured.get((variant, run))))
     report = compare_results(model, kernel, skipped=kernel.skipped, unpaired=getattr(kernel, "unpaired", ()))
     if kernel_from is not None:
         report.kernel_source, report.notes = kernel.source, kernel.notes

@@ -25,12 +25,16 @@ How the scenario maps onto the kernel:
 * Kernel settings the model reads come from the scenario (:func:`kernel_sysctls`; pinned buffers:
   :func:`socket_buffers`, set by the client and server programs on their sockets) and go into the
   manifest.
+* Before its workload each run measures its paths as built (:func:`measure_path_latency`: the
+  forwarding latency its lines add to the configured delays), recorded with the run; ``mpsim
+  compare`` gives it to the model's links (docs/kernel-world.md, "The path as built").
 
 Everything else is refused before anything starts (:func:`unbuildable`), one line per element.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import datetime
 import fnmatch
@@ -42,6 +46,7 @@ import os
 import shlex
 import shutil
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -411,6 +416,8 @@ class KernelRun:
     pcaps: dict[str, bytes]  # file name -> pcapng bytes (KERNEL_CAPTURE_NOTE); empty unless kept
     # Pinned buffers: per role, what its program set and what its socket reported back (doubled)
     socket_buffers: dict | None = None
+    #: The paths as built: each line's measured forwarding latency (:func:`measure_path_latency`).
+    path_latency: dict = dataclasses.field(default_factory=dict)
 
 
 #: How a recording's lossy variant drew its losses: the model's streams (:func:`loss_seeds`). A
@@ -479,6 +486,8 @@ class ServerLinkDelay:
         self.tb, self.delay_s = tb, delay_s
         self.ns = f"{tb.prefix}-sdelay"
         self.proc: subprocess.Popen | None = None
+        self._scratch = tempfile.TemporaryDirectory(prefix="mpsim-sdelay-")
+        self.stats_path = os.path.join(self._scratch.name, "stats.json")
 
     def __enter__(self) -> ServerLinkDelay:
         from mpsim.testbed import delay as delay_mod
@@ -507,7 +516,8 @@ class ServerLinkDelay:
                          "converter", *(["nodad"] if v6 else [])])
             run_command(["ip", "-n", server, *(["-6"] if v6 else []), "route", "replace", "default", "via",
                          tb.addresses.converter_server_side])
-            self.proc = subprocess.Popen(ns_argv(d, delay_mod.argv("c", "s", self.delay_s, seed=101)),
+            self.proc = subprocess.Popen(ns_argv(d, delay_mod.argv("c", "s", self.delay_s, seed=101,
+                                                                   stats_path=self.stats_path)),
                                          start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                          stderr=subprocess.DEVNULL)
             if self.proc.stdout.readline().strip() != b"ready":
@@ -519,6 +529,22 @@ class ServerLinkDelay:
             self.close()
             raise
         return self
+
+    def stats(self, timeout_s: float = 3.0) -> dict | None:
+        """The line's statistics (mpsim/testbed/delay.py: lateness per direction), written on request."""
+        from mpsim.testbed import delay as delay_mod
+
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        asked = (delay_mod.read_stats(self.stats_path) or {}).get("dumps", 0)
+        os.kill(self.proc.pid, 10)  # SIGUSR1
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            stats = delay_mod.read_stats(self.stats_path)
+            if stats and stats.get("dumps", 0) > asked:
+                return stats
+            time.sleep(0.01)
+        return None
 
     def close(self) -> None:
         from mpsim.testbed.probe import run_command
@@ -537,9 +563,90 @@ class ServerLinkDelay:
             except (ProcessLookupError, ValueError):
                 pass
         run_command(["ip", "netns", "del", self.ns], check=False)
+        self._scratch.cleanup()
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+#: Echo round trips per line in a run's path measurement (:func:`measure_path_latency`).
+PATH_ECHOES = 10
+PATH_ECHO_INTERVAL_S = 0.01
+
+
+def _echo_rtts_s(tb: Any, role: str, to: str, source: str | None, count: int) -> subprocess.Popen:
+    from mpsim.testbed import echo
+
+    # By its file, isolated (-I): it needs only the standard library, and skipping the package's
+    # imports starts it in 0.2 s instead of 1.3-1.9 s on this loaded machine, once per kernel run.
+    argv = [*REALTIME, sys.executable, "-I", echo.__file__, "--to", to, "--count", str(count),
+            "--interval-s", repr(PATH_ECHO_INTERVAL_S), *(["--from", source] if source else [])]
+    return tb.popen(role, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def measure_path_latency(tb: Any, scenario: Scenario, server_line: ServerLinkDelay | None = None,
+                         count: int = PATH_ECHOES) -> dict:
+    """The paths as built (docs/kernel-world.md, "The path as built"): ICMP echo round trips
+    (:mod:`mpsim.testbed.echo`, kernel receive timestamps) from each client path's address to the
+    server and from the converter to the server, against the configured round trips. What they
+    exceed it by is what the testbed adds to every round trip on that route: the delay lines'
+    lateness, the veths, the forwarding, the IFB shapers and the stacks up to the kernel's echo
+    reply. Per line: ``server`` (converter - server) is the second echo's excess, each access path
+    its route's excess less the server's; ``one_way_s`` halves it for each direction (the echo
+    measures the round trip only; the delay lines' own lateness per direction is recorded beside it,
+    ``lateness_median_s``). The routes' echoes run at once (started apart by a share of the
+    interval, as they share the server line), in ``count`` + 1 round trips of the longest route
+    (each echo waits for its reply, so each crosses idle lines, as a handshake does)."""
+    names = path_names(scenario)
+    server_delay = scenario.server.delay_s
+    routes = [("server", "converter", tb.addresses.server, None, 2 * server_delay)]
+    for i, name in enumerate(names):
+        routes.append((name, "client", tb.addresses.server, tb.addresses.client[i],
+                       2 * (scenario.paths[name].delay_s + server_delay)))
+    measured, procs = {}, {}
+    for line, role, to, source, _configured in routes:
+        # All routes at once (one round trip's time, not one per route, per kernel run), started
+        # apart by a share of the interval so that their echoes do not reach the shared server
+        # line together.
+        procs[line] = _echo_rtts_s(tb, role, to, source, count + 1)
+        time.sleep(PATH_ECHO_INTERVAL_S / len(routes))
+    for line, role, to, source, configured in routes:
+        proc = procs[line]
+        try:
+            text, err = proc.communicate(timeout=10 + (count + 1) * (PATH_ECHO_INTERVAL_S + configured))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            text, err = proc.communicate()
+        rtts = json.loads(text)["rtts_s"][1:] if proc.returncode == 0 and text.strip() else []  # the 1st: ARP
+        measured[line] = {"configured_rtt_s": configured, "echoes": len(rtts),
+                          "rtt_min_s": min(rtts) if rtts else None,
+                          "rtt_median_s": statistics.median(rtts) if rtts else None,
+                          "rtt_max_s": max(rtts) if rtts else None,
+                          "excess_s": statistics.median(rtts) - configured if rtts else None,
+                          "error": None if rtts else (err.strip()[-200:] or "no echo replies")}
+    lines = {"server": measured["server"]}
+    server_excess = measured["server"]["excess_s"]
+    for name in names:
+        route = measured[name]
+        own = None if route["excess_s"] is None or server_excess is None else route["excess_s"] - server_excess
+        lines[name] = route | {"route_excess_s": route["excess_s"], "excess_s": own}
+    for line in lines.values():
+        line["one_way_s"] = None if line["excess_s"] is None else max(0.0, line["excess_s"]) / 2
+    # The lines write their statistics when their loop next wakes (up to half a second when idle):
+    # the server line's are asked for beside the paths' lines, not after them.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        server_stats = pool.submit(server_line.stats) if server_line is not None else None
+        lateness = tb.delay_line_stats() if getattr(tb, "_delay_lines", None) else {}
+        server_stats = server_stats.result() if server_stats is not None else None
+    for i, name in enumerate(names):
+        stats = lateness.get(i)
+        if stats:
+            lines[name]["lateness_median_s"] = {d: v["lateness"].get("median_s")
+                                                for d, v in stats["directions"].items()}
+    if server_stats:
+        lines["server"]["lateness_median_s"] = {d: v["lateness"].get("median_s")
+                                                for d, v in server_stats["directions"].items()}
+    return {"method": "icmp echo (mpsim.testbed.echo)", "echoes": count, "lines": lines}
 
 
 def wait_listening(tb: Any, role: str, address: str, port: int, timeout_s: float,
@@ -669,8 +776,8 @@ def run_once(scenario: Scenario, *, variant: str, run_index: int, work: Path, pr
         tb = stack.enter_context(Testbed(paths=paths, cc=cc, tcp_buffer_max_bytes=None, delay_check_pings=3,
                                          sysctls={"net.mptcp.blackhole_timeout": "0"},
                                          ip_version=scenario.ip_version, loss_held=True))
-        if scenario.server.delay_s:
-            stack.enter_context(ServerLinkDelay(tb, scenario.server.delay_s))
+        server_line = stack.enter_context(ServerLinkDelay(tb, scenario.server.delay_s)) \
+            if scenario.server.delay_s else None
         for role, values in sysctls.items():
             run_command(["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in values.items())], ns=tb.ns[role])
         for argv in _up_rate_commands(scenario):
@@ -723,6 +830,8 @@ def run_once(scenario: Scenario, *, variant: str, run_index: int, work: Path, pr
             missing = [str(p) for p, _, _ in pcaps.values() if not p.exists()]
             if missing:
                 raise KernelWorldError(f"the packet capture did not start writing {', '.join(missing)}")
+        # Before the workload, so the echoes meet idle lines (as a connection's handshake does).
+        path_latency = measure_path_latency(tb, scenario, server_line)
         before = {role: tb.counters(role) for role in ("client", "converter", "server")}
         snmp_before = {role: _retrans_segs(tb, role) for role in ("client", "converter", "server")}
         plan = client_plan(scenario, run_index, proxy, server)
@@ -763,7 +872,8 @@ def run_once(scenario: Scenario, *, variant: str, run_index: int, work: Path, pr
         buffers_read["client"] = client_out.get("socket_buffers_read")
         pinned = {role: None if values is None else {**values, "read_back": buffers_read.get(role)}
                   for role, values in pinned.items()}
-    return result, KernelRun(facts, sysctls, {k: list(v) for k, v in boxes.items()}, argv, captured, pinned)
+    return result, KernelRun(facts, sysctls, {k: list(v) for k, v in boxes.items()}, argv, captured, pinned,
+                             path_latency)
 
 
 def capture_points(scenario: Scenario) -> dict[str, tuple[str, str]]:
@@ -947,7 +1057,7 @@ class KernelResults(Results):
         manifest["kernel"] = [{"variant": run.variant, "run": run.run_index, "sysctls": k.sysctls,
                                "socket_buffers": k.socket_buffers,
                                "middleboxes": k.middleboxes, "proxy_argv": k.proxy_argv,
-                               "pcaps": sorted(k.pcaps), "testbed": k.facts}
+                               "pcaps": sorted(k.pcaps), "path_latency": k.path_latency, "testbed": k.facts}
                               for run, k in zip(self.runs, self.kernel)]
         if any(k.pcaps for k in self.kernel):  # how these files differ from the simulator's of the same names
             manifest["capture_note"] = KERNEL_CAPTURE_NOTE
@@ -974,6 +1084,8 @@ class KernelResults(Results):
             if loss_seeds(self.loaded.variants[run.variant], run.run_index):
                 entry["loss_streams"] = LOSS_STREAMS
             entry["runs"][str(run.run_index)] = {table: [] for table in RECORD_TABLES}
+            if k.path_latency:  # the paths as built (docs/kernel-world.md); older recordings lack it
+                entry["runs"][str(run.run_index)]["path_latency"] = k.path_latency
         for table in RECORD_TABLES:  # rows() gives JSON's cells (NaN as null), run by run
             for row in self.rows(table):
                 variants[row["variant"]]["runs"][str(row["run"])][table].append(list(row.values()))

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -270,16 +270,20 @@ def _networks(conns: pd.DataFrame) -> list[str]:
 
 
 def run(loaded: LoadedScenario, *, variants: Sequence[str] | None = None, record_packets: bool = False,
-        on_simulation_done: Callable[[], None] | None = None, shaper: str = "ideal") -> Results:
+        on_simulation_done: Callable[[], None] | None = None, shaper: str = "ideal",
+        path_latency: Callable[[str, int], Mapping[str, tuple[float, float]] | None] | None = None) -> Results:
     """Run every variant (or those named) for every run index of a loaded scenario;
     ``on_simulation_done`` is called after each (run index, variant) simulation (progress);
-    ``shaper``: how the access links shape (:data:`mpsim.experiment.simulation.SHAPERS`)."""
+    ``shaper``: how the access links shape (:data:`mpsim.experiment.simulation.SHAPERS`);
+    ``path_latency(variant, run_index)``: the lines' forwarding latency of that run
+    (``Simulation(path_latency_s=...)``; ``mpsim compare`` gives the kernel run's)."""
     names = list(variants) if variants else list(loaded.variants)
     results = []
     for run_index in range(loaded.base.runs):
         for name in names:
             simulation = Simulation(loaded.variants[name], variant=name, run_index=run_index,
-                                    record_packets=record_packets, shaper=shaper)
+                                    record_packets=record_packets, shaper=shaper,
+                                    path_latency_s=path_latency(name, run_index) if path_latency else None)
             result = simulation.run()
             if not record_packets:
                 result.trace, result.simulation = None, None  # events are in the rows; keep memory flat

@@ -93,7 +93,7 @@ import dataclasses
 import enum
 import ipaddress
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -329,6 +329,33 @@ def workload_arrival_times(workload: WorkloadSpec, duration_s: float, rng: Calla
         times.append(t)
 
 
+#: The server link's name in ``path_latency_s`` (the access paths go by their scenario names).
+SERVER_LINE = "server"
+
+
+def check_path_latency(scenario: Scenario, latency: Mapping[str, tuple[float, float]] | None
+                       ) -> dict[str, tuple[float, float]]:
+    """``Simulation(path_latency_s=...)``: per line (an access path's name, or ``"server"``) the
+    forwarding latency the kernel world's testbed adds to each direction (access paths: up, down;
+    the server link: in, out), in seconds, on top of the scenario's delays. ``mpsim compare`` gives
+    the model the latency measured in each kernel run (docs/kernel-world.md, "The path as built");
+    a plain run has none. The scenario's round trip stays the unit of ``*_rtts``: the latency is
+    the testbed's, not the scenario's. A clear error for an unknown line or a bad value."""
+    out: dict[str, tuple[float, float]] = {}
+    for line, value in (latency or {}).items():
+        if line != SERVER_LINE and line not in scenario.paths:
+            raise ValueError(f"path_latency_s: unknown line {line!r} (lines: {SERVER_LINE}, {', '.join(scenario.paths)})")
+        try:
+            there_s, back_s = (float(v) for v in value)
+        except (TypeError, ValueError):
+            raise ValueError(f"path_latency_s[{line!r}]: expected two latencies in seconds (each direction), "
+                             f"got {value!r}") from None
+        if not (0 <= there_s < 1 and 0 <= back_s < 1):
+            raise ValueError(f"path_latency_s[{line!r}]: {value!r}: expected latencies in [0, 1) s")
+        out[line] = (there_s, back_s)
+    return out
+
+
 #: How the access paths' links shape (``Simulation(shaper=...)``): "ideal" serializes at the rate;
 #: "tbf" shapes as the kernel world's tbf qdiscs do (mpsim/sim/link.py: a token bucket of the
 #: kernel world's burst, Ethernet framing counted, its queue limit), which ``mpsim compare`` uses.
@@ -339,10 +366,11 @@ class Simulation:
     """One run of one scenario variant: build with the constructor, then :meth:`run`."""
 
     def __init__(self, scenario: Scenario, *, variant: str, run_index: int, record_packets: bool = False,
-                 shaper: str = "ideal") -> None:
+                 shaper: str = "ideal", path_latency_s: Mapping[str, tuple[float, float]] | None = None) -> None:
         if shaper not in SHAPERS:
             raise ValueError(f"shaper {shaper!r}: expected one of {', '.join(SHAPERS)}")
         self.shaper = shaper
+        self.path_latency_s = check_path_latency(scenario, path_latency_s)
         self.scenario = scenario
         self.variant = variant
         self.run_index = run_index
@@ -440,10 +468,11 @@ class Simulation:
         conv_node = self._node(CONVERTER, self.converter) if self.converter is not None else None
         for name in self.path_names:
             p = s.paths[name]
-            up = self._direction(f"{name}.up", delay_s=p.delay_s, rate_bps=p.rate_up_bps, jitter_s=p.jitter_s,
-                                 queue_bytes=p.queue_bytes, loss=p.loss, access=True)
-            down = self._direction(f"{name}.down", delay_s=p.delay_s, rate_bps=p.rate_down_bps, jitter_s=p.jitter_s,
-                                   queue_bytes=p.queue_bytes, loss=p.loss, access=True)
+            extra_up_s, extra_down_s = self.path_latency_s.get(name, (0.0, 0.0))
+            up = self._direction(f"{name}.up", delay_s=p.delay_s + extra_up_s, rate_bps=p.rate_up_bps,
+                                 jitter_s=p.jitter_s, queue_bytes=p.queue_bytes, loss=p.loss, access=True)
+            down = self._direction(f"{name}.down", delay_s=p.delay_s + extra_down_s, rate_bps=p.rate_down_bps,
+                                   jitter_s=p.jitter_s, queue_bytes=p.queue_bytes, loss=p.loss, access=True)
             # On the path, the primary access link ends at the proxy's client side, not the router.
             far, far_port = (conv_node, "in") if self.on_path and name == s.primary_path else \
                 (router_node, f"access.{name}")
@@ -475,9 +504,12 @@ class Simulation:
                                                   ResponderApp(w.response_size_bytes,
                                                                request_size_bytes=w.request_size_bytes), (sv.port,))
         server_node = self._node(SERVER_NODE, self.server)
+        extra_in_s, extra_out_s = self.path_latency_s.get(SERVER_LINE, (0.0, 0.0))
         self.links.append(Link(self.env, router_node, "server", server_node, "eth0",
-                               forward=self._direction("server.in", delay_s=sv.delay_s, rate_bps=sv.rate_bps),
-                               backward=self._direction("server.out", delay_s=sv.delay_s, rate_bps=sv.rate_bps),
+                               forward=self._direction("server.in", delay_s=sv.delay_s + extra_in_s,
+                                                       rate_bps=sv.rate_bps),
+                               backward=self._direction("server.out", delay_s=sv.delay_s + extra_out_s,
+                                                        rate_bps=sv.rate_bps),
                                name="server.link"))
 
     def _build_converter(self) -> Any:
@@ -624,8 +656,10 @@ class Simulation:
         if key not in self._household_access:
             p = self.scenario.paths[name]
             pair = []
+            extra_s = dict(zip(("up", "down"), self.path_latency_s.get(name, (0.0, 0.0))))
             for side, rate_bps, real in (("up", p.rate_up_bps, link.up), ("down", p.rate_down_bps, link.down)):
-                own = self._direction(f"{name}.h{household}.{side}", delay_s=p.delay_s, rate_bps=rate_bps,
+                own = self._direction(f"{name}.h{household}.{side}", delay_s=p.delay_s + extra_s[side],
+                                      rate_bps=rate_bps,
                                       jitter_s=p.jitter_s, queue_bytes=p.queue_bytes, loss=p.loss, access=True)
                 own.link_name, own.label = f"path.{name}.h{household}", real.label
                 own.src_node, own.dst_node, own.dst_port = real.src_node, real.dst_node, real.dst_port
@@ -1120,6 +1154,6 @@ def tbf_shaper(rate_bps: float, queue_bytes: int | None) -> tuple[int, int, int]
 
 
 def run_scenario(scenario: Scenario, *, variant: str, run_index: int, record_packets: bool = False,
-                 shaper: str = "ideal") -> RunResult:
+                 shaper: str = "ideal", path_latency_s: Mapping[str, tuple[float, float]] | None = None) -> RunResult:
     return Simulation(scenario, variant=variant, run_index=run_index, record_packets=record_packets,
-                      shaper=shaper).run()
+                      shaper=shaper, path_latency_s=path_latency_s).run()

@@ -16,14 +16,19 @@ MODELS = Path(__file__).resolve().parents[2] / "models" / "kernel"
 CI_SCENARIO = str(MODELS / "ci_two_path.toml")
 
 
+#: A path measurement of no latency on every line of the CI scenario, so that the model compare
+#: runs is the model that made the recording (tests/kernel_world/test_path_latency.py gives others).
+NO_LATENCY = {"lines": {line: {"one_way_s": 0.0} for line in ("a", "b", "server")}}
+
+
 def _recording(tmp_path: Path, overrides=(), runs: int = 2) -> Path:
     """A tiny recording: the model's run of the CI scenario with the shaper compare gives the model
     (the kernel world's tbf), stored as kernel runs would be."""
     loaded = load(CI_SCENARIO, [*overrides, f"runs={runs}"])
     model = results.run(loaded, shaper="tbf")
     kernel = kernel_world.KernelResults(loaded, model.runs,
-                                        [kernel_world.KernelRun({}, {"client": {}}, {}, [], {}) for _ in model.runs],
-                                        [])
+                                        [kernel_world.KernelRun({}, {"client": {}}, {}, [], {}, path_latency=NO_LATENCY)
+                                         for _ in model.runs], [])
     path = tmp_path / kernel_world.RECORD_FILE
     path.write_text(json.dumps(kernel.record()))
     return path
