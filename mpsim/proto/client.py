@@ -664,6 +664,7 @@ class ClientHost(Host):
         # that lost its memory cannot reset what it no longer knows (the peers find out later).
         self.connections.clear()
         self.owners.clear()
+        self._by_ports.clear()
         self._out.clear()
         for logical in self.logical.values():
             if not logical.finished:

@@ -144,6 +144,9 @@ class Host:
         # id(conn) -> conn whose end is reported (watch_close); the object itself, so that an id
         # reused after a reboot forgot the connection never matches another one
         self._watched: dict[int, TcpConnection] = {}
+        # (local port, remote port) -> the connection a packet with those ports was last found
+        # for: the per-packet lookup hashes two ints rather than two addresses (see connection_for).
+        self._by_ports: dict[tuple[int, int], TcpConnection] = {}
         self.listeners: dict[int, Listener] = {}
         self._out: list[Transmit] = []
         self._timers: list[tuple[float, int, TcpConnection]] = []  # (deadline, arm order, connection)
@@ -168,8 +171,7 @@ class Host:
             self.on_icmp(port, packet, now)  # an ICMP error (middlebox.IcmpUnreachable), not a segment
             return
         seg = packet.segment
-        key = (packet.dst, seg.dst_port, packet.src, seg.src_port)
-        conn = self.connections.get(key)
+        conn = self.connection_for(packet)
         if conn is not None and conn.state is not TcpState.TIME_WAIT:
             # Only a connection in TIME-WAIT may give way to a listener (may_reopen below): the
             # others take the packet without the listener being looked up.
@@ -230,6 +232,26 @@ class Host:
             if armed.get(key) == deadline:
                 del armed[key]
         return None
+
+    def connection_for(self, packet: IpPacket) -> TcpConnection | None:
+        """The connection on ``packet``'s 4-tuple as seen from here
+        (``connections.get((dst, dst_port, src, src_port))``), or None.
+
+        Hashing an ``IPv4Address`` is Python code (it formats a hex string), and every packet
+        needs this lookup, so the connection is first looked up by its two ports alone and
+        taken if its addresses are the packet's very objects (the machines hand addresses on by
+        reference, so they mostly are) and it is still ours; otherwise the 4-tuple decides, and
+        the ports remember what it found."""
+        seg = packet.segment
+        ports = (seg.dst_port, seg.src_port)
+        conn = self._by_ports.get(ports)
+        if conn is not None and conn.local_addr is packet.dst and conn.remote_addr is packet.src \
+                and id(conn) in self.owners:  # owners holds exactly the connections in connections
+            return conn
+        conn = self.connections.get((packet.dst, seg.dst_port, packet.src, seg.src_port))
+        if conn is not None:
+            self._by_ports[ports] = conn
+        return conn
 
     def _timer_is_live(self, deadline: float, conn: TcpConnection) -> bool:
         return self._is_ours(conn) and conn.get_timer() == deadline
@@ -358,12 +380,16 @@ class Host:
     def _adopt(self, conn: TcpConnection, owner: ConnectionOwner) -> None:
         self.connections[conn.four_tuple] = conn
         self.owners[id(conn)] = owner
+        self._by_ports[(conn.local_port, conn.remote_port)] = conn
 
     def _drop(self, conn: TcpConnection) -> None:
         self.connections.pop(conn.four_tuple, None)
         self.owners.pop(id(conn), None)
         if self._watched.get(id(conn)) is conn:
             del self._watched[id(conn)]
+        ports = (conn.local_port, conn.remote_port)
+        if self._by_ports.get(ports) is conn:  # bounded: an entry lives no longer than its connection
+            del self._by_ports[ports]
         self._armed.pop(id(conn), None)  # its heap entries are stale now; the id may be reused
 
     def _transmit(self, packet: IpPacket) -> None:

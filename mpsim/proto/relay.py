@@ -630,8 +630,7 @@ class RelayHost(Host):
         for relay in starting:
             relay.start(now)
         if isinstance(packet, IpPacket):
-            seg = packet.segment
-            conn = self.connections.get((packet.dst, seg.dst_port, packet.src, seg.src_port))
+            conn = self.connection_for(packet)
             owner = self.owners.get(id(conn)) if conn is not None else None
             if isinstance(owner, Relay) and owner in self.relays and owner.pull_extension_events(now):
                 owner.apply(now, current=None)

@@ -51,6 +51,7 @@ from mpsim.wire.options import (
     Timestamps,
     WindowScale,
     option_space_bytes,
+    options_length_bytes,
 )
 from mpsim.wire.segment import IpPacket, TcpFlags, TcpSegment, trusted_packet, trusted_segment
 
@@ -941,7 +942,7 @@ class TcpConnection:
         return self.policy.receive_window_bytes
 
     def _emit(self, seq: int, flags: TcpFlags, payload: bytes = b"", options: tuple = (), *,
-              now: float | None = None) -> None:
+              now: float | None = None, stamped: bool = False) -> None:
         now = self._now_s if now is None else now
         bits = int(flags)  # plain int tests: TcpFlags' own operators are Python code
         ack = self.rcv_nxt if bits & _ACK_BIT else 0
@@ -950,7 +951,7 @@ class TcpConnection:
         window = min(self._rcv_wnd() >> shift, 0xFFFF)
         # Built from the connection's own state, so without the constructors' field checks.
         segment = trusted_segment(self.local_port, self.remote_port, seq, ack, flags, window,
-                                  self._stamp(options, now) if options else options, payload)
+                                  self._stamp(options, now) if options and not stamped else options, payload)
         self._packets.append(trusted_packet(self.local_addr, self.remote_addr, segment))
 
     def _send_syn(self, now: float, retransmission: int) -> None:
@@ -993,11 +994,28 @@ class TcpConnection:
         self._emit_with_extensions(self.snd_nxt, TcpFlags.ACK)
 
     def _emit_with_extensions(self, seq: int, flags: TcpFlags, payload: bytes = b"", now: float | None = None) -> None:
-        if self.extensions:
-            extra = tuple(o for ext in self.extensions for o in ext.options_for_segment(self, seq, flags, payload))
-            self._emit(seq, flags, payload, _fit_options(self._base_options(syn=False), extra), now=now)
-        else:
+        extensions = self.extensions
+        if not extensions:
             self._emit(seq, flags, payload, self._base_options(syn=False), now=now)
+            return
+        if len(extensions) == 1:  # mostly MPTCP alone: its tuple as it is
+            extra = extensions[0].options_for_segment(self, seq, flags, payload)
+            if type(extra) is not tuple:
+                extra = tuple(extra)
+        else:
+            extra = tuple(o for ext in extensions for o in ext.options_for_segment(self, seq, flags, payload))
+        base = self._base_options(syn=False)
+        if len(extra) == 1 and base is _TIMESTAMPED_OPTIONS and type(extra[0]) is not Timestamps:
+            # The usual MPTCP segment: NOP, NOP, Timestamps and one DSS. When the DSS fits beside
+            # them, _fit_options would keep base + extra, and _stamp would change only the
+            # Timestamps of the base: stamp the shared base tuple (reused within a clock tick)
+            # and append the DSS, rather than size and stamp a new tuple per segment.
+            extra_bytes = options_length_bytes(extra)
+            if _TIMESTAMPED_OPTIONS_BYTES + extra_bytes + -extra_bytes % 4 <= TCP_OPTION_SPACE_BYTES:
+                stamped = self._stamp(base, self._now_s if now is None else now) + extra
+                self._emit(seq, flags, payload, stamped, now=now, stamped=True)
+                return
+        self._emit(seq, flags, payload, _fit_options(base, extra), now=now)
 
     def _send_rst(self, seq: int) -> None:
         self._packets.append(trusted_packet(self.local_addr, self.remote_addr,

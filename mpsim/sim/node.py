@@ -6,12 +6,17 @@ node (docs/design.md section 3): after every input (a packet from a link, the ti
 
 * puts each ``Transmit`` of ``machine.outgoing(now)`` on the link attached to its port,
 * drains ``machine.next_event()`` into the trace (and the node's event handlers),
-* keeps exactly one pending SimPy event for ``machine.get_timer()``.
+* keeps at most one pending SimPy wake-up for ``machine.get_timer()``, never later than it.
 
 No protocol logic lives here. Timer events are scheduled with a priority after packet
-deliveries, so at equal times a packet arrives before a timer fires, as in the harness. SimPy
-cannot cancel an event: when the deadline moves, the old event stays in SimPy's queue but is
-stale (its generation number is old) and does nothing when it comes up.
+deliveries, so at equal times a packet arrives before a timer fires, as in the harness.
+
+The timer is lazy (docs/sim.md "Performance"): SimPy cannot cancel an event, and a machine's
+deadline moves on almost every packet (an RTO restarted, cleared, a TIME-WAIT expiry behind it),
+so a deadline that moves *later* or goes away keeps the pending wake-up; when that wake-up comes
+up early it re-checks the deadline and schedules itself again for it (or does nothing when
+there is none). Only a deadline *earlier* than the pending wake-up schedules a new event; the
+old one is then stale (its generation number is old) and does nothing when it comes up.
 """
 
 from __future__ import annotations
@@ -46,10 +51,12 @@ class SimNode:
         self.ports: dict[str, LinkDirection] = {}  # outgoing direction per port
         #: Called as ``handler(now, event)`` for each event, after the trace got it.
         self.event_handlers: list[Callable[[float, Any], None]] = []
-        self.timer_deadline_s: float | None = None  # the deadline of the live timer event
+        self.timer_deadline_s: float | None = None  # the machine's deadline as last seen
+        self.wakeup_s: float | None = None  # when the pending (current generation) wake-up comes up
         self.timers_scheduled = 0
         self.timers_fired = 0
-        self.stale_timers = 0
+        self.stale_timers = 0  # wake-ups superseded by an earlier one
+        self.early_wakeups = 0  # wake-ups that found the deadline moved later (re-scheduled) or gone
         self._timer_generation = 0
         self._fires_at_instant = (None, 0)  # (instant, fires) to catch a machine that never moves on
 
@@ -86,7 +93,15 @@ class SimNode:
         if generation != self._timer_generation:
             self.stale_timers += 1
             return
+        self.wakeup_s = None
+        deadline_s = self.timer_deadline_s
         now = self.env.now
+        if deadline_s is None or deadline_s > now:
+            # The deadline went away or moved later since this wake-up was scheduled.
+            self.early_wakeups += 1
+            if deadline_s is not None:
+                self._schedule_wakeup(deadline_s, now)
+            return
         instant, fires = self._fires_at_instant
         fires = fires + 1 if instant == now else 1
         if fires > MAX_TIMER_FIRES_PER_INSTANT:
@@ -115,21 +130,26 @@ class SimNode:
             for handler in self.event_handlers:
                 handler(now, event)
         deadline_s = machine.get_timer()
-        if deadline_s != self.timer_deadline_s:  # else the live event (or the absence of one) matches
-            self._arm_timer(deadline_s)
+        if deadline_s != self.timer_deadline_s:
+            self.timer_deadline_s = deadline_s
+            wakeup_s = self.wakeup_s
+            # A later deadline (or none) keeps the pending wake-up, which re-checks when it comes up.
+            if deadline_s is not None and (wakeup_s is None or deadline_s < wakeup_s):
+                self._schedule_wakeup(deadline_s, now)
 
-    def _arm_timer(self, deadline_s: float | None) -> None:
-        self._timer_generation += 1  # whatever event was live is stale from now on
-        self.timer_deadline_s = deadline_s
-        if deadline_s is None:
-            return
-        delay_s = deadline_s - self.env.now
+    def _schedule_wakeup(self, deadline_s: float, now: float) -> None:
+        self._timer_generation += 1  # whatever wake-up was pending is stale from now on
+        delay_s = deadline_s - now
         # A deadline in the past fires at once; the delay is never negative, so DueCall directly.
-        DueCall(self.env, delay_s if delay_s > 0.0 else 0.0, TIMER_PRIORITY,
-                partial(self._on_timer, self._timer_generation))
+        if delay_s > 0.0:
+            self.wakeup_s = deadline_s
+        else:
+            self.wakeup_s, delay_s = now, 0.0
+        DueCall(self.env, delay_s, TIMER_PRIORITY, partial(self._on_timer, self._timer_generation))
         self.timers_scheduled += 1
 
     @property
     def live_timers(self) -> int:
-        """Timer events that will act when they come up: 0 or 1, by construction."""
-        return int(self.timer_deadline_s is not None)
+        """Pending wake-ups that will act when they come up (fire, or re-check a deadline that
+        moved later): 0 or 1, by construction."""
+        return int(self.wakeup_s is not None)

@@ -456,9 +456,9 @@ class ConvertMessage:
 
 def encode_convert(msg: ConvertMessage) -> bytes:
     """The message's bytes: Version, Total Length, Magic Number, then each TLV."""
-    return struct.pack("!BBH", msg.version, msg.total_length_words, CONVERT_MAGIC) + b"".join(
-        tlv.encode() for tlv in msg.tlvs
-    )
+    # Each TLV encoded once: Total Length is worked out from these bytes (as total_length_words does).
+    tlv_bytes = b"".join(tlv.encode() for tlv in msg.tlvs)
+    return struct.pack("!BBH", msg.version, 1 + len(tlv_bytes) // 4, CONVERT_MAGIC) + tlv_bytes
 
 
 def decode_convert(data: bytes | memoryview) -> ConvertMessage:

@@ -128,6 +128,44 @@ def test_packets_for_other_addresses_are_ignored():
     assert net.server.outgoing(0.0) == [] and net.server.rsts_for_unknown == 0
 
 
+def test_connection_for_is_the_4_tuple_lookup_whatever_the_address_objects():
+    # The lookup by ports takes a connection only for the packet's very address objects; equal
+    # addresses built anew, another peer on the same ports, a dropped connection: the 4-tuple decides.
+    net = make_net()
+    other_addr = IPv4Address("198.18.0.3")
+    net.server.interfaces["eth1"] = other_addr
+    conn = net.connect()
+    net.harness.run(0.2)
+    server_conn = net.server_conn(conn)
+
+    def packet(src, dst, src_port=conn.local_port, dst_port=SERVER_PORT):
+        return IpPacket(src, dst, TcpSegment(src_port, dst_port, 1, 0, ACK, 100))
+
+    def lookup(p):
+        seg = p.segment
+        return net.server.connections.get((p.dst, seg.dst_port, p.src, seg.src_port))
+
+    rebuilt = [IPv4Address(str(CLIENT_ADDR)), IPv4Address(str(SERVER_ADDR))]
+    assert rebuilt[0] is not CLIENT_ADDR
+    cases = [packet(CLIENT_ADDR, SERVER_ADDR), packet(*rebuilt), packet(other_addr, SERVER_ADDR),
+             packet(CLIENT_ADDR, other_addr), packet(CLIENT_ADDR, SERVER_ADDR, src_port=conn.local_port + 1)]
+    for p in cases + cases[::-1]:  # every order of hits and misses
+        assert net.server.connection_for(p) is lookup(p)
+    assert net.server.connection_for(cases[1]) is server_conn
+    # A second connection on the same ports from another address of the client: both found.
+    net.client.interfaces["eth1"] = other_addr
+    second = net.client.open(net.client_app, other_addr, SERVER_ADDR, SERVER_PORT, net.harness.now,
+                             local_port=conn.local_port)
+    net.harness.link("client", "eth1", "server", "eth1", ONE_WAY_S)
+    net.harness.run(0.5)
+    assert second.state is TcpState.ESTABLISHED
+    for p in cases + cases[::-1]:
+        assert net.server.connection_for(p) is lookup(p)
+    assert net.server.connection_for(cases[2]) is not server_conn is net.server.connection_for(cases[0])
+    net.server._drop(server_conn)
+    assert net.server.connection_for(cases[0]) is None and net.server.connection_for(cases[2]) is not None
+
+
 def test_open_refuses_foreign_address_and_busy_pair():
     net = make_net()
     with pytest.raises(LocalProtocolError):

@@ -29,6 +29,7 @@ from mpsim.proto.tcp import (
     SynDataMode,
     SynRetransmissionReceived,
     TcpConnection,
+    TcpExtension,
     TcpPolicy,
     TcpState,
     TimedOut,
@@ -39,10 +40,12 @@ from mpsim.wire.options import (
     NoOperation,
     SackPermitted,
     Timestamps,
+    UnknownOption,
     WindowScale,
     option_space_bytes,
 )
-from mpsim.wire.segment import IpPacket, TcpFlags, TcpSegment
+from mpsim.wire.mptcp import Dss
+from mpsim.wire.segment import IpPacket, TcpFlags, TcpSegment, encode_packet
 
 CLIENT_ADDR = IPv4Address("198.18.0.1")
 SERVER_ADDR = IPv4Address("198.18.0.2")
@@ -962,3 +965,48 @@ def test_linear_syn_timeouts_as_newer_linux_kernels_do():
     # Linux adds the linear count to the retry limit (tcp_write_timeout): 6 + 4 = 10 retransmissions,
     # so the exponential part runs on to 67 s (tests/proto/test_tcp_syn_give_up.py has the give-up).
     assert times == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 11.0, 19.0, 35.0, 67.0]
+
+
+# --- extension options beside the stamped Timestamps -------------------------------------------
+
+
+@dataclass
+class FixedOptions(TcpExtension):
+    """An extension that puts ``extra`` on every segment after the handshake."""
+
+    extra: tuple = ()
+
+    def options_for_segment(self, conn, seq, flags, payload):
+        return self.extra
+
+
+_DSS = Dss(data_ack=5, data_ack_64_bit=True)
+_FULL_DSS = Dss(data_ack=5, dsn=9, ssn=1, data_level_length_bytes=10, checksum=7, data_ack_64_bit=True,
+                dsn_64_bit=True)  # 28 bytes: with NOP NOP Timestamps exactly the 40 of a header
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ((), lambda ts: (NoOperation(), NoOperation(), ts)),
+    ((_DSS,), lambda ts: (NoOperation(), NoOperation(), ts, _DSS)),
+    ((_FULL_DSS,), lambda ts: (NoOperation(), NoOperation(), ts, _FULL_DSS)),
+    # Too long beside the Timestamps: they go (as Linux does with MPTCP + TFO, RFC 8684 appendix B).
+    ((UnknownOption(200, bytes(28)),), lambda ts: (NoOperation(), NoOperation(), UnknownOption(200, bytes(28)))),
+    # A Timestamps of the extension's own is stamped too; two options take the general path.
+    ((Timestamps(0, 0),), lambda ts: (NoOperation(), NoOperation(), ts, ts)),
+    ((_DSS, NoOperation()), lambda ts: (NoOperation(), NoOperation(), ts, _DSS, NoOperation())),
+], ids=["none", "dss", "dss-40-bytes", "too-long", "timestamps", "two"])
+def test_extension_options_follow_the_stamped_timestamps(extra, expected):
+    # The segments' options equal _stamp(_fit_options(base, extra)) in every case, whether the
+    # shared stamped base is reused (the one-option fast path) or a new tuple is stamped.
+    conn = TcpConnection.active(CLIENT_ADDR, CLIENT_PORT, SERVER_ADDR, SERVER_PORT, iss=CLIENT_ISS,
+                                policy=TcpPolicy(), now=0.0, extensions=(FixedOptions(),))
+    conn.receive(to_client(SERVER_ISS, CLIENT_ISS + 1, SYN | ACK,
+                           options=(MaximumSegmentSize(1460), Timestamps(77, 1))), 0.1)
+    conn.pull_packets()
+    conn.extensions[0].extra = extra
+    for now in (0.2, 0.2, 0.2005, 0.201):  # twice in one tick of the 1 kHz clock, then the next ticks
+        conn.send_ack(now)
+        (segment,) = segments(conn)
+        assert segment.options == expected(Timestamps(int(now * 1000), 77))
+        assert IpPacket(CLIENT_ADDR, SERVER_ADDR, segment).length_bytes == len(encode_packet(
+            IpPacket(CLIENT_ADDR, SERVER_ADDR, segment)))
