@@ -218,6 +218,9 @@ class LinkDirection:
         self._waiting_bytes = 0
         self._ids = itertools.count(1)
         self._light_arrived = self._arrive_light  # bound once: the callback of every LightArrival
+        #: A ``deliver`` known to pass light segments on along their route, as the LIGHT_FORWARDERS
+        #: do: a node's port that says so (set by Link). Replacing ``deliver`` ends it.
+        self.light_forwarder: Callable[[Any], None] | None = None
 
     def __repr__(self) -> str:
         return f"<LinkDirection {self.name}>"
@@ -410,10 +413,10 @@ class LinkDirection:
         if trace is not None and trace.record_packets:
             trace.packet(event.due_s, self, "delivered", packet, event.packet_id)
         deliver = self.deliver
-        if deliver in LIGHT_FORWARDERS:
-            packet.route.arrived_at(packet, event.due_s)
-        elif deliver is None:
+        if deliver is None:
             raise RuntimeError(f"link direction {self.name!r} delivered a packet but is connected to nothing")
+        if deliver is self.light_forwarder or deliver in LIGHT_FORWARDERS:
+            packet.route.arrived_at(packet, event.due_s)
         else:
             deliver(packet)
 
@@ -465,6 +468,8 @@ class Link:
             direction.link_name, direction.label = self.name, label
             direction.src_node, direction.dst_node, direction.dst_port = src.name, dst.name, dst_port
             direction.deliver = partial(dst.receive, dst_port)
+            if getattr(dst, "forwards_light_segments", False):  # a SimNode: the direction moves them on itself
+                direction.light_forwarder = direction.deliver
             if direction.trace is None:
                 direction.trace = trace
         a_node.attach(a_port, forward)

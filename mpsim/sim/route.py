@@ -203,6 +203,14 @@ class Route:
         segment.flow = self.legs[0]
         return self._sends[0](segment)
 
+    def send_light_at(self, segment: Segment, now: float) -> bool:
+        """:meth:`send`, ``now`` being ``env.now`` (a transfer passes the time it sends at, so
+        the first hop need not read the clock)."""
+        segment.route = self
+        segment.hop = 0
+        segment.flow = self.legs[0]
+        return self._sends_at[0](segment, now)
+
     def arrived(self, segment: Segment) -> None:
         """``segment`` reached the end of its current step: the next step, or the endpoint."""
         index = segment.hop + 1

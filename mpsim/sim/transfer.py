@@ -587,6 +587,17 @@ def _ignore(segment: Segment) -> None:
     """The ``receive`` of a reset subflow endpoint: whatever still arrives is dropped."""
 
 
+def _send_at(direction: Any, segment: Segment, now: float) -> None:
+    """Send ``segment`` on ``direction`` at ``now`` (``env.now``): a LinkDirection or Route takes
+    the time along (``send_light_at``: its first hop need not read ``env.now``, a property call
+    per segment); anything else with a direction's ``send`` just gets the segment."""
+    send_at = getattr(direction, "send_light_at", None)
+    if send_at is None:
+        direction.send(segment)
+    else:
+        send_at(segment, now)
+
+
 def deliver_segment(segment: Segment) -> None:
     """The ``deliver`` callback of every direction a transfer uses: hand the segment to its endpoint."""
     segment.dst_endpoint.receive(segment)
@@ -814,7 +825,7 @@ class _SubflowSender:
         segment.sent_s = now
         segment.payload = record.payload
         segment.mptcp = conn.mptcp_options
-        self.forward.send(segment)
+        _send_at(self.forward, segment, now)
         self.segments_sent += 1
         if self.state == _RECOVERY:
             self.prr_out += 1
@@ -2170,9 +2181,10 @@ class _SubflowReceiver:
         if blocks:
             size_bytes += SACK_BASE_BYTES + SACK_BLOCK_BYTES * len(blocks)
         data_ack = conn.data_rcv_nxt
-        self.backward.send(Segment(size_bytes, self.sender, self.subflow_id, 0, 0, self.rcv_nxt, blocks, 0,
-                                   data_ack, conn.window_bytes(self.rcv_ssthresh), FLAG_ACK, self.env.now, None,
-                                   self.mptcp))
+        now = self.env.now
+        _send_at(self.backward, Segment(size_bytes, self.sender, self.subflow_id, 0, 0, self.rcv_nxt, blocks, 0,
+                                        data_ack, conn.window_bytes(self.rcv_ssthresh), FLAG_ACK, now, None,
+                                        self.mptcp), now)
         self.acks_sent += 1
 
     def _on_delayed_ack(self, now: float) -> None:

@@ -238,19 +238,22 @@ def _queued_route_run(filters):
 
     def offer():
         for index, size_bytes in enumerate([1000, 600, 1500, 1000, 80, 1000, 700]):
-            offered.append(route.send(_segment(endpoint, size_bytes)))
+            offered.append(route.send_light_at(_segment(endpoint, size_bytes), env.now))  # as a transfer sends
             yield env.timeout(0.0004 * (index % 3))
 
     env.process(offer())
+    assert h2.light_forwarder is h2.deliver  # into a SimNode: the direction moves segments on itself
     env.run()
+    assert nodes[1].machine.received == []
     return (offered, [h.counters.packets_dropped_queue for h in (h1, h2, h3)],
             [h.counters.packets_delivered for h in (h1, h2, h3)], endpoint.arrivals)
 
 
 def test_segments_cross_queued_hops_alike_on_the_short_and_the_general_path():
     # LinkDirection.send_light_at (a direction's light segments, the arrival time passed on from
-    # hop to hop by Route.arrived_at) must give what the general path gives, to the last bit of
-    # every arrival time: the same drops at bounded queues, the same order, the same instants.
+    # hop to hop by Route.arrived_at, past forward_segment and a SimNode's port) must give what
+    # the general path gives, to the last bit of every arrival time: the same drops at bounded
+    # queues, the same order, the same instants.
     short = _queued_route_run(())
     general = _queued_route_run((_PassLight(),))
     assert short == general  # exactly, floats included
@@ -259,3 +262,18 @@ def test_segments_cross_queued_hops_alike_on_the_short_and_the_general_path():
     assert delivered == [6, 4, 4] and len(arrivals) == 4
     # The first by hand: 1 ms + 1.3 ms on h1, 3 ms + 2.1 ms on h2, 1000 * 8 / 13.6e6 s + 0.7 ms on h3.
     assert arrivals[0] == pytest.approx(0.0081 + 1000 * 8 / (RATE_BPS * 1.7))
+
+
+def test_a_replaced_deliver_is_called_again():
+    # A direction moves segments on itself only while its deliver is the one known to forward
+    # them: a gate put in front of a node's port (mpsim.sim.cpu) gets every segment.
+    env, machines, (h1, h2, h3) = _three_hops()
+    assert all(h.light_forwarder is h.deliver for h in (h1, h2, h3))
+    seen = []
+    inner = h2.deliver
+    h2.deliver = lambda packet: (seen.append(packet), inner(packet))
+    endpoint = Endpoint(env)
+    segment = _segment(endpoint)
+    Route("r", (h1, h2, h3), fold=False).send(segment)
+    env.run()
+    assert seen == [segment] and endpoint.arrivals == pytest.approx([0.008])
