@@ -105,7 +105,13 @@ class LightArrival(Event):
     """The arrival of a light segment sent by :meth:`LinkDirection.send_light_at`: a success
     from birth, like :class:`DueCall`, that carries the segment (``packet``, ``packet_id``) and
     its due time (``due_s``) to the direction's one bound callback, so no ``partial`` is made per
-    segment and hop. Built without ``__init__`` (see there)."""
+    segment and hop. Built without ``__init__`` (see there).
+
+    Once processed, its direction arms it again for a later segment (new callbacks, a new
+    ``env.schedule``) instead of making another event: no one else ever holds one (nothing
+    yields on it or waits for it), and SimPy's ``step`` is done with an event once its
+    callbacks have run (it reads the class's ``_ok`` only). Scheduling is unchanged, so the
+    order of events is too."""
 
     __slots__ = ("packet", "packet_id", "due_s")  # (env and callbacks: the instance dict, as any Event)
     _ok = True
@@ -218,6 +224,7 @@ class LinkDirection:
         self._waiting_bytes = 0
         self._ids = itertools.count(1)
         self._light_arrived = self._arrive_light  # bound once: the callback of every LightArrival
+        self._spare_arrivals: list[LightArrival] = []  # processed ones, to be armed again (send_light_at)
         #: A ``deliver`` known to pass light segments on along their route, as the LIGHT_FORWARDERS
         #: do: a node's port that says so (set by Link). Replacing ``deliver`` ends it.
         self.light_forwarder: Callable[[Any], None] | None = None
@@ -356,11 +363,17 @@ class LinkDirection:
         if self.jitter_s:
             arrival_s += self.rng.random() * self.jitter_s
         delay_s = arrival_s - now
-        # LightArrival(...) without a constructor call (a Python __init__ called from C costs
-        # more than the four stores): its env and callbacks as Event.__init__ sets them, then
-        # env.schedule as for any event. due_s is SimPy's own sum (env.now + delay).
-        event = _new_event(LightArrival)
-        event.env = env = self.env
+        # A LightArrival that has been processed is armed again (its callbacks, as Event.__init__
+        # sets them); else one is made without a constructor call (a Python __init__ called from
+        # C costs more than the stores). Then env.schedule as for any event; due_s is SimPy's own
+        # sum (env.now + delay).
+        env = self.env
+        spare = self._spare_arrivals
+        if spare:
+            event = spare.pop()
+        else:
+            event = _new_event(LightArrival)
+            event.env = env
         event.callbacks = [self._light_arrived]
         event.packet = segment
         event.packet_id = packet_id
@@ -406,17 +419,20 @@ class LinkDirection:
         """:meth:`_arrive` for a segment sent by :meth:`send_light_at`: a segment on its route
         moves on with the arrival time (``env.now``) at hand."""
         packet = event.packet
+        now = event.due_s
         counters = self.counters
         counters.packets_delivered += 1
         counters.bytes_delivered += packet.size_bytes
         trace = self.trace
         if trace is not None and trace.record_packets:
-            trace.packet(event.due_s, self, "delivered", packet, event.packet_id)
+            trace.packet(now, self, "delivered", packet, event.packet_id)
+        event.packet = None
+        self._spare_arrivals.append(event)  # read out and processed: free for a later segment
         deliver = self.deliver
         if deliver is None:
             raise RuntimeError(f"link direction {self.name!r} delivered a packet but is connected to nothing")
         if deliver is self.light_forwarder or deliver in LIGHT_FORWARDERS:
-            packet.route.arrived_at(packet, event.due_s)
+            packet.route.arrived_at(packet, now)
         else:
             deliver(packet)
 
