@@ -802,9 +802,6 @@ class _SubflowSender:
     def _emit(self, record: _TxRecord, now: float) -> None:
         conn = self.conn
         length = record.end - record.seq
-        # The sender's own advertised window: nothing flows towards it, so its idle receive
-        # buffer's first offer (both ends get the same buffer settings). Only captures read it; a
-        # zero here showed every data segment as a TCP ZeroWindow in Wireshark.
         receiver = self.receiver
         # Segment(...) written out, once per data segment sent: calling a Python class goes through
         # C into a fresh interpreter frame for __init__ (about a thousand instructions; a helper
@@ -820,6 +817,9 @@ class _SubflowSender:
         segment.sack_blocks = None
         segment.dsn = record.dsn
         segment.data_ack = 0
+        # The sender's own advertised window: nothing flows towards it, so its idle receive
+        # buffer's first offer (both ends get the same buffer settings). Only captures read it; a
+        # zero here showed every data segment as a TCP ZeroWindow in Wireshark.
         segment.window_bytes = receiver.conn.initial_window_bytes
         segment.flags = FLAG_ACK | FLAG_PSH
         segment.sent_s = now
