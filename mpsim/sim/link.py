@@ -326,11 +326,11 @@ class LinkDirection:
         on the time its segment arrived: reading ``env.now``, a property, costs a Python call).
 
         On a direction with nothing that filters, drops at random or records, the steps of
-        :meth:`send` without their tests, with :meth:`_depart` and DueCall's constructor written
-        out: every bulk segment takes this path once per hop, so each call saved here is one per
-        segment and hop. The arithmetic is :meth:`_depart`'s, operation for operation, and the
-        event is scheduled as DueCall schedules it, so times and the order of events stay bit
-        for bit. Anything else goes through :meth:`send`."""
+        :meth:`send` without their tests and without DueCall's constructor: every bulk segment
+        takes this path once per hop, so each call saved here is one per segment and hop. The
+        departure stays :meth:`_depart`'s (called, not copied: a direction may shape otherwise
+        with a ``_depart`` of its own), and the event is scheduled as DueCall schedules it, so
+        times and the order of events stay bit for bit. Anything else goes through :meth:`send`."""
         trace = self.trace
         if self._light_filters or type(self.loss) is not NoLoss or (trace is not None and trace.record_packets):
             return self.send(segment)
@@ -339,26 +339,11 @@ class LinkDirection:
         counters.packets_sent += 1
         counters.bytes_sent += size_bytes
         packet_id = next(self._ids)
-        rate_bps = self.rate_bps
-        if rate_bps is None:
-            arrival_s = now
-        else:
-            start_s = self.busy_until_s
-            if start_s > now:  # the link is busy: the packet waits in the queue
-                waiting = self._waiting
-                while waiting and waiting[0][0] <= now:  # _dequeue_started
-                    self._waiting_bytes -= waiting.popleft()[1]
-                limit_packets, limit_bytes = self.queue_limit_packets, self.queue_limit_bytes
-                if (limit_packets is not None and len(waiting) >= limit_packets) or \
-                        (limit_bytes is not None and self._waiting_bytes + size_bytes > limit_bytes):
-                    counters.packets_dropped_queue += 1
-                    counters.bytes_dropped_queue += size_bytes
-                    return False
-                waiting.append((start_s, size_bytes))
-                self._waiting_bytes += size_bytes
-            else:
-                start_s = now
-            arrival_s = self.busy_until_s = start_s + size_bytes * 8 / rate_bps
+        arrival_s = self._depart(now, size_bytes)
+        if arrival_s is None:
+            counters.packets_dropped_queue += 1
+            counters.bytes_dropped_queue += size_bytes
+            return False
         arrival_s += self.delay_s
         if self.jitter_s:
             arrival_s += self.rng.random() * self.jitter_s
@@ -405,7 +390,9 @@ class LinkDirection:
             return now
         start_s = self.busy_until_s if self.busy_until_s > now else now
         if start_s > now:  # the link is busy: the packet waits in the queue
-            self._dequeue_started(now)
+            waiting = self._waiting
+            while waiting and waiting[0][0] <= now:  # _dequeue_started, inlined (once per queued packet)
+                self._waiting_bytes -= waiting.popleft()[1]
             if self.queue_limit_packets is not None and len(self._waiting) >= self.queue_limit_packets:
                 return None
             if self.queue_limit_bytes is not None and self._waiting_bytes + size_bytes > self.queue_limit_bytes:
