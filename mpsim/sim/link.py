@@ -60,6 +60,10 @@ IPV6_MIN_MTU_BYTES = 1280
 #: light segments of :mod:`mpsim.sim.transfer` register themselves here (that module imports
 #: this one, not the other way round).
 LIGHT_PACKET_TYPES: set[type] = set()
+#: ``deliver`` callbacks that only pass a light segment on along its route
+#: (``segment.route.arrived``): :func:`mpsim.sim.route.forward_segment` registers itself. A
+#: direction that delivers to one moves the segment on itself, passing the arrival time.
+LIGHT_FORWARDERS: set[Callable[[Any], None]] = set()
 
 
 def packet_size_bytes(packet: Any) -> int:
@@ -104,6 +108,26 @@ class DueCall(Event):
         self.env = env
         self.callbacks = [callback]
         env.schedule(self, priority, delay_s)
+
+
+class LightArrival(Event):
+    """The arrival of a light segment sent by :meth:`LinkDirection.send_light_at`: a success
+    from birth, like :class:`DueCall`, that carries the segment (``packet``, ``packet_id``) and
+    its due time (``due_s``) to the direction's one bound callback, so no ``partial`` is made per
+    segment and hop. Built without ``__init__`` (see there).
+
+    Once processed, its direction arms it again for a later segment (new callbacks, a new
+    ``env.schedule``) instead of making another event: no one else ever holds one (nothing
+    yields on it or waits for it), and SimPy's ``step`` is done with an event once its
+    callbacks have run (it reads the class's ``_ok`` only). Scheduling is unchanged, so the
+    order of events is too."""
+
+    __slots__ = ("packet", "packet_id", "due_s")  # (env and callbacks: the instance dict, as any Event)
+    _ok = True
+    _value = None
+
+
+_new_event = object.__new__  # an Event is a plain object (no __new__ of its own)
 
 
 def schedule_call(env: simpy.Environment, delay_s: float, callback: Callable[[Event], None],
@@ -224,6 +248,11 @@ class LinkDirection:
             self._depart = self._depart_tbf  # type: ignore[method-assign]
         elif framing_bytes:
             self._depart = self._depart_framed  # type: ignore[method-assign]
+        self._light_arrived = self._arrive_light  # bound once: the callback of every LightArrival
+        self._spare_arrivals: list[LightArrival] = []  # processed ones, to be armed again (send_light_at)
+        #: A ``deliver`` known to pass light segments on along their route, as the LIGHT_FORWARDERS
+        #: do: a node's port that says so (set by Link). Replacing ``deliver`` ends it.
+        self.light_forwarder: Callable[[Any], None] | None = None
 
     def __repr__(self) -> str:
         return f"<LinkDirection {self.name}>"
@@ -265,24 +294,8 @@ class LinkDirection:
         if type(packet) in LIGHT_PACKET_TYPES and not self._light_filters and type(self.loss) is NoLoss \
                 and (trace is None or not trace.record_packets):
             # The bulk of all packets: a transfer's light segment on a direction with nothing that
-            # filters, drops at random or records it. The same steps as below, without their tests,
-            # and as _send_unfiltered, inlined here: one call less per segment of every bulk
-            # transfer (0.8 % of a bulk flow's instructions when it called the method).
-            size_bytes = packet.size_bytes
-            counters = self.counters
-            counters.packets_sent += 1
-            counters.bytes_sent += size_bytes
-            packet_id = next(self._ids)
-            arrival_s = self._depart(now, size_bytes)
-            if arrival_s is None:
-                counters.packets_dropped_queue += 1
-                counters.bytes_dropped_queue += size_bytes
-                return False
-            arrival_s += self.delay_s
-            if self.jitter_s:
-                arrival_s += self.rng.random() * self.jitter_s
-            DueCall(self.env, arrival_s - now, NORMAL, partial(self._arrive, packet, size_bytes, packet_id))
-            return True
+            # filters, drops at random or records it (the same conditions send_light_at checks).
+            return self.send_light_at(packet, now)
         if type(packet) is IpPacket and not self._filters and type(self.loss) is NoLoss \
                 and (trace is None or not trace.record_packets):
             # A negotiating machine's packet on such a direction: the same short path (a separate
@@ -333,6 +346,51 @@ class LinkDirection:
             accepted = True
         return accepted
 
+    def send_light_at(self, segment: Any, now: float) -> bool:
+        """:meth:`send` for a transfer's light segment, ``now`` being ``env.now`` (a route passes
+        on the time its segment arrived: reading ``env.now``, a property, costs a Python call).
+
+        On a direction with nothing that filters, drops at random or records, the steps of
+        :meth:`send` without their tests and without DueCall's constructor: every bulk segment
+        takes this path once per hop, so each call saved here is one per segment and hop. The
+        departure stays :meth:`_depart`'s (called, not copied: a direction may shape otherwise
+        with a ``_depart`` of its own), and the event is scheduled as DueCall schedules it, so
+        times and the order of events stay bit for bit. Anything else goes through :meth:`send`."""
+        trace = self.trace
+        if self._light_filters or type(self.loss) is not NoLoss or (trace is not None and trace.record_packets):
+            return self.send(segment)
+        size_bytes = segment.size_bytes
+        counters = self.counters
+        counters.packets_sent += 1
+        counters.bytes_sent += size_bytes
+        packet_id = next(self._ids)
+        arrival_s = self._depart(now, size_bytes)
+        if arrival_s is None:
+            counters.packets_dropped_queue += 1
+            counters.bytes_dropped_queue += size_bytes
+            return False
+        arrival_s += self.delay_s
+        if self.jitter_s:
+            arrival_s += self.rng.random() * self.jitter_s
+        delay_s = arrival_s - now
+        # A LightArrival that has been processed is armed again (its callbacks, as Event.__init__
+        # sets them); else one is made without a constructor call (a Python __init__ called from
+        # C costs more than the stores). Then env.schedule as for any event; due_s is SimPy's own
+        # sum (env.now + delay).
+        env = self.env
+        spare = self._spare_arrivals
+        if spare:
+            event = spare.pop()
+        else:
+            event = _new_event(LightArrival)
+            event.env = env
+        event.callbacks = [self._light_arrived]
+        event.packet = segment
+        event.packet_id = packet_id
+        event.due_s = now + delay_s
+        env.schedule(event, NORMAL, delay_s)
+        return True
+
     def _send_unfiltered(self, packet: Any, size_bytes: int, now: float) -> bool:
         """The light segments' short path of :meth:`send`, for a packet nothing filters, drops at
         random or records."""
@@ -357,7 +415,9 @@ class LinkDirection:
             return now
         start_s = self.busy_until_s if self.busy_until_s > now else now
         if start_s > now:  # the link is busy: the packet waits in the queue
-            self._dequeue_started(now)
+            waiting = self._waiting
+            while waiting and waiting[0][0] <= now:  # _dequeue_started, inlined (once per queued packet)
+                self._waiting_bytes -= waiting.popleft()[1]
             if self.queue_limit_packets is not None and len(self._waiting) >= self.queue_limit_packets:
                 return None
             if self.queue_limit_bytes is not None and self._waiting_bytes + size_bytes > self.queue_limit_bytes:
@@ -401,6 +461,26 @@ class LinkDirection:
             self._waiting_bytes += size_bytes
         self.busy_until_s = depart_s
         return depart_s
+    def _arrive_light(self, event: LightArrival) -> None:
+        """:meth:`_arrive` for a segment sent by :meth:`send_light_at`: a segment on its route
+        moves on with the arrival time (``env.now``) at hand."""
+        packet = event.packet
+        now = event.due_s
+        counters = self.counters
+        counters.packets_delivered += 1
+        counters.bytes_delivered += packet.size_bytes
+        trace = self.trace
+        if trace is not None and trace.record_packets:
+            trace.packet(now, self, "delivered", packet, event.packet_id)
+        event.packet = None
+        self._spare_arrivals.append(event)  # read out and processed: free for a later segment
+        deliver = self.deliver
+        if deliver is None:
+            raise RuntimeError(f"link direction {self.name!r} delivered a packet but is connected to nothing")
+        if deliver is self.light_forwarder or deliver in LIGHT_FORWARDERS:
+            packet.route.arrived_at(packet, now)
+        else:
+            deliver(packet)
 
     def _arrive(self, packet: Any, size_bytes: int, packet_id: int, _event: Event) -> None:
         self.counters.packets_delivered += 1
@@ -450,6 +530,8 @@ class Link:
             direction.link_name, direction.label = self.name, label
             direction.src_node, direction.dst_node, direction.dst_port = src.name, dst.name, dst_port
             direction.deliver = partial(dst.receive, dst_port)
+            if getattr(dst, "forwards_light_segments", False):  # a SimNode: the direction moves them on itself
+                direction.light_forwarder = direction.deliver
             if direction.trace is None:
                 direction.trace = trace
         a_node.attach(a_port, forward)

@@ -60,6 +60,10 @@ class SimNode:
         self._timer_generation = 0
         self._fires_at_instant = (None, 0)  # (instant, fires) to catch a machine that never moves on
 
+    #: receive() only passes a transfer's light segments on along their route, so a Link's direction
+    #: into this node does that itself, with the arrival time at hand (mpsim/sim/link.py).
+    forwards_light_segments = True
+
     def __repr__(self) -> str:
         return f"<SimNode {self.name}>"
 

@@ -42,7 +42,7 @@ from typing import Any
 
 from simpy.events import NORMAL
 
-from mpsim.sim.link import DueCall, LinkDirection
+from mpsim.sim.link import LIGHT_FORWARDERS, DueCall, LinkDirection
 from mpsim.sim.loss import NoLoss
 from mpsim.sim.transfer import Segment, deliver_segment
 
@@ -129,6 +129,9 @@ def forward_segment(segment: Segment) -> None:
     segment.route.arrived(segment)
 
 
+LIGHT_FORWARDERS.add(forward_segment)  # a direction delivering here calls Route.arrived_at itself
+
+
 def is_pure_delay(direction: LinkDirection) -> bool:
     """A direction with no queue, nothing that drops or reorders, and nothing that records."""
     trace = direction.trace
@@ -154,6 +157,10 @@ class FoldedHops:
             counters.bytes_sent += size_bytes
         DueCall(self.env, self.delay_s, NORMAL, partial(self._arrive, segment))
         return True
+
+    def send_light_at(self, segment: Segment, now: float) -> bool:
+        """:meth:`send` (which needs no time: its delay is fixed)."""
+        return self.send(segment)
 
     def _arrive(self, segment: Segment, _event: Any) -> None:
         size_bytes = segment.size_bytes
@@ -203,6 +210,7 @@ class Route:
         # have none, and arrived() then does no flow check at all.
         self._relabel = frozenset(k for k in range(1, len(step_legs)) if step_legs[k] is not step_legs[k - 1])
         self._sends = tuple(step.send for step in steps)  # bound once: one lookup less per hop
+        self._sends_at = tuple(step.send_light_at for step in steps)
         self.recording = any(hop.trace is not None and hop.trace.record_packets for hop in hops)
 
     def __repr__(self) -> str:
@@ -214,6 +222,14 @@ class Route:
         segment.hop = 0
         segment.flow = self.legs[0]
         return self._sends[0](segment)
+
+    def send_light_at(self, segment: Segment, now: float) -> bool:
+        """:meth:`send`, ``now`` being ``env.now`` (a transfer passes the time it sends at, so
+        the first hop need not read the clock)."""
+        segment.route = self
+        segment.hop = 0
+        segment.flow = self.legs[0]
+        return self._sends_at[0](segment, now)
 
     def arrived(self, segment: Segment) -> None:
         """``segment`` reached the end of its current step: the next step, or the endpoint."""
@@ -227,3 +243,17 @@ class Route:
             segment.flow = self.legs[index]
         segment.hop = index
         self._sends[index](segment)
+
+    def arrived_at(self, segment: Segment, now: float) -> None:
+        """:meth:`arrived`, ``now`` being ``env.now`` (passed on by a direction that delivers to
+        :func:`forward_segment`: the next hop need not read the clock)."""
+        index = segment.hop + 1
+        if index > self._last:
+            self.deliver(segment)
+            return
+        if index in self._relabel:
+            if self.recording:  # as in arrived()
+                segment = segment.copy()
+            segment.flow = self.legs[index]
+        segment.hop = index
+        self._sends_at[index](segment, now)

@@ -595,11 +595,25 @@ class Segment:
 
 
 _MASK64 = (1 << 64) - 1  # DSNs and Data ACKs in a capture: 64-bit
+#: Segment and _TxRecord built without their constructors on the per-packet path
+#: (_SubflowSender._emit, send_new): plain classes with slots and no __new__ of their own.
+_new_object = object.__new__
 LIGHT_PACKET_TYPES.add(Segment)  # links read its size_bytes directly
 
 
 def _ignore(segment: Segment) -> None:
     """The ``receive`` of a reset subflow endpoint: whatever still arrives is dropped."""
+
+
+def _send_at(direction: Any, segment: Segment, now: float) -> None:
+    """Send ``segment`` on ``direction`` at ``now`` (``env.now``): a LinkDirection or Route takes
+    the time along (``send_light_at``: its first hop need not read ``env.now``, a property call
+    per segment); anything else with a direction's ``send`` just gets the segment."""
+    send_at = getattr(direction, "send_light_at", None)
+    if send_at is None:
+        direction.send(segment)
+    else:
+        send_at(segment, now)
 
 
 def deliver_segment(segment: Segment) -> None:
@@ -806,13 +820,30 @@ class _SubflowSender:
     def _emit(self, record: _TxRecord, now: float) -> None:
         conn = self.conn
         length = record.end - record.seq
+        receiver = self.receiver
+        # Segment(...) written out, once per data segment sent: calling a Python class goes through
+        # C into a fresh interpreter frame for __init__ (about a thousand instructions; a helper
+        # function's call would cost more than half of that again). tests/sim/
+        # test_transfer_hot_path.py checks that this sets every slot the constructor sets.
+        segment = _new_object(Segment)
+        segment.size_bytes = self.data_header_bytes + length
+        segment.dst_endpoint = receiver
+        segment.subflow_id = self.subflow_id
+        segment.seq = record.seq
+        segment.payload_bytes = length
+        segment.ack = 0
+        segment.sack_blocks = None
+        segment.dsn = record.dsn
+        segment.data_ack = 0
         # The sender's own advertised window: nothing flows towards it, so its idle receive
         # buffer's first offer (both ends get the same buffer settings). Only captures read it; a
         # zero here showed every data segment as a TCP ZeroWindow in Wireshark.
-        own_window_bytes = self.receiver.conn.initial_window_bytes
-        self.forward.send(Segment(self.data_header_bytes + length, self.receiver, self.subflow_id, record.seq, length,
-                                  0, None, record.dsn, 0, own_window_bytes, FLAG_ACK | FLAG_PSH, now, record.payload,
-                                  conn.mptcp_options))
+        segment.window_bytes = receiver.conn.initial_window_bytes
+        segment.flags = FLAG_ACK | FLAG_PSH
+        segment.sent_s = now
+        segment.payload = record.payload
+        segment.mptcp = conn.mptcp_options
+        _send_at(self.forward, segment, now)
         self.segments_sent += 1
         if self.state == _RECOVERY:
             self.prr_out += 1
@@ -823,7 +854,18 @@ class _SubflowSender:
 
     def send_new(self, dsn: int, length: int, payload: memoryview | None, now: float, probe: bool = False) -> None:
         seq = self.snd_nxt
-        record = _TxRecord(seq, seq + length, dsn, payload, now)
+        # _TxRecord(seq, seq + length, dsn, payload, now) written out, as _emit writes its Segment
+        record = _new_object(_TxRecord)
+        record.seq = seq
+        record.end = seq + length
+        record.dsn = dsn
+        record.payload = payload
+        record.sent_s = now
+        record.sacked = False
+        record.lost = False
+        record.retrans = False
+        record.ever_retrans = False
+        record.rtx_high_seq = 0
         self.rtx.append(record)
         self.snd_nxt = seq + length
         self._emit(record, now)
@@ -2262,9 +2304,10 @@ class _SubflowReceiver:
         if blocks:
             size_bytes += SACK_BASE_BYTES + SACK_BLOCK_BYTES * len(blocks)
         data_ack = conn.data_rcv_nxt
-        self.backward.send(Segment(size_bytes, self.sender, self.subflow_id, 0, 0, self.rcv_nxt, blocks, 0,
-                                   data_ack, conn.window_bytes(self.rcv_ssthresh), FLAG_ACK, self.env.now, None,
-                                   self.mptcp))
+        now = self.env.now
+        _send_at(self.backward, Segment(size_bytes, self.sender, self.subflow_id, 0, 0, self.rcv_nxt, blocks, 0,
+                                        data_ack, conn.window_bytes(self.rcv_ssthresh), FLAG_ACK, now, None,
+                                        self.mptcp), now)
         self.acks_sent += 1
 
     def _on_delayed_ack(self, now: float) -> None:
@@ -2350,7 +2393,7 @@ class _ConnectionReceiver:
             self.right_edge = edge
         return self.right_edge - self.data_rcv_nxt
 
-    def _rcv_space_adjust(self, copied_seq: int) -> None:
+    def _rcv_space_adjust(self, copied_seq: int, now: float) -> None:
         """DRS on a read, ``copied_seq`` being the bytes the application has read. Plain TCP:
         Linux ``tcp_rcv_space_adjust`` (net/ipv4/tcp_input.c, 6.18): once an RTT (the receiver's
         estimate) has passed since the measure began, the bytes read in it less those still
@@ -2360,8 +2403,8 @@ class _ConnectionReceiver:
         taken at most once per RTT), no ``inq``; when the connection's buffer grows, every
         subflow's grows with the same measure (``tcp_rcvbuf_grow(ssk, copied)``). Simplified: the
         receiver's RTT estimate is the subflow sender's SRTT, where Linux measures the same round
-        trip from the timestamp echo (``tcp_rcv_rtt_measure_ts``)."""
-        now = self.env.now
+        trip from the timestamp echo (``tcp_rcv_rtt_measure_ts``). ``now`` is ``env.now`` (read
+        once by the caller: a property call per segment)."""
         elapsed_s = now - self.space_time_s
         space = self.space
         if self.mptcp:
@@ -2469,8 +2512,10 @@ class _ConnectionReceiver:
             payload = segment.payload
             self.sink.on_data(self, None if payload is None else payload[skip:] if skip else payload,
                               self.data_rcv_nxt - length, length)
-        elif self.env.now - self.space_time_s >= self.rcv_rtt_s:  # (MPTCP's early return, inlined)
-            self._rcv_space_adjust(self.data_rcv_nxt)  # the instant reader has read it
+        else:
+            now = self.env.now
+            if now - self.space_time_s >= self.rcv_rtt_s:  # (MPTCP's early return, inlined)
+                self._rcv_space_adjust(self.data_rcv_nxt, now)  # the instant reader has read it
         if self.data_rcv_nxt >= self.size_bytes and self.finish_s is None:
             self.finish_s = self.env.now
             self.done.succeed(self.finish_s)
@@ -2489,7 +2534,7 @@ class _ConnectionReceiver:
         advertised = self.right_edge - self.data_rcv_nxt
         self.unread_bytes -= length
         self.read_bytes += length
-        self._rcv_space_adjust(self.read_bytes)
+        self._rcv_space_adjust(self.read_bytes, self.env.now)
         first = self.subflow_receivers[0] if self.subflow_receivers else None
         if first is not None and 2 * advertised <= first.space.window_clamp_bytes:
             new_window = self.select_window_bytes(first.rcv_ssthresh)

@@ -455,3 +455,25 @@ def test_ip_packets_queue_drop_and_arrive_alike_on_both_paths(filters):
     assert (counters.packets_sent, counters.bytes_sent) == (5, 5000)
     assert (counters.packets_dropped_queue, counters.bytes_dropped_queue) == (2, 2000)
     assert (counters.packets_delivered, counters.bytes_delivered) == (3, 3000)
+
+
+def test_a_light_arrival_is_armed_again_for_later_segments():
+    # LinkDirection.send_light_at arms a processed LightArrival again rather than making a new
+    # event per segment: segments one after the other (each arrived before the next is sent)
+    # all ride one event, and arrive when and as they should.
+    env = simpy.Environment()
+    arrived = []
+    direction = LinkDirection(env, "d", delay_s=0.01, rate_bps=8e6,
+                              deliver=lambda segment: arrived.append((env.now, segment)))
+    segments = [_light_segment(1000 + i) for i in range(4)]
+
+    def offer():
+        for segment in segments:
+            direction.send(segment)
+            yield env.timeout(0.02)
+
+    env.process(offer())
+    env.run()
+    assert [s for _, s in arrived] == segments
+    assert [t for t, _ in arrived] == pytest.approx([0.02 * i + 0.01 + (1000 + i) * 8 / 8e6 for i in range(4)])
+    assert len(direction._spare_arrivals) == 1  # one event for all four

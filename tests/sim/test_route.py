@@ -207,3 +207,73 @@ def test_bad_routes_are_refused_with_a_clear_message():
         Route("r", [])
     with pytest.raises(ValueError, match="one flow per hop"):
         Route("r", [d], legs=[])
+
+
+
+class _PassLight:
+    """Passes everything, light segments included: it puts a hop on the general path of
+    LinkDirection.send (no arrival time passed on; the node or forward_segment moves segments on)."""
+
+    accepts_light_segments = True
+
+    def __call__(self, packet, now):
+        return [packet]
+
+
+def _queued_route_run(filters):
+    """Seven segments offered over 1.2 ms to three rated hops, h1 bounded at 3 packets, h2 (to a
+    SimNode, through a Link) at 2,500 bytes; returns what was accepted, dropped, delivered, and
+    the arrival instants."""
+    env = simpy.Environment()
+    nodes = [SimNode(env, name, Recorder()) for name in ("r1", "r2")]
+    h1 = LinkDirection(env, "h1", delay_s=0.0013, rate_bps=RATE_BPS, queue_limit_packets=3, filters=filters,
+                       deliver=forward_segment)
+    h2 = LinkDirection(env, "h2", delay_s=0.0021, rate_bps=RATE_BPS / 3, queue_limit_bytes=2500, filters=filters)
+    h3 = LinkDirection(env, "h3", delay_s=0.0007, rate_bps=RATE_BPS * 1.7, filters=filters,
+                       deliver=forward_segment)
+    Link(env, nodes[0], "out", nodes[1], "in", forward=h2, backward=LinkDirection(env, "h2-back", delay_s=0.001))
+    endpoint = Endpoint(env)
+    route = Route("r", (h1, h2, h3), fold=False)
+    offered = []
+
+    def offer():
+        for index, size_bytes in enumerate([1000, 600, 1500, 1000, 80, 1000, 700]):
+            offered.append(route.send_light_at(_segment(endpoint, size_bytes), env.now))  # as a transfer sends
+            yield env.timeout(0.0004 * (index % 3))
+
+    env.process(offer())
+    assert h2.light_forwarder is h2.deliver  # into a SimNode: the direction moves segments on itself
+    env.run()
+    assert nodes[1].machine.received == []
+    return (offered, [h.counters.packets_dropped_queue for h in (h1, h2, h3)],
+            [h.counters.packets_delivered for h in (h1, h2, h3)], endpoint.arrivals)
+
+
+def test_segments_cross_queued_hops_alike_on_the_short_and_the_general_path():
+    # LinkDirection.send_light_at (a direction's light segments, the arrival time passed on from
+    # hop to hop by Route.arrived_at, past forward_segment and a SimNode's port) must give what
+    # the general path gives, to the last bit of every arrival time: the same drops at bounded
+    # queues, the same order, the same instants.
+    short = _queued_route_run(())
+    general = _queued_route_run((_PassLight(),))
+    assert short == general  # exactly, floats included
+    offered, dropped, delivered, arrivals = short
+    assert offered == [True, True, True, True, True, True, False] and dropped == [1, 2, 0]
+    assert delivered == [6, 4, 4] and len(arrivals) == 4
+    # The first by hand: 1 ms + 1.3 ms on h1, 3 ms + 2.1 ms on h2, 1000 * 8 / 13.6e6 s + 0.7 ms on h3.
+    assert arrivals[0] == pytest.approx(0.0081 + 1000 * 8 / (RATE_BPS * 1.7))
+
+
+def test_a_replaced_deliver_is_called_again():
+    # A direction moves segments on itself only while its deliver is the one known to forward
+    # them: a gate put in front of a node's port (mpsim.sim.cpu) gets every segment.
+    env, machines, (h1, h2, h3) = _three_hops()
+    assert all(h.light_forwarder is h.deliver for h in (h1, h2, h3))
+    seen = []
+    inner = h2.deliver
+    h2.deliver = lambda packet: (seen.append(packet), inner(packet))
+    endpoint = Endpoint(env)
+    segment = _segment(endpoint)
+    Route("r", (h1, h2, h3), fold=False).send(segment)
+    env.run()
+    assert seen == [segment] and endpoint.arrivals == pytest.approx([0.008])
