@@ -184,7 +184,8 @@ def targets(reports: dict[str, dict]) -> list[str]:
 
 def figure_bands(job: str) -> dict[str, float]:
     """The targets of :func:`targets` as the figure's tolerance bands (a job of lossy variants ends in "_loss")."""
-    return {"setup_rtts": 0.05, "first_byte_rtts": 0.05, "goodput": 0.15 if job.endswith("_loss") else 0.05}
+    lossy = 0.15 if job.endswith("_loss") else 0.05
+    return {"setup_rtts": 0.05, "first_byte_rtts": 0.05, "goodput": lossy, "goodput_paired": lossy}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -197,8 +197,10 @@ class Report:
 #: The band drawn around the model where no tolerance is given: the reference the benchmark's
 #: report counts against for times and loss-free goodput (docs/kernel-world.md, "Comparing").
 DEFAULT_BAND = 0.05
-_METRIC_TITLES = {"setup_rtts": "setup time", "first_byte_rtts": "first-byte time", "goodput": "goodput"}
-_METRIC_UNITS = {"setup_rtts": "RTTs", "first_byte_rtts": "RTTs", "goodput": "Mbit/s"}
+_METRIC_TITLES = {"setup_rtts": "setup time", "first_byte_rtts": "first-byte time", "goodput": "goodput",
+                  "goodput_paired": "goodput per run, same loss draws"}
+_METRIC_UNITS = {"setup_rtts": "RTTs", "first_byte_rtts": "RTTs", "goodput": "Mbit/s",
+                 "goodput_paired": "kernel / model per run (model 1)"}
 
 
 def _values_text(r: Row) -> str:

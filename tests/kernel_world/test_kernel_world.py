@@ -373,6 +373,24 @@ def test_compare_figure_has_a_row_per_variant_and_marks_what_fails():
     assert (sizes[40][1] - sizes[10][1]) / 30 >= 0.2  # each row at least 0.2 in high: 7-point labels fit
 
 
+def test_compare_figure_draws_the_paired_goodput_of_lossy_variants():
+    """A lossy variant's goodput_paired row (kernel / model per run index, the model column 1) gets a
+    panel of its own, as the other relative metrics do."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    report = _synthetic_report(3)
+    report.rows.append(compare.Row("v00", "goodput_paired", 1.0, 0.8, 0.7, 1.1, 0.2, 3))
+    fig = compare.report_figure(report, {"goodput_paired": 0.15})
+    paired = next(ax for ax in fig.axes if ax.get_title().startswith("goodput per run"))
+    assert "band ±15%" in paired.get_title()
+    dots = [(round(line.get_xdata()[0], 6), line.get_color()) for line in paired.lines if len(line.get_xdata()) == 1]
+    assert dots == [(-0.2, "tab:red")]  # 0.8 / 1 - 1, outside the band
+    plt.close(fig)
+
+
 def test_skip_unbuildable_with_nothing_left_is_refused_by_name(capsys):
     status = main(["run", CI_SCENARIO, "--on", "kernel", "--skip-unbuildable",
                    "--set", "client.scheme=syn-payload-eol"])
