@@ -20,9 +20,7 @@ lateness). Writes ``benchmarks/results/path_latency.{md,json}``:
 It holds for this machine under its load (recorded); another machine needs its own run.
 """
 
-import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -119,21 +117,9 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="benchmarks/path_latency.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
-    args = parser.parse_args(argv)
-    try:
-        result = calibrate(args.runs, progress=lambda line: print(line, file=sys.stderr, flush=True))
-    except kernel_world.KernelWorldError as err:
-        print(f"path_latency: {err}", file=sys.stderr)
-        return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / "path_latency"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
-    return 0
+    from proxy_calibration import calibration_main  # a sibling script: benchmarks/ is sys.path[0]
+
+    return calibration_main("path_latency", __doc__, 5, calibrate, markdown, argv)
 
 
 if __name__ == "__main__":

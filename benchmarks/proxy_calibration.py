@@ -98,22 +98,29 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="benchmarks/proxy_calibration.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=8)
+def calibration_main(name: str, doc: str, default_runs: int, calibrate_runs, markdown_of,
+                     argv: list[str] | None) -> int:
+    """The command line both calibrations share (this one and benchmarks/path_latency.py):
+    ``--runs N --out DIR``, progress on stderr, ``DIR/<name>.json`` and ``.md`` written."""
+    parser = argparse.ArgumentParser(prog=f"benchmarks/{name}.py", description=doc.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=default_runs)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     try:
-        result = calibrate(args.runs, progress=lambda line: print(line, file=sys.stderr, flush=True))
+        result = calibrate_runs(args.runs, progress=lambda line: print(line, file=sys.stderr, flush=True))
     except kernel_world.KernelWorldError as err:
-        print(f"proxy_calibration: {err}", file=sys.stderr)
+        print(f"{name}: {err}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / "proxy_calibration"
+    stem = args.out / name
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    stem.with_suffix(".md").write_text(markdown_of(result))
+    print(markdown_of(result))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return calibration_main("proxy_calibration", __doc__, 8, calibrate, markdown, argv)
 
 
 if __name__ == "__main__":
