@@ -158,9 +158,6 @@ def test_drs_grows_the_buffer_once_per_rtt_from_what_was_read():
     assert abs(space.rcvbuf_bytes - 2535833) < 0.2 * 2535833
 
 
-@pytest.mark.xfail(strict=True, reason="not modelled yet: tcp_grow_window's quick ACK needs the receiver's "
-                   "pingpong mode with it (docs/sim.md, 'What the model simplifies'; docs/kernel-facts.md, "
-                   "'Receive window')")
 def test_a_segment_that_grows_rcv_ssthresh_is_acked_at_once():
     """Linux 6.18 ``tcp_grow_window`` (net/ipv4/tcp_input.c) arms a quick ACK whenever it grows
     rcv_ssthresh (``icsk_ack.quick |= 1``); ``__tcp_ack_snd_check`` then sends that segment's ACK
@@ -170,11 +167,8 @@ def test_a_segment_that_grows_rcv_ssthresh_is_acked_at_once():
     room 17832; a 2304-byte truesize gives 1440 <= 1448 of window, so each segment adds
     2 x advmss = 2896: segments 1-6 take rcv_ssthresh to 81464, segment 7 the last 456 (81920).
     So segments 1-7 are ACKed one by one; from segment 8 rcv_ssthresh is at the clamp and the
-    rule is one ACK per more than rcv_mss received: after 9 and 11. The model today ACKs after 2,
-    4, 6, 8, 10 (strict xfail: an implementation makes this test fail until the mark goes). Linux
-    ignores the armed quick ACK while the socket is in pingpong mode (the kernel world's plain TCP
-    download receiver, which sends 13 bytes right after the response header), so the two go in
-    together: docs/kernel-facts.md, "Receive window"."""
+    rule is one ACK per more than rcv_mss received: after 9 and 11 (without the quick ACK: after 2,
+    4, 6, 8, 10). docs/kernel-facts.md, "Receive window"."""
     env = simpy.Environment()
     transfer = BulkTransfer(env, [one_path(env)], 200 * MSS)
     receiver = transfer.sender.subflows[0].receiver
@@ -190,3 +184,35 @@ def test_a_segment_that_grows_rcv_ssthresh_is_acked_at_once():
     assert ssthresh == [64088 + 2896 * k for k in range(1, 7)] + [81920] * 5
     assert [s.ack // MSS for s in sink.sent] == [1, 2, 3, 4, 5, 6, 7, 9, 11]
     assert receiver.quickacks_left == 0
+
+
+def test_pingpong_mode_holds_the_quick_acks_until_a_delayed_ack_or_a_duplicate():
+    """Linux 6.18: ``tcp_in_quickack_mode`` is false in pingpong mode (a socket that sent data within
+    ato of a receive: the kernel world's receivers answer a request before the bulk), so the quick
+    ACK ``tcp_grow_window`` arms waits; ``tcp_delack_timer_handler`` leaves pingpong mode when a
+    delayed ACK had to wait for its timer, and ``tcp_data_queue`` runs
+    ``tcp_enter_quickack_mode(sk, TCP_MAX_QUICKACKS)`` for a segment wholly below rcv_nxt (leave
+    pingpong mode; quick = min(rcv_wnd / (2 rcv_mss), 16)). Hand-worked on the fresh socket of
+    the test above (its own segments 1 s away): segments 1-3 grow rcv_ssthresh but only 2 is ACKed
+    (one ACK per more than rcv_mss); 3 waits for the 40 ms timer, which ends pingpong mode; 4 and 5
+    still grow rcv_ssthresh (to 78568) and are ACKed at once."""
+    env = simpy.Environment()
+    transfer = BulkTransfer(env, [one_path(env, one_way_delay_s=1.0)], 200 * MSS, receiver_pingpong=True)
+    receiver = transfer.sender.subflows[0].receiver
+    assert receiver.pingpong and receiver.quickacks_left == 16  # held, not used
+    sink = Sink()
+    receiver.backward = sink
+    for k in range(3):
+        receiver.receive(data(receiver, k * MSS, MSS))
+    assert [s.ack // MSS for s in sink.sent] == [2]
+    env.run(until=0.041)
+    assert [(s.ack // MSS, round(s.sent_s, 3)) for s in sink.sent] == [(2, 0.0), (3, 0.04)]
+    assert not receiver.pingpong
+    for k in range(3, 5):
+        receiver.receive(data(receiver, k * MSS, MSS))
+    assert [s.ack // MSS for s in sink.sent] == [2, 3, 4, 5] and receiver.rcv_ssthresh == 64088 + 5 * 2896
+    # A duplicate in pingpong mode: out of it, 16 quick ACKs (the window, about 78 KB, holds
+    # 27 x 2 rcv_mss), the duplicate's own ACK at once.
+    receiver.pingpong, receiver.quickacks_left = True, 0
+    receiver.receive(data(receiver, 0, MSS))
+    assert not receiver.pingpong and receiver.quickacks_left == 16 and sink.sent[-1].ack == 5 * MSS
