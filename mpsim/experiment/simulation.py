@@ -806,6 +806,10 @@ class Simulation:
         transfer = BulkTransfer(self.env, paths, spec.size_bytes, cc=cc, coupled=coupled, mptcp=multipath,
                                 snd_buf_bytes=spec.snd_buf_bytes, rcv_buf_bytes=spec.rcv_buf_bytes,
                                 buffers=spec.buffers.value, addresses=addresses, handshake_rtt_sample=True,
+                                # the request/response before the bulk: the receiver answered at once
+                                # (download: the client's 13 bytes after the response header; upload:
+                                # the server's response), pingpong mode (docs/kernel-facts.md)
+                                receiver_pingpong=True,
                                 # the client opens the further subflows (MP_JOIN) on its SYN timers
                                 joins_from="receiver" if spec.direction is Direction.DOWNLOAD else "sender",
                                 syn_policy=self.client.policy, kernel_hz=spec.kernel_hz,

@@ -2022,6 +2022,11 @@ class _SubflowReceiver:
         self.sender = sender
         self.delayed_ack_s = delayed_ack_s
         self.quickacks_left = quickack_segments
+        self.quickack_max = quickack_segments
+        # Linux pingpong mode (inet_csk_in_pingpong_mode): a socket that sent data within ato of a
+        # receive ignores quick-ACK mode (``tcp_in_quickack_mode``); BulkTransfer(receiver_pingpong)
+        # starts the initial subflow's receiver so, after the application's request/response.
+        self.pingpong = False
         self.local_ip, self.remote_ip, self.local_port, self.remote_port = local_ip, remote_ip, local_port, remote_port
         self.mptcp = conn.mptcp
         self.sack_capacity = sack_capacity(conn.mptcp)
@@ -2079,7 +2084,7 @@ class _SubflowReceiver:
                 immediate = True
             elif ooo:
                 immediate = True  # Linux ACKs every segment while out-of-order data is held
-            elif self.quickacks_left > 0:
+            elif self.quickacks_left > 0 and not self.pingpong:
                 self.quickacks_left -= 1
                 immediate = True
             else:
@@ -2102,7 +2107,7 @@ class _SubflowReceiver:
         ``tcp_dec_quickack_mode``)."""
         if self.rcv_nxt - self.rcv_wup > self.rcv_mss:
             return True
-        if self.quickacks_left > 0:
+        if self.quickacks_left > 0 and not self.pingpong:
             self.quickacks_left -= 1
             return True
         return False
@@ -2181,7 +2186,12 @@ class _SubflowReceiver:
         whose truesize the window could hold, up to the clamp and the free buffer
         (``tcp_space``; an MPTCP subflow's own buffer, which holds nothing: the data moves to
         the connection at once). Segments whose truesize overhead is worse take the slow check
-        (``__tcp_grow_window``). Not modelled: the quick-ACK it arms, memory pressure."""
+        (``__tcp_grow_window``). A growth arms a quick ACK (``icsk_ack.quick |= 1``): the
+        segment's ACK goes at once unless the receiver is in pingpong mode, so in slow start,
+        while DRS keeps room above rcv_ssthresh, every segment is ACKed (ACK trains 1.2 ms apart at
+        10 Mbit/s, which HyStart's ACK-train test sees). Not modelled: ``__tcp_select_window``
+        clearing quick-ACK mode when less than half the buffer is free (tried: no change on the
+        10 + 3 and converter variants), memory pressure."""
         space = self.space
         room = space.window_clamp_bytes - self.rcv_ssthresh
         if not self.mptcp:
@@ -2206,6 +2216,7 @@ class _SubflowReceiver:
                 window >>= 1
         if incr:
             self.rcv_ssthresh += min(room, max(incr, 2 * length))
+            self.quickacks_left |= 1  # icsk_ack.quick |= 1: this segment's ACK goes at once
 
     def _receive_overlapping(self, segment: Segment) -> int | None:
         """A segment out of order, or overlapping data received already (a retransmission of a
@@ -2219,6 +2230,7 @@ class _SubflowReceiver:
         rcv_nxt = self.rcv_nxt
         if end <= rcv_nxt:
             self.duplicate_segments += 1
+            self._enter_quickack_mode()
             return None
         left = seq if seq > rcv_nxt else rcv_nxt
         pieces = _add_range(self.ooo, left, end)
@@ -2310,7 +2322,21 @@ class _SubflowReceiver:
                                         self.mptcp), now)
         self.acks_sent += 1
 
+    def _enter_quickack_mode(self) -> None:
+        """Linux ``tcp_enter_quickack_mode(sk, TCP_MAX_QUICKACKS)`` (net/ipv4/tcp_input.c, 6.18),
+        run by ``tcp_data_queue`` for a segment wholly below rcv_nxt (a retransmission the receiver
+        had: DelayedACKLost): leave pingpong mode, and ACK the next rcv_wnd / (2 rcv_mss) segments
+        (at least 2, at most 16: ``tcp_incr_quickack``) at once."""
+        self.pingpong = False
+        conn = self.conn
+        quickacks = (conn.right_edge - conn.data_rcv_nxt) // (2 * self.rcv_mss) or 2
+        quickacks = min(quickacks, self.quickack_max)
+        if quickacks > self.quickacks_left:
+            self.quickacks_left = quickacks
+
     def _on_delayed_ack(self, now: float) -> None:
+        # tcp_delack_timer_handler: a delayed ACK that had to wait for the timer ends pingpong mode
+        self.pingpong = False
         self.send_ack()
 
 
@@ -2864,6 +2890,9 @@ class BulkTransfer:
     path, the first entry 0: when its join starts, or with ``join_handshake=False`` when it
     starts established). ``kernel_hz``: the sending kernel's CONFIG_HZ (100, 250, 300 or 1000;
     default 250), the jiffy rate of Linux CUBIC (:class:`~mpsim.sim.congestion.Cubic`).
+    ``receiver_pingpong``: the receiving application answered soon after a receive before the
+    bulk (a request/response exchange), so its initial subflow starts in Linux's pingpong mode and
+    sends no quick ACKs until a delayed ACK waits for its timer or a duplicate arrives.
     ``payload``: optional bytes of length ``size_bytes`` carried for real, so the receiver can
     hash what it delivers (slower; for tests and pcaps). ``addresses``: per path, the (sender,
     receiver) IP addresses its packets carry, all IPv4 or all IPv6 (the header accounting follows;
@@ -2895,7 +2924,7 @@ class BulkTransfer:
                  source: Any = None, sink: Any = None,
                  addresses: Sequence[tuple[IPv4Address | IPv6Address, IPv4Address | IPv6Address]] | None = None,
                  mptcp_keys: tuple[int, int] | None = None, join_rng: Any = None,
-                 handshake_rtt_sample: bool = False) -> None:
+                 handshake_rtt_sample: bool = False, receiver_pingpong: bool = False) -> None:
         paths = list(paths)
         if not paths:
             raise ValueError("a transfer needs at least one path")
@@ -3001,6 +3030,12 @@ class BulkTransfer:
                 schedule_call(env, starts_s[index], lambda _event, sf=subflow: self.sender.activate(sf, env.now))
             self.joins.append(join)
         self.receiver.subflow_receivers = [s.receiver for s in self.sender.subflows]
+        if type(receiver_pingpong) is not bool:
+            raise ValueError(f"receiver_pingpong must be True or False, got {receiver_pingpong!r}")
+        # The receiving application answered within the delayed-ACK timeout of a receive before the
+        # bulk (the request/response exchange): its socket, the initial subflow, is in pingpong
+        # mode (Linux tcp_event_data_sent; docs/kernel-facts.md, "Receive window").
+        self.sender.subflows[0].receiver.pingpong = receiver_pingpong
         if handshake_rtt_sample:
             # The negotiated connection's handshake gave the sender an RTT sample (Linux
             # tcp_ack_update_rtt on the SYN-ACK, tcp_synack_rtt_meas on the third ACK), as a

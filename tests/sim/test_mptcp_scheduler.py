@@ -321,14 +321,15 @@ def test_stale_count_marks_a_subflow_stale_after_stale_loss_cnt_periods_and_an_a
 
 def test_a_counting_subflow_adds_nothing_to_the_mptcp_timer_interval(distribution_kernel_skbs):
     # mptcp_timeout_from_subflow: a subflow with stale_count > 0 contributes 0 to msk->timer_ival.
-    # A on a 100 ms path (RTO armed for 1 s, no sample), B on a 10 ms one: at t = 0.5 s both
-    # have transmit timers pending; A's runs longer. Counting A, the interval is B's time left.
+    # A on a 100 ms path (RTO armed for 1 s, no sample), B on a 10 ms one: at t = 0.3 s both
+    # have transmit timers pending (B, whose receiver ACKs every segment that grows its
+    # window, is idle by 0.35 s); A's runs longer. Counting A, the interval is B's time left.
     env = simpy.Environment()
     paths = [path(env, "a", 10e6, 0.1, loss=DropData()), path(env, "b", 10e6, 0.01)]
     transfer = BulkTransfer(env, paths, MIB, mptcp=True, join_handshake=False, rcv_buffers="pinned")
     sender = transfer.sender
     a, b = sender.subflows
-    env.run(until=0.5)
+    env.run(until=0.3)
     left_a, left_b = a.rto_timer.deadline_s - env.now, b.rto_timer.deadline_s - env.now
     assert left_a > left_b > 0
     sender.select_subflow()
@@ -348,16 +349,17 @@ def test_a_dead_path_goes_stale_at_the_fifth_mptcp_timeout_and_its_data_is_sent_
     #  1st, 1 s: A's count 1 (its stamp recorded); B busy, nothing re-sent;
     #  2nd-3rd: counts 2-3; B is busy at each (it has data in flight), so the head fragment is
     #       not re-sent on it (__mptcp_retrans wants a subflow with nothing in flight);
-    #  4th: count 4; with B's cwnd at 40 (read from the run, not worked by hand: cwnd grows on
-    #       cumulative ACKs only and HyStart's rounds start at the first ACK) B's buffer is
-    #       2 x 40 x 4352 = 348160, A's 87040, so the send head stopped at 87040 + 348160 = 435200
-    #       (the msk buffer over DATA_ACK 0), and B, holding 435200 - 66740 bytes, has sent and
+    #  4th: count 4; with B's cwnd at 37 (read from the run, not worked by hand: cwnd grows on
+    #       cumulative ACKs only, HyStart's rounds start at the first ACK, and B's receiver ACKs
+    #       every segment that grows its rcv_ssthresh) B's buffer is 2 x 37 x 4352 = 322048, A's
+    #       87040, so the send head stopped at 87040 + 322048 = 409088
+    #       (the msk buffer over DATA_ACK 0), and B, holding 409088 - 66740 bytes, has sent and
     #       got ACKs for all of them: idle, it takes the head fragment 0-32768 again, and the
     #       DATA_ACK moves to 32768 (A's data from there is still missing);
     #  5th: count 5 > stale_loss_cnt 4, and B (count below 3) is an alternative: A is stale and
     #       everything not DATA_ACKed is marked unsent and pushed again on B
     #       (__mptcp_retransmit_pending_data, __mptcp_push_pending): the send head had reached
-    #       32768 + 435200, so 435200 bytes are re-sent. B's copy of 32768-66740 fills the hole
+    #       32768 + 409088, so 409088 bytes are re-sent. B's copy of 32768-66740 fills the hole
     #       and the DATA_ACK jumps over the re-sent send head, which skips to it
     #       (__mptcp_clean_una) instead of re-sending acknowledged data.
     # Each byte reaches the application once, in order; A never recovers (no ACK ever comes).
@@ -385,9 +387,9 @@ def test_a_dead_path_goes_stale_at_the_fifth_mptcp_timeout_and_its_data_is_sent_
     assert [e[4] for e in expiries[:5]] == [False, False, False, False, True]
     assert [e[5] for e in expiries[:4]] == [0, 0, 0, 32768]
     now, (data_una, snd_nxt, reinjected, b_sndbuf), _, b_count, _, after = expiries[4]
-    assert b_sndbuf == 2 * 40 * 4352 == 348160  # the distribution kernel's skb sizes (fixture)
-    assert (data_una, snd_nxt, reinjected) == (32768, 32768 + 87040 + 348160, 32768)
-    assert b_count < 3 and after - reinjected == 435200
+    assert b_sndbuf == 2 * 37 * 4352 == 322048  # the distribution kernel's skb sizes (fixture)
+    assert (data_una, snd_nxt, reinjected) == (32768, 32768 + 87040 + 322048, 32768)
+    assert b_count < 3 and after - reinjected == 409088
     assert record.subflows_stale == 1 and record.subflows_recovered == 0
     assert not sender.usable(a) and record.subflow_bytes[0] == 0
 

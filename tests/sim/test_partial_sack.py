@@ -17,7 +17,7 @@ from mpsim.proto.catalogue import MIDDLEBOXES
 from mpsim.proto.middlebox import PASS, Site
 from mpsim.sim.light_filter import wrap_box
 from mpsim.sim.link import LinkDirection
-from mpsim.sim.transfer import FLAG_ACK, FLAG_PSH, BulkTransfer, Segment
+from mpsim.sim.transfer import FLAG_ACK, FLAG_PSH, BulkTransfer, Segment, measured_scaling_ratio
 
 MSS = 1448
 HALF = MSS // 2  # 724: what split-data makes of a full segment
@@ -39,6 +39,15 @@ def one_path_transfer(size_bytes=20 * MSS, payload=None):
     f = LinkDirection(env, "f", delay_s=0.01, rate_bps=10e6)
     b = LinkDirection(env, "b", delay_s=0.01, rate_bps=10e6)
     return env, BulkTransfer(env, [(f, b)], size_bytes, payload=payload)
+
+
+def at_its_clamp(receiver):
+    """Give a fresh receiver the ratio its full segments measure and rcv_ssthresh at the clamp
+    that follows: no window growth, whose quick ACK (tcp_grow_window; tests/sim/test_receive_window.py)
+    would send each segment's ACK at once, so the traces here show the other ACK rules alone."""
+    receiver.scaling_ratio = measured_scaling_ratio(receiver.full_segment_bytes)
+    receiver.space.set_ratio(receiver.scaling_ratio)
+    receiver.rcv_ssthresh = receiver.space.window_clamp_bytes
 
 
 def data(receiver, seq, length, payload=None):
@@ -153,6 +162,7 @@ def test_split_traffic_is_acked_every_two_parts_as_linux_measures_rcv_mss():
     sink = Sink()
     receiver.backward = sink
     receiver.quickacks_left = 0
+    at_its_clamp(receiver)
     # Hand-worked (tcp_measure_rcv_mss, __tcp_ack_snd_check: ACK when rcv_nxt - rcv_wup > rcv_mss):
     # full segments: rcv_mss 536 -> 1448, an ACK every second segment.
     for i in range(4):

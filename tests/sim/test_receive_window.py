@@ -5,12 +5,14 @@ kernel world's veths (Linux 6.18, 10 Mbit/s, 40 ms RTT)."""
 
 from __future__ import annotations
 
+import pytest
 import simpy
 
 from mpsim.sim.link import LinkDirection
 from mpsim.sim.transfer import (BulkTransfer, _ReceiveSpace, measured_scaling_ratio, space_from_win,
                                 win_from_space)
 from mpsim.wire.segment import decode_packet, encode_packet
+from tests.sim.test_partial_sack import Sink, data
 from tests.sim.test_transfer import Tap
 
 MIB = 1024 * 1024
@@ -154,3 +156,63 @@ def test_drs_grows_the_buffer_once_per_rtt_from_what_was_read():
     assert space.window_clamp_bytes == win_from_space(160, space.rcvbuf_bytes)
     assert 131072 < space.rcvbuf_bytes < 6 * MIB
     assert abs(space.rcvbuf_bytes - 2535833) < 0.2 * 2535833
+
+
+def test_a_segment_that_grows_rcv_ssthresh_is_acked_at_once():
+    """Linux 6.18 ``tcp_grow_window`` (net/ipv4/tcp_input.c) arms a quick ACK whenever it grows
+    rcv_ssthresh (``icsk_ack.quick |= 1``); ``__tcp_ack_snd_check`` then sends that segment's ACK
+    at once (quick-ACK mode) and ``tcp_dec_quickack_mode`` uses it up. Hand-worked: a fresh
+    socket (clamp = rcv_ssthresh = 64088, nothing to grow) with its 16 start-up quick ACKs spent.
+    Segment 1 (1448 bytes) is measured: scaling_ratio 160, the clamp 81920 and tcp_space 81920,
+    room 17832; a 2304-byte truesize gives 1440 <= 1448 of window, so each segment adds
+    2 x advmss = 2896: segments 1-6 take rcv_ssthresh to 81464, segment 7 the last 456 (81920).
+    So segments 1-7 are ACKed one by one; from segment 8 rcv_ssthresh is at the clamp and the
+    rule is one ACK per more than rcv_mss received: after 9 and 11 (without the quick ACK: after 2,
+    4, 6, 8, 10). docs/kernel-facts.md, "Receive window"."""
+    env = simpy.Environment()
+    transfer = BulkTransfer(env, [one_path(env)], 200 * MSS)
+    receiver = transfer.sender.subflows[0].receiver
+    sink = Sink()
+    receiver.backward = sink
+    receiver.quickacks_left = 0
+    assert receiver.space.window_clamp_bytes == receiver.rcv_ssthresh == 64088
+    ssthresh = []
+    for k in range(11):
+        receiver.receive(data(receiver, k * MSS, MSS))
+        ssthresh.append(receiver.rcv_ssthresh)
+    assert receiver.space.window_clamp_bytes == 81920
+    assert ssthresh == [64088 + 2896 * k for k in range(1, 7)] + [81920] * 5
+    assert [s.ack // MSS for s in sink.sent] == [1, 2, 3, 4, 5, 6, 7, 9, 11]
+    assert receiver.quickacks_left == 0
+
+
+def test_pingpong_mode_holds_the_quick_acks_until_a_delayed_ack_or_a_duplicate():
+    """Linux 6.18: ``tcp_in_quickack_mode`` is false in pingpong mode (a socket that sent data within
+    ato of a receive: the kernel world's receivers answer a request before the bulk), so the quick
+    ACK ``tcp_grow_window`` arms waits; ``tcp_delack_timer_handler`` leaves pingpong mode when a
+    delayed ACK had to wait for its timer, and ``tcp_data_queue`` runs
+    ``tcp_enter_quickack_mode(sk, TCP_MAX_QUICKACKS)`` for a segment wholly below rcv_nxt (leave
+    pingpong mode; quick = min(rcv_wnd / (2 rcv_mss), 16)). Hand-worked on the fresh socket of
+    the test above (its own segments 1 s away): segments 1-3 grow rcv_ssthresh but only 2 is ACKed
+    (one ACK per more than rcv_mss); 3 waits for the 40 ms timer, which ends pingpong mode; 4 and 5
+    still grow rcv_ssthresh (to 78568) and are ACKed at once."""
+    env = simpy.Environment()
+    transfer = BulkTransfer(env, [one_path(env, one_way_delay_s=1.0)], 200 * MSS, receiver_pingpong=True)
+    receiver = transfer.sender.subflows[0].receiver
+    assert receiver.pingpong and receiver.quickacks_left == 16  # held, not used
+    sink = Sink()
+    receiver.backward = sink
+    for k in range(3):
+        receiver.receive(data(receiver, k * MSS, MSS))
+    assert [s.ack // MSS for s in sink.sent] == [2]
+    env.run(until=0.041)
+    assert [(s.ack // MSS, round(s.sent_s, 3)) for s in sink.sent] == [(2, 0.0), (3, 0.04)]
+    assert not receiver.pingpong
+    for k in range(3, 5):
+        receiver.receive(data(receiver, k * MSS, MSS))
+    assert [s.ack // MSS for s in sink.sent] == [2, 3, 4, 5] and receiver.rcv_ssthresh == 64088 + 5 * 2896
+    # A duplicate in pingpong mode: out of it, 16 quick ACKs (the window, about 78 KB, holds
+    # 27 x 2 rcv_mss), the duplicate's own ACK at once.
+    receiver.pingpong, receiver.quickacks_left = True, 0
+    receiver.receive(data(receiver, 0, MSS))
+    assert not receiver.pingpong and receiver.quickacks_left == 16 and sink.sent[-1].ack == 5 * MSS

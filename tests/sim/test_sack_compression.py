@@ -15,7 +15,7 @@ import simpy
 from mpsim.sim.link import LinkDirection
 from mpsim.sim.transfer import BulkTransfer
 
-from tests.sim.test_partial_sack import MSS, Sink, data
+from tests.sim.test_partial_sack import MSS, Sink, at_its_clamp, data
 
 
 def receiver_with_a_hole(rtt_s=0.040):
@@ -31,6 +31,7 @@ def receiver_with_a_hole(rtt_s=0.040):
     sink = Sink()
     receiver.backward = sink
     receiver.quickacks_left = 0
+    at_its_clamp(receiver)
     receiver.receive(data(receiver, 0, MSS))
     receiver.receive(data(receiver, MSS, MSS))
     assert [s.ack for s in sink.sent] == [2 * MSS]

@@ -207,9 +207,16 @@ def test_rto_backs_off_exponentially_through_a_path_outage():
 
 
 def test_delayed_acks_every_second_segment_or_after_40_ms():
-    record = run_transfer([dict(rate_bps=10e6, one_way_delay_s=0.01)], 2000 * MSS, cc="reno")
+    # A receiver in pingpong mode (it answered a request before the bulk, as the kernel world's
+    # do) sends no quick ACKs: one ACK per two full segments, and 2000 is even (no timer).
+    record = run_transfer([dict(rate_bps=10e6, one_way_delay_s=0.01)], 2000 * MSS, cc="reno",
+                          receiver_pingpong=True)
     assert record.segments_sent == 2000
-    assert record.acks_sent == 16 + (2000 - 16) // 2  # 16 quick ACKs at the start (Linux)
+    assert record.acks_sent == 2000 // 2
+    # Otherwise 16 quick ACKs at the start, and one per segment that grows rcv_ssthresh
+    # (tcp_grow_window) while DRS keeps room above it: far more (tests/sim/test_receive_window.py).
+    quick_start = run_transfer([dict(rate_bps=10e6, one_way_delay_s=0.01)], 2000 * MSS, cc="reno")
+    assert quick_start.acks_sent > 16 + (2000 - 16) // 2 + 100
     # A lone segment without quick ACKs is acknowledged by the 40 ms timer: the RTT sample shows it.
     lone = run_transfer([dict(rate_bps=None, one_way_delay_s=0.01)], 1000, quickack_segments=0)
     assert lone.subflow_srtt_s[0] == pytest.approx(0.02 + 0.04)
@@ -243,13 +250,14 @@ def test_mptcp_receive_window_is_shared_by_the_subflows():
 
 
 @pytest.mark.parametrize("fast_first", [True, False])
-@pytest.mark.parametrize("cc, share", [("cubic-rfc9438", 5), ("cubic", 3)])
+@pytest.mark.parametrize("cc, share", [("cubic-rfc9438", 5), ("cubic", 2)])
 def test_lowest_rtt_first_scheduler_prefers_the_faster_path(fast_first, cc, share):
     # Equal rates, RTT 20 vs 80 ms; a 128 KiB send buffer cannot fill both: the fast path gets most.
     # Nothing is lost, so without HyStart (cubic-rfc9438) the fast subflow's window grows in slow
-    # start until the buffer is all on it; Linux CUBIC's HyStart leaves slow start once the fast
-    # path's queue adds 4 ms, and its window then grows by 5% per RTT, so the slow subflow gets
-    # the data the fast one has no window for: a smaller, still large, share.
+    # start until the buffer is all on it; Linux CUBIC's HyStart leaves slow start early, on the
+    # ACK train of a receiver that ACKs every segment growing its window (over 10.5 ms at 20 ms
+    # RTT), and its window then grows by 5% per RTT, so the slow subflow gets the data the fast
+    # one has no window for: a smaller, still large, share (2.1-2.2 here).
     fast = dict(rate_bps=10e6, one_way_delay_s=0.01, queue_packets=100)
     slow = dict(rate_bps=10e6, one_way_delay_s=0.04, queue_packets=100)
     paths = [fast, slow] if fast_first else [slow, fast]
@@ -332,7 +340,7 @@ def test_segment_sizes_are_their_wire_encoding(mptcp):
     tap = Tap()
     count = 2 if mptcp else 1
     paths = [make_path(env, f"p{i}", rate_bps=10e6, one_way_delay_s=0.01, trace=tap,
-                       loss=bernoulli(0.05, 4, f"l{i}")) for i in range(count)]
+                       loss=bernoulli(0.1, 4, f"l{i}")) for i in range(count)]  # three holes at once on TCP
     data = bytes(range(256)) * 1000
     BulkTransfer(env, paths, len(data), mptcp=mptcp, payload=data)
     env.run()
