@@ -198,9 +198,9 @@ class Report:
 #: report counts against for times and loss-free goodput (docs/kernel-world.md, "Comparing").
 DEFAULT_BAND = 0.05
 _METRIC_TITLES = {"setup_rtts": "setup time", "first_byte_rtts": "first-byte time", "goodput": "goodput",
-                  "goodput_paired": "goodput per run, same loss draws"}
+                  "goodput_paired": "paired goodput"}
 _METRIC_UNITS = {"setup_rtts": "RTTs", "first_byte_rtts": "RTTs", "goodput": "Mbit/s",
-                 "goodput_paired": "kernel / model per run (model 1)"}
+                 "goodput_paired": "ratio per run"}
 
 
 def _values_text(r: Row) -> str:

@@ -384,7 +384,7 @@ def test_compare_figure_draws_the_paired_goodput_of_lossy_variants():
     report = _synthetic_report(3)
     report.rows.append(compare.Row("v00", "goodput_paired", 1.0, 0.8, 0.7, 1.1, 0.2, 3))
     fig = compare.report_figure(report, {"goodput_paired": 0.15})
-    paired = next(ax for ax in fig.axes if ax.get_title().startswith("goodput per run"))
+    paired = next(ax for ax in fig.axes if ax.get_title().startswith("paired goodput"))
     assert "band ±15%" in paired.get_title()
     dots = [(round(line.get_xdata()[0], 6), line.get_color()) for line in paired.lines if len(line.get_xdata()) == 1]
     assert dots == [(-0.2, "tab:red")]  # 0.8 / 1 - 1, outside the band
