@@ -496,6 +496,7 @@ class MpConvertProxyHost(RelayHost):
 # --- registration: the "mp-convert" proxy (mpsim/proto/proxies.py) ---------------------------------------
 
 from mpsim.proto.catalogue import PROXIES  # noqa: E402  (registration lines stay together at the bottom)
+import mpsim.proto.convert  # noqa: E402,F401  (registered first whichever proxy module is imported first)
 from mpsim.proto.proxies import ProxyEntry, ProxySettings  # noqa: E402
 
 

@@ -367,6 +367,9 @@ class Socks5ClientExchange:
 # --- registration: the "socks5" proxy (mpsim/proto/proxies.py) ---------------------------------------------
 
 from mpsim.proto.catalogue import PROXIES  # noqa: E402  (registration lines stay together at the bottom)
+# The proxies register in one order (convert, mp-convert, socks5) whichever module is imported
+# first: the catalogue's listings (docs, schema, errors) must not depend on a process's import order.
+import mpsim.proto.mp_convert_proxy  # noqa: E402,F401
 from mpsim.proto.proxies import ProxyEntry, ProxySettings  # noqa: E402
 
 

@@ -65,3 +65,18 @@ def test_catalogue_imports_no_component_and_components_fills_every_registry():
     assert loaded == [] and empty == [0, 0, 0, 0]
     assert all(n > 0 for n in full) and full[0] >= 6
     assert proxies == ["convert", "mp-convert", "socks5"]
+
+
+def test_proxies_are_listed_in_one_order_whichever_module_is_imported_first():
+    """The catalogue's listings (the generated docs and schema, error messages) must not depend on
+    which proxy module a process happens to import first (a test session's order did change them)."""
+    import subprocess
+    import sys
+
+    orders = set()
+    for first in ("mpsim.proto.socks5_proxy", "mpsim.proto.mp_convert_proxy", "mpsim.proto.convert",
+                  "mpsim.proto.components"):
+        code = f"import {first}\nfrom mpsim.proto.components import PROXIES\nprint(','.join(PROXIES.names()))"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+        orders.add(done.stdout.strip())
+    assert orders == {"convert,mp-convert,socks5"}
