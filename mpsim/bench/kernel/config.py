@@ -104,3 +104,11 @@ ROUTES = {
     "peer-relay": Route("direct", "mptcp", "tcp", "peer"),
 }
 
+
+#: Where ``mpsim bench kernel setup --relay-cpu`` puts the single-process relays: unpinned (every
+#: CPU, like the direct routes' client and server), pinned to services.RELAY_CPU (away from CPU 0,
+#: where every veth's receive processing runs), or both side by side in the same rounds. Unpinned
+#: is the default, the fair comparison: pinned, a relay gets only CPU 1 (shared with whatever else
+#: runs there) and each of its wakeups follows receive work done on CPU 0, while the direct routes'
+#: endpoints run anywhere (docs/kernel-bench.md, "Connection setup").
+RELAY_PLACEMENTS = ("unpinned", "pinned", "both")
