@@ -120,8 +120,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "mpsim bench kernel")
                              "converter ({listen} {allow} {addr} {port} filled in)")
     parser.add_argument("--relay-cpu", choices=RELAY_PLACEMENTS,
                         help="setup: run the single-process relays (converter, mptcpize relay, minimal relay) "
-                             "on every CPU (unpinned, the default), pinned to one CPU away from the receive "
-                             "processing, or both side by side in the same rounds")
+                             "pinned to one CPU away from the receive processing and unpinned side by side in "
+                             "the same rounds (both, the default), or only one way")
     args = parser.parse_args(argv)
     if args.relay_cpu is not None and args.benchmark != "setup":
         parser.error("--relay-cpu goes with setup")
