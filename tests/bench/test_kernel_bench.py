@@ -37,7 +37,7 @@ def results(tmp_path_factory):
         pytest.skip(f"kernel benchmarks unavailable: {reason}")
     out, lines = {}, []
     try:
-        for name in kernel.BENCHMARKS:   # about 15 s in all
+        for name in kernel.BENCHMARKS:   # about 20 s in all; setup with both relay placements (its default)
             out[name] = kernel.run(name, SMOKE, progress=lines.append)
     except TestbedUnavailable as err:
         pytest.skip(f"kernel benchmarks unavailable: {err}")
@@ -78,6 +78,41 @@ def test_setup_counts_connections_and_idle_memory(results):
         assert row["setup_median_ms"] <= row["setup_p90_ms"]
     [memory] = setup["memory_rows"]
     assert memory["connections"] == SMOKE.idle_conns and memory["relay_rss_bytes_per_conn"] is not None
+
+
+def test_setup_runs_each_single_process_relay_pinned_and_unpinned_in_the_same_rounds(results):
+    setup = results["setup"]
+    assert setup["relay_cpu"] == "both"   # the default
+    assert [(r["route"], r["relay_placement"]) for r in setup["churn"]] == [
+        ("direct-mptcp", None), ("converter-auto", "pinned"), ("converter-auto", "unpinned"),
+        ("converter-auto-workers", "unpinned"), ("minimal-relay", "pinned"), ("minimal-relay", "unpinned")]
+    assert [(r["route"], r["relay_placement"]) for r in setup["parallel"]] == [
+        ("direct-mptcp", None), ("converter-auto", "pinned"), ("converter-auto", "unpinned"),
+        ("converter-auto-workers", "unpinned")]
+    every_cpu = sorted(os.sched_getaffinity(0))
+    for row in setup["churn_rows"] + setup["parallel_rows"]:   # the placement the relay really had
+        if row["relay_placement"] is None:
+            assert row["relay_cpus_allowed"] is None
+        elif row["relay_placement"] == "pinned" and len(every_cpu) > 1:
+            assert row["relay_cpus_allowed"] == [kernel.RELAY_CPU], row["variant"]
+        else:
+            assert row["relay_cpus_allowed"] == every_cpu, row["variant"]
+    for row in setup["churn"]:
+        if row["relay_placement"] is not None:
+            assert row["rate_ratio_to_direct_mptcp"]["median"] > 0   # paired with its round's direct MPTCP
+    table = kernel.markdown(setup)
+    assert "--relay-cpu both" in table
+    assert f"| converter-auto | pinned to CPU {kernel.RELAY_CPU} |" in table
+    assert "| converter-auto | unpinned |" in table and "| direct-mptcp | - |" in table
+
+
+def test_relay_cpu_goes_with_setup_only_and_names_its_choices(capsys):
+    with pytest.raises(SystemExit):
+        kernel.main(["fastpath", "--relay-cpu", "both"])
+    assert "--relay-cpu goes with setup" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        kernel.main(["setup", "--relay-cpu", "sometimes"])
+    assert "invalid choice: 'sometimes'" in capsys.readouterr().err
 
 
 def test_model_rows_compare_goodput_negotiation_and_counters(results):

@@ -54,8 +54,8 @@ from pathlib import Path
 from typing import Any
 
 from mpsim import __version__
-from mpsim.bench.kernel.config import (BENCHMARKS, BLOCK_SEED, GB, MIB, ROUTES, SCALES, TESTBED_SYSCTLS, BenchError,
-                                       Route, Scale)
+from mpsim.bench.kernel.config import (BENCHMARKS, BLOCK_SEED, GB, MIB, RELAY_PLACEMENTS, ROUTES, SCALES,
+                                       TESTBED_SYSCTLS, BenchError, Route, Scale)
 from mpsim.bench.kernel.measure import not_root_reason
 from mpsim.provenance import git_revision, machine_facts
 
@@ -80,8 +80,10 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def run(name: str, scale: Scale, progress: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
-    """One benchmark at one scale; the JSON-able result (facts included)."""
+def run(name: str, scale: Scale, progress: Callable[[str], None] = lambda line: None,
+        relay_cpu: str | None = None) -> dict[str, Any]:
+    """One benchmark at one scale; the JSON-able result (facts included). ``relay_cpu`` (setup
+    only): the single-process relays' placement, one of services.RELAY_PLACEMENTS."""
     from mpsim.bench.kernel import services
     from mpsim.bench.kernel.services import RELAY_CPU, shared_facts
     from mpsim.testbed import cleanup_stale
@@ -92,7 +94,10 @@ def run(name: str, scale: Scale, progress: Callable[[str], None] = lambda line: 
     cleanup_stale("mps")  # leftovers of killed earlier runs; live parallel testbeds are kept
     started, load_before = time.monotonic(), os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="mpsim-bench-kernel-") as scratch:
-        result = benchmark(scale, Path(scratch), progress)
+        options = {"relay_cpu": relay_cpu} if relay_cpu is not None else {}
+        if options and name != "setup":
+            raise ValueError("relay_cpu goes with the setup benchmark")
+        result = benchmark(scale, Path(scratch), progress, **options)
     return {"benchmark": f"kernel-{name}", "mpsim_version": __version__, "git": git_revision(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "scale": dataclasses.asdict(scale), "machine": machine_facts() | {"load_average_before": load_before},
@@ -113,7 +118,13 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "mpsim bench kernel")
     parser.add_argument("--proxy-cmd", metavar="COMMAND",
                         help="fastpath, setup: run this proxy in the converter namespace in place of the live "
                              "converter ({listen} {allow} {addr} {port} filled in)")
+    parser.add_argument("--relay-cpu", choices=RELAY_PLACEMENTS,
+                        help="setup: run the single-process relays (converter, mptcpize relay, minimal relay) "
+                             "pinned to one CPU away from the receive processing and unpinned side by side in "
+                             "the same rounds (both, the default), or only one way")
     args = parser.parse_args(argv)
+    if args.relay_cpu is not None and args.benchmark != "setup":
+        parser.error("--relay-cpu goes with setup")
     if args.proxy_cmd is not None and args.benchmark not in ("fastpath", "setup"):
         parser.error("--proxy-cmd goes with fastpath or setup")
     if args.proxy_cmd is not None:  # a bad command is named before a testbed is built
@@ -136,7 +147,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "mpsim bench kernel")
     names = BENCHMARKS if args.benchmark == "all" else (args.benchmark,)
     ok = True
     for name in names:
-        result = run(name, scale, progress=lambda line: print(line, file=sys.stderr, flush=True))
+        result = run(name, scale, progress=lambda line: print(line, file=sys.stderr, flush=True),
+                     relay_cpu=args.relay_cpu)
         print(markdown(result))
         ok &= result["hashes_ok"]
         if args.out is not None:

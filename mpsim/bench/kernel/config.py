@@ -104,3 +104,14 @@ ROUTES = {
     "peer-relay": Route("direct", "mptcp", "tcp", "peer"),
 }
 
+
+#: Where ``mpsim bench kernel setup --relay-cpu`` puts the single-process relays (the converter, the
+#: mptcpize relay, the minimal relay): both pinned to services.RELAY_CPU (away from CPU 0, where every
+#: veth's receive processing runs) and unpinned (every CPU, like the direct routes' client and
+#: server), side by side in the same rounds; or only one of them. Both is the default because
+#: neither placement is neutral: pinning costs the single-threaded converter 1.4-4x in rate as the
+#: machine's load rises (it cannot leave a busy CPU 1), while it helps the threaded mptcpize relay
+#: on a quiet machine (presumably its threads then wake each other on one CPU: 0.47 / 0.34 of direct MPTCP pinned
+#: against 0.23 / 0.24 unpinned in two runs at load 1-4), so either one alone picks the winner
+#: (docs/live-converter.md, "Setup rate, workers and abuse").
+RELAY_PLACEMENTS = ("both", "unpinned", "pinned")

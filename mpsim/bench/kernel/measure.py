@@ -108,10 +108,11 @@ def relative_error(model: float | None, kernel: float | None) -> float | None:
     return (model - kernel) / kernel if model is not None and kernel else None
 
 
-def ratios(rows: list[dict], config: str, baseline: str, key: str = "goodput_bps") -> dict:
-    """Summary of ``key`` of route ``config`` over route ``baseline``, paired per (session, round)."""
+def ratios(rows: list[dict], config: str, baseline: str, key: str = "goodput_bps", name: str = "route") -> dict:
+    """Summary of ``key`` of route ``config`` over route ``baseline``, paired per (session, round);
+    rows named by their ``name`` field (``variant``: a route in one relay placement)."""
     by_round: dict = {}
     for row in rows:
-        by_round.setdefault((row["session"], row["round"]), {})[row["route"]] = row[key]
+        by_round.setdefault((row["session"], row["round"]), {})[row[name]] = row[key]
     values = [r[config] / r[baseline] for r in by_round.values() if r.get(config) and r.get(baseline)]
     return summary(values)

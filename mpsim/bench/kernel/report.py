@@ -70,15 +70,41 @@ def _fastpath_markdown(result: dict) -> list[str]:
                            "endpoints CPU s/GB", "other load CPUs", "subflows"], rows)
 
 
+def _placement(row: dict, cpu: int | None) -> str:
+    """A churn row's relay placement as the table shows it."""
+    placement = row.get("relay_placement")
+    if placement is None:
+        return "-"
+    if row["route"].endswith("-workers"):
+        return "unpinned (workers)"
+    return f"pinned to CPU {cpu}" if placement == "pinned" else "unpinned"
+
+
+def _placement_note(result: dict) -> str:
+    choice = result.get("relay_cpu")
+    if choice is None:  # recorded before --relay-cpu: every single-process relay was pinned
+        return f"Every single-process relay pinned to CPU {result['settings']['relay_cpu']}."
+    cpu = result["settings"]["relay_cpu"]
+    said = {"pinned": f"pinned to CPU {cpu} (every veth's receive softirq runs on CPU 0: rps_cpus=1)",
+            "unpinned": "unpinned (free to run on every CPU, like the direct routes' client and server)",
+            "both": f"both pinned to CPU {cpu} (every veth's receive softirq runs on CPU 0) and unpinned, side by "
+                    "side in the same interleaved rounds (their order flipping with the rounds')"}[choice]
+    return (f"Relay CPU placement (--relay-cpu {choice}): the single-process relays (converter, mptcpize relay, "
+            f"minimal relay) {said}; the --workers converter is never pinned; idle memory measured "
+            f"{'pinned' if choice == 'pinned' else 'unpinned'}.")
+
+
 def _setup_markdown(result: dict) -> list[str]:
+    cpu = result["settings"]["relay_cpu"]
     lines = _header(result, "Kernel setup: connection rate, setup latency and idle memory through the converter")
     lines += ["Sequential connections (set up, echo 100 bytes and check it, close) from one client process, "
               f"{result['scale']['churn_conns']} per route and round, routes interleaved; setup = until the path can "
               "carry data (direct: connect(); converter: the Convert reply read). Connections/s and the ratio (per "
-              "round) min / median / max; latencies over every connection.", ""]
-    lines += _table(["route", "connections", "per s", "/ direct MPTCP", "relay CPU us/conn", "client CPU us/conn",
-                     "setup median ms", "setup p90 ms", "connection median ms", "errors"],
-                    [[r["route"], str(r["connections"]), _range(r["connections_per_s"], ".0f"),
+              "round) min / median / max; latencies over every connection. "
+              f"{_placement_note(result)}", ""]
+    lines += _table(["route", "relay CPU", "connections", "per s", "/ direct MPTCP", "relay CPU us/conn",
+                     "client CPU us/conn", "setup median ms", "setup p90 ms", "connection median ms", "errors"],
+                    [[r["route"], _placement(r, cpu), str(r["connections"]), _range(r["connections_per_s"], ".0f"),
                       _range(r["rate_ratio_to_direct_mptcp"]), _range(r.get("relay_cpu_us_per_conn"), ".0f"),
                       _range(r.get("client_cpu_us_per_conn"), ".0f"), _cell(r["setup_median_ms"], ".3f"),
                       _cell(r["setup_p90_ms"], ".3f"), _cell(r["connection_median_ms"], ".3f"), str(r["errors"])]
@@ -88,14 +114,15 @@ def _setup_markdown(result: dict) -> list[str]:
               "machine's load does not scale the way it scales the wall rate; client CPU: the churn client's own. "
               "minimal-relay: the ceiling of a Python converter, the fewest system calls a Convert relay makes (accept, "
               "read the request, connect, reply with a bare header, recv/send, shutdown, close) in one epoll loop, "
-              "without any of the converter's checks, limits, timers or SO_LINGER (pinned like every relay)."]
+              "without any of the converter's checks, limits, timers or SO_LINGER (placed like every single-process "
+              "relay)."]
     if result.get("parallel"):
         lines += ["", f"Parallel: {result['workers']} churn clients at once, {result['scale']['churn_conns']} connections "
                   f"per route and round in all; the converter as one process and with --workers {result['workers']}.",
                   ""]
-        lines += _table(["route", "connections", "per s", "/ direct MPTCP", "setup median ms", "setup p90 ms",
-                         "errors"],
-                        [[r["route"], str(r["connections"]), _range(r["connections_per_s"], ".0f"),
+        lines += _table(["route", "relay CPU", "connections", "per s", "/ direct MPTCP", "setup median ms",
+                         "setup p90 ms", "errors"],
+                        [[r["route"], _placement(r, cpu), str(r["connections"]), _range(r["connections_per_s"], ".0f"),
                           _range(r["rate_ratio_to_direct_mptcp"]), _cell(r["setup_median_ms"], ".3f"),
                           _cell(r["setup_p90_ms"], ".3f"), str(r["errors"])] for r in result["parallel"]])
     lines += ["", f"Idle connections ({result['scale']['idle_conns']} held at once, each after one 100-byte echo): "

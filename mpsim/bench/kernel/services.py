@@ -158,9 +158,27 @@ def peer_argv(mode: str, *args: object) -> list[str]:
 RELAY_CPU = 1 if (os.cpu_count() or 1) >= 2 else None
 
 
+
+
+def place_relay(pid: int, pinned: bool) -> None:
+    """Pin every thread of ``pid`` to RELAY_CPU, or let them run on every CPU. Per thread: a threaded
+    relay's existing threads keep their own mask; new threads inherit their creator's."""
+    cpus = {RELAY_CPU} if pinned and RELAY_CPU is not None else os.sched_getaffinity(0)  # the bench's own CPUs
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(task), cpus)
+        except ProcessLookupError:  # a connection thread that ended meanwhile
+            pass
+
+
+def cpus_allowed(pid: int) -> list[int]:
+    """The CPUs ``pid``'s main thread may run on (what a placement actually set)."""
+    return sorted(os.sched_getaffinity(pid))
+
+
 def pin_relay(peer: Peer) -> None:
     if RELAY_CPU is not None:
-        os.sched_setaffinity(peer.proc.pid, {RELAY_CPU})
+        place_relay(peer.proc.pid, True)
 
 
 

@@ -2,10 +2,14 @@
 setup latency (median, p90), against direct connects and the peer relay; kernel memory per idle
 connection (slab deltas, /proc/slabinfo, machine-wide) and the daemon's RSS per connection.
 
-The converter runs twice: one process (``converter-auto``, pinned like every relay) and
-``--workers N`` with N = the machine's CPUs (``converter-auto-workers``, not pinned: its workers
-are meant to spread). One sequential client cannot show what more workers give, so a second
-table runs N churn clients at once against direct MPTCP and both converters ("parallel").
+The converter runs twice: one process (``converter-auto``) and ``--workers N`` with N = the
+machine's CPUs (``converter-auto-workers``, never pinned: its workers are meant to spread). The
+single-process relays (the converter, the mptcpize relay, the minimal relay) run unpinned,
+pinned to RELAY_CPU, or both side by side in the same interleaved rounds (``--relay-cpu``;
+:data:`mpsim.bench.kernel.config.RELAY_PLACEMENTS`); every row records its placement and the CPUs
+its relay was allowed after the round. One sequential client cannot show what more workers give,
+so a second table runs N churn clients at once against direct MPTCP and both converters
+("parallel").
 ``minimal-relay`` is the ceiling a Python converter could reach here: the fewest system calls a
 Convert relay makes, without the converter's checks (:func:`mpsim.bench.kernel.peer.bare_convert`)."""
 
@@ -20,11 +24,12 @@ from typing import Any
 
 import os
 
-from mpsim.bench.kernel.config import CONVERT_TIMEOUT_S, ECHO_PORTS, PEER_LIMIT_S, ROUTES, Route, Scale
+from mpsim.bench.kernel.config import (CONVERT_TIMEOUT_S, ECHO_PORTS, PEER_LIMIT_S, RELAY_PLACEMENTS, ROUTES, Route,
+                                       Scale)
 from mpsim.bench.kernel.measure import (meminfo_bytes, percentile, process_cpu_s, ratios, rss_bytes, slab_bytes,
                                         summary)
-from mpsim.bench.kernel.services import (Peer, Services, daemon_command, new_testbed, peer_argv, pin_relay,
-                                         testbed_facts)
+from mpsim.bench.kernel.services import (Peer, Services, cpus_allowed, daemon_command,
+                                         new_testbed, peer_argv, place_relay, testbed_facts)
 
 
 WORKERS_ROUTE = "converter-auto-workers"
@@ -32,7 +37,7 @@ WORKERS_PORT = 6005
 WORKERS = max(2, os.cpu_count() or 1)
 PARALLEL_ROUTES = ("direct-mptcp", "converter-auto", WORKERS_ROUTE)
 #: The ceiling of a Python converter: peer.bare_convert, the fewest system calls a Convert relay
-#: makes, without any of the converter's checks (pinned like every relay).
+#: makes, without any of the converter's checks (placed like every single-process relay).
 MINIMAL_ROUTE = "minimal-relay"
 MINIMAL_PORT = 6006
 _EXTRA_PORTS = {WORKERS_ROUTE: WORKERS_PORT, MINIMAL_ROUTE: MINIMAL_PORT}
@@ -61,9 +66,7 @@ def _start_workers(tb: Any, log_dir: Path) -> Peer:
 
 def _start_minimal(tb: Any, log_dir: Path, lifetime_s: float) -> Peer:
     argv = peer_argv("bare-convert", f"{tb.addresses.converter[0]}:{MINIMAL_PORT}", lifetime_s)
-    relay = Peer(tb, "converter", argv, log_dir, "minimal-relay").expect_ready()
-    pin_relay(relay)
-    return relay
+    return Peer(tb, "converter", argv, log_dir, "minimal-relay").expect_ready()
 
 
 def _churn_clients(tb: Any, services: Services, config: str, count: int, log_dir: Path, clients: int = 1) -> dict:
@@ -114,13 +117,35 @@ def _relay_cpu_s(pids: list[int]) -> float:
     return total
 
 
+def _placements(config: str, choice: str) -> tuple[str | None, ...]:
+    """The relay placements ``config`` runs in: none for a direct route, always unpinned for the
+    --workers converter (its workers are meant to spread), the ``--relay-cpu`` choice otherwise."""
+    if _route(config).relay is None:
+        return (None,)
+    if config == WORKERS_ROUTE:
+        return ("unpinned",)
+    return ("pinned", "unpinned") if choice == "both" else (choice,)
+
+
+def _variant(config: str, placement: str | None) -> str:
+    return config if placement is None else f"{config} {placement}"
+
+
 def _churn(tb: Any, services: Services, config: str, count: int, log_dir: Path, clients: int = 1,
-           workers: Peer | None = None, minimal: Peer | None = None) -> dict[str, Any]:
+           workers: Peer | None = None, minimal: Peer | None = None,
+           placement: str | None = None) -> dict[str, Any]:
     pids = _relay_pids(services, config, workers, minimal)
+    if placement is not None and config != WORKERS_ROUTE:
+        for pid in pids:
+            place_relay(pid, placement == "pinned")
     cpu0 = _relay_cpu_s(pids)
     result = _churn_clients(tb, services, config, count, log_dir, clients)
     relay_cpu_s = _relay_cpu_s(pids) - cpu0 if pids else None
-    return {"route": config, "clients": clients, "connections": result["connections"], "errors": result["error_count"],
+    return {"route": config, "relay_placement": placement, "variant": _variant(config, placement),
+            # what the placement set, read back after the round (the threads the relay made meanwhile
+            # inherit the main thread's mask)
+            "relay_cpus_allowed": cpus_allowed(pids[0]) if pids else None, "clients": clients,
+            "connections": result["connections"], "errors": result["error_count"],
             "error_examples": result["errors"], "fallbacks": result["fallbacks"],
             "connections_per_s": result["connections"] / result["wall_s"],
             "setup_us": [round(1e6 * t, 1) for t in result["setup_s"]],
@@ -132,18 +157,21 @@ def _churn(tb: Any, services: Services, config: str, count: int, log_dir: Path, 
             else None}
 
 
-def _churn_summary(rows: list[dict], configs: Sequence[str]) -> list[dict]:
-    """Per route: connections/s over rounds, the rate ratio to direct MPTCP per round, and the setup
-    latency percentiles of every connection of every round."""
+def _churn_summary(rows: list[dict], variants: Sequence[tuple[str, str | None]]) -> list[dict]:
+    """Per route and relay placement: connections/s over rounds, the rate ratio to direct MPTCP per
+    round, and the setup latency percentiles of every connection of every round."""
     out = []
-    for config in configs:
-        mine = [r for r in rows if r["route"] == config]
+    for config, placement in variants:
+        variant = _variant(config, placement)
+        mine = [r for r in rows if r["variant"] == variant]
         setups = [t / 1e3 for r in mine for t in r["setup_us"]]
         totals = [t / 1e3 for r in mine for t in r["connection_us"]]
-        out.append({"route": config, "rounds": len(mine), "connections": sum(r["connections"] for r in mine),
+        out.append({"route": config, "relay_placement": placement, "variant": variant, "rounds": len(mine),
+                    "connections": sum(r["connections"] for r in mine),
                     "errors": sum(r["errors"] for r in mine), "fallbacks": sum(r["fallbacks"] for r in mine),
                     "connections_per_s": summary([r["connections_per_s"] for r in mine]),
-                    "rate_ratio_to_direct_mptcp": ratios(rows, config, "direct-mptcp", "connections_per_s"),
+                    "rate_ratio_to_direct_mptcp": ratios(rows, variant, "direct-mptcp", "connections_per_s",
+                                                         "variant"),
                     "relay_cpu_us_per_conn": summary([r["relay_cpu_us_per_conn"] for r in mine
                                                       if r.get("relay_cpu_us_per_conn") is not None]),
                     "client_cpu_us_per_conn": summary([1e3 * r["client_cpu_ms_per_conn"] for r in mine]),
@@ -199,13 +227,21 @@ def _idle_memory(tb: Any, services: Services, config: str, count: int, log_dir: 
             "top_slab_caches_bytes_per_conn": {k: v / n for v, k in top}}
 
 
-def setup(scale: Scale, log_dir: Path, progress: Callable[[str], None]) -> dict[str, Any]:
+def setup(scale: Scale, log_dir: Path, progress: Callable[[str], None],
+          relay_cpu: str = RELAY_PLACEMENTS[0]) -> dict[str, Any]:
+    """``relay_cpu``: where the single-process relays run, one of RELAY_PLACEMENTS."""
     from mpsim.testbed import PathSpec
+
+    if relay_cpu not in RELAY_PLACEMENTS:
+        raise ValueError(f"relay_cpu must be one of {', '.join(RELAY_PLACEMENTS)}, not {relay_cpu!r}")
 
     configs = sorted(set(scale.churn_configs) | set(scale.memory_configs), key=list(ROUTES).index)
     churn_configs = tuple(scale.churn_configs) + ((WORKERS_ROUTE, MINIMAL_ROUTE) if "converter-auto" in
                                                   scale.churn_configs else ())
     parallel_configs = PARALLEL_ROUTES if WORKERS_ROUTE in churn_configs and "direct-mptcp" in churn_configs else ()
+    # with "both", a route's two placements run back to back, their order flipping with the rounds'
+    churn_variants = [(c, p) for c in churn_configs for p in _placements(c, relay_cpu)]
+    parallel_variants = [(c, p) for c in parallel_configs for p in _placements(c, relay_cpu)]
     churn_rows, memory_rows, parallel_rows = [], [], []
     with new_testbed([PathSpec(), PathSpec()]) as tb:
         services = Services(tb, log_dir)
@@ -218,22 +254,25 @@ def setup(scale: Scale, log_dir: Path, progress: Callable[[str], None]) -> dict[
         workers = _start_workers(tb, log_dir) if WORKERS_ROUTE in churn_configs else None
         minimal = _start_minimal(tb, log_dir, lifetime_s) if MINIMAL_ROUTE in churn_configs else None
         for round_index in range(scale.churn_rounds):
-            order = churn_configs if round_index % 2 == 0 else churn_configs[::-1]
-            for config in order:
-                row = _churn(tb, services, config, scale.churn_conns, log_dir, workers=workers, minimal=minimal) | {
-                    "round": round_index, "session": "churn"}
+            order = churn_variants if round_index % 2 == 0 else churn_variants[::-1]
+            for config, placement in order:
+                row = _churn(tb, services, config, scale.churn_conns, log_dir, workers=workers, minimal=minimal,
+                             placement=placement) | {"round": round_index, "session": "churn"}
                 churn_rows.append(row)
                 cpu = row["relay_cpu_us_per_conn"]
-                progress(f"setup round {round_index + 1}/{scale.churn_rounds} {config}: "
+                progress(f"setup round {round_index + 1}/{scale.churn_rounds} {row['variant']}: "
                          f"{row['connections_per_s']:.0f} connections/s, setup median "
                          f"{statistics.median(row['setup_us'] or [math.nan]) / 1e3:.2f} ms"
                          + (f", relay CPU {cpu:.0f} us per connection" if cpu is not None else ""))
-            for config in (parallel_configs if round_index % 2 == 0 else parallel_configs[::-1]):
+            for config, placement in (parallel_variants if round_index % 2 == 0 else parallel_variants[::-1]):
                 row = _churn(tb, services, config, max(1, scale.churn_conns // WORKERS), log_dir, WORKERS,
-                             workers=workers) | {"round": round_index, "session": "parallel"}
+                             workers=workers, placement=placement) | {"round": round_index, "session": "parallel"}
                 parallel_rows.append(row)
-                progress(f"setup round {round_index + 1}/{scale.churn_rounds} {config}, {WORKERS} clients at once: "
+                progress(f"setup round {round_index + 1}/{scale.churn_rounds} {row['variant']}, {WORKERS} clients "
+                         "at once: "
                          f"{row['connections_per_s']:.0f} connections/s")
+        for daemon in [*services.daemons.values(), *([services.relay] if services.relay else [])]:
+            place_relay(daemon.proc.pid, relay_cpu == "pinned")  # idle memory: one placement is enough
         for round_index in range(scale.memory_rounds):
             for config in scale.memory_configs:
                 row = _idle_memory(tb, services, config, scale.idle_conns, log_dir) | {"round": round_index}
@@ -264,8 +303,9 @@ def setup(scale: Scale, log_dir: Path, progress: Callable[[str], None]) -> dict[
     for m in memory_summary:
         m["proxy_share_kb_per_conn"] = m["slab_kb_per_conn_drift_corrected"]["median"] - endpoints \
             if endpoints is not None and ROUTES[m["route"]].relay else None
-    return {"churn_rows": churn_rows, "churn": _churn_summary(churn_rows, churn_configs),
-            "parallel_rows": parallel_rows, "parallel": _churn_summary(parallel_rows, parallel_configs),
+    return {"churn_rows": churn_rows, "churn": _churn_summary(churn_rows, churn_variants),
+            "parallel_rows": parallel_rows, "parallel": _churn_summary(parallel_rows, parallel_variants),
+            "relay_cpu": relay_cpu,
             "workers": WORKERS, "load_average_after": os.getloadavg(),
             "memory_rows": memory_rows, "memory": memory_summary, "testbeds": {"setup": facts},
             "hashes_ok": not any(r["errors"] for r in churn_rows + memory_rows + parallel_rows)}
