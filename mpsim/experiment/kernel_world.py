@@ -190,6 +190,9 @@ def unbuildable(scenario: Scenario, *, proxy_cmd: str | None = None) -> list[str
         out.append("client.mptcp.version 0: Linux speaks MPTCP v1 only")
     if c.mptcp.retry_with_v0:
         out.append("client.mptcp.retry_with_v0: Linux has no MPTCP v0")
+    if c.mptcp.mp_capable_ack != "linux":
+        out.append(f"client.mptcp.mp_capable_ack {c.mptcp.mp_capable_ack!r}: Linux's client places its keys "
+                   "its own way (docs/kernel-departures.md 7)")
     if c.mptcp.syn_retrans_before_tcp_fallback is None:
         out.append("client.mptcp.syn_retrans_before_tcp_fallback 'none': Linux always drops MP_CAPABLE at some point")
     if s.server.kind not in SERVER_SOCKETS:

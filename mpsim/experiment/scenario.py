@@ -53,7 +53,7 @@ from mpsim.proto.cache import CachePolicy
 from mpsim.proto.components import MIDDLEBOXES, PROXIES, SCHEMES, SERVERS, Placement, Registry, proxy_for_scheme
 from mpsim.proto.client import ClientPolicy, FallbackTarget, SignalAckedAsData
 from mpsim.proto.convert import ConverterPolicy
-from mpsim.proto.mptcp import MptcpPolicy
+from mpsim.proto.mptcp import MP_CAPABLE_ACK_FORMS, MptcpPolicy
 from mpsim.proto.relay import ConverterTiming
 from mpsim.proto.server import ServerKind
 from mpsim.proto.tcp import TcpPolicy
@@ -199,6 +199,10 @@ class MptcpSpec:
     blackhole_reset_on_success: bool = knob(_MP.blackhole_reset_on_success,
                                             doc="a successful MPTCP connection resets the blackhole back-off (false: "
                                                 "only one over loopback does, as Linux 6.12 merged it)")
+    mp_capable_ack: str = knob(_MP.mp_capable_ack, choices=MP_CAPABLE_ACK_FORMS,
+                               doc="where the client's keys go after its SYN data went out again without data: "
+                                   "\"linux\" (6.18: nowhere, both ends fall back to TCP; docs/kernel-departures.md "
+                                   "7) or \"rfc8684\" (the third ACK, RFC 8684 3.1)")
 
 
 @dataclass(frozen=True, kw_only=True)

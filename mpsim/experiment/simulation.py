@@ -447,7 +447,8 @@ class Simulation:
                                    syn_retrans_before_tcp_fallback=m.syn_retrans_before_tcp_fallback,
                                    blackhole_timeout_s=m.blackhole_timeout_s,
                                    blackhole_max_exponent=m.blackhole_max_exponent, retry_with_v0=m.retry_with_v0,
-                                   blackhole_reset_on_success=m.blackhole_reset_on_success)
+                                   blackhole_reset_on_success=m.blackhole_reset_on_success,
+                                   mp_capable_ack=m.mp_capable_ack)
         self.client = ClientHost(CLIENT, client_addresses, rng=self.rng("client"), policy=policy, proxies=proxies,
                                  tcp_policy=TcpPolicy(syn_retries=c.syn_retries, time_wait_s=c.time_wait_s,
                                                       syn_linear_timeouts=c.syn_linear_timeouts),

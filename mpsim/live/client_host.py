@@ -102,6 +102,14 @@ def mptcp_counters() -> dict[str, int]:
     return out
 
 
+def fallback_reason_from_counters(before: dict[str, int], after: dict[str, int]) -> FallbackReason:
+    """The reason of an MPTCP attempt that ended as plain TCP: the first of FALLBACK_COUNTERS that
+    grew between the two snapshots; none grew: the SYN-ACK came without MP_CAPABLE (the kernel's
+    MPCapableFallbackSYNACK is the last resort's own counter, listed for when it does count)."""
+    return next((reason for name, reason in FALLBACK_COUNTERS if after.get(name, 0) > before.get(name, 0)),
+                FallbackReason.MP_CAPABLE_MISSING_SYNACK)
+
+
 class AttemptFailed(Exception):
     """The current attempt cannot carry the request; ``reason`` None: nothing to fall back from."""
 
@@ -272,7 +280,8 @@ class ClientHostRunner:
 
     def _open(self, lc: Logical, address: tuple, *, mptcp: bool, syn_payload: bytes, syncnt: int | None,
               no_cookie: bool, kind: str) -> tuple[socket.socket, int, dict]:
-        """One attempt's socket: connected (SYN data: what the kernel put in the SYN). Raises
+        """One attempt's socket: connected (SYN data: what the kernel put in the SYN), and the
+        namespace's MPTcpExt counters from before its SYN, for _mptcp_verdict. Raises
         AttemptFailed(detail) with no reason on a timeout or refusal; the caller reads it."""
         lc.attempts += 1
         lc.kinds.append(kind)
@@ -315,12 +324,11 @@ class ClientHostRunner:
             detail = "refused" if error == errno.ECONNREFUSED else "timed out (syn)" \
                 if error == errno.ETIMEDOUT else f"unreachable ({errno.errorcode.get(error, error)})"
             raise AttemptFailed(detail)
-        after = mptcp_counters()
         sock.setblocking(True)
         # Again once connected: an MPTCP socket copies the values to the subflows it has
         # (mptcp_sol_socket_sync_intval), the first included; joins take them when they join.
         self._pin(sock)
-        return sock, syn_bytes, {k: after.get(k, 0) - before.get(k, 0) for k in after}
+        return sock, syn_bytes, before
 
     def _end(self, lc: Logical, sock: socket.socket, *, reset: bool) -> None:
         """Close an attempt's socket, noting when (wall clock, as the captures stamp packets): an
@@ -338,23 +346,28 @@ class ClientHostRunner:
         if port:
             lc.closed_wall[port] = time.time()
 
-    def _mptcp_verdict(self, lc: Logical, sock: socket.socket, mptcp: bool, delta: dict) -> None:
+    def _mptcp_verdict(self, lc: Logical, sock: socket.socket, mptcp: bool, before: dict) -> None:
+        """Whether the attempt is still MPTCP, and if not, why: the first fallback counter the
+        namespace counted since ``before``. The counters are read here, when the verdict is taken,
+        not when connect() returns: a fallback on the first data (MPCapableDataFallback, counted
+        in net/mptcp/options.c check_fully_established when the peer's first segment arrives with
+        no MPTCP option) comes after the handshake, e.g. a Convert reply after a SYN retransmitted
+        without its data (docs/kernel-departures.md 7)."""
         on = mptcp and mptcp_info(sock) is not None
         lc.mptcp = on
         if mptcp and not on and lc.fallback_reason is None:
-            lc.fallback_reason = next((reason for name, reason in FALLBACK_COUNTERS if delta.get(name)),
-                                      FallbackReason.MP_CAPABLE_MISSING_SYNACK)
+            lc.fallback_reason = fallback_reason_from_counters(before, mptcp_counters())
 
     def _direct(self, lc: Logical, *, mptcp: bool) -> tuple[Outcome, socket.socket | None]:
         tfo = self.policy["tfo_to_server"]
         payload = _payload(lc.request)
         try:
-            sock, syn_bytes, delta = self._open(lc, self.server, mptcp=mptcp, syn_payload=payload if tfo else b"",
+            sock, syn_bytes, before = self._open(lc, self.server, mptcp=mptcp, syn_payload=payload if tfo else b"",
                                                 syncnt=None, no_cookie=False, kind="direct")
         except AttemptFailed as failure:
             lc.detail = failure.detail
             return Outcome.FAILED, None
-        self._mptcp_verdict(lc, sock, mptcp, delta)
+        self._mptcp_verdict(lc, sock, mptcp, before)
         lc.via_proxy = False
         lc.setup_s = lc.connected_at - lc.start
         if syn_bytes < len(payload):
@@ -396,7 +409,7 @@ class ClientHostRunner:
                                            options=self._connect_options(proxy, unsupported), app_data=app_data)
             message_bytes = len(payload) - exchange.app_data_bytes
             try:
-                sock, syn_bytes, delta = self._open(lc, proxy, mptcp=upstream, syn_payload=payload, syncnt=syncnt,
+                sock, syn_bytes, before = self._open(lc, proxy, mptcp=upstream, syn_payload=payload, syncnt=syncnt,
                                                     no_cookie=True, kind="convert")
             except AttemptFailed as failure:
                 raise self._refused(lc, failure) from None
@@ -429,9 +442,9 @@ class ClientHostRunner:
                     if reply.server_tfo_cookie:
                         self.converter_tfo_cookies[(proxy, self.server[0])] = reply.server_tfo_cookie
                     self.caches.mark_usable(proxy)
-                self._mptcp_verdict(lc, sock, upstream, delta)
+                lc.setup_s = self.now() - lc.start  # before the verdict's /proc read, no part of the set-up
+                self._mptcp_verdict(lc, sock, upstream, before)
                 lc.via_proxy = True
-                lc.setup_s = self.now() - lc.start
                 lc.pending_app_data = reply.app_data  # type: ignore[attr-defined]
                 return sock
             self._end(lc, sock, reset=True)  # RFC 8803 6.2.8: reset on any Error TLV, then act per code
@@ -476,7 +489,7 @@ class ClientHostRunner:
         """The socks5 scheme on a socket (mpsim/proto/schemes/socks5.py)."""
         exchange = Socks5ClientExchange(self.server[0], self.server[1])
         try:
-            sock, _, delta = self._open(lc, proxy, mptcp=upstream, syn_payload=b"", syncnt=syncnt, no_cookie=False,
+            sock, _, before = self._open(lc, proxy, mptcp=upstream, syn_payload=b"", syncnt=syncnt, no_cookie=False,
                                         kind="socks5")
         except AttemptFailed as failure:
             raise self._refused(lc, failure) from None
@@ -512,9 +525,9 @@ class ClientHostRunner:
             raise AttemptFailed(f"socks5 reply {code:#04x}", FallbackReason.PROXY_FAILED, handled=True)
         with self.lock:
             self.caches.mark_usable(proxy)
-        self._mptcp_verdict(lc, sock, upstream, delta)
+        lc.setup_s = self.now() - lc.start  # before the verdict's /proc read, no part of the set-up
+        self._mptcp_verdict(lc, sock, upstream, before)
         lc.via_proxy = True
-        lc.setup_s = self.now() - lc.start
         lc.pending_app_data = result.app_data  # type: ignore[attr-defined]
         sock.sendall(_payload(lc.request))
         return sock

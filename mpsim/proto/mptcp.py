@@ -38,6 +38,10 @@ Choices where the RFCs leave room or where the model simplifies:
   segments until the answer (MP_FAIL or an infinite mapping) arrives; the infinite mapping and the
   answer ride on the next segment the other side sends (an extension cannot force one).
 * MP_FASTCLOSE is sent once on an ACK (option A); its retransmission is not modelled.
+* Linux 6.18 puts the client's keys only on the segment that starts where its last SYN ended
+  (``MptcpPolicy.mp_capable_ack = "linux"``, the default): after a data-less SYN retransmission
+  answered by a SYN-ACK that acknowledged the first SYN's data, no segment does, and both ends
+  fall back; ``"rfc8684"`` sends them on the third ACK (docs/kernel-departures.md 7).
 
 The v0 retry (``MptcpPolicy.retry_with_v0``): a v0-only listener answers a keyless v1 SYN without
 MP_CAPABLE, which looks exactly like stripping. With the knob set, the client resets that
@@ -102,6 +106,10 @@ class MptcpMib(enum.StrEnum):
     MPFastcloseRx = "MPFastcloseRx"
 
 
+#: MptcpPolicy.mp_capable_ack's values: Linux's form (the default) and the RFC's.
+MP_CAPABLE_ACK_FORMS = ("linux", "rfc8684")
+
+
 @dataclass(frozen=True, slots=True)
 class MptcpPolicy:
     """MPTCP knobs; defaults follow Linux (docs/protocols.md 6.1 and 6.2)."""
@@ -118,10 +126,20 @@ class MptcpPolicy:
     # and kernels after the Sep 2025 fix); False: only one over loopback does (v6.12 as merged,
     # so real successes never reset it).
     blackhole_reset_on_success: bool = True
+    # Where the client puts both keys after its SYN data went out again without data
+    # (docs/kernel-departures.md 7). "linux" (Linux 6.18 net/mptcp/options.c: MP_CAPABLE only on
+    # the segment starting where the last SYN written ended, mptcp_syn_options'
+    # snd_isn; after a data-less retransmission whose SYN-ACK acknowledged the first SYN's data
+    # no segment starts there, so the keys never go and both ends fall back on the first data);
+    # "rfc8684": on the third ACK and the first data whatever SYN went last (RFC 8684 3.1).
+    mp_capable_ack: str = "linux"
 
     def __post_init__(self) -> None:
         if self.version not in (0, 1):
             raise ValueError(f"MPTCP version must be 0 or 1, got {self.version!r}")
+        if self.mp_capable_ack not in MP_CAPABLE_ACK_FORMS:
+            raise ValueError(f"mp_capable_ack must be one of {', '.join(MP_CAPABLE_ACK_FORMS)}, "
+                             f"got {self.mp_capable_ack!r}")
         if self.syn_retrans_before_tcp_fallback is not None and self.syn_retrans_before_tcp_fallback < 0:
             raise ValueError("syn_retrans_before_tcp_fallback must be >= 0 or None")
         if self.blackhole_timeout_s < 0 or self.blackhole_max_exponent < 0:
@@ -555,6 +573,7 @@ class MptcpClientExtension(_MptcpExtension):
         self.retry_policy: MptcpPolicy | None = None  # set when the scheme should retry with v0
         self._last_syn_retransmission = 0
         self._plain_syn_retransmission: int | None = None  # the first SYN without MP_CAPABLE
+        self._keys_never_sent = False  # Linux: the segment that would carry our keys never goes
 
     def syn_options(self, conn: TcpConnection, retransmission: int) -> tuple:
         self._last_syn_retransmission = retransmission
@@ -599,6 +618,11 @@ class MptcpClientExtension(_MptcpExtension):
                 return "mptcp_retry_v0"  # reset; the scheme reopens with retry_policy
             return None
         self._count(MptcpMib.MPCapableSYNACKRX)
+        # Linux (docs/kernel-departures.md 7): the last SYN was a data-less retransmission, so
+        # MP_CAPABLE goes only on a segment at ISN+1; the SYN-ACK acknowledged the first SYN's
+        # data, so every segment from now on starts after it.
+        self._keys_never_sent = (self.policy.mp_capable_ack == "linux" and self._last_syn_retransmission > 0
+                                 and not conn.policy.retransmit_syn_data and conn.syn_data_acked_bytes > 0)
         self.peer_key = mpc.sender_key
         self.checksums = self.policy.checksums or bool(mpc.flags & _F.A)
         self._negotiate(conn)
@@ -617,8 +641,8 @@ class MptcpClientExtension(_MptcpExtension):
         return None
 
     def _handshake_options(self, ssn: int, payload: bytes) -> tuple | None:
-        if self._peer_dss_seen:
-            return None
+        if self._peer_dss_seen or self._keys_never_sent:
+            return None  # a DSS (Data ACK, mapping) instead, as on any established segment
         # Until the peer shows (with a DSS) that it has our key, repeat both keys: on ACKs the
         # 20-byte form, on the first data byte the form with the data-level length (RFC 8684 3.1).
         if not payload:
@@ -680,7 +704,13 @@ class MptcpServerExtension(_MptcpExtension):
             reason = self._third_ack_problem(mpc)
             if reason is not None:
                 # RFC 8684 3.7 item 3: the third packet decides; without MP_CAPABLE, plain TCP.
-                self._fall_back(conn, reason, MptcpMib.MPCapableFallbackACK)
+                # Linux counts it where it sees it: a listener that took SYN data made the subflow
+                # at the SYN (TFO), so the ACK reaches net/mptcp/options.c check_fully_established
+                # (MPCapableDataFallback), not subflow_syn_recv_sock (MPCapableFallbackACK)
+                # (docs/kernel-departures.md 7).
+                counter = MptcpMib.MPCapableDataFallback if self._peer_ssn_offset_bytes > 0 \
+                    else MptcpMib.MPCapableFallbackACK
+                self._fall_back(conn, reason, counter)
                 return None
             self._count(MptcpMib.MPCapableACKRX)
             self.peer_key = mpc.sender_key

@@ -97,7 +97,8 @@ def test_the_defaults_are_the_policies_defaults():
     assert MptcpPolicy(version=m.version, checksums=m.checksums,
                        syn_retrans_before_tcp_fallback=m.syn_retrans_before_tcp_fallback,
                        blackhole_timeout_s=m.blackhole_timeout_s, blackhole_max_exponent=m.blackhole_max_exponent,
-                       retry_with_v0=m.retry_with_v0, blackhole_reset_on_success=m.blackhole_reset_on_success) \
+                       retry_with_v0=m.retry_with_v0, blackhole_reset_on_success=m.blackhole_reset_on_success,
+                       mp_capable_ack=m.mp_capable_ack) \
         == MptcpPolicy()
     sim = Simulation(s, variant="base", run_index=0)
     assert sim.client.mptcp_policy == MptcpPolicy() and sim.client.policy.syn_linear_timeouts == 0

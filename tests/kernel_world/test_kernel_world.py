@@ -418,8 +418,9 @@ def test_a_loss_in_the_negotiation_falls_on_the_same_packet_in_both_worlds(kerne
     """Common random numbers (docs/kernel-world.md, "Loss: one stream for both worlds"): for a seed
     whose model run loses the Convert SYN-ACK on path a, the kernel's delay line loses it too: both
     clients send the SYN twice and both set-ups wait about 1 s (50 RTTs here) for the
-    retransmission. (The outcomes then differ: Linux falls back to TCP, the model converts; a
-    kernel behaviour found by this pairing, docs/kernel-world.md "Measured here".)"""
+    retransmission. Then both fall back to TCP (``dss_missing``): Linux's client never sends its
+    keys after the data-less SYN retransmission, and the model's default MPTCP form does as Linux
+    does (docs/kernel-departures.md 7; found by this pairing)."""
     seed = _seed_losing_the_first_synack(0.02)
     loaded = load(str(MODELS / "convert_paths.toml"),
                   [f"seed={seed}", "runs=1", "transfers=[{start_s=0.0, size_bytes=200000, direction=\"upload\"}]"])
@@ -432,3 +433,13 @@ def test_a_loss_in_the_negotiation_falls_on_the_same_packet_in_both_worlds(kerne
     from mpsim.experiment.kernel_world import LOSS_STREAMS   # (the fixture shadows the module here)
 
     assert report.kernel_record["variants"]["convert-2x10-upload-loss2"]["loss_streams"] == LOSS_STREAMS
+    # Linux's departure (docs/kernel-departures.md 7): the SYN retransmitted without its data makes
+    # the client leave MP_CAPABLE out of its third ACK, both ends fall back on the first data, and
+    # the kernel world's client names it by the counter (MPCapableDataFallback), read after the
+    # Convert reply rather than when connect() returned.
+    record = report.kernel_record
+    columns = record["columns"]["connections"]
+    (row,) = record["variants"]["convert-2x10-upload-loss2"]["runs"]["0"]["connections"]
+    kernel = dict(zip(columns, row))
+    assert (kernel["outcome"], kernel["fallback_reason"]) == ("fallback_tcp", "dss_missing")
+    assert rows["outcome"].error == rows["fallback_reason"].error == 1.0  # the model agrees

@@ -814,3 +814,66 @@ def test_random_option_stripping_ends_negotiated_or_fallen_back_and_data_arrives
     events = client.pull_events()
     assert len([e for e in events if isinstance(e, FellBackToTcp)]) <= 1
     assert all(isinstance(e, (MptcpNegotiated, FellBackToTcp)) for e in events)
+
+
+# --- a lost SYN-ACK after SYN data: Linux never sends the keys (docs/kernel-departures.md 7) -------
+
+
+def test_linux_after_a_dataless_syn_retransmission_never_sends_the_keys_and_both_fall_back():
+    """Hand-worked from the kernel world's capture (docs/kernel-facts.md, "An MPTCP SYN with data
+    retransmitted without it"; Linux 6.18 net/mptcp/options.c). One-way delay 10 ms, initial RTO
+    1 s. 0 s: SYN with 20 bytes and MP_CAPABLE; the listener takes the data, its SYN-ACK (ack
+    ISN+21) is lost. 1 s: the SYN again, no data, MP_CAPABLE. 1.01 s: SYN-ACK again (ack ISN+21).
+    1.02 s: the client's third ACK at ISN+21, where Linux's MP_CAPABLE would need ISN+1 (the end of
+    the last SYN): a DSS Data ACK of the server's IDSN + 1 instead, no keys. 1.03 s: the listener,
+    which took SYN data, falls back on it (MPCapableDataFallback); its 6 bytes go without options
+    and the client falls back on them (MPCapableDataFallback): plain TCP, both ends."""
+    net = Net(s2c=[drop(first_only(is_synack))], syn_data_mode=SynDataMode.ACCEPT, server_data=b"banner")
+    client, app = net.connect(syn_payload=b"s" * 20)
+    net.run(2.0)
+    syns = net.sent["client"][:2]
+    assert [(round(t, 6), len(s.payload), type(find(s, MpCapable))) for t, s in syns] == \
+        [(0.0, 20, MpCapable), (1.0, 0, MpCapable)]
+    assert app.conn.syn_data_acked_bytes == 20
+    third_s, third = next((t, s) for t, s in net.sent["client"] if is_pure_ack(s))
+    assert round(third_s, 6) == 1.02 and seq_offset(third.seq, app.conn.iss) == 21
+    (dss,) = mptcp_options(third)
+    assert isinstance(dss, Dss) and dss.dsn is None and dss.data_ack == key_idsn(client.peer_key, 1) + 1
+    assert net.server_ext.fallback_reason is FallbackReason.MP_CAPABLE_MISSING_ACK
+    assert net.server.mib[MptcpMib.MPCapableDataFallback] == 1 and net.server.mib[MptcpMib.MPCapableFallbackACK] == 0
+    (banner,) = net.segments("server", is_data)
+    assert banner.payload == b"banner" and not mptcp_options(banner)
+    assert client.fallback_reason is FallbackReason.DSS_MISSING and net.client.mib[MptcpMib.MPCapableDataFallback] == 1
+    assert net.server_app.received == b"s" * 20 and app.received == b"banner"
+
+
+def test_the_rfc_form_sends_the_keys_on_the_third_ack_after_a_dataless_syn_retransmission():
+    """The same trace with ``mp_capable_ack="rfc8684"`` (RFC 8684 3.1): the third ACK carries both
+    keys, the listener negotiates (MPCapableACKRX) and maps its 6 bytes: MPTCP on both ends."""
+    net = Net(s2c=[drop(first_only(is_synack))], syn_data_mode=SynDataMode.ACCEPT, server_data=b"banner")
+    client, app = net.connect(syn_payload=b"s" * 20, policy=MptcpPolicy(mp_capable_ack="rfc8684"))
+    net.run(2.0)
+    third = next(s for _, s in net.sent["client"] if is_pure_ack(s))
+    (mpc,) = mptcp_options(third)
+    assert isinstance(mpc, MpCapable) and (mpc.sender_key, mpc.receiver_key) == (client.local_key, client.peer_key)
+    assert client.negotiated and net.server_ext.negotiated and net.server.mib[MptcpMib.MPCapableACKRX] == 1
+    assert find(net.segments("server", is_data)[0], Dss).data_level_length_bytes == 6
+    assert app.received == b"banner"
+
+
+def test_linux_sends_the_keys_when_the_syn_data_went_with_the_answered_syn():
+    """Only a data-less SYN last *and* SYN data acknowledged departs: a lost SYN (not SYN-ACK)
+    means the retransmission is what the listener answers, acknowledging no data, and the first
+    segment after the handshake, at ISN+1 (here the 20 bytes sent again), carries the keys as usual."""
+    net = Net(c2s=[drop(first_only(is_syn))], syn_data_mode=SynDataMode.ACCEPT, server_data=b"banner")
+    client, app = net.connect(syn_payload=b"s" * 20)
+    net.run(3.0)
+    assert app.conn.syn_data_acked_bytes == 0
+    after = next(s for _, s in net.sent["client"] if not s.flags & TcpFlags.SYN)
+    assert seq_offset(after.seq, app.conn.iss) == 1 and isinstance(find(after, MpCapable), MpCapable)
+    assert client.negotiated and net.server_ext.negotiated
+
+
+def test_mp_capable_ack_takes_only_its_two_forms():
+    with pytest.raises(ValueError, match="mp_capable_ack must be one of linux, rfc8684, got 'rfc'"):
+        MptcpPolicy(mp_capable_ack="rfc")
