@@ -75,7 +75,7 @@ with the first subflow's port: its MP_JOIN handshake (ISN 0; token and HMACs fro
 keys), then its data from 1. The transfer runs inside that connection's life: the client keeps
 it open after the negotiation's response (``Request.keep_open``) and every connection the
 transfer runs on closes after it, the data's origin first, with a DATA_FIN on MPTCP, through a
-proxy in the order its relay closes the two legs (:mod:`mpsim.experiment.transfer_close`). How
+proxy in the order its relay closes the two legs (:mod:`mpsim.sim.transfer_close`). How
 such a capture is simplified: :data:`CAPTURE_NOTE`, written into every pcapng file's comment.
 
 ``converter.households`` (default 1) makes one run serve several households: every household's
@@ -100,7 +100,7 @@ from typing import Any
 import simpy
 
 from mpsim.experiment.scenario import Action, Arrivals, Buffers, Direction, Scenario, TransferSpec, WorkloadSpec
-from mpsim.experiment.transfer_close import End, Leg, TransferClose, holdable
+from mpsim.sim.transfer_close import End, Leg, TransferClose, holdable
 from mpsim.proto.cache import CachePolicy
 from mpsim.proto.components import MIDDLEBOXES, SERVERS, Placement, ProxySettings, build_proxy_host
 from mpsim.proto.client import ClientHost, ClientPolicy, ConnectionFinished, Request
@@ -610,7 +610,7 @@ class Simulation:
     def _start_transfer(self, index: int, spec: TransferSpec, household: int = 0) -> None:
         self._outstanding += 1  # the transfer; its negotiation counts as a request of its own
         # The client keeps the negotiated connection open: the transfer runs inside its life
-        # (mpsim.experiment.transfer_close).
+        # (mpsim.sim.transfer_close).
         request_id = self._request(None, keep_open=True)
         self._pending_transfers[request_id] = (index, spec, household)
 
@@ -714,7 +714,7 @@ class Simulation:
         its own numbers after its MP_JOIN handshake's ISN 0), on the converter's leg to the
         server that connection's 4-tuple and sequence numbers for every subflow, carrying the
         data-level stream (the relay's TCP connection). ``pin_client`` / ``pin_server``: that
-        leg's connections stay open through the transfer (mpsim.experiment.transfer_close), so
+        leg's connections stay open through the transfer (mpsim.sim.transfer_close), so
         its numbers are fixed now (Flow.pinned); otherwise a capture reads them when it is made
         (after the connection's FIN, which then comes before the transfer)."""
         conn = self._client_conn(record)
@@ -935,7 +935,7 @@ class Simulation:
 
     def _close_legs(self, record: Any, direction: Direction) -> list[tuple[str, End, End, bool]]:
         """The connections a transfer's legs run on, as (leg, sender, receiver, origin)
-        (mpsim.experiment.transfer_close): "single" between the client and its peer (the server,
+        (mpsim.sim.transfer_close): "single" between the client and its peer (the server,
         or an on-path proxy that intercepted the connection), or through a proxy "client" (client
         and proxy) and "server" (the proxy's connection and the server's); ``origin``: the sender
         wrote the data (it is no relay). Legs whose connections are unknown are left out."""
@@ -971,7 +971,7 @@ class Simulation:
     def _close_after(self, row: dict, transfer: BulkTransfer | RelayedTransfer, record: Any,
                      close_legs: list[tuple[str, End, End, bool]], transfers: dict[str, BulkTransfer]) -> None:
         """The transfer runs until its last byte is read and the connections it ran on have
-        closed after it (mpsim.experiment.transfer_close); its row is filled at the former."""
+        closed after it (mpsim.sim.transfer_close); its row is filled at the former."""
         pending = {"done", "closed"}
 
         def finished(part: str) -> None:

@@ -36,7 +36,7 @@ in-order arrival (no scheduling latency beyond the CPU job); the downstream send
 Nagle's algorithm to what the relay writes but not Linux's Minshall refinement or autocorking
 (:mod:`mpsim.sim.transfer`, "Composing transfers"); the end of the stream needs no FIN or
 DATA_FIN here (in a simulation the negotiated connections close after it,
-mpsim/experiment/transfer_close.py); both legs start at the same instant (no connection set-up,
+mpsim/sim/transfer_close.py); both legs start at the same instant (no connection set-up,
 which the negotiation models).
 """
 

@@ -267,7 +267,7 @@ Simplifications
 ---------------
 * No teardown of its own: no FIN/DATA_FIN (in a simulation the negotiated connection's proto
   machines close after the transfer and its joined subflows after them,
-  mpsim/experiment/transfer_close.py). The initial subflow starts established, its window the
+  mpsim/sim/transfer_close.py). The initial subflow starts established, its window the
   handshake's first offer ("Receive window"); joins are as above, but the listener has no SYN-ACK
   timer of its own (a retransmitted SYN gets a new SYN-ACK), and the plain connection a stripped
   SYN opens at the server is not modelled beyond its SYN-ACK. Subflows

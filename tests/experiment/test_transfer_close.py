@@ -1,5 +1,5 @@
 """A transfer runs inside the life of the connection its negotiation opened, which closes after it
-(mpsim/experiment/transfer_close.py, docs/sim.md "Routes"): on every 4-tuple a capture shows no
+(mpsim/sim/transfer_close.py, docs/sim.md "Routes"): on every 4-tuple a capture shows no
 data after a FIN of that direction, the FINs continue the sequence numbers after the transfer's
 last byte, an MPTCP connection ends with a DATA_FIN (RFC 8684 3.3.3: on a segment without data,
 subflow sequence number 0, data-level length 1, the DSN after the stream's last byte), and

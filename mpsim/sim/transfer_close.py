@@ -1,5 +1,8 @@
 """A transfer carried inside the life of the connection its negotiation opened (docs/sim.md "Routes").
 
+SimPy-side (it schedules on the simulation's clock and moves light segments), so it lives with the
+transfer model in mpsim/sim; the experiment layer wires it up (mpsim/experiment/simulation.py).
+
 A simulated transfer's bytes move as light segments (:mod:`mpsim.sim.transfer`) on the 4-tuple
 and sequence numbers of the connection the negotiation opened; the proto machines at both ends
 of that connection hold it open meanwhile and close it after the transfer, as an application
