@@ -10,8 +10,8 @@ each subflow's HyStart exit (the detector and the window: ``tcp_cubic.c``'s MIB 
 subflow), retransmissions and RTOs. docs/sim.md ("How sensitive a two-path goodput is to the round
 trip") reads these tables. A diagnostic, not a benchmark with results: nothing is written.
 
-It reads the transfers' subflows after the run, so it keeps the simulation's running transfers
-(``Simulation._running``, which forgets a transfer when it completes) in a list of its own.
+It reads the transfers' subflows after the run: ``Simulation(on_transfer_done=...)`` hands it each
+finished transfer's object.
 """
 
 import argparse
@@ -21,18 +21,6 @@ from pathlib import Path
 from mpsim.experiment.compare import model_path_latency
 from mpsim.experiment.scenario import load
 from mpsim.experiment.simulation import Simulation
-
-
-class _Kept(list):
-    """The simulation's list of running transfers, remembering every transfer ever added."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.every: list = []
-
-    def append(self, item) -> None:  # type: ignore[override]
-        self.every.append(item)
-        super().append(item)
 
 
 def _senders(transfer) -> list:
@@ -62,9 +50,9 @@ def sweep(scenario_file: Path, variant: str, steps: int, max_scale: float) -> li
     for step in range(steps + 1):
         scale = max_scale * step / steps
         latency = {line: (up * scale, down * scale) for line, (up, down) in calibrated.items()}
+        finished: list = []
         simulation = Simulation(scenario, variant=variant, run_index=0, shaper="tbf", path_latency_s=latency,
-                                record_packets=True)
-        simulation._running = _Kept()
+                                record_packets=True, on_transfer_done=lambda row, t: finished.append(t))
         result = simulation.run()
         transfer = result.transfers[0]
         last_data = {}
@@ -73,7 +61,7 @@ def sweep(scenario_file: Path, variant: str, steps: int, max_scale: float) -> li
                     and getattr(record.packet, "payload_bytes", 0) > 0):
                 last_data[record.link.removeprefix("path.")] = record.time_s
         hystart = [" ".join(_hystart(s.cc) for s in sender.subflows)
-                   for _, t in simulation._running.every for sender in _senders(t)]
+                   for t in finished for sender in _senders(t)]
         first_path = next(iter(scenario.paths))
         # what the lines add to the round trip: the first path's and the server link's, each way
         added_s = sum(latency[first_path]) + sum(latency.get("server", (0.0, 0.0)))

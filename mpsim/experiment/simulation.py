@@ -366,7 +366,11 @@ class Simulation:
     """One run of one scenario variant: build with the constructor, then :meth:`run`."""
 
     def __init__(self, scenario: Scenario, *, variant: str, run_index: int, record_packets: bool = False,
-                 shaper: str = "ideal", path_latency_s: Mapping[str, tuple[float, float]] | None = None) -> None:
+                 shaper: str = "ideal", path_latency_s: Mapping[str, tuple[float, float]] | None = None,
+                 on_transfer_done: Callable[[dict, Any], None] | None = None) -> None:
+        # on_transfer_done(row, transfer): each finished transfer's object, for a diagnostic that reads
+        # its subflows after the run (benchmarks/rtt_sensitivity.py); the simulation keeps none.
+        self.on_transfer_done = on_transfer_done
         if shaper not in SHAPERS:
             raise ValueError(f"shaper {shaper!r}: expected one of {', '.join(SHAPERS)}")
         self.shaper = shaper
@@ -983,6 +987,8 @@ class Simulation:
             self._fill(row, transfer)
             self._count_tcp_ext(row, transfer)
             self._running.remove((row, transfer))
+            if self.on_transfer_done is not None:
+                self.on_transfer_done(row, transfer)
             finished("done")
 
         transfer.done.callbacks.append(done)
