@@ -59,7 +59,7 @@ from typing import Any
 from mpsim.errors import MpsimError
 from mpsim.experiment.results import CONNECTION_COLUMNS, Results
 from mpsim.experiment.scenario import Arrivals, Buffers, LoadedScenario, Scenario
-from mpsim.experiment.simulation import RunResult, workload_arrival_times
+from mpsim.experiment.simulation import RunResult, loss_component, workload_arrival_times
 from mpsim.proto.components import SCHEMES
 from mpsim.proto.client import ClientPolicy
 from mpsim.sim.seeds import component_rng, derive_seed
@@ -432,8 +432,8 @@ def loss_seeds(scenario: Scenario, run_index: int) -> dict[str, tuple[int, int]]
     """{path: (up seed, down seed)} for every path with random loss: the seeds the simulator gives
     the loss models of that path's link directions (``loss.<path>.up`` / ``.down``,
     mpsim/experiment/simulation.py), so the delay line draws the model's stream."""
-    return {name: (derive_seed(scenario.seed, run_index, f"loss.{name}.up"),
-                   derive_seed(scenario.seed, run_index, f"loss.{name}.down"))
+    return {name: (derive_seed(scenario.seed, run_index, loss_component(f"{name}.up")),
+                   derive_seed(scenario.seed, run_index, loss_component(f"{name}.down")))
             for name in path_names(scenario) if isinstance(_loss(scenario.paths[name].loss), tuple)
             and _loss(scenario.paths[name].loss) != (0.0, None)}
 
@@ -773,7 +773,7 @@ def run_once(scenario: Scenario, *, variant: str, run_index: int, work: Path, pr
     if scenario.workload.arrivals is Arrivals.POISSON:
         seeds["workload"] = derive_seed(scenario.seed, run_index, "workload")
     for name, (up, down) in loss_seeds(scenario, run_index).items():
-        seeds[f"loss.{name}.up"], seeds[f"loss.{name}.down"] = up, down
+        seeds[loss_component(f"{name}.up")], seeds[loss_component(f"{name}.down")] = up, down
     with contextlib.ExitStack() as stack:
         # Loss held until the workload starts: the bring-up's probes take none of the model's draws.
         tb = stack.enter_context(Testbed(paths=paths, cc=cc, tcp_buffer_max_bytes=None, delay_check_pings=3,

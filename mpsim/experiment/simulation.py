@@ -430,7 +430,7 @@ class Simulation:
             burst_bytes, queue_bytes, framing_bytes = tbf_shaper(rate_bps, queue_bytes)
         return LinkDirection(self.env, name, delay_s=delay_s, rate_bps=rate_bps, jitter_s=jitter_s,
                              rng=self.rng(f"jitter.{name}") if jitter_s else None, queue_limit_bytes=queue_bytes,
-                             loss=loss_from_spec(loss, self.rng(f"loss.{name}")) if loss else None,
+                             loss=loss_from_spec(loss, self.rng(loss_component(name))) if loss else None,
                              filters=filters, burst_bytes=burst_bytes, framing_bytes=framing_bytes)
 
     def _build(self) -> None:
@@ -1150,6 +1150,13 @@ class Simulation:
     def _event_rows(self) -> list[dict]:
         return [{"time_s": float(r.time_s), "node": r.node, "event": _event_name(r.event),
                  "detail": event_detail(r.event)} for r in self.trace.events]
+
+
+def loss_component(direction: str) -> str:
+    """The seed component of a link direction's loss stream (``derive_seed(seed, run, ...)``); an
+    access path's directions are ``<path>.up`` and ``<path>.down``. The kernel world's delay lines
+    draw from the same streams (mpsim/experiment/kernel_world.py ``loss_seeds``)."""
+    return f"loss.{direction}"
 
 
 def tbf_shaper(rate_bps: float, queue_bytes: int | None) -> tuple[int, int, int]:
